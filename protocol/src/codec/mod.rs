@@ -1,0 +1,1 @@
+//! `tokio_util::codec` adapters over the sans-IO state machines.

@@ -1,0 +1,1 @@
+//! KDNET: KD over UDP.

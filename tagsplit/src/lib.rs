@@ -1,0 +1,10 @@
+//! tagsplit: find which code site leaks a shared Windows pool tag.
+//!
+//! The debugger side of the project: a [`target::DebugTarget`] abstraction over the
+//! in-process simulator, a GDB stub and a KD/KDNET target; a WinDbg-style console; and the
+//! automated tag split.
+
+pub mod decode;
+pub mod target;
+
+pub use tagsplit_target_sim::{PoolTag, VirtAddr};

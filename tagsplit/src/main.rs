@@ -1,0 +1,5 @@
+//! The `tagsplit` command line.
+
+fn main() {
+    println!("tagsplit: under construction");
+}

@@ -1,0 +1,235 @@
+//! The [`DebugTarget`] trait: everything above it (console, split) works on any backend.
+//!
+//! Backends: `sim` (the in-process simulator), `gdb` (a GDB RSP client) and `kd` (a KD
+//! client over KDNET or KDCOM). A backend that cannot do something natively (search,
+//! module listing) gets a default built on plain memory reads.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::VirtAddr;
+
+/// Errors from a debug target.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TargetError {
+    /// The memory at this address could not be read.
+    #[error("memory access error at {0}")]
+    Unreadable(VirtAddr),
+    /// The memory at this address could not be written.
+    #[error("memory write error at {0}")]
+    Unwritable(VirtAddr),
+    /// The target does not support this operation.
+    #[error("unsupported by this target: {0}")]
+    Unsupported(&'static str),
+    /// The peer broke the protocol or answered with an error.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// No answer in time.
+    #[error("timed out waiting for the target")]
+    Timeout,
+    /// The connection is gone.
+    #[error("target disconnected")]
+    Disconnected,
+    /// The kernel structures in target memory are not what was expected.
+    #[error("unexpected kernel data: {0}")]
+    BadKernelData(String),
+    /// I/O on the transport failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A loaded kernel module, as `lm` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ModuleInfo {
+    /// `BaseDllName`, e.g. `myfault.sys`.
+    pub name: String,
+    /// `FullDllName`, e.g. `\SystemRoot\system32\drivers\myfault.sys` (may equal `name`).
+    pub path: String,
+    /// Image base.
+    pub base: VirtAddr,
+    /// `SizeOfImage`; the module ends (exclusively) at `base + size`.
+    pub size: u64,
+}
+
+impl ModuleInfo {
+    /// The exclusive end address.
+    pub fn end(&self) -> VirtAddr {
+        self.base.saturating_add(self.size)
+    }
+
+    /// Whether `addr` lies inside the image.
+    pub fn contains(&self, addr: VirtAddr) -> bool {
+        addr >= self.base && addr < self.end()
+    }
+
+    /// The name without extension (`myfault`), as `@#ModuleName` and `lm` show it.
+    pub fn module_name(&self) -> &str {
+        self.name.rsplit_once('.').map_or(self.name.as_str(), |(stem, _)| stem)
+    }
+}
+
+/// Where the kernel keeps what a debugger needs, as `DBGKD_GET_VERSION64` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct KernelInfo {
+    /// `KernBase`: the base of `nt`.
+    pub kern_base: VirtAddr,
+    /// `PsLoadedModuleList`: the list head.
+    pub ps_loaded_module_list: VirtAddr,
+    /// `DebuggerDataList`: the `KDDEBUGGER_DATA64` (`KDBG`) block, when known.
+    pub kdbg: Option<VirtAddr>,
+}
+
+/// How long to let the target run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunFor {
+    /// A number of virtual-clock ticks (exact on the simulator; over a wire, a stub that
+    /// understands ticks honours it, others run for about a tick per millisecond).
+    Ticks(u64),
+    /// Wall-clock time, then break in.
+    Time(Duration),
+}
+
+/// Why the target stopped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub enum StopReason {
+    /// The requested run length elapsed (or a break-in was delivered).
+    BreakIn,
+    /// A breakpoint at this address was hit.
+    Breakpoint(VirtAddr),
+    /// The target stopped for another reason, described by the backend.
+    Other(String),
+}
+
+/// Traffic counters of a wire backend (`--stats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct WireStats {
+    /// Packets (or datagrams) sent to the target.
+    pub packets_sent: u64,
+    /// Packets received from the target.
+    pub packets_received: u64,
+    /// Bytes sent.
+    pub bytes_sent: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+    /// Request/response round trips.
+    pub round_trips: u64,
+    /// Retransmissions (either direction).
+    pub retransmissions: u64,
+}
+
+impl fmt::Display for WireStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} round trips; sent {} packets / {} bytes; received {} packets / {} bytes; {} retransmissions",
+            self.round_trips,
+            self.packets_sent,
+            self.bytes_sent,
+            self.packets_received,
+            self.bytes_received,
+            self.retransmissions
+        )
+    }
+}
+
+/// A debuggee: memory, modules, the kernel's debugger data, and run control.
+///
+/// Reads are partial like a real debugger's: [`read_memory`](DebugTarget::read_memory)
+/// returns how many leading bytes it could read, and stops at the first unreadable byte.
+pub trait DebugTarget {
+    /// A short description (`sim:part4`, `gdb://127.0.0.1:1234`).
+    fn describe(&self) -> String;
+
+    /// Reads into `buf` starting at `addr`; returns how many leading bytes were read.
+    /// Zero means `addr` itself is unreadable (not an error).
+    fn read_memory(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError>;
+
+    /// Writes `data` at `addr`; returns how many leading bytes were written.
+    fn write_memory(&mut self, addr: VirtAddr, data: &[u8]) -> Result<usize, TargetError>;
+
+    /// Where the kernel's module list and debugger data are.
+    fn kernel_info(&mut self) -> Result<KernelInfo, TargetError>;
+
+    /// The loaded kernel modules in load order.
+    fn modules(&mut self) -> Result<Vec<ModuleInfo>, TargetError>;
+
+    /// All addresses in `[start, end)` where `pattern` occurs (overlapping matches
+    /// included, unreadable holes skipped), ascending, at most `max_hits`.
+    fn search_memory(
+        &mut self,
+        start: VirtAddr,
+        end: VirtAddr,
+        pattern: &[u8],
+        max_hits: usize,
+    ) -> Result<Vec<VirtAddr>, TargetError>;
+
+    /// Lets the target run, then stops it; returns why it stopped.
+    fn run(&mut self, how_long: RunFor) -> Result<StopReason, TargetError>;
+
+    /// Wire traffic so far, for backends that have a wire.
+    fn stats(&self) -> Option<WireStats> {
+        None
+    }
+}
+
+/// Searches `[start, end)` with plain [`DebugTarget::read_memory`] calls: reads in chunks,
+/// keeps `pattern.len() - 1` bytes of overlap so matches across chunk edges are found, and
+/// skips to the next page when a read stops short (an unmapped or unreadable hole).
+/// Backends without a native search use this.
+pub fn search_by_reading<T: DebugTarget + ?Sized>(
+    target: &mut T,
+    start: VirtAddr,
+    end: VirtAddr,
+    pattern: &[u8],
+    max_hits: usize,
+    chunk: usize,
+) -> Result<Vec<VirtAddr>, TargetError> {
+    const PAGE: u64 = 0x1000;
+    let mut hits = Vec::new();
+    if pattern.is_empty() || end <= start || max_hits == 0 {
+        return Ok(hits);
+    }
+    let chunk = chunk.max(pattern.len()).max(256);
+    let finder = memchr::memmem::Finder::new(pattern);
+    // `window` holds contiguous readable bytes starting at `window_start`.
+    let mut window: Vec<u8> = Vec::with_capacity(chunk + pattern.len());
+    let mut window_start = start.get();
+    let mut cursor = start.get();
+    let mut buf = vec![0u8; chunk];
+    while cursor < end.get() {
+        let want = usize::try_from((end.get() - cursor).min(chunk as u64)).unwrap_or(chunk);
+        let Some(dst) = buf.get_mut(..want) else { break };
+        let got = target.read_memory(VirtAddr(cursor), dst)?;
+        if let Some(read) = buf.get(..got) {
+            window.extend_from_slice(read);
+        }
+        for pos in finder.find_iter(&window) {
+            let at = window_start + pos as u64;
+            if hits.last().is_some_and(|h: &VirtAddr| h.get() >= at) {
+                continue;
+            }
+            hits.push(VirtAddr(at));
+            if hits.len() >= max_hits {
+                return Ok(hits);
+            }
+        }
+        cursor += got as u64;
+        if got < want {
+            // Hole: nothing can match across it. Skip to the next page.
+            window.clear();
+            cursor = (cursor / PAGE + 1).saturating_mul(PAGE);
+            window_start = cursor;
+        } else {
+            // Keep the tail that could begin a match straddling the next chunk.
+            let keep = pattern.len().saturating_sub(1).min(window.len());
+            let drop = window.len() - keep;
+            window.drain(..drop);
+            window_start += drop as u64;
+        }
+    }
+    Ok(hits)
+}

@@ -1,0 +1,146 @@
+//! Byte layouts of the Windows x64 kernel structures the simulator writes into memory and
+//! a debugger reads back. Offsets are those of 64-bit Windows (Windows 7 through 10); the
+//! simulator and the debugger side both use these constants, so there is one truth.
+//!
+//! Where the real kernel publishes something only through symbols (the tracker table's
+//! size, `PoolHitTag`), the simulator also records it at a documented extension offset of
+//! the `KDDEBUGGER_DATA64` block ([`kdbg::POOL_TRACK_TABLE_SIZE`], [`kdbg::POOL_HIT_TAG`]),
+//! beyond the fields Windows defines, and covered by the block's `Size`.
+
+/// `LIST_ENTRY64`: `Flink` at 0, `Blink` at 8.
+pub mod list_entry {
+    /// Forward link.
+    pub const FLINK: u64 = 0x0;
+    /// Backward link.
+    pub const BLINK: u64 = 0x8;
+    /// Size of the structure.
+    pub const SIZE: u64 = 0x10;
+}
+
+/// `UNICODE_STRING` (x64): `Length` (bytes, u16), `MaximumLength` (u16), `Buffer` (u64 at 8).
+pub mod unicode_string {
+    /// Length in bytes of the UTF-16 text, without a terminator.
+    pub const LENGTH: u64 = 0x0;
+    /// Capacity of the buffer in bytes.
+    pub const MAXIMUM_LENGTH: u64 = 0x2;
+    /// Pointer to the UTF-16LE text.
+    pub const BUFFER: u64 = 0x8;
+    /// Size of the structure.
+    pub const SIZE: u64 = 0x10;
+}
+
+/// `KLDR_DATA_TABLE_ENTRY` (x64), linked through `InLoadOrderLinks` from `PsLoadedModuleList`.
+pub mod ldr_entry {
+    /// `InLoadOrderLinks` (`LIST_ENTRY64`).
+    pub const IN_LOAD_ORDER_LINKS: u64 = 0x00;
+    /// `DllBase`: the image base.
+    pub const DLL_BASE: u64 = 0x30;
+    /// `EntryPoint`.
+    pub const ENTRY_POINT: u64 = 0x38;
+    /// `SizeOfImage` (u32).
+    pub const SIZE_OF_IMAGE: u64 = 0x40;
+    /// `FullDllName` (`UNICODE_STRING`), e.g. `\SystemRoot\system32\drivers\myfault.sys`.
+    pub const FULL_DLL_NAME: u64 = 0x48;
+    /// `BaseDllName` (`UNICODE_STRING`), e.g. `myfault.sys`.
+    pub const BASE_DLL_NAME: u64 = 0x58;
+    /// `Flags` (u32).
+    pub const FLAGS: u64 = 0x68;
+    /// `LoadCount` (u16).
+    pub const LOAD_COUNT: u64 = 0x6c;
+    /// `CheckSum` (u32).
+    pub const CHECKSUM: u64 = 0x78;
+    /// `TimeDateStamp` (u32).
+    pub const TIME_DATE_STAMP: u64 = 0x9c;
+    /// Size the simulator reserves per entry.
+    pub const SIZE: u64 = 0xa0;
+}
+
+/// `KDDEBUGGER_DATA64`, the block `DBGKD_GET_VERSION64.DebuggerDataList` leads to.
+pub mod kdbg {
+    /// `Header.List` (`LIST_ENTRY64`); the list head `DebuggerDataList` points at.
+    pub const HEADER_LIST: u64 = 0x00;
+    /// `Header.OwnerTag` (u32): [`OWNER_TAG`].
+    pub const OWNER_TAG_OFFSET: u64 = 0x10;
+    /// `Header.Size` (u32): size of the whole block.
+    pub const SIZE_OFFSET: u64 = 0x14;
+    /// The owner tag `KDBG` as stored (bytes `4b 44 42 47`).
+    pub const OWNER_TAG: [u8; 4] = *b"KDBG";
+    /// `KernBase` (u64).
+    pub const KERN_BASE: u64 = 0x18;
+    /// `PsLoadedModuleList` (u64): address of the list head.
+    pub const PS_LOADED_MODULE_LIST: u64 = 0x48;
+    /// `MmPageSize` (u64 address of a variable holding the page size).
+    pub const MM_PAGE_SIZE: u64 = 0x138;
+    /// `PoolTrackTable` (u64): address of a pointer variable (`nt!PoolTrackTable`) whose
+    /// value is the table itself, as on Windows.
+    pub const POOL_TRACK_TABLE: u64 = 0x1b8;
+    /// `NonPagedPoolDescriptor` (u64).
+    pub const NON_PAGED_POOL_DESCRIPTOR: u64 = 0x1c0;
+    /// Extension: address of the `nt!PoolTrackTableSize` variable (u64 entry count).
+    pub const POOL_TRACK_TABLE_SIZE: u64 = 0x340;
+    /// Extension: address of the `nt!PoolHitTag` variable (u32 tag).
+    pub const POOL_HIT_TAG: u64 = 0x348;
+    /// Extension: address of the `nt!PoolBigPageTable` pointer variable.
+    pub const POOL_BIG_PAGE_TABLE: u64 = 0x350;
+    /// Extension: address of the `nt!PoolBigPageTableSize` variable (u64 entry count).
+    pub const POOL_BIG_PAGE_TABLE_SIZE: u64 = 0x358;
+    /// Size of the block the simulator writes (`Header.Size`).
+    pub const SIZE: u64 = 0x360;
+}
+
+/// `POOL_TRACKER_TABLE` (x64), one entry per tag; `Key == 0` is an empty slot.
+pub mod tracker {
+    /// `Key` (u32): the tag.
+    pub const KEY: u64 = 0x00;
+    /// `NonPagedAllocs` (u32, cumulative).
+    pub const NON_PAGED_ALLOCS: u64 = 0x04;
+    /// `NonPagedFrees` (u32, cumulative).
+    pub const NON_PAGED_FREES: u64 = 0x08;
+    /// `NonPagedBytes` (u64, outstanding).
+    pub const NON_PAGED_BYTES: u64 = 0x10;
+    /// `PagedAllocs` (u32, cumulative).
+    pub const PAGED_ALLOCS: u64 = 0x18;
+    /// `PagedFrees` (u32, cumulative).
+    pub const PAGED_FREES: u64 = 0x1c;
+    /// `PagedBytes` (u64, outstanding).
+    pub const PAGED_BYTES: u64 = 0x20;
+    /// Size of one entry.
+    pub const SIZE: u64 = 0x28;
+}
+
+/// `POOL_HEADER` (x64), 16 bytes before every small pool block.
+pub mod pool_header {
+    /// `PreviousSize` (u8, 16-byte units).
+    pub const PREVIOUS_SIZE: u64 = 0x0;
+    /// `PoolIndex` (u8).
+    pub const POOL_INDEX: u64 = 0x1;
+    /// `BlockSize` (u8, 16-byte units, header included).
+    pub const BLOCK_SIZE: u64 = 0x2;
+    /// `PoolType` (u8): 0 = free, otherwise `(POOL_TYPE & 7) + 1` with flag bits.
+    pub const POOL_TYPE: u64 = 0x3;
+    /// `PoolTag` (u32).
+    pub const POOL_TAG: u64 = 0x4;
+    /// `ProcessBilled` (u64).
+    pub const PROCESS_BILLED: u64 = 0x8;
+    /// Size of the header, and the pool's block granularity.
+    pub const SIZE: u64 = 0x10;
+    /// Requests of this many bytes or more go to the big-page table.
+    pub const BIG_THRESHOLD: u64 = 4064;
+}
+
+/// `POOL_TRACKER_BIG_PAGES` (x64), one entry per big allocation.
+pub mod big_page {
+    /// `Va` (u64); the low bit set marks a free slot.
+    pub const VA: u64 = 0x00;
+    /// `Key` (u32): the tag.
+    pub const KEY: u64 = 0x08;
+    /// `PoolType` (u32).
+    pub const POOL_TYPE: u64 = 0x0c;
+    /// `NumberOfBytes` (u64).
+    pub const NUMBER_OF_BYTES: u64 = 0x10;
+    /// Size of one entry.
+    pub const SIZE: u64 = 0x18;
+}
+
+/// The page size of x64 Windows.
+pub const PAGE_SIZE: u64 = 0x1000;

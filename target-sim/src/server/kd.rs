@@ -1,0 +1,1 @@
+//! The KD stub over KDNET (UDP) and KDCOM framing on a TCP stream.
