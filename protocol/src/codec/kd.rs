@@ -1,0 +1,1 @@
+//! A `tokio_util::codec` adapter for KDCOM framing on a byte stream.
