@@ -4,7 +4,12 @@
 //! in-process simulator, a GDB stub and a KD/KDNET target; a WinDbg-style console; and the
 //! automated tag split.
 
+pub mod console;
 pub mod decode;
+pub mod disasm;
+pub mod pe;
+pub mod pool;
+pub mod pooltag;
 pub mod target;
 
 pub use tagsplit_target_sim::{PoolTag, VirtAddr};
