@@ -10,6 +10,10 @@ pub mod disasm;
 pub mod pe;
 pub mod pool;
 pub mod pooltag;
+pub mod split;
 pub mod target;
+
+#[cfg(test)]
+mod testkit;
 
 pub use tagsplit_target_sim::{PoolTag, VirtAddr};

@@ -56,6 +56,37 @@ impl FlatMemory {
         done
     }
 
+    /// Finds `pattern` in `[start, end)`, region by region (a match may not straddle two
+    /// regions), ascending, at most `max_hits`.
+    pub fn search(
+        &self,
+        start: VirtAddr,
+        end: VirtAddr,
+        pattern: &[u8],
+        max_hits: usize,
+    ) -> Vec<VirtAddr> {
+        let mut hits = Vec::new();
+        if pattern.is_empty() || end <= start {
+            return hits;
+        }
+        let first = self.locate(start.get()).map_or(start.get(), |(s, _)| s);
+        for (&base, data) in self.regions.range(first..end.get()) {
+            for pos in memchr::memmem::find_iter(data, pattern) {
+                let at = base.saturating_add(pos as u64);
+                let fits = at
+                    .checked_add(pattern.len() as u64)
+                    .is_some_and(|e| e <= end.get());
+                if at >= start.get() && fits {
+                    if hits.len() >= max_hits {
+                        return hits;
+                    }
+                    hits.push(VirtAddr(at));
+                }
+            }
+        }
+        hits
+    }
+
     /// Writes as many leading bytes as are mapped; returns the count.
     pub fn write(&mut self, addr: VirtAddr, data: &[u8]) -> usize {
         let mut done = 0;
@@ -146,7 +177,7 @@ impl DebugTarget for FlatTarget {
         pattern: &[u8],
         max_hits: usize,
     ) -> Result<Vec<VirtAddr>, TargetError> {
-        super::search_by_reading(self, start, end, pattern, max_hits, 0x1000)
+        Ok(self.memory.search(start, end, pattern, max_hits))
     }
 
     fn run(&mut self, how_long: RunFor) -> Result<StopReason, TargetError> {
