@@ -6,6 +6,7 @@
 
 pub mod console;
 pub mod decode;
+pub mod demo;
 pub mod disasm;
 pub mod pe;
 pub mod pool;
