@@ -3,7 +3,13 @@
 //!
 //! `cargo run -p tagsplit --example custom_target`
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 
 use tagsplit::VirtAddr;
 use tagsplit::console::{Console, PROMPT};
@@ -30,7 +36,9 @@ impl DebugTarget for DumpTarget {
     }
 
     fn read_memory(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
-        let Some(off) = self.offset(addr) else { return Ok(0) };
+        let Some(off) = self.offset(addr) else {
+            return Ok(0);
+        };
         let src = &self.image[off..];
         let n = src.len().min(buf.len());
         buf[..n].copy_from_slice(&src[..n]);
@@ -38,7 +46,9 @@ impl DebugTarget for DumpTarget {
     }
 
     fn write_memory(&mut self, addr: VirtAddr, data: &[u8]) -> Result<usize, TargetError> {
-        let Some(off) = self.offset(addr) else { return Ok(0) };
+        let Some(off) = self.offset(addr) else {
+            return Ok(0);
+        };
         let dst = &mut self.image[off..];
         let n = dst.len().min(data.len());
         dst[..n].copy_from_slice(&data[..n]);
@@ -46,7 +56,11 @@ impl DebugTarget for DumpTarget {
     }
 
     fn kernel_info(&mut self) -> Result<KernelInfo, TargetError> {
-        Ok(KernelInfo { kern_base: VirtAddr(self.base), ps_loaded_module_list: VirtAddr(0), kdbg: None })
+        Ok(KernelInfo {
+            kern_base: VirtAddr(self.base),
+            ps_loaded_module_list: VirtAddr(0),
+            kdbg: None,
+        })
     }
 
     fn modules(&mut self) -> Result<Vec<ModuleInfo>, TargetError> {
@@ -58,7 +72,13 @@ impl DebugTarget for DumpTarget {
         }])
     }
 
-    fn search_memory(&mut self, start: VirtAddr, end: VirtAddr, pattern: &[u8], max_hits: usize) -> Result<Vec<VirtAddr>, TargetError> {
+    fn search_memory(
+        &mut self,
+        start: VirtAddr,
+        end: VirtAddr,
+        pattern: &[u8],
+        max_hits: usize,
+    ) -> Result<Vec<VirtAddr>, TargetError> {
         // No native search: the trait's helper reads in chunks and scans.
         search_by_reading(self, start, end, pattern, max_hits, 0x1000)
     }
@@ -72,8 +92,13 @@ fn main() {
     let mut image = vec![0xccu8; 0x2000];
     image[..2].copy_from_slice(b"MZ");
     // mov r8d,'Xmpl' ; mov edx,ecx ; call [rip+0]
-    image[0x1000..0x100c].copy_from_slice(&[0x41, 0xb8, b'X', b'm', b'p', b'l', 0x8b, 0xd1, 0xff, 0x15, 0, 0]);
-    let mut target = DumpTarget { base: 0xfffff880_01230000, image };
+    image[0x1000..0x100c].copy_from_slice(&[
+        0x41, 0xb8, b'X', b'm', b'p', b'l', 0x8b, 0xd1, 0xff, 0x15, 0, 0,
+    ]);
+    let mut target = DumpTarget {
+        base: 0xfffff880_01230000,
+        image,
+    };
     let mut console = Console::new();
     for cmd in [
         "lm",

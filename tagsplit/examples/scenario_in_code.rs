@@ -2,7 +2,13 @@
 //!
 //! `cargo run -p tagsplit --example scenario_in_code`
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 
 use tagsplit::PoolTag;
 use tagsplit::split::{Split, SplitOptions};

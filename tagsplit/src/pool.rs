@@ -345,7 +345,7 @@ impl PoolHeader {
     /// Whether the header is plausible for a block within one page.
     pub fn plausible(&self) -> bool {
         let in_page = self.addr.get() % PAGE_SIZE;
-        self.addr.get() % pool_header::SIZE == 0
+        self.addr.get().is_multiple_of(pool_header::SIZE)
             && self.block_size != 0
             && in_page + self.block_size <= PAGE_SIZE
             && self.previous_size <= in_page

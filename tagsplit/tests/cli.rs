@@ -1,13 +1,22 @@
 //! The command line, end to end.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 
 mod common;
 
 use std::process::{Command, Output};
 
 fn tagsplit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tagsplit")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_tagsplit"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn stdout(o: &Output) -> String {
@@ -18,10 +27,24 @@ fn stdout(o: &Output) -> String {
 fn run_json_names_the_leaking_site() {
     let dir = common::temp_dir("cli-json");
     let journal = dir.join("j.json");
-    let o = tagsplit(&["run", "--target", "sim:part4", "--tag", "Leak", "--json", "--journal", journal.to_str().unwrap()]);
+    let o = tagsplit(&[
+        "run",
+        "--target",
+        "sim:part4",
+        "--tag",
+        "Leak",
+        "--json",
+        "--journal",
+        journal.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    let leaks: Vec<&serde_json::Value> = v["sites"].as_array().unwrap().iter().filter(|s| s["verdict"] == "leak").collect();
+    let leaks: Vec<&serde_json::Value> = v["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["verdict"] == "leak")
+        .collect();
     assert_eq!(leaks.len(), 1);
     assert_eq!(leaks[0]["new_tag"], "Lea2");
     assert_eq!(leaks[0]["hit"]["module"], "myfault.sys");
@@ -35,11 +58,26 @@ fn run_json_names_the_leaking_site() {
 fn run_text_and_options() {
     let dir = common::temp_dir("cli-text");
     let journal = dir.join("j.json");
-    let o = tagsplit(&["run", "--target", "sim:part4", "--tag", "Leak", "--ticks", "400", "--samples", "4", "--journal", journal.to_str().unwrap()]);
+    let o = tagsplit(&[
+        "run",
+        "--target",
+        "sim:part4",
+        "--tag",
+        "Leak",
+        "--ticks",
+        "400",
+        "--samples",
+        "4",
+        "--journal",
+        journal.to_str().unwrap(),
+    ]);
     assert!(o.status.success());
     let text = stdout(&o);
     assert!(text.contains("ran 400 ticks in 4 samples"), "{text}");
-    assert!(text.contains("LEAK: Lea2  myfault.sys+0x1621  mov r8d,3261654Ch"), "{text}");
+    assert!(
+        text.contains("LEAK: Lea2  myfault.sys+0x1621  mov r8d,3261654Ch"),
+        "{text}"
+    );
     // Off a terminal there is no progress bar.
     assert!(!String::from_utf8_lossy(&o.stderr).contains("samples"));
 }
@@ -48,8 +86,22 @@ fn run_text_and_options() {
 fn pooltag_file_reserves_tags() {
     let dir = common::temp_dir("cli-pooltag");
     let file = dir.join("pooltag.txt");
-    std::fs::write(&file, "rem test\nLea1 - x.sys - taken\nLea2 - x.sys - taken too\n").unwrap();
-    let o = tagsplit(&["run", "--target", "sim:part4", "--tag", "Leak", "--pooltag", file.to_str().unwrap(), "--journal", dir.join("j.json").to_str().unwrap()]);
+    std::fs::write(
+        &file,
+        "rem test\nLea1 - x.sys - taken\nLea2 - x.sys - taken too\n",
+    )
+    .unwrap();
+    let o = tagsplit(&[
+        "run",
+        "--target",
+        "sim:part4",
+        "--tag",
+        "Leak",
+        "--pooltag",
+        file.to_str().unwrap(),
+        "--journal",
+        dir.join("j.json").to_str().unwrap(),
+    ]);
     assert!(o.status.success());
     let text = stdout(&o);
     assert!(text.contains("LEAK: Lea4  myfault.sys+0x1621"), "{text}");
@@ -57,7 +109,13 @@ fn pooltag_file_reserves_tags() {
 
 #[test]
 fn console_batch_mode() {
-    let o = tagsplit(&["console", "--target", "sim:part4", "-c", "lm m myf*; dc fffff880`0496e621 l1; bogus"]);
+    let o = tagsplit(&[
+        "console",
+        "--target",
+        "sim:part4",
+        "-c",
+        "lm m myf*; dc fffff880`0496e621 l1; bogus",
+    ]);
     assert!(o.status.success());
     let text = stdout(&o);
     assert!(text.contains("0: kd> lm m myf*\nstart             end                 module name\nfffff880`0496d000 fffff880`04974000   myfault    (deferred)\n"), "{text}");
@@ -74,10 +132,18 @@ fn console_reads_stdin() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"? 0n10\nq\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"? 0n10\nq\n")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("0: kd> ? 0n10\nEvaluate expression: 10 = 00000000`0000000a\n0: kd> q"), "{text}");
+    assert!(
+        text.contains("0: kd> ? 0n10\nEvaluate expression: 10 = 00000000`0000000a\n0: kd> q"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -102,11 +168,23 @@ fn restore_command_uses_the_journal() {
     let j = r#"{"format":"tagsplit-journal","version":1,"target":"sim:part4","tag":"Leak","patches":[
         {"module":"myfault.sys","base":18446735827449335808,"offset":5665,"address":18446735827449341473,"original":"4c65616b","new":"4c656132"}]}"#;
     std::fs::write(&journal, j).unwrap();
-    let o = tagsplit(&["restore", "--journal", journal.to_str().unwrap(), "--target", "sim:part4"]);
+    let o = tagsplit(&[
+        "restore",
+        "--journal",
+        journal.to_str().unwrap(),
+        "--target",
+        "sim:part4",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(stdout(&o).contains("AlreadyOriginal"));
     assert!(!journal.exists());
     std::fs::write(&journal, "not json").unwrap();
-    let o = tagsplit(&["restore", "--journal", journal.to_str().unwrap(), "--target", "sim:part4"]);
+    let o = tagsplit(&[
+        "restore",
+        "--journal",
+        journal.to_str().unwrap(),
+        "--target",
+        "sim:part4",
+    ]);
     assert!(!o.status.success());
 }

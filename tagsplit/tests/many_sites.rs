@@ -130,7 +130,7 @@ fn free_sites_lookaside_and_decoys_are_reported_correctly() {
     // `Tag` field of an initialised lookaside list in the module's data.
     for h in &hits {
         let lookaside_field = h.kind == HitKind::Data
-            && (h.address.get() - LOOKASIDE_TAG) % 16 == 0
+            && (h.address.get() - LOOKASIDE_TAG).is_multiple_of(16)
             && truth
                 .iter()
                 .any(|s| s.kind == SiteKind::LookasideInit && s.module == h.module);

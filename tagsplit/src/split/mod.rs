@@ -435,10 +435,8 @@ impl<'a> Split<'a> {
         );
         let mut restore = guard.restore();
         drop(guard);
-        if restore.complete() {
-            if let Some(path) = &journal_path {
-                restore.journal_removed = std::fs::remove_file(path).is_ok();
-            }
+        if let Some(path) = journal_path.as_ref().filter(|_| restore.complete()) {
+            restore.journal_removed = std::fs::remove_file(path).is_ok();
         }
         let series = match measured {
             Ok(_) if !restore.complete() => return Err(SplitError::RestoreIncomplete(restore)),
