@@ -62,6 +62,17 @@ impl TagUsage {
         u64::from(self.np_allocs) + u64::from(self.paged_allocs)
     }
 
+    /// Adds `other`'s counters to these (counts wrap like the kernel's ULONGs; bytes
+    /// saturate).
+    pub fn accumulate(&mut self, other: &TagUsage) {
+        self.np_allocs = self.np_allocs.wrapping_add(other.np_allocs);
+        self.np_frees = self.np_frees.wrapping_add(other.np_frees);
+        self.np_bytes = self.np_bytes.saturating_add(other.np_bytes);
+        self.paged_allocs = self.paged_allocs.wrapping_add(other.paged_allocs);
+        self.paged_frees = self.paged_frees.wrapping_add(other.paged_frees);
+        self.paged_bytes = self.paged_bytes.saturating_add(other.paged_bytes);
+    }
+
     fn parse(raw: &[u8]) -> Option<(u32, TagUsage)> {
         let u32_at = |o: u64| -> Option<u32> {
             let o = usize::try_from(o).ok()?;
@@ -110,12 +121,7 @@ impl PoolSnapshot {
     pub fn total(&self) -> TagUsage {
         let mut t = TagUsage::default();
         for u in self.tags.values() {
-            t.np_allocs = t.np_allocs.wrapping_add(u.np_allocs);
-            t.np_frees = t.np_frees.wrapping_add(u.np_frees);
-            t.np_bytes = t.np_bytes.saturating_add(u.np_bytes);
-            t.paged_allocs = t.paged_allocs.wrapping_add(u.paged_allocs);
-            t.paged_frees = t.paged_frees.wrapping_add(u.paged_frees);
-            t.paged_bytes = t.paged_bytes.saturating_add(u.paged_bytes);
+            t.accumulate(u);
         }
         t
     }
@@ -231,13 +237,7 @@ pub fn snapshot_at<T: DebugTarget + ?Sized>(
             continue;
         }
         let tag = PoolTag::from_u32(key).unprotected();
-        let e = snap.tags.entry(tag).or_default();
-        e.np_allocs = e.np_allocs.wrapping_add(usage.np_allocs);
-        e.np_frees = e.np_frees.wrapping_add(usage.np_frees);
-        e.np_bytes = e.np_bytes.saturating_add(usage.np_bytes);
-        e.paged_allocs = e.paged_allocs.wrapping_add(usage.paged_allocs);
-        e.paged_frees = e.paged_frees.wrapping_add(usage.paged_frees);
-        e.paged_bytes = e.paged_bytes.saturating_add(usage.paged_bytes);
+        snap.tags.entry(tag).or_default().accumulate(&usage);
     }
     Ok(snap)
 }

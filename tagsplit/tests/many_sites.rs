@@ -144,3 +144,28 @@ fn free_sites_lookaside_and_decoys_are_reported_correctly() {
         assert!(known, "unexplained hit {h:?}");
     }
 }
+
+#[test]
+fn lookaside_init_sites_are_patched_only_when_asked() {
+    let sim = SimTarget::builtin("many-sites").unwrap();
+    let lookaside: Vec<VirtAddr> = sim
+        .machine()
+        .sites()
+        .iter()
+        .filter(|s| s.kind == SiteKind::LookasideInit)
+        .map(|s| s.imm)
+        .collect();
+    assert_eq!(lookaside.len(), 1);
+    let mut t = Faulty::new(sim);
+    let opts = SplitOptions {
+        patch_lookaside: true,
+        samples: 2,
+        ..SplitOptions::default()
+    };
+    let report = Split::new(&mut t, PoolTag::new(*b"Ddk "), opts)
+        .run()
+        .unwrap();
+    assert_eq!(report.sites.len(), 71);
+    assert!(t.writes.iter().any(|(a, _)| *a == lookaside[0]));
+    assert!(report.restore.complete());
+}

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
+use tagsplit_target_sim::types::PROTECTED_POOL;
 
 use self::classify::{Hit, HitKind};
 use self::journal::{Journal, JournalError, PatchRecord, RestoreState};
@@ -389,10 +390,16 @@ impl<'a> Split<'a> {
             .collect();
         let before = pool::snapshot(&mut *self.target)?;
         let db = &self.options.pooltag;
-        let new_tags = tags::choose(self.tag, patchable.len(), |t| {
+        let chosen = tags::choose(self.tag.unprotected(), patchable.len(), |t| {
             before.contains(t) || db.covers(t)
         })
         .ok_or(SplitError::NoFreeTags(patchable.len(), self.tag))?;
+        // Each site keeps its own PROTECTED_POOL bit.
+        let new_tags: Vec<PoolTag> = chosen
+            .iter()
+            .zip(&patchable)
+            .map(|(t, h)| PoolTag::from_u32(t.to_u32() | (h.tag.to_u32() & PROTECTED_POOL)))
+            .collect();
         let records: Vec<PatchRecord> = patchable
             .iter()
             .zip(&new_tags)
