@@ -379,3 +379,35 @@ pub fn page_headers<T: DebugTarget + ?Sized>(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::*;
+
+    #[test]
+    fn snapshot_reads_the_tracker_and_growth_is_per_tag() {
+        let mut t = fake_kernel();
+        let before = snapshot(&mut t).unwrap();
+        assert_eq!(before.usage(PoolTag::new(*b"EtwB")).np_outstanding(), 94);
+        assert_eq!(before.total().np_bytes, 945_136 + 0x1000);
+        t.run(crate::target::RunFor::Ticks(20)).unwrap();
+        let after = snapshot(&mut t).unwrap();
+        let g = after.growth_since(&before);
+        assert_eq!(g[&PoolTag::new(*b"Leak")], 2 * 1_024_000);
+        assert_eq!(g[&PoolTag::new(*b"EtwB")], 0);
+    }
+
+    #[test]
+    fn bad_kdbg_is_reported() {
+        let mut t = fake_kernel();
+        t.write_memory(VirtAddr(KDBG + kdbg::OWNER_TAG_OFFSET), b"XXXX")
+            .unwrap();
+        assert!(matches!(
+            snapshot(&mut t),
+            Err(TargetError::BadKernelData(_))
+        ));
+        t.kernel.kdbg = None;
+        assert!(snapshot(&mut t).is_err());
+    }
+}

@@ -214,16 +214,18 @@ impl Report {
     pub fn to_text(&self) -> String {
         use std::fmt::Write as _;
         let mut o = String::new();
-        let _ = writeln!(
+        let _ = write!(
             o,
-            "tag split of '{}' on {}: {} hits, {} sites patched, ran {} in {} samples",
+            "tag split of '{}' on {}: {} hits, {} sites patched",
             self.tag,
             self.target,
             self.hits.len(),
-            self.sites.len(),
-            self.run,
-            self.samples
+            self.sites.len()
         );
+        if self.samples > 0 {
+            let _ = write!(o, ", ran {} in {} samples", self.run, self.samples);
+        }
+        o.push('\n');
         let mut sites: Vec<&SiteResult> = self.sites.iter().collect();
         sites.sort_by_key(|s| {
             (
@@ -249,7 +251,9 @@ impl Report {
                 growth.join(" ")
             );
         }
-        if self.leaks().next().is_none() {
+        if self.sites.is_empty() {
+            let _ = writeln!(o, "no allocation site to patch: nothing was split");
+        } else if self.leaks().next().is_none() {
             let _ = writeln!(
                 o,
                 "no split tag grew: no leak seen at the patched sites in this run"
@@ -388,6 +392,18 @@ impl<'a> Split<'a> {
                     || self.options.patch_lookaside && h.kind == HitKind::LookasideInit
             })
             .collect();
+        if patchable.is_empty() {
+            // Nothing to split: report the hits without patching or running.
+            return Ok(Report {
+                target: self.target.describe(),
+                tag: self.tag,
+                hits,
+                sites: Vec::new(),
+                run: "not run (no allocation site to patch)".into(),
+                samples: 0,
+                restore: RestoreSummary::default(),
+            });
+        }
         let before = pool::snapshot(&mut *self.target)?;
         let db = &self.options.pooltag;
         let chosen = tags::choose(self.tag.unprotected(), patchable.len(), |t| {

@@ -163,3 +163,15 @@ fn journal_is_written_before_patching() {
     assert!(report.restore.journal_removed);
     assert!(!path.exists());
 }
+
+#[test]
+fn no_allocation_site_means_no_patch_and_no_run() {
+    let mut t = fake_kernel();
+    // EtwB appears nowhere in module memory.
+    let report = Split::new(&mut t, PoolTag::new(*b"EtwB"), SplitOptions::default())
+        .run()
+        .unwrap();
+    assert!(report.hits.is_empty() && report.sites.is_empty());
+    assert_eq!(report.samples, 0);
+    assert!(report.to_text().contains("no allocation site to patch"));
+}
