@@ -175,3 +175,31 @@ fn no_allocation_site_means_no_patch_and_no_run() {
     assert_eq!(report.samples, 0);
     assert!(report.to_text().contains("no allocation site to patch"));
 }
+
+#[test]
+fn wildcard_pooltag_families_are_never_chosen() {
+    let db = crate::pooltag::PoolTagDb::parse(
+        "Lea* - other.sys - a whole family\nLe1? - x.sys - another\n",
+    );
+    let tags = tags::choose(PoolTag::new(*b"Leak"), 3, |t| db.covers(t)).unwrap();
+    assert_eq!(
+        tags,
+        vec![
+            PoolTag::new(*b"Le21"),
+            PoolTag::new(*b"Le22"),
+            PoolTag::new(*b"Le23")
+        ]
+    );
+    let mut t = fake_kernel();
+    let opts = SplitOptions {
+        run: Some(RunFor::Ticks(100)),
+        samples: 2,
+        pooltag: db,
+        ..SplitOptions::default()
+    };
+    let report = Split::new(&mut t, PoolTag::new(*b"Leak"), opts)
+        .run()
+        .unwrap();
+    let chosen: Vec<PoolTag> = report.sites.iter().map(|s| s.new_tag).collect();
+    assert_eq!(chosen, vec![PoolTag::new(*b"Le21"), PoolTag::new(*b"Le22")]);
+}
