@@ -19,24 +19,30 @@ fn tagsplit(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `tagsplit run --target sim:part4 --tag Leak --journal DIR/j.json EXTRA...`; returns the
+/// output and the journal path.
+fn run_part4(test: &str, extra: &[&str]) -> (Output, std::path::PathBuf) {
+    let journal = common::temp_dir(test).join("j.json");
+    let mut args = vec![
+        "run",
+        "--target",
+        "sim:part4",
+        "--tag",
+        "Leak",
+        "--journal",
+        journal.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    (tagsplit(&args), journal)
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 #[test]
 fn run_json_names_the_leaking_site() {
-    let dir = common::temp_dir("cli-json");
-    let journal = dir.join("j.json");
-    let o = tagsplit(&[
-        "run",
-        "--target",
-        "sim:part4",
-        "--tag",
-        "Leak",
-        "--json",
-        "--journal",
-        journal.to_str().unwrap(),
-    ]);
+    let (o, journal) = run_part4("cli-json", &["--json"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let leaks: Vec<&serde_json::Value> = v["sites"]
@@ -56,21 +62,7 @@ fn run_json_names_the_leaking_site() {
 
 #[test]
 fn run_text_and_options() {
-    let dir = common::temp_dir("cli-text");
-    let journal = dir.join("j.json");
-    let o = tagsplit(&[
-        "run",
-        "--target",
-        "sim:part4",
-        "--tag",
-        "Leak",
-        "--ticks",
-        "400",
-        "--samples",
-        "4",
-        "--journal",
-        journal.to_str().unwrap(),
-    ]);
+    let (o, _) = run_part4("cli-text", &["--ticks", "400", "--samples", "4"]);
     assert!(o.status.success());
     let text = stdout(&o);
     assert!(text.contains("ran 400 ticks in 4 samples"), "{text}");
@@ -84,24 +76,13 @@ fn run_text_and_options() {
 
 #[test]
 fn pooltag_file_reserves_tags() {
-    let dir = common::temp_dir("cli-pooltag");
-    let file = dir.join("pooltag.txt");
+    let file = std::env::temp_dir().join(format!("tagsplit-pooltag-{}.txt", std::process::id()));
     std::fs::write(
         &file,
         "rem test\nLea1 - x.sys - taken\nLea2 - x.sys - taken too\n",
     )
     .unwrap();
-    let o = tagsplit(&[
-        "run",
-        "--target",
-        "sim:part4",
-        "--tag",
-        "Leak",
-        "--pooltag",
-        file.to_str().unwrap(),
-        "--journal",
-        dir.join("j.json").to_str().unwrap(),
-    ]);
+    let (o, _) = run_part4("cli-pooltag", &["--pooltag", file.to_str().unwrap()]);
     assert!(o.status.success());
     let text = stdout(&o);
     assert!(text.contains("LEAK: Lea4  myfault.sys+0x1621"), "{text}");
