@@ -170,3 +170,18 @@ proptest! {
         let _ = Console::new().execute(&mut t, &format!("{word} {args}"));
     }
 }
+
+#[test]
+fn a_borrowed_machine_runs_the_console_too() {
+    use tagsplit::target::sim::MachineRef;
+    use tagsplit_target_sim::machine::Machine;
+    use tagsplit_target_sim::scenario::Scenario;
+    let scenario = Scenario::builtin("part4").unwrap();
+    let mut machine = Machine::boot(&scenario).unwrap();
+    let mut view = MachineRef::new(&mut machine, scenario.default_run_ticks());
+    let out = transcript(&mut view, &mut Console::new(), &SEED_COMMANDS);
+    assert!(out.contains(" Lea2       257    263168000"));
+    let owned = SimTarget::from_machine(machine, scenario.default_run_ticks());
+    assert_eq!(owned.describe(), "sim:part4");
+    assert!(owned.into_machine().tick() > 1000);
+}
