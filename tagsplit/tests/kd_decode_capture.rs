@@ -111,7 +111,7 @@ fn kdnet_capture_key_packets() {
                 fields: StateChangeKind::LoadSymbols(l),
                 path,
                 ..
-            } if !l.unload_symbols => Some((*l, path.clone())),
+            } if l.unload_symbols == 0 => Some((*l, path.clone())),
             _ => None,
         })
         .unwrap();

@@ -748,8 +748,8 @@ pub struct LoadSymbols64 {
     pub checksum: u32,
     /// `SizeOfImage`.
     pub size_of_image: u32,
-    /// `UnloadSymbols`.
-    pub unload_symbols: bool,
+    /// `UnloadSymbols` (non-zero: the module was unloaded).
+    pub unload_symbols: u8,
 }
 
 /// The AMD64 control report at the end of a state change.
@@ -881,7 +881,7 @@ impl StateChange {
                 process_id: le::u64_at(h, 48),
                 checksum: le::u32_at(h, 56),
                 size_of_image: le::u32_at(h, 60),
-                unload_symbols: le::u8_at(h, 64) != 0,
+                unload_symbols: le::u8_at(h, 64),
             }),
             STATE_COMMAND_STRING => StateChangeKind::CommandString {
                 flags: le::u32_at(h, 32),
@@ -892,10 +892,12 @@ impl StateChange {
 
     /// Writes `NewState` and the union fields of `kind`.
     pub fn set_kind(&mut self, kind: &StateChangeKind) {
+        // Keep the high half of NewState (0x10000 marks an alternate source).
+        let high = self.new_state() & 0xFFFF_0000;
         let h = &mut self.head;
         match kind {
             StateChangeKind::Exception(e) => {
-                le::put_u32(h, 0, STATE_EXCEPTION);
+                le::put_u32(h, 0, high | STATE_EXCEPTION);
                 le::put_u32(h, 32, e.code);
                 le::put_u32(h, 36, e.flags);
                 le::put_u64(h, 40, e.record);
@@ -907,16 +909,16 @@ impl StateChange {
                 le::put_u32(h, 184, e.first_chance);
             }
             StateChangeKind::LoadSymbols(l) => {
-                le::put_u32(h, 0, STATE_LOAD_SYMBOLS);
+                le::put_u32(h, 0, high | STATE_LOAD_SYMBOLS);
                 le::put_u32(h, 32, l.path_name_length);
                 le::put_u64(h, 40, l.base_of_dll);
                 le::put_u64(h, 48, l.process_id);
                 le::put_u32(h, 56, l.checksum);
                 le::put_u32(h, 60, l.size_of_image);
-                le::put(h, 64, &[u8::from(l.unload_symbols)]);
+                le::put(h, 64, &[l.unload_symbols]);
             }
             StateChangeKind::CommandString { flags } => {
-                le::put_u32(h, 0, STATE_COMMAND_STRING);
+                le::put_u32(h, 0, high | STATE_COMMAND_STRING);
                 le::put_u32(h, 32, *flags);
             }
             StateChangeKind::Unknown(v) => le::put_u32(h, 0, *v),

@@ -68,10 +68,9 @@ impl Poke {
         host: SocketAddr,
         last_host: SocketAddr,
     ) -> Poke {
-        let mut raw = vec![0u8; POKE_LEN];
-        raw[0] = CONTROL_MARK;
-        raw[1] = TYPE_POKE;
-        raw[2..34].copy_from_slice(&nonce);
+        let mut raw = vec![CONTROL_MARK, TYPE_POKE];
+        raw.extend_from_slice(&nonce);
+        raw.resize(POKE_LEN, 0);
         put_addr(&mut raw, 34, target);
         put_addr(&mut raw, 52, host);
         put_addr(&mut raw, 70, last_host);
@@ -122,11 +121,10 @@ pub struct Response {
 impl Response {
     /// A response to a poke's nonce.
     pub fn new(nonce: [u8; 32], host_random: [u8; 32]) -> Response {
-        let mut raw = vec![0u8; RESPONSE_LEN];
-        raw[0] = CONTROL_MARK;
-        raw[1] = TYPE_RESPONSE;
-        raw[2..34].copy_from_slice(&nonce);
-        raw[34..66].copy_from_slice(&host_random);
+        let mut raw = vec![CONTROL_MARK, TYPE_RESPONSE];
+        raw.extend_from_slice(&nonce);
+        raw.extend_from_slice(&host_random);
+        raw.resize(RESPONSE_LEN, 0);
         Response {
             nonce,
             host_random,

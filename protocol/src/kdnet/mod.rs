@@ -220,9 +220,8 @@ impl<T: AsRef<[u8]>> Datagram<T> {
             return Err(KdnetError::BadMagic);
         }
         let len = b.len();
-        if len > MAX_DATAGRAM
-            || len < HEADER_LEN + 16 + TAG_LEN
-            || (len - HEADER_LEN - TAG_LEN) % 16 != 0
+        if !(HEADER_LEN + 16 + TAG_LEN..=MAX_DATAGRAM).contains(&len)
+            || !(len - HEADER_LEN - TAG_LEN).is_multiple_of(16)
         {
             return Err(KdnetError::BadLength(len));
         }

@@ -183,7 +183,7 @@ fn rescale(raw: Duration, resol: u8) -> Duration {
     } else {
         count / 2f64.powi(i32::from(resol & 0x7F))
     };
-    if secs.is_finite() && secs >= 0.0 && secs < 1e15 {
+    if secs.is_finite() && (0.0..1e15).contains(&secs) {
         Duration::from_secs_f64(secs)
     } else {
         Duration::ZERO

@@ -231,7 +231,7 @@ fn manipulate_fields(f: &ManipulateApi) -> String {
 fn load_symbols(l: &LoadSymbols64, path: Option<&str>) -> String {
     format!(
         "{} {:?} base={:#x} size={:#x} checksum={:#x}",
-        if l.unload_symbols {
+        if l.unload_symbols != 0 {
             "UnloadSymbols"
         } else {
             "LoadSymbols"

@@ -469,10 +469,7 @@ impl Decoder {
                 reason: "no key given".to_string(),
             },
         };
-        let opened = match &self.keys {
-            None => None,
-            Some(keys) => Some(keys.open(bytes)),
-        };
+        let opened = self.keys.as_ref().map(|keys| keys.open(bytes));
         match opened {
             None => {}
             Some(Err(KdnetError::NoDataKey)) => {
