@@ -22,7 +22,7 @@
 //! ```
 
 pub mod control;
-// pub mod endpoint;
+pub mod endpoint;
 
 use std::fmt;
 use std::str::FromStr;
@@ -34,7 +34,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 pub use control::{ControlMessage, Poke, Response, derive_data_key};
-// pub use endpoint::{Endpoint, EndpointConfig, EndpointEvent};
+pub use endpoint::{Endpoint, EndpointConfig, EndpointEvent, EndpointStats};
 
 /// `"MDBG"`, the first four bytes of every KDNET datagram.
 pub const MAGIC: [u8; 4] = *b"MDBG";
