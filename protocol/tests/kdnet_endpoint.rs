@@ -46,14 +46,14 @@ fn step(
             moved = true;
             *counter += 1;
             log.push(x.clone());
-            if drop_every == 0 || *counter % drop_every != 0 {
+            if drop_every == 0 || !(*counter).is_multiple_of(drop_every) {
                 d.handle_datagram(*now, &x);
             }
         }
         while let Some(x) = d.poll_transmit() {
             moved = true;
             *counter += 1;
-            if drop_every == 0 || *counter % drop_every != 0 {
+            if drop_every == 0 || !(*counter).is_multiple_of(drop_every) {
                 t.handle_datagram(*now, &x);
             }
         }
