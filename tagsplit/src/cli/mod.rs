@@ -1,6 +1,7 @@
 //! Subcommands: one variant and one file each (add a backend's `serve`/`decode` the same way).
 
 mod console;
+mod decode;
 mod demo;
 mod restore;
 mod run;
@@ -36,6 +37,8 @@ pub enum Command {
     Console(console::Args),
     /// List the built-in simulator scenarios.
     Scenarios(scenarios::Args),
+    /// Dissect KDNET and KDCOM traffic in a pcap/pcapng capture or a raw KDCOM file.
+    Decode(decode::Args),
 }
 
 impl Command {
@@ -47,6 +50,7 @@ impl Command {
             Command::Restore(a) => restore::execute(a),
             Command::Console(a) => console::execute(a),
             Command::Scenarios(a) => scenarios::execute(a),
+            Command::Decode(a) => decode::execute(a),
         }
     }
 }
