@@ -18,6 +18,7 @@
 //! assert_eq!(decoder.next_event(), Some(StreamEvent::Packet(repr)));
 //! ```
 
+pub mod context;
 pub mod packet;
 pub mod payload;
 pub mod session;
@@ -113,9 +114,10 @@ pub enum KdError {
     BadTrailer(u8),
 }
 
-/// Little-endian field access on fixed-size blocks (offsets are compile-time constants
+/// Little-endian field access on byte blocks: reads outside the slice give zero, writes
+/// outside it are ignored (offsets are compile-time constants
 /// inside the block, so a miss only happens on a programming error and yields zero).
-pub(crate) mod le {
+pub mod le {
     /// Reads a `u16` at `off`.
     pub fn u16_at(b: &[u8], off: usize) -> u16 {
         b.get(off..off + 2)
@@ -156,4 +158,17 @@ pub(crate) mod le {
     pub fn put_u64(b: &mut [u8], off: usize, v: u64) {
         put(b, off, &v.to_le_bytes());
     }
+}
+
+/// Tagsplit's private extensions, carried in standard packets so a real target simply
+/// refuses them (Windows answers control-space selectors it does not know with
+/// `STATUS_UNSUCCESSFUL`): the simulator's KD stub honours them.
+pub mod ext {
+    /// `WriteControlSpace` selector: 8 bytes, little-endian — the next Continue runs
+    /// exactly this many ticks, then reports a breakpoint exception (like a break-in).
+    pub const RUN_LIMIT_SELECTOR: u64 = 0x5453_0001;
+    /// `ReadControlSpace` selector: 8 bytes — the scenario's default run length in ticks.
+    pub const DEFAULT_RUN_SELECTOR: u64 = 0x5453_0002;
+    /// `ReadControlSpace` selector: 8 bytes — the machine's tick counter.
+    pub const TICK_SELECTOR: u64 = 0x5453_0003;
 }
