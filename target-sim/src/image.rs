@@ -257,7 +257,7 @@ impl ImageBuilder {
 
     /// Pads `.text` with `int3` to a 16-byte boundary.
     pub fn align_text(&mut self) {
-        while self.text.len() % 16 != 0 {
+        while !self.text.len().is_multiple_of(16) {
             self.text.push(0xcc);
         }
     }
@@ -271,7 +271,7 @@ impl ImageBuilder {
 
     /// Appends read-only data (8-byte aligned); returns its location.
     pub fn rdata(&mut self, bytes: &[u8]) -> Loc {
-        while self.rdata.len() % 8 != 0 {
+        while !self.rdata.len().is_multiple_of(8) {
             self.rdata.push(0);
         }
         let at = self.rdata.len() as u64;
@@ -282,7 +282,7 @@ impl ImageBuilder {
     /// Appends writable data (`align`-byte aligned, at least 8); returns its location.
     pub fn data(&mut self, bytes: &[u8], align: usize) -> Loc {
         let align = align.max(8);
-        while self.data.len() % align != 0 {
+        while !self.data.len().is_multiple_of(align) {
             self.data.push(0);
         }
         let at = self.data.len() as u64;
@@ -371,7 +371,7 @@ impl ImageBuilder {
         let call = self.call_import(Import::ExAllocatePoolWithTag)?;
         self.epilogue(0x28);
         Ok(SiteLocs {
-            instr: at_instr(instr),
+            instr,
             imm,
             call: Some(call),
         })
@@ -457,7 +457,7 @@ impl ImageBuilder {
         let imm = self.code(&tag.bytes());
         self.code(&[0x0f, 0x94, 0xc0, 0xc3]);
         SiteLocs {
-            instr: at_instr(instr),
+            instr,
             imm,
             call: None,
         }
@@ -732,11 +732,6 @@ impl ImageBuilder {
         v.resize(0x400, 0);
         v
     }
-}
-
-/// The instruction start of a two-byte-opcode site (the `Loc` returned by `code`).
-fn at_instr(l: Loc) -> Loc {
-    l
 }
 
 struct HeaderInfo {

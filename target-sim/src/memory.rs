@@ -574,3 +574,95 @@ mod tests {
         assert_eq!(h, vec![VirtAddr(BASE + PAGE_SIZE - 1)]);
     }
 }
+
+#[cfg(test)]
+mod model {
+    //! Memory against a byte-per-address model: reads, writes and searches agree.
+
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const BASE: u64 = 0xffff_f880_0000_0000;
+    /// Mapped pages of the model window: 0, 1, 2 and 4 (page 3 is a hole).
+    const MAPPED: [u64; 4] = [0, 1, 2, 4];
+
+    fn mapped(addr: u64) -> bool {
+        addr >= BASE && MAPPED.contains(&((addr - BASE) / PAGE_SIZE))
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Write(u64, Vec<u8>),
+        Read(u64, usize),
+        Search(u64, u64, Vec<u8>),
+    }
+
+    fn addr() -> impl Strategy<Value = u64> {
+        (0u64..5 * PAGE_SIZE).prop_map(|o| BASE + o)
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (addr(), proptest::collection::vec(0u8..4, 1..40)).prop_map(|(a, d)| Op::Write(a, d)),
+            (addr(), 0usize..300).prop_map(|(a, n)| Op::Read(a, n)),
+            (addr(), 0u64..6000, proptest::collection::vec(0u8..4, 1..4))
+                .prop_map(|(a, n, p)| Op::Search(a, n, p)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        #[test]
+        fn memory_agrees_with_a_byte_model(ops in proptest::collection::vec(op(), 1..60)) {
+            let mut m = Memory::new();
+            m.map(VirtAddr(BASE), 3 * PAGE_SIZE, Prot::RW).unwrap();
+            m.map(VirtAddr(BASE + 4 * PAGE_SIZE), PAGE_SIZE, Prot::RX).unwrap();
+            let mut model: BTreeMap<u64, u8> = BTreeMap::new();
+            let byte = |model: &BTreeMap<u64, u8>, a: u64| model.get(&a).copied().unwrap_or(0);
+            for op in ops {
+                match op {
+                    Op::Write(a, d) => {
+                        let ok = (0..d.len() as u64).take_while(|i| mapped(a + i)).count();
+                        let r = m.write(VirtAddr(a), &d);
+                        for (i, b) in d.iter().enumerate().take(ok) {
+                            model.insert(a + i as u64, *b);
+                        }
+                        if ok == d.len() {
+                            prop_assert!(r.is_ok());
+                        } else {
+                            let e = r.unwrap_err();
+                            prop_assert_eq!((e.addr.0, e.done), (a + ok as u64, ok));
+                        }
+                    }
+                    Op::Read(a, n) => {
+                        let mut buf = vec![0xeeu8; n];
+                        let ok = (0..n as u64).take_while(|i| mapped(a + i)).count();
+                        let r = m.read(VirtAddr(a), &mut buf);
+                        for (i, b) in buf.iter().enumerate().take(ok) {
+                            prop_assert_eq!(*b, byte(&model, a + i as u64));
+                        }
+                        prop_assert_eq!(r.is_ok(), ok == n);
+                        if let Err(e) = r {
+                            prop_assert_eq!((e.addr.0, e.done), (a + ok as u64, ok));
+                        }
+                    }
+                    Op::Search(a, n, p) => {
+                        let end = a + n;
+                        let expect: Vec<VirtAddr> = (a..end)
+                            .filter(|s| s + p.len() as u64 <= end)
+                            .filter(|s| (0..p.len() as u64).all(|i| mapped(s + i)))
+                            .filter(|s| p.iter().enumerate().all(|(i, b)| byte(&model, s + i as u64) == *b))
+                            .map(VirtAddr)
+                            .take(50)
+                            .collect();
+                        prop_assert_eq!(m.search(VirtAddr(a), VirtAddr(end), &p, 50), expect);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -375,12 +375,10 @@ impl Pool {
         } else {
             let units = units_for(size);
             let hdr = self.carve(mem, kind, units)?;
-            let mut h = [0u8; 8];
-            mem.read(VirtAddr(hdr), &mut h[..4])?;
-            h[pool_header::POOL_INDEX as usize] = self.arena(kind).index;
-            h[pool_header::BLOCK_SIZE as usize] = units;
-            h[pool_header::POOL_TYPE as usize] = pool_type.header_value();
-            h[4..8].copy_from_slice(&tag.to_u32().to_le_bytes());
+            let mut prev = [0u8; 1];
+            mem.read(VirtAddr(hdr + pool_header::PREVIOUS_SIZE), &mut prev)?;
+            let index = self.arena(kind).index;
+            let h = header(prev[0], index, units, pool_type.header_value(), tag);
             mem.write(VirtAddr(hdr), &h)?;
             mem.write_u64(VirtAddr(hdr + pool_header::PROCESS_BILLED), 0)?;
             (hdr + pool_header::SIZE, u64::from(units) << 4, false)
@@ -431,10 +429,10 @@ impl Pool {
             (tag, pages * PAGE_SIZE)
         } else {
             let hdr = addr.0 - pool_header::SIZE;
-            let mut h = [0u8; 8];
-            mem.read(VirtAddr(hdr), &mut h)?;
-            let units = h[pool_header::BLOCK_SIZE as usize];
-            let tag = PoolTag::from_u32(u32::from_le_bytes([h[4], h[5], h[6], h[7]]));
+            let mut units = [0u8; 1];
+            mem.read(VirtAddr(hdr + pool_header::BLOCK_SIZE), &mut units)?;
+            let units = units[0];
+            let tag = PoolTag::from_u32(mem.read_u32(VirtAddr(hdr + pool_header::POOL_TAG))?);
             mem.write(VirtAddr(hdr + pool_header::POOL_TYPE), &[0])?;
             let lunits = (live.charged >> 4) as u8;
             self.arena(kind).free.entry(lunits).or_default().push(hdr);
@@ -487,15 +485,11 @@ impl Pool {
             let rest = big_units - units;
             let rest_hdr = hdr + (u64::from(units) << 4);
             let open = arena.open;
-            let mut h = [0u8; 4];
-            h[pool_header::PREVIOUS_SIZE as usize] = units;
-            h[pool_header::POOL_INDEX as usize] = arena.index;
-            h[pool_header::BLOCK_SIZE as usize] = rest;
-            arena.free.entry(rest).or_default().push(rest_hdr);
-            mem.write(VirtAddr(rest_hdr), &h)?;
             let mut tagb = [0u8; 4];
             mem.read(VirtAddr(hdr + pool_header::POOL_TAG), &mut tagb)?;
-            mem.write(VirtAddr(rest_hdr + pool_header::POOL_TAG), &tagb)?;
+            let h = header(units, arena.index, rest, 0, PoolTag::new(tagb));
+            arena.free.entry(rest).or_default().push(rest_hdr);
+            mem.write(VirtAddr(rest_hdr), &h)?;
             let next = hdr + (u64::from(big_units) << 4);
             let page = hdr & !(PAGE_SIZE - 1);
             if next & (PAGE_SIZE - 1) != 0 {
@@ -593,6 +587,21 @@ impl Pool {
         mem.write_u64(VirtAddr(e + bytes_off), nb)?;
         Ok(())
     }
+}
+
+// `header` relies on the x64 field order of `layout::pool_header`.
+const _: () = assert!(
+    pool_header::PREVIOUS_SIZE == 0
+        && pool_header::POOL_INDEX == 1
+        && pool_header::BLOCK_SIZE == 2
+        && pool_header::POOL_TYPE == 3
+        && pool_header::POOL_TAG == 4
+);
+
+/// The first eight bytes of a `POOL_HEADER`.
+fn header(prev: u8, index: u8, units: u8, pool_type: u8, tag: PoolTag) -> [u8; 8] {
+    let t = tag.bytes();
+    [prev, index, units, pool_type, t[0], t[1], t[2], t[3]]
 }
 
 /// Copies `bytes` into `buf` at `off` (ignored if out of range).
