@@ -46,7 +46,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 enum Link {
     Kdcom {
         stream: TcpStream,
-        session: Session,
+        session: Box<Session>,
     },
     Kdnet {
         sock: UdpSocket,
@@ -271,7 +271,10 @@ impl KdTarget {
             ..SessionConfig::kdcom(Role::Debugger)
         });
         KdTarget::attach(
-            Link::Kdcom { stream, session },
+            Link::Kdcom {
+                stream,
+                session: Box::new(session),
+            },
             format!("kdcom:{addr}"),
             timeout,
         )
@@ -369,10 +372,13 @@ impl KdTarget {
         mut pick: impl FnMut(PacketType, &[u8]) -> bool,
     ) -> Result<(PacketType, Vec<u8>), TargetError> {
         loop {
-            if let Some(i) = self.inbox.iter().position(|(t, p)| pick(*t, p)) {
-                if let Some(found) = self.inbox.remove(i) {
-                    return Ok(found);
-                }
+            if let Some(found) = self
+                .inbox
+                .iter()
+                .position(|(t, p)| pick(*t, p))
+                .and_then(|i| self.inbox.remove(i))
+            {
+                return Ok(found);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -491,10 +497,10 @@ impl KdTarget {
             t.read_memory(at, &mut tag).is_ok_and(|n| n == 4) && tag == kdbg::OWNER_TAG
         };
         // DebuggerDataList is the list head; its Flink is the first KDBG block.
-        if let Ok(first) = read_u64(self, VirtAddr(list)) {
-            if has_tag(self, first) {
-                return Some(VirtAddr(first));
-            }
+        if let Ok(first) = read_u64(self, VirtAddr(list))
+            && has_tag(self, first)
+        {
+            return Some(VirtAddr(first));
         }
         has_tag(self, list).then_some(VirtAddr(list))
     }
