@@ -129,7 +129,11 @@ impl fmt::Display for PoolTag {
     /// Prints the four characters, non-printable bytes (and the protected bit) shown as `.`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for &b in &self.unprotected().0 {
-            let c = if (0x20..0x7f).contains(&b) { b as char } else { '.' };
+            let c = if (0x20..0x7f).contains(&b) {
+                b as char
+            } else {
+                '.'
+            };
             write!(f, "{c}")?;
         }
         Ok(())
@@ -138,7 +142,12 @@ impl fmt::Display for PoolTag {
 
 impl fmt::Debug for PoolTag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PoolTag({:?} = {:#010x})", self.to_string(), self.to_u32())
+        write!(
+            f,
+            "PoolTag({:?} = {:#010x})",
+            self.to_string(),
+            self.to_u32()
+        )
     }
 }
 
@@ -151,7 +160,8 @@ impl From<PoolTag> for String {
 impl TryFrom<String> for PoolTag {
     type Error = String;
     fn try_from(s: String) -> Result<Self, Self::Error> {
-        PoolTag::parse(&s).ok_or_else(|| format!("invalid pool tag {s:?}: expected 1-4 ASCII characters"))
+        PoolTag::parse(&s)
+            .ok_or_else(|| format!("invalid pool tag {s:?}: expected 1-4 ASCII characters"))
     }
 }
 
@@ -161,7 +171,10 @@ mod tests {
 
     #[test]
     fn virt_addr_prints_with_backtick() {
-        assert_eq!(VirtAddr(0xfffff880_0496e3aa).to_string(), "fffff880`0496e3aa");
+        assert_eq!(
+            VirtAddr(0xfffff880_0496e3aa).to_string(),
+            "fffff880`0496e3aa"
+        );
         assert_eq!(VirtAddr(0x1000).to_string(), "00000000`00001000");
     }
 

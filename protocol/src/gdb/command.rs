@@ -5,12 +5,12 @@
 //! [`Command::Unknown`], which a stub answers with the empty reply. [`Command::encode`] is
 //! the inverse, for the client side.
 
+use nom::Parser;
 use nom::branch::alt;
 use nom::bytes::{tag, take_while1};
 use nom::combinator::{all_consuming, map, opt, rest, value, verify};
 use nom::multi::many0;
 use nom::sequence::{preceded, separated_pair, terminated};
-use nom::Parser;
 
 use super::hex::{
     In, PErr, decode_hex, encode_hex_into, hex_u8, hex_u32, hex_u64, push_hex_u8, push_hex_u64,
@@ -41,7 +41,13 @@ impl ThreadId {
     pub(crate) fn parser<'a>() -> impl Parser<In<'a>, Output = ThreadId, Error = PErr<'a>> {
         alt((
             value(ThreadId::All, tag(&b"-1"[..])),
-            map(hex_u64(), |id| if id == 0 { ThreadId::Any } else { ThreadId::Id(id) }),
+            map(hex_u64(), |id| {
+                if id == 0 {
+                    ThreadId::Any
+                } else {
+                    ThreadId::Id(id)
+                }
+            }),
         ))
     }
 }
@@ -58,7 +64,10 @@ pub struct ThreadSel {
 impl ThreadSel {
     /// A plain thread selector.
     pub fn thread(thread: ThreadId) -> Self {
-        Self { process: None, thread }
+        Self {
+            process: None,
+            thread,
+        }
     }
 
     fn encode_into(self, out: &mut Vec<u8>) {
@@ -73,8 +82,17 @@ impl ThreadSel {
     pub(crate) fn parser<'a>() -> impl Parser<In<'a>, Output = ThreadSel, Error = PErr<'a>> {
         alt((
             map(
-                preceded(tag(&b"p"[..]), (ThreadId::parser(), opt(preceded(tag(&b"."[..]), ThreadId::parser())))),
-                |(p, t)| ThreadSel { process: Some(p), thread: t.unwrap_or(ThreadId::All) },
+                preceded(
+                    tag(&b"p"[..]),
+                    (
+                        ThreadId::parser(),
+                        opt(preceded(tag(&b"."[..]), ThreadId::parser())),
+                    ),
+                ),
+                |(p, t)| ThreadSel {
+                    process: Some(p),
+                    thread: t.unwrap_or(ThreadId::All),
+                },
             ),
             map(ThreadId::parser(), ThreadSel::thread),
         ))
@@ -106,12 +124,18 @@ pub enum FeatureValue {
 impl Feature {
     /// A `name+` feature.
     pub fn supported(name: &str) -> Self {
-        Self { name: name.to_owned(), value: FeatureValue::Supported }
+        Self {
+            name: name.to_owned(),
+            value: FeatureValue::Supported,
+        }
     }
 
     /// A `name=value` feature.
     pub fn with_value(name: &str, value: &str) -> Self {
-        Self { name: name.to_owned(), value: FeatureValue::Value(value.to_owned()) }
+        Self {
+            name: name.to_owned(),
+            value: FeatureValue::Value(value.to_owned()),
+        }
     }
 
     /// Parses one feature; `None` for an empty string.
@@ -126,7 +150,10 @@ impl Feature {
             b'?' => (text.get(..text.len() - 1)?, FeatureValue::Query),
             _ => (text.as_ref(), FeatureValue::Supported),
         };
-        Some(Self { name: name.to_owned(), value })
+        Some(Self {
+            name: name.to_owned(),
+            value,
+        })
     }
 
     /// Parses a `;`-separated feature list.
@@ -277,13 +304,19 @@ impl ResumeAction {
         map(
             (
                 alt((
-                    map(preceded(tag(&b"C"[..]), hex_u8()), ResumeKind::ContinueSignal),
+                    map(
+                        preceded(tag(&b"C"[..]), hex_u8()),
+                        ResumeKind::ContinueSignal,
+                    ),
                     map(preceded(tag(&b"S"[..]), hex_u8()), ResumeKind::StepSignal),
                     value(ResumeKind::Continue, tag(&b"c"[..])),
                     value(ResumeKind::Step, tag(&b"s"[..])),
                     value(ResumeKind::Stop, tag(&b"t"[..])),
                     map(
-                        preceded(tag(&b"r"[..]), separated_pair(hex_u64(), tag(&b","[..]), hex_u64())),
+                        preceded(
+                            tag(&b"r"[..]),
+                            separated_pair(hex_u64(), tag(&b","[..]), hex_u64()),
+                        ),
                         |(start, end)| ResumeKind::RangeStep { start, end },
                     ),
                 )),
@@ -456,9 +489,10 @@ fn text(bytes: &[u8]) -> String {
 
 fn command_parser<'a>() -> impl Parser<In<'a>, Output = Command, Error = PErr<'a>> {
     let queries = alt((
-        map(preceded(lit(b"qSupported"), opt(preceded(lit(b":"), rest))), |f: Option<In<'a>>| {
-            Command::QSupported(f.map(Feature::parse_list).unwrap_or_default())
-        }),
+        map(
+            preceded(lit(b"qSupported"), opt(preceded(lit(b":"), rest))),
+            |f: Option<In<'a>>| Command::QSupported(f.map(Feature::parse_list).unwrap_or_default()),
+        ),
         value(Command::MustReplyEmpty, lit(b"vMustReplyEmpty")),
         value(Command::StartNoAckMode, lit(b"QStartNoAckMode")),
         map(
@@ -478,7 +512,10 @@ fn command_parser<'a>() -> impl Parser<In<'a>, Output = Command, Error = PErr<'a
         value(Command::ThreadInfoFirst, lit(b"qfThreadInfo")),
         value(Command::ThreadInfoNext, lit(b"qsThreadInfo")),
         value(Command::CurrentThread, lit(b"qC")),
-        map(preceded(lit(b"qAttached"), opt(preceded(lit(b":"), hex_u64()))), Command::Attached),
+        map(
+            preceded(lit(b"qAttached"), opt(preceded(lit(b":"), hex_u64()))),
+            Command::Attached,
+        ),
         map(
             (
                 preceded(lit(b"qSearch:memory:"), hex_u64()),
@@ -496,20 +533,33 @@ fn command_parser<'a>() -> impl Parser<In<'a>, Output = Command, Error = PErr<'a
     let resume = alt((
         value(Command::VContQuery, lit(b"vCont?")),
         map(
-            preceded(lit(b"vCont"), many0(preceded(lit(b";"), ResumeAction::parser()))),
+            preceded(
+                lit(b"vCont"),
+                many0(preceded(lit(b";"), ResumeAction::parser())),
+            ),
             Command::VCont,
         ),
-        map(preceded(lit(b"vKill"), opt(preceded(lit(b";"), hex_u64()))), Command::VKill),
+        map(
+            preceded(lit(b"vKill"), opt(preceded(lit(b";"), hex_u64()))),
+            Command::VKill,
+        ),
         map(preceded(lit(b"c"), opt(hex_u64())), Command::Continue),
         map(preceded(lit(b"s"), opt(hex_u64())), Command::Step),
-        map(preceded(lit(b"D"), opt(preceded(lit(b";"), hex_u64()))), Command::Detach),
+        map(
+            preceded(lit(b"D"), opt(preceded(lit(b";"), hex_u64()))),
+            Command::Detach,
+        ),
         value(Command::Kill, lit(b"k")),
         value(Command::HaltReason, lit(b"?")),
     ));
     let breakpoint = || {
         map(
             terminated(
-                (BreakpointType::parser(), preceded(lit(b","), hex_u64()), preceded(lit(b","), hex_u64())),
+                (
+                    BreakpointType::parser(),
+                    preceded(lit(b","), hex_u64()),
+                    preceded(lit(b","), hex_u64()),
+                ),
                 // Conditions and commands (`;X...`) are accepted and ignored.
                 opt(preceded(lit(b";"), rest)),
             ),
@@ -520,7 +570,13 @@ fn command_parser<'a>() -> impl Parser<In<'a>, Output = Command, Error = PErr<'a
         map(
             preceded(
                 lit(b"H"),
-                (alt((value(ThreadOp::General, lit(b"g")), value(ThreadOp::Continue, lit(b"c")))), ThreadSel::parser()),
+                (
+                    alt((
+                        value(ThreadOp::General, lit(b"g")),
+                        value(ThreadOp::Continue, lit(b"c")),
+                    )),
+                    ThreadSel::parser(),
+                ),
             ),
             |(op, t)| Command::SetThread(op, t),
         ),
@@ -531,8 +587,12 @@ fn command_parser<'a>() -> impl Parser<In<'a>, Output = Command, Error = PErr<'a
             preceded(lit(b"P"), separated_pair(hex_u32(), lit(b"="), hex_data())),
             |(reg, value)| Command::WriteRegister { reg, value },
         ),
-        map(preceded(lit(b"m"), addr_len()), |(addr, len)| Command::ReadMemory { addr, len }),
-        map(preceded(lit(b"x"), addr_len()), |(addr, len)| Command::ReadMemoryBinary { addr, len }),
+        map(preceded(lit(b"m"), addr_len()), |(addr, len)| {
+            Command::ReadMemory { addr, len }
+        }),
+        map(preceded(lit(b"x"), addr_len()), |(addr, len)| {
+            Command::ReadMemoryBinary { addr, len }
+        }),
         map(
             verify(
                 preceded(lit(b"M"), separated_pair(addr_len(), lit(b":"), hex_data())),
@@ -545,7 +605,10 @@ fn command_parser<'a>() -> impl Parser<In<'a>, Output = Command, Error = PErr<'a
                 preceded(lit(b"X"), separated_pair(addr_len(), lit(b":"), rest)),
                 |((_, len), data): &((u64, u64), In<'a>)| *len == data.len() as u64,
             ),
-            |((addr, _), data)| Command::WriteMemoryBinary { addr, data: data.to_vec() },
+            |((addr, _), data)| Command::WriteMemoryBinary {
+                addr,
+                data: data.to_vec(),
+            },
         ),
         map(preceded(lit(b"Z"), breakpoint()), Command::InsertBreakpoint),
         map(preceded(lit(b"z"), breakpoint()), Command::RemoveBreakpoint),
@@ -614,7 +677,12 @@ impl Command {
                 });
                 t.encode_into(out);
             }
-            Command::XferRead { object, annex, offset, length } => {
+            Command::XferRead {
+                object,
+                annex,
+                offset,
+                length,
+            } => {
                 out.extend_from_slice(b"qXfer:");
                 out.extend_from_slice(object.name().as_bytes());
                 out.extend_from_slice(b":read:");
@@ -743,20 +811,33 @@ mod tests {
 
     fn round_trip(packet: &[u8], expected: Command) {
         let cmd = Command::parse(packet);
-        assert_eq!(cmd, expected, "parsing {:?}", String::from_utf8_lossy(packet));
+        assert_eq!(
+            cmd,
+            expected,
+            "parsing {:?}",
+            String::from_utf8_lossy(packet)
+        );
         assert_eq!(cmd.encode(), packet, "encoding {cmd:?}");
     }
 
     #[test]
     fn connect_sequence() {
         let cmd = Command::parse(b"qSupported:multiprocess+;swbreak+;xmlRegisters=i386");
-        let Command::QSupported(f) = cmd else { panic!("{cmd:?}") };
+        let Command::QSupported(f) = cmd else {
+            panic!("{cmd:?}")
+        };
         assert_eq!(f.len(), 3);
         assert_eq!(f[2], Feature::with_value("xmlRegisters", "i386"));
         round_trip(b"vMustReplyEmpty", Command::MustReplyEmpty);
         round_trip(b"QStartNoAckMode", Command::StartNoAckMode);
-        round_trip(b"Hg0", Command::SetThread(ThreadOp::General, ThreadSel::thread(ThreadId::Any)));
-        round_trip(b"Hc-1", Command::SetThread(ThreadOp::Continue, ThreadSel::thread(ThreadId::All)));
+        round_trip(
+            b"Hg0",
+            Command::SetThread(ThreadOp::General, ThreadSel::thread(ThreadId::Any)),
+        );
+        round_trip(
+            b"Hc-1",
+            Command::SetThread(ThreadOp::Continue, ThreadSel::thread(ThreadId::All)),
+        );
         round_trip(
             b"qXfer:features:read:target.xml:0,1000",
             Command::XferRead {
@@ -768,7 +849,12 @@ mod tests {
         );
         round_trip(
             b"qXfer:libraries:read::0,1000",
-            Command::XferRead { object: XferObject::Libraries, annex: String::new(), offset: 0, length: 0x1000 },
+            Command::XferRead {
+                object: XferObject::Libraries,
+                annex: String::new(),
+                offset: 0,
+                length: 0x1000,
+            },
         );
         round_trip(b"qTStatus", Command::TraceStatus);
         round_trip(b"?", Command::HaltReason);
@@ -782,38 +868,94 @@ mod tests {
 
     #[test]
     fn memory_and_registers() {
-        round_trip(b"m140001010,1", Command::ReadMemory { addr: 0x1_4000_1010, len: 1 });
-        round_trip(b"x140001010,100", Command::ReadMemoryBinary { addr: 0x1_4000_1010, len: 0x100 });
-        round_trip(b"M140001010,1:31", Command::WriteMemory { addr: 0x1_4000_1010, data: vec![0x31] });
-        round_trip(b"X140001010,0:", Command::WriteMemoryBinary { addr: 0x1_4000_1010, data: vec![] });
-        round_trip(b"X140001010,2:#}", Command::WriteMemoryBinary { addr: 0x1_4000_1010, data: b"#}".to_vec() });
+        round_trip(
+            b"m140001010,1",
+            Command::ReadMemory {
+                addr: 0x1_4000_1010,
+                len: 1,
+            },
+        );
+        round_trip(
+            b"x140001010,100",
+            Command::ReadMemoryBinary {
+                addr: 0x1_4000_1010,
+                len: 0x100,
+            },
+        );
+        round_trip(
+            b"M140001010,1:31",
+            Command::WriteMemory {
+                addr: 0x1_4000_1010,
+                data: vec![0x31],
+            },
+        );
+        round_trip(
+            b"X140001010,0:",
+            Command::WriteMemoryBinary {
+                addr: 0x1_4000_1010,
+                data: vec![],
+            },
+        );
+        round_trip(
+            b"X140001010,2:#}",
+            Command::WriteMemoryBinary {
+                addr: 0x1_4000_1010,
+                data: b"#}".to_vec(),
+            },
+        );
         round_trip(b"p10", Command::ReadRegister(0x10));
-        round_trip(b"P10=0102", Command::WriteRegister { reg: 0x10, value: vec![1, 2] });
+        round_trip(
+            b"P10=0102",
+            Command::WriteRegister {
+                reg: 0x10,
+                value: vec![1, 2],
+            },
+        );
         round_trip(b"G0102", Command::WriteRegisters(vec![1, 2]));
         // Length mismatch is malformed, hence Unknown.
         assert!(matches!(Command::parse(b"M1,2:31"), Command::Unknown(_)));
         assert!(matches!(Command::parse(b"m1,"), Command::Unknown(_)));
-        assert!(matches!(Command::parse(b"m11112222333344445,1"), Command::Unknown(_)));
+        assert!(matches!(
+            Command::parse(b"m11112222333344445,1"),
+            Command::Unknown(_)
+        ));
     }
 
     #[test]
     fn search_monitor_breakpoints_resume() {
         round_trip(
             b"qSearch:memory:140000000;4000;Leak",
-            Command::SearchMemory { addr: 0x1_4000_0000, len: 0x4000, pattern: b"Leak".to_vec() },
+            Command::SearchMemory {
+                addr: 0x1_4000_0000,
+                len: 0x4000,
+                pattern: b"Leak".to_vec(),
+            },
         );
         round_trip(b"qRcmd,68656c70", Command::Monitor(b"help".to_vec()));
-        let bp = Breakpoint { kind: BreakpointType::Software, addr: 0x1_4000_1002, size: 1 };
+        let bp = Breakpoint {
+            kind: BreakpointType::Software,
+            addr: 0x1_4000_1002,
+            size: 1,
+        };
         round_trip(b"Z0,140001002,1", Command::InsertBreakpoint(bp));
         round_trip(b"z0,140001002,1", Command::RemoveBreakpoint(bp));
-        let hw = Breakpoint { kind: BreakpointType::Hardware, ..bp };
+        let hw = Breakpoint {
+            kind: BreakpointType::Hardware,
+            ..bp
+        };
         round_trip(b"Z1,140001002,1", Command::InsertBreakpoint(hw));
         round_trip(b"vCont?", Command::VContQuery);
         round_trip(
             b"vCont;s:1;c",
             Command::VCont(vec![
-                ResumeAction { kind: ResumeKind::Step, thread: Some(ThreadSel::thread(ThreadId::Id(1))) },
-                ResumeAction { kind: ResumeKind::Continue, thread: None },
+                ResumeAction {
+                    kind: ResumeKind::Step,
+                    thread: Some(ThreadSel::thread(ThreadId::Id(1))),
+                },
+                ResumeAction {
+                    kind: ResumeKind::Continue,
+                    thread: None,
+                },
             ]),
         );
         round_trip(b"c", Command::Continue(None));
@@ -823,7 +965,10 @@ mod tests {
         round_trip(b"D;1", Command::Detach(Some(1)));
         round_trip(b"k", Command::Kill);
         round_trip(b"vKill;a", Command::VKill(Some(10)));
-        round_trip(b"vFile:setfs:0", Command::Unknown(b"vFile:setfs:0".to_vec()));
+        round_trip(
+            b"vFile:setfs:0",
+            Command::Unknown(b"vFile:setfs:0".to_vec()),
+        );
         round_trip(b"qMARK:find", Command::Unknown(b"qMARK:find".to_vec()));
     }
 }

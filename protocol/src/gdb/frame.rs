@@ -74,7 +74,9 @@ fn repeat_allowed(repeat: usize) -> bool {
 pub fn escape_rle_into(payload: &[u8], out: &mut Vec<u8>) {
     let mut i = 0;
     while let Some(&b) = payload.get(i) {
-        let run = payload.get(i..).map_or(1, |rest| rest.iter().take_while(|&&x| x == b).count());
+        let run = payload
+            .get(i..)
+            .map_or(1, |rest| rest.iter().take_while(|&&x| x == b).count());
         if needs_escape(b) {
             out.push(ESCAPE);
             out.push(b ^ ESCAPE_XOR);
@@ -465,7 +467,10 @@ impl Decoder {
         let ev = if self.overflow {
             Event::Oversize { len: self.raw_len }
         } else if self.malformed || received != Some(computed) {
-            Event::BadChecksum { computed, received: received.unwrap_or(0) }
+            Event::BadChecksum {
+                computed,
+                received: received.unwrap_or(0),
+            }
         } else if self.notification {
             Event::Notification(std::mem::take(&mut self.payload))
         } else {
@@ -521,7 +526,10 @@ mod tests {
         let mut d = Decoder::default();
         let cs = checksum(b"0* ");
         let frame = format!("$0* #{cs:02x}");
-        assert_eq!(d.decode(frame.as_bytes()), vec![Event::Packet(b"0000".to_vec())]);
+        assert_eq!(
+            d.decode(frame.as_bytes()),
+            vec![Event::Packet(b"0000".to_vec())]
+        );
     }
 
     #[test]
@@ -543,7 +551,13 @@ mod tests {
     #[test]
     fn bad_checksum_is_an_event() {
         let mut d = Decoder::default();
-        assert_eq!(d.decode(b"$OK#00"), vec![Event::BadChecksum { computed: 0x9a, received: 0 }]);
+        assert_eq!(
+            d.decode(b"$OK#00"),
+            vec![Event::BadChecksum {
+                computed: 0x9a,
+                received: 0
+            }]
+        );
         assert_eq!(d.decode(b"$OK#9a"), vec![Event::Packet(b"OK".to_vec())]);
     }
 
@@ -558,7 +572,10 @@ mod tests {
         let mut d = Decoder::new(8);
         let frame = encode_packet(&[b'a'; 40], true);
         assert!(frame.len() < 10);
-        assert!(matches!(d.decode(&frame).as_slice(), [Event::Oversize { .. }]));
+        assert!(matches!(
+            d.decode(&frame).as_slice(),
+            [Event::Oversize { .. }]
+        ));
     }
 
     #[test]

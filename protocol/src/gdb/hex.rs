@@ -30,7 +30,7 @@ pub fn encode_hex(bytes: &[u8]) -> Vec<u8> {
 
 /// Decodes hex text (an even number of digits); `None` if it is not hex.
 pub fn decode_hex(text: &[u8]) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     text.chunks_exact(2)
@@ -43,7 +43,7 @@ pub fn decode_hex(text: &[u8]) -> Option<Vec<u8>> {
 
 /// Decodes register-style hex where `xx` marks an unavailable byte (read as 0).
 pub fn decode_register_hex(text: &[u8]) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     text.chunks_exact(2)
@@ -70,7 +70,9 @@ pub fn push_hex_u8(value: u8, out: &mut Vec<u8>) {
 }
 
 fn fold_hex(digits: &[u8]) -> u64 {
-    digits.iter().fold(0u64, |acc, &c| (acc << 4) | u64::from(hex_value(c).unwrap_or(0)))
+    digits.iter().fold(0u64, |acc, &c| {
+        (acc << 4) | u64::from(hex_value(c).unwrap_or(0))
+    })
 }
 
 /// A hex number of 1 to 16 digits.
@@ -80,12 +82,16 @@ pub(crate) fn hex_u64<'a>() -> impl Parser<In<'a>, Output = u64, Error = PErr<'a
 
 /// A hex number of 1 to 8 digits.
 pub(crate) fn hex_u32<'a>() -> impl Parser<In<'a>, Output = u32, Error = PErr<'a>> {
-    map(take_while_m_n(1, 8, |c: u8| c.is_hex_digit()), |d| fold_hex(d) as u32)
+    map(take_while_m_n(1, 8, |c: u8| c.is_hex_digit()), |d| {
+        fold_hex(d) as u32
+    })
 }
 
 /// A hex number of 1 to 2 digits.
 pub(crate) fn hex_u8<'a>() -> impl Parser<In<'a>, Output = u8, Error = PErr<'a>> {
-    map(take_while_m_n(1, 2, |c: u8| c.is_hex_digit()), |d| fold_hex(d) as u8)
+    map(take_while_m_n(1, 2, |c: u8| c.is_hex_digit()), |d| {
+        fold_hex(d) as u8
+    })
 }
 
 /// Parses a whole slice as a hex number (1 to 16 digits).

@@ -5,7 +5,9 @@
 //! same text means different things (`1` is "attached" to `qAttached` and hex data to `m`).
 
 use super::command::{Feature, ThreadId, ThreadSel};
-use super::hex::{decode_hex, decode_register_hex, encode_hex_into, parse_hex_u64, push_hex_u64, push_hex_u8};
+use super::hex::{
+    decode_hex, decode_register_hex, encode_hex_into, parse_hex_u64, push_hex_u8, push_hex_u64,
+};
 use nom::Parser;
 
 /// Errors parsing a reply.
@@ -89,17 +91,29 @@ pub const SIGTRAP: u8 = 0x05;
 impl StopReply {
     /// A `T` stop reply for `thread` with `signal` and an optional breakpoint kind.
     pub fn thread(signal: u8, thread: u64, reason: Option<StopKind>) -> Self {
-        StopReply::Signal { signal, thread: Some(ThreadId::Id(thread)), reason }
+        StopReply::Signal {
+            signal,
+            thread: Some(ThreadId::Id(thread)),
+            reason,
+        }
     }
 
     /// Appends the reply text.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         match *self {
-            StopReply::Signal { signal, thread: None, reason: None } => {
+            StopReply::Signal {
+                signal,
+                thread: None,
+                reason: None,
+            } => {
                 out.push(b'S');
                 push_hex_u8(signal, out);
             }
-            StopReply::Signal { signal, thread, reason } => {
+            StopReply::Signal {
+                signal,
+                thread,
+                reason,
+            } => {
                 out.push(b'T');
                 push_hex_u8(signal, out);
                 if let Some(t) = thread {
@@ -132,10 +146,17 @@ impl StopReply {
     /// Parses a stop reply.
     pub fn parse(payload: &[u8]) -> Option<Self> {
         let (&op, rest) = payload.split_first()?;
-        let sig = rest.get(..2).and_then(decode_hex).and_then(|v| v.first().copied())?;
+        let sig = rest
+            .get(..2)
+            .and_then(decode_hex)
+            .and_then(|v| v.first().copied())?;
         let tail = rest.get(2..)?;
         match op {
-            b'S' if tail.is_empty() => Some(StopReply::Signal { signal: sig, thread: None, reason: None }),
+            b'S' if tail.is_empty() => Some(StopReply::Signal {
+                signal: sig,
+                thread: None,
+                reason: None,
+            }),
             b'W' => Some(StopReply::Exited(sig)),
             b'X' => Some(StopReply::Terminated(sig)),
             b'T' => {
@@ -155,7 +176,11 @@ impl StopReply {
                         _ => {}
                     }
                 }
-                Some(StopReply::Signal { signal: sig, thread, reason })
+                Some(StopReply::Signal {
+                    signal: sig,
+                    thread,
+                    reason,
+                })
             }
             _ => None,
         }
@@ -287,7 +312,11 @@ impl Reply {
                 .into_owned(),
         };
         if kind == ReplyKind::Raw {
-            return Ok(if payload.is_empty() { Reply::Empty } else { Reply::Raw(payload.to_vec()) });
+            return Ok(if payload.is_empty() {
+                Reply::Empty
+            } else {
+                Reply::Raw(payload.to_vec())
+            });
         }
         if payload.is_empty() {
             return Ok(Reply::Empty);
@@ -319,8 +348,14 @@ impl Reply {
                 .ok_or_else(bad),
             ReplyKind::Stop => StopReply::parse(payload).map(Reply::Stop).ok_or_else(bad),
             ReplyKind::Xfer => match payload.split_first() {
-                Some((b'm', d)) => Ok(Reply::Xfer { more: true, data: d.to_vec() }),
-                Some((b'l', d)) => Ok(Reply::Xfer { more: false, data: d.to_vec() }),
+                Some((b'm', d)) => Ok(Reply::Xfer {
+                    more: true,
+                    data: d.to_vec(),
+                }),
+                Some((b'l', d)) => Ok(Reply::Xfer {
+                    more: false,
+                    data: d.to_vec(),
+                }),
                 _ => Err(bad()),
             },
             ReplyKind::Supported => Ok(Reply::Supported(Feature::parse_list(payload))),
@@ -337,7 +372,10 @@ impl Reply {
                 Some((b'm', ids)) => ids
                     .split(|&c| c == b',')
                     .map(|id| {
-                        ThreadSel::parser().parse_complete(id).ok().map(|(_, s)| s.thread)
+                        ThreadSel::parser()
+                            .parse_complete(id)
+                            .ok()
+                            .map(|(_, s)| s.thread)
                     })
                     .collect::<Option<Vec<_>>>()
                     .map(Reply::ThreadList)
@@ -375,16 +413,29 @@ mod tests {
 
     fn round_trip(kind: ReplyKind, text: &[u8], reply: Reply) {
         assert_eq!(reply.encode(), text, "encoding {reply:?}");
-        assert_eq!(Reply::parse(kind, text).unwrap(), reply, "parsing {:?}", String::from_utf8_lossy(text));
+        assert_eq!(
+            Reply::parse(kind, text).unwrap(),
+            reply,
+            "parsing {:?}",
+            String::from_utf8_lossy(text)
+        );
     }
 
     #[test]
     fn fixtures() {
         round_trip(ReplyKind::Status, b"OK", Reply::Ok);
         round_trip(ReplyKind::Hex, b"E14", Reply::Error(0x14));
-        round_trip(ReplyKind::Monitor, b"E.no console", Reply::ErrorText("no console".into()));
+        round_trip(
+            ReplyKind::Monitor,
+            b"E.no console",
+            Reply::ErrorText("no console".into()),
+        );
         round_trip(ReplyKind::Raw, b"", Reply::Empty);
-        round_trip(ReplyKind::Stop, b"T05thread:01;", Reply::Stop(StopReply::thread(5, 1, None)));
+        round_trip(
+            ReplyKind::Stop,
+            b"T05thread:01;",
+            Reply::Stop(StopReply::thread(5, 1, None)),
+        );
         round_trip(
             ReplyKind::Stop,
             b"T05thread:01;swbreak:;",
@@ -395,14 +446,44 @@ mod tests {
             b"T05thread:01;hwbreak:;",
             Reply::Stop(StopReply::thread(5, 1, Some(StopKind::HwBreak))),
         );
-        round_trip(ReplyKind::Stop, b"S02", Reply::Stop(StopReply::Signal { signal: 2, thread: None, reason: None }));
+        round_trip(
+            ReplyKind::Stop,
+            b"S02",
+            Reply::Stop(StopReply::Signal {
+                signal: 2,
+                thread: None,
+                reason: None,
+            }),
+        );
         round_trip(ReplyKind::Stop, b"W00", Reply::Stop(StopReply::Exited(0)));
-        round_trip(ReplyKind::Stop, b"X09", Reply::Stop(StopReply::Terminated(9)));
-        round_trip(ReplyKind::Monitor, b"O4c6561", Reply::Output(b"Lea".to_vec()));
+        round_trip(
+            ReplyKind::Stop,
+            b"X09",
+            Reply::Stop(StopReply::Terminated(9)),
+        );
+        round_trip(
+            ReplyKind::Monitor,
+            b"O4c6561",
+            Reply::Output(b"Lea".to_vec()),
+        );
         round_trip(ReplyKind::Hex, b"4c65616b", Reply::Hex(b"Leak".to_vec()));
         round_trip(ReplyKind::Binary, b"b#$", Reply::Binary(b"#$".to_vec()));
-        round_trip(ReplyKind::Xfer, b"l<x/>", Reply::Xfer { more: false, data: b"<x/>".to_vec() });
-        round_trip(ReplyKind::Xfer, b"m<x", Reply::Xfer { more: true, data: b"<x".to_vec() });
+        round_trip(
+            ReplyKind::Xfer,
+            b"l<x/>",
+            Reply::Xfer {
+                more: false,
+                data: b"<x/>".to_vec(),
+            },
+        );
+        round_trip(
+            ReplyKind::Xfer,
+            b"m<x",
+            Reply::Xfer {
+                more: true,
+                data: b"<x".to_vec(),
+            },
+        );
         round_trip(
             ReplyKind::Supported,
             b"PacketSize=4000;qXfer:features:read+;QStartNoAckMode+",
@@ -412,11 +493,23 @@ mod tests {
                 Feature::supported("QStartNoAckMode"),
             ]),
         );
-        round_trip(ReplyKind::Search, b"1,140001010", Reply::SearchResult(Some(0x1_4000_1010)));
+        round_trip(
+            ReplyKind::Search,
+            b"1,140001010",
+            Reply::SearchResult(Some(0x1_4000_1010)),
+        );
         round_trip(ReplyKind::Search, b"0", Reply::SearchResult(None));
-        round_trip(ReplyKind::ThreadInfo, b"m01", Reply::ThreadList(vec![ThreadId::Id(1)]));
+        round_trip(
+            ReplyKind::ThreadInfo,
+            b"m01",
+            Reply::ThreadList(vec![ThreadId::Id(1)]),
+        );
         round_trip(ReplyKind::ThreadInfo, b"l", Reply::ThreadListEnd);
-        round_trip(ReplyKind::CurrentThread, b"QC1", Reply::CurrentThread(ThreadId::Id(1)));
+        round_trip(
+            ReplyKind::CurrentThread,
+            b"QC1",
+            Reply::CurrentThread(ThreadId::Id(1)),
+        );
         round_trip(ReplyKind::Attached, b"1", Reply::Attached(true));
         round_trip(
             ReplyKind::VContSupported,
@@ -431,6 +524,9 @@ mod tests {
         assert!(Reply::parse(ReplyKind::Search, b"1,zz").is_err());
         assert!(Reply::parse(ReplyKind::Stop, b"T").is_err());
         assert!(Reply::parse(ReplyKind::Attached, b"2").is_err());
-        assert_eq!(Reply::parse(ReplyKind::Hex, b"xx01").unwrap(), Reply::Hex(vec![0, 1]));
+        assert_eq!(
+            Reply::parse(ReplyKind::Hex, b"xx01").unwrap(),
+            Reply::Hex(vec![0, 1])
+        );
     }
 }

@@ -25,7 +25,11 @@ pub struct SessionConfig {
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        Self { max_packet: DEFAULT_MAX_PACKET, resend_limit: 5, run_length: true }
+        Self {
+            max_packet: DEFAULT_MAX_PACKET,
+            resend_limit: 5,
+            run_length: true,
+        }
     }
 }
 
@@ -198,7 +202,12 @@ impl Default for ServerSession {
 impl ServerSession {
     /// A session in ack mode with `config`.
     pub fn new(config: SessionConfig) -> Self {
-        Self { link: Link::new(config), events: VecDeque::new(), running: false, no_ack_requested: false }
+        Self {
+            link: Link::new(config),
+            events: VecDeque::new(),
+            running: false,
+            no_ack_requested: false,
+        }
     }
 
     /// Feeds bytes received from the client.
@@ -247,7 +256,8 @@ impl ServerSession {
 
     /// Queues `O` console output.
     pub fn send_output(&mut self, text: &[u8]) {
-        self.link.send_payload(&Reply::Output(text.to_vec()).encode());
+        self.link
+            .send_payload(&Reply::Output(text.to_vec()).encode());
     }
 
     /// Takes the bytes to write to the client, if any.
@@ -299,7 +309,10 @@ pub struct ClientSession {
 
 impl Default for ClientSession {
     fn default() -> Self {
-        Self::new(SessionConfig { run_length: false, ..SessionConfig::default() })
+        Self::new(SessionConfig {
+            run_length: false,
+            ..SessionConfig::default()
+        })
     }
 }
 
@@ -404,7 +417,10 @@ mod tests {
         let mut server = ServerSession::default();
         client.send(&Command::StartNoAckMode);
         server.receive(&client.poll_transmit().unwrap());
-        assert_eq!(server.poll_event(), Some(ServerEvent::Command(Command::StartNoAckMode)));
+        assert_eq!(
+            server.poll_event(),
+            Some(ServerEvent::Command(Command::StartNoAckMode))
+        );
         assert!(server.ack_mode());
         server.send(&Reply::Ok);
         assert!(!server.ack_mode());
@@ -421,13 +437,19 @@ mod tests {
         let bytes = server.poll_transmit().unwrap();
         assert_eq!(bytes.first(), Some(&b'$'), "no ack in no-ack mode");
         client.receive(&bytes);
-        assert_eq!(client.poll_event(), Some(ClientEvent::Reply(Reply::Hex(vec![0; 4]))));
+        assert_eq!(
+            client.poll_event(),
+            Some(ClientEvent::Reply(Reply::Hex(vec![0; 4])))
+        );
         assert_eq!(client.poll_transmit(), None);
     }
 
     #[test]
     fn retransmits_on_nak_up_to_the_limit() {
-        let mut server = ServerSession::new(SessionConfig { resend_limit: 2, ..SessionConfig::default() });
+        let mut server = ServerSession::new(SessionConfig {
+            resend_limit: 2,
+            ..SessionConfig::default()
+        });
         server.receive(b"$g#67");
         server.send(&Reply::Ok);
         let first = server.poll_transmit().unwrap();
@@ -438,7 +460,10 @@ mod tests {
         assert_eq!(server.poll_transmit().unwrap(), b"$OK#9a");
         server.receive(b"-");
         assert_eq!(server.poll_transmit(), None);
-        assert_eq!(server.poll_event(), Some(ServerEvent::Command(Command::ReadRegisters)));
+        assert_eq!(
+            server.poll_event(),
+            Some(ServerEvent::Command(Command::ReadRegisters))
+        );
         assert_eq!(server.poll_event(), Some(ServerEvent::GaveUp));
         assert_eq!(server.stats().retransmissions, 2);
         // After an ack nothing is retransmitted.
@@ -457,7 +482,10 @@ mod tests {
         server.receive(&encode_packet(b"vCont;c", false));
         assert!(server.is_running());
         server.receive(&[INTERRUPT]);
-        assert!(matches!(server.poll_event(), Some(ServerEvent::Command(Command::VCont(_)))));
+        assert!(matches!(
+            server.poll_event(),
+            Some(ServerEvent::Command(Command::VCont(_)))
+        ));
         assert_eq!(server.poll_event(), Some(ServerEvent::Interrupt));
         server.send(&Reply::Stop(crate::gdb::StopReply::thread(2, 1, None)));
         assert!(!server.is_running());
@@ -468,12 +496,18 @@ mod tests {
     fn client_collects_monitor_output_then_ok() {
         let mut client = ClientSession::default();
         client.send(&Command::Monitor(b"lm".to_vec()));
-        assert_eq!(client.poll_transmit().unwrap(), encode_packet(b"qRcmd,6c6d", false));
+        assert_eq!(
+            client.poll_transmit().unwrap(),
+            encode_packet(b"qRcmd,6c6d", false)
+        );
         let mut bytes = b"+".to_vec();
         bytes.extend(encode_packet(b"O6869", true));
         bytes.extend(encode_packet(b"OK", true));
         client.receive(&bytes);
-        assert_eq!(client.poll_event(), Some(ClientEvent::Output(b"hi".to_vec())));
+        assert_eq!(
+            client.poll_event(),
+            Some(ClientEvent::Output(b"hi".to_vec()))
+        );
         assert_eq!(client.poll_event(), Some(ClientEvent::Reply(Reply::Ok)));
         assert!(!client.awaiting_reply());
         assert_eq!(client.poll_transmit().unwrap(), b"++");

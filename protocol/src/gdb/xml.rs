@@ -144,7 +144,11 @@ pub fn target_description_x86_64() -> String {
                  </union>",
             );
         }
-        for (num, r) in X86_64_REGISTERS.iter().enumerate().filter(|(_, r)| r.feature == feature) {
+        for (num, r) in X86_64_REGISTERS
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.feature == feature)
+        {
             let _ = write!(
                 xml,
                 "<reg name=\"{}\" bitsize=\"{}\" type=\"{}\" regnum=\"{num}\"/>",
@@ -197,7 +201,11 @@ pub fn memory_map(regions: &[MemoryRegion]) -> String {
          \"http://sourceware.org/gdb/gdb-memory-map.dtd\"><memory-map>",
     );
     for r in regions {
-        let _ = write!(xml, "<memory type=\"ram\" start=\"{:#x}\" length=\"{:#x}\"/>", r.start, r.length);
+        let _ = write!(
+            xml,
+            "<memory type=\"ram\" start=\"{:#x}\" length=\"{:#x}\"/>",
+            r.start, r.length
+        );
     }
     xml.push_str("</memory-map>");
     xml
@@ -226,7 +234,10 @@ fn attribute(attrs: &str, name: &str) -> Option<String> {
     let mut rest = attrs;
     loop {
         let pos = rest.find(name)?;
-        let before_ok = pos == 0 || rest.get(..pos).is_some_and(|b| b.ends_with(char::is_whitespace));
+        let before_ok = pos == 0
+            || rest
+                .get(..pos)
+                .is_some_and(|b| b.ends_with(char::is_whitespace));
         let after = rest.get(pos + name.len()..)?.trim_start();
         if before_ok && let Some(v) = after.strip_prefix('=') {
             let v = v.trim_start();
@@ -252,8 +263,7 @@ fn parse_addr(text: &str) -> Option<u64> {
 pub fn parse_library_list(xml: &str) -> Vec<Library> {
     let mut out = Vec::new();
     // Split at each <library start so its first segment belongs to it.
-    let mut pieces = xml.split("<library ").skip(1).peekable();
-    while let Some(piece) = pieces.next() {
+    for piece in xml.split("<library ").skip(1) {
         let head_end = piece.find('>').unwrap_or(piece.len());
         let Some(name) = attribute(piece.get(..head_end).unwrap_or_default(), "name") else {
             continue;
@@ -284,10 +294,15 @@ pub fn parse_memory_map(xml: &str) -> Vec<MemoryRegion> {
 /// Returns the `[offset, offset + length)` window of `document` for a `qXfer` read, and
 /// whether more follows.
 pub fn xfer_window(document: &[u8], offset: u64, length: u64) -> (&[u8], bool) {
-    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(document.len());
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(document.len());
     let len = usize::try_from(length).unwrap_or(usize::MAX);
     let end = start.saturating_add(len).min(document.len());
-    (document.get(start..end).unwrap_or_default(), end < document.len())
+    (
+        document.get(start..end).unwrap_or_default(),
+        end < document.len(),
+    )
 }
 
 #[cfg(test)]
@@ -317,8 +332,14 @@ mod tests {
     #[test]
     fn library_list_round_trip_with_escaping() {
         let libs = vec![
-            Library { name: r"\SystemRoot\system32\ntoskrnl.exe".into(), address: 0xfffff800_00000000 },
-            Library { name: "a&b<\"c\">.sys".into(), address: 0x1000 },
+            Library {
+                name: r"\SystemRoot\system32\ntoskrnl.exe".into(),
+                address: 0xfffff800_00000000,
+            },
+            Library {
+                name: "a&b<\"c\">.sys".into(),
+                address: 0x1000,
+            },
         ];
         let xml = library_list(&libs);
         assert!(xml.contains("a&amp;b&lt;&quot;c&quot;&gt;.sys"));
@@ -332,12 +353,21 @@ mod tests {
         let libs = parse_library_list(xml);
         assert_eq!(libs.len(), 2);
         assert_eq!(libs[0].address, 0x7ffa_1234_1000);
-        assert_eq!(libs[1], Library { name: "k".into(), address: 0x10 });
+        assert_eq!(
+            libs[1],
+            Library {
+                name: "k".into(),
+                address: 0x10
+            }
+        );
     }
 
     #[test]
     fn memory_map_round_trip() {
-        let regions = vec![MemoryRegion { start: 0x1_4000_0000, length: 0x4000 }];
+        let regions = vec![MemoryRegion {
+            start: 0x1_4000_0000,
+            length: 0x4000,
+        }];
         let xml = memory_map(&regions);
         assert!(xml.contains("<memory type=\"ram\" start=\"0x140000000\" length=\"0x4000\"/>"));
         assert_eq!(parse_memory_map(&xml), regions);
@@ -348,6 +378,9 @@ mod tests {
         assert_eq!(xfer_window(b"abcdef", 0, 4), (&b"abcd"[..], true));
         assert_eq!(xfer_window(b"abcdef", 4, 4), (&b"ef"[..], false));
         assert_eq!(xfer_window(b"abcdef", 10, 4), (&b""[..], false));
-        assert_eq!(xfer_window(b"abcdef", u64::MAX, u64::MAX), (&b""[..], false));
+        assert_eq!(
+            xfer_window(b"abcdef", u64::MAX, u64::MAX),
+            (&b""[..], false)
+        );
     }
 }

@@ -67,7 +67,9 @@ impl ModuleInfo {
 
     /// The name without extension (`myfault`), as `@#ModuleName` and `lm` show it.
     pub fn module_name(&self) -> &str {
-        self.name.rsplit_once('.').map_or(self.name.as_str(), |(stem, _)| stem)
+        self.name
+            .rsplit_once('.')
+            .map_or(self.name.as_str(), |(stem, _)| stem)
     }
 }
 
@@ -202,7 +204,9 @@ pub fn search_by_reading<T: DebugTarget + ?Sized>(
     let mut buf = vec![0u8; chunk];
     while cursor < end.get() {
         let want = usize::try_from((end.get() - cursor).min(chunk as u64)).unwrap_or(chunk);
-        let Some(dst) = buf.get_mut(..want) else { break };
+        let Some(dst) = buf.get_mut(..want) else {
+            break;
+        };
         let got = target.read_memory(VirtAddr(cursor), dst)?;
         if let Some(read) = buf.get(..got) {
             window.extend_from_slice(read);
