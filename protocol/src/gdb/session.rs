@@ -190,7 +190,11 @@ pub struct ServerSession {
     link: Link,
     events: VecDeque<ServerEvent>,
     running: bool,
-    no_ack_requested: bool,
+    /// Commands handed out and replies sent, to match the `OK` to `QStartNoAckMode` even
+    /// when commands arrive pipelined.
+    commands_received: u64,
+    replies_sent: u64,
+    no_ack_command: Option<u64>,
 }
 
 impl Default for ServerSession {
@@ -206,7 +210,9 @@ impl ServerSession {
             link: Link::new(config),
             events: VecDeque::new(),
             running: false,
-            no_ack_requested: false,
+            commands_received: 0,
+            replies_sent: 0,
+            no_ack_command: None,
         }
     }
 
@@ -219,8 +225,9 @@ impl ServerSession {
                 LinkEvent::Payload(p) => {
                     let cmd = Command::parse(&p);
                     if cmd == Command::StartNoAckMode {
-                        self.no_ack_requested = true;
+                        self.no_ack_command = Some(self.commands_received);
                     }
+                    self.commands_received += 1;
                     if cmd.resumes() {
                         self.running = true;
                     }
@@ -238,20 +245,25 @@ impl ServerSession {
         self.events.pop_front()
     }
 
-    /// Queues a reply. A stop reply ends the running state; the `OK` to
-    /// `QStartNoAckMode` switches the session to no-ack mode once it is queued.
+    /// Queues a reply (replies go out in command order). A stop reply ends the running
+    /// state; the `OK` to `QStartNoAckMode` switches the session to no-ack mode once it is
+    /// queued. `O` output is not a reply; it may precede one.
     pub fn send(&mut self, reply: &Reply) {
         self.link.send_payload(&reply.encode());
+        if matches!(reply, Reply::Output(_)) {
+            return;
+        }
         if matches!(reply, Reply::Stop(_)) {
             self.running = false;
         }
-        if self.no_ack_requested {
-            self.no_ack_requested = false;
+        if self.no_ack_command == Some(self.replies_sent) {
+            self.no_ack_command = None;
             if *reply == Reply::Ok {
                 self.link.ack_mode = false;
                 self.link.last_frame = None;
             }
         }
+        self.replies_sent += 1;
     }
 
     /// Queues `O` console output.
