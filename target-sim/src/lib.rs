@@ -1,9 +1,53 @@
 //! A deterministic simulated x64 Windows kernel for testing kernel-debugger tools.
 //!
 //! Same scenario and same seed give byte-identical memory, always.
+//!
+//! The layers: [`memory`] (sparse pages with protections), [`image`] (PE modules with real
+//! x64 code), [`kernel`] (the loader list, `KDDEBUGGER_DATA64`, the pool variables),
+//! [`pool`] (the tagged allocator and its tracker table, all in memory), [`workload`]
+//! (sites on a virtual clock), [`scenario`] (TOML and built-ins) and [`machine`] (ties it
+//! together). The wire servers live in [`server`].
+//!
+//! ```
+//! use tagsplit_target_sim::machine::Machine;
+//! use tagsplit_target_sim::scenario::Scenario;
+//!
+//! let scenario = Scenario::builtin("part4").expect("built-in");
+//! let mut m = Machine::boot(&scenario).expect("boots");
+//! let myfault = m.modules().into_iter().find(|m| m.name == "myfault.sys").expect("loaded");
+//! let hits = m.search(myfault.base, myfault.base.saturating_add(myfault.size), b"Leak", 10);
+//! assert_eq!(hits.len(), 2);
+//! m.run(scenario.default_run_ticks());
+//! ```
 
+mod builtins;
+pub mod image;
+pub mod kernel;
 pub mod layout;
+pub mod machine;
+pub mod memory;
+pub mod pool;
+pub mod scenario;
 pub mod server;
 pub mod types;
+pub mod workload;
 
 pub use types::{PoolTag, VirtAddr};
+
+/// Errors of the simulator.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SimError {
+    /// The scenario is malformed or inconsistent.
+    #[error("scenario: {0}")]
+    Scenario(String),
+    /// An image could not be laid out.
+    #[error("image: {0}")]
+    Image(String),
+    /// A memory access or mapping failed.
+    #[error(transparent)]
+    Memory(#[from] memory::MemError),
+    /// The pool refused a request.
+    #[error(transparent)]
+    Pool(#[from] pool::PoolError),
+}

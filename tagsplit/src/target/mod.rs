@@ -176,6 +176,12 @@ pub trait DebugTarget {
     fn stats(&self) -> Option<WireStats> {
         None
     }
+
+    /// How long a bare `g` runs: the scenario's default on the simulator, otherwise one
+    /// second of wall-clock time.
+    fn default_run(&self) -> RunFor {
+        RunFor::Time(Duration::from_secs(1))
+    }
 }
 
 /// Searches `[start, end)` with plain [`DebugTarget::read_memory`] calls: reads in chunks,
@@ -236,4 +242,185 @@ pub fn search_by_reading<T: DebugTarget + ?Sized>(
         }
     }
     Ok(hits)
+}
+
+// ---------------------------------------------------------------------------------------
+// Generic helpers over any target (memory reads only).
+// ---------------------------------------------------------------------------------------
+
+pub mod flat;
+pub mod sim;
+
+use tagsplit_target_sim::layout::{ldr_entry, list_entry, unicode_string};
+
+/// Most modules [`walk_module_list`] accepts before it calls the list corrupt.
+pub const MAX_MODULES: usize = 4096;
+/// Longest `UNICODE_STRING` (in bytes) [`walk_module_list`] reads.
+pub const MAX_NAME_BYTES: u16 = 1024;
+
+/// Reads exactly `buf.len()` bytes or fails with the first unreadable address.
+pub fn read_exact<T: DebugTarget + ?Sized>(
+    target: &mut T,
+    addr: VirtAddr,
+    buf: &mut [u8],
+) -> Result<(), TargetError> {
+    let got = target.read_memory(addr, buf)?;
+    if got < buf.len() {
+        return Err(TargetError::Unreadable(addr.saturating_add(got as u64)));
+    }
+    Ok(())
+}
+
+/// Reads a little-endian `u16`.
+pub fn read_u16<T: DebugTarget + ?Sized>(t: &mut T, addr: VirtAddr) -> Result<u16, TargetError> {
+    let mut b = [0u8; 2];
+    read_exact(t, addr, &mut b)?;
+    Ok(u16::from_le_bytes(b))
+}
+
+/// Reads a little-endian `u32`.
+pub fn read_u32<T: DebugTarget + ?Sized>(t: &mut T, addr: VirtAddr) -> Result<u32, TargetError> {
+    let mut b = [0u8; 4];
+    read_exact(t, addr, &mut b)?;
+    Ok(u32::from_le_bytes(b))
+}
+
+/// Reads a little-endian `u64`.
+pub fn read_u64<T: DebugTarget + ?Sized>(t: &mut T, addr: VirtAddr) -> Result<u64, TargetError> {
+    let mut b = [0u8; 8];
+    read_exact(t, addr, &mut b)?;
+    Ok(u64::from_le_bytes(b))
+}
+
+/// `addr + off`, or a [`TargetError::BadKernelData`] naming what overflowed.
+pub(crate) fn offset(addr: VirtAddr, off: u64, what: &str) -> Result<VirtAddr, TargetError> {
+    addr.checked_add(off)
+        .ok_or_else(|| TargetError::BadKernelData(format!("{what}: address overflow at {addr}")))
+}
+
+/// Reads an x64 `UNICODE_STRING` at `addr` (at most [`MAX_NAME_BYTES`] bytes of text).
+pub fn read_unicode_string<T: DebugTarget + ?Sized>(
+    t: &mut T,
+    addr: VirtAddr,
+) -> Result<String, TargetError> {
+    let len = read_u16(t, offset(addr, unicode_string::LENGTH, "UNICODE_STRING")?)?;
+    let buffer = read_u64(t, offset(addr, unicode_string::BUFFER, "UNICODE_STRING")?)?;
+    let len = usize::from(len.min(MAX_NAME_BYTES) & !1);
+    let mut raw = vec![0u8; len];
+    if len > 0 {
+        read_exact(t, VirtAddr(buffer), &mut raw)?;
+    }
+    let units: Vec<u16> = raw
+        .chunks_exact(2)
+        .map(|c| {
+            u16::from_le_bytes([
+                c.first().copied().unwrap_or(0),
+                c.get(1).copied().unwrap_or(0),
+            ])
+        })
+        .collect();
+    Ok(String::from_utf16_lossy(&units))
+}
+
+/// Lists modules by walking `PsLoadedModuleList` (`KLDR_DATA_TABLE_ENTRY` in load order)
+/// with plain memory reads. Bounded: at most [`MAX_MODULES`] entries, names capped at
+/// [`MAX_NAME_BYTES`], and a link seen twice is reported as a corrupt (looping) list.
+pub fn walk_module_list<T: DebugTarget + ?Sized>(
+    target: &mut T,
+    ps_loaded_module_list: VirtAddr,
+) -> Result<Vec<ModuleInfo>, TargetError> {
+    let head = ps_loaded_module_list;
+    let mut seen = std::collections::HashSet::new();
+    let mut modules = Vec::new();
+    let mut link = VirtAddr(read_u64(
+        target,
+        offset(head, list_entry::FLINK, "list head")?,
+    )?);
+    while link != head {
+        if modules.len() >= MAX_MODULES {
+            return Err(TargetError::BadKernelData(format!(
+                "module list longer than {MAX_MODULES} entries"
+            )));
+        }
+        if !seen.insert(link) {
+            return Err(TargetError::BadKernelData(format!(
+                "module list loops at {link}"
+            )));
+        }
+        let entry = VirtAddr(link.get().wrapping_sub(ldr_entry::IN_LOAD_ORDER_LINKS));
+        let base = read_u64(target, offset(entry, ldr_entry::DLL_BASE, "ldr entry")?)?;
+        let size = read_u32(
+            target,
+            offset(entry, ldr_entry::SIZE_OF_IMAGE, "ldr entry")?,
+        )?;
+        let name = read_unicode_string(
+            target,
+            offset(entry, ldr_entry::BASE_DLL_NAME, "ldr entry")?,
+        )?;
+        let path = read_unicode_string(
+            target,
+            offset(entry, ldr_entry::FULL_DLL_NAME, "ldr entry")?,
+        )?;
+        modules.push(ModuleInfo {
+            name,
+            path,
+            base: VirtAddr(base),
+            size: u64::from(size),
+        });
+        link = VirtAddr(read_u64(
+            target,
+            offset(link, list_entry::FLINK, "ldr entry")?,
+        )?);
+    }
+    Ok(modules)
+}
+
+/// A boxed target, as [`open`] returns it.
+pub type BoxedTarget = Box<dyn DebugTarget + Send>;
+
+/// Errors from [`open`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The spec names no known scheme.
+    #[error(
+        "unknown target {0:?}: expected sim:NAME, sim:FILE.toml, gdb://HOST:PORT, kdnet:port=N,key=K or kdcom:HOST:PORT"
+    )]
+    UnknownScheme(String),
+    /// The scheme is known but its backend is not part of this build yet.
+    #[error("target scheme {0:?} is not built yet")]
+    NotBuilt(&'static str),
+    /// The spec is malformed or names something that does not exist.
+    #[error("bad target {spec:?}: {reason}")]
+    Bad {
+        /// The spec as given.
+        spec: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The target was found but could not be brought up.
+    #[error(transparent)]
+    Target(#[from] TargetError),
+}
+
+/// Opens a target from its spec; the part after the scheme prefix is passed on.
+type Opener = fn(&str) -> Result<BoxedTarget, OpenError>;
+
+/// Known schemes: adding a backend is one line here.
+const SCHEMES: &[(&str, Opener)] = &[
+    ("sim:", sim::open),
+    ("gdb://", |_| Err(OpenError::NotBuilt("gdb"))),
+    ("kdnet:", |_| Err(OpenError::NotBuilt("kdnet"))),
+    ("kdcom:", |_| Err(OpenError::NotBuilt("kdcom"))),
+];
+
+/// Opens a target from a spec: `sim:part4`, `sim:path/to/scenario.toml`,
+/// `gdb://HOST:PORT`, `kdnet:port=N,key=K`, `kdcom:HOST:PORT`.
+pub fn open(spec: &str) -> Result<BoxedTarget, OpenError> {
+    for (prefix, opener) in SCHEMES {
+        if let Some(rest) = spec.strip_prefix(prefix) {
+            return opener(rest);
+        }
+    }
+    Err(OpenError::UnknownScheme(spec.to_string()))
 }

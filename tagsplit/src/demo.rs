@@ -1,0 +1,28 @@
+//! The seed's Part 4 workflow as console commands, and the transcript they produce.
+
+use crate::console::{Console, PROMPT};
+use crate::target::DebugTarget;
+
+/// The commands of the seed article, in order (`g` runs the target's default length).
+pub const SEED_COMMANDS: [&str; 7] = [
+    r#"!for_each_module s -a @#Base @#End "Leak""#,
+    "eb fffff880`0496e3aa+3 31",
+    "eb fffff880`0496e621+3 32",
+    "dc fffff880`0496e3aa l1",
+    "dc fffff880`0496e621 l1",
+    "g",
+    "!poolused /t5 2",
+];
+
+/// Runs `commands` in `console` on `target` and returns the `kd>` transcript: each
+/// command after the prompt, then its output.
+pub fn transcript(target: &mut dyn DebugTarget, console: &mut Console, commands: &[&str]) -> String {
+    let mut out = String::new();
+    for cmd in commands {
+        out.push_str(PROMPT);
+        out.push_str(cmd);
+        out.push('\n');
+        out.push_str(&console.execute(target, cmd));
+    }
+    out
+}

@@ -1,0 +1,128 @@
+//! PE headers read from target memory: just enough to find a module's sections.
+
+use serde::Serialize;
+
+use crate::VirtAddr;
+use crate::target::{DebugTarget, TargetError, read_exact};
+
+/// `IMAGE_SCN_CNT_CODE`.
+pub const SCN_CNT_CODE: u32 = 0x0000_0020;
+/// `IMAGE_SCN_MEM_EXECUTE`.
+pub const SCN_MEM_EXECUTE: u32 = 0x2000_0000;
+/// `IMAGE_SCN_MEM_WRITE`.
+pub const SCN_MEM_WRITE: u32 = 0x8000_0000;
+/// Most sections read from one image.
+pub const MAX_SECTIONS: usize = 96;
+/// Headers are looked for in the first this-many bytes of an image.
+const HEADER_WINDOW: usize = 0x1000;
+
+/// One section of a loaded image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Section {
+    /// The name (`.text`), NULs trimmed.
+    pub name: String,
+    /// First byte of the section in memory.
+    pub start: VirtAddr,
+    /// `VirtualSize` (falls back to `SizeOfRawData` when zero).
+    pub size: u64,
+    /// `Characteristics`.
+    pub characteristics: u32,
+}
+
+impl Section {
+    /// Whether the section holds code (`MEM_EXECUTE` or `CNT_CODE`).
+    pub fn is_executable(&self) -> bool {
+        self.characteristics & (SCN_MEM_EXECUTE | SCN_CNT_CODE) != 0
+    }
+
+    /// The exclusive end address.
+    pub fn end(&self) -> VirtAddr {
+        self.start.saturating_add(self.size)
+    }
+
+    /// Whether `addr` lies inside the section.
+    pub fn contains(&self, addr: VirtAddr) -> bool {
+        addr >= self.start && addr < self.end()
+    }
+}
+
+/// Errors from [`sections`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeError {
+    /// The headers could not be read.
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    /// The bytes are not a PE image.
+    #[error("not a PE image at {0}: {1}")]
+    NotPe(VirtAddr, &'static str),
+}
+
+fn u16_at(b: &[u8], off: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(
+        b.get(off..off.checked_add(2)?)?.try_into().ok()?,
+    ))
+}
+
+fn u32_at(b: &[u8], off: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(
+        b.get(off..off.checked_add(4)?)?.try_into().ok()?,
+    ))
+}
+
+/// Parses the section table of the image at `base` from target memory.
+pub fn sections<T: DebugTarget + ?Sized>(
+    target: &mut T,
+    base: VirtAddr,
+) -> Result<Vec<Section>, PeError> {
+    let mut hdr = vec![0u8; HEADER_WINDOW];
+    let got = target.read_memory(base, &mut hdr)?;
+    hdr.truncate(got);
+    if hdr.get(..2) != Some(b"MZ".as_slice()) {
+        return Err(PeError::NotPe(base, "no MZ signature"));
+    }
+    let lfanew = u32_at(&hdr, 0x3c).ok_or(PeError::NotPe(base, "truncated DOS header"))? as usize;
+    if hdr.get(lfanew..lfanew.saturating_add(4)) != Some(b"PE\0\0".as_slice()) {
+        return Err(PeError::NotPe(base, "no PE signature"));
+    }
+    let file_hdr = lfanew + 4;
+    let count = usize::from(
+        u16_at(&hdr, file_hdr + 2).ok_or(PeError::NotPe(base, "truncated file header"))?,
+    );
+    let opt_size = usize::from(
+        u16_at(&hdr, file_hdr + 16).ok_or(PeError::NotPe(base, "truncated file header"))?,
+    );
+    let table = file_hdr + 20 + opt_size;
+    let count = count.min(MAX_SECTIONS);
+    let need = table + count * 40;
+    if need > hdr.len() {
+        // The table runs past what we read: read exactly what it needs.
+        hdr.resize(need, 0);
+        read_exact(target, base, &mut hdr)?;
+    }
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count {
+        let at = table + i * 40;
+        let raw = hdr
+            .get(at..at + 40)
+            .ok_or(PeError::NotPe(base, "truncated section table"))?;
+        let name_bytes = raw.get(..8).unwrap_or_default();
+        let name: String = name_bytes
+            .iter()
+            .take_while(|&&b| b != 0)
+            .map(|&b| if b.is_ascii_graphic() { b as char } else { '.' })
+            .collect();
+        let vsize = u32_at(raw, 8).unwrap_or(0);
+        let rva = u32_at(raw, 12).unwrap_or(0);
+        let raw_size = u32_at(raw, 16).unwrap_or(0);
+        let characteristics = u32_at(raw, 36).unwrap_or(0);
+        let size = if vsize != 0 { vsize } else { raw_size };
+        out.push(Section {
+            name,
+            start: base.saturating_add(u64::from(rva)),
+            size: u64::from(size),
+            characteristics,
+        });
+    }
+    Ok(out)
+}

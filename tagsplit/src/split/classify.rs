@@ -1,0 +1,370 @@
+//! Finding the tag in module memory and classifying every hit with iced-x86.
+
+use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind, Register};
+use serde::Serialize;
+
+use crate::pe::{self, Section};
+use crate::target::{DebugTarget, ModuleInfo, TargetError, read_exact};
+use crate::{PoolTag, VirtAddr, disasm};
+
+/// Most hits looked at per module.
+pub const MAX_HITS_PER_MODULE: usize = 4096;
+/// Largest executable section decoded (bigger ones are decoded per hit only).
+pub const MAX_SWEEP_BYTES: u64 = 32 << 20;
+/// How many instructions after `mov r8d, imm32` may pass before the `call`.
+pub const CALL_WINDOW: usize = 8;
+
+/// What a hit of the tag bytes is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum HitKind {
+    /// `mov r8d, imm32` followed by a call: the tag argument of an allocation. Patched.
+    Allocation,
+    /// `mov edx, imm32`: the tag argument of `ExFreePoolWithTag`. Reported, not patched
+    /// (a free is charged to the tag in the block's header, not to this argument).
+    Free,
+    /// `mov dword ptr [rsp+x], imm32`: a stack argument, as lookaside-list initialisation
+    /// passes its tag. Reported; patched only with `patch_lookaside`.
+    LookasideInit,
+    /// A `cmp` against the tag. Reported, never patched.
+    Compare,
+    /// Another instruction carrying the tag as an immediate (e.g. a wrapper's argument
+    /// in `ecx`/`r9d`, or `mov r8d` with no call following). Reported.
+    OtherCode,
+    /// The tag bytes inside code that do not decode as an immediate. Reported.
+    UnknownCode,
+    /// The tag outside executable sections (strings, constants). Reported.
+    Data,
+    /// The tag in data that code loads into `r8d` with `mov r8d, [rip+x]`: the tag is
+    /// applied indirectly. Reported; patching it would change every user at once.
+    IndirectUse,
+}
+
+impl HitKind {
+    /// Short lowercase label for reports.
+    pub fn label(self) -> &'static str {
+        match self {
+            HitKind::Allocation => "allocation site",
+            HitKind::Free => "free site",
+            HitKind::LookasideInit => "lookaside init",
+            HitKind::Compare => "compare",
+            HitKind::OtherCode => "other code",
+            HitKind::UnknownCode => "code (no immediate)",
+            HitKind::Data => "data",
+            HitKind::IndirectUse => "indirect use",
+        }
+    }
+}
+
+/// One occurrence of the tag in a module.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Hit {
+    /// Address of the first tag byte.
+    pub address: VirtAddr,
+    /// Module file name (`myfault.sys`).
+    pub module: String,
+    /// Module base.
+    pub module_base: VirtAddr,
+    /// `address - module_base`.
+    pub offset: u64,
+    /// Section name, when the PE headers could be read.
+    pub section: Option<String>,
+    /// The four bytes as found (the 4th may carry `PROTECTED_POOL`).
+    pub tag: PoolTag,
+    /// What the hit is.
+    pub kind: HitKind,
+    /// Start of the instruction holding the tag (code hits).
+    pub instruction_address: Option<VirtAddr>,
+    /// The instruction's bytes.
+    #[serde(skip)]
+    pub instruction_bytes: Vec<u8>,
+    /// Offset of the tag within the instruction bytes.
+    #[serde(skip)]
+    pub imm_offset: usize,
+    /// The instruction, WinDbg style (`mov r8d,6B61654Ch`).
+    pub instruction: Option<String>,
+    /// Extra detail (e.g. which instruction loads an indirect tag).
+    pub note: Option<String>,
+}
+
+impl Hit {
+    /// `myfault.sys+0x1621`.
+    pub fn location(&self) -> String {
+        format!("{}+0x{:x}", self.module, self.offset)
+    }
+
+    /// The instruction text with the tag immediate replaced by `tag`.
+    pub fn instruction_with(&self, tag: PoolTag) -> Option<String> {
+        let ip = self.instruction_address?;
+        let mut bytes = self.instruction_bytes.clone();
+        bytes
+            .get_mut(self.imm_offset..self.imm_offset + 4)?
+            .copy_from_slice(&tag.bytes());
+        Some(disasm::format(&disasm::decode_one(&bytes, ip), false))
+    }
+}
+
+/// Finds every occurrence of `tag` in every module: the exact bytes, and the variant with
+/// `PROTECTED_POOL` set in the 4th byte (found by searching the first three bytes).
+pub fn find_hits<T: DebugTarget + ?Sized>(
+    target: &mut T,
+    modules: &[ModuleInfo],
+    tag: PoolTag,
+) -> Result<Vec<(usize, VirtAddr, PoolTag)>, TargetError> {
+    let bare = tag.unprotected().bytes();
+    let prefix = bare.get(..3).unwrap_or_default();
+    let mut out = Vec::new();
+    for (i, m) in modules.iter().enumerate() {
+        for h in target.search_memory(m.base, m.end(), prefix, MAX_HITS_PER_MODULE)? {
+            let Some(at4) = h.checked_add(3) else {
+                continue;
+            };
+            let mut b = [0u8; 1];
+            if target.read_memory(at4, &mut b)? != 1 {
+                continue;
+            }
+            if b[0] & 0x7f == bare[3] {
+                let mut found = bare;
+                found[3] = b[0];
+                out.push((i, h, PoolTag::new(found)));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Decoded code of one executable section.
+struct Sweep {
+    section: Section,
+    instrs: Vec<(Instruction, Option<usize>)>,
+    bytes: Vec<u8>,
+}
+
+impl Sweep {
+    fn run<T: DebugTarget + ?Sized>(target: &mut T, section: &Section) -> Option<Sweep> {
+        if section.size == 0 || section.size > MAX_SWEEP_BYTES {
+            return None;
+        }
+        let mut bytes = vec![0u8; usize::try_from(section.size).ok()?];
+        let got = target.read_memory(section.start, &mut bytes).ok()?;
+        bytes.truncate(got);
+        let mut dec = Decoder::with_ip(64, &bytes, section.start.get(), DecoderOptions::NONE);
+        let mut instrs = Vec::new();
+        let mut ins = Instruction::default();
+        while dec.can_decode() {
+            dec.decode_out(&mut ins);
+            let offs = dec.get_constant_offsets(&ins);
+            let imm = (offs.has_immediate() && offs.immediate_size() == 4)
+                .then_some(offs.immediate_offset());
+            instrs.push((ins, imm));
+        }
+        Some(Sweep {
+            section: section.clone(),
+            instrs,
+            bytes,
+        })
+    }
+
+    /// Index of the instruction containing `addr`.
+    fn index_of(&self, addr: VirtAddr) -> Option<usize> {
+        let i = self
+            .instrs
+            .partition_point(|(ins, _)| ins.ip() <= addr.get());
+        let i = i.checked_sub(1)?;
+        let (ins, _) = self.instrs.get(i)?;
+        (addr.get() < ins.next_ip()).then_some(i)
+    }
+
+    fn bytes_of(&self, ins: &Instruction) -> Vec<u8> {
+        let off = usize::try_from(ins.ip() - self.section.start.get()).unwrap_or(usize::MAX);
+        self.bytes
+            .get(off..off.saturating_add(ins.len()))
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default()
+    }
+}
+
+/// Decodes the instruction whose 4-byte immediate starts at `hit`, trying starts
+/// `hit-1 ..= hit-15` (used when the linear sweep disagrees). Prefers the earliest start.
+fn decode_back<T: DebugTarget + ?Sized>(
+    target: &mut T,
+    hit: VirtAddr,
+    floor: VirtAddr,
+) -> Option<(Instruction, usize, Vec<u8>)> {
+    for back in (1..=15u64).rev() {
+        let Some(start) = hit.get().checked_sub(back) else {
+            continue;
+        };
+        if start < floor.get() {
+            continue;
+        }
+        let mut buf = [0u8; 32];
+        if read_exact(target, VirtAddr(start), &mut buf).is_err() {
+            continue;
+        }
+        let mut dec = Decoder::with_ip(64, &buf, start, DecoderOptions::NONE);
+        let ins = dec.decode();
+        if ins.is_invalid() {
+            continue;
+        }
+        let offs = dec.get_constant_offsets(&ins);
+        if offs.has_immediate()
+            && offs.immediate_size() == 4
+            && offs.immediate_offset() as u64 == back
+        {
+            let bytes = buf.get(..ins.len()).map(<[u8]>::to_vec).unwrap_or_default();
+            return Some((ins, back as usize, bytes));
+        }
+    }
+    None
+}
+
+fn kind_of(ins: &Instruction, following: &[Instruction]) -> HitKind {
+    match ins.mnemonic() {
+        Mnemonic::Cmp => HitKind::Compare,
+        Mnemonic::Mov if ins.op0_kind() == OpKind::Register => match ins.op0_register() {
+            Register::R8D => {
+                let call = following
+                    .iter()
+                    .take(CALL_WINDOW)
+                    .take_while(|i| {
+                        !matches!(
+                            i.flow_control(),
+                            FlowControl::Return | FlowControl::UnconditionalBranch
+                        )
+                    })
+                    .any(|i| {
+                        matches!(
+                            i.flow_control(),
+                            FlowControl::Call | FlowControl::IndirectCall
+                        )
+                    });
+                if call {
+                    HitKind::Allocation
+                } else {
+                    HitKind::OtherCode
+                }
+            }
+            Register::EDX => HitKind::Free,
+            _ => HitKind::OtherCode,
+        },
+        Mnemonic::Mov if ins.op0_kind() == OpKind::Memory && ins.memory_base() == Register::RSP => {
+            HitKind::LookasideInit
+        }
+        _ => HitKind::OtherCode,
+    }
+}
+
+/// Classifies `hits` (from [`find_hits`]) of one module.
+pub fn classify_module<T: DebugTarget + ?Sized>(
+    target: &mut T,
+    module: &ModuleInfo,
+    hits: &[(VirtAddr, PoolTag)],
+) -> Vec<Hit> {
+    let sections = pe::sections(target, module.base).unwrap_or_default();
+    let mut sweeps: Vec<Sweep> = Vec::new();
+    for s in sections.iter().filter(|s| s.is_executable()) {
+        if let Some(sw) = Sweep::run(target, s) {
+            sweeps.push(sw);
+        }
+    }
+    let mut out = Vec::new();
+    for &(addr, tag) in hits {
+        let section = sections.iter().find(|s| s.contains(addr));
+        let mut hit = Hit {
+            address: addr,
+            module: module.name.clone(),
+            module_base: module.base,
+            offset: addr.get() - module.base.get(),
+            section: section.map(|s| s.name.clone()),
+            tag,
+            kind: HitKind::Data,
+            instruction_address: None,
+            instruction_bytes: Vec::new(),
+            imm_offset: 0,
+            instruction: None,
+            note: None,
+        };
+        // Code unless the headers say otherwise (unreadable headers: treat as code).
+        let executable = section.is_none_or(Section::is_executable);
+        if executable {
+            let from_sweep = sweeps
+                .iter()
+                .find(|s| s.section.contains(addr))
+                .and_then(|sw| {
+                    let i = sw.index_of(addr)?;
+                    let (ins, imm) = sw.instrs.get(i)?;
+                    let off = usize::try_from(addr.get() - ins.ip()).ok()?;
+                    (*imm == Some(off)).then(|| {
+                        let following: Vec<Instruction> = sw
+                            .instrs
+                            .iter()
+                            .skip(i + 1)
+                            .take(CALL_WINDOW)
+                            .map(|(x, _)| *x)
+                            .collect();
+                        (*ins, off, sw.bytes_of(ins), following)
+                    })
+                });
+            let decoded = from_sweep.or_else(|| {
+                let floor = section.map_or(module.base, |s| s.start);
+                let (ins, off, bytes) = decode_back(target, addr, floor)?;
+                let mut buf = [0u8; 128];
+                let got = target
+                    .read_memory(VirtAddr(ins.next_ip()), &mut buf)
+                    .unwrap_or(0);
+                let mut dec = Decoder::with_ip(
+                    64,
+                    buf.get(..got).unwrap_or_default(),
+                    ins.next_ip(),
+                    DecoderOptions::NONE,
+                );
+                let following: Vec<Instruction> = (0..CALL_WINDOW)
+                    .map_while(|_| dec.can_decode().then(|| dec.decode()))
+                    .collect();
+                Some((ins, off, bytes, following))
+            });
+            match decoded {
+                Some((ins, off, bytes, following)) => {
+                    hit.kind = kind_of(&ins, &following);
+                    hit.instruction_address = Some(VirtAddr(ins.ip()));
+                    hit.instruction = Some(disasm::format(&ins, false));
+                    hit.instruction_bytes = bytes;
+                    hit.imm_offset = off;
+                    if hit.kind == HitKind::OtherCode
+                        && ins.mnemonic() == Mnemonic::Mov
+                        && ins.op0_register() == Register::R8D
+                    {
+                        hit.note = Some("mov r8d with no call within a few instructions".into());
+                    }
+                }
+                None => hit.kind = HitKind::UnknownCode,
+            }
+        } else {
+            // Data: is it loaded into r8d by rip-relative code?
+            for sw in &sweeps {
+                for (ins, _) in &sw.instrs {
+                    if ins.is_ip_rel_memory_operand() && ins.ip_rel_memory_address() == addr.get() {
+                        let r8d = ins.mnemonic() == Mnemonic::Mov
+                            && ins.op0_kind() == OpKind::Register
+                            && ins.op0_register() == Register::R8D;
+                        let text = disasm::format(ins, false);
+                        if r8d {
+                            hit.kind = HitKind::IndirectUse;
+                            hit.note = Some(format!(
+                                "loaded by `{text}` at {}: the tag is applied indirectly; not split",
+                                VirtAddr(ins.ip())
+                            ));
+                        } else if hit.note.is_none() {
+                            hit.note =
+                                Some(format!("referenced by `{text}` at {}", VirtAddr(ins.ip())));
+                        }
+                    }
+                }
+            }
+        }
+        out.push(hit);
+    }
+    out
+}

@@ -1,0 +1,603 @@
+//! The automated tag split: find, classify, choose tags, patch with a journal, run,
+//! measure, attribute, restore.
+//!
+//! ```no_run
+//! # fn demo(target: &mut dyn tagsplit::target::DebugTarget) -> Result<(), tagsplit::split::SplitError> {
+//! use tagsplit::split::{Split, SplitOptions};
+//! use tagsplit::PoolTag;
+//!
+//! let report = Split::new(target, PoolTag::new(*b"Leak"), SplitOptions::default()).run()?;
+//! for site in report.leaks() {
+//!     println!("{} leaks as {}", site.hit.location(), site.new_tag);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! **Leak rule.** After patching, a baseline snapshot of the tracker table is taken and the
+//! target runs in `samples` equal slices, with a snapshot after each. For a split tag, let
+//! `s0..sK` be its outstanding bytes (nonpaged + paged) at the baseline and after each
+//! slice. It is a **leak** when every sample of the second half (`s⌈K/2⌉..sK`) is above
+//! every sample of the first half (`s0..s⌈K/2⌉-1`): it keeps growing after any start-up
+//! ramp. Otherwise it is **load**: it levels off (allocations freed at the rate they are
+//! made). A load whose blocks live longer than half the run looks like a leak; run longer.
+
+pub mod classify;
+pub mod journal;
+pub mod tags;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::Serialize;
+
+use self::classify::{Hit, HitKind};
+use self::journal::{Journal, JournalError, PatchRecord, RestoreState};
+use crate::pool::{self, PoolSnapshot, TagUsage};
+use crate::pooltag::PoolTagDb;
+use crate::target::{DebugTarget, RunFor, TargetError};
+use crate::{PoolTag, VirtAddr};
+
+/// Errors from a split.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SplitError {
+    /// The target failed.
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    /// The journal could not be written or read.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// Not enough unused tags for the sites.
+    #[error("no {0} unused tags left near {1}")]
+    NoFreeTags(usize, PoolTag),
+    /// A patch did not read back as written.
+    #[error("patch at {0} did not read back as written")]
+    VerifyFailed(VirtAddr),
+    /// The run was interrupted (Ctrl-C); patches were restored as reported.
+    #[error("interrupted; restore: {0}")]
+    Interrupted(RestoreSummary),
+    /// The split failed after patching; patches were restored as reported.
+    #[error("{cause}; restore: {restore}")]
+    Aborted {
+        /// What went wrong.
+        cause: Box<SplitError>,
+        /// What the restore did.
+        restore: RestoreSummary,
+    },
+}
+
+/// Options of a split.
+#[derive(Clone, Debug)]
+pub struct SplitOptions {
+    /// Total run length; `None` uses the target's default run.
+    pub run: Option<RunFor>,
+    /// Number of samples (run slices) after the baseline; at least 1.
+    pub samples: u32,
+    /// Where to write the journal before patching; `None` keeps it in memory only.
+    pub journal: Option<PathBuf>,
+    /// Tags this database covers (exact or wildcard) are never chosen.
+    pub pooltag: PoolTagDb,
+    /// Also patch lookaside-list initialisation sites (off by default: their allocations
+    /// happen inside nt, and only allocation sites are patched unless asked).
+    pub patch_lookaside: bool,
+    /// Checked between run slices; when set, the split restores and stops.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl Default for SplitOptions {
+    fn default() -> Self {
+        SplitOptions {
+            run: None,
+            samples: 8,
+            journal: None,
+            pooltag: PoolTagDb::builtin(),
+            patch_lookaside: false,
+            cancel: None,
+        }
+    }
+}
+
+/// Verdict for one split tag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Outstanding bytes keep growing.
+    Leak,
+    /// Allocations are freed; usage levels off.
+    Load,
+    /// The site never allocated while the target ran.
+    Idle,
+}
+
+/// A patched site and what its new tag did.
+#[derive(Clone, Debug, Serialize)]
+pub struct SiteResult {
+    /// The hit that was patched.
+    pub hit: Hit,
+    /// The tag written there.
+    pub new_tag: PoolTag,
+    /// The instruction as patched (`mov r8d,3261654Ch`).
+    pub patched_instruction: Option<String>,
+    /// Tracker counters of the new tag at the baseline and after each sample.
+    pub samples: Vec<TagUsage>,
+    /// Outstanding-byte growth in each sample interval.
+    pub growth: Vec<i128>,
+    /// The verdict.
+    pub verdict: Verdict,
+}
+
+impl SiteResult {
+    /// Net growth of outstanding bytes over the run.
+    pub fn net_growth(&self) -> i128 {
+        self.growth.iter().sum()
+    }
+
+    /// Allocations made under the new tag during the run.
+    pub fn allocs(&self) -> u64 {
+        let first = self.samples.first().map_or(0, TagUsage::allocs);
+        self.samples
+            .last()
+            .map_or(0, TagUsage::allocs)
+            .saturating_sub(first)
+    }
+}
+
+/// How a restore went.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RestoreSummary {
+    /// Per patch: address and state.
+    pub patches: Vec<(VirtAddr, RestoreState)>,
+    /// Whether the journal file was removed (only after every patch verified).
+    pub journal_removed: bool,
+}
+
+impl RestoreSummary {
+    /// Whether every patch holds its original bytes again.
+    pub fn complete(&self) -> bool {
+        self.patches.iter().all(|(_, s)| s.ok())
+    }
+}
+
+impl std::fmt::Display for RestoreSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ok = self.patches.iter().filter(|(_, s)| s.ok()).count();
+        write!(
+            f,
+            "{ok} of {} patches restored and verified",
+            self.patches.len()
+        )?;
+        for (a, s) in self.patches.iter().filter(|(_, s)| !s.ok()) {
+            write!(f, "; {a}: {s:?}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The result of a split.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// The target.
+    pub target: String,
+    /// The tag that was split.
+    pub tag: PoolTag,
+    /// Every hit, patched or not.
+    pub hits: Vec<Hit>,
+    /// The patched sites and their measurements.
+    pub sites: Vec<SiteResult>,
+    /// How long the target ran.
+    pub run: String,
+    /// Number of samples taken after the baseline.
+    pub samples: u32,
+    /// The restore.
+    pub restore: RestoreSummary,
+}
+
+impl Report {
+    /// The sites judged to leak.
+    pub fn leaks(&self) -> impl Iterator<Item = &SiteResult> {
+        self.sites.iter().filter(|s| s.verdict == Verdict::Leak)
+    }
+
+    /// Hits that were reported but not patched.
+    pub fn unpatched(&self) -> impl Iterator<Item = &Hit> {
+        self.hits
+            .iter()
+            .filter(|h| !self.sites.iter().any(|s| s.hit.address == h.address))
+    }
+
+    /// The report as text, verdict first.
+    pub fn to_text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "tag split of '{}' on {}: {} hits, {} sites patched, ran {} in {} samples",
+            self.tag,
+            self.target,
+            self.hits.len(),
+            self.sites.len(),
+            self.run,
+            self.samples
+        );
+        let mut sites: Vec<&SiteResult> = self.sites.iter().collect();
+        sites.sort_by_key(|s| {
+            (
+                s.verdict != Verdict::Leak,
+                std::cmp::Reverse(s.net_growth()),
+            )
+        });
+        for s in &sites {
+            let word = match s.verdict {
+                Verdict::Leak => "LEAK:",
+                Verdict::Load => "load:",
+                Verdict::Idle => "idle:",
+            };
+            let growth: Vec<String> = s.growth.iter().map(|g| format!("{g:+}")).collect();
+            let _ = writeln!(
+                o,
+                "{word} {}  {}  {}  {} allocs, {:+} bytes outstanding; growth per sample: {}",
+                s.new_tag,
+                s.hit.location(),
+                s.patched_instruction.as_deref().unwrap_or("?"),
+                s.allocs(),
+                s.net_growth(),
+                growth.join(" ")
+            );
+        }
+        if self.leaks().next().is_none() {
+            let _ = writeln!(
+                o,
+                "no split tag grew: no leak seen at the patched sites in this run"
+            );
+        }
+        let unpatched: Vec<&Hit> = self.unpatched().collect();
+        if !unpatched.is_empty() {
+            let _ = writeln!(o, "not patched:");
+            for h in unpatched {
+                let _ = writeln!(
+                    o,
+                    "  {:<20} {:<22} {}{}",
+                    h.kind.label(),
+                    h.location(),
+                    h.instruction.as_deref().unwrap_or(""),
+                    h.note
+                        .as_ref()
+                        .map(|n| format!("  ({n})"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        if self.hits.iter().any(|h| h.kind == HitKind::IndirectUse) {
+            let _ = writeln!(
+                o,
+                "note: the tag is also applied indirectly (loaded from data); those allocations are not split"
+            );
+        }
+        let _ = writeln!(o, "restore: {}", self.restore);
+        o
+    }
+}
+
+/// Applies patches and guarantees they are undone: [`PatchGuard::restore`] restores and
+/// verifies; dropping the guard without restoring restores too (best effort).
+pub struct PatchGuard<'t> {
+    target: &'t mut dyn DebugTarget,
+    applied: Vec<PatchRecord>,
+    restored: bool,
+}
+
+impl<'t> PatchGuard<'t> {
+    /// A guard over `target` with nothing applied yet.
+    pub fn new(target: &'t mut dyn DebugTarget) -> PatchGuard<'t> {
+        PatchGuard {
+            target,
+            applied: Vec::new(),
+            restored: false,
+        }
+    }
+
+    /// The target, for use while patched.
+    pub fn target(&mut self) -> &mut dyn DebugTarget {
+        &mut *self.target
+    }
+
+    /// Writes one patch and reads it back. The patch is recorded before writing, so a
+    /// partial write is restored too.
+    pub fn apply(&mut self, p: &PatchRecord) -> Result<(), SplitError> {
+        self.applied.push(p.clone());
+        let n = self.target.write_memory(p.address, &p.new)?;
+        if n != p.new.len() {
+            return Err(TargetError::Unwritable(p.address.saturating_add(n as u64)).into());
+        }
+        let mut back = vec![0u8; p.new.len()];
+        let got = self.target.read_memory(p.address, &mut back)?;
+        if got != back.len() || back != p.new {
+            return Err(SplitError::VerifyFailed(p.address));
+        }
+        Ok(())
+    }
+
+    /// Restores every applied patch (newest first) and verifies each.
+    pub fn restore(&mut self) -> RestoreSummary {
+        self.restored = true;
+        let mut out = RestoreSummary::default();
+        for p in self.applied.iter().rev() {
+            out.patches
+                .push((p.address, journal::restore_one(&mut *self.target, p)));
+        }
+        out.patches.reverse();
+        out
+    }
+}
+
+impl Drop for PatchGuard<'_> {
+    fn drop(&mut self) {
+        if !self.restored {
+            let s = self.restore();
+            tracing::warn!("patch guard dropped without restore: {s}");
+        }
+    }
+}
+
+/// Called after each sample with (samples done, samples total).
+pub type Progress<'a> = Box<dyn FnMut(u32, u32) + 'a>;
+
+/// A split of one tag on one target.
+pub struct Split<'a> {
+    target: &'a mut dyn DebugTarget,
+    tag: PoolTag,
+    options: SplitOptions,
+    progress: Option<Progress<'a>>,
+}
+
+impl<'a> Split<'a> {
+    /// Prepares a split of `tag` on `target`.
+    pub fn new(target: &'a mut dyn DebugTarget, tag: PoolTag, options: SplitOptions) -> Split<'a> {
+        Split {
+            target,
+            tag,
+            options,
+            progress: None,
+        }
+    }
+
+    /// Calls `f(done, total)` after each sample (for a progress bar).
+    pub fn on_progress(mut self, f: impl FnMut(u32, u32) + 'a) -> Split<'a> {
+        self.progress = Some(Box::new(f));
+        self
+    }
+
+    /// Finds and classifies every hit without patching anything.
+    pub fn survey(&mut self) -> Result<Vec<Hit>, SplitError> {
+        survey(&mut *self.target, self.tag)
+    }
+
+    /// Runs the whole split. Every patch is restored before this returns, on success and
+    /// on error; the journal (if any) is removed only after a verified restore.
+    pub fn run(mut self) -> Result<Report, SplitError> {
+        let hits = self.survey()?;
+        let patchable: Vec<&Hit> = hits
+            .iter()
+            .filter(|h| {
+                h.kind == HitKind::Allocation
+                    || self.options.patch_lookaside && h.kind == HitKind::LookasideInit
+            })
+            .collect();
+        let before = pool::snapshot(&mut *self.target)?;
+        let db = &self.options.pooltag;
+        let new_tags = tags::choose(self.tag, patchable.len(), |t| {
+            before.contains(t) || db.covers(t)
+        })
+        .ok_or(SplitError::NoFreeTags(patchable.len(), self.tag))?;
+        let records: Vec<PatchRecord> = patchable
+            .iter()
+            .zip(&new_tags)
+            .map(|(h, t)| PatchRecord {
+                module: h.module.clone(),
+                base: h.module_base,
+                offset: h.offset,
+                address: h.address,
+                original: h.tag.bytes().to_vec(),
+                new: t.bytes().to_vec(),
+            })
+            .collect();
+        let journal = Journal {
+            format: "tagsplit-journal".into(),
+            version: 1,
+            target: self.target.describe(),
+            tag: self.tag.to_string(),
+            patches: records.clone(),
+        };
+        if let Some(path) = &self.options.journal {
+            journal.write(path)?;
+        }
+        let run = self
+            .options
+            .run
+            .unwrap_or_else(|| self.target.default_run());
+        let samples = self.options.samples.max(1);
+        let cancel = self.options.cancel.clone();
+        let journal_path = self.options.journal.clone();
+        let mut progress = self.progress.take();
+        let mut guard = PatchGuard::new(&mut *self.target);
+        let measured = measure(
+            &mut guard,
+            &records,
+            &new_tags,
+            run,
+            samples,
+            cancel.as_deref(),
+            &mut progress,
+        );
+        let mut restore = guard.restore();
+        drop(guard);
+        if restore.complete() {
+            if let Some(path) = &journal_path {
+                restore.journal_removed = std::fs::remove_file(path).is_ok();
+            }
+        }
+        let series = match measured {
+            Ok(s) => s,
+            Err(SplitError::Interrupted(_)) => return Err(SplitError::Interrupted(restore)),
+            Err(e) => {
+                return Err(SplitError::Aborted {
+                    cause: Box::new(e),
+                    restore,
+                });
+            }
+        };
+        let sites = patchable
+            .iter()
+            .zip(&new_tags)
+            .zip(series)
+            .map(|((h, t), samples)| {
+                let growth: Vec<i128> = samples
+                    .windows(2)
+                    .map(|w| {
+                        i128::from(w.get(1).map_or(0, TagUsage::bytes))
+                            - i128::from(w.first().map_or(0, TagUsage::bytes))
+                    })
+                    .collect();
+                let verdict = judge(&samples);
+                SiteResult {
+                    hit: (*h).clone(),
+                    new_tag: *t,
+                    patched_instruction: h.instruction_with(*t),
+                    samples,
+                    growth,
+                    verdict,
+                }
+            })
+            .collect();
+        Ok(Report {
+            target: journal.target,
+            tag: self.tag,
+            hits,
+            sites,
+            run: match run {
+                RunFor::Ticks(n) => format!("{n} ticks"),
+                RunFor::Time(d) => format!("{:.1} s", d.as_secs_f64()),
+            },
+            samples,
+            restore,
+        })
+    }
+}
+
+/// Finds and classifies every hit of `tag` in every module of `target`.
+pub fn survey(target: &mut dyn DebugTarget, tag: PoolTag) -> Result<Vec<Hit>, SplitError> {
+    let modules = target.modules()?;
+    let found = classify::find_hits(target, &modules, tag)?;
+    let mut hits = Vec::new();
+    for (i, m) in modules.iter().enumerate() {
+        let mine: Vec<(VirtAddr, PoolTag)> = found
+            .iter()
+            .filter(|(j, _, _)| *j == i)
+            .map(|(_, a, t)| (*a, *t))
+            .collect();
+        if !mine.is_empty() {
+            hits.extend(classify::classify_module(target, m, &mine));
+        }
+    }
+    Ok(hits)
+}
+
+/// Leak rule (see the module docs): every second-half sample above every first-half one.
+pub fn judge(samples: &[TagUsage]) -> Verdict {
+    let bytes: Vec<u64> = samples.iter().map(TagUsage::bytes).collect();
+    if samples
+        .iter()
+        .all(|s| s.allocs() == samples.first().map_or(0, TagUsage::allocs))
+    {
+        return Verdict::Idle;
+    }
+    let half = bytes.len().div_ceil(2);
+    let (first, second) = bytes.split_at(half.min(bytes.len()));
+    match (first.iter().max(), second.iter().min()) {
+        (Some(hi), Some(lo)) if lo > hi => Verdict::Leak,
+        _ => Verdict::Load,
+    }
+}
+
+/// Patches, takes the baseline, runs the slices and samples. Returns, per site, the new
+/// tag's counters at the baseline and after each slice.
+fn measure(
+    guard: &mut PatchGuard<'_>,
+    records: &[PatchRecord],
+    new_tags: &[PoolTag],
+    run: RunFor,
+    samples: u32,
+    cancel: Option<&AtomicBool>,
+    progress: &mut Option<Progress<'_>>,
+) -> Result<Vec<Vec<TagUsage>>, SplitError> {
+    let cancelled = || cancel.is_some_and(|c| c.load(Ordering::SeqCst));
+    for r in records {
+        if cancelled() {
+            return Err(SplitError::Interrupted(RestoreSummary::default()));
+        }
+        guard.apply(r)?;
+    }
+    let tables = pool::locate(guard.target())?;
+    let pick = |snap: &PoolSnapshot| -> Vec<TagUsage> {
+        new_tags.iter().map(|t| snap.usage(*t)).collect()
+    };
+    let mut series: Vec<Vec<TagUsage>> = vec![Vec::new(); new_tags.len()];
+    let push = |series: &mut Vec<Vec<TagUsage>>, row: Vec<TagUsage>| {
+        for (s, u) in series.iter_mut().zip(row) {
+            s.push(u);
+        }
+    };
+    push(
+        &mut series,
+        pick(&pool::snapshot_at(guard.target(), &tables)?),
+    );
+    for i in 0..samples {
+        if cancelled() {
+            return Err(SplitError::Interrupted(RestoreSummary::default()));
+        }
+        let slice = match run {
+            RunFor::Ticks(n) => {
+                let base = n / u64::from(samples);
+                let extra = u64::from(u64::from(i) < n % u64::from(samples));
+                RunFor::Ticks(base + extra)
+            }
+            RunFor::Time(d) => RunFor::Time(d / samples),
+        };
+        guard.target().run(slice)?;
+        push(
+            &mut series,
+            pick(&pool::snapshot_at(guard.target(), &tables)?),
+        );
+        if let Some(p) = progress.as_mut() {
+            p(i + 1, samples);
+        }
+    }
+    Ok(series)
+}
+
+/// Undoes the patches of a journal left by an interrupted run; removes the journal file
+/// only when every patch verifies.
+pub fn restore_from_journal(
+    target: &mut dyn DebugTarget,
+    path: &std::path::Path,
+) -> Result<RestoreSummary, SplitError> {
+    let journal = Journal::read(path)?;
+    let states = journal::restore_all(target, &journal)?;
+    let mut summary = RestoreSummary {
+        patches: journal
+            .patches
+            .iter()
+            .map(|p| p.address)
+            .zip(states)
+            .collect(),
+        journal_removed: false,
+    };
+    if summary.complete() {
+        summary.journal_removed = std::fs::remove_file(path).is_ok();
+    }
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests;

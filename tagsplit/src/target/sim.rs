@@ -1,0 +1,145 @@
+//! The in-process simulator backend: [`SimTarget`] over a [`Machine`], no wire.
+
+use std::time::Duration;
+
+use tagsplit_target_sim::machine::{Machine, SimStop};
+use tagsplit_target_sim::scenario::Scenario;
+
+use super::{
+    BoxedTarget, DebugTarget, KernelInfo, ModuleInfo, OpenError, RunFor, StopReason, TargetError,
+};
+use crate::VirtAddr;
+
+/// Virtual-clock ticks per millisecond of wall time when asked to run for a duration
+/// ([`RunFor::Time`]): the simulator has no wall clock, so 1 ms = 1 tick.
+pub const TICKS_PER_MS: u64 = 1;
+
+/// A [`DebugTarget`] over a simulated machine in this process.
+#[derive(Clone, Debug)]
+pub struct SimTarget {
+    machine: Machine,
+    spec: String,
+    default_ticks: u64,
+}
+
+impl SimTarget {
+    /// Boots `scenario`.
+    pub fn boot(scenario: &Scenario) -> Result<SimTarget, TargetError> {
+        let machine = Machine::boot(scenario)
+            .map_err(|e| TargetError::BadKernelData(format!("simulator failed to boot: {e}")))?;
+        Ok(SimTarget {
+            machine,
+            spec: format!("sim:{}", scenario.name()),
+            default_ticks: scenario.default_run_ticks(),
+        })
+    }
+
+    /// Boots a built-in scenario (`part4`, `many-sites`).
+    pub fn builtin(name: &str) -> Option<SimTarget> {
+        SimTarget::boot(&Scenario::builtin(name)?).ok()
+    }
+
+    /// The machine (ground truth, for tests).
+    pub fn machine(&self) -> &Machine {
+        &self.machine
+    }
+
+    /// The machine, writable.
+    pub fn machine_mut(&mut self) -> &mut Machine {
+        &mut self.machine
+    }
+}
+
+/// Opens `sim:NAME` (a built-in) or `sim:FILE.toml`.
+pub(crate) fn open(rest: &str) -> Result<BoxedTarget, OpenError> {
+    let bad = |reason: String| OpenError::Bad { spec: format!("sim:{rest}"), reason };
+    let scenario = if let Some(s) = Scenario::builtin(rest) {
+        s
+    } else if rest.ends_with(".toml") {
+        let text = std::fs::read_to_string(rest).map_err(|e| bad(e.to_string()))?;
+        Scenario::from_toml(&text).map_err(|e| bad(e.to_string()))?
+    } else {
+        return Err(bad(format!(
+            "no built-in scenario {rest:?} (built-ins: {}) and not a .toml file",
+            Scenario::builtin_names().join(", ")
+        )));
+    };
+    let mut t = SimTarget::boot(&scenario)?;
+    if !Scenario::builtin_names().contains(&rest) {
+        t.spec = format!("sim:{rest}");
+    }
+    Ok(Box::new(t))
+}
+
+impl DebugTarget for SimTarget {
+    fn describe(&self) -> String {
+        self.spec.clone()
+    }
+
+    fn read_memory(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
+        match self.machine.read(addr, buf) {
+            Ok(()) => Ok(buf.len()),
+            Err(e) => Ok(e.done.min(buf.len())),
+        }
+    }
+
+    fn write_memory(&mut self, addr: VirtAddr, data: &[u8]) -> Result<usize, TargetError> {
+        match self.machine.write(addr, data) {
+            Ok(()) => Ok(data.len()),
+            Err(e) => Ok(e.done.min(data.len())),
+        }
+    }
+
+    fn kernel_info(&mut self) -> Result<KernelInfo, TargetError> {
+        let k = self.machine.kernel();
+        Ok(KernelInfo {
+            kern_base: k.kern_base,
+            ps_loaded_module_list: k.ps_loaded_module_list,
+            kdbg: Some(k.kdbg),
+        })
+    }
+
+    fn modules(&mut self) -> Result<Vec<ModuleInfo>, TargetError> {
+        Ok(self
+            .machine
+            .modules()
+            .into_iter()
+            .map(|m| ModuleInfo { name: m.name, path: m.path, base: m.base, size: m.size })
+            .collect())
+    }
+
+    fn search_memory(
+        &mut self,
+        start: VirtAddr,
+        end: VirtAddr,
+        pattern: &[u8],
+        max_hits: usize,
+    ) -> Result<Vec<VirtAddr>, TargetError> {
+        Ok(self.machine.search(start, end, pattern, max_hits))
+    }
+
+    fn run(&mut self, how_long: RunFor) -> Result<StopReason, TargetError> {
+        let ticks = match how_long {
+            RunFor::Ticks(n) => n,
+            RunFor::Time(d) => ticks_for(d),
+        };
+        let out = self.machine.run(ticks);
+        Ok(match out.stop {
+            None => StopReason::BreakIn,
+            Some(SimStop::Breakpoint(a)) => StopReason::Breakpoint(a),
+            Some(SimStop::PoolHitTag { tag, addr }) => {
+                StopReason::Other(format!("pool hit tag {tag} on block {addr}"))
+            }
+            Some(other) => StopReason::Other(format!("{other:?}")),
+        })
+    }
+
+    fn default_run(&self) -> RunFor {
+        RunFor::Ticks(self.default_ticks)
+    }
+}
+
+/// A wall-clock duration in ticks (see [`TICKS_PER_MS`]).
+pub fn ticks_for(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).saturating_mul(TICKS_PER_MS)
+}

@@ -1,0 +1,776 @@
+//! A builder for PE-shaped modules written into simulated memory.
+//!
+//! The image has real MZ/PE32+ headers (so a debugger can find `MZ` at each module base and
+//! parse the section table), a `.text` section (RX) holding real x64 code, `.rdata` (R) with
+//! the import address table, an import directory naming `ntoskrnl.exe` functions and any
+//! read-only data, and `.data` (RW) for globals. Code is emitted as real x64 instructions;
+//! gaps are padded with `int3` (`0xcc`).
+//!
+//! Allocation sites are `mov r8d, imm32` (`41 b8 <tag>`) followed by `call [rip+IAT]`
+//! (`ff 15 disp32`), free sites `mov edx, imm32` (`ba <tag>`), lookaside-init sites
+//! `mov dword ptr [rsp+28h], imm32` (`c7 44 24 28 <tag>`), and the decoys a tag search also
+//! finds: the tag as text in `.rdata`, a `cmp` against the tag, and a tag held in a `.data`
+//! global loaded with `mov r8d, [rip+disp32]` (`44 8b 05 disp32`).
+
+use crate::SimError;
+use crate::layout::PAGE_SIZE;
+use crate::memory::{Memory, Prot};
+use crate::types::{PoolTag, VirtAddr};
+
+/// `IMAGE_SCN_CNT_CODE`.
+pub const SCN_CNT_CODE: u32 = 0x0000_0020;
+/// `IMAGE_SCN_CNT_INITIALIZED_DATA`.
+pub const SCN_CNT_INITIALIZED_DATA: u32 = 0x0000_0040;
+/// `IMAGE_SCN_MEM_EXECUTE`.
+pub const SCN_MEM_EXECUTE: u32 = 0x2000_0000;
+/// `IMAGE_SCN_MEM_READ`.
+pub const SCN_MEM_READ: u32 = 0x4000_0000;
+/// `IMAGE_SCN_MEM_WRITE`.
+pub const SCN_MEM_WRITE: u32 = 0x8000_0000;
+/// Where `e_lfanew` puts the `PE\0\0` signature.
+pub const PE_OFFSET: u32 = 0xd0;
+/// RVA of `.text` in every built image.
+pub const TEXT_RVA: u64 = 0x1000;
+
+/// The functions a built image can import from `ntoskrnl.exe`, in IAT order.
+pub const NT_IMPORTS: [&str; 5] = [
+    "ExAllocatePoolWithTag",
+    "ExFreePoolWithTag",
+    "ExInitializeNPagedLookasideList",
+    "ExFreePool",
+    "KeBugCheckEx",
+];
+
+/// Index of an imported function in [`NT_IMPORTS`] (and its IAT slot).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Import {
+    /// `ExAllocatePoolWithTag`.
+    ExAllocatePoolWithTag = 0,
+    /// `ExFreePoolWithTag`.
+    ExFreePoolWithTag = 1,
+    /// `ExInitializeNPagedLookasideList`.
+    ExInitializeNPagedLookasideList = 2,
+    /// `ExFreePool`.
+    ExFreePool = 3,
+    /// `KeBugCheckEx`.
+    KeBugCheckEx = 4,
+}
+
+/// A location inside an image being built, resolved to an address by [`ImageBuilder::build`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loc {
+    /// An offset into `.text`.
+    Text(u64),
+    /// An offset into the caller's part of `.rdata` (after the import data).
+    Rdata(u64),
+    /// An offset into `.data`.
+    Data(u64),
+}
+
+/// How an allocation site's code around `mov r8d, tag` looks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AllocStyle {
+    /// `mov ecx, type; mov edx, size; mov r8d, tag; call [ExAllocatePoolWithTag]`.
+    #[default]
+    Plain,
+    /// myfault.sys's first site: `mov r8d, tag; cmp eax,ecx; cmovb eax,ecx;
+    /// lea ecx,[r9-3]; mov edx,eax; call [..]`.
+    MyfaultLea,
+    /// myfault.sys's second site: `mov r8d, tag; cmp eax,ecx; cmovb eax,ecx;
+    /// xor ecx,ecx; mov edx,eax; call [..]`.
+    MyfaultXor,
+}
+
+/// How a compare decoy is encoded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CompareStyle {
+    /// `cmp ecx, imm32` (`81 f9 imm32`).
+    #[default]
+    Ecx,
+    /// `cmp eax, imm32` (`3d imm32`).
+    Eax,
+}
+
+/// Addresses (as [`Loc`]s) of an emitted site: the instruction holding or loading the tag,
+/// the tag bytes themselves, and the call it feeds, if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SiteLocs {
+    /// The instruction (`mov r8d`, `mov edx`, `mov [rsp+28h]`, `cmp`, `mov r8d,[rip+x]`),
+    /// or the start of the string for a text decoy.
+    pub instr: Loc,
+    /// The four tag bytes (the imm32, the global, or the tag inside the string).
+    pub imm: Loc,
+    /// The `call [rip+IAT]` that consumes the tag, if any.
+    pub call: Option<Loc>,
+}
+
+/// A rip-relative displacement to patch once the layout is known.
+#[derive(Clone, Copy, Debug)]
+struct Fixup {
+    /// Offset in `.text` of the disp32.
+    at: usize,
+    /// Offset in `.text` of the next instruction (rip).
+    next_ip: usize,
+    /// What the displacement points to.
+    target: Target,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    Iat(Import),
+    Loc(Loc),
+}
+
+/// Builds one PE image; see the module docs.
+#[derive(Clone, Debug)]
+pub struct ImageBuilder {
+    name: String,
+    base: VirtAddr,
+    timestamp: u32,
+    nt_exports: Vec<VirtAddr>,
+    imports: bool,
+    text: Vec<u8>,
+    rdata: Vec<u8>,
+    data: Vec<u8>,
+    min_text: u64,
+    min_data: u64,
+    entry: Option<u64>,
+    fixups: Vec<Fixup>,
+}
+
+/// The result of [`ImageBuilder::build`]: where everything landed.
+#[derive(Clone, Debug)]
+pub struct BuiltImage {
+    /// Image base.
+    pub base: VirtAddr,
+    /// `SizeOfImage`.
+    pub size: u64,
+    /// `CheckSum` written in the optional header.
+    pub checksum: u32,
+    /// `TimeDateStamp`.
+    pub timestamp: u32,
+    /// Address of the entry point.
+    pub entry: VirtAddr,
+    /// Start of `.text`.
+    pub text: VirtAddr,
+    /// Start of `.rdata` (the IAT, when the image imports).
+    pub rdata: VirtAddr,
+    /// Start of the caller's part of `.rdata`.
+    pub rdata_user: VirtAddr,
+    /// Start of `.data`.
+    pub data: VirtAddr,
+    /// Address of each IAT slot, in [`NT_IMPORTS`] order (empty without imports).
+    pub iat: Vec<VirtAddr>,
+    /// Each section: name, start, virtual size rounded to pages, protection.
+    pub sections: Vec<(String, VirtAddr, u64, Prot)>,
+}
+
+impl BuiltImage {
+    /// The address of a [`Loc`].
+    pub fn addr(&self, loc: Loc) -> VirtAddr {
+        match loc {
+            Loc::Text(o) => self.text.saturating_add(o),
+            Loc::Rdata(o) => self.rdata_user.saturating_add(o),
+            Loc::Data(o) => self.data.saturating_add(o),
+        }
+    }
+}
+
+fn put_u16(v: &mut Vec<u8>, x: u16) {
+    v.extend_from_slice(&x.to_le_bytes());
+}
+fn put_u32(v: &mut Vec<u8>, x: u32) {
+    v.extend_from_slice(&x.to_le_bytes());
+}
+fn put_u64(v: &mut Vec<u8>, x: u64) {
+    v.extend_from_slice(&x.to_le_bytes());
+}
+fn round_up(x: u64, to: u64) -> u64 {
+    x.div_ceil(to).saturating_mul(to)
+}
+fn err(msg: impl Into<String>) -> SimError {
+    SimError::Image(msg.into())
+}
+
+impl ImageBuilder {
+    /// A builder for an image called `name` loaded at `base` (page-aligned).
+    /// `nt_exports` are the resolved addresses of [`NT_IMPORTS`]; pass an empty vector for
+    /// an image without imports (such as `ntoskrnl.exe` itself).
+    pub fn new(name: &str, base: VirtAddr, nt_exports: Vec<VirtAddr>) -> ImageBuilder {
+        ImageBuilder {
+            name: name.to_owned(),
+            base,
+            timestamp: 0x4a5b_c000,
+            imports: !nt_exports.is_empty(),
+            nt_exports,
+            text: Vec::new(),
+            rdata: Vec::new(),
+            data: Vec::new(),
+            min_text: 0,
+            min_data: 0,
+            entry: None,
+            fixups: Vec::new(),
+        }
+    }
+
+    /// Sets the COFF `TimeDateStamp`.
+    pub fn timestamp(&mut self, ts: u32) -> &mut Self {
+        self.timestamp = ts;
+        self
+    }
+
+    /// Makes `.text` at least this many bytes (virtual size; costs no host memory).
+    pub fn min_text_size(&mut self, n: u64) -> &mut Self {
+        self.min_text = n;
+        self
+    }
+
+    /// Makes `.data` at least this many bytes.
+    pub fn min_data_size(&mut self, n: u64) -> &mut Self {
+        self.min_data = n;
+        self
+    }
+
+    /// The current end of `.text`, as an RVA.
+    pub fn text_rva(&self) -> u64 {
+        TEXT_RVA + self.text.len() as u64
+    }
+
+    /// Pads `.text` with `int3` up to the given RVA; fails if code already lies past it.
+    pub fn org(&mut self, rva: u64) -> Result<(), SimError> {
+        let cur = self.text_rva();
+        if rva < cur {
+            return Err(err(format!(
+                "{}: code at rva {rva:#x} would overlap code ending at {cur:#x}",
+                self.name
+            )));
+        }
+        let pad = usize::try_from(rva - cur).map_err(|_| err("rva too large"))?;
+        if pad > 0x100_0000 {
+            return Err(err(format!("{}: rva {rva:#x} too far", self.name)));
+        }
+        self.text.resize(self.text.len() + pad, 0xcc);
+        Ok(())
+    }
+
+    /// Pads `.text` with `int3` to a 16-byte boundary.
+    pub fn align_text(&mut self) {
+        while !self.text.len().is_multiple_of(16) {
+            self.text.push(0xcc);
+        }
+    }
+
+    /// Appends raw code bytes; returns their location.
+    pub fn code(&mut self, bytes: &[u8]) -> Loc {
+        let at = self.text.len() as u64;
+        self.text.extend_from_slice(bytes);
+        Loc::Text(at)
+    }
+
+    /// Appends read-only data (8-byte aligned); returns its location.
+    pub fn rdata(&mut self, bytes: &[u8]) -> Loc {
+        while !self.rdata.len().is_multiple_of(8) {
+            self.rdata.push(0);
+        }
+        let at = self.rdata.len() as u64;
+        self.rdata.extend_from_slice(bytes);
+        Loc::Rdata(at)
+    }
+
+    /// Appends writable data (`align`-byte aligned, at least 8); returns its location.
+    pub fn data(&mut self, bytes: &[u8], align: usize) -> Loc {
+        let align = align.max(8);
+        while !self.data.len().is_multiple_of(align) {
+            self.data.push(0);
+        }
+        let at = self.data.len() as u64;
+        self.data.extend_from_slice(bytes);
+        Loc::Data(at)
+    }
+
+    /// Marks the current end of `.text` as the entry point.
+    pub fn entry_here(&mut self) {
+        self.entry = Some(self.text_rva());
+    }
+
+    /// Emits `call [rip+IAT(import)]`; returns its location.
+    fn call_import(&mut self, import: Import) -> Result<Loc, SimError> {
+        if !self.imports {
+            return Err(err(format!("{}: image has no imports", self.name)));
+        }
+        let at = self.code(&[0xff, 0x15, 0, 0, 0, 0]);
+        let off = self.text.len();
+        self.fixups.push(Fixup {
+            at: off - 4,
+            next_ip: off,
+            target: Target::Iat(import),
+        });
+        Ok(at)
+    }
+
+    /// Emits a 4-byte rip-relative displacement to `target` at the current end of
+    /// `.text`, for an instruction that ends `tail` bytes after the displacement.
+    fn disp_to(&mut self, target: Loc, tail: usize) {
+        let at = self.text.len();
+        self.text.extend_from_slice(&[0, 0, 0, 0]);
+        self.fixups.push(Fixup {
+            at,
+            next_ip: at + 4 + tail,
+            target: Target::Loc(target),
+        });
+    }
+
+    /// Emits an allocation site as a small function and returns its locations. With
+    /// `rva`, the `mov r8d` lands exactly at that RVA (the prologue sits before it).
+    pub fn alloc_site(
+        &mut self,
+        style: AllocStyle,
+        tag: PoolTag,
+        pool_type: u32,
+        size: u32,
+        rva: Option<u64>,
+    ) -> Result<SiteLocs, SimError> {
+        // The code before `mov r8d` depends on the style.
+        let pre: Vec<u8> = match style {
+            AllocStyle::Plain => {
+                let mut v = vec![0x48, 0x83, 0xec, 0x28, 0xb9]; // sub rsp,28h; mov ecx,
+                v.extend_from_slice(&pool_type.to_le_bytes());
+                v.push(0xba); // mov edx, size
+                v.extend_from_slice(&size.to_le_bytes());
+                v
+            }
+            AllocStyle::MyfaultLea | AllocStyle::MyfaultXor => {
+                // sub rsp,28h; mov eax,edx; mov ecx,1000h
+                vec![
+                    0x48, 0x83, 0xec, 0x28, 0x8b, 0xc2, 0xb9, 0x00, 0x10, 0x00, 0x00,
+                ]
+            }
+        };
+        match rva {
+            Some(r) => self.org(r.saturating_sub(pre.len() as u64))?,
+            None => self.align_text(),
+        }
+        self.code(&pre);
+        let instr = self.code(&[0x41, 0xb8]);
+        let imm = self.code(&tag.bytes());
+        match style {
+            AllocStyle::Plain => {}
+            AllocStyle::MyfaultLea => {
+                // cmp eax,ecx; cmovb eax,ecx; lea ecx,[r9-3]; mov edx,eax
+                self.code(&[
+                    0x3b, 0xc1, 0x0f, 0x42, 0xc1, 0x41, 0x8d, 0x49, 0xfd, 0x8b, 0xd0,
+                ]);
+            }
+            AllocStyle::MyfaultXor => {
+                // cmp eax,ecx; cmovb eax,ecx; xor ecx,ecx; mov edx,eax
+                self.code(&[0x3b, 0xc1, 0x0f, 0x42, 0xc1, 0x33, 0xc9, 0x8b, 0xd0]);
+            }
+        }
+        let call = self.call_import(Import::ExAllocatePoolWithTag)?;
+        self.epilogue(0x28);
+        Ok(SiteLocs {
+            instr: at_instr(instr),
+            imm,
+            call: Some(call),
+        })
+    }
+
+    /// Emits an allocation site whose tag comes from a `.data` global:
+    /// `mov ecx, type; mov edx, size; mov r8d, [rip+global]; call [..]`.
+    pub fn global_alloc_site(
+        &mut self,
+        tag: PoolTag,
+        pool_type: u32,
+        size: u32,
+    ) -> Result<SiteLocs, SimError> {
+        let global = self.data(&tag.bytes(), 8);
+        self.align_text();
+        let mut pre = vec![0x48, 0x83, 0xec, 0x28, 0xb9];
+        pre.extend_from_slice(&pool_type.to_le_bytes());
+        pre.push(0xba);
+        pre.extend_from_slice(&size.to_le_bytes());
+        self.code(&pre);
+        let instr = self.code(&[0x44, 0x8b, 0x05]);
+        self.disp_to(global, 0);
+        let call = self.call_import(Import::ExAllocatePoolWithTag)?;
+        self.epilogue(0x28);
+        Ok(SiteLocs {
+            instr,
+            imm: global,
+            call: Some(call),
+        })
+    }
+
+    /// Emits a free site: `mov rcx, rbx; mov edx, tag; call [ExFreePoolWithTag]`.
+    pub fn free_site(&mut self, tag: PoolTag) -> Result<SiteLocs, SimError> {
+        self.align_text();
+        self.code(&[0x48, 0x83, 0xec, 0x28, 0x48, 0x8b, 0xcb]);
+        let instr = self.code(&[0xba]);
+        let imm = self.code(&tag.bytes());
+        let call = self.call_import(Import::ExFreePoolWithTag)?;
+        self.epilogue(0x28);
+        Ok(SiteLocs {
+            instr,
+            imm,
+            call: Some(call),
+        })
+    }
+
+    /// Emits a lookaside-list initialisation site for a list header `list` in `.data`:
+    /// `lea rcx,[rip+list]; xor edx,edx; xor r8d,r8d; xor r9d,r9d;
+    /// mov qword [rsp+20h], size; mov dword [rsp+28h], tag; mov word [rsp+30h], 0;
+    /// call [ExInitializeNPagedLookasideList]`.
+    pub fn lookaside_site(
+        &mut self,
+        tag: PoolTag,
+        size: u32,
+        list: Loc,
+    ) -> Result<SiteLocs, SimError> {
+        self.align_text();
+        self.code(&[0x48, 0x83, 0xec, 0x48, 0x48, 0x8d, 0x0d]);
+        self.disp_to(list, 0);
+        self.code(&[0x33, 0xd2, 0x45, 0x33, 0xc0, 0x45, 0x33, 0xc9]);
+        self.code(&[0x48, 0xc7, 0x44, 0x24, 0x20]);
+        self.code(&size.to_le_bytes());
+        let instr = self.code(&[0xc7, 0x44, 0x24, 0x28]);
+        let imm = self.code(&tag.bytes());
+        self.code(&[0x66, 0xc7, 0x44, 0x24, 0x30, 0x00, 0x00]);
+        let call = self.call_import(Import::ExInitializeNPagedLookasideList)?;
+        self.epilogue(0x48);
+        Ok(SiteLocs {
+            instr,
+            imm,
+            call: Some(call),
+        })
+    }
+
+    /// Emits a compare decoy: `cmp ecx, tag` (`81 f9`) or `cmp eax, tag` (`3d`), then
+    /// `sete al; ret`.
+    pub fn compare_decoy(&mut self, tag: PoolTag, style: CompareStyle) -> SiteLocs {
+        self.align_text();
+        let instr = match style {
+            CompareStyle::Ecx => self.code(&[0x81, 0xf9]),
+            CompareStyle::Eax => self.code(&[0x3d]),
+        };
+        let imm = self.code(&tag.bytes());
+        self.code(&[0x0f, 0x94, 0xc0, 0xc3]);
+        SiteLocs {
+            instr: at_instr(instr),
+            imm,
+            call: None,
+        }
+    }
+
+    /// Puts `text` (which must contain the tag's four bytes) in `.rdata`, NUL-terminated.
+    pub fn text_decoy(&mut self, tag: PoolTag, text: &str) -> Result<SiteLocs, SimError> {
+        let pos = memchr::memmem::find(text.as_bytes(), &tag.bytes())
+            .ok_or_else(|| err(format!("decoy text {text:?} does not contain tag {tag}")))?;
+        let mut bytes = text.as_bytes().to_vec();
+        bytes.push(0);
+        let Loc::Rdata(at) = self.rdata(&bytes) else {
+            return Err(err("rdata"));
+        };
+        Ok(SiteLocs {
+            instr: Loc::Rdata(at),
+            imm: Loc::Rdata(at + pos as u64),
+            call: None,
+        })
+    }
+
+    /// Emits `add rsp, frame; ret`.
+    fn epilogue(&mut self, frame: u8) {
+        self.code(&[0x48, 0x83, 0xc4, frame, 0xc3]);
+    }
+
+    /// Lays the image out, writes it into `mem` (mapping each section with its
+    /// protection) and returns where everything landed.
+    pub fn build(&self, mem: &mut Memory) -> Result<BuiltImage, SimError> {
+        let n_imp = NT_IMPORTS.len() as u64;
+        // .rdata: [IAT][descriptors][INT][hint/name][dll name][user data]
+        let iat_size = if self.imports { (n_imp + 1) * 8 } else { 0 };
+        let desc_off = iat_size;
+        let desc_size = if self.imports { 2 * 20 } else { 0 };
+        let int_off = desc_off + desc_size;
+        let int_size = iat_size;
+        let names_off = int_off + int_size;
+        let mut names = Vec::new();
+        let mut name_offs = Vec::new();
+        if self.imports {
+            for f in NT_IMPORTS {
+                name_offs.push(names_off + names.len() as u64);
+                put_u16(&mut names, 0); // hint
+                names.extend_from_slice(f.as_bytes());
+                names.push(0);
+                if names.len() % 2 == 1 {
+                    names.push(0);
+                }
+            }
+        }
+        let dll_off = names_off + names.len() as u64;
+        let dll: &[u8] = if self.imports { b"ntoskrnl.exe\0" } else { b"" };
+        let user_off = round_up(dll_off + dll.len() as u64, 16);
+
+        let text_vsize = round_up(
+            (self.text.len() as u64).max(self.min_text).max(1),
+            PAGE_SIZE,
+        );
+        let rdata_len = user_off + self.rdata.len() as u64;
+        let rdata_vsize = round_up(rdata_len.max(1), PAGE_SIZE);
+        let data_vsize = round_up(
+            (self.data.len() as u64).max(self.min_data).max(8),
+            PAGE_SIZE,
+        );
+        let text_rva = TEXT_RVA;
+        let rdata_rva = text_rva + text_vsize;
+        let data_rva = rdata_rva + rdata_vsize;
+        let size = data_rva + data_vsize;
+        let base = self.base.0;
+        let text = base + text_rva;
+        let rdata = base + rdata_rva;
+        let data = base + data_rva;
+
+        let mut image = BuiltImage {
+            base: self.base,
+            size,
+            checksum: 0,
+            timestamp: self.timestamp,
+            entry: VirtAddr(base + self.entry.unwrap_or(text_rva)),
+            text: VirtAddr(text),
+            rdata: VirtAddr(rdata),
+            rdata_user: VirtAddr(rdata + user_off),
+            data: VirtAddr(data),
+            iat: (0..if self.imports { n_imp } else { 0 })
+                .map(|i| VirtAddr(rdata + i * 8))
+                .collect(),
+            sections: vec![
+                (".text".into(), VirtAddr(text), text_vsize, Prot::RX),
+                (".rdata".into(), VirtAddr(rdata), rdata_vsize, Prot::R),
+                (".data".into(), VirtAddr(data), data_vsize, Prot::RW),
+            ],
+        };
+
+        // .text with fixups applied
+        let mut code = self.text.clone();
+        for f in &self.fixups {
+            let target = match f.target {
+                Target::Iat(i) => rdata + (i as u64) * 8,
+                Target::Loc(l) => image.addr(l).0,
+            };
+            let rip = text + f.next_ip as u64;
+            let disp = i32::try_from(target.wrapping_sub(rip) as i64)
+                .map_err(|_| err(format!("{}: displacement out of range", self.name)))?;
+            let slot = code
+                .get_mut(f.at..f.at + 4)
+                .ok_or_else(|| err("fixup outside .text"))?;
+            slot.copy_from_slice(&disp.to_le_bytes());
+        }
+
+        // .rdata
+        let mut ro = Vec::with_capacity(rdata_len as usize);
+        if self.imports {
+            for i in 0..n_imp as usize {
+                let v = self.nt_exports.get(i).map_or(0, |a| a.0);
+                put_u64(&mut ro, v);
+            }
+            put_u64(&mut ro, 0);
+            // IMAGE_IMPORT_DESCRIPTOR: OriginalFirstThunk, TimeDateStamp, ForwarderChain,
+            // Name, FirstThunk; then an all-zero terminator.
+            put_u32(&mut ro, (rdata_rva + int_off) as u32);
+            put_u32(&mut ro, 0);
+            put_u32(&mut ro, 0);
+            put_u32(&mut ro, (rdata_rva + dll_off) as u32);
+            put_u32(&mut ro, rdata_rva as u32);
+            ro.extend_from_slice(&[0u8; 20]);
+            for off in &name_offs {
+                put_u64(&mut ro, rdata_rva + off);
+            }
+            put_u64(&mut ro, 0);
+            ro.extend_from_slice(&names);
+            ro.extend_from_slice(dll);
+        }
+        ro.resize(user_off as usize, 0);
+        ro.extend_from_slice(&self.rdata);
+
+        // headers
+        let raw_text = round_up(code.len() as u64, 0x200);
+        let raw_rdata = round_up(ro.len() as u64, 0x200);
+        let raw_data = round_up(self.data.len() as u64, 0x200);
+        let mut hdr = self.headers(HeaderInfo {
+            text_vsize,
+            rdata_vsize,
+            data_vsize,
+            raw: [raw_text, raw_rdata, raw_data],
+            size,
+            entry: self.entry.unwrap_or(text_rva),
+            iat_size,
+            desc_rva: rdata_rva + desc_off,
+            desc_size,
+        });
+        let checksum = pe_checksum(
+            &hdr,
+            &[&code, &ro, &self.data],
+            [raw_text, raw_rdata, raw_data],
+        );
+        if let Some(slot) = hdr.get_mut(PE_OFFSET as usize + 24 + 64..PE_OFFSET as usize + 24 + 68)
+        {
+            slot.copy_from_slice(&checksum.to_le_bytes());
+        }
+        image.checksum = checksum;
+
+        mem.map(self.base, PAGE_SIZE, Prot::R)?;
+        mem.write(self.base, &hdr)?;
+        for ((_, start, vsize, prot), bytes) in image.sections.iter().zip([&code, &ro, &self.data])
+        {
+            mem.map(*start, *vsize, *prot)?;
+            if !bytes.is_empty() {
+                mem.write(*start, bytes)?;
+            }
+        }
+        Ok(image)
+    }
+
+    fn headers(&self, h: HeaderInfo) -> Vec<u8> {
+        let mut v = Vec::with_capacity(0x400);
+        // IMAGE_DOS_HEADER
+        v.extend_from_slice(b"MZ");
+        for x in [0x90u16, 3, 0, 4, 0, 0xffff, 0, 0xb8, 0, 0, 0, 0x40, 0] {
+            put_u16(&mut v, x);
+        }
+        v.resize(0x3c, 0);
+        put_u32(&mut v, PE_OFFSET);
+        // DOS stub
+        v.extend_from_slice(&[
+            0x0e, 0x1f, 0xba, 0x0e, 0x00, 0xb4, 0x09, 0xcd, 0x21, 0xb8, 0x01, 0x4c, 0xcd, 0x21,
+        ]);
+        v.extend_from_slice(b"This program cannot be run in DOS mode.\r\r\n$");
+        v.resize(PE_OFFSET as usize, 0);
+        // PE signature + IMAGE_FILE_HEADER
+        v.extend_from_slice(b"PE\0\0");
+        put_u16(&mut v, 0x8664);
+        put_u16(&mut v, 3);
+        put_u32(&mut v, self.timestamp);
+        put_u32(&mut v, 0);
+        put_u32(&mut v, 0);
+        put_u16(&mut v, 0xf0);
+        put_u16(&mut v, 0x0022); // EXECUTABLE_IMAGE | LARGE_ADDRESS_AWARE
+        // IMAGE_OPTIONAL_HEADER64
+        put_u16(&mut v, 0x20b);
+        v.push(9);
+        v.push(0);
+        put_u32(&mut v, h.raw[0] as u32); // SizeOfCode
+        put_u32(&mut v, (h.raw[1] + h.raw[2]) as u32); // SizeOfInitializedData
+        put_u32(&mut v, 0);
+        put_u32(&mut v, h.entry as u32);
+        put_u32(&mut v, TEXT_RVA as u32); // BaseOfCode
+        put_u64(&mut v, self.base.0);
+        put_u32(&mut v, PAGE_SIZE as u32); // SectionAlignment
+        put_u32(&mut v, 0x200); // FileAlignment
+        for x in [6u16, 1, 6, 1, 6, 1] {
+            put_u16(&mut v, x);
+        }
+        put_u32(&mut v, 0); // Win32VersionValue
+        put_u32(&mut v, h.size as u32);
+        put_u32(&mut v, 0x400); // SizeOfHeaders
+        put_u32(&mut v, 0); // CheckSum, patched later
+        put_u16(&mut v, 1); // IMAGE_SUBSYSTEM_NATIVE
+        put_u16(&mut v, 0x0160); // HIGH_ENTROPY_VA | DYNAMIC_BASE | NX_COMPAT
+        put_u64(&mut v, 0x40000);
+        put_u64(&mut v, 0x1000);
+        put_u64(&mut v, 0x100000);
+        put_u64(&mut v, 0x1000);
+        put_u32(&mut v, 0);
+        put_u32(&mut v, 16);
+        for i in 0..16 {
+            let (rva, sz) = match i {
+                1 if h.desc_size > 0 => (h.desc_rva, h.desc_size),
+                12 if h.iat_size > 0 => (TEXT_RVA + h.text_vsize, h.iat_size),
+                _ => (0, 0),
+            };
+            put_u32(&mut v, rva as u32);
+            put_u32(&mut v, sz as u32);
+        }
+        // section table
+        let rdata_rva = TEXT_RVA + h.text_vsize;
+        let data_rva = rdata_rva + h.rdata_vsize;
+        let secs = [
+            (
+                b".text\0\0\0",
+                TEXT_RVA,
+                h.text_vsize,
+                SCN_CNT_CODE | SCN_MEM_EXECUTE | SCN_MEM_READ,
+            ),
+            (
+                b".rdata\0\0",
+                rdata_rva,
+                h.rdata_vsize,
+                SCN_CNT_INITIALIZED_DATA | SCN_MEM_READ,
+            ),
+            (
+                b".data\0\0\0",
+                data_rva,
+                h.data_vsize,
+                SCN_CNT_INITIALIZED_DATA | SCN_MEM_READ | SCN_MEM_WRITE,
+            ),
+        ];
+        let mut file_off = 0x400u64;
+        for (i, (name, rva, vsize, ch)) in secs.into_iter().enumerate() {
+            let raw = h.raw.get(i).copied().unwrap_or(0);
+            v.extend_from_slice(name);
+            put_u32(&mut v, vsize as u32);
+            put_u32(&mut v, rva as u32);
+            put_u32(&mut v, raw as u32);
+            put_u32(&mut v, if raw > 0 { file_off as u32 } else { 0 });
+            put_u32(&mut v, 0);
+            put_u32(&mut v, 0);
+            put_u16(&mut v, 0);
+            put_u16(&mut v, 0);
+            put_u32(&mut v, ch);
+            file_off += raw;
+        }
+        v.resize(0x400, 0);
+        v
+    }
+}
+
+/// The instruction start of a two-byte-opcode site (the `Loc` returned by `code`).
+fn at_instr(l: Loc) -> Loc {
+    l
+}
+
+struct HeaderInfo {
+    text_vsize: u64,
+    rdata_vsize: u64,
+    data_vsize: u64,
+    raw: [u64; 3],
+    size: u64,
+    entry: u64,
+    iat_size: u64,
+    desc_rva: u64,
+    desc_size: u64,
+}
+
+/// The PE checksum (the `imagehlp` algorithm) over the file the image would be loaded
+/// from: headers then each section's raw data padded to `FileAlignment`.
+fn pe_checksum(hdr: &[u8], sections: &[&Vec<u8>; 3], raw: [u64; 3]) -> u32 {
+    let mut sum: u64 = 0;
+    let mut len: u64 = 0;
+    let mut add = |bytes: &[u8], pad_to: u64| {
+        let mut i = 0u64;
+        for pair in bytes.chunks(2) {
+            let lo = u64::from(pair.first().copied().unwrap_or(0));
+            let hi = u64::from(pair.get(1).copied().unwrap_or(0));
+            sum += lo | (hi << 8);
+            sum = (sum & 0xffff) + (sum >> 16);
+            i += 2;
+        }
+        len += pad_to.max(i);
+    };
+    add(hdr, hdr.len() as u64);
+    for (s, r) in sections.iter().zip(raw) {
+        add(s, r);
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    (sum as u32).wrapping_add(len as u32)
+}

@@ -1,0 +1,235 @@
+//! The kernel structures a debugger reads, laid out in simulated memory as Windows x64 lays
+//! them out (offsets from [`crate::layout`] only).
+//!
+//! * `ntoskrnl.exe` is a PE image at [`NT_BASE`]; its `.text` holds the functions drivers
+//!   import (tiny stubs) and an idle loop, its `.data` holds `PsLoadedModuleList` (a
+//!   `LIST_ENTRY64` head), the `KDDEBUGGER_DATA64` block (`KDBG`) and the variables
+//!   `PoolTrackTable` (pointer), `PoolTrackTableSize`, `PoolBigPageTable` (pointer),
+//!   `PoolBigPageTableSize`, `PoolHitTag` (u32) and `MmPageSize`.
+//! * One `KLDR_DATA_TABLE_ENTRY` per module, in load order (nt first), with `UNICODE_STRING`
+//!   names pointing at UTF-16 buffers, lives in a loader-data region at [`LOADER_DATA`].
+//!
+//! A debugger that only reads memory can list the modules (walk `PsLoadedModuleList`) and
+//! compute `!poolused` (follow `KDBG.PoolTrackTable` to the table, and the
+//! `PoolTrackTableSize` extension field to its size).
+
+use crate::SimError;
+use crate::image::{BuiltImage, ImageBuilder, Loc, NT_IMPORTS};
+use crate::layout::{PAGE_SIZE, kdbg, ldr_entry, list_entry, unicode_string};
+use crate::memory::{Memory, Prot};
+use crate::pool::PoolLayout;
+use crate::types::VirtAddr;
+
+/// Where `ntoskrnl.exe` is loaded.
+pub const NT_BASE: VirtAddr = VirtAddr(0xfffff800_02a00000);
+/// `SizeOfImage` of the simulated `ntoskrnl.exe` (as Windows 7 SP1's).
+pub const NT_SIZE: u64 = 0x5e7000;
+/// Where the loader entries and their name buffers live.
+pub const LOADER_DATA: VirtAddr = VirtAddr(0xfffffa80_00800000);
+/// Size of the loader-data region.
+pub const LOADER_DATA_SIZE: u64 = 0x10_0000;
+/// The initial value of `nt!PoolHitTag` (what Part 5 of the series shows: `ffffff0f`).
+pub const POOL_HIT_TAG_DEFAULT: u32 = 0xffff_ff0f;
+
+/// The addresses of nt's variables and structures.
+#[derive(Clone, Debug)]
+pub struct NtKernel {
+    /// The built image.
+    pub image: BuiltImage,
+    /// `nt!PsLoadedModuleList` (the list head).
+    pub ps_loaded_module_list: VirtAddr,
+    /// `nt!KdDebuggerDataBlock`.
+    pub kdbg: VirtAddr,
+    /// `nt!KdpDebuggerDataListHead`.
+    pub debugger_data_list: VirtAddr,
+    /// `nt!PoolTrackTable` (the pointer variable).
+    pub pool_track_table_var: VirtAddr,
+    /// `nt!PoolTrackTableSize`.
+    pub pool_track_table_size_var: VirtAddr,
+    /// `nt!PoolBigPageTable` (the pointer variable).
+    pub pool_big_page_table_var: VirtAddr,
+    /// `nt!PoolBigPageTableSize`.
+    pub pool_big_page_table_size_var: VirtAddr,
+    /// `nt!PoolHitTag`.
+    pub pool_hit_tag: VirtAddr,
+    /// `nt!MmPageSize`-like variable.
+    pub mm_page_size: VirtAddr,
+    /// The idle loop (`rip` while the machine runs nothing in particular).
+    pub idle: VirtAddr,
+    /// Resolved addresses of [`NT_IMPORTS`] in nt's `.text`.
+    pub exports: Vec<VirtAddr>,
+}
+
+/// A module as the loader records it.
+#[derive(Clone, Debug)]
+pub struct LdrModule {
+    /// `BaseDllName`.
+    pub name: String,
+    /// `FullDllName`.
+    pub path: String,
+    /// `DllBase`.
+    pub base: VirtAddr,
+    /// `SizeOfImage`.
+    pub size: u64,
+    /// `EntryPoint`.
+    pub entry: VirtAddr,
+    /// `CheckSum`.
+    pub checksum: u32,
+    /// `TimeDateStamp`.
+    pub timestamp: u32,
+}
+
+/// Builds `ntoskrnl.exe` into memory and initialises its variables (pool pointers from
+/// `pool`, `PoolHitTag` = [`POOL_HIT_TAG_DEFAULT`]).
+pub fn build_nt(mem: &mut Memory, pool: &PoolLayout) -> Result<NtKernel, SimError> {
+    let mut b = ImageBuilder::new("ntoskrnl.exe", NT_BASE, Vec::new());
+    b.timestamp(0x4ce7_951a);
+    // KiIdleLoop: pause; jmp $-2
+    b.align_text();
+    let idle = b.code(&[0xf3, 0x90, 0xeb, 0xfc]);
+    b.entry_here();
+    let mut exports = Vec::new();
+    for _ in NT_IMPORTS {
+        b.align_text();
+        // xor eax,eax; ret
+        exports.push(b.code(&[0x33, 0xc0, 0xc3]));
+    }
+    let debugger_data_list = b.data(&[0u8; list_entry::SIZE as usize], 16);
+    let ps_loaded = b.data(&[0u8; list_entry::SIZE as usize], 16);
+    let kdbg_loc = b.data(&vec![0u8; kdbg::SIZE as usize], 16);
+    let track_var = b.data(&pool.track_table.0.to_le_bytes(), 8);
+    let track_size_var = b.data(&pool.track_entries.to_le_bytes(), 8);
+    let big_var = b.data(&pool.big_table.0.to_le_bytes(), 8);
+    let big_size_var = b.data(&pool.big_entries.to_le_bytes(), 8);
+    let hit = b.data(&POOL_HIT_TAG_DEFAULT.to_le_bytes(), 8);
+    let page_size = b.data(&PAGE_SIZE.to_le_bytes(), 8);
+    // Pad .text so SizeOfImage matches the real kernel's.
+    b.min_text_size(NT_SIZE - 0x1000 - 2 * PAGE_SIZE);
+    let image = b.build(mem)?;
+    let at = |l: Loc| image.addr(l);
+    let nt = NtKernel {
+        ps_loaded_module_list: at(ps_loaded),
+        kdbg: at(kdbg_loc),
+        debugger_data_list: at(debugger_data_list),
+        pool_track_table_var: at(track_var),
+        pool_track_table_size_var: at(track_size_var),
+        pool_big_page_table_var: at(big_var),
+        pool_big_page_table_size_var: at(big_size_var),
+        pool_hit_tag: at(hit),
+        mm_page_size: at(page_size),
+        idle: at(idle),
+        exports: exports.into_iter().map(at).collect(),
+        image,
+    };
+    // The KDBG block and the debugger-data list (one element).
+    let k = nt.kdbg.0;
+    let head = nt.debugger_data_list.0;
+    mem.write_u64(VirtAddr(head + list_entry::FLINK), k)?;
+    mem.write_u64(VirtAddr(head + list_entry::BLINK), k)?;
+    mem.write_u64(VirtAddr(k + kdbg::HEADER_LIST + list_entry::FLINK), head)?;
+    mem.write_u64(VirtAddr(k + kdbg::HEADER_LIST + list_entry::BLINK), head)?;
+    mem.write(VirtAddr(k + kdbg::OWNER_TAG_OFFSET), &kdbg::OWNER_TAG)?;
+    mem.write_u32(VirtAddr(k + kdbg::SIZE_OFFSET), kdbg::SIZE as u32)?;
+    mem.write_u64(VirtAddr(k + kdbg::KERN_BASE), NT_BASE.0)?;
+    mem.write_u64(
+        VirtAddr(k + kdbg::PS_LOADED_MODULE_LIST),
+        nt.ps_loaded_module_list.0,
+    )?;
+    mem.write_u64(VirtAddr(k + kdbg::MM_PAGE_SIZE), nt.mm_page_size.0)?;
+    mem.write_u64(
+        VirtAddr(k + kdbg::POOL_TRACK_TABLE),
+        nt.pool_track_table_var.0,
+    )?;
+    mem.write_u64(
+        VirtAddr(k + kdbg::POOL_TRACK_TABLE_SIZE),
+        nt.pool_track_table_size_var.0,
+    )?;
+    mem.write_u64(VirtAddr(k + kdbg::POOL_HIT_TAG), nt.pool_hit_tag.0)?;
+    mem.write_u64(
+        VirtAddr(k + kdbg::POOL_BIG_PAGE_TABLE),
+        nt.pool_big_page_table_var.0,
+    )?;
+    mem.write_u64(
+        VirtAddr(k + kdbg::POOL_BIG_PAGE_TABLE_SIZE),
+        nt.pool_big_page_table_size_var.0,
+    )?;
+    Ok(nt)
+}
+
+/// Writes the `KLDR_DATA_TABLE_ENTRY` list (in the given load order) into the loader-data
+/// region and links it from `PsLoadedModuleList`.
+pub fn write_module_list(
+    mem: &mut Memory,
+    head: VirtAddr,
+    modules: &[LdrModule],
+) -> Result<(), SimError> {
+    mem.map(LOADER_DATA, LOADER_DATA_SIZE, Prot::RW)?;
+    let limit = LOADER_DATA.0 + LOADER_DATA_SIZE;
+    let mut next = LOADER_DATA.0;
+    let mut entries = Vec::with_capacity(modules.len());
+    for m in modules {
+        let entry = next;
+        let full: Vec<u8> = m.path.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let base: Vec<u8> = m.name.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let full_buf = entry + ldr_entry::SIZE;
+        let base_buf = full_buf + (full.len() as u64 + 2).next_multiple_of(8);
+        next = (base_buf + base.len() as u64 + 2).next_multiple_of(16);
+        if next > limit || full.len() > 0xfff0 || base.len() > 0xfff0 {
+            return Err(SimError::Scenario(
+                "too many modules or names too long".into(),
+            ));
+        }
+        mem.write(VirtAddr(full_buf), &full)?;
+        mem.write(VirtAddr(base_buf), &base)?;
+        let e = VirtAddr(entry);
+        mem.write_u64(VirtAddr(entry + ldr_entry::DLL_BASE), m.base.0)?;
+        mem.write_u64(VirtAddr(entry + ldr_entry::ENTRY_POINT), m.entry.0)?;
+        mem.write_u32(VirtAddr(entry + ldr_entry::SIZE_OF_IMAGE), m.size as u32)?;
+        write_unicode_string(
+            mem,
+            VirtAddr(entry + ldr_entry::FULL_DLL_NAME),
+            full_buf,
+            full.len(),
+        )?;
+        write_unicode_string(
+            mem,
+            VirtAddr(entry + ldr_entry::BASE_DLL_NAME),
+            base_buf,
+            base.len(),
+        )?;
+        mem.write_u32(VirtAddr(entry + ldr_entry::FLAGS), 0x0910_4000)?;
+        mem.write(VirtAddr(entry + ldr_entry::LOAD_COUNT), &1u16.to_le_bytes())?;
+        mem.write_u32(VirtAddr(entry + ldr_entry::CHECKSUM), m.checksum)?;
+        mem.write_u32(VirtAddr(entry + ldr_entry::TIME_DATE_STAMP), m.timestamp)?;
+        entries.push(e);
+    }
+    // Link: head <-> e0 <-> e1 ... <-> head
+    let mut all = vec![head];
+    all.extend(entries);
+    let n = all.len();
+    for (i, node) in all.iter().enumerate() {
+        let flink = all.get((i + 1) % n).copied().unwrap_or(head);
+        let blink = all.get((i + n - 1) % n).copied().unwrap_or(head);
+        mem.write_u64(VirtAddr(node.0 + list_entry::FLINK), flink.0)?;
+        mem.write_u64(VirtAddr(node.0 + list_entry::BLINK), blink.0)?;
+    }
+    Ok(())
+}
+
+fn write_unicode_string(
+    mem: &mut Memory,
+    at: VirtAddr,
+    buf: u64,
+    len: usize,
+) -> Result<(), SimError> {
+    mem.write(
+        VirtAddr(at.0 + unicode_string::LENGTH),
+        &(len as u16).to_le_bytes(),
+    )?;
+    mem.write(
+        VirtAddr(at.0 + unicode_string::MAXIMUM_LENGTH),
+        &(len as u16 + 2).to_le_bytes(),
+    )?;
+    mem.write_u64(VirtAddr(at.0 + unicode_string::BUFFER), buf)?;
+    Ok(())
+}

@@ -1,0 +1,647 @@
+//! [`Machine`]: a booted simulated kernel — memory, modules, pool, workload and run control.
+
+use std::collections::BTreeSet;
+
+use crate::SimError;
+use crate::image::{ImageBuilder, Loc, SiteLocs};
+use crate::kernel::{self, LdrModule, NtKernel};
+use crate::memory::{MemError, Memory};
+use crate::pool::{Pool, PoolError, PoolLayout, PoolType};
+use crate::scenario::{Scenario, SiteKindSpec, SiteSpec};
+use crate::types::{PROTECTED_POOL, PoolTag, VirtAddr};
+use crate::workload::{Actor, Cursor, FreeSchedule, SplitMix64, TagSource};
+
+/// Where drivers without an explicit base are loaded, one after another.
+pub const DRIVER_BASE: VirtAddr = VirtAddr(0xfffff880_00c00000);
+
+/// `GENERAL_LOOKASIDE.Type` (x64).
+pub const LOOKASIDE_TYPE: u64 = 0x24;
+/// `GENERAL_LOOKASIDE.Tag` (x64).
+pub const LOOKASIDE_TAG: u64 = 0x28;
+/// `GENERAL_LOOKASIDE.Size` (x64).
+pub const LOOKASIDE_SIZE: u64 = 0x2c;
+/// Size of an `NPAGED_LOOKASIDE_LIST` (x64, cache aligned).
+pub const LOOKASIDE_LIST_SIZE: usize = 0x80;
+
+/// A loaded module as the machine knows it (ground truth; a debugger reads the same from
+/// the loader list in memory).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimModule {
+    /// `BaseDllName` (`myfault.sys`).
+    pub name: String,
+    /// `FullDllName`.
+    pub path: String,
+    /// Image base.
+    pub base: VirtAddr,
+    /// `SizeOfImage`.
+    pub size: u64,
+}
+
+/// What a site is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SiteKind {
+    /// `mov r8d, tag` (`41 b8`) feeding `call [ExAllocatePoolWithTag]`.
+    Alloc,
+    /// `mov edx, tag` (`ba`) feeding `call [ExFreePoolWithTag]`.
+    Free,
+    /// `mov dword ptr [rsp+28h], tag` (`c7 44 24 28`) feeding
+    /// `call [ExInitializeNPagedLookasideList]`.
+    LookasideInit,
+    /// The tag as text in `.rdata`.
+    DecoyText,
+    /// `cmp ecx, tag` (`81 f9`) or `cmp eax, tag` (`3d`).
+    DecoyCompare,
+    /// A tag in a `.data` global, loaded by `mov r8d, [rip+x]` (`44 8b 05`) for an
+    /// allocation; `imm` is the global.
+    DecoyGlobal,
+}
+
+/// Ground truth about one site, for tests and for checking a tool's verdict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SiteInfo {
+    /// The module's `BaseDllName`.
+    pub module: String,
+    /// What the site is.
+    pub kind: SiteKind,
+    /// The instruction (or the string start for a text decoy).
+    pub instr: VirtAddr,
+    /// Address of the four tag bytes (imm32, global, or inside the string).
+    pub imm: VirtAddr,
+    /// Whether the site's allocations are never freed (false for non-allocating sites).
+    pub leaks: bool,
+    /// The `call` that consumes the tag, if any.
+    pub call: Option<VirtAddr>,
+    /// The tag as the scenario wrote it.
+    pub tag: PoolTag,
+    /// Pool type allocated.
+    pub pool_type: PoolType,
+    /// Bytes per allocation (lower bound if random).
+    pub size: u64,
+    /// Whether it allocates on the clock.
+    pub allocates: bool,
+}
+
+/// Where the kernel keeps what a debugger needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KernelAddrs {
+    /// `KernBase`.
+    pub kern_base: VirtAddr,
+    /// `PsLoadedModuleList` (the head).
+    pub ps_loaded_module_list: VirtAddr,
+    /// The `KDDEBUGGER_DATA64` block.
+    pub kdbg: VirtAddr,
+    /// The tracker table itself (the value of `nt!PoolTrackTable`).
+    pub pool_track_table: VirtAddr,
+    /// Entries in the tracker table.
+    pub pool_track_table_size: u64,
+    /// `nt!PoolHitTag` (the variable).
+    pub pool_hit_tag: VirtAddr,
+    /// The big-page table itself.
+    pub pool_big_page_table: VirtAddr,
+    /// Entries in the big-page table.
+    pub pool_big_page_table_size: u64,
+}
+
+/// The result of [`Machine::run`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunOutcome {
+    /// Ticks completed during this call.
+    pub ticks_run: u64,
+    /// Why it stopped early, if it did.
+    pub stop: Option<SimStop>,
+}
+
+/// Why a run stopped before its ticks were done.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SimStop {
+    /// A breakpoint at this address (a site's tag instruction or its call), before the
+    /// allocation happens.
+    Breakpoint(VirtAddr),
+    /// An allocation or free with the tag in `nt!PoolHitTag`, just after it happened.
+    PoolHitTag {
+        /// The tag.
+        tag: PoolTag,
+        /// The block.
+        addr: VirtAddr,
+    },
+}
+
+/// The simulated CPU's registers (what a debugger shows when the machine is stopped).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct CpuContext {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub rsp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    pub rip: u64,
+    pub rflags: u64,
+    pub cs: u16,
+    pub ss: u16,
+    pub ds: u16,
+    pub es: u16,
+    pub fs: u16,
+    pub gs: u16,
+}
+
+/// A booted simulated machine.
+#[derive(Clone, Debug)]
+pub struct Machine {
+    name: String,
+    mem: Memory,
+    pool: Pool,
+    nt: NtKernel,
+    modules: Vec<SimModule>,
+    sites: Vec<SiteInfo>,
+    actors: Vec<Actor>,
+    frees: FreeSchedule,
+    rng: SplitMix64,
+    cursor: Cursor,
+    tick: u64,
+    breakpoints: BTreeSet<u64>,
+    ctx: CpuContext,
+    failed_allocs: u64,
+}
+
+fn site_kind(k: SiteKindSpec) -> SiteKind {
+    match k {
+        SiteKindSpec::Alloc => SiteKind::Alloc,
+        SiteKindSpec::Free => SiteKind::Free,
+        SiteKindSpec::Lookaside => SiteKind::LookasideInit,
+        SiteKindSpec::DecoyText => SiteKind::DecoyText,
+        SiteKindSpec::DecoyCompare => SiteKind::DecoyCompare,
+        SiteKindSpec::DecoyGlobal => SiteKind::DecoyGlobal,
+    }
+}
+
+impl Machine {
+    /// Lays out memory for `scenario` (nt, the modules and their code, the loader list,
+    /// the KDBG block, the pool and its tables), makes the background allocations, and
+    /// runs the scenario's boot ticks.
+    pub fn boot(scenario: &Scenario) -> Result<Machine, SimError> {
+        scenario.validate()?;
+        let mut mem = Memory::new();
+        let layout = PoolLayout::standard();
+        let pool = Pool::new(&mut mem, layout)?;
+        let nt = kernel::build_nt(&mut mem, &layout)?;
+        let mut m = Machine {
+            name: scenario.name.clone(),
+            mem,
+            pool,
+            modules: vec![SimModule {
+                name: "ntoskrnl.exe".into(),
+                path: "\\SystemRoot\\system32\\ntoskrnl.exe".into(),
+                base: nt.image.base,
+                size: nt.image.size,
+            }],
+            sites: Vec::new(),
+            actors: Vec::new(),
+            frees: FreeSchedule::new(),
+            rng: SplitMix64::new(scenario.seed),
+            cursor: Cursor::default(),
+            tick: 0,
+            breakpoints: BTreeSet::new(),
+            ctx: CpuContext {
+                rip: nt.idle.0,
+                rsp: 0xfffff800_00b9cc00,
+                rflags: 0x246,
+                cs: 0x10,
+                ss: 0x18,
+                ds: 0x2b,
+                es: 0x2b,
+                fs: 0x53,
+                gs: 0x2b,
+                ..CpuContext::default()
+            },
+            nt,
+            failed_allocs: 0,
+        };
+        let mut ldr = vec![LdrModule {
+            name: "ntoskrnl.exe".into(),
+            path: "\\SystemRoot\\system32\\ntoskrnl.exe".into(),
+            base: m.nt.image.base,
+            size: m.nt.image.size,
+            entry: m.nt.image.entry,
+            checksum: m.nt.image.checksum,
+            timestamp: m.nt.image.timestamp,
+        }];
+        let mut next_base = DRIVER_BASE.0;
+        let mut lookaside_inits = Vec::new();
+        for spec in &scenario.modules {
+            let base = spec.base.unwrap_or(VirtAddr(next_base));
+            let mut b = ImageBuilder::new(&spec.name, base, m.nt.exports.clone());
+            b.timestamp(
+                spec.timestamp
+                    .unwrap_or_else(|| default_timestamp(&spec.name)),
+            );
+            if let Some(sz) = spec.size {
+                b.min_text_size(sz.saturating_sub(0x3000));
+            }
+            let mut emitted: Vec<(SiteLocs, Option<Loc>)> = Vec::new();
+            for s in &spec.sites {
+                emitted.push(emit_site(&mut b, s)?);
+            }
+            b.align_text();
+            b.entry_here();
+            b.code(&[0x33, 0xc0, 0xc3]);
+            let img = b.build(&mut m.mem)?;
+            for (s, (locs, list)) in spec.sites.iter().zip(emitted) {
+                let info = SiteInfo {
+                    module: spec.name.clone(),
+                    kind: site_kind(s.kind),
+                    instr: img.addr(locs.instr),
+                    imm: img.addr(locs.imm),
+                    leaks: s.allocates() && s.free_after.is_none(),
+                    call: locs.call.map(|c| img.addr(c)),
+                    tag: s.tag,
+                    pool_type: s.pool.0,
+                    size: s.size,
+                    allocates: s.allocates(),
+                };
+                let tag_from = match s.kind {
+                    SiteKindSpec::Alloc => Some(TagSource::Imm(info.imm)),
+                    SiteKindSpec::DecoyGlobal => Some(TagSource::Global(info.imm)),
+                    SiteKindSpec::Lookaside => {
+                        let list = list.map_or(VirtAddr(0), |l| img.addr(l));
+                        lookaside_inits.push((info.imm, list, s.pool.0, s.size));
+                        Some(TagSource::Lookaside(VirtAddr(list.0 + LOOKASIDE_TAG)))
+                    }
+                    _ => None,
+                };
+                if let Some(tag_from) = tag_from
+                    && s.allocates()
+                {
+                    m.actors.push(Actor {
+                        site: m.sites.len(),
+                        tag_from,
+                        instr: info.instr,
+                        call: info.call,
+                        pool_type: s.pool.0,
+                        size: s.size,
+                        size_max: s.size_max,
+                        every: s.every,
+                        phase: s.phase,
+                        count: s.count,
+                        free_after: s.free_after,
+                    });
+                }
+                m.sites.push(info);
+            }
+            let path = spec
+                .path
+                .clone()
+                .unwrap_or_else(|| format!("\\SystemRoot\\system32\\drivers\\{}", spec.name));
+            ldr.push(LdrModule {
+                name: spec.name.clone(),
+                path: path.clone(),
+                base: img.base,
+                size: img.size,
+                entry: img.entry,
+                checksum: img.checksum,
+                timestamp: img.timestamp,
+            });
+            m.modules.push(SimModule {
+                name: spec.name.clone(),
+                path,
+                base: img.base,
+                size: img.size,
+            });
+            next_base = next_base.max(img.base.0.saturating_add(img.size));
+        }
+        kernel::write_module_list(&mut m.mem, m.nt.ps_loaded_module_list, &ldr)?;
+        // DriverEntry of each module: lookaside lists capture their tag now.
+        for (imm, list, pool_type, size) in lookaside_inits {
+            let tag = m.mem.read_u32(imm)?;
+            m.mem
+                .write_u32(VirtAddr(list.0 + LOOKASIDE_TYPE), pool_type.0)?;
+            m.mem.write_u32(VirtAddr(list.0 + LOOKASIDE_TAG), tag)?;
+            m.mem
+                .write_u32(VirtAddr(list.0 + LOOKASIDE_SIZE), size as u32)?;
+        }
+        // Background allocations, interleaved in a seeded order.
+        let mut bg: Vec<(PoolTag, PoolType, u64)> = Vec::new();
+        for b in &scenario.background {
+            for _ in 0..b.count {
+                bg.push((b.tag, b.pool.0, b.size));
+            }
+        }
+        for i in (1..bg.len()).rev() {
+            let j = m.rng.range(0, i as u64) as usize;
+            bg.swap(i, j);
+        }
+        for (tag, pt, size) in bg {
+            m.pool.allocate(&mut m.mem, pt, size, tag)?;
+        }
+        let boot = m.run(scenario.boot_ticks);
+        if boot.stop.is_some() {
+            return Err(SimError::Scenario("boot stopped early".into()));
+        }
+        Ok(m)
+    }
+
+    /// The scenario's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Reads memory (see [`Memory::read`]).
+    pub fn read(&self, addr: VirtAddr, buf: &mut [u8]) -> Result<(), MemError> {
+        self.mem.read(addr, buf)
+    }
+
+    /// A debugger write: patches code too (see [`Memory::write`]).
+    pub fn write(&mut self, addr: VirtAddr, data: &[u8]) -> Result<(), MemError> {
+        self.mem.write(addr, data)
+    }
+
+    /// Searches memory (see [`Memory::search`]).
+    pub fn search(
+        &self,
+        start: VirtAddr,
+        end: VirtAddr,
+        pattern: &[u8],
+        max_hits: usize,
+    ) -> Vec<VirtAddr> {
+        self.mem.search(start, end, pattern, max_hits)
+    }
+
+    /// The address space.
+    pub fn memory(&self) -> &Memory {
+        &self.mem
+    }
+
+    /// The pool (its host-side ground truth: live allocations).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Allocates from the pool directly, like a driver calling `ExAllocatePoolWithTag`.
+    pub fn pool_alloc(
+        &mut self,
+        pool_type: PoolType,
+        size: u64,
+        tag: PoolTag,
+    ) -> Result<VirtAddr, PoolError> {
+        self.pool.allocate(&mut self.mem, pool_type, size, tag)
+    }
+
+    /// Frees a pool block directly; returns the tag it was charged to.
+    pub fn pool_free(&mut self, addr: VirtAddr) -> Result<PoolTag, PoolError> {
+        self.pool.free(&mut self.mem, addr)
+    }
+
+    /// The loaded modules in load order (nt first).
+    pub fn modules(&self) -> Vec<SimModule> {
+        self.modules.clone()
+    }
+
+    /// Where the kernel structures are.
+    pub fn kernel(&self) -> KernelAddrs {
+        let l = self.pool.layout();
+        KernelAddrs {
+            kern_base: self.nt.image.base,
+            ps_loaded_module_list: self.nt.ps_loaded_module_list,
+            kdbg: self.nt.kdbg,
+            pool_track_table: l.track_table,
+            pool_track_table_size: l.track_entries,
+            pool_hit_tag: self.nt.pool_hit_tag,
+            pool_big_page_table: l.big_table,
+            pool_big_page_table_size: l.big_entries,
+        }
+    }
+
+    /// Ground truth about every site, in scenario order.
+    pub fn sites(&self) -> Vec<SiteInfo> {
+        self.sites.clone()
+    }
+
+    /// Ticks completed since power-on (boot ticks included).
+    pub fn tick(&self) -> u64 {
+        self.tick
+    }
+
+    /// Allocations the workload attempted that the pool refused (e.g. a site patched to
+    /// an invalid tag).
+    pub fn failed_allocs(&self) -> u64 {
+        self.failed_allocs
+    }
+
+    /// Sets a breakpoint; returns false if one was already there.
+    pub fn set_breakpoint(&mut self, addr: VirtAddr) -> bool {
+        self.breakpoints.insert(addr.0)
+    }
+
+    /// Clears a breakpoint; returns false if there was none.
+    pub fn clear_breakpoint(&mut self, addr: VirtAddr) -> bool {
+        self.breakpoints.remove(&addr.0)
+    }
+
+    /// The registers.
+    pub fn context(&self) -> &CpuContext {
+        &self.ctx
+    }
+
+    /// The registers, writable (at a breakpoint on a site's call, `r8` is the tag used).
+    pub fn context_mut(&mut self) -> &mut CpuContext {
+        &mut self.ctx
+    }
+
+    /// A digest of all memory (equal digests = identical memory).
+    pub fn digest(&self) -> u64 {
+        self.mem.digest()
+    }
+
+    /// Runs the workload for `ticks` ticks, stopping early at a breakpoint or a
+    /// `PoolHitTag` match. A stop leaves the current tick unfinished; the next `run`
+    /// continues from exactly that point.
+    pub fn run(&mut self, ticks: u64) -> RunOutcome {
+        let mut done = 0;
+        while done < ticks {
+            if !self.cursor.active {
+                let t = self.tick + 1;
+                self.cursor = Cursor {
+                    active: true,
+                    frees: self.frees.remove(&t).unwrap_or_default(),
+                    ..Cursor::default()
+                };
+            }
+            if let Some(stop) = self.step_tick() {
+                return RunOutcome {
+                    ticks_run: done,
+                    stop: Some(stop),
+                };
+            }
+            self.cursor.active = false;
+            self.tick += 1;
+            done += 1;
+        }
+        self.ctx.rip = self.nt.idle.0;
+        RunOutcome {
+            ticks_run: done,
+            stop: None,
+        }
+    }
+
+    fn hit_tag_matches(&self, tag: PoolTag) -> bool {
+        let hit = self.mem.read_u32(self.nt.pool_hit_tag).unwrap_or(0);
+        hit != 0 && (hit & !PROTECTED_POOL) == tag.unprotected().to_u32()
+    }
+
+    /// Runs the rest of the current tick; returns a stop if one happens.
+    fn step_tick(&mut self) -> Option<SimStop> {
+        let t = self.tick + 1;
+        while let Some(addr) = self.cursor.frees.get(self.cursor.free_idx).copied() {
+            self.cursor.free_idx += 1;
+            match self.pool.free(&mut self.mem, addr) {
+                Ok(tag) => {
+                    if self.hit_tag_matches(tag) {
+                        return Some(SimStop::PoolHitTag { tag, addr });
+                    }
+                }
+                Err(e) => tracing::warn!("free of {addr} failed: {e}"),
+            }
+        }
+        while let Some(a) = self.actors.get(self.cursor.actor).cloned() {
+            if a.fires(t) {
+                while self.cursor.rep < a.count {
+                    if let Some(stop) = self.alloc_step(&a, t) {
+                        return Some(stop);
+                    }
+                }
+            }
+            self.cursor.actor += 1;
+            self.cursor.rep = 0;
+        }
+        None
+    }
+
+    /// Reads an actor's tag from memory.
+    fn read_tag(&self, a: &Actor) -> u32 {
+        let at = match a.tag_from {
+            TagSource::Imm(x) | TagSource::Global(x) | TagSource::Lookaside(x) => x,
+        };
+        self.mem.read_u32(at).unwrap_or(0)
+    }
+
+    /// A breakpoint check at `addr` that stops once and lets the resumed run pass.
+    fn check_bp(&mut self, addr: VirtAddr) -> Option<SimStop> {
+        let skip = self.cursor.skip_bp.take();
+        if self.breakpoints.contains(&addr.0) && skip != Some(addr) {
+            self.cursor.skip_bp = Some(addr);
+            self.ctx.rip = addr.0;
+            return Some(SimStop::Breakpoint(addr));
+        }
+        None
+    }
+
+    /// One allocation by actor `a`, resumable at each stage.
+    fn alloc_step(&mut self, a: &Actor, t: u64) -> Option<SimStop> {
+        if self.cursor.stage == 0 {
+            let size = match a.size_max {
+                Some(hi) => self.rng.range(a.size, hi),
+                None => a.size,
+            };
+            self.ctx.rcx = u64::from(a.pool_type.0);
+            self.ctx.rdx = size;
+            self.ctx.r8 = u64::from(self.read_tag(a));
+            self.cursor.stage = 1;
+        }
+        if self.cursor.stage == 1 {
+            if !matches!(a.tag_from, TagSource::Lookaside(_))
+                && let Some(stop) = self.check_bp(a.instr)
+            {
+                return Some(stop);
+            }
+            // `mov r8d, tag` executes now: the tag is whatever the code holds.
+            self.ctx.r8 = u64::from(self.read_tag(a));
+            self.cursor.stage = 2;
+        }
+        if self.cursor.stage == 2 {
+            if !matches!(a.tag_from, TagSource::Lookaside(_))
+                && let Some(call) = a.call
+                && let Some(stop) = self.check_bp(call)
+            {
+                return Some(stop);
+            }
+            self.cursor.stage = 3;
+        }
+        self.cursor.stage = 0;
+        self.cursor.rep += 1;
+        let tag = PoolTag::from_u32(self.ctx.r8 as u32);
+        let pool_type = PoolType(self.ctx.rcx as u32);
+        match self
+            .pool
+            .allocate(&mut self.mem, pool_type, self.ctx.rdx, tag)
+        {
+            Ok(addr) => {
+                self.ctx.rax = addr.0;
+                if let Some(life) = a.free_after {
+                    self.frees
+                        .entry(t.saturating_add(life))
+                        .or_default()
+                        .push(addr);
+                }
+                if self.hit_tag_matches(tag) {
+                    return Some(SimStop::PoolHitTag { tag, addr });
+                }
+            }
+            Err(e) => {
+                self.ctx.rax = 0;
+                self.failed_allocs += 1;
+                tracing::debug!("site {} allocation failed: {e}", a.site);
+            }
+        }
+        None
+    }
+}
+
+/// A stable made-up `TimeDateStamp` for a module name.
+fn default_timestamp(name: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    0x4a00_0000 | (h & 0x00ff_ffff)
+}
+
+/// Emits one site; returns its locations and, for a lookaside site, its list header.
+fn emit_site(b: &mut ImageBuilder, s: &SiteSpec) -> Result<(SiteLocs, Option<Loc>), SimError> {
+    let size32 = u32::try_from(s.size).unwrap_or(u32::MAX);
+    Ok(match s.kind {
+        SiteKindSpec::Alloc => (
+            b.alloc_site(s.style, s.tag, s.pool.0.0, size32, s.rva)?,
+            None,
+        ),
+        SiteKindSpec::Free => (b.free_site(s.tag)?, None),
+        SiteKindSpec::Lookaside => {
+            let list = b.data(&[0u8; LOOKASIDE_LIST_SIZE], 16);
+            (b.lookaside_site(s.tag, size32, list)?, Some(list))
+        }
+        SiteKindSpec::DecoyText => {
+            let text = s
+                .text
+                .clone()
+                .unwrap_or_else(|| format!("{} pool corrupted", s.tag));
+            (b.text_decoy(s.tag, &text)?, None)
+        }
+        SiteKindSpec::DecoyCompare => (b.compare_decoy(s.tag, s.compare), None),
+        SiteKindSpec::DecoyGlobal => (b.global_alloc_site(s.tag, s.pool.0.0, size32)?, None),
+    })
+}

@@ -1,0 +1,576 @@
+//! Sparse simulated memory: 4 KiB pages over canonical x64 addresses with per-page
+//! protections.
+//!
+//! Mapping a region costs no host memory: a page is materialised (zero-filled) only when it
+//! is first written, and reads of mapped pages that were never written return zeros. Reads
+//! and writes that run into an unmapped page stop there and report how many bytes were
+//! done and the first bad address, like a real target does.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use memchr::memmem;
+
+use crate::layout::PAGE_SIZE;
+use crate::types::VirtAddr;
+
+/// Page size as a `usize`, for buffer arithmetic.
+const PAGE: usize = PAGE_SIZE as usize;
+/// Mask of the offset within a page.
+const PAGE_MASK: u64 = PAGE_SIZE - 1;
+
+/// Page protection bits (read, write, execute).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Prot(u8);
+
+impl Prot {
+    /// No access.
+    pub const NONE: Prot = Prot(0);
+    /// Readable.
+    pub const R: Prot = Prot(1);
+    /// Readable and writable.
+    pub const RW: Prot = Prot(1 | 2);
+    /// Readable and executable (code).
+    pub const RX: Prot = Prot(1 | 4);
+    /// Readable, writable and executable.
+    pub const RWX: Prot = Prot(1 | 2 | 4);
+
+    /// Whether the pages can be read.
+    pub const fn readable(self) -> bool {
+        self.0 & 1 != 0
+    }
+
+    /// Whether the pages can be written by the simulated CPU.
+    pub const fn writable(self) -> bool {
+        self.0 & 2 != 0
+    }
+
+    /// Whether the pages hold executable code.
+    pub const fn executable(self) -> bool {
+        self.0 & 4 != 0
+    }
+}
+
+impl fmt::Display for Prot {
+    /// `r-x` style.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = if self.readable() { 'r' } else { '-' };
+        let w = if self.writable() { 'w' } else { '-' };
+        let x = if self.executable() { 'x' } else { '-' };
+        write!(f, "{r}{w}{x}")
+    }
+}
+
+/// Why a memory operation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MemErrorKind {
+    /// The address is not mapped (or not canonical).
+    Unmapped,
+    /// The page is mapped but the access is not allowed by its protection.
+    Protection,
+    /// A mapping request overlaps an existing mapping.
+    Overlap,
+    /// A mapping request is not page-aligned, empty, or wraps the address space.
+    BadRange,
+}
+
+/// A failed memory access: the first bad address and how many bytes succeeded before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("memory access error at {addr} after {done} bytes ({kind:?})")]
+pub struct MemError {
+    /// The first address that could not be accessed.
+    pub addr: VirtAddr,
+    /// How many leading bytes were read or written before the failure.
+    pub done: usize,
+    /// What went wrong.
+    pub kind: MemErrorKind,
+}
+
+/// A mapped range of pages sharing one protection; `end` is exclusive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Region {
+    /// First address (page-aligned).
+    pub start: VirtAddr,
+    /// End address, exclusive (page-aligned).
+    pub end: VirtAddr,
+    /// Protection of every page in the range.
+    pub prot: Prot,
+}
+
+impl Region {
+    /// Whether `addr` lies in the region.
+    pub fn contains(&self, addr: u64) -> bool {
+        addr >= self.start.0 && addr < self.end.0
+    }
+}
+
+/// The simulated address space.
+#[derive(Clone, Debug, Default)]
+pub struct Memory {
+    /// Mapped regions keyed by start address; never overlapping.
+    regions: BTreeMap<u64, Region>,
+    /// Materialised pages keyed by page address.
+    pages: BTreeMap<u64, Box<[u8]>>,
+}
+
+impl Memory {
+    /// An empty address space.
+    pub fn new() -> Memory {
+        Memory::default()
+    }
+
+    /// Maps `len` bytes at `start` (both page-aligned) with protection `prot`.
+    ///
+    /// Costs no host memory until the pages are written.
+    pub fn map(&mut self, start: VirtAddr, len: u64, prot: Prot) -> Result<(), MemError> {
+        let bad = |kind| MemError {
+            addr: start,
+            done: 0,
+            kind,
+        };
+        if start.0 & PAGE_MASK != 0 || len == 0 || len & PAGE_MASK != 0 {
+            return Err(bad(MemErrorKind::BadRange));
+        }
+        let end = start
+            .0
+            .checked_add(len)
+            .ok_or(bad(MemErrorKind::BadRange))?;
+        let last = VirtAddr(end - 1);
+        if !start.is_canonical() || !last.is_canonical() {
+            return Err(bad(MemErrorKind::BadRange));
+        }
+        if let Some((_, r)) = self.regions.range(..end).next_back()
+            && r.end.0 > start.0
+        {
+            return Err(bad(MemErrorKind::Overlap));
+        }
+        self.regions.insert(
+            start.0,
+            Region {
+                start,
+                end: VirtAddr(end),
+                prot,
+            },
+        );
+        Ok(())
+    }
+
+    /// The mapped regions in address order (adjacent regions are not merged).
+    pub fn regions(&self) -> impl Iterator<Item = Region> + '_ {
+        self.regions.values().copied()
+    }
+
+    /// The region containing `addr`, if mapped.
+    pub fn region_of(&self, addr: VirtAddr) -> Option<Region> {
+        self.regions
+            .range(..=addr.0)
+            .next_back()
+            .map(|(_, r)| *r)
+            .filter(|r| r.contains(addr.0))
+    }
+
+    /// How many pages hold host memory (were written at least once).
+    pub fn materialized_pages(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// Reads `buf.len()` bytes at `addr`. Needs readable pages; never-written pages read
+    /// as zeros. On failure the leading `done` bytes of `buf` are filled.
+    pub fn read(&self, addr: VirtAddr, buf: &mut [u8]) -> Result<(), MemError> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let cur = addr.0.wrapping_add(done as u64);
+            let fail = |kind| MemError {
+                addr: VirtAddr(cur),
+                done,
+                kind,
+            };
+            if done > 0 && cur < addr.0 {
+                return Err(fail(MemErrorKind::Unmapped));
+            }
+            let region = self
+                .region_of(VirtAddr(cur))
+                .ok_or(fail(MemErrorKind::Unmapped))?;
+            if !region.prot.readable() {
+                return Err(fail(MemErrorKind::Protection));
+            }
+            let page = cur & !PAGE_MASK;
+            let off = (cur - page) as usize;
+            let n = (PAGE - off).min(buf.len() - done);
+            let dst = buf
+                .get_mut(done..done + n)
+                .ok_or(fail(MemErrorKind::BadRange))?;
+            match self.pages.get(&page).and_then(|p| p.get(off..off + n)) {
+                Some(src) => dst.copy_from_slice(src),
+                None => dst.fill(0),
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// A debugger write: needs mapped pages but ignores the write bit (a kernel debugger
+    /// can patch code). On failure the leading `done` bytes were written.
+    pub fn write(&mut self, addr: VirtAddr, data: &[u8]) -> Result<(), MemError> {
+        self.write_inner(addr, data, false)
+    }
+
+    /// A write by the simulated CPU: fails on pages without the write bit.
+    pub fn write_checked(&mut self, addr: VirtAddr, data: &[u8]) -> Result<(), MemError> {
+        self.write_inner(addr, data, true)
+    }
+
+    fn write_inner(&mut self, addr: VirtAddr, data: &[u8], check: bool) -> Result<(), MemError> {
+        let mut done = 0usize;
+        while done < data.len() {
+            let cur = addr.0.wrapping_add(done as u64);
+            let fail = |kind| MemError {
+                addr: VirtAddr(cur),
+                done,
+                kind,
+            };
+            if done > 0 && cur < addr.0 {
+                return Err(fail(MemErrorKind::Unmapped));
+            }
+            let region = self
+                .region_of(VirtAddr(cur))
+                .ok_or(fail(MemErrorKind::Unmapped))?;
+            if check && !region.prot.writable() {
+                return Err(fail(MemErrorKind::Protection));
+            }
+            let page = cur & !PAGE_MASK;
+            let off = (cur - page) as usize;
+            let n = (PAGE - off).min(data.len() - done);
+            let src = data
+                .get(done..done + n)
+                .ok_or(fail(MemErrorKind::BadRange))?;
+            let p = self
+                .pages
+                .entry(page)
+                .or_insert_with(|| vec![0u8; PAGE].into_boxed_slice());
+            let dst = p
+                .get_mut(off..off + n)
+                .ok_or(fail(MemErrorKind::BadRange))?;
+            dst.copy_from_slice(src);
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Reads a little-endian `u32`.
+    pub fn read_u32(&self, addr: VirtAddr) -> Result<u32, MemError> {
+        let mut b = [0u8; 4];
+        self.read(addr, &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    /// Reads a little-endian `u64`.
+    pub fn read_u64(&self, addr: VirtAddr) -> Result<u64, MemError> {
+        let mut b = [0u8; 8];
+        self.read(addr, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Writes a little-endian `u32` (debugger write).
+    pub fn write_u32(&mut self, addr: VirtAddr, v: u32) -> Result<(), MemError> {
+        self.write(addr, &v.to_le_bytes())
+    }
+
+    /// Writes a little-endian `u64` (debugger write).
+    pub fn write_u64(&mut self, addr: VirtAddr, v: u64) -> Result<(), MemError> {
+        self.write(addr, &v.to_le_bytes())
+    }
+
+    /// Finds up to `max_hits` occurrences of `pattern` fully inside `[start, end)`,
+    /// overlapping ones included, skipping unmapped and unreadable holes. Matches may
+    /// straddle page and region boundaries as long as the memory is contiguous.
+    pub fn search(
+        &self,
+        start: VirtAddr,
+        end: VirtAddr,
+        pattern: &[u8],
+        max_hits: usize,
+    ) -> Vec<VirtAddr> {
+        let mut s = Searcher {
+            finder: memmem::Finder::new(pattern),
+            keep: pattern.len().saturating_sub(1),
+            all_zero: pattern.iter().all(|&b| b == 0),
+            carry: Vec::new(),
+            hits: Vec::new(),
+            max_hits,
+        };
+        if pattern.is_empty() || max_hits == 0 || end <= start {
+            return s.hits;
+        }
+        let mut contiguous_to = None;
+        let first = self
+            .regions
+            .range(..=start.0)
+            .next_back()
+            .map_or(start.0, |(k, _)| *k);
+        for region in self.regions.range(first..end.0).map(|(_, r)| *r) {
+            if !region.prot.readable() || region.end.0 <= start.0 {
+                contiguous_to = None;
+                continue;
+            }
+            let lo = region.start.0.max(start.0);
+            let hi = region.end.0.min(end.0);
+            if contiguous_to != Some(lo) {
+                s.carry.clear();
+            }
+            let mut pos = lo;
+            while pos < hi {
+                let page = pos & !PAGE_MASK;
+                match self.pages.get(&page) {
+                    Some(p) => {
+                        let chunk_end = (page + PAGE_SIZE).min(hi);
+                        let bytes = p
+                            .get((pos - page) as usize..(chunk_end - page) as usize)
+                            .unwrap_or(&[]);
+                        s.scan(pos, bytes);
+                        pos = chunk_end;
+                    }
+                    None => {
+                        let next = self
+                            .pages
+                            .range(page + PAGE_SIZE..)
+                            .next()
+                            .map_or(u64::MAX, |(k, _)| *k);
+                        let run_end = next.min(hi);
+                        s.zeros(pos, run_end - pos);
+                        pos = run_end;
+                    }
+                }
+                if s.hits.len() >= max_hits {
+                    s.hits.truncate(max_hits);
+                    return s.hits;
+                }
+            }
+            contiguous_to = Some(hi);
+        }
+        s.hits
+    }
+
+    /// A digest of every mapped region and every materialised byte, for determinism
+    /// checks (FNV-1a 64 over regions and non-zero pages in address order).
+    pub fn digest(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for &b in bytes {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        for r in self.regions.values() {
+            eat(&r.start.0.to_le_bytes());
+            eat(&r.end.0.to_le_bytes());
+            eat(&[r.prot.0]);
+        }
+        for (addr, p) in &self.pages {
+            if p.iter().any(|&b| b != 0) {
+                eat(&addr.to_le_bytes());
+                eat(p);
+            }
+        }
+        h
+    }
+}
+
+/// State of one search: the bytes just before the current position that a match may
+/// still start in, and the hits so far.
+struct Searcher<'p> {
+    finder: memmem::Finder<'p>,
+    keep: usize,
+    all_zero: bool,
+    carry: Vec<u8>,
+    hits: Vec<VirtAddr>,
+    max_hits: usize,
+}
+
+impl Searcher<'_> {
+    /// Scans `bytes`, which start at `pos` and follow the carried bytes directly.
+    fn scan(&mut self, pos: u64, bytes: &[u8]) {
+        let base = pos - self.carry.len() as u64;
+        let mut buf = std::mem::take(&mut self.carry);
+        buf.extend_from_slice(bytes);
+        let mut from = 0usize;
+        while self.hits.len() < self.max_hits {
+            let Some(rest) = buf.get(from..) else { break };
+            let Some(i) = self.finder.find(rest) else {
+                break;
+            };
+            self.hits.push(VirtAddr(base + (from + i) as u64));
+            from += i + 1;
+        }
+        let tail = buf.len().saturating_sub(self.keep);
+        self.carry = buf.split_off(tail);
+    }
+
+    /// Scans `n` zero bytes (never-written pages) starting at `pos`, in O(pattern) time.
+    fn zeros(&mut self, pos: u64, n: u64) {
+        let keep = self.keep as u64;
+        if self.all_zero {
+            let tz = self.carry.iter().rev().take_while(|&&b| b == 0).count() as u64;
+            let len = keep + 1;
+            let mut p = pos - tz;
+            while p + len <= pos + n && self.hits.len() < self.max_hits {
+                self.hits.push(VirtAddr(p));
+                p += 1;
+            }
+            let z = (tz + n).min(keep) as usize;
+            self.carry.clear();
+            self.carry.resize(z, 0);
+        } else {
+            let z = n.min(keep) as usize;
+            self.scan(pos, &vec![0u8; z]);
+            if n > keep {
+                self.carry.clear();
+                self.carry.resize(self.keep, 0);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: u64 = 0xfffff880_00000000;
+
+    fn mem() -> Memory {
+        let mut m = Memory::new();
+        m.map(VirtAddr(BASE), 3 * PAGE_SIZE, Prot::RW).unwrap();
+        m.map(VirtAddr(BASE + 4 * PAGE_SIZE), PAGE_SIZE, Prot::RX)
+            .unwrap();
+        m
+    }
+
+    #[test]
+    fn partial_read_reports_first_bad_address_and_bytes_done() {
+        let m = mem();
+        let mut buf = [0xffu8; 32];
+        let e = m
+            .read(VirtAddr(BASE + 3 * PAGE_SIZE - 8), &mut buf)
+            .unwrap_err();
+        assert_eq!(e.addr, VirtAddr(BASE + 3 * PAGE_SIZE));
+        assert_eq!(e.done, 8);
+        assert_eq!(e.kind, MemErrorKind::Unmapped);
+        assert_eq!(&buf[..8], &[0u8; 8]);
+    }
+
+    #[test]
+    fn partial_write_reports_bytes_done() {
+        let mut m = mem();
+        let e = m
+            .write(VirtAddr(BASE + 3 * PAGE_SIZE - 3), b"abcdef")
+            .unwrap_err();
+        assert_eq!((e.addr, e.done), (VirtAddr(BASE + 3 * PAGE_SIZE), 3));
+        let mut b = [0u8; 3];
+        m.read(VirtAddr(BASE + 3 * PAGE_SIZE - 3), &mut b).unwrap();
+        assert_eq!(&b, b"abc");
+    }
+
+    #[test]
+    fn debugger_write_ignores_w_bit_checked_write_does_not() {
+        let mut m = mem();
+        let code = VirtAddr(BASE + 4 * PAGE_SIZE);
+        m.write(code, &[0xcc]).unwrap();
+        let e = m.write_checked(code, &[0x90]).unwrap_err();
+        assert_eq!(e.kind, MemErrorKind::Protection);
+        assert_eq!(m.read_u32(code).unwrap(), 0xcc);
+    }
+
+    #[test]
+    fn overlapping_maps_and_bad_ranges_are_refused() {
+        let mut m = mem();
+        let e = m
+            .map(VirtAddr(BASE + PAGE_SIZE), PAGE_SIZE, Prot::R)
+            .unwrap_err();
+        assert_eq!(e.kind, MemErrorKind::Overlap);
+        let e = m.map(VirtAddr(0x0000_8000_0000_0000), PAGE_SIZE, Prot::R);
+        assert_eq!(e.unwrap_err().kind, MemErrorKind::BadRange);
+        let e = m.map(VirtAddr(BASE + 5 * PAGE_SIZE + 1), PAGE_SIZE, Prot::R);
+        assert_eq!(e.unwrap_err().kind, MemErrorKind::BadRange);
+    }
+
+    #[test]
+    fn untouched_pages_cost_nothing() {
+        let mut m = Memory::new();
+        m.map(VirtAddr(BASE), 1 << 36, Prot::RW).unwrap();
+        assert_eq!(m.materialized_pages(), 0);
+        let mut buf = [1u8; 64];
+        m.read(VirtAddr(BASE + (1 << 35)), &mut buf).unwrap();
+        assert_eq!(buf, [0u8; 64]);
+        assert_eq!(m.materialized_pages(), 0);
+        m.write(VirtAddr(BASE + PAGE_SIZE - 2), &[1, 2, 3, 4])
+            .unwrap();
+        assert_eq!(m.materialized_pages(), 2);
+    }
+
+    #[test]
+    fn search_finds_straddling_and_overlapping_matches_and_skips_holes() {
+        let mut m = mem();
+        // straddles the page boundary between page 0 and 1
+        m.write(VirtAddr(BASE + PAGE_SIZE - 2), b"Leak").unwrap();
+        // overlapping "aaa" in "aaaa" at two positions
+        m.write(VirtAddr(BASE + 2 * PAGE_SIZE + 10), b"aaaa")
+            .unwrap();
+        // in the second region, after a hole
+        m.write(VirtAddr(BASE + 4 * PAGE_SIZE + 100), b"Leak")
+            .unwrap();
+        let all = m.search(VirtAddr(BASE), VirtAddr(BASE + 5 * PAGE_SIZE), b"Leak", 10);
+        assert_eq!(
+            all,
+            vec![
+                VirtAddr(BASE + PAGE_SIZE - 2),
+                VirtAddr(BASE + 4 * PAGE_SIZE + 100)
+            ]
+        );
+        let aaa = m.search(VirtAddr(BASE), VirtAddr(BASE + 5 * PAGE_SIZE), b"aaa", 10);
+        assert_eq!(
+            aaa,
+            vec![
+                VirtAddr(BASE + 2 * PAGE_SIZE + 10),
+                VirtAddr(BASE + 2 * PAGE_SIZE + 11)
+            ]
+        );
+        // only matches fully inside the range count
+        let cut = m.search(VirtAddr(BASE), VirtAddr(BASE + PAGE_SIZE + 1), b"Leak", 10);
+        assert!(cut.is_empty());
+        let one = m.search(VirtAddr(BASE), VirtAddr(BASE + 5 * PAGE_SIZE), b"Leak", 1);
+        assert_eq!(one.len(), 1);
+    }
+
+    #[test]
+    fn search_for_zeros_sees_untouched_pages() {
+        let mut m = mem();
+        m.write(VirtAddr(BASE), &[1, 1, 0, 0, 0, 1]).unwrap();
+        let hits = m.search(VirtAddr(BASE), VirtAddr(BASE + 8), &[0, 0], 10);
+        assert_eq!(
+            hits,
+            vec![VirtAddr(BASE + 2), VirtAddr(BASE + 3), VirtAddr(BASE + 6)]
+        );
+        let far = m.search(
+            VirtAddr(BASE + PAGE_SIZE - 1),
+            VirtAddr(BASE + PAGE_SIZE + 3),
+            &[0, 0, 0],
+            10,
+        );
+        assert_eq!(
+            far,
+            vec![VirtAddr(BASE + PAGE_SIZE - 1), VirtAddr(BASE + PAGE_SIZE)]
+        );
+    }
+
+    #[test]
+    fn search_across_adjacent_regions() {
+        let mut m = Memory::new();
+        m.map(VirtAddr(BASE), PAGE_SIZE, Prot::RX).unwrap();
+        m.map(VirtAddr(BASE + PAGE_SIZE), PAGE_SIZE, Prot::R)
+            .unwrap();
+        m.write(VirtAddr(BASE + PAGE_SIZE - 1), b"MZ").unwrap();
+        let h = m.search(VirtAddr(BASE), VirtAddr(BASE + 2 * PAGE_SIZE), b"MZ", 4);
+        assert_eq!(h, vec![VirtAddr(BASE + PAGE_SIZE - 1)]);
+    }
+}

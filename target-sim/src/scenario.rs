@@ -1,0 +1,458 @@
+//! Scenarios: which drivers are loaded, where their pool-using code sites are, what each
+//! site does on the virtual clock, and the background pool load. Written as TOML (serde)
+//! or taken from the built-ins ([`Scenario::builtin`]).
+//!
+//! ```toml
+//! name = "tiny"
+//! seed = 7
+//! boot_ticks = 4
+//! run_ticks = 100
+//!
+//! [[modules]]
+//! name = "leaky.sys"
+//! base = "fffff880`04000000"        # optional; a string (or 0x...) since TOML ints are i64
+//!
+//! [[modules.sites]]
+//! kind = "alloc"                    # alloc | free | lookaside | decoy-text | decoy-compare | decoy-global
+//! tag = "Leak"
+//! pool = "nonpaged"                 # nonpaged | paged | nonpaged-nx | a POOL_TYPE number
+//! size = 1024000
+//! every = 4                         # allocate when tick % every == phase
+//! phase = 0
+//! count = 1                         # allocations each time it fires
+//! # free_after = 10                 # freed that many ticks later; absent = leaked
+//!
+//! [[background]]                    # allocated once at boot, never freed
+//! tag = "File"
+//! pool = "nonpaged"
+//! size = 400
+//! count = 1000
+//! ```
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::SimError;
+pub use crate::image::{AllocStyle, CompareStyle};
+use crate::pool::PoolType;
+use crate::types::{PoolTag, VirtAddr};
+
+/// Most modules a scenario may load.
+pub const MAX_MODULES: usize = 256;
+/// Most sites one module may have.
+pub const MAX_SITES_PER_MODULE: usize = 512;
+/// Most background entries.
+pub const MAX_BACKGROUND: usize = 4096;
+/// Most background allocations in total.
+pub const MAX_BACKGROUND_ALLOCS: u64 = 1_000_000;
+/// Most allocations a site makes each time it fires.
+pub const MAX_COUNT: u32 = 10_000;
+/// Largest single allocation.
+pub const MAX_SIZE: u64 = 1 << 30;
+/// Most boot ticks.
+pub const MAX_BOOT_TICKS: u64 = 1_000_000;
+
+/// What kind of code a site is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SiteKindSpec {
+    /// `mov r8d, tag` then `call [ExAllocatePoolWithTag]`.
+    Alloc,
+    /// `mov edx, tag` then `call [ExFreePoolWithTag]` (code only).
+    Free,
+    /// `mov dword ptr [rsp+28h], tag` then `call [ExInitializeNPagedLookasideList]`; the
+    /// list captures the tag when the driver loads, later allocations from it use that.
+    Lookaside,
+    /// The tag as text in `.rdata`.
+    DecoyText,
+    /// A `cmp` against the tag.
+    DecoyCompare,
+    /// A `.data` global holding the tag, loaded with `mov r8d, [rip+x]` for an allocation.
+    DecoyGlobal,
+}
+
+/// A pool type written as `"nonpaged"`, `"paged"`, `"nonpaged-nx"` or a number.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct PoolSpec(pub PoolType);
+
+impl<'de> Deserialize<'de> for PoolSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(u32),
+            Name(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Num(n) => Ok(PoolSpec(PoolType(n))),
+            Raw::Name(s) => match s.as_str() {
+                "nonpaged" => Ok(PoolSpec(PoolType::NON_PAGED)),
+                "paged" => Ok(PoolSpec(PoolType::PAGED)),
+                "nonpaged-nx" => Ok(PoolSpec(PoolType::NON_PAGED_NX)),
+                other => Err(serde::de::Error::custom(format!(
+                    "unknown pool type {other:?}"
+                ))),
+            },
+        }
+    }
+}
+
+/// Parses an address written as `fffff880`0496d000`, `0xfffff8800496d000` or a number.
+fn de_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<VirtAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Num(u64),
+        Text(String),
+    }
+    let v = match Option::<Raw>::deserialize(d)? {
+        None => return Ok(None),
+        Some(Raw::Num(n)) => n,
+        Some(Raw::Text(s)) => {
+            parse_addr(&s).ok_or_else(|| serde::de::Error::custom(format!("bad address {s:?}")))?
+        }
+    };
+    Ok(Some(VirtAddr(v)))
+}
+
+fn ser_addr<S: serde::Serializer>(a: &Option<VirtAddr>, s: S) -> Result<S::Ok, S::Error> {
+    match a {
+        Some(a) => s.serialize_str(&a.to_string()),
+        None => s.serialize_none(),
+    }
+}
+
+/// Parses `fffff880`0496d000` or `0x...` (hex either way).
+pub fn parse_addr(s: &str) -> Option<u64> {
+    let t: String = s
+        .trim()
+        .trim_start_matches("0x")
+        .chars()
+        .filter(|&c| c != '`')
+        .collect();
+    if t.is_empty() || t.len() > 16 {
+        return None;
+    }
+    u64::from_str_radix(&t, 16).ok()
+}
+
+fn one() -> u64 {
+    1
+}
+fn one_u32() -> u32 {
+    1
+}
+fn default_run() -> u64 {
+    100
+}
+
+/// One code site in a module.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteSpec {
+    /// What the site is.
+    pub kind: SiteKindSpec,
+    /// The tag in the code (or text, or global).
+    pub tag: PoolTag,
+    /// For `alloc`: put the `mov r8d` at this RVA (default: next free code).
+    #[serde(default)]
+    pub rva: Option<u64>,
+    /// For `alloc`: the code around `mov r8d`.
+    #[serde(default)]
+    pub style: AllocStyle,
+    /// For `decoy-compare`: `cmp ecx` or `cmp eax`.
+    #[serde(default)]
+    pub compare: CompareStyle,
+    /// For `decoy-text`: the text (must contain the tag; default `"<tag> pool corrupted"`).
+    #[serde(default)]
+    pub text: Option<String>,
+    /// Pool type allocated.
+    #[serde(default)]
+    pub pool: PoolSpec,
+    /// Bytes per allocation.
+    #[serde(default)]
+    pub size: u64,
+    /// If set, each allocation's size is drawn uniformly from `size..=size_max`.
+    #[serde(default)]
+    pub size_max: Option<u64>,
+    /// Fires when `tick % every == phase`.
+    #[serde(default = "one")]
+    pub every: u64,
+    /// See `every`.
+    #[serde(default)]
+    pub phase: u64,
+    /// Allocations each time it fires (0 = code only).
+    #[serde(default = "one_u32")]
+    pub count: u32,
+    /// Each allocation is freed this many ticks later; `None` = leaked.
+    #[serde(default)]
+    pub free_after: Option<u64>,
+}
+
+impl SiteSpec {
+    /// A site of `kind` with `tag` and defaults for everything else.
+    pub fn new(kind: SiteKindSpec, tag: PoolTag) -> SiteSpec {
+        SiteSpec {
+            kind,
+            tag,
+            rva: None,
+            style: AllocStyle::Plain,
+            compare: CompareStyle::Ecx,
+            text: None,
+            pool: PoolSpec(PoolType::NON_PAGED),
+            size: 0,
+            size_max: None,
+            every: 1,
+            phase: 0,
+            count: 1,
+            free_after: None,
+        }
+    }
+
+    /// Whether the site allocates on the clock.
+    pub fn allocates(&self) -> bool {
+        matches!(
+            self.kind,
+            SiteKindSpec::Alloc | SiteKindSpec::Lookaside | SiteKindSpec::DecoyGlobal
+        ) && self.count > 0
+    }
+}
+
+/// One loaded module.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModuleSpec {
+    /// `BaseDllName`, e.g. `myfault.sys`.
+    pub name: String,
+    /// `FullDllName` (default `\SystemRoot\system32\drivers\<name>`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Image base (default: after the previous driver).
+    #[serde(default, deserialize_with = "de_addr", serialize_with = "ser_addr")]
+    pub base: Option<VirtAddr>,
+    /// Minimum `SizeOfImage`.
+    #[serde(default)]
+    pub size: Option<u64>,
+    /// COFF `TimeDateStamp`.
+    #[serde(default)]
+    pub timestamp: Option<u32>,
+    /// The pool-using code sites.
+    #[serde(default)]
+    pub sites: Vec<SiteSpec>,
+}
+
+impl ModuleSpec {
+    /// A module called `name` with no sites.
+    pub fn new(name: &str) -> ModuleSpec {
+        ModuleSpec {
+            name: name.to_owned(),
+            path: None,
+            base: None,
+            size: None,
+            timestamp: None,
+            sites: Vec::new(),
+        }
+    }
+}
+
+/// Allocations made once at boot and never freed (the rest of the system's pool use).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackgroundSpec {
+    /// Tag.
+    pub tag: PoolTag,
+    /// Pool type.
+    #[serde(default)]
+    pub pool: PoolSpec,
+    /// Bytes per allocation.
+    pub size: u64,
+    /// Number of allocations.
+    pub count: u64,
+}
+
+/// A complete scenario; see the module docs for the TOML form.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Name (`part4`).
+    pub name: String,
+    /// One-line description.
+    #[serde(default)]
+    pub description: String,
+    /// Seed of the deterministic random generator.
+    #[serde(default)]
+    pub seed: u64,
+    /// Ticks run by [`Machine::boot`](crate::machine::Machine::boot).
+    #[serde(default)]
+    pub boot_ticks: u64,
+    /// What a bare `g` runs.
+    #[serde(default = "default_run")]
+    pub run_ticks: u64,
+    /// Modules after `ntoskrnl.exe`, in load order.
+    #[serde(default)]
+    pub modules: Vec<ModuleSpec>,
+    /// Boot-time allocations that stay.
+    #[serde(default)]
+    pub background: Vec<BackgroundSpec>,
+}
+
+/// The names of the built-in scenarios.
+const BUILTINS: &[&str] = &["part4", "many-sites"];
+
+impl Scenario {
+    /// An empty scenario called `name` (no modules beyond nt, 100 run ticks).
+    pub fn new(name: &str) -> Scenario {
+        Scenario {
+            name: name.to_owned(),
+            description: String::new(),
+            seed: 0,
+            boot_ticks: 0,
+            run_ticks: default_run(),
+            modules: Vec::new(),
+            background: Vec::new(),
+        }
+    }
+
+    /// A built-in scenario: `part4` (the seed's machine) or `many-sites` (70 allocation
+    /// sites sharing one tag, free sites, a lookaside site and every decoy).
+    pub fn builtin(name: &str) -> Option<Scenario> {
+        match name {
+            "part4" => Scenario::from_toml(PART4_TOML).ok(),
+            "many-sites" => Some(crate::builtins::many_sites()),
+            _ => None,
+        }
+    }
+
+    /// The names [`Scenario::builtin`] accepts.
+    pub fn builtin_names() -> &'static [&'static str] {
+        BUILTINS
+    }
+
+    /// Parses and validates a TOML scenario.
+    pub fn from_toml(text: &str) -> Result<Scenario, SimError> {
+        if text.len() > 1 << 20 {
+            return Err(SimError::Scenario("scenario text too long".into()));
+        }
+        let s: Scenario =
+            toml::from_str(text).map_err(|e| SimError::Scenario(e.message().to_owned()))?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// The scenario as TOML.
+    pub fn to_toml(&self) -> Result<String, SimError> {
+        toml::to_string(self).map_err(|e| SimError::Scenario(e.to_string()))
+    }
+
+    /// The name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What a bare `g` runs, in ticks.
+    pub fn default_run_ticks(&self) -> u64 {
+        self.run_ticks
+    }
+
+    /// Checks the limits and the consistency of every field.
+    pub fn validate(&self) -> Result<(), SimError> {
+        let bad = |m: String| Err(SimError::Scenario(m));
+        if self.name.is_empty() || self.name.len() > 64 {
+            return bad("name must be 1-64 characters".into());
+        }
+        if self.modules.len() > MAX_MODULES {
+            return bad(format!("more than {MAX_MODULES} modules"));
+        }
+        if self.boot_ticks > MAX_BOOT_TICKS {
+            return bad(format!("boot_ticks above {MAX_BOOT_TICKS}"));
+        }
+        if self.background.len() > MAX_BACKGROUND {
+            return bad(format!("more than {MAX_BACKGROUND} background entries"));
+        }
+        let mut total = 0u64;
+        for b in &self.background {
+            total = total.saturating_add(b.count);
+            if b.size > MAX_SIZE {
+                return bad(format!("background {} size too large", b.tag));
+            }
+            if !b.tag.is_valid_for_alloc() {
+                return bad(format!(
+                    "background tag {:?} is not a valid pool tag",
+                    b.tag.to_string()
+                ));
+            }
+        }
+        if total > MAX_BACKGROUND_ALLOCS {
+            return bad(format!(
+                "more than {MAX_BACKGROUND_ALLOCS} background allocations"
+            ));
+        }
+        for m in &self.modules {
+            if m.name.is_empty()
+                || m.name.len() > 128
+                || m.path.as_ref().is_some_and(|p| p.len() > 512)
+            {
+                return bad("module names must be 1-128 characters (paths up to 512)".into());
+            }
+            if m.name.eq_ignore_ascii_case("ntoskrnl.exe") {
+                return bad("ntoskrnl.exe is always loaded first; do not list it".into());
+            }
+            if m.sites.len() > MAX_SITES_PER_MODULE {
+                return bad(format!(
+                    "{}: more than {MAX_SITES_PER_MODULE} sites",
+                    m.name
+                ));
+            }
+            if let Some(b) = m.base
+                && (b.0 & 0xfff != 0 || !b.is_canonical())
+            {
+                return bad(format!(
+                    "{}: base {b} is not a canonical page address",
+                    m.name
+                ));
+            }
+            if m.size.is_some_and(|s| s > 1 << 28) {
+                return bad(format!("{}: size too large", m.name));
+            }
+            for s in &m.sites {
+                if s.every == 0 || s.phase >= s.every {
+                    return bad(format!(
+                        "{}: site {}: need every >= 1 and phase < every",
+                        m.name, s.tag
+                    ));
+                }
+                if s.count > MAX_COUNT {
+                    return bad(format!(
+                        "{}: site {}: count above {MAX_COUNT}",
+                        m.name, s.tag
+                    ));
+                }
+                if s.size > MAX_SIZE || s.size_max.is_some_and(|x| x > MAX_SIZE || x < s.size) {
+                    return bad(format!("{}: site {}: bad size", m.name, s.tag));
+                }
+                if s.size > u64::from(u32::MAX) {
+                    return bad(format!(
+                        "{}: site {}: size does not fit an imm32",
+                        m.name, s.tag
+                    ));
+                }
+                if s.rva.is_some_and(|r| !(0x1000..0x100_0000).contains(&r)) {
+                    return bad(format!("{}: site {}: rva out of range", m.name, s.tag));
+                }
+                if s.text.as_ref().is_some_and(|t| t.len() > 256) {
+                    return bad(format!("{}: site {}: text too long", m.name, s.tag));
+                }
+                if s.free_after == Some(0) {
+                    return bad(format!(
+                        "{}: site {}: free_after must be at least 1",
+                        m.name, s.tag
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The TOML of the built-in `part4` scenario.
+pub const PART4_TOML: &str = include_str!("scenarios/part4.toml");
