@@ -228,6 +228,7 @@ fn command() -> impl Strategy<Value = Command> {
         prop::option::of(any::<u64>()).prop_map(Command::Detach),
         Just(Command::Kill),
         prop::option::of(any::<u64>()).prop_map(Command::VKill),
+        any::<u64>().prop_map(Command::RunLimit),
     ]
 }
 

@@ -16,7 +16,11 @@ pub const SEED_COMMANDS: [&str; 7] = [
 
 /// Runs `commands` in `console` on `target` and returns the `kd>` transcript: each
 /// command after the prompt, then its output.
-pub fn transcript(target: &mut dyn DebugTarget, console: &mut Console, commands: &[&str]) -> String {
+pub fn transcript(
+    target: &mut dyn DebugTarget,
+    console: &mut Console,
+    commands: &[&str],
+) -> String {
     let mut out = String::new();
     for cmd in commands {
         out.push_str(PROMPT);

@@ -1,4 +1,10 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 use tagsplit::console::Console;
 use tagsplit::target::sim::SimTarget;
 #[test]
@@ -15,7 +21,12 @@ fn scratch() {
     println!("{}", c.execute(&mut t, "!poolfind Lea2"));
     let t0 = std::time::Instant::now();
     let mut t = SimTarget::builtin("many-sites").unwrap();
-    let r = tagsplit::split::Split::new(&mut t, tagsplit::PoolTag::new(*b"Ddk "), Default::default()).run();
-    match r { Ok(r) => println!("{}", r.to_text()), Err(e) => println!("ERR {e}") }
+    let r =
+        tagsplit::split::Split::new(&mut t, tagsplit::PoolTag::new(*b"Ddk "), Default::default())
+            .run();
+    match r {
+        Ok(r) => println!("{}", r.to_text()),
+        Err(e) => println!("ERR {e}"),
+    }
     println!("{:?}", t0.elapsed());
 }

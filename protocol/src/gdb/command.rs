@@ -467,9 +467,16 @@ pub enum Command {
     Kill,
     /// `vKill;PID`.
     VKill(Option<u64>),
+    /// `QTagsplit.RunLimit:TICKS` (extension): the next resume runs at most this many
+    /// virtual-clock ticks, then stops with `T02` (0 = no limit). Offered in `qSupported`
+    /// as `QTagsplit.RunLimit+` by stubs over a simulator.
+    RunLimit(u64),
     /// Anything else (answered with the empty reply).
     Unknown(Vec<u8>),
 }
+
+/// The `qSupported` feature a stub offers when it understands [`Command::RunLimit`].
+pub const RUN_LIMIT_FEATURE: &str = "QTagsplit.RunLimit";
 
 fn lit<'a>(t: &'static [u8]) -> impl Parser<In<'a>, Output = In<'a>, Error = PErr<'a>> {
     tag(t)
@@ -495,6 +502,10 @@ fn command_parser<'a>() -> impl Parser<In<'a>, Output = Command, Error = PErr<'a
         ),
         value(Command::MustReplyEmpty, lit(b"vMustReplyEmpty")),
         value(Command::StartNoAckMode, lit(b"QStartNoAckMode")),
+        map(
+            preceded(lit(b"QTagsplit.RunLimit:"), hex_u64()),
+            Command::RunLimit,
+        ),
         map(
             (
                 preceded(lit(b"qXfer:"), take_while1(|c| c != b':')),
@@ -770,6 +781,10 @@ impl Command {
                     push_hex_u64(*pid, out);
                 }
             }
+            Command::RunLimit(ticks) => {
+                out.extend_from_slice(b"QTagsplit.RunLimit:");
+                push_hex_u64(*ticks, out);
+            }
             Command::Unknown(raw) => out.extend_from_slice(raw),
         }
     }
@@ -970,5 +985,6 @@ mod tests {
             Command::Unknown(b"vFile:setfs:0".to_vec()),
         );
         round_trip(b"qMARK:find", Command::Unknown(b"qMARK:find".to_vec()));
+        round_trip(b"QTagsplit.RunLimit:3e8", Command::RunLimit(1000));
     }
 }

@@ -69,8 +69,8 @@ pub mod session;
 pub mod xml;
 
 pub use command::{
-    Breakpoint, BreakpointType, Command, Feature, FeatureValue, ResumeAction, ResumeKind, ThreadId,
-    ThreadOp, ThreadSel, XferObject,
+    Breakpoint, BreakpointType, Command, Feature, FeatureValue, RUN_LIMIT_FEATURE, ResumeAction,
+    ResumeKind, ThreadId, ThreadOp, ThreadSel, XferObject,
 };
 pub use frame::{Decoder, Event};
 pub use reply::{Reply, ReplyError, ReplyKind, SIGINT, SIGTRAP, StopKind, StopReply};

@@ -52,7 +52,10 @@ impl SimTarget {
 
 /// Opens `sim:NAME` (a built-in) or `sim:FILE.toml`.
 pub(crate) fn open(rest: &str) -> Result<BoxedTarget, OpenError> {
-    let bad = |reason: String| OpenError::Bad { spec: format!("sim:{rest}"), reason };
+    let bad = |reason: String| OpenError::Bad {
+        spec: format!("sim:{rest}"),
+        reason,
+    };
     let scenario = if let Some(s) = Scenario::builtin(rest) {
         s
     } else if rest.ends_with(".toml") {
@@ -104,7 +107,12 @@ impl DebugTarget for SimTarget {
             .machine
             .modules()
             .into_iter()
-            .map(|m| ModuleInfo { name: m.name, path: m.path, base: m.base, size: m.size })
+            .map(|m| ModuleInfo {
+                name: m.name,
+                path: m.path,
+                base: m.base,
+                size: m.size,
+            })
             .collect())
     }
 
@@ -141,5 +149,7 @@ impl DebugTarget for SimTarget {
 
 /// A wall-clock duration in ticks (see [`TICKS_PER_MS`]).
 pub fn ticks_for(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).saturating_mul(TICKS_PER_MS)
+    u64::try_from(d.as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_mul(TICKS_PER_MS)
 }
