@@ -478,6 +478,10 @@ pub enum Command {
 /// The `qSupported` feature a stub offers when it understands [`Command::RunLimit`].
 pub const RUN_LIMIT_FEATURE: &str = "QTagsplit.RunLimit";
 
+/// The `qSupported` feature (`QTagsplit.DefaultRun=TICKS`, hex) by which a simulator stub
+/// tells the scenario's default run length.
+pub const DEFAULT_RUN_FEATURE: &str = "QTagsplit.DefaultRun";
+
 fn lit<'a>(t: &'static [u8]) -> impl Parser<In<'a>, Output = In<'a>, Error = PErr<'a>> {
     tag(t)
 }

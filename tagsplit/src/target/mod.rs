@@ -249,6 +249,7 @@ pub fn search_by_reading<T: DebugTarget + ?Sized>(
 // ---------------------------------------------------------------------------------------
 
 pub mod flat;
+pub mod gdb;
 pub mod sim;
 
 use tagsplit_target_sim::layout::{ldr_entry, list_entry, unicode_string};
@@ -409,7 +410,7 @@ type Opener = fn(&str) -> Result<BoxedTarget, OpenError>;
 /// Known schemes: adding a backend is one line here.
 const SCHEMES: &[(&str, Opener)] = &[
     ("sim:", sim::open),
-    ("gdb://", |_| Err(OpenError::NotBuilt("gdb"))),
+    ("gdb://", gdb::open),
     ("kdnet:", |_| Err(OpenError::NotBuilt("kdnet"))),
     ("kdcom:", |_| Err(OpenError::NotBuilt("kdcom"))),
 ];

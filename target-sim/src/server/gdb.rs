@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tagsplit_protocol::gdb::command::RUN_LIMIT_FEATURE;
+use tagsplit_protocol::gdb::command::{DEFAULT_RUN_FEATURE, RUN_LIMIT_FEATURE};
 use tagsplit_protocol::gdb::xml::{self, Library, MemoryRegion};
 use tagsplit_protocol::gdb::{
     BreakpointType, Command, Feature, Reply, ResumeKind, SIGINT, SIGTRAP, ServerEvent,
@@ -120,6 +120,8 @@ pub struct GdbStubOptions {
     pub slice_interval: Duration,
     /// Runs `monitor` commands; without one, `monitor` answers with an error text.
     pub monitor: Option<MonitorHandler>,
+    /// The scenario's default run length, offered as `QTagsplit.DefaultRun`.
+    pub default_run_ticks: Option<u64>,
 }
 
 impl Default for GdbStubOptions {
@@ -131,6 +133,7 @@ impl Default for GdbStubOptions {
             slice_ticks: 10,
             slice_interval: Duration::from_millis(10),
             monitor: None,
+            default_run_ticks: None,
         }
     }
 }
@@ -144,6 +147,7 @@ impl std::fmt::Debug for GdbStubOptions {
             .field("slice_ticks", &self.slice_ticks)
             .field("slice_interval", &self.slice_interval)
             .field("monitor", &self.monitor.is_some())
+            .field("default_run_ticks", &self.default_run_ticks)
             .finish()
     }
 }
@@ -173,6 +177,8 @@ pub struct StubCore {
     budget: Option<u64>,
     /// A `QTagsplit.RunLimit` for the next resume.
     next_limit: Option<u64>,
+    /// Whether the current run is paced by the wall clock (not an exact client-limited run).
+    paced: bool,
 }
 
 impl StubCore {
@@ -185,6 +191,7 @@ impl StubCore {
             last_stop: StopReply::thread(SIGTRAP, THREAD, None),
             budget: None,
             next_limit: None,
+            paced: true,
         }
     }
 
@@ -216,6 +223,9 @@ impl StubCore {
         on(true, "swbreak");
         on(true, "hwbreak");
         on(true, "vContSupported");
+        if let (true, Some(t)) = (f.run_limit, self.options.default_run_ticks) {
+            list.push(Feature::with_value(DEFAULT_RUN_FEATURE, &format!("{t:x}")));
+        }
         list
     }
 
@@ -422,7 +432,9 @@ impl StubCore {
     }
 
     fn resume(&mut self) -> Action {
-        let limits = [self.next_limit.take(), self.options.stop_after_ticks];
+        let exact = self.next_limit.take();
+        self.paced = exact.is_none();
+        let limits = [exact, self.options.stop_after_ticks];
         self.budget = limits.into_iter().flatten().min();
         Action::Resume
     }
@@ -786,11 +798,13 @@ async fn serve_client(
     let mut buf = vec![0u8; 0x4000];
     let mut close_after_write = false;
     loop {
-        // Take input: block while stopped; while running, wait at most one slice interval.
+        // Take input: block while stopped; while running, wait at most one slice interval
+        // (no wait at all in an exact, client-limited run).
         let readable = if running {
+            let wait = if shared.with(|_, c| c.paced) { slice_interval } else { Duration::ZERO };
             tokio::select! {
                 _ = stop.changed() => return Ok(()),
-                r = tokio::time::timeout(slice_interval, stream.readable()) => r.is_ok(),
+                r = tokio::time::timeout(wait, stream.readable()) => r.is_ok(),
             }
         } else {
             tokio::select! {
