@@ -57,6 +57,9 @@ pub enum SplitError {
     /// The run was interrupted (Ctrl-C); patches were restored as reported.
     #[error("interrupted; restore: {0}")]
     Interrupted(RestoreSummary),
+    /// The measurement worked but not every patch could be restored; the journal is kept.
+    #[error("restore incomplete: {0}")]
+    RestoreIncomplete(RestoreSummary),
     /// The split failed after patching; patches were restored as reported.
     #[error("{cause}; restore: {restore}")]
     Aborted {
@@ -438,6 +441,7 @@ impl<'a> Split<'a> {
             }
         }
         let series = match measured {
+            Ok(_) if !restore.complete() => return Err(SplitError::RestoreIncomplete(restore)),
             Ok(s) => s,
             Err(SplitError::Interrupted(_)) => return Err(SplitError::Interrupted(restore)),
             Err(e) => {

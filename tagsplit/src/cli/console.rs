@@ -1,0 +1,57 @@
+//! `tagsplit console`.
+
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::path::PathBuf;
+
+use tagsplit::console::{Console, PROMPT};
+
+/// Arguments of `console`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The target: sim:NAME, sim:FILE.toml, gdb://HOST:PORT, kdnet:port=N,key=K, kdcom:HOST:PORT.
+    #[arg(long, default_value = "sim:part4")]
+    target: String,
+    /// Commands to run (separated by `;`), then exit.
+    #[arg(short = 'c', long = "command")]
+    commands: Option<String>,
+    /// A pooltag.txt file for tag descriptions.
+    #[arg(long)]
+    pooltag: Option<PathBuf>,
+}
+
+/// Runs the console.
+pub fn execute(a: Args) -> anyhow::Result<()> {
+    let mut target = super::open_target(&a.target)?;
+    let mut console = Console::with_pooltag(super::load_pooltag(a.pooltag.as_deref())?);
+    let mut out = std::io::stdout().lock();
+    if let Some(cmds) = a.commands {
+        for cmd in cmds.split(';').map(str::trim).filter(|c| !c.is_empty()) {
+            write!(
+                out,
+                "{PROMPT}{cmd}\n{}",
+                console.execute(target.as_mut(), cmd)
+            )?;
+        }
+        // `!for_each_module "a; b"` keeps its quoted `;` only in interactive mode.
+        return Ok(());
+    }
+    let interactive = std::io::stdin().is_terminal();
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        write!(out, "{PROMPT}")?;
+        out.flush()?;
+        let Some(line) = lines.next() else { break };
+        let line = line?;
+        let cmd = line.trim();
+        if !interactive {
+            writeln!(out, "{cmd}")?;
+        }
+        if matches!(cmd, "q" | "qq" | "quit" | "exit") {
+            break;
+        }
+        write!(out, "{}", console.execute(target.as_mut(), cmd))?;
+    }
+    writeln!(out)?;
+    Ok(())
+}

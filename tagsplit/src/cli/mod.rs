@@ -1,0 +1,89 @@
+//! Subcommands: one variant and one file each (add a backend's `serve`/`decode` the same way).
+
+mod console;
+mod demo;
+mod restore;
+mod run;
+mod scenarios;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tagsplit::pooltag::PoolTagDb;
+
+/// Find which code site leaks a shared Windows pool tag.
+#[derive(Debug, Parser)]
+#[command(name = "tagsplit", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the seed's Part 4 workflow in the console on the simulator, then the automated split.
+    Demo(demo::Args),
+    /// Split a tag on a target: patch every allocation site with its own tag, run, attribute.
+    Run(run::Args),
+    /// Undo the patches recorded in a journal left by an interrupted run.
+    Restore(restore::Args),
+    /// A WinDbg-style console on a target (interactive, or batch with -c).
+    Console(console::Args),
+    /// List the built-in simulator scenarios.
+    Scenarios(scenarios::Args),
+}
+
+impl Command {
+    /// Runs the subcommand.
+    pub fn execute(self) -> anyhow::Result<()> {
+        match self {
+            Command::Demo(a) => demo::execute(a),
+            Command::Run(a) => run::execute(a),
+            Command::Restore(a) => restore::execute(a),
+            Command::Console(a) => console::execute(a),
+            Command::Scenarios(a) => scenarios::execute(a),
+        }
+    }
+}
+
+/// The built-in pooltag table, with a user's file in front of it when given.
+pub fn load_pooltag(file: Option<&Path>) -> anyhow::Result<PoolTagDb> {
+    let Some(path) = file else {
+        return Ok(PoolTagDb::builtin());
+    };
+    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut db = PoolTagDb::parse(&String::from_utf8_lossy(&text));
+    if db.skipped() > 0 {
+        tracing::info!(
+            "{}: skipped {} malformed lines",
+            path.display(),
+            db.skipped()
+        );
+    }
+    db.add_missing(PoolTagDb::builtin());
+    Ok(db)
+}
+
+/// Opens a target spec, with context on failure.
+pub fn open_target(spec: &str) -> anyhow::Result<tagsplit::target::BoxedTarget> {
+    tagsplit::target::open(spec).with_context(|| format!("opening target {spec}"))
+}
+
+/// A flag set by Ctrl-C (the handler is installed once per process).
+pub fn interrupt_flag() -> Arc<AtomicBool> {
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    FLAG.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        let f = flag.clone();
+        if let Err(e) = ctrlc::set_handler(move || f.store(true, Ordering::SeqCst)) {
+            tracing::warn!("cannot install the Ctrl-C handler: {e}");
+        }
+        flag
+    })
+    .clone()
+}

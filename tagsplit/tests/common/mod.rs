@@ -1,0 +1,112 @@
+//! Test helpers: a target wrapper that records writes and injects failures.
+
+#![allow(dead_code)]
+
+use tagsplit::VirtAddr;
+use tagsplit::target::{DebugTarget, KernelInfo, ModuleInfo, RunFor, StopReason, TargetError};
+
+/// Which operation to fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Read,
+    Write,
+    Run,
+}
+
+/// Wraps a target: records every write, fails the `n`-th operation of a kind (1-based),
+/// or, once `disconnect_after_run` runs have happened, fails everything.
+pub struct Faulty<T> {
+    pub inner: T,
+    pub writes: Vec<(VirtAddr, Vec<u8>)>,
+    pub counts: [u64; 3],
+    pub fail: Option<(Op, u64)>,
+    pub disconnect_after_runs: Option<u64>,
+    pub disconnected: bool,
+}
+
+impl<T> Faulty<T> {
+    pub fn new(inner: T) -> Faulty<T> {
+        Faulty {
+            inner,
+            writes: Vec::new(),
+            counts: [0; 3],
+            fail: None,
+            disconnect_after_runs: None,
+            disconnected: false,
+        }
+    }
+
+    fn step(&mut self, op: Op) -> Result<(), TargetError> {
+        if self.disconnected {
+            return Err(TargetError::Disconnected);
+        }
+        let i = op as usize;
+        self.counts[i] += 1;
+        if self.fail == Some((op, self.counts[i])) {
+            return Err(TargetError::Protocol(format!(
+                "injected failure of {op:?} #{}",
+                self.counts[i]
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl<T: DebugTarget> DebugTarget for Faulty<T> {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn read_memory(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
+        self.step(Op::Read)?;
+        self.inner.read_memory(addr, buf)
+    }
+    fn write_memory(&mut self, addr: VirtAddr, data: &[u8]) -> Result<usize, TargetError> {
+        self.step(Op::Write)?;
+        self.writes.push((addr, data.to_vec()));
+        self.inner.write_memory(addr, data)
+    }
+    fn kernel_info(&mut self) -> Result<KernelInfo, TargetError> {
+        if self.disconnected {
+            return Err(TargetError::Disconnected);
+        }
+        self.inner.kernel_info()
+    }
+    fn modules(&mut self) -> Result<Vec<ModuleInfo>, TargetError> {
+        if self.disconnected {
+            return Err(TargetError::Disconnected);
+        }
+        self.inner.modules()
+    }
+    fn search_memory(
+        &mut self,
+        start: VirtAddr,
+        end: VirtAddr,
+        pattern: &[u8],
+        max_hits: usize,
+    ) -> Result<Vec<VirtAddr>, TargetError> {
+        self.step(Op::Read)?;
+        self.inner.search_memory(start, end, pattern, max_hits)
+    }
+    fn run(&mut self, how_long: RunFor) -> Result<StopReason, TargetError> {
+        self.step(Op::Run)?;
+        let r = self.inner.run(how_long);
+        if self
+            .disconnect_after_runs
+            .is_some_and(|n| self.counts[Op::Run as usize] >= n)
+        {
+            self.disconnected = true;
+        }
+        r
+    }
+    fn default_run(&self) -> RunFor {
+        self.inner.default_run()
+    }
+}
+
+/// A fresh temporary directory for journals.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("tagsplit-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
