@@ -1,4 +1,10 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 //! Properties of the pool: the tracker table in memory always equals the sum over the live
 //! allocations, and every small block's POOL_HEADER in memory is consistent.
 
@@ -11,14 +17,14 @@ use tagsplit_target_sim::pool::{Pool, PoolError, PoolKind, PoolLayout, PoolType,
 use tagsplit_target_sim::{PoolTag, VirtAddr};
 
 const TAGS: [u32; 8] = [
-    0x6b61_654c,                 // Leak
-    0x3161_654c,                 // Lea1
-    0x6b61_654c | 0x8000_0000,   // Leak, protected
-    0x2020_6343,                 // "Cc  "
-    0x6e6f_4e20,                 // " Non"
-    0,                           // invalid: zero
-    0x2047_4942,                 // invalid: "BIG "
-    0x2d2d_2d2d,                 // invalid: "----"
+    0x6b61_654c,               // Leak
+    0x3161_654c,               // Lea1
+    0x6b61_654c | 0x8000_0000, // Leak, protected
+    0x2020_6343,               // "Cc  "
+    0x6e6f_4e20,               // " Non"
+    0,                         // invalid: zero
+    0x2047_4942,               // invalid: "BIG "
+    0x2d2d_2d2d,               // invalid: "----"
 ];
 const TYPES: [u32; 6] = [0, 1, 512, 4, 5, 33];
 
@@ -45,10 +51,19 @@ fn check(mem: &Memory, pool: &Pool) {
     let mut from_memory: Sums = BTreeMap::new();
     for e in read_tracker(mem, l.track_table, l.track_entries).unwrap() {
         let k = e.tag.to_u32();
-        assert!(PoolTag::from_u32(k).is_valid_for_alloc(), "invalid tag {k:#x} was counted");
+        assert!(
+            PoolTag::from_u32(k).is_valid_for_alloc(),
+            "invalid tag {k:#x} was counted"
+        );
         assert_eq!(k & 0x8000_0000, 0, "tracker keys have bit 31 masked");
-        let np = (i64::from(e.nonpaged_allocs) - i64::from(e.nonpaged_frees), e.nonpaged_bytes);
-        let p = (i64::from(e.paged_allocs) - i64::from(e.paged_frees), e.paged_bytes);
+        let np = (
+            i64::from(e.nonpaged_allocs) - i64::from(e.nonpaged_frees),
+            e.nonpaged_bytes,
+        );
+        let p = (
+            i64::from(e.paged_allocs) - i64::from(e.paged_frees),
+            e.paged_bytes,
+        );
         if np != (0, 0) {
             from_memory.insert((k, PoolKind::NonPaged), np);
         }
@@ -59,7 +74,9 @@ fn check(mem: &Memory, pool: &Pool) {
     // sum over live allocations
     let mut from_live: Sums = BTreeMap::new();
     for a in pool.live_allocations() {
-        let e = from_live.entry((a.tag.unprotected().to_u32(), a.kind)).or_default();
+        let e = from_live
+            .entry((a.tag.unprotected().to_u32(), a.kind))
+            .or_default();
         e.0 += 1;
         e.1 += a.charged;
     }
@@ -79,14 +96,29 @@ fn check(mem: &Memory, pool: &Pool) {
         let units = u64::from(h[pool_header::BLOCK_SIZE as usize]);
         assert_eq!(units << 4, a.charged, "BlockSize");
         assert_eq!(a.charged, (a.requested + 0x1f) >> 4 << 4);
-        assert_eq!(u32::from_le_bytes(h[4..8].try_into().unwrap()), a.tag.to_u32(), "tag");
-        assert_eq!(h[pool_header::POOL_TYPE as usize], a.pool_type.header_value(), "PoolType");
+        assert_eq!(
+            u32::from_le_bytes(h[4..8].try_into().unwrap()),
+            a.tag.to_u32(),
+            "tag"
+        );
+        assert_eq!(
+            h[pool_header::POOL_TYPE as usize],
+            a.pool_type.header_value(),
+            "PoolType"
+        );
         assert_eq!(hdr % 16, 0);
-        assert!(hdr % PAGE_SIZE + a.charged <= PAGE_SIZE, "block crosses a page");
+        assert!(
+            hdr % PAGE_SIZE + a.charged <= PAGE_SIZE,
+            "block crosses a page"
+        );
         pages.insert(hdr & !(PAGE_SIZE - 1));
     }
     // PreviousSize chain in every page holding a live block reaches every live block
-    let live_hdrs: BTreeSet<u64> = pool.live_allocations().filter(|a| !a.big).map(|a| a.addr.0 - 16).collect();
+    let live_hdrs: BTreeSet<u64> = pool
+        .live_allocations()
+        .filter(|a| !a.big)
+        .map(|a| a.addr.0 - 16)
+        .collect();
     let mut reached = BTreeSet::new();
     for page in pages {
         let mut off = 0u64;
@@ -98,22 +130,37 @@ fn check(mem: &Memory, pool: &Pool) {
             if units == 0 {
                 break; // the unused tail of the page being carved
             }
-            assert_eq!(h[pool_header::PREVIOUS_SIZE as usize], prev, "PreviousSize at {:#x}", page + off);
+            assert_eq!(
+                h[pool_header::PREVIOUS_SIZE as usize],
+                prev,
+                "PreviousSize at {:#x}",
+                page + off
+            );
             reached.insert(page + off);
             prev = units;
             off += u64::from(units) << 4;
         }
         assert!(off <= PAGE_SIZE);
     }
-    assert!(live_hdrs.is_subset(&reached), "some live blocks are not on their page's chain");
+    assert!(
+        live_hdrs.is_subset(&reached),
+        "some live blocks are not on their page's chain"
+    );
     // big-page table entries of live big blocks
     for a in pool.live_allocations().filter(|a| a.big) {
         let mut found = false;
         for i in 0..l.big_entries {
             let e = l.big_table.0 + i * big_page::SIZE;
             if mem.read_u64(VirtAddr(e + big_page::VA)).unwrap() == a.addr.0 {
-                assert_eq!(mem.read_u32(VirtAddr(e + big_page::KEY)).unwrap(), a.tag.to_u32());
-                assert_eq!(mem.read_u64(VirtAddr(e + big_page::NUMBER_OF_BYTES)).unwrap(), a.requested);
+                assert_eq!(
+                    mem.read_u32(VirtAddr(e + big_page::KEY)).unwrap(),
+                    a.tag.to_u32()
+                );
+                assert_eq!(
+                    mem.read_u64(VirtAddr(e + big_page::NUMBER_OF_BYTES))
+                        .unwrap(),
+                    a.requested
+                );
                 found = true;
                 break;
             }
@@ -163,22 +210,40 @@ fn freed_small_blocks_are_marked_free_and_reused() {
     let mut mem = Memory::new();
     let mut pool = Pool::new(&mut mem, PoolLayout::standard()).unwrap();
     let tag = PoolTag::new(*b"Test");
-    let a = pool.allocate(&mut mem, PoolType::NON_PAGED, 100, tag).unwrap();
-    let b = pool.allocate(&mut mem, PoolType::NON_PAGED, 100, tag).unwrap();
-    assert_eq!(b.0 - a.0, 128, "16-byte units, header included: (100+31)>>4 = 8 units");
+    let a = pool
+        .allocate(&mut mem, PoolType::NON_PAGED, 100, tag)
+        .unwrap();
+    let b = pool
+        .allocate(&mut mem, PoolType::NON_PAGED, 100, tag)
+        .unwrap();
+    assert_eq!(
+        b.0 - a.0,
+        128,
+        "16-byte units, header included: (100+31)>>4 = 8 units"
+    );
     pool.free(&mut mem, a).unwrap();
     let mut t = [0u8; 1];
-    mem.read(VirtAddr(a.0 - 16 + pool_header::POOL_TYPE), &mut t).unwrap();
+    mem.read(VirtAddr(a.0 - 16 + pool_header::POOL_TYPE), &mut t)
+        .unwrap();
     assert_eq!(t[0], 0, "free blocks have PoolType 0");
-    let c = pool.allocate(&mut mem, PoolType::NON_PAGED, 90, PoolTag::new(*b"Othr")).unwrap();
+    let c = pool
+        .allocate(&mut mem, PoolType::NON_PAGED, 90, PoolTag::new(*b"Othr"))
+        .unwrap();
     assert_eq!(c, a, "the freed block is reused");
     // a paged block lands in the paged range, a big one is page-aligned
     let p = pool.allocate(&mut mem, PoolType::PAGED, 100, tag).unwrap();
-    assert!(p.0 >= pool.layout().paged_small.0 && p.0 < pool.layout().paged_small.0 + pool.layout().small_size);
-    let big = pool.allocate(&mut mem, PoolType::NON_PAGED, 4064, tag).unwrap();
+    assert!(
+        p.0 >= pool.layout().paged_small.0
+            && p.0 < pool.layout().paged_small.0 + pool.layout().small_size
+    );
+    let big = pool
+        .allocate(&mut mem, PoolType::NON_PAGED, 4064, tag)
+        .unwrap();
     assert_eq!(big.0 % PAGE_SIZE, 0);
     assert_eq!(pool.live_allocation(big).unwrap().charged, 4096);
-    let small = pool.allocate(&mut mem, PoolType::NON_PAGED, 4063, tag).unwrap();
+    let small = pool
+        .allocate(&mut mem, PoolType::NON_PAGED, 4063, tag)
+        .unwrap();
     assert_eq!(pool.live_allocation(small).unwrap().charged, 4080);
     check(&mem, &pool);
 }
@@ -187,27 +252,54 @@ fn freed_small_blocks_are_marked_free_and_reused() {
 fn a_free_is_charged_to_the_tag_in_the_header() {
     let mut mem = Memory::new();
     let mut pool = Pool::new(&mut mem, PoolLayout::standard()).unwrap();
-    let a = pool.allocate(&mut mem, PoolType::NON_PAGED, 100, PoolTag::new(*b"Leak")).unwrap();
+    let a = pool
+        .allocate(&mut mem, PoolType::NON_PAGED, 100, PoolTag::new(*b"Leak"))
+        .unwrap();
     // a debugger rewrites the header's tag: the free is charged to the new tag
-    mem.write(VirtAddr(a.0 - 16 + pool_header::POOL_TAG), b"Lea9").unwrap();
+    mem.write(VirtAddr(a.0 - 16 + pool_header::POOL_TAG), b"Lea9")
+        .unwrap();
     assert_eq!(pool.free(&mut mem, a).unwrap(), PoolTag::new(*b"Lea9"));
     let l = pool.layout();
     let t = read_tracker(&mem, l.track_table, l.track_entries).unwrap();
     let leak = t.iter().find(|e| e.tag == PoolTag::new(*b"Leak")).unwrap();
     let lea9 = t.iter().find(|e| e.tag == PoolTag::new(*b"Lea9")).unwrap();
-    assert_eq!((leak.nonpaged_allocs, leak.nonpaged_frees, leak.nonpaged_bytes), (1, 0, 128));
-    assert_eq!((lea9.nonpaged_allocs, lea9.nonpaged_frees, lea9.nonpaged_bytes), (0, 1, 0u64.wrapping_sub(128)));
+    assert_eq!(
+        (
+            leak.nonpaged_allocs,
+            leak.nonpaged_frees,
+            leak.nonpaged_bytes
+        ),
+        (1, 0, 128)
+    );
+    assert_eq!(
+        (
+            lea9.nonpaged_allocs,
+            lea9.nonpaged_frees,
+            lea9.nonpaged_bytes
+        ),
+        (0, 1, 0u64.wrapping_sub(128))
+    );
 }
 
 #[test]
 fn invalid_tags_are_refused_and_count_nothing() {
     let mut mem = Memory::new();
     let mut pool = Pool::new(&mut mem, PoolLayout::standard()).unwrap();
-    for raw in [0u32, u32::from_le_bytes(*b"BIG "), u32::from_le_bytes(*b"-_- ")] {
-        let e = pool.allocate(&mut mem, PoolType::NON_PAGED, 64, PoolTag::from_u32(raw)).unwrap_err();
+    for raw in [
+        0u32,
+        u32::from_le_bytes(*b"BIG "),
+        u32::from_le_bytes(*b"-_- "),
+    ] {
+        let e = pool
+            .allocate(&mut mem, PoolType::NON_PAGED, 64, PoolTag::from_u32(raw))
+            .unwrap_err();
         assert_eq!(e, PoolError::InvalidTag(PoolTag::from_u32(raw)));
     }
     let l = pool.layout();
-    assert!(read_tracker(&mem, l.track_table, l.track_entries).unwrap().is_empty());
+    assert!(
+        read_tracker(&mem, l.track_table, l.track_entries)
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(pool.live_allocations().count(), 0);
 }

@@ -1,4 +1,10 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 //! The workload: tags read from code at run time, determinism, breakpoints, PoolHitTag,
 //! the loader list in memory, and the many-sites ground truth.
 
@@ -34,23 +40,40 @@ fn patching_the_immediate_changes_only_later_allocations() {
     let (_, mut m) = part4();
     let before = tracker(&m);
     let leak = before["Leak"];
-    assert_eq!((leak.paged_allocs, leak.nonpaged_allocs), (2, 1), "boot: site 1 fired at ticks 2 and 4, site 2 at tick 4");
-    let old: Vec<_> = m.pool().live_allocations().filter(|a| a.tag == PoolTag::new(*b"Leak")).cloned().collect();
+    assert_eq!(
+        (leak.paged_allocs, leak.nonpaged_allocs),
+        (2, 1),
+        "boot: site 1 fired at ticks 2 and 4, site 2 at tick 4"
+    );
+    let old: Vec<_> = m
+        .pool()
+        .live_allocations()
+        .filter(|a| a.tag == PoolTag::new(*b"Leak"))
+        .cloned()
+        .collect();
     assert_eq!(old.len(), 3);
     m.write(VirtAddr(SITE1_IMM + 3), b"1").unwrap();
     m.run(20);
     let after = tracker(&m);
     // the old blocks kept their tag and their frees were charged to it
     let leak = after["Leak"];
-    assert_eq!((leak.paged_allocs, leak.paged_frees, leak.paged_bytes), (2, 2, 0));
+    assert_eq!(
+        (leak.paged_allocs, leak.paged_frees, leak.paged_bytes),
+        (2, 2, 0)
+    );
     let lea1 = after["Lea1"];
     assert_eq!(lea1.paged_allocs, 10, "ticks 6..=24, every 2");
     assert_eq!(lea1.paged_allocs - lea1.paged_frees, 5);
     // site 2 was not patched: its allocations are still Leak
     assert_eq!(leak.nonpaged_allocs, 6);
-    for a in m.pool().live_allocations().filter(|a| a.kind == PoolKind::Paged && a.requested == 1000) {
+    for a in m
+        .pool()
+        .live_allocations()
+        .filter(|a| a.kind == PoolKind::Paged && a.requested == 1000)
+    {
         let mut tag = [0u8; 4];
-        m.read(VirtAddr(a.addr.0 - 16 + pool_header::POOL_TAG), &mut tag).unwrap();
+        m.read(VirtAddr(a.addr.0 - 16 + pool_header::POOL_TAG), &mut tag)
+            .unwrap();
         assert_eq!(&tag, b"Lea1");
     }
     // restoring the byte makes later allocations Leak again
@@ -102,7 +125,11 @@ fn same_scenario_same_seed_same_memory() {
         m.run(50);
     }
     assert_eq!(x.digest(), y.digest());
-    assert_ne!(x.digest(), z.digest(), "a different seed draws different sizes and order");
+    assert_ne!(
+        x.digest(),
+        z.digest(),
+        "a different seed draws different sizes and order"
+    );
 }
 
 #[test]
@@ -113,24 +140,46 @@ fn breakpoint_at_a_site_stops_before_it_allocates() {
     let leaks_before = tracker(&m)["Leak"].nonpaged_allocs;
     let out = m.run(s.default_run_ticks());
     assert_eq!(out.stop, Some(SimStop::Breakpoint(VirtAddr(SITE2_INSTR))));
-    assert_eq!(out.ticks_run, 3, "ticks 5, 6, 7 completed; stopped inside tick 8");
+    assert_eq!(
+        out.ticks_run, 3,
+        "ticks 5, 6, 7 completed; stopped inside tick 8"
+    );
     assert_eq!(m.tick(), 7);
     let c = m.context();
-    assert_eq!((c.rip, c.r8, c.rdx, c.rcx), (SITE2_INSTR, 0x6b61_654c, 1_024_000, 0));
-    assert_eq!(tracker(&m)["Leak"].nonpaged_allocs, leaks_before, "not allocated yet");
+    assert_eq!(
+        (c.rip, c.r8, c.rdx, c.rcx),
+        (SITE2_INSTR, 0x6b61_654c, 1_024_000, 0)
+    );
+    assert_eq!(
+        tracker(&m)["Leak"].nonpaged_allocs,
+        leaks_before,
+        "not allocated yet"
+    );
     // patch while stopped before the mov: this very allocation takes the new tag
     m.write(VirtAddr(SITE2_IMM + 3), b"2").unwrap();
     let out = m.run(s.default_run_ticks());
     assert_eq!(out.stop, Some(SimStop::Breakpoint(VirtAddr(SITE2_INSTR))));
-    assert_eq!(out.ticks_run, 4, "rest of tick 8, then 9, 10, 11; stopped in 12");
+    assert_eq!(
+        out.ticks_run, 4,
+        "rest of tick 8, then 9, 10, 11; stopped in 12"
+    );
     assert_eq!(tracker(&m)["Lea2"].nonpaged_allocs, 1);
     // a breakpoint at the call: r8 already holds the tag, and changing it changes the tag
-    let call = m.sites().iter().find(|x| x.instr.0 == SITE2_INSTR).unwrap().call.unwrap();
+    let call = m
+        .sites()
+        .iter()
+        .find(|x| x.instr.0 == SITE2_INSTR)
+        .unwrap()
+        .call
+        .unwrap();
     assert!(m.clear_breakpoint(VirtAddr(SITE2_INSTR)));
     m.set_breakpoint(call);
     let out = m.run(10);
     assert_eq!(out.stop, Some(SimStop::Breakpoint(call)));
-    assert_eq!(out.ticks_run, 0, "the allocation in tick 12 is still pending");
+    assert_eq!(
+        out.ticks_run, 0,
+        "the allocation in tick 12 is still pending"
+    );
     assert_eq!(m.context().rip, call.0);
     assert_eq!(m.context().r8, 0x3261_654c);
     m.context_mut().r8 = u64::from(u32::from_le_bytes(*b"Lea7"));
@@ -151,9 +200,15 @@ fn pool_hit_tag_stops_on_alloc_and_free() {
     m.write(VirtAddr(SITE1_IMM + 3), b"1").unwrap();
     m.write(hit, b"Lea1").unwrap();
     let out = m.run(100);
-    let Some(SimStop::PoolHitTag { tag, addr }) = out.stop else { panic!("{out:?}") };
+    let Some(SimStop::PoolHitTag { tag, addr }) = out.stop else {
+        panic!("{out:?}")
+    };
     assert_eq!(tag, PoolTag::new(*b"Lea1"));
-    assert_eq!(m.pool().live_allocation(addr).unwrap().tag, tag, "stops just after the allocation");
+    assert_eq!(
+        m.pool().live_allocation(addr).unwrap().tag,
+        tag,
+        "stops just after the allocation"
+    );
     // keep going until a free of a Lea1 block
     let mut freed = None;
     for _ in 0..20 {
@@ -170,12 +225,17 @@ fn pool_hit_tag_stops_on_alloc_and_free() {
 
 fn read_unicode(m: &Machine, at: u64) -> String {
     let mut len = [0u8; 2];
-    m.read(VirtAddr(at + unicode_string::LENGTH), &mut len).unwrap();
+    m.read(VirtAddr(at + unicode_string::LENGTH), &mut len)
+        .unwrap();
     let mut p = [0u8; 8];
-    m.read(VirtAddr(at + unicode_string::BUFFER), &mut p).unwrap();
+    m.read(VirtAddr(at + unicode_string::BUFFER), &mut p)
+        .unwrap();
     let mut buf = vec![0u8; u16::from_le_bytes(len) as usize];
     m.read(VirtAddr(u64::from_le_bytes(p)), &mut buf).unwrap();
-    let units: Vec<u16> = buf.chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+    let units: Vec<u16> = buf
+        .chunks(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
     String::from_utf16(&units).unwrap()
 }
 
@@ -191,14 +251,30 @@ fn module_list_in_memory_matches_the_machine() {
         let mut listed = Vec::new();
         let mut e = q(head + list_entry::FLINK);
         while e != head {
-            assert_eq!(q(q(e + list_entry::FLINK) + list_entry::BLINK), e, "Blink of the next entry");
+            assert_eq!(
+                q(q(e + list_entry::FLINK) + list_entry::BLINK),
+                e,
+                "Blink of the next entry"
+            );
             let base = q(e + ldr_entry::DLL_BASE);
-            let size = m.memory().read_u32(VirtAddr(e + ldr_entry::SIZE_OF_IMAGE)).unwrap();
-            listed.push((read_unicode(&m, e + ldr_entry::BASE_DLL_NAME), read_unicode(&m, e + ldr_entry::FULL_DLL_NAME), base, u64::from(size)));
+            let size = m
+                .memory()
+                .read_u32(VirtAddr(e + ldr_entry::SIZE_OF_IMAGE))
+                .unwrap();
+            listed.push((
+                read_unicode(&m, e + ldr_entry::BASE_DLL_NAME),
+                read_unicode(&m, e + ldr_entry::FULL_DLL_NAME),
+                base,
+                u64::from(size),
+            ));
             e = q(e + list_entry::FLINK);
             assert!(listed.len() < 1000);
         }
-        let expect: Vec<_> = m.modules().into_iter().map(|x| (x.name, x.path, x.base.0, x.size)).collect();
+        let expect: Vec<_> = m
+            .modules()
+            .into_iter()
+            .map(|x| (x.name, x.path, x.base.0, x.size))
+            .collect();
         assert_eq!(listed, expect);
         assert_eq!(listed[0].0, "ntoskrnl.exe");
     }
@@ -210,14 +286,22 @@ fn many_sites_ground_truth_matches_a_manual_split() {
     let mut m = Machine::boot(&s).unwrap();
     // give every allocation site its own tag: "D" + two base-36 digits + "x"
     let mut by_tag = BTreeMap::new();
-    for (i, site) in m.sites().iter().enumerate().filter(|(_, x)| x.kind == SiteKind::Alloc) {
+    for (i, site) in m
+        .sites()
+        .iter()
+        .enumerate()
+        .filter(|(_, x)| x.kind == SiteKind::Alloc)
+    {
         let digits = b"0123456789abcdefghijklmnopqrstuvwxyz";
         let tag = [b'D', digits[i / 36], digits[i % 36], b'x'];
         m.write(site.imm, &tag).unwrap();
         by_tag.insert(PoolTag::new(tag).to_string(), site.clone());
     }
     let outstanding = |m: &Machine| -> BTreeMap<String, u64> {
-        tracker(m).into_iter().map(|(k, e)| (k, e.nonpaged_bytes.wrapping_add(e.paged_bytes))).collect()
+        tracker(m)
+            .into_iter()
+            .map(|(k, e)| (k, e.nonpaged_bytes.wrapping_add(e.paged_bytes)))
+            .collect()
     };
     m.run(20);
     let a = outstanding(&m);

@@ -5,6 +5,7 @@ mod demo;
 mod restore;
 mod run;
 mod scenarios;
+mod serve;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +37,8 @@ pub enum Command {
     Console(console::Args),
     /// List the built-in simulator scenarios.
     Scenarios(scenarios::Args),
+    /// Serve a simulated machine to gdb (or `--target gdb://`) over the GDB remote protocol.
+    Serve(serve::Args),
 }
 
 impl Command {
@@ -47,6 +50,7 @@ impl Command {
             Command::Restore(a) => restore::execute(a),
             Command::Console(a) => console::execute(a),
             Command::Scenarios(a) => scenarios::execute(a),
+            Command::Serve(a) => serve::execute(a),
         }
     }
 }

@@ -18,20 +18,26 @@
 //! whole image) for the `KDBG` owner tag and checking that the block's `KernBase` is `nt`.
 
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use tagsplit_protocol::gdb::command::{DEFAULT_RUN_FEATURE, RUN_LIMIT_FEATURE};
 use tagsplit_protocol::gdb::xml::{self, REG_RIP};
 use tagsplit_protocol::gdb::{
-    ClientEvent, ClientSession, Command, Feature, FeatureValue, Reply, ResumeAction, ResumeKind, SessionConfig,
-    StopKind, StopReply,
+    ClientEvent, ClientSession, Command, Feature, FeatureValue, Reply, ResumeAction, ResumeKind,
+    SessionConfig, StopKind, StopReply,
 };
 use tagsplit_target_sim::layout::{PAGE_SIZE, kdbg};
+use tagsplit_target_sim::machine::Machine;
+use tagsplit_target_sim::scenario::Scenario;
+use tagsplit_target_sim::server::gdb::{
+    GdbStub, GdbStubHandle, GdbStubOptions, MonitorHandler, StubFeatures,
+};
 
+use super::sim::MachineTarget;
 use super::{
-    BoxedTarget, DebugTarget, KernelInfo, ModuleInfo, OpenError, RunFor, StopReason, TargetError, WireStats,
-    read_u32, read_u64, search_by_reading, walk_module_list,
+    BoxedTarget, DebugTarget, KernelInfo, ModuleInfo, OpenError, RunFor, StopReason, TargetError,
+    WireStats, read_u32, read_u64, search_by_reading, walk_module_list,
 };
 use crate::VirtAddr;
 
@@ -51,7 +57,10 @@ pub struct GdbOptions {
 
 impl Default for GdbOptions {
     fn default() -> Self {
-        Self { timeout: Duration::from_secs(10), no_ack: true }
+        Self {
+            timeout: Duration::from_secs(10),
+            no_ack: true,
+        }
     }
 }
 
@@ -89,7 +98,10 @@ pub struct GdbTarget {
 
 impl std::fmt::Debug for GdbTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GdbTarget").field("spec", &self.spec).field("caps", &self.caps).finish()
+        f.debug_struct("GdbTarget")
+            .field("spec", &self.spec)
+            .field("caps", &self.caps)
+            .finish()
     }
 }
 
@@ -97,7 +109,10 @@ impl std::fmt::Debug for GdbTarget {
 pub(crate) fn open(rest: &str) -> Result<BoxedTarget, OpenError> {
     let addr = rest.trim_end_matches('/');
     if addr.is_empty() {
-        return Err(OpenError::Bad { spec: format!("gdb://{rest}"), reason: "expected gdb://HOST:PORT".into() });
+        return Err(OpenError::Bad {
+            spec: format!("gdb://{rest}"),
+            reason: "expected gdb://HOST:PORT".into(),
+        });
     }
     Ok(Box::new(GdbTarget::connect(addr)?))
 }
@@ -141,16 +156,25 @@ impl GdbTarget {
     }
 
     fn handshake(&mut self) -> Result<(), TargetError> {
-        let ours = ["swbreak+", "hwbreak+", "vContSupported+", "xmlRegisters=i386"]
-            .iter()
-            .filter_map(|f| Feature::parse(f.as_bytes()))
-            .collect();
+        let ours = [
+            "swbreak+",
+            "hwbreak+",
+            "vContSupported+",
+            "xmlRegisters=i386",
+        ]
+        .iter()
+        .filter_map(|f| Feature::parse(f.as_bytes()))
+        .collect();
         let features = match self.request(&Command::QSupported(ours))? {
             Reply::Supported(f) => f,
             Reply::ErrorText(e) => return Err(protocol(format!("stub refused: {e}"))),
             other => return Err(protocol(format!("unexpected qSupported reply {other:?}"))),
         };
-        let has = |name: &str| features.iter().any(|f| f.name == name && f.value == FeatureValue::Supported);
+        let has = |name: &str| {
+            features
+                .iter()
+                .any(|f| f.name == name && f.value == FeatureValue::Supported)
+        };
         let value = |name: &str| {
             features.iter().find_map(|f| match &f.value {
                 FeatureValue::Value(v) if f.name == name => u64::from_str_radix(v, 16).ok(),
@@ -199,7 +223,9 @@ impl GdbTarget {
                     }
                     ClientEvent::Output(text) => self.output.extend_from_slice(&text),
                     ClientEvent::BadReply(e) => return Err(protocol(e.to_string())),
-                    ClientEvent::GaveUp => return Err(protocol("the stub keeps rejecting our packets")),
+                    ClientEvent::GaveUp => {
+                        return Err(protocol("the stub keeps rejecting our packets"));
+                    }
                     _ => {}
                 }
             }
@@ -215,7 +241,12 @@ impl GdbTarget {
                     let bytes = self.buf.get(..n).unwrap_or_default().to_vec();
                     self.session.receive(&bytes);
                 }
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
                     return Err(TargetError::Timeout);
                 }
                 Err(e) => return Err(e.into()),
@@ -272,9 +303,14 @@ impl GdbTarget {
     fn size_of_image(&mut self, base: VirtAddr) -> Result<u64, TargetError> {
         let lfanew = u64::from(read_u32(self, base.saturating_add(0x3c))?);
         if lfanew > 0x1000 {
-            return Err(TargetError::BadKernelData(format!("no PE header at {base}")));
+            return Err(TargetError::BadKernelData(format!(
+                "no PE header at {base}"
+            )));
         }
-        Ok(u64::from(read_u32(self, base.saturating_add(lfanew + 0x50))?))
+        Ok(u64::from(read_u32(
+            self,
+            base.saturating_add(lfanew + 0x50),
+        )?))
     }
 
     fn modules_from_library_list(&mut self) -> Result<Option<Vec<ModuleInfo>>, TargetError> {
@@ -311,8 +347,18 @@ impl GdbTarget {
         for lib in libs {
             let base = VirtAddr(lib.address);
             let size = self.size_of_image(base)?;
-            let name = lib.name.rsplit(['\\', '/']).next().unwrap_or(&lib.name).to_owned();
-            out.push(ModuleInfo { name, path: lib.name, base, size });
+            let name = lib
+                .name
+                .rsplit(['\\', '/'])
+                .next()
+                .unwrap_or(&lib.name)
+                .to_owned();
+            out.push(ModuleInfo {
+                name,
+                path: lib.name,
+                base,
+                size,
+            });
         }
         Ok(Some(out))
     }
@@ -331,30 +377,44 @@ impl GdbTarget {
         let floor = page.saturating_sub(MAX_KERNEL_SCAN);
         while page >= floor && page > 0 {
             let mut mz = [0u8; 2];
-            if self.read_memory(VirtAddr(page), &mut mz)? == 2 && mz == *b"MZ" && self.size_of_image(VirtAddr(page)).is_ok()
+            if self.read_memory(VirtAddr(page), &mut mz)? == 2
+                && mz == *b"MZ"
+                && self.size_of_image(VirtAddr(page)).is_ok()
             {
                 return Ok(VirtAddr(page));
             }
             page -= PAGE_SIZE;
         }
-        Err(TargetError::BadKernelData(format!("no kernel image below rip {rip:#x}")))
+        Err(TargetError::BadKernelData(format!(
+            "no kernel image below rip {rip:#x}"
+        )))
     }
 
     /// Finds the `KDDEBUGGER_DATA64` block in `nt`: data sections first, then the image.
     fn find_kdbg(&mut self, nt: VirtAddr, nt_size: u64) -> Result<VirtAddr, TargetError> {
         let mut ranges: Vec<(VirtAddr, VirtAddr)> = crate::pe::sections(self, nt)
-            .map(|s| s.into_iter().filter(|s| !s.is_executable()).map(|s| (s.start, s.end())).collect())
+            .map(|s| {
+                s.into_iter()
+                    .filter(|s| !s.is_executable())
+                    .map(|s| (s.start, s.end()))
+                    .collect()
+            })
             .unwrap_or_default();
         ranges.push((nt, nt.saturating_add(nt_size)));
         for (start, end) in ranges {
             for hit in self.search_memory(start, end, &kdbg::OWNER_TAG, 64)? {
-                let Some(block) = hit.get().checked_sub(kdbg::OWNER_TAG_OFFSET).map(VirtAddr) else { continue };
+                let Some(block) = hit.get().checked_sub(kdbg::OWNER_TAG_OFFSET).map(VirtAddr)
+                else {
+                    continue;
+                };
                 if read_u64(self, block.saturating_add(kdbg::KERN_BASE)).ok() == Some(nt.get()) {
                     return Ok(block);
                 }
             }
         }
-        Err(TargetError::BadKernelData(format!("no KDBG block in the kernel image at {nt}")))
+        Err(TargetError::BadKernelData(format!(
+            "no KDBG block in the kernel image at {nt}"
+        )))
     }
 
     fn search_with_qsearch(
@@ -367,7 +427,11 @@ impl GdbTarget {
         let mut hits = Vec::new();
         let mut at = start.get();
         while at < end.get() && hits.len() < max_hits {
-            let cmd = Command::SearchMemory { addr: at, len: end.get() - at, pattern: pattern.to_vec() };
+            let cmd = Command::SearchMemory {
+                addr: at,
+                len: end.get() - at,
+                pattern: pattern.to_vec(),
+            };
             match self.request(&cmd)? {
                 Reply::SearchResult(Some(hit)) if hit >= at && hit < end.get() => {
                     hits.push(VirtAddr(hit));
@@ -386,19 +450,28 @@ impl GdbTarget {
 
     fn write_chunk(&mut self, addr: VirtAddr, data: &[u8]) -> Result<bool, TargetError> {
         if self.caps.binary_write {
-            match self.request(&Command::WriteMemoryBinary { addr: addr.get(), data: data.to_vec() })? {
+            match self.request(&Command::WriteMemoryBinary {
+                addr: addr.get(),
+                data: data.to_vec(),
+            })? {
                 Reply::Ok => return Ok(true),
                 Reply::Empty => self.caps.binary_write = false,
                 _ => return Ok(false),
             }
         }
-        Ok(self.request(&Command::WriteMemory { addr: addr.get(), data: data.to_vec() })? == Reply::Ok)
+        Ok(self.request(&Command::WriteMemory {
+            addr: addr.get(),
+            data: data.to_vec(),
+        })? == Reply::Ok)
     }
 
     /// Resumes and waits for the stop reply; sends an interrupt at `interrupt_at`.
     fn resume_and_wait(&mut self, interrupt_at: Option<Instant>) -> Result<StopReply, TargetError> {
         self.output.clear();
-        self.session.send(&Command::VCont(vec![ResumeAction { kind: ResumeKind::Continue, thread: None }]));
+        self.session.send(&Command::VCont(vec![ResumeAction {
+            kind: ResumeKind::Continue,
+            thread: None,
+        }]));
         self.write_out()?;
         if let Some(at) = interrupt_at {
             match self.wait_reply(at) {
@@ -431,7 +504,10 @@ impl DebugTarget for GdbTarget {
         while done < buf.len() {
             let want = (buf.len() - done).min(chunk);
             let at = addr.saturating_add(done as u64);
-            let data = match self.request(&Command::ReadMemory { addr: at.get(), len: want as u64 })? {
+            let data = match self.request(&Command::ReadMemory {
+                addr: at.get(),
+                len: want as u64,
+            })? {
                 Reply::Hex(d) => d,
                 Reply::Error(_) | Reply::ErrorText(_) | Reply::Empty => break,
                 other => return Err(protocol(format!("unexpected 'm' reply {other:?}"))),
@@ -468,7 +544,11 @@ impl DebugTarget for GdbTarget {
         let nt_size = self.size_of_image(nt)?;
         let block = self.find_kdbg(nt, nt_size)?;
         let list = read_u64(self, block.saturating_add(kdbg::PS_LOADED_MODULE_LIST))?;
-        let info = KernelInfo { kern_base: nt, ps_loaded_module_list: VirtAddr(list), kdbg: Some(block) };
+        let info = KernelInfo {
+            kern_base: nt,
+            ps_loaded_module_list: VirtAddr(list),
+            kdbg: Some(block),
+        };
         self.kernel = Some(info);
         Ok(info)
     }
@@ -525,13 +605,23 @@ impl DebugTarget for GdbTarget {
             RunFor::Time(d) => self.resume_and_wait(Some(Instant::now() + d))?,
         };
         Ok(match stop {
-            StopReply::Signal { reason: Some(StopKind::SwBreak | StopKind::HwBreak), .. } => {
-                StopReason::Breakpoint(VirtAddr(self.rip()?))
+            StopReply::Signal {
+                reason: Some(StopKind::SwBreak | StopKind::HwBreak),
+                ..
+            } => StopReason::Breakpoint(VirtAddr(self.rip()?)),
+            StopReply::Signal {
+                signal: tagsplit_protocol::gdb::SIGINT,
+                ..
+            } => StopReason::BreakIn,
+            StopReply::Signal { signal, .. } => {
+                StopReason::Other(format!("stopped with signal {signal}"))
             }
-            StopReply::Signal { signal: tagsplit_protocol::gdb::SIGINT, .. } => StopReason::BreakIn,
-            StopReply::Signal { signal, .. } => StopReason::Other(format!("stopped with signal {signal}")),
-            StopReply::Exited(code) => StopReason::Other(format!("target exited with status {code}")),
-            StopReply::Terminated(sig) => StopReason::Other(format!("target terminated by signal {sig}")),
+            StopReply::Exited(code) => {
+                StopReason::Other(format!("target exited with status {code}"))
+            }
+            StopReply::Terminated(sig) => {
+                StopReason::Other(format!("target terminated by signal {sig}"))
+            }
         })
     }
 
@@ -563,4 +653,37 @@ impl Drop for GdbTarget {
             let _ = self.request(&Command::Detach(None));
         }
     }
+}
+
+/// A `monitor` handler for the simulator's GDB stub: runs each line on a WinDbg-style
+/// [`Console`](crate::console::Console) over the stub's machine (`monitor !poolused 2`,
+/// `monitor dc ADDR l1`, `monitor lm`).
+pub fn console_monitor(spec: &str, default_ticks: u64) -> MonitorHandler {
+    let spec = spec.to_owned();
+    let mut console = crate::console::Console::new();
+    Box::new(move |machine: &mut Machine, line: &str| {
+        let mut target = MachineTarget::new(machine, &spec, default_ticks);
+        console.execute(&mut target, line)
+    })
+}
+
+/// Boots `scenario` and serves it over GDB RSP at `addr` (use `127.0.0.1:0` for an
+/// ephemeral port), with the console as `monitor` and the scenario's default run offered.
+pub fn serve_scenario(
+    scenario: &Scenario,
+    addr: SocketAddr,
+    stop_after_ticks: Option<u64>,
+    features: StubFeatures,
+) -> Result<GdbStubHandle, TargetError> {
+    let machine = Machine::boot(scenario)
+        .map_err(|e| TargetError::BadKernelData(format!("simulator failed to boot: {e}")))?;
+    let spec = format!("sim:{}", scenario.name());
+    let options = GdbStubOptions {
+        features,
+        stop_after_ticks,
+        monitor: Some(console_monitor(&spec, scenario.default_run_ticks())),
+        default_run_ticks: Some(scenario.default_run_ticks()),
+        ..GdbStubOptions::default()
+    };
+    Ok(GdbStub::spawn_at(addr, machine, options)?)
 }

@@ -801,7 +801,11 @@ async fn serve_client(
         // Take input: block while stopped; while running, wait at most one slice interval
         // (no wait at all in an exact, client-limited run).
         let readable = if running {
-            let wait = if shared.with(|_, c| c.paced) { slice_interval } else { Duration::ZERO };
+            let wait = if shared.with(|_, c| c.paced) {
+                slice_interval
+            } else {
+                Duration::ZERO
+            };
             tokio::select! {
                 _ = stop.changed() => return Ok(()),
                 r = tokio::time::timeout(wait, stream.readable()) => r.is_ok(),
