@@ -6,6 +6,7 @@ mod demo;
 mod restore;
 mod run;
 mod scenarios;
+mod serve;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,6 +40,8 @@ pub enum Command {
     Scenarios(scenarios::Args),
     /// Dissect KDNET and KDCOM traffic in a pcap/pcapng capture or a raw KDCOM file.
     Decode(decode::Args),
+    /// Serve a simulated machine to gdb (or `--target gdb://`) over the GDB remote protocol.
+    Serve(serve::Args),
 }
 
 impl Command {
@@ -51,6 +54,7 @@ impl Command {
             Command::Console(a) => console::execute(a),
             Command::Scenarios(a) => scenarios::execute(a),
             Command::Decode(a) => decode::execute(a),
+            Command::Serve(a) => serve::execute(a),
         }
     }
 }

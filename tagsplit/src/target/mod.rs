@@ -249,6 +249,7 @@ pub fn search_by_reading<T: DebugTarget + ?Sized>(
 // ---------------------------------------------------------------------------------------
 
 pub mod flat;
+pub mod gdb;
 pub mod kd;
 pub mod sim;
 
@@ -410,7 +411,7 @@ type Opener = fn(&str) -> Result<BoxedTarget, OpenError>;
 /// Known schemes: adding a backend is one line here.
 const SCHEMES: &[(&str, Opener)] = &[
     ("sim:", sim::open),
-    ("gdb://", |_| Err(OpenError::NotBuilt("gdb"))),
+    ("gdb://", gdb::open),
     ("kdnet:", kd::open_kdnet),
     ("kdcom:", kd::open_kdcom),
 ];

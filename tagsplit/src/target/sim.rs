@@ -74,9 +74,79 @@ pub(crate) fn open(rest: &str) -> Result<BoxedTarget, OpenError> {
     Ok(Box::new(t))
 }
 
+impl SimTarget {
+    /// The same target as a view over the borrowed machine.
+    fn view(&mut self) -> MachineTarget<'_> {
+        MachineTarget {
+            machine: &mut self.machine,
+            spec: &self.spec,
+            default_ticks: self.default_ticks,
+        }
+    }
+}
+
 impl DebugTarget for SimTarget {
     fn describe(&self) -> String {
         self.spec.clone()
+    }
+
+    fn read_memory(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
+        self.view().read_memory(addr, buf)
+    }
+
+    fn write_memory(&mut self, addr: VirtAddr, data: &[u8]) -> Result<usize, TargetError> {
+        self.view().write_memory(addr, data)
+    }
+
+    fn kernel_info(&mut self) -> Result<KernelInfo, TargetError> {
+        self.view().kernel_info()
+    }
+
+    fn modules(&mut self) -> Result<Vec<ModuleInfo>, TargetError> {
+        self.view().modules()
+    }
+
+    fn search_memory(
+        &mut self,
+        start: VirtAddr,
+        end: VirtAddr,
+        pattern: &[u8],
+        max_hits: usize,
+    ) -> Result<Vec<VirtAddr>, TargetError> {
+        self.view().search_memory(start, end, pattern, max_hits)
+    }
+
+    fn run(&mut self, how_long: RunFor) -> Result<StopReason, TargetError> {
+        self.view().run(how_long)
+    }
+
+    fn default_run(&self) -> RunFor {
+        RunFor::Ticks(self.default_ticks)
+    }
+}
+
+/// A [`DebugTarget`] over a borrowed [`Machine`]: what [`SimTarget`] is, for a machine
+/// owned elsewhere (the GDB stub runs the console on its machine through this).
+pub struct MachineTarget<'a> {
+    machine: &'a mut Machine,
+    spec: &'a str,
+    default_ticks: u64,
+}
+
+impl<'a> MachineTarget<'a> {
+    /// A view of `machine` described as `spec`, whose bare `g` runs `default_ticks`.
+    pub fn new(machine: &'a mut Machine, spec: &'a str, default_ticks: u64) -> Self {
+        MachineTarget {
+            machine,
+            spec,
+            default_ticks,
+        }
+    }
+}
+
+impl DebugTarget for MachineTarget<'_> {
+    fn describe(&self) -> String {
+        self.spec.to_owned()
     }
 
     fn read_memory(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
