@@ -14,7 +14,14 @@ pub enum Via {
     Sim,
     /// Through a GDB stub on a loopback port (the `gdb://` client against `serve`).
     Gdb,
+    /// Through the KD stub over KDNET (UDP, encrypted) on loopback.
+    Kdnet,
+    /// Through the KD stub with KDCOM framing over TCP on loopback.
+    Kdcom,
 }
+
+/// The key the KDNET demo uses.
+const DEMO_KEY: &str = "tagsplit.demo.kdnet.key";
 
 /// Arguments of `demo`.
 #[derive(Debug, clap::Args)]
@@ -53,6 +60,21 @@ fn open(via: Via) -> anyhow::Result<Opened> {
             Ok(Opened {
                 target,
                 _stub: Some(stub),
+            })
+        }
+        Via::Kdnet | Via::Kdcom => {
+            use tagsplit::target::kd::{KdLoopback, KdTransport};
+            let scenario = tagsplit_target_sim::scenario::Scenario::builtin("part4")
+                .ok_or_else(|| anyhow::anyhow!("no built-in part4"))?;
+            let transport = if via == Via::Kdnet {
+                KdTransport::Kdnet(DEMO_KEY.parse()?)
+            } else {
+                KdTransport::Kdcom
+            };
+            let target = KdLoopback::serve_scenario(&scenario, transport)?;
+            Ok(Opened {
+                target: Box::new(target),
+                _stub: None,
             })
         }
     }

@@ -743,6 +743,21 @@ impl KdLoopback {
         }
     }
 
+    /// Boots `scenario` and serves it over loopback (the stub offers the scenario's
+    /// default run length), then attaches.
+    pub fn serve_scenario(
+        scenario: &tagsplit_target_sim::scenario::Scenario,
+        transport: KdTransport,
+    ) -> Result<KdLoopback, TargetError> {
+        let machine = Machine::boot(scenario)
+            .map_err(|e| TargetError::BadKernelData(format!("simulator failed to boot: {e}")))?;
+        let options = KdStubOptions {
+            default_run_ticks: Some(scenario.default_run_ticks()),
+            ..KdStubOptions::default()
+        };
+        KdLoopback::start(machine, transport, options)
+    }
+
     /// The debugger side.
     pub fn target(&mut self) -> &mut KdTarget {
         &mut self.target
