@@ -160,3 +160,35 @@ fn split_over_kdnet_and_kdcom_equals_in_process() {
         assert_eq!(digest, sim.machine().digest(), "{transport:?}");
     }
 }
+
+#[test]
+fn a_second_debugger_can_attach_after_the_first_leaves() {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+    use tagsplit::target::kd::{KdTarget, KdnetListener};
+    use tagsplit_target_sim::server::kd::KdStub;
+
+    // KDNET: the stub pokes again once the first debugger has gone silent.
+    let key = "1.2.3.4".parse().unwrap();
+    let listener = KdnetListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)), key).unwrap();
+    let host = listener.local_addr().unwrap();
+    let opts = KdStubOptions { reconnect_after: Duration::from_millis(300), ..options() };
+    let stub = KdStub::spawn_kdnet(machine(), host, key, opts.clone()).unwrap();
+    let mut first = listener.accept(Duration::from_secs(20)).unwrap();
+    assert!(!first.modules().unwrap().is_empty());
+    drop(first);
+    let listener = KdnetListener::bind(host, key).unwrap();
+    let mut second = listener.accept(Duration::from_secs(20)).unwrap();
+    assert!(!second.modules().unwrap().is_empty());
+    assert_eq!(stub.attaches(), 2);
+    drop(second);
+    drop(stub);
+
+    // KDCOM: a new TCP connection is a new debugger.
+    let stub = KdStub::spawn_kdcom(machine(), opts).unwrap();
+    for _ in 0..2 {
+        let mut t = KdTarget::connect_kdcom(stub.addr(), Duration::from_secs(20)).unwrap();
+        assert_eq!(t.run(RunFor::Ticks(5)).unwrap(), StopReason::BreakIn);
+    }
+    assert_eq!(stub.attaches(), 2);
+}
