@@ -4,10 +4,14 @@ use std::fmt::Write;
 
 use super::{CaptureReport, Content, DatagramRecord, PacketRecord};
 
-fn packet_line(p: &PacketRecord) -> String {
-    let dir = p.direction.map_or("?", |d| d.arrow());
+fn packet_line(p: &PacketRecord, with_direction: bool) -> String {
     let ok = if p.checksum_ok { "" } else { " BAD-CHECKSUM" };
-    format!("[{}] {dir} {}{ok}", p.number, p.summary)
+    if with_direction {
+        let dir = p.direction.map_or("?", |d| d.arrow());
+        format!("[{}] {dir} {}{ok}", p.number, p.summary)
+    } else {
+        format!("[{}] {}{ok}", p.number, p.summary)
+    }
 }
 
 fn datagram_line(report: &CaptureReport, d: &DatagramRecord) -> String {
@@ -36,7 +40,7 @@ fn datagram_line(report: &CaptureReport, d: &DatagramRecord) -> String {
         Content::Kd { packet } => report
             .packets
             .get(*packet)
-            .map_or_else(String::new, packet_line),
+            .map_or_else(String::new, |p| packet_line(p, false)),
         Content::BreakIn => "break-in".to_string(),
         Content::Hello { bytes } => format!("hello {bytes}"),
         Content::BadKd { error } => format!("not a kd packet: {error}"),
@@ -60,7 +64,7 @@ pub fn render_text(report: &CaptureReport) -> String {
     }
     for p in report.packets.iter().filter(|p| p.transport != "kdnet") {
         let frame = p.frame.map_or_else(String::new, |f| format!("#{f} "));
-        let _ = writeln!(s, "{frame}{} {}", p.transport, packet_line(p));
+        let _ = writeln!(s, "{frame}{} {}", p.transport, packet_line(p, true));
     }
     let t = &report.totals;
     let _ = writeln!(s, "totals:");
