@@ -11,7 +11,7 @@
 use tagsplit::PoolTag;
 use tagsplit::VirtAddr;
 use tagsplit::split::{Split, SplitOptions};
-use tagsplit::target::kd::{KdLoopback, KdTransport};
+use tagsplit::target::kd::{KdTarget, KdTransport};
 use tagsplit::target::sim::SimTarget;
 use tagsplit::target::{DebugTarget, RunFor, StopReason};
 use tagsplit_target_sim::machine::Machine;
@@ -39,8 +39,8 @@ fn options() -> KdStubOptions {
 #[test]
 fn memory_modules_search_and_runs_match_the_machine() {
     for transport in transports() {
-        let mut lb = KdLoopback::start(machine(), transport, options()).unwrap();
-        let truth = lb.stub().with_machine(|m| m.clone());
+        let mut lb = KdTarget::loopback(machine(), transport, options()).unwrap();
+        let truth = lb.stub().unwrap().with_machine(|m| m.clone());
         // Modules by walking PsLoadedModuleList over the wire.
         let mods = lb.modules().unwrap();
         let want: Vec<(String, u64)> = truth
@@ -74,7 +74,7 @@ fn memory_modules_search_and_runs_match_the_machine() {
         let before = hits[0];
         assert_eq!(lb.write_memory(before, b"Lea1").unwrap(), 4);
         assert_eq!(
-            lb.stub().with_machine(|m| {
+            lb.stub().unwrap().with_machine(|m| {
                 let mut b = [0u8; 4];
                 m.read(before, &mut b).unwrap();
                 b
@@ -82,9 +82,9 @@ fn memory_modules_search_and_runs_match_the_machine() {
             *b"Lea1"
         );
         // Exact tick runs.
-        let t0 = lb.stub().with_machine(|m| m.tick());
+        let t0 = lb.stub().unwrap().with_machine(|m| m.tick());
         assert_eq!(lb.run(RunFor::Ticks(123)).unwrap(), StopReason::BreakIn);
-        assert_eq!(lb.stub().with_machine(|m| m.tick()) - t0, 123);
+        assert_eq!(lb.stub().unwrap().with_machine(|m| m.tick()) - t0, 123);
         assert_eq!(
             lb.default_run(),
             RunFor::Ticks(Scenario::builtin("part4").unwrap().default_run_ticks())
@@ -101,27 +101,27 @@ fn memory_modules_search_and_runs_match_the_machine() {
             "{stats}"
         );
         assert!(stats.round_trips > 5);
-        assert!(lb.target().prints().iter().any(|p| p.contains("KD stub")));
+        assert!(lb.prints().iter().any(|p| p.contains("KD stub")));
     }
 }
 
 #[test]
 fn breakpoint_on_an_allocation_site_stops_the_workload() {
     for transport in transports() {
-        let mut lb = KdLoopback::start(machine(), transport, options()).unwrap();
-        let site = lb.stub().with_machine(|m| {
+        let mut lb = KdTarget::loopback(machine(), transport, options()).unwrap();
+        let site = lb.stub().unwrap().with_machine(|m| {
             m.sites()
                 .into_iter()
                 .find(|s| s.allocates && s.leaks)
                 .unwrap()
                 .instr
         });
-        lb.target().set_breakpoint(site).unwrap();
+        lb.set_breakpoint(site).unwrap();
         assert_eq!(
             lb.run(RunFor::Ticks(100_000)).unwrap(),
             StopReason::Breakpoint(site)
         );
-        lb.target().clear_breakpoint(site).unwrap();
+        lb.clear_breakpoint(site).unwrap();
         assert_eq!(lb.run(RunFor::Ticks(10)).unwrap(), StopReason::BreakIn);
     }
 }
@@ -150,13 +150,13 @@ fn split_over_kdnet_and_kdcom_equals_in_process() {
     let want = split_json(&mut sim);
     assert!(want["sites"].as_array().unwrap().len() >= 2);
     for transport in transports() {
-        let mut lb = KdLoopback::start(machine(), transport, options()).unwrap();
+        let mut lb = KdTarget::loopback(machine(), transport, options()).unwrap();
         let got = split_json(&mut lb);
         assert_eq!(got, want, "{transport:?}");
         let s = lb.stats().unwrap();
         assert!(s.packets_sent > 0);
         // The machine was restored exactly as in process.
-        let digest = lb.stub().with_machine(|m| m.digest());
+        let digest = lb.stub().unwrap().with_machine(|m| m.digest());
         assert_eq!(digest, sim.machine().digest(), "{transport:?}");
     }
 }
@@ -172,7 +172,10 @@ fn a_second_debugger_can_attach_after_the_first_leaves() {
     let key = "1.2.3.4".parse().unwrap();
     let listener = KdnetListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)), key).unwrap();
     let host = listener.local_addr().unwrap();
-    let opts = KdStubOptions { reconnect_after: Duration::from_millis(300), ..options() };
+    let opts = KdStubOptions {
+        reconnect_after: Duration::from_millis(300),
+        ..options()
+    };
     let stub = KdStub::spawn_kdnet(machine(), host, key, opts.clone()).unwrap();
     let mut first = listener.accept(Duration::from_secs(20)).unwrap();
     assert!(!first.modules().unwrap().is_empty());

@@ -63,7 +63,7 @@ fn open(via: Via) -> anyhow::Result<Opened> {
             })
         }
         Via::Kdnet | Via::Kdcom => {
-            use tagsplit::target::kd::{KdLoopback, KdTransport};
+            use tagsplit::target::kd::{KdTarget, KdTransport};
             let scenario = tagsplit_target_sim::scenario::Scenario::builtin("part4")
                 .ok_or_else(|| anyhow::anyhow!("no built-in part4"))?;
             let transport = if via == Via::Kdnet {
@@ -71,7 +71,7 @@ fn open(via: Via) -> anyhow::Result<Opened> {
             } else {
                 KdTransport::Kdcom
             };
-            let target = KdLoopback::serve_scenario(&scenario, transport)?;
+            let target = KdTarget::serve_scenario(&scenario, transport)?;
             Ok(Opened {
                 target: Box::new(target),
                 _stub: None,

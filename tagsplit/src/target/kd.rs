@@ -200,6 +200,8 @@ pub struct KdTarget {
     native_search: bool,
     round_trips: u64,
     prints: Vec<String>,
+    /// A loopback stub, stopped after the link is dropped (fields drop in order).
+    stub: Option<KdStubHandle>,
 }
 
 impl std::fmt::Debug for KdTarget {
@@ -296,6 +298,7 @@ impl KdTarget {
             native_search: true,
             round_trips: 0,
             prints: Vec::new(),
+            stub: None,
         };
         t.wait_stop(Instant::now() + timeout)?;
         // What the target is, and whether it understands tagsplit's run limit.
@@ -695,22 +698,6 @@ impl DebugTarget for KdTarget {
     }
 }
 
-/// A KD target attached to an in-process stub over loopback (KDNET or KDCOM): what
-/// `tagsplit demo --via kdnet|kdcom` and the same-answers tests use.
-pub struct KdLoopback {
-    target: KdTarget,
-    stub: KdStubHandle,
-}
-
-impl std::fmt::Debug for KdLoopback {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KdLoopback")
-            .field("target", &self.target)
-            .field("stub", &self.stub)
-            .finish()
-    }
-}
-
 /// Which KD transport a loopback uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KdTransport {
@@ -720,27 +707,32 @@ pub enum KdTransport {
     Kdcom,
 }
 
-impl KdLoopback {
-    /// Serves `machine` with a KD stub on 127.0.0.1 and attaches a [`KdTarget`] to it.
-    pub fn start(
+impl KdTarget {
+    /// Serves `machine` with a KD stub on 127.0.0.1 and attaches to it: what
+    /// `tagsplit demo --via kdnet|kdcom` and the same-answers tests use. The stub lives
+    /// as long as the target (see [`stub`](Self::stub)).
+    pub fn loopback(
         machine: Machine,
         transport: KdTransport,
         options: KdStubOptions,
-    ) -> Result<KdLoopback, TargetError> {
-        match transport {
+    ) -> Result<KdTarget, TargetError> {
+        let (mut target, stub) = match transport {
             KdTransport::Kdnet(key) => {
                 let listener = KdnetListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)), key)?;
                 let host = listener.local_addr()?;
                 let stub = KdStub::spawn_kdnet(machine, host, key, options)?;
-                let target = listener.accept(DEFAULT_ATTACH_TIMEOUT)?;
-                Ok(KdLoopback { target, stub })
+                (listener.accept(DEFAULT_ATTACH_TIMEOUT)?, stub)
             }
             KdTransport::Kdcom => {
                 let stub = KdStub::spawn_kdcom(machine, options)?;
-                let target = KdTarget::connect_kdcom(stub.addr(), DEFAULT_ATTACH_TIMEOUT)?;
-                Ok(KdLoopback { target, stub })
+                (
+                    KdTarget::connect_kdcom(stub.addr(), DEFAULT_ATTACH_TIMEOUT)?,
+                    stub,
+                )
             }
-        }
+        };
+        target.stub = Some(stub);
+        Ok(target)
     }
 
     /// Boots `scenario` and serves it over loopback (the stub offers the scenario's
@@ -748,60 +740,20 @@ impl KdLoopback {
     pub fn serve_scenario(
         scenario: &tagsplit_target_sim::scenario::Scenario,
         transport: KdTransport,
-    ) -> Result<KdLoopback, TargetError> {
+    ) -> Result<KdTarget, TargetError> {
         let machine = Machine::boot(scenario)
             .map_err(|e| TargetError::BadKernelData(format!("simulator failed to boot: {e}")))?;
         let options = KdStubOptions {
             default_run_ticks: Some(scenario.default_run_ticks()),
             ..KdStubOptions::default()
         };
-        KdLoopback::start(machine, transport, options)
+        KdTarget::loopback(machine, transport, options)
     }
 
-    /// The debugger side.
-    pub fn target(&mut self) -> &mut KdTarget {
-        &mut self.target
-    }
-
-    /// The stub (and through it, the machine: ground truth for tests).
-    pub fn stub(&self) -> &KdStubHandle {
-        &self.stub
-    }
-}
-
-impl DebugTarget for KdLoopback {
-    fn describe(&self) -> String {
-        self.target.describe()
-    }
-    fn read_memory(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
-        self.target.read_memory(addr, buf)
-    }
-    fn write_memory(&mut self, addr: VirtAddr, data: &[u8]) -> Result<usize, TargetError> {
-        self.target.write_memory(addr, data)
-    }
-    fn kernel_info(&mut self) -> Result<KernelInfo, TargetError> {
-        self.target.kernel_info()
-    }
-    fn modules(&mut self) -> Result<Vec<ModuleInfo>, TargetError> {
-        self.target.modules()
-    }
-    fn search_memory(
-        &mut self,
-        start: VirtAddr,
-        end: VirtAddr,
-        pattern: &[u8],
-        max_hits: usize,
-    ) -> Result<Vec<VirtAddr>, TargetError> {
-        self.target.search_memory(start, end, pattern, max_hits)
-    }
-    fn run(&mut self, how_long: RunFor) -> Result<StopReason, TargetError> {
-        self.target.run(how_long)
-    }
-    fn stats(&self) -> Option<WireStats> {
-        self.target.stats()
-    }
-    fn default_run(&self) -> RunFor {
-        self.target.default_run()
+    /// The in-process stub of a [`loopback`](Self::loopback) target (and through it,
+    /// the machine: ground truth for tests).
+    pub fn stub(&self) -> Option<&KdStubHandle> {
+        self.stub.as_ref()
     }
 }
 
