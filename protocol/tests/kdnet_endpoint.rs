@@ -212,3 +212,40 @@ proptest! {
         let _ = keys.open(&b);
     }
 }
+
+#[test]
+fn solicit_lets_a_new_debugger_take_over_but_not_an_active_one() {
+    let (mut t, mut d1) = pair("1.2.3.4", "1.2.3.4");
+    let (mut now, mut counter, mut log) = (Duration::ZERO, 0, Vec::new());
+    d1.send(now, PacketType::StateManipulate, vec![1]);
+    for _ in 0..5 {
+        step(&mut t, &mut d1, &mut now, &mut counter, 0, &mut log);
+    }
+    assert!(t.is_connected());
+    while t.poll_event().is_some() {}
+    // The old debugger is active: pokes while soliciting are ignored by it, and its next
+    // data datagram ends the soliciting.
+    t.solicit(now);
+    assert!(t.is_soliciting());
+    for _ in 0..3 {
+        step(&mut t, &mut d1, &mut now, &mut counter, 0, &mut log);
+    }
+    assert!(t.is_soliciting(), "d1 has nothing to send yet");
+    d1.send(now, PacketType::StateManipulate, vec![2]);
+    step(&mut t, &mut d1, &mut now, &mut counter, 0, &mut log);
+    assert!(!t.is_soliciting());
+    // A new debugger answers a solicit poke and gets a fresh data key and session.
+    let old_key = *t.data_key().unwrap();
+    t.solicit(now);
+    let d2cfg = EndpointConfig::new(Role::Debugger, "1.2.3.4".parse().unwrap(), [0x33; 32]);
+    let mut d2 = Endpoint::new(d2cfg, now);
+    while t.poll_event().is_some() {}
+    for _ in 0..4 {
+        step(&mut t, &mut d2, &mut now, &mut counter, 0, &mut log);
+    }
+    assert!(
+        std::iter::from_fn(|| t.poll_event()).any(|e| matches!(e, EndpointEvent::Connected { .. }))
+    );
+    assert_ne!(t.data_key(), Some(&old_key));
+    assert_eq!(t.data_key(), d2.data_key());
+}

@@ -1,4 +1,10 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 //! The decoder on captures made here: KDCOM in TCP over Ethernet/IPv4 (pcap), KDNET over
 //! IPv6 (pcapng, gzipped), produced by this crate's own sessions.
 
@@ -21,7 +27,20 @@ fn ipv4_tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) 
     let mut f = vec![0u8; 12];
     f.extend([0x08, 0x00]);
     let total = (20 + 20 + payload.len()) as u16;
-    f.extend([0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0x40, 0, 64, 6, 0, 0]);
+    f.extend([
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        0,
+        0x40,
+        0,
+        64,
+        6,
+        0,
+        0,
+    ]);
     f.extend(src);
     f.extend(dst);
     f.extend(sport.to_be_bytes());
@@ -60,8 +79,19 @@ fn kdcom_in_tcp_pcap() {
     let now = Duration::ZERO;
     let mut dbg = Session::new(SessionConfig::kdcom(Role::Debugger));
     let mut tgt = Session::new(SessionConfig::kdcom(Role::Target));
-    tgt.send(now, PacketType::DebugIo, DebugIo::print_string(0, b"hello\n").to_bytes());
-    let req = Manipulate::request(&ManipulateApi::ReadVirtualMemory(MemoryTransfer { address: 0xfffff800_00001000, count: 4, actual: 0 }), vec![]);
+    tgt.send(
+        now,
+        PacketType::DebugIo,
+        DebugIo::print_string(0, b"hello\n").to_bytes(),
+    );
+    let req = Manipulate::request(
+        &ManipulateApi::ReadVirtualMemory(MemoryTransfer {
+            address: 0xfffff800_00001000,
+            count: 4,
+            actual: 0,
+        }),
+        vec![],
+    );
     dbg.send(now, PacketType::StateManipulate, req.to_bytes());
     let mut frames = Vec::new();
     for _ in 0..4 {
@@ -79,19 +109,41 @@ fn kdcom_in_tcp_pcap() {
         while let Some(ev) = tgt.poll_event() {
             if let SessionEvent::Packet { payload, .. } = ev {
                 let m = Manipulate::parse(&payload).unwrap();
-                let reply = m.reply(0, &ManipulateApi::ReadVirtualMemory(MemoryTransfer { address: 0xfffff800_00001000, count: 4, actual: 4 }), vec![1, 2, 3, 4]);
+                let reply = m.reply(
+                    0,
+                    &ManipulateApi::ReadVirtualMemory(MemoryTransfer {
+                        address: 0xfffff800_00001000,
+                        count: 4,
+                        actual: 4,
+                    }),
+                    vec![1, 2, 3, 4],
+                );
                 tgt.send(now, PacketType::StateManipulate, reply.to_bytes());
             }
         }
     }
     // Unrelated TCP traffic is ignored.
-    frames.push(ipv4_tcp([10, 0, 0, 9], [10, 0, 0, 1], 80, 1234, b"GET / HTTP/1.1\r\n\r\n"));
+    frames.push(ipv4_tcp(
+        [10, 0, 0, 9],
+        [10, 0, 0, 1],
+        80,
+        1234,
+        b"GET / HTTP/1.1\r\n\r\n",
+    ));
     let mut bytes = Vec::new();
     {
-        let header = PcapHeader { datalink: DataLink::ETHERNET, ..PcapHeader::default() };
+        let header = PcapHeader {
+            datalink: DataLink::ETHERNET,
+            ..PcapHeader::default()
+        };
         let mut w = PcapWriter::with_header(&mut bytes, header).unwrap();
         for (i, f) in frames.iter().enumerate() {
-            w.write_packet(&PcapPacket::new(Duration::from_millis(i as u64), f.len() as u32, f)).unwrap();
+            w.write_packet(&PcapPacket::new(
+                Duration::from_millis(i as u64),
+                f.len() as u32,
+                f,
+            ))
+            .unwrap();
         }
     }
     let r = decode::decode_bytes("synthetic.pcap", bytes, None).unwrap();
@@ -101,17 +153,31 @@ fn kdcom_in_tcp_pcap() {
     assert_eq!(r.totals.of_type(PacketType::StateManipulate), 2);
     assert_eq!(r.totals.of_type(PacketType::Acknowledge), 3);
     assert!(r.packets.iter().all(|p| p.transport.starts_with("tcp ")));
-    assert!(r.packets.iter().any(|p| matches!(&p.detail, Detail::DebugIo { text, .. } if text == "hello\n")));
+    assert!(
+        r.packets
+            .iter()
+            .any(|p| matches!(&p.detail, Detail::DebugIo { text, .. } if text == "hello\n"))
+    );
     assert!(decode::render_text(&r).contains("ReadVirtualMemory(0x3130) status=0x0 address=0xfffff80000001000 count=0x4 actual=0x4 data=4"));
 }
 
 #[test]
 fn kdnet_over_ipv6_gzipped_pcapng() {
     let key = "k3y.2.3.4".parse().unwrap();
-    let mut t = Endpoint::new(EndpointConfig::new(Role::Target, key, [9; 32]), Duration::ZERO);
-    let mut d = Endpoint::new(EndpointConfig::new(Role::Debugger, key, [7; 32]), Duration::ZERO);
+    let mut t = Endpoint::new(
+        EndpointConfig::new(Role::Target, key, [9; 32]),
+        Duration::ZERO,
+    );
+    let mut d = Endpoint::new(
+        EndpointConfig::new(Role::Debugger, key, [7; 32]),
+        Duration::ZERO,
+    );
     t.handle_timeout(Duration::ZERO);
-    d.send(Duration::ZERO, PacketType::StateManipulate, Manipulate::request(&ManipulateApi::GetContext { unused: 0 }, vec![]).to_bytes());
+    d.send(
+        Duration::ZERO,
+        PacketType::StateManipulate,
+        Manipulate::request(&ManipulateApi::GetContext { unused: 0 }, vec![]).to_bytes(),
+    );
     let mut frames = Vec::new();
     for round in 0..6 {
         while let Some(x) = t.poll_transmit() {
@@ -128,22 +194,38 @@ fn kdnet_over_ipv6_gzipped_pcapng() {
         while let Some(ev) = t.poll_event() {
             if let EndpointEvent::Kd(SessionEvent::Packet { payload, .. }) = ev {
                 let m = Manipulate::parse(&payload).unwrap();
-                t.send(Duration::ZERO, PacketType::StateManipulate, m.reply(0, &m.api(), vec![0; 0x4D0]).to_bytes());
+                t.send(
+                    Duration::ZERO,
+                    PacketType::StateManipulate,
+                    m.reply(0, &m.api(), vec![0; 0x4D0]).to_bytes(),
+                );
             }
         }
     }
     let mut raw = Vec::new();
     {
         let mut w = PcapNgWriter::new(&mut raw).unwrap();
-        w.write_pcapng_block(InterfaceDescriptionBlock::new(DataLink::ETHERNET, 0xFFFF)).unwrap();
+        w.write_pcapng_block(InterfaceDescriptionBlock::new(DataLink::ETHERNET, 0xFFFF))
+            .unwrap();
         for (i, f) in frames.iter().enumerate() {
-            let epb = EnhancedPacketBlock { interface_id: 0, timestamp: Duration::from_micros(i as u64), original_len: f.len() as u32, data: f.clone().into(), options: vec![] };
+            let epb = EnhancedPacketBlock {
+                interface_id: 0,
+                timestamp: Duration::from_micros(i as u64),
+                original_len: f.len() as u32,
+                data: f.clone().into(),
+                options: vec![],
+            };
             w.write_pcapng_block(epb).unwrap();
         }
     }
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&raw).unwrap();
-    let r = decode::decode_bytes("synthetic.pcapng.gz", gz.finish().unwrap(), Some("k3y.2.3.4")).unwrap();
+    let r = decode::decode_bytes(
+        "synthetic.pcapng.gz",
+        gz.finish().unwrap(),
+        Some("k3y.2.3.4"),
+    )
+    .unwrap();
     assert_eq!(r.format, decode::FileFormat::Pcapng);
     assert_eq!(r.totals.datagrams, frames.len());
     assert_eq!(r.totals.authenticated, frames.len());

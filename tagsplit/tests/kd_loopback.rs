@@ -179,6 +179,13 @@ fn a_second_debugger_can_attach_after_the_first_leaves() {
     let stub = KdStub::spawn_kdnet(machine(), host, key, opts.clone()).unwrap();
     let mut first = listener.accept(Duration::from_secs(20)).unwrap();
     assert!(!first.modules().unwrap().is_empty());
+    // An idle debugger (longer than reconnect_after) keeps its session: the stub pokes
+    // for a newcomer, but the old debugger ignores the pokes and carries on exactly.
+    std::thread::sleep(Duration::from_millis(900));
+    let t0 = stub.with_machine(|m| m.tick());
+    assert_eq!(first.run(RunFor::Ticks(7)).unwrap(), StopReason::BreakIn);
+    assert_eq!(stub.with_machine(|m| m.tick()) - t0, 7);
+    assert_eq!(stub.attaches(), 1);
     drop(first);
     let listener = KdnetListener::bind(host, key).unwrap();
     let mut second = listener.accept(Duration::from_secs(20)).unwrap();

@@ -90,6 +90,11 @@ pub struct Endpoint {
     config: EndpointConfig,
     keys: Keys,
     connected: bool,
+    /// Target: poking for a (new) debugger while still connected to the old one.
+    soliciting: bool,
+    /// Debugger: an authenticated data datagram arrived since connecting (the target
+    /// has our response), so further pokes come from another session and are ignored.
+    data_seen: bool,
     next_poke: Duration,
     pokes: u64,
     control_seq: u64,
@@ -110,6 +115,8 @@ impl Endpoint {
             config,
             keys,
             connected: false,
+            soliciting: false,
+            data_seen: false,
             next_poke: now,
             pokes: 0,
             control_seq: 0,
@@ -160,6 +167,20 @@ impl Endpoint {
         self.flush_session();
     }
 
+    /// Target: starts poking again while staying connected, so a new debugger can take
+    /// over (the current one stops it by sending anything on the data channel).
+    pub fn solicit(&mut self, now: Duration) {
+        if self.config.role == Role::Target && !self.soliciting {
+            self.soliciting = true;
+            self.next_poke = now;
+        }
+    }
+
+    /// Whether the target is poking for a new debugger while connected.
+    pub fn is_soliciting(&self) -> bool {
+        self.soliciting
+    }
+
     /// Whether the KD session has nothing in flight.
     pub fn is_idle(&self) -> bool {
         self.session.is_idle()
@@ -181,6 +202,9 @@ impl Endpoint {
         match msg.channel {
             Channel::Control => self.handle_control(&msg),
             Channel::Data => {
+                // The current debugger is alive: stop soliciting a new one.
+                self.soliciting = false;
+                self.data_seen = true;
                 self.session.handle_packet(now, &msg.payload);
                 while let Some(ev) = self.session.poll_event() {
                     self.events.push_back(EndpointEvent::Kd(ev));
@@ -192,6 +216,9 @@ impl Endpoint {
 
     fn handle_control(&mut self, msg: &Message) {
         match (self.config.role, ControlMessage::parse(&msg.payload)) {
+            (Role::Debugger, ControlMessage::Poke(_)) if self.connected && self.data_seen => {
+                // Our target already talks to us on the data channel.
+            }
             (Role::Debugger, ControlMessage::Poke(poke)) => {
                 self.config.version = msg.version;
                 let resp = Response::new(poke.nonce, self.config.random);
@@ -216,12 +243,17 @@ impl Endpoint {
                 self.flush_session();
             }
             (Role::Target, ControlMessage::Response(resp)) => {
-                if self.connected || self.nonce.is_some_and(|n| n != resp.nonce) {
+                if (self.connected && !self.soliciting) || self.nonce != Some(resp.nonce) {
                     return;
                 }
                 let key = resp.data_key(self.keys.initial());
                 self.keys.set_data_key(key);
+                if self.connected {
+                    // A new debugger answered: a fresh KD session for it.
+                    self.session = Session::new(self.config.session);
+                }
                 self.connected = true;
+                self.soliciting = false;
                 self.data_seq = 0;
                 self.events
                     .push_back(EndpointEvent::Connected { data_key: key });
@@ -243,7 +275,10 @@ impl Endpoint {
 
     /// Fires the poke timer and the KD retry timer.
     pub fn handle_timeout(&mut self, now: Duration) {
-        if self.config.role == Role::Target && !self.connected && now >= self.next_poke {
+        if self.config.role == Role::Target
+            && (!self.connected || self.soliciting)
+            && now >= self.next_poke
+        {
             self.poke(now);
         }
         self.session.handle_timeout(now);
@@ -255,7 +290,8 @@ impl Endpoint {
 
     /// When [`handle_timeout`](Self::handle_timeout) should next run.
     pub fn poll_timeout(&self) -> Option<Duration> {
-        let poke = (self.config.role == Role::Target && !self.connected).then_some(self.next_poke);
+        let poke = (self.config.role == Role::Target && (!self.connected || self.soliciting))
+            .then_some(self.next_poke);
         let kd = if self.connected {
             self.session.poll_timeout()
         } else {
@@ -278,10 +314,14 @@ impl Endpoint {
     }
 
     fn poke(&mut self, now: Duration) {
+        // Each poke gets its own nonce: the first byte counts (as Windows does) and
+        // the last eight bytes carry the full poke count, so nonces never repeat.
         let mut nonce = self.config.random;
         if let Some(b) = nonce.first_mut() {
             *b = b.wrapping_add(u8::try_from(self.pokes & 0xFF).unwrap_or(0));
         }
+        let tail = crate::kd::le::u64_at(&nonce, 24) ^ self.pokes;
+        crate::kd::le::put_u64(&mut nonce, 24, tail);
         self.pokes = self.pokes.saturating_add(1);
         self.nonce = Some(nonce);
         let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));

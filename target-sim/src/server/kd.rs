@@ -817,10 +817,8 @@ fn kdnet_endpoint(
     key: Key,
     options: &KdStubOptions,
     now: Duration,
-    attempt: u64,
 ) -> Endpoint {
-    let mut random = [0x5Au8; 32];
-    le::put_u64(&mut random, 8, attempt);
+    let random = [0x5Au8; 32];
     let mut cfg = EndpointConfig::new(Role::Target, key, random);
     cfg.poke_interval = options.poke_interval;
     cfg.session = session_config(options, true);
@@ -837,8 +835,7 @@ fn kdnet_loop(
     shared: &Shared,
 ) {
     let start = Instant::now();
-    let mut attempt = 0u64;
-    let mut ep = kdnet_endpoint(sock, host, key, options, start.elapsed(), attempt);
+    let mut ep = kdnet_endpoint(sock, host, key, options, start.elapsed());
     let mut last_heard = start.elapsed();
     let mut buf = vec![0u8; 65536];
     while !shared.stop.load(Ordering::SeqCst) {
@@ -890,12 +887,9 @@ fn kdnet_loop(
         let silent = ep.is_connected()
             && stopped
             && now.saturating_sub(last_heard) > options.reconnect_after;
-        if gone || silent {
-            tracing::info!("kdnet debugger gone; poking again");
-            shared.attached.store(false, Ordering::SeqCst);
-            attempt += 1;
-            ep = kdnet_endpoint(sock, host, key, options, now, attempt);
-            last_heard = now;
+        if (gone || silent) && !ep.is_soliciting() {
+            tracing::info!("kdnet debugger silent; poking for a new one");
+            ep.solicit(now);
         }
     }
 }
