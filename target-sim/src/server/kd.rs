@@ -1021,4 +1021,151 @@ mod tests {
         assert_eq!(m.tick() - t0, 25);
         assert_eq!(out[0].0, PacketType::StateChange64);
     }
+
+    #[test]
+    fn context_search_breakpoints_and_control_space() {
+        let mut m = machine();
+        let mut core = KdCore::new(KdStubOptions::default());
+        let _ = core.attach(&mut m);
+        // GetContext: a full AMD64 CONTEXT; SetContext round-trips registers.
+        let r = req(
+            &mut core,
+            &mut m,
+            ManipulateApi::GetContext { unused: 0 },
+            vec![],
+        );
+        assert_eq!(r.data().len(), context::SIZE);
+        assert_eq!(le::u64_at(r.data(), context::RIP), m.context().rip);
+        let mut ctx = r.data().to_vec();
+        le::put_u64(&mut ctx, context::gpr(8), 0x1234_5678);
+        let r = req(
+            &mut core,
+            &mut m,
+            ManipulateApi::SetContext {
+                context_flags: context::CONTEXT_ALL,
+            },
+            ctx,
+        );
+        assert_eq!(r.return_status(), status::SUCCESS);
+        assert_eq!(m.context().r8, 0x1234_5678);
+        let r = req(
+            &mut core,
+            &mut m,
+            ManipulateApi::SetContext { context_flags: 0 },
+            vec![0; 8],
+        );
+        assert_eq!(r.return_status(), status::UNSUCCESSFUL);
+        // SearchMemory finds the first hit, then nothing past the last.
+        let mods = m.modules();
+        let (start, end) = (
+            mods[0].base.0,
+            mods.last().unwrap().base.0 + mods.last().unwrap().size,
+        );
+        let truth = m.search(VirtAddr(start), VirtAddr(end), b"Leak", 10);
+        let r = req(
+            &mut core,
+            &mut m,
+            ManipulateApi::SearchMemory {
+                address: start,
+                length: end - start,
+                pattern_length: 4,
+            },
+            b"Leak".to_vec(),
+        );
+        assert_eq!(
+            r.api(),
+            ManipulateApi::SearchMemory {
+                address: truth[0].0,
+                length: end - start,
+                pattern_length: 4
+            }
+        );
+        let last = truth.last().unwrap().0 + 1;
+        let r = req(
+            &mut core,
+            &mut m,
+            ManipulateApi::SearchMemory {
+                address: last,
+                length: end - last,
+                pattern_length: 4,
+            },
+            b"Leak".to_vec(),
+        );
+        assert_eq!(r.return_status(), STATUS_NO_MORE_ENTRIES);
+        // Breakpoint handles.
+        let r = req(
+            &mut core,
+            &mut m,
+            ManipulateApi::WriteBreakPoint {
+                address: truth[0].0,
+                handle: 0,
+            },
+            vec![],
+        );
+        let ManipulateApi::WriteBreakPoint { handle, .. } = r.api() else {
+            panic!()
+        };
+        assert_ne!(handle, 0);
+        let r = req(
+            &mut core,
+            &mut m,
+            ManipulateApi::RestoreBreakPoint { handle },
+            vec![],
+        );
+        assert_eq!(r.return_status(), status::SUCCESS);
+        let r = req(
+            &mut core,
+            &mut m,
+            ManipulateApi::RestoreBreakPoint { handle },
+            vec![],
+        );
+        assert_eq!(r.return_status(), status::UNSUCCESSFUL);
+        // Control space: KPRCB pointer, special registers, unknown selectors refused.
+        let rd = |core: &mut KdCore, m: &mut Machine, sel: u64, count: u32| {
+            req(
+                core,
+                m,
+                ManipulateApi::ReadControlSpace(MemoryTransfer {
+                    address: sel,
+                    count,
+                    actual: 0,
+                }),
+                vec![],
+            )
+        };
+        assert_eq!(rd(&mut core, &mut m, 1, 8).data(), &KPRCB.to_le_bytes());
+        assert_eq!(
+            rd(&mut core, &mut m, 2, 0xE0).data().len(),
+            SPECIAL_REGISTERS_LEN
+        );
+        assert_eq!(
+            rd(&mut core, &mut m, 9, 8).return_status(),
+            status::UNSUCCESSFUL
+        );
+        assert_eq!(
+            rd(&mut core, &mut m, ext::DEFAULT_RUN_SELECTOR, 8).return_status(),
+            status::UNSUCCESSFUL,
+            "no default run configured"
+        );
+        // A write out of mapped memory is partial.
+        let r = req(
+            &mut core,
+            &mut m,
+            ManipulateApi::WriteVirtualMemory(MemoryTransfer {
+                address: 0x10,
+                count: 4,
+                actual: 0,
+            }),
+            vec![1, 2, 3, 4],
+        );
+        assert_eq!(r.return_status(), status::UNSUCCESSFUL);
+        assert_eq!(
+            r.api(),
+            ManipulateApi::WriteVirtualMemory(MemoryTransfer {
+                address: 0x10,
+                count: 4,
+                actual: 0
+            })
+        );
+    }
 }
