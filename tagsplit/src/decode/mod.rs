@@ -122,7 +122,8 @@ pub enum Content {
         /// Why.
         error: String,
     },
-    /// Authenticated, but no data key yet (handshake not captured).
+    /// A data-channel datagram before any captured handshake: without the data key it
+    /// can be neither decrypted nor authenticated (the tag covers the plaintext).
     NoDataKey,
     /// The tag did not verify (or no key was given): content not shown.
     Unauthenticated {
@@ -472,10 +473,7 @@ impl Decoder {
         let opened = self.keys.as_ref().map(|keys| keys.open(bytes));
         match opened {
             None => {}
-            Some(Err(KdnetError::NoDataKey)) => {
-                // The tag uses the initial key on both channels, so it can be checked.
-                rec.content = Content::NoDataKey;
-            }
+            Some(Err(KdnetError::NoDataKey)) => rec.content = Content::NoDataKey,
             Some(Err(e)) => {
                 rec.content = Content::Unauthenticated {
                     reason: e.to_string(),

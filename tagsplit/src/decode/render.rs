@@ -44,7 +44,9 @@ fn datagram_line(report: &CaptureReport, d: &DatagramRecord) -> String {
         Content::BreakIn => "break-in".to_string(),
         Content::Hello { bytes } => format!("hello {bytes}"),
         Content::BadKd { error } => format!("not a kd packet: {error}"),
-        Content::NoDataKey => "authenticated; no data key (handshake not captured)".to_string(),
+        Content::NoDataKey => {
+            "not decrypted: no data key (the handshake is not in the capture)".to_string()
+        }
         Content::Unauthenticated { reason } => format!("NOT AUTHENTICATED ({reason})"),
     };
     let _ = write!(line, " {what}");
