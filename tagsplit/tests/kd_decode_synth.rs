@@ -202,6 +202,43 @@ fn kdnet_over_ipv6_gzipped_pcapng() {
             }
         }
     }
+    let r =
+        decode::decode_bytes("synthetic.pcapng.gz", pcapng_gz(&frames), Some("k3y.2.3.4")).unwrap();
+    assert_eq!(r.format, decode::FileFormat::Pcapng);
+    assert_eq!(r.totals.datagrams, frames.len());
+    assert_eq!(r.totals.authenticated, frames.len());
+    assert_eq!(r.totals.pokes, 1);
+    assert_eq!(r.totals.responses, 1);
+    assert_eq!(r.totals.hellos, 1);
+    assert_eq!(r.totals.break_ins, 1);
+    assert_eq!(r.data_key.as_deref().map(str::len), Some(64));
+    assert!(r.packets.iter().any(|p| p.direction == Some(Direction::TargetToDebugger)
+        && matches!(&p.detail, Detail::Manipulate { api, data_len: 0x4D0, .. } if api == "GetContext")));
+    assert!(r.datagrams.iter().all(|d| d.src.is_ipv6()));
+
+    // Without the debugger's response the data channel cannot be decrypted: nothing is
+    // shown as data, and the report says why.
+    let response = r
+        .datagrams
+        .iter()
+        .position(|d| matches!(d.content, decode::Content::Response { .. }))
+        .unwrap();
+    let mut cut = frames.clone();
+    cut.remove(response);
+    let r = decode::decode_bytes("cut.pcapng.gz", pcapng_gz(&cut), Some("k3y.2.3.4")).unwrap();
+    assert_eq!(r.totals.kd_packets, 0);
+    assert_eq!(r.data_key, None);
+    assert_eq!(r.totals.authenticated, r.totals.control_datagrams);
+    assert!(
+        r.datagrams
+            .iter()
+            .filter(|d| d.channel == Some(tagsplit_protocol::kdnet::Channel::Data))
+            .all(|d| d.content == decode::Content::NoDataKey)
+    );
+    assert!(decode::render_text(&r).contains("not decrypted: no data key"));
+}
+
+fn pcapng_gz(frames: &[Vec<u8>]) -> Vec<u8> {
     let mut raw = Vec::new();
     {
         let mut w = PcapNgWriter::new(&mut raw).unwrap();
@@ -220,21 +257,5 @@ fn kdnet_over_ipv6_gzipped_pcapng() {
     }
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&raw).unwrap();
-    let r = decode::decode_bytes(
-        "synthetic.pcapng.gz",
-        gz.finish().unwrap(),
-        Some("k3y.2.3.4"),
-    )
-    .unwrap();
-    assert_eq!(r.format, decode::FileFormat::Pcapng);
-    assert_eq!(r.totals.datagrams, frames.len());
-    assert_eq!(r.totals.authenticated, frames.len());
-    assert_eq!(r.totals.pokes, 1);
-    assert_eq!(r.totals.responses, 1);
-    assert_eq!(r.totals.hellos, 1);
-    assert_eq!(r.totals.break_ins, 1);
-    assert_eq!(r.data_key.as_deref().map(str::len), Some(64));
-    assert!(r.packets.iter().any(|p| p.direction == Some(Direction::TargetToDebugger)
-        && matches!(&p.detail, Detail::Manipulate { api, data_len: 0x4D0, .. } if api == "GetContext")));
-    assert!(r.datagrams.iter().all(|d| d.src.is_ipv6()));
+    gz.finish().unwrap()
 }
