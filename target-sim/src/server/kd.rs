@@ -35,9 +35,9 @@ use std::time::{Duration, Instant};
 
 use tagsplit_protocol::kd::payload::{ControlReport, Exception64, LoadSymbols64};
 use tagsplit_protocol::kd::{
-    ApiNumber, DebugIo, GetVersion64, MAX_TRANSFER, Manipulate, ManipulateApi, MemoryTransfer,
-    PacketType, Role, Session, SessionConfig, SessionEvent, StateChange, StateChangeKind, context,
-    ext, le, status,
+    DebugIo, GetVersion64, MAX_TRANSFER, Manipulate, ManipulateApi, MemoryTransfer, PacketType,
+    Role, Session, SessionConfig, SessionEvent, StateChange, StateChangeKind, context, ext, le,
+    status,
 };
 use tagsplit_protocol::kdnet::{Endpoint, EndpointConfig, EndpointEvent, Key};
 
@@ -476,7 +476,6 @@ impl KdCore {
             },
             other => {
                 tracing::debug!("kd stub: unsupported {}", other.number().name());
-                let _ = ApiNumber::MAXIMUM;
                 fail(req, &other)
             }
         }
@@ -1020,6 +1019,26 @@ mod tests {
         }
         assert_eq!(m.tick() - t0, 25);
         assert_eq!(out[0].0, PacketType::StateChange64);
+        // Without a client limit, the server's budget (50 ticks) ends the run.
+        let t1 = m.tick();
+        assert!(
+            core.handle(&mut m, PacketType::StateManipulate, &cont.to_bytes())
+                .is_empty()
+        );
+        let mut out = Vec::new();
+        while out.is_empty() {
+            out = core.step(&mut m);
+        }
+        assert_eq!(m.tick() - t1, 50);
+        // A break-in while running stops at once.
+        assert!(
+            core.handle(&mut m, PacketType::StateManipulate, &cont.to_bytes())
+                .is_empty()
+        );
+        assert!(core.is_running());
+        let out = core.break_in(&m);
+        assert_eq!(out.len(), 1);
+        assert!(!core.is_running() && core.is_stopped());
     }
 
     #[test]
