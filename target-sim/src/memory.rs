@@ -163,11 +163,7 @@ impl Memory {
 
     /// The region containing `addr`, if mapped.
     pub fn region_of(&self, addr: VirtAddr) -> Option<Region> {
-        self.regions
-            .range(..=addr.0)
-            .next_back()
-            .map(|(_, r)| *r)
-            .filter(|r| r.contains(addr.0))
+        find_region(&self.regions, addr.0)
     }
 
     /// How many pages hold host memory (were written at least once).
@@ -178,84 +174,56 @@ impl Memory {
     /// Reads `buf.len()` bytes at `addr`. Needs readable pages; never-written pages read
     /// as zeros. On failure the leading `done` bytes of `buf` are filled.
     pub fn read(&self, addr: VirtAddr, buf: &mut [u8]) -> Result<(), MemError> {
-        let mut done = 0usize;
-        while done < buf.len() {
-            let cur = addr.0.wrapping_add(done as u64);
-            let fail = |kind| MemError {
-                addr: VirtAddr(cur),
-                done,
-                kind,
-            };
-            if done > 0 && cur < addr.0 {
-                return Err(fail(MemErrorKind::Unmapped));
-            }
-            let region = self
-                .region_of(VirtAddr(cur))
-                .ok_or(fail(MemErrorKind::Unmapped))?;
-            if !region.prot.readable() {
-                return Err(fail(MemErrorKind::Protection));
-            }
-            let page = cur & !PAGE_MASK;
-            let off = (cur - page) as usize;
-            let n = (PAGE - off).min(buf.len() - done);
-            let dst = buf
-                .get_mut(done..done + n)
-                .ok_or(fail(MemErrorKind::BadRange))?;
-            match self.pages.get(&page).and_then(|p| p.get(off..off + n)) {
-                Some(src) => dst.copy_from_slice(src),
-                None => dst.fill(0),
-            }
-            done += n;
-        }
-        Ok(())
+        let pages = &self.pages;
+        walk(
+            &self.regions,
+            addr,
+            buf.len(),
+            Prot::readable,
+            |page, off, done, n| {
+                let dst = buf.get_mut(done..done + n).ok_or(MemErrorKind::BadRange)?;
+                match pages.get(&page).and_then(|p| p.get(off..off + n)) {
+                    Some(src) => dst.copy_from_slice(src),
+                    None => dst.fill(0),
+                }
+                Ok(())
+            },
+        )
     }
 
     /// A debugger write: needs mapped pages but ignores the write bit (a kernel debugger
     /// can patch code). On failure the leading `done` bytes were written.
     pub fn write(&mut self, addr: VirtAddr, data: &[u8]) -> Result<(), MemError> {
-        self.write_inner(addr, data, false)
+        self.write_inner(addr, data, |_| true)
     }
 
     /// A write by the simulated CPU: fails on pages without the write bit.
     pub fn write_checked(&mut self, addr: VirtAddr, data: &[u8]) -> Result<(), MemError> {
-        self.write_inner(addr, data, true)
+        self.write_inner(addr, data, Prot::writable)
     }
 
-    fn write_inner(&mut self, addr: VirtAddr, data: &[u8], check: bool) -> Result<(), MemError> {
-        let mut done = 0usize;
-        while done < data.len() {
-            let cur = addr.0.wrapping_add(done as u64);
-            let fail = |kind| MemError {
-                addr: VirtAddr(cur),
-                done,
-                kind,
-            };
-            if done > 0 && cur < addr.0 {
-                return Err(fail(MemErrorKind::Unmapped));
-            }
-            let region = self
-                .region_of(VirtAddr(cur))
-                .ok_or(fail(MemErrorKind::Unmapped))?;
-            if check && !region.prot.writable() {
-                return Err(fail(MemErrorKind::Protection));
-            }
-            let page = cur & !PAGE_MASK;
-            let off = (cur - page) as usize;
-            let n = (PAGE - off).min(data.len() - done);
-            let src = data
-                .get(done..done + n)
-                .ok_or(fail(MemErrorKind::BadRange))?;
-            let p = self
-                .pages
-                .entry(page)
-                .or_insert_with(|| vec![0u8; PAGE].into_boxed_slice());
-            let dst = p
-                .get_mut(off..off + n)
-                .ok_or(fail(MemErrorKind::BadRange))?;
-            dst.copy_from_slice(src);
-            done += n;
-        }
-        Ok(())
+    fn write_inner(
+        &mut self,
+        addr: VirtAddr,
+        data: &[u8],
+        allowed: fn(Prot) -> bool,
+    ) -> Result<(), MemError> {
+        let pages = &mut self.pages;
+        walk(
+            &self.regions,
+            addr,
+            data.len(),
+            allowed,
+            |page, off, done, n| {
+                let src = data.get(done..done + n).ok_or(MemErrorKind::BadRange)?;
+                let p = pages
+                    .entry(page)
+                    .or_insert_with(|| vec![0u8; PAGE].into_boxed_slice());
+                let dst = p.get_mut(off..off + n).ok_or(MemErrorKind::BadRange)?;
+                dst.copy_from_slice(src);
+                Ok(())
+            },
+        )
     }
 
     /// Reads a little-endian `u32`.
@@ -375,6 +343,49 @@ impl Memory {
         }
         h
     }
+}
+
+/// The region of `regions` containing `addr`.
+fn find_region(regions: &BTreeMap<u64, Region>, addr: u64) -> Option<Region> {
+    regions
+        .range(..=addr)
+        .next_back()
+        .map(|(_, r)| *r)
+        .filter(|r| r.contains(addr))
+}
+
+/// Walks `len` bytes from `addr` page by page, calling `f(page, offset in page, bytes
+/// done, chunk length)` for each chunk in a mapped region whose protection passes
+/// `allowed`; stops at the first address that is unmapped or not allowed.
+fn walk(
+    regions: &BTreeMap<u64, Region>,
+    addr: VirtAddr,
+    len: usize,
+    allowed: fn(Prot) -> bool,
+    mut f: impl FnMut(u64, usize, usize, usize) -> Result<(), MemErrorKind>,
+) -> Result<(), MemError> {
+    let mut done = 0usize;
+    while done < len {
+        let cur = addr.0.wrapping_add(done as u64);
+        let fail = |kind| MemError {
+            addr: VirtAddr(cur),
+            done,
+            kind,
+        };
+        if done > 0 && cur < addr.0 {
+            return Err(fail(MemErrorKind::Unmapped));
+        }
+        let region = find_region(regions, cur).ok_or(fail(MemErrorKind::Unmapped))?;
+        if !allowed(region.prot) {
+            return Err(fail(MemErrorKind::Protection));
+        }
+        let page = cur & !PAGE_MASK;
+        let off = (cur - page) as usize;
+        let n = (PAGE - off).min(len - done);
+        f(page, off, done, n).map_err(fail)?;
+        done += n;
+    }
+    Ok(())
 }
 
 /// State of one search: the bytes just before the current position that a match may
