@@ -112,10 +112,12 @@ impl Journal {
             f.sync_all().map_err(io)?;
         }
         fs::rename(&tmp, path).map_err(io)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if let Ok(d) = fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
+        if let Some(Ok(d)) = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map(fs::File::open)
+        {
+            let _ = d.sync_all();
         }
         Ok(())
     }
