@@ -340,17 +340,7 @@ impl KdCore {
                     Err(e) => e.done,
                 };
                 buf.truncate(got);
-                let st = if got == want {
-                    status::SUCCESS
-                } else {
-                    status::UNSUCCESSFUL
-                };
-                let actual = u32::try_from(got).unwrap_or(0);
-                req.reply(
-                    st,
-                    &M::ReadVirtualMemory(MemoryTransfer { actual, ..t }),
-                    buf,
-                )
+                transfer_reply(req, t, want, got, M::ReadVirtualMemory, buf)
             }
             M::WriteVirtualMemory(t) => {
                 let n = usize::try_from(t.count).unwrap_or(0).min(req.data().len());
@@ -359,17 +349,7 @@ impl KdCore {
                     Ok(()) => n,
                     Err(e) => e.done,
                 };
-                let st = if done == n {
-                    status::SUCCESS
-                } else {
-                    status::UNSUCCESSFUL
-                };
-                let actual = u32::try_from(done).unwrap_or(0);
-                req.reply(
-                    st,
-                    &M::WriteVirtualMemory(MemoryTransfer { actual, ..t }),
-                    Vec::new(),
-                )
+                transfer_reply(req, t, n, done, M::WriteVirtualMemory, Vec::new())
             }
             M::SearchMemory {
                 address,
@@ -445,32 +425,20 @@ impl KdCore {
                 match data {
                     Some(mut d) => {
                         d.truncate(usize::try_from(t.count).unwrap_or(0));
-                        let actual = u32::try_from(d.len()).unwrap_or(0);
-                        req.reply(
-                            status::SUCCESS,
-                            &M::ReadControlSpace(MemoryTransfer { actual, ..t }),
-                            d,
-                        )
+                        let n = d.len();
+                        transfer_reply(req, t, n, n, M::ReadControlSpace, d)
                     }
                     None => fail(req, &api),
                 }
             }
             M::WriteControlSpace(t) => match t.address {
-                2 => req.reply(
-                    status::SUCCESS,
-                    &M::WriteControlSpace(MemoryTransfer {
-                        actual: t.count,
-                        ..t
-                    }),
-                    Vec::new(),
-                ),
+                2 => {
+                    let n = usize::try_from(t.count).unwrap_or(0);
+                    transfer_reply(req, t, n, n, M::WriteControlSpace, Vec::new())
+                }
                 ext::RUN_LIMIT_SELECTOR if req.data().len() >= 8 => {
                     self.next_limit = Some(le::u64_at(req.data(), 0));
-                    req.reply(
-                        status::SUCCESS,
-                        &M::WriteControlSpace(MemoryTransfer { actual: 8, ..t }),
-                        Vec::new(),
-                    )
+                    transfer_reply(req, t, 8, 8, M::WriteControlSpace, Vec::new())
                 }
                 _ => fail(req, &api),
             },
@@ -480,6 +448,25 @@ impl KdCore {
             }
         }
     }
+}
+
+/// The reply to a memory transfer of `want` bytes of which `done` succeeded: success only
+/// when all of them did, `ActualBytes` = `done`.
+fn transfer_reply(
+    req: &Manipulate,
+    t: MemoryTransfer,
+    want: usize,
+    done: usize,
+    wrap: fn(MemoryTransfer) -> ManipulateApi,
+    data: Vec<u8>,
+) -> Manipulate {
+    let st = if done == want {
+        status::SUCCESS
+    } else {
+        status::UNSUCCESSFUL
+    };
+    let actual = u32::try_from(done).unwrap_or(0);
+    req.reply(st, &wrap(MemoryTransfer { actual, ..t }), data)
 }
 
 /// The AMD64 `CONTEXT` for the simulated registers.
