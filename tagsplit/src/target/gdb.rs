@@ -365,12 +365,11 @@ impl GdbTarget {
 
     /// Finds `nt`: the first module, or the `MZ` page at or below `rip`.
     fn kernel_base(&mut self) -> Result<VirtAddr, TargetError> {
-        if let Some(mods) = self.modules_from_library_list()? {
-            if let Some(nt) = mods.first() {
-                let base = nt.base;
-                self.modules = Some(mods);
-                return Ok(base);
-            }
+        if let Some(mods) = self.modules_from_library_list()?
+            && let Some(base) = mods.first().map(|nt| nt.base)
+        {
+            self.modules = Some(mods);
+            return Ok(base);
         }
         let rip = self.rip()?;
         let mut page = rip & !(PAGE_SIZE - 1);
