@@ -1,8 +1,40 @@
 //! tagsplit: find which code site leaks a shared Windows pool tag.
 //!
-//! The debugger side of the project: a [`target::DebugTarget`] abstraction over the
-//! in-process simulator, a GDB stub and a KD/KDNET target; a WinDbg-style console; and the
-//! automated tag split.
+//! The debugger side of the project:
+//!
+//! - [`target`]: the [`target::DebugTarget`] trait (memory, modules, kernel data, run
+//!   control) and its backends — [`target::sim::SimTarget`] (the in-process simulator),
+//!   [`target::flat::FlatTarget`] (flat memory, for tests), and [`target::open`] for specs
+//!   like `sim:part4`. Generic helpers ([`target::walk_module_list`]) need memory reads only.
+//! - [`pool`]: the pool tracker table read through the `KDBG` block, snapshots, big pages
+//!   and pool headers; [`pooltag`]: the `pooltag.txt` database.
+//! - [`console`]: a WinDbg-style console (`lm`, `s`, `eb`, `dc`, `u`, `!for_each_module`,
+//!   `!poolused`, `!poolfind`, `!pool`, `g`) over any target.
+//! - [`split`]: the automated tag split — find and classify every hit, give each
+//!   allocation site its own tag, run, measure, attribute, restore.
+//!
+//! Nothing above the trait depends on the simulator: a GDB or KD backend plugs in as is.
+//!
+//! ```
+//! use tagsplit::console::Console;
+//! use tagsplit::split::{Split, SplitOptions};
+//! use tagsplit::target::sim::SimTarget;
+//! use tagsplit::PoolTag;
+//!
+//! // The seed's machine: myfault.sys with two sites sharing the tag `Leak`.
+//! let mut target = SimTarget::builtin("part4").expect("built-in scenario");
+//! let mut console = Console::new();
+//! let lm = console.execute(&mut target, "lm m myfault");
+//! assert!(lm.contains("fffff880`0496d000 fffff880`04974000   myfault    (deferred)"));
+//!
+//! // The automated split names the leaking site.
+//! let report = Split::new(&mut target, PoolTag::new(*b"Leak"), SplitOptions::default()).run()?;
+//! let leak = report.leaks().next().expect("a leak");
+//! assert_eq!(leak.hit.location(), "myfault.sys+0x1621");
+//! assert_eq!(leak.new_tag, PoolTag::new(*b"Lea2"));
+//! assert!(report.restore.complete());
+//! # Ok::<(), tagsplit::split::SplitError>(())
+//! ```
 
 pub mod console;
 pub mod decode;

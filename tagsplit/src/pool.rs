@@ -62,6 +62,17 @@ impl TagUsage {
         u64::from(self.np_allocs) + u64::from(self.paged_allocs)
     }
 
+    /// Adds `other`'s counters to these (counts wrap like the kernel's ULONGs; bytes
+    /// saturate).
+    pub fn accumulate(&mut self, other: &TagUsage) {
+        self.np_allocs = self.np_allocs.wrapping_add(other.np_allocs);
+        self.np_frees = self.np_frees.wrapping_add(other.np_frees);
+        self.np_bytes = self.np_bytes.saturating_add(other.np_bytes);
+        self.paged_allocs = self.paged_allocs.wrapping_add(other.paged_allocs);
+        self.paged_frees = self.paged_frees.wrapping_add(other.paged_frees);
+        self.paged_bytes = self.paged_bytes.saturating_add(other.paged_bytes);
+    }
+
     fn parse(raw: &[u8]) -> Option<(u32, TagUsage)> {
         let u32_at = |o: u64| -> Option<u32> {
             let o = usize::try_from(o).ok()?;
@@ -110,12 +121,7 @@ impl PoolSnapshot {
     pub fn total(&self) -> TagUsage {
         let mut t = TagUsage::default();
         for u in self.tags.values() {
-            t.np_allocs = t.np_allocs.wrapping_add(u.np_allocs);
-            t.np_frees = t.np_frees.wrapping_add(u.np_frees);
-            t.np_bytes = t.np_bytes.saturating_add(u.np_bytes);
-            t.paged_allocs = t.paged_allocs.wrapping_add(u.paged_allocs);
-            t.paged_frees = t.paged_frees.wrapping_add(u.paged_frees);
-            t.paged_bytes = t.paged_bytes.saturating_add(u.paged_bytes);
+            t.accumulate(u);
         }
         t
     }
@@ -231,13 +237,7 @@ pub fn snapshot_at<T: DebugTarget + ?Sized>(
             continue;
         }
         let tag = PoolTag::from_u32(key).unprotected();
-        let e = snap.tags.entry(tag).or_default();
-        e.np_allocs = e.np_allocs.wrapping_add(usage.np_allocs);
-        e.np_frees = e.np_frees.wrapping_add(usage.np_frees);
-        e.np_bytes = e.np_bytes.saturating_add(usage.np_bytes);
-        e.paged_allocs = e.paged_allocs.wrapping_add(usage.paged_allocs);
-        e.paged_frees = e.paged_frees.wrapping_add(usage.paged_frees);
-        e.paged_bytes = e.paged_bytes.saturating_add(usage.paged_bytes);
+        snap.tags.entry(tag).or_default().accumulate(&usage);
     }
     Ok(snap)
 }
@@ -345,7 +345,7 @@ impl PoolHeader {
     /// Whether the header is plausible for a block within one page.
     pub fn plausible(&self) -> bool {
         let in_page = self.addr.get() % PAGE_SIZE;
-        self.addr.get() % pool_header::SIZE == 0
+        self.addr.get().is_multiple_of(pool_header::SIZE)
             && self.block_size != 0
             && in_page + self.block_size <= PAGE_SIZE
             && self.previous_size <= in_page
@@ -378,4 +378,36 @@ pub fn page_headers<T: DebugTarget + ?Sized>(
         out.push(h);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::*;
+
+    #[test]
+    fn snapshot_reads_the_tracker_and_growth_is_per_tag() {
+        let mut t = fake_kernel();
+        let before = snapshot(&mut t).unwrap();
+        assert_eq!(before.usage(PoolTag::new(*b"EtwB")).np_outstanding(), 94);
+        assert_eq!(before.total().np_bytes, 945_136 + 0x1000);
+        t.run(crate::target::RunFor::Ticks(20)).unwrap();
+        let after = snapshot(&mut t).unwrap();
+        let g = after.growth_since(&before);
+        assert_eq!(g[&PoolTag::new(*b"Leak")], 2 * 1_024_000);
+        assert_eq!(g[&PoolTag::new(*b"EtwB")], 0);
+    }
+
+    #[test]
+    fn bad_kdbg_is_reported() {
+        let mut t = fake_kernel();
+        t.write_memory(VirtAddr(KDBG + kdbg::OWNER_TAG_OFFSET), b"XXXX")
+            .unwrap();
+        assert!(matches!(
+            snapshot(&mut t),
+            Err(TargetError::BadKernelData(_))
+        ));
+        t.kernel.kdbg = None;
+        assert!(snapshot(&mut t).is_err());
+    }
 }

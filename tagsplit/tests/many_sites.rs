@@ -130,7 +130,7 @@ fn free_sites_lookaside_and_decoys_are_reported_correctly() {
     // `Tag` field of an initialised lookaside list in the module's data.
     for h in &hits {
         let lookaside_field = h.kind == HitKind::Data
-            && (h.address.get() - LOOKASIDE_TAG) % 16 == 0
+            && (h.address.get() - LOOKASIDE_TAG).is_multiple_of(16)
             && truth
                 .iter()
                 .any(|s| s.kind == SiteKind::LookasideInit && s.module == h.module);
@@ -143,4 +143,29 @@ fn free_sites_lookaside_and_decoys_are_reported_correctly() {
             });
         assert!(known, "unexplained hit {h:?}");
     }
+}
+
+#[test]
+fn lookaside_init_sites_are_patched_only_when_asked() {
+    let sim = SimTarget::builtin("many-sites").unwrap();
+    let lookaside: Vec<VirtAddr> = sim
+        .machine()
+        .sites()
+        .iter()
+        .filter(|s| s.kind == SiteKind::LookasideInit)
+        .map(|s| s.imm)
+        .collect();
+    assert_eq!(lookaside.len(), 1);
+    let mut t = Faulty::new(sim);
+    let opts = SplitOptions {
+        patch_lookaside: true,
+        samples: 2,
+        ..SplitOptions::default()
+    };
+    let report = Split::new(&mut t, PoolTag::new(*b"Ddk "), opts)
+        .run()
+        .unwrap();
+    assert_eq!(report.sites.len(), 71);
+    assert!(t.writes.iter().any(|(a, _)| *a == lookaside[0]));
+    assert!(report.restore.complete());
 }

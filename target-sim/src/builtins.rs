@@ -10,7 +10,7 @@ use crate::types::PoolTag;
 pub const SHARED_TAG: PoolTag = PoolTag::new(*b"Ddk ");
 
 /// `many-sites`: four vendor drivers with 70 allocation sites that all use `Ddk `, two of
-/// which leak (site 23 in `vstor.sys` and site 61 in `vusb.sys`, counting from 0 over all
+/// which leak (site 23 in `vstor.sys` and site 61 in `vfs.sys`, counting from 0 over all
 /// allocation sites), plus free sites, a lookaside-list init site, and every decoy kind
 /// (the tag as text in `.rdata`, `cmp ecx`/`cmp eax` against it, and a global holding it).
 /// `Ddk1` is already in use (background), so a tag chooser must skip it.

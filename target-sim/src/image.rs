@@ -371,7 +371,7 @@ impl ImageBuilder {
         let call = self.call_import(Import::ExAllocatePoolWithTag)?;
         self.epilogue(0x28);
         Ok(SiteLocs {
-            instr: at_instr(instr),
+            instr,
             imm,
             call: Some(call),
         })
@@ -457,7 +457,7 @@ impl ImageBuilder {
         let imm = self.code(&tag.bytes());
         self.code(&[0x0f, 0x94, 0xc0, 0xc3]);
         SiteLocs {
-            instr: at_instr(instr),
+            instr,
             imm,
             call: None,
         }
@@ -732,11 +732,6 @@ impl ImageBuilder {
         v.resize(0x400, 0);
         v
     }
-}
-
-/// The instruction start of a two-byte-opcode site (the `Loc` returned by `code`).
-fn at_instr(l: Loc) -> Loc {
-    l
 }
 
 struct HeaderInfo {

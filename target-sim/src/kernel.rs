@@ -130,29 +130,22 @@ pub fn build_nt(mem: &mut Memory, pool: &PoolLayout) -> Result<NtKernel, SimErro
     mem.write_u64(VirtAddr(k + kdbg::HEADER_LIST + list_entry::BLINK), head)?;
     mem.write(VirtAddr(k + kdbg::OWNER_TAG_OFFSET), &kdbg::OWNER_TAG)?;
     mem.write_u32(VirtAddr(k + kdbg::SIZE_OFFSET), kdbg::SIZE as u32)?;
-    mem.write_u64(VirtAddr(k + kdbg::KERN_BASE), NT_BASE.0)?;
-    mem.write_u64(
-        VirtAddr(k + kdbg::PS_LOADED_MODULE_LIST),
-        nt.ps_loaded_module_list.0,
-    )?;
-    mem.write_u64(VirtAddr(k + kdbg::MM_PAGE_SIZE), nt.mm_page_size.0)?;
-    mem.write_u64(
-        VirtAddr(k + kdbg::POOL_TRACK_TABLE),
-        nt.pool_track_table_var.0,
-    )?;
-    mem.write_u64(
-        VirtAddr(k + kdbg::POOL_TRACK_TABLE_SIZE),
-        nt.pool_track_table_size_var.0,
-    )?;
-    mem.write_u64(VirtAddr(k + kdbg::POOL_HIT_TAG), nt.pool_hit_tag.0)?;
-    mem.write_u64(
-        VirtAddr(k + kdbg::POOL_BIG_PAGE_TABLE),
-        nt.pool_big_page_table_var.0,
-    )?;
-    mem.write_u64(
-        VirtAddr(k + kdbg::POOL_BIG_PAGE_TABLE_SIZE),
-        nt.pool_big_page_table_size_var.0,
-    )?;
+    let fields = [
+        (kdbg::KERN_BASE, NT_BASE.0),
+        (kdbg::PS_LOADED_MODULE_LIST, nt.ps_loaded_module_list.0),
+        (kdbg::MM_PAGE_SIZE, nt.mm_page_size.0),
+        (kdbg::POOL_TRACK_TABLE, nt.pool_track_table_var.0),
+        (kdbg::POOL_TRACK_TABLE_SIZE, nt.pool_track_table_size_var.0),
+        (kdbg::POOL_HIT_TAG, nt.pool_hit_tag.0),
+        (kdbg::POOL_BIG_PAGE_TABLE, nt.pool_big_page_table_var.0),
+        (
+            kdbg::POOL_BIG_PAGE_TABLE_SIZE,
+            nt.pool_big_page_table_size_var.0,
+        ),
+    ];
+    for (offset, value) in fields {
+        mem.write_u64(VirtAddr(k + offset), value)?;
+    }
     Ok(nt)
 }
 

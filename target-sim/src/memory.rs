@@ -163,11 +163,7 @@ impl Memory {
 
     /// The region containing `addr`, if mapped.
     pub fn region_of(&self, addr: VirtAddr) -> Option<Region> {
-        self.regions
-            .range(..=addr.0)
-            .next_back()
-            .map(|(_, r)| *r)
-            .filter(|r| r.contains(addr.0))
+        find_region(&self.regions, addr.0)
     }
 
     /// How many pages hold host memory (were written at least once).
@@ -178,84 +174,56 @@ impl Memory {
     /// Reads `buf.len()` bytes at `addr`. Needs readable pages; never-written pages read
     /// as zeros. On failure the leading `done` bytes of `buf` are filled.
     pub fn read(&self, addr: VirtAddr, buf: &mut [u8]) -> Result<(), MemError> {
-        let mut done = 0usize;
-        while done < buf.len() {
-            let cur = addr.0.wrapping_add(done as u64);
-            let fail = |kind| MemError {
-                addr: VirtAddr(cur),
-                done,
-                kind,
-            };
-            if done > 0 && cur < addr.0 {
-                return Err(fail(MemErrorKind::Unmapped));
-            }
-            let region = self
-                .region_of(VirtAddr(cur))
-                .ok_or(fail(MemErrorKind::Unmapped))?;
-            if !region.prot.readable() {
-                return Err(fail(MemErrorKind::Protection));
-            }
-            let page = cur & !PAGE_MASK;
-            let off = (cur - page) as usize;
-            let n = (PAGE - off).min(buf.len() - done);
-            let dst = buf
-                .get_mut(done..done + n)
-                .ok_or(fail(MemErrorKind::BadRange))?;
-            match self.pages.get(&page).and_then(|p| p.get(off..off + n)) {
-                Some(src) => dst.copy_from_slice(src),
-                None => dst.fill(0),
-            }
-            done += n;
-        }
-        Ok(())
+        let pages = &self.pages;
+        walk(
+            &self.regions,
+            addr,
+            buf.len(),
+            Prot::readable,
+            |page, off, done, n| {
+                let dst = buf.get_mut(done..done + n).ok_or(MemErrorKind::BadRange)?;
+                match pages.get(&page).and_then(|p| p.get(off..off + n)) {
+                    Some(src) => dst.copy_from_slice(src),
+                    None => dst.fill(0),
+                }
+                Ok(())
+            },
+        )
     }
 
     /// A debugger write: needs mapped pages but ignores the write bit (a kernel debugger
     /// can patch code). On failure the leading `done` bytes were written.
     pub fn write(&mut self, addr: VirtAddr, data: &[u8]) -> Result<(), MemError> {
-        self.write_inner(addr, data, false)
+        self.write_inner(addr, data, |_| true)
     }
 
     /// A write by the simulated CPU: fails on pages without the write bit.
     pub fn write_checked(&mut self, addr: VirtAddr, data: &[u8]) -> Result<(), MemError> {
-        self.write_inner(addr, data, true)
+        self.write_inner(addr, data, Prot::writable)
     }
 
-    fn write_inner(&mut self, addr: VirtAddr, data: &[u8], check: bool) -> Result<(), MemError> {
-        let mut done = 0usize;
-        while done < data.len() {
-            let cur = addr.0.wrapping_add(done as u64);
-            let fail = |kind| MemError {
-                addr: VirtAddr(cur),
-                done,
-                kind,
-            };
-            if done > 0 && cur < addr.0 {
-                return Err(fail(MemErrorKind::Unmapped));
-            }
-            let region = self
-                .region_of(VirtAddr(cur))
-                .ok_or(fail(MemErrorKind::Unmapped))?;
-            if check && !region.prot.writable() {
-                return Err(fail(MemErrorKind::Protection));
-            }
-            let page = cur & !PAGE_MASK;
-            let off = (cur - page) as usize;
-            let n = (PAGE - off).min(data.len() - done);
-            let src = data
-                .get(done..done + n)
-                .ok_or(fail(MemErrorKind::BadRange))?;
-            let p = self
-                .pages
-                .entry(page)
-                .or_insert_with(|| vec![0u8; PAGE].into_boxed_slice());
-            let dst = p
-                .get_mut(off..off + n)
-                .ok_or(fail(MemErrorKind::BadRange))?;
-            dst.copy_from_slice(src);
-            done += n;
-        }
-        Ok(())
+    fn write_inner(
+        &mut self,
+        addr: VirtAddr,
+        data: &[u8],
+        allowed: fn(Prot) -> bool,
+    ) -> Result<(), MemError> {
+        let pages = &mut self.pages;
+        walk(
+            &self.regions,
+            addr,
+            data.len(),
+            allowed,
+            |page, off, done, n| {
+                let src = data.get(done..done + n).ok_or(MemErrorKind::BadRange)?;
+                let p = pages
+                    .entry(page)
+                    .or_insert_with(|| vec![0u8; PAGE].into_boxed_slice());
+                let dst = p.get_mut(off..off + n).ok_or(MemErrorKind::BadRange)?;
+                dst.copy_from_slice(src);
+                Ok(())
+            },
+        )
     }
 
     /// Reads a little-endian `u32`.
@@ -375,6 +343,49 @@ impl Memory {
         }
         h
     }
+}
+
+/// The region of `regions` containing `addr`.
+fn find_region(regions: &BTreeMap<u64, Region>, addr: u64) -> Option<Region> {
+    regions
+        .range(..=addr)
+        .next_back()
+        .map(|(_, r)| *r)
+        .filter(|r| r.contains(addr))
+}
+
+/// Walks `len` bytes from `addr` page by page, calling `f(page, offset in page, bytes
+/// done, chunk length)` for each chunk in a mapped region whose protection passes
+/// `allowed`; stops at the first address that is unmapped or not allowed.
+fn walk(
+    regions: &BTreeMap<u64, Region>,
+    addr: VirtAddr,
+    len: usize,
+    allowed: fn(Prot) -> bool,
+    mut f: impl FnMut(u64, usize, usize, usize) -> Result<(), MemErrorKind>,
+) -> Result<(), MemError> {
+    let mut done = 0usize;
+    while done < len {
+        let cur = addr.0.wrapping_add(done as u64);
+        let fail = |kind| MemError {
+            addr: VirtAddr(cur),
+            done,
+            kind,
+        };
+        if done > 0 && cur < addr.0 {
+            return Err(fail(MemErrorKind::Unmapped));
+        }
+        let region = find_region(regions, cur).ok_or(fail(MemErrorKind::Unmapped))?;
+        if !allowed(region.prot) {
+            return Err(fail(MemErrorKind::Protection));
+        }
+        let page = cur & !PAGE_MASK;
+        let off = (cur - page) as usize;
+        let n = (PAGE - off).min(len - done);
+        f(page, off, done, n).map_err(fail)?;
+        done += n;
+    }
+    Ok(())
 }
 
 /// State of one search: the bytes just before the current position that a match may
@@ -572,5 +583,97 @@ mod tests {
         m.write(VirtAddr(BASE + PAGE_SIZE - 1), b"MZ").unwrap();
         let h = m.search(VirtAddr(BASE), VirtAddr(BASE + 2 * PAGE_SIZE), b"MZ", 4);
         assert_eq!(h, vec![VirtAddr(BASE + PAGE_SIZE - 1)]);
+    }
+}
+
+#[cfg(test)]
+mod model {
+    //! Memory against a byte-per-address model: reads, writes and searches agree.
+
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const BASE: u64 = 0xffff_f880_0000_0000;
+    /// Mapped pages of the model window: 0, 1, 2 and 4 (page 3 is a hole).
+    const MAPPED: [u64; 4] = [0, 1, 2, 4];
+
+    fn mapped(addr: u64) -> bool {
+        addr >= BASE && MAPPED.contains(&((addr - BASE) / PAGE_SIZE))
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Write(u64, Vec<u8>),
+        Read(u64, usize),
+        Search(u64, u64, Vec<u8>),
+    }
+
+    fn addr() -> impl Strategy<Value = u64> {
+        (0u64..5 * PAGE_SIZE).prop_map(|o| BASE + o)
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (addr(), proptest::collection::vec(0u8..4, 1..40)).prop_map(|(a, d)| Op::Write(a, d)),
+            (addr(), 0usize..300).prop_map(|(a, n)| Op::Read(a, n)),
+            (addr(), 0u64..6000, proptest::collection::vec(0u8..4, 1..4))
+                .prop_map(|(a, n, p)| Op::Search(a, n, p)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        #[test]
+        fn memory_agrees_with_a_byte_model(ops in proptest::collection::vec(op(), 1..60)) {
+            let mut m = Memory::new();
+            m.map(VirtAddr(BASE), 3 * PAGE_SIZE, Prot::RW).unwrap();
+            m.map(VirtAddr(BASE + 4 * PAGE_SIZE), PAGE_SIZE, Prot::RX).unwrap();
+            let mut model: BTreeMap<u64, u8> = BTreeMap::new();
+            let byte = |model: &BTreeMap<u64, u8>, a: u64| model.get(&a).copied().unwrap_or(0);
+            for op in ops {
+                match op {
+                    Op::Write(a, d) => {
+                        let ok = (0..d.len() as u64).take_while(|i| mapped(a + i)).count();
+                        let r = m.write(VirtAddr(a), &d);
+                        for (i, b) in d.iter().enumerate().take(ok) {
+                            model.insert(a + i as u64, *b);
+                        }
+                        if ok == d.len() {
+                            prop_assert!(r.is_ok());
+                        } else {
+                            let e = r.unwrap_err();
+                            prop_assert_eq!((e.addr.0, e.done), (a + ok as u64, ok));
+                        }
+                    }
+                    Op::Read(a, n) => {
+                        let mut buf = vec![0xeeu8; n];
+                        let ok = (0..n as u64).take_while(|i| mapped(a + i)).count();
+                        let r = m.read(VirtAddr(a), &mut buf);
+                        for (i, b) in buf.iter().enumerate().take(ok) {
+                            prop_assert_eq!(*b, byte(&model, a + i as u64));
+                        }
+                        prop_assert_eq!(r.is_ok(), ok == n);
+                        if let Err(e) = r {
+                            prop_assert_eq!((e.addr.0, e.done), (a + ok as u64, ok));
+                        }
+                    }
+                    Op::Search(a, n, p) => {
+                        let end = a + n;
+                        let expect: Vec<VirtAddr> = (a..end)
+                            .filter(|s| s + p.len() as u64 <= end)
+                            .filter(|s| (0..p.len() as u64).all(|i| mapped(s + i)))
+                            .filter(|s| p.iter().enumerate().all(|(i, b)| byte(&model, s + i as u64) == *b))
+                            .map(VirtAddr)
+                            .take(50)
+                            .collect();
+                        prop_assert_eq!(m.search(VirtAddr(a), VirtAddr(end), &p, 50), expect);
+                    }
+                }
+            }
+        }
     }
 }

@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::layout::{PAGE_SIZE, big_page, pool_header, tracker};
 use crate::memory::{MemError, Memory, Prot};
-use crate::types::{PROTECTED_POOL, PoolTag, VirtAddr};
+use crate::types::{PoolTag, VirtAddr};
 
 /// Pool errors (what would be a `BAD_POOL_CALLER` bug check on Windows).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -609,9 +609,4 @@ fn put(buf: &mut [u8], off: u64, bytes: &[u8]) {
     if let Some(d) = buf.get_mut(off as usize..off as usize + bytes.len()) {
         d.copy_from_slice(bytes);
     }
-}
-
-/// Masks the protected bit of a raw tag value.
-pub const fn tracker_key(raw: u32) -> u32 {
-    raw & !PROTECTED_POOL
 }

@@ -50,6 +50,11 @@ pub const MAX_COUNT: u32 = 10_000;
 pub const MAX_SIZE: u64 = 1 << 30;
 /// Most boot ticks.
 pub const MAX_BOOT_TICKS: u64 = 1_000_000;
+/// Most host bytes of small pool blocks that boot may touch (background plus sites).
+pub const MAX_BOOT_SMALL_BYTES: u64 = 256 << 20;
+/// Most allocations the sites may make during boot (bounds the work and memory of
+/// [`Machine::boot`](crate::machine::Machine::boot)).
+pub const MAX_BOOT_ALLOCS: u64 = 2_000_000;
 
 /// What kind of code a site is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -333,8 +338,7 @@ impl Scenario {
         if text.len() > 1 << 20 {
             return Err(SimError::Scenario("scenario text too long".into()));
         }
-        let s: Scenario =
-            toml::from_str(text).map_err(|e| SimError::Scenario(e.message().to_owned()))?;
+        let s: Scenario = toml::from_str(text).map_err(|e| SimError::Scenario(e.to_string()))?;
         s.validate()?;
         Ok(s)
     }
@@ -375,7 +379,7 @@ impl Scenario {
             if b.size > MAX_SIZE {
                 return bad(format!("background {} size too large", b.tag));
             }
-            if !b.tag.is_valid_for_alloc() {
+            if !printable(b.tag) || !b.tag.is_valid_for_alloc() {
                 return bad(format!(
                     "background tag {:?} is not a valid pool tag",
                     b.tag.to_string()
@@ -385,6 +389,30 @@ impl Scenario {
         if total > MAX_BACKGROUND_ALLOCS {
             return bad(format!(
                 "more than {MAX_BACKGROUND_ALLOCS} background allocations"
+            ));
+        }
+        let small = |size: u64| if size >= 4064 { 0 } else { size + 0x1f };
+        let mut small_bytes = self.background.iter().fold(0u64, |t, b| {
+            t.saturating_add(b.count.saturating_mul(small(b.size)))
+        });
+        let mut boot_allocs = 0u64;
+        for m in &self.modules {
+            for site in m.sites.iter().filter(|x| x.allocates()) {
+                let firings = self.boot_ticks / site.every.max(1) + 1;
+                let n = firings.saturating_mul(u64::from(site.count));
+                boot_allocs = boot_allocs.saturating_add(n);
+                let per = small(site.size_max.unwrap_or(site.size).max(site.size));
+                small_bytes = small_bytes.saturating_add(n.saturating_mul(per));
+            }
+        }
+        if small_bytes > MAX_BOOT_SMALL_BYTES {
+            return bad(format!(
+                "boot would touch more than {MAX_BOOT_SMALL_BYTES} bytes of small pool blocks"
+            ));
+        }
+        if boot_allocs > MAX_BOOT_ALLOCS {
+            return bad(format!(
+                "the sites would make more than {MAX_BOOT_ALLOCS} allocations during boot"
             ));
         }
         for m in &self.modules {
@@ -415,6 +443,13 @@ impl Scenario {
                 return bad(format!("{}: size too large", m.name));
             }
             for s in &m.sites {
+                if !printable(s.tag) {
+                    return bad(format!(
+                        "{}: tag {:?} must be printable ASCII",
+                        m.name,
+                        s.tag.to_string()
+                    ));
+                }
                 if s.every == 0 || s.phase >= s.every {
                     return bad(format!(
                         "{}: site {}: need every >= 1 and phase < every",
@@ -452,6 +487,11 @@ impl Scenario {
         }
         Ok(())
     }
+}
+
+/// Whether every byte of the tag is printable ASCII (0x20-0x7e), as Windows requires.
+fn printable(t: PoolTag) -> bool {
+    t.bytes().iter().all(|b| (0x20..0x7f).contains(b))
 }
 
 /// The TOML of the built-in `part4` scenario.

@@ -338,3 +338,23 @@ fn many_sites_has_every_site_kind_in_place() {
     }
     assert_eq!(in_data, 1, "the lookaside list header holds the tag");
 }
+
+#[test]
+fn many_sites_leakers_are_where_the_docs_say() {
+    let m = Machine::boot(&Scenario::builtin("many-sites").unwrap()).unwrap();
+    let allocs: Vec<_> = m
+        .sites()
+        .into_iter()
+        .filter(|s| s.kind == SiteKind::Alloc)
+        .collect();
+    let leaking: Vec<(usize, String)> = allocs
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.leaks)
+        .map(|(i, s)| (i, s.module.clone()))
+        .collect();
+    assert_eq!(
+        leaking,
+        vec![(23, "vstor.sys".to_string()), (61, "vfs.sys".to_string())]
+    );
+}

@@ -319,3 +319,13 @@ fn many_sites_ground_truth_matches_a_manual_split() {
     assert_eq!(leaking.len(), 2);
     assert_ne!(leaking[0].module, leaking[1].module);
 }
+
+#[test]
+fn machine_can_move_between_threads() {
+    fn assert_send_sync<T: Send + Sync + Clone>() {}
+    assert_send_sync::<Machine>();
+    let (_, m) = part4();
+    let digest = m.digest();
+    let moved = std::thread::spawn(move || m.digest()).join().unwrap();
+    assert_eq!(moved, digest);
+}

@@ -3,7 +3,7 @@
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::PathBuf;
 
-use tagsplit::console::{Console, PROMPT};
+use tagsplit::console::{Console, PROMPT, split_commands};
 
 /// Arguments of `console`.
 #[derive(Debug, clap::Args)]
@@ -25,14 +25,17 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
     let mut console = Console::with_pooltag(super::load_pooltag(a.pooltag.as_deref())?);
     let mut out = std::io::stdout().lock();
     if let Some(cmds) = a.commands {
-        for cmd in cmds.split(';').map(str::trim).filter(|c| !c.is_empty()) {
+        for cmd in split_commands(&cmds)
+            .into_iter()
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+        {
             write!(
                 out,
                 "{PROMPT}{cmd}\n{}",
                 console.execute(target.as_mut(), cmd)
             )?;
         }
-        // `!for_each_module "a; b"` keeps its quoted `;` only in interactive mode.
         return Ok(());
     }
     let interactive = std::io::stdin().is_terminal();

@@ -355,6 +355,7 @@ impl Console {
         count: u64,
         out: &mut String,
     ) -> Result<VirtAddr, CmdError> {
+        let modules = t.modules().unwrap_or_default();
         let mut at = start;
         for _ in 0..count {
             let mut buf = [0u8; 16];
@@ -367,7 +368,11 @@ impl Console {
             let bytes = buf.get(..got).unwrap_or_default();
             let ins = disasm::decode_one(bytes, at);
             let len = ins.len().max(1);
-            out.push_str(&disasm::u_line(&ins, bytes.get(..len).unwrap_or(bytes)));
+            out.push_str(&disasm::u_line(
+                &ins,
+                bytes.get(..len).unwrap_or(bytes),
+                &modules,
+            ));
             out.push('\n');
             at = at.saturating_add(len as u64);
         }

@@ -126,8 +126,8 @@ pub(crate) fn split_args(s: &str) -> Result<Vec<Arg>, CmdError> {
     Ok(out)
 }
 
-/// Splits a line into commands at `;` outside double quotes.
-fn split_commands(line: &str) -> Vec<&str> {
+/// Splits a line into commands at `;` outside double quotes (as WinDbg does).
+pub fn split_commands(line: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let mut in_quote = false;
     let mut start = 0;
@@ -310,8 +310,8 @@ impl Console {
             let cmd = inner
                 .replace("@#ModuleIndex", &format!("{i:x}"))
                 .replace("@#ModuleName", m.module_name())
-                .replace("@#ImageName", &m.name)
                 .replace("@#LoadedImageName", &m.path)
+                .replace("@#ImageName", &m.name)
                 .replace("@#Base", &m.base.to_string())
                 .replace("@#End", &m.end().to_string())
                 .replace("@#Size", &format!("0x{:x}", m.size));

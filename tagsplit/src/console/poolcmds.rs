@@ -142,18 +142,9 @@ impl Console {
             }
         }
         // TOTAL covers every tag in the table, not just the rows shown.
-        let mut total = TagUsage::default();
-        let (mut np_out, mut p_out) = (0u64, 0u64);
-        for u in snap.tags.values() {
-            np_out = np_out.saturating_add(u.np_outstanding());
-            p_out = p_out.saturating_add(u.paged_outstanding());
-            total.np_allocs = total.np_allocs.wrapping_add(u.np_allocs);
-            total.np_frees = total.np_frees.wrapping_add(u.np_frees);
-            total.np_bytes = total.np_bytes.saturating_add(u.np_bytes);
-            total.paged_allocs = total.paged_allocs.wrapping_add(u.paged_allocs);
-            total.paged_frees = total.paged_frees.wrapping_add(u.paged_frees);
-            total.paged_bytes = total.paged_bytes.saturating_add(u.paged_bytes);
-        }
+        let total = snap.total();
+        let np_out: u64 = snap.tags.values().map(TagUsage::np_outstanding).sum();
+        let p_out: u64 = snap.tags.values().map(TagUsage::paged_outstanding).sum();
         out.push('\n');
         if verbose {
             let _ = writeln!(

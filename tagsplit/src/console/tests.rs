@@ -183,3 +183,19 @@ proptest::proptest! {
         let _ = c.execute(&mut t, &format!("{word} {args}"));
     }
 }
+
+#[test]
+fn for_each_module_aliases_and_quoted_commands() {
+    let mut t = fake_kernel();
+    let mut c = Console::new();
+    let out = run(&mut t, &mut c, r#"!for_each_module "? @#Base; ? @#Size""#);
+    assert_eq!(out.lines().count(), 4, "{out}");
+    assert!(out.contains("= fffff880`0496d000"));
+    assert!(out.contains("Evaluate expression: 28672 = 00000000`00007000"));
+    let names = run(&mut t, &mut c, "!for_each_module lm m @#ModuleName");
+    assert_eq!(names.matches("(deferred)").count(), 2);
+    assert_eq!(
+        split_commands(r#"a; b "c; d"; e"#),
+        vec!["a", r#" b "c; d""#, " e"]
+    );
+}

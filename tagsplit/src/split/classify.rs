@@ -68,6 +68,8 @@ pub struct Hit {
     pub module_base: VirtAddr,
     /// `address - module_base`.
     pub offset: u64,
+    /// `myfault.sys+0x1621`.
+    pub location: String,
     /// Section name, when the PE headers could be read.
     pub section: Option<String>,
     /// The four bytes as found (the 4th may carry `PROTECTED_POOL`).
@@ -90,8 +92,8 @@ pub struct Hit {
 
 impl Hit {
     /// `myfault.sys+0x1621`.
-    pub fn location(&self) -> String {
-        format!("{}+0x{:x}", self.module, self.offset)
+    pub fn location(&self) -> &str {
+        &self.location
     }
 
     /// The instruction text with the tag immediate replaced by `tag`.
@@ -272,11 +274,13 @@ pub fn classify_module<T: DebugTarget + ?Sized>(
     let mut out = Vec::new();
     for &(addr, tag) in hits {
         let section = sections.iter().find(|s| s.contains(addr));
+        let offset = addr.get().saturating_sub(module.base.get());
         let mut hit = Hit {
             address: addr,
             module: module.name.clone(),
             module_base: module.base,
-            offset: addr.get() - module.base.get(),
+            offset,
+            location: format!("{}+0x{offset:x}", module.name),
             section: section.map(|s| s.name.clone()),
             tag,
             kind: HitKind::Data,

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
+use tagsplit_target_sim::types::PROTECTED_POOL;
 
 use self::classify::{Hit, HitKind};
 use self::journal::{Journal, JournalError, PatchRecord, RestoreState};
@@ -213,16 +214,18 @@ impl Report {
     pub fn to_text(&self) -> String {
         use std::fmt::Write as _;
         let mut o = String::new();
-        let _ = writeln!(
+        let _ = write!(
             o,
-            "tag split of '{}' on {}: {} hits, {} sites patched, ran {} in {} samples",
+            "tag split of '{}' on {}: {} hits, {} sites patched",
             self.tag,
             self.target,
             self.hits.len(),
-            self.sites.len(),
-            self.run,
-            self.samples
+            self.sites.len()
         );
+        if self.samples > 0 {
+            let _ = write!(o, ", ran {} in {} samples", self.run, self.samples);
+        }
+        o.push('\n');
         let mut sites: Vec<&SiteResult> = self.sites.iter().collect();
         sites.sort_by_key(|s| {
             (
@@ -248,7 +251,9 @@ impl Report {
                 growth.join(" ")
             );
         }
-        if self.leaks().next().is_none() {
+        if self.sites.is_empty() {
+            let _ = writeln!(o, "no allocation site to patch: nothing was split");
+        } else if self.leaks().next().is_none() {
             let _ = writeln!(
                 o,
                 "no split tag grew: no leak seen at the patched sites in this run"
@@ -387,18 +392,37 @@ impl<'a> Split<'a> {
                     || self.options.patch_lookaside && h.kind == HitKind::LookasideInit
             })
             .collect();
+        if patchable.is_empty() {
+            // Nothing to split: report the hits without patching or running.
+            return Ok(Report {
+                target: self.target.describe(),
+                tag: self.tag,
+                hits,
+                sites: Vec::new(),
+                run: "not run (no allocation site to patch)".into(),
+                samples: 0,
+                restore: RestoreSummary::default(),
+            });
+        }
         let before = pool::snapshot(&mut *self.target)?;
         let db = &self.options.pooltag;
-        let new_tags = tags::choose(self.tag, patchable.len(), |t| {
+        let chosen = tags::choose(self.tag.unprotected(), patchable.len(), |t| {
             before.contains(t) || db.covers(t)
         })
         .ok_or(SplitError::NoFreeTags(patchable.len(), self.tag))?;
+        // Each site keeps its own PROTECTED_POOL bit.
+        let new_tags: Vec<PoolTag> = chosen
+            .iter()
+            .zip(&patchable)
+            .map(|(t, h)| PoolTag::from_u32(t.to_u32() | (h.tag.to_u32() & PROTECTED_POOL)))
+            .collect();
         let records: Vec<PatchRecord> = patchable
             .iter()
             .zip(&new_tags)
             .map(|(h, t)| PatchRecord {
                 module: h.module.clone(),
                 base: h.module_base,
+                timestamp: crate::pe::timestamp(&mut *self.target, h.module_base).ok(),
                 offset: h.offset,
                 address: h.address,
                 original: h.tag.bytes().to_vec(),
@@ -435,10 +459,8 @@ impl<'a> Split<'a> {
         );
         let mut restore = guard.restore();
         drop(guard);
-        if restore.complete() {
-            if let Some(path) = &journal_path {
-                restore.journal_removed = std::fs::remove_file(path).is_ok();
-            }
+        if let Some(path) = journal_path.as_ref().filter(|_| restore.complete()) {
+            restore.journal_removed = std::fs::remove_file(path).is_ok();
         }
         let series = match measured {
             Ok(_) if !restore.complete() => return Err(SplitError::RestoreIncomplete(restore)),

@@ -34,7 +34,7 @@ use tagsplit_target_sim::server::gdb::{
     GdbStub, GdbStubHandle, GdbStubOptions, MonitorHandler, StubFeatures,
 };
 
-use super::sim::MachineTarget;
+use super::sim::MachineRef;
 use super::{
     BoxedTarget, DebugTarget, KernelInfo, ModuleInfo, OpenError, RunFor, StopReason, TargetError,
     WireStats, read_u32, read_u64, search_by_reading, walk_module_list,
@@ -657,11 +657,10 @@ impl Drop for GdbTarget {
 /// A `monitor` handler for the simulator's GDB stub: runs each line on a WinDbg-style
 /// [`Console`](crate::console::Console) over the stub's machine (`monitor !poolused 2`,
 /// `monitor dc ADDR l1`, `monitor lm`).
-pub fn console_monitor(spec: &str, default_ticks: u64) -> MonitorHandler {
-    let spec = spec.to_owned();
+pub fn console_monitor(default_ticks: u64) -> MonitorHandler {
     let mut console = crate::console::Console::new();
     Box::new(move |machine: &mut Machine, line: &str| {
-        let mut target = MachineTarget::new(machine, &spec, default_ticks);
+        let mut target = MachineRef::new(machine, default_ticks);
         console.execute(&mut target, line)
     })
 }
@@ -676,11 +675,10 @@ pub fn serve_scenario(
 ) -> Result<GdbStubHandle, TargetError> {
     let machine = Machine::boot(scenario)
         .map_err(|e| TargetError::BadKernelData(format!("simulator failed to boot: {e}")))?;
-    let spec = format!("sim:{}", scenario.name());
     let options = GdbStubOptions {
         features,
         stop_after_ticks,
-        monitor: Some(console_monitor(&spec, scenario.default_run_ticks())),
+        monitor: Some(console_monitor(scenario.default_run_ticks())),
         default_run_ticks: Some(scenario.default_run_ticks()),
         ..GdbStubOptions::default()
     };

@@ -425,3 +425,47 @@ pub fn open(spec: &str) -> Result<BoxedTarget, OpenError> {
     }
     Err(OpenError::UnknownScheme(spec.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::*;
+
+    #[test]
+    fn module_walk_detects_loops_and_bad_pointers() {
+        let mut t = fake_kernel();
+        assert_eq!(
+            walk_module_list(&mut t, VirtAddr(LIST_HEAD)).unwrap().len(),
+            2
+        );
+        // Point the second entry's Flink back at the first: a loop.
+        let first = read_u64(&mut t, VirtAddr(LIST_HEAD)).unwrap();
+        let second = read_u64(&mut t, VirtAddr(first)).unwrap();
+        t.write_memory(VirtAddr(second), &first.to_le_bytes())
+            .unwrap();
+        let err = walk_module_list(&mut t, VirtAddr(LIST_HEAD)).unwrap_err();
+        assert!(err.to_string().contains("loops"), "{err}");
+        // A dangling Flink is a read error, not a panic.
+        t.write_memory(VirtAddr(second), &0x10u64.to_le_bytes())
+            .unwrap();
+        assert!(matches!(
+            walk_module_list(&mut t, VirtAddr(LIST_HEAD)),
+            Err(TargetError::Unreadable(_))
+        ));
+    }
+
+    #[test]
+    fn long_names_are_capped() {
+        let mut t = fake_kernel();
+        let first = read_u64(&mut t, VirtAddr(LIST_HEAD)).unwrap();
+        let len_at = first + ldr_entry::BASE_DLL_NAME;
+        t.write_memory(VirtAddr(len_at), &u16::MAX.to_le_bytes())
+            .unwrap();
+        // 64 KiB claimed; at most MAX_NAME_BYTES are read (and here they run off the data).
+        let r = read_unicode_string(&mut t, VirtAddr(len_at));
+        assert!(
+            r.map(|s| s.len() <= usize::from(MAX_NAME_BYTES))
+                .unwrap_or(true)
+        );
+    }
+}
