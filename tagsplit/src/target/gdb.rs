@@ -75,6 +75,8 @@ pub struct StubCaps {
     pub search: bool,
     /// `X` (assumed until the stub answers it empty).
     pub binary_write: bool,
+    /// `x` binary reads (`binary-upload+`): about twice the data per round trip of `m`.
+    pub binary_read: bool,
     /// `QTagsplit.RunLimit`.
     pub run_limit: bool,
     /// `QTagsplit.DefaultRun`.
@@ -187,6 +189,7 @@ impl GdbTarget {
             libraries: has("qXfer:libraries:read"),
             search: true,
             binary_write: true,
+            binary_read: has("binary-upload"),
             run_limit: has(RUN_LIMIT_FEATURE),
             default_run: value(DEFAULT_RUN_FEATURE),
         };
@@ -498,25 +501,45 @@ impl DebugTarget for GdbTarget {
     }
 
     fn read_memory(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
-        let chunk = self.read_chunk();
         let mut done = 0usize;
         while done < buf.len() {
+            let binary = self.caps.binary_read;
+            let chunk = if binary {
+                self.caps
+                    .packet_size
+                    .saturating_sub(PACKET_OVERHEAD)
+                    .max(16)
+            } else {
+                self.read_chunk()
+            };
             let want = (buf.len() - done).min(chunk);
-            let at = addr.saturating_add(done as u64);
-            let data = match self.request(&Command::ReadMemory {
-                addr: at.get(),
-                len: want as u64,
-            })? {
-                Reply::Hex(d) => d,
+            let at = addr.saturating_add(done as u64).get();
+            let cmd = if binary {
+                Command::ReadMemoryBinary {
+                    addr: at,
+                    len: want as u64,
+                }
+            } else {
+                Command::ReadMemory {
+                    addr: at,
+                    len: want as u64,
+                }
+            };
+            let data = match self.request(&cmd)? {
+                Reply::Hex(d) | Reply::Binary(d) => d,
+                Reply::Empty if binary => {
+                    self.caps.binary_read = false;
+                    continue;
+                }
                 Reply::Error(_) | Reply::ErrorText(_) | Reply::Empty => break,
-                other => return Err(protocol(format!("unexpected 'm' reply {other:?}"))),
+                other => return Err(protocol(format!("unexpected memory read reply {other:?}"))),
             };
             let n = data.len().min(want);
             if let (Some(dst), Some(src)) = (buf.get_mut(done..done + n), data.get(..n)) {
                 dst.copy_from_slice(src);
             }
             done += n;
-            if n < want {
+            if n == 0 || (n < want && !binary) {
                 break;
             }
         }
