@@ -70,6 +70,26 @@ fn u32_at(b: &[u8], off: usize) -> Option<u32> {
     ))
 }
 
+/// Reads the `TimeDateStamp` of the image at `base` (from its PE file header); a reloaded
+/// or different build of a module usually has another one.
+pub fn timestamp<T: DebugTarget + ?Sized>(target: &mut T, base: VirtAddr) -> Result<u32, PeError> {
+    let mut hdr = [0u8; 0x40];
+    read_exact(target, base, &mut hdr)?;
+    if hdr.get(..2) != Some(b"MZ".as_slice()) {
+        return Err(PeError::NotPe(base, "no MZ signature"));
+    }
+    let lfanew = u64::from(u32_at(&hdr, 0x3c).unwrap_or(0));
+    let mut file = [0u8; 12];
+    let at = base
+        .checked_add(lfanew)
+        .ok_or(PeError::NotPe(base, "bad e_lfanew"))?;
+    read_exact(target, at, &mut file)?;
+    if file.get(..4) != Some(b"PE\0\0".as_slice()) {
+        return Err(PeError::NotPe(base, "no PE signature"));
+    }
+    u32_at(&file, 8).ok_or(PeError::NotPe(base, "truncated file header"))
+}
+
 /// Parses the section table of the image at `base` from target memory.
 pub fn sections<T: DebugTarget + ?Sized>(
     target: &mut T,

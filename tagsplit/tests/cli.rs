@@ -134,7 +134,9 @@ fn scenarios_and_bad_targets() {
     let o = tagsplit(&["run", "--target", "sim:nope", "--tag", "Leak"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("no built-in scenario"));
-    // Every scheme is built now: an unreachable target fails with an opening error.
+    let o = tagsplit(&["run", "--target", "gdb://127.0.0.1:1", "--tag", "Leak"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("opening target gdb://127.0.0.1:1"));
     let o = tagsplit(&["run", "--target", "kdcom:127.0.0.1:1", "--tag", "Leak"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("opening target kdcom:127.0.0.1:1"));

@@ -45,7 +45,8 @@ fn open_parses_specs() {
     assert_eq!(open("sim:part4").unwrap().describe(), "sim:part4");
     let err = |s: &str| open(s).err().map(|e| e.to_string()).unwrap_or_default();
     // Every scheme is built: bad or unreachable specs fail fast with a reason.
-    assert!(!err("gdb://127.0.0.1:1").is_empty());
+    assert!(err("gdb://127.0.0.1:1").contains("i/o error"));
+    assert!(err("gdb://").contains("expected gdb://HOST:PORT"));
     assert!(err("kdnet:port=50000").contains("key=K is required"));
     assert!(err("kdnet:port=50000,key=1.2.3").contains("four parts"));
     assert!(err("kdnet:key=1.2.3.4").contains("port=N is required"));
@@ -172,4 +173,19 @@ proptest! {
         let mut t = after_seed();
         let _ = Console::new().execute(&mut t, &format!("{word} {args}"));
     }
+}
+
+#[test]
+fn a_borrowed_machine_runs_the_console_too() {
+    use tagsplit::target::sim::MachineRef;
+    use tagsplit_target_sim::machine::Machine;
+    use tagsplit_target_sim::scenario::Scenario;
+    let scenario = Scenario::builtin("part4").unwrap();
+    let mut machine = Machine::boot(&scenario).unwrap();
+    let mut view = MachineRef::new(&mut machine, scenario.default_run_ticks());
+    let out = transcript(&mut view, &mut Console::new(), &SEED_COMMANDS);
+    assert!(out.contains(" Lea2       257    263168000"));
+    let owned = SimTarget::from_machine(machine, scenario.default_run_ticks());
+    assert_eq!(owned.describe(), "sim:part4");
+    assert!(owned.into_machine().tick() > 1000);
 }

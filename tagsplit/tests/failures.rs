@@ -193,3 +193,42 @@ fn restore_never_writes_stale_bytes() {
     inner.read_memory(VirtAddr(SITES[1]), &mut b).unwrap();
     assert_eq!(&b, b"Leak");
 }
+
+#[test]
+fn restore_refuses_a_reloaded_module() {
+    let dir = temp_dir("reload");
+    let journal = dir.join("j.json");
+    let mut t = Faulty::new(SimTarget::builtin("part4").unwrap());
+    t.disconnect_after_runs = Some(1);
+    Split::new(&mut t, PoolTag::new(*b"Leak"), options(&journal))
+        .run()
+        .unwrap_err();
+    let j = tagsplit::split::journal::Journal::read(&journal).unwrap();
+    let base = j.patches[0].base;
+    assert_eq!(
+        j.patches[0].timestamp,
+        Some(0x4fd0b2f4),
+        "part4's myfault.sys stamp"
+    );
+    let mut inner = t.inner;
+    // "Reload" another build at the same base: a new TimeDateStamp in the PE header.
+    let mut lfanew = [0u8; 4];
+    inner
+        .read_memory(VirtAddr(base.get() + 0x3c), &mut lfanew)
+        .unwrap();
+    let stamp_at = VirtAddr(base.get() + u64::from(u32::from_le_bytes(lfanew)) + 8);
+    inner
+        .write_memory(stamp_at, &0x5000_0000u32.to_le_bytes())
+        .unwrap();
+    let s = restore_from_journal(&mut inner, &journal).unwrap();
+    assert!(!s.complete());
+    assert!(
+        s.patches
+            .iter()
+            .all(|(_, st)| *st == tagsplit::split::journal::RestoreState::ModuleGone)
+    );
+    assert!(journal.exists());
+    let mut b = [0u8; 4];
+    inner.read_memory(VirtAddr(SITES[1]), &mut b).unwrap();
+    assert_eq!(&b, b"Lea2", "nothing written to a module of another build");
+}

@@ -20,6 +20,10 @@ pub struct PatchRecord {
     pub module: String,
     /// Module base at patch time.
     pub base: VirtAddr,
+    /// The module's PE `TimeDateStamp` at patch time, when readable; restore refuses a
+    /// module whose stamp changed (reloaded, or another build).
+    #[serde(default)]
+    pub timestamp: Option<u32>,
     /// Offset of the patch in the module.
     pub offset: u64,
     /// Patched address (`base + offset`).
@@ -220,7 +224,10 @@ pub fn restore_all(
             let loaded = modules
                 .iter()
                 .any(|m| m.name.eq_ignore_ascii_case(&p.module) && m.base == p.base);
-            if loaded {
+            let same_build = p
+                .timestamp
+                .is_none_or(|ts| crate::pe::timestamp(target, p.base).ok() == Some(ts));
+            if loaded && same_build {
                 restore_one(target, p)
             } else {
                 RestoreState::ModuleGone

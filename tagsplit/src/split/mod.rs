@@ -422,6 +422,7 @@ impl<'a> Split<'a> {
             .map(|(h, t)| PatchRecord {
                 module: h.module.clone(),
                 base: h.module_base,
+                timestamp: crate::pe::timestamp(&mut *self.target, h.module_base).ok(),
                 offset: h.offset,
                 address: h.address,
                 original: h.tag.bytes().to_vec(),

@@ -34,7 +34,7 @@ use tagsplit_target_sim::server::gdb::{
     GdbStub, GdbStubHandle, GdbStubOptions, MonitorHandler, StubFeatures,
 };
 
-use super::sim::MachineTarget;
+use super::sim::MachineRef;
 use super::{
     BoxedTarget, DebugTarget, KernelInfo, ModuleInfo, OpenError, RunFor, StopReason, TargetError,
     WireStats, read_u32, read_u64, search_by_reading, walk_module_list,
@@ -75,6 +75,8 @@ pub struct StubCaps {
     pub search: bool,
     /// `X` (assumed until the stub answers it empty).
     pub binary_write: bool,
+    /// `x` binary reads (`binary-upload+`): about twice the data per round trip of `m`.
+    pub binary_read: bool,
     /// `QTagsplit.RunLimit`.
     pub run_limit: bool,
     /// `QTagsplit.DefaultRun`.
@@ -187,6 +189,7 @@ impl GdbTarget {
             libraries: has("qXfer:libraries:read"),
             search: true,
             binary_write: true,
+            binary_read: has("binary-upload"),
             run_limit: has(RUN_LIMIT_FEATURE),
             default_run: value(DEFAULT_RUN_FEATURE),
         };
@@ -365,12 +368,11 @@ impl GdbTarget {
 
     /// Finds `nt`: the first module, or the `MZ` page at or below `rip`.
     fn kernel_base(&mut self) -> Result<VirtAddr, TargetError> {
-        if let Some(mods) = self.modules_from_library_list()? {
-            if let Some(nt) = mods.first() {
-                let base = nt.base;
-                self.modules = Some(mods);
-                return Ok(base);
-            }
+        if let Some(mods) = self.modules_from_library_list()?
+            && let Some(base) = mods.first().map(|nt| nt.base)
+        {
+            self.modules = Some(mods);
+            return Ok(base);
         }
         let rip = self.rip()?;
         let mut page = rip & !(PAGE_SIZE - 1);
@@ -499,25 +501,45 @@ impl DebugTarget for GdbTarget {
     }
 
     fn read_memory(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
-        let chunk = self.read_chunk();
         let mut done = 0usize;
         while done < buf.len() {
+            let binary = self.caps.binary_read;
+            let chunk = if binary {
+                self.caps
+                    .packet_size
+                    .saturating_sub(PACKET_OVERHEAD)
+                    .max(16)
+            } else {
+                self.read_chunk()
+            };
             let want = (buf.len() - done).min(chunk);
-            let at = addr.saturating_add(done as u64);
-            let data = match self.request(&Command::ReadMemory {
-                addr: at.get(),
-                len: want as u64,
-            })? {
-                Reply::Hex(d) => d,
+            let at = addr.saturating_add(done as u64).get();
+            let cmd = if binary {
+                Command::ReadMemoryBinary {
+                    addr: at,
+                    len: want as u64,
+                }
+            } else {
+                Command::ReadMemory {
+                    addr: at,
+                    len: want as u64,
+                }
+            };
+            let data = match self.request(&cmd)? {
+                Reply::Hex(d) | Reply::Binary(d) => d,
+                Reply::Empty if binary => {
+                    self.caps.binary_read = false;
+                    continue;
+                }
                 Reply::Error(_) | Reply::ErrorText(_) | Reply::Empty => break,
-                other => return Err(protocol(format!("unexpected 'm' reply {other:?}"))),
+                other => return Err(protocol(format!("unexpected memory read reply {other:?}"))),
             };
             let n = data.len().min(want);
             if let (Some(dst), Some(src)) = (buf.get_mut(done..done + n), data.get(..n)) {
                 dst.copy_from_slice(src);
             }
             done += n;
-            if n < want {
+            if n == 0 || (n < want && !binary) {
                 break;
             }
         }
@@ -658,11 +680,10 @@ impl Drop for GdbTarget {
 /// A `monitor` handler for the simulator's GDB stub: runs each line on a WinDbg-style
 /// [`Console`](crate::console::Console) over the stub's machine (`monitor !poolused 2`,
 /// `monitor dc ADDR l1`, `monitor lm`).
-pub fn console_monitor(spec: &str, default_ticks: u64) -> MonitorHandler {
-    let spec = spec.to_owned();
+pub fn console_monitor(default_ticks: u64) -> MonitorHandler {
     let mut console = crate::console::Console::new();
     Box::new(move |machine: &mut Machine, line: &str| {
-        let mut target = MachineTarget::new(machine, &spec, default_ticks);
+        let mut target = MachineRef::new(machine, default_ticks);
         console.execute(&mut target, line)
     })
 }
@@ -677,11 +698,10 @@ pub fn serve_scenario(
 ) -> Result<GdbStubHandle, TargetError> {
     let machine = Machine::boot(scenario)
         .map_err(|e| TargetError::BadKernelData(format!("simulator failed to boot: {e}")))?;
-    let spec = format!("sim:{}", scenario.name());
     let options = GdbStubOptions {
         features,
         stop_after_ticks,
-        monitor: Some(console_monitor(&spec, scenario.default_run_ticks())),
+        monitor: Some(console_monitor(scenario.default_run_ticks())),
         default_run_ticks: Some(scenario.default_run_ticks()),
         ..GdbStubOptions::default()
     };

@@ -48,6 +48,21 @@ impl SimTarget {
     pub fn machine_mut(&mut self) -> &mut Machine {
         &mut self.machine
     }
+
+    /// Wraps an already booted machine; a bare `g` runs `default_ticks`.
+    pub fn from_machine(machine: Machine, default_ticks: u64) -> SimTarget {
+        let spec = format!("sim:{}", machine.name());
+        SimTarget {
+            machine,
+            spec,
+            default_ticks,
+        }
+    }
+
+    /// The machine, back.
+    pub fn into_machine(self) -> Machine {
+        self.machine
+    }
 }
 
 /// Opens `sim:NAME` (a built-in) or `sim:FILE.toml`.
@@ -74,79 +89,26 @@ pub(crate) fn open(rest: &str) -> Result<BoxedTarget, OpenError> {
     Ok(Box::new(t))
 }
 
-impl SimTarget {
-    /// The same target as a view over the borrowed machine.
-    fn view(&mut self) -> MachineTarget<'_> {
-        MachineTarget {
-            machine: &mut self.machine,
-            spec: &self.spec,
-            default_ticks: self.default_ticks,
-        }
-    }
-}
-
-impl DebugTarget for SimTarget {
-    fn describe(&self) -> String {
-        self.spec.clone()
-    }
-
-    fn read_memory(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
-        self.view().read_memory(addr, buf)
-    }
-
-    fn write_memory(&mut self, addr: VirtAddr, data: &[u8]) -> Result<usize, TargetError> {
-        self.view().write_memory(addr, data)
-    }
-
-    fn kernel_info(&mut self) -> Result<KernelInfo, TargetError> {
-        self.view().kernel_info()
-    }
-
-    fn modules(&mut self) -> Result<Vec<ModuleInfo>, TargetError> {
-        self.view().modules()
-    }
-
-    fn search_memory(
-        &mut self,
-        start: VirtAddr,
-        end: VirtAddr,
-        pattern: &[u8],
-        max_hits: usize,
-    ) -> Result<Vec<VirtAddr>, TargetError> {
-        self.view().search_memory(start, end, pattern, max_hits)
-    }
-
-    fn run(&mut self, how_long: RunFor) -> Result<StopReason, TargetError> {
-        self.view().run(how_long)
-    }
-
-    fn default_run(&self) -> RunFor {
-        RunFor::Ticks(self.default_ticks)
-    }
-}
-
-/// A [`DebugTarget`] over a borrowed [`Machine`]: what [`SimTarget`] is, for a machine
-/// owned elsewhere (the GDB stub runs the console on its machine through this).
-pub struct MachineTarget<'a> {
-    machine: &'a mut Machine,
-    spec: &'a str,
+/// A [`DebugTarget`] view of a machine someone else owns (e.g. a wire stub running the
+/// console for `monitor` commands): `MachineRef::new(&mut machine, ticks)`.
+pub struct MachineRef<'m> {
+    machine: &'m mut Machine,
     default_ticks: u64,
 }
 
-impl<'a> MachineTarget<'a> {
-    /// A view of `machine` described as `spec`, whose bare `g` runs `default_ticks`.
-    pub fn new(machine: &'a mut Machine, spec: &'a str, default_ticks: u64) -> Self {
-        MachineTarget {
+impl<'m> MachineRef<'m> {
+    /// A view of `machine`; a bare `g` runs `default_ticks`.
+    pub fn new(machine: &'m mut Machine, default_ticks: u64) -> MachineRef<'m> {
+        MachineRef {
             machine,
-            spec,
             default_ticks,
         }
     }
 }
 
-impl DebugTarget for MachineTarget<'_> {
+impl DebugTarget for MachineRef<'_> {
     fn describe(&self) -> String {
-        self.spec.to_owned()
+        format!("sim:{}", self.machine.name())
     }
 
     fn read_memory(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
@@ -210,6 +172,53 @@ impl DebugTarget for MachineTarget<'_> {
             }
             Some(other) => StopReason::Other(format!("{other:?}")),
         })
+    }
+
+    fn default_run(&self) -> RunFor {
+        RunFor::Ticks(self.default_ticks)
+    }
+}
+
+impl SimTarget {
+    /// A borrowed view (the trait implementation lives on [`MachineRef`]).
+    fn view(&mut self) -> MachineRef<'_> {
+        MachineRef::new(&mut self.machine, self.default_ticks)
+    }
+}
+
+impl DebugTarget for SimTarget {
+    fn describe(&self) -> String {
+        self.spec.clone()
+    }
+
+    fn read_memory(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
+        self.view().read_memory(addr, buf)
+    }
+
+    fn write_memory(&mut self, addr: VirtAddr, data: &[u8]) -> Result<usize, TargetError> {
+        self.view().write_memory(addr, data)
+    }
+
+    fn kernel_info(&mut self) -> Result<KernelInfo, TargetError> {
+        self.view().kernel_info()
+    }
+
+    fn modules(&mut self) -> Result<Vec<ModuleInfo>, TargetError> {
+        self.view().modules()
+    }
+
+    fn search_memory(
+        &mut self,
+        start: VirtAddr,
+        end: VirtAddr,
+        pattern: &[u8],
+        max_hits: usize,
+    ) -> Result<Vec<VirtAddr>, TargetError> {
+        self.view().search_memory(start, end, pattern, max_hits)
+    }
+
+    fn run(&mut self, how_long: RunFor) -> Result<StopReason, TargetError> {
+        self.view().run(how_long)
     }
 
     fn default_run(&self) -> RunFor {

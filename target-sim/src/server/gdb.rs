@@ -29,6 +29,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tagsplit_protocol::gdb::command::{DEFAULT_RUN_FEATURE, RUN_LIMIT_FEATURE};
+use tagsplit_protocol::gdb::frame;
 use tagsplit_protocol::gdb::xml::{self, Library, MemoryRegion};
 use tagsplit_protocol::gdb::{
     BreakpointType, Command, Feature, Reply, ResumeKind, SIGINT, SIGTRAP, ServerEvent,
@@ -220,6 +221,7 @@ impl StubCore {
         on(f.memory_map, "qXfer:memory-map:read");
         on(f.no_ack, "QStartNoAckMode");
         on(f.run_limit, RUN_LIMIT_FEATURE);
+        on(f.binary_read, "binary-upload");
         on(true, "swbreak");
         on(true, "hwbreak");
         on(true, "vContSupported");
@@ -269,10 +271,8 @@ impl StubCore {
         }
     }
 
-    fn read_memory(&self, machine: &Machine, addr: u64, len: u64) -> Option<Vec<u8>> {
-        let len = usize::try_from(len)
-            .unwrap_or(usize::MAX)
-            .min(self.max_data());
+    fn read_memory(&self, machine: &Machine, addr: u64, len: u64, limit: usize) -> Option<Vec<u8>> {
+        let len = usize::try_from(len).unwrap_or(usize::MAX).min(limit);
         let mut buf = vec![0u8; len];
         let got = match machine.read(VirtAddr(addr), &mut buf) {
             Ok(()) => len,
@@ -334,13 +334,28 @@ impl StubCore {
                     _ => Reply::Error(E_INVAL),
                 }
             }
-            Command::ReadMemory { addr, len } => match self.read_memory(machine, addr, len) {
-                Some(data) => Reply::Hex(data),
-                None => Reply::Error(E_FAULT),
-            },
+            Command::ReadMemory { addr, len } => {
+                match self.read_memory(machine, addr, len, self.max_data()) {
+                    Some(data) => Reply::Hex(data),
+                    None => Reply::Error(E_FAULT),
+                }
+            }
             Command::ReadMemoryBinary { addr, len } if f.binary_read => {
-                match self.read_memory(machine, addr, len) {
-                    Some(data) => Reply::Binary(data),
+                // Binary data is escaped on the wire: keep the escaped form within a packet.
+                let room = self.options.packet_size.saturating_sub(8).max(1);
+                match self.read_memory(machine, addr, len, room) {
+                    Some(mut data) => {
+                        let mut escaped = 0usize;
+                        let fits = data
+                            .iter()
+                            .take_while(|&&b| {
+                                escaped += if frame::needs_escape(b) { 2 } else { 1 };
+                                escaped <= room
+                            })
+                            .count();
+                        data.truncate(fits.max(1).min(data.len()));
+                        Reply::Binary(data)
+                    }
                     None => Reply::Error(E_FAULT),
                 }
             }
@@ -826,7 +841,10 @@ async fn serve_client(
         }
         while let Some(ev) = session.poll_event() {
             match ev {
-                ServerEvent::Command(cmd) => pending.push_back(cmd),
+                ServerEvent::Command(cmd) => {
+                    tracing::trace!(target: "gdb_stub", "<- {cmd:?}");
+                    pending.push_back(cmd);
+                }
                 ServerEvent::Interrupt if running => {
                     running = false;
                     let stop = shared.with(|_, c| c.interrupt());
@@ -1071,6 +1089,42 @@ mod tests {
         let stop = (0..100).find_map(|_| core.run_slice(&mut m)).unwrap();
         assert_eq!(stop, StopReply::thread(SIGINT, THREAD, None));
         assert_eq!(m.tick() - before, 25);
+    }
+
+    #[test]
+    fn binary_reads_keep_the_escaped_reply_within_the_packet() {
+        let mut m = machine();
+        let base = m.modules()[0].base;
+        m.write(base, &[b'#'; 300]).unwrap();
+        let mut core = StubCore::new(GdbStubOptions {
+            packet_size: 208,
+            ..GdbStubOptions::default()
+        });
+        let Reply::Binary(data) = one(core.handle(
+            &mut m,
+            Command::ReadMemoryBinary {
+                addr: base.0,
+                len: 300,
+            },
+        )) else {
+            panic!()
+        };
+        // 200 bytes of room, every byte escaped: 100 bytes.
+        assert_eq!(data, vec![b'#'; 100]);
+        let Reply::Binary(data) = one(core.handle(
+            &mut m,
+            Command::ReadMemoryBinary {
+                addr: base.0 + 300,
+                len: 300,
+            },
+        )) else {
+            panic!()
+        };
+        assert_eq!(data.len(), 200);
+        assert_eq!(
+            one(core.handle(&mut m, Command::ReadMemoryBinary { addr: 0x10, len: 4 })),
+            Reply::Error(E_FAULT)
+        );
     }
 
     trait AsSliceReply {
