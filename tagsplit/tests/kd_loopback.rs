@@ -202,3 +202,37 @@ fn a_second_debugger_can_attach_after_the_first_leaves() {
     }
     assert_eq!(stub.attaches(), 2);
 }
+
+#[test]
+fn small_reads_are_cached_while_stopped_and_dropped_on_write_and_run() {
+    let mut lb = KdTarget::loopback(machine(), KdTransport::Kdcom, options()).unwrap();
+    let nt = lb.stub().unwrap().with_machine(|m| m.kernel().kern_base);
+    let rt = |t: &KdTarget| t.stats().unwrap().round_trips;
+    let mut a = [0u8; 8];
+    lb.read_memory(nt, &mut a).unwrap();
+    let after_first = rt(&lb);
+    let mut b = [0u8; 16];
+    lb.read_memory(nt.saturating_add(0x100), &mut b).unwrap();
+    assert_eq!(rt(&lb), after_first, "same block: no round trip");
+    // A write is seen by the next read (the cache is dropped).
+    assert_eq!(
+        lb.write_memory(nt.saturating_add(0x100), b"WXYZ").unwrap(),
+        4
+    );
+    lb.read_memory(nt.saturating_add(0x100), &mut b).unwrap();
+    assert_eq!(&b[..4], b"WXYZ");
+    // A read across a block edge is stitched from two blocks.
+    let mut c = [0u8; 32];
+    lb.read_memory(nt.saturating_add(0x3F0), &mut c).unwrap();
+    let mut want = [0u8; 32];
+    lb.stub()
+        .unwrap()
+        .with_machine(|m| m.read(nt.saturating_add(0x3F0), &mut want))
+        .unwrap();
+    assert_eq!(c, want);
+    // Running drops the cache: memory the workload changed is read fresh.
+    lb.run(RunFor::Ticks(3)).unwrap();
+    let before = rt(&lb);
+    lb.read_memory(nt, &mut a).unwrap();
+    assert_eq!(rt(&lb), before + 1);
+}

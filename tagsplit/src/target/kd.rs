@@ -40,6 +40,11 @@ use crate::VirtAddr;
 
 /// How long to wait for the target to attach, by default.
 pub const DEFAULT_ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Block size of the read cache: small reads fetch the aligned block around them (a
+/// block never straddles a page, so it is all readable or not from its start).
+pub const CACHE_BLOCK: usize = 0x400;
+/// Most blocks the read cache holds before it starts over.
+pub const CACHE_MAX_BLOCKS: usize = 4096;
 /// How long to wait for a reply to a request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -200,6 +205,11 @@ pub struct KdTarget {
     native_search: bool,
     round_trips: u64,
     prints: Vec<String>,
+    /// Memory read while stopped, by [`CACHE_BLOCK`]-aligned block (a short block ends
+    /// in unreadable memory); dropped on every write and every continue.
+    cache: BTreeMap<u64, Vec<u8>>,
+    /// The module list, until a load-symbols state change says it changed.
+    modules: Option<Vec<ModuleInfo>>,
     /// A loopback stub, stopped after the link is dropped (fields drop in order).
     stub: Option<KdStubHandle>,
 }
@@ -298,6 +308,8 @@ impl KdTarget {
             native_search: true,
             round_trips: 0,
             prints: Vec::new(),
+            modules: None,
+            cache: BTreeMap::new(),
             stub: None,
         };
         t.wait_stop(Instant::now() + timeout)?;
@@ -408,6 +420,7 @@ impl KdTarget {
                 }
                 StateChangeKind::LoadSymbols(l) => {
                     tracing::debug!("target loaded {} at {:#x}", sc.path(), l.base_of_dll);
+                    self.modules = None;
                     self.send_continue();
                 }
                 _ => self.send_continue(),
@@ -416,6 +429,8 @@ impl KdTarget {
     }
 
     fn send_continue(&mut self) {
+        // Memory changes while the target runs.
+        self.cache.clear();
         let c = Manipulate::request(
             &ManipulateApi::Continue2 {
                 status: status::DBG_CONTINUE,
@@ -454,9 +469,41 @@ impl KdTarget {
         Manipulate::parse(&payload).map_err(|e| TargetError::Protocol(e.to_string()))
     }
 
+    /// Reads with `ReadVirtualMemory` requests of at most [`MAX_TRANSFER`] bytes.
+    fn read_uncached(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let want = (buf.len() - done).min(MAX_TRANSFER);
+            let at = addr.get().wrapping_add(done as u64);
+            let r = self.request(
+                &ManipulateApi::ReadVirtualMemory(MemoryTransfer {
+                    address: at,
+                    count: u32::try_from(want).unwrap_or(0),
+                    actual: 0,
+                }),
+                Vec::new(),
+            )?;
+            let actual = match r.api() {
+                ManipulateApi::ReadVirtualMemory(t) => usize::try_from(t.actual).unwrap_or(0),
+                _ => 0,
+            };
+            let got = actual.min(r.data().len()).min(want);
+            if let (Some(dst), Some(src)) = (buf.get_mut(done..done + got), r.data().get(..got)) {
+                dst.copy_from_slice(src);
+            }
+            done += got;
+            if got < want {
+                break;
+            }
+        }
+        Ok(done)
+    }
+
     /// Sets a software breakpoint (`WriteBreakPoint`); a run stopping there reports
     /// [`StopReason::Breakpoint`].
     pub fn set_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
+        // A real target writes 0xCC there: forget what was read.
+        self.cache.clear();
         let r = self.request(
             &ManipulateApi::WriteBreakPoint {
                 address: addr.get(),
@@ -477,6 +524,7 @@ impl KdTarget {
 
     /// Removes a breakpoint set with [`set_breakpoint`](Self::set_breakpoint).
     pub fn clear_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
+        self.cache.clear();
         let Some(handle) = self.breakpoints.remove(&addr.get()) else {
             return Ok(());
         };
@@ -515,28 +563,35 @@ impl DebugTarget for KdTarget {
     }
 
     fn read_memory(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
+        if buf.len() >= CACHE_BLOCK {
+            return self.read_uncached(addr, buf);
+        }
+        // Small reads (structure fields, names) go through the block cache.
         let mut done = 0usize;
         while done < buf.len() {
-            let want = (buf.len() - done).min(MAX_TRANSFER);
-            let at = addr.get().wrapping_add(done as u64);
-            let r = self.request(
-                &ManipulateApi::ReadVirtualMemory(MemoryTransfer {
-                    address: at,
-                    count: u32::try_from(want).unwrap_or(0),
-                    actual: 0,
-                }),
-                Vec::new(),
-            )?;
-            let actual = match r.api() {
-                ManipulateApi::ReadVirtualMemory(t) => usize::try_from(t.actual).unwrap_or(0),
-                _ => 0,
+            let Some(cur) = addr.get().checked_add(done as u64) else {
+                break;
             };
-            let got = actual.min(r.data().len()).min(want);
-            if let (Some(dst), Some(src)) = (buf.get_mut(done..done + got), r.data().get(..got)) {
+            let base = cur & !(CACHE_BLOCK as u64 - 1);
+            let off = usize::try_from(cur - base).unwrap_or(0);
+            if !self.cache.contains_key(&base) {
+                let mut block = vec![0u8; CACHE_BLOCK];
+                let got = self.read_uncached(VirtAddr(base), &mut block)?;
+                block.truncate(got);
+                if self.cache.len() >= CACHE_MAX_BLOCKS {
+                    self.cache.clear();
+                }
+                self.cache.insert(base, block);
+            }
+            let block = self.cache.get(&base).map_or(&[][..], Vec::as_slice);
+            let src = block.get(off..).unwrap_or(&[]);
+            let n = src.len().min(buf.len() - done);
+            if let (Some(dst), Some(src)) = (buf.get_mut(done..done + n), src.get(..n)) {
                 dst.copy_from_slice(src);
             }
-            done += got;
-            if got < want {
+            done += n;
+            if block.len() < CACHE_BLOCK {
+                // The block ends in unreadable memory.
                 break;
             }
         }
@@ -544,6 +599,7 @@ impl DebugTarget for KdTarget {
     }
 
     fn write_memory(&mut self, addr: VirtAddr, data: &[u8]) -> Result<usize, TargetError> {
+        self.cache.clear();
         let mut done = 0usize;
         for chunk in data.chunks(MAX_TRANSFER) {
             let at = addr.get().wrapping_add(done as u64);
@@ -592,8 +648,15 @@ impl DebugTarget for KdTarget {
     }
 
     fn modules(&mut self) -> Result<Vec<ModuleInfo>, TargetError> {
+        // KD announces every module load and unload with a load-symbols state change,
+        // which drops this cache; in between, the list cannot change.
+        if let Some(m) = &self.modules {
+            return Ok(m.clone());
+        }
         let k = self.kernel_info()?;
-        walk_module_list(self, k.ps_loaded_module_list)
+        let mods = walk_module_list(self, k.ps_loaded_module_list)?;
+        self.modules = Some(mods.clone());
+        Ok(mods)
     }
 
     fn search_memory(
