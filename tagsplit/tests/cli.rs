@@ -135,7 +135,11 @@ fn scenarios_and_bad_targets() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("no built-in scenario"));
     let o = tagsplit(&["run", "--target", "gdb://127.0.0.1:1", "--tag", "Leak"]);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("not built yet"));
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("opening target gdb://127.0.0.1:1"));
+    let o = tagsplit(&["run", "--target", "kdcom:127.0.0.1:1", "--tag", "Leak"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("opening target kdcom:127.0.0.1:1"));
     let o = tagsplit(&["run", "--target", "sim:part4", "--tag", "TooLong"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("bad tag"));
 }

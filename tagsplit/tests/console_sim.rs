@@ -44,9 +44,13 @@ fn module_walk_from_memory_matches_the_simulator() {
 fn open_parses_specs() {
     assert_eq!(open("sim:part4").unwrap().describe(), "sim:part4");
     let err = |s: &str| open(s).err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(err("gdb://127.0.0.1:1234").contains("not built yet"));
-    assert!(err("kdnet:port=50000,key=1.2.3.4").contains("not built yet"));
-    assert!(err("kdcom:127.0.0.1:1").contains("not built yet"));
+    // Every scheme is built: bad or unreachable specs fail fast with a reason.
+    assert!(err("gdb://127.0.0.1:1").contains("i/o error"));
+    assert!(err("gdb://").contains("expected gdb://HOST:PORT"));
+    assert!(err("kdnet:port=50000").contains("key=K is required"));
+    assert!(err("kdnet:port=50000,key=1.2.3").contains("four parts"));
+    assert!(err("kdnet:key=1.2.3.4").contains("port=N is required"));
+    assert!(err("kdcom:127.0.0.1:1").contains("i/o error"));
     assert!(err("sim:nope").contains("no built-in scenario"));
     assert!(err("sim:/nonexistent.toml").contains("bad target"));
     assert!(err("ftp://x").contains("unknown target"));

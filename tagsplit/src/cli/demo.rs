@@ -12,7 +12,16 @@ use tagsplit::split::{Split, SplitOptions};
 pub enum Via {
     /// In process, no wire.
     Sim,
+    /// Through a GDB stub on a loopback port (the `gdb://` client against `serve`).
+    Gdb,
+    /// Through the KD stub over KDNET (UDP, encrypted) on loopback.
+    Kdnet,
+    /// Through the KD stub with KDCOM framing over TCP on loopback.
+    Kdcom,
 }
+
+/// The key the KDNET demo uses.
+const DEMO_KEY: &str = "tagsplit.demo.kdnet.key";
 
 /// Arguments of `demo`.
 #[derive(Debug, clap::Args)]
@@ -20,30 +29,87 @@ pub struct Args {
     /// How to reach the simulated machine.
     #[arg(long, value_enum, default_value_t = Via::Sim)]
     via: Via,
+    /// Print the wire counters (packets, bytes, round trips) of each phase.
+    #[arg(long)]
+    stats: bool,
 }
 
-fn open(via: Via) -> anyhow::Result<tagsplit::target::BoxedTarget> {
+/// A target and, for `--via gdb`, the loopback stub serving it (stopped on drop, after
+/// the target has detached).
+struct Opened {
+    target: tagsplit::target::BoxedTarget,
+    _stub: Option<tagsplit_target_sim::server::gdb::GdbStubHandle>,
+}
+
+fn open(via: Via) -> anyhow::Result<Opened> {
     match via {
-        Via::Sim => super::open_target("sim:part4"),
+        Via::Sim => Ok(Opened {
+            target: super::open_target("sim:part4")?,
+            _stub: None,
+        }),
+        Via::Gdb => {
+            let scenario = tagsplit_target_sim::scenario::Scenario::builtin("part4")
+                .ok_or_else(|| anyhow::anyhow!("no built-in part4"))?;
+            let stub = tagsplit::target::gdb::serve_scenario(
+                &scenario,
+                std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                None,
+                tagsplit_target_sim::server::gdb::StubFeatures::FULL,
+            )?;
+            let target = super::open_target(&format!("gdb://{}", stub.addr()))?;
+            Ok(Opened {
+                target,
+                _stub: Some(stub),
+            })
+        }
+        Via::Kdnet | Via::Kdcom => {
+            use tagsplit::target::kd::{KdTarget, KdTransport};
+            let scenario = tagsplit_target_sim::scenario::Scenario::builtin("part4")
+                .ok_or_else(|| anyhow::anyhow!("no built-in part4"))?;
+            let transport = if via == Via::Kdnet {
+                KdTransport::Kdnet(DEMO_KEY.parse()?)
+            } else {
+                KdTransport::Kdcom
+            };
+            let target = KdTarget::serve_scenario(&scenario, transport)?;
+            Ok(Opened {
+                target: Box::new(target),
+                _stub: None,
+            })
+        }
+    }
+}
+
+fn print_stats(enabled: bool, target: &dyn tagsplit::target::DebugTarget) {
+    if let (true, Some(s)) = (enabled, target.stats()) {
+        println!("\n[wire: {s}]");
     }
 }
 
 /// Prints the seed transcript, then the automated split's verdict.
 pub fn execute(a: Args) -> anyhow::Result<()> {
     let started = Instant::now();
-    let mut target = open(a.via)?;
+    let Opened {
+        target: mut manual,
+        _stub: stub,
+    } = open(a.via)?;
     println!(
         "# The Part 4 workflow, by hand, on {}:\n",
-        target.describe()
+        manual.describe()
     );
     let mut console = Console::new();
     print!(
         "{}",
-        transcript(target.as_mut(), &mut console, &SEED_COMMANDS)
+        transcript(manual.as_mut(), &mut console, &SEED_COMMANDS)
     );
-    drop(target);
+    print_stats(a.stats, manual.as_ref());
+    drop(manual);
+    drop(stub);
 
-    let mut target = open(a.via)?;
+    let Opened {
+        mut target,
+        _stub: stub,
+    } = open(a.via)?;
     println!(
         "\n# The same, automated (`tagsplit run --target {} --tag Leak`) on a fresh boot:\n",
         target.describe()
@@ -57,6 +123,9 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
     };
     let report = Split::new(target.as_mut(), PoolTag::new(*b"Leak"), options).run()?;
     print!("{}", report.to_text());
+    print_stats(a.stats, target.as_ref());
+    drop(target);
+    drop(stub);
     println!(
         "\n(demo finished in {:.2} s)",
         started.elapsed().as_secs_f64()

@@ -1,10 +1,12 @@
 //! Subcommands: one variant and one file each (add a backend's `serve`/`decode` the same way).
 
 mod console;
+mod decode;
 mod demo;
 mod restore;
 mod run;
 mod scenarios;
+mod serve;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +38,10 @@ pub enum Command {
     Console(console::Args),
     /// List the built-in simulator scenarios.
     Scenarios(scenarios::Args),
+    /// Dissect KDNET and KDCOM traffic in a pcap/pcapng capture or a raw KDCOM file.
+    Decode(decode::Args),
+    /// Serve a simulated machine to gdb (or `--target gdb://`) over the GDB remote protocol.
+    Serve(serve::Args),
 }
 
 impl Command {
@@ -47,6 +53,8 @@ impl Command {
             Command::Restore(a) => restore::execute(a),
             Command::Console(a) => console::execute(a),
             Command::Scenarios(a) => scenarios::execute(a),
+            Command::Decode(a) => decode::execute(a),
+            Command::Serve(a) => serve::execute(a),
         }
     }
 }

@@ -35,6 +35,9 @@ pub struct Args {
     /// Also patch lookaside-list initialisation sites.
     #[arg(long)]
     pub patch_lookaside: bool,
+    /// Print the wire counters (packets and bytes each way, round trips) to stderr.
+    #[arg(long)]
+    pub stats: bool,
 }
 
 /// Runs the split and prints the report.
@@ -67,6 +70,12 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
     let result = split.run();
     if let Some(b) = bar {
         b.finish_and_clear();
+    }
+    if a.stats {
+        match target.stats() {
+            Some(s) => eprintln!("wire: {s}"),
+            None => eprintln!("wire: {} has no wire", target.describe()),
+        }
     }
     let report = match result {
         Ok(r) => r,

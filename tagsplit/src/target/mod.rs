@@ -249,6 +249,8 @@ pub fn search_by_reading<T: DebugTarget + ?Sized>(
 // ---------------------------------------------------------------------------------------
 
 pub mod flat;
+pub mod gdb;
+pub mod kd;
 pub mod sim;
 
 use tagsplit_target_sim::layout::{ldr_entry, list_entry, unicode_string};
@@ -409,9 +411,9 @@ type Opener = fn(&str) -> Result<BoxedTarget, OpenError>;
 /// Known schemes: adding a backend is one line here.
 const SCHEMES: &[(&str, Opener)] = &[
     ("sim:", sim::open),
-    ("gdb://", |_| Err(OpenError::NotBuilt("gdb"))),
-    ("kdnet:", |_| Err(OpenError::NotBuilt("kdnet"))),
-    ("kdcom:", |_| Err(OpenError::NotBuilt("kdcom"))),
+    ("gdb://", gdb::open),
+    ("kdnet:", kd::open_kdnet),
+    ("kdcom:", kd::open_kdcom),
 ];
 
 /// Opens a target from a spec: `sim:part4`, `sim:path/to/scenario.toml`,

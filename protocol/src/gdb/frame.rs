@@ -1,0 +1,601 @@
+//! RSP framing: `$payload#cs`, `%notification#cs`, `+`/`-`, the 0x03 interrupt byte,
+//! `}` escapes and `*` run-length encoding.
+//!
+//! [`Decoder`] is a streaming byte-at-a-time state machine: feed it arbitrary chunks and it
+//! yields the same [`Event`]s however the bytes were split. The checksum is computed over
+//! the bytes actually received (the escaped, run-length-encoded form), and a packet longer
+//! than the configured maximum is dropped as it streams in, never buffered.
+
+/// Starts a packet.
+pub const PACKET_START: u8 = b'$';
+/// Starts a notification.
+pub const NOTIFICATION_START: u8 = b'%';
+/// Ends the payload; two hex checksum digits follow.
+pub const PAYLOAD_END: u8 = b'#';
+/// Escape prefix: the next byte is XOR-ed with [`ESCAPE_XOR`].
+pub const ESCAPE: u8 = b'}';
+/// The value escaped bytes are XOR-ed with.
+pub const ESCAPE_XOR: u8 = 0x20;
+/// Run-length marker: repeat the previous byte `count - 29` more times.
+pub const RUN_LENGTH: u8 = b'*';
+/// Positive acknowledgement.
+pub const ACK: u8 = b'+';
+/// Negative acknowledgement (please retransmit).
+pub const NAK: u8 = b'-';
+/// The interrupt (Ctrl-C) byte a client sends while the target runs.
+pub const INTERRUPT: u8 = 0x03;
+/// The default maximum payload size (decoded and raw), 16 KiB + slack.
+pub const DEFAULT_MAX_PACKET: usize = 0x4000 + 0x100;
+
+/// The offset between a run-length count character and the number of extra copies.
+const RUN_BIAS: u8 = 29;
+/// The smallest number of extra copies a count character can express (`' '`).
+const MIN_REPEAT: usize = 3;
+/// The largest number of extra copies a count character can express (`'~'`).
+const MAX_REPEAT: usize = 97;
+
+/// The modulo-256 sum of `bytes`, the RSP checksum.
+pub fn checksum(bytes: &[u8]) -> u8 {
+    bytes.iter().fold(0u8, |acc, b| acc.wrapping_add(*b))
+}
+
+/// Whether `byte` must be escaped inside a packet payload.
+pub fn needs_escape(byte: u8) -> bool {
+    matches!(byte, b'#' | b'$' | b'}' | b'*')
+}
+
+/// Appends `payload` escaped (no run-length encoding) to `out`.
+pub fn escape_into(payload: &[u8], out: &mut Vec<u8>) {
+    for &b in payload {
+        if needs_escape(b) {
+            out.push(ESCAPE);
+            out.push(b ^ ESCAPE_XOR);
+        } else {
+            out.push(b);
+        }
+    }
+}
+
+/// Whether a count character for `repeat` extra copies is allowed: it must be printable
+/// and must not be `#` or `$` (which would end or restart the frame).
+fn repeat_allowed(repeat: usize) -> bool {
+    if !(MIN_REPEAT..=MAX_REPEAT).contains(&repeat) {
+        return false;
+    }
+    let c = repeat as u8 + RUN_BIAS;
+    c != b'#' && c != b'$'
+}
+
+/// Appends `payload` escaped and run-length encoded to `out`.
+///
+/// Runs of a byte that needs no escape are written as `c*N`; a count that would be `#` or
+/// `$` (6 or 7 extra copies) is shortened to 5 and the rest written out, so the encoded
+/// text never contains a frame delimiter.
+pub fn escape_rle_into(payload: &[u8], out: &mut Vec<u8>) {
+    let mut i = 0;
+    while let Some(&b) = payload.get(i) {
+        let run = payload
+            .get(i..)
+            .map_or(1, |rest| rest.iter().take_while(|&&x| x == b).count());
+        if needs_escape(b) {
+            out.push(ESCAPE);
+            out.push(b ^ ESCAPE_XOR);
+            i += 1;
+            continue;
+        }
+        out.push(b);
+        let mut extra = run - 1;
+        // Emit as many `*N` groups as fit; each repeats the byte just written.
+        while extra >= MIN_REPEAT {
+            let mut take = extra.min(MAX_REPEAT);
+            while !repeat_allowed(take) {
+                take -= 1;
+            }
+            out.push(RUN_LENGTH);
+            out.push(take as u8 + RUN_BIAS);
+            extra -= take;
+            if extra > 0 {
+                // The next group needs a fresh literal to repeat.
+                out.push(b);
+                extra -= 1;
+            }
+        }
+        out.extend(std::iter::repeat_n(b, extra));
+        i += run;
+    }
+}
+
+/// Writes a whole `$payload#cs` frame (escaped, optionally run-length encoded) to `out`.
+pub fn encode_packet_into(payload: &[u8], rle: bool, out: &mut Vec<u8>) {
+    encode_frame_into(PACKET_START, payload, rle, out);
+}
+
+/// Writes a whole `%payload#cs` notification frame to `out`.
+pub fn encode_notification_into(payload: &[u8], out: &mut Vec<u8>) {
+    encode_frame_into(NOTIFICATION_START, payload, false, out);
+}
+
+/// Returns a whole `$payload#cs` frame.
+pub fn encode_packet(payload: &[u8], rle: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 4);
+    encode_packet_into(payload, rle, &mut out);
+    out
+}
+
+fn encode_frame_into(start: u8, payload: &[u8], rle: bool, out: &mut Vec<u8>) {
+    out.push(start);
+    let body_start = out.len();
+    if rle {
+        escape_rle_into(payload, out);
+    } else {
+        escape_into(payload, out);
+    }
+    let cs = out.get(body_start..).map_or(0, checksum);
+    out.push(PAYLOAD_END);
+    out.push(hex_digit(cs >> 4));
+    out.push(hex_digit(cs & 0xf));
+}
+
+/// The lowercase hex digit for a nibble.
+pub(crate) fn hex_digit(nibble: u8) -> u8 {
+    match nibble & 0xf {
+        n @ 0..=9 => b'0' + n,
+        n => b'a' + n - 10,
+    }
+}
+
+/// The value of a hex digit, if it is one.
+pub(crate) fn hex_value(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Decodes an escaped, run-length-encoded payload (the body of a frame) on its own.
+///
+/// Returns `None` if it is malformed (a dangling escape, a run with nothing to repeat, a
+/// bad count) or would expand beyond `max` bytes.
+pub fn unescape(body: &[u8], max: usize) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(body.len().min(max));
+    let mut it = body.iter();
+    while let Some(&b) = it.next() {
+        match b {
+            ESCAPE => out.push(it.next()? ^ ESCAPE_XOR),
+            RUN_LENGTH => {
+                let count = *it.next()?;
+                let repeat = usize::from(count.checked_sub(RUN_BIAS)?);
+                let last = *out.last()?;
+                if out.len().checked_add(repeat)? > max {
+                    return None;
+                }
+                out.extend(std::iter::repeat_n(last, repeat));
+                continue;
+            }
+            other => out.push(other),
+        }
+        if out.len() > max {
+            return None;
+        }
+    }
+    Some(out)
+}
+
+/// One thing the [`Decoder`] recognised in the byte stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A `$…#cs` packet with a good checksum; the payload is unescaped and expanded.
+    Packet(Vec<u8>),
+    /// A `%…#cs` notification with a good checksum.
+    Notification(Vec<u8>),
+    /// A `+`.
+    Ack,
+    /// A `-`.
+    Nak,
+    /// The 0x03 interrupt byte (outside a packet).
+    Interrupt,
+    /// A frame whose checksum did not match (or whose body was malformed).
+    BadChecksum {
+        /// The checksum computed over the received bytes.
+        computed: u8,
+        /// The checksum the frame carried (0 if the digits were not hex).
+        received: u8,
+    },
+    /// A frame longer than the maximum packet size; it was dropped as it streamed in.
+    Oversize {
+        /// How many body bytes had arrived when the frame ended.
+        len: usize,
+    },
+    /// Bytes outside any frame that mean nothing (line noise, an aborted frame).
+    Garbage {
+        /// How many bytes.
+        len: usize,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Between frames.
+    Idle,
+    /// Inside a body; `notification` says which kind of frame.
+    Body,
+    /// Inside a body, right after `}`.
+    BodyEscape,
+    /// Inside a body, right after `*`: the next byte is the count.
+    BodyRun,
+    /// After `#`: the first checksum digit.
+    Check1,
+    /// The second checksum digit; holds the first.
+    Check2(u8),
+}
+
+/// A streaming RSP frame decoder (see the [module docs](self)).
+#[derive(Clone, Debug)]
+pub struct Decoder {
+    max_packet: usize,
+    state: State,
+    notification: bool,
+    /// The decoded payload so far (unescaped, runs expanded).
+    payload: Vec<u8>,
+    /// The running checksum of the raw body bytes.
+    sum: u8,
+    /// Raw body bytes received for this frame.
+    raw_len: usize,
+    /// The frame outgrew `max_packet` or was malformed; keep counting, stop storing.
+    overflow: bool,
+    malformed: bool,
+    /// Length of a pending run of garbage bytes between frames.
+    garbage: usize,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_PACKET)
+    }
+}
+
+impl Decoder {
+    /// A decoder that drops frames whose raw or decoded body exceeds `max_packet` bytes.
+    pub fn new(max_packet: usize) -> Self {
+        Self {
+            max_packet,
+            state: State::Idle,
+            notification: false,
+            payload: Vec::new(),
+            sum: 0,
+            raw_len: 0,
+            overflow: false,
+            malformed: false,
+            garbage: 0,
+        }
+    }
+
+    /// The configured maximum packet size.
+    pub fn max_packet(&self) -> usize {
+        self.max_packet
+    }
+
+    /// Whether the decoder is in the middle of a frame.
+    pub fn in_frame(&self) -> bool {
+        self.state != State::Idle
+    }
+
+    /// Consumes bytes from `input` until one event is complete.
+    ///
+    /// Returns how many bytes were consumed and the event, if any. When no event is
+    /// returned, all of `input` was consumed and buffered.
+    pub fn push(&mut self, input: &[u8]) -> (usize, Option<Event>) {
+        for (i, &b) in input.iter().enumerate() {
+            match self.step(b) {
+                Step::Consumed => {}
+                Step::Event(ev) => return (i + 1, Some(ev)),
+                // Report the pending garbage first; this byte is looked at again.
+                Step::Retry(ev) => return (i, Some(ev)),
+            }
+        }
+        (input.len(), None)
+    }
+
+    /// Decodes all of `input`, appending every completed event to `out`.
+    pub fn decode_into(&mut self, mut input: &[u8], out: &mut Vec<Event>) {
+        while !input.is_empty() {
+            let (used, ev) = self.push(input);
+            out.extend(ev);
+            input = input.get(used..).unwrap_or_default();
+        }
+    }
+
+    /// Decodes all of `input` and returns the completed events.
+    pub fn decode(&mut self, input: &[u8]) -> Vec<Event> {
+        let mut out = Vec::new();
+        self.decode_into(input, &mut out);
+        out
+    }
+
+    /// Ends the stream: reports pending garbage or a truncated frame as [`Event::Garbage`].
+    pub fn finish(&mut self) -> Option<Event> {
+        let pending = match self.state {
+            State::Idle => self.garbage,
+            // The start byte plus the raw body plus any checksum digit.
+            State::Check2(_) => self.garbage + self.raw_len + 3,
+            State::Check1 => self.garbage + self.raw_len + 2,
+            _ => self.garbage + self.raw_len + 1,
+        };
+        self.reset_frame();
+        self.state = State::Idle;
+        self.garbage = 0;
+        (pending > 0).then_some(Event::Garbage { len: pending })
+    }
+
+    fn reset_frame(&mut self) {
+        self.payload.clear();
+        self.sum = 0;
+        self.raw_len = 0;
+        self.overflow = false;
+        self.malformed = false;
+    }
+
+    fn take_garbage(&mut self) -> Option<Event> {
+        let len = std::mem::take(&mut self.garbage);
+        (len > 0).then_some(Event::Garbage { len })
+    }
+
+    fn store(&mut self, byte: u8) {
+        if self.overflow {
+            return;
+        }
+        if self.payload.len() >= self.max_packet {
+            self.overflow = true;
+            self.payload = Vec::new();
+        } else {
+            self.payload.push(byte);
+        }
+    }
+
+    fn step(&mut self, b: u8) -> Step {
+        match self.state {
+            State::Idle => {
+                let ev = match b {
+                    PACKET_START | NOTIFICATION_START => None,
+                    ACK => Some(Event::Ack),
+                    NAK => Some(Event::Nak),
+                    INTERRUPT => Some(Event::Interrupt),
+                    _ => {
+                        self.garbage = self.garbage.saturating_add(1);
+                        return Step::Consumed;
+                    }
+                };
+                if let Some(g) = self.take_garbage() {
+                    return Step::Retry(g);
+                }
+                match ev {
+                    Some(ev) => Step::Event(ev),
+                    None => {
+                        self.reset_frame();
+                        self.notification = b == NOTIFICATION_START;
+                        self.state = State::Body;
+                        Step::Consumed
+                    }
+                }
+            }
+            State::Body | State::BodyEscape | State::BodyRun => self.body_byte(b),
+            State::Check1 => match b {
+                PACKET_START | NOTIFICATION_START => self.restart(b),
+                _ => {
+                    self.state = State::Check2(b);
+                    Step::Consumed
+                }
+            },
+            State::Check2(first) => match b {
+                PACKET_START | NOTIFICATION_START => self.restart(b),
+                _ => {
+                    self.state = State::Idle;
+                    Step::Event(self.finish_frame(first, b))
+                }
+            },
+        }
+    }
+
+    /// A `$`/`%` arrived inside a frame: the partial frame was garbage; start over.
+    fn restart(&mut self, start: u8) -> Step {
+        let aborted = 1 + self.raw_len + usize::from(matches!(self.state, State::Check2(_))) + {
+            usize::from(matches!(self.state, State::Check1 | State::Check2(_)))
+        };
+        self.reset_frame();
+        self.notification = start == NOTIFICATION_START;
+        self.state = State::Body;
+        self.garbage = 0;
+        Step::Event(Event::Garbage { len: aborted })
+    }
+
+    fn body_byte(&mut self, b: u8) -> Step {
+        if b == PAYLOAD_END {
+            if self.state != State::Body {
+                self.malformed = true;
+            }
+            self.state = State::Check1;
+            return Step::Consumed;
+        }
+        if b == PACKET_START {
+            return self.restart(b);
+        }
+        self.raw_len = self.raw_len.saturating_add(1);
+        self.sum = self.sum.wrapping_add(b);
+        if self.raw_len > self.max_packet {
+            self.overflow = true;
+            self.payload = Vec::new();
+        }
+        match self.state {
+            State::BodyEscape => {
+                self.state = State::Body;
+                self.store(b ^ ESCAPE_XOR);
+            }
+            State::BodyRun => {
+                self.state = State::Body;
+                match (b.checked_sub(RUN_BIAS), self.payload.last().copied()) {
+                    (Some(repeat), Some(last)) if !self.overflow => {
+                        let repeat = usize::from(repeat);
+                        if self.payload.len().saturating_add(repeat) > self.max_packet {
+                            self.overflow = true;
+                            self.payload = Vec::new();
+                        } else {
+                            self.payload.extend(std::iter::repeat_n(last, repeat));
+                        }
+                    }
+                    (_, _) if self.overflow => {}
+                    _ => self.malformed = true,
+                }
+            }
+            _ => match b {
+                ESCAPE => self.state = State::BodyEscape,
+                RUN_LENGTH => self.state = State::BodyRun,
+                _ => self.store(b),
+            },
+        }
+        Step::Consumed
+    }
+
+    fn finish_frame(&mut self, hi: u8, lo: u8) -> Event {
+        let received = match (hex_value(hi), hex_value(lo)) {
+            (Some(h), Some(l)) => Some((h << 4) | l),
+            _ => None,
+        };
+        let computed = self.sum;
+        let ev = if self.overflow {
+            Event::Oversize { len: self.raw_len }
+        } else if self.malformed || received != Some(computed) {
+            Event::BadChecksum {
+                computed,
+                received: received.unwrap_or(0),
+            }
+        } else if self.notification {
+            Event::Notification(std::mem::take(&mut self.payload))
+        } else {
+            Event::Packet(std::mem::take(&mut self.payload))
+        };
+        self.reset_frame();
+        ev
+    }
+}
+
+enum Step {
+    Consumed,
+    Event(Event),
+    Retry(Event),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_a_plain_packet() {
+        assert_eq!(encode_packet(b"OK", false), b"$OK#9a");
+        assert_eq!(encode_packet(b"", false), b"$#00");
+    }
+
+    #[test]
+    fn escapes_the_four_special_bytes() {
+        let mut out = Vec::new();
+        escape_into(b"a#$}*b", &mut out);
+        assert_eq!(out, b"a}\x03}\x04}\x5d}\x0ab");
+        assert_eq!(unescape(&out, 100).unwrap(), b"a#$}*b");
+    }
+
+    #[test]
+    fn run_length_encodes_and_avoids_hash_and_dollar_counts() {
+        let mut out = Vec::new();
+        escape_rle_into(b"0000000", &mut out); // 1 + 6 extra: count 6 is '#', not allowed
+        assert!(!out.contains(&b'#') && !out.contains(&b'$'), "{out:?}");
+        assert_eq!(unescape(&out, 100).unwrap(), b"0000000");
+        let mut out = Vec::new();
+        escape_rle_into(b"00000000", &mut out); // 7 extra: '$' not allowed either
+        assert!(!out.contains(&b'#') && !out.contains(&b'$'), "{out:?}");
+        assert_eq!(unescape(&out, 100).unwrap(), b"00000000");
+        let mut out = Vec::new();
+        escape_rle_into(b"00000", &mut out);
+        assert_eq!(out, b"0*!"); // 4 extra copies: 4 + 29 = '!'
+    }
+
+    #[test]
+    fn decodes_the_spec_example_of_run_length() {
+        // "0* " means '0' plus 3 more.
+        let mut d = Decoder::default();
+        let cs = checksum(b"0* ");
+        let frame = format!("$0* #{cs:02x}");
+        assert_eq!(
+            d.decode(frame.as_bytes()),
+            vec![Event::Packet(b"0000".to_vec())]
+        );
+    }
+
+    #[test]
+    fn acks_interrupt_and_garbage() {
+        let mut d = Decoder::default();
+        let evs = d.decode(b"+-xx\x03$OK#9a");
+        assert_eq!(
+            evs,
+            vec![
+                Event::Ack,
+                Event::Nak,
+                Event::Garbage { len: 2 },
+                Event::Interrupt,
+                Event::Packet(b"OK".to_vec())
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_checksum_is_an_event() {
+        let mut d = Decoder::default();
+        assert_eq!(
+            d.decode(b"$OK#00"),
+            vec![Event::BadChecksum {
+                computed: 0x9a,
+                received: 0
+            }]
+        );
+        assert_eq!(d.decode(b"$OK#9a"), vec![Event::Packet(b"OK".to_vec())]);
+    }
+
+    #[test]
+    fn oversize_is_dropped_without_buffering() {
+        let mut d = Decoder::new(8);
+        let frame = encode_packet(&[b'a'; 32], false);
+        assert_eq!(d.decode(&frame), vec![Event::Oversize { len: 32 }]);
+        assert!(d.payload.capacity() <= 16);
+        assert_eq!(d.decode(b"$OK#9a"), vec![Event::Packet(b"OK".to_vec())]);
+        // A run that would expand past the limit is oversize too.
+        let mut d = Decoder::new(8);
+        let frame = encode_packet(&[b'a'; 40], true);
+        assert!(frame.len() < 10);
+        assert!(matches!(
+            d.decode(&frame).as_slice(),
+            [Event::Oversize { .. }]
+        ));
+    }
+
+    #[test]
+    fn notification_and_restart() {
+        let mut d = Decoder::default();
+        // A `$` inside a frame aborts it; `%` inside a frame is data.
+        let mut bytes = b"$a%c".to_vec();
+        encode_packet_into(b"OK", false, &mut bytes);
+        encode_notification_into(b"Stop:T05", &mut bytes);
+        let evs = d.decode(&bytes);
+        assert_eq!(evs[0], Event::Garbage { len: 4 });
+        assert_eq!(evs[1], Event::Packet(b"OK".to_vec()));
+        assert_eq!(evs[2], Event::Notification(b"Stop:T05".to_vec()));
+    }
+
+    #[test]
+    fn finish_reports_truncated_frame() {
+        let mut d = Decoder::default();
+        assert!(d.decode(b"$ab").is_empty());
+        assert_eq!(d.finish(), Some(Event::Garbage { len: 3 }));
+        assert_eq!(d.finish(), None);
+    }
+}

@@ -1,0 +1,538 @@
+//! Session state machines for both ends of an RSP connection.
+//!
+//! Both are sans-IO: feed received bytes with `receive`, take decoded events with
+//! `poll_event`, queue outgoing packets with `send`, and take the bytes to write with
+//! [`poll_transmit`](ServerSession::poll_transmit). Acknowledgements are queued in the same
+//! output buffer as replies, so a stub that handles a packet and then transmits once sends
+//! the `+` and the reply in one write.
+
+use std::collections::VecDeque;
+
+use super::command::Command;
+use super::frame::{ACK, DEFAULT_MAX_PACKET, Decoder, Event, INTERRUPT, NAK, encode_packet_into};
+use super::reply::{Reply, ReplyError, ReplyKind};
+
+/// Settings shared by both session kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Frames longer than this (raw or decoded) are dropped as they arrive.
+    pub max_packet: usize,
+    /// How many times one packet is retransmitted on `-` before giving up.
+    pub resend_limit: u32,
+    /// Whether outgoing packets are run-length encoded.
+    pub run_length: bool,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            max_packet: DEFAULT_MAX_PACKET,
+            resend_limit: 5,
+            run_length: true,
+        }
+    }
+}
+
+/// Traffic counters of a session.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Packets sent (retransmissions not included).
+    pub packets_sent: u64,
+    /// Good packets and notifications received.
+    pub packets_received: u64,
+    /// Bytes queued for sending (frames, acks, interrupts).
+    pub bytes_sent: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+    /// Packets retransmitted after a `-`.
+    pub retransmissions: u64,
+    /// Frames received with a bad checksum.
+    pub bad_checksums: u64,
+    /// Frames dropped for being too long.
+    pub oversize: u64,
+    /// Bytes of line noise received.
+    pub garbage_bytes: u64,
+}
+
+/// The ack and retransmit logic both ends share.
+#[derive(Clone, Debug)]
+struct Link {
+    config: SessionConfig,
+    decoder: Decoder,
+    ack_mode: bool,
+    out: Vec<u8>,
+    /// The last frame sent, kept for retransmission until acknowledged (ack mode only).
+    last_frame: Option<Vec<u8>>,
+    resends: u32,
+    stats: SessionStats,
+}
+
+/// What the link made of one decoder event.
+enum LinkEvent {
+    Payload(Vec<u8>),
+    Notification(Vec<u8>),
+    Interrupt,
+    GaveUp,
+}
+
+impl Link {
+    fn new(config: SessionConfig) -> Self {
+        Self {
+            config,
+            decoder: Decoder::new(config.max_packet),
+            ack_mode: true,
+            out: Vec::new(),
+            last_frame: None,
+            resends: 0,
+            stats: SessionStats::default(),
+        }
+    }
+
+    fn push_byte(&mut self, b: u8) {
+        self.out.push(b);
+        self.stats.bytes_sent += 1;
+    }
+
+    fn send_payload(&mut self, payload: &[u8]) {
+        let mut frame = Vec::with_capacity(payload.len() + 4);
+        encode_packet_into(payload, self.config.run_length, &mut frame);
+        self.out.extend_from_slice(&frame);
+        self.stats.bytes_sent += frame.len() as u64;
+        self.stats.packets_sent += 1;
+        self.resends = 0;
+        self.last_frame = self.ack_mode.then_some(frame);
+    }
+
+    /// Decodes `bytes`, handling acks, naks and checksums; returns what matters upstream.
+    fn receive(&mut self, bytes: &[u8], out: &mut Vec<LinkEvent>) {
+        self.stats.bytes_received += bytes.len() as u64;
+        let mut events = Vec::new();
+        self.decoder.decode_into(bytes, &mut events);
+        for ev in events {
+            match ev {
+                Event::Packet(p) => {
+                    self.stats.packets_received += 1;
+                    if self.ack_mode {
+                        self.push_byte(ACK);
+                    }
+                    out.push(LinkEvent::Payload(p));
+                }
+                Event::Notification(p) => {
+                    self.stats.packets_received += 1;
+                    out.push(LinkEvent::Notification(p));
+                }
+                Event::Ack => {
+                    self.last_frame = None;
+                    self.resends = 0;
+                }
+                Event::Nak => {
+                    if let Some(frame) = self.last_frame.clone() {
+                        if self.resends < self.config.resend_limit {
+                            self.resends += 1;
+                            self.stats.retransmissions += 1;
+                            self.stats.bytes_sent += frame.len() as u64;
+                            self.out.extend_from_slice(&frame);
+                        } else {
+                            self.last_frame = None;
+                            out.push(LinkEvent::GaveUp);
+                        }
+                    }
+                }
+                Event::Interrupt => out.push(LinkEvent::Interrupt),
+                Event::BadChecksum { .. } => {
+                    self.stats.bad_checksums += 1;
+                    if self.ack_mode {
+                        self.push_byte(NAK);
+                    }
+                }
+                Event::Oversize { .. } => {
+                    self.stats.oversize += 1;
+                    if self.ack_mode {
+                        self.push_byte(NAK);
+                    }
+                }
+                Event::Garbage { len } => self.stats.garbage_bytes += len as u64,
+            }
+        }
+    }
+
+    fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        (!self.out.is_empty()).then(|| std::mem::take(&mut self.out))
+    }
+}
+
+/// What a [`ServerSession`] hands to the stub.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerEvent {
+    /// A command to handle; answer it with [`ServerSession::send`].
+    Command(Command),
+    /// The client sent the interrupt byte (stop the target if it runs).
+    Interrupt,
+    /// A reply was NAKed more often than the resend limit allows; the link is unreliable.
+    GaveUp,
+}
+
+/// The stub side of a connection.
+///
+/// ```
+/// use tagsplit_protocol::gdb::{Command, Reply, ServerEvent, ServerSession};
+///
+/// let mut session = ServerSession::default();
+/// session.receive(b"$qAttached#8f");
+/// assert_eq!(session.poll_event(), Some(ServerEvent::Command(Command::Attached(None))));
+/// session.send(&Reply::Attached(true));
+/// // The ack and the reply leave in one write.
+/// assert_eq!(session.poll_transmit().unwrap(), b"+$1#31");
+/// ```
+#[derive(Clone, Debug)]
+pub struct ServerSession {
+    link: Link,
+    events: VecDeque<ServerEvent>,
+    running: bool,
+    /// Commands handed out and replies sent, to match the `OK` to `QStartNoAckMode` even
+    /// when commands arrive pipelined.
+    commands_received: u64,
+    replies_sent: u64,
+    no_ack_command: Option<u64>,
+}
+
+impl Default for ServerSession {
+    fn default() -> Self {
+        Self::new(SessionConfig::default())
+    }
+}
+
+impl ServerSession {
+    /// A session in ack mode with `config`.
+    pub fn new(config: SessionConfig) -> Self {
+        Self {
+            link: Link::new(config),
+            events: VecDeque::new(),
+            running: false,
+            commands_received: 0,
+            replies_sent: 0,
+            no_ack_command: None,
+        }
+    }
+
+    /// Feeds bytes received from the client.
+    pub fn receive(&mut self, bytes: &[u8]) {
+        let mut evs = Vec::new();
+        self.link.receive(bytes, &mut evs);
+        for ev in evs {
+            match ev {
+                LinkEvent::Payload(p) => {
+                    let cmd = Command::parse(&p);
+                    if cmd == Command::StartNoAckMode {
+                        self.no_ack_command = Some(self.commands_received);
+                    }
+                    self.commands_received += 1;
+                    if cmd.resumes() {
+                        self.running = true;
+                    }
+                    self.events.push_back(ServerEvent::Command(cmd));
+                }
+                LinkEvent::Interrupt => self.events.push_back(ServerEvent::Interrupt),
+                LinkEvent::GaveUp => self.events.push_back(ServerEvent::GaveUp),
+                LinkEvent::Notification(_) => {}
+            }
+        }
+    }
+
+    /// The next decoded event.
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    /// Queues a reply (replies go out in command order). A stop reply ends the running
+    /// state; the `OK` to `QStartNoAckMode` switches the session to no-ack mode once it is
+    /// queued. `O` output is not a reply; it may precede one.
+    pub fn send(&mut self, reply: &Reply) {
+        self.link.send_payload(&reply.encode());
+        if matches!(reply, Reply::Output(_)) {
+            return;
+        }
+        if matches!(reply, Reply::Stop(_)) {
+            self.running = false;
+        }
+        if self.no_ack_command == Some(self.replies_sent) {
+            self.no_ack_command = None;
+            if *reply == Reply::Ok {
+                self.link.ack_mode = false;
+                self.link.last_frame = None;
+            }
+        }
+        self.replies_sent += 1;
+    }
+
+    /// Queues `O` console output.
+    pub fn send_output(&mut self, text: &[u8]) {
+        self.link
+            .send_payload(&Reply::Output(text.to_vec()).encode());
+    }
+
+    /// Takes the bytes to write to the client, if any.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.link.poll_transmit()
+    }
+
+    /// Whether the target was resumed and no stop reply has been sent since.
+    pub fn is_running(&self) -> bool {
+        self.running
+    }
+
+    /// Whether packets are still acknowledged.
+    pub fn ack_mode(&self) -> bool {
+        self.link.ack_mode
+    }
+
+    /// Traffic counters.
+    pub fn stats(&self) -> SessionStats {
+        self.link.stats
+    }
+}
+
+/// What a [`ClientSession`] hands to the debugger.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// The reply to the outstanding command.
+    Reply(Reply),
+    /// `O` console output (the command is still outstanding).
+    Output(Vec<u8>),
+    /// An asynchronous notification (`%Stop:…`).
+    Notification(Vec<u8>),
+    /// The reply did not parse as the kind the command gets.
+    BadReply(ReplyError),
+    /// A command was NAKed more often than the resend limit allows.
+    GaveUp,
+}
+
+/// The debugger side of a connection.
+#[derive(Clone, Debug)]
+pub struct ClientSession {
+    link: Link,
+    events: VecDeque<ClientEvent>,
+    pending: Option<ReplyKind>,
+    no_ack_requested: bool,
+    round_trips: u64,
+}
+
+impl Default for ClientSession {
+    fn default() -> Self {
+        Self::new(SessionConfig {
+            run_length: false,
+            ..SessionConfig::default()
+        })
+    }
+}
+
+impl ClientSession {
+    /// A session in ack mode with `config`.
+    pub fn new(config: SessionConfig) -> Self {
+        Self {
+            link: Link::new(config),
+            events: VecDeque::new(),
+            pending: None,
+            no_ack_requested: false,
+            round_trips: 0,
+        }
+    }
+
+    /// Queues a command; its reply will be parsed as [`Command::reply_kind`].
+    pub fn send(&mut self, cmd: &Command) {
+        self.link.send_payload(&cmd.encode());
+        self.pending = Some(cmd.reply_kind());
+        self.no_ack_requested = *cmd == Command::StartNoAckMode;
+        self.round_trips += 1;
+    }
+
+    /// Queues the interrupt byte (while the target runs).
+    pub fn send_interrupt(&mut self) {
+        self.link.push_byte(INTERRUPT);
+    }
+
+    /// Feeds bytes received from the stub.
+    pub fn receive(&mut self, bytes: &[u8]) {
+        let mut evs = Vec::new();
+        self.link.receive(bytes, &mut evs);
+        for ev in evs {
+            match ev {
+                LinkEvent::Payload(p) => self.on_payload(&p),
+                LinkEvent::Notification(p) => self.events.push_back(ClientEvent::Notification(p)),
+                LinkEvent::GaveUp => self.events.push_back(ClientEvent::GaveUp),
+                LinkEvent::Interrupt => {}
+            }
+        }
+    }
+
+    fn on_payload(&mut self, payload: &[u8]) {
+        let kind = self.pending.unwrap_or(ReplyKind::Raw);
+        match Reply::parse(kind, payload) {
+            Ok(Reply::Output(text)) => self.events.push_back(ClientEvent::Output(text)),
+            Ok(reply) => {
+                self.pending = None;
+                // A reply also acknowledges the command.
+                self.link.last_frame = None;
+                if std::mem::take(&mut self.no_ack_requested) && reply == Reply::Ok {
+                    self.link.ack_mode = false;
+                }
+                self.events.push_back(ClientEvent::Reply(reply));
+            }
+            Err(e) => {
+                self.pending = None;
+                self.events.push_back(ClientEvent::BadReply(e));
+            }
+        }
+    }
+
+    /// The next decoded event.
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    /// Takes the bytes to write to the stub, if any.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.link.poll_transmit()
+    }
+
+    /// Whether a command is waiting for its reply.
+    pub fn awaiting_reply(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Whether packets are still acknowledged.
+    pub fn ack_mode(&self) -> bool {
+        self.link.ack_mode
+    }
+
+    /// Commands sent (each is one round trip).
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips
+    }
+
+    /// Traffic counters.
+    pub fn stats(&self) -> SessionStats {
+        self.link.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gdb::frame::encode_packet;
+
+    #[test]
+    fn no_ack_switch_on_both_sides() {
+        let mut client = ClientSession::default();
+        let mut server = ServerSession::default();
+        client.send(&Command::StartNoAckMode);
+        server.receive(&client.poll_transmit().unwrap());
+        assert_eq!(
+            server.poll_event(),
+            Some(ServerEvent::Command(Command::StartNoAckMode))
+        );
+        assert!(server.ack_mode());
+        server.send(&Reply::Ok);
+        assert!(!server.ack_mode());
+        let bytes = server.poll_transmit().unwrap();
+        assert_eq!(bytes, b"+$OK#9a");
+        client.receive(&bytes);
+        assert_eq!(client.poll_event(), Some(ClientEvent::Reply(Reply::Ok)));
+        assert!(!client.ack_mode());
+        // The client still acks the OK itself, then never again.
+        assert_eq!(client.poll_transmit().unwrap(), b"+");
+        client.send(&Command::ReadRegisters);
+        server.receive(&client.poll_transmit().unwrap());
+        server.send(&Reply::Hex(vec![0; 4]));
+        let bytes = server.poll_transmit().unwrap();
+        assert_eq!(bytes.first(), Some(&b'$'), "no ack in no-ack mode");
+        client.receive(&bytes);
+        assert_eq!(
+            client.poll_event(),
+            Some(ClientEvent::Reply(Reply::Hex(vec![0; 4])))
+        );
+        assert_eq!(client.poll_transmit(), None);
+    }
+
+    #[test]
+    fn retransmits_on_nak_up_to_the_limit() {
+        let mut server = ServerSession::new(SessionConfig {
+            resend_limit: 2,
+            ..SessionConfig::default()
+        });
+        server.receive(b"$g#67");
+        server.send(&Reply::Ok);
+        let first = server.poll_transmit().unwrap();
+        assert_eq!(first, b"+$OK#9a");
+        server.receive(b"-");
+        assert_eq!(server.poll_transmit().unwrap(), b"$OK#9a");
+        server.receive(b"-");
+        assert_eq!(server.poll_transmit().unwrap(), b"$OK#9a");
+        server.receive(b"-");
+        assert_eq!(server.poll_transmit(), None);
+        assert_eq!(
+            server.poll_event(),
+            Some(ServerEvent::Command(Command::ReadRegisters))
+        );
+        assert_eq!(server.poll_event(), Some(ServerEvent::GaveUp));
+        assert_eq!(server.stats().retransmissions, 2);
+        // After an ack nothing is retransmitted.
+        server.send(&Reply::Ok);
+        server.poll_transmit();
+        server.receive(b"+-");
+        assert_eq!(server.poll_transmit(), None);
+    }
+
+    #[test]
+    fn bad_checksum_is_naked_and_interrupt_reported_while_running() {
+        let mut server = ServerSession::default();
+        server.receive(b"$g#00");
+        assert_eq!(server.poll_transmit().unwrap(), b"-");
+        assert_eq!(server.poll_event(), None);
+        server.receive(&encode_packet(b"vCont;c", false));
+        assert!(server.is_running());
+        server.receive(&[INTERRUPT]);
+        assert!(matches!(
+            server.poll_event(),
+            Some(ServerEvent::Command(Command::VCont(_)))
+        ));
+        assert_eq!(server.poll_event(), Some(ServerEvent::Interrupt));
+        server.send(&Reply::Stop(crate::gdb::StopReply::thread(2, 1, None)));
+        assert!(!server.is_running());
+        assert_eq!(server.stats().bad_checksums, 1);
+    }
+
+    #[test]
+    fn client_collects_monitor_output_then_ok() {
+        let mut client = ClientSession::default();
+        client.send(&Command::Monitor(b"lm".to_vec()));
+        assert_eq!(
+            client.poll_transmit().unwrap(),
+            encode_packet(b"qRcmd,6c6d", false)
+        );
+        let mut bytes = b"+".to_vec();
+        bytes.extend(encode_packet(b"O6869", true));
+        bytes.extend(encode_packet(b"OK", true));
+        client.receive(&bytes);
+        assert_eq!(
+            client.poll_event(),
+            Some(ClientEvent::Output(b"hi".to_vec()))
+        );
+        assert_eq!(client.poll_event(), Some(ClientEvent::Reply(Reply::Ok)));
+        assert!(!client.awaiting_reply());
+        assert_eq!(client.poll_transmit().unwrap(), b"++");
+        assert_eq!(client.round_trips(), 1);
+    }
+
+    #[test]
+    fn client_retransmits_its_command_on_nak() {
+        let mut client = ClientSession::default();
+        client.send(&Command::ReadMemory { addr: 0x10, len: 4 });
+        let frame = client.poll_transmit().unwrap();
+        client.receive(b"-");
+        assert_eq!(client.poll_transmit().unwrap(), frame);
+        assert_eq!(client.stats().retransmissions, 1);
+    }
+}

@@ -1,0 +1,460 @@
+//! The KD reliability layer for both roles: packet ids, ACK/RESEND/RESET, duplicate
+//! suppression and retries, sans-IO.
+//!
+//! Feed input with [`Session::handle_bytes`] (a KDCOM byte stream) or
+//! [`Session::handle_packet`] (one KDNET datagram's payload), drive timers with
+//! [`Session::handle_timeout`] at [`Session::poll_timeout`], and drain
+//! [`Session::poll_transmit`] and [`Session::poll_event`]. Time is a `Duration` since any
+//! fixed origin the caller picks.
+//!
+//! Two id schemes:
+//! * [`IdScheme::Kdcom`]: the target's first packet carries `INITIAL|SYNC` (0x80800800);
+//!   ACKs carry the id without SYNC; ids then alternate bit 0. Receivers deliver a packet
+//!   whose id equals the expected id (or that carries SYNC, which resynchronises) and ACK
+//!   but drop duplicates.
+//! * [`IdScheme::Kdnet`]: target ids 0, 2, 4…, debugger ids 0x80000000 + 2k, ACKs echo
+//!   the id; a packet with the id of the last delivered one is a duplicate.
+//!   Packets travel one per datagram, without the `0xAA` trailer.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use super::packet::{Leader, PacketType, Repr};
+use super::stream::{StreamDecoder, StreamEvent};
+use super::{BREAKIN_PACKET_BYTE, INITIAL_PACKET_ID, KdError, SYNC_PACKET_ID, le};
+
+/// Which end of the wire this session is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The debuggee (kernel side).
+    Target,
+    /// The debugger (host side).
+    Debugger,
+}
+
+/// How packet ids are assigned and acknowledged (and how packets are framed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdScheme {
+    /// KDCOM: INITIAL/SYNC, alternating bit 0; byte stream with `0xAA` trailers.
+    Kdcom,
+    /// KDNET: ids step by 2, debugger ids have bit 31 set; one packet per datagram.
+    Kdnet,
+}
+
+/// Session parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// This end's role.
+    pub role: Role,
+    /// The id scheme (and framing).
+    pub scheme: IdScheme,
+    /// How long to wait for an ACK before sending again.
+    pub retry_timeout: Duration,
+    /// How many times a packet is re-sent before it is given up.
+    pub max_retries: u32,
+}
+
+impl SessionConfig {
+    /// KDCOM defaults for `role`.
+    pub fn kdcom(role: Role) -> SessionConfig {
+        SessionConfig {
+            role,
+            scheme: IdScheme::Kdcom,
+            retry_timeout: Duration::from_millis(500),
+            max_retries: 20,
+        }
+    }
+
+    /// KDNET defaults for `role`.
+    pub fn kdnet(role: Role) -> SessionConfig {
+        SessionConfig {
+            scheme: IdScheme::Kdnet,
+            ..SessionConfig::kdcom(role)
+        }
+    }
+}
+
+/// What the session tells its owner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SessionEvent {
+    /// A new data packet from the peer (already acknowledged).
+    Packet {
+        /// `PacketType`.
+        packet_type: PacketType,
+        /// `PacketId`.
+        id: u32,
+        /// The payload.
+        payload: Vec<u8>,
+    },
+    /// The debugger asked the target to stop.
+    BreakIn,
+    /// The peer reset the session; ids are back to their initial values.
+    Reset,
+    /// The peer acknowledged our packet with this id.
+    Acknowledged {
+        /// The id of our packet.
+        id: u32,
+    },
+    /// A packet we already delivered arrived again; it was ACKed and dropped.
+    Duplicate {
+        /// Its id.
+        id: u32,
+    },
+    /// A damaged packet arrived; a RESEND was sent.
+    Corrupt(String),
+    /// Bytes outside any packet were skipped.
+    Noise {
+        /// How many.
+        bytes: usize,
+    },
+    /// KDNET's first data packet (type 0, 12 bytes): the target's hello.
+    Hello {
+        /// The raw bytes.
+        bytes: Vec<u8>,
+    },
+    /// Our packet was given up after too many retries.
+    SendFailed {
+        /// Its type.
+        packet_type: PacketType,
+        /// Its id.
+        id: u32,
+    },
+}
+
+/// Traffic counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Transmit units handed out (packets, control packets, break-ins).
+    pub packets_sent: u64,
+    /// Bytes handed out.
+    pub bytes_sent: u64,
+    /// Packets received (good ones, control included).
+    pub packets_received: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+    /// Our data packets sent again (timeout, RESEND or RESET).
+    pub retransmissions: u64,
+    /// Duplicate packets dropped.
+    pub duplicates: u64,
+    /// Damaged packets seen.
+    pub corrupt: u64,
+}
+
+#[derive(Clone, Debug)]
+struct InFlight {
+    repr: Repr,
+    deadline: Duration,
+    retries: u32,
+}
+
+/// A KD session (one end).
+#[derive(Clone, Debug)]
+pub struct Session {
+    config: SessionConfig,
+    decoder: StreamDecoder,
+    next_id: u32,
+    expected_remote: u32,
+    last_delivered: Option<u32>,
+    queue: VecDeque<(PacketType, Vec<u8>)>,
+    in_flight: Option<InFlight>,
+    transmit: VecDeque<Vec<u8>>,
+    events: VecDeque<SessionEvent>,
+    reset_sent: bool,
+    stats: SessionStats,
+}
+
+impl Session {
+    /// A fresh session.
+    pub fn new(config: SessionConfig) -> Session {
+        Session {
+            config,
+            decoder: StreamDecoder::new(),
+            next_id: initial_send_id(config),
+            expected_remote: INITIAL_PACKET_ID,
+            last_delivered: None,
+            queue: VecDeque::new(),
+            in_flight: None,
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+            reset_sent: false,
+            stats: SessionStats::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> SessionStats {
+        self.stats
+    }
+
+    /// Queues a data packet; it is sent when the previous one is acknowledged.
+    pub fn send(&mut self, now: Duration, packet_type: PacketType, payload: Vec<u8>) {
+        self.queue.push_back((packet_type, payload));
+        self.pump(now);
+    }
+
+    /// Whether nothing is waiting for an ACK and nothing is queued.
+    pub fn is_idle(&self) -> bool {
+        self.in_flight.is_none() && self.queue.is_empty()
+    }
+
+    /// Sends the break-in byte (debugger role).
+    pub fn send_break_in(&mut self) {
+        self.push_transmit(vec![BREAKIN_PACKET_BYTE]);
+    }
+
+    /// Sends a RESET and returns ids to their initial values (a debugger does this on
+    /// connect).
+    pub fn reset(&mut self, now: Duration) {
+        if self.config.scheme == IdScheme::Kdcom {
+            self.reset_ids();
+        }
+        self.reset_sent = true;
+        self.send_control(PacketType::Reset, self.reset_id());
+        self.resend_in_flight(now, true);
+    }
+
+    /// Handles bytes from a KDCOM stream.
+    pub fn handle_bytes(&mut self, now: Duration, bytes: &[u8]) {
+        self.stats.bytes_received = self.stats.bytes_received.saturating_add(bytes.len() as u64);
+        self.decoder.push(bytes);
+        while let Some(ev) = self.decoder.next_event() {
+            match ev {
+                StreamEvent::Packet(repr) => self.handle_repr(now, repr),
+                StreamEvent::BreakIn => self.events.push_back(SessionEvent::BreakIn),
+                StreamEvent::Noise { bytes } => {
+                    self.events.push_back(SessionEvent::Noise { bytes })
+                }
+                StreamEvent::BadChecksum { .. }
+                | StreamEvent::BadTrailer { .. }
+                | StreamEvent::TooLong { .. }
+                | StreamEvent::MissingTrailer { .. } => self.corrupt(format!("{ev:?}")),
+            }
+        }
+    }
+
+    /// Handles the payload of one KDNET data datagram (one packet without trailer, or
+    /// the break-in byte, or the 12-byte hello).
+    pub fn handle_packet(&mut self, now: Duration, bytes: &[u8]) {
+        self.stats.bytes_received = self.stats.bytes_received.saturating_add(bytes.len() as u64);
+        if bytes == [BREAKIN_PACKET_BYTE] {
+            self.events.push_back(SessionEvent::BreakIn);
+            return;
+        }
+        if bytes.len() >= 4 && le::u32_at(bytes, 0) == 0 {
+            self.events.push_back(SessionEvent::Hello {
+                bytes: bytes.to_vec(),
+            });
+            if self.config.role == Role::Debugger {
+                // WinDbg answers the hello with a RESEND so the target sends its packet.
+                self.send_control(PacketType::Resend, 0);
+            }
+            return;
+        }
+        match Repr::parse_bytes(bytes) {
+            Ok(repr) => self.handle_repr(now, repr),
+            Err(e @ KdError::BadChecksum { .. }) => self.corrupt(e.to_string()),
+            Err(e) => self.corrupt(e.to_string()),
+        }
+    }
+
+    /// Handles a parsed packet.
+    pub fn handle_repr(&mut self, now: Duration, repr: Repr) {
+        self.stats.packets_received = self.stats.packets_received.saturating_add(1);
+        match repr.leader {
+            Leader::Control => self.handle_control(now, repr.packet_type, repr.id),
+            Leader::Data => self.handle_data(repr),
+        }
+    }
+
+    /// Re-sends or gives up the packet in flight when its timer has expired.
+    pub fn handle_timeout(&mut self, now: Duration) {
+        let Some(f) = &self.in_flight else { return };
+        if now < f.deadline {
+            return;
+        }
+        if f.retries >= self.config.max_retries {
+            let (packet_type, id) = (f.repr.packet_type, f.repr.id);
+            self.in_flight = None;
+            self.events
+                .push_back(SessionEvent::SendFailed { packet_type, id });
+            if self.config.scheme == IdScheme::Kdcom {
+                self.next_id = initial_send_id(self.config) | SYNC_PACKET_ID;
+            }
+            self.pump(now);
+            return;
+        }
+        self.resend_in_flight(now, false);
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should next be called.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        self.in_flight.as_ref().map(|f| f.deadline)
+    }
+
+    /// The next unit to put on the wire (KDCOM bytes, or one KDNET datagram payload).
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.transmit.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+
+    fn handle_control(&mut self, now: Duration, ty: PacketType, id: u32) {
+        match ty {
+            PacketType::Acknowledge => {
+                let Some(f) = &self.in_flight else { return };
+                let sent = f.repr.id;
+                let matches = match self.config.scheme {
+                    IdScheme::Kdcom => id == sent & !SYNC_PACKET_ID || id == sent,
+                    IdScheme::Kdnet => id == sent,
+                };
+                if !matches {
+                    return;
+                }
+                self.in_flight = None;
+                self.next_id = match self.config.scheme {
+                    IdScheme::Kdcom => (sent & !SYNC_PACKET_ID) ^ 1,
+                    IdScheme::Kdnet => sent.wrapping_add(2),
+                };
+                self.events
+                    .push_back(SessionEvent::Acknowledged { id: sent });
+                self.pump(now);
+            }
+            PacketType::Resend => self.resend_in_flight(now, false),
+            PacketType::Reset => {
+                self.events.push_back(SessionEvent::Reset);
+                let answer = !self.reset_sent;
+                self.reset_sent = false;
+                if self.config.scheme == IdScheme::Kdcom {
+                    self.reset_ids();
+                }
+                if answer {
+                    self.send_control(PacketType::Reset, self.reset_id());
+                }
+                self.resend_in_flight(now, true);
+            }
+            _ => self.corrupt(format!("unexpected control packet {}", ty.name())),
+        }
+    }
+
+    fn handle_data(&mut self, repr: Repr) {
+        let id = repr.id;
+        let ack = match self.config.scheme {
+            IdScheme::Kdcom => id & !SYNC_PACKET_ID,
+            IdScheme::Kdnet => id,
+        };
+        self.send_control(PacketType::Acknowledge, ack);
+        let fresh = match self.config.scheme {
+            IdScheme::Kdcom => {
+                if self.last_delivered == Some(id) {
+                    false
+                } else if id & SYNC_PACKET_ID != 0 || id == self.expected_remote {
+                    self.expected_remote = (id & !SYNC_PACKET_ID) ^ 1;
+                    true
+                } else {
+                    false
+                }
+            }
+            IdScheme::Kdnet => self.last_delivered != Some(id),
+        };
+        if !fresh {
+            self.stats.duplicates = self.stats.duplicates.saturating_add(1);
+            self.events.push_back(SessionEvent::Duplicate { id });
+            return;
+        }
+        self.last_delivered = Some(id);
+        self.events.push_back(SessionEvent::Packet {
+            packet_type: repr.packet_type,
+            id,
+            payload: repr.payload,
+        });
+    }
+
+    /// KDCOM resets carry id 0; KDNET resets carry the sender's next id.
+    fn reset_id(&self) -> u32 {
+        match self.config.scheme {
+            IdScheme::Kdcom => 0,
+            IdScheme::Kdnet => self.next_id,
+        }
+    }
+
+    fn corrupt(&mut self, what: String) {
+        self.stats.corrupt = self.stats.corrupt.saturating_add(1);
+        self.events.push_back(SessionEvent::Corrupt(what));
+        self.send_control(PacketType::Resend, 0);
+    }
+
+    fn reset_ids(&mut self) {
+        self.next_id = initial_send_id(self.config);
+        self.expected_remote = INITIAL_PACKET_ID;
+        self.last_delivered = None;
+    }
+
+    fn resend_in_flight(&mut self, now: Duration, renumber: bool) {
+        let next_id = self.next_id;
+        let timeout = self.config.retry_timeout;
+        let Some(f) = self.in_flight.as_mut() else {
+            return;
+        };
+        if renumber {
+            f.repr.id = next_id;
+        }
+        f.retries = f.retries.saturating_add(1);
+        f.deadline = now.saturating_add(timeout);
+        let bytes = frame(self.config.scheme, &f.repr);
+        self.stats.retransmissions = self.stats.retransmissions.saturating_add(1);
+        self.push_transmit(bytes);
+    }
+
+    fn pump(&mut self, now: Duration) {
+        if self.in_flight.is_some() {
+            return;
+        }
+        let Some((packet_type, payload)) = self.queue.pop_front() else {
+            return;
+        };
+        let repr = Repr::data(packet_type, self.next_id, payload);
+        let bytes = frame(self.config.scheme, &repr);
+        self.in_flight = Some(InFlight {
+            repr,
+            deadline: now.saturating_add(self.config.retry_timeout),
+            retries: 0,
+        });
+        self.push_transmit(bytes);
+    }
+
+    fn send_control(&mut self, ty: PacketType, id: u32) {
+        let bytes = frame(self.config.scheme, &Repr::control(ty, id));
+        self.push_transmit(bytes);
+    }
+
+    fn push_transmit(&mut self, bytes: Vec<u8>) {
+        self.stats.packets_sent = self.stats.packets_sent.saturating_add(1);
+        self.stats.bytes_sent = self.stats.bytes_sent.saturating_add(bytes.len() as u64);
+        self.transmit.push_back(bytes);
+    }
+}
+
+fn frame(scheme: IdScheme, repr: &Repr) -> Vec<u8> {
+    match scheme {
+        IdScheme::Kdcom => repr.to_kdcom_bytes(),
+        IdScheme::Kdnet => repr.to_bytes(),
+    }
+}
+
+fn initial_send_id(config: SessionConfig) -> u32 {
+    match (config.scheme, config.role) {
+        (IdScheme::Kdcom, Role::Target) => INITIAL_PACKET_ID | SYNC_PACKET_ID,
+        (IdScheme::Kdcom, Role::Debugger) => INITIAL_PACKET_ID,
+        (IdScheme::Kdnet, Role::Target) => 0,
+        (IdScheme::Kdnet, Role::Debugger) => 0x8000_0000,
+    }
+}

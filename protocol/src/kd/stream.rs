@@ -1,0 +1,229 @@
+//! A streaming KDCOM decoder: bytes in, [`StreamEvent`]s out.
+//!
+//! The decoder hunts for four identical leader bytes (`0x30` or `0x69`), so it resyncs
+//! after line noise; a `0x62` seen while hunting is a break-in. `ByteCount` is checked
+//! against [`PACKET_MAX_SIZE`] before anything is buffered, so the buffer never holds more
+//! than one maximal packet. Trouble is an event, never an error: the stream goes on.
+//! The events depend only on the bytes, not on how they were chunked.
+
+use std::collections::VecDeque;
+
+use nom::Parser;
+
+use super::packet::{Leader, PacketType, Repr, checksum, header};
+use super::{
+    BREAKIN_PACKET_BYTE, CONTROL_PACKET_LEADER_BYTE, HEADER_LEN, PACKET_LEADER_BYTE,
+    PACKET_MAX_SIZE, PACKET_TRAILING_BYTE,
+};
+
+/// Something the decoder found in the byte stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StreamEvent {
+    /// A complete packet with a good checksum (and trailer, for data packets).
+    Packet(Repr),
+    /// A lone break-in byte (`0x62`) outside a packet.
+    BreakIn,
+    /// Bytes that were not part of any packet were skipped (reported before the next
+    /// packet or break-in, or by [`StreamDecoder::finish`]).
+    Noise {
+        /// How many bytes.
+        bytes: usize,
+    },
+    /// A data packet whose checksum does not match; the receiver should ask for a resend.
+    BadChecksum {
+        /// `PacketType` of the damaged packet.
+        packet_type: PacketType,
+        /// `PacketId` of the damaged packet.
+        id: u32,
+        /// The checksum in the header.
+        expected: u32,
+        /// The sum of the received payload.
+        actual: u32,
+    },
+    /// A data packet not followed by `0xAA`.
+    BadTrailer {
+        /// `PacketId` of the packet.
+        id: u32,
+        /// The byte found instead.
+        found: u8,
+    },
+    /// A header announced more than [`PACKET_MAX_SIZE`] bytes; the header was dropped.
+    TooLong {
+        /// The announced `ByteCount`.
+        byte_count: usize,
+    },
+    /// At the end of input, a data packet was complete except for its trailer (seen in
+    /// captures that cut the `0xAA`); the packet is still delivered after this event.
+    MissingTrailer {
+        /// `PacketId` of the packet.
+        id: u32,
+    },
+}
+
+/// The streaming decoder.
+#[derive(Debug, Default, Clone)]
+pub struct StreamDecoder {
+    buf: Vec<u8>,
+    noise: usize,
+    events: VecDeque<StreamEvent>,
+}
+
+enum Step {
+    /// Need more bytes.
+    Wait,
+    /// Progress was made; go on.
+    Again,
+}
+
+impl StreamDecoder {
+    /// A decoder with an empty buffer.
+    pub fn new() -> StreamDecoder {
+        StreamDecoder::default()
+    }
+
+    /// Feeds bytes; decode events become available through [`next_event`](Self::next_event).
+    pub fn push(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(PACKET_MAX_SIZE) {
+            self.buf.extend_from_slice(chunk);
+            while let Step::Again = self.step() {}
+        }
+    }
+
+    /// The next decode event, if any.
+    pub fn next_event(&mut self) -> Option<StreamEvent> {
+        self.events.pop_front()
+    }
+
+    /// Bytes currently buffered (a partial packet).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// End of input: reports a data packet that only lacks its trailer, and any noise left.
+    pub fn finish(&mut self) {
+        if let Some((repr, len)) = self.complete_without_trailer() {
+            self.flush_noise();
+            self.events
+                .push_back(StreamEvent::MissingTrailer { id: repr.id });
+            self.events.push_back(StreamEvent::Packet(repr));
+            self.buf.drain(..len);
+        }
+        self.noise += self.buf.len();
+        self.buf.clear();
+        self.flush_noise();
+    }
+
+    fn complete_without_trailer(&self) -> Option<(Repr, usize)> {
+        let (_, (leader, ty, count, id, sum)) = header::<nom::error::Error<&[u8]>>()
+            .parse_complete(&self.buf)
+            .ok()?;
+        if leader != super::PACKET_LEADER {
+            return None;
+        }
+        let len = HEADER_LEN + usize::from(count);
+        let payload = self.buf.get(HEADER_LEN..len)?;
+        if self.buf.len() != len || checksum(payload) != sum {
+            return None;
+        }
+        Some((
+            Repr::data(PacketType::from_value(ty), id, payload.to_vec()),
+            len,
+        ))
+    }
+
+    fn flush_noise(&mut self) {
+        if self.noise > 0 {
+            self.events
+                .push_back(StreamEvent::Noise { bytes: self.noise });
+            self.noise = 0;
+        }
+    }
+
+    fn emit(&mut self, event: StreamEvent) {
+        self.flush_noise();
+        self.events.push_back(event);
+    }
+
+    fn discard(&mut self, n: usize, as_noise: bool) {
+        let n = n.min(self.buf.len());
+        self.buf.drain(..n);
+        if as_noise {
+            self.noise += n;
+        }
+    }
+
+    fn step(&mut self) -> Step {
+        // Hunt for a leader at the front of the buffer.
+        let Some(&first) = self.buf.first() else {
+            return Step::Wait;
+        };
+        if first == BREAKIN_PACKET_BYTE {
+            self.discard(1, false);
+            self.emit(StreamEvent::BreakIn);
+            return Step::Again;
+        }
+        if first != PACKET_LEADER_BYTE && first != CONTROL_PACKET_LEADER_BYTE {
+            self.discard(1, true);
+            return Step::Again;
+        }
+        let run = self.buf.iter().take(4).take_while(|&&b| b == first).count();
+        if run < 4 {
+            if run == self.buf.len() {
+                return Step::Wait;
+            }
+            // A partial leader followed by something else: noise.
+            self.discard(run, true);
+            return Step::Again;
+        }
+        // Header: the streaming parser says Incomplete until 16 bytes are here.
+        let parsed = header::<nom::error::Error<&[u8]>>().parse(&self.buf[..]);
+        let (_, ty, count, id, sum) = match parsed {
+            Ok((_, h)) => h,
+            Err(_) => return Step::Wait,
+        };
+        let packet_type = PacketType::from_value(ty);
+        let count = usize::from(count);
+        let leader = if first == PACKET_LEADER_BYTE {
+            Leader::Data
+        } else {
+            Leader::Control
+        };
+        match leader {
+            Leader::Control => {
+                self.discard(HEADER_LEN, false);
+                self.emit(StreamEvent::Packet(Repr::control(packet_type, id)));
+                Step::Again
+            }
+            Leader::Data => {
+                if count > PACKET_MAX_SIZE {
+                    self.discard(HEADER_LEN, false);
+                    self.emit(StreamEvent::TooLong { byte_count: count });
+                    return Step::Again;
+                }
+                let total = HEADER_LEN + count + 1;
+                if self.buf.len() < total {
+                    return Step::Wait;
+                }
+                let payload = self.buf.get(HEADER_LEN..HEADER_LEN + count).unwrap_or(&[]);
+                let actual = checksum(payload);
+                let trailer = self.buf.get(HEADER_LEN + count).copied().unwrap_or(0);
+                let event = if trailer != PACKET_TRAILING_BYTE {
+                    StreamEvent::BadTrailer { id, found: trailer }
+                } else if actual != sum {
+                    StreamEvent::BadChecksum {
+                        packet_type,
+                        id,
+                        expected: sum,
+                        actual,
+                    }
+                } else {
+                    StreamEvent::Packet(Repr::data(packet_type, id, payload.to_vec()))
+                };
+                self.discard(total, false);
+                self.emit(event);
+                Step::Again
+            }
+        }
+    }
+}

@@ -1,0 +1,223 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+//! Replays the packet logs recorded from real gdb 13.1 (`shared/reference/gdb-transcripts`)
+//! through the command parser, the reply parser and a `ServerSession`/`ClientSession` pair.
+
+use std::path::PathBuf;
+
+use tagsplit_protocol::gdb::{
+    ClientEvent, ClientSession, Command, Reply, ReplyKind, ServerEvent, ServerSession, frame,
+};
+
+fn transcript_dir() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/reference/gdb-transcripts/"
+    ))
+}
+
+/// One exchange: what gdb sent and the logged reply (`None` if truncated or absent).
+struct Exchange {
+    command: Vec<u8>,
+    reply: Option<Vec<u8>>,
+    /// The logged length of a truncated reply.
+    reply_truncated: Option<usize>,
+}
+
+fn is_truncated(text: &[u8]) -> bool {
+    truncated_len(text).is_some()
+}
+
+/// `...(N bytes)` at the end of a logged line: the real length.
+fn truncated_len(text: &[u8]) -> Option<usize> {
+    let text = std::str::from_utf8(text).ok()?;
+    let body = text.strip_suffix(" bytes)")?;
+    let pos = body.rfind("...(")?;
+    body[pos + 4..].parse().ok()
+}
+
+fn load(name: &str) -> Vec<Exchange> {
+    let raw = std::fs::read(transcript_dir().join(name)).unwrap();
+    let mut out: Vec<Exchange> = Vec::new();
+    for line in raw.split(|&b| b == b'\n') {
+        let trimmed = line.trim_ascii_start();
+        // Strip the leading time column.
+        let Some(pos) = trimmed.iter().position(|&b| b == b' ') else {
+            continue;
+        };
+        let rest = &trimmed[pos + 1..];
+        if let Some(cmd) = rest.strip_prefix(b"<- ") {
+            assert!(
+                !is_truncated(cmd),
+                "{name}: a command was truncated in the log"
+            );
+            out.push(Exchange {
+                command: cmd.to_vec(),
+                reply: None,
+                reply_truncated: None,
+            });
+        } else if let Some(reply) = rest
+            .strip_prefix(b"->")
+            .map(|r| r.strip_prefix(b" ").unwrap_or(r))
+        {
+            let last = out.last_mut().expect("reply before any command");
+            if let Some(n) = truncated_len(reply) {
+                last.reply_truncated = Some(n);
+            } else {
+                last.reply = Some(reply.to_vec());
+            }
+        }
+    }
+    out
+}
+
+fn transcripts() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(transcript_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".server.log"))
+        .collect();
+    names.sort();
+    assert!(
+        names.len() >= 12,
+        "expected the 12 recorded transcripts, found {names:?}"
+    );
+    names
+}
+
+/// Packets gdb sent that we deliberately do not model (test markers and host I/O).
+fn expected_unknown(cmd: &[u8]) -> bool {
+    cmd.starts_with(b"qMARK:") || cmd.starts_with(b"vFile:")
+}
+
+#[test]
+fn every_recorded_gdb_packet_parses_as_its_typed_command() {
+    let mut typed = 0;
+    for name in transcripts() {
+        for ex in load(&name) {
+            let cmd = Command::parse(&ex.command);
+            if expected_unknown(&ex.command) {
+                assert_eq!(cmd, Command::Unknown(ex.command.clone()), "{name}");
+                continue;
+            }
+            assert!(
+                !matches!(cmd, Command::Unknown(_)),
+                "{name}: {:?} parsed as Unknown",
+                String::from_utf8_lossy(&ex.command)
+            );
+            // gdb's own spelling comes back byte for byte.
+            assert_eq!(cmd.encode(), ex.command, "{name}: re-encoding {cmd:?}");
+            typed += 1;
+        }
+    }
+    assert!(typed > 400, "only {typed} typed packets");
+}
+
+#[test]
+fn specific_recorded_packets_have_the_right_meaning() {
+    let b = load("B-full.server.log");
+    let cmds: Vec<Command> = b.iter().map(|e| Command::parse(&e.command)).collect();
+    assert!(cmds.contains(&Command::SearchMemory {
+        addr: 0x1_4000_1011,
+        len: 0x2fef,
+        pattern: b"Leak".to_vec()
+    }));
+    assert!(cmds.contains(&Command::WriteMemoryBinary {
+        addr: 0x1_4000_1010,
+        data: vec![0x31]
+    }));
+    assert!(cmds.contains(&Command::Monitor(b"help".to_vec())));
+    assert_eq!(cmds.last(), Some(&Command::Detach(None)));
+    let f = load("F-no-x.server.log");
+    assert!(f.iter().any(|e| Command::parse(&e.command)
+        == Command::WriteMemory {
+            addr: 0x1_4000_1010,
+            data: vec![0x31]
+        }));
+}
+
+#[test]
+fn every_recorded_reply_parses_for_its_command() {
+    let mut checked = 0;
+    for name in transcripts() {
+        for ex in load(&name) {
+            let Some(reply) = &ex.reply else { continue };
+            let cmd = Command::parse(&ex.command);
+            let typed = Reply::parse(cmd.reply_kind(), reply)
+                .unwrap_or_else(|e| panic!("{name}: reply to {cmd:?}: {e}"));
+            if matches!(
+                cmd,
+                Command::Unknown(_) | Command::TraceStatus | Command::MustReplyEmpty
+            ) {
+                assert_eq!(typed, Reply::Empty, "{name}: {cmd:?}");
+            }
+            // Our encoding of the parsed reply is what the logging stub sent.
+            assert_eq!(typed.encode(), *reply, "{name}: {typed:?}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 400, "only {checked} replies");
+}
+
+/// Drives each transcript through a ClientSession (playing gdb) and a ServerSession (playing
+/// the stub), with the stub answering what the log says, and checks both ends agree.
+#[test]
+fn transcripts_replay_through_both_sessions() {
+    for name in transcripts() {
+        let mut client = ClientSession::default();
+        let mut server = ServerSession::default();
+        for ex in load(&name) {
+            let sent = Command::parse(&ex.command);
+            client.send(&sent);
+            let bytes = client.poll_transmit().unwrap();
+            server.receive(&bytes);
+            let got = match server.poll_event() {
+                Some(ServerEvent::Command(c)) => c,
+                other => panic!("{name}: server saw {other:?}"),
+            };
+            assert_eq!(got, sent, "{name}");
+            // Truncated logs keep the length: answer with that much data of the right kind.
+            let reply = match (&ex.reply, ex.reply_truncated, got.reply_kind()) {
+                (Some(r), _, kind) => Reply::parse(kind, r).unwrap(),
+                (None, Some(n), ReplyKind::Hex) => Reply::Hex(vec![0x5a; n / 2]),
+                (None, Some(n), ReplyKind::Xfer) => Reply::Xfer {
+                    more: false,
+                    data: vec![b'x'; n - 1],
+                },
+                (None, Some(_), kind) => panic!("{name}: unexpected truncated {kind:?} reply"),
+                (None, None, _) => continue, // connection closed
+            };
+            server.send(&reply);
+            let bytes = server.poll_transmit().unwrap();
+            if !server.ack_mode() && got != Command::StartNoAckMode {
+                assert_eq!(bytes.first(), Some(&b'$'), "{name}: no acks in no-ack mode");
+            }
+            // Every reply is a well-formed frame with a correct checksum.
+            let mut d = frame::Decoder::default();
+            assert!(
+                d.decode(&bytes)
+                    .iter()
+                    .all(|e| matches!(e, frame::Event::Ack | frame::Event::Packet(_))),
+                "{name}: malformed reply bytes {bytes:?}"
+            );
+            client.receive(&bytes);
+            match client.poll_event() {
+                Some(ClientEvent::Reply(r)) => assert_eq!(r, reply, "{name}: {got:?}"),
+                Some(ClientEvent::Output(_)) if got.reply_kind() == ReplyKind::Monitor => {}
+                other => panic!("{name}: client saw {other:?} for {got:?}"),
+            }
+            if let Some(acks) = client.poll_transmit() {
+                server.receive(&acks);
+            }
+        }
+        let uses_no_ack = load(&name).iter().any(|e| e.command == b"QStartNoAckMode");
+        assert_eq!(!server.ack_mode(), uses_no_ack, "{name}");
+        assert_eq!(server.stats().bad_checksums, 0);
+        assert_eq!(client.stats().retransmissions, 0);
+    }
+}

@@ -1,0 +1,275 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+//! Sessions over an in-memory link that drops, duplicates and damages packets still
+//! deliver every request and reply exactly once, in order — in both id schemes.
+
+use std::time::Duration;
+
+use proptest::prelude::*;
+use tagsplit_protocol::kd::{
+    INITIAL_PACKET_ID, IdScheme, PacketType, Repr, Role, SYNC_PACKET_ID, Session, SessionConfig,
+    SessionEvent,
+};
+
+/// A tiny deterministic PRNG (xorshift) so the link's faults are reproducible.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+}
+
+struct Faults {
+    drop: u64,
+    dup: u64,
+    corrupt: u64,
+}
+
+fn deliver(to: &mut Session, now: Duration, scheme: IdScheme, unit: &[u8]) {
+    match scheme {
+        IdScheme::Kdcom => to.handle_bytes(now, unit),
+        IdScheme::Kdnet => to.handle_packet(now, unit),
+    }
+}
+
+fn pass(
+    from: &mut Session,
+    to: &mut Session,
+    now: Duration,
+    scheme: IdScheme,
+    rng: &mut Rng,
+    f: &Faults,
+) -> bool {
+    let mut moved = false;
+    while let Some(mut unit) = from.poll_transmit() {
+        moved = true;
+        if rng.chance(f.drop) {
+            continue;
+        }
+        if unit.len() > 17 && rng.chance(f.corrupt) {
+            let i = 16 + (rng.next() as usize) % (unit.len() - 17);
+            unit[i] ^= 0x5A;
+        }
+        deliver(to, now, scheme, &unit);
+        if rng.chance(f.dup) {
+            deliver(to, now, scheme, &unit);
+        }
+    }
+    moved
+}
+
+/// Runs `n` requests from the debugger, each answered by the target; returns what each
+/// side received.
+fn run(
+    scheme: IdScheme,
+    n: usize,
+    seed: u64,
+    f: &Faults,
+) -> (Vec<Vec<u8>>, Vec<Vec<u8>>, Session, Session) {
+    let cfg = |role| SessionConfig {
+        max_retries: 10_000,
+        ..match scheme {
+            IdScheme::Kdcom => SessionConfig::kdcom(role),
+            IdScheme::Kdnet => SessionConfig::kdnet(role),
+        }
+    };
+    let mut dbg = Session::new(cfg(Role::Debugger));
+    let mut tgt = Session::new(cfg(Role::Target));
+    let mut rng = Rng(seed | 1);
+    let mut now = Duration::ZERO;
+    for i in 0..n {
+        dbg.send(
+            now,
+            PacketType::StateManipulate,
+            format!("request {i}").into_bytes(),
+        );
+    }
+    let (mut at_target, mut at_debugger) = (Vec::new(), Vec::new());
+    for _ in 0..200_000 {
+        let a = pass(&mut dbg, &mut tgt, now, scheme, &mut rng, f);
+        let b = pass(&mut tgt, &mut dbg, now, scheme, &mut rng, f);
+        while let Some(ev) = tgt.poll_event() {
+            assert!(!matches!(ev, SessionEvent::SendFailed { .. }));
+            if let SessionEvent::Packet { payload, .. } = ev {
+                let reply = [b"reply to ".as_slice(), &payload].concat();
+                at_target.push(payload);
+                tgt.send(now, PacketType::StateManipulate, reply);
+            }
+        }
+        while let Some(ev) = dbg.poll_event() {
+            if let SessionEvent::Packet { payload, .. } = ev {
+                at_debugger.push(payload);
+            }
+        }
+        if at_debugger.len() == n && dbg.is_idle() && tgt.is_idle() {
+            break;
+        }
+        if !a && !b {
+            let next = [dbg.poll_timeout(), tgt.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            now = next.unwrap_or(now + Duration::from_millis(10)).max(now);
+            dbg.handle_timeout(now);
+            tgt.handle_timeout(now);
+        }
+    }
+    (at_target, at_debugger, dbg, tgt)
+}
+
+fn expected(n: usize) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let req: Vec<Vec<u8>> = (0..n)
+        .map(|i| format!("request {i}").into_bytes())
+        .collect();
+    let rep = req
+        .iter()
+        .map(|r| [b"reply to ".as_slice(), r].concat())
+        .collect();
+    (req, rep)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn kdcom_lossy_link_delivers_exactly_once(seed in any::<u64>(), drop in 0u64..35, dup in 0u64..35, corrupt in 0u64..20) {
+        let n = 12;
+        let (t, d, dbg, _) = run(IdScheme::Kdcom, n, seed, &Faults { drop, dup, corrupt });
+        let (req, rep) = expected(n);
+        prop_assert_eq!(t, req);
+        prop_assert_eq!(d, rep);
+        if drop > 0 || corrupt > 0 {
+            // Faults cost retransmissions but never a duplicate delivery.
+            prop_assert!(dbg.stats().packets_sent >= 2 * n as u64);
+        }
+    }
+
+    #[test]
+    fn kdnet_lossy_link_delivers_exactly_once(seed in any::<u64>(), drop in 0u64..35, dup in 0u64..35, corrupt in 0u64..20) {
+        let n = 12;
+        let (t, d, _, _) = run(IdScheme::Kdnet, n, seed, &Faults { drop, dup, corrupt });
+        let (req, rep) = expected(n);
+        prop_assert_eq!(t, req);
+        prop_assert_eq!(d, rep);
+    }
+}
+
+#[test]
+fn kdcom_ids_follow_initial_sync_toggle() {
+    let mut tgt = Session::new(SessionConfig::kdcom(Role::Target));
+    let now = Duration::ZERO;
+    tgt.send(now, PacketType::DebugIo, b"a".to_vec());
+    tgt.send(now, PacketType::DebugIo, b"b".to_vec());
+    tgt.send(now, PacketType::DebugIo, b"c".to_vec());
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let unit = tgt.poll_transmit().unwrap();
+        let repr = Repr::parse_bytes(&unit).unwrap();
+        assert_eq!(unit.last(), Some(&0xAA));
+        ids.push(repr.id);
+        // ACK with the id without SYNC, as the reference says.
+        let ack =
+            Repr::control(PacketType::Acknowledge, repr.id & !SYNC_PACKET_ID).to_kdcom_bytes();
+        tgt.handle_bytes(now, &ack);
+    }
+    assert_eq!(
+        ids,
+        [INITIAL_PACKET_ID | SYNC_PACKET_ID, 0x8080_0001, 0x8080_0000]
+    );
+    assert!(tgt.is_idle());
+}
+
+#[test]
+fn kdnet_ids_step_by_two_and_acks_echo() {
+    let mut dbg = Session::new(SessionConfig::kdnet(Role::Debugger));
+    let mut tgt = Session::new(SessionConfig::kdnet(Role::Target));
+    let now = Duration::ZERO;
+    dbg.send(now, PacketType::StateManipulate, vec![1]);
+    dbg.send(now, PacketType::StateManipulate, vec![2]);
+    tgt.send(now, PacketType::DebugIo, vec![3]);
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        while let Some(u) = dbg.poll_transmit() {
+            let r = Repr::parse_bytes(&u).unwrap();
+            assert_ne!(u.last(), Some(&0xAA).filter(|_| r.payload.is_empty()));
+            seen.push((r.packet_type, r.id));
+            tgt.handle_packet(now, &u);
+        }
+        while let Some(u) = tgt.poll_transmit() {
+            let r = Repr::parse_bytes(&u).unwrap();
+            seen.push((r.packet_type, r.id));
+            dbg.handle_packet(now, &u);
+        }
+    }
+    assert!(seen.contains(&(PacketType::StateManipulate, 0x8000_0000)));
+    assert!(seen.contains(&(PacketType::StateManipulate, 0x8000_0002)));
+    assert!(seen.contains(&(PacketType::Acknowledge, 0x8000_0002)));
+    assert!(seen.contains(&(PacketType::DebugIo, 0)));
+    assert!(seen.contains(&(PacketType::Acknowledge, 0)));
+}
+
+#[test]
+fn reset_and_hello_and_break_in() {
+    let mut dbg = Session::new(SessionConfig::kdnet(Role::Debugger));
+    let now = Duration::ZERO;
+    // The target's 12-byte hello gets a RESEND, as WinDbg answers it.
+    dbg.handle_packet(now, &[0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 0xA8, 0xC0]);
+    assert!(matches!(dbg.poll_event(), Some(SessionEvent::Hello { .. })));
+    let r = Repr::parse_bytes(&dbg.poll_transmit().unwrap()).unwrap();
+    assert_eq!((r.packet_type, r.id), (PacketType::Resend, 0));
+    dbg.send_break_in();
+    assert_eq!(dbg.poll_transmit().unwrap(), [0x62]);
+
+    // KDCOM: a RESET from the peer is answered once and resets ids.
+    let mut tgt = Session::new(SessionConfig::kdcom(Role::Target));
+    tgt.send(now, PacketType::StateChange64, vec![9]);
+    let first = Repr::parse_bytes(&tgt.poll_transmit().unwrap()).unwrap();
+    assert_eq!(first.id, 0x8080_0800);
+    tgt.handle_bytes(now, &Repr::control(PacketType::Reset, 0).to_kdcom_bytes());
+    assert_eq!(tgt.poll_event(), Some(SessionEvent::Reset));
+    let answer = Repr::parse_bytes(&tgt.poll_transmit().unwrap()).unwrap();
+    assert_eq!(answer.packet_type, PacketType::Reset);
+    let again = Repr::parse_bytes(&tgt.poll_transmit().unwrap()).unwrap();
+    assert_eq!((again.id, again.payload.clone()), (0x8080_0800, vec![9]));
+    assert_eq!(tgt.stats().retransmissions, 1);
+    let mut t2 = Session::new(SessionConfig::kdcom(Role::Target));
+    t2.handle_bytes(now, &[0x62]);
+    assert_eq!(t2.poll_event(), Some(SessionEvent::BreakIn));
+}
+
+#[test]
+fn retries_run_out() {
+    let cfg = SessionConfig {
+        max_retries: 3,
+        retry_timeout: Duration::from_millis(100),
+        ..SessionConfig::kdcom(Role::Target)
+    };
+    let mut s = Session::new(cfg);
+    s.send(Duration::ZERO, PacketType::DebugIo, vec![1]);
+    let mut sent = 0;
+    let mut now = Duration::ZERO;
+    while s.poll_timeout().is_some() {
+        while s.poll_transmit().is_some() {
+            sent += 1;
+        }
+        now = s.poll_timeout().unwrap();
+        s.handle_timeout(now);
+    }
+    assert_eq!(sent, 4, "one send and three retries");
+    assert!(matches!(
+        s.poll_event(),
+        Some(SessionEvent::SendFailed { .. })
+    ));
+    assert!(now >= Duration::from_millis(400));
+}

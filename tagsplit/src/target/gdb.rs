@@ -1,0 +1,709 @@
+//! The GDB remote-protocol backend: [`GdbTarget`] talks RSP to a stub over TCP.
+//!
+//! Blocking by design: a `std::net::TcpStream` with read timeouts drives a sans-IO
+//! [`ClientSession`]; every request is one round trip (no pipelining), which keeps the
+//! backend simple and makes [`WireStats::round_trips`] an exact count.
+//!
+//! It degrades instead of failing against stubs that offer only the basics:
+//!
+//! | needs | with | without |
+//! |---|---|---|
+//! | modules | `qXfer:libraries:read` (+ `SizeOfImage` from each PE header) | walk `PsLoadedModuleList` via `KDBG` |
+//! | search | `qSearch:memory` (the stub skips holes) | chunked `m` reads past holes ([`search_by_reading`]) |
+//! | write | `X` | `M` |
+//! | exact runs | `QTagsplit.RunLimit` | continue, wait the time, interrupt (1 ms per tick) |
+//! | kernel base | the first library | scan down from `rip` for the `MZ` of `nt` |
+//!
+//! The `KDBG` block is found without `monitor`: by searching `nt`'s data sections (then the
+//! whole image) for the `KDBG` owner tag and checking that the block's `KernBase` is `nt`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use tagsplit_protocol::gdb::command::{DEFAULT_RUN_FEATURE, RUN_LIMIT_FEATURE};
+use tagsplit_protocol::gdb::xml::{self, REG_RIP};
+use tagsplit_protocol::gdb::{
+    ClientEvent, ClientSession, Command, Feature, FeatureValue, Reply, ResumeAction, ResumeKind,
+    SessionConfig, StopKind, StopReply,
+};
+use tagsplit_target_sim::layout::{PAGE_SIZE, kdbg};
+use tagsplit_target_sim::machine::Machine;
+use tagsplit_target_sim::scenario::Scenario;
+use tagsplit_target_sim::server::gdb::{
+    GdbStub, GdbStubHandle, GdbStubOptions, MonitorHandler, StubFeatures,
+};
+
+use super::sim::MachineRef;
+use super::{
+    BoxedTarget, DebugTarget, KernelInfo, ModuleInfo, OpenError, RunFor, StopReason, TargetError,
+    WireStats, read_u32, read_u64, search_by_reading, walk_module_list,
+};
+use crate::VirtAddr;
+
+/// How far below `rip` the `MZ` of `nt` is looked for when no library list is offered.
+const MAX_KERNEL_SCAN: u64 = 64 << 20;
+/// Per-request overhead kept free in a packet (`$`, op, address, `#cs`).
+const PACKET_OVERHEAD: usize = 32;
+
+/// Connection settings.
+#[derive(Clone, Copy, Debug)]
+pub struct GdbOptions {
+    /// How long one reply may take (runs wait for their length plus this).
+    pub timeout: Duration,
+    /// Whether to ask for no-ack mode when the stub offers it.
+    pub no_ack: bool,
+}
+
+impl Default for GdbOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            no_ack: true,
+        }
+    }
+}
+
+/// What the stub offered, and what turned out to be missing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StubCaps {
+    /// The advertised `PacketSize`.
+    pub packet_size: usize,
+    /// `qXfer:libraries:read`.
+    pub libraries: bool,
+    /// `qSearch:memory` (assumed until the stub answers it empty).
+    pub search: bool,
+    /// `X` (assumed until the stub answers it empty).
+    pub binary_write: bool,
+    /// `x` binary reads (`binary-upload+`): about twice the data per round trip of `m`.
+    pub binary_read: bool,
+    /// `QTagsplit.RunLimit`.
+    pub run_limit: bool,
+    /// `QTagsplit.DefaultRun`.
+    pub default_run: Option<u64>,
+}
+
+/// A [`DebugTarget`] over a GDB stub.
+pub struct GdbTarget {
+    stream: TcpStream,
+    session: ClientSession,
+    spec: String,
+    options: GdbOptions,
+    caps: StubCaps,
+    modules: Option<Vec<ModuleInfo>>,
+    kernel: Option<KernelInfo>,
+    /// Console output (`O` packets) received with the last reply.
+    output: Vec<u8>,
+    buf: Vec<u8>,
+    detached: bool,
+}
+
+impl std::fmt::Debug for GdbTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GdbTarget")
+            .field("spec", &self.spec)
+            .field("caps", &self.caps)
+            .finish()
+    }
+}
+
+/// Opens `gdb://HOST:PORT` (the part after the scheme).
+pub(crate) fn open(rest: &str) -> Result<BoxedTarget, OpenError> {
+    let addr = rest.trim_end_matches('/');
+    if addr.is_empty() {
+        return Err(OpenError::Bad {
+            spec: format!("gdb://{rest}"),
+            reason: "expected gdb://HOST:PORT".into(),
+        });
+    }
+    Ok(Box::new(GdbTarget::connect(addr)?))
+}
+
+fn protocol(msg: impl Into<String>) -> TargetError {
+    TargetError::Protocol(msg.into())
+}
+
+impl GdbTarget {
+    /// Connects to `addr` (`HOST:PORT`) with default options and does the handshake.
+    pub fn connect(addr: &str) -> Result<GdbTarget, TargetError> {
+        Self::connect_with(addr, GdbOptions::default())
+    }
+
+    /// Connects with `options`.
+    pub fn connect_with(addr: &str, options: GdbOptions) -> Result<GdbTarget, TargetError> {
+        let sock = addr
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| protocol(format!("{addr} resolves to no address")))?;
+        let stream = TcpStream::connect_timeout(&sock, options.timeout)?;
+        stream.set_nodelay(true)?;
+        let mut t = GdbTarget {
+            stream,
+            session: ClientSession::new(SessionConfig {
+                max_packet: 1 << 20,
+                run_length: false,
+                ..SessionConfig::default()
+            }),
+            spec: format!("gdb://{addr}"),
+            options,
+            caps: StubCaps::default(),
+            modules: None,
+            kernel: None,
+            output: Vec::new(),
+            buf: vec![0u8; 0x10000],
+            detached: false,
+        };
+        t.handshake()?;
+        Ok(t)
+    }
+
+    fn handshake(&mut self) -> Result<(), TargetError> {
+        let ours = [
+            "swbreak+",
+            "hwbreak+",
+            "vContSupported+",
+            "xmlRegisters=i386",
+        ]
+        .iter()
+        .filter_map(|f| Feature::parse(f.as_bytes()))
+        .collect();
+        let features = match self.request(&Command::QSupported(ours))? {
+            Reply::Supported(f) => f,
+            Reply::ErrorText(e) => return Err(protocol(format!("stub refused: {e}"))),
+            other => return Err(protocol(format!("unexpected qSupported reply {other:?}"))),
+        };
+        let has = |name: &str| {
+            features
+                .iter()
+                .any(|f| f.name == name && f.value == FeatureValue::Supported)
+        };
+        let value = |name: &str| {
+            features.iter().find_map(|f| match &f.value {
+                FeatureValue::Value(v) if f.name == name => u64::from_str_radix(v, 16).ok(),
+                _ => None,
+            })
+        };
+        self.caps = StubCaps {
+            // gdb's own default when a stub says nothing.
+            packet_size: value("PacketSize").map_or(400, |v| v.clamp(64, 1 << 20) as usize),
+            libraries: has("qXfer:libraries:read"),
+            search: true,
+            binary_write: true,
+            binary_read: has("binary-upload"),
+            run_limit: has(RUN_LIMIT_FEATURE),
+            default_run: value(DEFAULT_RUN_FEATURE),
+        };
+        if self.options.no_ack && has("QStartNoAckMode") {
+            self.request(&Command::StartNoAckMode)?;
+        }
+        // Learn the stop state like gdb does (and check the stub is sane).
+        match self.request(&Command::HaltReason)? {
+            Reply::Stop(_) => Ok(()),
+            other => Err(protocol(format!("unexpected reply to '?': {other:?}"))),
+        }
+    }
+
+    /// What the stub offered.
+    pub fn caps(&self) -> StubCaps {
+        self.caps
+    }
+
+    fn write_out(&mut self) -> Result<(), TargetError> {
+        if let Some(bytes) = self.session.poll_transmit() {
+            self.stream.write_all(&bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the reply to the outstanding command until `deadline`.
+    fn wait_reply(&mut self, deadline: Instant) -> Result<Reply, TargetError> {
+        loop {
+            while let Some(ev) = self.session.poll_event() {
+                match ev {
+                    ClientEvent::Reply(r) => {
+                        self.write_out()?;
+                        return Ok(r);
+                    }
+                    ClientEvent::Output(text) => self.output.extend_from_slice(&text),
+                    ClientEvent::BadReply(e) => return Err(protocol(e.to_string())),
+                    ClientEvent::GaveUp => {
+                        return Err(protocol("the stub keeps rejecting our packets"));
+                    }
+                    _ => {}
+                }
+            }
+            self.write_out()?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(TargetError::Timeout);
+            }
+            self.stream.set_read_timeout(Some(left))?;
+            match self.stream.read(&mut self.buf) {
+                Ok(0) => return Err(TargetError::Disconnected),
+                Ok(n) => {
+                    let bytes = self.buf.get(..n).unwrap_or_default().to_vec();
+                    self.session.receive(&bytes);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(TargetError::Timeout);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Sends one command and waits for its reply (console output is collected).
+    pub fn request(&mut self, cmd: &Command) -> Result<Reply, TargetError> {
+        self.output.clear();
+        self.session.send(cmd);
+        self.write_out()?;
+        self.wait_reply(Instant::now() + self.options.timeout)
+    }
+
+    /// Runs a `monitor` command and returns its output.
+    pub fn monitor(&mut self, line: &str) -> Result<String, TargetError> {
+        match self.request(&Command::Monitor(line.as_bytes().to_vec()))? {
+            Reply::Ok | Reply::Empty => Ok(String::from_utf8_lossy(&self.output).into_owned()),
+            Reply::ErrorText(e) => Err(protocol(e)),
+            other => Err(protocol(format!("unexpected monitor reply {other:?}"))),
+        }
+    }
+
+    /// Detaches (the stub stays up for the next client).
+    pub fn detach(mut self) -> Result<(), TargetError> {
+        self.detached = true;
+        self.request(&Command::Detach(None)).map(|_| ())
+    }
+
+    /// The largest number of bytes one `m` can return.
+    fn read_chunk(&self) -> usize {
+        (self.caps.packet_size.saturating_sub(PACKET_OVERHEAD) / 2).max(16)
+    }
+
+    fn rip(&mut self) -> Result<u64, TargetError> {
+        let n = u32::try_from(REG_RIP).unwrap_or(16);
+        let bytes = match self.request(&Command::ReadRegister(n))? {
+            Reply::Hex(b) if b.len() == 8 => b,
+            // Stubs without `p`: take it from `g`.
+            _ => match self.request(&Command::ReadRegisters)? {
+                Reply::Hex(g) => {
+                    let (off, w) = xml::register_span(REG_RIP).unwrap_or((128, 8));
+                    g.get(off..off + w).map(<[u8]>::to_vec).unwrap_or_default()
+                }
+                other => return Err(protocol(format!("unexpected 'g' reply {other:?}"))),
+            },
+        };
+        let arr: [u8; 8] = bytes.try_into().map_err(|_| protocol("short rip"))?;
+        Ok(u64::from_le_bytes(arr))
+    }
+
+    /// `SizeOfImage` from the PE header at `base`.
+    fn size_of_image(&mut self, base: VirtAddr) -> Result<u64, TargetError> {
+        let lfanew = u64::from(read_u32(self, base.saturating_add(0x3c))?);
+        if lfanew > 0x1000 {
+            return Err(TargetError::BadKernelData(format!(
+                "no PE header at {base}"
+            )));
+        }
+        Ok(u64::from(read_u32(
+            self,
+            base.saturating_add(lfanew + 0x50),
+        )?))
+    }
+
+    fn modules_from_library_list(&mut self) -> Result<Option<Vec<ModuleInfo>>, TargetError> {
+        if !self.caps.libraries {
+            return Ok(None);
+        }
+        let mut doc = Vec::new();
+        loop {
+            let cmd = Command::XferRead {
+                object: tagsplit_protocol::gdb::XferObject::Libraries,
+                annex: String::new(),
+                offset: doc.len() as u64,
+                length: self.read_chunk() as u64,
+            };
+            match self.request(&cmd)? {
+                Reply::Xfer { more, data } => {
+                    let empty = data.is_empty();
+                    doc.extend_from_slice(&data);
+                    if !more || empty {
+                        break;
+                    }
+                }
+                _ => {
+                    self.caps.libraries = false;
+                    return Ok(None);
+                }
+            }
+            if doc.len() > 16 << 20 {
+                return Err(protocol("library list larger than 16 MiB"));
+            }
+        }
+        let libs = xml::parse_library_list(&String::from_utf8_lossy(&doc));
+        let mut out = Vec::with_capacity(libs.len());
+        for lib in libs {
+            let base = VirtAddr(lib.address);
+            let size = self.size_of_image(base)?;
+            let name = lib
+                .name
+                .rsplit(['\\', '/'])
+                .next()
+                .unwrap_or(&lib.name)
+                .to_owned();
+            out.push(ModuleInfo {
+                name,
+                path: lib.name,
+                base,
+                size,
+            });
+        }
+        Ok(Some(out))
+    }
+
+    /// Finds `nt`: the first module, or the `MZ` page at or below `rip`.
+    fn kernel_base(&mut self) -> Result<VirtAddr, TargetError> {
+        if let Some(mods) = self.modules_from_library_list()?
+            && let Some(base) = mods.first().map(|nt| nt.base)
+        {
+            self.modules = Some(mods);
+            return Ok(base);
+        }
+        let rip = self.rip()?;
+        let mut page = rip & !(PAGE_SIZE - 1);
+        let floor = page.saturating_sub(MAX_KERNEL_SCAN);
+        while page >= floor && page > 0 {
+            let mut mz = [0u8; 2];
+            if self.read_memory(VirtAddr(page), &mut mz)? == 2
+                && mz == *b"MZ"
+                && self.size_of_image(VirtAddr(page)).is_ok()
+            {
+                return Ok(VirtAddr(page));
+            }
+            page -= PAGE_SIZE;
+        }
+        Err(TargetError::BadKernelData(format!(
+            "no kernel image below rip {rip:#x}"
+        )))
+    }
+
+    /// Finds the `KDDEBUGGER_DATA64` block in `nt`: data sections first, then the image.
+    fn find_kdbg(&mut self, nt: VirtAddr, nt_size: u64) -> Result<VirtAddr, TargetError> {
+        let mut ranges: Vec<(VirtAddr, VirtAddr)> = crate::pe::sections(self, nt)
+            .map(|s| {
+                s.into_iter()
+                    .filter(|s| !s.is_executable())
+                    .map(|s| (s.start, s.end()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ranges.push((nt, nt.saturating_add(nt_size)));
+        for (start, end) in ranges {
+            for hit in self.search_memory(start, end, &kdbg::OWNER_TAG, 64)? {
+                let Some(block) = hit.get().checked_sub(kdbg::OWNER_TAG_OFFSET).map(VirtAddr)
+                else {
+                    continue;
+                };
+                if read_u64(self, block.saturating_add(kdbg::KERN_BASE)).ok() == Some(nt.get()) {
+                    return Ok(block);
+                }
+            }
+        }
+        Err(TargetError::BadKernelData(format!(
+            "no KDBG block in the kernel image at {nt}"
+        )))
+    }
+
+    fn search_with_qsearch(
+        &mut self,
+        start: VirtAddr,
+        end: VirtAddr,
+        pattern: &[u8],
+        max_hits: usize,
+    ) -> Result<Option<Vec<VirtAddr>>, TargetError> {
+        let mut hits = Vec::new();
+        let mut at = start.get();
+        while at < end.get() && hits.len() < max_hits {
+            let cmd = Command::SearchMemory {
+                addr: at,
+                len: end.get() - at,
+                pattern: pattern.to_vec(),
+            };
+            match self.request(&cmd)? {
+                Reply::SearchResult(Some(hit)) if hit >= at && hit < end.get() => {
+                    hits.push(VirtAddr(hit));
+                    at = hit + 1;
+                }
+                Reply::SearchResult(_) => break,
+                Reply::Empty => {
+                    self.caps.search = false;
+                    return Ok(None);
+                }
+                other => return Err(protocol(format!("unexpected qSearch reply {other:?}"))),
+            }
+        }
+        Ok(Some(hits))
+    }
+
+    fn write_chunk(&mut self, addr: VirtAddr, data: &[u8]) -> Result<bool, TargetError> {
+        if self.caps.binary_write {
+            match self.request(&Command::WriteMemoryBinary {
+                addr: addr.get(),
+                data: data.to_vec(),
+            })? {
+                Reply::Ok => return Ok(true),
+                Reply::Empty => self.caps.binary_write = false,
+                _ => return Ok(false),
+            }
+        }
+        Ok(self.request(&Command::WriteMemory {
+            addr: addr.get(),
+            data: data.to_vec(),
+        })? == Reply::Ok)
+    }
+
+    /// Resumes and waits for the stop reply; sends an interrupt at `interrupt_at`.
+    fn resume_and_wait(&mut self, interrupt_at: Option<Instant>) -> Result<StopReply, TargetError> {
+        self.output.clear();
+        self.session.send(&Command::VCont(vec![ResumeAction {
+            kind: ResumeKind::Continue,
+            thread: None,
+        }]));
+        self.write_out()?;
+        if let Some(at) = interrupt_at {
+            match self.wait_reply(at) {
+                Ok(Reply::Stop(s)) => return Ok(s),
+                Ok(other) => return Err(protocol(format!("unexpected resume reply {other:?}"))),
+                Err(TargetError::Timeout) => {
+                    self.session.send_interrupt();
+                    self.write_out()?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // A run bounded by the stub: allow generously for it, then give up.
+        let deadline = Instant::now() + self.options.timeout.saturating_mul(6);
+        match self.wait_reply(deadline)? {
+            Reply::Stop(s) => Ok(s),
+            other => Err(protocol(format!("unexpected resume reply {other:?}"))),
+        }
+    }
+}
+
+impl DebugTarget for GdbTarget {
+    fn describe(&self) -> String {
+        self.spec.clone()
+    }
+
+    fn read_memory(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let binary = self.caps.binary_read;
+            let chunk = if binary {
+                self.caps
+                    .packet_size
+                    .saturating_sub(PACKET_OVERHEAD)
+                    .max(16)
+            } else {
+                self.read_chunk()
+            };
+            let want = (buf.len() - done).min(chunk);
+            let at = addr.saturating_add(done as u64).get();
+            let cmd = if binary {
+                Command::ReadMemoryBinary {
+                    addr: at,
+                    len: want as u64,
+                }
+            } else {
+                Command::ReadMemory {
+                    addr: at,
+                    len: want as u64,
+                }
+            };
+            let data = match self.request(&cmd)? {
+                Reply::Hex(d) | Reply::Binary(d) => d,
+                Reply::Empty if binary => {
+                    self.caps.binary_read = false;
+                    continue;
+                }
+                Reply::Error(_) | Reply::ErrorText(_) | Reply::Empty => break,
+                other => return Err(protocol(format!("unexpected memory read reply {other:?}"))),
+            };
+            let n = data.len().min(want);
+            if let (Some(dst), Some(src)) = (buf.get_mut(done..done + n), data.get(..n)) {
+                dst.copy_from_slice(src);
+            }
+            done += n;
+            if n == 0 || (n < want && !binary) {
+                break;
+            }
+        }
+        Ok(done)
+    }
+
+    fn write_memory(&mut self, addr: VirtAddr, data: &[u8]) -> Result<usize, TargetError> {
+        let chunk = self.read_chunk();
+        let mut done = 0usize;
+        for piece in data.chunks(chunk) {
+            if !self.write_chunk(addr.saturating_add(done as u64), piece)? {
+                break;
+            }
+            done += piece.len();
+        }
+        Ok(done)
+    }
+
+    fn kernel_info(&mut self) -> Result<KernelInfo, TargetError> {
+        if let Some(k) = self.kernel {
+            return Ok(k);
+        }
+        let nt = self.kernel_base()?;
+        let nt_size = self.size_of_image(nt)?;
+        let block = self.find_kdbg(nt, nt_size)?;
+        let list = read_u64(self, block.saturating_add(kdbg::PS_LOADED_MODULE_LIST))?;
+        let info = KernelInfo {
+            kern_base: nt,
+            ps_loaded_module_list: VirtAddr(list),
+            kdbg: Some(block),
+        };
+        self.kernel = Some(info);
+        Ok(info)
+    }
+
+    fn modules(&mut self) -> Result<Vec<ModuleInfo>, TargetError> {
+        if let Some(m) = &self.modules {
+            return Ok(m.clone());
+        }
+        let mods = match self.modules_from_library_list()? {
+            Some(m) => m,
+            None => {
+                let k = self.kernel_info()?;
+                walk_module_list(self, k.ps_loaded_module_list)?
+            }
+        };
+        self.modules = Some(mods.clone());
+        Ok(mods)
+    }
+
+    fn search_memory(
+        &mut self,
+        start: VirtAddr,
+        end: VirtAddr,
+        pattern: &[u8],
+        max_hits: usize,
+    ) -> Result<Vec<VirtAddr>, TargetError> {
+        if pattern.is_empty() || end <= start || max_hits == 0 {
+            return Ok(Vec::new());
+        }
+        if self.caps.search
+            && pattern.len() < self.caps.packet_size / 2
+            && let Some(hits) = self.search_with_qsearch(start, end, pattern, max_hits)?
+        {
+            return Ok(hits);
+        }
+        let chunk = self.read_chunk();
+        search_by_reading(self, start, end, pattern, max_hits, chunk)
+    }
+
+    fn run(&mut self, how_long: RunFor) -> Result<StopReason, TargetError> {
+        // Modules may load while the target runs.
+        self.modules = None;
+        let stop = match how_long {
+            RunFor::Ticks(n) if self.caps.run_limit => {
+                match self.request(&Command::RunLimit(n.max(1)))? {
+                    Reply::Ok => self.resume_and_wait(None)?,
+                    other => return Err(protocol(format!("unexpected RunLimit reply {other:?}"))),
+                }
+            }
+            RunFor::Ticks(n) => {
+                let ms = n.saturating_mul(super::sim::TICKS_PER_MS.max(1));
+                self.resume_and_wait(Some(Instant::now() + Duration::from_millis(ms)))?
+            }
+            RunFor::Time(d) => self.resume_and_wait(Some(Instant::now() + d))?,
+        };
+        Ok(match stop {
+            StopReply::Signal {
+                reason: Some(StopKind::SwBreak | StopKind::HwBreak),
+                ..
+            } => StopReason::Breakpoint(VirtAddr(self.rip()?)),
+            StopReply::Signal {
+                signal: tagsplit_protocol::gdb::SIGINT,
+                ..
+            } => StopReason::BreakIn,
+            StopReply::Signal { signal, .. } => {
+                StopReason::Other(format!("stopped with signal {signal}"))
+            }
+            StopReply::Exited(code) => {
+                StopReason::Other(format!("target exited with status {code}"))
+            }
+            StopReply::Terminated(sig) => {
+                StopReason::Other(format!("target terminated by signal {sig}"))
+            }
+        })
+    }
+
+    fn stats(&self) -> Option<WireStats> {
+        let s = self.session.stats();
+        Some(WireStats {
+            packets_sent: s.packets_sent,
+            packets_received: s.packets_received,
+            bytes_sent: s.bytes_sent,
+            bytes_received: s.bytes_received,
+            round_trips: self.session.round_trips(),
+            retransmissions: s.retransmissions,
+        })
+    }
+
+    fn default_run(&self) -> RunFor {
+        match self.caps.default_run {
+            Some(ticks) => RunFor::Ticks(ticks),
+            None => RunFor::Time(Duration::from_secs(1)),
+        }
+    }
+}
+
+impl Drop for GdbTarget {
+    fn drop(&mut self) {
+        // Best effort: detach so the stub is ready for the next client at once.
+        self.options.timeout = Duration::from_millis(500);
+        if !self.detached && !self.session.awaiting_reply() {
+            let _ = self.request(&Command::Detach(None));
+        }
+    }
+}
+
+/// A `monitor` handler for the simulator's GDB stub: runs each line on a WinDbg-style
+/// [`Console`](crate::console::Console) over the stub's machine (`monitor !poolused 2`,
+/// `monitor dc ADDR l1`, `monitor lm`).
+pub fn console_monitor(default_ticks: u64) -> MonitorHandler {
+    let mut console = crate::console::Console::new();
+    Box::new(move |machine: &mut Machine, line: &str| {
+        let mut target = MachineRef::new(machine, default_ticks);
+        console.execute(&mut target, line)
+    })
+}
+
+/// Boots `scenario` and serves it over GDB RSP at `addr` (use `127.0.0.1:0` for an
+/// ephemeral port), with the console as `monitor` and the scenario's default run offered.
+pub fn serve_scenario(
+    scenario: &Scenario,
+    addr: SocketAddr,
+    stop_after_ticks: Option<u64>,
+    features: StubFeatures,
+) -> Result<GdbStubHandle, TargetError> {
+    let machine = Machine::boot(scenario)
+        .map_err(|e| TargetError::BadKernelData(format!("simulator failed to boot: {e}")))?;
+    let options = GdbStubOptions {
+        features,
+        stop_after_ticks,
+        monitor: Some(console_monitor(scenario.default_run_ticks())),
+        default_run_ticks: Some(scenario.default_run_ticks()),
+        ..GdbStubOptions::default()
+    };
+    Ok(GdbStub::spawn_at(addr, machine, options)?)
+}

@@ -1,0 +1,872 @@
+//! The KD backend: a Windows kernel debugger client over KDNET (UDP) or KDCOM framing on
+//! a TCP stream, implementing [`DebugTarget`].
+//!
+//! * `kdnet:port=N,key=K[,host=ADDR][,timeout=SECS]` listens on UDP port `N` as WinDbg
+//!   does (`windbg -k net:port=N,key=K`) until the target pokes, answers the handshake
+//!   and derives the data key. `host` picks the local address to bind (default
+//!   `0.0.0.0`; `127.0.0.1` for loopback tests).
+//! * `kdcom:HOST:PORT` connects to a serial port a VM exposes over TCP.
+//!
+//! On attach the target reports its modules (load-symbols state changes, each answered
+//! with Continue) and then a breakpoint: from there the target is stopped and answers
+//! manipulate-state requests. Memory reads and writes are chunked to the packet limit
+//! ([`MAX_TRANSFER`] bytes); search uses `SearchMemory` with a read-and-scan fallback;
+//! modules are read by walking `PsLoadedModuleList`; pool usage goes through
+//! `DebuggerDataList` to the `KDBG` block. Runs of an exact number of ticks use the
+//! simulator's [`ext::RUN_LIMIT_SELECTOR`]; a real target (which refuses it) is run for
+//! wall-clock time and broken into.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use tagsplit_protocol::kd::{
+    DebugIo, GetVersion64, MAX_TRANSFER, Manipulate, ManipulateApi, MemoryTransfer, PacketType,
+    Payload, Role, Session, SessionConfig, SessionEvent, StateChangeKind, ext, status,
+};
+use tagsplit_protocol::kdnet::{Endpoint, EndpointConfig, EndpointEvent, Key};
+use tagsplit_target_sim::layout::kdbg;
+use tagsplit_target_sim::machine::Machine;
+use tagsplit_target_sim::server::kd::{
+    KdStub, KdStubHandle, KdStubOptions, STATUS_NO_MORE_ENTRIES,
+};
+
+use super::{
+    BoxedTarget, DebugTarget, KernelInfo, ModuleInfo, OpenError, RunFor, StopReason, TargetError,
+    WireStats, read_u64, search_by_reading, walk_module_list,
+};
+use crate::VirtAddr;
+
+/// How long to wait for the target to attach, by default.
+pub const DEFAULT_ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Block size of the read cache: small reads fetch the aligned block around them (a
+/// block never straddles a page, so it is all readable or not from its start).
+pub const CACHE_BLOCK: usize = 0x400;
+/// Most blocks the read cache holds before it starts over.
+pub const CACHE_MAX_BLOCKS: usize = 4096;
+/// How long to wait for a reply to a request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+enum Link {
+    Kdcom {
+        stream: TcpStream,
+        session: Box<Session>,
+    },
+    Kdnet {
+        sock: UdpSocket,
+        peer: Option<SocketAddr>,
+        endpoint: Box<Endpoint>,
+    },
+}
+
+impl Link {
+    fn send(&mut self, now: Duration, ty: PacketType, payload: Vec<u8>) {
+        match self {
+            Link::Kdcom { session, .. } => session.send(now, ty, payload),
+            Link::Kdnet { endpoint, .. } => endpoint.send(now, ty, payload),
+        }
+    }
+
+    fn break_in(&mut self) {
+        match self {
+            Link::Kdcom { session, .. } => session.send_break_in(),
+            Link::Kdnet { endpoint, .. } => endpoint.send_break_in(),
+        }
+    }
+
+    /// Flushes output, waits up to `wait` for input, handles timers; returns KD events.
+    fn pump(
+        &mut self,
+        now: impl Fn() -> Duration,
+        wait: Duration,
+    ) -> Result<Vec<SessionEvent>, TargetError> {
+        let wait = wait.max(Duration::from_millis(1));
+        let mut events = Vec::new();
+        match self {
+            Link::Kdcom { stream, session } => {
+                while let Some(unit) = session.poll_transmit() {
+                    stream.write_all(&unit)?;
+                }
+                stream.set_read_timeout(Some(wait))?;
+                let mut buf = [0u8; 8192];
+                match stream.read(&mut buf) {
+                    Ok(0) => return Err(TargetError::Disconnected),
+                    Ok(n) => session.handle_bytes(now(), buf.get(..n).unwrap_or(&[])),
+                    Err(e) if is_timeout(&e) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                session.handle_timeout(now());
+                while let Some(unit) = session.poll_transmit() {
+                    stream.write_all(&unit)?;
+                }
+                events.extend(std::iter::from_fn(|| session.poll_event()));
+            }
+            Link::Kdnet {
+                sock,
+                peer,
+                endpoint,
+            } => {
+                if let Some(p) = *peer {
+                    while let Some(d) = endpoint.poll_transmit() {
+                        sock.send_to(&d, p)?;
+                    }
+                }
+                sock.set_read_timeout(Some(wait))?;
+                let mut buf = vec![0u8; 65536];
+                match sock.recv_from(&mut buf) {
+                    Ok((n, from)) => {
+                        endpoint.handle_datagram(now(), buf.get(..n).unwrap_or(&[]));
+                        let mut rejected = false;
+                        while let Some(ev) = endpoint.poll_event() {
+                            match ev {
+                                EndpointEvent::Kd(k) => events.push(k),
+                                EndpointEvent::Rejected(e) => {
+                                    rejected = true;
+                                    tracing::debug!("kdnet: dropped a datagram from {from}: {e}");
+                                }
+                                EndpointEvent::Connected { .. } => {
+                                    tracing::info!("kdnet: target {from} connected");
+                                }
+                                _ => {}
+                            }
+                        }
+                        if !rejected {
+                            *peer = Some(from);
+                        }
+                    }
+                    Err(e) if is_timeout(&e) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                endpoint.handle_timeout(now());
+                while let Some(ev) = endpoint.poll_event() {
+                    if let EndpointEvent::Kd(k) = ev {
+                        events.push(k);
+                    }
+                }
+                if let Some(p) = *peer {
+                    while let Some(d) = endpoint.poll_transmit() {
+                        sock.send_to(&d, p)?;
+                    }
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    fn stats(&self) -> WireStats {
+        match self {
+            Link::Kdcom { session, .. } => {
+                let s = session.stats();
+                WireStats {
+                    packets_sent: s.packets_sent,
+                    packets_received: s.packets_received,
+                    bytes_sent: s.bytes_sent,
+                    bytes_received: s.bytes_received,
+                    round_trips: 0,
+                    retransmissions: s.retransmissions,
+                }
+            }
+            Link::Kdnet { endpoint, .. } => {
+                let e = endpoint.stats();
+                WireStats {
+                    packets_sent: e.datagrams_sent,
+                    packets_received: e.datagrams_received,
+                    bytes_sent: e.bytes_sent,
+                    bytes_received: e.bytes_received,
+                    round_trips: 0,
+                    retransmissions: endpoint.session().stats().retransmissions,
+                }
+            }
+        }
+    }
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+/// A KD debugger connection to a stopped (or running) Windows kernel.
+pub struct KdTarget {
+    link: Link,
+    start: Instant,
+    spec: String,
+    inbox: VecDeque<(PacketType, Vec<u8>)>,
+    version: Option<GetVersion64>,
+    kernel: Option<KernelInfo>,
+    stopped: bool,
+    last_stop: Option<u64>,
+    breakpoints: BTreeMap<u64, u32>,
+    run_limit: Option<bool>,
+    default_run: RunFor,
+    native_search: bool,
+    round_trips: u64,
+    prints: Vec<String>,
+    /// Memory read while stopped, by [`CACHE_BLOCK`]-aligned block (a short block ends
+    /// in unreadable memory); dropped on every write and every continue.
+    cache: BTreeMap<u64, Vec<u8>>,
+    /// The module list, until a load-symbols state change says it changed.
+    modules: Option<Vec<ModuleInfo>>,
+    /// A loopback stub, stopped after the link is dropped (fields drop in order).
+    stub: Option<KdStubHandle>,
+}
+
+impl std::fmt::Debug for KdTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KdTarget")
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A KDNET debugger socket waiting for a target to poke.
+#[derive(Debug)]
+pub struct KdnetListener {
+    sock: UdpSocket,
+    key: Key,
+    spec: String,
+}
+
+impl KdnetListener {
+    /// Binds the debugger's UDP socket (as `windbg -k net:port=…` does).
+    pub fn bind(addr: SocketAddr, key: Key) -> Result<KdnetListener, TargetError> {
+        let sock = UdpSocket::bind(addr)?;
+        let local = sock.local_addr()?;
+        Ok(KdnetListener {
+            sock,
+            key,
+            spec: format!("kdnet:port={},key={}", local.port(), key),
+        })
+    }
+
+    /// The bound address (the target pokes this).
+    pub fn local_addr(&self) -> Result<SocketAddr, TargetError> {
+        Ok(self.sock.local_addr()?)
+    }
+
+    /// Waits for a target to poke and attach; returns it stopped at its breakpoint.
+    pub fn accept(self, timeout: Duration) -> Result<KdTarget, TargetError> {
+        let mut random = [0u8; 32];
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        for (i, b) in random.iter_mut().enumerate() {
+            *b = (seed >> ((i % 16) * 8)) as u8 ^ (i as u8).wrapping_mul(0x9D);
+        }
+        let mut cfg = EndpointConfig::new(Role::Debugger, self.key, random);
+        cfg.session = SessionConfig {
+            retry_timeout: Duration::from_millis(200),
+            max_retries: 50,
+            ..SessionConfig::kdnet(Role::Debugger)
+        };
+        let endpoint = Endpoint::new(cfg, Duration::ZERO);
+        let link = Link::Kdnet {
+            sock: self.sock,
+            peer: None,
+            endpoint: Box::new(endpoint),
+        };
+        KdTarget::attach(link, self.spec, timeout)
+    }
+}
+
+impl KdTarget {
+    /// Connects to a KDCOM serial port exposed over TCP and attaches.
+    pub fn connect_kdcom(addr: SocketAddr, timeout: Duration) -> Result<KdTarget, TargetError> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_nodelay(true)?;
+        let session = Session::new(SessionConfig {
+            retry_timeout: Duration::from_millis(500),
+            max_retries: 20,
+            ..SessionConfig::kdcom(Role::Debugger)
+        });
+        KdTarget::attach(
+            Link::Kdcom {
+                stream,
+                session: Box::new(session),
+            },
+            format!("kdcom:{addr}"),
+            timeout,
+        )
+    }
+
+    fn attach(link: Link, spec: String, timeout: Duration) -> Result<KdTarget, TargetError> {
+        let mut t = KdTarget {
+            link,
+            start: Instant::now(),
+            spec,
+            inbox: VecDeque::new(),
+            version: None,
+            kernel: None,
+            stopped: false,
+            last_stop: None,
+            breakpoints: BTreeMap::new(),
+            run_limit: None,
+            default_run: RunFor::Time(Duration::from_secs(1)),
+            native_search: true,
+            round_trips: 0,
+            prints: Vec::new(),
+            modules: None,
+            cache: BTreeMap::new(),
+            stub: None,
+        };
+        t.wait_stop(Instant::now() + timeout)?;
+        // What the target is, and whether it understands tagsplit's run limit.
+        let v = t.request(
+            &ManipulateApi::GetVersion(GetVersion64::parse(&[0; 40])),
+            Vec::new(),
+        )?;
+        if let ManipulateApi::GetVersion(v) = v.api() {
+            t.version = Some(v);
+        }
+        let d = t.request(
+            &ManipulateApi::ReadControlSpace(MemoryTransfer {
+                address: ext::DEFAULT_RUN_SELECTOR,
+                count: 8,
+                actual: 0,
+            }),
+            Vec::new(),
+        )?;
+        if d.return_status() == status::SUCCESS && d.data().len() == 8 {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(d.data());
+            t.default_run = RunFor::Ticks(u64::from_le_bytes(b));
+            t.run_limit = Some(true);
+        }
+        Ok(t)
+    }
+
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// Debug-I/O text the target printed so far.
+    pub fn prints(&self) -> &[String] {
+        &self.prints
+    }
+
+    /// The target's `DBGKD_GET_VERSION64`.
+    pub fn version(&self) -> Option<&GetVersion64> {
+        self.version.as_ref()
+    }
+
+    /// Pumps the link once; queues data packets in the inbox (prints are recorded).
+    fn pump(&mut self, wait: Duration) -> Result<(), TargetError> {
+        let start = self.start;
+        let events = self.link.pump(move || start.elapsed(), wait)?;
+        for ev in events {
+            match ev {
+                SessionEvent::Packet {
+                    packet_type: PacketType::DebugIo,
+                    payload,
+                    ..
+                } => {
+                    if let Ok(d) = DebugIo::parse(&payload) {
+                        tracing::info!("target: {}", d.text().trim_end());
+                        self.prints.push(d.text());
+                    }
+                }
+                SessionEvent::Packet {
+                    packet_type,
+                    payload,
+                    ..
+                } => self.inbox.push_back((packet_type, payload)),
+                SessionEvent::SendFailed { .. } => return Err(TargetError::Timeout),
+                other => tracing::debug!("kd: {other:?}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for a data packet matching `pick`, until `deadline`.
+    fn wait_for(
+        &mut self,
+        deadline: Instant,
+        mut pick: impl FnMut(PacketType, &[u8]) -> bool,
+    ) -> Result<(PacketType, Vec<u8>), TargetError> {
+        loop {
+            if let Some(found) = self
+                .inbox
+                .iter()
+                .position(|(t, p)| pick(*t, p))
+                .and_then(|i| self.inbox.remove(i))
+            {
+                return Ok(found);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(TargetError::Timeout);
+            }
+            self.pump(left.min(Duration::from_millis(20)))?;
+        }
+    }
+
+    /// Waits until the target reports a stop (an exception); load-symbols changes on the
+    /// way are acknowledged with Continue. Returns the exception address.
+    fn wait_stop(&mut self, deadline: Instant) -> Result<u64, TargetError> {
+        loop {
+            let (_, payload) = self.wait_for(deadline, |t, _| t == PacketType::StateChange64)?;
+            let Ok(Payload::StateChange(sc)) = Payload::parse(PacketType::StateChange64, &payload)
+            else {
+                continue;
+            };
+            match sc.kind() {
+                StateChangeKind::Exception(e) => {
+                    self.stopped = true;
+                    self.last_stop = Some(e.address);
+                    return Ok(e.address);
+                }
+                StateChangeKind::LoadSymbols(l) => {
+                    tracing::debug!("target loaded {} at {:#x}", sc.path(), l.base_of_dll);
+                    self.modules = None;
+                    self.send_continue();
+                }
+                _ => self.send_continue(),
+            }
+        }
+    }
+
+    fn send_continue(&mut self) {
+        // Memory changes while the target runs.
+        self.cache.clear();
+        let c = Manipulate::request(
+            &ManipulateApi::Continue2 {
+                status: status::DBG_CONTINUE,
+                trace_flag: 0,
+                dr7: 0x400,
+                symbol_start: 0,
+                symbol_end: 0,
+            },
+            Vec::new(),
+        );
+        let now = self.now();
+        self.link
+            .send(now, PacketType::StateManipulate, c.to_bytes());
+        self.stopped = false;
+    }
+
+    /// Sends a manipulate request and waits for its reply.
+    pub fn request(
+        &mut self,
+        api: &ManipulateApi,
+        data: Vec<u8>,
+    ) -> Result<Manipulate, TargetError> {
+        if !self.stopped {
+            return Err(TargetError::Protocol("the target is running".into()));
+        }
+        let req = Manipulate::request(api, data);
+        let number = req.api_number();
+        let now = self.now();
+        self.link
+            .send(now, PacketType::StateManipulate, req.to_bytes());
+        self.round_trips += 1;
+        let (_, payload) = self.wait_for(Instant::now() + REQUEST_TIMEOUT, |t, p| {
+            t == PacketType::StateManipulate
+                && Manipulate::parse(p).is_ok_and(|m| m.api_number() == number)
+        })?;
+        Manipulate::parse(&payload).map_err(|e| TargetError::Protocol(e.to_string()))
+    }
+
+    /// Reads with `ReadVirtualMemory` requests of at most [`MAX_TRANSFER`] bytes.
+    fn read_uncached(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let want = (buf.len() - done).min(MAX_TRANSFER);
+            let at = addr.get().wrapping_add(done as u64);
+            let r = self.request(
+                &ManipulateApi::ReadVirtualMemory(MemoryTransfer {
+                    address: at,
+                    count: u32::try_from(want).unwrap_or(0),
+                    actual: 0,
+                }),
+                Vec::new(),
+            )?;
+            let actual = match r.api() {
+                ManipulateApi::ReadVirtualMemory(t) => usize::try_from(t.actual).unwrap_or(0),
+                _ => 0,
+            };
+            let got = actual.min(r.data().len()).min(want);
+            if let (Some(dst), Some(src)) = (buf.get_mut(done..done + got), r.data().get(..got)) {
+                dst.copy_from_slice(src);
+            }
+            done += got;
+            if got < want {
+                break;
+            }
+        }
+        Ok(done)
+    }
+
+    /// Sets a software breakpoint (`WriteBreakPoint`); a run stopping there reports
+    /// [`StopReason::Breakpoint`].
+    pub fn set_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
+        // A real target writes 0xCC there: forget what was read.
+        self.cache.clear();
+        let r = self.request(
+            &ManipulateApi::WriteBreakPoint {
+                address: addr.get(),
+                handle: 0,
+            },
+            Vec::new(),
+        )?;
+        match (r.return_status(), r.api()) {
+            (status::SUCCESS, ManipulateApi::WriteBreakPoint { handle, .. }) => {
+                self.breakpoints.insert(addr.get(), handle);
+                Ok(())
+            }
+            (st, _) => Err(TargetError::Protocol(format!(
+                "WriteBreakPoint at {addr} failed with {st:#x}"
+            ))),
+        }
+    }
+
+    /// Removes a breakpoint set with [`set_breakpoint`](Self::set_breakpoint).
+    pub fn clear_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
+        self.cache.clear();
+        let Some(handle) = self.breakpoints.remove(&addr.get()) else {
+            return Ok(());
+        };
+        let r = self.request(&ManipulateApi::RestoreBreakPoint { handle }, Vec::new())?;
+        if r.return_status() != status::SUCCESS {
+            return Err(TargetError::Protocol(format!(
+                "RestoreBreakPoint {handle} failed with {:#x}",
+                r.return_status()
+            )));
+        }
+        Ok(())
+    }
+
+    fn resolve_kdbg(&mut self, list: u64) -> Option<VirtAddr> {
+        if list == 0 {
+            return None;
+        }
+        let has_tag = |t: &mut KdTarget, block: u64| -> bool {
+            let mut tag = [0u8; 4];
+            let at = VirtAddr(block.wrapping_add(kdbg::OWNER_TAG_OFFSET));
+            t.read_memory(at, &mut tag).is_ok_and(|n| n == 4) && tag == kdbg::OWNER_TAG
+        };
+        // DebuggerDataList is the list head; its Flink is the first KDBG block.
+        if let Ok(first) = read_u64(self, VirtAddr(list))
+            && has_tag(self, first)
+        {
+            return Some(VirtAddr(first));
+        }
+        has_tag(self, list).then_some(VirtAddr(list))
+    }
+}
+
+impl DebugTarget for KdTarget {
+    fn describe(&self) -> String {
+        self.spec.clone()
+    }
+
+    fn read_memory(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
+        if buf.len() >= CACHE_BLOCK {
+            return self.read_uncached(addr, buf);
+        }
+        // Small reads (structure fields, names) go through the block cache.
+        let mut done = 0usize;
+        while done < buf.len() {
+            let Some(cur) = addr.get().checked_add(done as u64) else {
+                break;
+            };
+            let base = cur & !(CACHE_BLOCK as u64 - 1);
+            let off = usize::try_from(cur - base).unwrap_or(0);
+            if !self.cache.contains_key(&base) {
+                let mut block = vec![0u8; CACHE_BLOCK];
+                let got = self.read_uncached(VirtAddr(base), &mut block)?;
+                block.truncate(got);
+                if self.cache.len() >= CACHE_MAX_BLOCKS {
+                    self.cache.clear();
+                }
+                self.cache.insert(base, block);
+            }
+            let block = self.cache.get(&base).map_or(&[][..], Vec::as_slice);
+            let src = block.get(off..).unwrap_or(&[]);
+            let n = src.len().min(buf.len() - done);
+            if let (Some(dst), Some(src)) = (buf.get_mut(done..done + n), src.get(..n)) {
+                dst.copy_from_slice(src);
+            }
+            done += n;
+            if block.len() < CACHE_BLOCK {
+                // The block ends in unreadable memory.
+                break;
+            }
+        }
+        Ok(done)
+    }
+
+    fn write_memory(&mut self, addr: VirtAddr, data: &[u8]) -> Result<usize, TargetError> {
+        self.cache.clear();
+        let mut done = 0usize;
+        for chunk in data.chunks(MAX_TRANSFER) {
+            let at = addr.get().wrapping_add(done as u64);
+            let r = self.request(
+                &ManipulateApi::WriteVirtualMemory(MemoryTransfer {
+                    address: at,
+                    count: u32::try_from(chunk.len()).unwrap_or(0),
+                    actual: 0,
+                }),
+                chunk.to_vec(),
+            )?;
+            let actual = match r.api() {
+                ManipulateApi::WriteVirtualMemory(t) => usize::try_from(t.actual).unwrap_or(0),
+                _ => 0,
+            };
+            done += actual.min(chunk.len());
+            if actual < chunk.len() {
+                break;
+            }
+        }
+        Ok(done)
+    }
+
+    fn kernel_info(&mut self) -> Result<KernelInfo, TargetError> {
+        if let Some(k) = self.kernel {
+            return Ok(k);
+        }
+        let r = self.request(
+            &ManipulateApi::GetVersion(GetVersion64::parse(&[0; 40])),
+            Vec::new(),
+        )?;
+        let ManipulateApi::GetVersion(v) = r.api() else {
+            return Err(TargetError::Protocol(
+                "GetVersion reply without version".into(),
+            ));
+        };
+        self.version = Some(v);
+        let kdbg = self.resolve_kdbg(v.debugger_data_list);
+        let k = KernelInfo {
+            kern_base: VirtAddr(v.kern_base),
+            ps_loaded_module_list: VirtAddr(v.ps_loaded_module_list),
+            kdbg,
+        };
+        self.kernel = Some(k);
+        Ok(k)
+    }
+
+    fn modules(&mut self) -> Result<Vec<ModuleInfo>, TargetError> {
+        // KD announces every module load and unload with a load-symbols state change,
+        // which drops this cache; in between, the list cannot change.
+        if let Some(m) = &self.modules {
+            return Ok(m.clone());
+        }
+        let k = self.kernel_info()?;
+        let mods = walk_module_list(self, k.ps_loaded_module_list)?;
+        self.modules = Some(mods.clone());
+        Ok(mods)
+    }
+
+    fn search_memory(
+        &mut self,
+        start: VirtAddr,
+        end: VirtAddr,
+        pattern: &[u8],
+        max_hits: usize,
+    ) -> Result<Vec<VirtAddr>, TargetError> {
+        let mut hits = Vec::new();
+        if pattern.is_empty() || end <= start || max_hits == 0 {
+            return Ok(hits);
+        }
+        if self.native_search && pattern.len() <= MAX_TRANSFER {
+            let mut cursor = start.get();
+            while cursor < end.get() && hits.len() < max_hits {
+                let r = self.request(
+                    &ManipulateApi::SearchMemory {
+                        address: cursor,
+                        length: end.get() - cursor,
+                        pattern_length: u32::try_from(pattern.len()).unwrap_or(0),
+                    },
+                    pattern.to_vec(),
+                )?;
+                match (r.return_status(), r.api()) {
+                    (status::SUCCESS, ManipulateApi::SearchMemory { address, .. })
+                        if (cursor..end.get()).contains(&address) =>
+                    {
+                        hits.push(VirtAddr(address));
+                        cursor = address.saturating_add(1);
+                    }
+                    (STATUS_NO_MORE_ENTRIES, _) => return Ok(hits),
+                    _ if hits.is_empty() => {
+                        // The target has no SearchMemory: scan by reading.
+                        self.native_search = false;
+                        break;
+                    }
+                    _ => return Ok(hits),
+                }
+            }
+            if self.native_search {
+                return Ok(hits);
+            }
+        }
+        search_by_reading(self, start, end, pattern, max_hits, MAX_TRANSFER)
+    }
+
+    fn run(&mut self, how_long: RunFor) -> Result<StopReason, TargetError> {
+        if !self.stopped {
+            return Err(TargetError::Protocol(
+                "the target is already running".into(),
+            ));
+        }
+        let exact = match how_long {
+            RunFor::Ticks(n) if self.run_limit == Some(true) => {
+                let r = self.request(
+                    &ManipulateApi::WriteControlSpace(MemoryTransfer {
+                        address: ext::RUN_LIMIT_SELECTOR,
+                        count: 8,
+                        actual: 0,
+                    }),
+                    n.to_le_bytes().to_vec(),
+                )?;
+                (r.return_status() == status::SUCCESS).then_some(n)
+            }
+            _ => None,
+        };
+        let wall = match how_long {
+            RunFor::Time(d) => d,
+            RunFor::Ticks(n) => Duration::from_millis(n),
+        };
+        self.send_continue();
+        let address = match exact {
+            Some(n) => {
+                let limit = Duration::from_secs(60).saturating_add(Duration::from_millis(n));
+                self.wait_stop(Instant::now() + limit)?
+            }
+            None => match self.wait_stop(Instant::now() + wall) {
+                Ok(a) => a,
+                Err(TargetError::Timeout) => {
+                    self.link.break_in();
+                    self.wait_stop(Instant::now() + REQUEST_TIMEOUT)?
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        Ok(if self.breakpoints.contains_key(&address) {
+            StopReason::Breakpoint(VirtAddr(address))
+        } else {
+            StopReason::BreakIn
+        })
+    }
+
+    fn stats(&self) -> Option<WireStats> {
+        let mut s = self.link.stats();
+        s.round_trips = self.round_trips;
+        Some(s)
+    }
+
+    fn default_run(&self) -> RunFor {
+        self.default_run
+    }
+}
+
+/// Which KD transport a loopback uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KdTransport {
+    /// KD over UDP with this key.
+    Kdnet(Key),
+    /// KDCOM framing over TCP.
+    Kdcom,
+}
+
+impl KdTarget {
+    /// Serves `machine` with a KD stub on 127.0.0.1 and attaches to it: what
+    /// `tagsplit demo --via kdnet|kdcom` and the same-answers tests use. The stub lives
+    /// as long as the target (see [`stub`](Self::stub)).
+    pub fn loopback(
+        machine: Machine,
+        transport: KdTransport,
+        options: KdStubOptions,
+    ) -> Result<KdTarget, TargetError> {
+        let (mut target, stub) = match transport {
+            KdTransport::Kdnet(key) => {
+                let listener = KdnetListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)), key)?;
+                let host = listener.local_addr()?;
+                let stub = KdStub::spawn_kdnet(machine, host, key, options)?;
+                (listener.accept(DEFAULT_ATTACH_TIMEOUT)?, stub)
+            }
+            KdTransport::Kdcom => {
+                let stub = KdStub::spawn_kdcom(machine, options)?;
+                (
+                    KdTarget::connect_kdcom(stub.addr(), DEFAULT_ATTACH_TIMEOUT)?,
+                    stub,
+                )
+            }
+        };
+        target.stub = Some(stub);
+        Ok(target)
+    }
+
+    /// Boots `scenario` and serves it over loopback (the stub offers the scenario's
+    /// default run length), then attaches.
+    pub fn serve_scenario(
+        scenario: &tagsplit_target_sim::scenario::Scenario,
+        transport: KdTransport,
+    ) -> Result<KdTarget, TargetError> {
+        let machine = Machine::boot(scenario)
+            .map_err(|e| TargetError::BadKernelData(format!("simulator failed to boot: {e}")))?;
+        let options = KdStubOptions {
+            default_run_ticks: Some(scenario.default_run_ticks()),
+            ..KdStubOptions::default()
+        };
+        KdTarget::loopback(machine, transport, options)
+    }
+
+    /// The in-process stub of a [`loopback`](Self::loopback) target (and through it,
+    /// the machine: ground truth for tests).
+    pub fn stub(&self) -> Option<&KdStubHandle> {
+        self.stub.as_ref()
+    }
+}
+
+/// Opens `kdnet:port=N,key=K[,host=ADDR][,timeout=SECS]`.
+pub(crate) fn open_kdnet(rest: &str) -> Result<BoxedTarget, OpenError> {
+    let bad = |reason: String| OpenError::Bad {
+        spec: format!("kdnet:{rest}"),
+        reason,
+    };
+    let mut port = None;
+    let mut key = None;
+    let mut host = std::net::IpAddr::from([0, 0, 0, 0]);
+    let mut timeout = DEFAULT_ATTACH_TIMEOUT;
+    for part in rest.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| bad(format!("{part:?} is not name=value")))?;
+        match k.trim() {
+            "port" => port = Some(v.parse::<u16>().map_err(|e| bad(format!("port: {e}")))?),
+            "key" => key = Some(v.parse::<Key>().map_err(|e| bad(format!("key: {e}")))?),
+            "host" => host = v.parse().map_err(|e| bad(format!("host: {e}")))?,
+            "timeout" => {
+                timeout =
+                    Duration::from_secs(v.parse::<u64>().map_err(|e| bad(format!("timeout: {e}")))?)
+            }
+            other => return Err(bad(format!("unknown option {other:?}"))),
+        }
+    }
+    let port = port.ok_or_else(|| bad("port=N is required".into()))?;
+    let key = key.ok_or_else(|| bad("key=K is required".into()))?;
+    let listener = KdnetListener::bind(SocketAddr::new(host, port), key)?;
+    Ok(Box::new(listener.accept(timeout)?))
+}
+
+/// Opens `kdcom:HOST:PORT`.
+pub(crate) fn open_kdcom(rest: &str) -> Result<BoxedTarget, OpenError> {
+    use std::net::ToSocketAddrs;
+    let addr = rest
+        .to_socket_addrs()
+        .map_err(|e| OpenError::Bad {
+            spec: format!("kdcom:{rest}"),
+            reason: e.to_string(),
+        })?
+        .next()
+        .ok_or_else(|| OpenError::Bad {
+            spec: format!("kdcom:{rest}"),
+            reason: "no address".into(),
+        })?;
+    Ok(Box::new(KdTarget::connect_kdcom(
+        addr,
+        DEFAULT_ATTACH_TIMEOUT,
+    )?))
+}

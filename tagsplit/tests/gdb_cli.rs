@@ -1,0 +1,130 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+//! Requirement 5 at the command line: `run --target gdb://` and `demo --via gdb` give the
+//! in-process answers, and `--stats` prints the wire counters.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Command, Output};
+
+use tagsplit::target::gdb::serve_scenario;
+use tagsplit_target_sim::scenario::Scenario;
+use tagsplit_target_sim::server::gdb::StubFeatures;
+
+fn tagsplit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tagsplit"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// The report without the line naming the target.
+fn verdict(report: &str) -> Vec<&str> {
+    report
+        .lines()
+        .filter(|l| !l.starts_with("tag split of"))
+        .collect()
+}
+
+fn run(test: &str, target: &str) -> (String, String) {
+    let journal = common::temp_dir(test).join("j.json");
+    let o = tagsplit(&[
+        "run",
+        "--target",
+        target,
+        "--tag",
+        "Leak",
+        "--stats",
+        "--journal",
+        journal.to_str().unwrap(),
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    (out, err)
+}
+
+#[test]
+fn run_over_gdb_matches_the_in_process_run_and_prints_stats() {
+    for features in [StubFeatures::FULL, StubFeatures::BASIC] {
+        let stub = serve_scenario(
+            &Scenario::builtin("part4").unwrap(),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            None,
+            features,
+        )
+        .unwrap();
+        let (wire, wire_err) = run("gdb-cli-wire", &format!("gdb://{}", stub.addr()));
+        let (local, local_err) = run("gdb-cli-local", "sim:part4");
+        if features == StubFeatures::FULL {
+            // Exact tick-limited runs: the very same numbers.
+            assert_eq!(verdict(&wire), verdict(&local));
+        } else {
+            // Without QTagsplit.RunLimit the run is timed (about a tick per millisecond):
+            // the same verdict, numbers close but not equal.
+            let leaks = |r: &str| -> Vec<String> {
+                r.lines()
+                    .filter(|l| l.starts_with("LEAK:"))
+                    .map(|l| l[..50].to_string())
+                    .collect()
+            };
+            assert_eq!(leaks(&wire), leaks(&local), "{wire}");
+        }
+        assert!(wire.contains("LEAK: Lea2  myfault.sys+0x1621"), "{wire}");
+        assert!(
+            wire_err.contains("wire: ") && wire_err.contains(" round trips; sent "),
+            "{wire_err}"
+        );
+        assert!(local_err.contains("has no wire"), "{local_err}");
+        eprintln!(
+            "{} stub: {}",
+            if features == StubFeatures::FULL {
+                "full"
+            } else {
+                "basic"
+            },
+            wire_err.trim()
+        );
+    }
+}
+
+#[test]
+fn demo_via_gdb_prints_the_same_transcript_as_in_process() {
+    let o = tagsplit(&["demo", "--via", "gdb", "--stats"]);
+    let (gdb, err) = text(&o);
+    assert!(o.status.success(), "{gdb}\n{err}");
+    let o = tagsplit(&["demo", "--via", "sim"]);
+    let (sim, _) = text(&o);
+    let norm = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|l| {
+                !l.starts_with("[wire:") && !l.starts_with("(demo finished") && !l.trim().is_empty()
+            })
+            .map(|l| {
+                let mut l = l.to_string();
+                while let Some(p) = l.find("gdb://127.0.0.1:") {
+                    let end = l[p + 16..]
+                        .find(|c: char| !c.is_ascii_digit())
+                        .map_or(l.len(), |e| p + 16 + e);
+                    l.replace_range(p..end, "TARGET");
+                }
+                l.replace("sim:part4", "TARGET")
+            })
+            .collect()
+    };
+    assert_eq!(norm(&gdb), norm(&sim));
+    assert_eq!(gdb.matches("[wire: ").count(), 2, "{gdb}");
+    assert!(gdb.contains("Lea1") && gdb.contains("LEAK: Lea2"), "{gdb}");
+}

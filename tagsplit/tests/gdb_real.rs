@@ -1,0 +1,276 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+//! Real gdb (13.x, batch mode) against the simulator's stub on 127.0.0.1:0.
+//!
+//! Skipped with a notice when `gdb` is not on PATH, unless `CI=true`.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tagsplit::target::gdb::{GdbTarget, serve_scenario};
+use tagsplit_target_sim::machine::{Machine, SiteKind};
+use tagsplit_target_sim::scenario::Scenario;
+use tagsplit_target_sim::server::gdb::{BUSY_MESSAGE, GdbStubHandle, StubFeatures};
+
+fn have_gdb() -> bool {
+    let ok = Command::new("gdb")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "gdb is required when CI=true"
+        );
+        eprintln!("NOTICE: gdb is not installed; skipping the real-gdb test");
+    }
+    ok
+}
+
+fn stub() -> GdbStubHandle {
+    let scenario = Scenario::builtin("part4").unwrap();
+    serve_scenario(
+        &scenario,
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        None,
+        StubFeatures::FULL,
+    )
+    .unwrap()
+}
+
+/// Starts `gdb --batch` attached to `stub` with `commands` after `target remote`.
+fn spawn_gdb(stub: &GdbStubHandle, commands: &[String]) -> Child {
+    let mut cmd = Command::new("gdb");
+    cmd.args([
+        "--batch",
+        "-nx",
+        "-ex",
+        "set pagination off",
+        "-ex",
+        "set confirm off",
+    ]);
+    cmd.args(["-ex", &format!("target remote {}", stub.addr())]);
+    for c in commands {
+        cmd.args(["-ex", c]);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for gdb (killing it after `timeout`) and returns stdout + stderr.
+fn finish(mut child: Child, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let _ = child.wait();
+            panic!("gdb did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    out
+}
+
+fn run_gdb(stub: &GdbStubHandle, commands: &[String]) -> String {
+    finish(spawn_gdb(stub, commands), Duration::from_secs(30))
+}
+
+/// The two `Leak` immediates in myfault.sys, and a start address below them in a hole.
+fn leak_hits(m: &Machine) -> (u64, u64, u64, u64) {
+    let myfault = m
+        .modules()
+        .into_iter()
+        .find(|x| x.name == "myfault.sys")
+        .unwrap();
+    let end = myfault.base.get() + myfault.size;
+    let hits = m.search(
+        myfault.base,
+        myfault.base.saturating_add(myfault.size),
+        b"Leak",
+        4,
+    );
+    assert_eq!(hits.len(), 2);
+    let regions: Vec<_> = m.memory().regions().collect();
+    let mut i = regions
+        .iter()
+        .position(|r| r.contains(myfault.base.get()))
+        .unwrap();
+    while i > 0 && regions[i - 1].end == regions[i].start {
+        i -= 1;
+    }
+    // Start in the middle of the unmapped gap before myfault's block of pages.
+    let (gap_start, gap_end) = (regions[i - 1].end.get(), regions[i].start.get());
+    assert!(gap_end > gap_start);
+    let start = gap_start + (gap_end - gap_start) / 2 / 0x1000 * 0x1000;
+    (hits[0].get(), hits[1].get(), start, end)
+}
+
+#[test]
+fn gdb_lists_modules_reads_finds_writes_and_runs_monitor_commands() {
+    if !have_gdb() {
+        return;
+    }
+    let stub = stub();
+    let (hit1, hit2, start, end) = stub.with_machine(|m| leak_hits(m));
+    let modules = stub.with_machine(|m| m.modules());
+    let out = run_gdb(
+        &stub,
+        &[
+            "info sharedlibrary".into(),
+            format!("x/4xb {hit1:#x}"),
+            format!("find /b {start:#x}, {end:#x}, 0x4c, 0x65, 0x61, 0x6b"),
+            format!("set {{char}}({hit1:#x}+3) = 0x31"),
+            format!("monitor dc {hit1:x} l1"),
+            "monitor !poolused 2".into(),
+            "monitor lm".into(),
+            "info registers rip".into(),
+        ],
+    );
+    for m in &modules {
+        assert!(
+            out.contains(&m.path),
+            "info sharedlibrary lacks {}:\n{out}",
+            m.path
+        );
+    }
+    assert!(
+        out.contains(&format!("{hit1:#x}:\t0x4c\t0x65\t0x61\t0x6b")),
+        "{out}"
+    );
+    assert!(out.contains("2 patterns found."), "{out}");
+    assert!(
+        out.contains(&format!("{hit1:#x}\n")) && out.contains(&format!("{hit2:#x}\n")),
+        "{out}"
+    );
+    assert!(out.contains("Lea1"), "monitor dc after the write:\n{out}");
+    assert!(
+        out.contains(" Tag     Allocs") && out.contains(" Leak "),
+        "monitor !poolused 2:\n{out}"
+    );
+    assert!(out.contains("myfault"), "monitor lm:\n{out}");
+    assert!(out.contains("rip "), "{out}");
+    assert!(out.contains("detached"), "batch quit detaches:\n{out}");
+    assert!(!out.contains("too long"), "{out}");
+    // The write really reached the machine.
+    let mut b = [0u8; 4];
+    stub.with_machine(|m| m.read(tagsplit::VirtAddr(hit1), &mut b))
+        .unwrap();
+    assert_eq!(&b, b"Lea1");
+}
+
+#[test]
+fn gdb_breakpoint_on_an_allocation_site_reports_breakpoint_1() {
+    if !have_gdb() {
+        return;
+    }
+    let stub = stub();
+    let site = stub.with_machine(|m| {
+        m.sites()
+            .into_iter()
+            .find(|s| s.kind == SiteKind::Alloc && s.tag.to_string() == "Leak")
+            .unwrap()
+    });
+    let out = run_gdb(
+        &stub,
+        &[
+            format!("break *{:#x}", site.instr.get()),
+            "continue".into(),
+            "info registers rip".into(),
+        ],
+    );
+    assert!(
+        out.contains(&format!("Breakpoint 1, {:#x}", site.instr.get())),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("rip            {:#x}", site.instr.get())),
+        "{out}"
+    );
+    // gdb removed its breakpoint on detach: the machine runs past the site again.
+    let before = stub.with_machine(|m| m.tick());
+    let ran = stub.with_machine(|m| m.run(50));
+    assert!(ran.stop.is_none(), "{ran:?} after {before}");
+}
+
+#[test]
+fn gdb_interrupt_stops_a_running_continue() {
+    if !have_gdb() {
+        return;
+    }
+    let stub = stub();
+    let child = spawn_gdb(&stub, &["continue".into(), "info registers rip".into()]);
+    // Wait until the workload runs (the clock advances), then press Ctrl-C in gdb.
+    let t0 = stub.with_machine(|m| m.tick());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stub.with_machine(|m| m.tick()) < t0 + 20 {
+        assert!(Instant::now() < deadline, "the target never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = finish(child, Duration::from_secs(20));
+    assert!(
+        out.contains("Program received signal SIGINT, Interrupt."),
+        "{out}"
+    );
+    assert!(out.contains("rip "), "{out}");
+    // Stopped: the clock no longer moves.
+    let a = stub.with_machine(|m| m.tick());
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(stub.with_machine(|m| m.tick()), a);
+}
+
+#[test]
+fn second_client_is_refused_and_detach_leaves_the_stub_ready() {
+    if !have_gdb() {
+        return;
+    }
+    let stub = stub();
+    let first = GdbTarget::connect(&stub.addr().to_string()).unwrap();
+    let refused = run_gdb(&stub, &["info registers rip".into()]);
+    assert!(refused.contains(BUSY_MESSAGE), "{refused}");
+    first.detach().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stub.client_attached() {
+        assert!(Instant::now() < deadline, "stub still busy after detach");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Two gdb sessions in a row: each detaches at quit, the next attaches.
+    for _ in 0..2 {
+        let out = run_gdb(&stub, &["info registers rip".into()]);
+        assert!(out.contains("rip ") && out.contains("detached"), "{out}");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while stub.client_attached() {
+            assert!(Instant::now() < deadline, "stub still busy after gdb quit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}

@@ -1,0 +1,272 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+//! The `gdb://` backend against the simulator's stub: same answers as in process, with a
+//! full stub and with a basic one (no qXfer, no qSearch, no X, no no-ack).
+
+use std::net::SocketAddr;
+
+use tagsplit::console::Console;
+use tagsplit::pool;
+use tagsplit::split::{Split, SplitOptions};
+use tagsplit::target::gdb::{GdbTarget, serve_scenario};
+use tagsplit::target::sim::SimTarget;
+use tagsplit::target::{DebugTarget, RunFor, StopReason, TargetError};
+use tagsplit::{PoolTag, VirtAddr};
+use tagsplit_target_sim::scenario::Scenario;
+use tagsplit_target_sim::server::gdb::{BUSY_MESSAGE, GdbStubHandle, StubFeatures};
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn part4() -> Scenario {
+    Scenario::builtin("part4").unwrap()
+}
+
+fn stub(features: StubFeatures) -> GdbStubHandle {
+    serve_scenario(&part4(), loopback(), None, features).unwrap()
+}
+
+fn connect(stub: &GdbStubHandle) -> GdbTarget {
+    GdbTarget::connect(&stub.addr().to_string()).unwrap()
+}
+
+/// Everything the console and the split read, compared between the wire and in process.
+fn same_view_as_in_process(features: StubFeatures) {
+    let stub = stub(features);
+    let mut wire = connect(&stub);
+    let mut sim = SimTarget::boot(&part4()).unwrap();
+    assert_eq!(wire.kernel_info().unwrap(), sim.kernel_info().unwrap());
+    assert_eq!(wire.modules().unwrap(), sim.modules().unwrap());
+    let myfault = sim
+        .modules()
+        .unwrap()
+        .into_iter()
+        .find(|m| m.name == "myfault.sys")
+        .unwrap();
+    let hits = wire
+        .search_memory(myfault.base, myfault.end(), b"Leak", 10)
+        .unwrap();
+    assert_eq!(hits.len(), 2);
+    assert_eq!(
+        hits,
+        sim.search_memory(myfault.base, myfault.end(), b"Leak", 10)
+            .unwrap()
+    );
+    // A search across unmapped holes still finds both. With qSearch the stub skips the
+    // holes between nt and the drivers (hundreds of GiB); reading page by page is only
+    // asked to cross the hole right before myfault's block of mappings.
+    let hole_before = stub.with_machine(|m| {
+        let regions: Vec<_> = m.memory().regions().collect();
+        let mut i = regions
+            .iter()
+            .position(|r| r.contains(myfault.base.get()))
+            .unwrap();
+        while i > 0 && regions[i - 1].end == regions[i].start {
+            i -= 1;
+        }
+        (regions[i - 1].end, regions[i].start)
+    });
+    let from = if features.search {
+        sim.modules().unwrap()[0].base
+    } else {
+        VirtAddr(hole_before.0.get().max(hole_before.1.get() - 16 * 0x1000))
+    };
+    assert!(hole_before.1 > hole_before.0, "a hole before myfault");
+    let wide = wire
+        .search_memory(from, myfault.end(), b"Leak", 10)
+        .unwrap();
+    assert_eq!(
+        wide,
+        sim.search_memory(from, myfault.end(), b"Leak", 10).unwrap()
+    );
+    assert!(wide.ends_with(&hits), "{wide:?}");
+    // Writes land and read back; a write across into unmapped memory stops short.
+    assert_eq!(
+        wire.write_memory(hits[0].saturating_add(3), b"1").unwrap(),
+        1
+    );
+    let mut four = [0u8; 4];
+    assert_eq!(wire.read_memory(hits[0], &mut four).unwrap(), 4);
+    assert_eq!(&four, b"Lea1");
+    assert_eq!(
+        stub.with_machine(|m| m.search(hits[0], hits[0].saturating_add(4), b"Lea1", 1))
+            .len(),
+        1
+    );
+    // A read larger than a packet is chunked and equals the stub machine's memory.
+    let mut big = vec![0u8; (3 * 0x4000 + 5).min(myfault.size as usize)];
+    assert_eq!(wire.read_memory(myfault.base, &mut big).unwrap(), big.len());
+    let mut direct = vec![0u8; big.len()];
+    stub.with_machine(|m| m.read(myfault.base, &mut direct))
+        .unwrap();
+    assert!(
+        big == direct,
+        "chunked read differs from the machine's memory"
+    );
+    let mut none = [0u8; 8];
+    assert_eq!(wire.read_memory(VirtAddr(0x1000), &mut none).unwrap(), 0);
+    // Pool usage through the KDBG block, as the console does in process.
+    assert_eq!(
+        pool::snapshot(&mut wire).unwrap(),
+        pool::snapshot(&mut sim).unwrap()
+    );
+    let mut console = Console::new();
+    assert_eq!(
+        console.execute(&mut wire, "!poolused 2"),
+        Console::new().execute(&mut sim, "!poolused 2")
+    );
+    let stats = wire.stats().unwrap();
+    assert!(
+        stats.round_trips > 5 && stats.bytes_received > stats.round_trips,
+        "{stats}"
+    );
+    assert_eq!(stats.retransmissions, 0);
+    drop(wire);
+    drop(stub.shutdown());
+}
+
+#[test]
+fn full_stub_gives_the_same_view_as_in_process() {
+    same_view_as_in_process(StubFeatures::FULL);
+}
+
+#[test]
+fn basic_stub_degrades_but_gives_the_same_view() {
+    same_view_as_in_process(StubFeatures::BASIC);
+}
+
+#[test]
+fn basic_stub_caps_are_detected() {
+    let stub = stub(StubFeatures::BASIC);
+    let mut wire = connect(&stub);
+    let caps = wire.caps();
+    assert!(!caps.libraries && !caps.run_limit);
+    let myfault = wire
+        .modules()
+        .unwrap()
+        .into_iter()
+        .find(|m| m.name == "myfault.sys")
+        .unwrap();
+    wire.search_memory(myfault.base, myfault.end(), b"Leak", 2)
+        .unwrap();
+    wire.write_memory(myfault.base, b"MZ").unwrap();
+    let caps = wire.caps();
+    assert!(!caps.search && !caps.binary_write, "{caps:?}");
+}
+
+#[test]
+fn exact_runs_advance_the_machine_by_the_ticks_asked() {
+    let stub = stub(StubFeatures::FULL);
+    let mut wire = connect(&stub);
+    let before = stub.with_machine(|m| m.tick());
+    assert_eq!(wire.run(RunFor::Ticks(37)).unwrap(), StopReason::BreakIn);
+    assert_eq!(stub.with_machine(|m| m.tick()) - before, 37);
+    assert_eq!(
+        wire.default_run(),
+        RunFor::Ticks(part4().default_run_ticks())
+    );
+}
+
+#[test]
+fn timed_run_is_interrupted() {
+    let stub = stub(StubFeatures::BASIC);
+    let mut wire = connect(&stub);
+    let before = stub.with_machine(|m| m.tick());
+    let started = std::time::Instant::now();
+    assert_eq!(
+        wire.run(RunFor::Time(std::time::Duration::from_millis(150)))
+            .unwrap(),
+        StopReason::BreakIn
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let ran = stub.with_machine(|m| m.tick()) - before;
+    assert!(ran > 0, "the machine ran while continued");
+    // It is stopped now: memory access works again.
+    assert!(wire.modules().is_ok());
+}
+
+#[test]
+fn one_client_at_a_time_and_detach_leaves_the_stub_ready() {
+    let stub = stub(StubFeatures::FULL);
+    let first = connect(&stub);
+    match GdbTarget::connect(&stub.addr().to_string()) {
+        Err(TargetError::Protocol(msg)) => assert!(msg.contains(BUSY_MESSAGE), "{msg}"),
+        other => panic!("second client was not refused: {other:?}"),
+    }
+    first.detach().unwrap();
+    // The stub notices the detach and takes the next client.
+    let mut second = (0..50)
+        .find_map(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            GdbTarget::connect(&stub.addr().to_string()).ok()
+        })
+        .expect("stub ready after detach");
+    assert!(!second.modules().unwrap().is_empty());
+    drop(second);
+    // Dropping a target detaches too.
+    assert!((0..50).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        GdbTarget::connect(&stub.addr().to_string()).is_ok()
+    }));
+}
+
+#[test]
+fn open_scheme_reaches_the_stub() {
+    let stub = stub(StubFeatures::FULL);
+    let spec = format!("gdb://{}", stub.addr());
+    let mut t = tagsplit::target::open(&spec).unwrap();
+    assert_eq!(t.describe(), spec);
+    assert!(t.kernel_info().unwrap().kdbg.is_some());
+    assert!(tagsplit::target::open("gdb://").is_err());
+}
+
+type Usage = Vec<(String, u64, i128, Vec<i128>)>;
+
+fn split_report(target: &mut dyn DebugTarget) -> (Vec<String>, Usage) {
+    let report = Split::new(target, PoolTag::new(*b"Leak"), SplitOptions::default())
+        .run()
+        .unwrap();
+    let leaks = report
+        .leaks()
+        .map(|s| format!("{} {}", s.new_tag, s.hit.location()))
+        .collect();
+    let usage = report
+        .sites
+        .iter()
+        .map(|s| {
+            (
+                s.new_tag.to_string(),
+                s.allocs(),
+                s.net_growth(),
+                s.growth.clone(),
+            )
+        })
+        .collect();
+    (leaks, usage)
+}
+
+/// Requirement 5: the split over the wire gives the in-process verdict and numbers.
+#[test]
+fn split_over_the_wire_matches_in_process() {
+    let stub = stub(StubFeatures::FULL);
+    let mut wire = connect(&stub);
+    let mut sim = SimTarget::boot(&part4()).unwrap();
+    let over_wire = split_report(&mut wire);
+    let in_process = split_report(&mut sim);
+    assert_eq!(over_wire, in_process);
+    assert_eq!(over_wire.0, vec!["Lea2 myfault.sys+0x1621".to_string()]);
+    let stats = wire.stats().unwrap();
+    eprintln!("part4 split over gdb (full stub): {stats}");
+    assert!(stats.round_trips < 2000, "{stats}");
+    // And the console's !poolused afterwards agrees too.
+    assert_eq!(
+        Console::new().execute(&mut wire, "!poolused 2"),
+        Console::new().execute(&mut sim, "!poolused 2")
+    );
+}
