@@ -188,10 +188,89 @@ mod peer {
     }
 }
 
+mod ours {
+    //! Our side: `ServerSession` (framing, acks, typed command parse, reply encoding) over
+    //! the same flat 64 KiB memory and register file, dispatched the way a stub does.
+    use tagsplit_protocol::gdb::{Command, Feature, Reply, ServerEvent, ServerSession};
+
+    use super::{MEM_BASE, MEM_SIZE};
+
+    pub struct Ours {
+        session: ServerSession,
+        mem: Vec<u8>,
+        regs: Vec<u8>,
+    }
+
+    impl Ours {
+        pub fn new() -> Ours {
+            let mut o = Ours {
+                session: ServerSession::default(),
+                mem: (0..MEM_SIZE).map(|i| (i * 7) as u8).collect(),
+                regs: vec![0; 536],
+            };
+            o.feed(&super::frame("qSupported:multiprocess+;swbreak+;hwbreak+;qRelocInsn+;fork-events+;vfork-events+;exec-events+;vContSupported+;QThreadEvents+;no-resumed+;memory-tagging+"));
+            o.feed(b"+");
+            o
+        }
+
+        fn slice(&self, addr: u64, len: u64) -> Option<&[u8]> {
+            let off = usize::try_from(addr.checked_sub(MEM_BASE)?).ok()?;
+            let len = usize::try_from(len).ok()?;
+            self.mem.get(off..off.checked_add(len)?)
+        }
+
+        fn handle(&mut self, cmd: Command) -> Reply {
+            match cmd {
+                Command::QSupported(_) => Reply::Supported(vec![
+                    Feature::with_value("PacketSize", "1000"),
+                    Feature::supported("swbreak"),
+                ]),
+                Command::ReadRegisters => Reply::Hex(self.regs.clone()),
+                Command::ReadMemory { addr, len } => match self.slice(addr, len) {
+                    Some(b) => Reply::Hex(b.to_vec()),
+                    None => Reply::Error(0x0e),
+                },
+                Command::WriteMemoryBinary { addr, data } => {
+                    let off = addr.wrapping_sub(MEM_BASE) as usize;
+                    match self.mem.get_mut(off..off + data.len()) {
+                        Some(dst) => {
+                            dst.copy_from_slice(&data);
+                            Reply::Ok
+                        }
+                        None => Reply::Error(0x0e),
+                    }
+                }
+                _ => Reply::Empty,
+            }
+        }
+
+        /// Feeds bytes; returns the number of reply bytes produced.
+        pub fn feed(&mut self, bytes: &[u8]) -> usize {
+            self.session.receive(bytes);
+            while let Some(ev) = self.session.poll_event() {
+                if let ServerEvent::Command(cmd) = ev {
+                    let reply = self.handle(cmd);
+                    self.session.send(&reply);
+                }
+            }
+            let mut n = 0;
+            while let Some(out) = self.session.poll_transmit() {
+                n += out.len();
+            }
+            n
+        }
+    }
+}
+
 fn bench_gdb(c: &mut Criterion) {
     let mut group = c.benchmark_group("gdb_stub_packet");
     for (name, pkt) in cases() {
         group.throughput(Throughput::Elements(1));
+        let mut us = ours::Ours::new();
+        assert!(us.feed(&pkt) > 0, "our stub answered nothing to {name}");
+        group.bench_with_input(BenchmarkId::new("tagsplit", name), &pkt, |b, pkt| {
+            b.iter(|| black_box(us.feed(black_box(pkt))))
+        });
         let mut peer = peer::Peer::new();
         assert!(peer.feed(&pkt) > 0, "peer answered nothing to {name}");
         group.bench_with_input(BenchmarkId::new("gdbstub-0.7.10", name), &pkt, |b, pkt| {
@@ -204,6 +283,11 @@ fn bench_gdb(c: &mut Criterion) {
         ("qZ after m 256B", frame("qZ")),
         ("m addr,1 after m 256B", frame("m10000,1")),
     ] {
+        let mut us = ours::Ours::new();
+        us.feed(&big);
+        group.bench_with_input(BenchmarkId::new("tagsplit", name), &pkt, |b, pkt| {
+            b.iter(|| black_box(us.feed(black_box(pkt))))
+        });
         let mut peer = peer::Peer::new();
         peer.feed(&big);
         group.bench_with_input(BenchmarkId::new("gdbstub-0.7.10", name), &pkt, |b, pkt| {
