@@ -256,3 +256,49 @@ fn split_over_the_wire_matches_in_process() {
         Console::new().execute(&mut sim, "!poolused 2")
     );
 }
+
+/// Without qSearch but with a memory map, the fallback search reads only mapped memory, so
+/// it crosses the hundreds of GiB between nt and the drivers in a bounded number of reads.
+#[test]
+fn search_without_qsearch_uses_the_memory_map_to_skip_holes() {
+    let features = StubFeatures {
+        search: false,
+        ..StubFeatures::FULL
+    };
+    let stub = stub(features);
+    let mut wire = connect(&stub);
+    let mut sim = SimTarget::boot(&part4()).unwrap();
+    let mods = sim.modules().unwrap();
+    let (nt, myfault) = (
+        mods[0].clone(),
+        mods.iter()
+            .find(|m| m.name == "myfault.sys")
+            .unwrap()
+            .clone(),
+    );
+    let before = wire.stats().unwrap().round_trips;
+    let hits = wire
+        .search_memory(nt.end(), myfault.end(), b"Leak", 10)
+        .unwrap();
+    assert_eq!(
+        hits,
+        sim.search_memory(nt.end(), myfault.end(), b"Leak", 10)
+            .unwrap()
+    );
+    assert!(hits.len() >= 2);
+    let caps = wire.caps();
+    assert!(!caps.search && caps.memory_map, "{caps:?}");
+    let used = wire.stats().unwrap().round_trips - before;
+    let mapped: u64 = stub.with_machine(|m| {
+        m.memory()
+            .regions()
+            .filter(|r| r.end.get() > nt.end().get() && r.start.get() < myfault.end().get())
+            .map(|r| r.end.get() - r.start.get())
+            .sum()
+    });
+    // About one 16 KiB read per mapped 16 KiB, plus a qSearch probe and the map.
+    assert!(
+        used <= mapped / 0x3fe0 + 64,
+        "{used} round trips for {mapped:#x} mapped bytes"
+    );
+}

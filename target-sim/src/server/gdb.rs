@@ -425,9 +425,14 @@ impl StubCore {
                 self.reset_client(machine);
                 return Action::Detach;
             }
-            Command::Kill | Command::VKill(_) => {
+            // A kernel is not killed: the client goes away, the machine stays.
+            Command::Kill => {
                 self.reset_client(machine);
                 return Action::Close;
+            }
+            Command::VKill(_) => {
+                self.reset_client(machine);
+                return Action::Detach;
             }
             _ => Reply::Empty,
         };
