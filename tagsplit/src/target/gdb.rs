@@ -9,7 +9,8 @@
 //! | needs | with | without |
 //! |---|---|---|
 //! | modules | `qXfer:libraries:read` (+ `SizeOfImage` from each PE header) | walk `PsLoadedModuleList` via `KDBG` |
-//! | search | `qSearch:memory` (the stub skips holes) | chunked `m` reads past holes ([`search_by_reading`]) |
+//! | search | `qSearch:memory` (the stub skips holes) | chunked reads of what the memory map says is mapped, or, without a map, reads that skip to the next page after a fault ([`search_by_reading`]) |
+//! | reads | `x` (`binary-upload+`, ~2x the data per round trip) | `m` |
 //! | write | `X` | `M` |
 //! | exact runs | `QTagsplit.RunLimit` | continue, wait the time, interrupt (1 ms per tick) |
 //! | kernel base | the first library | scan down from `rip` for the `MZ` of `nt` |

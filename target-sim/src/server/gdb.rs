@@ -1097,6 +1097,34 @@ mod tests {
     }
 
     #[test]
+    fn stop_after_ticks_ends_every_continue_after_exactly_n_ticks() {
+        let mut m = machine();
+        let mut core = StubCore::new(GdbStubOptions {
+            stop_after_ticks: Some(7),
+            ..GdbStubOptions::default()
+        });
+        for _ in 0..2 {
+            let before = m.tick();
+            assert_eq!(core.handle(&mut m, Command::Continue(None)), Action::Resume);
+            assert!(core.paced, "a continue from gdb runs on the wall clock");
+            let stop = (0..100).find_map(|_| core.run_slice(&mut m)).unwrap();
+            assert_eq!(stop, StopReply::thread(SIGINT, THREAD, None));
+            assert_eq!(m.tick() - before, 7);
+            assert_eq!(
+                one(core.handle(&mut m, Command::HaltReason)),
+                Reply::Stop(stop)
+            );
+        }
+        // A client's exact limit below the server's wins, and is not paced.
+        assert_eq!(one(core.handle(&mut m, Command::RunLimit(3))), Reply::Ok);
+        let before = m.tick();
+        assert_eq!(core.handle(&mut m, Command::Continue(None)), Action::Resume);
+        assert!(!core.paced);
+        (0..100).find_map(|_| core.run_slice(&mut m)).unwrap();
+        assert_eq!(m.tick() - before, 3);
+    }
+
+    #[test]
     fn binary_reads_keep_the_escaped_reply_within_the_packet() {
         let mut m = machine();
         let base = m.modules()[0].base;
