@@ -231,9 +231,10 @@ impl StubCore {
         list
     }
 
-    /// The largest data payload a reply may carry, in bytes before hex encoding.
+    /// The largest data payload a hex reply carries: `PacketSize / 2`, so gdb's own
+    /// `m` of `PacketSize / 2` bytes (0x2000 for 0x4000) is answered in one reply.
     fn max_data(&self) -> usize {
-        (self.options.packet_size.saturating_sub(8) / 2).max(1)
+        (self.options.packet_size / 2).max(1)
     }
 
     fn xfer(
