@@ -563,14 +563,7 @@ impl DebugTarget for GdbTarget {
         let mut done = 0usize;
         while done < buf.len() {
             let binary = self.caps.binary_read;
-            let chunk = if binary {
-                self.caps
-                    .packet_size
-                    .saturating_sub(PACKET_OVERHEAD)
-                    .max(16)
-            } else {
-                self.read_chunk()
-            };
+            let chunk = self.transfer_chunk();
             let want = (buf.len() - done).min(chunk);
             let at = addr.saturating_add(done as u64).get();
             let cmd = if binary {
