@@ -167,7 +167,7 @@ enum Action {
 }
 
 /// The protocol logic of the stub, without sockets: commands in, replies out.
-pub struct StubCore {
+pub(crate) struct StubCore {
     options: GdbStubOptions,
     target_xml: Vec<u8>,
     /// Breakpoints the client inserted, by address.
@@ -184,7 +184,7 @@ pub struct StubCore {
 
 impl StubCore {
     /// A core with `options`.
-    pub fn new(options: GdbStubOptions) -> Self {
+    pub(crate) fn new(options: GdbStubOptions) -> Self {
         Self {
             options,
             target_xml: xml::target_description_x86_64().into_bytes(),
