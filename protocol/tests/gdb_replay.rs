@@ -10,6 +10,7 @@
 
 use std::path::PathBuf;
 
+use tagsplit_protocol::gdb::transcript::{LoggedExchange, parse_log};
 use tagsplit_protocol::gdb::{
     ClientEvent, ClientSession, Command, Reply, ReplyKind, ServerEvent, ServerSession, frame,
 };
@@ -21,59 +22,16 @@ fn transcript_dir() -> PathBuf {
     ))
 }
 
-/// One exchange: what gdb sent and the logged reply (`None` if truncated or absent).
-struct Exchange {
-    command: Vec<u8>,
-    reply: Option<Vec<u8>>,
-    /// The logged length of a truncated reply.
-    reply_truncated: Option<usize>,
-}
-
-fn is_truncated(text: &[u8]) -> bool {
-    truncated_len(text).is_some()
-}
-
-/// `...(N bytes)` at the end of a logged line: the real length.
-fn truncated_len(text: &[u8]) -> Option<usize> {
-    let text = std::str::from_utf8(text).ok()?;
-    let body = text.strip_suffix(" bytes)")?;
-    let pos = body.rfind("...(")?;
-    body[pos + 4..].parse().ok()
-}
-
-fn load(name: &str) -> Vec<Exchange> {
+fn load(name: &str) -> Vec<LoggedExchange> {
     let raw = std::fs::read(transcript_dir().join(name)).unwrap();
-    let mut out: Vec<Exchange> = Vec::new();
-    for line in raw.split(|&b| b == b'\n') {
-        let trimmed = line.trim_ascii_start();
-        // Strip the leading time column.
-        let Some(pos) = trimmed.iter().position(|&b| b == b' ') else {
-            continue;
-        };
-        let rest = &trimmed[pos + 1..];
-        if let Some(cmd) = rest.strip_prefix(b"<- ") {
-            assert!(
-                !is_truncated(cmd),
-                "{name}: a command was truncated in the log"
-            );
-            out.push(Exchange {
-                command: cmd.to_vec(),
-                reply: None,
-                reply_truncated: None,
-            });
-        } else if let Some(reply) = rest
-            .strip_prefix(b"->")
-            .map(|r| r.strip_prefix(b" ").unwrap_or(r))
-        {
-            let last = out.last_mut().expect("reply before any command");
-            if let Some(n) = truncated_len(reply) {
-                last.reply_truncated = Some(n);
-            } else {
-                last.reply = Some(reply.to_vec());
-            }
-        }
-    }
-    out
+    let exchanges = parse_log(&raw);
+    let commands = raw.windows(4).filter(|w| w == b" <- ").count();
+    assert_eq!(
+        exchanges.len(),
+        commands,
+        "{name}: every command line is read (none truncated)"
+    );
+    exchanges
 }
 
 fn transcripts() -> Vec<String> {
@@ -182,7 +140,7 @@ fn transcripts_replay_through_both_sessions() {
             };
             assert_eq!(got, sent, "{name}");
             // Truncated logs keep the length: answer with that much data of the right kind.
-            let reply = match (&ex.reply, ex.reply_truncated, got.reply_kind()) {
+            let reply = match (&ex.reply, ex.truncated_reply_len, got.reply_kind()) {
                 (Some(r), _, kind) => Reply::parse(kind, r).unwrap(),
                 (None, Some(n), ReplyKind::Hex) => Reply::Hex(vec![0x5a; n / 2]),
                 (None, Some(n), ReplyKind::Xfer) => Reply::Xfer {

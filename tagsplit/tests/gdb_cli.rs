@@ -9,12 +9,10 @@
 //! in-process answers, and `--stats` prints the wire counters.
 
 mod common;
+mod gdb_support;
 
-use std::net::SocketAddr;
 use std::process::{Command, Output};
 
-use tagsplit::target::gdb::serve_scenario;
-use tagsplit_target_sim::scenario::Scenario;
 use tagsplit_target_sim::server::gdb::StubFeatures;
 
 fn tagsplit(args: &[&str]) -> Output {
@@ -59,13 +57,7 @@ fn run(test: &str, target: &str) -> (String, String) {
 #[test]
 fn run_over_gdb_matches_the_in_process_run_and_prints_stats() {
     for features in [StubFeatures::FULL, StubFeatures::BASIC] {
-        let stub = serve_scenario(
-            &Scenario::builtin("part4").unwrap(),
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            None,
-            features,
-        )
-        .unwrap();
+        let stub = gdb_support::part4_stub(features);
         let (wire, wire_err) = run("gdb-cli-wire", &format!("gdb://{}", stub.addr()));
         let (local, local_err) = run("gdb-cli-local", "sim:part4");
         if features == StubFeatures::FULL {

@@ -9,14 +9,14 @@
 //!
 //! Skipped with a notice when `gdb` is not on PATH, unless `CI=true`.
 
+mod gdb_support;
+
 use std::io::Read;
-use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tagsplit::target::gdb::{GdbTarget, serve_scenario};
+use tagsplit::target::gdb::GdbTarget;
 use tagsplit_target_sim::machine::{Machine, SiteKind};
-use tagsplit_target_sim::scenario::Scenario;
 use tagsplit_target_sim::server::gdb::{BUSY_MESSAGE, GdbStubHandle, StubFeatures};
 
 fn have_gdb() -> bool {
@@ -37,14 +37,7 @@ fn have_gdb() -> bool {
 }
 
 fn stub() -> GdbStubHandle {
-    let scenario = Scenario::builtin("part4").unwrap();
-    serve_scenario(
-        &scenario,
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        None,
-        StubFeatures::FULL,
-    )
-    .unwrap()
+    gdb_support::part4_stub(StubFeatures::FULL)
 }
 
 /// Starts `gdb --batch` attached to `stub` with `commands` after `target remote`.
@@ -115,16 +108,8 @@ fn leak_hits(m: &Machine) -> (u64, u64, u64, u64) {
         4,
     );
     assert_eq!(hits.len(), 2);
-    let regions: Vec<_> = m.memory().regions().collect();
-    let mut i = regions
-        .iter()
-        .position(|r| r.contains(myfault.base.get()))
-        .unwrap();
-    while i > 0 && regions[i - 1].end == regions[i].start {
-        i -= 1;
-    }
-    // Start in the middle of the unmapped gap before myfault's block of pages.
-    let (gap_start, gap_end) = (regions[i - 1].end.get(), regions[i].start.get());
+    let (gap_start, gap_end) = gdb_support::hole_below(m, myfault.base);
+    let (gap_start, gap_end) = (gap_start.get(), gap_end.get());
     assert!(gap_end > gap_start);
     let start = gap_start + (gap_end - gap_start) / 2 / 0x1000 * 0x1000;
     (hits[0].get(), hits[1].get(), start, end)

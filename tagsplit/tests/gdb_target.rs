@@ -8,28 +8,24 @@
 //! The `gdb://` backend against the simulator's stub: same answers as in process, with a
 //! full stub and with a basic one (no qXfer, no qSearch, no X, no no-ack).
 
-use std::net::SocketAddr;
+mod gdb_support;
 
 use tagsplit::console::Console;
 use tagsplit::pool;
 use tagsplit::split::{Split, SplitOptions};
-use tagsplit::target::gdb::{GdbTarget, serve_scenario};
+use tagsplit::target::gdb::GdbTarget;
 use tagsplit::target::sim::SimTarget;
 use tagsplit::target::{DebugTarget, RunFor, StopReason, TargetError};
 use tagsplit::{PoolTag, VirtAddr};
 use tagsplit_target_sim::scenario::Scenario;
 use tagsplit_target_sim::server::gdb::{BUSY_MESSAGE, GdbStubHandle, StubFeatures};
 
-fn loopback() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
 fn part4() -> Scenario {
     Scenario::builtin("part4").unwrap()
 }
 
 fn stub(features: StubFeatures) -> GdbStubHandle {
-    serve_scenario(&part4(), loopback(), None, features).unwrap()
+    gdb_support::part4_stub(features)
 }
 
 fn connect(stub: &GdbStubHandle) -> GdbTarget {
@@ -61,17 +57,7 @@ fn same_view_as_in_process(features: StubFeatures) {
     // A search across unmapped holes still finds both. With qSearch the stub skips the
     // holes between nt and the drivers (hundreds of GiB); reading page by page is only
     // asked to cross the hole right before myfault's block of mappings.
-    let hole_before = stub.with_machine(|m| {
-        let regions: Vec<_> = m.memory().regions().collect();
-        let mut i = regions
-            .iter()
-            .position(|r| r.contains(myfault.base.get()))
-            .unwrap();
-        while i > 0 && regions[i - 1].end == regions[i].start {
-            i -= 1;
-        }
-        (regions[i - 1].end, regions[i].start)
-    });
+    let hole_before = stub.with_machine(|m| gdb_support::hole_below(m, myfault.base));
     let from = if features.search {
         sim.modules().unwrap()[0].base
     } else {
@@ -268,5 +254,51 @@ fn split_over_the_wire_matches_in_process() {
     assert_eq!(
         Console::new().execute(&mut wire, "!poolused 2"),
         Console::new().execute(&mut sim, "!poolused 2")
+    );
+}
+
+/// Without qSearch but with a memory map, the fallback search reads only mapped memory, so
+/// it crosses the hundreds of GiB between nt and the drivers in a bounded number of reads.
+#[test]
+fn search_without_qsearch_uses_the_memory_map_to_skip_holes() {
+    let features = StubFeatures {
+        search: false,
+        ..StubFeatures::FULL
+    };
+    let stub = stub(features);
+    let mut wire = connect(&stub);
+    let mut sim = SimTarget::boot(&part4()).unwrap();
+    let mods = sim.modules().unwrap();
+    let (nt, myfault) = (
+        mods[0].clone(),
+        mods.iter()
+            .find(|m| m.name == "myfault.sys")
+            .unwrap()
+            .clone(),
+    );
+    let before = wire.stats().unwrap().round_trips;
+    let hits = wire
+        .search_memory(nt.end(), myfault.end(), b"Leak", 10)
+        .unwrap();
+    assert_eq!(
+        hits,
+        sim.search_memory(nt.end(), myfault.end(), b"Leak", 10)
+            .unwrap()
+    );
+    assert!(hits.len() >= 2);
+    let caps = wire.caps();
+    assert!(!caps.search && caps.memory_map, "{caps:?}");
+    let used = wire.stats().unwrap().round_trips - before;
+    let mapped: u64 = stub.with_machine(|m| {
+        m.memory()
+            .regions()
+            .filter(|r| r.end.get() > nt.end().get() && r.start.get() < myfault.end().get())
+            .map(|r| r.end.get() - r.start.get())
+            .sum()
+    });
+    // About one 16 KiB read per mapped 16 KiB, plus a qSearch probe and the map.
+    assert!(
+        used <= mapped / 0x3fe0 + 64,
+        "{used} round trips for {mapped:#x} mapped bytes"
     );
 }

@@ -13,7 +13,7 @@ use nom::multi::many0;
 use nom::sequence::{preceded, separated_pair, terminated};
 
 use super::hex::{
-    In, PErr, decode_hex, encode_hex_into, hex_u8, hex_u32, hex_u64, push_hex_u8, push_hex_u64,
+    In, PErr, decode_hex, encode_hex_into, hex_u8, hex_u32, hex_u64, push_hex_u64, push_op_hex_u8,
 };
 use super::reply::ReplyKind;
 
@@ -331,14 +331,8 @@ impl ResumeAction {
             ResumeKind::Continue => out.push(b'c'),
             ResumeKind::Step => out.push(b's'),
             ResumeKind::Stop => out.push(b't'),
-            ResumeKind::ContinueSignal(s) => {
-                out.push(b'C');
-                push_hex_u8(s, out);
-            }
-            ResumeKind::StepSignal(s) => {
-                out.push(b'S');
-                push_hex_u8(s, out);
-            }
+            ResumeKind::ContinueSignal(s) => push_op_hex_u8(b'C', s, out),
+            ResumeKind::StepSignal(s) => push_op_hex_u8(b'S', s, out),
             ResumeKind::RangeStep { start, end } => {
                 out.push(b'r');
                 push_hex_u64(start, out);

@@ -69,6 +69,12 @@ pub fn push_hex_u8(value: u8, out: &mut Vec<u8>) {
     out.push(hex_digit(value & 0xf));
 }
 
+/// Appends an op byte then `value` as two hex digits (`S05`, `W00`, `C02`).
+pub fn push_op_hex_u8(op: u8, value: u8, out: &mut Vec<u8>) {
+    out.push(op);
+    push_hex_u8(value, out);
+}
+
 fn fold_hex(digits: &[u8]) -> u64 {
     digits.iter().fold(0u64, |acc, &c| {
         (acc << 4) | u64::from(hex_value(c).unwrap_or(0))

@@ -6,7 +6,7 @@
 
 use super::command::{Feature, ThreadId, ThreadSel};
 use super::hex::{
-    decode_hex, decode_register_hex, encode_hex_into, parse_hex_u64, push_hex_u8, push_hex_u64,
+    decode_hex, decode_register_hex, encode_hex_into, parse_hex_u64, push_hex_u64, push_op_hex_u8,
 };
 use nom::Parser;
 
@@ -105,17 +105,13 @@ impl StopReply {
                 signal,
                 thread: None,
                 reason: None,
-            } => {
-                out.push(b'S');
-                push_hex_u8(signal, out);
-            }
+            } => push_op_hex_u8(b'S', signal, out),
             StopReply::Signal {
                 signal,
                 thread,
                 reason,
             } => {
-                out.push(b'T');
-                push_hex_u8(signal, out);
+                push_op_hex_u8(b'T', signal, out);
                 if let Some(t) = thread {
                     out.extend_from_slice(b"thread:");
                     if let ThreadId::Id(id) = t
@@ -132,14 +128,8 @@ impl StopReply {
                     None => {}
                 }
             }
-            StopReply::Exited(code) => {
-                out.push(b'W');
-                push_hex_u8(code, out);
-            }
-            StopReply::Terminated(sig) => {
-                out.push(b'X');
-                push_hex_u8(sig, out);
-            }
+            StopReply::Exited(code) => push_op_hex_u8(b'W', code, out),
+            StopReply::Terminated(sig) => push_op_hex_u8(b'X', sig, out),
         }
     }
 
@@ -237,10 +227,7 @@ impl Reply {
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         match self {
             Reply::Ok => out.extend_from_slice(b"OK"),
-            Reply::Error(code) => {
-                out.push(b'E');
-                push_hex_u8(*code, out);
-            }
+            Reply::Error(code) => push_op_hex_u8(b'E', *code, out),
             Reply::ErrorText(text) => {
                 out.extend_from_slice(b"E.");
                 out.extend_from_slice(text.as_bytes());

@@ -9,7 +9,8 @@
 //! | needs | with | without |
 //! |---|---|---|
 //! | modules | `qXfer:libraries:read` (+ `SizeOfImage` from each PE header) | walk `PsLoadedModuleList` via `KDBG` |
-//! | search | `qSearch:memory` (the stub skips holes) | chunked `m` reads past holes ([`search_by_reading`]) |
+//! | search | `qSearch:memory` (the stub skips holes) | chunked reads of what the memory map says is mapped, or, without a map, reads that skip to the next page after a fault ([`search_by_reading`]) |
+//! | reads | `x` (`binary-upload+`, ~2x the data per round trip) | `m` |
 //! | write | `X` | `M` |
 //! | exact runs | `QTagsplit.RunLimit` | continue, wait the time, interrupt (1 ms per tick) |
 //! | kernel base | the first library | scan down from `rip` for the `MZ` of `nt` |
@@ -22,10 +23,10 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use tagsplit_protocol::gdb::command::{DEFAULT_RUN_FEATURE, RUN_LIMIT_FEATURE};
-use tagsplit_protocol::gdb::xml::{self, REG_RIP};
+use tagsplit_protocol::gdb::xml::{self, MemoryRegion, REG_RIP};
 use tagsplit_protocol::gdb::{
     ClientEvent, ClientSession, Command, Feature, FeatureValue, Reply, ResumeAction, ResumeKind,
-    SessionConfig, StopKind, StopReply,
+    SessionConfig, StopKind, StopReply, XferObject,
 };
 use tagsplit_target_sim::layout::{PAGE_SIZE, kdbg};
 use tagsplit_target_sim::machine::Machine;
@@ -75,6 +76,8 @@ pub struct StubCaps {
     pub search: bool,
     /// `X` (assumed until the stub answers it empty).
     pub binary_write: bool,
+    /// `qXfer:memory-map:read` (lets searches without `qSearch` skip holes).
+    pub memory_map: bool,
     /// `x` binary reads (`binary-upload+`): about twice the data per round trip of `m`.
     pub binary_read: bool,
     /// `QTagsplit.RunLimit`.
@@ -91,6 +94,7 @@ pub struct GdbTarget {
     options: GdbOptions,
     caps: StubCaps,
     modules: Option<Vec<ModuleInfo>>,
+    regions: Option<Vec<MemoryRegion>>,
     kernel: Option<KernelInfo>,
     /// Console output (`O` packets) received with the last reply.
     output: Vec<u8>,
@@ -148,6 +152,7 @@ impl GdbTarget {
             options,
             caps: StubCaps::default(),
             modules: None,
+            regions: None,
             kernel: None,
             output: Vec::new(),
             buf: vec![0u8; 0x10000],
@@ -189,6 +194,7 @@ impl GdbTarget {
             libraries: has("qXfer:libraries:read"),
             search: true,
             binary_write: true,
+            memory_map: has("qXfer:memory-map:read"),
             binary_read: has("binary-upload"),
             run_limit: has(RUN_LIMIT_FEATURE),
             default_run: value(DEFAULT_RUN_FEATURE),
@@ -285,6 +291,18 @@ impl GdbTarget {
         (self.caps.packet_size.saturating_sub(PACKET_OVERHEAD) / 2).max(16)
     }
 
+    /// The bytes one memory read asks for: twice as many with `x` as with `m`.
+    fn transfer_chunk(&self) -> usize {
+        if self.caps.binary_read {
+            self.caps
+                .packet_size
+                .saturating_sub(PACKET_OVERHEAD)
+                .max(16)
+        } else {
+            self.read_chunk()
+        }
+    }
+
     fn rip(&mut self) -> Result<u64, TargetError> {
         let n = u32::try_from(REG_RIP).unwrap_or(16);
         let bytes = match self.request(&Command::ReadRegister(n))? {
@@ -316,14 +334,12 @@ impl GdbTarget {
         )?))
     }
 
-    fn modules_from_library_list(&mut self) -> Result<Option<Vec<ModuleInfo>>, TargetError> {
-        if !self.caps.libraries {
-            return Ok(None);
-        }
+    /// Reads a whole `qXfer` object; `None` if the stub does not offer it.
+    fn xfer_read(&mut self, object: XferObject) -> Result<Option<Vec<u8>>, TargetError> {
         let mut doc = Vec::new();
         loop {
             let cmd = Command::XferRead {
-                object: tagsplit_protocol::gdb::XferObject::Libraries,
+                object: object.clone(),
                 annex: String::new(),
                 offset: doc.len() as u64,
                 length: self.read_chunk() as u64,
@@ -333,18 +349,41 @@ impl GdbTarget {
                     let empty = data.is_empty();
                     doc.extend_from_slice(&data);
                     if !more || empty {
-                        break;
+                        return Ok(Some(doc));
                     }
                 }
-                _ => {
-                    self.caps.libraries = false;
-                    return Ok(None);
-                }
+                _ => return Ok(None),
             }
             if doc.len() > 16 << 20 {
-                return Err(protocol("library list larger than 16 MiB"));
+                return Err(protocol(format!(
+                    "qXfer {} document larger than 16 MiB",
+                    object.name()
+                )));
             }
         }
+    }
+
+    /// The stub's memory map (cached until the target runs), if it offers one.
+    fn memory_map(&mut self) -> Result<Option<Vec<MemoryRegion>>, TargetError> {
+        if self.regions.is_none() && self.caps.memory_map {
+            match self.xfer_read(XferObject::MemoryMap)? {
+                Some(doc) => {
+                    self.regions = Some(xml::parse_memory_map(&String::from_utf8_lossy(&doc)))
+                }
+                None => self.caps.memory_map = false,
+            }
+        }
+        Ok(self.regions.clone())
+    }
+
+    fn modules_from_library_list(&mut self) -> Result<Option<Vec<ModuleInfo>>, TargetError> {
+        if !self.caps.libraries {
+            return Ok(None);
+        }
+        let Some(doc) = self.xfer_read(XferObject::Libraries)? else {
+            self.caps.libraries = false;
+            return Ok(None);
+        };
         let libs = xml::parse_library_list(&String::from_utf8_lossy(&doc));
         let mut out = Vec::with_capacity(libs.len());
         for lib in libs {
@@ -495,6 +534,26 @@ impl GdbTarget {
     }
 }
 
+/// Sorted regions with touching ones merged (a match may straddle their border).
+fn merge_adjacent(regions: &[MemoryRegion]) -> Vec<MemoryRegion> {
+    let mut sorted = regions.to_vec();
+    sorted.sort_by_key(|r| r.start);
+    let mut out: Vec<MemoryRegion> = Vec::with_capacity(sorted.len());
+    for r in sorted {
+        match out.last_mut() {
+            Some(last) if last.start.saturating_add(last.length) >= r.start => {
+                let end = r
+                    .start
+                    .saturating_add(r.length)
+                    .max(last.start.saturating_add(last.length));
+                last.length = end - last.start;
+            }
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
 impl DebugTarget for GdbTarget {
     fn describe(&self) -> String {
         self.spec.clone()
@@ -504,14 +563,7 @@ impl DebugTarget for GdbTarget {
         let mut done = 0usize;
         while done < buf.len() {
             let binary = self.caps.binary_read;
-            let chunk = if binary {
-                self.caps
-                    .packet_size
-                    .saturating_sub(PACKET_OVERHEAD)
-                    .max(16)
-            } else {
-                self.read_chunk()
-            };
+            let chunk = self.transfer_chunk();
             let want = (buf.len() - done).min(chunk);
             let at = addr.saturating_add(done as u64).get();
             let cmd = if binary {
@@ -606,13 +658,35 @@ impl DebugTarget for GdbTarget {
         {
             return Ok(hits);
         }
-        let chunk = self.read_chunk();
-        search_by_reading(self, start, end, pattern, max_hits, chunk)
+        let chunk = self.transfer_chunk();
+        let Some(regions) = self.memory_map()? else {
+            return search_by_reading(self, start, end, pattern, max_hits, chunk);
+        };
+        // Read only what the map says is there: holes cost nothing, however large.
+        let mut hits = Vec::new();
+        for r in merge_adjacent(&regions) {
+            let lo = start.get().max(r.start);
+            let hi = end.get().min(r.start.saturating_add(r.length));
+            if lo >= hi || hits.len() >= max_hits {
+                continue;
+            }
+            let left = max_hits - hits.len();
+            hits.extend(search_by_reading(
+                self,
+                VirtAddr(lo),
+                VirtAddr(hi),
+                pattern,
+                left,
+                chunk,
+            )?);
+        }
+        Ok(hits)
     }
 
     fn run(&mut self, how_long: RunFor) -> Result<StopReason, TargetError> {
-        // Modules may load while the target runs.
+        // Modules may load and memory be mapped while the target runs.
         self.modules = None;
+        self.regions = None;
         let stop = match how_long {
             RunFor::Ticks(n) if self.caps.run_limit => {
                 match self.request(&Command::RunLimit(n.max(1)))? {
@@ -706,4 +780,25 @@ pub fn serve_scenario(
         ..GdbStubOptions::default()
     };
     Ok(GdbStub::spawn_at(addr, machine, options)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merges_touching_and_overlapping_regions() {
+        let r = |start, length| MemoryRegion { start, length };
+        let merged = merge_adjacent(&[
+            r(0x3000, 0x1000),
+            r(0x1000, 0x1000),
+            r(0x2000, 0x1000),
+            r(0x8000, 0x10),
+        ]);
+        assert_eq!(merged, vec![r(0x1000, 0x3000), r(0x8000, 0x10)]);
+        assert_eq!(
+            merge_adjacent(&[r(0, 0x100), r(0x80, 0x10)]),
+            vec![r(0, 0x100)]
+        );
+    }
 }

@@ -167,7 +167,7 @@ enum Action {
 }
 
 /// The protocol logic of the stub, without sockets: commands in, replies out.
-pub struct StubCore {
+pub(crate) struct StubCore {
     options: GdbStubOptions,
     target_xml: Vec<u8>,
     /// Breakpoints the client inserted, by address.
@@ -184,7 +184,7 @@ pub struct StubCore {
 
 impl StubCore {
     /// A core with `options`.
-    pub fn new(options: GdbStubOptions) -> Self {
+    pub(crate) fn new(options: GdbStubOptions) -> Self {
         Self {
             options,
             target_xml: xml::target_description_x86_64().into_bytes(),
@@ -231,9 +231,10 @@ impl StubCore {
         list
     }
 
-    /// The largest data payload a reply may carry, in bytes before hex encoding.
+    /// The largest data payload a hex reply carries: `PacketSize / 2`, so gdb's own
+    /// `m` of `PacketSize / 2` bytes (0x2000 for 0x4000) is answered in one reply.
     fn max_data(&self) -> usize {
-        (self.options.packet_size.saturating_sub(8) / 2).max(1)
+        (self.options.packet_size / 2).max(1)
     }
 
     fn xfer(
@@ -425,9 +426,14 @@ impl StubCore {
                 self.reset_client(machine);
                 return Action::Detach;
             }
-            Command::Kill | Command::VKill(_) => {
+            // A kernel is not killed: the client goes away, the machine stays.
+            Command::Kill => {
                 self.reset_client(machine);
                 return Action::Close;
+            }
+            Command::VKill(_) => {
+                self.reset_client(machine);
+                return Action::Detach;
             }
             _ => Reply::Empty,
         };
@@ -1089,6 +1095,34 @@ mod tests {
         let stop = (0..100).find_map(|_| core.run_slice(&mut m)).unwrap();
         assert_eq!(stop, StopReply::thread(SIGINT, THREAD, None));
         assert_eq!(m.tick() - before, 25);
+    }
+
+    #[test]
+    fn stop_after_ticks_ends_every_continue_after_exactly_n_ticks() {
+        let mut m = machine();
+        let mut core = StubCore::new(GdbStubOptions {
+            stop_after_ticks: Some(7),
+            ..GdbStubOptions::default()
+        });
+        for _ in 0..2 {
+            let before = m.tick();
+            assert_eq!(core.handle(&mut m, Command::Continue(None)), Action::Resume);
+            assert!(core.paced, "a continue from gdb runs on the wall clock");
+            let stop = (0..100).find_map(|_| core.run_slice(&mut m)).unwrap();
+            assert_eq!(stop, StopReply::thread(SIGINT, THREAD, None));
+            assert_eq!(m.tick() - before, 7);
+            assert_eq!(
+                one(core.handle(&mut m, Command::HaltReason)),
+                Reply::Stop(stop)
+            );
+        }
+        // A client's exact limit below the server's wins, and is not paced.
+        assert_eq!(one(core.handle(&mut m, Command::RunLimit(3))), Reply::Ok);
+        let before = m.tick();
+        assert_eq!(core.handle(&mut m, Command::Continue(None)), Action::Resume);
+        assert!(!core.paced);
+        (0..100).find_map(|_| core.run_slice(&mut m)).unwrap();
+        assert_eq!(m.tick() - before, 3);
     }
 
     #[test]

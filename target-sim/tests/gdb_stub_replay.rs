@@ -1,0 +1,130 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+//! Every command real gdb 13.1 sent in the recorded transcripts, replayed against the
+//! simulator's stub over TCP: each gets a well-formed reply of the kind its command expects.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use tagsplit_protocol::gdb::transcript::parse_log;
+use tagsplit_protocol::gdb::{BreakpointType, ClientEvent, ClientSession, Command, Reply, xml};
+use tagsplit_target_sim::machine::Machine;
+use tagsplit_target_sim::scenario::Scenario;
+use tagsplit_target_sim::server::gdb::{GdbStub, GdbStubOptions};
+
+const DIR: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/reference/gdb-transcripts/"
+);
+
+/// Sends `cmd` and returns its reply (after any `O` output).
+fn exchange(stream: &mut TcpStream, session: &mut ClientSession, cmd: &Command) -> Reply {
+    session.send(cmd);
+    stream.write_all(&session.poll_transmit().unwrap()).unwrap();
+    let mut buf = [0u8; 0x10000];
+    loop {
+        while let Some(ev) = session.poll_event() {
+            match ev {
+                ClientEvent::Reply(r) => {
+                    if let Some(acks) = session.poll_transmit() {
+                        stream.write_all(&acks).unwrap();
+                    }
+                    return r;
+                }
+                ClientEvent::Output(_) => {}
+                other => panic!("{cmd:?}: {other:?}"),
+            }
+        }
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "stub closed the connection during {cmd:?}");
+        session.receive(&buf[..n]);
+    }
+}
+
+/// Commands the stub answers with the empty reply on purpose.
+fn answered_empty(cmd: &Command) -> bool {
+    match cmd {
+        Command::Unknown(_) | Command::MustReplyEmpty | Command::TraceStatus => true,
+        Command::InsertBreakpoint(bp) | Command::RemoveBreakpoint(bp) => {
+            !matches!(bp.kind, BreakpointType::Software | BreakpointType::Hardware)
+        }
+        _ => false,
+    }
+}
+
+#[test]
+fn recorded_gdb_sessions_replay_against_the_stub() {
+    let machine = Machine::boot(&Scenario::builtin("part4").unwrap()).unwrap();
+    let options = GdbStubOptions {
+        stop_after_ticks: Some(20),
+        ..GdbStubOptions::default()
+    };
+    let stub = GdbStub::spawn(machine, options).unwrap();
+    let mut names: Vec<_> = std::fs::read_dir(DIR)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".server.log"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 12);
+    let mut replayed = 0;
+    for name in names {
+        let log = parse_log(&std::fs::read(format!("{DIR}{name}")).unwrap());
+        let mut stream = TcpStream::connect(stub.addr()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        let mut session = ClientSession::default();
+        for ex in &log {
+            let cmd = Command::parse(&ex.command);
+
+            let reply = exchange(&mut stream, &mut session, &cmd);
+            replayed += 1;
+
+            assert_eq!(
+                reply == Reply::Empty,
+                answered_empty(&cmd),
+                "{name}: {cmd:?} -> {reply:?}"
+            );
+            match (&cmd, &reply) {
+                (Command::ReadRegisters, Reply::Hex(g)) => assert_eq!(g.len(), xml::G_PACKET_LEN),
+                (Command::ReadRegisters, other) => panic!("{name}: g -> {other:?}"),
+                (Command::XferRead { annex, .. }, Reply::Xfer { data, .. })
+                    if annex == "target.xml" =>
+                {
+                    assert!(String::from_utf8_lossy(data).contains("i386:x86-64"));
+                }
+                // The transcripts' addresses (0x140000000...) are not mapped in part4.
+                (Command::ReadMemory { .. }, r) => {
+                    assert!(matches!(r, Reply::Hex(_) | Reply::Error(_)), "{r:?}")
+                }
+                (Command::SearchMemory { .. }, r) => assert_eq!(*r, Reply::SearchResult(None)),
+                (Command::Monitor(_), r) => {
+                    assert!(matches!(r, Reply::ErrorText(_)), "no handler: {r:?}")
+                }
+                (Command::Detach(_), r) => assert_eq!(*r, Reply::Ok),
+                (c, Reply::Stop(_)) => assert!(c.resumes() || *c == Command::HaltReason, "{c:?}"),
+                _ => {}
+            }
+        }
+        drop(stream);
+        // The stub is free again for the next session.
+        let t0 = std::time::Instant::now();
+        while stub.client_attached() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "{name}: stub still busy"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    assert!(replayed > 400, "{replayed}");
+    drop(stub.shutdown());
+}
