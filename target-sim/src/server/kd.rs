@@ -881,6 +881,19 @@ mod tests {
         Manipulate::parse(&out[0].1).unwrap()
     }
 
+    /// Sends `cont` (which must get no immediate reply) and steps until the core reports.
+    fn run_until_stop(core: &mut KdCore, m: &mut Machine, cont: &Manipulate) -> Vec<Outgoing> {
+        assert!(
+            core.handle(m, PacketType::StateManipulate, &cont.to_bytes())
+                .is_empty()
+        );
+        let mut out = Vec::new();
+        while out.is_empty() {
+            out = core.step(m);
+        }
+        out
+    }
+
     fn req(core: &mut KdCore, m: &mut Machine, api: ManipulateApi, data: Vec<u8>) -> Manipulate {
         let r = Manipulate::request(&api, data);
         reply(&core.handle(m, PacketType::StateManipulate, &r.to_bytes()))
@@ -981,26 +994,12 @@ mod tests {
             },
             vec![],
         );
-        assert!(
-            core.handle(&mut m, PacketType::StateManipulate, &cont.to_bytes())
-                .is_empty()
-        );
-        let mut out = Vec::new();
-        while out.is_empty() {
-            out = core.step(&mut m);
-        }
+        let out = run_until_stop(&mut core, &mut m, &cont);
         assert_eq!(m.tick() - t0, 25);
         assert_eq!(out[0].0, PacketType::StateChange64);
         // Without a client limit, the server's budget (50 ticks) ends the run.
         let t1 = m.tick();
-        assert!(
-            core.handle(&mut m, PacketType::StateManipulate, &cont.to_bytes())
-                .is_empty()
-        );
-        let mut out = Vec::new();
-        while out.is_empty() {
-            out = core.step(&mut m);
-        }
+        let _ = run_until_stop(&mut core, &mut m, &cont);
         assert_eq!(m.tick() - t1, 50);
         // A break-in while running stops at once.
         assert!(
