@@ -92,91 +92,46 @@ pub fn fake_kernel() -> FlatTarget {
     ];
     let entry_addr = |i: usize| LIST_HEAD + 0x100 + i as u64 * 0x200;
     let n = entries.len();
-    put(&mut data, 0, &entry_addr(0).to_le_bytes());
-    put(&mut data, 8, &entry_addr(n - 1).to_le_bytes());
+    // `data` is mapped at DATA; `at` writes at a virtual address inside it.
+    let at = |data: &mut Vec<u8>, va: u64, bytes: &[u8]| put(data, (va - DATA) as usize, bytes);
+    at(&mut data, LIST_HEAD, &entry_addr(0).to_le_bytes());
+    at(&mut data, LIST_HEAD + 8, &entry_addr(n - 1).to_le_bytes());
     for (i, (base, size, name)) in entries.iter().enumerate() {
-        let e = (entry_addr(i) - DATA) as usize;
+        let e = entry_addr(i);
         let next = if i + 1 < n {
             entry_addr(i + 1)
         } else {
             LIST_HEAD
         };
         let prev = if i == 0 { LIST_HEAD } else { entry_addr(i - 1) };
-        put(&mut data, e, &next.to_le_bytes());
-        put(&mut data, e + 8, &prev.to_le_bytes());
-        put(
-            &mut data,
-            e + ldr_entry::DLL_BASE as usize,
-            &base.to_le_bytes(),
-        );
-        put(
-            &mut data,
-            e + ldr_entry::SIZE_OF_IMAGE as usize,
-            &size.to_le_bytes(),
-        );
+        at(&mut data, e, &next.to_le_bytes());
+        at(&mut data, e + 8, &prev.to_le_bytes());
+        at(&mut data, e + ldr_entry::DLL_BASE, &base.to_le_bytes());
+        at(&mut data, e + ldr_entry::SIZE_OF_IMAGE, &size.to_le_bytes());
         let utf16: Vec<u8> = name.encode_utf16().flat_map(u16::to_le_bytes).collect();
-        let buf = entry_addr(i) + 0x100;
-        put(&mut data, (buf - DATA) as usize, &utf16);
+        let len = (utf16.len() as u16).to_le_bytes();
+        let buf = e + 0x100;
+        at(&mut data, buf, &utf16);
         for field in [ldr_entry::BASE_DLL_NAME, ldr_entry::FULL_DLL_NAME] {
-            let u = e + field as usize;
-            put(
-                &mut data,
-                u + unicode_string::LENGTH as usize,
-                &(utf16.len() as u16).to_le_bytes(),
-            );
-            put(
-                &mut data,
-                u + unicode_string::MAXIMUM_LENGTH as usize,
-                &(utf16.len() as u16).to_le_bytes(),
-            );
-            put(
-                &mut data,
-                u + unicode_string::BUFFER as usize,
-                &buf.to_le_bytes(),
-            );
+            let u = e + field;
+            at(&mut data, u + unicode_string::LENGTH, &len);
+            at(&mut data, u + unicode_string::MAXIMUM_LENGTH, &len);
+            at(&mut data, u + unicode_string::BUFFER, &buf.to_le_bytes());
         }
     }
-    let k = (KDBG - DATA) as usize;
-    put(
-        &mut data,
-        k + kdbg::OWNER_TAG_OFFSET as usize,
-        &kdbg::OWNER_TAG,
-    );
-    put(
-        &mut data,
-        k + kdbg::SIZE_OFFSET as usize,
-        &(kdbg::SIZE as u32).to_le_bytes(),
-    );
-    put(
-        &mut data,
-        k + kdbg::KERN_BASE as usize,
-        &NT_BASE.to_le_bytes(),
-    );
-    put(
-        &mut data,
-        k + kdbg::PS_LOADED_MODULE_LIST as usize,
-        &LIST_HEAD.to_le_bytes(),
-    );
-    put(
-        &mut data,
-        k + kdbg::POOL_TRACK_TABLE as usize,
-        &TRACK_PTR.to_le_bytes(),
-    );
-    put(
-        &mut data,
-        k + kdbg::POOL_TRACK_TABLE_SIZE as usize,
-        &TRACK_SIZE_VAR.to_le_bytes(),
-    );
-    put(
-        &mut data,
-        (TRACK_PTR - DATA) as usize,
-        &TRACK_TABLE.to_le_bytes(),
-    );
-    put(
-        &mut data,
-        (TRACK_SIZE_VAR - DATA) as usize,
-        &TRACK_ENTRIES.to_le_bytes(),
-    );
+    let kdbg_fields: [(u64, &[u8]); 6] = [
+        (kdbg::OWNER_TAG_OFFSET, &kdbg::OWNER_TAG),
+        (kdbg::SIZE_OFFSET, &(kdbg::SIZE as u32).to_le_bytes()),
+        (kdbg::KERN_BASE, &NT_BASE.to_le_bytes()),
+        (kdbg::PS_LOADED_MODULE_LIST, &LIST_HEAD.to_le_bytes()),
+        (kdbg::POOL_TRACK_TABLE, &TRACK_PTR.to_le_bytes()),
+        (kdbg::POOL_TRACK_TABLE_SIZE, &TRACK_SIZE_VAR.to_le_bytes()),
+    ];
+    for (field, bytes) in kdbg_fields {
+        at(&mut data, KDBG + field, bytes);
+    }
+    at(&mut data, TRACK_PTR, &TRACK_TABLE.to_le_bytes());
+    at(&mut data, TRACK_SIZE_VAR, &TRACK_ENTRIES.to_le_bytes());
     t.memory.map(VirtAddr(DATA), data);
     bump(&mut t.memory, PoolTag::new(*b"Leak"), 3, 2, 0x1000);
     bump(&mut t.memory, PoolTag::new(*b"EtwB"), 98, 4, 945_136);

@@ -153,23 +153,20 @@ fn restore_command_uses_the_journal() {
     let j = r#"{"format":"tagsplit-journal","version":1,"target":"sim:part4","tag":"Leak","patches":[
         {"module":"myfault.sys","base":18446735827449335808,"offset":5665,"address":18446735827449341473,"original":"4c65616b","new":"4c656132"}]}"#;
     std::fs::write(&journal, j).unwrap();
-    let o = tagsplit(&[
-        "restore",
-        "--journal",
-        journal.to_str().unwrap(),
-        "--target",
-        "sim:part4",
-    ]);
+    let restore = || {
+        tagsplit(&[
+            "restore",
+            "--journal",
+            journal.to_str().unwrap(),
+            "--target",
+            "sim:part4",
+        ])
+    };
+    let o = restore();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(stdout(&o).contains("AlreadyOriginal"));
     assert!(!journal.exists());
     std::fs::write(&journal, "not json").unwrap();
-    let o = tagsplit(&[
-        "restore",
-        "--journal",
-        journal.to_str().unwrap(),
-        "--target",
-        "sim:part4",
-    ]);
+    let o = restore();
     assert!(!o.status.success());
 }

@@ -31,6 +31,18 @@ fn options(journal: &std::path::Path) -> SplitOptions {
     }
 }
 
+/// Splits `Leak` on part4 with a connection that drops after `runs` runs; returns the
+/// journal path, the split's error and the target left behind.
+fn split_dropped_after(name: &str, runs: u64) -> (std::path::PathBuf, SplitError, SimTarget) {
+    let journal = temp_dir(name).join("j.json");
+    let mut t = Faulty::new(SimTarget::builtin("part4").unwrap());
+    t.disconnect_after_runs = Some(runs);
+    let err = Split::new(&mut t, PoolTag::new(*b"Leak"), options(&journal))
+        .run()
+        .unwrap_err();
+    (journal, err, t.inner)
+}
+
 fn assert_original(t: &mut SimTarget) {
     for s in SITES {
         let mut b = [0u8; 4];
@@ -141,13 +153,7 @@ fn ctrl_c_restores_and_removes_the_journal() {
 
 #[test]
 fn journal_and_restore_after_the_connection_drops_mid_run() {
-    let dir = temp_dir("drop");
-    let journal = dir.join("j.json");
-    let mut t = Faulty::new(SimTarget::builtin("part4").unwrap());
-    t.disconnect_after_runs = Some(2);
-    let err = Split::new(&mut t, PoolTag::new(*b"Leak"), options(&journal))
-        .run()
-        .unwrap_err();
+    let (journal, err, mut inner) = split_dropped_after("drop", 2);
     let SplitError::Aborted { restore, .. } = &err else {
         panic!("{err}")
     };
@@ -160,7 +166,6 @@ fn journal_and_restore_after_the_connection_drops_mid_run() {
     assert_eq!(j.patches[1].new, b"Lea2");
     assert_eq!(j.patches[1].offset, 0x1621);
     // The target is still patched...
-    let mut inner = t.inner;
     let mut b = [0u8; 4];
     inner.read_memory(VirtAddr(SITES[1]), &mut b).unwrap();
     assert_eq!(&b, b"Lea2");
@@ -174,14 +179,7 @@ fn journal_and_restore_after_the_connection_drops_mid_run() {
 
 #[test]
 fn restore_never_writes_stale_bytes() {
-    let dir = temp_dir("stale");
-    let journal = dir.join("j.json");
-    let mut t = Faulty::new(SimTarget::builtin("part4").unwrap());
-    t.disconnect_after_runs = Some(1);
-    Split::new(&mut t, PoolTag::new(*b"Leak"), options(&journal))
-        .run()
-        .unwrap_err();
-    let mut inner = t.inner;
+    let (journal, _, mut inner) = split_dropped_after("stale", 1);
     // Someone else changed one site meanwhile (e.g. the driver was reloaded and patched).
     inner.write_memory(VirtAddr(SITES[0]), b"Zzzz").unwrap();
     let s = restore_from_journal(&mut inner, &journal).unwrap();
@@ -196,13 +194,7 @@ fn restore_never_writes_stale_bytes() {
 
 #[test]
 fn restore_refuses_a_reloaded_module() {
-    let dir = temp_dir("reload");
-    let journal = dir.join("j.json");
-    let mut t = Faulty::new(SimTarget::builtin("part4").unwrap());
-    t.disconnect_after_runs = Some(1);
-    Split::new(&mut t, PoolTag::new(*b"Leak"), options(&journal))
-        .run()
-        .unwrap_err();
+    let (journal, _, mut inner) = split_dropped_after("reload", 1);
     let j = tagsplit::split::journal::Journal::read(&journal).unwrap();
     let base = j.patches[0].base;
     assert_eq!(
@@ -210,7 +202,6 @@ fn restore_refuses_a_reloaded_module() {
         Some(0x4fd0b2f4),
         "part4's myfault.sys stamp"
     );
-    let mut inner = t.inner;
     // "Reload" another build at the same base: a new TimeDateStamp in the PE header.
     let mut lfanew = [0u8; 4];
     inner

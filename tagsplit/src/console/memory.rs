@@ -102,6 +102,16 @@ fn values_line(addr: VirtAddr, bytes: &[Option<u8>], unit: usize, with_ascii: bo
     }
 }
 
+/// Fails unless `v` fits in `unit` bytes (`text` is the argument as typed).
+fn check_fits(v: u64, unit: u64, text: &str) -> CmdResult {
+    if unit < 8 && v >> (unit * 8) != 0 {
+        return Err(CmdError::Msg(format!(
+            "Values must fit in {unit} byte(s): '{text}'"
+        )));
+    }
+    Ok(())
+}
+
 impl Console {
     pub(super) fn cmd_lm(
         &mut self,
@@ -193,12 +203,7 @@ impl Console {
                 let Some(unit_bytes) = bytes.get(..unit as usize) else {
                     return Err(CmdError::Syntax);
                 };
-                if unit < 8 && v >> (unit * 8) != 0 {
-                    return Err(CmdError::Msg(format!(
-                        "Values must fit in {unit} byte(s): '{}'",
-                        a.text
-                    )));
-                }
+                check_fits(v, unit, &a.text)?;
                 pattern.extend_from_slice(unit_bytes);
             }
         }
@@ -251,12 +256,7 @@ impl Console {
             } else {
                 self.eval(t, &a.text)?
             };
-            if unit < 8 && v >> (unit * 8) != 0 {
-                return Err(CmdError::Msg(format!(
-                    "Values must fit in {unit} byte(s): '{}'",
-                    a.text
-                )));
-            }
+            check_fits(v, unit as u64, &a.text)?;
             data.extend_from_slice(v.to_le_bytes().get(..unit).unwrap_or_default());
         }
         let written = t.write_memory(addr, &data).unwrap_or(0);

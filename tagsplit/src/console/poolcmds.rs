@@ -74,6 +74,11 @@ fn tag_matches(pattern: &str, tag: PoolTag) -> bool {
 }
 
 impl Console {
+    /// Writes `!pool`'s description line for `tag`.
+    fn write_pooltag(&self, out: &mut String, tag: PoolTag) {
+        let _ = writeln!(out, "\t\tPooltag {} : {}", tag, self.pooltag.describe(tag));
+    }
+
     pub(super) fn cmd_poolused(
         &mut self,
         t: &mut dyn DebugTarget,
@@ -304,23 +309,14 @@ impl Console {
         let tables = pool::locate(t)?;
         for e in pool::big_pages(t, &tables)? {
             if !e.free && addr >= e.va && addr < e.va.saturating_add(e.bytes.max(1)) {
-                let region = if e.pool_type & 1 == 1 {
-                    "Paged"
-                } else {
-                    "Nonpaged"
-                };
+                let region = region_name(e.pool_type & 1 == 1);
                 let _ = writeln!(out, "Pool page {addr} region is {region} pool");
                 let _ = writeln!(
                     out,
                     "*{} : large page allocation, tag is {}, size is 0x{:x} bytes",
                     e.va, e.tag, e.bytes
                 );
-                let _ = writeln!(
-                    out,
-                    "\t\tPooltag {} : {}",
-                    e.tag,
-                    self.pooltag.describe(e.tag)
-                );
+                self.write_pooltag(out, e.tag);
                 return Ok(());
             }
         }
@@ -332,11 +328,7 @@ impl Console {
                 )));
             }
         };
-        let region = if headers.iter().any(|h| h.allocated() && h.paged()) {
-            "Paged"
-        } else {
-            "Nonpaged"
-        };
+        let region = region_name(headers.iter().any(|h| h.allocated() && h.paged()));
         let _ = writeln!(out, "Pool page {addr} region is {region} pool");
         for h in headers {
             let here = addr >= h.addr && addr < h.addr.saturating_add(h.block_size);
@@ -363,14 +355,14 @@ impl Console {
                 }
             );
             if here && flags & 0x8000_0000 == 0 {
-                let _ = writeln!(
-                    out,
-                    "\t\tPooltag {} : {}",
-                    h.tag,
-                    self.pooltag.describe(h.tag)
-                );
+                self.write_pooltag(out, h.tag);
             }
         }
         Ok(())
     }
+}
+
+/// The region word `!pool` prints for a page.
+fn region_name(paged: bool) -> &'static str {
+    if paged { "Paged" } else { "Nonpaged" }
 }

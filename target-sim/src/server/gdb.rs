@@ -24,8 +24,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{SocketAddr, TcpListener as StdListener};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tagsplit_protocol::gdb::command::{DEFAULT_RUN_FEATURE, RUN_LIMIT_FEATURE};
@@ -39,6 +38,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::{SharedMachine, StopFn, StubState, StubThread};
 use crate::machine::{CpuContext, Machine, SimStop};
 use crate::types::VirtAddr;
 
@@ -613,16 +613,24 @@ pub fn memory_map(machine: &Machine) -> String {
 
 /// The state shared by the accept loop and the client task.
 struct Shared {
-    machine: Mutex<Machine>,
+    machine: SharedMachine,
     core: Mutex<StubCore>,
     busy: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
     fn with<R>(&self, f: impl FnOnce(&mut Machine, &mut StubCore) -> R) -> R {
-        let mut m = self.machine.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut c = self.core.lock().unwrap_or_else(PoisonError::into_inner);
-        f(&mut m, &mut c)
+        self.machine.with_core(&self.core, f)
+    }
+}
+
+impl StubState for Shared {
+    fn machine(&self) -> &SharedMachine {
+        &self.machine
+    }
+
+    fn into_machine(self) -> Machine {
+        self.machine.into_machine()
     }
 }
 
@@ -645,7 +653,7 @@ impl GdbStub {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            machine: Mutex::new(machine),
+            machine: SharedMachine::new(machine),
             core: Mutex::new(StubCore::new(options)),
             busy: std::sync::atomic::AtomicBool::new(false),
         });
@@ -664,81 +672,48 @@ impl GdbStub {
                     }
                 });
             })?;
+        let stop: StopFn<Shared> = Box::new(move |_| {
+            let _ = stop_tx.send(true);
+        });
         Ok(GdbStubHandle {
-            addr,
-            shared,
-            stop: stop_tx,
-            thread: Some(thread),
+            inner: StubThread::new(addr, shared, thread, stop),
         })
     }
 }
 
 /// A running stub.
 pub struct GdbStubHandle {
-    addr: SocketAddr,
-    shared: Arc<Shared>,
-    stop: watch::Sender<bool>,
-    thread: Option<JoinHandle<()>>,
+    inner: StubThread<Shared>,
 }
 
 impl GdbStubHandle {
     /// The address the stub listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.inner.addr()
     }
 
     /// Runs `f` on the machine (between packets).
     pub fn with_machine<R>(&self, f: impl FnOnce(&mut Machine) -> R) -> R {
-        let mut m = self
-            .shared
-            .machine
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        f(&mut m)
+        self.inner.with_machine(f)
     }
 
     /// Whether a client is attached.
     pub fn client_attached(&self) -> bool {
-        self.shared.busy.load(std::sync::atomic::Ordering::SeqCst)
+        self.inner
+            .shared()
+            .busy
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Blocks until the stub stops (it runs until [`shutdown`](Self::shutdown) or the
     /// process ends).
-    pub fn wait(mut self) {
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    pub fn wait(self) {
+        self.inner.wait();
     }
 
     /// Stops the stub, drops any client, and returns the machine.
-    pub fn shutdown(mut self) -> Machine {
-        self.stop_thread();
-        let shared = Arc::clone(&self.shared);
-        drop(self);
-        match Arc::try_unwrap(shared) {
-            Ok(s) => s
-                .machine
-                .into_inner()
-                .unwrap_or_else(PoisonError::into_inner),
-            Err(shared) => shared
-                .machine
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
-        }
-    }
-
-    fn stop_thread(&mut self) {
-        let _ = self.stop.send(true);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for GdbStubHandle {
-    fn drop(&mut self) {
-        self.stop_thread();
+    pub fn shutdown(self) -> Machine {
+        self.inner.shutdown()
     }
 }
 

@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,7 @@ use tagsplit_protocol::kd::{
 };
 use tagsplit_protocol::kdnet::{Endpoint, EndpointConfig, EndpointEvent, Key};
 
+use super::{SharedMachine, StopFn, StubState, StubThread};
 use crate::machine::{CpuContext, Machine, SimStop};
 use crate::types::VirtAddr;
 
@@ -534,7 +535,7 @@ pub fn set_context(c: &mut CpuContext, b: &[u8]) {
 
 /// State shared by the stub thread and its handle.
 struct Shared {
-    machine: Mutex<Machine>,
+    machine: SharedMachine,
     core: Mutex<KdCore>,
     stop: AtomicBool,
     attached: AtomicBool,
@@ -543,9 +544,17 @@ struct Shared {
 
 impl Shared {
     fn with<R>(&self, f: impl FnOnce(&mut Machine, &mut KdCore) -> R) -> R {
-        let mut m = self.machine.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut c = self.core.lock().unwrap_or_else(PoisonError::into_inner);
-        f(&mut m, &mut c)
+        self.machine.with_core(&self.core, f)
+    }
+}
+
+impl StubState for Shared {
+    fn machine(&self) -> &SharedMachine {
+        &self.machine
+    }
+
+    fn into_machine(self) -> Machine {
+        self.machine.into_machine()
     }
 }
 
@@ -586,11 +595,7 @@ impl KdStub {
         let thread = std::thread::Builder::new()
             .name("kdnet-stub".into())
             .spawn(move || kdnet_loop(&sock, host, key, &options, &s))?;
-        Ok(KdStubHandle {
-            addr,
-            shared,
-            thread: Some(thread),
-        })
+        Ok(KdStubHandle::new(addr, shared, thread))
     }
 
     /// Serves `machine` with KDCOM framing over TCP on 127.0.0.1 (ephemeral port).
@@ -612,16 +617,12 @@ impl KdStub {
         let thread = std::thread::Builder::new()
             .name("kdcom-stub".into())
             .spawn(move || kdcom_loop(&listener, &options, &s))?;
-        Ok(KdStubHandle {
-            addr,
-            shared,
-            thread: Some(thread),
-        })
+        Ok(KdStubHandle::new(addr, shared, thread))
     }
 
     fn shared(machine: Machine, options: &KdStubOptions) -> Arc<Shared> {
         Arc::new(Shared {
-            machine: Mutex::new(machine),
+            machine: SharedMachine::new(machine),
             core: Mutex::new(KdCore::new(options.clone())),
             stop: AtomicBool::new(false),
             attached: AtomicBool::new(false),
@@ -632,69 +633,53 @@ impl KdStub {
 
 /// A running KD stub.
 pub struct KdStubHandle {
-    addr: SocketAddr,
-    shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    inner: StubThread<Shared>,
 }
 
 impl std::fmt::Debug for KdStubHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KdStubHandle")
-            .field("addr", &self.addr)
+            .field("addr", &self.inner.addr())
             .finish_non_exhaustive()
     }
 }
 
 impl KdStubHandle {
+    fn new(addr: SocketAddr, shared: Arc<Shared>, thread: JoinHandle<()>) -> Self {
+        let stop: StopFn<Shared> = Box::new(|s| s.stop.store(true, Ordering::SeqCst));
+        KdStubHandle {
+            inner: StubThread::new(addr, shared, thread, stop),
+        }
+    }
+
     /// The stub's own address (UDP for KDNET, the TCP listener for KDCOM).
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.inner.addr()
     }
 
     /// Runs `f` on the machine (between packets).
     pub fn with_machine<R>(&self, f: impl FnOnce(&mut Machine) -> R) -> R {
-        let mut m = self
-            .shared
-            .machine
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        f(&mut m)
+        self.inner.with_machine(f)
     }
 
     /// Whether a debugger is attached.
     pub fn client_attached(&self) -> bool {
-        self.shared.attached.load(Ordering::SeqCst)
+        self.inner.shared().attached.load(Ordering::SeqCst)
     }
 
     /// How many times a debugger attached so far.
     pub fn attaches(&self) -> u64 {
-        self.shared.attaches.load(Ordering::SeqCst)
+        self.inner.shared().attaches.load(Ordering::SeqCst)
     }
 
     /// Blocks until the stub thread ends (it runs until [`shutdown`](Self::shutdown)).
-    pub fn wait(mut self) {
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    pub fn wait(self) {
+        self.inner.wait();
     }
 
     /// Stops the stub and returns the machine.
-    pub fn shutdown(mut self) -> Machine {
-        self.stop_thread();
-        self.with_machine(|m| m.clone())
-    }
-
-    fn stop_thread(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for KdStubHandle {
-    fn drop(&mut self) {
-        self.stop_thread();
+    pub fn shutdown(self) -> Machine {
+        self.inner.shutdown()
     }
 }
 
@@ -896,6 +881,19 @@ mod tests {
         Manipulate::parse(&out[0].1).unwrap()
     }
 
+    /// Sends `cont` (which must get no immediate reply) and steps until the core reports.
+    fn run_until_stop(core: &mut KdCore, m: &mut Machine, cont: &Manipulate) -> Vec<Outgoing> {
+        assert!(
+            core.handle(m, PacketType::StateManipulate, &cont.to_bytes())
+                .is_empty()
+        );
+        let mut out = Vec::new();
+        while out.is_empty() {
+            out = core.step(m);
+        }
+        out
+    }
+
     fn req(core: &mut KdCore, m: &mut Machine, api: ManipulateApi, data: Vec<u8>) -> Manipulate {
         let r = Manipulate::request(&api, data);
         reply(&core.handle(m, PacketType::StateManipulate, &r.to_bytes()))
@@ -996,26 +994,12 @@ mod tests {
             },
             vec![],
         );
-        assert!(
-            core.handle(&mut m, PacketType::StateManipulate, &cont.to_bytes())
-                .is_empty()
-        );
-        let mut out = Vec::new();
-        while out.is_empty() {
-            out = core.step(&mut m);
-        }
+        let out = run_until_stop(&mut core, &mut m, &cont);
         assert_eq!(m.tick() - t0, 25);
         assert_eq!(out[0].0, PacketType::StateChange64);
         // Without a client limit, the server's budget (50 ticks) ends the run.
         let t1 = m.tick();
-        assert!(
-            core.handle(&mut m, PacketType::StateManipulate, &cont.to_bytes())
-                .is_empty()
-        );
-        let mut out = Vec::new();
-        while out.is_empty() {
-            out = core.step(&mut m);
-        }
+        let _ = run_until_stop(&mut core, &mut m, &cont);
         assert_eq!(m.tick() - t1, 50);
         // A break-in while running stops at once.
         assert!(
