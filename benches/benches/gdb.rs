@@ -267,12 +267,17 @@ fn bench_gdb(c: &mut Criterion) {
     for (name, pkt) in cases() {
         group.throughput(Throughput::Elements(1));
         let mut us = ours::Ours::new();
-        assert!(us.feed(&pkt) > 0, "our stub answered nothing to {name}");
+        let mut peer = peer::Peer::new();
+        let (ours_len, peer_len) = (us.feed(&pkt), peer.feed(&pkt));
+        assert!(
+            ours_len > 0 && peer_len > 0,
+            "a stub answered nothing to {name}"
+        );
+        eprintln!("{name}: reply bytes: tagsplit {ours_len}, gdbstub {peer_len}");
         group.bench_with_input(BenchmarkId::new("tagsplit", name), &pkt, |b, pkt| {
             b.iter(|| black_box(us.feed(black_box(pkt))))
         });
-        let mut peer = peer::Peer::new();
-        assert!(peer.feed(&pkt) > 0, "peer answered nothing to {name}");
+
         group.bench_with_input(BenchmarkId::new("gdbstub-0.7.10", name), &pkt, |b, pkt| {
             b.iter(|| black_box(peer.feed(black_box(pkt))))
         });

@@ -72,17 +72,29 @@ fn repeat_allowed(repeat: usize) -> bool {
 /// `$` (6 or 7 extra copies) is shortened to 5 and the rest written out, so the encoded
 /// text never contains a frame delimiter.
 pub fn escape_rle_into(payload: &[u8], out: &mut Vec<u8>) {
+    out.reserve(payload.len());
+    // Bytes from `literal` to `i` go out unchanged; they are copied in one piece when
+    // an escape or a run worth encoding interrupts them (the common case for hex data).
+    let mut literal = 0;
     let mut i = 0;
     while let Some(&b) = payload.get(i) {
-        let run = payload
-            .get(i..)
-            .map_or(1, |rest| rest.iter().take_while(|&&x| x == b).count());
         if needs_escape(b) {
+            out.extend_from_slice(payload.get(literal..i).unwrap_or_default());
             out.push(ESCAPE);
             out.push(b ^ ESCAPE_XOR);
             i += 1;
+            literal = i;
             continue;
         }
+        let run = payload
+            .get(i..)
+            .map_or(1, |rest| rest.iter().take_while(|&&x| x == b).count());
+        if run <= MIN_REPEAT {
+            // Too short to encode: it stays part of the literal stretch.
+            i += run;
+            continue;
+        }
+        out.extend_from_slice(payload.get(literal..i).unwrap_or_default());
         out.push(b);
         let mut extra = run - 1;
         // Emit as many `*N` groups as fit; each repeats the byte just written.
@@ -102,7 +114,9 @@ pub fn escape_rle_into(payload: &[u8], out: &mut Vec<u8>) {
         }
         out.extend(std::iter::repeat_n(b, extra));
         i += run;
+        literal = i;
     }
+    out.extend_from_slice(payload.get(literal..).unwrap_or_default());
 }
 
 /// Writes a whole `$payload#cs` frame (escaped, optionally run-length encoded) to `out`.

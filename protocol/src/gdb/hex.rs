@@ -14,10 +14,15 @@ pub(crate) type PErr<'a> = Error<&'a [u8]>;
 
 /// Appends `bytes` as lowercase hex to `out`.
 pub fn encode_hex_into(bytes: &[u8], out: &mut Vec<u8>) {
-    out.reserve(bytes.len().saturating_mul(2));
-    for &b in bytes {
-        out.push(hex_digit(b >> 4));
-        out.push(hex_digit(b & 0xf));
+    let start = out.len();
+    out.resize(start.saturating_add(bytes.len().saturating_mul(2)), 0);
+    if let Some(dst) = out.get_mut(start..) {
+        for (pair, &b) in dst.chunks_exact_mut(2).zip(bytes) {
+            if let [hi, lo] = pair {
+                *hi = hex_digit(b >> 4);
+                *lo = hex_digit(b & 0xf);
+            }
+        }
     }
 }
 

@@ -40,7 +40,7 @@ pub enum Command {
     Scenarios(scenarios::Args),
     /// Dissect KDNET and KDCOM traffic in a pcap/pcapng capture or a raw KDCOM file.
     Decode(decode::Args),
-    /// Serve a simulated machine to gdb (or `--target gdb://`) over the GDB remote protocol.
+    /// Serve a simulated machine over the GDB remote protocol, KDNET or KDCOM.
     Serve(serve::Args),
 }
 
