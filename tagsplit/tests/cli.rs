@@ -10,14 +10,9 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use common::tagsplit;
 
-fn tagsplit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tagsplit"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+use std::process::{Command, Output};
 
 /// `tagsplit run --target sim:part4 --tag Leak --journal DIR/j.json EXTRA...`; returns the
 /// output and the journal path.

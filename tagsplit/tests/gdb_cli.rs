@@ -9,18 +9,13 @@
 //! in-process answers, and `--stats` prints the wire counters.
 
 mod common;
+
+use common::tagsplit;
 mod gdb_support;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use tagsplit_target_sim::server::gdb::StubFeatures;
-
-fn tagsplit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tagsplit"))
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 fn text(o: &Output) -> (String, String) {
     (

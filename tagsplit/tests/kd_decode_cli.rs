@@ -7,7 +7,7 @@
 )]
 //! `tagsplit decode` from the command line.
 
-use std::process::Command;
+mod common;
 
 const CAPTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -19,10 +19,7 @@ fn tagsplit(args: &[&str]) -> std::process::Output {
         std::path::Path::new(CAPTURE).exists(),
         "capture missing: {CAPTURE}"
     );
-    Command::new(env!("CARGO_BIN_EXE_tagsplit"))
-        .args(args)
-        .output()
-        .unwrap()
+    common::tagsplit(args)
 }
 
 #[test]

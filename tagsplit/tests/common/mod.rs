@@ -110,3 +110,11 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// Runs the `tagsplit` binary with `args` and returns its output.
+pub fn tagsplit(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tagsplit"))
+        .args(args)
+        .output()
+        .unwrap()
+}
