@@ -81,7 +81,7 @@ fn split_with_failure(base: &SimTarget, fail: Option<(Op, u64)>, dir: &std::path
     };
     let mut inner = t.inner;
     if journal.exists() {
-        let s = restore_from_journal(&mut inner, &journal).unwrap();
+        let s = restore_from_journal(&mut inner, &journal, None).unwrap();
         assert!(s.complete(), "{fail:?}: {s}");
         assert!(!journal.exists());
     }
@@ -170,11 +170,11 @@ fn journal_and_restore_after_the_connection_drops_mid_run() {
     inner.read_memory(VirtAddr(SITES[1]), &mut b).unwrap();
     assert_eq!(&b, b"Lea2");
     // ...until `restore` (reconnected) puts the original bytes back and removes the journal.
-    let s = restore_from_journal(&mut inner, &journal).unwrap();
+    let s = restore_from_journal(&mut inner, &journal, None).unwrap();
     assert!(s.complete() && s.journal_removed);
     assert_original(&mut inner);
     // A second restore finds no journal.
-    assert!(restore_from_journal(&mut inner, &journal).is_err());
+    assert!(restore_from_journal(&mut inner, &journal, None).is_err());
 }
 
 #[test]
@@ -182,7 +182,7 @@ fn restore_never_writes_stale_bytes() {
     let (journal, _, mut inner) = split_dropped_after("stale", 1);
     // Someone else changed one site meanwhile (e.g. the driver was reloaded and patched).
     inner.write_memory(VirtAddr(SITES[0]), b"Zzzz").unwrap();
-    let s = restore_from_journal(&mut inner, &journal).unwrap();
+    let s = restore_from_journal(&mut inner, &journal, None).unwrap();
     assert!(!s.complete());
     assert!(journal.exists(), "journal kept while a patch is unresolved");
     let mut b = [0u8; 4];
@@ -211,7 +211,7 @@ fn restore_refuses_a_reloaded_module() {
     inner
         .write_memory(stamp_at, &0x5000_0000u32.to_le_bytes())
         .unwrap();
-    let s = restore_from_journal(&mut inner, &journal).unwrap();
+    let s = restore_from_journal(&mut inner, &journal, None).unwrap();
     assert!(!s.complete());
     assert!(
         s.patches

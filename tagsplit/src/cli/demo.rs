@@ -118,7 +118,7 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
         std::env::temp_dir().join(format!("tagsplit-demo-{}.journal.json", std::process::id()));
     let options = SplitOptions {
         journal: Some(journal),
-        cancel: Some(super::interrupt_flag()),
+        cancel: Some(super::signals::install()),
         ..SplitOptions::default()
     };
     let report = Split::new(target.as_mut(), PoolTag::new(*b"Leak"), options).run()?;

@@ -7,10 +7,9 @@ mod restore;
 mod run;
 mod scenarios;
 mod serve;
+pub mod signals;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -80,18 +79,4 @@ pub fn load_pooltag(file: Option<&Path>) -> anyhow::Result<PoolTagDb> {
 /// Opens a target spec, with context on failure.
 pub fn open_target(spec: &str) -> anyhow::Result<tagsplit::target::BoxedTarget> {
     tagsplit::target::open(spec).with_context(|| format!("opening target {spec}"))
-}
-
-/// A flag set by Ctrl-C (the handler is installed once per process).
-pub fn interrupt_flag() -> Arc<AtomicBool> {
-    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
-    FLAG.get_or_init(|| {
-        let flag = Arc::new(AtomicBool::new(false));
-        let f = flag.clone();
-        if let Err(e) = ctrlc::set_handler(move || f.store(true, Ordering::SeqCst)) {
-            tracing::warn!("cannot install the Ctrl-C handler: {e}");
-        }
-        flag
-    })
-    .clone()
 }

@@ -1,12 +1,15 @@
 //! `tagsplit run`.
 
 use std::io::IsTerminal as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use tagsplit::PoolTag;
-use tagsplit::split::{Split, SplitError, SplitOptions};
-use tagsplit::target::RunFor;
+use tagsplit::split::journal::{Journal, JournalStore};
+use tagsplit::split::{Phase, Split, SplitError, SplitOptions};
+use tagsplit::target::{RunFor, TargetIdentity};
+
+use super::signals;
 
 /// Arguments of `run`.
 #[derive(Debug, clap::Args)]
@@ -26,9 +29,17 @@ pub struct Args {
     /// Number of samples of the tracker table while running.
     #[arg(long, default_value_t = 8)]
     pub samples: u32,
-    /// Where to write the patch journal before patching.
-    #[arg(long, default_value = "tagsplit.journal.json")]
-    pub journal: PathBuf,
+    /// Where to write the patch journal before patching (default: one file per target in
+    /// the state directory, `$XDG_STATE_HOME/tagsplit`). Never replaces an existing file.
+    #[arg(long)]
+    pub journal: Option<PathBuf>,
+    /// If an earlier run on this target left a journal, restore it first, then split.
+    #[arg(long)]
+    pub restore_first: bool,
+    /// Split even when allocation sites use tags that look like a split of this one
+    /// (`Lea1` for `Leak`), which usually means an interrupted run left them patched.
+    #[arg(long)]
+    pub allow_lookalikes: bool,
     /// A pooltag.txt file: tags it lists are never chosen.
     #[arg(long)]
     pub pooltag: Option<PathBuf>,
@@ -40,18 +51,102 @@ pub struct Args {
     pub stats: bool,
 }
 
+/// `tagsplit restore --target SPEC [--journal PATH]`, as a user should type it.
+pub fn restore_command(spec: &str, journal: Option<&Path>) -> String {
+    let mut c = format!("tagsplit restore --target '{spec}'");
+    if let Some(j) = journal {
+        c.push_str(&format!(" --journal '{}'", j.display()));
+    }
+    c
+}
+
 /// Runs the split and prints the report.
 pub fn execute(a: Args) -> anyhow::Result<()> {
     let tag = PoolTag::parse(&a.tag)
         .with_context(|| format!("bad tag {:?}: 1-4 ASCII characters", a.tag))?;
+    let identity = TargetIdentity::of(&a.target)?;
+    let store = JournalStore::default_location();
+    let journal = match (&a.journal, &store) {
+        (Some(p), _) => p.clone(),
+        (None, Ok(s)) => s.new_path(&identity),
+        (None, Err(e)) => anyhow::bail!("{e}"),
+    };
+    // Journals an unfinished run left for this target.
+    let mut leftovers: Vec<PathBuf> = store
+        .as_ref()
+        .map(|s| s.existing(&identity))
+        .unwrap_or_default();
+    if let Some(p) = &a.journal
+        && p.symlink_metadata().is_ok()
+    {
+        if Journal::read(p).is_err() {
+            anyhow::bail!(
+                "{} exists and is not a tagsplit journal: refusing to replace it; choose another --journal",
+                p.display()
+            );
+        }
+        if !leftovers.contains(p) {
+            leftovers.push(p.clone());
+        }
+    }
+    if identity.is_ephemeral() {
+        for p in leftovers.drain(..) {
+            eprintln!(
+                "note: {} is a journal left by an earlier run on {identity}; the simulator boots fresh, so none of it is patched now (delete the file when you no longer need it)",
+                p.display()
+            );
+        }
+        anyhow::ensure!(
+            a.journal.as_deref().is_none_or(|p| p.symlink_metadata().is_err()),
+            "{} already exists: choose another --journal",
+            journal.display()
+        );
+    } else if !leftovers.is_empty() && !a.restore_first {
+        let list: Vec<String> = leftovers.iter().map(|p| p.display().to_string()).collect();
+        anyhow::bail!(
+            "an unfinished run on {identity} left its journal at {}: the target may still be patched. Restore it first with `{}`, or run again with --restore-first",
+            list.join(", "),
+            restore_command(&a.target, a.journal.as_deref())
+        );
+    }
+    let cancel = signals::install();
+    signals::test_pause("connecting");
     let mut target = super::open_target(&a.target)?;
+    if a.restore_first {
+        for p in &leftovers {
+            signals::restore_on_signal(format!(
+                "the journal {} is kept: run `{}`",
+                p.display(),
+                restore_command(&a.target, Some(p))
+            ));
+            let summary = tagsplit::split::restore_from_journal(target.as_mut(), p, Some(&identity))?;
+            eprintln!("restored the journal {}: {summary}", p.display());
+            anyhow::ensure!(
+                summary.complete(),
+                "not every patch of {} was restored; the journal is kept",
+                p.display()
+            );
+            signals::exit_at_once();
+        }
+    }
+    let known_journals: Vec<(PathBuf, Journal)> = store
+        .as_ref()
+        .map(|s| s.all())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(a.journal.clone())
+        .filter_map(|p| Journal::read(&p).ok().map(|j| (p, j)))
+        .collect();
     let options = SplitOptions {
         run: a.ticks.map(RunFor::Ticks),
         samples: a.samples,
-        journal: Some(a.journal.clone()),
+        journal: Some(journal.clone()),
         pooltag: super::load_pooltag(a.pooltag.as_deref())?,
         patch_lookaside: a.patch_lookaside,
-        cancel: Some(super::interrupt_flag()),
+        cancel: Some(cancel),
+        identity: Some(identity.to_string()),
+        known_journals,
+        allow_lookalikes: a.allow_lookalikes,
     };
     let show_bar = !a.json && std::io::stdout().is_terminal();
     let bar = show_bar.then(|| {
@@ -63,7 +158,25 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
         }
         b
     });
-    let mut split = Split::new(target.as_mut(), tag, options);
+    let restore_hint = format!(
+        "the journal {} is kept: run `{}`",
+        journal.display(),
+        restore_command(&a.target, a.journal.as_deref())
+    );
+    let mut split = Split::new(target.as_mut(), tag, options).on_phase(move |phase| {
+        if phase.patches_possible() {
+            signals::restore_on_signal(restore_hint.clone());
+        }
+        let pause_here = match phase {
+            // Between the first and the second patch: one is on the target.
+            Phase::Patching { next, total } => next == 1 || total == 1,
+            Phase::Running { sample, .. } | Phase::Sampling { sample, .. } => sample == 1,
+            _ => true,
+        };
+        if pause_here {
+            signals::test_pause(phase.name());
+        }
+    });
     if let Some(b) = bar.clone() {
         split = split.on_progress(move |done, _| b.set_position(u64::from(done)));
     }
@@ -77,25 +190,36 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
             None => eprintln!("wire: {} has no wire", target.describe()),
         }
     }
+    let stopped_by = signals::received().map(signals::name);
     let report = match result {
         Ok(r) => r,
-        Err(
-            e @ (SplitError::Interrupted(_)
-            | SplitError::Aborted { .. }
-            | SplitError::RestoreIncomplete(_)),
-        ) => {
-            let kept = a.journal.exists();
-            let hint = if kept {
-                format!(
-                    "; the journal {} is kept: run `tagsplit restore --journal {} --target {}`",
-                    a.journal.display(),
-                    a.journal.display(),
-                    a.target
-                )
+        Err(SplitError::Interrupted(restore)) => {
+            let journal_state = if restore.journal_removed {
+                "the journal was removed".to_string()
+            } else {
+                restore_hint_text(&journal, &a)
+            };
+            anyhow::bail!(
+                "{}: stopped; restore: {restore}; {journal_state}",
+                stopped_by.unwrap_or_else(|| "interrupted".into())
+            );
+        }
+        Err(e @ (SplitError::Aborted { .. } | SplitError::RestoreIncomplete(_))) => {
+            let hint = if journal.exists() {
+                format!("; {}", restore_hint_text(&journal, &a))
             } else {
                 String::new()
             };
             anyhow::bail!("{e}{hint}");
+        }
+        Err(e @ (SplitError::StillPatched { .. } | SplitError::LooksSplit { .. })) => {
+            let how = match &e {
+                SplitError::StillPatched { journal: j, .. } => {
+                    restore_command(&a.target, Some(j))
+                }
+                _ => restore_command(&a.target, a.journal.as_deref()),
+            };
+            anyhow::bail!("{e}: run `{how}`");
         }
         Err(e) => return Err(e.into()),
     };
@@ -104,5 +228,17 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
     } else {
         print!("{}", report.to_text());
     }
+    if let Some(sig) = stopped_by {
+        anyhow::bail!("{sig} arrived while restoring: the restore finished ({})", report.restore);
+    }
     Ok(())
+}
+
+/// "the journal PATH is kept: run `tagsplit restore …`".
+fn restore_hint_text(journal: &Path, a: &Args) -> String {
+    format!(
+        "the journal {} is kept: run `{}`",
+        journal.display(),
+        restore_command(&a.target, a.journal.as_deref())
+    )
 }

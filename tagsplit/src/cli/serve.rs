@@ -48,7 +48,7 @@ fn load(name: &str) -> anyhow::Result<Scenario> {
     Ok(Scenario::from_toml(&text)?)
 }
 
-/// Serves until Ctrl-C.
+/// Serves until SIGINT, SIGTERM or SIGHUP.
 pub fn execute(a: Args) -> anyhow::Result<()> {
     let scenario = load(&a.scenario)?;
     let features = if a.basic {
@@ -106,10 +106,9 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
         );
         kd_stubs.push(stub);
     }
-    let stop = super::interrupt_flag();
-    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    super::signals::install();
+    super::signals::stop_on_signal();
+    super::signals::wait_for(1);
     if let Some(stub) = gdb_stub {
         drop(stub.shutdown());
     }

@@ -114,6 +114,20 @@ pub fn find_hits<T: DebugTarget + ?Sized>(
     modules: &[ModuleInfo],
     tag: PoolTag,
 ) -> Result<Vec<(usize, VirtAddr, PoolTag)>, TargetError> {
+    let fourth = tag.unprotected().bytes()[3];
+    let mut all = find_prefix_hits(target, modules, tag)?;
+    all.retain(|(_, _, t)| t.unprotected().bytes()[3] == fourth);
+    Ok(all)
+}
+
+/// Finds every place in every module where the first three bytes of `tag` occur, with
+/// the four bytes found there (module index, address, tag): the tag itself, and tags
+/// that differ only in the 4th byte (such as the ones a split writes).
+pub fn find_prefix_hits<T: DebugTarget + ?Sized>(
+    target: &mut T,
+    modules: &[ModuleInfo],
+    tag: PoolTag,
+) -> Result<Vec<(usize, VirtAddr, PoolTag)>, TargetError> {
     let bare = tag.unprotected().bytes();
     let prefix = bare.get(..3).unwrap_or_default();
     let mut out = Vec::new();
@@ -126,11 +140,9 @@ pub fn find_hits<T: DebugTarget + ?Sized>(
             if target.read_memory(at4, &mut b)? != 1 {
                 continue;
             }
-            if b[0] & 0x7f == bare[3] {
-                let mut found = bare;
-                found[3] = b[0];
-                out.push((i, h, PoolTag::new(found)));
-            }
+            let mut found = bare;
+            found[3] = b[0];
+            out.push((i, h, PoolTag::new(found)));
         }
     }
     Ok(out)

@@ -8,10 +8,35 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::VirtAddr;
-use crate::target::{DebugTarget, TargetError};
+use crate::target::{DebugTarget, TargetError, TargetIdentity};
 
 /// Largest journal file read back.
 pub const MAX_JOURNAL_BYTES: u64 = 16 << 20;
+
+/// The `format` field of every journal.
+pub const JOURNAL_FORMAT: &str = "tagsplit-journal";
+
+/// [`JournalError::Exists`] for `path`, saying whether it holds one of our journals.
+fn exists(path: &Path) -> JournalError {
+    JournalError::Exists {
+        path: path.to_path_buf(),
+        is_journal: Journal::read(path).is_ok(),
+    }
+}
+
+/// A value no other run shares: process id, time and a per-process counter.
+fn new_run_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{}-{nanos:x}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
 
 /// One patched location.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +70,14 @@ pub struct Journal {
     pub version: u32,
     /// The target as [`DebugTarget::describe`] put it.
     pub target: String,
+    /// The target's identity ([`TargetIdentity`](crate::target::TargetIdentity)) when the
+    /// run knew it: `restore` refuses a journal of another target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// A value unique to the run that wrote the journal: only that run (or a verified
+    /// restore) removes the file, and only while it still holds this value.
+    #[serde(default)]
+    pub run_id: String,
     /// The tag that was split.
     pub tag: String,
     /// The patches, in the order they are applied.
@@ -86,6 +119,14 @@ pub enum JournalError {
         /// The error.
         source: std::io::Error,
     },
+    /// A file already exists where the journal would go: journals are never replaced.
+    #[error("{path} already exists{}; a journal is never overwritten", if *.is_journal { " and holds the journal of an unfinished run" } else { " and is not a tagsplit journal" })]
+    Exists {
+        /// The path.
+        path: PathBuf,
+        /// Whether the file is one of our journals (else: something else, left alone).
+        is_journal: bool,
+    },
     /// The file is not a journal.
     #[error("journal {path}: {reason}")]
     Invalid {
@@ -97,33 +138,81 @@ pub enum JournalError {
 }
 
 impl Journal {
-    /// Writes the journal durably: a temporary file, `fsync`, rename over `path`, then a
-    /// best-effort sync of the directory.
+    /// A journal of `patches` for a split of `tag` on `target`, with a fresh
+    /// [`run_id`](Journal::run_id).
+    pub fn new(target: String, identity: Option<String>, tag: String, patches: Vec<PatchRecord>) -> Journal {
+        Journal {
+            format: JOURNAL_FORMAT.into(),
+            version: 1,
+            target,
+            identity,
+            run_id: new_run_id(),
+            tag,
+            patches,
+        }
+    }
+
+    /// Writes the journal durably and exclusively: a temporary file beside `path`, `fsync`,
+    /// then a hard link to `path`, which fails if anything exists there (so two runs never
+    /// race for one journal, and a journal is never replaced); then a best-effort sync of
+    /// the directory. A file already at `path` gives [`JournalError::Exists`].
     pub fn write(&self, path: &Path) -> Result<(), JournalError> {
         let io = |source| JournalError::Io {
             path: path.to_path_buf(),
             source,
         };
+        if path.symlink_metadata().is_ok() {
+            return Err(exists(path));
+        }
         let text = serde_json::to_string_pretty(self).map_err(|e| JournalError::Invalid {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-        let tmp = path.with_extension("tmp");
-        {
-            let mut f = fs::File::create(&tmp).map_err(io)?;
-            f.write_all(text.as_bytes()).map_err(io)?;
-            f.write_all(b"\n").map_err(io)?;
-            f.sync_all().map_err(io)?;
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Some(d) = dir {
+            fs::create_dir_all(d).map_err(io)?;
         }
-        fs::rename(&tmp, path).map_err(io)?;
-        if let Some(Ok(d)) = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .map(fs::File::open)
-        {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{name}.{}.tmp", self.run_id));
+        let written = (|| {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.write_all(b"\n")?;
+            f.sync_all()
+        })();
+        let linked = written.and_then(|()| fs::hard_link(&tmp, path));
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(exists(path)),
+            Err(e) => return Err(io(e)),
+        }
+        if let Some(Ok(d)) = dir.map(fs::File::open) {
             let _ = d.sync_all();
         }
         Ok(())
+    }
+
+    /// Removes the journal file at `path` if it is still this journal (same
+    /// [`run_id`](Journal::run_id)); returns whether it was removed.
+    pub fn remove_own(&self, path: &Path) -> bool {
+        match Journal::read(path) {
+            Ok(on_disk) if on_disk.run_id == self.run_id => fs::remove_file(path).is_ok(),
+            Ok(_) => {
+                tracing::warn!(
+                    "{} holds another run's journal now; left alone",
+                    path.display()
+                );
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     /// Reads a journal (at most [`MAX_JOURNAL_BYTES`]).
@@ -144,7 +233,7 @@ impl Journal {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-        if j.format != "tagsplit-journal" {
+        if j.format != JOURNAL_FORMAT {
             return Err(JournalError::Invalid {
                 path: path.to_path_buf(),
                 reason: "not a tagsplit journal".into(),
@@ -234,4 +323,117 @@ pub fn restore_all(
             }
         })
         .collect())
+}
+
+/// Where journals live when no `--journal` is given: one file per target identity in the
+/// user's state directory (`$XDG_STATE_HOME/tagsplit`, else `~/.local/state/tagsplit` on
+/// Linux; the platform's local data directory elsewhere).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalStore {
+    dir: PathBuf,
+}
+
+/// Most files [`JournalStore::all`] looks at.
+pub const MAX_STORE_ENTRIES: usize = 4096;
+
+/// Most numbered journals one ephemeral identity gets (see [`JournalStore::new_path`]).
+const MAX_EPHEMERAL: u32 = 64;
+
+impl JournalStore {
+    /// A store in `dir` (created when the first journal is written).
+    pub fn new(dir: impl Into<PathBuf>) -> JournalStore {
+        JournalStore { dir: dir.into() }
+    }
+
+    /// The user's state directory for tagsplit, or an error when the platform has none
+    /// (no home directory).
+    pub fn default_location() -> Result<JournalStore, JournalError> {
+        let dirs = directories::ProjectDirs::from("", "", "tagsplit").ok_or_else(|| {
+            JournalError::Invalid {
+                path: PathBuf::from("~"),
+                reason: "no home directory to keep journals in: pass --journal".into(),
+            }
+        })?;
+        let dir = dirs
+            .state_dir()
+            .map_or_else(|| dirs.data_local_dir().join("journals"), Path::to_path_buf);
+        Ok(JournalStore::new(dir))
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The journal path of `identity`: `journal-<name>-<hash>.json`, where the name keeps
+    /// the identity's letters and digits and the hash tells apart identities that
+    /// differ only in other characters.
+    pub fn path_for(&self, identity: &TargetIdentity) -> PathBuf {
+        self.dir.join(format!("{}.json", stem(identity)))
+    }
+
+    /// The journals of `identity` on disk: [`path_for`](Self::path_for) and, for an
+    /// ephemeral identity, its numbered siblings.
+    pub fn existing(&self, identity: &TargetIdentity) -> Vec<PathBuf> {
+        let stem = stem(identity);
+        let mut out: Vec<PathBuf> = std::iter::once(self.path_for(identity))
+            .chain((1..=MAX_EPHEMERAL).map(|n| self.dir.join(format!("{stem}.{n}.json"))))
+            .filter(|p| p.symlink_metadata().is_ok())
+            .collect();
+        out.dedup();
+        out
+    }
+
+    /// Where a new run on `identity` writes its journal. For a target that outlives this
+    /// process this is always [`path_for`](Self::path_for) (a journal there blocks the
+    /// run); an ephemeral (`sim:`) target takes the first free numbered path, since a
+    /// leftover journal of a simulator that booted fresh blocks nothing.
+    pub fn new_path(&self, identity: &TargetIdentity) -> PathBuf {
+        let first = self.path_for(identity);
+        if !identity.is_ephemeral() {
+            return first;
+        }
+        let stem = stem(identity);
+        std::iter::once(first)
+            .chain((1..=MAX_EPHEMERAL).map(|n| self.dir.join(format!("{stem}.{n}.json"))))
+            .find(|p| p.symlink_metadata().is_err())
+            .unwrap_or_else(|| self.dir.join(format!("{stem}.{}.json", new_run_id())))
+    }
+
+    /// Every `journal-*.json` file in the store (at most [`MAX_STORE_ENTRIES`]), sorted.
+    pub fn all(&self) -> Vec<PathBuf> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut out: Vec<PathBuf> = entries
+            .take(MAX_STORE_ENTRIES)
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("journal-") && n.ends_with(".json"))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+/// `journal-<letters and digits of the identity>-<8 hex digits of its SHA-256>`.
+fn stem(identity: &TargetIdentity) -> String {
+    use sha2::Digest as _;
+    let name: String = identity
+        .as_str()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .take(80)
+        .collect();
+    let digest = sha2::Sha256::digest(identity.as_str().as_bytes());
+    let hash: String = digest
+        .iter()
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("journal-{name}-{hash}")
 }

@@ -27,7 +27,7 @@ pub mod tags;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use serde::Serialize;
 use tagsplit_target_sim::types::PROTECTED_POOL;
@@ -61,6 +61,45 @@ pub enum SplitError {
     /// The measurement worked but not every patch could be restored; the journal is kept.
     #[error("restore incomplete: {0}")]
     RestoreIncomplete(RestoreSummary),
+    /// The target still holds the bytes an earlier run's journal wrote: restore that
+    /// journal first.
+    #[error(
+        "the target still holds {} patch(es) written by an earlier run on {target} ({}); its journal is {}: restore it first",
+        addresses.len(),
+        list(addresses),
+        journal.display()
+    )]
+    StillPatched {
+        /// The journal that wrote them.
+        journal: PathBuf,
+        /// The target the journal names.
+        target: String,
+        /// The patched addresses that still hold the journal's new bytes.
+        addresses: Vec<VirtAddr>,
+    },
+    /// Allocation sites use tags that look like a split of the requested one (`Lea1`
+    /// for `Leak`): an interrupted run may have left them patched.
+    #[error(
+        "{} allocation site(s) use tags that look like a split of '{tag}' ({}): an interrupted run may have left them patched; restore them with that run's journal, or, if these tags are the driver's own, allow them",
+        sites.len(),
+        sites.iter().map(|(t, at)| format!("{t} at {at}")).collect::<Vec<_>>().join(", ")
+    )]
+    LooksSplit {
+        /// The requested tag.
+        tag: PoolTag,
+        /// Each lookalike tag and where it is (`module+0xoffset`).
+        sites: Vec<(PoolTag, String)>,
+    },
+    /// A journal written for another target.
+    #[error("the journal {} belongs to {belongs}, not to {given}", journal.display())]
+    WrongTarget {
+        /// The journal.
+        journal: PathBuf,
+        /// The identity recorded in it.
+        belongs: String,
+        /// The identity of the target given.
+        given: String,
+    },
     /// The split failed after patching; patches were restored as reported.
     #[error("{cause}; restore: {restore}")]
     Aborted {
@@ -85,8 +124,18 @@ pub struct SplitOptions {
     /// Also patch lookaside-list initialisation sites (off by default: their allocations
     /// happen inside nt, and only allocation sites are patched unless asked).
     pub patch_lookaside: bool,
-    /// Checked between run slices; when set, the split restores and stops.
+    /// Checked at every step and handed to the target ([`DebugTarget::set_interrupt`]):
+    /// once set, a running target is broken into, every patch is restored and the split
+    /// returns [`SplitError::Interrupted`].
     pub cancel: Option<Arc<AtomicBool>>,
+    /// The target's identity, recorded in the journal ([`Journal::identity`]).
+    pub identity: Option<String>,
+    /// Journals the caller knows of (path and content): a target that still holds the
+    /// new bytes of one of them is refused with [`SplitError::StillPatched`].
+    pub known_journals: Vec<(PathBuf, Journal)>,
+    /// Split even when allocation sites use tags that look like a split of this one
+    /// (otherwise [`SplitError::LooksSplit`]).
+    pub allow_lookalikes: bool,
 }
 
 impl Default for SplitOptions {
@@ -98,8 +147,76 @@ impl Default for SplitOptions {
             pooltag: PoolTagDb::builtin(),
             patch_lookaside: false,
             cancel: None,
+            identity: None,
+            known_journals: Vec::new(),
+            allow_lookalikes: false,
         }
     }
+}
+
+/// A step of a split, reported to [`Split::on_phase`] just before it is taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Phase {
+    /// Checking that the target holds no patch of a known journal.
+    Checking,
+    /// Searching every module for the tag and classifying the hits.
+    Surveying,
+    /// About to write the journal: from here on, patches may be on the target.
+    Journalling,
+    /// The journal is written; about to write patch `next` (0-based) of `total`.
+    Patching {
+        /// Patches already written.
+        next: usize,
+        /// All patches.
+        total: usize,
+    },
+    /// About to let the target run slice `sample` (1-based) of `total`.
+    Running {
+        /// The slice.
+        sample: u32,
+        /// All slices.
+        total: u32,
+    },
+    /// About to read the tracker table for sample `sample` (0: the baseline).
+    Sampling {
+        /// The sample.
+        sample: u32,
+        /// All samples after the baseline.
+        total: u32,
+    },
+    /// Restoring every patch and reading each back.
+    Restoring,
+}
+
+impl Phase {
+    /// The phase's name: `checking`, `surveying`, `journalling`, `patching`, `running`,
+    /// `sampling`, `restoring`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Checking => "checking",
+            Phase::Surveying => "surveying",
+            Phase::Journalling => "journalling",
+            Phase::Patching { .. } => "patching",
+            Phase::Running { .. } => "running",
+            Phase::Sampling { .. } => "sampling",
+            Phase::Restoring => "restoring",
+        }
+    }
+
+    /// Whether patches may be on the target (or about to be) in this phase.
+    pub fn patches_possible(self) -> bool {
+        !matches!(self, Phase::Checking | Phase::Surveying)
+    }
+}
+
+/// `a, b, c` for addresses.
+fn list(addresses: &[VirtAddr]) -> String {
+    addresses
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Verdict for one split tag.
@@ -351,12 +468,16 @@ impl Drop for PatchGuard<'_> {
 /// Called after each sample with (samples done, samples total).
 pub type Progress<'a> = Box<dyn FnMut(u32, u32) + 'a>;
 
+/// Called before each step of a split ([`Phase`]).
+pub type PhaseHook<'a> = Box<dyn FnMut(Phase) + 'a>;
+
 /// A split of one tag on one target.
 pub struct Split<'a> {
     target: &'a mut dyn DebugTarget,
     tag: PoolTag,
     options: SplitOptions,
     progress: Option<Progress<'a>>,
+    phase: Option<PhaseHook<'a>>,
 }
 
 impl<'a> Split<'a> {
@@ -367,7 +488,15 @@ impl<'a> Split<'a> {
             tag,
             options,
             progress: None,
+            phase: None,
         }
+    }
+
+    /// Calls `f(phase)` before each step (for a status line, or to track whether
+    /// patches may be on the target).
+    pub fn on_phase(mut self, f: impl FnMut(Phase) + 'a) -> Split<'a> {
+        self.phase = Some(Box::new(f));
+        self
     }
 
     /// Calls `f(done, total)` after each sample (for a progress bar).
@@ -384,7 +513,38 @@ impl<'a> Split<'a> {
     /// Runs the whole split. Every patch is restored before this returns, on success and
     /// on error; the journal (if any) is removed only after a verified restore.
     pub fn run(mut self) -> Result<Report, SplitError> {
-        let hits = self.survey()?;
+        let cancel = self.options.cancel.clone();
+        self.target.set_interrupt(cancel.clone());
+        let result = self.run_inner(cancel.as_deref());
+        self.target.set_interrupt(None);
+        result
+    }
+
+    /// Reports `phase`, then fails with [`SplitError::Interrupted`] if cancelled.
+    fn enter(&mut self, phase: Phase, cancel: Option<&AtomicBool>) -> Result<(), SplitError> {
+        if let Some(f) = self.phase.as_mut() {
+            f(phase);
+        }
+        if crate::target::interrupted(cancel) {
+            return Err(SplitError::Interrupted(RestoreSummary::default()));
+        }
+        Ok(())
+    }
+
+    fn run_inner(&mut self, cancel: Option<&AtomicBool>) -> Result<Report, SplitError> {
+        self.enter(Phase::Checking, cancel)?;
+        check_known_journals(&mut *self.target, &self.options.known_journals)?;
+        self.enter(Phase::Surveying, cancel)?;
+        let (hits, lookalikes) = survey_with_lookalikes(&mut *self.target, self.tag)?;
+        if !lookalikes.is_empty() && !self.options.allow_lookalikes {
+            return Err(SplitError::LooksSplit {
+                tag: self.tag,
+                sites: lookalikes
+                    .iter()
+                    .map(|h| (h.tag, h.location().to_string()))
+                    .collect(),
+            });
+        }
         let patchable: Vec<&Hit> = hits
             .iter()
             .filter(|h| {
@@ -429,13 +589,13 @@ impl<'a> Split<'a> {
                 new: t.bytes().to_vec(),
             })
             .collect();
-        let journal = Journal {
-            format: "tagsplit-journal".into(),
-            version: 1,
-            target: self.target.describe(),
-            tag: self.tag.to_string(),
-            patches: records.clone(),
-        };
+        let journal = Journal::new(
+            self.target.describe(),
+            self.options.identity.clone(),
+            self.tag.to_string(),
+            records.clone(),
+        );
+        self.enter(Phase::Journalling, cancel)?;
         if let Some(path) = &self.options.journal {
             journal.write(path)?;
         }
@@ -444,9 +604,9 @@ impl<'a> Split<'a> {
             .run
             .unwrap_or_else(|| self.target.default_run());
         let samples = self.options.samples.max(1);
-        let cancel = self.options.cancel.clone();
         let journal_path = self.options.journal.clone();
         let mut progress = self.progress.take();
+        let mut phase = self.phase.take();
         let mut guard = PatchGuard::new(&mut *self.target);
         let measured = measure(
             &mut guard,
@@ -454,18 +614,26 @@ impl<'a> Split<'a> {
             &new_tags,
             run,
             samples,
-            cancel.as_deref(),
-            &mut progress,
+            cancel,
+            &mut Hooks {
+                progress: &mut progress,
+                phase: &mut phase,
+            },
         );
+        if let Some(f) = phase.as_mut() {
+            f(Phase::Restoring);
+        }
         let mut restore = guard.restore();
         drop(guard);
         if let Some(path) = journal_path.as_ref().filter(|_| restore.complete()) {
-            restore.journal_removed = std::fs::remove_file(path).is_ok();
+            restore.journal_removed = journal.remove_own(path);
         }
         let series = match measured {
             Ok(_) if !restore.complete() => return Err(SplitError::RestoreIncomplete(restore)),
             Ok(s) => s,
-            Err(SplitError::Interrupted(_)) => return Err(SplitError::Interrupted(restore)),
+            Err(SplitError::Interrupted(_) | SplitError::Target(TargetError::Interrupted)) => {
+                return Err(SplitError::Interrupted(restore));
+            }
             Err(e) => {
                 return Err(SplitError::Aborted {
                     cause: Box::new(e),
@@ -497,7 +665,7 @@ impl<'a> Split<'a> {
             })
             .collect();
         Ok(Report {
-            target: journal.target,
+            target: journal.target.clone(),
             tag: self.tag,
             hits,
             sites,
@@ -513,20 +681,80 @@ impl<'a> Split<'a> {
 
 /// Finds and classifies every hit of `tag` in every module of `target`.
 pub fn survey(target: &mut dyn DebugTarget, tag: PoolTag) -> Result<Vec<Hit>, SplitError> {
+    Ok(survey_with_lookalikes(target, tag)?.0)
+}
+
+/// [`survey`], plus the allocation sites whose tag looks like a split of `tag`: the same
+/// first three bytes and a 4th byte a split writes ([`tags::VARIANTS`]), found by the
+/// same searches.
+pub fn survey_with_lookalikes(
+    target: &mut dyn DebugTarget,
+    tag: PoolTag,
+) -> Result<(Vec<Hit>, Vec<Hit>), SplitError> {
     let modules = target.modules()?;
-    let found = classify::find_hits(target, &modules, tag)?;
+    let found = classify::find_prefix_hits(target, &modules, tag)?;
+    let fourth = tag.unprotected().bytes()[3];
     let mut hits = Vec::new();
+    let mut lookalikes = Vec::new();
     for (i, m) in modules.iter().enumerate() {
-        let mine: Vec<(VirtAddr, PoolTag)> = found
-            .iter()
-            .filter(|(j, _, _)| *j == i)
-            .map(|(_, a, t)| (*a, *t))
-            .collect();
+        let mut mine: Vec<(VirtAddr, PoolTag)> = Vec::new();
+        let mut like: Vec<(VirtAddr, PoolTag)> = Vec::new();
+        for (_, a, t) in found.iter().filter(|(j, _, _)| *j == i) {
+            let d = t.unprotected().bytes()[3];
+            if d == fourth {
+                mine.push((*a, *t));
+            } else if tags::VARIANTS.contains(&d) {
+                like.push((*a, *t));
+            }
+        }
         if !mine.is_empty() {
             hits.extend(classify::classify_module(target, m, &mine));
         }
+        if !like.is_empty() {
+            lookalikes.extend(
+                classify::classify_module(target, m, &like)
+                    .into_iter()
+                    .filter(|h| matches!(h.kind, HitKind::Allocation | HitKind::LookasideInit)),
+            );
+        }
     }
-    Ok(hits)
+    Ok((hits, lookalikes))
+}
+
+/// Fails with [`SplitError::StillPatched`] when the target holds the new bytes of any
+/// patch of `journals` (in a module still loaded at the journal's base).
+pub fn check_known_journals(
+    target: &mut dyn DebugTarget,
+    journals: &[(PathBuf, Journal)],
+) -> Result<(), SplitError> {
+    if journals.is_empty() {
+        return Ok(());
+    }
+    let modules = target.modules()?;
+    for (path, j) in journals {
+        let mut addresses = Vec::new();
+        for p in &j.patches {
+            let loaded = modules
+                .iter()
+                .any(|m| m.name.eq_ignore_ascii_case(&p.module) && m.base == p.base);
+            let mut now = vec![0u8; p.new.len()];
+            if loaded
+                && target.read_memory(p.address, &mut now)? == now.len()
+                && now == p.new
+                && now != p.original
+            {
+                addresses.push(p.address);
+            }
+        }
+        if !addresses.is_empty() {
+            return Err(SplitError::StillPatched {
+                journal: path.clone(),
+                target: j.target.clone(),
+                addresses,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Leak rule (see the module docs): every second-half sample above every first-half one.
@@ -546,6 +774,25 @@ pub fn judge(samples: &[TagUsage]) -> Verdict {
     }
 }
 
+/// The callbacks [`measure`] reports to.
+struct Hooks<'h, 'a> {
+    progress: &'h mut Option<Progress<'a>>,
+    phase: &'h mut Option<PhaseHook<'a>>,
+}
+
+impl Hooks<'_, '_> {
+    /// Reports `phase`, then fails with [`SplitError::Interrupted`] if cancelled.
+    fn enter(&mut self, phase: Phase, cancel: Option<&AtomicBool>) -> Result<(), SplitError> {
+        if let Some(f) = self.phase.as_mut() {
+            f(phase);
+        }
+        if crate::target::interrupted(cancel) {
+            return Err(SplitError::Interrupted(RestoreSummary::default()));
+        }
+        Ok(())
+    }
+}
+
 /// Patches, takes the baseline, runs the slices and samples. Returns, per site, the new
 /// tag's counters at the baseline and after each slice.
 fn measure(
@@ -555,13 +802,16 @@ fn measure(
     run: RunFor,
     samples: u32,
     cancel: Option<&AtomicBool>,
-    progress: &mut Option<Progress<'_>>,
+    hooks: &mut Hooks<'_, '_>,
 ) -> Result<Vec<Vec<TagUsage>>, SplitError> {
-    let cancelled = || cancel.is_some_and(|c| c.load(Ordering::SeqCst));
-    for r in records {
-        if cancelled() {
-            return Err(SplitError::Interrupted(RestoreSummary::default()));
-        }
+    for (next, r) in records.iter().enumerate() {
+        hooks.enter(
+            Phase::Patching {
+                next,
+                total: records.len(),
+            },
+            cancel,
+        )?;
         guard.apply(r)?;
     }
     let tables = pool::locate(guard.target())?;
@@ -574,12 +824,19 @@ fn measure(
             s.push(u);
         }
     };
+    hooks.enter(
+        Phase::Sampling {
+            sample: 0,
+            total: samples,
+        },
+        cancel,
+    )?;
     push(
         &mut series,
         pick(&pool::snapshot_at(guard.target(), &tables)?),
     );
     for i in 0..samples {
-        if cancelled() {
+        if crate::target::interrupted(cancel) {
             return Err(SplitError::Interrupted(RestoreSummary::default()));
         }
         let slice = match run {
@@ -590,12 +847,27 @@ fn measure(
             }
             RunFor::Time(d) => RunFor::Time(d / samples),
         };
+        // No cancel check after this report: a run started with the flag set resumes
+        // and breaks in at once, as a signal during a real run would.
+        if let Some(f) = hooks.phase.as_mut() {
+            f(Phase::Running {
+                sample: i + 1,
+                total: samples,
+            });
+        }
         guard.target().run(slice)?;
+        hooks.enter(
+            Phase::Sampling {
+                sample: i + 1,
+                total: samples,
+            },
+            cancel,
+        )?;
         push(
             &mut series,
             pick(&pool::snapshot_at(guard.target(), &tables)?),
         );
-        if let Some(p) = progress.as_mut() {
+        if let Some(p) = hooks.progress.as_mut() {
             p(i + 1, samples);
         }
     }
@@ -603,12 +875,23 @@ fn measure(
 }
 
 /// Undoes the patches of a journal left by an interrupted run; removes the journal file
-/// only when every patch verifies.
+/// only when every patch verifies (and the file still holds that journal). With
+/// `identity`, a journal that records another target's identity is refused.
 pub fn restore_from_journal(
     target: &mut dyn DebugTarget,
     path: &std::path::Path,
+    identity: Option<&crate::target::TargetIdentity>,
 ) -> Result<RestoreSummary, SplitError> {
     let journal = Journal::read(path)?;
+    if let (Some(given), Some(belongs)) = (identity, journal.identity.as_deref())
+        && given.as_str() != belongs
+    {
+        return Err(SplitError::WrongTarget {
+            journal: path.to_path_buf(),
+            belongs: belongs.to_string(),
+            given: given.to_string(),
+        });
+    }
     let states = journal::restore_all(target, &journal)?;
     let mut summary = RestoreSummary {
         patches: journal
@@ -620,7 +903,7 @@ pub fn restore_from_journal(
         journal_removed: false,
     };
     if summary.complete() {
-        summary.journal_removed = std::fs::remove_file(path).is_ok();
+        summary.journal_removed = journal.remove_own(path);
     }
     Ok(summary)
 }

@@ -20,6 +20,8 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use tagsplit_protocol::gdb::command::{DEFAULT_RUN_FEATURE, RUN_LIMIT_FEATURE};
@@ -100,7 +102,11 @@ pub struct GdbTarget {
     output: Vec<u8>,
     buf: Vec<u8>,
     detached: bool,
+    interrupt: Option<Arc<AtomicBool>>,
 }
+
+/// While the target runs and an interrupt flag is given, how often the flag is looked at.
+const INTERRUPT_POLL: Duration = Duration::from_millis(50);
 
 impl std::fmt::Debug for GdbTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -157,6 +163,7 @@ impl GdbTarget {
             output: Vec::new(),
             buf: vec![0u8; 0x10000],
             detached: false,
+            interrupt: None,
         };
         t.handshake()?;
         Ok(t)
@@ -250,6 +257,8 @@ impl GdbTarget {
                     let bytes = self.buf.get(..n).unwrap_or_default().to_vec();
                     self.session.receive(&bytes);
                 }
+                // A signal landed in the read: not an error, read again.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -506,7 +515,9 @@ impl GdbTarget {
         })? == Reply::Ok)
     }
 
-    /// Resumes and waits for the stop reply; sends an interrupt at `interrupt_at`.
+    /// Resumes and waits for the stop reply; sends an interrupt at `interrupt_at`, or as
+    /// soon as the interrupt flag is set (then the result is [`TargetError::Interrupted`]
+    /// once the target has stopped).
     fn resume_and_wait(&mut self, interrupt_at: Option<Instant>) -> Result<StopReply, TargetError> {
         self.output.clear();
         self.session.send(&Command::VCont(vec![ResumeAction {
@@ -514,22 +525,41 @@ impl GdbTarget {
             thread: None,
         }]));
         self.write_out()?;
-        if let Some(at) = interrupt_at {
-            match self.wait_reply(at) {
-                Ok(Reply::Stop(s)) => return Ok(s),
-                Ok(other) => return Err(protocol(format!("unexpected resume reply {other:?}"))),
-                Err(TargetError::Timeout) => {
+        // A run bounded by the stub (or by our interrupt): allow generously for it.
+        let patience = self.options.timeout.saturating_mul(6);
+        let mut deadline = Instant::now() + patience;
+        // Some(by_user) once the interrupt is sent.
+        let mut sent: Option<bool> = None;
+        loop {
+            let now = Instant::now();
+            if sent.is_none() {
+                let user = super::interrupted(self.interrupt.as_deref());
+                if user || interrupt_at.is_some_and(|at| now >= at) {
                     self.session.send_interrupt();
                     self.write_out()?;
+                    sent = Some(user);
+                    deadline = now + patience;
                 }
+            }
+            let mut until = deadline;
+            if sent.is_none() {
+                if let Some(at) = interrupt_at {
+                    until = until.min(at);
+                }
+                if self.interrupt.is_some() {
+                    until = until.min(now + INTERRUPT_POLL);
+                }
+            }
+            match self.wait_reply(until) {
+                Ok(Reply::Stop(s)) if sent == Some(true) => {
+                    tracing::debug!("broke in on request: {s:?}");
+                    return Err(TargetError::Interrupted);
+                }
+                Ok(Reply::Stop(s)) => return Ok(s),
+                Ok(other) => return Err(protocol(format!("unexpected resume reply {other:?}"))),
+                Err(TargetError::Timeout) if Instant::now() < deadline => {}
                 Err(e) => return Err(e),
             }
-        }
-        // A run bounded by the stub: allow generously for it, then give up.
-        let deadline = Instant::now() + self.options.timeout.saturating_mul(6);
-        match self.wait_reply(deadline)? {
-            Reply::Stop(s) => Ok(s),
-            other => Err(protocol(format!("unexpected resume reply {other:?}"))),
         }
     }
 }
@@ -719,6 +749,10 @@ impl DebugTarget for GdbTarget {
                 StopReason::Other(format!("target terminated by signal {sig}"))
             }
         })
+    }
+
+    fn set_interrupt(&mut self, flag: Option<Arc<AtomicBool>>) {
+        self.interrupt = flag;
     }
 
     fn stats(&self) -> Option<WireStats> {

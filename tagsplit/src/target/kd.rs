@@ -19,6 +19,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use tagsplit_protocol::kd::{
@@ -182,12 +184,19 @@ impl Link {
     }
 }
 
+/// A read that timed out, or that a signal interrupted (EINTR): no data this time, try
+/// again; never an error.
 fn is_timeout(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        std::io::ErrorKind::WouldBlock
+            | std::io::ErrorKind::TimedOut
+            | std::io::ErrorKind::Interrupted
     )
 }
+
+/// While the target runs and an interrupt flag is given, how often the flag is looked at.
+const INTERRUPT_POLL: Duration = Duration::from_millis(50);
 
 /// A KD debugger connection to a stopped (or running) Windows kernel.
 pub struct KdTarget {
@@ -212,6 +221,8 @@ pub struct KdTarget {
     modules: Option<Vec<ModuleInfo>>,
     /// A loopback stub, stopped after the link is dropped (fields drop in order).
     stub: Option<KdStubHandle>,
+    /// Set by the caller to break into a run ([`DebugTarget::set_interrupt`]).
+    interrupt: Option<Arc<AtomicBool>>,
 }
 
 impl std::fmt::Debug for KdTarget {
@@ -311,6 +322,7 @@ impl KdTarget {
             modules: None,
             cache: BTreeMap::new(),
             stub: None,
+            interrupt: None,
         };
         t.wait_stop(Instant::now() + timeout)?;
         // What the target is, and whether it understands tagsplit's run limit.
@@ -445,6 +457,43 @@ impl KdTarget {
         self.link
             .send(now, PacketType::StateManipulate, c.to_bytes());
         self.stopped = false;
+    }
+
+    /// Waits for a resumed target to stop: on its own within `exact` (plus a minute of
+    /// slack) when the target bounds the run, else break in after `wall`; and break in
+    /// at once when the interrupt flag is set ([`TargetError::Interrupted`] once stopped).
+    fn wait_run(&mut self, exact: Option<Duration>, wall: Duration) -> Result<u64, TargetError> {
+        let start = Instant::now();
+        let mut deadline = match exact {
+            Some(d) => start + Duration::from_secs(60).saturating_add(d),
+            None => start + wall,
+        };
+        // Some(by_user) once the break-in is sent.
+        let mut sent: Option<bool> = None;
+        loop {
+            let now = Instant::now();
+            if sent.is_none() {
+                let user = super::interrupted(self.interrupt.as_deref());
+                if user || (exact.is_none() && now >= start + wall) {
+                    self.link.break_in();
+                    sent = Some(user);
+                    deadline = now + REQUEST_TIMEOUT;
+                }
+            }
+            if now >= deadline {
+                return Err(TargetError::Timeout);
+            }
+            let mut until = deadline;
+            if sent.is_none() && self.interrupt.is_some() {
+                until = until.min(now + INTERRUPT_POLL);
+            }
+            match self.wait_stop(until) {
+                Ok(_) if sent == Some(true) => return Err(TargetError::Interrupted),
+                Ok(address) => return Ok(address),
+                Err(TargetError::Timeout) => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Sends a manipulate request and waits for its reply.
@@ -729,25 +778,16 @@ impl DebugTarget for KdTarget {
             RunFor::Ticks(n) => Duration::from_millis(n),
         };
         self.send_continue();
-        let address = match exact {
-            Some(n) => {
-                let limit = Duration::from_secs(60).saturating_add(Duration::from_millis(n));
-                self.wait_stop(Instant::now() + limit)?
-            }
-            None => match self.wait_stop(Instant::now() + wall) {
-                Ok(a) => a,
-                Err(TargetError::Timeout) => {
-                    self.link.break_in();
-                    self.wait_stop(Instant::now() + REQUEST_TIMEOUT)?
-                }
-                Err(e) => return Err(e),
-            },
-        };
+        let address = self.wait_run(exact.map(Duration::from_millis), wall)?;
         Ok(if self.breakpoints.contains_key(&address) {
             StopReason::Breakpoint(VirtAddr(address))
         } else {
             StopReason::BreakIn
         })
+    }
+
+    fn set_interrupt(&mut self, flag: Option<Arc<AtomicBool>>) {
+        self.interrupt = flag;
     }
 
     fn stats(&self) -> Option<WireStats> {
@@ -820,35 +860,65 @@ impl KdTarget {
     }
 }
 
+/// A parsed `kdnet:port=N,key=K[,host=ADDR][,timeout=SECS]` spec (the part after `kdnet:`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KdnetSpec {
+    /// The debugger's UDP port (0: any free port, printed when bound).
+    pub port: u16,
+    /// The key.
+    pub key: Key,
+    /// The address to bind (default 0.0.0.0).
+    pub host: std::net::IpAddr,
+    /// How long to wait for the target to attach.
+    pub timeout: Duration,
+}
+
+impl KdnetSpec {
+    /// Parses the part after `kdnet:`.
+    pub fn parse(rest: &str) -> Result<KdnetSpec, OpenError> {
+        let bad = |reason: String| OpenError::Bad {
+            spec: format!("kdnet:{rest}"),
+            reason,
+        };
+        let mut port = None;
+        let mut key = None;
+        let mut host = std::net::IpAddr::from([0, 0, 0, 0]);
+        let mut timeout = DEFAULT_ATTACH_TIMEOUT;
+        for part in rest.split(',').filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| bad(format!("{part:?} is not name=value")))?;
+            match k.trim() {
+                "port" => port = Some(v.parse::<u16>().map_err(|e| bad(format!("port: {e}")))?),
+                "key" => key = Some(v.parse::<Key>().map_err(|e| bad(format!("key: {e}")))?),
+                "host" => host = v.parse().map_err(|e| bad(format!("host: {e}")))?,
+                "timeout" => {
+                    timeout = Duration::from_secs(
+                        v.parse::<u64>().map_err(|e| bad(format!("timeout: {e}")))?,
+                    )
+                }
+                other => return Err(bad(format!("unknown option {other:?}"))),
+            }
+        }
+        Ok(KdnetSpec {
+            port: port.ok_or_else(|| bad("port=N is required".into()))?,
+            key: key.ok_or_else(|| bad("key=K is required".into()))?,
+            host,
+            timeout,
+        })
+    }
+}
+
 /// Opens `kdnet:port=N,key=K[,host=ADDR][,timeout=SECS]`.
 pub(crate) fn open_kdnet(rest: &str) -> Result<BoxedTarget, OpenError> {
-    let bad = |reason: String| OpenError::Bad {
-        spec: format!("kdnet:{rest}"),
-        reason,
-    };
-    let mut port = None;
-    let mut key = None;
-    let mut host = std::net::IpAddr::from([0, 0, 0, 0]);
-    let mut timeout = DEFAULT_ATTACH_TIMEOUT;
-    for part in rest.split(',').filter(|p| !p.is_empty()) {
-        let (k, v) = part
-            .split_once('=')
-            .ok_or_else(|| bad(format!("{part:?} is not name=value")))?;
-        match k.trim() {
-            "port" => port = Some(v.parse::<u16>().map_err(|e| bad(format!("port: {e}")))?),
-            "key" => key = Some(v.parse::<Key>().map_err(|e| bad(format!("key: {e}")))?),
-            "host" => host = v.parse().map_err(|e| bad(format!("host: {e}")))?,
-            "timeout" => {
-                timeout =
-                    Duration::from_secs(v.parse::<u64>().map_err(|e| bad(format!("timeout: {e}")))?)
-            }
-            other => return Err(bad(format!("unknown option {other:?}"))),
-        }
+    let s = KdnetSpec::parse(rest)?;
+    let listener = KdnetListener::bind(SocketAddr::new(s.host, s.port), s.key)?;
+    if s.port == 0
+        && let Ok(addr) = listener.local_addr()
+    {
+        eprintln!("waiting for a KDNET target on {addr}");
     }
-    let port = port.ok_or_else(|| bad("port=N is required".into()))?;
-    let key = key.ok_or_else(|| bad("key=K is required".into()))?;
-    let listener = KdnetListener::bind(SocketAddr::new(host, port), key)?;
-    Ok(Box::new(listener.accept(timeout)?))
+    Ok(Box::new(listener.accept(s.timeout)?))
 }
 
 /// Opens `kdcom:HOST:PORT`.

@@ -5,6 +5,8 @@
 //! module listing) gets a default built on plain memory reads.
 
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -39,6 +41,10 @@ pub enum TargetError {
     /// I/O on the transport failed.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+    /// The interrupt flag given to [`DebugTarget::set_interrupt`] was set (Ctrl-C or
+    /// another signal); a running target was broken into and is stopped.
+    #[error("interrupted")]
+    Interrupted,
 }
 
 /// A loaded kernel module, as `lm` lists it.
@@ -171,6 +177,15 @@ pub trait DebugTarget {
 
     /// Lets the target run, then stops it; returns why it stopped.
     fn run(&mut self, how_long: RunFor) -> Result<StopReason, TargetError>;
+
+    /// Gives the target a flag to watch while it runs or waits: once the flag is set, a
+    /// [`run`](DebugTarget::run) in progress breaks in (the target is stopped again
+    /// when it returns) and returns [`TargetError::Interrupted`]. A run started while the
+    /// flag is already set resumes and breaks in at once. Backends that never wait may
+    /// ignore it (the default).
+    fn set_interrupt(&mut self, flag: Option<Arc<AtomicBool>>) {
+        let _ = flag;
+    }
 
     /// Wire traffic so far, for backends that have a wire.
     fn stats(&self) -> Option<WireStats> {
@@ -403,6 +418,65 @@ pub enum OpenError {
     /// The target was found but could not be brought up.
     #[error(transparent)]
     Target(#[from] TargetError),
+}
+
+/// Whether an interrupt flag is set.
+pub fn interrupted(flag: Option<&AtomicBool>) -> bool {
+    flag.is_some_and(|f| f.load(Ordering::SeqCst))
+}
+
+/// Which machine a spec reaches, for finding its journal: the scheme with the host and
+/// port (or the scenario), without secrets (a KDNET key) or options that do not change
+/// the machine (time-outs). Two specs with the same identity patch the same memory.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TargetIdentity {
+    name: String,
+    ephemeral: bool,
+}
+
+impl TargetIdentity {
+    /// The identity of a target spec (`gdb://HOST:PORT` → `gdb://host:port`,
+    /// `kdnet:port=N,key=K[,host=H]` → `kdnet:H:N`, `kdcom:HOST:PORT`, `sim:NAME`).
+    pub fn of(spec: &str) -> Result<TargetIdentity, OpenError> {
+        let spec = spec.trim();
+        if let Some(rest) = spec.strip_prefix("sim:") {
+            return Ok(TargetIdentity {
+                name: format!("sim:{rest}"),
+                ephemeral: true,
+            });
+        }
+        let name = if let Some(rest) = spec.strip_prefix("gdb://") {
+            format!("gdb://{}", rest.to_ascii_lowercase())
+        } else if let Some(rest) = spec.strip_prefix("kdcom:") {
+            format!("kdcom:{}", rest.to_ascii_lowercase())
+        } else if let Some(rest) = spec.strip_prefix("kdnet:") {
+            let s = kd::KdnetSpec::parse(rest)?;
+            format!("kdnet:{}", std::net::SocketAddr::new(s.host, s.port))
+        } else {
+            return Err(OpenError::UnknownScheme(spec.to_string()));
+        };
+        Ok(TargetIdentity {
+            name,
+            ephemeral: false,
+        })
+    }
+
+    /// The identity as text.
+    pub fn as_str(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the target lives only in this process (`sim:` boots fresh each time), so
+    /// a journal left for it protects nothing.
+    pub fn is_ephemeral(&self) -> bool {
+        self.ephemeral
+    }
+}
+
+impl fmt::Display for TargetIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
 }
 
 /// Opens a target from its spec; the part after the scheme prefix is passed on.

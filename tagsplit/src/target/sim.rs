@@ -1,5 +1,7 @@
 //! The in-process simulator backend: [`SimTarget`] over a [`Machine`], no wire.
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use tagsplit_target_sim::machine::{Machine, SimStop};
@@ -20,7 +22,11 @@ pub struct SimTarget {
     machine: Machine,
     spec: String,
     default_ticks: u64,
+    interrupt: Option<Arc<AtomicBool>>,
 }
+
+/// Ticks a [`SimTarget`] runs between looks at its interrupt flag.
+const INTERRUPT_CHECK_TICKS: u64 = 256;
 
 impl SimTarget {
     /// Boots `scenario`.
@@ -31,6 +37,7 @@ impl SimTarget {
             machine,
             spec: format!("sim:{}", scenario.name()),
             default_ticks: scenario.default_run_ticks(),
+            interrupt: None,
         })
     }
 
@@ -56,6 +63,7 @@ impl SimTarget {
             machine,
             spec,
             default_ticks,
+            interrupt: None,
         }
     }
 
@@ -218,7 +226,30 @@ impl DebugTarget for SimTarget {
     }
 
     fn run(&mut self, how_long: RunFor) -> Result<StopReason, TargetError> {
-        self.view().run(how_long)
+        let Some(flag) = self.interrupt.clone() else {
+            return self.view().run(how_long);
+        };
+        // In slices, so that a set flag stops the run within a slice (after at least one,
+        // as a break-in into a running machine would).
+        let mut left = match how_long {
+            RunFor::Ticks(n) => n,
+            RunFor::Time(d) => ticks_for(d),
+        };
+        loop {
+            let slice = left.min(INTERRUPT_CHECK_TICKS);
+            left -= slice;
+            let stop = self.view().run(RunFor::Ticks(slice))?;
+            if super::interrupted(Some(&flag)) {
+                return Err(TargetError::Interrupted);
+            }
+            if stop != StopReason::BreakIn || left == 0 {
+                return Ok(stop);
+            }
+        }
+    }
+
+    fn set_interrupt(&mut self, flag: Option<Arc<AtomicBool>>) {
+        self.interrupt = flag;
     }
 
     fn default_run(&self) -> RunFor {
