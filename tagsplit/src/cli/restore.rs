@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::bail;
-use tagsplit::split::journal::JournalStore;
+use tagsplit::split::journal::{Journal, JournalStore};
 use tagsplit::target::TargetIdentity;
 
 use super::run::restore_command;
@@ -39,6 +39,11 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
             found
         }
     };
+    // Refuse a journal of another target before touching any target.
+    for path in &paths {
+        let journal = Journal::read(path)?;
+        tagsplit::split::check_journal_target(path, &journal, &identity)?;
+    }
     signals::install();
     signals::restore_on_signal(format!(
         "the journal is kept: run `{}` again",
@@ -47,7 +52,8 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
     let mut target = super::open_target(&a.target)?;
     let mut failed = Vec::new();
     for path in &paths {
-        let summary = tagsplit::split::restore_from_journal(target.as_mut(), path, Some(&identity))?;
+        let summary =
+            tagsplit::split::restore_from_journal(target.as_mut(), path, Some(&identity))?;
         println!("journal {}:", path.display());
         for (addr, state) in &summary.patches {
             println!("{addr}  {state:?}");
@@ -66,7 +72,10 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
         );
     }
     if let Some(sig) = signals::received() {
-        bail!("{} arrived during the restore; the restore finished", signals::name(sig));
+        bail!(
+            "{} arrived during the restore; the restore finished",
+            signals::name(sig)
+        );
     }
     Ok(())
 }

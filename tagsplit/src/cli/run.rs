@@ -97,7 +97,9 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
             );
         }
         anyhow::ensure!(
-            a.journal.as_deref().is_none_or(|p| p.symlink_metadata().is_err()),
+            a.journal
+                .as_deref()
+                .is_none_or(|p| p.symlink_metadata().is_err()),
             "{} already exists: choose another --journal",
             journal.display()
         );
@@ -119,7 +121,8 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
                 p.display(),
                 restore_command(&a.target, Some(p))
             ));
-            let summary = tagsplit::split::restore_from_journal(target.as_mut(), p, Some(&identity))?;
+            let summary =
+                tagsplit::split::restore_from_journal(target.as_mut(), p, Some(&identity))?;
             eprintln!("restored the journal {}: {summary}", p.display());
             anyhow::ensure!(
                 summary.complete(),
@@ -214,9 +217,7 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
         }
         Err(e @ (SplitError::StillPatched { .. } | SplitError::LooksSplit { .. })) => {
             let how = match &e {
-                SplitError::StillPatched { journal: j, .. } => {
-                    restore_command(&a.target, Some(j))
-                }
+                SplitError::StillPatched { journal: j, .. } => restore_command(&a.target, Some(j)),
                 _ => restore_command(&a.target, a.journal.as_deref()),
             };
             anyhow::bail!("{e}: run `{how}`");
@@ -229,7 +230,10 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
         print!("{}", report.to_text());
     }
     if let Some(sig) = stopped_by {
-        anyhow::bail!("{sig} arrived while restoring: the restore finished ({})", report.restore);
+        anyhow::bail!(
+            "{sig} arrived while restoring: the restore finished; restore: {}",
+            report.restore
+        );
     }
     Ok(())
 }

@@ -140,7 +140,12 @@ pub enum JournalError {
 impl Journal {
     /// A journal of `patches` for a split of `tag` on `target`, with a fresh
     /// [`run_id`](Journal::run_id).
-    pub fn new(target: String, identity: Option<String>, tag: String, patches: Vec<PatchRecord>) -> Journal {
+    pub fn new(
+        target: String,
+        identity: Option<String>,
+        tag: String,
+        patches: Vec<PatchRecord>,
+    ) -> Journal {
         Journal {
             format: JOURNAL_FORMAT.into(),
             version: 1,
@@ -430,10 +435,6 @@ fn stem(identity: &TargetIdentity) -> String {
         .take(80)
         .collect();
     let digest = sha2::Sha256::digest(identity.as_str().as_bytes());
-    let hash: String = digest
-        .iter()
-        .take(4)
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hash: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
     format!("journal-{name}-{hash}")
 }

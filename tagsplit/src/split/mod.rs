@@ -874,6 +874,23 @@ fn measure(
     Ok(series)
 }
 
+/// Fails with [`SplitError::WrongTarget`] when `journal` (read from `path`) records an
+/// identity other than `given` (journals without one are accepted).
+pub fn check_journal_target(
+    path: &std::path::Path,
+    journal: &Journal,
+    given: &crate::target::TargetIdentity,
+) -> Result<(), SplitError> {
+    match journal.identity.as_deref() {
+        Some(belongs) if belongs != given.as_str() => Err(SplitError::WrongTarget {
+            journal: path.to_path_buf(),
+            belongs: belongs.to_string(),
+            given: given.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Undoes the patches of a journal left by an interrupted run; removes the journal file
 /// only when every patch verifies (and the file still holds that journal). With
 /// `identity`, a journal that records another target's identity is refused.
@@ -883,14 +900,8 @@ pub fn restore_from_journal(
     identity: Option<&crate::target::TargetIdentity>,
 ) -> Result<RestoreSummary, SplitError> {
     let journal = Journal::read(path)?;
-    if let (Some(given), Some(belongs)) = (identity, journal.identity.as_deref())
-        && given.as_str() != belongs
-    {
-        return Err(SplitError::WrongTarget {
-            journal: path.to_path_buf(),
-            belongs: belongs.to_string(),
-            given: given.to_string(),
-        });
+    if let Some(given) = identity {
+        check_journal_target(path, &journal, given)?;
     }
     let states = journal::restore_all(target, &journal)?;
     let mut summary = RestoreSummary {

@@ -56,6 +56,10 @@ pub const KPRCB: u64 = 0xFFFF_F800_0100_0180;
 /// Size of `KSPECIAL_REGISTERS` as WinDbg reads it (control-space selector 2).
 pub const SPECIAL_REGISTERS_LEN: usize = 0xE0;
 
+/// Most ticks an exact (debugger-limited) run takes between looks at the link, so a
+/// break-in stops even a run of 10^15 ticks promptly.
+pub const EXACT_SLICE_TICKS: u64 = 4096;
+
 /// How a stub behaves.
 #[derive(Clone, Debug)]
 pub struct KdStubOptions {
@@ -244,13 +248,17 @@ impl KdCore {
         vec![(PacketType::StateChange64, sc.to_bytes())]
     }
 
-    /// While running: runs one slice of the workload; reports a stop if one happens.
+    /// While running: runs one slice of the workload (at most [`EXACT_SLICE_TICKS`] of an
+    /// exact run); reports a stop if one happens.
     pub fn step(&mut self, m: &mut Machine) -> Vec<Outgoing> {
         if !self.running {
             return Vec::new();
         }
         let slice = if self.exact {
-            self.budget.unwrap_or(self.options.slice_ticks)
+            // In chunks, so that a break-in reaches even a very long exact run.
+            self.budget
+                .unwrap_or(self.options.slice_ticks)
+                .min(EXACT_SLICE_TICKS)
         } else {
             self.options.slice_ticks
         };
@@ -761,10 +769,13 @@ fn serve_kdcom(
         match stream.read(&mut buf) {
             Ok(0) => return Ok(()),
             Ok(n) => session.handle_bytes(start.elapsed(), buf.get(..n).unwrap_or(&[])),
+            // Nothing yet, or a signal landed in the read (EINTR): read again.
             Err(e)
                 if matches!(
                     e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
                 ) => {}
             Err(e) => return Err(e),
         }
