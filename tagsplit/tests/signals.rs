@@ -237,6 +237,23 @@ fn restored_all(stderr: &str) -> bool {
     })
 }
 
+/// `tagsplit run --tag Leak` on `spec` with `extra` arguments, SIGKILLed while paused
+/// after its first sample: the journal stays, and so do the patches.
+fn kill_while_sampling(spec: &str, state: &Path, extra: &[&str]) {
+    let mut args = vec!["run", "--target", spec, "--tag", "Leak"];
+    args.extend(extra);
+    let mut run = Run::start(&args, state, Some("sampling"));
+    run.wait_line("test pause at sampling");
+    run.signal(Signal::SIGKILL);
+    let (status, stderr) = run.finish();
+    assert_eq!(status.code(), None, "killed: {stderr}");
+}
+
+/// Runs `tagsplit ARGS` to the end with the state directory `state`.
+fn run_to_end(args: &[&str], state: &Path) -> (ExitStatus, String) {
+    Run::start(args, state, None).finish()
+}
+
 /// Runs `tagsplit run` paused at `phase`, sends `sig`, and checks the outcome.
 fn signal_at(kind: &str, phase: &str, sig: Signal) {
     let context = format!("{kind}/{phase}/{sig}");
@@ -373,15 +390,7 @@ fn sigkill_leaves_a_journal_that_restore_finds_and_a_second_run_refuses() {
     let state = state_dir("kill");
     let served = Served::new("gdb");
     let spec = served.spec();
-    let mut run = Run::start(
-        &["run", "--target", &spec, "--tag", "Leak"],
-        &state,
-        Some("sampling"),
-    );
-    run.wait_line("test pause at sampling");
-    run.signal(Signal::SIGKILL);
-    let (status, _) = run.finish();
-    assert_eq!(status.code(), None, "killed");
+    kill_while_sampling(&spec, &state, &[]);
     let left = journals(&state);
     assert_eq!(left.len(), 1);
     let before = std::fs::read(&left[0]).unwrap();
@@ -390,8 +399,7 @@ fn sigkill_leaves_a_journal_that_restore_finds_and_a_second_run_refuses() {
     // A run on the same target for another tag refuses, naming the journal and the
     // command; the journal is untouched.
     for tag in ["TcpE", "Leak"] {
-        let (status, stderr) =
-            Run::start(&["run", "--target", &spec, "--tag", tag], &state, None).finish();
+        let (status, stderr) = run_to_end(&["run", "--target", &spec, "--tag", tag], &state);
         assert!(!status.success(), "{tag}: {stderr}");
         assert!(stderr.contains(&left[0].display().to_string()), "{stderr}");
         assert!(stderr.contains("tagsplit restore --target"), "{stderr}");
@@ -403,12 +411,7 @@ fn sigkill_leaves_a_journal_that_restore_finds_and_a_second_run_refuses() {
     // Without the journal (another state directory), the patched sites are recognised
     // instead of reporting "0 hits".
     let elsewhere = state_dir("kill-elsewhere");
-    let (status, stderr) = Run::start(
-        &["run", "--target", &spec, "--tag", "Leak"],
-        &elsewhere,
-        None,
-    )
-    .finish();
+    let (status, stderr) = run_to_end(&["run", "--target", &spec, "--tag", "Leak"], &elsewhere);
     assert!(!status.success(), "{stderr}");
     assert!(
         stderr.contains("look like a split of 'Leak'")
@@ -419,12 +422,10 @@ fn sigkill_leaves_a_journal_that_restore_finds_and_a_second_run_refuses() {
     );
 
     // --restore-first restores the journal, then splits.
-    let (status, stderr) = Run::start(
+    let (status, stderr) = run_to_end(
         &["run", "--target", &spec, "--tag", "Leak", "--restore-first"],
         &state,
-        None,
-    )
-    .finish();
+    );
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("restored the journal"), "{stderr}");
     assert!(journals(&state).is_empty());
@@ -432,33 +433,16 @@ fn sigkill_leaves_a_journal_that_restore_finds_and_a_second_run_refuses() {
 }
 
 #[test]
-fn a_journal_named_by_another_run_is_recognised_by_its_bytes() {
-    // The first run keeps its journal at a path of the user's choosing (--journal); a
-    // second run that does not know that path but sees it in the store would refuse; one
-    // that reads it through --journal refuses with the journal named.
+fn a_journal_at_a_chosen_path_blocks_runs_and_is_recognised_by_its_bytes() {
     let state = state_dir("explicit");
     let served = Served::new("gdb");
     let spec = served.spec();
     let journal = state.join("mine.json");
     let journal_arg = journal.display().to_string();
-    let mut run = Run::start(
-        &[
-            "run",
-            "--target",
-            &spec,
-            "--tag",
-            "Leak",
-            "--journal",
-            &journal_arg,
-        ],
-        &state,
-        Some("sampling"),
-    );
-    run.wait_line("test pause at sampling");
-    run.signal(Signal::SIGKILL);
-    run.finish();
+    kill_while_sampling(&spec, &state, &["--journal", &journal_arg]);
     assert!(journal.exists());
-    let (status, stderr) = Run::start(
+    // A run that names the path refuses to start.
+    let (status, stderr) = run_to_end(
         &[
             "run",
             "--target",
@@ -469,17 +453,26 @@ fn a_journal_named_by_another_run_is_recognised_by_its_bytes() {
             &journal_arg,
         ],
         &state,
-        None,
-    )
-    .finish();
+    );
     assert!(!status.success(), "{stderr}");
-    assert!(stderr.contains(&journal_arg), "{stderr}");
-    let (status, out) = Run::start(
+    assert!(
+        stderr.contains("unfinished run") && stderr.contains(&journal_arg),
+        "{stderr}"
+    );
+    // A run that knows the journal only from the store sees its bytes on the target.
+    let store = state.join("tagsplit");
+    std::fs::create_dir_all(&store).unwrap();
+    std::fs::copy(&journal, store.join("journal-copied.json")).unwrap();
+    let (status, stderr) = run_to_end(
+        &["run", "--target", "gdb://127.0.0.1:1", "--tag", "Leak"],
+        &state,
+    );
+    assert!(!status.success(), "{stderr}");
+    std::fs::remove_file(store.join("journal-copied.json")).unwrap();
+    let (status, out) = run_to_end(
         &["restore", "--target", &spec, "--journal", &journal_arg],
         &state,
-        None,
-    )
-    .finish();
+    );
     assert!(status.success(), "{out}");
     assert!(!journal.exists());
     assert_original(&served, "explicit journal");
@@ -492,7 +485,7 @@ fn a_path_that_is_not_a_journal_is_never_replaced() {
     std::fs::write(&precious, b"my notes").unwrap();
     let path = precious.display().to_string();
     for target in ["sim:part4", "gdb://127.0.0.1:9"] {
-        let (status, stderr) = Run::start(
+        let (status, stderr) = run_to_end(
             &[
                 "run",
                 "--target",
@@ -503,9 +496,7 @@ fn a_path_that_is_not_a_journal_is_never_replaced() {
                 &path,
             ],
             &state,
-            None,
-        )
-        .finish();
+        );
         assert!(!status.success(), "{stderr}");
         assert!(stderr.contains("not a tagsplit journal"), "{stderr}");
         assert_eq!(std::fs::read(&precious).unwrap(), b"my notes");
@@ -515,22 +506,10 @@ fn a_path_that_is_not_a_journal_is_never_replaced() {
 #[test]
 fn a_leftover_simulator_journal_is_reported_not_blocking() {
     let state = state_dir("sim-leftover");
-    let mut run = Run::start(
-        &["run", "--target", "sim:part4", "--tag", "Leak"],
-        &state,
-        Some("sampling"),
-    );
-    run.wait_line("test pause at sampling");
-    run.signal(Signal::SIGKILL);
-    run.finish();
+    kill_while_sampling("sim:part4", &state, &[]);
     let left = journals(&state);
     assert_eq!(left.len(), 1);
-    let (status, stderr) = Run::start(
-        &["run", "--target", "sim:part4", "--tag", "Leak"],
-        &state,
-        None,
-    )
-    .finish();
+    let (status, stderr) = run_to_end(&["run", "--target", "sim:part4", "--tag", "Leak"], &state);
     assert!(status.success(), "{stderr}");
     assert!(
         stderr.contains(&left[0].display().to_string()) && stderr.contains("boots fresh"),
@@ -550,23 +529,8 @@ fn restore_refuses_a_journal_of_another_target() {
     let spec = served.spec();
     let journal = state.join("j.json");
     let journal_arg = journal.display().to_string();
-    let mut run = Run::start(
-        &[
-            "run",
-            "--target",
-            &spec,
-            "--tag",
-            "Leak",
-            "--journal",
-            &journal_arg,
-        ],
-        &state,
-        Some("sampling"),
-    );
-    run.wait_line("test pause at sampling");
-    run.signal(Signal::SIGKILL);
-    run.finish();
-    let (status, stderr) = Run::start(
+    kill_while_sampling(&spec, &state, &["--journal", &journal_arg]);
+    let (status, stderr) = run_to_end(
         &[
             "restore",
             "--target",
@@ -575,18 +539,14 @@ fn restore_refuses_a_journal_of_another_target() {
             &journal_arg,
         ],
         &state,
-        None,
-    )
-    .finish();
+    );
     assert!(!status.success(), "{stderr}");
     assert!(stderr.contains("belongs to gdb://127.0.0.1:"), "{stderr}");
     assert!(journal.exists());
-    let (status, out) = Run::start(
+    let (status, out) = run_to_end(
         &["restore", "--target", &spec, "--journal", &journal_arg],
         &state,
-        None,
-    )
-    .finish();
+    );
     assert!(status.success(), "{out}");
     assert_original(&served, "restore");
 }

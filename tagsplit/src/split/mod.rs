@@ -522,13 +522,7 @@ impl<'a> Split<'a> {
 
     /// Reports `phase`, then fails with [`SplitError::Interrupted`] if cancelled.
     fn enter(&mut self, phase: Phase, cancel: Option<&AtomicBool>) -> Result<(), SplitError> {
-        if let Some(f) = self.phase.as_mut() {
-            f(phase);
-        }
-        if crate::target::interrupted(cancel) {
-            return Err(SplitError::Interrupted(RestoreSummary::default()));
-        }
-        Ok(())
+        enter(&mut self.phase, phase, cancel)
     }
 
     fn run_inner(&mut self, cancel: Option<&AtomicBool>) -> Result<Report, SplitError> {
@@ -783,14 +777,23 @@ struct Hooks<'h, 'a> {
 impl Hooks<'_, '_> {
     /// Reports `phase`, then fails with [`SplitError::Interrupted`] if cancelled.
     fn enter(&mut self, phase: Phase, cancel: Option<&AtomicBool>) -> Result<(), SplitError> {
-        if let Some(f) = self.phase.as_mut() {
-            f(phase);
-        }
-        if crate::target::interrupted(cancel) {
-            return Err(SplitError::Interrupted(RestoreSummary::default()));
-        }
-        Ok(())
+        enter(self.phase, phase, cancel)
     }
+}
+
+/// Reports `phase` to `hook`, then fails with [`SplitError::Interrupted`] if cancelled.
+fn enter(
+    hook: &mut Option<PhaseHook<'_>>,
+    phase: Phase,
+    cancel: Option<&AtomicBool>,
+) -> Result<(), SplitError> {
+    if let Some(f) = hook.as_mut() {
+        f(phase);
+    }
+    if crate::target::interrupted(cancel) {
+        return Err(SplitError::Interrupted(RestoreSummary::default()));
+    }
+    Ok(())
 }
 
 /// Patches, takes the baseline, runs the slices and samples. Returns, per site, the new

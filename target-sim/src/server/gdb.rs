@@ -777,6 +777,15 @@ async fn refuse(mut stream: TcpStream) {
     let _ = stream.shutdown().await;
 }
 
+/// What a client sent, in order.
+#[derive(Debug, PartialEq)]
+enum Pending {
+    /// A command packet.
+    Command(Command),
+    /// The interrupt byte (0x03).
+    Interrupt,
+}
+
 /// Serves one client until it detaches, disconnects or the stub stops.
 async fn serve_client(
     mut stream: TcpStream,
@@ -789,7 +798,9 @@ async fn serve_client(
         max_packet: packet_size + 0x100,
         ..SessionConfig::default()
     });
-    let mut pending: VecDeque<Command> = VecDeque::new();
+    // Commands and interrupts in arrival order: an interrupt that arrives behind a resume
+    // (in the same read) stops the run that resume starts.
+    let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut running = false;
     let mut buf = vec![0u8; 0x4000];
     let mut close_after_write = false;
@@ -824,19 +835,26 @@ async fn serve_client(
             match ev {
                 ServerEvent::Command(cmd) => {
                     tracing::trace!(target: "gdb_stub", "<- {cmd:?}");
-                    pending.push_back(cmd);
+                    pending.push_back(Pending::Command(cmd));
                 }
-                ServerEvent::Interrupt if running => {
+                ServerEvent::Interrupt if running && pending.is_empty() => {
                     running = false;
                     let stop = shared.with(|_, c| c.interrupt());
                     session.send(&Reply::Stop(stop));
                 }
-                ServerEvent::Interrupt => {}
+                ServerEvent::Interrupt if pending.is_empty() => {}
+                ServerEvent::Interrupt => pending.push_back(Pending::Interrupt),
                 ServerEvent::GaveUp => {
                     return Err(std::io::Error::other("client keeps rejecting our packets"));
                 }
                 _ => {}
             }
+        }
+        if running && pending.front() == Some(&Pending::Interrupt) {
+            pending.pop_front();
+            running = false;
+            let stop = shared.with(|_, c| c.interrupt());
+            session.send(&Reply::Stop(stop));
         }
         if running && let Some(stop) = shared.with(|m, c| c.run_slice(m)) {
             running = false;
@@ -844,8 +862,11 @@ async fn serve_client(
         }
         // All-stop: commands are handled only while the target is stopped.
         while !running && !close_after_write {
-            let Some(cmd) = pending.pop_front() else {
-                break;
+            let cmd = match pending.pop_front() {
+                None => break,
+                // The target is stopped: nothing to interrupt.
+                Some(Pending::Interrupt) => continue,
+                Some(Pending::Command(cmd)) => cmd,
             };
             match shared.with(|m, c| c.handle(m, cmd)) {
                 Action::Reply(replies) => replies.iter().for_each(|r| session.send(r)),
