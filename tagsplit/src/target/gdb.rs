@@ -19,7 +19,7 @@
 //! whole image) for the `KDBG` owner tag and checking that the block's `KernBase` is `nt`.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use tagsplit_protocol::gdb::command::{DEFAULT_RUN_FEATURE, RUN_LIMIT_FEATURE};
@@ -28,13 +28,18 @@ use tagsplit_protocol::gdb::{
     ClientEvent, ClientSession, Command, Feature, FeatureValue, Reply, ResumeAction, ResumeKind,
     SessionConfig, StopKind, StopReply, XferObject,
 };
-use tagsplit_target_sim::layout::{PAGE_SIZE, kdbg};
+use tagsplit_protocol::nt::layout::{PAGE_SIZE, kdbg};
+use tagsplit_protocol::nt::pe::{dos, nt_headers, optional_header};
+#[cfg(feature = "sim")]
 use tagsplit_target_sim::machine::Machine;
+#[cfg(feature = "sim")]
 use tagsplit_target_sim::scenario::Scenario;
+#[cfg(feature = "sim")]
 use tagsplit_target_sim::server::gdb::{
     GdbStub, GdbStubHandle, GdbStubOptions, MonitorHandler, StubFeatures,
 };
 
+#[cfg(feature = "sim")]
 use super::sim::MachineRef;
 use super::{
     BoxedTarget, DebugTarget, KernelInfo, ModuleInfo, OpenError, RunFor, StopReason, TargetError,
@@ -322,16 +327,14 @@ impl GdbTarget {
 
     /// `SizeOfImage` from the PE header at `base`.
     fn size_of_image(&mut self, base: VirtAddr) -> Result<u64, TargetError> {
-        let lfanew = u64::from(read_u32(self, base.saturating_add(0x3c))?);
+        let lfanew = u64::from(read_u32(self, base.saturating_add(dos::E_LFANEW))?);
         if lfanew > 0x1000 {
             return Err(TargetError::BadKernelData(format!(
                 "no PE header at {base}"
             )));
         }
-        Ok(u64::from(read_u32(
-            self,
-            base.saturating_add(lfanew + 0x50),
-        )?))
+        let at = lfanew + nt_headers::OPTIONAL_HEADER + optional_header::SIZE_OF_IMAGE;
+        Ok(u64::from(read_u32(self, base.saturating_add(at))?))
     }
 
     /// Reads a whole `qXfer` object; `None` if the stub does not offer it.
@@ -695,7 +698,7 @@ impl DebugTarget for GdbTarget {
                 }
             }
             RunFor::Ticks(n) => {
-                let ms = n.saturating_mul(super::sim::TICKS_PER_MS.max(1));
+                let ms = n.saturating_mul(super::TICKS_PER_MS.max(1));
                 self.resume_and_wait(Some(Instant::now() + Duration::from_millis(ms)))?
             }
             RunFor::Time(d) => self.resume_and_wait(Some(Instant::now() + d))?,
@@ -751,6 +754,7 @@ impl Drop for GdbTarget {
     }
 }
 
+#[cfg(feature = "sim")]
 /// A `monitor` handler for the simulator's GDB stub: runs each line on a WinDbg-style
 /// [`Console`](crate::console::Console) over the stub's machine (`monitor !poolused 2`,
 /// `monitor dc ADDR l1`, `monitor lm`).
@@ -762,11 +766,12 @@ pub fn console_monitor(default_ticks: u64) -> MonitorHandler {
     })
 }
 
+#[cfg(feature = "sim")]
 /// Boots `scenario` and serves it over GDB RSP at `addr` (use `127.0.0.1:0` for an
 /// ephemeral port), with the console as `monitor` and the scenario's default run offered.
 pub fn serve_scenario(
     scenario: &Scenario,
-    addr: SocketAddr,
+    addr: std::net::SocketAddr,
     stop_after_ticks: Option<u64>,
     features: StubFeatures,
 ) -> Result<GdbStubHandle, TargetError> {

@@ -26,11 +26,11 @@ use tagsplit_protocol::kd::{
     Payload, Role, Session, SessionConfig, SessionEvent, StateChangeKind, ext, status,
 };
 use tagsplit_protocol::kdnet::{Endpoint, EndpointConfig, EndpointEvent, Key};
-use tagsplit_target_sim::layout::kdbg;
+use tagsplit_protocol::nt::layout::kdbg;
+#[cfg(feature = "sim")]
 use tagsplit_target_sim::machine::Machine;
-use tagsplit_target_sim::server::kd::{
-    KdStub, KdStubHandle, KdStubOptions, STATUS_NO_MORE_ENTRIES,
-};
+#[cfg(feature = "sim")]
+use tagsplit_target_sim::server::kd::{KdStub, KdStubHandle, KdStubOptions};
 
 use super::{
     BoxedTarget, DebugTarget, KernelInfo, ModuleInfo, OpenError, RunFor, StopReason, TargetError,
@@ -211,6 +211,7 @@ pub struct KdTarget {
     /// The module list, until a load-symbols state change says it changed.
     modules: Option<Vec<ModuleInfo>>,
     /// A loopback stub, stopped after the link is dropped (fields drop in order).
+    #[cfg(feature = "sim")]
     stub: Option<KdStubHandle>,
 }
 
@@ -310,6 +311,7 @@ impl KdTarget {
             prints: Vec::new(),
             modules: None,
             cache: BTreeMap::new(),
+            #[cfg(feature = "sim")]
             stub: None,
         };
         t.wait_stop(Instant::now() + timeout)?;
@@ -688,7 +690,7 @@ impl DebugTarget for KdTarget {
                         hits.push(VirtAddr(address));
                         cursor = address.saturating_add(1);
                     }
-                    (STATUS_NO_MORE_ENTRIES, _) => return Ok(hits),
+                    (status::NO_MORE_ENTRIES, _) => return Ok(hits),
                     _ if hits.is_empty() => {
                         // The target has no SearchMemory: scan by reading.
                         self.native_search = false;
@@ -770,6 +772,7 @@ pub enum KdTransport {
     Kdcom,
 }
 
+#[cfg(feature = "sim")]
 impl KdTarget {
     /// Serves `machine` with a KD stub on 127.0.0.1 and attaches to it: what
     /// `tagsplit demo --via kdnet|kdcom` and the same-answers tests use. The stub lives

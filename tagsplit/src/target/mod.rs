@@ -94,6 +94,11 @@ pub enum RunFor {
     Time(Duration),
 }
 
+/// Virtual-clock ticks per millisecond of wall time: a [`RunFor::Time`] on the simulator
+/// (which has no wall clock) and a [`RunFor::Ticks`] on a target that cannot count ticks
+/// are converted at 1 ms = 1 tick.
+pub const TICKS_PER_MS: u64 = 1;
+
 /// Why the target stopped.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
@@ -251,9 +256,10 @@ pub fn search_by_reading<T: DebugTarget + ?Sized>(
 pub mod flat;
 pub mod gdb;
 pub mod kd;
+#[cfg(feature = "sim")]
 pub mod sim;
 
-use tagsplit_target_sim::layout::{ldr_entry, list_entry, unicode_string};
+use tagsplit_protocol::nt::layout::{ldr_entry, list_entry, unicode_string};
 
 /// Most modules [`walk_module_list`] accepts before it calls the list corrupt.
 pub const MAX_MODULES: usize = 4096;
@@ -389,8 +395,9 @@ pub enum OpenError {
         "unknown target {0:?}: expected sim:NAME, sim:FILE.toml, gdb://HOST:PORT, kdnet:port=N,key=K or kdcom:HOST:PORT"
     )]
     UnknownScheme(String),
-    /// The scheme is known but its backend is not part of this build yet.
-    #[error("target scheme {0:?} is not built yet")]
+    /// The scheme is known but its backend is not part of this build (`sim:` without the
+    /// `sim` cargo feature).
+    #[error("target scheme {0:?} is not part of this build (enable its cargo feature)")]
     NotBuilt(&'static str),
     /// The spec is malformed or names something that does not exist.
     #[error("bad target {spec:?}: {reason}")]
@@ -410,7 +417,10 @@ type Opener = fn(&str) -> Result<BoxedTarget, OpenError>;
 
 /// Known schemes: adding a backend is one line here.
 const SCHEMES: &[(&str, Opener)] = &[
+    #[cfg(feature = "sim")]
     ("sim:", sim::open),
+    #[cfg(not(feature = "sim"))]
+    ("sim:", |_| Err(OpenError::NotBuilt("sim:"))),
     ("gdb://", gdb::open),
     ("kdnet:", kd::open_kdnet),
     ("kdcom:", kd::open_kdcom),

@@ -10,9 +10,7 @@ use super::{
 };
 use crate::VirtAddr;
 
-/// Virtual-clock ticks per millisecond of wall time when asked to run for a duration
-/// ([`RunFor::Time`]): the simulator has no wall clock, so 1 ms = 1 tick.
-pub const TICKS_PER_MS: u64 = 1;
+pub use super::TICKS_PER_MS;
 
 /// A [`DebugTarget`] over a simulated machine in this process.
 #[derive(Clone, Debug)]

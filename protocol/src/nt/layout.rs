@@ -1,4 +1,4 @@
-//! Byte layouts of the Windows x64 kernel structures the simulator writes into memory and
+//! Byte layouts of the Windows x64 kernel structures a simulator writes into memory and
 //! a debugger reads back. Offsets are those of 64-bit Windows (Windows 7 through 10); the
 //! simulator and the debugger side both use these constants, so there is one truth.
 //!
@@ -106,6 +106,20 @@ pub mod tracker {
     pub const PAGED_BYTES: u64 = 0x20;
     /// Size of one entry.
     pub const SIZE: u64 = 0x28;
+
+    /// Multiplier of the kernel's tag hash (`POOLTAG_HASH`).
+    pub const HASH_MULTIPLIER: u32 = 40543;
+
+    /// The slot where the kernel starts probing for `key` in a table of `entries` entries
+    /// (linear probing onwards, wrapping): `((key * 40543) >> 2) mod entries`, the
+    /// multiplication wrapping at 32 bits. `entries == 0` gives slot 0.
+    pub const fn hash(key: u32, entries: u64) -> u64 {
+        let h = (key.wrapping_mul(HASH_MULTIPLIER) >> 2) as u64;
+        match h.checked_rem(entries) {
+            Some(slot) => slot,
+            None => 0,
+        }
+    }
 }
 
 /// `POOL_HEADER` (x64), 16 bytes before every small pool block.
