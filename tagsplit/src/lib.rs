@@ -6,7 +6,8 @@
 //!   run control and breakpoints) and its backends — `target::sim::SimTarget` (the
 //!   in-process simulator, feature `sim`), [`target::gdb::GdbTarget`] (GDB RSP),
 //!   [`target::kd::KdTarget`] (KDNET/KDCOM), [`target::flat::FlatTarget`] (flat memory,
-//!   for tests) — and [`target::open`] for specs like `gdb://127.0.0.1:1234`. Generic helpers
+//!   for tests) — the [`target::CachedTarget`] read cache any of them can wear, and
+//!   [`target::open`] for specs like `gdb://127.0.0.1:1234`. Generic helpers
 //!   ([`target::walk_module_list`], [`target::search_by_reading`]) need memory reads only.
 //! - [`pool`]: the pool tracker table read through the `KDBG` block, snapshots, big pages
 //!   and pool headers; [`pooltag`]: the `pooltag.txt` database.

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 use tagsplit_protocol::gdb::command::{DEFAULT_RUN_FEATURE, RUN_LIMIT_FEATURE};
 use tagsplit_protocol::gdb::xml::{self, MemoryRegion, REG_RIP};
 use tagsplit_protocol::gdb::{
-    ClientEvent, ClientSession, Command, Feature, FeatureValue, Reply, ResumeAction, ResumeKind,
-    SessionConfig, StopKind, StopReply, XferObject,
+    Breakpoint, BreakpointType, ClientEvent, ClientSession, Command, Feature, FeatureValue, Reply,
+    ResumeAction, ResumeKind, SessionConfig, StopKind, StopReply, XferObject,
 };
 use tagsplit_protocol::nt::layout::{PAGE_SIZE, kdbg};
 use tagsplit_protocol::nt::pe::{dos, nt_headers, optional_header};
@@ -510,6 +510,27 @@ impl GdbTarget {
     }
 
     /// Resumes and waits for the stop reply; sends an interrupt at `interrupt_at`.
+    /// Inserts (`Z0`) or removes (`z0`) a software breakpoint of x86 kind 1.
+    fn software_breakpoint(&mut self, addr: VirtAddr, insert: bool) -> Result<(), TargetError> {
+        let bp = Breakpoint {
+            kind: BreakpointType::Software,
+            addr: addr.get(),
+            size: 1,
+        };
+        let cmd = if insert {
+            Command::InsertBreakpoint(bp)
+        } else {
+            Command::RemoveBreakpoint(bp)
+        };
+        match self.request(&cmd)? {
+            Reply::Ok => Ok(()),
+            Reply::Empty => Err(TargetError::Unsupported("breakpoints")),
+            other => Err(protocol(format!(
+                "breakpoint at {addr}: unexpected reply {other:?}"
+            ))),
+        }
+    }
+
     fn resume_and_wait(&mut self, interrupt_at: Option<Instant>) -> Result<StopReply, TargetError> {
         self.output.clear();
         self.session.send(&Command::VCont(vec![ResumeAction {
@@ -722,6 +743,16 @@ impl DebugTarget for GdbTarget {
                 StopReason::Other(format!("target terminated by signal {sig}"))
             }
         })
+    }
+
+    /// `Z0,ADDR,1`; a stub without breakpoints answers empty: unsupported.
+    fn set_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
+        self.software_breakpoint(addr, true)
+    }
+
+    /// `z0,ADDR,1`.
+    fn clear_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
+        self.software_breakpoint(addr, false)
     }
 
     fn stats(&self) -> Option<WireStats> {

@@ -172,6 +172,16 @@ impl DebugTarget for MachineRef<'_> {
         })
     }
 
+    fn set_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
+        self.machine.set_breakpoint(addr);
+        Ok(())
+    }
+
+    fn clear_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
+        self.machine.clear_breakpoint(addr);
+        Ok(())
+    }
+
     fn default_run(&self) -> RunFor {
         RunFor::Ticks(self.default_ticks)
     }
@@ -217,6 +227,14 @@ impl DebugTarget for SimTarget {
 
     fn run(&mut self, how_long: RunFor) -> Result<StopReason, TargetError> {
         self.view().run(how_long)
+    }
+
+    fn set_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
+        self.view().set_breakpoint(addr)
+    }
+
+    fn clear_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
+        self.view().clear_breakpoint(addr)
     }
 
     fn default_run(&self) -> RunFor {
