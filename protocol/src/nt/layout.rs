@@ -158,3 +158,30 @@ pub mod big_page {
 
 /// The page size of x64 Windows.
 pub const PAGE_SIZE: u64 = 0x1000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_hash_is_the_kernels_and_never_divides_by_zero() {
+        // `Leak` = 0x6b61654c: (0x6b61654c * 40543 mod 2^32) >> 2, then mod the table size.
+        let key = 0x6b61_654c_u32;
+        let expected = u64::from(key.wrapping_mul(40543) >> 2);
+        assert_eq!(tracker::hash(key, 4096), expected % 4096);
+        assert!(tracker::hash(key, 4096) < 4096);
+        assert_eq!(tracker::hash(key, 0), 0);
+    }
+
+    #[test]
+    fn kdbg_extensions_fit_in_the_block() {
+        for off in [
+            kdbg::POOL_TRACK_TABLE_SIZE,
+            kdbg::POOL_HIT_TAG,
+            kdbg::POOL_BIG_PAGE_TABLE,
+            kdbg::POOL_BIG_PAGE_TABLE_SIZE,
+        ] {
+            assert!(off + 8 <= kdbg::SIZE);
+        }
+    }
+}
