@@ -93,7 +93,9 @@ impl BlockCache {
     }
 }
 
-/// Any [`DebugTarget`] with a [`BlockCache`] in front of its reads.
+/// Any [`DebugTarget`] with a [`BlockCache`] in front of its reads. `T` may be a
+/// [`BoxedTarget`](super::BoxedTarget) (`CachedTarget::new(open(spec)?)`) or a `&mut`
+/// borrow.
 ///
 /// Writes, runs and breakpoint changes drop the cache and go to the inner target, as do
 /// searches, kernel info and stats. [`modules`](DebugTarget::modules) walks
@@ -297,6 +299,21 @@ mod tests {
         // Large reads bypass the cache.
         let mut big = vec![0u8; CACHE_BLOCK];
         assert_eq!(t.read_memory(VirtAddr(0x1000), &mut big).unwrap(), 0x10);
+    }
+
+    #[test]
+    fn boxed_and_borrowed_targets_can_be_wrapped() {
+        let boxed: crate::target::BoxedTarget = Box::new(fake_kernel());
+        let mut t = CachedTarget::new(boxed);
+        assert_eq!(t.modules().unwrap().len(), 2);
+        assert!(!t.cache().is_empty());
+        let mut flat = fake_kernel();
+        let mut t = CachedTarget::new(&mut flat);
+        t.write_memory(VirtAddr(MOD_BASE), b"ZM").unwrap();
+        drop(t);
+        let mut b = [0u8; 2];
+        flat.read_memory(VirtAddr(MOD_BASE), &mut b).unwrap();
+        assert_eq!(&b, b"ZM");
     }
 
     #[test]

@@ -442,6 +442,57 @@ pub fn walk_module_list<T: DebugTarget + ?Sized>(
 /// A boxed target, as [`open`] returns it.
 pub type BoxedTarget = Box<dyn DebugTarget + Send>;
 
+/// Implements [`DebugTarget`] for a pointer to a target by forwarding every method, so a
+/// boxed or borrowed target can go where a `T: DebugTarget` is wanted
+/// (`CachedTarget::new(open(spec)?)`).
+macro_rules! forward_debug_target {
+    ($($ptr:ty),*) => {$(
+        impl<T: DebugTarget + ?Sized> DebugTarget for $ptr {
+            fn describe(&self) -> String {
+                (**self).describe()
+            }
+            fn read_memory(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
+                (**self).read_memory(addr, buf)
+            }
+            fn write_memory(&mut self, addr: VirtAddr, data: &[u8]) -> Result<usize, TargetError> {
+                (**self).write_memory(addr, data)
+            }
+            fn kernel_info(&mut self) -> Result<KernelInfo, TargetError> {
+                (**self).kernel_info()
+            }
+            fn modules(&mut self) -> Result<Vec<ModuleInfo>, TargetError> {
+                (**self).modules()
+            }
+            fn search_memory(
+                &mut self,
+                start: VirtAddr,
+                end: VirtAddr,
+                pattern: &[u8],
+                max_hits: usize,
+            ) -> Result<Vec<VirtAddr>, TargetError> {
+                (**self).search_memory(start, end, pattern, max_hits)
+            }
+            fn run(&mut self, how_long: RunFor) -> Result<StopReason, TargetError> {
+                (**self).run(how_long)
+            }
+            fn set_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
+                (**self).set_breakpoint(addr)
+            }
+            fn clear_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
+                (**self).clear_breakpoint(addr)
+            }
+            fn stats(&self) -> Option<WireStats> {
+                (**self).stats()
+            }
+            fn default_run(&self) -> RunFor {
+                (**self).default_run()
+            }
+        }
+    )*};
+}
+
+forward_debug_target!(Box<T>, &mut T);
+
 /// Errors from [`open`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
