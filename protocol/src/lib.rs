@@ -11,11 +11,15 @@
 //!   `DBGKD_*` payloads, with a session state machine for both roles.
 //! * [`kdnet`] — KD over UDP: key strings, AES-256-CBC + HMAC-SHA256 datagrams, the
 //!   control-channel handshake and data-key derivation.
+//! * [`nt`] — what a debugger reads in a Windows x64 kernel (structure layouts, PE
+//!   headers, NTSTATUS values) and the value types [`nt::VirtAddr`] and [`nt::PoolTag`],
+//!   shared by targets that write them and debuggers that read them.
 //! * `codec` (feature `tokio`) — `tokio_util::codec` adapters over the state machines.
 
 pub mod gdb;
 pub mod kd;
 pub mod kdnet;
+pub mod nt;
 
 #[cfg(feature = "tokio")]
 pub mod codec;

@@ -2,10 +2,13 @@
 //!
 //! The debugger side of the project:
 //!
-//! - [`target`]: the [`target::DebugTarget`] trait (memory, modules, kernel data, run
-//!   control) and its backends — [`target::sim::SimTarget`] (the in-process simulator),
-//!   [`target::flat::FlatTarget`] (flat memory, for tests), and [`target::open`] for specs
-//!   like `sim:part4`. Generic helpers ([`target::walk_module_list`]) need memory reads only.
+//! - [`target`]: the [`target::DebugTarget`] trait (memory, modules, kernel data, optional
+//!   run control and breakpoints) and its backends — `target::sim::SimTarget` (the
+//!   in-process simulator, feature `sim`), [`target::gdb::GdbTarget`] (GDB RSP),
+//!   [`target::kd::KdTarget`] (KDNET/KDCOM), [`target::flat::FlatTarget`] (flat memory,
+//!   for tests) — the [`target::CachedTarget`] read cache any of them can wear, and
+//!   [`target::open`] for specs like `gdb://127.0.0.1:1234`. Generic helpers
+//!   ([`target::walk_module_list`], [`target::search_by_reading`]) need memory reads only.
 //! - [`pool`]: the pool tracker table read through the `KDBG` block, snapshots, big pages
 //!   and pool headers; [`pooltag`]: the `pooltag.txt` database.
 //! - [`console`]: a WinDbg-style console (`lm`, `s`, `eb`, `dc`, `u`, `!for_each_module`,
@@ -13,9 +16,23 @@
 //! - [`split`]: the automated tag split — find and classify every hit, give each
 //!   allocation site its own tag, run, measure, attribute, restore.
 //!
-//! Nothing above the trait depends on the simulator: a GDB or KD backend plugs in as is.
+//! Nothing above the trait depends on the simulator: the Windows structure layouts and the
+//! value types ([`VirtAddr`], [`PoolTag`]) come from `tagsplit_protocol::nt`, which the
+//! simulator shares, and a GDB or KD backend (or your own) plugs in as is.
+//!
+//! # Cargo features
+//!
+//! - `sim` (default): the simulator — the `sim:` backend, the GDB and KD loopback helpers
+//!   (`serve_scenario`, `console_monitor`, `KdTarget::loopback`).
+//! - `cli` (default, implies `sim`): the `tagsplit` binary and the crates only it needs
+//!   (clap, indicatif, ctrlc, anyhow, tracing-subscriber).
+//!
+//! With `default-features = false` the crate builds without the simulator, the CLI crates
+//! or an async runtime: a debugger tool over GDB, KD or a target of its own.
 //!
 //! ```
+//! # #[cfg(feature = "sim")]
+//! # fn main() -> Result<(), tagsplit::split::SplitError> {
 //! use tagsplit::console::Console;
 //! use tagsplit::split::{Split, SplitOptions};
 //! use tagsplit::target::sim::SimTarget;
@@ -33,7 +50,10 @@
 //! assert_eq!(leak.hit.location(), "myfault.sys+0x1621");
 //! assert_eq!(leak.new_tag, PoolTag::new(*b"Lea2"));
 //! assert!(report.restore.complete());
-//! # Ok::<(), tagsplit::split::SplitError>(())
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "sim"))]
+//! # fn main() {}
 //! ```
 
 pub mod console;
@@ -49,4 +69,4 @@ pub mod target;
 #[cfg(test)]
 mod testkit;
 
-pub use tagsplit_target_sim::{PoolTag, VirtAddr};
+pub use tagsplit_protocol::nt::{PoolTag, VirtAddr};

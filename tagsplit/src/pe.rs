@@ -1,16 +1,12 @@
 //! PE headers read from target memory: just enough to find a module's sections.
 
 use serde::Serialize;
+use tagsplit_protocol::nt::pe::{dos, file_header, nt_headers, section};
 
 use crate::VirtAddr;
 use crate::target::{DebugTarget, TargetError, read_exact};
 
-/// `IMAGE_SCN_CNT_CODE`.
-pub const SCN_CNT_CODE: u32 = 0x0000_0020;
-/// `IMAGE_SCN_MEM_EXECUTE`.
-pub const SCN_MEM_EXECUTE: u32 = 0x2000_0000;
-/// `IMAGE_SCN_MEM_WRITE`.
-pub const SCN_MEM_WRITE: u32 = 0x8000_0000;
+pub use tagsplit_protocol::nt::pe::{SCN_CNT_CODE, SCN_MEM_EXECUTE, SCN_MEM_WRITE};
 /// Most sections read from one image.
 pub const MAX_SECTIONS: usize = 96;
 /// Headers are looked for in the first this-many bytes of an image.
@@ -70,24 +66,33 @@ fn u32_at(b: &[u8], off: usize) -> Option<u32> {
     ))
 }
 
+/// A layout offset as an index (they are all small).
+const fn at(off: u64) -> usize {
+    off as usize
+}
+
 /// Reads the `TimeDateStamp` of the image at `base` (from its PE file header); a reloaded
 /// or different build of a module usually has another one.
 pub fn timestamp<T: DebugTarget + ?Sized>(target: &mut T, base: VirtAddr) -> Result<u32, PeError> {
-    let mut hdr = [0u8; 0x40];
+    let mut hdr = [0u8; at(dos::SIZE)];
     read_exact(target, base, &mut hdr)?;
-    if hdr.get(..2) != Some(b"MZ".as_slice()) {
+    if hdr.get(..2) != Some(dos::MAGIC.as_slice()) {
         return Err(PeError::NotPe(base, "no MZ signature"));
     }
-    let lfanew = u64::from(u32_at(&hdr, 0x3c).unwrap_or(0));
-    let mut file = [0u8; 12];
-    let at = base
+    let lfanew = u64::from(u32_at(&hdr, at(dos::E_LFANEW)).unwrap_or(0));
+    let mut file = [0u8; at(nt_headers::FILE_HEADER + file_header::TIME_DATE_STAMP + 4)];
+    let nt = base
         .checked_add(lfanew)
         .ok_or(PeError::NotPe(base, "bad e_lfanew"))?;
-    read_exact(target, at, &mut file)?;
-    if file.get(..4) != Some(b"PE\0\0".as_slice()) {
+    read_exact(target, nt, &mut file)?;
+    if file.get(..4) != Some(nt_headers::SIGNATURE.as_slice()) {
         return Err(PeError::NotPe(base, "no PE signature"));
     }
-    u32_at(&file, 8).ok_or(PeError::NotPe(base, "truncated file header"))
+    u32_at(
+        &file,
+        at(nt_headers::FILE_HEADER + file_header::TIME_DATE_STAMP),
+    )
+    .ok_or(PeError::NotPe(base, "truncated file header"))
 }
 
 /// Parses the section table of the image at `base` from target memory.
@@ -98,23 +103,26 @@ pub fn sections<T: DebugTarget + ?Sized>(
     let mut hdr = vec![0u8; HEADER_WINDOW];
     let got = target.read_memory(base, &mut hdr)?;
     hdr.truncate(got);
-    if hdr.get(..2) != Some(b"MZ".as_slice()) {
+    if hdr.get(..2) != Some(dos::MAGIC.as_slice()) {
         return Err(PeError::NotPe(base, "no MZ signature"));
     }
-    let lfanew = u32_at(&hdr, 0x3c).ok_or(PeError::NotPe(base, "truncated DOS header"))? as usize;
-    if hdr.get(lfanew..lfanew.saturating_add(4)) != Some(b"PE\0\0".as_slice()) {
+    let lfanew = u32_at(&hdr, at(dos::E_LFANEW))
+        .ok_or(PeError::NotPe(base, "truncated DOS header"))? as usize;
+    if hdr.get(lfanew..lfanew.saturating_add(4)) != Some(nt_headers::SIGNATURE.as_slice()) {
         return Err(PeError::NotPe(base, "no PE signature"));
     }
-    let file_hdr = lfanew + 4;
+    let file_hdr = lfanew + at(nt_headers::FILE_HEADER);
     let count = usize::from(
-        u16_at(&hdr, file_hdr + 2).ok_or(PeError::NotPe(base, "truncated file header"))?,
+        u16_at(&hdr, file_hdr + at(file_header::NUMBER_OF_SECTIONS))
+            .ok_or(PeError::NotPe(base, "truncated file header"))?,
     );
     let opt_size = usize::from(
-        u16_at(&hdr, file_hdr + 16).ok_or(PeError::NotPe(base, "truncated file header"))?,
+        u16_at(&hdr, file_hdr + at(file_header::SIZE_OF_OPTIONAL_HEADER))
+            .ok_or(PeError::NotPe(base, "truncated file header"))?,
     );
-    let table = file_hdr + 20 + opt_size;
+    let table = file_hdr + at(file_header::SIZE) + opt_size;
     let count = count.min(MAX_SECTIONS);
-    let need = table + count * 40;
+    let need = table + count * at(section::SIZE);
     if need > hdr.len() {
         // The table runs past what we read: read exactly what it needs.
         hdr.resize(need, 0);
@@ -122,20 +130,22 @@ pub fn sections<T: DebugTarget + ?Sized>(
     }
     let mut out = Vec::with_capacity(count);
     for i in 0..count {
-        let at = table + i * 40;
+        let start = table + i * at(section::SIZE);
         let raw = hdr
-            .get(at..at + 40)
+            .get(start..start + at(section::SIZE))
             .ok_or(PeError::NotPe(base, "truncated section table"))?;
-        let name_bytes = raw.get(..8).unwrap_or_default();
+        let name_bytes = raw
+            .get(at(section::NAME)..at(section::NAME + section::NAME_LEN))
+            .unwrap_or_default();
         let name: String = name_bytes
             .iter()
             .take_while(|&&b| b != 0)
             .map(|&b| if b.is_ascii_graphic() { b as char } else { '.' })
             .collect();
-        let vsize = u32_at(raw, 8).unwrap_or(0);
-        let rva = u32_at(raw, 12).unwrap_or(0);
-        let raw_size = u32_at(raw, 16).unwrap_or(0);
-        let characteristics = u32_at(raw, 36).unwrap_or(0);
+        let vsize = u32_at(raw, at(section::VIRTUAL_SIZE)).unwrap_or(0);
+        let rva = u32_at(raw, at(section::VIRTUAL_ADDRESS)).unwrap_or(0);
+        let raw_size = u32_at(raw, at(section::SIZE_OF_RAW_DATA)).unwrap_or(0);
+        let characteristics = u32_at(raw, at(section::CHARACTERISTICS)).unwrap_or(0);
         let size = if vsize != 0 { vsize } else { raw_size };
         out.push(Section {
             name,

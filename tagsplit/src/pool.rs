@@ -3,13 +3,13 @@
 //! The path is `KernelInfo::kdbg` → the `KDDEBUGGER_DATA64` block (checked for its `KDBG`
 //! owner tag) → the `PoolTrackTable` pointer variable → the `POOL_TRACKER_TABLE` array,
 //! whose entry count is in the `PoolTrackTableSize` variable (an extension field of the
-//! block, see [`tagsplit_target_sim::layout::kdbg`]). Sizes read from the target are capped
+//! block, see [`tagsplit_protocol::nt::layout::kdbg`]). Sizes read from the target are capped
 //! ([`MAX_TRACKER_ENTRIES`], [`MAX_BIG_PAGE_ENTRIES`]) before anything is allocated.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use tagsplit_target_sim::layout::{PAGE_SIZE, big_page, kdbg, pool_header, tracker};
+use tagsplit_protocol::nt::layout::{PAGE_SIZE, big_page, kdbg, pool_header, tracker};
 
 use crate::target::{DebugTarget, TargetError, read_exact, read_u32, read_u64};
 use crate::{PoolTag, VirtAddr};

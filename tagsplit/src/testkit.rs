@@ -1,6 +1,6 @@
 //! A tiny fake kernel on a [`FlatTarget`], for unit tests that must not need the simulator.
 
-use tagsplit_target_sim::layout::{kdbg, ldr_entry, tracker, unicode_string};
+use tagsplit_protocol::nt::layout::{kdbg, ldr_entry, tracker, unicode_string};
 
 use crate::target::flat::{FlatMemory, FlatTarget};
 use crate::target::{KernelInfo, ModuleInfo, RunFor};

@@ -15,7 +15,7 @@ use tagsplit::pool;
 use tagsplit::split::{Split, SplitOptions};
 use tagsplit::target::gdb::GdbTarget;
 use tagsplit::target::sim::SimTarget;
-use tagsplit::target::{DebugTarget, RunFor, StopReason, TargetError};
+use tagsplit::target::{CachedTarget, DebugTarget, RunFor, StopReason, TargetError};
 use tagsplit::{PoolTag, VirtAddr};
 use tagsplit_target_sim::scenario::Scenario;
 use tagsplit_target_sim::server::gdb::{BUSY_MESSAGE, GdbStubHandle, StubFeatures};
@@ -301,4 +301,46 @@ fn search_without_qsearch_uses_the_memory_map_to_skip_holes() {
         used <= mapped / 0x3fe0 + 64,
         "{used} round trips for {mapped:#x} mapped bytes"
     );
+}
+
+#[test]
+fn breakpoints_go_through_the_trait_as_z0_packets() {
+    let stub = stub(StubFeatures::FULL);
+    let mut wire = connect(&stub);
+    let site = stub.with_machine(|m| {
+        m.sites()
+            .into_iter()
+            .find(|s| s.allocates && s.leaks)
+            .unwrap()
+            .instr
+    });
+    wire.set_breakpoint(site).unwrap();
+    assert_eq!(
+        wire.run(RunFor::Ticks(100_000)).unwrap(),
+        StopReason::Breakpoint(site)
+    );
+    wire.clear_breakpoint(site).unwrap();
+    assert_eq!(wire.run(RunFor::Ticks(10)).unwrap(), StopReason::BreakIn);
+}
+
+#[test]
+fn a_cached_basic_stub_walks_the_module_list_in_fewer_round_trips() {
+    let stub = stub(StubFeatures::BASIC);
+    let mut plain = connect(&stub);
+    let before = plain.stats().unwrap().round_trips;
+    let mods = plain.modules().unwrap();
+    let uncached = plain.stats().unwrap().round_trips - before;
+    drop(plain);
+    let mut cached = CachedTarget::new(connect(&stub));
+    let before = cached.stats().unwrap().round_trips;
+    assert_eq!(cached.modules().unwrap(), mods);
+    let first = cached.stats().unwrap().round_trips - before;
+    assert!(
+        first < uncached,
+        "{first} round trips cached, {uncached} without"
+    );
+    // Stopped, nothing changed: the second walk costs nothing but the kernel info.
+    let before = cached.stats().unwrap().round_trips;
+    assert_eq!(cached.modules().unwrap(), mods);
+    assert!(cached.stats().unwrap().round_trips - before < first);
 }

@@ -17,16 +17,9 @@ use crate::layout::PAGE_SIZE;
 use crate::memory::{Memory, Prot};
 use crate::types::{PoolTag, VirtAddr};
 
-/// `IMAGE_SCN_CNT_CODE`.
-pub const SCN_CNT_CODE: u32 = 0x0000_0020;
-/// `IMAGE_SCN_CNT_INITIALIZED_DATA`.
-pub const SCN_CNT_INITIALIZED_DATA: u32 = 0x0000_0040;
-/// `IMAGE_SCN_MEM_EXECUTE`.
-pub const SCN_MEM_EXECUTE: u32 = 0x2000_0000;
-/// `IMAGE_SCN_MEM_READ`.
-pub const SCN_MEM_READ: u32 = 0x4000_0000;
-/// `IMAGE_SCN_MEM_WRITE`.
-pub const SCN_MEM_WRITE: u32 = 0x8000_0000;
+pub use tagsplit_protocol::nt::pe::{
+    SCN_CNT_CODE, SCN_CNT_INITIALIZED_DATA, SCN_MEM_EXECUTE, SCN_MEM_READ, SCN_MEM_WRITE,
+};
 /// Where `e_lfanew` puts the `PE\0\0` signature.
 pub const PE_OFFSET: u32 = 0xd0;
 /// RVA of `.text` in every built image.

@@ -23,16 +23,16 @@
 mod builtins;
 pub mod image;
 pub mod kernel;
-pub mod layout;
 pub mod machine;
 pub mod memory;
 pub mod pool;
 pub mod scenario;
 pub mod server;
-pub mod types;
 pub mod workload;
 
-pub use types::{PoolTag, VirtAddr};
+// The Windows structure layouts and value types live in `tagsplit_protocol::nt`, shared with
+// the debugger side; re-exported here under their old paths.
+pub use tagsplit_protocol::nt::{PoolTag, VirtAddr, layout, types};
 
 /// Errors of the simulator.
 #[derive(Debug, thiserror::Error)]

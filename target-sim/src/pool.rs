@@ -543,7 +543,7 @@ impl Pool {
             return Ok(*s);
         }
         let n = self.layout.track_entries;
-        let start = u64::from(k.wrapping_mul(40543) >> 2) % n;
+        let start = tracker::hash(k, n);
         for i in 0..n {
             let slot = (start + i) % n;
             let at = VirtAddr(self.layout.track_table.0 + slot * tracker::SIZE);

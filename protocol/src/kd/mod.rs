@@ -57,31 +57,8 @@ pub const SYNC_PACKET_ID: u32 = 0x0000_0800;
 /// Largest memory transfer a target returns in one reply (`PACKET_MAX_SIZE - 56`).
 pub const MAX_TRANSFER: usize = PACKET_MAX_SIZE - payload::MANIPULATE_LEN;
 
-/// NTSTATUS values used on the wire.
-pub mod status {
-    /// `STATUS_SUCCESS`.
-    pub const SUCCESS: u32 = 0;
-    /// `STATUS_PENDING` (what debuggers put in requests).
-    pub const PENDING: u32 = 0x103;
-    /// `STATUS_BUFFER_OVERFLOW`.
-    pub const BUFFER_OVERFLOW: u32 = 0x8000_0005;
-    /// `STATUS_BREAKPOINT`.
-    pub const BREAKPOINT: u32 = 0x8000_0003;
-    /// `STATUS_SINGLE_STEP`.
-    pub const SINGLE_STEP: u32 = 0x8000_0004;
-    /// `STATUS_UNSUCCESSFUL`.
-    pub const UNSUCCESSFUL: u32 = 0xC000_0001;
-    /// `STATUS_NOT_IMPLEMENTED`.
-    pub const NOT_IMPLEMENTED: u32 = 0xC000_0002;
-    /// `STATUS_NO_SUCH_FILE`.
-    pub const NO_SUCH_FILE: u32 = 0xC000_000F;
-    /// `DBG_CONTINUE`.
-    pub const DBG_CONTINUE: u32 = 0x0001_0002;
-    /// `DBG_EXCEPTION_HANDLED`.
-    pub const DBG_EXCEPTION_HANDLED: u32 = 0x0001_0001;
-    /// `DBG_EXCEPTION_NOT_HANDLED`.
-    pub const DBG_EXCEPTION_NOT_HANDLED: u32 = 0x8001_0001;
-}
+/// NTSTATUS values used on the wire (they live in [`crate::nt::status`]).
+pub use crate::nt::status;
 
 /// Errors from parsing KD packets and payloads.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

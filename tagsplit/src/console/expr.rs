@@ -1,6 +1,6 @@
 //! WinDbg MASM-style expressions and ranges.
 
-use tagsplit_target_sim::layout::kdbg;
+use tagsplit_protocol::nt::layout::kdbg;
 
 use super::{Arg, CmdError, Console};
 use crate::VirtAddr;

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use tagsplit_target_sim::layout::pool_header;
+use tagsplit_protocol::nt::layout::pool_header;
 
 use super::expr::parse_number;
 use super::memory::read_lossy;

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use serde::Serialize;
-use tagsplit_target_sim::types::PROTECTED_POOL;
+use tagsplit_protocol::nt::PROTECTED_POOL;
 
 use self::classify::{Hit, HitKind};
 use self::journal::{Journal, JournalError, PatchRecord, RestoreState};

@@ -19,7 +19,7 @@
 //! whole image) for the `KDBG` owner tag and checking that the block's `KernBase` is `nt`.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -27,16 +27,21 @@ use std::time::{Duration, Instant};
 use tagsplit_protocol::gdb::command::{DEFAULT_RUN_FEATURE, RUN_LIMIT_FEATURE};
 use tagsplit_protocol::gdb::xml::{self, MemoryRegion, REG_RIP};
 use tagsplit_protocol::gdb::{
-    ClientEvent, ClientSession, Command, Feature, FeatureValue, Reply, ResumeAction, ResumeKind,
-    SessionConfig, StopKind, StopReply, XferObject,
+    Breakpoint, BreakpointType, ClientEvent, ClientSession, Command, Feature, FeatureValue, Reply,
+    ResumeAction, ResumeKind, SessionConfig, StopKind, StopReply, XferObject,
 };
-use tagsplit_target_sim::layout::{PAGE_SIZE, kdbg};
+use tagsplit_protocol::nt::layout::{PAGE_SIZE, kdbg};
+use tagsplit_protocol::nt::pe::{dos, nt_headers, optional_header};
+#[cfg(feature = "sim")]
 use tagsplit_target_sim::machine::Machine;
+#[cfg(feature = "sim")]
 use tagsplit_target_sim::scenario::Scenario;
+#[cfg(feature = "sim")]
 use tagsplit_target_sim::server::gdb::{
     GdbStub, GdbStubHandle, GdbStubOptions, MonitorHandler, StubFeatures,
 };
 
+#[cfg(feature = "sim")]
 use super::sim::MachineRef;
 use super::{
     BoxedTarget, DebugTarget, KernelInfo, ModuleInfo, OpenError, RunFor, StopReason, TargetError,
@@ -331,16 +336,14 @@ impl GdbTarget {
 
     /// `SizeOfImage` from the PE header at `base`.
     fn size_of_image(&mut self, base: VirtAddr) -> Result<u64, TargetError> {
-        let lfanew = u64::from(read_u32(self, base.saturating_add(0x3c))?);
+        let lfanew = u64::from(read_u32(self, base.saturating_add(dos::E_LFANEW))?);
         if lfanew > 0x1000 {
             return Err(TargetError::BadKernelData(format!(
                 "no PE header at {base}"
             )));
         }
-        Ok(u64::from(read_u32(
-            self,
-            base.saturating_add(lfanew + 0x50),
-        )?))
+        let at = lfanew + nt_headers::OPTIONAL_HEADER + optional_header::SIZE_OF_IMAGE;
+        Ok(u64::from(read_u32(self, base.saturating_add(at))?))
     }
 
     /// Reads a whole `qXfer` object; `None` if the stub does not offer it.
@@ -513,6 +516,27 @@ impl GdbTarget {
             addr: addr.get(),
             data: data.to_vec(),
         })? == Reply::Ok)
+    }
+
+    /// Inserts (`Z0`) or removes (`z0`) a software breakpoint of x86 kind 1.
+    fn software_breakpoint(&mut self, addr: VirtAddr, insert: bool) -> Result<(), TargetError> {
+        let bp = Breakpoint {
+            kind: BreakpointType::Software,
+            addr: addr.get(),
+            size: 1,
+        };
+        let cmd = if insert {
+            Command::InsertBreakpoint(bp)
+        } else {
+            Command::RemoveBreakpoint(bp)
+        };
+        match self.request(&cmd)? {
+            Reply::Ok => Ok(()),
+            Reply::Empty => Err(TargetError::Unsupported("breakpoints")),
+            other => Err(protocol(format!(
+                "breakpoint at {addr}: unexpected reply {other:?}"
+            ))),
+        }
     }
 
     /// Resumes and waits for the stop reply; sends an interrupt at `interrupt_at`, or as
@@ -725,7 +749,7 @@ impl DebugTarget for GdbTarget {
                 }
             }
             RunFor::Ticks(n) => {
-                let ms = n.saturating_mul(super::sim::TICKS_PER_MS.max(1));
+                let ms = n.saturating_mul(super::TICKS_PER_MS.max(1));
                 self.resume_and_wait(Some(Instant::now() + Duration::from_millis(ms)))?
             }
             RunFor::Time(d) => self.resume_and_wait(Some(Instant::now() + d))?,
@@ -753,6 +777,16 @@ impl DebugTarget for GdbTarget {
 
     fn set_interrupt(&mut self, flag: Option<Arc<AtomicBool>>) {
         self.interrupt = flag;
+    }
+
+    /// `Z0,ADDR,1`; a stub without breakpoints answers empty: unsupported.
+    fn set_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
+        self.software_breakpoint(addr, true)
+    }
+
+    /// `z0,ADDR,1`.
+    fn clear_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
+        self.software_breakpoint(addr, false)
     }
 
     fn stats(&self) -> Option<WireStats> {
@@ -785,6 +819,7 @@ impl Drop for GdbTarget {
     }
 }
 
+#[cfg(feature = "sim")]
 /// A `monitor` handler for the simulator's GDB stub: runs each line on a WinDbg-style
 /// [`Console`](crate::console::Console) over the stub's machine (`monitor !poolused 2`,
 /// `monitor dc ADDR l1`, `monitor lm`).
@@ -796,11 +831,12 @@ pub fn console_monitor(default_ticks: u64) -> MonitorHandler {
     })
 }
 
+#[cfg(feature = "sim")]
 /// Boots `scenario` and serves it over GDB RSP at `addr` (use `127.0.0.1:0` for an
 /// ephemeral port), with the console as `monitor` and the scenario's default run offered.
 pub fn serve_scenario(
     scenario: &Scenario,
-    addr: SocketAddr,
+    addr: std::net::SocketAddr,
     stop_after_ticks: Option<u64>,
     features: StubFeatures,
 ) -> Result<GdbStubHandle, TargetError> {

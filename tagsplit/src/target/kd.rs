@@ -28,25 +28,20 @@ use tagsplit_protocol::kd::{
     Payload, Role, Session, SessionConfig, SessionEvent, StateChangeKind, ext, status,
 };
 use tagsplit_protocol::kdnet::{Endpoint, EndpointConfig, EndpointEvent, Key};
-use tagsplit_target_sim::layout::kdbg;
+use tagsplit_protocol::nt::layout::kdbg;
+#[cfg(feature = "sim")]
 use tagsplit_target_sim::machine::Machine;
-use tagsplit_target_sim::server::kd::{
-    KdStub, KdStubHandle, KdStubOptions, STATUS_NO_MORE_ENTRIES,
-};
+#[cfg(feature = "sim")]
+use tagsplit_target_sim::server::kd::{KdStub, KdStubHandle, KdStubOptions};
 
 use super::{
-    BoxedTarget, DebugTarget, KernelInfo, ModuleInfo, OpenError, RunFor, StopReason, TargetError,
-    WireStats, read_u64, search_by_reading, walk_module_list,
+    BlockCache, BoxedTarget, DebugTarget, KernelInfo, ModuleInfo, OpenError, RunFor, StopReason,
+    TargetError, WireStats, read_u64, search_by_reading, walk_module_list,
 };
 use crate::VirtAddr;
 
 /// How long to wait for the target to attach, by default.
 pub const DEFAULT_ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
-/// Block size of the read cache: small reads fetch the aligned block around them (a
-/// block never straddles a page, so it is all readable or not from its start).
-pub const CACHE_BLOCK: usize = 0x400;
-/// Most blocks the read cache holds before it starts over.
-pub const CACHE_MAX_BLOCKS: usize = 4096;
 /// How long to wait for a reply to a request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -214,12 +209,14 @@ pub struct KdTarget {
     native_search: bool,
     round_trips: u64,
     prints: Vec<String>,
-    /// Memory read while stopped, by [`CACHE_BLOCK`]-aligned block (a short block ends
-    /// in unreadable memory); dropped on every write and every continue.
-    cache: BTreeMap<u64, Vec<u8>>,
+    /// Memory read while stopped; dropped on every write, breakpoint change and continue.
+    /// Embedded rather than a [`CachedTarget`](super::CachedTarget) around this target:
+    /// the KDBG lookup and the module walk read through `self` and must hit it too.
+    cache: BlockCache,
     /// The module list, until a load-symbols state change says it changed.
     modules: Option<Vec<ModuleInfo>>,
     /// A loopback stub, stopped after the link is dropped (fields drop in order).
+    #[cfg(feature = "sim")]
     stub: Option<KdStubHandle>,
     /// Set by the caller to break into a run ([`DebugTarget::set_interrupt`]).
     interrupt: Option<Arc<AtomicBool>>,
@@ -320,7 +317,8 @@ impl KdTarget {
             round_trips: 0,
             prints: Vec::new(),
             modules: None,
-            cache: BTreeMap::new(),
+            cache: BlockCache::new(),
+            #[cfg(feature = "sim")]
             stub: None,
             interrupt: None,
         };
@@ -548,45 +546,6 @@ impl KdTarget {
         Ok(done)
     }
 
-    /// Sets a software breakpoint (`WriteBreakPoint`); a run stopping there reports
-    /// [`StopReason::Breakpoint`].
-    pub fn set_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
-        // A real target writes 0xCC there: forget what was read.
-        self.cache.clear();
-        let r = self.request(
-            &ManipulateApi::WriteBreakPoint {
-                address: addr.get(),
-                handle: 0,
-            },
-            Vec::new(),
-        )?;
-        match (r.return_status(), r.api()) {
-            (status::SUCCESS, ManipulateApi::WriteBreakPoint { handle, .. }) => {
-                self.breakpoints.insert(addr.get(), handle);
-                Ok(())
-            }
-            (st, _) => Err(TargetError::Protocol(format!(
-                "WriteBreakPoint at {addr} failed with {st:#x}"
-            ))),
-        }
-    }
-
-    /// Removes a breakpoint set with [`set_breakpoint`](Self::set_breakpoint).
-    pub fn clear_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
-        self.cache.clear();
-        let Some(handle) = self.breakpoints.remove(&addr.get()) else {
-            return Ok(());
-        };
-        let r = self.request(&ManipulateApi::RestoreBreakPoint { handle }, Vec::new())?;
-        if r.return_status() != status::SUCCESS {
-            return Err(TargetError::Protocol(format!(
-                "RestoreBreakPoint {handle} failed with {:#x}",
-                r.return_status()
-            )));
-        }
-        Ok(())
-    }
-
     fn resolve_kdbg(&mut self, list: u64) -> Option<VirtAddr> {
         if list == 0 {
             return None;
@@ -612,39 +571,11 @@ impl DebugTarget for KdTarget {
     }
 
     fn read_memory(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
-        if buf.len() >= CACHE_BLOCK {
-            return self.read_uncached(addr, buf);
-        }
         // Small reads (structure fields, names) go through the block cache.
-        let mut done = 0usize;
-        while done < buf.len() {
-            let Some(cur) = addr.get().checked_add(done as u64) else {
-                break;
-            };
-            let base = cur & !(CACHE_BLOCK as u64 - 1);
-            let off = usize::try_from(cur - base).unwrap_or(0);
-            if !self.cache.contains_key(&base) {
-                let mut block = vec![0u8; CACHE_BLOCK];
-                let got = self.read_uncached(VirtAddr(base), &mut block)?;
-                block.truncate(got);
-                if self.cache.len() >= CACHE_MAX_BLOCKS {
-                    self.cache.clear();
-                }
-                self.cache.insert(base, block);
-            }
-            let block = self.cache.get(&base).map_or(&[][..], Vec::as_slice);
-            let src = block.get(off..).unwrap_or(&[]);
-            let n = src.len().min(buf.len() - done);
-            if let (Some(dst), Some(src)) = (buf.get_mut(done..done + n), src.get(..n)) {
-                dst.copy_from_slice(src);
-            }
-            done += n;
-            if block.len() < CACHE_BLOCK {
-                // The block ends in unreadable memory.
-                break;
-            }
-        }
-        Ok(done)
+        let mut cache = std::mem::take(&mut self.cache);
+        let r = cache.read(addr, buf, |at, dst| self.read_uncached(at, dst));
+        self.cache = cache;
+        r
     }
 
     fn write_memory(&mut self, addr: VirtAddr, data: &[u8]) -> Result<usize, TargetError> {
@@ -737,7 +668,7 @@ impl DebugTarget for KdTarget {
                         hits.push(VirtAddr(address));
                         cursor = address.saturating_add(1);
                     }
-                    (STATUS_NO_MORE_ENTRIES, _) => return Ok(hits),
+                    (status::NO_MORE_ENTRIES, _) => return Ok(hits),
                     _ if hits.is_empty() => {
                         // The target has no SearchMemory: scan by reading.
                         self.native_search = false;
@@ -790,6 +721,44 @@ impl DebugTarget for KdTarget {
         self.interrupt = flag;
     }
 
+    /// `WriteBreakPoint`; the target returns a handle kept to restore it.
+    fn set_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
+        // A real target writes 0xCC there: forget what was read.
+        self.cache.clear();
+        let r = self.request(
+            &ManipulateApi::WriteBreakPoint {
+                address: addr.get(),
+                handle: 0,
+            },
+            Vec::new(),
+        )?;
+        match (r.return_status(), r.api()) {
+            (status::SUCCESS, ManipulateApi::WriteBreakPoint { handle, .. }) => {
+                self.breakpoints.insert(addr.get(), handle);
+                Ok(())
+            }
+            (st, _) => Err(TargetError::Protocol(format!(
+                "WriteBreakPoint at {addr} failed with {st:#x}"
+            ))),
+        }
+    }
+
+    /// `RestoreBreakPoint` with the handle `WriteBreakPoint` returned.
+    fn clear_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
+        self.cache.clear();
+        let Some(handle) = self.breakpoints.remove(&addr.get()) else {
+            return Ok(());
+        };
+        let r = self.request(&ManipulateApi::RestoreBreakPoint { handle }, Vec::new())?;
+        if r.return_status() != status::SUCCESS {
+            return Err(TargetError::Protocol(format!(
+                "RestoreBreakPoint {handle} failed with {:#x}",
+                r.return_status()
+            )));
+        }
+        Ok(())
+    }
+
     fn stats(&self) -> Option<WireStats> {
         let mut s = self.link.stats();
         s.round_trips = self.round_trips;
@@ -810,6 +779,7 @@ pub enum KdTransport {
     Kdcom,
 }
 
+#[cfg(feature = "sim")]
 impl KdTarget {
     /// Serves `machine` with a KD stub on 127.0.0.1 and attaches to it: what
     /// `tagsplit demo --via kdnet|kdcom` and the same-answers tests use. The stub lives

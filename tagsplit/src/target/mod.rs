@@ -1,8 +1,17 @@
 //! The [`DebugTarget`] trait: everything above it (console, split) works on any backend.
 //!
-//! Backends: `sim` (the in-process simulator), `gdb` (a GDB RSP client) and `kd` (a KD
-//! client over KDNET or KDCOM). A backend that cannot do something natively (search,
-//! module listing) gets a default built on plain memory reads.
+//! Backends: `sim` (the in-process simulator, feature `sim`), `gdb` (a GDB RSP client) and
+//! `kd` (a KD client over KDNET or KDCOM). A backend that cannot do something natively
+//! (search, module listing) gets a default built on plain memory reads; one that cannot run
+//! or set breakpoints (a memory image) says so with [`TargetError::Unsupported`].
+//!
+//! Implementing the trait takes three methods: [`describe`](DebugTarget::describe),
+//! [`read_memory`](DebugTarget::read_memory) and [`write_memory`](DebugTarget::write_memory).
+//! Add [`kernel_info`](DebugTarget::kernel_info) for the kernel's module list and pool
+//! commands, [`modules`](DebugTarget::modules) when you know the modules another way, and
+//! run control and breakpoints when your target can run. Wrap a target whose reads are
+//! costly in [`CachedTarget`]: small reads are then served from blocks kept while it is
+//! stopped.
 
 use std::fmt;
 use std::sync::Arc;
@@ -100,6 +109,11 @@ pub enum RunFor {
     Time(Duration),
 }
 
+/// Virtual-clock ticks per millisecond of wall time: a [`RunFor::Time`] on the simulator
+/// (which has no wall clock) and a [`RunFor::Ticks`] on a target that cannot count ticks
+/// are converted at 1 ms = 1 tick.
+pub const TICKS_PER_MS: u64 = 1;
+
 /// Why the target stopped.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
@@ -160,23 +174,64 @@ pub trait DebugTarget {
     fn write_memory(&mut self, addr: VirtAddr, data: &[u8]) -> Result<usize, TargetError>;
 
     /// Where the kernel's module list and debugger data are.
-    fn kernel_info(&mut self) -> Result<KernelInfo, TargetError>;
+    ///
+    /// Default: [`TargetError::Unsupported`] (a target that is no Windows kernel).
+    fn kernel_info(&mut self) -> Result<KernelInfo, TargetError> {
+        Err(TargetError::Unsupported("kernel debugger data"))
+    }
 
     /// The loaded kernel modules in load order.
-    fn modules(&mut self) -> Result<Vec<ModuleInfo>, TargetError>;
+    ///
+    /// Default: walk `PsLoadedModuleList` from [`kernel_info`](Self::kernel_info) with
+    /// memory reads ([`walk_module_list`]); a target without the list (a zero list head)
+    /// gets [`TargetError::Unsupported`].
+    fn modules(&mut self) -> Result<Vec<ModuleInfo>, TargetError> {
+        let list = self.kernel_info()?.ps_loaded_module_list;
+        if list == VirtAddr(0) {
+            return Err(TargetError::Unsupported("a kernel module list"));
+        }
+        walk_module_list(self, list)
+    }
 
     /// All addresses in `[start, end)` where `pattern` occurs (overlapping matches
     /// included, unreadable holes skipped), ascending, at most `max_hits`.
+    ///
+    /// Default: [`search_by_reading`] in [`SEARCH_CHUNK`]-byte reads.
     fn search_memory(
         &mut self,
         start: VirtAddr,
         end: VirtAddr,
         pattern: &[u8],
         max_hits: usize,
-    ) -> Result<Vec<VirtAddr>, TargetError>;
+    ) -> Result<Vec<VirtAddr>, TargetError> {
+        search_by_reading(self, start, end, pattern, max_hits, SEARCH_CHUNK)
+    }
 
     /// Lets the target run, then stops it; returns why it stopped.
-    fn run(&mut self, how_long: RunFor) -> Result<StopReason, TargetError>;
+    ///
+    /// Default: [`TargetError::Unsupported`] (a memory image cannot run).
+    fn run(&mut self, how_long: RunFor) -> Result<StopReason, TargetError> {
+        let _ = how_long;
+        Err(TargetError::Unsupported("run"))
+    }
+
+    /// Sets a software breakpoint at `addr`: a later [`run`](Self::run) that reaches it
+    /// stops with [`StopReason::Breakpoint`]. Setting one twice is not an error.
+    ///
+    /// Default: [`TargetError::Unsupported`].
+    fn set_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
+        let _ = addr;
+        Err(TargetError::Unsupported("breakpoints"))
+    }
+
+    /// Removes a breakpoint set with [`set_breakpoint`](Self::set_breakpoint); removing
+    /// one that is not set is not an error.
+    ///
+    /// Default: [`TargetError::Unsupported`].
+    fn clear_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
+        let _ = addr;
+        Err(TargetError::Unsupported("breakpoints"))
+    }
 
     /// Gives the target a flag to watch while it runs or waits: once the flag is set, a
     /// [`run`](DebugTarget::run) in progress breaks in (the target is stopped again
@@ -198,6 +253,9 @@ pub trait DebugTarget {
         RunFor::Time(Duration::from_secs(1))
     }
 }
+
+/// Read size of the default [`DebugTarget::search_memory`].
+pub const SEARCH_CHUNK: usize = 0x1000;
 
 /// Searches `[start, end)` with plain [`DebugTarget::read_memory`] calls: reads in chunks,
 /// keeps `pattern.len() - 1` bytes of overlap so matches across chunk edges are found, and
@@ -263,12 +321,16 @@ pub fn search_by_reading<T: DebugTarget + ?Sized>(
 // Generic helpers over any target (memory reads only).
 // ---------------------------------------------------------------------------------------
 
+mod cache;
 pub mod flat;
 pub mod gdb;
 pub mod kd;
+#[cfg(feature = "sim")]
 pub mod sim;
 
-use tagsplit_target_sim::layout::{ldr_entry, list_entry, unicode_string};
+use tagsplit_protocol::nt::layout::{ldr_entry, list_entry, unicode_string};
+
+pub use self::cache::{BlockCache, CACHE_BLOCK, CACHE_MAX_BLOCKS, CachedTarget};
 
 /// Most modules [`walk_module_list`] accepts before it calls the list corrupt.
 pub const MAX_MODULES: usize = 4096;
@@ -395,6 +457,60 @@ pub fn walk_module_list<T: DebugTarget + ?Sized>(
 /// A boxed target, as [`open`] returns it.
 pub type BoxedTarget = Box<dyn DebugTarget + Send>;
 
+/// Implements [`DebugTarget`] for a pointer to a target by forwarding every method, so a
+/// boxed or borrowed target can go where a `T: DebugTarget` is wanted
+/// (`CachedTarget::new(open(spec)?)`).
+macro_rules! forward_debug_target {
+    ($($ptr:ty),*) => {$(
+        impl<T: DebugTarget + ?Sized> DebugTarget for $ptr {
+            fn describe(&self) -> String {
+                (**self).describe()
+            }
+            fn read_memory(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
+                (**self).read_memory(addr, buf)
+            }
+            fn write_memory(&mut self, addr: VirtAddr, data: &[u8]) -> Result<usize, TargetError> {
+                (**self).write_memory(addr, data)
+            }
+            fn kernel_info(&mut self) -> Result<KernelInfo, TargetError> {
+                (**self).kernel_info()
+            }
+            fn modules(&mut self) -> Result<Vec<ModuleInfo>, TargetError> {
+                (**self).modules()
+            }
+            fn search_memory(
+                &mut self,
+                start: VirtAddr,
+                end: VirtAddr,
+                pattern: &[u8],
+                max_hits: usize,
+            ) -> Result<Vec<VirtAddr>, TargetError> {
+                (**self).search_memory(start, end, pattern, max_hits)
+            }
+            fn run(&mut self, how_long: RunFor) -> Result<StopReason, TargetError> {
+                (**self).run(how_long)
+            }
+            fn set_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
+                (**self).set_breakpoint(addr)
+            }
+            fn clear_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
+                (**self).clear_breakpoint(addr)
+            }
+            fn set_interrupt(&mut self, flag: Option<Arc<AtomicBool>>) {
+                (**self).set_interrupt(flag)
+            }
+            fn stats(&self) -> Option<WireStats> {
+                (**self).stats()
+            }
+            fn default_run(&self) -> RunFor {
+                (**self).default_run()
+            }
+        }
+    )*};
+}
+
+forward_debug_target!(Box<T>, &mut T);
+
 /// Errors from [`open`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -404,8 +520,9 @@ pub enum OpenError {
         "unknown target {0:?}: expected sim:NAME, sim:FILE.toml, gdb://HOST:PORT, kdnet:port=N,key=K or kdcom:HOST:PORT"
     )]
     UnknownScheme(String),
-    /// The scheme is known but its backend is not part of this build yet.
-    #[error("target scheme {0:?} is not built yet")]
+    /// The scheme is known but its backend is not part of this build (`sim:` without the
+    /// `sim` cargo feature).
+    #[error("target scheme {0:?} is not part of this build (enable its cargo feature)")]
     NotBuilt(&'static str),
     /// The spec is malformed or names something that does not exist.
     #[error("bad target {spec:?}: {reason}")]
@@ -484,7 +601,10 @@ type Opener = fn(&str) -> Result<BoxedTarget, OpenError>;
 
 /// Known schemes: adding a backend is one line here.
 const SCHEMES: &[(&str, Opener)] = &[
+    #[cfg(feature = "sim")]
     ("sim:", sim::open),
+    #[cfg(not(feature = "sim"))]
+    ("sim:", |_| Err(OpenError::NotBuilt("sim:"))),
     ("gdb://", gdb::open),
     ("kdnet:", kd::open_kdnet),
     ("kdcom:", kd::open_kdcom),

@@ -12,9 +12,7 @@ use super::{
 };
 use crate::VirtAddr;
 
-/// Virtual-clock ticks per millisecond of wall time when asked to run for a duration
-/// ([`RunFor::Time`]): the simulator has no wall clock, so 1 ms = 1 tick.
-pub const TICKS_PER_MS: u64 = 1;
+pub use super::TICKS_PER_MS;
 
 /// A [`DebugTarget`] over a simulated machine in this process.
 #[derive(Clone, Debug)]
@@ -182,6 +180,16 @@ impl DebugTarget for MachineRef<'_> {
         })
     }
 
+    fn set_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
+        self.machine.set_breakpoint(addr);
+        Ok(())
+    }
+
+    fn clear_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
+        self.machine.clear_breakpoint(addr);
+        Ok(())
+    }
+
     fn default_run(&self) -> RunFor {
         RunFor::Ticks(self.default_ticks)
     }
@@ -250,6 +258,14 @@ impl DebugTarget for SimTarget {
 
     fn set_interrupt(&mut self, flag: Option<Arc<AtomicBool>>) {
         self.interrupt = flag;
+    }
+
+    fn set_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
+        self.view().set_breakpoint(addr)
+    }
+
+    fn clear_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
+        self.view().clear_breakpoint(addr)
     }
 
     fn default_run(&self) -> RunFor {

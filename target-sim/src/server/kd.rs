@@ -46,7 +46,7 @@ use crate::machine::{CpuContext, Machine, SimStop};
 use crate::types::VirtAddr;
 
 /// `STATUS_NO_MORE_ENTRIES`: SearchMemory found nothing.
-pub const STATUS_NO_MORE_ENTRIES: u32 = 0x8000_001A;
+pub const STATUS_NO_MORE_ENTRIES: u32 = tagsplit_protocol::nt::status::NO_MORE_ENTRIES;
 /// The fake `KTHREAD` address reported in state changes.
 pub const THREAD: u64 = 0xFFFF_F800_0100_0180;
 /// The fake `KPCR` address (control-space selector 0).

@@ -1,4 +1,5 @@
-//! Newtypes shared by the simulator and the debugger side: addresses and pool tags.
+//! Newtypes shared by a target (the simulator) and the debugger side: addresses and pool
+//! tags.
 
 use std::fmt;
 

@@ -1,4 +1,4 @@
-//! Byte layouts of the Windows x64 kernel structures the simulator writes into memory and
+//! Byte layouts of the Windows x64 kernel structures a simulator writes into memory and
 //! a debugger reads back. Offsets are those of 64-bit Windows (Windows 7 through 10); the
 //! simulator and the debugger side both use these constants, so there is one truth.
 //!
@@ -106,6 +106,20 @@ pub mod tracker {
     pub const PAGED_BYTES: u64 = 0x20;
     /// Size of one entry.
     pub const SIZE: u64 = 0x28;
+
+    /// Multiplier of the kernel's tag hash (`POOLTAG_HASH`).
+    pub const HASH_MULTIPLIER: u32 = 40543;
+
+    /// The slot where the kernel starts probing for `key` in a table of `entries` entries
+    /// (linear probing onwards, wrapping): `((key * 40543) >> 2) mod entries`, the
+    /// multiplication wrapping at 32 bits. `entries == 0` gives slot 0.
+    pub const fn hash(key: u32, entries: u64) -> u64 {
+        let h = (key.wrapping_mul(HASH_MULTIPLIER) >> 2) as u64;
+        match h.checked_rem(entries) {
+            Some(slot) => slot,
+            None => 0,
+        }
+    }
 }
 
 /// `POOL_HEADER` (x64), 16 bytes before every small pool block.
@@ -144,3 +158,30 @@ pub mod big_page {
 
 /// The page size of x64 Windows.
 pub const PAGE_SIZE: u64 = 0x1000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_hash_is_the_kernels_and_never_divides_by_zero() {
+        // `Leak` = 0x6b61654c: (0x6b61654c * 40543 mod 2^32) >> 2, then mod the table size.
+        let key = 0x6b61_654c_u32;
+        let expected = u64::from(key.wrapping_mul(40543) >> 2);
+        assert_eq!(tracker::hash(key, 4096), expected % 4096);
+        assert!(tracker::hash(key, 4096) < 4096);
+        assert_eq!(tracker::hash(key, 0), 0);
+    }
+
+    #[test]
+    fn kdbg_extensions_fit_in_the_block() {
+        for off in [
+            kdbg::POOL_TRACK_TABLE_SIZE,
+            kdbg::POOL_HIT_TAG,
+            kdbg::POOL_BIG_PAGE_TABLE,
+            kdbg::POOL_BIG_PAGE_TABLE_SIZE,
+        ] {
+            assert!(off + 8 <= kdbg::SIZE);
+        }
+    }
+}
