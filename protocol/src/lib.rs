@@ -13,9 +13,12 @@
 //!   control-channel handshake and data-key derivation.
 //! * `codec` (feature `tokio`) — `tokio_util::codec` adapters over the state machines.
 
+#[cfg(feature = "gdb")]
 pub mod gdb;
+#[cfg(feature = "kd")]
 pub mod kd;
+#[cfg(feature = "kdnet")]
 pub mod kdnet;
 
-#[cfg(feature = "tokio")]
+#[cfg(all(feature = "tokio", any(feature = "gdb", feature = "kd")))]
 pub mod codec;
