@@ -315,7 +315,7 @@ impl KdTarget {
         t.wait_stop(Instant::now() + timeout)?;
         // What the target is, and whether it understands tagsplit's run limit.
         let v = t.request(
-            &ManipulateApi::GetVersion(GetVersion64::parse(&[0; 40])),
+            &ManipulateApi::GetVersion(GetVersion64::default()),
             Vec::new(),
         )?;
         if let ManipulateApi::GetVersion(v) = v.api() {
@@ -628,7 +628,7 @@ impl DebugTarget for KdTarget {
             return Ok(k);
         }
         let r = self.request(
-            &ManipulateApi::GetVersion(GetVersion64::parse(&[0; 40])),
+            &ManipulateApi::GetVersion(GetVersion64::default()),
             Vec::new(),
         )?;
         let ManipulateApi::GetVersion(v) = r.api() else {
