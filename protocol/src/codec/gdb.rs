@@ -392,6 +392,42 @@ mod tests {
     }
 
     #[test]
+    fn server_codec_reports_noise_and_naks_only_in_ack_mode() {
+        let mut codec = GdbServerCodec::default();
+        let mut out = BytesMut::new();
+        let mut src = BytesMut::from(&b"xyz$g#00"[..]);
+        assert_eq!(
+            codec.decode(&mut src).unwrap(),
+            Some(Item::Trouble(LinkTrouble::BadChecksum { count: 1 }))
+        );
+        assert_eq!(
+            codec.decode(&mut src).unwrap(),
+            Some(Item::Trouble(LinkTrouble::Garbage { bytes: 3 }))
+        );
+        assert_eq!(codec.decode(&mut src).unwrap(), Some(Item::Transmit));
+        assert_eq!(codec.decode(&mut src).unwrap(), None, "announced once");
+        codec.encode(ServerSend::Pending, &mut out).unwrap();
+        assert_eq!(&out[..], b"-");
+        src.put_slice(b"$QStartNoAckMode#b0");
+        assert!(matches!(
+            codec.decode(&mut src).unwrap(),
+            Some(Item::Event(ServerEvent::Command(Command::StartNoAckMode)))
+        ));
+        out.clear();
+        codec
+            .encode(ServerSend::Reply(Reply::Ok), &mut out)
+            .unwrap();
+        assert_eq!(&out[..], b"+$OK#9a");
+        assert!(!codec.session().ack_mode());
+        src.put_slice(b"$g#00");
+        assert_eq!(
+            codec.decode(&mut src).unwrap(),
+            Some(Item::Trouble(LinkTrouble::BadChecksum { count: 1 }))
+        );
+        assert_eq!(codec.decode(&mut src).unwrap(), None, "no `-` without acks");
+    }
+
+    #[test]
     fn encodes_frames() {
         let mut codec = GdbCodec::new(0x4000, true);
         let mut buf = BytesMut::new();
