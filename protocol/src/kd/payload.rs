@@ -6,6 +6,24 @@
 //! unused union bytes) survives a parse/emit round trip byte for byte. Typed views
 //! ([`ManipulateApi`], [`StateChangeKind`], [`GetVersion64`]) are read with `api()`/`kind()`
 //! and written back with `set_api()`/`set_kind()`, which touch only the fields they own.
+//!
+//! Each structure's fields are declared once, as `name: type = offset` rows (`layout!`
+//! for structures, `head_fields!` for the fixed header fields of a block,
+//! `manipulate_api!` for the manipulate union). The rows generate the struct, its
+//! [`Field`] table (`FIELDS`, [`ManipulateApi::union_fields`]), the parse side (fewer
+//! bytes than the layout is [`KdError::Truncated`]) and the emit side (into a buffer of
+//! exactly the layout's length). A row outside its layout fails the build.
+//!
+//! ```
+//! use tagsplit_protocol::kd::{ApiNumber, ManipulateApi, MemoryTransfer};
+//!
+//! let names: Vec<_> = ManipulateApi::union_fields(ApiNumber::READ_VIRTUAL_MEMORY)
+//!     .iter()
+//!     .map(|f| (f.name, f.offset, f.width))
+//!     .collect();
+//! assert_eq!(names, [("address", 0, 8), ("count", 8, 4), ("actual", 12, 4)]);
+//! assert!(MemoryTransfer::parse(&[0; 15]).is_err());
+//! ```
 
 use serde::Serialize;
 
