@@ -1,25 +1,89 @@
-//! Sans-IO kernel-debugger wire protocols.
+//! Sans-IO kernel-debugger wire protocols: GDB RSP, Windows KD (KDCOM) and KDNET.
 //!
 //! This crate turns bytes into typed packets and typed packets into bytes. It owns no
 //! sockets, no clocks and no threads: inputs come in as byte slices (and a `now` where a
-//! protocol has timeouts), outputs are polled. The same code therefore runs under tokio,
-//! in a blocking loop, in a fuzzer or in a unit test.
+//! protocol has timeouts), outputs are polled. The same code therefore runs in a blocking
+//! loop, under tokio, in a fuzzer or in a unit test.
 //!
-//! * [`gdb`] — the GDB remote serial protocol (framing, typed commands and replies,
-//!   target-description and library-list XML, server and client sessions).
-//! * [`kd`] — the Windows kernel-debugger protocol: KDCOM serial framing and the x64
-//!   `DBGKD_*` payloads, with a session state machine for both roles.
-//! * [`kdnet`] — KD over UDP: key strings, AES-256-CBC + HMAC-SHA256 datagrams, the
-//!   control-channel handshake and data-key derivation.
-//! * [`nt`] — what a debugger reads in a Windows x64 kernel (structure layouts, PE
-//!   headers, NTSTATUS values) and the value types [`nt::VirtAddr`] and [`nt::PoolTag`],
-//!   shared by targets that write them and debuggers that read them.
-//! * `codec` (feature `tokio`) — `tokio_util::codec` adapters over the state machines.
+//! | feature | module | what it brings | extra dependencies |
+//! |---|---|---|---|
+//! | `gdb` | [`gdb`] | RSP framing, typed commands and replies, target XML, client and server sessions | — |
+//! | `kd` | [`kd`] | KDCOM framing, the x64 `DBGKD_*` payloads, the session for both roles | — |
+//! | `kdnet` | [`kdnet`] | KD over UDP: keys, AES-256-CBC + HMAC-SHA256 datagrams, the handshake (implies `kd`) | aes, cbc, hmac, sha2, subtle |
+//! | (always) | [`nt`] | what a debugger reads in a Windows x64 kernel: structure layouts, PE headers, NTSTATUS values, and the value types [`nt::VirtAddr`] and [`nt::PoolTag`], shared by targets that write them and debuggers that read them | — |
+//! | `tokio` | `codec` | `tokio_util::codec` adapters over the enabled protocols' sessions | tokio-util, bytes |
+//!
+//! All four are on by default. A GDB-only tool takes `default-features = false,
+//! features = ["gdb"]` and compiles neither the KDNET crypto nor a runtime.
+//!
+//! # A GDB client session
+//!
+//! ```
+//! use tagsplit_protocol::gdb::{ClientEvent, ClientSession, Command, Reply};
+//!
+//! let mut client = ClientSession::default();
+//! client.send(&Command::Attached(None));
+//! assert_eq!(client.poll_transmit().unwrap(), b"$qAttached#8f"); // write this
+//! client.receive(b"+$1#31"); // what the stub answered
+//! assert_eq!(client.poll_event(), Some(ClientEvent::Reply(Reply::Attached(true))));
+//! assert_eq!(client.poll_transmit().unwrap(), b"+"); // the ack for the reply
+//! ```
+//!
+//! # A KD debugger session
+//!
+//! ```
+//! use std::time::Duration;
+//! use tagsplit_protocol::kd::{
+//!     GetVersion64, Manipulate, ManipulateApi, PacketType, Role, Session, SessionConfig,
+//! };
+//!
+//! let now = Duration::ZERO; // the caller's clock; only retransmission timers use it
+//! let mut debugger = Session::new(SessionConfig::kdcom(Role::Debugger));
+//! let request = Manipulate::request(&ManipulateApi::GetVersion(GetVersion64::default()), vec![]);
+//! debugger.send(now, PacketType::StateManipulate, request.to_bytes());
+//! let wire = debugger.poll_transmit().unwrap(); // KDCOM bytes for the serial line
+//! assert_eq!(&wire[..4], b"0000");
+//! // Bytes from the target go to `handle_bytes`; ACKs, RESENDs and replies come out of
+//! // `poll_event`, and `poll_timeout` says when `handle_timeout` is due.
+//! assert_eq!(debugger.poll_timeout(), Some(now + Duration::from_millis(500)));
+//! ```
+//!
+//! # Decoding a capture
+//!
+//! A KDCOM byte stream (a serial-port log) through the stream decoder, and a KDNET
+//! datagram (from a pcap) opened with the key the target was given:
+//!
+//! ```
+//! use tagsplit_protocol::kd::{DebugIo, PacketType, Payload, Repr, StreamDecoder, StreamEvent};
+//! use tagsplit_protocol::kdnet::{Channel, Keys, Message};
+//!
+//! # let print = DebugIo::print_string(0, b"hello\n").to_bytes();
+//! # let serial_log = Repr::data(PacketType::DebugIo, 0x8080_0800, print).to_kdcom_bytes();
+//! let mut decoder = StreamDecoder::new();
+//! decoder.push(&serial_log);
+//! while let Some(StreamEvent::Packet(repr)) = decoder.next_event() {
+//!     if let Ok(Payload::DebugIo(d)) = Payload::parse(repr.packet_type, &repr.payload) {
+//!         assert_eq!(d.text(), "hello\n");
+//!     }
+//! }
+//!
+//! let keys = Keys::new("1.2.3.4".parse()?);
+//! # let datagram = keys.seal(&Message::new(Channel::Control, 4, 1, false, vec![1, 1]))?;
+//! let message = keys.open(&datagram)?; // tag verified in constant time, then decrypted
+//! assert_eq!(message.channel, Channel::Control);
+//! # Ok::<(), tagsplit_protocol::kdnet::KdnetError>(())
+//! ```
+//!
+//! Under tokio, `codec` puts the same sessions behind `tokio_util::codec::Framed`, with
+//! acknowledgements and retransmission inside the codec.
 
+#[cfg(feature = "gdb")]
 pub mod gdb;
+#[cfg(feature = "kd")]
 pub mod kd;
+#[cfg(feature = "kdnet")]
 pub mod kdnet;
 pub mod nt;
 
-#[cfg(feature = "tokio")]
+#[cfg(all(feature = "tokio", any(feature = "gdb", feature = "kd")))]
 pub mod codec;

@@ -83,10 +83,10 @@ proptest! {
             prop_assert_eq!(&p.to_bytes(), b);
             let mut buf = vec![0u8; b.len()];
             match &p {
-                Payload::DebugIo(x) => x.emit(&mut buf),
-                Payload::FileIo(x) => x.emit(&mut buf),
-                Payload::TraceIo(x) => x.emit(&mut buf),
-                Payload::ControlRequest(x) => x.emit(&mut buf),
+                Payload::DebugIo(x) => x.emit(&mut buf).unwrap(),
+                Payload::FileIo(x) => x.emit(&mut buf).unwrap(),
+                Payload::TraceIo(x) => x.emit(&mut buf).unwrap(),
+                Payload::ControlRequest(x) => x.emit(&mut buf).unwrap(),
                 Payload::Other(x) => buf.copy_from_slice(x),
                 _ => unreachable!(),
             }
@@ -96,10 +96,10 @@ proptest! {
 
     #[test]
     fn get_version_round_trips(bytes in proptest::collection::vec(any::<u8>(), GET_VERSION_LEN)) {
-        let v = GetVersion64::parse(&bytes);
-        let mut out = vec![0u8; GET_VERSION_LEN];
+        let v = GetVersion64::parse(&bytes).unwrap();
+        let mut out = [0u8; GET_VERSION_LEN];
         v.emit(&mut out);
-        prop_assert_eq!(out, bytes);
+        prop_assert_eq!(out.to_vec(), bytes);
     }
 
     #[test]

@@ -26,8 +26,9 @@ pub mod stream;
 
 pub use packet::{Leader, Packet, PacketType, Repr, checksum};
 pub use payload::{
-    ApiNumber, ControlRequest, DebugIo, FileIo, GetVersion64, Manipulate, ManipulateApi,
-    MemoryTransfer, Payload, StateChange, StateChangeKind, TraceIo,
+    ApiNumber, ContextEx, ControlRequest, DebugIo, Field, FileIo, GetVersion64, Manipulate,
+    ManipulateApi, MemoryTransfer, Payload, ReadWriteIo64, ReadWriteMsr, StateChange,
+    StateChangeKind, TraceIo,
 };
 pub use session::{IdScheme, Role, Session, SessionConfig, SessionEvent, SessionStats};
 pub use stream::{StreamDecoder, StreamEvent};

@@ -6,11 +6,28 @@
 //! unused union bytes) survives a parse/emit round trip byte for byte. Typed views
 //! ([`ManipulateApi`], [`StateChangeKind`], [`GetVersion64`]) are read with `api()`/`kind()`
 //! and written back with `set_api()`/`set_kind()`, which touch only the fields they own.
+//!
+//! Each structure's fields are declared once, as `name: type = offset` rows (`layout!`
+//! for structures, `head_fields!` for the fixed header fields of a block,
+//! `manipulate_api!` for the manipulate union). The rows generate the struct, its
+//! [`Field`] table (`FIELDS`, [`ManipulateApi::union_fields`]), the parse side (fewer
+//! bytes than the layout is [`KdError::Truncated`]) and the emit side (into a buffer of
+//! exactly the layout's length). A row outside its layout fails the build.
+//!
+//! ```
+//! use tagsplit_protocol::kd::{ApiNumber, ManipulateApi, MemoryTransfer};
+//!
+//! let names: Vec<_> = ManipulateApi::union_fields(ApiNumber::READ_VIRTUAL_MEMORY)
+//!     .iter()
+//!     .map(|f| (f.name, f.offset, f.width))
+//!     .collect();
+//! assert_eq!(names, [("address", 0, 8), ("count", 8, 4), ("actual", 12, 4)]);
+//! assert!(MemoryTransfer::parse(&[0; 15]).is_err());
+//! ```
 
-use nom::Parser;
 use serde::Serialize;
 
-use super::{KdError, PacketType, le, status};
+use super::{KdError, PacketType, status};
 
 /// Length of `DBGKD_MANIPULATE_STATE64`.
 pub const MANIPULATE_LEN: usize = 56;
@@ -29,19 +46,227 @@ pub const GET_VERSION_LEN: usize = 40;
 /// Size of an AMD64 `CONTEXT`.
 pub const AMD64_CONTEXT_LEN: usize = 0x4D0;
 
-/// Splits `bytes` into a fixed `N`-byte header and the rest (nom, complete input).
-fn split_head<const N: usize>(bytes: &[u8]) -> Result<([u8; N], Vec<u8>), KdError> {
-    let (rest, head) = nom::bytes::take::<usize, &[u8], nom::error::Error<&[u8]>>(N)
-        .parse_complete(bytes)
-        .map_err(|_| KdError::Truncated {
-            need: N,
+/// Offset of the API-specific union in a `DBGKD_MANIPULATE_STATE64` header.
+pub const MANIPULATE_UNION_OFFSET: usize = 16;
+/// Length of that union.
+pub const MANIPULATE_UNION_LEN: usize = MANIPULATE_LEN - MANIPULATE_UNION_OFFSET;
+/// Offset of the `NewState` union in a state change.
+pub const STATE_UNION_OFFSET: usize = 32;
+/// Length of that union (up to the control report).
+pub const STATE_UNION_LEN: usize = STATE_REPORT_OFFSET - STATE_UNION_OFFSET;
+
+const _: () = assert!(
+    Exception64::LEN <= STATE_UNION_LEN
+        && LoadSymbols64::LEN <= STATE_UNION_LEN
+        && CommandString64::LEN <= STATE_UNION_LEN
+        && STATE_REPORT_OFFSET + ControlReport::LEN == STATE_CHANGE_LEN
+);
+/// Offset of the AMD64 control report in a state change.
+pub const STATE_REPORT_OFFSET: usize = 192;
+
+/// One declared field of a `DBGKD_*` layout: every offset is written once, in the
+/// declarations of this module, and both the parse and the emit side are generated from
+/// it. Offsets are checked against the layout's length when the crate compiles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Field {
+    /// The field name (the Rust name of the structure's member).
+    pub name: &'static str,
+    /// Byte offset from the start of the structure.
+    pub offset: usize,
+    /// Width in bytes.
+    pub width: usize,
+}
+
+impl Field {
+    /// A field of a `len`-byte layout; a field that does not fit fails the build.
+    pub const fn new(name: &'static str, offset: usize, width: usize, len: usize) -> Field {
+        assert!(offset + width <= len, "field outside its layout");
+        Field {
+            name,
+            offset,
+            width,
+        }
+    }
+
+    /// The field's value in `bytes` (the structure's bytes), for fields of 1 to 8 bytes;
+    /// `None` for wider fields or when `bytes` is too short.
+    pub fn value(&self, bytes: &[u8]) -> Option<u64> {
+        let raw = bytes.get(self.offset..self.offset.checked_add(self.width)?)?;
+        let mut v = [0u8; 8];
+        v.get_mut(..raw.len())?.copy_from_slice(raw);
+        Some(u64::from_le_bytes(v))
+    }
+}
+
+/// A fixed-width little-endian value that a declared field holds.
+pub trait Wire: Sized {
+    /// Bytes on the wire.
+    const WIDTH: usize;
+    /// Reads from exactly `WIDTH` bytes (`None` for any other length).
+    fn read(bytes: &[u8]) -> Option<Self>;
+    /// Writes into exactly `WIDTH` bytes (the caller slices them).
+    fn write(&self, out: &mut [u8]);
+}
+
+macro_rules! wire_int {
+    ($($t:ty),*) => {$(
+        impl Wire for $t {
+            const WIDTH: usize = std::mem::size_of::<$t>();
+            fn read(bytes: &[u8]) -> Option<$t> {
+                bytes.try_into().ok().map(<$t>::from_le_bytes)
+            }
+            fn write(&self, out: &mut [u8]) {
+                out.copy_from_slice(&self.to_le_bytes());
+            }
+        }
+    )*};
+}
+wire_int!(u8, u16, u32, u64);
+
+impl<const N: usize> Wire for [u8; N] {
+    const WIDTH: usize = N;
+    fn read(bytes: &[u8]) -> Option<[u8; N]> {
+        bytes.try_into().ok()
+    }
+    fn write(&self, out: &mut [u8]) {
+        out.copy_from_slice(self);
+    }
+}
+
+impl<const N: usize> Wire for [u64; N] {
+    const WIDTH: usize = 8 * N;
+    fn read(bytes: &[u8]) -> Option<[u64; N]> {
+        if bytes.len() != 8 * N {
+            return None;
+        }
+        let mut out = [0u64; N];
+        for (slot, chunk) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+            *slot = u64::read(chunk)?;
+        }
+        Some(out)
+    }
+    fn write(&self, out: &mut [u8]) {
+        for (v, chunk) in self.iter().zip(out.chunks_exact_mut(8)) {
+            v.write(chunk);
+        }
+    }
+}
+
+impl Wire for ApiNumber {
+    const WIDTH: usize = 4;
+    fn read(bytes: &[u8]) -> Option<ApiNumber> {
+        u32::read(bytes).map(ApiNumber)
+    }
+    fn write(&self, out: &mut [u8]) {
+        self.0.write(out);
+    }
+}
+
+/// Reads a field at `off` of a structure `need` bytes long; too few bytes is a typed error.
+fn read_field<T: Wire>(bytes: &[u8], off: usize, need: usize) -> Result<T, KdError> {
+    bytes
+        .get(off..off.saturating_add(T::WIDTH))
+        .and_then(T::read)
+        .ok_or(KdError::Truncated {
+            need,
             have: bytes.len(),
-        })?;
-    let head: [u8; N] = head.try_into().map_err(|_| KdError::Truncated {
-        need: N,
-        have: bytes.len(),
-    })?;
-    Ok((head, rest.to_vec()))
+        })
+}
+
+/// Reads a field of a fixed-size header. Header fields are declared with [`Field::new`],
+/// which fails the build for a field outside the header, so the default never shows.
+fn head_field<T: Wire + Default, const N: usize>(head: &[u8; N], off: usize) -> T {
+    read_field(head, off, N).unwrap_or_default()
+}
+
+/// Writes a field into a buffer sized from its layout (in range by construction).
+fn write_field<T: Wire>(v: &T, out: &mut [u8], off: usize) {
+    if let Some(dst) = out.get_mut(off..off.saturating_add(T::WIDTH)) {
+        v.write(dst);
+    }
+}
+
+/// The `N`-byte window at `off` of a header (in range by the layouts' compile-time checks).
+fn window<const N: usize>(head: &[u8], off: usize) -> Option<&[u8; N]> {
+    head.get(off..off.checked_add(N)?)?.try_into().ok()
+}
+
+/// The `N`-byte window at `off` of a header, mutable.
+fn window_mut<const N: usize>(head: &mut [u8], off: usize) -> Option<&mut [u8; N]> {
+    head.get_mut(off..off.checked_add(N)?)?.try_into().ok()
+}
+
+/// Declares a structure once, as `(name: type = offset)` rows: the struct, its field
+/// table, `parse` (typed error on short input) and `emit` (into a buffer of exactly the
+/// layout's length, so nothing can fall outside).
+macro_rules! layout {
+    (
+        $(#[$meta:meta])* $name:ident [$len:expr] {
+            $( $(#[$fmeta:meta])* $field:ident : $ty:ty = $off:expr, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+        pub struct $name {
+            $( $(#[$fmeta])* pub $field: $ty, )*
+        }
+
+        impl $name {
+            /// Bytes the structure spans.
+            pub const LEN: usize = $len;
+            /// The declared fields, offsets from the start of the structure.
+            pub const FIELDS: &'static [Field] =
+                &[$( Field::new(stringify!($field), $off, <$ty as Wire>::WIDTH, $len), )*];
+
+            /// Reads the structure from the start of `bytes` (which may run on); fewer
+            /// than `LEN` bytes is [`KdError::Truncated`].
+            pub fn parse(bytes: &[u8]) -> Result<$name, KdError> {
+                if bytes.len() < $len {
+                    return Err(KdError::Truncated { need: $len, have: bytes.len() });
+                }
+                Ok($name { $( $field: read_field(bytes, $off, $len)?, )* })
+            }
+
+            /// Writes every declared field into `out`; bytes no field declares keep
+            /// their value.
+            pub fn emit(&self, out: &mut [u8; $len]) {
+                $( write_field(&self.$field, out, $off); )*
+            }
+        }
+
+        const _: &[Field] = $name::FIELDS;
+    };
+}
+
+/// Declares the fixed fields of a block's header once: a getter (and optionally a
+/// setter) per row, plus the block's `FIELDS` table.
+macro_rules! head_fields {
+    (
+        $block:ident [$len:expr] {
+            $( $(#[$m:meta])* $get:ident $(/ $set:ident)? : $ty:ty = $off:expr; )*
+        }
+    ) => {
+        impl $block {
+            /// The declared header fields outside the typed unions.
+            pub const FIELDS: &'static [Field] =
+                &[$( Field::new(stringify!($get), $off, <$ty as Wire>::WIDTH, $len), )*];
+
+            $(
+                $(#[$m])*
+                pub fn $get(&self) -> $ty {
+                    head_field(&self.head, $off)
+                }
+                $(
+                    #[doc = concat!("Sets [`", stringify!($get), "`](Self::", stringify!($get), ").")]
+                    pub fn $set(&mut self, v: $ty) {
+                        write_field(&v, &mut self.head, $off);
+                    }
+                )?
+            )*
+        }
+
+        const _: &[Field] = $block::FIELDS;
+    };
 }
 
 macro_rules! block {
@@ -59,8 +284,14 @@ macro_rules! block {
 
             /// Parses header and trailing data; nothing in the header is validated.
             pub fn parse(bytes: &[u8]) -> Result<$name, KdError> {
-                let (head, data) = split_head::<$len>(bytes)?;
-                Ok($name { head, data })
+                let head = window::<$len>(bytes, 0).ok_or(KdError::Truncated {
+                    need: $len,
+                    have: bytes.len(),
+                })?;
+                Ok($name {
+                    head: *head,
+                    data: bytes.get($len..).unwrap_or(&[]).to_vec(),
+                })
             }
 
             /// Builds from a raw header and data.
@@ -93,13 +324,19 @@ macro_rules! block {
                 $len + self.data.len()
             }
 
-            /// Writes header and data into `buf` (truncated if `buf` is short).
-            pub fn emit(&self, buf: &mut [u8]) {
-                le::put(buf, 0, &self.head);
-                let n = buf.len().saturating_sub($len).min(self.data.len());
-                if let (Some(d), Some(s)) = (buf.get_mut($len..$len + n), self.data.get(..n)) {
-                    d.copy_from_slice(s);
-                }
+            /// Writes header and data into the first [`buffer_len`](Self::buffer_len)
+            /// bytes of `buf`; a shorter `buf` is [`KdError::Truncated`] and nothing is
+            /// written.
+            pub fn emit(&self, buf: &mut [u8]) -> Result<(), KdError> {
+                let have = buf.len();
+                let need = self.buffer_len();
+                let (head, data) = buf
+                    .get_mut(..need)
+                    .ok_or(KdError::Truncated { need, have })?
+                    .split_at_mut($len);
+                head.copy_from_slice(&self.head);
+                data.copy_from_slice(&self.data);
+                Ok(())
             }
 
             /// Header and data as a new vector.
@@ -115,7 +352,7 @@ macro_rules! block {
 
 /// A `DBGKD_MANIPULATE_STATE64` API number (`ApiNumber`); the constants cover every number
 /// in `windbgkd.h`, unknown values are kept.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct ApiNumber(pub u32);
 
 macro_rules! api_numbers {
@@ -232,429 +469,297 @@ impl ApiNumber {
     pub const MAXIMUM: ApiNumber = ApiNumber(0x3161);
 }
 
-/// The transfer fields of memory and control-space requests (`DBGKD_READ_MEMORY64` and
-/// `DBGKD_WRITE_MEMORY64` share this layout).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct MemoryTransfer {
-    /// `TargetBaseAddress` (for control space: the selector).
-    pub address: u64,
-    /// `TransferCount`.
-    pub count: u32,
-    /// `ActualBytesRead`/`ActualBytesWritten` (in physical requests: the caching flag).
-    pub actual: u32,
+layout! {
+    /// The transfer fields of memory and control-space requests (`DBGKD_READ_MEMORY64`
+    /// and `DBGKD_WRITE_MEMORY64` share this layout).
+    MemoryTransfer [16] {
+        /// `TargetBaseAddress` (for control space: the selector).
+        address: u64 = 0,
+        /// `TransferCount`.
+        count: u32 = 8,
+        /// `ActualBytesRead`/`ActualBytesWritten` (in physical requests: the caching flag).
+        actual: u32 = 12,
+    }
 }
 
-/// `DBGKD_GET_VERSION64`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct GetVersion64 {
-    /// `MajorVersion` (low byte 0x0F free build; high byte the DBGKD_MAJOR type).
-    pub major_version: u16,
-    /// `MinorVersion` (the build number).
-    pub minor_version: u16,
-    /// `ProtocolVersion` (6 for 64-bit protocol version 2).
-    pub protocol_version: u8,
-    /// `KdSecondaryVersion` (2 on AMD64).
-    pub kd_secondary_version: u8,
-    /// `Flags` (MP 0x1, DATA 0x2, PTR64 0x4, …).
-    pub flags: u16,
-    /// `MachineType` (0x8664 for AMD64).
-    pub machine_type: u16,
-    /// `MaxPacketType`.
-    pub max_packet_type: u8,
-    /// `MaxStateChange`.
-    pub max_state_change: u8,
-    /// `MaxManipulate`.
-    pub max_manipulate: u8,
-    /// `Simulation`.
-    pub simulation: u8,
-    /// `Unused` (kept for round trips).
-    pub unused: u16,
-    /// `KernBase`.
-    pub kern_base: u64,
-    /// `PsLoadedModuleList`.
-    pub ps_loaded_module_list: u64,
-    /// `DebuggerDataList`.
-    pub debugger_data_list: u64,
+layout! {
+    /// `DBGKD_GET_VERSION64`.
+    GetVersion64 [GET_VERSION_LEN] {
+        /// `MajorVersion` (low byte 0x0F free build; high byte the DBGKD_MAJOR type).
+        major_version: u16 = 0,
+        /// `MinorVersion` (the build number).
+        minor_version: u16 = 2,
+        /// `ProtocolVersion` (6 for 64-bit protocol version 2).
+        protocol_version: u8 = 4,
+        /// `KdSecondaryVersion` (2 on AMD64).
+        kd_secondary_version: u8 = 5,
+        /// `Flags` (MP 0x1, DATA 0x2, PTR64 0x4, …).
+        flags: u16 = 6,
+        /// `MachineType` (0x8664 for AMD64).
+        machine_type: u16 = 8,
+        /// `MaxPacketType`.
+        max_packet_type: u8 = 10,
+        /// `MaxStateChange`.
+        max_state_change: u8 = 11,
+        /// `MaxManipulate`.
+        max_manipulate: u8 = 12,
+        /// `Simulation`.
+        simulation: u8 = 13,
+        /// `Unused` (kept for round trips).
+        unused: u16 = 14,
+        /// `KernBase`.
+        kern_base: u64 = 16,
+        /// `PsLoadedModuleList`.
+        ps_loaded_module_list: u64 = 24,
+        /// `DebuggerDataList`.
+        debugger_data_list: u64 = 32,
+    }
 }
 
-impl GetVersion64 {
-    /// Reads the 40-byte structure (missing bytes read as zero).
-    pub fn parse(b: &[u8]) -> GetVersion64 {
-        GetVersion64 {
-            major_version: le::u16_at(b, 0),
-            minor_version: le::u16_at(b, 2),
-            protocol_version: le::u8_at(b, 4),
-            kd_secondary_version: le::u8_at(b, 5),
-            flags: le::u16_at(b, 6),
-            machine_type: le::u16_at(b, 8),
-            max_packet_type: le::u8_at(b, 10),
-            max_state_change: le::u8_at(b, 11),
-            max_manipulate: le::u8_at(b, 12),
-            simulation: le::u8_at(b, 13),
-            unused: le::u16_at(b, 14),
-            kern_base: le::u64_at(b, 16),
-            ps_loaded_module_list: le::u64_at(b, 24),
-            debugger_data_list: le::u64_at(b, 32),
+layout! {
+    /// `DBGKD_READ_WRITE_IO64`: the fields of I/O-space requests.
+    ReadWriteIo64 [16] {
+        /// `IoAddress`.
+        address: u64 = 0,
+        /// `DataSize`.
+        size: u32 = 8,
+        /// `DataValue`.
+        value: u32 = 12,
+    }
+}
+
+layout! {
+    /// `DBGKD_READ_WRITE_MSR`: the fields of MSR requests.
+    ReadWriteMsr [12] {
+        /// `Msr`.
+        msr: u32 = 0,
+        /// `DataValueLow`.
+        low: u32 = 4,
+        /// `DataValueHigh`.
+        high: u32 = 8,
+    }
+}
+
+layout! {
+    /// `DBGKD_CONTEXT_EX`: the fields of partial CONTEXT requests.
+    ContextEx [12] {
+        /// `Offset`.
+        offset: u32 = 0,
+        /// `ByteCount`.
+        byte_count: u32 = 4,
+        /// `BytesCopied`.
+        bytes_copied: u32 = 8,
+    }
+}
+
+/// Declares the manipulate union once: variants that embed a declared structure, and
+/// variants whose fields are listed inline (offsets from the start of the union). The
+/// enum, `number`, the field tables and both directions are generated from the rows.
+macro_rules! manipulate_api {
+    (
+        embedded {
+            $( $(#[$lmeta:meta])* $lvar:ident ( $lty:ident ) = $lapi:ident; )*
+        }
+        inline {
+            $(
+                $(#[$imeta:meta])* $ivar:ident = $iapi:ident {
+                    $( $(#[$fmeta:meta])* $field:ident : $fty:ty = $foff:expr, )*
+                }
+            )*
+        }
+    ) => {
+        /// The typed union of a manipulate-state packet.
+        #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+        #[non_exhaustive]
+        pub enum ManipulateApi {
+            $( $(#[$lmeta])* $lvar($lty), )*
+            $( $(#[$imeta])* $ivar { $( $(#[$fmeta])* $field: $fty, )* }, )*
+            /// Any other API number (known or not), with the raw 40-byte union.
+            Unknown {
+                /// The API number.
+                api: ApiNumber,
+                /// The union bytes (offsets 16..56 of the header).
+                #[serde(skip)]
+                union: [u8; MANIPULATE_UNION_LEN],
+            },
+        }
+
+        $( const _: () = assert!($lty::LEN <= MANIPULATE_UNION_LEN); )*
+
+        impl ManipulateApi {
+            /// The API number of this variant.
+            pub fn number(&self) -> ApiNumber {
+                match self {
+                    $( ManipulateApi::$lvar(_) => ApiNumber::$lapi, )*
+                    $( ManipulateApi::$ivar { .. } => ApiNumber::$iapi, )*
+                    ManipulateApi::Unknown { api, .. } => *api,
+                }
+            }
+
+            /// The declared union fields of an API number (offsets from the start of
+            /// the union); empty for numbers without a typed variant.
+            pub fn union_fields(api: ApiNumber) -> &'static [Field] {
+                match api {
+                    $( ApiNumber::$lapi => $lty::FIELDS, )*
+                    $(
+                        ApiNumber::$iapi => {
+                            const FIELDS: &[Field] = &[$(
+                                Field::new(
+                                    stringify!($field),
+                                    $foff,
+                                    <$fty as Wire>::WIDTH,
+                                    MANIPULATE_UNION_LEN,
+                                ),
+                            )*];
+                            FIELDS
+                        }
+                    )*
+                    _ => &[],
+                }
+            }
+
+            /// Reads the typed union of `api` from the 40 union bytes.
+            pub fn parse_union(
+                api: ApiNumber,
+                union: &[u8; MANIPULATE_UNION_LEN],
+            ) -> Result<ManipulateApi, KdError> {
+                Ok(match api {
+                    $( ApiNumber::$lapi => ManipulateApi::$lvar($lty::parse(union)?), )*
+                    $(
+                        ApiNumber::$iapi => ManipulateApi::$ivar {
+                            $( $field: read_field(union, $foff, MANIPULATE_UNION_LEN)?, )*
+                        },
+                    )*
+                    _ => ManipulateApi::Unknown { api, union: *union },
+                })
+            }
+
+            /// Writes this variant's fields into the 40 union bytes; bytes the variant
+            /// does not own are left as they are.
+            pub fn emit_union(&self, union: &mut [u8; MANIPULATE_UNION_LEN]) {
+                match self {
+                    $(
+                        ManipulateApi::$lvar(v) => {
+                            if let Some(dst) = window_mut(union, 0) {
+                                v.emit(dst);
+                            }
+                        }
+                    )*
+                    $(
+                        ManipulateApi::$ivar { $( $field, )* } => {
+                            $( write_field($field, union, $foff); )*
+                        }
+                    )*
+                    ManipulateApi::Unknown { union: raw, .. } => *union = *raw,
+                }
+            }
+        }
+    };
+}
+
+manipulate_api! {
+    embedded {
+        /// 0x3130: read virtual memory.
+        ReadVirtualMemory(MemoryTransfer) = READ_VIRTUAL_MEMORY;
+        /// 0x3131: write virtual memory (bytes follow the request).
+        WriteVirtualMemory(MemoryTransfer) = WRITE_VIRTUAL_MEMORY;
+        /// 0x3137: read control space (address = selector).
+        ReadControlSpace(MemoryTransfer) = READ_CONTROL_SPACE;
+        /// 0x3138: write control space.
+        WriteControlSpace(MemoryTransfer) = WRITE_CONTROL_SPACE;
+        /// 0x313D: read physical memory.
+        ReadPhysicalMemory(MemoryTransfer) = READ_PHYSICAL_MEMORY;
+        /// 0x313E: write physical memory.
+        WritePhysicalMemory(MemoryTransfer) = WRITE_PHYSICAL_MEMORY;
+        /// 0x3146: get version.
+        GetVersion(GetVersion64) = GET_VERSION;
+        /// 0x3139: read I/O space.
+        ReadIoSpace(ReadWriteIo64) = READ_IO_SPACE;
+        /// 0x313A: write I/O space.
+        WriteIoSpace(ReadWriteIo64) = WRITE_IO_SPACE;
+        /// 0x3152: read an MSR.
+        ReadMsr(ReadWriteMsr) = READ_MSR;
+        /// 0x3153: write an MSR.
+        WriteMsr(ReadWriteMsr) = WRITE_MSR;
+        /// 0x315F: get part of the CONTEXT.
+        GetContextEx(ContextEx) = GET_CONTEXT_EX;
+        /// 0x3160: set part of the CONTEXT.
+        SetContextEx(ContextEx) = SET_CONTEXT_EX;
+    }
+    inline {
+        /// 0x3132: get the CONTEXT (reply carries it).
+        GetContext = GET_CONTEXT {
+            /// `Unused` (junk in requests).
+            unused: u32 = 0,
+        }
+        /// 0x3133: set the CONTEXT (it follows the request).
+        SetContext = SET_CONTEXT {
+            /// `ContextFlags`.
+            context_flags: u32 = 0,
+        }
+        /// 0x3134: write a software breakpoint.
+        WriteBreakPoint = WRITE_BREAKPOINT {
+            /// `BreakPointAddress`.
+            address: u64 = 0,
+            /// `BreakPointHandle` (output).
+            handle: u32 = 8,
+        }
+        /// 0x3135: remove a breakpoint.
+        RestoreBreakPoint = RESTORE_BREAKPOINT {
+            /// `BreakPointHandle`.
+            handle: u32 = 0,
+        }
+        /// 0x3136: resume.
+        Continue = CONTINUE {
+            /// `ContinueStatus`.
+            status: u32 = 0,
+        }
+        /// 0x313C: resume with the AMD64 control set.
+        Continue2 = CONTINUE2 {
+            /// `ContinueStatus`.
+            status: u32 = 0,
+            /// `TraceFlag`.
+            trace_flag: u32 = 4,
+            /// `Dr7`.
+            dr7: u64 = 8,
+            /// `CurrentSymbolStart`.
+            symbol_start: u64 = 16,
+            /// `CurrentSymbolEnd`.
+            symbol_end: u64 = 24,
+        }
+        /// 0x3156: search memory (pattern follows; reply's address is the hit).
+        SearchMemory = SEARCH_MEMORY {
+            /// `SearchAddress` / `FoundAddress`.
+            address: u64 = 0,
+            /// `SearchLength`.
+            length: u64 = 8,
+            /// `PatternLength`.
+            pattern_length: u32 = 16,
         }
     }
-
-    /// Writes the 40-byte structure at the start of `b`.
-    pub fn emit(&self, b: &mut [u8]) {
-        le::put_u16(b, 0, self.major_version);
-        le::put_u16(b, 2, self.minor_version);
-        le::put(b, 4, &[self.protocol_version, self.kd_secondary_version]);
-        le::put_u16(b, 6, self.flags);
-        le::put_u16(b, 8, self.machine_type);
-        le::put(
-            b,
-            10,
-            &[
-                self.max_packet_type,
-                self.max_state_change,
-                self.max_manipulate,
-                self.simulation,
-            ],
-        );
-        le::put_u16(b, 14, self.unused);
-        le::put_u64(b, 16, self.kern_base);
-        le::put_u64(b, 24, self.ps_loaded_module_list);
-        le::put_u64(b, 32, self.debugger_data_list);
-    }
-}
-
-/// The typed union of a manipulate-state packet.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[non_exhaustive]
-pub enum ManipulateApi {
-    /// 0x3130: read virtual memory.
-    ReadVirtualMemory(MemoryTransfer),
-    /// 0x3131: write virtual memory (bytes follow the request).
-    WriteVirtualMemory(MemoryTransfer),
-    /// 0x3132: get the CONTEXT (reply carries it).
-    GetContext {
-        /// `Unused` (junk in requests).
-        unused: u32,
-    },
-    /// 0x3133: set the CONTEXT (it follows the request).
-    SetContext {
-        /// `ContextFlags`.
-        context_flags: u32,
-    },
-    /// 0x3134: write a software breakpoint.
-    WriteBreakPoint {
-        /// `BreakPointAddress`.
-        address: u64,
-        /// `BreakPointHandle` (output).
-        handle: u32,
-    },
-    /// 0x3135: remove a breakpoint.
-    RestoreBreakPoint {
-        /// `BreakPointHandle`.
-        handle: u32,
-    },
-    /// 0x3136: resume.
-    Continue {
-        /// `ContinueStatus`.
-        status: u32,
-    },
-    /// 0x3137: read control space (address = selector).
-    ReadControlSpace(MemoryTransfer),
-    /// 0x3138: write control space.
-    WriteControlSpace(MemoryTransfer),
-    /// 0x3139: read I/O space.
-    ReadIoSpace {
-        /// `IoAddress`.
-        address: u64,
-        /// `DataSize`.
-        size: u32,
-        /// `DataValue`.
-        value: u32,
-    },
-    /// 0x313A: write I/O space.
-    WriteIoSpace {
-        /// `IoAddress`.
-        address: u64,
-        /// `DataSize`.
-        size: u32,
-        /// `DataValue`.
-        value: u32,
-    },
-    /// 0x313C: resume with the AMD64 control set.
-    Continue2 {
-        /// `ContinueStatus`.
-        status: u32,
-        /// `TraceFlag`.
-        trace_flag: u32,
-        /// `Dr7`.
-        dr7: u64,
-        /// `CurrentSymbolStart`.
-        symbol_start: u64,
-        /// `CurrentSymbolEnd`.
-        symbol_end: u64,
-    },
-    /// 0x313D: read physical memory.
-    ReadPhysicalMemory(MemoryTransfer),
-    /// 0x313E: write physical memory.
-    WritePhysicalMemory(MemoryTransfer),
-    /// 0x3146: get version.
-    GetVersion(GetVersion64),
-    /// 0x3152: read an MSR.
-    ReadMsr {
-        /// `Msr`.
-        msr: u32,
-        /// `DataValueLow`.
-        low: u32,
-        /// `DataValueHigh`.
-        high: u32,
-    },
-    /// 0x3153: write an MSR.
-    WriteMsr {
-        /// `Msr`.
-        msr: u32,
-        /// `DataValueLow`.
-        low: u32,
-        /// `DataValueHigh`.
-        high: u32,
-    },
-    /// 0x3156: search memory (pattern follows; reply's address is the hit).
-    SearchMemory {
-        /// `SearchAddress` / `FoundAddress`.
-        address: u64,
-        /// `SearchLength`.
-        length: u64,
-        /// `PatternLength`.
-        pattern_length: u32,
-    },
-    /// 0x315F: get part of the CONTEXT.
-    GetContextEx {
-        /// `Offset`.
-        offset: u32,
-        /// `ByteCount`.
-        byte_count: u32,
-        /// `BytesCopied`.
-        bytes_copied: u32,
-    },
-    /// 0x3160: set part of the CONTEXT.
-    SetContextEx {
-        /// `Offset`.
-        offset: u32,
-        /// `ByteCount`.
-        byte_count: u32,
-        /// `BytesCopied`.
-        bytes_copied: u32,
-    },
-    /// Any other API number (known or not), with the raw 40-byte union.
-    Unknown {
-        /// The API number.
-        api: ApiNumber,
-        /// The union bytes (offsets 16..56 of the header).
-        #[serde(skip)]
-        union: [u8; 40],
-    },
-}
-
-fn transfer(h: &[u8]) -> MemoryTransfer {
-    MemoryTransfer {
-        address: le::u64_at(h, 16),
-        count: le::u32_at(h, 24),
-        actual: le::u32_at(h, 28),
-    }
-}
-
-fn put_transfer(h: &mut [u8], t: &MemoryTransfer) {
-    le::put_u64(h, 16, t.address);
-    le::put_u32(h, 24, t.count);
-    le::put_u32(h, 28, t.actual);
 }
 
 impl ManipulateApi {
-    /// The API number of this variant.
-    pub fn number(&self) -> ApiNumber {
-        use ManipulateApi as M;
-        match self {
-            M::ReadVirtualMemory(_) => ApiNumber::READ_VIRTUAL_MEMORY,
-            M::WriteVirtualMemory(_) => ApiNumber::WRITE_VIRTUAL_MEMORY,
-            M::GetContext { .. } => ApiNumber::GET_CONTEXT,
-            M::SetContext { .. } => ApiNumber::SET_CONTEXT,
-            M::WriteBreakPoint { .. } => ApiNumber::WRITE_BREAKPOINT,
-            M::RestoreBreakPoint { .. } => ApiNumber::RESTORE_BREAKPOINT,
-            M::Continue { .. } => ApiNumber::CONTINUE,
-            M::ReadControlSpace(_) => ApiNumber::READ_CONTROL_SPACE,
-            M::WriteControlSpace(_) => ApiNumber::WRITE_CONTROL_SPACE,
-            M::ReadIoSpace { .. } => ApiNumber::READ_IO_SPACE,
-            M::WriteIoSpace { .. } => ApiNumber::WRITE_IO_SPACE,
-            M::Continue2 { .. } => ApiNumber::CONTINUE2,
-            M::ReadPhysicalMemory(_) => ApiNumber::READ_PHYSICAL_MEMORY,
-            M::WritePhysicalMemory(_) => ApiNumber::WRITE_PHYSICAL_MEMORY,
-            M::GetVersion(_) => ApiNumber::GET_VERSION,
-            M::ReadMsr { .. } => ApiNumber::READ_MSR,
-            M::WriteMsr { .. } => ApiNumber::WRITE_MSR,
-            M::SearchMemory { .. } => ApiNumber::SEARCH_MEMORY,
-            M::GetContextEx { .. } => ApiNumber::GET_CONTEXT_EX,
-            M::SetContextEx { .. } => ApiNumber::SET_CONTEXT_EX,
-            M::Unknown { api, .. } => *api,
-        }
-    }
-
     /// Reads the typed union from a 56-byte manipulate header.
     pub fn parse(h: &[u8; MANIPULATE_LEN]) -> ManipulateApi {
-        use ManipulateApi as M;
-        let api = ApiNumber(le::u32_at(h, 0));
-        let u32_at = |off| le::u32_at(h, off);
-        let u64_at = |off| le::u64_at(h, off);
-        match api {
-            ApiNumber::READ_VIRTUAL_MEMORY => M::ReadVirtualMemory(transfer(h)),
-            ApiNumber::WRITE_VIRTUAL_MEMORY => M::WriteVirtualMemory(transfer(h)),
-            ApiNumber::GET_CONTEXT => M::GetContext { unused: u32_at(16) },
-            ApiNumber::SET_CONTEXT => M::SetContext {
-                context_flags: u32_at(16),
-            },
-            ApiNumber::WRITE_BREAKPOINT => M::WriteBreakPoint {
-                address: u64_at(16),
-                handle: u32_at(24),
-            },
-            ApiNumber::RESTORE_BREAKPOINT => M::RestoreBreakPoint { handle: u32_at(16) },
-            ApiNumber::CONTINUE => M::Continue { status: u32_at(16) },
-            ApiNumber::READ_CONTROL_SPACE => M::ReadControlSpace(transfer(h)),
-            ApiNumber::WRITE_CONTROL_SPACE => M::WriteControlSpace(transfer(h)),
-            ApiNumber::READ_IO_SPACE => M::ReadIoSpace {
-                address: u64_at(16),
-                size: u32_at(24),
-                value: u32_at(28),
-            },
-            ApiNumber::WRITE_IO_SPACE => M::WriteIoSpace {
-                address: u64_at(16),
-                size: u32_at(24),
-                value: u32_at(28),
-            },
-            ApiNumber::CONTINUE2 => M::Continue2 {
-                status: u32_at(16),
-                trace_flag: u32_at(20),
-                dr7: u64_at(24),
-                symbol_start: u64_at(32),
-                symbol_end: u64_at(40),
-            },
-            ApiNumber::READ_PHYSICAL_MEMORY => M::ReadPhysicalMemory(transfer(h)),
-            ApiNumber::WRITE_PHYSICAL_MEMORY => M::WritePhysicalMemory(transfer(h)),
-            ApiNumber::GET_VERSION => {
-                M::GetVersion(GetVersion64::parse(h.get(16..).unwrap_or(&[])))
-            }
-            ApiNumber::READ_MSR => M::ReadMsr {
-                msr: u32_at(16),
-                low: u32_at(20),
-                high: u32_at(24),
-            },
-            ApiNumber::WRITE_MSR => M::WriteMsr {
-                msr: u32_at(16),
-                low: u32_at(20),
-                high: u32_at(24),
-            },
-            ApiNumber::SEARCH_MEMORY => M::SearchMemory {
-                address: u64_at(16),
-                length: u64_at(24),
-                pattern_length: u32_at(32),
-            },
-            ApiNumber::GET_CONTEXT_EX => M::GetContextEx {
-                offset: u32_at(16),
-                byte_count: u32_at(20),
-                bytes_copied: u32_at(24),
-            },
-            ApiNumber::SET_CONTEXT_EX => M::SetContextEx {
-                offset: u32_at(16),
-                byte_count: u32_at(20),
-                bytes_copied: u32_at(24),
-            },
-            _ => {
-                let mut union = [0u8; 40];
-                if let Some(src) = h.get(16..56) {
-                    union.copy_from_slice(src);
-                }
-                M::Unknown { api, union }
-            }
-        }
+        let api: ApiNumber = head_field(h, 0);
+        let union = window::<MANIPULATE_UNION_LEN>(h, MANIPULATE_UNION_OFFSET);
+        // Every declared layout fits the 40-byte union (checked when the crate builds),
+        // so the raw fallback below is never taken.
+        union
+            .and_then(|u| ManipulateApi::parse_union(api, u).ok())
+            .unwrap_or(ManipulateApi::Unknown {
+                api,
+                union: [0; MANIPULATE_UNION_LEN],
+            })
     }
 
     /// Writes the API number and this variant's union fields into a 56-byte header; bytes
     /// the variant does not own are left as they are.
     pub fn emit(&self, h: &mut [u8; MANIPULATE_LEN]) {
-        use ManipulateApi as M;
-        le::put_u32(h, 0, self.number().0);
-        match self {
-            M::ReadVirtualMemory(t)
-            | M::WriteVirtualMemory(t)
-            | M::ReadControlSpace(t)
-            | M::WriteControlSpace(t)
-            | M::ReadPhysicalMemory(t)
-            | M::WritePhysicalMemory(t) => put_transfer(h, t),
-            M::GetContext { unused } => le::put_u32(h, 16, *unused),
-            M::SetContext { context_flags } => le::put_u32(h, 16, *context_flags),
-            M::WriteBreakPoint { address, handle } => {
-                le::put_u64(h, 16, *address);
-                le::put_u32(h, 24, *handle);
-            }
-            M::RestoreBreakPoint { handle } => le::put_u32(h, 16, *handle),
-            M::Continue { status } => le::put_u32(h, 16, *status),
-            M::ReadIoSpace {
-                address,
-                size,
-                value,
-            }
-            | M::WriteIoSpace {
-                address,
-                size,
-                value,
-            } => {
-                le::put_u64(h, 16, *address);
-                le::put_u32(h, 24, *size);
-                le::put_u32(h, 28, *value);
-            }
-            M::Continue2 {
-                status,
-                trace_flag,
-                dr7,
-                symbol_start,
-                symbol_end,
-            } => {
-                le::put_u32(h, 16, *status);
-                le::put_u32(h, 20, *trace_flag);
-                le::put_u64(h, 24, *dr7);
-                le::put_u64(h, 32, *symbol_start);
-                le::put_u64(h, 40, *symbol_end);
-            }
-            M::GetVersion(v) => {
-                if let Some(dst) = h.get_mut(16..56) {
-                    v.emit(dst);
-                }
-            }
-            M::ReadMsr { msr, low, high } | M::WriteMsr { msr, low, high } => {
-                le::put_u32(h, 16, *msr);
-                le::put_u32(h, 20, *low);
-                le::put_u32(h, 24, *high);
-            }
-            M::SearchMemory {
-                address,
-                length,
-                pattern_length,
-            } => {
-                le::put_u64(h, 16, *address);
-                le::put_u64(h, 24, *length);
-                le::put_u32(h, 32, *pattern_length);
-            }
-            M::GetContextEx {
-                offset,
-                byte_count,
-                bytes_copied,
-            }
-            | M::SetContextEx {
-                offset,
-                byte_count,
-                bytes_copied,
-            } => {
-                le::put_u32(h, 16, *offset);
-                le::put_u32(h, 20, *byte_count);
-                le::put_u32(h, 24, *bytes_copied);
-            }
-            M::Unknown { union, .. } => le::put(h, 16, union),
+        write_field(&self.number(), h, 0);
+        if let Some(union) = window_mut(h, MANIPULATE_UNION_OFFSET) {
+            self.emit_union(union);
         }
     }
 }
@@ -664,48 +769,37 @@ block! {
     Manipulate, MANIPULATE_LEN
 }
 
+head_fields! {
+    Manipulate [MANIPULATE_LEN] {
+        /// `ApiNumber`.
+        api_number: ApiNumber = 0;
+        /// `ProcessorLevel`.
+        processor_level: u16 = 4;
+        /// `Processor`.
+        processor / set_processor: u16 = 6;
+        /// `ReturnStatus`.
+        return_status / set_return_status: u32 = 8;
+    }
+}
+
 impl Manipulate {
     /// A request as a debugger sends it: `ReturnStatus` = `STATUS_PENDING`.
     pub fn request(api: &ManipulateApi, data: Vec<u8>) -> Manipulate {
-        let mut head = [0u8; MANIPULATE_LEN];
-        api.emit(&mut head);
-        le::put_u32(&mut head, 8, status::PENDING);
-        Manipulate { head, data }
+        let mut m = Manipulate::from_parts([0u8; MANIPULATE_LEN], data);
+        m.set_api(api);
+        m.set_return_status(status::PENDING);
+        m
     }
 
     /// The reply convention: echo this request's header, set `ReturnStatus`, the typed
     /// output fields and the data.
     pub fn reply(&self, return_status: u32, api: &ManipulateApi, data: Vec<u8>) -> Manipulate {
-        let mut head = self.head;
-        api.emit(&mut head);
-        le::put_u32(&mut head, 8, return_status);
-        Manipulate { head, data }
+        let mut m = Manipulate::from_parts(self.head, data);
+        m.set_api(api);
+        m.set_return_status(return_status);
+        m
     }
 
-    /// `ApiNumber`.
-    pub fn api_number(&self) -> ApiNumber {
-        ApiNumber(le::u32_at(&self.head, 0))
-    }
-    /// `ProcessorLevel`.
-    pub fn processor_level(&self) -> u16 {
-        le::u16_at(&self.head, 4)
-    }
-    /// `Processor`.
-    pub fn processor(&self) -> u16 {
-        le::u16_at(&self.head, 6)
-    }
-    /// Sets `Processor`.
-    pub fn set_processor(&mut self, p: u16) {
-        le::put_u16(&mut self.head, 6, p);
-    }
-    /// `ReturnStatus`.
-    pub fn return_status(&self) -> u32 {
-        le::u32_at(&self.head, 8)
-    }
-    /// Sets `ReturnStatus`.
-    pub fn set_return_status(&mut self, s: u32) {
-        le::put_u32(&mut self.head, 8, s);
-    }
     /// The typed union.
     pub fn api(&self) -> ManipulateApi {
         ManipulateApi::parse(&self.head)
@@ -714,67 +808,82 @@ impl Manipulate {
     pub fn set_api(&mut self, api: &ManipulateApi) {
         api.emit(&mut self.head);
     }
+    /// The raw 40-byte union (what [`ManipulateApi::union_fields`] offsets are relative to).
+    pub fn union(&self) -> &[u8] {
+        self.head.get(MANIPULATE_UNION_OFFSET..).unwrap_or(&[])
+    }
 }
 
-/// `DBGKM_EXCEPTION64` inside an exception state change.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct Exception64 {
-    /// `ExceptionCode`.
-    pub code: u32,
-    /// `ExceptionFlags`.
-    pub flags: u32,
-    /// `ExceptionRecord` (chained record pointer).
-    pub record: u64,
-    /// `ExceptionAddress`.
-    pub address: u64,
-    /// `NumberParameters`.
-    pub number_parameters: u32,
-    /// `ExceptionInformation[15]`.
-    pub information: [u64; 15],
-    /// `FirstChance`.
-    pub first_chance: u32,
+layout! {
+    /// `DBGKM_EXCEPTION64` inside an exception state change.
+    Exception64 [0xA0] {
+        /// `ExceptionCode`.
+        code: u32 = 0,
+        /// `ExceptionFlags`.
+        flags: u32 = 4,
+        /// `ExceptionRecord` (chained record pointer).
+        record: u64 = 8,
+        /// `ExceptionAddress`.
+        address: u64 = 16,
+        /// `NumberParameters`.
+        number_parameters: u32 = 24,
+        /// `ExceptionInformation[15]`.
+        information: [u64; 15] = 32,
+        /// `FirstChance`.
+        first_chance: u32 = 152,
+    }
 }
 
-/// `DBGKD_LOAD_SYMBOLS64` inside a load-symbols state change.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct LoadSymbols64 {
-    /// `PathNameLength` (including the NUL).
-    pub path_name_length: u32,
-    /// `BaseOfDll`.
-    pub base_of_dll: u64,
-    /// `ProcessId`.
-    pub process_id: u64,
-    /// `CheckSum`.
-    pub checksum: u32,
-    /// `SizeOfImage`.
-    pub size_of_image: u32,
-    /// `UnloadSymbols` (non-zero: the module was unloaded).
-    pub unload_symbols: u8,
+layout! {
+    /// `DBGKD_LOAD_SYMBOLS64` inside a load-symbols state change.
+    LoadSymbols64 [0x28] {
+        /// `PathNameLength` (including the NUL).
+        path_name_length: u32 = 0,
+        /// `BaseOfDll`.
+        base_of_dll: u64 = 8,
+        /// `ProcessId`.
+        process_id: u64 = 16,
+        /// `CheckSum`.
+        checksum: u32 = 24,
+        /// `SizeOfImage`.
+        size_of_image: u32 = 28,
+        /// `UnloadSymbols` (non-zero: the module was unloaded).
+        unload_symbols: u8 = 32,
+    }
 }
 
-/// The AMD64 control report at the end of a state change.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct ControlReport {
-    /// `Dr6`.
-    pub dr6: u64,
-    /// `Dr7`.
-    pub dr7: u64,
-    /// `EFlags`.
-    pub eflags: u32,
-    /// `InstructionCount` (valid bytes of the instruction stream).
-    pub instruction_count: u16,
-    /// `ReportFlags`.
-    pub report_flags: u16,
-    /// `InstructionStream[16]` (code bytes at the program counter).
-    pub instruction_stream: [u8; 16],
-    /// `SegCs`.
-    pub seg_cs: u16,
-    /// `SegDs`.
-    pub seg_ds: u16,
-    /// `SegEs`.
-    pub seg_es: u16,
-    /// `SegFs`.
-    pub seg_fs: u16,
+layout! {
+    /// `DBGKD_COMMAND_STRING` inside a command-string state change.
+    CommandString64 [0x40] {
+        /// `Flags`.
+        flags: u32 = 0,
+    }
+}
+
+layout! {
+    /// The AMD64 control report at the end of a state change.
+    ControlReport [STATE_CHANGE_LEN - STATE_REPORT_OFFSET] {
+        /// `Dr6`.
+        dr6: u64 = 0,
+        /// `Dr7`.
+        dr7: u64 = 8,
+        /// `EFlags`.
+        eflags: u32 = 16,
+        /// `InstructionCount` (valid bytes of the instruction stream).
+        instruction_count: u16 = 20,
+        /// `ReportFlags`.
+        report_flags: u16 = 22,
+        /// `InstructionStream[16]` (code bytes at the program counter).
+        instruction_stream: [u8; 16] = 24,
+        /// `SegCs`.
+        seg_cs: u16 = 40,
+        /// `SegDs`.
+        seg_ds: u16 = 42,
+        /// `SegEs`.
+        seg_es: u16 = 44,
+        /// `SegFs`.
+        seg_fs: u16 = 46,
+    }
 }
 
 /// The typed `NewState` union of a state change.
@@ -806,6 +915,23 @@ block! {
     StateChange, STATE_CHANGE_LEN
 }
 
+head_fields! {
+    StateChange [STATE_CHANGE_LEN] {
+        /// `NewState`.
+        new_state / set_new_state: u32 = 0;
+        /// `ProcessorLevel`.
+        processor_level / set_processor_level: u16 = 4;
+        /// `Processor`.
+        processor / set_processor: u16 = 6;
+        /// `NumberProcessors`.
+        number_processors / set_number_processors: u32 = 8;
+        /// `Thread`.
+        thread / set_thread: u64 = 16;
+        /// `ProgramCounter`.
+        program_counter / set_program_counter: u64 = 24;
+    }
+}
+
 impl StateChange {
     /// A state change with the common fields set; the union and control report are zero.
     pub fn new(
@@ -815,150 +941,68 @@ impl StateChange {
         thread: u64,
         program_counter: u64,
     ) -> StateChange {
-        let mut s = StateChange {
-            head: [0u8; STATE_CHANGE_LEN],
-            data: Vec::new(),
-        };
-        le::put_u16(&mut s.head, 6, processor);
-        le::put_u32(&mut s.head, 8, number_processors);
-        le::put_u64(&mut s.head, 16, thread);
-        le::put_u64(&mut s.head, 24, program_counter);
+        let mut s = StateChange::from_parts([0u8; STATE_CHANGE_LEN], Vec::new());
+        s.set_processor(processor);
+        s.set_number_processors(number_processors);
+        s.set_thread(thread);
+        s.set_program_counter(program_counter);
         s.set_kind(kind);
         s
     }
 
-    /// `NewState`.
-    pub fn new_state(&self) -> u32 {
-        le::u32_at(&self.head, 0)
-    }
-    /// `ProcessorLevel`.
-    pub fn processor_level(&self) -> u16 {
-        le::u16_at(&self.head, 4)
-    }
-    /// Sets `ProcessorLevel`.
-    pub fn set_processor_level(&mut self, v: u16) {
-        le::put_u16(&mut self.head, 4, v);
-    }
-    /// `Processor`.
-    pub fn processor(&self) -> u16 {
-        le::u16_at(&self.head, 6)
-    }
-    /// `NumberProcessors`.
-    pub fn number_processors(&self) -> u32 {
-        le::u32_at(&self.head, 8)
-    }
-    /// `Thread`.
-    pub fn thread(&self) -> u64 {
-        le::u64_at(&self.head, 16)
-    }
-    /// `ProgramCounter`.
-    pub fn program_counter(&self) -> u64 {
-        le::u64_at(&self.head, 24)
-    }
-
     /// The typed union.
     pub fn kind(&self) -> StateChangeKind {
-        let h = &self.head;
-        match self.new_state() & 0xFFFF {
-            STATE_EXCEPTION => {
-                let mut information = [0u64; 15];
-                for (i, slot) in information.iter_mut().enumerate() {
-                    *slot = le::u64_at(h, 64 + 8 * i);
-                }
-                StateChangeKind::Exception(Exception64 {
-                    code: le::u32_at(h, 32),
-                    flags: le::u32_at(h, 36),
-                    record: le::u64_at(h, 40),
-                    address: le::u64_at(h, 48),
-                    number_parameters: le::u32_at(h, 56),
-                    information,
-                    first_chance: le::u32_at(h, 184),
-                })
+        // Each union layout fits the window (checked when the crate builds), so a parse
+        // error here cannot happen; it would read as `Unknown`.
+        let u = window::<STATE_UNION_LEN>(&self.head, STATE_UNION_OFFSET)
+            .map_or(&[][..], |u| u.as_slice());
+        let typed = match self.new_state() & 0xFFFF {
+            STATE_EXCEPTION => Exception64::parse(u).map(StateChangeKind::Exception),
+            STATE_LOAD_SYMBOLS => LoadSymbols64::parse(u).map(StateChangeKind::LoadSymbols),
+            STATE_COMMAND_STRING => {
+                CommandString64::parse(u).map(|c| StateChangeKind::CommandString { flags: c.flags })
             }
-            STATE_LOAD_SYMBOLS => StateChangeKind::LoadSymbols(LoadSymbols64 {
-                path_name_length: le::u32_at(h, 32),
-                base_of_dll: le::u64_at(h, 40),
-                process_id: le::u64_at(h, 48),
-                checksum: le::u32_at(h, 56),
-                size_of_image: le::u32_at(h, 60),
-                unload_symbols: le::u8_at(h, 64),
-            }),
-            STATE_COMMAND_STRING => StateChangeKind::CommandString {
-                flags: le::u32_at(h, 32),
-            },
-            _ => StateChangeKind::Unknown(self.new_state()),
-        }
+            _ => Ok(StateChangeKind::Unknown(self.new_state())),
+        };
+        typed.unwrap_or(StateChangeKind::Unknown(self.new_state()))
     }
 
     /// Writes `NewState` and the union fields of `kind`.
     pub fn set_kind(&mut self, kind: &StateChangeKind) {
         // Keep the high half of NewState (0x10000 marks an alternate source).
         let high = self.new_state() & 0xFFFF_0000;
+        let state = match kind {
+            StateChangeKind::Exception(_) => high | STATE_EXCEPTION,
+            StateChangeKind::LoadSymbols(_) => high | STATE_LOAD_SYMBOLS,
+            StateChangeKind::CommandString { .. } => high | STATE_COMMAND_STRING,
+            StateChangeKind::Unknown(v) => *v,
+        };
+        self.set_new_state(state);
         let h = &mut self.head;
+        let at = STATE_UNION_OFFSET;
         match kind {
-            StateChangeKind::Exception(e) => {
-                le::put_u32(h, 0, high | STATE_EXCEPTION);
-                le::put_u32(h, 32, e.code);
-                le::put_u32(h, 36, e.flags);
-                le::put_u64(h, 40, e.record);
-                le::put_u64(h, 48, e.address);
-                le::put_u32(h, 56, e.number_parameters);
-                for (i, v) in e.information.iter().enumerate() {
-                    le::put_u64(h, 64 + 8 * i, *v);
-                }
-                le::put_u32(h, 184, e.first_chance);
-            }
-            StateChangeKind::LoadSymbols(l) => {
-                le::put_u32(h, 0, high | STATE_LOAD_SYMBOLS);
-                le::put_u32(h, 32, l.path_name_length);
-                le::put_u64(h, 40, l.base_of_dll);
-                le::put_u64(h, 48, l.process_id);
-                le::put_u32(h, 56, l.checksum);
-                le::put_u32(h, 60, l.size_of_image);
-                le::put(h, 64, &[l.unload_symbols]);
-            }
+            StateChangeKind::Exception(e) => window_mut(h, at).map(|u| e.emit(u)),
+            StateChangeKind::LoadSymbols(l) => window_mut(h, at).map(|u| l.emit(u)),
             StateChangeKind::CommandString { flags } => {
-                le::put_u32(h, 0, high | STATE_COMMAND_STRING);
-                le::put_u32(h, 32, *flags);
+                window_mut(h, at).map(|u| CommandString64 { flags: *flags }.emit(u))
             }
-            StateChangeKind::Unknown(v) => le::put_u32(h, 0, *v),
-        }
+            StateChangeKind::Unknown(_) => None,
+        };
     }
 
     /// The AMD64 control report.
     pub fn control_report(&self) -> ControlReport {
-        let h = &self.head;
-        let mut instruction_stream = [0u8; 16];
-        if let Some(src) = h.get(216..232) {
-            instruction_stream.copy_from_slice(src);
-        }
-        ControlReport {
-            dr6: le::u64_at(h, 192),
-            dr7: le::u64_at(h, 200),
-            eflags: le::u32_at(h, 208),
-            instruction_count: le::u16_at(h, 212),
-            report_flags: le::u16_at(h, 214),
-            instruction_stream,
-            seg_cs: le::u16_at(h, 232),
-            seg_ds: le::u16_at(h, 234),
-            seg_es: le::u16_at(h, 236),
-            seg_fs: le::u16_at(h, 238),
-        }
+        // The report window is in range by construction; the zero report is never used.
+        window::<{ ControlReport::LEN }>(&self.head, STATE_REPORT_OFFSET)
+            .and_then(|r| ControlReport::parse(r).ok())
+            .unwrap_or_default()
     }
 
     /// Writes the AMD64 control report.
     pub fn set_control_report(&mut self, r: &ControlReport) {
-        let h = &mut self.head;
-        le::put_u64(h, 192, r.dr6);
-        le::put_u64(h, 200, r.dr7);
-        le::put_u32(h, 208, r.eflags);
-        le::put_u16(h, 212, r.instruction_count);
-        le::put_u16(h, 214, r.report_flags);
-        le::put(h, 216, &r.instruction_stream);
-        le::put_u16(h, 232, r.seg_cs);
-        le::put_u16(h, 234, r.seg_ds);
-        le::put_u16(h, 236, r.seg_es);
-        le::put_u16(h, 238, r.seg_fs);
+        if let Some(dst) = window_mut(&mut self.head, STATE_REPORT_OFFSET) {
+            r.emit(dst);
+        }
     }
 
     /// For a load-symbols change: the image path (ASCII up to the first NUL).
@@ -978,37 +1022,29 @@ block! {
     DebugIo, DEBUG_IO_LEN
 }
 
+head_fields! {
+    DebugIo [DEBUG_IO_LEN] {
+        /// `ApiNumber` (0x3230 PrintString, 0x3231 GetString).
+        api_number / set_api_number: u32 = 0;
+        /// `ProcessorLevel`.
+        processor_level: u16 = 4;
+        /// `Processor`.
+        processor / set_processor: u16 = 6;
+        /// `LengthOfString` (PrintString) or `LengthOfPromptString` (GetString).
+        length / set_length: u32 = 8;
+        /// `LengthOfStringRead` (GetString).
+        length_read: u32 = 12;
+    }
+}
+
 impl DebugIo {
     /// A `PrintString` packet carrying `text`.
     pub fn print_string(processor: u16, text: &[u8]) -> DebugIo {
-        let mut head = [0u8; DEBUG_IO_LEN];
-        le::put_u32(&mut head, 0, PRINT_STRING_API);
-        le::put_u16(&mut head, 6, processor);
-        le::put_u32(&mut head, 8, u32::try_from(text.len()).unwrap_or(u32::MAX));
-        DebugIo {
-            head,
-            data: text.to_vec(),
-        }
-    }
-    /// `ApiNumber` (0x3230 PrintString, 0x3231 GetString).
-    pub fn api_number(&self) -> u32 {
-        le::u32_at(&self.head, 0)
-    }
-    /// `ProcessorLevel`.
-    pub fn processor_level(&self) -> u16 {
-        le::u16_at(&self.head, 4)
-    }
-    /// `Processor`.
-    pub fn processor(&self) -> u16 {
-        le::u16_at(&self.head, 6)
-    }
-    /// `LengthOfString` (PrintString) or `LengthOfPromptString` (GetString).
-    pub fn length(&self) -> u32 {
-        le::u32_at(&self.head, 8)
-    }
-    /// `LengthOfStringRead` (GetString).
-    pub fn length_read(&self) -> u32 {
-        le::u32_at(&self.head, 12)
+        let mut d = DebugIo::from_parts([0u8; DEBUG_IO_LEN], text.to_vec());
+        d.set_api_number(PRINT_STRING_API);
+        d.set_processor(processor);
+        d.set_length(u32::try_from(text.len()).unwrap_or(u32::MAX));
+        d
     }
     /// The string bytes, lossily decoded.
     pub fn text(&self) -> String {
@@ -1031,19 +1067,16 @@ block! {
     FileIo, FILE_IO_LEN
 }
 
+head_fields! {
+    FileIo [FILE_IO_LEN] {
+        /// `ApiNumber` (0x3430 Create, 0x3431 Read, 0x3432 Write, 0x3433 Close).
+        api_number: u32 = 0;
+        /// `Status`.
+        status / set_status: u32 = 4;
+    }
+}
+
 impl FileIo {
-    /// `ApiNumber` (0x3430 Create, 0x3431 Read, 0x3432 Write, 0x3433 Close).
-    pub fn api_number(&self) -> u32 {
-        le::u32_at(&self.head, 0)
-    }
-    /// `Status`.
-    pub fn status(&self) -> u32 {
-        le::u32_at(&self.head, 4)
-    }
-    /// Sets `Status`.
-    pub fn set_status(&mut self, s: u32) {
-        le::put_u32(&mut self.head, 4, s);
-    }
     /// The operation name.
     pub fn api_name(&self) -> &'static str {
         match self.api_number() {
@@ -1059,12 +1092,7 @@ impl FileIo {
         let units: Vec<u16> = self
             .data
             .chunks_exact(2)
-            .map(|c| {
-                u16::from_le_bytes([
-                    c.first().copied().unwrap_or(0),
-                    c.get(1).copied().unwrap_or(0),
-                ])
-            })
+            .filter_map(u16::read)
             .take_while(|&u| u != 0)
             .collect();
         String::from_utf16_lossy(&units)
@@ -1076,14 +1104,12 @@ block! {
     TraceIo, TRACE_IO_LEN
 }
 
-impl TraceIo {
-    /// `ApiNumber` (0x3330 PrintTrace).
-    pub fn api_number(&self) -> u32 {
-        le::u32_at(&self.head, 0)
-    }
-    /// `LengthOfData`.
-    pub fn length_of_data(&self) -> u32 {
-        le::u32_at(&self.head, 8)
+head_fields! {
+    TraceIo [TRACE_IO_LEN] {
+        /// `ApiNumber` (0x3330 PrintTrace).
+        api_number: u32 = 0;
+        /// `LengthOfData`.
+        length_of_data: u32 = 8;
     }
 }
 
@@ -1092,14 +1118,12 @@ block! {
     ControlRequest, CONTROL_REQUEST_LEN
 }
 
-impl ControlRequest {
-    /// `ApiNumber` (0x4300 RequestHardwareBp, 0x4301 ReleaseHardwareBp).
-    pub fn api_number(&self) -> u32 {
-        le::u32_at(&self.head, 0)
-    }
-    /// `ReturnStatus`.
-    pub fn return_status(&self) -> u32 {
-        le::u32_at(&self.head, 4)
+head_fields! {
+    ControlRequest [CONTROL_REQUEST_LEN] {
+        /// `ApiNumber` (0x4300 RequestHardwareBp, 0x4301 ReleaseHardwareBp).
+        api_number: u32 = 0;
+        /// `ReturnStatus`.
+        return_status: u32 = 4;
     }
 }
 
@@ -1161,5 +1185,101 @@ impl Payload {
             Payload::ControlRequest(p) => p.to_bytes(),
             Payload::Other(v) => v.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every declared table: fields in order, none overlapping, all inside the layout.
+    fn check_table(name: &str, fields: &[Field], len: usize) {
+        let mut end = 0;
+        for f in fields {
+            assert!(
+                f.offset >= end,
+                "{name}.{} overlaps the field before",
+                f.name
+            );
+            end = f.offset + f.width;
+            assert!(end <= len, "{name}.{} outside {len} bytes", f.name);
+        }
+    }
+
+    #[test]
+    fn declared_tables_are_ordered_and_disjoint() {
+        check_table("GetVersion64", GetVersion64::FIELDS, GET_VERSION_LEN);
+        check_table("Exception64", Exception64::FIELDS, Exception64::LEN);
+        check_table("LoadSymbols64", LoadSymbols64::FIELDS, LoadSymbols64::LEN);
+        check_table("ControlReport", ControlReport::FIELDS, ControlReport::LEN);
+        check_table("Manipulate", Manipulate::FIELDS, MANIPULATE_LEN);
+        check_table("StateChange", StateChange::FIELDS, STATE_CHANGE_LEN);
+        check_table("DebugIo", DebugIo::FIELDS, DEBUG_IO_LEN);
+        for api in ApiNumber::ALL {
+            check_table(
+                api.name(),
+                ManipulateApi::union_fields(*api),
+                MANIPULATE_UNION_LEN,
+            );
+        }
+        assert_eq!(
+            GetVersion64::FIELDS.last().map(|f| f.offset + f.width),
+            Some(40)
+        );
+        let rvm: Vec<_> = ManipulateApi::union_fields(ApiNumber::READ_VIRTUAL_MEMORY)
+            .iter()
+            .map(|f| (f.name, f.offset, f.width))
+            .collect();
+        assert_eq!(rvm, [("address", 0, 8), ("count", 8, 4), ("actual", 12, 4)]);
+        assert!(ManipulateApi::union_fields(ApiNumber::REBOOT).is_empty());
+    }
+
+    #[test]
+    fn short_input_is_a_typed_error_and_short_output_is_refused() {
+        assert_eq!(
+            GetVersion64::parse(&[0; 39]),
+            Err(KdError::Truncated { need: 40, have: 39 })
+        );
+        assert_eq!(
+            MemoryTransfer::parse(&[0; 3]),
+            Err(KdError::Truncated { need: 16, have: 3 })
+        );
+        let d = DebugIo::print_string(0, b"hi");
+        let mut buf = [0xEE; DEBUG_IO_LEN + 1];
+        assert_eq!(
+            d.emit(&mut buf),
+            Err(KdError::Truncated { need: 18, have: 17 })
+        );
+        assert_eq!(buf, [0xEE; DEBUG_IO_LEN + 1], "nothing written");
+        let mut buf = [0u8; 20];
+        d.emit(&mut buf).unwrap();
+        assert_eq!(&buf[..18], &d.to_bytes()[..]);
+    }
+
+    #[test]
+    fn field_values_read_from_the_declared_offsets() {
+        let m = Manipulate::request(
+            &ManipulateApi::WriteBreakPoint {
+                address: 0xFFFF_F800_0000_1234,
+                handle: 7,
+            },
+            vec![],
+        );
+        let values: Vec<_> = ManipulateApi::union_fields(m.api_number())
+            .iter()
+            .map(|f| (f.name, f.value(m.union())))
+            .collect();
+        assert_eq!(
+            values,
+            [
+                ("address", Some(0xFFFF_F800_0000_1234)),
+                ("handle", Some(7))
+            ]
+        );
+        let stream = ControlReport::FIELDS
+            .iter()
+            .find(|f| f.name == "instruction_stream")
+            .unwrap();
+        assert_eq!(stream.value(&[0; 48]), None, "wider than 8 bytes");
     }
 }

@@ -52,6 +52,11 @@ pub const DIRECTION_DEBUGGER: u8 = 0x80;
 pub const DEFAULT_VERSION: u8 = 4;
 /// Largest datagram we accept (a KD packet of `PACKET_MAX_SIZE` plus framing, rounded).
 pub const MAX_DATAGRAM: usize = 4096 + HEADER_LEN + TAG_LEN + PREFIX_LEN + 16 + 16;
+/// Largest payload [`Keys::seal`] accepts: the one that fills the largest whole number of
+/// 16-byte blocks a [`MAX_DATAGRAM`]-byte datagram can carry.
+pub const MAX_PAYLOAD: usize = (MAX_DATAGRAM - HEADER_LEN - TAG_LEN) / 16 * 16 - PREFIX_LEN;
+/// Largest sequence number (the prefix carries 56 bits).
+pub const MAX_SEQ: u64 = 0x00FF_FFFF_FFFF_FFFF;
 
 type Aes256CbcEnc = cbc::Encryptor<aes::Aes256>;
 type Aes256CbcDec = cbc::Decryptor<aes::Aes256>;
@@ -91,6 +96,9 @@ pub enum KdnetError {
     /// A payload is too large to send.
     #[error("payload of {0} bytes is too large")]
     TooLarge(usize),
+    /// A sequence number does not fit the prefix's 56 bits.
+    #[error("sequence number {0:#x} does not fit in 56 bits")]
+    BadSequence(u64),
     /// A control message is malformed.
     #[error("malformed control message")]
     BadControl,
@@ -219,12 +227,7 @@ impl<T: AsRef<[u8]>> Datagram<T> {
         if b.get(field::MAGIC) != Some(&MAGIC[..]) {
             return Err(KdnetError::BadMagic);
         }
-        let len = b.len();
-        if !(HEADER_LEN + 16 + TAG_LEN..=MAX_DATAGRAM).contains(&len)
-            || !(len - HEADER_LEN - TAG_LEN).is_multiple_of(16)
-        {
-            return Err(KdnetError::BadLength(len));
-        }
+        check_datagram_len(b.len())?;
         Ok(d)
     }
 
@@ -270,6 +273,83 @@ impl<T: AsRef<[u8]>> Datagram<T> {
     }
 }
 
+/// The datagram-length rule both [`Keys::seal`] and [`Keys::open`] apply: header, tag
+/// and a body of at least one 16-byte block, at most [`MAX_DATAGRAM`] in all.
+fn check_datagram_len(len: usize) -> Result<(), KdnetError> {
+    let body = len
+        .checked_sub(HEADER_LEN + TAG_LEN)
+        .filter(|&b| b >= 16 && b.is_multiple_of(16) && len <= MAX_DATAGRAM);
+    match body {
+        Some(_) => Ok(()),
+        None => Err(KdnetError::BadLength(len)),
+    }
+}
+
+/// The 8-byte plaintext prefix: 56-bit big-endian sequence number, then the direction
+/// bit and the pad count. [`Keys::seal`] writes it and [`Keys::open`] reads it through
+/// the same checks, so seal never emits a prefix open would refuse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Prefix {
+    seq: u64,
+    from_debugger: bool,
+    pad: u8,
+}
+
+impl Prefix {
+    /// Checks the fields against a padded plaintext of `plain_len` bytes.
+    fn validate(self, plain_len: usize) -> Result<Prefix, KdnetError> {
+        if self.seq > MAX_SEQ {
+            return Err(KdnetError::BadSequence(self.seq));
+        }
+        let fits = usize::from(self.pad) < 16
+            && plain_len
+                .checked_sub(usize::from(self.pad))
+                .is_some_and(|end| end >= PREFIX_LEN);
+        if !fits {
+            return Err(KdnetError::BadPad(self.pad));
+        }
+        Ok(self)
+    }
+
+    /// Reads and checks the prefix at the start of a padded plaintext.
+    fn parse(plain: &[u8]) -> Result<Prefix, KdnetError> {
+        let mut seq = [0u8; 8];
+        let head = plain
+            .get(..PREFIX_LEN)
+            .ok_or(KdnetError::BadLength(plain.len()))?;
+        let (seq_bytes, flags) = head.split_at(7);
+        if let Some(dst) = seq.get_mut(1..) {
+            dst.copy_from_slice(seq_bytes);
+        }
+        let flags = flags.first().copied().unwrap_or(0);
+        Prefix {
+            seq: u64::from_be_bytes(seq),
+            from_debugger: flags & DIRECTION_DEBUGGER != 0,
+            pad: flags & !DIRECTION_DEBUGGER,
+        }
+        .validate(plain.len())
+    }
+
+    /// Checks the prefix and writes it.
+    fn emit(self, plain_len: usize) -> Result<[u8; PREFIX_LEN], KdnetError> {
+        let p = self.validate(plain_len)?;
+        let mut out = [0u8; PREFIX_LEN];
+        let seq = p.seq.to_be_bytes();
+        if let (Some(dst), Some(src)) = (out.get_mut(..7), seq.get(1..)) {
+            dst.copy_from_slice(src);
+        }
+        if let Some(flags) = out.get_mut(7) {
+            *flags = p.pad
+                | if p.from_debugger {
+                    DIRECTION_DEBUGGER
+                } else {
+                    0
+                };
+        }
+        Ok(out)
+    }
+}
+
 /// A decrypted datagram.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
@@ -308,21 +388,27 @@ impl Message {
         (16 - (PREFIX_LEN + self.payload.len()) % 16) % 16
     }
 
-    /// The padded plaintext: prefix, payload, zeros.
-    pub fn plaintext(&self) -> Vec<u8> {
+    /// The padded plaintext (prefix, payload, zeros), after the checks [`Keys::open`]
+    /// applies: a sequence number of at most 56 bits and a datagram of at most
+    /// [`MAX_DATAGRAM`] bytes.
+    pub fn plaintext(&self) -> Result<Vec<u8>, KdnetError> {
+        if self.payload.len() > MAX_PAYLOAD {
+            return Err(KdnetError::TooLarge(self.payload.len()));
+        }
         let pad = self.pad();
-        let mut p = Vec::with_capacity(PREFIX_LEN + self.payload.len() + pad);
-        let seq = self.seq & 0x00FF_FFFF_FFFF_FFFF;
-        p.extend_from_slice(&seq.to_be_bytes()[1..]);
-        let dir = if self.from_debugger {
-            DIRECTION_DEBUGGER
-        } else {
-            0
-        };
-        p.push(dir | u8::try_from(pad).unwrap_or(0));
+        let plain_len = PREFIX_LEN + self.payload.len() + pad;
+        check_datagram_len(HEADER_LEN + plain_len + TAG_LEN)?;
+        let prefix = Prefix {
+            seq: self.seq,
+            from_debugger: self.from_debugger,
+            pad: u8::try_from(pad).map_err(|_| KdnetError::TooLarge(self.payload.len()))?,
+        }
+        .emit(plain_len)?;
+        let mut p = Vec::with_capacity(plain_len);
+        p.extend_from_slice(&prefix);
         p.extend_from_slice(&self.payload);
-        p.resize(p.len() + pad, 0);
-        p
+        p.resize(plain_len, 0);
+        Ok(p)
     }
 
     /// Datagram length once sealed.
@@ -394,10 +480,11 @@ impl Keys {
     }
 
     /// Encrypts and authenticates a message into a datagram.
+    ///
+    /// It refuses exactly what [`open`](Self::open) would refuse from a peer with the
+    /// same keys: no data key yet, a payload over [`MAX_PAYLOAD`], a sequence number
+    /// over 56 bits ([`Message::plaintext`] shares open's checks).
     pub fn seal(&self, msg: &Message) -> Result<Vec<u8>, KdnetError> {
-        if msg.payload.len() > MAX_DATAGRAM {
-            return Err(KdnetError::TooLarge(msg.payload.len()));
-        }
         let key = self.key_for(msg.channel)?;
         let header = [
             MAGIC[0],
@@ -407,7 +494,7 @@ impl Keys {
             msg.version,
             msg.channel.value(),
         ];
-        let mut body = msg.plaintext();
+        let mut body = msg.plaintext()?;
         let tag = self.tag(&header, &body)?;
         let len = body.len();
         Aes256CbcEnc::new(key.into(), (&tag).into())
@@ -442,21 +529,13 @@ impl Keys {
         if !bool::from(tag.ct_eq(&iv)) {
             return Err(KdnetError::BadTag);
         }
-        let flags = plain.get(7).copied().unwrap_or(0);
-        let pad = flags & 0x7F;
-        let payload_end = len
-            .checked_sub(usize::from(pad))
-            .filter(|&e| e >= PREFIX_LEN && pad < 16)
-            .ok_or(KdnetError::BadPad(pad))?;
-        let mut seq_bytes = [0u8; 8];
-        if let (Some(dst), Some(src)) = (seq_bytes.get_mut(1..), plain.get(..7)) {
-            dst.copy_from_slice(src);
-        }
+        let prefix = Prefix::parse(&plain)?;
+        let payload_end = len.saturating_sub(usize::from(prefix.pad));
         let msg = Message {
             channel,
             version: d.version(),
-            seq: u64::from_be_bytes(seq_bytes),
-            from_debugger: flags & DIRECTION_DEBUGGER != 0,
+            seq: prefix.seq,
+            from_debugger: prefix.from_debugger,
             payload: plain.get(PREFIX_LEN..payload_end).unwrap_or(&[]).to_vec(),
         };
         Ok((msg, plain))
@@ -475,6 +554,90 @@ pub(crate) fn sha256(parts: &[&[u8]]) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// What a careless peer could put on the wire: seal without any check (the sequence
+    /// number is cut to 56 bits, the length is not limited).
+    fn seal_unchecked(keys: &Keys, msg: &Message) -> Vec<u8> {
+        let key = keys.key_for(msg.channel).unwrap();
+        let header = [b'M', b'D', b'B', b'G', msg.version, msg.channel.value()];
+        let pad = msg.pad();
+        let mut body = (msg.seq & MAX_SEQ).to_be_bytes()[1..].to_vec();
+        body.push(u8::try_from(pad).unwrap() | if msg.from_debugger { 0x80 } else { 0 });
+        body.extend_from_slice(&msg.payload);
+        body.resize(body.len() + pad, 0);
+        let tag = keys.tag(&header, &body).unwrap();
+        let len = body.len();
+        Aes256CbcEnc::new(key.into(), (&tag).into())
+            .encrypt_padded_mut::<NoPadding>(&mut body, len)
+            .unwrap();
+        [&header[..], &body, &tag].concat()
+    }
+
+    fn any_message() -> impl Strategy<Value = Message> {
+        (
+            prop_oneof![Just(Channel::Data), Just(Channel::Control)],
+            any::<u8>(),
+            prop_oneof![0..=MAX_SEQ, MAX_SEQ - 2..=MAX_SEQ + 2, any::<u64>()],
+            any::<bool>(),
+            prop_oneof![0..64usize, MAX_PAYLOAD - 20..MAX_PAYLOAD + 40],
+            any::<u8>(),
+        )
+            .prop_map(|(channel, version, seq, dir, len, fill)| {
+                Message::new(channel, version, seq, dir, vec![fill; len])
+            })
+    }
+
+    proptest! {
+        /// Seal refuses exactly what open would refuse: whatever seal accepts opens to the
+        /// same message; whatever seal refuses is a typed error, and the same message sealed
+        /// without checks does not open to it.
+        #[test]
+        fn seal_refuses_exactly_what_open_refuses(msg in any_message(), data_key in any::<bool>()) {
+            let mut keys = Keys::new("1.2.3.4".parse().unwrap());
+            if data_key {
+                keys.set_data_key([0x42; 32]);
+            }
+            match keys.seal(&msg) {
+                Ok(d) => {
+                    prop_assert_eq!(d.len(), msg.buffer_len());
+                    prop_assert_eq!(keys.open(&d), Ok(msg));
+                }
+                Err(KdnetError::NoDataKey) => {
+                    prop_assert!(!data_key && msg.channel == Channel::Data);
+                }
+                Err(e) => {
+                    prop_assert!(
+                        matches!(e, KdnetError::TooLarge(_) | KdnetError::BadSequence(_)),
+                        "unexpected error {:?}", e
+                    );
+                    let raw = seal_unchecked(&keys, &msg);
+                    prop_assert_ne!(keys.open(&raw), Ok(msg));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn seal_limits_are_open_limits() {
+        let keys = Keys::new("1.2.3.4".parse().unwrap());
+        let big = Message::new(Channel::Control, 4, 1, false, vec![0; MAX_PAYLOAD]);
+        let max_len = HEADER_LEN + PREFIX_LEN + MAX_PAYLOAD + TAG_LEN;
+        assert!(max_len <= MAX_DATAGRAM && max_len + 16 > MAX_DATAGRAM);
+        assert_eq!(keys.seal(&big).unwrap().len(), max_len);
+        let bigger = Message::new(Channel::Control, 4, 1, false, vec![0; MAX_PAYLOAD + 1]);
+        assert_eq!(
+            keys.seal(&bigger),
+            Err(KdnetError::TooLarge(MAX_PAYLOAD + 1))
+        );
+        assert_eq!(
+            keys.open(&seal_unchecked(&keys, &bigger)),
+            Err(KdnetError::BadLength(max_len + 16))
+        );
+        let wide = Message::new(Channel::Control, 4, MAX_SEQ + 1, false, vec![1]);
+        assert_eq!(keys.seal(&wide), Err(KdnetError::BadSequence(MAX_SEQ + 1)));
+        assert_eq!(keys.open(&seal_unchecked(&keys, &wide)).unwrap().seq, 0);
+    }
 
     fn key_hex(s: &str) -> String {
         hex(&s.parse::<Key>().unwrap().0)

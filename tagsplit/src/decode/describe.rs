@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 use tagsplit_protocol::kd::payload::{
-    ControlReport, GET_STRING_API, LoadSymbols64, PRINT_STRING_API,
+    ControlReport, GET_STRING_API, LoadSymbols64, MANIPULATE_UNION_LEN, PRINT_STRING_API,
 };
 use tagsplit_protocol::kd::{Leader, ManipulateApi, Payload, Repr, StateChangeKind};
 
@@ -153,79 +153,15 @@ pub fn detail(repr: &Repr) -> Detail {
     }
 }
 
-fn memory(prefix: &str, t: &tagsplit_protocol::kd::MemoryTransfer) -> String {
-    format!(
-        "{prefix} address={:#x} count={:#x} actual={:#x}",
-        t.address, t.count, t.actual
-    )
-}
-
+/// The union fields of a manipulate packet, as ` name=value` pairs in declaration order
+/// (the table the protocol crate parses and emits with; nothing is listed here again).
 fn manipulate_fields(f: &ManipulateApi) -> String {
-    use ManipulateApi as M;
-    match f {
-        M::ReadVirtualMemory(t)
-        | M::WriteVirtualMemory(t)
-        | M::ReadPhysicalMemory(t)
-        | M::WritePhysicalMemory(t) => memory("", t),
-        M::ReadControlSpace(t) | M::WriteControlSpace(t) => memory(" selector", t),
-        M::GetContext { .. } => String::new(),
-        M::SetContext { context_flags } => format!(" flags={context_flags:#x}"),
-        M::WriteBreakPoint { address, handle } => {
-            format!(" address={address:#x} handle={handle:#x}")
-        }
-        M::RestoreBreakPoint { handle } => format!(" handle={handle:#x}"),
-        M::Continue { status } => format!(" continue={status:#x}"),
-        M::Continue2 {
-            status,
-            trace_flag,
-            dr7,
-            ..
-        } => format!(" continue={status:#x} trace={trace_flag} dr7={dr7:#x}"),
-        M::ReadIoSpace {
-            address,
-            size,
-            value,
-        }
-        | M::WriteIoSpace {
-            address,
-            size,
-            value,
-        } => format!(" port={address:#x} size={size} value={value:#x}"),
-        M::GetVersion(v) => format!(
-            " major={:#06x} minor={} protocol={}/{} flags={:#06x} machine={:#06x} max_packet={} max_state={:#x} max_manip={:#x} kernbase={:#x} psloadedmodulelist={:#x} debuggerdatalist={:#x}",
-            v.major_version,
-            v.minor_version,
-            v.protocol_version,
-            v.kd_secondary_version,
-            v.flags,
-            v.machine_type,
-            v.max_packet_type,
-            v.max_state_change,
-            v.max_manipulate,
-            v.kern_base,
-            v.ps_loaded_module_list,
-            v.debugger_data_list
-        ),
-        M::ReadMsr { msr, low, high } | M::WriteMsr { msr, low, high } => {
-            format!(" msr={msr:#x} value={high:#x}:{low:#08x}")
-        }
-        M::SearchMemory {
-            address,
-            length,
-            pattern_length,
-        } => format!(" address={address:#x} length={length:#x} pattern_len={pattern_length}"),
-        M::GetContextEx {
-            offset,
-            byte_count,
-            bytes_copied,
-        }
-        | M::SetContextEx {
-            offset,
-            byte_count,
-            bytes_copied,
-        } => format!(" offset={offset:#x} count={byte_count:#x} copied={bytes_copied:#x}"),
-        _ => String::new(),
-    }
+    let mut union = [0u8; MANIPULATE_UNION_LEN];
+    f.emit_union(&mut union);
+    ManipulateApi::union_fields(f.number())
+        .iter()
+        .filter_map(|field| Some(format!(" {}={:#x}", field.name, field.value(&union)?)))
+        .collect()
 }
 
 fn load_symbols(l: &LoadSymbols64, path: Option<&str>) -> String {

@@ -325,7 +325,7 @@ impl KdTarget {
         t.wait_stop(Instant::now() + timeout)?;
         // What the target is, and whether it understands tagsplit's run limit.
         let v = t.request(
-            &ManipulateApi::GetVersion(GetVersion64::parse(&[0; 40])),
+            &ManipulateApi::GetVersion(GetVersion64::default()),
             Vec::new(),
         )?;
         if let ManipulateApi::GetVersion(v) = v.api() {
@@ -608,7 +608,7 @@ impl DebugTarget for KdTarget {
             return Ok(k);
         }
         let r = self.request(
-            &ManipulateApi::GetVersion(GetVersion64::parse(&[0; 40])),
+            &ManipulateApi::GetVersion(GetVersion64::default()),
             Vec::new(),
         )?;
         let ManipulateApi::GetVersion(v) = r.api() else {

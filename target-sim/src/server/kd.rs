@@ -951,7 +951,7 @@ mod tests {
         let v = req(
             &mut core,
             &mut m,
-            ManipulateApi::GetVersion(GetVersion64::parse(&[0; 40])),
+            ManipulateApi::GetVersion(GetVersion64::default()),
             vec![],
         );
         let ManipulateApi::GetVersion(v) = v.api() else {
@@ -978,11 +978,11 @@ mod tests {
         let r = req(
             &mut core,
             &mut m,
-            ManipulateApi::ReadMsr {
+            ManipulateApi::ReadMsr(tagsplit_protocol::kd::ReadWriteMsr {
                 msr: 0x176,
                 low: 0,
                 high: 0,
-            },
+            }),
             vec![],
         );
         assert_eq!(r.return_status(), status::UNSUCCESSFUL);
