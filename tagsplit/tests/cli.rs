@@ -12,7 +12,7 @@ mod common;
 
 use common::tagsplit;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 /// `tagsplit run --target sim:part4 --tag Leak --journal DIR/j.json EXTRA...`; returns the
 /// output and the journal path.
@@ -102,7 +102,7 @@ fn console_batch_mode() {
 #[test]
 fn console_reads_stdin() {
     use std::io::Write as _;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tagsplit"))
+    let mut child = common::bin()
         .args(["console", "--target", "sim:part4"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

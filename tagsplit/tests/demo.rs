@@ -8,6 +8,8 @@
     missing_docs
 )]
 
+mod common;
+
 use tagsplit::console::Console;
 use tagsplit::demo::{SEED_COMMANDS, transcript};
 use tagsplit::target::sim::SimTarget;
@@ -112,10 +114,7 @@ fn poolused_rows_match_the_seed() {
 #[test]
 fn demo_binary_prints_transcript_and_verdict_quickly() {
     let started = std::time::Instant::now();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tagsplit"))
-        .arg("demo")
-        .output()
-        .unwrap();
+    let out = common::bin().arg("demo").output().unwrap();
     assert!(
         out.status.success(),
         "{}",

@@ -8,10 +8,12 @@
 //! `tagsplit serve --kdnet/--kdcom` + `tagsplit run --target kdnet:/kdcom:` from the
 //! command line give the same report as in process; `demo --via kdnet|kdcom`.
 
+mod common;
+
 use std::process::{Child, Command, Stdio};
 
 fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tagsplit"))
+    common::bin()
 }
 
 /// A port that was free a moment ago.

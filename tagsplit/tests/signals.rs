@@ -17,7 +17,7 @@ mod gdb_support;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::Duration;
 
@@ -114,7 +114,7 @@ struct Run {
 
 impl Run {
     fn start(args: &[&str], state: &Path, pause: Option<&str>) -> Run {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tagsplit"));
+        let mut cmd = common::bin();
         cmd.args(args)
             .env("XDG_STATE_HOME", state)
             .stdin(Stdio::null())

@@ -111,10 +111,17 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
     d
 }
 
+/// The `tagsplit` binary, with its state directory (where journals go by default) in a
+/// temporary directory of this test process, never the user's.
+pub fn bin() -> std::process::Command {
+    let state = std::env::temp_dir().join(format!("tagsplit-test-state-{}", std::process::id()));
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_tagsplit"));
+    c.env("XDG_STATE_HOME", state)
+        .env_remove("TAGSPLIT_TEST_PAUSE_AT");
+    c
+}
+
 /// Runs the `tagsplit` binary with `args` and returns its output.
 pub fn tagsplit(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_tagsplit"))
-        .args(args)
-        .output()
-        .unwrap()
+    bin().args(args).output().unwrap()
 }
