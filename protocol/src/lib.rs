@@ -16,6 +16,7 @@
 pub mod gdb;
 pub mod kd;
 pub mod kdnet;
+pub mod stub;
 
 #[cfg(feature = "tokio")]
 pub mod codec;

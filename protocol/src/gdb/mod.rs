@@ -66,6 +66,7 @@ pub mod frame;
 pub mod hex;
 pub mod reply;
 pub mod session;
+pub mod stub;
 pub mod transcript;
 pub mod xml;
 
