@@ -99,7 +99,7 @@ fn recorded_gdb_sessions_replay_against_the_stub() {
                 (Command::ReadRegisters, Reply::Hex(g)) => assert_eq!(g.len(), xml::G_PACKET_LEN),
                 (Command::ReadRegisters, other) => panic!("{name}: g -> {other:?}"),
                 (Command::XferRead { annex, .. }, Reply::Xfer { data, .. })
-                    if annex == "target.xml" =>
+                    if *annex == b"target.xml" =>
                 {
                     assert!(String::from_utf8_lossy(data).contains("i386:x86-64"));
                 }

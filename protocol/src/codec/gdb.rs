@@ -33,8 +33,8 @@ impl From<&Reply> for Frame {
     }
 }
 
-impl From<&Command> for Frame {
-    fn from(cmd: &Command) -> Self {
+impl From<&Command<'_>> for Frame {
+    fn from(cmd: &Command<'_>) -> Self {
         Frame::Packet(cmd.encode())
     }
 }

@@ -60,8 +60,8 @@ use super::command::{DEFAULT_RUN_FEATURE, RUN_LIMIT_FEATURE};
 use super::frame;
 use super::xml;
 use super::{
-    BreakpointType, Command, Feature, Reply, ResumeKind, SIGINT, SIGTRAP, ServerEvent,
-    ServerSession, SessionConfig, StopKind, StopReply, ThreadId, XferObject,
+    BreakpointType, Command, CommandPacket, Feature, HexBytes, Reply, ResumeKind, SIGINT, SIGTRAP,
+    ServerEvent, ServerSession, SessionConfig, StopKind, StopReply, ThreadId, XferObject,
 };
 use crate::stub::{
     BreakpointKind, Resume, RunState, StopReason, Target, TargetError, X64Registers,
@@ -189,7 +189,7 @@ pub struct Stub {
     config: StubConfig,
     session: ServerSession,
     /// Commands received while the target ran (all-stop: handled once it stops).
-    pending: VecDeque<Command>,
+    pending: VecDeque<CommandPacket>,
     /// Breakpoints the client inserted, by address.
     breakpoints: BTreeMap<u64, BreakpointKind>,
     /// Why the target last stopped (the answer to `?`).
@@ -310,10 +310,10 @@ impl Stub {
 
     fn handle_pending<T: Target + ?Sized>(&mut self, target: &mut T) {
         while !self.running && !self.closed {
-            let Some(cmd) = self.pending.pop_front() else {
+            let Some(packet) = self.pending.pop_front() else {
                 break;
             };
-            match self.handle(target, cmd) {
+            match self.handle(target, packet.command()) {
                 Action::Stay => {}
                 Action::Run => self.running = true,
                 Action::Close => {
@@ -368,13 +368,13 @@ impl Stub {
     fn xfer<T: Target + ?Sized>(
         &self,
         target: &mut T,
-        object: &XferObject,
-        annex: &str,
+        object: &XferObject<'_>,
+        annex: &[u8],
         offset: u64,
         length: u64,
     ) -> Reply {
         let doc = match object {
-            XferObject::Features if annex == "target.xml" => {
+            XferObject::Features if annex == b"target.xml" => {
                 xml::target_description_x86_64().into_bytes()
             }
             XferObject::Libraries => match target.support_libraries() {
@@ -446,7 +446,7 @@ impl Stub {
         }
     }
 
-    fn write_register<T: Target + ?Sized>(target: &mut T, reg: u32, value: &[u8]) -> Reply {
+    fn write_register<T: Target + ?Sized>(target: &mut T, reg: u32, value: HexBytes<'_>) -> Reply {
         let Ok(regs) = target.registers() else {
             return Reply::Error(E_INVAL);
         };
@@ -454,7 +454,7 @@ impl Stub {
         let span = xml::register_span(reg as usize);
         match span.and_then(|(o, w)| g.get_mut(o..o.saturating_add(w))) {
             Some(slot) if slot.len() == value.len() => {
-                slot.copy_from_slice(value);
+                slot.iter_mut().zip(value.iter()).for_each(|(d, s)| *d = s);
                 let mut regs = regs;
                 registers_from_g(&mut regs, &g);
                 match target.write_registers(&regs) {
@@ -505,11 +505,12 @@ impl Stub {
         }
     }
 
-    fn monitor<T: Target + ?Sized>(&mut self, target: &mut T, text: &[u8]) -> Action {
+    fn monitor<T: Target + ?Sized>(&mut self, target: &mut T, text: HexBytes<'_>) -> Action {
         let Some(ops) = target.support_monitor() else {
             return self.send(&Reply::Empty);
         };
-        let line = String::from_utf8_lossy(text);
+        let text = text.to_vec();
+        let line = String::from_utf8_lossy(&text);
         let mut output = ops.monitor(line.trim());
         if !output.is_empty() && !output.ends_with('\n') {
             output.push('\n');
@@ -522,7 +523,7 @@ impl Stub {
     }
 
     /// Handles one command while the target is stopped.
-    fn handle<T: Target + ?Sized>(&mut self, target: &mut T, cmd: Command) -> Action {
+    fn handle<T: Target + ?Sized>(&mut self, target: &mut T, cmd: Command<'_>) -> Action {
         let reply = match cmd {
             Command::QSupported(_) => Reply::Supported(self.features(target)),
             Command::StartNoAckMode if self.config.no_ack => Reply::Ok,
@@ -532,7 +533,7 @@ impl Stub {
                 annex,
                 offset,
                 length,
-            } => self.xfer(target, &object, &annex, offset, length),
+            } => self.xfer(target, &object, annex, offset, length),
             Command::HaltReason => Reply::Stop(self.last_stop),
             Command::ThreadInfoFirst => Reply::ThreadList(vec![ThreadId::Id(THREAD)]),
             Command::ThreadInfoNext => Reply::ThreadListEnd,
@@ -545,7 +546,7 @@ impl Stub {
             Command::WriteRegisters(data) if data.len() == xml::G_PACKET_LEN => {
                 match target.registers() {
                     Ok(mut regs) => {
-                        registers_from_g(&mut regs, &data);
+                        registers_from_g(&mut regs, &data.to_vec());
                         match target.write_registers(&regs) {
                             Ok(()) => Reply::Ok,
                             Err(e) => error_reply(e),
@@ -564,7 +565,7 @@ impl Stub {
                     None => Reply::Error(E_INVAL),
                 }
             }
-            Command::WriteRegister { reg, value } => Self::write_register(target, reg, &value),
+            Command::WriteRegister { reg, value } => Self::write_register(target, reg, value),
             Command::ReadMemory { addr, len } => {
                 match Self::read_memory(target, addr, len, self.max_data()) {
                     Some(data) => Reply::Hex(data),
@@ -574,18 +575,18 @@ impl Stub {
             Command::ReadMemoryBinary { addr, len } if self.config.binary_read => {
                 self.read_binary(target, addr, len)
             }
-            Command::WriteMemory { addr, data } => Self::write_memory(target, addr, &data),
+            Command::WriteMemory { addr, data } => Self::write_memory(target, addr, &data.to_vec()),
             Command::WriteMemoryBinary { addr, data } if self.config.binary_write => {
-                Self::write_memory(target, addr, &data)
+                Self::write_memory(target, addr, data)
             }
             Command::SearchMemory { addr, len, pattern } => match target.support_search() {
-                Some(ops) => match ops.search(addr, addr.saturating_add(len), &pattern) {
+                Some(ops) => match ops.search(addr, addr.saturating_add(len), pattern) {
                     Ok(hit) => Reply::SearchResult(hit),
                     Err(e) => error_reply(e),
                 },
                 None => Reply::Empty,
             },
-            Command::Monitor(text) => return self.monitor(target, &text),
+            Command::Monitor(text) => return self.monitor(target, text),
             Command::InsertBreakpoint(bp) => self.breakpoint(target, bp.kind, bp.addr, true),
             Command::RemoveBreakpoint(bp) => self.breakpoint(target, bp.kind, bp.addr, false),
             Command::VContQuery => Reply::VContSupported(
@@ -623,6 +624,8 @@ impl Stub {
             }
             // The target is not killed: the client goes away, the target stays.
             Command::Kill => return Action::Close,
+            // A command the stub knows, with arguments it cannot take.
+            Command::Malformed(_) => Reply::Error(E_INVAL),
             _ => Reply::Empty,
         };
         self.send(&reply)
