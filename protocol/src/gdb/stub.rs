@@ -640,3 +640,134 @@ fn error_reply(e: TargetError) -> Reply {
         _ => Reply::Error(E_INVAL),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gdb::frame::{Decoder, Event, encode_packet};
+
+    /// 16 bytes at 0x1000 that cannot run, with no optional capability.
+    struct Rom([u8; 16]);
+
+    impl Target for Rom {
+        fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<usize, TargetError> {
+            let off = addr.checked_sub(0x1000).ok_or(TargetError::Fault)? as usize;
+            let src = self.0.get(off..).unwrap_or_default();
+            let n = src.len().min(buf.len());
+            if n == 0 {
+                return Err(TargetError::Fault);
+            }
+            buf[..n].copy_from_slice(&src[..n]);
+            Ok(n)
+        }
+        fn write_memory(&mut self, _: u64, _: &[u8]) -> Result<(), TargetError> {
+            Err(TargetError::Fault)
+        }
+        fn registers(&mut self) -> Result<X64Registers, TargetError> {
+            Ok(X64Registers {
+                rip: 0x1000,
+                ..X64Registers::default()
+            })
+        }
+        fn write_registers(&mut self, _: &X64Registers) -> Result<(), TargetError> {
+            Err(TargetError::Unsupported)
+        }
+        fn resume(&mut self, _: Resume) -> Result<(), TargetError> {
+            Err(TargetError::CannotRun)
+        }
+        fn poll_run(&mut self) -> RunState {
+            RunState::Stopped(StopReason::Trap)
+        }
+        fn interrupt(&mut self) {}
+    }
+
+    fn ask(stub: &mut Stub, rom: &mut Rom, payload: &[u8]) -> Vec<String> {
+        stub.receive(rom, &encode_packet(payload, false));
+        let bytes = stub.poll_transmit().unwrap_or_default();
+        Decoder::default()
+            .decode(&bytes)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Packet(p) => Some(String::from_utf8_lossy(&p).into_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_target_with_no_capabilities_gets_a_reduced_stub() {
+        let mut rom = Rom(*b"0123456789abcdef");
+        let mut stub = Stub::new(StubConfig::default());
+        let supported = ask(&mut stub, &mut rom, b"qSupported:swbreak+").join("");
+        assert!(supported.contains("qXfer:features:read+"), "{supported}");
+        for absent in ["libraries", "memory-map", "swbreak", "RunLimit"] {
+            assert!(!supported.contains(absent), "{absent} in {supported}");
+        }
+        for unsupported in [
+            &b"qXfer:libraries:read::0,100"[..],
+            b"qXfer:memory-map:read::0,100",
+            b"qSearch:memory:1000;10;45",
+            b"qRcmd,6c6d",
+            b"Z0,1000,1",
+            b"QTagsplit.RunLimit:5",
+            b"vFile:setfs:0",
+        ] {
+            assert_eq!(
+                ask(&mut stub, &mut rom, unsupported),
+                [""],
+                "{unsupported:?}"
+            );
+        }
+        assert_eq!(ask(&mut stub, &mut rom, b"m100e,4"), ["6566"]);
+        assert_eq!(ask(&mut stub, &mut rom, b"m2000,4"), ["E0e"]);
+        assert_eq!(ask(&mut stub, &mut rom, b"M1000,1:00"), ["E0e"]);
+        // A machine that cannot run says so and stays stopped.
+        assert_eq!(
+            ask(&mut stub, &mut rom, b"vCont;c"),
+            [format!("E.{CANNOT_RUN}")]
+        );
+        assert!(!stub.is_running());
+        assert_eq!(ask(&mut stub, &mut rom, b"?"), ["T05thread:01;"]);
+        assert_eq!(ask(&mut stub, &mut rom, b"D"), ["OK"]);
+        assert!(stub.is_closed());
+    }
+
+    #[test]
+    fn malformed_known_packets_get_an_error_not_the_empty_reply() {
+        let mut rom = Rom([0; 16]);
+        let mut stub = Stub::new(StubConfig::default());
+        for bad in [
+            &b"m1000"[..],
+            b"m1000,zz",
+            b"M1000,2:00",
+            b"Z0,1000",
+            b"qXfer:features:read:target.xml:0",
+            b"qRcmd,6",
+            b"G00",
+        ] {
+            assert_eq!(
+                ask(&mut stub, &mut rom, bad),
+                [format!("E{E_INVAL:02x}")],
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn registers_round_trip_through_the_g_block() {
+        let regs = X64Registers {
+            rip: 0x1122_3344_5566_7788,
+            rflags: 0x246,
+            cs: 0x10,
+            r8: 7,
+            ..X64Registers::default()
+        };
+        let g = registers_to_g(&regs);
+        assert_eq!(g.len(), xml::G_PACKET_LEN);
+        assert_eq!(&g[128..136], &0x1122_3344_5566_7788u64.to_le_bytes());
+        assert_eq!(&g[532..536], &0x1f80u32.to_le_bytes());
+        let mut back = X64Registers::default();
+        registers_from_g(&mut back, &g);
+        assert_eq!(back, regs);
+    }
+}
