@@ -75,6 +75,9 @@ pub const E_INVAL: u8 = 0x16;
 pub const CANNOT_RUN: &str = "this target cannot run";
 /// The only thread a stub reports.
 const THREAD: u64 = 1;
+/// Commands kept while the target runs (gdb sends none in all-stop mode; a client that
+/// floods is not allowed to grow the queue).
+const MAX_PENDING: usize = 64;
 
 /// Protocol choices of a stub (what the target supports is asked of the target).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -222,7 +225,13 @@ impl Stub {
         self.session.receive(bytes);
         while let Some(event) = self.session.poll_event() {
             match event {
-                ServerEvent::Command(cmd) => self.pending.push_back(cmd),
+                ServerEvent::Command(cmd) => {
+                    if self.pending.len() < MAX_PENDING {
+                        self.pending.push_back(cmd);
+                    }
+                    // Stopped: answered at once. Running: kept until the target stops.
+                    self.handle_pending(target);
+                }
                 ServerEvent::Interrupt if self.running => {
                     target.interrupt();
                     self.stopped(StopReason::Interrupted);
@@ -231,7 +240,6 @@ impl Stub {
                 _ => {}
             }
         }
-        self.handle_pending(target);
     }
 
     /// Lets a running target progress. Returns `None` when the target is stopped (the
@@ -751,6 +759,31 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn pipelined_commands_are_all_answered_in_order() {
+        let mut rom = Rom(*b"0123456789abcdef");
+        let mut stub = Stub::new(StubConfig::default());
+        let mut wire = Vec::new();
+        for i in 0..200u64 {
+            wire.extend(encode_packet(
+                format!("m{:x},1", 0x1000 + i % 16).as_bytes(),
+                false,
+            ));
+        }
+        stub.receive(&mut rom, &wire);
+        let bytes = stub.poll_transmit().unwrap_or_default();
+        let replies: Vec<_> = Decoder::default()
+            .decode(&bytes)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Packet(p) => Some(p),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(replies.len(), 200);
+        assert_eq!(replies[17], b"31");
     }
 
     #[test]
