@@ -219,7 +219,7 @@ mod ours {
             self.mem.get(off..off.checked_add(len)?)
         }
 
-        fn handle(&mut self, cmd: Command) -> Reply {
+        fn handle(&mut self, cmd: Command<'_>) -> Reply {
             match cmd {
                 Command::QSupported(_) => Reply::Supported(vec![
                     Feature::with_value("PacketSize", "1000"),
@@ -234,7 +234,7 @@ mod ours {
                     let off = addr.wrapping_sub(MEM_BASE) as usize;
                     match self.mem.get_mut(off..off + data.len()) {
                         Some(dst) => {
-                            dst.copy_from_slice(&data);
+                            dst.copy_from_slice(data);
                             Reply::Ok
                         }
                         None => Reply::Error(0x0e),
@@ -248,8 +248,8 @@ mod ours {
         pub fn feed(&mut self, bytes: &[u8]) -> usize {
             self.session.receive(bytes);
             while let Some(ev) = self.session.poll_event() {
-                if let ServerEvent::Command(cmd) = ev {
-                    let reply = self.handle(cmd);
+                if let ServerEvent::Command(packet) = ev {
+                    let reply = self.handle(packet.command());
                     self.session.send(&reply);
                 }
             }

@@ -2,17 +2,17 @@
 //! Stub bytes into a ClientSession waiting for replies of every kind; no panic.
 
 use libfuzzer_sys::fuzz_target;
-use tagsplit_protocol::gdb::{ClientEvent, ClientSession, Command, XferObject};
+use tagsplit_protocol::gdb::{ClientEvent, ClientSession, Command, Features, HexBytes, XferObject};
 
 fuzz_target!(|data: &[u8]| {
     let commands = [
-        Command::QSupported(vec![]),
+        Command::QSupported(Features::default()),
         Command::StartNoAckMode,
         Command::ReadMemory { addr: 0x1000, len: 16 },
         Command::ReadMemoryBinary { addr: 0x1000, len: 16 },
-        Command::XferRead { object: XferObject::Libraries, annex: String::new(), offset: 0, length: 0x100 },
-        Command::SearchMemory { addr: 0, len: 0x1000, pattern: b"Leak".to_vec() },
-        Command::Monitor(b"lm".to_vec()),
+        Command::XferRead { object: XferObject::Libraries, annex: b"", offset: 0, length: 0x100 },
+        Command::SearchMemory { addr: 0, len: 0x1000, pattern: b"Leak" },
+        Command::Monitor(HexBytes::raw(b"lm")),
         Command::Continue(None),
         Command::ThreadInfoFirst,
         Command::Attached(None),

@@ -7,7 +7,9 @@ use tagsplit_protocol::gdb::{Command, Reply, ReplyKind};
 
 fuzz_target!(|data: &[u8]| {
     let cmd = Command::parse(data);
-    if !matches!(cmd, Command::Unknown(_)) {
+    if let Command::Unknown(raw) | Command::Malformed(raw) = cmd {
+        assert_eq!(raw, data);
+    } else {
         assert_eq!(Command::parse(&cmd.encode()), cmd);
     }
     for kind in [

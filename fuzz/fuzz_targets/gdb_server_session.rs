@@ -9,13 +9,14 @@ fuzz_target!(|data: &[u8]| {
     for chunk in data.chunks(7) {
         session.receive(chunk);
         while let Some(ev) = session.poll_event() {
-            let reply = match ev {
-                ServerEvent::Command(Command::StartNoAckMode) => Reply::Ok,
-                ServerEvent::Command(Command::ReadMemory { len, .. }) => {
+            let ServerEvent::Command(packet) = ev else { continue };
+            let reply = match packet.command() {
+                Command::StartNoAckMode => Reply::Ok,
+                Command::ReadMemory { len, .. } => {
                     Reply::Hex(vec![0xcc; usize::try_from(len.min(64)).unwrap_or(0)])
                 }
-                ServerEvent::Command(_) => Reply::Empty,
-                _ => continue,
+                Command::Malformed(_) => Reply::Error(0x16),
+                _ => Reply::Empty,
             };
             session.send(&reply);
         }

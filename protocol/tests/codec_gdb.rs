@@ -26,7 +26,7 @@ async fn stub(listener: TcpListener) -> (Vec<LinkTrouble>, bool, SessionStats) {
     let mut trouble = Vec::new();
     while let Some(item) = framed.next().await {
         let reply = match item.unwrap() {
-            ServerItem::Event(ServerEvent::Command(cmd)) => match cmd {
+            ServerItem::Event(ServerEvent::Command(packet)) => match packet.command() {
                 Command::Attached(_) => Reply::Attached(true),
                 Command::StartNoAckMode => Reply::Ok,
                 Command::ReadMemory { addr, len } => {
@@ -53,7 +53,7 @@ async fn stub(listener: TcpListener) -> (Vec<LinkTrouble>, bool, SessionStats) {
 /// Sends `cmd` and drives the link until its reply arrives.
 async fn ask(
     framed: &mut Framed<TcpStream, GdbClientCodec>,
-    cmd: Command,
+    cmd: Command<'_>,
     trouble: &mut Vec<LinkTrouble>,
 ) -> Reply {
     framed.send(ClientSend::Command(cmd)).await.unwrap();

@@ -10,8 +10,8 @@
 use proptest::prelude::*;
 use tagsplit_protocol::gdb::frame::{self, Decoder, Event};
 use tagsplit_protocol::gdb::{
-    Breakpoint, BreakpointType, Command, Reply, ReplyKind, ResumeAction, ResumeKind, StopKind,
-    StopReply, ThreadId, ThreadOp, ThreadSel, XferObject,
+    Breakpoint, BreakpointType, Command, HexBytes, Reply, ReplyKind, ResumeAction, ResumeActions,
+    ResumeKind, StopKind, StopReply, ThreadId, ThreadOp, ThreadSel, XferObject,
 };
 
 /// Decodes `bytes` split at `cuts`, then ends the stream.
@@ -111,6 +111,7 @@ proptest! {
 
     #[test]
     fn commands_round_trip(cmd in command()) {
+        let cmd = cmd.command();
         let bytes = cmd.encode();
         prop_assert_eq!(Command::parse(&bytes), cmd);
     }
@@ -118,8 +119,8 @@ proptest! {
     #[test]
     fn command_parser_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
         let cmd = Command::parse(&bytes);
-        if let Command::Unknown(raw) = &cmd {
-            prop_assert_eq!(raw, &bytes);
+        if let Command::Unknown(raw) | Command::Malformed(raw) = cmd {
+            prop_assert_eq!(raw, &bytes[..]);
         }
     }
 
@@ -174,9 +175,57 @@ fn resume_action() -> impl Strategy<Value = ResumeAction> {
         .prop_map(|(kind, thread)| ResumeAction { kind, thread })
 }
 
-fn command() -> impl Strategy<Value = Command> {
+/// A command with owned data (commands borrow; the strategy needs owned values).
+#[derive(Clone, Debug)]
+enum Owned {
+    Plain(Command<'static>),
+    Xfer(XferObject<'static>, String, u64, u64),
+    WriteRegisters(Vec<u8>),
+    WriteRegister(u32, Vec<u8>),
+    WriteMemory(u64, Vec<u8>),
+    WriteMemoryBinary(u64, Vec<u8>),
+    Search(u64, u64, Vec<u8>),
+    Monitor(Vec<u8>),
+    VCont(Vec<ResumeAction>),
+}
+
+impl Owned {
+    fn command(&self) -> Command<'_> {
+        match self {
+            Owned::Plain(c) => *c,
+            Owned::Xfer(object, annex, offset, length) => Command::XferRead {
+                object: *object,
+                annex: annex.as_bytes(),
+                offset: *offset,
+                length: *length,
+            },
+            Owned::WriteRegisters(d) => Command::WriteRegisters(HexBytes::raw(d)),
+            Owned::WriteRegister(reg, d) => Command::WriteRegister {
+                reg: *reg,
+                value: HexBytes::raw(d),
+            },
+            Owned::WriteMemory(addr, d) => Command::WriteMemory {
+                addr: *addr,
+                data: HexBytes::raw(d),
+            },
+            Owned::WriteMemoryBinary(addr, d) => Command::WriteMemoryBinary {
+                addr: *addr,
+                data: d,
+            },
+            Owned::Search(addr, len, p) => Command::SearchMemory {
+                addr: *addr,
+                len: *len,
+                pattern: p,
+            },
+            Owned::Monitor(d) => Command::Monitor(HexBytes::raw(d)),
+            Owned::VCont(a) => Command::VCont(ResumeActions::list(a)),
+        }
+    }
+}
+
+fn command() -> impl Strategy<Value = Owned> {
     let bytes = || prop::collection::vec(any::<u8>(), 0..32);
-    prop_oneof![
+    let plain = prop_oneof![
         Just(Command::MustReplyEmpty),
         Just(Command::StartNoAckMode),
         (
@@ -184,23 +233,6 @@ fn command() -> impl Strategy<Value = Command> {
             thread_sel()
         )
             .prop_map(|(op, t)| Command::SetThread(op, t)),
-        (
-            prop_oneof![
-                Just(XferObject::Features),
-                Just(XferObject::Libraries),
-                Just(XferObject::MemoryMap),
-                Just(XferObject::Other("exec-file".into()))
-            ],
-            "[a-z.]{0,12}",
-            any::<u64>(),
-            any::<u64>()
-        )
-            .prop_map(|(object, annex, offset, length)| Command::XferRead {
-                object,
-                annex,
-                offset,
-                length
-            }),
         Just(Command::TraceStatus),
         Just(Command::HaltReason),
         Just(Command::ThreadInfoFirst),
@@ -208,27 +240,42 @@ fn command() -> impl Strategy<Value = Command> {
         Just(Command::CurrentThread),
         prop::option::of(any::<u64>()).prop_map(Command::Attached),
         Just(Command::ReadRegisters),
-        bytes().prop_map(Command::WriteRegisters),
         any::<u32>().prop_map(Command::ReadRegister),
-        (any::<u32>(), bytes()).prop_map(|(reg, value)| Command::WriteRegister { reg, value }),
         (any::<u64>(), any::<u64>()).prop_map(|(addr, len)| Command::ReadMemory { addr, len }),
         (any::<u64>(), any::<u64>())
             .prop_map(|(addr, len)| Command::ReadMemoryBinary { addr, len }),
-        (any::<u64>(), bytes()).prop_map(|(addr, data)| Command::WriteMemory { addr, data }),
-        (any::<u64>(), bytes()).prop_map(|(addr, data)| Command::WriteMemoryBinary { addr, data }),
-        (any::<u64>(), any::<u64>(), bytes())
-            .prop_map(|(addr, len, pattern)| Command::SearchMemory { addr, len, pattern }),
-        bytes().prop_map(Command::Monitor),
         breakpoint().prop_map(Command::InsertBreakpoint),
         breakpoint().prop_map(Command::RemoveBreakpoint),
         Just(Command::VContQuery),
-        prop::collection::vec(resume_action(), 0..4).prop_map(Command::VCont),
         prop::option::of(any::<u64>()).prop_map(Command::Continue),
         prop::option::of(any::<u64>()).prop_map(Command::Step),
         prop::option::of(any::<u64>()).prop_map(Command::Detach),
         Just(Command::Kill),
         prop::option::of(any::<u64>()).prop_map(Command::VKill),
         any::<u64>().prop_map(Command::RunLimit),
+    ];
+    prop_oneof![
+        plain.prop_map(Owned::Plain),
+        (
+            prop_oneof![
+                Just(XferObject::Features),
+                Just(XferObject::Libraries),
+                Just(XferObject::MemoryMap),
+                Just(XferObject::Other(b"exec-file"))
+            ],
+            "[a-z.]{0,12}",
+            any::<u64>(),
+            any::<u64>()
+        )
+            .prop_map(|(object, annex, offset, length)| Owned::Xfer(object, annex, offset, length)),
+        bytes().prop_map(Owned::WriteRegisters),
+        (any::<u32>(), bytes()).prop_map(|(reg, value)| Owned::WriteRegister(reg, value)),
+        (any::<u64>(), bytes()).prop_map(|(addr, data)| Owned::WriteMemory(addr, data)),
+        (any::<u64>(), bytes()).prop_map(|(addr, data)| Owned::WriteMemoryBinary(addr, data)),
+        (any::<u64>(), any::<u64>(), bytes())
+            .prop_map(|(addr, len, pattern)| Owned::Search(addr, len, pattern)),
+        bytes().prop_map(Owned::Monitor),
+        prop::collection::vec(resume_action(), 0..4).prop_map(Owned::VCont),
     ]
 }
 

@@ -50,7 +50,9 @@ fn exchange(stream: &mut TcpStream, session: &mut ClientSession, cmd: &Command) 
 /// Commands the stub answers with the empty reply on purpose.
 fn answered_empty(cmd: &Command) -> bool {
     match cmd {
+        // `Monitor`: no handler here, so the stub does not offer monitor commands.
         Command::Unknown(_) | Command::MustReplyEmpty | Command::TraceStatus => true,
+        Command::Monitor(_) => true,
         Command::InsertBreakpoint(bp) | Command::RemoveBreakpoint(bp) => {
             !matches!(bp.kind, BreakpointType::Software | BreakpointType::Hardware)
         }
@@ -97,7 +99,7 @@ fn recorded_gdb_sessions_replay_against_the_stub() {
                 (Command::ReadRegisters, Reply::Hex(g)) => assert_eq!(g.len(), xml::G_PACKET_LEN),
                 (Command::ReadRegisters, other) => panic!("{name}: g -> {other:?}"),
                 (Command::XferRead { annex, .. }, Reply::Xfer { data, .. })
-                    if annex == "target.xml" =>
+                    if *annex == b"target.xml" =>
                 {
                     assert!(String::from_utf8_lossy(data).contains("i386:x86-64"));
                 }
@@ -106,9 +108,6 @@ fn recorded_gdb_sessions_replay_against_the_stub() {
                     assert!(matches!(r, Reply::Hex(_) | Reply::Error(_)), "{r:?}")
                 }
                 (Command::SearchMemory { .. }, r) => assert_eq!(*r, Reply::SearchResult(None)),
-                (Command::Monitor(_), r) => {
-                    assert!(matches!(r, Reply::ErrorText(_)), "no handler: {r:?}")
-                }
                 (Command::Detach(_), r) => assert_eq!(*r, Reply::Ok),
                 (c, Reply::Stop(_)) => assert!(c.resumes() || *c == Command::HaltReason, "{c:?}"),
                 _ => {}

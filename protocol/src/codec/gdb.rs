@@ -22,11 +22,12 @@
 //! let mut framed = Framed::new(socket, GdbServerCodec::default());
 //! while let Some(item) = framed.next().await {
 //!     match item? {
-//!         ServerItem::Event(ServerEvent::Command(Command::Attached(_))) => {
-//!             framed.send(ServerSend::Reply(Reply::Attached(true))).await?
-//!         }
-//!         ServerItem::Event(ServerEvent::Command(_)) => {
-//!             framed.send(ServerSend::Reply(Reply::Empty)).await?
+//!         ServerItem::Event(ServerEvent::Command(packet)) => {
+//!             let reply = match packet.command() {
+//!                 Command::Attached(_) => Reply::Attached(true),
+//!                 _ => Reply::Empty,
+//!             };
+//!             framed.send(ServerSend::Reply(reply)).await?
 //!         }
 //!         ServerItem::Transmit => framed.send(ServerSend::Pending).await?,
 //!         _ => {}
@@ -228,9 +229,9 @@ impl Encoder<ServerSend> for GdbServerCodec {
 /// What [`GdbClientCodec`] encodes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum ClientSend {
+pub enum ClientSend<'a> {
     /// A command; its reply is parsed as the kind the command gets.
-    Command(Command),
+    Command(Command<'a>),
     /// The interrupt byte (while the target runs).
     Interrupt,
     /// Only the bytes the session queued itself.
@@ -269,10 +270,10 @@ impl CodecDecoder for GdbClientCodec {
     }
 }
 
-impl Encoder<ClientSend> for GdbClientCodec {
+impl<'a> Encoder<ClientSend<'a>> for GdbClientCodec {
     type Error = std::io::Error;
 
-    fn encode(&mut self, item: ClientSend, dst: &mut BytesMut) -> Result<(), Self::Error> {
+    fn encode(&mut self, item: ClientSend<'a>, dst: &mut BytesMut) -> Result<(), Self::Error> {
         match item {
             ClientSend::Command(c) => self.link.session.send(&c),
             ClientSend::Interrupt => self.link.session.send_interrupt(),
@@ -305,8 +306,8 @@ impl From<&Reply> for Frame {
     }
 }
 
-impl From<&Command> for Frame {
-    fn from(cmd: &Command) -> Self {
+impl From<&Command<'_>> for Frame {
+    fn from(cmd: &Command<'_>) -> Self {
         Frame::Packet(cmd.encode())
     }
 }
@@ -411,7 +412,7 @@ mod tests {
         src.put_slice(b"$QStartNoAckMode#b0");
         assert!(matches!(
             codec.decode(&mut src).unwrap(),
-            Some(Item::Event(ServerEvent::Command(Command::StartNoAckMode)))
+            Some(Item::Event(ServerEvent::Command(p))) if p.command() == Command::StartNoAckMode
         ));
         out.clear();
         codec

@@ -1,19 +1,23 @@
 //! Typed commands: what a client (gdb) sends to a stub.
 //!
 //! [`Command::parse`] takes the payload of one framed packet (already unescaped) and never
-//! fails: a packet it does not know, or a known one with malformed arguments, becomes
-//! [`Command::Unknown`], which a stub answers with the empty reply. [`Command::encode`] is
-//! the inverse, for the client side.
+//! fails, and never allocates: the command borrows its data from the payload (hex
+//! arguments stay hex text until asked for, see [`HexBytes`]). A packet it does not know
+//! becomes [`Command::Unknown`], which a stub answers with the empty reply ("unsupported");
+//! a packet it knows with malformed arguments becomes [`Command::Malformed`], which a stub
+//! answers with an `E` reply. [`Command::encode`] is the inverse, for the client side,
+//! which builds commands over its own bytes ([`HexBytes::raw`], [`ResumeActions::list`]).
 
 use nom::Parser;
 use nom::branch::alt;
 use nom::bytes::{tag, take_while1};
-use nom::combinator::{all_consuming, map, opt, rest, value, verify};
-use nom::multi::many0;
+use nom::combinator::{all_consuming, map, opt, recognize, rest, value, verify};
+use nom::multi::fold_many0;
 use nom::sequence::{preceded, separated_pair, terminated};
 
+use super::frame::hex_value;
 use super::hex::{
-    In, PErr, decode_hex, encode_hex_into, hex_u8, hex_u32, hex_u64, push_hex_u64, push_op_hex_u8,
+    In, PErr, encode_hex_into, hex_u8, hex_u32, hex_u64, push_hex_u64, push_op_hex_u8,
 };
 use super::reply::ReplyKind;
 
@@ -187,8 +191,8 @@ impl Feature {
 }
 
 /// Which `qXfer` object is read.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum XferObject {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum XferObject<'a> {
     /// `features` (target description; annex `target.xml`).
     Features,
     /// `libraries` (the library list).
@@ -196,29 +200,169 @@ pub enum XferObject {
     /// `memory-map`.
     MemoryMap,
     /// Any other object, by name.
-    Other(String),
+    Other(&'a [u8]),
 }
 
-impl XferObject {
+impl<'a> XferObject<'a> {
     /// The protocol name.
-    pub fn name(&self) -> &str {
+    pub fn name(&self) -> &'a [u8] {
         match self {
-            XferObject::Features => "features",
-            XferObject::Libraries => "libraries",
-            XferObject::MemoryMap => "memory-map",
+            XferObject::Features => b"features",
+            XferObject::Libraries => b"libraries",
+            XferObject::MemoryMap => b"memory-map",
             XferObject::Other(s) => s,
         }
     }
 
-    fn from_name(name: &[u8]) -> Self {
+    fn from_name(name: &'a [u8]) -> Self {
         match name {
             b"features" => XferObject::Features,
             b"libraries" => XferObject::Libraries,
             b"memory-map" => XferObject::MemoryMap,
-            other => XferObject::Other(String::from_utf8_lossy(other).into_owned()),
+            other => XferObject::Other(other),
         }
     }
 }
+
+/// Bytes a command carries as hex text (`M`, `G`, `P`, `qRcmd`), decoded on demand.
+///
+/// A parsed command holds the validated hex text of its packet ([`HexBytes::hex`]); a
+/// client building a command holds its own bytes ([`HexBytes::raw`]). Both compare by
+/// the bytes they stand for.
+#[derive(Clone, Copy, Debug)]
+pub enum HexBytes<'a> {
+    /// Hex text with an even number of hex digits.
+    Hex(&'a [u8]),
+    /// The bytes themselves.
+    Raw(&'a [u8]),
+}
+
+impl<'a> HexBytes<'a> {
+    /// Bytes given as they are.
+    pub fn raw(bytes: &'a [u8]) -> Self {
+        HexBytes::Raw(bytes)
+    }
+
+    /// Hex text; `None` unless it is an even number of hex digits.
+    pub fn hex(text: &'a [u8]) -> Option<Self> {
+        (text.len().is_multiple_of(2) && text.iter().all(|&c| hex_value(c).is_some()))
+            .then_some(HexBytes::Hex(text))
+    }
+
+    /// How many bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            HexBytes::Hex(t) => t.len() / 2,
+            HexBytes::Raw(b) => b.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes, one by one.
+    pub fn iter(&self) -> impl Iterator<Item = u8> + 'a {
+        let (hex, raw): (&'a [u8], &'a [u8]) = match *self {
+            HexBytes::Hex(t) => (t, &[]),
+            HexBytes::Raw(b) => (&[], b),
+        };
+        let decoded = hex.chunks_exact(2).map(|pair| match pair {
+            [h, l] => (hex_value(*h).unwrap_or(0) << 4) | hex_value(*l).unwrap_or(0),
+            _ => 0,
+        });
+        decoded.chain(raw.iter().copied())
+    }
+
+    /// The bytes, in a new vector.
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.iter().collect()
+    }
+
+    /// Appends the bytes as hex text.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        match self {
+            HexBytes::Hex(t) => out.extend(t.iter().map(|c| c.to_ascii_lowercase())),
+            HexBytes::Raw(b) => encode_hex_into(b, out),
+        }
+    }
+}
+
+impl PartialEq for HexBytes<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for HexBytes<'_> {}
+
+/// The feature list of a `qSupported` packet, as its text.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Features<'a>(&'a [u8]);
+
+impl<'a> Features<'a> {
+    /// A `;`-separated feature list (see [`Feature::encode_list_into`] to write one).
+    pub fn new(text: &'a [u8]) -> Self {
+        Features(text)
+    }
+
+    /// The list text.
+    pub fn text(&self) -> &'a [u8] {
+        self.0
+    }
+
+    /// The features, parsed one by one.
+    pub fn iter(&self) -> impl Iterator<Item = Feature> + 'a {
+        self.0.split(|&c| c == b';').filter_map(Feature::parse)
+    }
+}
+
+/// The actions of a `vCont` packet.
+///
+/// A parsed command holds the validated text of its packet; a client holds a list.
+#[derive(Clone, Copy, Debug)]
+pub enum ResumeActions<'a> {
+    /// `;ACTION[:TID]` repeated, as received.
+    Wire(&'a [u8]),
+    /// Actions given as values.
+    List(&'a [ResumeAction]),
+}
+
+impl<'a> ResumeActions<'a> {
+    /// Actions given as values.
+    pub fn list(actions: &'a [ResumeAction]) -> Self {
+        ResumeActions::List(actions)
+    }
+
+    /// The actions, in order.
+    pub fn iter(&self) -> impl Iterator<Item = ResumeAction> + 'a {
+        let (wire, list): (&'a [u8], &'a [ResumeAction]) = match *self {
+            ResumeActions::Wire(w) => (w, &[]),
+            ResumeActions::List(l) => (&[], l),
+        };
+        let parsed = wire.split(|&c| c == b';').skip(1).filter_map(|a| {
+            ResumeAction::parser()
+                .parse_complete(a)
+                .ok()
+                .map(|(_, a)| a)
+        });
+        parsed.chain(list.iter().copied())
+    }
+
+    /// The first action.
+    pub fn first(&self) -> Option<ResumeAction> {
+        self.iter().next()
+    }
+}
+
+impl PartialEq for ResumeActions<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for ResumeActions<'_> {}
 
 /// Breakpoint and watchpoint types of `Z`/`z`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -356,12 +500,12 @@ pub enum ThreadOp {
     Continue,
 }
 
-/// A command from a client, parsed from one packet payload.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A command from a client, parsed from one packet payload (and borrowing from it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Command {
+pub enum Command<'a> {
     /// `qSupported[:features]`.
-    QSupported(Vec<Feature>),
+    QSupported(Features<'a>),
     /// `vMustReplyEmpty` (the stub must answer with the empty packet).
     MustReplyEmpty,
     /// `QStartNoAckMode`.
@@ -371,9 +515,9 @@ pub enum Command {
     /// `qXfer:OBJECT:read:ANNEX:OFFSET,LENGTH`.
     XferRead {
         /// The object.
-        object: XferObject,
+        object: XferObject<'a>,
         /// The annex (`target.xml` for features; empty for libraries).
-        annex: String,
+        annex: &'a [u8],
         /// Offset into the document.
         offset: u64,
         /// Maximum bytes to return.
@@ -394,7 +538,7 @@ pub enum Command {
     /// `g`.
     ReadRegisters,
     /// `G` + hex.
-    WriteRegisters(Vec<u8>),
+    WriteRegisters(HexBytes<'a>),
     /// `p` + register number.
     ReadRegister(u32),
     /// `Pn=hex`.
@@ -402,7 +546,7 @@ pub enum Command {
         /// Register number.
         reg: u32,
         /// Its new value, target byte order.
-        value: Vec<u8>,
+        value: HexBytes<'a>,
     },
     /// `mADDR,LEN`.
     ReadMemory {
@@ -423,14 +567,14 @@ pub enum Command {
         /// Start address.
         addr: u64,
         /// The bytes.
-        data: Vec<u8>,
+        data: HexBytes<'a>,
     },
     /// `XADDR,LEN:binary`.
     WriteMemoryBinary {
         /// Start address.
         addr: u64,
         /// The bytes (possibly none: gdb probes with a zero-length `X`).
-        data: Vec<u8>,
+        data: &'a [u8],
     },
     /// `qSearch:memory:ADDR;LEN;PATTERN`.
     SearchMemory {
@@ -439,10 +583,10 @@ pub enum Command {
         /// Length of the range.
         len: u64,
         /// The raw pattern.
-        pattern: Vec<u8>,
+        pattern: &'a [u8],
     },
-    /// `qRcmd,hex` (`monitor` text, decoded).
-    Monitor(Vec<u8>),
+    /// `qRcmd,hex` (`monitor` text).
+    Monitor(HexBytes<'a>),
     /// `Z` + type,addr,kind.
     InsertBreakpoint(Breakpoint),
     /// `z` + type,addr,kind.
@@ -450,7 +594,7 @@ pub enum Command {
     /// `vCont?`.
     VContQuery,
     /// `vCont;ACTION[:TID]...`.
-    VCont(Vec<ResumeAction>),
+    VCont(ResumeActions<'a>),
     /// `c[ADDR]`.
     Continue(Option<u64>),
     /// `s[ADDR]`.
@@ -461,12 +605,16 @@ pub enum Command {
     Kill,
     /// `vKill;PID`.
     VKill(Option<u64>),
-    /// `QTagsplit.RunLimit:TICKS` (extension): the next resume runs at most this many
-    /// virtual-clock ticks, then stops with `T02` (0 = no limit). Offered in `qSupported`
-    /// as `QTagsplit.RunLimit+` by stubs over a simulator.
+    /// `QTagsplit.RunLimit:TICKS`: **tagsplit's own extension**, not a gdb packet. The
+    /// next resume runs at most this many ticks of the target's clock, then stops with
+    /// `T02` (0 = no limit). Offered in `qSupported` as `QTagsplit.RunLimit+` only by stubs
+    /// whose target opts into [`RunLimitOps`](crate::stub::RunLimitOps).
     RunLimit(u64),
-    /// Anything else (answered with the empty reply).
-    Unknown(Vec<u8>),
+    /// A packet this crate does not know (answered with the empty reply: unsupported).
+    Unknown(&'a [u8]),
+    /// A packet this crate knows whose arguments are malformed (answered with an `E`
+    /// reply, not the empty one: the command is supported, the request is wrong).
+    Malformed(&'a [u8]),
 }
 
 /// The `qSupported` feature a stub offers when it understands [`Command::RunLimit`].
@@ -484,19 +632,15 @@ fn addr_len<'a>() -> impl Parser<In<'a>, Output = (u64, u64), Error = PErr<'a>> 
     separated_pair(hex_u64(), lit(b","), hex_u64())
 }
 
-fn hex_data<'a>() -> impl Parser<In<'a>, Output = Vec<u8>, Error = PErr<'a>> {
-    nom::combinator::map_opt(rest, decode_hex)
+fn hex_data<'a>() -> impl Parser<In<'a>, Output = HexBytes<'a>, Error = PErr<'a>> {
+    nom::combinator::map_opt(rest, HexBytes::hex)
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn command_parser<'a>() -> impl Parser<In<'a>, Output = Command, Error = PErr<'a>> {
+fn command_parser<'a>() -> impl Parser<In<'a>, Output = Command<'a>, Error = PErr<'a>> {
     let queries = alt((
         map(
             preceded(lit(b"qSupported"), opt(preceded(lit(b":"), rest))),
-            |f: Option<In<'a>>| Command::QSupported(f.map(Feature::parse_list).unwrap_or_default()),
+            |f: Option<In<'a>>| Command::QSupported(Features::new(f.unwrap_or_default())),
         ),
         value(Command::MustReplyEmpty, lit(b"vMustReplyEmpty")),
         value(Command::StartNoAckMode, lit(b"QStartNoAckMode")),
@@ -512,7 +656,7 @@ fn command_parser<'a>() -> impl Parser<In<'a>, Output = Command, Error = PErr<'a
             ),
             |(object, annex, (offset, length))| Command::XferRead {
                 object: XferObject::from_name(object),
-                annex: text(annex),
+                annex,
                 offset,
                 length,
             },
@@ -531,11 +675,7 @@ fn command_parser<'a>() -> impl Parser<In<'a>, Output = Command, Error = PErr<'a
                 preceded(lit(b";"), hex_u64()),
                 preceded(lit(b";"), rest),
             ),
-            |(addr, len, pattern): (u64, u64, In<'a>)| Command::SearchMemory {
-                addr,
-                len,
-                pattern: pattern.to_vec(),
-            },
+            |(addr, len, pattern): (u64, u64, In<'a>)| Command::SearchMemory { addr, len, pattern },
         ),
         map(preceded(lit(b"qRcmd,"), hex_data()), Command::Monitor),
     ));
@@ -544,9 +684,13 @@ fn command_parser<'a>() -> impl Parser<In<'a>, Output = Command, Error = PErr<'a
         map(
             preceded(
                 lit(b"vCont"),
-                many0(preceded(lit(b";"), ResumeAction::parser())),
+                recognize(fold_many0(
+                    preceded(lit(b";"), ResumeAction::parser()),
+                    || (),
+                    |(), _| (),
+                )),
             ),
-            Command::VCont,
+            |wire| Command::VCont(ResumeActions::Wire(wire)),
         ),
         map(
             preceded(lit(b"vKill"), opt(preceded(lit(b";"), hex_u64()))),
@@ -605,7 +749,7 @@ fn command_parser<'a>() -> impl Parser<In<'a>, Output = Command, Error = PErr<'a
         map(
             verify(
                 preceded(lit(b"M"), separated_pair(addr_len(), lit(b":"), hex_data())),
-                |((_, len), data): &((u64, u64), Vec<u8>)| *len == data.len() as u64,
+                |((_, len), data): &((u64, u64), HexBytes<'a>)| *len == data.len() as u64,
             ),
             |((addr, _), data)| Command::WriteMemory { addr, data },
         ),
@@ -614,10 +758,7 @@ fn command_parser<'a>() -> impl Parser<In<'a>, Output = Command, Error = PErr<'a
                 preceded(lit(b"X"), separated_pair(addr_len(), lit(b":"), rest)),
                 |((_, len), data): &((u64, u64), In<'a>)| *len == data.len() as u64,
             ),
-            |((addr, _), data)| Command::WriteMemoryBinary {
-                addr,
-                data: data.to_vec(),
-            },
+            |((addr, _), data)| Command::WriteMemoryBinary { addr, data },
         ),
         map(preceded(lit(b"Z"), breakpoint()), Command::InsertBreakpoint),
         map(preceded(lit(b"z"), breakpoint()), Command::RemoveBreakpoint),
@@ -625,12 +766,46 @@ fn command_parser<'a>() -> impl Parser<In<'a>, Output = Command, Error = PErr<'a
     all_consuming(alt((queries, resume, state)))
 }
 
-impl Command {
-    /// Parses one packet payload; anything unrecognised or malformed is [`Command::Unknown`].
-    pub fn parse(payload: &[u8]) -> Command {
+/// Whether `payload` is a command this crate knows (whatever its arguments).
+fn is_known(payload: &[u8]) -> bool {
+    match payload.first() {
+        Some(
+            b'c' | b's' | b'D' | b'k' | b'?' | b'H' | b'g' | b'G' | b'p' | b'P' | b'm' | b'M'
+            | b'x' | b'X' | b'Z' | b'z',
+        ) => true,
+        Some(b'q' | b'Q' | b'v') => {
+            let mut parts = payload.split(|&c| matches!(c, b':' | b',' | b';' | b'?'));
+            match parts.next().unwrap_or_default() {
+                b"qSupported"
+                | b"vMustReplyEmpty"
+                | b"QStartNoAckMode"
+                | b"QTagsplit.RunLimit"
+                | b"qTStatus"
+                | b"qfThreadInfo"
+                | b"qsThreadInfo"
+                | b"qC"
+                | b"qAttached"
+                | b"qRcmd"
+                | b"vCont"
+                | b"vKill" => true,
+                b"qXfer" => payload.split(|&c| c == b':').nth(2) == Some(&b"read"[..]),
+                b"qSearch" => payload.starts_with(b"qSearch:memory:"),
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+impl<'a> Command<'a> {
+    /// Parses one packet payload, borrowing from it. A packet this crate does not know is
+    /// [`Command::Unknown`]; a known one with malformed arguments is
+    /// [`Command::Malformed`].
+    pub fn parse(payload: &'a [u8]) -> Command<'a> {
         match command_parser().parse_complete(payload) {
             Ok((_, cmd)) => cmd,
-            Err(_) => Command::Unknown(payload.to_vec()),
+            Err(_) if is_known(payload) => Command::Malformed(payload),
+            Err(_) => Command::Unknown(payload),
         }
     }
 
@@ -661,7 +836,7 @@ impl Command {
             Command::VContQuery => ReplyKind::VContSupported,
             Command::Continue(_) | Command::Step(_) | Command::VCont(_) => ReplyKind::Stop,
             Command::Detach(_) | Command::Kill | Command::VKill(_) => ReplyKind::Status,
-            Command::Unknown(_) | Command::TraceStatus => ReplyKind::Raw,
+            Command::Unknown(_) | Command::Malformed(_) | Command::TraceStatus => ReplyKind::Raw,
             _ => ReplyKind::Status,
         }
     }
@@ -671,9 +846,9 @@ impl Command {
         match self {
             Command::QSupported(features) => {
                 out.extend_from_slice(b"qSupported");
-                if !features.is_empty() {
+                if !features.text().is_empty() {
                     out.push(b':');
-                    Feature::encode_list_into(features, out);
+                    out.extend_from_slice(features.text());
                 }
             }
             Command::MustReplyEmpty => out.extend_from_slice(b"vMustReplyEmpty"),
@@ -693,9 +868,9 @@ impl Command {
                 length,
             } => {
                 out.extend_from_slice(b"qXfer:");
-                out.extend_from_slice(object.name().as_bytes());
+                out.extend_from_slice(object.name());
                 out.extend_from_slice(b":read:");
-                out.extend_from_slice(annex.as_bytes());
+                out.extend_from_slice(annex);
                 out.push(b':');
                 push_hex_u64(*offset, out);
                 out.push(b',');
@@ -716,7 +891,7 @@ impl Command {
             Command::ReadRegisters => out.push(b'g'),
             Command::WriteRegisters(data) => {
                 out.push(b'G');
-                encode_hex_into(data, out);
+                data.encode_into(out);
             }
             Command::ReadRegister(n) => {
                 out.push(b'p');
@@ -726,14 +901,14 @@ impl Command {
                 out.push(b'P');
                 push_hex_u64(u64::from(*reg), out);
                 out.push(b'=');
-                encode_hex_into(value, out);
+                value.encode_into(out);
             }
             Command::ReadMemory { addr, len } => encode_addr_len(b'm', *addr, *len, out),
             Command::ReadMemoryBinary { addr, len } => encode_addr_len(b'x', *addr, *len, out),
             Command::WriteMemory { addr, data } => {
                 encode_addr_len(b'M', *addr, data.len() as u64, out);
                 out.push(b':');
-                encode_hex_into(data, out);
+                data.encode_into(out);
             }
             Command::WriteMemoryBinary { addr, data } => {
                 encode_addr_len(b'X', *addr, data.len() as u64, out);
@@ -750,14 +925,14 @@ impl Command {
             }
             Command::Monitor(text) => {
                 out.extend_from_slice(b"qRcmd,");
-                encode_hex_into(text, out);
+                text.encode_into(out);
             }
             Command::InsertBreakpoint(bp) => encode_breakpoint(b'Z', bp, out),
             Command::RemoveBreakpoint(bp) => encode_breakpoint(b'z', bp, out),
             Command::VContQuery => out.extend_from_slice(b"vCont?"),
             Command::VCont(actions) => {
                 out.extend_from_slice(b"vCont");
-                for a in actions {
+                for a in actions.iter() {
                     out.push(b';');
                     a.encode_into(out);
                 }
@@ -783,7 +958,7 @@ impl Command {
                 out.extend_from_slice(b"QTagsplit.RunLimit:");
                 push_hex_u64(*ticks, out);
             }
-            Command::Unknown(raw) => out.extend_from_slice(raw),
+            Command::Unknown(raw) | Command::Malformed(raw) => out.extend_from_slice(raw),
         }
     }
 
@@ -839,6 +1014,7 @@ mod tests {
         let Command::QSupported(f) = cmd else {
             panic!("{cmd:?}")
         };
+        let f: Vec<Feature> = f.iter().collect();
         assert_eq!(f.len(), 3);
         assert_eq!(f[2], Feature::with_value("xmlRegisters", "i386"));
         round_trip(b"vMustReplyEmpty", Command::MustReplyEmpty);
@@ -855,7 +1031,7 @@ mod tests {
             b"qXfer:features:read:target.xml:0,1000",
             Command::XferRead {
                 object: XferObject::Features,
-                annex: "target.xml".into(),
+                annex: b"target.xml",
                 offset: 0,
                 length: 0x1000,
             },
@@ -864,7 +1040,7 @@ mod tests {
             b"qXfer:libraries:read::0,1000",
             Command::XferRead {
                 object: XferObject::Libraries,
-                annex: String::new(),
+                annex: b"",
                 offset: 0,
                 length: 0x1000,
             },
@@ -899,21 +1075,21 @@ mod tests {
             b"M140001010,1:31",
             Command::WriteMemory {
                 addr: 0x1_4000_1010,
-                data: vec![0x31],
+                data: HexBytes::raw(&[0x31]),
             },
         );
         round_trip(
             b"X140001010,0:",
             Command::WriteMemoryBinary {
                 addr: 0x1_4000_1010,
-                data: vec![],
+                data: &[],
             },
         );
         round_trip(
             b"X140001010,2:#}",
             Command::WriteMemoryBinary {
                 addr: 0x1_4000_1010,
-                data: b"#}".to_vec(),
+                data: b"#}",
             },
         );
         round_trip(b"p10", Command::ReadRegister(0x10));
@@ -921,17 +1097,40 @@ mod tests {
             b"P10=0102",
             Command::WriteRegister {
                 reg: 0x10,
-                value: vec![1, 2],
+                value: HexBytes::raw(&[1, 2]),
             },
         );
-        round_trip(b"G0102", Command::WriteRegisters(vec![1, 2]));
-        // Length mismatch is malformed, hence Unknown.
-        assert!(matches!(Command::parse(b"M1,2:31"), Command::Unknown(_)));
-        assert!(matches!(Command::parse(b"m1,"), Command::Unknown(_)));
-        assert!(matches!(
-            Command::parse(b"m11112222333344445,1"),
-            Command::Unknown(_)
-        ));
+        round_trip(b"G0102", Command::WriteRegisters(HexBytes::raw(&[1, 2])));
+        // Known commands with bad arguments are malformed, not unknown.
+        for bad in [
+            &b"M1,2:31"[..],
+            b"m1,",
+            b"m11112222333344445,1",
+            b"Mzz,1:00",
+            b"G123",
+            b"Z9,1,1",
+            b"qXfer:features:read:target.xml:0",
+            b"qRcmd,6",
+            b"vCont;q",
+            b"qSearch:memory:1",
+            b"gx",
+        ] {
+            assert_eq!(Command::parse(bad), Command::Malformed(bad));
+        }
+        for unknown in [
+            &b"qCRC:1,2"[..],
+            b"vFile:open:x",
+            b"qXfer:features:write:x:0:",
+            b"!",
+        ] {
+            assert_eq!(Command::parse(unknown), Command::Unknown(unknown));
+        }
+        // Hex text is kept as received and compares by its bytes.
+        let Command::WriteMemory { data, .. } = Command::parse(b"M10,2:4C6b") else {
+            panic!()
+        };
+        assert_eq!(data, HexBytes::raw(b"Lk"));
+        assert_eq!(data.to_vec(), b"Lk");
     }
 
     #[test]
@@ -941,10 +1140,10 @@ mod tests {
             Command::SearchMemory {
                 addr: 0x1_4000_0000,
                 len: 0x4000,
-                pattern: b"Leak".to_vec(),
+                pattern: b"Leak",
             },
         );
-        round_trip(b"qRcmd,68656c70", Command::Monitor(b"help".to_vec()));
+        round_trip(b"qRcmd,68656c70", Command::Monitor(HexBytes::raw(b"help")));
         let bp = Breakpoint {
             kind: BreakpointType::Software,
             addr: 0x1_4000_1002,
@@ -960,7 +1159,7 @@ mod tests {
         round_trip(b"vCont?", Command::VContQuery);
         round_trip(
             b"vCont;s:1;c",
-            Command::VCont(vec![
+            Command::VCont(ResumeActions::list(&[
                 ResumeAction {
                     kind: ResumeKind::Step,
                     thread: Some(ThreadSel::thread(ThreadId::Id(1))),
@@ -969,7 +1168,7 @@ mod tests {
                     kind: ResumeKind::Continue,
                     thread: None,
                 },
-            ]),
+            ])),
         );
         round_trip(b"c", Command::Continue(None));
         round_trip(b"c140001000", Command::Continue(Some(0x1_4000_1000)));
@@ -978,11 +1177,8 @@ mod tests {
         round_trip(b"D;1", Command::Detach(Some(1)));
         round_trip(b"k", Command::Kill);
         round_trip(b"vKill;a", Command::VKill(Some(10)));
-        round_trip(
-            b"vFile:setfs:0",
-            Command::Unknown(b"vFile:setfs:0".to_vec()),
-        );
-        round_trip(b"qMARK:find", Command::Unknown(b"qMARK:find".to_vec()));
+        round_trip(b"vFile:setfs:0", Command::Unknown(b"vFile:setfs:0"));
+        round_trip(b"qMARK:find", Command::Unknown(b"qMARK:find"));
         round_trip(b"QTagsplit.RunLimit:3e8", Command::RunLimit(1000));
     }
 }

@@ -9,8 +9,12 @@
 //!   its maximum as it arrives instead of buffering it. Trouble (bad checksums, noise,
 //!   oversize frames) is an event, never an error that ends the stream.
 //! * [`Command`] and [`Reply`] — typed packets. Commands are parsed with nom from an
-//!   already framed payload (anything unknown becomes [`Command::Unknown`], answered with the
-//!   empty reply); replies are parsed against the [`ReplyKind`] their command expects.
+//!   already framed payload and borrow from it (a packet it does not know becomes
+//!   [`Command::Unknown`], answered with the empty reply; a known one with malformed
+//!   arguments [`Command::Malformed`], answered with an `E` reply); replies are parsed
+//!   against the [`ReplyKind`] their command expects.
+//! * [`stub`] — a complete stub over any [`Target`](crate::stub::Target): everything
+//!   negotiated and encoded on the target side, answering only what the target supports.
 //! * [`xml`] — the x86-64 target description (explicit registers, 536-byte `g`, no
 //!   `<osabi>`), the library list and the memory map.
 //! * [`ServerSession`] and [`ClientSession`] — ack/no-ack mode, retransmission on `-` with
@@ -37,8 +41,9 @@
 //! let memory = *b"Leak";
 //! let mut sent = Vec::new();
 //! while let Some(event) = stub.poll_event() {
-//!     let ServerEvent::Command(cmd) = event else { continue };
-//!     let reply = match cmd {
+//!     let ServerEvent::Command(packet) = event else { continue };
+//!     // The command borrows from the packet: parsing it allocates nothing.
+//!     let reply = match packet.command() {
 //!         Command::QSupported(_) => Reply::Supported(vec![
 //!             Feature::with_value("PacketSize", "4000"),
 //!             Feature::supported("QStartNoAckMode"),
@@ -66,15 +71,18 @@ pub mod frame;
 pub mod hex;
 pub mod reply;
 pub mod session;
+pub mod stub;
 pub mod transcript;
 pub mod xml;
 
 pub use command::{
-    Breakpoint, BreakpointType, Command, Feature, FeatureValue, RUN_LIMIT_FEATURE, ResumeAction,
-    ResumeKind, ThreadId, ThreadOp, ThreadSel, XferObject,
+    Breakpoint, BreakpointType, Command, Feature, FeatureValue, Features, HexBytes,
+    RUN_LIMIT_FEATURE, ResumeAction, ResumeActions, ResumeKind, ThreadId, ThreadOp, ThreadSel,
+    XferObject,
 };
 pub use frame::{Decoder, Event};
 pub use reply::{Reply, ReplyError, ReplyKind, SIGINT, SIGTRAP, StopKind, StopReply};
 pub use session::{
-    ClientEvent, ClientSession, ServerEvent, ServerSession, SessionConfig, SessionStats,
+    ClientEvent, ClientSession, CommandPacket, ServerEvent, ServerSession, SessionConfig,
+    SessionStats,
 };

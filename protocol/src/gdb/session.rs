@@ -161,12 +161,29 @@ impl Link {
     }
 }
 
+/// One command packet as received: its payload, parsed on demand (without allocating).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandPacket(Vec<u8>);
+
+impl CommandPacket {
+    /// The command, borrowing from the payload.
+    pub fn command(&self) -> Command<'_> {
+        Command::parse(&self.0)
+    }
+
+    /// The payload (unescaped).
+    pub fn payload(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// What a [`ServerSession`] hands to the stub.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ServerEvent {
-    /// A command to handle; answer it with [`ServerSession::send`].
-    Command(Command),
+    /// A command to handle ([`CommandPacket::command`]); answer it with
+    /// [`ServerSession::send`].
+    Command(CommandPacket),
     /// The client sent the interrupt byte (stop the target if it runs).
     Interrupt,
     /// A reply was NAKed more often than the resend limit allows; the link is unreliable.
@@ -180,7 +197,8 @@ pub enum ServerEvent {
 ///
 /// let mut session = ServerSession::default();
 /// session.receive(b"$qAttached#8f");
-/// assert_eq!(session.poll_event(), Some(ServerEvent::Command(Command::Attached(None))));
+/// let Some(ServerEvent::Command(packet)) = session.poll_event() else { panic!() };
+/// assert_eq!(packet.command(), Command::Attached(None));
 /// session.send(&Reply::Attached(true));
 /// // The ack and the reply leave in one write.
 /// assert_eq!(session.poll_transmit().unwrap(), b"+$1#31");
@@ -231,7 +249,8 @@ impl ServerSession {
                     if cmd.resumes() {
                         self.running = true;
                     }
-                    self.events.push_back(ServerEvent::Command(cmd));
+                    self.events
+                        .push_back(ServerEvent::Command(CommandPacket(p)));
                 }
                 LinkEvent::Interrupt => self.events.push_back(ServerEvent::Interrupt),
                 LinkEvent::GaveUp => self.events.push_back(ServerEvent::GaveUp),
@@ -423,6 +442,12 @@ mod tests {
     use super::*;
     use crate::gdb::frame::encode_packet;
 
+    use crate::gdb::HexBytes;
+
+    fn packet(cmd: Command<'_>) -> CommandPacket {
+        CommandPacket(cmd.encode())
+    }
+
     #[test]
     fn no_ack_switch_on_both_sides() {
         let mut client = ClientSession::default();
@@ -431,7 +456,7 @@ mod tests {
         server.receive(&client.poll_transmit().unwrap());
         assert_eq!(
             server.poll_event(),
-            Some(ServerEvent::Command(Command::StartNoAckMode))
+            Some(ServerEvent::Command(packet(Command::StartNoAckMode)))
         );
         assert!(server.ack_mode());
         server.send(&Reply::Ok);
@@ -474,7 +499,7 @@ mod tests {
         assert_eq!(server.poll_transmit(), None);
         assert_eq!(
             server.poll_event(),
-            Some(ServerEvent::Command(Command::ReadRegisters))
+            Some(ServerEvent::Command(packet(Command::ReadRegisters)))
         );
         assert_eq!(server.poll_event(), Some(ServerEvent::GaveUp));
         assert_eq!(server.stats().retransmissions, 2);
@@ -496,7 +521,7 @@ mod tests {
         server.receive(&[INTERRUPT]);
         assert!(matches!(
             server.poll_event(),
-            Some(ServerEvent::Command(Command::VCont(_)))
+            Some(ServerEvent::Command(p)) if matches!(p.command(), Command::VCont(_))
         ));
         assert_eq!(server.poll_event(), Some(ServerEvent::Interrupt));
         server.send(&Reply::Stop(crate::gdb::StopReply::thread(2, 1, None)));
@@ -507,7 +532,7 @@ mod tests {
     #[test]
     fn client_collects_monitor_output_then_ok() {
         let mut client = ClientSession::default();
-        client.send(&Command::Monitor(b"lm".to_vec()));
+        client.send(&Command::Monitor(HexBytes::raw(b"lm")));
         assert_eq!(
             client.poll_transmit().unwrap(),
             encode_packet(b"qRcmd,6c6d", false)

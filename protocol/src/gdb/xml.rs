@@ -10,6 +10,8 @@
 
 use std::fmt::Write as _;
 
+pub use crate::stub::{Library, MemoryRegion};
+
 /// One register of the target description, in `g` order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RegisterDef {
@@ -161,15 +163,6 @@ pub fn target_description_x86_64() -> String {
     xml
 }
 
-/// One entry of the library list.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Library {
-    /// The name gdb shows (we use the full path of the module).
-    pub name: String,
-    /// The load address (the image base).
-    pub address: u64,
-}
-
 /// The library list (`qXfer:libraries:read`): `<library name><segment address/></library>`.
 pub fn library_list(libraries: &[Library]) -> String {
     let mut xml = String::from("<library-list>");
@@ -183,15 +176,6 @@ pub fn library_list(libraries: &[Library]) -> String {
     }
     xml.push_str("</library-list>");
     xml
-}
-
-/// One region of the memory map.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MemoryRegion {
-    /// First address.
-    pub start: u64,
-    /// Length in bytes.
-    pub length: u64,
 }
 
 /// The memory map (`qXfer:memory-map:read`), every region as `ram`.

@@ -27,8 +27,9 @@ use std::time::{Duration, Instant};
 use tagsplit_protocol::gdb::command::{DEFAULT_RUN_FEATURE, RUN_LIMIT_FEATURE};
 use tagsplit_protocol::gdb::xml::{self, MemoryRegion, REG_RIP};
 use tagsplit_protocol::gdb::{
-    Breakpoint, BreakpointType, ClientEvent, ClientSession, Command, Feature, FeatureValue, Reply,
-    ResumeAction, ResumeKind, SessionConfig, StopKind, StopReply, XferObject,
+    Breakpoint, BreakpointType, ClientEvent, ClientSession, Command, FeatureValue, Features,
+    HexBytes, Reply, ResumeAction, ResumeActions, ResumeKind, SessionConfig, StopKind, StopReply,
+    XferObject,
 };
 use tagsplit_protocol::nt::layout::{PAGE_SIZE, kdbg};
 use tagsplit_protocol::nt::pe::{dos, nt_headers, optional_header};
@@ -175,15 +176,7 @@ impl GdbTarget {
     }
 
     fn handshake(&mut self) -> Result<(), TargetError> {
-        let ours = [
-            "swbreak+",
-            "hwbreak+",
-            "vContSupported+",
-            "xmlRegisters=i386",
-        ]
-        .iter()
-        .filter_map(|f| Feature::parse(f.as_bytes()))
-        .collect();
+        let ours = Features::new(b"swbreak+;hwbreak+;vContSupported+;xmlRegisters=i386");
         let features = match self.request(&Command::QSupported(ours))? {
             Reply::Supported(f) => f,
             Reply::ErrorText(e) => return Err(protocol(format!("stub refused: {e}"))),
@@ -287,7 +280,7 @@ impl GdbTarget {
 
     /// Runs a `monitor` command and returns its output.
     pub fn monitor(&mut self, line: &str) -> Result<String, TargetError> {
-        match self.request(&Command::Monitor(line.as_bytes().to_vec()))? {
+        match self.request(&Command::Monitor(HexBytes::raw(line.as_bytes())))? {
             Reply::Ok | Reply::Empty => Ok(String::from_utf8_lossy(&self.output).into_owned()),
             Reply::ErrorText(e) => Err(protocol(e)),
             other => Err(protocol(format!("unexpected monitor reply {other:?}"))),
@@ -347,12 +340,12 @@ impl GdbTarget {
     }
 
     /// Reads a whole `qXfer` object; `None` if the stub does not offer it.
-    fn xfer_read(&mut self, object: XferObject) -> Result<Option<Vec<u8>>, TargetError> {
+    fn xfer_read(&mut self, object: XferObject<'_>) -> Result<Option<Vec<u8>>, TargetError> {
         let mut doc = Vec::new();
         loop {
             let cmd = Command::XferRead {
-                object: object.clone(),
-                annex: String::new(),
+                object,
+                annex: b"",
                 offset: doc.len() as u64,
                 length: self.read_chunk() as u64,
             };
@@ -369,7 +362,7 @@ impl GdbTarget {
             if doc.len() > 16 << 20 {
                 return Err(protocol(format!(
                     "qXfer {} document larger than 16 MiB",
-                    object.name()
+                    String::from_utf8_lossy(object.name())
                 )));
             }
         }
@@ -483,7 +476,7 @@ impl GdbTarget {
             let cmd = Command::SearchMemory {
                 addr: at,
                 len: end.get() - at,
-                pattern: pattern.to_vec(),
+                pattern,
             };
             match self.request(&cmd)? {
                 Reply::SearchResult(Some(hit)) if hit >= at && hit < end.get() => {
@@ -505,7 +498,7 @@ impl GdbTarget {
         if self.caps.binary_write {
             match self.request(&Command::WriteMemoryBinary {
                 addr: addr.get(),
-                data: data.to_vec(),
+                data,
             })? {
                 Reply::Ok => return Ok(true),
                 Reply::Empty => self.caps.binary_write = false,
@@ -514,7 +507,7 @@ impl GdbTarget {
         }
         Ok(self.request(&Command::WriteMemory {
             addr: addr.get(),
-            data: data.to_vec(),
+            data: HexBytes::raw(data),
         })? == Reply::Ok)
     }
 
@@ -544,10 +537,11 @@ impl GdbTarget {
     /// once the target has stopped).
     fn resume_and_wait(&mut self, interrupt_at: Option<Instant>) -> Result<StopReply, TargetError> {
         self.output.clear();
-        self.session.send(&Command::VCont(vec![ResumeAction {
-            kind: ResumeKind::Continue,
-            thread: None,
-        }]));
+        self.session
+            .send(&Command::VCont(ResumeActions::list(&[ResumeAction {
+                kind: ResumeKind::Continue,
+                thread: None,
+            }])));
         self.write_out()?;
         // A run bounded by the stub (or by our interrupt): allow generously for it.
         let patience = self.options.timeout.saturating_mul(6);

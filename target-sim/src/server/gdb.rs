@@ -1,15 +1,20 @@
-//! The GDB remote-protocol stub over TCP.
+//! The GDB remote-protocol stub over TCP: the simulator as a [`Target`] and a blocking
+//! transport around the protocol's [`Stub`].
 //!
-//! A thin loop around [`ServerSession`] and a [`Machine`]: gdb (or tagsplit's own
-//! `gdb://` client) attaches, reads and writes memory, lists modules through
-//! `qXfer:libraries:read`, searches with `qSearch:memory` (holes skipped), runs `monitor`
-//! commands through an injected handler, sets `Z0`/`Z1` breakpoints on allocation sites and
-//! runs the workload with `c`/`vCont;c` until a breakpoint, an interrupt (0x03) or a tick
-//! limit.
+//! All protocol knowledge (negotiation, `qXfer` windows, the `g` layout, breakpoints,
+//! reduced answers for what a target lacks) lives in
+//! [`tagsplit_protocol::gdb::stub`]. This module only says what the simulator supports
+//! ([`SimTarget`]) and moves bytes: gdb (or tagsplit's own `gdb://` client) attaches,
+//! reads and writes memory, lists modules, searches, runs `monitor` commands through an
+//! injected handler, sets breakpoints on allocation sites and runs the workload until a
+//! breakpoint, an interrupt (0x03) or a tick limit.
 //!
-//! One client at a time: a second connection gets `E.` with a reason and is closed. A
-//! detach (`D`) or kill leaves the stub ready for the next client. Sockets get
-//! `TCP_NODELAY`, and the ack and the reply to each packet leave in one write.
+//! One thread accepts and one thread serves the client, with blocking std sockets: while
+//! the target is stopped the client thread blocks on its socket; while it runs, the
+//! socket's read time-out is the target's next deadline (one slice of paced run). A second
+//! client gets `E.` with [`BUSY_MESSAGE`] and is closed (and logged). A detach (`D`) or
+//! kill leaves the stub ready for the next client. Sockets get `TCP_NODELAY`, and the ack
+//! and the reply to each packet leave in one write. The handle stops everything cleanly.
 //!
 //! ```no_run
 //! use tagsplit_target_sim::machine::Machine;
@@ -22,42 +27,32 @@
 //! let machine = stub.shutdown();
 //! ```
 
-use std::collections::{BTreeMap, VecDeque};
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tagsplit_protocol::gdb::command::{DEFAULT_RUN_FEATURE, RUN_LIMIT_FEATURE};
-use tagsplit_protocol::gdb::frame;
-use tagsplit_protocol::gdb::xml::{self, Library, MemoryRegion};
-use tagsplit_protocol::gdb::{
-    BreakpointType, Command, Feature, Reply, ResumeKind, SIGINT, SIGTRAP, ServerEvent,
-    ServerSession, SessionConfig, StopKind, StopReply, ThreadId, XferObject,
+use tagsplit_protocol::gdb::stub::{Stub, StubConfig};
+use tagsplit_protocol::gdb::{Reply, ServerEvent, ServerSession};
+use tagsplit_protocol::stub::{
+    BreakpointKind, BreakpointOps, Library, LibraryOps, MemoryMapOps, MemoryRegion, MonitorOps,
+    Resume, RunLimitOps, RunState, SearchOps, StopReason, Target, TargetError, X64Registers,
 };
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
-use super::{SharedMachine, StopFn, StubState, StubThread};
-use crate::machine::{CpuContext, Machine, SimStop};
+use super::{SharedMachine, StopFn, StubState, StubThread, lock};
+use crate::machine::{Machine, SimStop};
 use crate::types::VirtAddr;
 
 /// Runs a `monitor` command on the machine and returns its output text.
 pub type MonitorHandler = Box<dyn FnMut(&mut Machine, &str) -> String + Send>;
 
-/// The errno-style code for a memory fault (`EFAULT`).
-const E_FAULT: u8 = 0x0e;
-/// The code for a malformed or unsupported request (`EINVAL`).
-const E_INVAL: u8 = 0x16;
-/// The only thread.
-const THREAD: u64 = 1;
-
-/// Which optional protocol features the stub offers (all on by default). Turning them off
-/// gives a "basics only" stub, to test clients that must degrade.
+/// Which optional features the stub offers (all on by default). Turning them off gives a
+/// "basics only" stub, to test clients that must degrade: the simulator then simply does
+/// not opt into the capability, and the protocol's stub answers as any stub without it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StubFeatures {
-    /// `qXfer:features:read` (the target description).
-    pub target_xml: bool,
     /// `qXfer:libraries:read`.
     pub libraries: bool,
     /// `qXfer:memory-map:read`.
@@ -70,14 +65,13 @@ pub struct StubFeatures {
     pub binary_read: bool,
     /// `QStartNoAckMode`.
     pub no_ack: bool,
-    /// `QTagsplit.RunLimit` (exact tick-limited resumes).
+    /// `QTagsplit.RunLimit` (exact tick-limited resumes, our extension).
     pub run_limit: bool,
 }
 
 impl StubFeatures {
     /// Everything on.
     pub const FULL: StubFeatures = StubFeatures {
-        target_xml: true,
         libraries: true,
         memory_map: true,
         search: true,
@@ -87,10 +81,9 @@ impl StubFeatures {
         run_limit: true,
     };
 
-    /// Only what every stub has: `g`, `m`, `M`, `c`, `Z0`, `qRcmd` (and a target
-    /// description, without which gdb cannot talk to an x86-64 target at all).
+    /// Only what every stub has: `g`, `m`, `M`, `c`, `Z0`, `qRcmd` and the target
+    /// description (without which gdb cannot talk to an x86-64 target at all).
     pub const BASIC: StubFeatures = StubFeatures {
-        target_xml: true,
         libraries: false,
         memory_map: false,
         search: false,
@@ -115,11 +108,12 @@ pub struct GdbStubOptions {
     pub packet_size: usize,
     /// Every resume stops (with `T02`) after at most this many ticks, for deterministic tests.
     pub stop_after_ticks: Option<u64>,
-    /// Ticks run between checks for an interrupt while running.
+    /// Ticks run between looks at the client's input while running.
     pub slice_ticks: u64,
-    /// Wall-clock time per slice while running (pacing: 1 ms per tick by default).
+    /// Wall-clock time per slice of a paced run (a `c` from gdb); exact runs
+    /// (`QTagsplit.RunLimit`) are not paced.
     pub slice_interval: Duration,
-    /// Runs `monitor` commands; without one, `monitor` answers with an error text.
+    /// Runs `monitor` commands; without one, `monitor` is not offered.
     pub monitor: Option<MonitorHandler>,
     /// The scenario's default run length, offered as `QTagsplit.DefaultRun`.
     pub default_run_ticks: Option<u64>,
@@ -153,474 +147,254 @@ impl std::fmt::Debug for GdbStubOptions {
     }
 }
 
-/// What the stub does after a command.
-#[derive(Debug, PartialEq, Eq)]
-enum Action {
-    /// Send these replies (console output first, then the reply).
-    Reply(Vec<Reply>),
-    /// Resume: run until a stop, then send the stop reply.
-    Resume,
-    /// Reply `OK` and drop the connection.
-    Detach,
-    /// Drop the connection without a reply.
-    Close,
+impl GdbStubOptions {
+    /// The protocol choices these options make.
+    fn stub_config(&self) -> StubConfig {
+        let f = self.features;
+        StubConfig {
+            packet_size: self.packet_size,
+            no_ack: f.no_ack,
+            binary_read: f.binary_read,
+            binary_write: f.binary_write,
+        }
+    }
 }
 
-/// The protocol logic of the stub, without sockets: commands in, replies out.
-pub(crate) struct StubCore {
+/// The run state of the simulator between packets (it outlives client connections).
+#[derive(Debug)]
+pub struct SimRun {
     options: GdbStubOptions,
-    target_xml: Vec<u8>,
-    /// Breakpoints the client inserted, by address.
-    breakpoints: BTreeMap<u64, StopKind>,
-    /// Why the machine last stopped (the answer to `?`).
-    last_stop: StopReply,
     /// The tick budget of the current resume.
     budget: Option<u64>,
     /// A `QTagsplit.RunLimit` for the next resume.
     next_limit: Option<u64>,
     /// Whether the current run is paced by the wall clock (not an exact client-limited run).
     paced: bool,
+    /// A step was asked for: the next poll reports it done.
+    stepping: bool,
 }
 
-impl StubCore {
-    /// A core with `options`.
-    pub(crate) fn new(options: GdbStubOptions) -> Self {
+impl SimRun {
+    /// The run state for `options`.
+    pub fn new(options: GdbStubOptions) -> Self {
         Self {
             options,
-            target_xml: xml::target_description_x86_64().into_bytes(),
-            breakpoints: BTreeMap::new(),
-            last_stop: StopReply::thread(SIGTRAP, THREAD, None),
             budget: None,
             next_limit: None,
             paced: true,
+            stepping: false,
+        }
+    }
+}
+
+/// The simulator as a debug [`Target`]: a machine and its run state.
+#[derive(Debug)]
+pub struct SimTarget<'a> {
+    machine: &'a mut Machine,
+    run: &'a mut SimRun,
+}
+
+impl<'a> SimTarget<'a> {
+    /// The target view of `machine`, running as `run` says.
+    pub fn new(machine: &'a mut Machine, run: &'a mut SimRun) -> Self {
+        Self { machine, run }
+    }
+}
+
+impl Target for SimTarget<'_> {
+    fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<usize, TargetError> {
+        match self.machine.read(VirtAddr(addr), buf) {
+            Ok(()) => Ok(buf.len()),
+            Err(e) if e.done > 0 => Ok(e.done.min(buf.len())),
+            Err(_) => Err(TargetError::Fault),
         }
     }
 
-    /// Forgets per-client state (breakpoints are removed from the machine).
-    fn reset_client(&mut self, machine: &mut Machine) {
-        for addr in std::mem::take(&mut self.breakpoints).into_keys() {
-            machine.clear_breakpoint(VirtAddr(addr));
-        }
-        self.budget = None;
-        self.next_limit = None;
+    fn write_memory(&mut self, addr: u64, data: &[u8]) -> Result<(), TargetError> {
+        self.machine
+            .write(VirtAddr(addr), data)
+            .map_err(|_| TargetError::Fault)
     }
 
-    fn features(&self) -> Vec<Feature> {
-        let f = self.options.features;
-        let mut list = vec![Feature::with_value(
-            "PacketSize",
-            &format!("{:x}", self.options.packet_size),
-        )];
-        let mut on = |enabled: bool, name: &str| {
-            if enabled {
-                list.push(Feature::supported(name));
-            }
-        };
-        on(f.target_xml, "qXfer:features:read");
-        on(f.libraries, "qXfer:libraries:read");
-        on(f.memory_map, "qXfer:memory-map:read");
-        on(f.no_ack, "QStartNoAckMode");
-        on(f.run_limit, RUN_LIMIT_FEATURE);
-        on(f.binary_read, "binary-upload");
-        on(true, "swbreak");
-        on(true, "hwbreak");
-        on(true, "vContSupported");
-        if let (true, Some(t)) = (f.run_limit, self.options.default_run_ticks) {
-            list.push(Feature::with_value(DEFAULT_RUN_FEATURE, &format!("{t:x}")));
-        }
-        list
+    fn registers(&mut self) -> Result<X64Registers, TargetError> {
+        Ok(*self.machine.context())
     }
 
-    /// The largest data payload a hex reply carries: `PacketSize / 2`, so gdb's own
-    /// `m` of `PacketSize / 2` bytes (0x2000 for 0x4000) is answered in one reply.
-    fn max_data(&self) -> usize {
-        (self.options.packet_size / 2).max(1)
-    }
-
-    fn xfer(
-        &self,
-        machine: &Machine,
-        object: &XferObject,
-        annex: &str,
-        offset: u64,
-        length: u64,
-    ) -> Reply {
-        let f = self.options.features;
-        let doc: Vec<u8> = match object {
-            XferObject::Features if f.target_xml && annex == "target.xml" => {
-                self.target_xml.clone()
-            }
-            XferObject::Libraries if f.libraries && annex.is_empty() => {
-                library_list(machine).into_bytes()
-            }
-            XferObject::MemoryMap if f.memory_map && annex.is_empty() => {
-                memory_map(machine).into_bytes()
-            }
-            XferObject::Features | XferObject::Libraries | XferObject::MemoryMap
-                if f.target_xml || f.libraries || f.memory_map =>
-            {
-                return Reply::Error(0);
-            }
-            _ => return Reply::Empty,
-        };
-        // Escaping can double the size; keep each chunk within the packet.
-        let limit = length.min(self.max_data() as u64);
-        let (window, more) = xml::xfer_window(&doc, offset, limit);
-        Reply::Xfer {
-            more,
-            data: window.to_vec(),
-        }
-    }
-
-    fn read_memory(&self, machine: &Machine, addr: u64, len: u64, limit: usize) -> Option<Vec<u8>> {
-        let len = usize::try_from(len).unwrap_or(usize::MAX).min(limit);
-        let mut buf = vec![0u8; len];
-        let got = match machine.read(VirtAddr(addr), &mut buf) {
-            Ok(()) => len,
-            Err(e) => e.done.min(len),
-        };
-        buf.truncate(got);
-        (got > 0 || len == 0).then_some(buf)
-    }
-
-    fn write_memory(machine: &mut Machine, addr: u64, data: &[u8]) -> Reply {
-        match machine.write(VirtAddr(addr), data) {
-            Ok(()) => Reply::Ok,
-            Err(_) => Reply::Error(E_FAULT),
-        }
-    }
-
-    /// Handles one command.
-    fn handle(&mut self, machine: &mut Machine, cmd: Command) -> Action {
-        let f = self.options.features;
-        let reply = match cmd {
-            Command::QSupported(_) => Reply::Supported(self.features()),
-            Command::StartNoAckMode if f.no_ack => Reply::Ok,
-            Command::SetThread(..) => Reply::Ok,
-            Command::XferRead {
-                object,
-                annex,
-                offset,
-                length,
-            } => self.xfer(machine, &object, &annex, offset, length),
-            Command::HaltReason => Reply::Stop(self.last_stop),
-            Command::ThreadInfoFirst => Reply::ThreadList(vec![ThreadId::Id(THREAD)]),
-            Command::ThreadInfoNext => Reply::ThreadListEnd,
-            Command::CurrentThread => Reply::CurrentThread(ThreadId::Id(THREAD)),
-            Command::Attached(_) => Reply::Attached(true),
-            Command::ReadRegisters => Reply::Hex(registers_to_g(machine.context())),
-            Command::WriteRegisters(data) => {
-                if data.len() == xml::G_PACKET_LEN {
-                    registers_from_g(machine.context_mut(), &data);
-                    Reply::Ok
-                } else {
-                    Reply::Error(E_INVAL)
-                }
-            }
-            Command::ReadRegister(n) => {
-                let g = registers_to_g(machine.context());
-                match xml::register_span(n as usize).and_then(|(o, w)| g.get(o..o + w)) {
-                    Some(bytes) => Reply::Hex(bytes.to_vec()),
-                    None => Reply::Error(E_INVAL),
-                }
-            }
-            Command::WriteRegister { reg, value } => {
-                let mut g = registers_to_g(machine.context());
-                match xml::register_span(reg as usize).and_then(|(o, w)| g.get_mut(o..o + w)) {
-                    Some(slot) if slot.len() == value.len() => {
-                        slot.copy_from_slice(&value);
-                        registers_from_g(machine.context_mut(), &g);
-                        Reply::Ok
-                    }
-                    _ => Reply::Error(E_INVAL),
-                }
-            }
-            Command::ReadMemory { addr, len } => {
-                match self.read_memory(machine, addr, len, self.max_data()) {
-                    Some(data) => Reply::Hex(data),
-                    None => Reply::Error(E_FAULT),
-                }
-            }
-            Command::ReadMemoryBinary { addr, len } if f.binary_read => {
-                // Binary data is escaped on the wire: keep the escaped form within a packet.
-                let room = self.options.packet_size.saturating_sub(8).max(1);
-                match self.read_memory(machine, addr, len, room) {
-                    Some(mut data) => {
-                        let mut escaped = 0usize;
-                        let fits = data
-                            .iter()
-                            .take_while(|&&b| {
-                                escaped += if frame::needs_escape(b) { 2 } else { 1 };
-                                escaped <= room
-                            })
-                            .count();
-                        data.truncate(fits.max(1).min(data.len()));
-                        Reply::Binary(data)
-                    }
-                    None => Reply::Error(E_FAULT),
-                }
-            }
-            Command::WriteMemory { addr, data } => Self::write_memory(machine, addr, &data),
-            Command::WriteMemoryBinary { addr, data } if f.binary_write => {
-                Self::write_memory(machine, addr, &data)
-            }
-            Command::SearchMemory { addr, len, pattern } if f.search => {
-                let end = addr.saturating_add(len);
-                let hit = machine
-                    .search(VirtAddr(addr), VirtAddr(end), &pattern, 1)
-                    .first()
-                    .copied();
-                Reply::SearchResult(hit.map(|a| a.0))
-            }
-            Command::Monitor(text) => return Action::Reply(self.monitor(machine, &text)),
-            Command::InsertBreakpoint(bp) => match bp.kind {
-                BreakpointType::Software | BreakpointType::Hardware => {
-                    let kind = if bp.kind == BreakpointType::Software {
-                        StopKind::SwBreak
-                    } else {
-                        StopKind::HwBreak
-                    };
-                    machine.set_breakpoint(VirtAddr(bp.addr));
-                    self.breakpoints.insert(bp.addr, kind);
-                    Reply::Ok
-                }
-                _ => Reply::Empty,
-            },
-            Command::RemoveBreakpoint(bp) => match bp.kind {
-                BreakpointType::Software | BreakpointType::Hardware => {
-                    if self.breakpoints.remove(&bp.addr).is_some() {
-                        machine.clear_breakpoint(VirtAddr(bp.addr));
-                    }
-                    Reply::Ok
-                }
-                _ => Reply::Empty,
-            },
-            Command::VContQuery => Reply::VContSupported(
-                ["c", "C", "s", "S", "t"]
-                    .iter()
-                    .map(|s| (*s).to_owned())
-                    .collect(),
-            ),
-            Command::RunLimit(ticks) if f.run_limit => {
-                self.next_limit = (ticks > 0).then_some(ticks);
-                Reply::Ok
-            }
-            Command::VCont(actions) => {
-                // One thread: the first action that applies to it decides.
-                match actions.first().map(|a| a.kind) {
-                    Some(ResumeKind::Continue | ResumeKind::ContinueSignal(_)) => {
-                        return self.resume();
-                    }
-                    Some(
-                        ResumeKind::Step | ResumeKind::StepSignal(_) | ResumeKind::RangeStep { .. },
-                    ) => {
-                        return self.step();
-                    }
-                    Some(ResumeKind::Stop) => Reply::Stop(self.stopped(SIGINT)),
-                    None => Reply::Error(E_INVAL),
-                }
-            }
-            Command::Continue(_) => return self.resume(),
-            Command::Step(_) => return self.step(),
-            Command::Detach(_) => {
-                self.reset_client(machine);
-                return Action::Detach;
-            }
-            // A kernel is not killed: the client goes away, the machine stays.
-            Command::Kill => {
-                self.reset_client(machine);
-                return Action::Close;
-            }
-            Command::VKill(_) => {
-                self.reset_client(machine);
-                return Action::Detach;
-            }
-            _ => Reply::Empty,
-        };
-        Action::Reply(vec![reply])
-    }
-
-    fn stopped(&mut self, signal: u8) -> StopReply {
-        self.last_stop = StopReply::thread(signal, THREAD, None);
-        self.last_stop
+    fn write_registers(&mut self, regs: &X64Registers) -> Result<(), TargetError> {
+        *self.machine.context_mut() = *regs;
+        Ok(())
     }
 
     /// The simulator has no instruction stepping: a step reports a stop where it is (gdb
     /// then re-inserts its breakpoints and continues, and the machine passes the
     /// breakpoint it stopped at).
-    fn step(&mut self) -> Action {
-        Action::Reply(vec![Reply::Stop(self.stopped(SIGTRAP))])
+    fn resume(&mut self, how: Resume) -> Result<(), TargetError> {
+        let run = &mut *self.run;
+        if how == Resume::Step {
+            run.stepping = true;
+            return Ok(());
+        }
+        let exact = run.next_limit.take();
+        run.paced = exact.is_none();
+        run.budget = [exact, run.options.stop_after_ticks]
+            .into_iter()
+            .flatten()
+            .min();
+        Ok(())
     }
 
-    fn resume(&mut self) -> Action {
-        let exact = self.next_limit.take();
-        self.paced = exact.is_none();
-        let limits = [exact, self.options.stop_after_ticks];
-        self.budget = limits.into_iter().flatten().min();
-        Action::Resume
-    }
-
-    /// Runs one slice of the workload; returns the stop reply if it stopped.
-    fn run_slice(&mut self, machine: &mut Machine) -> Option<StopReply> {
-        let slice = self.options.slice_ticks.max(1);
-        let ticks = self.budget.map_or(slice, |b| b.min(slice));
-        let outcome = machine.run(ticks);
-        if let Some(b) = self.budget.as_mut() {
+    /// Runs one slice of the workload.
+    fn poll_run(&mut self) -> RunState {
+        let run = &mut *self.run;
+        if std::mem::take(&mut run.stepping) {
+            return RunState::Stopped(StopReason::Trap);
+        }
+        let slice = run.options.slice_ticks.max(1);
+        let ticks = run.budget.map_or(slice, |b| b.min(slice));
+        let outcome = self.machine.run(ticks);
+        if let Some(b) = run.budget.as_mut() {
             *b = b.saturating_sub(outcome.ticks_run);
         }
-        let stop = match outcome.stop {
-            Some(SimStop::Breakpoint(addr)) => {
-                let reason = self.breakpoints.get(&addr.0).copied();
-                StopReply::thread(SIGTRAP, THREAD, reason)
+        let reason = match outcome.stop {
+            Some(SimStop::Breakpoint(addr)) => StopReason::Breakpoint(addr.0),
+            Some(_) => StopReason::Trap,
+            None if run.budget == Some(0) => StopReason::Interrupted,
+            None if run.paced => return RunState::Running(run.options.slice_interval),
+            None => return RunState::Running(Duration::ZERO),
+        };
+        run.budget = None;
+        RunState::Stopped(reason)
+    }
+
+    fn interrupt(&mut self) {
+        self.run.budget = None;
+        self.run.stepping = false;
+    }
+
+    fn support_search(&mut self) -> Option<&mut dyn SearchOps> {
+        self.run.options.features.search.then_some(self)
+    }
+
+    fn support_libraries(&mut self) -> Option<&mut dyn LibraryOps> {
+        self.run.options.features.libraries.then_some(self)
+    }
+
+    fn support_memory_map(&mut self) -> Option<&mut dyn MemoryMapOps> {
+        self.run.options.features.memory_map.then_some(self)
+    }
+
+    fn support_monitor(&mut self) -> Option<&mut dyn MonitorOps> {
+        self.run.options.monitor.is_some().then_some(self)
+    }
+
+    fn support_breakpoints(&mut self) -> Option<&mut dyn BreakpointOps> {
+        Some(self)
+    }
+
+    fn support_run_limit(&mut self) -> Option<&mut dyn RunLimitOps> {
+        self.run.options.features.run_limit.then_some(self)
+    }
+}
+
+impl SearchOps for SimTarget<'_> {
+    fn search(&mut self, start: u64, end: u64, pattern: &[u8]) -> Result<Option<u64>, TargetError> {
+        let hits = self
+            .machine
+            .search(VirtAddr(start), VirtAddr(end), pattern, 1);
+        Ok(hits.first().map(|a| a.0))
+    }
+}
+
+/// Every module, named by its full path, at its base.
+impl LibraryOps for SimTarget<'_> {
+    fn libraries(&mut self) -> Vec<Library> {
+        self.machine
+            .modules()
+            .into_iter()
+            .map(|m| Library {
+                name: m.path,
+                address: m.base.0,
+            })
+            .collect()
+    }
+}
+
+/// The mapped regions, adjacent ones merged.
+impl MemoryMapOps for SimTarget<'_> {
+    fn memory_map(&mut self) -> Vec<MemoryRegion> {
+        let mut regions: Vec<MemoryRegion> = Vec::new();
+        for r in self.machine.memory().regions() {
+            let len = r.end.0.saturating_sub(r.start.0);
+            match regions.last_mut() {
+                Some(last) if last.start.saturating_add(last.length) == r.start.0 => {
+                    last.length += len;
+                }
+                _ => regions.push(MemoryRegion {
+                    start: r.start.0,
+                    length: len,
+                }),
             }
-            Some(_) => StopReply::thread(SIGTRAP, THREAD, None),
-            None if self.budget == Some(0) => StopReply::thread(SIGINT, THREAD, None),
-            None => return None,
-        };
-        self.budget = None;
-        self.last_stop = stop;
-        Some(stop)
-    }
-
-    /// Interrupts a run.
-    fn interrupt(&mut self) -> StopReply {
-        self.budget = None;
-        self.stopped(SIGINT)
-    }
-
-    fn monitor(&mut self, machine: &mut Machine, text: &[u8]) -> Vec<Reply> {
-        let line = String::from_utf8_lossy(text);
-        let Some(handler) = self.options.monitor.as_mut() else {
-            return vec![Reply::ErrorText(
-                "no monitor commands on this stub (no console attached)".into(),
-            )];
-        };
-        let mut output = handler(machine, line.trim());
-        if !output.is_empty() && !output.ends_with('\n') {
-            output.push('\n');
         }
-        let chunk = self.max_data().saturating_sub(1).max(1);
-        let mut replies: Vec<Reply> = output
-            .as_bytes()
-            .chunks(chunk)
-            .map(|c| Reply::Output(c.to_vec()))
-            .collect();
-        replies.push(Reply::Ok);
-        replies
+        regions
     }
 }
 
-/// The 536-byte `g` block for `ctx` (x87 and SSE state at their reset values).
-pub fn registers_to_g(ctx: &CpuContext) -> Vec<u8> {
-    let mut g = Vec::with_capacity(xml::G_PACKET_LEN);
-    for r in [
-        ctx.rax, ctx.rbx, ctx.rcx, ctx.rdx, ctx.rsi, ctx.rdi, ctx.rbp, ctx.rsp, ctx.r8, ctx.r9,
-        ctx.r10, ctx.r11, ctx.r12, ctx.r13, ctx.r14, ctx.r15, ctx.rip,
-    ] {
-        g.extend_from_slice(&r.to_le_bytes());
-    }
-    g.extend_from_slice(&(ctx.rflags as u32).to_le_bytes());
-    for s in [ctx.cs, ctx.ss, ctx.ds, ctx.es, ctx.fs, ctx.gs] {
-        g.extend_from_slice(&u32::from(s).to_le_bytes());
-    }
-    g.extend_from_slice(&[0u8; 80]); // st0-st7
-    g.extend_from_slice(&0x37fu32.to_le_bytes()); // fctrl
-    g.extend_from_slice(&[0u8; 28]); // fstat .. fop
-    g.extend_from_slice(&[0u8; 256]); // xmm0-xmm15
-    g.extend_from_slice(&0x1f80u32.to_le_bytes()); // mxcsr
-    g
-}
-
-/// Applies a 536-byte `g` block to `ctx` (the general registers; x87/SSE are not modelled).
-fn registers_from_g(ctx: &mut CpuContext, g: &[u8]) {
-    let u64_at = |i: usize| -> Option<u64> {
-        Some(u64::from_le_bytes(
-            g.get(i * 8..i * 8 + 8)?.try_into().ok()?,
-        ))
-    };
-    let u32_at =
-        |o: usize| -> Option<u32> { Some(u32::from_le_bytes(g.get(o..o + 4)?.try_into().ok()?)) };
-    let regs: [&mut u64; 17] = [
-        &mut ctx.rax,
-        &mut ctx.rbx,
-        &mut ctx.rcx,
-        &mut ctx.rdx,
-        &mut ctx.rsi,
-        &mut ctx.rdi,
-        &mut ctx.rbp,
-        &mut ctx.rsp,
-        &mut ctx.r8,
-        &mut ctx.r9,
-        &mut ctx.r10,
-        &mut ctx.r11,
-        &mut ctx.r12,
-        &mut ctx.r13,
-        &mut ctx.r14,
-        &mut ctx.r15,
-        &mut ctx.rip,
-    ];
-    for (i, r) in regs.into_iter().enumerate() {
-        if let Some(v) = u64_at(i) {
-            *r = v;
-        }
-    }
-    if let Some(v) = u32_at(136) {
-        ctx.rflags = u64::from(v);
-    }
-    let segs: [&mut u16; 6] = [
-        &mut ctx.cs,
-        &mut ctx.ss,
-        &mut ctx.ds,
-        &mut ctx.es,
-        &mut ctx.fs,
-        &mut ctx.gs,
-    ];
-    for (i, s) in segs.into_iter().enumerate() {
-        if let Some(v) = u32_at(140 + 4 * i) {
-            *s = v as u16;
+impl MonitorOps for SimTarget<'_> {
+    fn monitor(&mut self, command: &str) -> String {
+        match self.run.options.monitor.as_mut() {
+            Some(handler) => handler(self.machine, command),
+            None => String::new(),
         }
     }
 }
 
-/// The library list of `machine`: every module, named by its full path, at its base.
-pub fn library_list(machine: &Machine) -> String {
-    let libs: Vec<Library> = machine
-        .modules()
-        .into_iter()
-        .map(|m| Library {
-            name: m.path,
-            address: m.base.0,
-        })
-        .collect();
-    xml::library_list(&libs)
-}
-
-/// The memory map of `machine`: its mapped regions, adjacent ones merged.
-pub fn memory_map(machine: &Machine) -> String {
-    let mut regions: Vec<MemoryRegion> = Vec::new();
-    for r in machine.memory().regions() {
-        let len = r.end.0.saturating_sub(r.start.0);
-        match regions.last_mut() {
-            Some(last) if last.start.saturating_add(last.length) == r.start.0 => last.length += len,
-            _ => regions.push(MemoryRegion {
-                start: r.start.0,
-                length: len,
-            }),
-        }
+impl BreakpointOps for SimTarget<'_> {
+    fn insert_breakpoint(&mut self, addr: u64, _kind: BreakpointKind) -> Result<(), TargetError> {
+        self.machine.set_breakpoint(VirtAddr(addr));
+        Ok(())
     }
-    xml::memory_map(&regions)
+
+    fn remove_breakpoint(&mut self, addr: u64, _kind: BreakpointKind) -> Result<(), TargetError> {
+        self.machine.clear_breakpoint(VirtAddr(addr));
+        Ok(())
+    }
 }
 
-/// The state shared by the accept loop and the client task.
+impl RunLimitOps for SimTarget<'_> {
+    fn set_run_limit(&mut self, ticks: Option<u64>) {
+        self.run.next_limit = ticks;
+    }
+
+    fn default_run(&mut self) -> Option<u64> {
+        self.run.options.default_run_ticks
+    }
+}
+
+/// The state shared by the accept thread, the client thread and the handle.
 struct Shared {
     machine: SharedMachine,
-    core: Mutex<StubCore>,
-    busy: std::sync::atomic::AtomicBool,
+    run: Mutex<SimRun>,
+    config: StubConfig,
+    /// A client is attached.
+    busy: AtomicBool,
+    /// The handle asked the stub to stop.
+    stopping: AtomicBool,
+    /// The attached client's socket, to shut it down when the stub stops.
+    client: Mutex<Option<TcpStream>>,
 }
 
 impl Shared {
-    fn with<R>(&self, f: impl FnOnce(&mut Machine, &mut StubCore) -> R) -> R {
-        self.machine.with_core(&self.core, f)
+    /// Runs `f` on the stub's view of the machine.
+    fn with<R>(&self, f: impl FnOnce(&mut SimTarget<'_>) -> R) -> R {
+        self.machine
+            .with_core(&self.run, |m, run| f(&mut SimTarget::new(m, run)))
+    }
+
+    /// Shuts down the attached client's socket, if any (its thread then ends).
+    fn drop_client(&self) {
+        if let Some(s) = lock(&self.client).as_ref() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
     }
 }
 
@@ -649,31 +423,29 @@ impl GdbStub {
         machine: Machine,
         options: GdbStubOptions,
     ) -> std::io::Result<GdbStubHandle> {
-        let listener = StdListener::bind(addr)?;
-        listener.set_nonblocking(true)?;
+        let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             machine: SharedMachine::new(machine),
-            core: Mutex::new(StubCore::new(options)),
-            busy: std::sync::atomic::AtomicBool::new(false),
+            config: options.stub_config(),
+            run: Mutex::new(SimRun::new(options)),
+            busy: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            client: Mutex::new(None),
         });
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
         let task_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("gdb-stub".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    match TcpListener::from_std(listener) {
-                        Ok(l) => accept_loop(l, task_shared, stop_rx).await,
-                        Err(e) => tracing::error!("gdb stub: {e}"),
-                    }
-                });
-            })?;
-        let stop: StopFn<Shared> = Box::new(move |_| {
-            let _ = stop_tx.send(true);
+            .spawn(move || accept_loop(&listener, &task_shared))?;
+        let stop: StopFn<Shared> = Box::new(move |shared| {
+            shared.stopping.store(true, Ordering::SeqCst);
+            shared.drop_client();
+            // Wake the blocking accept with a connection of our own.
+            let mut wake = addr;
+            if wake.ip().is_unspecified() {
+                wake.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            let _ = TcpStream::connect(wake);
         });
         Ok(GdbStubHandle {
             inner: StubThread::new(addr, shared, thread, stop),
@@ -699,10 +471,7 @@ impl GdbStubHandle {
 
     /// Whether a client is attached.
     pub fn client_attached(&self) -> bool {
-        self.inner
-            .shared()
-            .busy
-            .load(std::sync::atomic::Ordering::SeqCst)
+        self.inner.shared().busy.load(Ordering::SeqCst)
     }
 
     /// Blocks until the stub stops (it runs until [`shutdown`](Self::shutdown) or the
@@ -717,173 +486,138 @@ impl GdbStubHandle {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let mut clients = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            accepted = listener.accept() => {
-                let Ok((stream, peer)) = accepted else { continue };
-                let _ = stream.set_nodelay(true);
-                if shared.busy.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                    clients.spawn(refuse(stream));
-                    continue;
-                }
-                tracing::info!("gdb client {peer} attached");
-                let s = Arc::clone(&shared);
-                let stop = stop.clone();
-                clients.spawn(async move {
-                    if let Err(e) = serve_client(stream, &s, stop).await {
+/// Accepts clients until the handle stops the stub; one is served at a time.
+fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    for conn in listener.incoming() {
+        if shared.stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        threads.retain(|t| !t.is_finished());
+        let stream = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("gdb stub: accept failed: {e}");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let peer = stream
+            .peer_addr()
+            .map_or_else(|_| "?".to_owned(), |p| p.to_string());
+        let spawned = if shared.busy.swap(true, Ordering::SeqCst) {
+            tracing::info!("gdb client {peer} refused: another client is attached");
+            std::thread::Builder::new()
+                .name("gdb-refuse".into())
+                .spawn(move || refuse(stream))
+        } else {
+            tracing::info!("gdb client {peer} attached");
+            *lock(&shared.client) = stream.try_clone().ok();
+            let s = Arc::clone(shared);
+            std::thread::Builder::new()
+                .name("gdb-client".into())
+                .spawn(move || {
+                    if let Err(e) = serve_client(stream, &s) {
                         tracing::info!("gdb client {peer}: {e}");
                     }
-                    s.with(|m, c| c.reset_client(m));
-                    s.busy.store(false, std::sync::atomic::Ordering::SeqCst);
+                    *lock(&s.client) = None;
+                    s.busy.store(false, Ordering::SeqCst);
                     tracing::info!("gdb client {peer} detached");
-                });
+                })
+        };
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                tracing::warn!("gdb stub: cannot start a client thread: {e}");
+                shared.busy.store(false, Ordering::SeqCst);
             }
         }
     }
-    clients.shutdown().await;
+    shared.drop_client();
+    for t in threads {
+        let _ = t.join();
+    }
 }
 
 /// The text a second client gets.
 pub const BUSY_MESSAGE: &str = "another debugger is attached to this stub (one client at a time)";
 
+/// How long a refused client has to send its first packet.
+const REFUSE_WAIT: Duration = Duration::from_secs(2);
+
 /// Answers the first packet of a second client with `E.` + [`BUSY_MESSAGE`], then closes.
-async fn refuse(mut stream: TcpStream) {
+fn refuse(mut stream: TcpStream) {
     let mut session = ServerSession::default();
     let mut buf = [0u8; 1024];
-    let wait = tokio::time::timeout(Duration::from_secs(2), async {
-        loop {
-            let _ = stream.readable().await;
-            match stream.try_read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => {
-                    session.receive(buf.get(..n).unwrap_or_default());
-                    if let Some(ServerEvent::Command(_)) = session.poll_event() {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => return,
-            }
+    let _ = stream.set_read_timeout(Some(REFUSE_WAIT));
+    while let Ok(n @ 1..) = stream.read(&mut buf) {
+        session.receive(buf.get(..n).unwrap_or_default());
+        if let Some(ServerEvent::Command(_)) = session.poll_event() {
+            break;
         }
-    });
-    let _ = wait.await;
+    }
     session.send(&Reply::ErrorText(BUSY_MESSAGE.into()));
     if let Some(bytes) = session.poll_transmit() {
-        let _ = stream.write_all(&bytes).await;
+        let _ = stream.write_all(&bytes);
     }
-    let _ = stream.shutdown().await;
-}
-
-/// What a client sent, in order.
-#[derive(Debug, PartialEq)]
-enum Pending {
-    /// A command packet.
-    Command(Command),
-    /// The interrupt byte (0x03).
-    Interrupt,
+    let _ = stream.shutdown(Shutdown::Both);
 }
 
 /// Serves one client until it detaches, disconnects or the stub stops.
-async fn serve_client(
-    mut stream: TcpStream,
-    shared: &Shared,
-    mut stop: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    let packet_size = shared.with(|_, c| c.options.packet_size);
-    let slice_interval = shared.with(|_, c| c.options.slice_interval);
-    let mut session = ServerSession::new(SessionConfig {
-        max_packet: packet_size + 0x100,
-        ..SessionConfig::default()
-    });
-    // Commands and interrupts in arrival order: an interrupt that arrives behind a resume
-    // (in the same read) stops the run that resume starts.
-    let mut pending: VecDeque<Pending> = VecDeque::new();
-    let mut running = false;
+fn serve_client(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
+    let mut stub = Stub::new(shared.config);
     let mut buf = vec![0u8; 0x4000];
-    let mut close_after_write = false;
+    let result = client_loop(&mut stream, shared, &mut stub, &mut buf);
+    shared.with(|t| stub.disconnect(t));
+    let _ = stream.shutdown(Shutdown::Both);
+    result
+}
+
+fn client_loop(
+    stream: &mut TcpStream,
+    shared: &Shared,
+    stub: &mut Stub,
+    buf: &mut [u8],
+) -> std::io::Result<()> {
     loop {
-        // Take input: block while stopped; while running, wait at most one slice interval
-        // (no wait at all in an exact, client-limited run).
-        let readable = if running {
-            let wait = if shared.with(|_, c| c.paced) {
-                slice_interval
-            } else {
-                Duration::ZERO
-            };
-            tokio::select! {
-                _ = stop.changed() => return Ok(()),
-                r = tokio::time::timeout(wait, stream.readable()) => r.is_ok(),
+        // A running target makes progress; the answer is how long input may be waited for.
+        let wait = shared.with(|t| stub.poll_run(t));
+        if let Some(bytes) = stub.poll_transmit() {
+            stream.write_all(&bytes)?;
+        }
+        if stub.is_closed() || shared.stopping.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let read = match wait {
+            None => {
+                stream.set_read_timeout(None)?;
+                stream.read(buf)
             }
-        } else {
-            tokio::select! {
-                _ = stop.changed() => return Ok(()),
-                r = stream.readable() => { r?; true }
+            Some(d) if d.is_zero() => {
+                stream.set_nonblocking(true)?;
+                let r = stream.read(buf);
+                stream.set_nonblocking(false)?;
+                r
+            }
+            Some(d) => {
+                stream.set_read_timeout(Some(d))?;
+                stream.read(buf)
             }
         };
-        if readable {
-            match stream.try_read(&mut buf) {
-                Ok(0) => return Ok(()),
-                Ok(n) => session.receive(buf.get(..n).unwrap_or_default()),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
+        match read {
+            Ok(0) => return Ok(()),
+            Ok(n) => shared.with(|t| stub.receive(t, buf.get(..n).unwrap_or_default())),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(e),
         }
-        while let Some(ev) = session.poll_event() {
-            match ev {
-                ServerEvent::Command(cmd) => {
-                    tracing::trace!(target: "gdb_stub", "<- {cmd:?}");
-                    pending.push_back(Pending::Command(cmd));
-                }
-                ServerEvent::Interrupt if running && pending.is_empty() => {
-                    running = false;
-                    let stop = shared.with(|_, c| c.interrupt());
-                    session.send(&Reply::Stop(stop));
-                }
-                ServerEvent::Interrupt if pending.is_empty() => {}
-                ServerEvent::Interrupt => pending.push_back(Pending::Interrupt),
-                ServerEvent::GaveUp => {
-                    return Err(std::io::Error::other("client keeps rejecting our packets"));
-                }
-                _ => {}
-            }
+        if let Some(bytes) = stub.poll_transmit() {
+            stream.write_all(&bytes)?;
         }
-        if running && pending.front() == Some(&Pending::Interrupt) {
-            pending.pop_front();
-            running = false;
-            let stop = shared.with(|_, c| c.interrupt());
-            session.send(&Reply::Stop(stop));
-        }
-        if running && let Some(stop) = shared.with(|m, c| c.run_slice(m)) {
-            running = false;
-            session.send(&Reply::Stop(stop));
-        }
-        // All-stop: commands are handled only while the target is stopped.
-        while !running && !close_after_write {
-            let cmd = match pending.pop_front() {
-                None => break,
-                // The target is stopped: nothing to interrupt.
-                Some(Pending::Interrupt) => continue,
-                Some(Pending::Command(cmd)) => cmd,
-            };
-            match shared.with(|m, c| c.handle(m, cmd)) {
-                Action::Reply(replies) => replies.iter().for_each(|r| session.send(r)),
-                Action::Resume => running = true,
-                Action::Detach => {
-                    session.send(&Reply::Ok);
-                    close_after_write = true;
-                }
-                Action::Close => close_after_write = true,
-            }
-        }
-        // The acks and the replies leave in one write.
-        if let Some(bytes) = session.poll_transmit() {
-            stream.write_all(&bytes).await?;
-        }
-        if close_after_write {
-            let _ = stream.shutdown().await;
+        if stub.is_closed() {
             return Ok(());
         }
     }
@@ -893,279 +627,210 @@ async fn serve_client(
 mod tests {
     use super::*;
     use crate::scenario::Scenario;
-    use tagsplit_protocol::gdb::{Breakpoint, ResumeAction};
+    use tagsplit_protocol::gdb::frame::{self, Event};
+    use tagsplit_protocol::gdb::xml;
 
-    fn machine() -> Machine {
-        Machine::boot(&Scenario::builtin("part4").unwrap()).unwrap()
+    /// A machine, its run state and a stub for one client, driven with packet payloads.
+    struct Rig {
+        machine: Machine,
+        run: SimRun,
+        stub: Stub,
     }
 
-    fn one(action: Action) -> Reply {
-        match action {
-            Action::Reply(mut r) if r.len() == 1 => r.remove(0),
-            other => panic!("{other:?}"),
+    impl Rig {
+        fn new(options: GdbStubOptions) -> Self {
+            let config = options.stub_config();
+            Rig {
+                machine: Machine::boot(&Scenario::builtin("part4").unwrap()).unwrap(),
+                run: SimRun::new(options),
+                stub: Stub::new(config),
+            }
         }
-    }
 
-    #[test]
-    fn g_is_536_bytes_and_round_trips() {
-        let mut ctx = CpuContext {
-            rip: 0x1122_3344_5566_7788,
-            rflags: 0x246,
-            cs: 0x10,
-            r8: 7,
-            ..CpuContext::default()
-        };
-        let g = registers_to_g(&ctx);
-        assert_eq!(g.len(), xml::G_PACKET_LEN);
-        assert_eq!(&g[128..136], &0x1122_3344_5566_7788u64.to_le_bytes());
-        assert_eq!(&g[532..536], &0x1f80u32.to_le_bytes());
-        let mut back = CpuContext::default();
-        registers_from_g(&mut back, &g);
-        ctx.rflags &= 0xffff_ffff;
-        assert_eq!(back, ctx);
+        /// Sends one packet; returns the payloads of the packets sent back.
+        fn ask(&mut self, payload: &[u8]) -> Vec<Vec<u8>> {
+            let mut t = SimTarget::new(&mut self.machine, &mut self.run);
+            self.stub
+                .receive(&mut t, &frame::encode_packet(payload, false));
+            self.answers()
+        }
+
+        fn ask1(&mut self, payload: &[u8]) -> String {
+            let r = self.ask(payload);
+            assert_eq!(r.len(), 1, "{r:?}");
+            String::from_utf8_lossy(&r[0]).into_owned()
+        }
+
+        /// Runs until the stub sends its stop reply; returns it.
+        fn run_to_stop(&mut self, limit: usize) -> String {
+            for _ in 0..limit {
+                let mut t = SimTarget::new(&mut self.machine, &mut self.run);
+                self.stub.poll_run(&mut t);
+                let r = self.answers();
+                if let Some(p) = r.last() {
+                    return String::from_utf8_lossy(p).into_owned();
+                }
+            }
+            panic!("no stop after {limit} polls")
+        }
+
+        fn answers(&mut self) -> Vec<Vec<u8>> {
+            let bytes = self.stub.poll_transmit().unwrap_or_default();
+            frame::Decoder::default()
+                .decode(&bytes)
+                .into_iter()
+                .filter_map(|e| match e {
+                    Event::Packet(p) => Some(p),
+                    _ => None,
+                })
+                .collect()
+        }
     }
 
     #[test]
     fn core_answers_the_connect_sequence_and_memory() {
-        let mut m = machine();
-        let mut core = StubCore::new(GdbStubOptions::default());
-        let Reply::Supported(f) = one(core.handle(&mut m, Command::QSupported(vec![]))) else {
-            panic!()
-        };
-        assert!(f.contains(&Feature::supported("qXfer:libraries:read")));
-        let Reply::Xfer { more: false, data } = one(core.handle(
-            &mut m,
-            Command::XferRead {
-                object: XferObject::Libraries,
-                annex: String::new(),
-                offset: 0,
-                length: 0x10000,
-            },
-        )) else {
-            panic!()
-        };
-        let libs = xml::parse_library_list(std::str::from_utf8(&data).unwrap());
-        assert_eq!(libs.len(), m.modules().len());
-        let myfault = m
+        let mut rig = Rig::new(GdbStubOptions::default());
+        let supported = rig.ask1(b"qSupported:swbreak+");
+        assert!(supported.contains("qXfer:libraries:read+"), "{supported}");
+        assert!(supported.contains("QTagsplit.RunLimit+"), "{supported}");
+        let lib = rig.ask1(b"qXfer:libraries:read::0,10000");
+        let libs = xml::parse_library_list(lib.strip_prefix('l').unwrap());
+        assert_eq!(libs.len(), rig.machine.modules().len());
+        let myfault = rig
+            .machine
             .modules()
             .into_iter()
             .find(|x| x.name == "myfault.sys")
             .unwrap();
-        let end = myfault.base.0 + myfault.size;
-        let Reply::SearchResult(Some(hit)) = one(core.handle(
-            &mut m,
-            Command::SearchMemory {
-                addr: myfault.base.0,
-                len: myfault.size,
-                pattern: b"Leak".to_vec(),
-            },
-        )) else {
-            panic!()
-        };
-        assert_eq!(
-            one(core.handle(&mut m, Command::ReadMemory { addr: hit, len: 4 })),
-            Reply::Hex(b"Leak".to_vec())
+        let hit = rig.ask1(
+            format!(
+                "qSearch:memory:{:x};{:x};Leak",
+                myfault.base.0, myfault.size
+            )
+            .as_bytes(),
         );
-        let Reply::SearchResult(Some(second)) = one(core.handle(
-            &mut m,
-            Command::SearchMemory {
-                addr: hit + 1,
-                len: end - hit - 1,
-                pattern: b"Leak".to_vec(),
-            },
-        )) else {
-            panic!()
-        };
-        assert!(second > hit);
-        assert_eq!(
-            one(core.handle(&mut m, Command::ReadMemory { addr: 0x10, len: 4 })),
-            Reply::Error(E_FAULT)
-        );
-        assert_eq!(
-            one(core.handle(
-                &mut m,
-                Command::WriteMemoryBinary {
-                    addr: hit + 3,
-                    data: vec![0x31]
-                }
-            )),
-            Reply::Ok
-        );
-        assert_eq!(
-            one(core.handle(&mut m, Command::ReadMemory { addr: hit, len: 4 })),
-            Reply::Hex(b"Lea1".to_vec())
-        );
-        assert!(matches!(
-            core.handle(&mut m, Command::Monitor(b"lm".to_vec()))
-                .as_slice_reply(),
-            [Reply::ErrorText(_)]
-        ));
+        let hit = u64::from_str_radix(hit.strip_prefix("1,").unwrap(), 16).unwrap();
+        assert_eq!(rig.ask1(format!("m{hit:x},4").as_bytes()), "4c65616b");
+        assert_eq!(rig.ask1(b"m10,4"), "E0e");
+        let mut x = format!("X{:x},1:", hit + 3).into_bytes();
+        x.push(b'1');
+        assert_eq!(rig.ask1(&x), "OK");
+        assert_eq!(rig.ask1(format!("m{hit:x},4").as_bytes()), "4c656131");
+        // No monitor handler: the stub says it has no such command.
+        assert_eq!(rig.ask1(b"qRcmd,6c6d"), "");
+        assert_eq!(rig.ask1(b"g").len(), 2 * xml::G_PACKET_LEN);
     }
 
     #[test]
     fn basic_stub_answers_empty_to_optional_packets() {
-        let mut m = machine();
-        let mut core = StubCore::new(GdbStubOptions {
+        let mut rig = Rig::new(GdbStubOptions {
             features: StubFeatures::BASIC,
             ..GdbStubOptions::default()
         });
-        assert_eq!(
-            one(core.handle(
-                &mut m,
-                Command::SearchMemory {
-                    addr: 0,
-                    len: 1,
-                    pattern: b"L".to_vec()
-                }
-            )),
-            Reply::Empty
+        let supported = rig.ask1(b"qSupported");
+        assert!(!supported.contains("libraries"), "{supported}");
+        assert!(!supported.contains("QStartNoAckMode"), "{supported}");
+        assert_eq!(rig.ask1(b"qSearch:memory:0;1;L"), "");
+        assert_eq!(rig.ask1(b"X0,0:"), "");
+        assert_eq!(rig.ask1(b"QStartNoAckMode"), "");
+        assert_eq!(rig.ask1(b"qXfer:libraries:read::0,10"), "");
+        assert_eq!(rig.ask1(b"QTagsplit.RunLimit:3"), "");
+        assert!(
+            rig.ask1(b"qXfer:features:read:target.xml:0,10")
+                .starts_with('m')
         );
-        assert_eq!(
-            one(core.handle(
-                &mut m,
-                Command::WriteMemoryBinary {
-                    addr: 0,
-                    data: vec![]
-                }
-            )),
-            Reply::Empty
-        );
-        assert_eq!(
-            one(core.handle(&mut m, Command::StartNoAckMode)),
-            Reply::Empty
-        );
-        assert_eq!(
-            one(core.handle(
-                &mut m,
-                Command::XferRead {
-                    object: XferObject::Libraries,
-                    annex: String::new(),
-                    offset: 0,
-                    length: 10
-                }
-            )),
-            Reply::Error(0)
-        );
+    }
+
+    #[test]
+    fn monitor_output_comes_before_ok() {
+        let mut rig = Rig::new(GdbStubOptions {
+            monitor: Some(Box::new(|m: &mut Machine, line: &str| {
+                format!("{line} on {}", m.name())
+            })),
+            ..GdbStubOptions::default()
+        });
+        let r = rig.ask(b"qRcmd,6c6d");
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert_eq!(r[1], b"OK");
+        assert!(r[0].starts_with(b"O6c6d206f6e20"), "{r:?}");
     }
 
     #[test]
     fn breakpoint_on_an_allocation_site_stops_with_swbreak_and_limit_stops_with_sigint() {
-        let mut m = machine();
-        let site = m
+        let mut rig = Rig::new(GdbStubOptions {
+            stop_after_ticks: Some(100_000),
+            ..GdbStubOptions::default()
+        });
+        let site = rig
+            .machine
             .sites()
             .into_iter()
             .find(|s| s.allocates && s.tag.to_string() == "Leak")
             .unwrap();
-        let mut core = StubCore::new(GdbStubOptions {
-            stop_after_ticks: Some(100_000),
-            ..GdbStubOptions::default()
-        });
-        let bp = Breakpoint {
-            kind: BreakpointType::Software,
-            addr: site.instr.0,
-            size: 1,
-        };
-        assert_eq!(
-            one(core.handle(&mut m, Command::InsertBreakpoint(bp))),
-            Reply::Ok
-        );
-        let resume = Command::VCont(vec![ResumeAction {
-            kind: ResumeKind::Continue,
-            thread: None,
-        }]);
-        assert_eq!(core.handle(&mut m, resume.clone()), Action::Resume);
-        let stop = (0..100_000).find_map(|_| core.run_slice(&mut m)).unwrap();
-        assert_eq!(
-            stop,
-            StopReply::thread(SIGTRAP, THREAD, Some(StopKind::SwBreak))
-        );
-        assert_eq!(m.context().rip, site.instr.0);
+        let z = format!("Z0,{:x},1", site.instr.0);
+        assert_eq!(rig.ask1(z.as_bytes()), "OK");
+        assert!(rig.ask(b"vCont;c").is_empty());
+        assert_eq!(rig.run_to_stop(100_000), "T05thread:01;swbreak:;");
+        assert_eq!(rig.machine.context().rip, site.instr.0);
         // Without the breakpoint a limited run ends with SIGINT after exactly the limit.
-        assert_eq!(
-            one(core.handle(&mut m, Command::RemoveBreakpoint(bp))),
-            Reply::Ok
-        );
-        assert_eq!(one(core.handle(&mut m, Command::RunLimit(25))), Reply::Ok);
-        let before = m.tick();
-        assert_eq!(core.handle(&mut m, resume), Action::Resume);
-        let stop = (0..100).find_map(|_| core.run_slice(&mut m)).unwrap();
-        assert_eq!(stop, StopReply::thread(SIGINT, THREAD, None));
-        assert_eq!(m.tick() - before, 25);
+        assert_eq!(rig.ask1(format!("z{}", &z[1..]).as_bytes()), "OK");
+        assert_eq!(rig.ask1(b"QTagsplit.RunLimit:19"), "OK");
+        let before = rig.machine.tick();
+        assert!(rig.ask(b"vCont;c").is_empty());
+        assert_eq!(rig.run_to_stop(100), "T02thread:01;");
+        assert_eq!(rig.machine.tick() - before, 25);
     }
 
     #[test]
     fn stop_after_ticks_ends_every_continue_after_exactly_n_ticks() {
-        let mut m = machine();
-        let mut core = StubCore::new(GdbStubOptions {
+        let mut rig = Rig::new(GdbStubOptions {
             stop_after_ticks: Some(7),
             ..GdbStubOptions::default()
         });
         for _ in 0..2 {
-            let before = m.tick();
-            assert_eq!(core.handle(&mut m, Command::Continue(None)), Action::Resume);
-            assert!(core.paced, "a continue from gdb runs on the wall clock");
-            let stop = (0..100).find_map(|_| core.run_slice(&mut m)).unwrap();
-            assert_eq!(stop, StopReply::thread(SIGINT, THREAD, None));
-            assert_eq!(m.tick() - before, 7);
-            assert_eq!(
-                one(core.handle(&mut m, Command::HaltReason)),
-                Reply::Stop(stop)
-            );
+            let before = rig.machine.tick();
+            assert!(rig.ask(b"c").is_empty());
+            assert!(rig.run.paced, "a continue from gdb runs on the wall clock");
+            assert_eq!(rig.run_to_stop(100), "T02thread:01;");
+            assert_eq!(rig.machine.tick() - before, 7);
+            assert_eq!(rig.ask1(b"?"), "T02thread:01;");
         }
         // A client's exact limit below the server's wins, and is not paced.
-        assert_eq!(one(core.handle(&mut m, Command::RunLimit(3))), Reply::Ok);
-        let before = m.tick();
-        assert_eq!(core.handle(&mut m, Command::Continue(None)), Action::Resume);
-        assert!(!core.paced);
-        (0..100).find_map(|_| core.run_slice(&mut m)).unwrap();
-        assert_eq!(m.tick() - before, 3);
+        assert_eq!(rig.ask1(b"QTagsplit.RunLimit:3"), "OK");
+        let before = rig.machine.tick();
+        assert!(rig.ask(b"c").is_empty());
+        assert!(!rig.run.paced);
+        rig.run_to_stop(100);
+        assert_eq!(rig.machine.tick() - before, 3);
+    }
+
+    #[test]
+    fn interrupt_stops_a_run_and_disconnect_removes_breakpoints() {
+        let mut rig = Rig::new(GdbStubOptions::default());
+        let site = rig.machine.sites()[0].instr;
+        assert_eq!(rig.ask1(format!("Z0,{:x},1", site.0).as_bytes()), "OK");
+        assert!(rig.ask(b"c").is_empty());
+        let mut t = SimTarget::new(&mut rig.machine, &mut rig.run);
+        rig.stub.receive(&mut t, &[0x03]);
+        assert_eq!(rig.answers(), vec![b"T02thread:01;".to_vec()]);
+        let mut t = SimTarget::new(&mut rig.machine, &mut rig.run);
+        rig.stub.disconnect(&mut t);
+        assert!(!rig.machine.clear_breakpoint(site), "already removed");
     }
 
     #[test]
     fn binary_reads_keep_the_escaped_reply_within_the_packet() {
-        let mut m = machine();
-        let base = m.modules()[0].base;
-        m.write(base, &[b'#'; 300]).unwrap();
-        let mut core = StubCore::new(GdbStubOptions {
+        let mut rig = Rig::new(GdbStubOptions {
             packet_size: 208,
             ..GdbStubOptions::default()
         });
-        let Reply::Binary(data) = one(core.handle(
-            &mut m,
-            Command::ReadMemoryBinary {
-                addr: base.0,
-                len: 300,
-            },
-        )) else {
-            panic!()
-        };
+        let base = rig.machine.modules()[0].base;
+        rig.machine.write(base, &[b'#'; 300]).unwrap();
+        let r = rig.ask(format!("x{:x},12c", base.0).as_bytes());
         // 200 bytes of room, every byte escaped: 100 bytes.
-        assert_eq!(data, vec![b'#'; 100]);
-        let Reply::Binary(data) = one(core.handle(
-            &mut m,
-            Command::ReadMemoryBinary {
-                addr: base.0 + 300,
-                len: 300,
-            },
-        )) else {
-            panic!()
-        };
-        assert_eq!(data.len(), 200);
-        assert_eq!(
-            one(core.handle(&mut m, Command::ReadMemoryBinary { addr: 0x10, len: 4 })),
-            Reply::Error(E_FAULT)
-        );
-    }
-
-    trait AsSliceReply {
-        fn as_slice_reply(&self) -> &[Reply];
-    }
-    impl AsSliceReply for Action {
-        fn as_slice_reply(&self) -> &[Reply] {
-            match self {
-                Action::Reply(r) => r,
-                _ => &[],
-            }
-        }
+        assert_eq!(r[0], [&b"b"[..], &[b'#'; 100]].concat());
+        let r = rig.ask(format!("x{:x},12c", base.0 + 300).as_bytes());
+        assert_eq!(r[0].len(), 201);
+        assert_eq!(rig.ask1(b"x10,4"), "E0e");
     }
 }

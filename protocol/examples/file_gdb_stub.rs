@@ -1,0 +1,148 @@
+//! A GDB stub over a memory image: FILE's bytes at address BASE, everything else unmapped.
+//!
+//! ```text
+//! cargo run -p tagsplit-protocol --example file_gdb_stub -- \
+//!     --image FILE --base 0x10000 --listen 127.0.0.1:0
+//! gdb -ex 'target remote 127.0.0.1:PORT' -ex 'x/16xb 0x10000'
+//! ```
+//!
+//! What a consumer writes: the memory (read, write), the registers, and "cannot run".
+//! Everything else (negotiation, `qXfer`, packet sizes, what a stub without search,
+//! breakpoints or a library list must answer) is the protocol crate's [`Stub`].
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+
+use tagsplit_protocol::gdb::stub::{Stub, StubConfig};
+use tagsplit_protocol::stub::{Resume, RunState, StopReason, Target, TargetError, X64Registers};
+
+/// A file's bytes mapped at `base`.
+pub struct FileImage {
+    /// Where the first byte is.
+    pub base: u64,
+    /// The bytes.
+    pub bytes: Vec<u8>,
+}
+
+impl FileImage {
+    /// The bytes from `addr` to the end of the image (empty when `addr` is outside).
+    fn tail(&mut self, addr: u64) -> &mut [u8] {
+        let start = addr
+            .checked_sub(self.base)
+            .and_then(|o| usize::try_from(o).ok());
+        start
+            .and_then(|o| self.bytes.get_mut(o..))
+            .unwrap_or_default()
+    }
+}
+
+impl Target for FileImage {
+    fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<usize, TargetError> {
+        let tail = self.tail(addr);
+        let n = tail.len().min(buf.len());
+        match (tail.get(..n), buf.get_mut(..n)) {
+            (Some(src), Some(dst)) if n > 0 => {
+                dst.copy_from_slice(src);
+                Ok(n)
+            }
+            _ => Err(TargetError::Fault),
+        }
+    }
+
+    fn write_memory(&mut self, addr: u64, data: &[u8]) -> Result<(), TargetError> {
+        match self.tail(addr).get_mut(..data.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(data);
+                Ok(())
+            }
+            None => Err(TargetError::Fault),
+        }
+    }
+
+    fn registers(&mut self) -> Result<X64Registers, TargetError> {
+        Ok(X64Registers {
+            rip: self.base,
+            ..X64Registers::default()
+        })
+    }
+
+    fn write_registers(&mut self, _regs: &X64Registers) -> Result<(), TargetError> {
+        Err(TargetError::Unsupported)
+    }
+    fn resume(&mut self, _how: Resume) -> Result<(), TargetError> {
+        Err(TargetError::CannotRun)
+    }
+
+    fn poll_run(&mut self) -> RunState {
+        RunState::Stopped(StopReason::Trap) // never asked: `resume` always refuses
+    }
+    fn interrupt(&mut self) {}
+}
+
+/// Serves one client until it detaches or disconnects.
+pub fn serve_client(image: &mut FileImage, mut stream: TcpStream) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut stub = Stub::new(StubConfig::default());
+    let mut buf = [0u8; 4096];
+    let result = loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => n,
+            Err(e) => break Err(e),
+        };
+        stub.receive(image, buf.get(..n).unwrap_or_default());
+        if let Some(bytes) = stub.poll_transmit()
+            && let Err(e) = stream.write_all(&bytes)
+        {
+            break Err(e);
+        }
+        if stub.is_closed() {
+            break Ok(());
+        }
+    };
+    stub.disconnect(image);
+    result
+}
+
+/// Serves clients one after the other (a second one waits in the listen queue), at most
+/// `clients` of them when given.
+pub fn serve(listener: &TcpListener, image: &mut FileImage, clients: Option<usize>) {
+    for stream in listener.incoming().take(clients.unwrap_or(usize::MAX)) {
+        let peer = stream.as_ref().ok().and_then(|s| s.peer_addr().ok());
+        eprintln!("client {peer:?} attached");
+        let result = stream.and_then(|s| serve_client(image, s));
+        eprintln!("client {peer:?} gone: {result:?}");
+    }
+}
+
+#[allow(dead_code)] // the test includes this file and calls `serve`
+fn main() -> Result<(), String> {
+    let mut args = std::env::args().skip(1);
+    let (mut image, mut base, mut listen) = (None, None, String::from("127.0.0.1:0"));
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or(format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--image" => image = Some(value),
+            "--base" => {
+                let hex = value.trim_start_matches("0x");
+                base = Some(u64::from_str_radix(hex, 16).map_err(|e| format!("--base: {e}"))?);
+            }
+            "--listen" => listen = value,
+            _ => return Err(format!("unknown option {flag}")),
+        }
+    }
+    let usage = "usage: file_gdb_stub --image FILE --base HEX [--listen ADDR:PORT]";
+    let (Some(path), Some(base)) = (image, base) else {
+        return Err(usage.into());
+    };
+    let bytes = std::fs::read(&path).map_err(|e| format!("{path}: {e}"))?;
+    let listener = TcpListener::bind(&listen).map_err(|e| format!("{listen}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    println!(
+        "serving {path} ({} bytes) at {base:#x} on {addr}",
+        bytes.len()
+    );
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    serve(&listener, &mut FileImage { base, bytes }, None);
+    Ok(())
+}

@@ -1,0 +1,806 @@
+//! A GDB stub over any [`Target`]: bytes in, bytes out.
+//!
+//! [`Stub`] owns a [`ServerSession`] and answers every command from what the target
+//! supports: `qSupported` lists only the capabilities the target opts into (and the
+//! packets this configuration allows), `qXfer` serves the target description, the library
+//! list and the memory map in windows that fit the packet size, `m`/`x` replies are
+//! clamped to the packet size (the escaped size for binary replies), `g`/`G`/`p`/`P` use
+//! the 536-byte x86-64 layout of [`xml::target_description_x86_64`], and resumes go
+//! through the target's run control. Anything the target lacks gets the empty reply
+//! ("unsupported"); a known packet with malformed arguments gets an `E` reply.
+//!
+//! The stub does no I/O: a transport feeds it what it reads
+//! ([`receive`](Stub::receive)), lets a running target progress
+//! ([`poll_run`](Stub::poll_run), which says how long the transport may block reading),
+//! and writes what [`poll_transmit`](Stub::poll_transmit) returns. One `Stub` serves one
+//! client connection; [`disconnect`](Stub::disconnect) removes the breakpoints it set.
+//!
+//! ```
+//! use tagsplit_protocol::gdb::frame;
+//! use tagsplit_protocol::gdb::stub::{Stub, StubConfig};
+//! use tagsplit_protocol::stub::{Resume, RunState, StopReason, Target, TargetError, X64Registers};
+//!
+//! struct Rom(Vec<u8>);
+//! impl Target for Rom {
+//!     fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<usize, TargetError> {
+//!         let src = usize::try_from(addr).ok().and_then(|a| self.0.get(a..));
+//!         let src = src.filter(|s| !s.is_empty()).ok_or(TargetError::Fault)?;
+//!         let n = src.len().min(buf.len());
+//!         buf[..n].copy_from_slice(&src[..n]);
+//!         Ok(n)
+//!     }
+//!     fn write_memory(&mut self, _: u64, _: &[u8]) -> Result<(), TargetError> {
+//!         Err(TargetError::Fault)
+//!     }
+//!     fn registers(&mut self) -> Result<X64Registers, TargetError> {
+//!         Ok(X64Registers::default())
+//!     }
+//!     fn write_registers(&mut self, _: &X64Registers) -> Result<(), TargetError> {
+//!         Err(TargetError::Unsupported)
+//!     }
+//!     fn resume(&mut self, _: Resume) -> Result<(), TargetError> {
+//!         Err(TargetError::CannotRun)
+//!     }
+//!     fn poll_run(&mut self) -> RunState {
+//!         RunState::Stopped(StopReason::Trap)
+//!     }
+//!     fn interrupt(&mut self) {}
+//! }
+//!
+//! let mut rom = Rom(b"hello".to_vec());
+//! let mut stub = Stub::new(StubConfig::default());
+//! stub.receive(&mut rom, &frame::encode_packet(b"m1,4", false));
+//! assert_eq!(stub.poll_transmit().unwrap(), b"+$656c6c6f#39");
+//! ```
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use super::command::{DEFAULT_RUN_FEATURE, RUN_LIMIT_FEATURE};
+use super::frame;
+use super::xml;
+use super::{
+    BreakpointType, Command, CommandPacket, Feature, HexBytes, Reply, ResumeKind, SIGINT, SIGTRAP,
+    ServerEvent, ServerSession, SessionConfig, StopKind, StopReply, ThreadId, XferObject,
+};
+use crate::stub::{
+    BreakpointKind, Resume, RunState, StopReason, Target, TargetError, X64Registers,
+};
+
+/// The errno-style code for a memory fault (`EFAULT`).
+pub const E_FAULT: u8 = 0x0e;
+/// The code for a malformed request or an argument the target refuses (`EINVAL`).
+pub const E_INVAL: u8 = 0x16;
+/// The text of the error a target that cannot run answers to a resume.
+pub const CANNOT_RUN: &str = "this target cannot run";
+/// The only thread a stub reports.
+const THREAD: u64 = 1;
+/// Commands kept while the target runs (gdb sends none in all-stop mode; a client that
+/// floods is not allowed to grow the queue).
+const MAX_PENDING: usize = 64;
+
+/// Protocol choices of a stub (what the target supports is asked of the target).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StubConfig {
+    /// The `PacketSize` advertised; also bounds every reply and the receive buffer.
+    pub packet_size: usize,
+    /// Offer `QStartNoAckMode`.
+    pub no_ack: bool,
+    /// Answer `x` binary reads (`binary-upload`).
+    pub binary_read: bool,
+    /// Answer `X` binary writes (otherwise empty, so clients fall back to `M`).
+    pub binary_write: bool,
+}
+
+impl Default for StubConfig {
+    fn default() -> Self {
+        Self {
+            packet_size: 0x4000,
+            no_ack: true,
+            binary_read: true,
+            binary_write: true,
+        }
+    }
+}
+
+/// The 536-byte `g` block for `regs` (x87 and SSE state at their reset values).
+pub fn registers_to_g(regs: &X64Registers) -> Vec<u8> {
+    let mut g = Vec::with_capacity(xml::G_PACKET_LEN);
+    for r in [
+        regs.rax, regs.rbx, regs.rcx, regs.rdx, regs.rsi, regs.rdi, regs.rbp, regs.rsp, regs.r8,
+        regs.r9, regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15, regs.rip,
+    ] {
+        g.extend_from_slice(&r.to_le_bytes());
+    }
+    g.extend_from_slice(&(regs.rflags as u32).to_le_bytes());
+    for s in [regs.cs, regs.ss, regs.ds, regs.es, regs.fs, regs.gs] {
+        g.extend_from_slice(&u32::from(s).to_le_bytes());
+    }
+    g.extend_from_slice(&[0u8; 80]); // st0-st7
+    g.extend_from_slice(&0x37fu32.to_le_bytes()); // fctrl
+    g.extend_from_slice(&[0u8; 28]); // fstat .. fop
+    g.extend_from_slice(&[0u8; 256]); // xmm0-xmm15
+    g.extend_from_slice(&0x1f80u32.to_le_bytes()); // mxcsr
+    g
+}
+
+/// Applies a `g` block to `regs` (the integer registers; x87/SSE are ignored). Fields
+/// beyond the end of a short block keep their value.
+pub fn registers_from_g(regs: &mut X64Registers, g: &[u8]) {
+    let u64_at = |i: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(
+            g.get(i * 8..i * 8 + 8)?.try_into().ok()?,
+        ))
+    };
+    let u32_at =
+        |o: usize| -> Option<u32> { Some(u32::from_le_bytes(g.get(o..o + 4)?.try_into().ok()?)) };
+    let wide: [&mut u64; 17] = [
+        &mut regs.rax,
+        &mut regs.rbx,
+        &mut regs.rcx,
+        &mut regs.rdx,
+        &mut regs.rsi,
+        &mut regs.rdi,
+        &mut regs.rbp,
+        &mut regs.rsp,
+        &mut regs.r8,
+        &mut regs.r9,
+        &mut regs.r10,
+        &mut regs.r11,
+        &mut regs.r12,
+        &mut regs.r13,
+        &mut regs.r14,
+        &mut regs.r15,
+        &mut regs.rip,
+    ];
+    for (i, r) in wide.into_iter().enumerate() {
+        if let Some(v) = u64_at(i) {
+            *r = v;
+        }
+    }
+    if let Some(v) = u32_at(136) {
+        regs.rflags = u64::from(v);
+    }
+    let segs: [&mut u16; 6] = [
+        &mut regs.cs,
+        &mut regs.ss,
+        &mut regs.ds,
+        &mut regs.es,
+        &mut regs.fs,
+        &mut regs.gs,
+    ];
+    for (i, s) in segs.into_iter().enumerate() {
+        if let Some(v) = u32_at(140 + 4 * i) {
+            *s = v as u16;
+        }
+    }
+}
+
+/// What the stub does after a command.
+enum Action {
+    /// Stay stopped (replies were queued).
+    Stay,
+    /// The target runs; the stop reply comes from [`Stub::poll_run`].
+    Run,
+    /// The client leaves: close after the queued bytes are written.
+    Close,
+}
+
+/// The GDB stub state machine for one client. See the [module docs](self).
+#[derive(Debug)]
+pub struct Stub {
+    config: StubConfig,
+    session: ServerSession,
+    /// Commands received while the target ran (all-stop: handled once it stops).
+    pending: VecDeque<CommandPacket>,
+    /// Breakpoints the client inserted, by address.
+    breakpoints: BTreeMap<u64, BreakpointKind>,
+    /// Why the target last stopped (the answer to `?`).
+    last_stop: StopReply,
+    running: bool,
+    closed: bool,
+}
+
+impl Stub {
+    /// A stub for a new client connection.
+    pub fn new(config: StubConfig) -> Self {
+        let max_packet = config.packet_size.saturating_add(0x100);
+        Self {
+            config,
+            session: ServerSession::new(SessionConfig {
+                max_packet,
+                ..SessionConfig::default()
+            }),
+            pending: VecDeque::new(),
+            breakpoints: BTreeMap::new(),
+            last_stop: StopReply::thread(SIGTRAP, THREAD, None),
+            running: false,
+            closed: false,
+        }
+    }
+
+    /// Feeds bytes read from the client and answers every complete command (commands that
+    /// arrive while the target runs wait for it to stop; a break-in stops it).
+    pub fn receive<T: Target + ?Sized>(&mut self, target: &mut T, bytes: &[u8]) {
+        self.session.receive(bytes);
+        while let Some(event) = self.session.poll_event() {
+            match event {
+                ServerEvent::Command(cmd) => {
+                    if self.pending.len() < MAX_PENDING {
+                        self.pending.push_back(cmd);
+                    }
+                    // Stopped: answered at once. Running: kept until the target stops.
+                    self.handle_pending(target);
+                }
+                ServerEvent::Interrupt if self.running => {
+                    target.interrupt();
+                    self.stopped(StopReason::Interrupted);
+                }
+                ServerEvent::GaveUp => self.closed = true,
+                _ => {}
+            }
+        }
+    }
+
+    /// Lets a running target progress. Returns `None` when the target is stopped (the
+    /// transport may block on its input), or how long the transport may wait for input
+    /// before calling again.
+    pub fn poll_run<T: Target + ?Sized>(&mut self, target: &mut T) -> Option<Duration> {
+        if !self.running {
+            return None;
+        }
+        match target.poll_run() {
+            RunState::Running(wait) => Some(wait),
+            RunState::Stopped(reason) => {
+                self.stopped(reason);
+                self.handle_pending(target);
+                self.running.then_some(Duration::ZERO)
+            }
+        }
+    }
+
+    /// Takes the bytes to write to the client.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.session.poll_transmit()
+    }
+
+    /// Whether the target runs (a stop reply is owed).
+    pub fn is_running(&self) -> bool {
+        self.running
+    }
+
+    /// Whether the client detached or killed the session (or the link failed): write what
+    /// [`poll_transmit`](Self::poll_transmit) returns, then close the connection.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// The client is gone: stop a running target and remove the breakpoints it set.
+    pub fn disconnect<T: Target + ?Sized>(&mut self, target: &mut T) {
+        if std::mem::take(&mut self.running) {
+            target.interrupt();
+        }
+        let breakpoints = std::mem::take(&mut self.breakpoints);
+        if let Some(ops) = target.support_breakpoints() {
+            for (addr, kind) in breakpoints {
+                let _ = ops.remove_breakpoint(addr, kind);
+            }
+        }
+        if let Some(ops) = target.support_run_limit() {
+            ops.set_run_limit(None);
+        }
+        self.pending.clear();
+        self.closed = true;
+    }
+
+    /// The underlying session (counters, ack mode).
+    pub fn session(&self) -> &ServerSession {
+        &self.session
+    }
+
+    fn stopped(&mut self, reason: StopReason) {
+        let stop = match reason {
+            StopReason::Breakpoint(addr) => {
+                let kind = self.breakpoints.get(&addr).map(|k| match k {
+                    BreakpointKind::Hardware => StopKind::HwBreak,
+                    _ => StopKind::SwBreak,
+                });
+                StopReply::thread(SIGTRAP, THREAD, kind)
+            }
+            StopReason::Interrupted => StopReply::thread(SIGINT, THREAD, None),
+            StopReason::Exited(code) => StopReply::Exited(code),
+            _ => StopReply::thread(SIGTRAP, THREAD, None),
+        };
+        self.last_stop = stop;
+        self.running = false;
+        self.session.send(&Reply::Stop(stop));
+    }
+
+    fn handle_pending<T: Target + ?Sized>(&mut self, target: &mut T) {
+        while !self.running && !self.closed {
+            let Some(packet) = self.pending.pop_front() else {
+                break;
+            };
+            match self.handle(target, packet.command()) {
+                Action::Stay => {}
+                Action::Run => self.running = true,
+                Action::Close => {
+                    self.disconnect(target);
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, reply: &Reply) -> Action {
+        self.session.send(reply);
+        Action::Stay
+    }
+
+    /// The largest data payload a hex reply carries: `PacketSize / 2`, so gdb's own `m`
+    /// of `PacketSize / 2` bytes is answered in one reply.
+    fn max_data(&self) -> usize {
+        (self.config.packet_size / 2).max(1)
+    }
+
+    fn features<T: Target + ?Sized>(&self, target: &mut T) -> Vec<Feature> {
+        let mut list = vec![
+            Feature::with_value("PacketSize", &format!("{:x}", self.config.packet_size)),
+            Feature::supported("qXfer:features:read"),
+        ];
+        let mut on = |enabled: bool, name: &str| {
+            if enabled {
+                list.push(Feature::supported(name));
+            }
+        };
+        on(target.support_libraries().is_some(), "qXfer:libraries:read");
+        on(
+            target.support_memory_map().is_some(),
+            "qXfer:memory-map:read",
+        );
+        on(self.config.no_ack, "QStartNoAckMode");
+        on(self.config.binary_read, "binary-upload");
+        let breakpoints = target.support_breakpoints().is_some();
+        on(breakpoints, "swbreak");
+        on(breakpoints, "hwbreak");
+        on(true, "vContSupported");
+        if let Some(ops) = target.support_run_limit() {
+            let default = ops.default_run();
+            list.push(Feature::supported(RUN_LIMIT_FEATURE));
+            if let Some(t) = default {
+                list.push(Feature::with_value(DEFAULT_RUN_FEATURE, &format!("{t:x}")));
+            }
+        }
+        list
+    }
+
+    fn xfer<T: Target + ?Sized>(
+        &self,
+        target: &mut T,
+        object: &XferObject<'_>,
+        annex: &[u8],
+        offset: u64,
+        length: u64,
+    ) -> Reply {
+        let doc = match object {
+            XferObject::Features if annex == b"target.xml" => {
+                xml::target_description_x86_64().into_bytes()
+            }
+            XferObject::Libraries => match target.support_libraries() {
+                Some(ops) if annex.is_empty() => {
+                    let libs = ops.libraries();
+                    xml::library_list(&libs).into_bytes()
+                }
+                Some(_) => return Reply::Error(E_INVAL),
+                None => return Reply::Empty,
+            },
+            XferObject::MemoryMap => match target.support_memory_map() {
+                Some(ops) if annex.is_empty() => {
+                    let regions = ops.memory_map();
+                    xml::memory_map(&regions).into_bytes()
+                }
+                Some(_) => return Reply::Error(E_INVAL),
+                None => return Reply::Empty,
+            },
+            XferObject::Features => return Reply::Error(0),
+            _ => return Reply::Empty,
+        };
+        // Escaping can double the size; keep each chunk within the packet.
+        let limit = length.min(self.max_data() as u64);
+        let (window, more) = xml::xfer_window(&doc, offset, limit);
+        Reply::Xfer {
+            more,
+            data: window.to_vec(),
+        }
+    }
+
+    fn read_memory<T: Target + ?Sized>(
+        target: &mut T,
+        addr: u64,
+        len: u64,
+        limit: usize,
+    ) -> Option<Vec<u8>> {
+        let len = usize::try_from(len).unwrap_or(usize::MAX).min(limit);
+        let mut buf = vec![0u8; len];
+        if len == 0 {
+            return Some(buf);
+        }
+        let got = target.read_memory(addr, &mut buf).ok()?.min(len);
+        buf.truncate(got);
+        (got > 0).then_some(buf)
+    }
+
+    fn read_binary<T: Target + ?Sized>(&self, target: &mut T, addr: u64, len: u64) -> Reply {
+        // Binary data is escaped on the wire: keep the escaped form within a packet.
+        let room = self.config.packet_size.saturating_sub(8).max(1);
+        let Some(mut data) = Self::read_memory(target, addr, len, room) else {
+            return Reply::Error(E_FAULT);
+        };
+        let mut escaped = 0usize;
+        let fits = data
+            .iter()
+            .take_while(|&&b| {
+                escaped += if frame::needs_escape(b) { 2 } else { 1 };
+                escaped <= room
+            })
+            .count();
+        data.truncate(fits.max(1).min(data.len()));
+        Reply::Binary(data)
+    }
+
+    fn write_memory<T: Target + ?Sized>(target: &mut T, addr: u64, data: &[u8]) -> Reply {
+        match target.write_memory(addr, data) {
+            Ok(()) => Reply::Ok,
+            Err(e) => error_reply(e),
+        }
+    }
+
+    fn write_register<T: Target + ?Sized>(target: &mut T, reg: u32, value: HexBytes<'_>) -> Reply {
+        let Ok(regs) = target.registers() else {
+            return Reply::Error(E_INVAL);
+        };
+        let mut g = registers_to_g(&regs);
+        let span = xml::register_span(reg as usize);
+        match span.and_then(|(o, w)| g.get_mut(o..o.saturating_add(w))) {
+            Some(slot) if slot.len() == value.len() => {
+                slot.iter_mut().zip(value.iter()).for_each(|(d, s)| *d = s);
+                let mut regs = regs;
+                registers_from_g(&mut regs, &g);
+                match target.write_registers(&regs) {
+                    Ok(()) => Reply::Ok,
+                    Err(e) => error_reply(e),
+                }
+            }
+            _ => Reply::Error(E_INVAL),
+        }
+    }
+
+    fn breakpoint<T: Target + ?Sized>(
+        &mut self,
+        target: &mut T,
+        kind: BreakpointType,
+        addr: u64,
+        insert: bool,
+    ) -> Reply {
+        let kind = match kind {
+            BreakpointType::Software => BreakpointKind::Software,
+            BreakpointType::Hardware => BreakpointKind::Hardware,
+            _ => return Reply::Empty,
+        };
+        let Some(ops) = target.support_breakpoints() else {
+            return Reply::Empty;
+        };
+        if insert {
+            match ops.insert_breakpoint(addr, kind) {
+                Ok(()) => {
+                    self.breakpoints.insert(addr, kind);
+                    Reply::Ok
+                }
+                Err(e) => error_reply(e),
+            }
+        } else {
+            if self.breakpoints.remove(&addr).is_some() {
+                let _ = ops.remove_breakpoint(addr, kind);
+            }
+            Reply::Ok
+        }
+    }
+
+    fn resume<T: Target + ?Sized>(&mut self, target: &mut T, how: Resume) -> Action {
+        match target.resume(how) {
+            Ok(()) => Action::Run,
+            Err(TargetError::CannotRun) => self.send(&Reply::ErrorText(CANNOT_RUN.into())),
+            Err(e) => self.send(&error_reply(e)),
+        }
+    }
+
+    fn monitor<T: Target + ?Sized>(&mut self, target: &mut T, text: HexBytes<'_>) -> Action {
+        let Some(ops) = target.support_monitor() else {
+            return self.send(&Reply::Empty);
+        };
+        let text = text.to_vec();
+        let line = String::from_utf8_lossy(&text);
+        let mut output = ops.monitor(line.trim());
+        if !output.is_empty() && !output.ends_with('\n') {
+            output.push('\n');
+        }
+        let chunk = self.max_data().saturating_sub(1).max(1);
+        for piece in output.as_bytes().chunks(chunk) {
+            self.session.send_output(piece);
+        }
+        self.send(&Reply::Ok)
+    }
+
+    /// Handles one command while the target is stopped.
+    fn handle<T: Target + ?Sized>(&mut self, target: &mut T, cmd: Command<'_>) -> Action {
+        let reply = match cmd {
+            Command::QSupported(_) => Reply::Supported(self.features(target)),
+            Command::StartNoAckMode if self.config.no_ack => Reply::Ok,
+            Command::SetThread(..) => Reply::Ok,
+            Command::XferRead {
+                object,
+                annex,
+                offset,
+                length,
+            } => self.xfer(target, &object, annex, offset, length),
+            Command::HaltReason => Reply::Stop(self.last_stop),
+            Command::ThreadInfoFirst => Reply::ThreadList(vec![ThreadId::Id(THREAD)]),
+            Command::ThreadInfoNext => Reply::ThreadListEnd,
+            Command::CurrentThread => Reply::CurrentThread(ThreadId::Id(THREAD)),
+            Command::Attached(_) => Reply::Attached(true),
+            Command::ReadRegisters => match target.registers() {
+                Ok(regs) => Reply::Hex(registers_to_g(&regs)),
+                Err(e) => error_reply(e),
+            },
+            Command::WriteRegisters(data) if data.len() == xml::G_PACKET_LEN => {
+                match target.registers() {
+                    Ok(mut regs) => {
+                        registers_from_g(&mut regs, &data.to_vec());
+                        match target.write_registers(&regs) {
+                            Ok(()) => Reply::Ok,
+                            Err(e) => error_reply(e),
+                        }
+                    }
+                    Err(e) => error_reply(e),
+                }
+            }
+            Command::WriteRegisters(_) => Reply::Error(E_INVAL),
+            Command::ReadRegister(n) => {
+                let regs = target.registers();
+                let g = regs.map(|r| registers_to_g(&r)).unwrap_or_default();
+                let span = xml::register_span(n as usize);
+                match span.and_then(|(o, w)| g.get(o..o.saturating_add(w))) {
+                    Some(bytes) => Reply::Hex(bytes.to_vec()),
+                    None => Reply::Error(E_INVAL),
+                }
+            }
+            Command::WriteRegister { reg, value } => Self::write_register(target, reg, value),
+            Command::ReadMemory { addr, len } => {
+                match Self::read_memory(target, addr, len, self.max_data()) {
+                    Some(data) => Reply::Hex(data),
+                    None => Reply::Error(E_FAULT),
+                }
+            }
+            Command::ReadMemoryBinary { addr, len } if self.config.binary_read => {
+                self.read_binary(target, addr, len)
+            }
+            Command::WriteMemory { addr, data } => Self::write_memory(target, addr, &data.to_vec()),
+            Command::WriteMemoryBinary { addr, data } if self.config.binary_write => {
+                Self::write_memory(target, addr, data)
+            }
+            Command::SearchMemory { addr, len, pattern } => match target.support_search() {
+                Some(ops) => match ops.search(addr, addr.saturating_add(len), pattern) {
+                    Ok(hit) => Reply::SearchResult(hit),
+                    Err(e) => error_reply(e),
+                },
+                None => Reply::Empty,
+            },
+            Command::Monitor(text) => return self.monitor(target, text),
+            Command::InsertBreakpoint(bp) => self.breakpoint(target, bp.kind, bp.addr, true),
+            Command::RemoveBreakpoint(bp) => self.breakpoint(target, bp.kind, bp.addr, false),
+            Command::VContQuery => Reply::VContSupported(
+                ["c", "C", "s", "S", "t"]
+                    .iter()
+                    .map(|s| (*s).to_owned())
+                    .collect(),
+            ),
+            Command::RunLimit(ticks) => match target.support_run_limit() {
+                Some(ops) => {
+                    ops.set_run_limit((ticks > 0).then_some(ticks));
+                    Reply::Ok
+                }
+                None => Reply::Empty,
+            },
+            // One thread: the first action decides.
+            Command::VCont(actions) => match actions.first().map(|a| a.kind) {
+                Some(ResumeKind::Continue | ResumeKind::ContinueSignal(_)) => {
+                    return self.resume(target, Resume::Continue);
+                }
+                Some(
+                    ResumeKind::Step | ResumeKind::StepSignal(_) | ResumeKind::RangeStep { .. },
+                ) => return self.resume(target, Resume::Step),
+                Some(ResumeKind::Stop) => {
+                    self.last_stop = StopReply::thread(SIGINT, THREAD, None);
+                    Reply::Stop(self.last_stop)
+                }
+                None => Reply::Error(E_INVAL),
+            },
+            Command::Continue(_) => return self.resume(target, Resume::Continue),
+            Command::Step(_) => return self.resume(target, Resume::Step),
+            Command::Detach(_) | Command::VKill(_) => {
+                self.session.send(&Reply::Ok);
+                return Action::Close;
+            }
+            // The target is not killed: the client goes away, the target stays.
+            Command::Kill => return Action::Close,
+            // A command the stub knows, with arguments it cannot take.
+            Command::Malformed(_) => Reply::Error(E_INVAL),
+            _ => Reply::Empty,
+        };
+        self.send(&reply)
+    }
+}
+
+/// The reply for a failed target operation.
+fn error_reply(e: TargetError) -> Reply {
+    match e {
+        TargetError::Fault => Reply::Error(E_FAULT),
+        TargetError::CannotRun => Reply::ErrorText(CANNOT_RUN.into()),
+        _ => Reply::Error(E_INVAL),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gdb::frame::{Decoder, Event, encode_packet};
+
+    /// 16 bytes at 0x1000 that cannot run, with no optional capability.
+    struct Rom([u8; 16]);
+
+    impl Target for Rom {
+        fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<usize, TargetError> {
+            let off = addr.checked_sub(0x1000).ok_or(TargetError::Fault)? as usize;
+            let src = self.0.get(off..).unwrap_or_default();
+            let n = src.len().min(buf.len());
+            if n == 0 {
+                return Err(TargetError::Fault);
+            }
+            buf[..n].copy_from_slice(&src[..n]);
+            Ok(n)
+        }
+        fn write_memory(&mut self, _: u64, _: &[u8]) -> Result<(), TargetError> {
+            Err(TargetError::Fault)
+        }
+        fn registers(&mut self) -> Result<X64Registers, TargetError> {
+            Ok(X64Registers {
+                rip: 0x1000,
+                ..X64Registers::default()
+            })
+        }
+        fn write_registers(&mut self, _: &X64Registers) -> Result<(), TargetError> {
+            Err(TargetError::Unsupported)
+        }
+        fn resume(&mut self, _: Resume) -> Result<(), TargetError> {
+            Err(TargetError::CannotRun)
+        }
+        fn poll_run(&mut self) -> RunState {
+            RunState::Stopped(StopReason::Trap)
+        }
+        fn interrupt(&mut self) {}
+    }
+
+    fn ask(stub: &mut Stub, rom: &mut Rom, payload: &[u8]) -> Vec<String> {
+        stub.receive(rom, &encode_packet(payload, false));
+        let bytes = stub.poll_transmit().unwrap_or_default();
+        Decoder::default()
+            .decode(&bytes)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Packet(p) => Some(String::from_utf8_lossy(&p).into_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_target_with_no_capabilities_gets_a_reduced_stub() {
+        let mut rom = Rom(*b"0123456789abcdef");
+        let mut stub = Stub::new(StubConfig::default());
+        let supported = ask(&mut stub, &mut rom, b"qSupported:swbreak+").join("");
+        assert!(supported.contains("qXfer:features:read+"), "{supported}");
+        for absent in ["libraries", "memory-map", "swbreak", "RunLimit"] {
+            assert!(!supported.contains(absent), "{absent} in {supported}");
+        }
+        for unsupported in [
+            &b"qXfer:libraries:read::0,100"[..],
+            b"qXfer:memory-map:read::0,100",
+            b"qSearch:memory:1000;10;45",
+            b"qRcmd,6c6d",
+            b"Z0,1000,1",
+            b"QTagsplit.RunLimit:5",
+            b"vFile:setfs:0",
+        ] {
+            assert_eq!(
+                ask(&mut stub, &mut rom, unsupported),
+                [""],
+                "{unsupported:?}"
+            );
+        }
+        assert_eq!(ask(&mut stub, &mut rom, b"m100e,4"), ["6566"]);
+        assert_eq!(ask(&mut stub, &mut rom, b"m2000,4"), ["E0e"]);
+        assert_eq!(ask(&mut stub, &mut rom, b"M1000,1:00"), ["E0e"]);
+        // A machine that cannot run says so and stays stopped.
+        assert_eq!(
+            ask(&mut stub, &mut rom, b"vCont;c"),
+            [format!("E.{CANNOT_RUN}")]
+        );
+        assert!(!stub.is_running());
+        assert_eq!(ask(&mut stub, &mut rom, b"?"), ["T05thread:01;"]);
+        assert_eq!(ask(&mut stub, &mut rom, b"D"), ["OK"]);
+        assert!(stub.is_closed());
+    }
+
+    #[test]
+    fn malformed_known_packets_get_an_error_not_the_empty_reply() {
+        let mut rom = Rom([0; 16]);
+        let mut stub = Stub::new(StubConfig::default());
+        for bad in [
+            &b"m1000"[..],
+            b"m1000,zz",
+            b"M1000,2:00",
+            b"Z0,1000",
+            b"qXfer:features:read:target.xml:0",
+            b"qRcmd,6",
+            b"G00",
+        ] {
+            assert_eq!(
+                ask(&mut stub, &mut rom, bad),
+                [format!("E{E_INVAL:02x}")],
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn pipelined_commands_are_all_answered_in_order() {
+        let mut rom = Rom(*b"0123456789abcdef");
+        let mut stub = Stub::new(StubConfig::default());
+        let mut wire = Vec::new();
+        for i in 0..200u64 {
+            wire.extend(encode_packet(
+                format!("m{:x},1", 0x1000 + i % 16).as_bytes(),
+                false,
+            ));
+        }
+        stub.receive(&mut rom, &wire);
+        let bytes = stub.poll_transmit().unwrap_or_default();
+        let replies: Vec<_> = Decoder::default()
+            .decode(&bytes)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Packet(p) => Some(p),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(replies.len(), 200);
+        assert_eq!(replies[17], b"31");
+    }
+
+    #[test]
+    fn registers_round_trip_through_the_g_block() {
+        let regs = X64Registers {
+            rip: 0x1122_3344_5566_7788,
+            rflags: 0x246,
+            cs: 0x10,
+            r8: 7,
+            ..X64Registers::default()
+        };
+        let g = registers_to_g(&regs);
+        assert_eq!(g.len(), xml::G_PACKET_LEN);
+        assert_eq!(&g[128..136], &0x1122_3344_5566_7788u64.to_le_bytes());
+        assert_eq!(&g[532..536], &0x1f80u32.to_le_bytes());
+        let mut back = X64Registers::default();
+        registers_from_g(&mut back, &g);
+        assert_eq!(back, regs);
+    }
+}
