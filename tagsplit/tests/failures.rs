@@ -11,13 +11,10 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use common::{Faulty, Op, temp_dir};
 use tagsplit::split::{Split, SplitError, SplitOptions, restore_from_journal};
 use tagsplit::target::sim::SimTarget;
-use tagsplit::target::{DebugTarget, RunFor};
+use tagsplit::target::{DebugTarget, Interrupt, RunFor};
 use tagsplit::{PoolTag, VirtAddr};
 
 const SITES: [u64; 2] = [0xfffff880_0496e3aa, 0xfffff880_0496e621];
@@ -127,7 +124,7 @@ fn ctrl_c_restores_and_removes_the_journal() {
     let dir = temp_dir("ctrl-c");
     let journal = dir.join("j.json");
     let mut t = SimTarget::builtin("part4").unwrap();
-    let cancel = Arc::new(AtomicBool::new(false));
+    let cancel = Interrupt::new();
     let opts = SplitOptions {
         cancel: Some(cancel.clone()),
         ..options(&journal)
@@ -136,7 +133,7 @@ fn ctrl_c_restores_and_removes_the_journal() {
     let result = Split::new(&mut t, PoolTag::new(*b"Leak"), opts)
         .on_progress(move |done, _| {
             if done == 2 {
-                flag.store(true, Ordering::SeqCst);
+                flag.trigger();
             }
         })
         .run();

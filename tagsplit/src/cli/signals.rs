@@ -4,8 +4,9 @@
 //! - **Nothing to undo** (connecting, surveying, a console, the demo): the process exits at
 //!   once with 128 + the signal's number.
 //! - **Patches possible** (from the moment the journal is about to be written until the
-//!   restore is done, and during `restore`): the first signal sets the cancel flag, so a
-//!   running target is broken into, every patch is restored and read back, the journal is
+//!   restore is done, and during `restore`): the first signal triggers the
+//!   [`Interrupt`], so a running target is broken into (the backend's waker interrupts
+//!   its wait at once), every patch is restored and read back, the journal is
 //!   removed, and the command then exits with 128 + the signal's number. A second signal
 //!   is reported and ignored. A third exits at once, keeping the journal, and prints the
 //!   command that finishes the restore.
@@ -13,9 +14,11 @@
 //! The handler runs on its own thread (`signal-hook`'s iterator), so it may take locks and
 //! print. SIGKILL cannot be caught: the journal on disk and `tagsplit restore` cover it.
 
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::Thread;
+
+use tagsplit::target::Interrupt;
 
 /// What a signal does now.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,7 +36,7 @@ enum Mode {
 }
 
 struct Shared {
-    cancel: Arc<AtomicBool>,
+    cancel: Interrupt,
     count: AtomicUsize,
     first: AtomicI32,
     /// The main thread decides the mode under this lock; the handler exits holding it, so
@@ -62,15 +65,16 @@ pub fn name(sig: i32) -> String {
     }
 }
 
-/// Installs the handler once (in "exit at once" mode) and returns the cancel flag.
-pub fn install() -> Arc<AtomicBool> {
+/// Installs the handler once (in "exit at once" mode) and returns the interrupt that the
+/// first signal triggers in the modes that wind down.
+pub fn install() -> Interrupt {
     shared().cancel.clone()
 }
 
 fn shared() -> &'static Arc<Shared> {
     SHARED.get_or_init(|| {
         let shared = Arc::new(Shared {
-            cancel: Arc::new(AtomicBool::new(false)),
+            cancel: Interrupt::new(),
             count: AtomicUsize::new(0),
             first: AtomicI32::new(0),
             mode: Mutex::new(Mode::ExitAtOnce),
@@ -123,7 +127,7 @@ fn on_signal(shared: &Shared, sig: i32) {
             std::process::exit(128 + sig);
         }
         (Mode::Stop, 1) => {
-            shared.cancel.store(true, Ordering::SeqCst);
+            shared.cancel.trigger();
             eprintln!("tagsplit: {what}: stopping");
         }
         (Mode::Stop, _) => {
@@ -131,7 +135,7 @@ fn on_signal(shared: &Shared, sig: i32) {
             std::process::exit(128 + sig);
         }
         (Mode::Restore { .. }, 1) => {
-            shared.cancel.store(true, Ordering::SeqCst);
+            shared.cancel.trigger();
             eprintln!(
                 "tagsplit: {what}: breaking in and restoring every patch before exiting (a third signal exits at once and keeps the journal)"
             );

@@ -26,8 +26,6 @@ pub mod journal;
 pub mod tags;
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use serde::Serialize;
 use tagsplit_protocol::nt::PROTECTED_POOL;
@@ -36,7 +34,7 @@ use self::classify::{Hit, HitKind};
 use self::journal::{Journal, JournalError, PatchRecord, RestoreState};
 use crate::pool::{self, PoolSnapshot, TagUsage};
 use crate::pooltag::PoolTagDb;
-use crate::target::{DebugTarget, RunFor, TargetError};
+use crate::target::{DebugTarget, Interrupt, RunFor, TargetError, interrupted};
 use crate::{PoolTag, VirtAddr};
 
 /// Errors from a split.
@@ -127,7 +125,7 @@ pub struct SplitOptions {
     /// Checked at every step and handed to the target ([`DebugTarget::set_interrupt`]):
     /// once set, a running target is broken into, every patch is restored and the split
     /// returns [`SplitError::Interrupted`].
-    pub cancel: Option<Arc<AtomicBool>>,
+    pub cancel: Option<Interrupt>,
     /// The target's identity, recorded in the journal ([`Journal::identity`]).
     pub identity: Option<String>,
     /// Journals the caller knows of (path and content): a target that still holds the
@@ -515,17 +513,17 @@ impl<'a> Split<'a> {
     pub fn run(mut self) -> Result<Report, SplitError> {
         let cancel = self.options.cancel.clone();
         self.target.set_interrupt(cancel.clone());
-        let result = self.run_inner(cancel.as_deref());
+        let result = self.run_inner(cancel.as_ref());
         self.target.set_interrupt(None);
         result
     }
 
     /// Reports `phase`, then fails with [`SplitError::Interrupted`] if cancelled.
-    fn enter(&mut self, phase: Phase, cancel: Option<&AtomicBool>) -> Result<(), SplitError> {
+    fn enter(&mut self, phase: Phase, cancel: Option<&Interrupt>) -> Result<(), SplitError> {
         enter(&mut self.phase, phase, cancel)
     }
 
-    fn run_inner(&mut self, cancel: Option<&AtomicBool>) -> Result<Report, SplitError> {
+    fn run_inner(&mut self, cancel: Option<&Interrupt>) -> Result<Report, SplitError> {
         self.enter(Phase::Checking, cancel)?;
         check_known_journals(&mut *self.target, &self.options.known_journals)?;
         self.enter(Phase::Surveying, cancel)?;
@@ -776,7 +774,7 @@ struct Hooks<'h, 'a> {
 
 impl Hooks<'_, '_> {
     /// Reports `phase`, then fails with [`SplitError::Interrupted`] if cancelled.
-    fn enter(&mut self, phase: Phase, cancel: Option<&AtomicBool>) -> Result<(), SplitError> {
+    fn enter(&mut self, phase: Phase, cancel: Option<&Interrupt>) -> Result<(), SplitError> {
         enter(self.phase, phase, cancel)
     }
 }
@@ -785,12 +783,12 @@ impl Hooks<'_, '_> {
 fn enter(
     hook: &mut Option<PhaseHook<'_>>,
     phase: Phase,
-    cancel: Option<&AtomicBool>,
+    cancel: Option<&Interrupt>,
 ) -> Result<(), SplitError> {
     if let Some(f) = hook.as_mut() {
         f(phase);
     }
-    if crate::target::interrupted(cancel) {
+    if interrupted(cancel) {
         return Err(SplitError::Interrupted(RestoreSummary::default()));
     }
     Ok(())
@@ -804,7 +802,7 @@ fn measure(
     new_tags: &[PoolTag],
     run: RunFor,
     samples: u32,
-    cancel: Option<&AtomicBool>,
+    cancel: Option<&Interrupt>,
     hooks: &mut Hooks<'_, '_>,
 ) -> Result<Vec<Vec<TagUsage>>, SplitError> {
     for (next, r) in records.iter().enumerate() {
@@ -839,7 +837,7 @@ fn measure(
         pick(&pool::snapshot_at(guard.target(), &tables)?),
     );
     for i in 0..samples {
-        if crate::target::interrupted(cancel) {
+        if interrupted(cancel) {
             return Err(SplitError::Interrupted(RestoreSummary::default()));
         }
         let slice = match run {

@@ -7,11 +7,9 @@
 //! breakpoint change and run. Reads of a block or more go straight to the target.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use super::{
-    DebugTarget, KernelInfo, ModuleInfo, RunFor, StopReason, TargetError, WireStats,
+    DebugTarget, Interrupt, KernelInfo, ModuleInfo, RunFor, StopReason, TargetError, WireStats,
     walk_module_list,
 };
 use crate::VirtAddr;
@@ -216,8 +214,8 @@ impl<T: DebugTarget> DebugTarget for CachedTarget<T> {
         self.inner.clear_breakpoint(addr)
     }
 
-    fn set_interrupt(&mut self, flag: Option<Arc<AtomicBool>>) {
-        self.inner.set_interrupt(flag);
+    fn set_interrupt(&mut self, interrupt: Option<Interrupt>) {
+        self.inner.set_interrupt(interrupt);
     }
 
     fn stats(&self) -> Option<WireStats> {

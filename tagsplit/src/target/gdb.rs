@@ -21,7 +21,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tagsplit_protocol::gdb::command::{DEFAULT_RUN_FEATURE, RUN_LIMIT_FEATURE};
@@ -45,8 +45,8 @@ use tagsplit_target_sim::server::gdb::{
 #[cfg(feature = "sim")]
 use super::sim::MachineRef;
 use super::{
-    BoxedTarget, DebugTarget, KernelInfo, ModuleInfo, OpenError, RunFor, StopReason, TargetError,
-    WireStats, read_u32, read_u64, search_by_reading, walk_module_list,
+    BoxedTarget, DebugTarget, Interrupt, KernelInfo, ModuleInfo, OpenError, RunFor, StopReason,
+    TargetError, WireStats, read_u32, read_u64, search_by_reading, walk_module_list,
 };
 use crate::VirtAddr;
 
@@ -108,11 +108,11 @@ pub struct GdbTarget {
     output: Vec<u8>,
     buf: Vec<u8>,
     detached: bool,
-    interrupt: Option<Arc<AtomicBool>>,
+    interrupt: Option<Interrupt>,
 }
 
-/// While the target runs and an interrupt flag is given, how often the flag is looked at.
-const INTERRUPT_POLL: Duration = Duration::from_millis(50);
+/// The RSP interrupt byte (Ctrl-C), sent while the target runs.
+const INTERRUPT_BYTE: u8 = 0x03;
 
 impl std::fmt::Debug for GdbTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -533,8 +533,9 @@ impl GdbTarget {
     }
 
     /// Resumes and waits for the stop reply; sends an interrupt at `interrupt_at`, or as
-    /// soon as the interrupt flag is set (then the result is [`TargetError::Interrupted`]
-    /// once the target has stopped).
+    /// soon as the [`Interrupt`] is triggered (its waker writes the interrupt byte on a
+    /// clone of the socket; the result is then [`TargetError::Interrupted`] once the
+    /// target has stopped). Nothing polls: the read blocks until a reply or a deadline.
     fn resume_and_wait(&mut self, interrupt_at: Option<Instant>) -> Result<StopReply, TargetError> {
         self.output.clear();
         self.session
@@ -543,33 +544,37 @@ impl GdbTarget {
                 thread: None,
             }])));
         self.write_out()?;
+        // At most one interrupt byte, from whichever comes first.
+        let sent = Arc::new(AtomicBool::new(false));
+        let _waker = match (&self.interrupt, self.stream.try_clone()) {
+            (Some(interrupt), Ok(clone)) => {
+                let sent = sent.clone();
+                Some(interrupt.on_trigger(move || {
+                    if !sent.swap(true, Ordering::SeqCst) {
+                        let _ = (&clone).write_all(&[INTERRUPT_BYTE]);
+                    }
+                }))
+            }
+            _ => None,
+        };
         // A run bounded by the stub (or by our interrupt): allow generously for it.
         let patience = self.options.timeout.saturating_mul(6);
         let mut deadline = Instant::now() + patience;
-        // Some(by_user) once the interrupt is sent.
-        let mut sent: Option<bool> = None;
         loop {
             let now = Instant::now();
-            if sent.is_none() {
-                let user = super::interrupted(self.interrupt.as_deref());
-                if user || interrupt_at.is_some_and(|at| now >= at) {
+            let due = interrupt_at.filter(|_| !sent.load(Ordering::SeqCst));
+            if due.is_some_and(|at| now >= at) {
+                if !sent.swap(true, Ordering::SeqCst) {
                     self.session.send_interrupt();
                     self.write_out()?;
-                    sent = Some(user);
-                    deadline = now + patience;
                 }
+                deadline = now + patience;
             }
-            let mut until = deadline;
-            if sent.is_none() {
-                if let Some(at) = interrupt_at {
-                    until = until.min(at);
-                }
-                if self.interrupt.is_some() {
-                    until = until.min(now + INTERRUPT_POLL);
-                }
-            }
+            let until = due
+                .filter(|at| *at > now)
+                .map_or(deadline, |at| at.min(deadline));
             match self.wait_reply(until) {
-                Ok(Reply::Stop(s)) if sent == Some(true) => {
+                Ok(Reply::Stop(s)) if super::interrupted(self.interrupt.as_ref()) => {
                     tracing::debug!("broke in on request: {s:?}");
                     return Err(TargetError::Interrupted);
                 }
@@ -769,8 +774,8 @@ impl DebugTarget for GdbTarget {
         })
     }
 
-    fn set_interrupt(&mut self, flag: Option<Arc<AtomicBool>>) {
-        self.interrupt = flag;
+    fn set_interrupt(&mut self, interrupt: Option<Interrupt>) {
+        self.interrupt = interrupt;
     }
 
     /// `Z0,ADDR,1`; a stub without breakpoints answers empty: unsupported.

@@ -19,8 +19,6 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use tagsplit_protocol::kd::{
@@ -35,8 +33,8 @@ use tagsplit_target_sim::machine::Machine;
 use tagsplit_target_sim::server::kd::{KdStub, KdStubHandle, KdStubOptions};
 
 use super::{
-    BlockCache, BoxedTarget, DebugTarget, KernelInfo, ModuleInfo, OpenError, RunFor, StopReason,
-    TargetError, WireStats, read_u64, search_by_reading, walk_module_list,
+    BlockCache, BoxedTarget, DebugTarget, Interrupt, KernelInfo, ModuleInfo, OpenError, RunFor,
+    StopReason, TargetError, WireStats, read_u64, search_by_reading, walk_module_list,
 };
 use crate::VirtAddr;
 
@@ -54,6 +52,8 @@ enum Link {
         sock: UdpSocket,
         peer: Option<SocketAddr>,
         endpoint: Box<Endpoint>,
+        /// Where wake-up datagrams come from ([`Link::waker`]): never KD traffic.
+        waker_from: Option<SocketAddr>,
     },
 }
 
@@ -69,6 +69,46 @@ impl Link {
         match self {
             Link::Kdcom { session, .. } => session.send_break_in(),
             Link::Kdnet { endpoint, .. } => endpoint.send_break_in(),
+        }
+    }
+
+    /// When the session's next retransmission (or poke) is due, on its clock.
+    fn next_timeout(&self) -> Option<Duration> {
+        match self {
+            Link::Kdcom { session, .. } => session.poll_timeout(),
+            Link::Kdnet { endpoint, .. } => endpoint.poll_timeout(),
+        }
+    }
+
+    /// What unblocks a [`pump`](Self::pump) from another thread: over KDCOM the break-in
+    /// byte itself, written on a clone of the stream; over KDNET an empty datagram to our
+    /// own socket (the break-in needs the session, so the woken pump sends it).
+    fn waker(&mut self) -> Option<Box<dyn Fn() + Send + Sync>> {
+        match self {
+            Link::Kdcom { stream, .. } => {
+                let clone = stream.try_clone().ok()?;
+                Some(Box::new(move || {
+                    let _ = (&clone).write_all(&[BREAKIN_PACKET_BYTE]);
+                }))
+            }
+            Link::Kdnet {
+                sock, waker_from, ..
+            } => {
+                let mut to = sock.local_addr().ok()?;
+                if to.ip().is_unspecified() {
+                    to.set_ip(if to.is_ipv4() {
+                        std::net::Ipv4Addr::LOCALHOST.into()
+                    } else {
+                        std::net::Ipv6Addr::LOCALHOST.into()
+                    });
+                }
+                let from = SocketAddr::new(to.ip(), 0);
+                let waker = UdpSocket::bind(from).ok()?;
+                *waker_from = Some(waker.local_addr().ok()?);
+                Some(Box::new(move || {
+                    let _ = waker.send_to(&[], to);
+                }))
+            }
         }
     }
 
@@ -103,6 +143,7 @@ impl Link {
                 sock,
                 peer,
                 endpoint,
+                waker_from,
             } => {
                 if let Some(p) = *peer {
                     while let Some(d) = endpoint.poll_transmit() {
@@ -112,6 +153,8 @@ impl Link {
                 sock.set_read_timeout(Some(wait))?;
                 let mut buf = vec![0u8; 65536];
                 match sock.recv_from(&mut buf) {
+                    // Our own wake-up (an interrupt): not for the endpoint.
+                    Ok((_, from)) if Some(from) == *waker_from => {}
                     Ok((n, from)) => {
                         endpoint.handle_datagram(now(), buf.get(..n).unwrap_or(&[]));
                         let mut rejected = false;
@@ -190,8 +233,8 @@ fn is_timeout(e: &std::io::Error) -> bool {
     )
 }
 
-/// While the target runs and an interrupt flag is given, how often the flag is looked at.
-const INTERRUPT_POLL: Duration = Duration::from_millis(50);
+/// The KD break-in byte (`b`), as the target polls for it while running.
+const BREAKIN_PACKET_BYTE: u8 = 0x62;
 
 /// A KD debugger connection to a stopped (or running) Windows kernel.
 pub struct KdTarget {
@@ -219,7 +262,7 @@ pub struct KdTarget {
     #[cfg(feature = "sim")]
     stub: Option<KdStubHandle>,
     /// Set by the caller to break into a run ([`DebugTarget::set_interrupt`]).
-    interrupt: Option<Arc<AtomicBool>>,
+    interrupt: Option<Interrupt>,
 }
 
 impl std::fmt::Debug for KdTarget {
@@ -275,6 +318,7 @@ impl KdnetListener {
             sock: self.sock,
             peer: None,
             endpoint: Box::new(endpoint),
+            waker_from: None,
         };
         KdTarget::attach(link, self.spec, timeout)
     }
@@ -322,7 +366,7 @@ impl KdTarget {
             stub: None,
             interrupt: None,
         };
-        t.wait_stop(Instant::now() + timeout)?;
+        t.wait_stop(Instant::now() + timeout, false)?;
         // What the target is, and whether it understands tagsplit's run limit.
         let v = t.request(
             &ManipulateApi::GetVersion(GetVersion64::default()),
@@ -390,10 +434,14 @@ impl KdTarget {
         Ok(())
     }
 
-    /// Waits for a data packet matching `pick`, until `deadline`.
+    /// Waits for a data packet matching `pick`, until `deadline`. The link is read with
+    /// a time-out of whichever comes first, the deadline or the session's next
+    /// retransmission. With `interruptible`, a triggered [`Interrupt`] (whose waker
+    /// unblocks the read) ends the wait with [`TargetError::Interrupted`].
     fn wait_for(
         &mut self,
         deadline: Instant,
+        interruptible: bool,
         mut pick: impl FnMut(PacketType, &[u8]) -> bool,
     ) -> Result<(PacketType, Vec<u8>), TargetError> {
         loop {
@@ -405,19 +453,28 @@ impl KdTarget {
             {
                 return Ok(found);
             }
+            if interruptible && super::interrupted(self.interrupt.as_ref()) {
+                return Err(TargetError::Interrupted);
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(TargetError::Timeout);
             }
-            self.pump(left.min(Duration::from_millis(20)))?;
+            let timer = self
+                .link
+                .next_timeout()
+                .map_or(left, |at| at.saturating_sub(self.now()));
+            self.pump(left.min(timer))?;
         }
     }
 
     /// Waits until the target reports a stop (an exception); load-symbols changes on the
     /// way are acknowledged with Continue. Returns the exception address.
-    fn wait_stop(&mut self, deadline: Instant) -> Result<u64, TargetError> {
+    fn wait_stop(&mut self, deadline: Instant, interruptible: bool) -> Result<u64, TargetError> {
         loop {
-            let (_, payload) = self.wait_for(deadline, |t, _| t == PacketType::StateChange64)?;
+            let (_, payload) = self.wait_for(deadline, interruptible, |t, _| {
+                t == PacketType::StateChange64
+            })?;
             let Ok(Payload::StateChange(sc)) = Payload::parse(PacketType::StateChange64, &payload)
             else {
                 continue;
@@ -459,38 +516,40 @@ impl KdTarget {
 
     /// Waits for a resumed target to stop: on its own within `exact` (plus a minute of
     /// slack) when the target bounds the run, else break in after `wall`; and break in
-    /// at once when the interrupt flag is set ([`TargetError::Interrupted`] once stopped).
+    /// as soon as the [`Interrupt`] is triggered ([`TargetError::Interrupted`] once the
+    /// target has stopped). The interrupt's waker unblocks the read: nothing polls.
     fn wait_run(&mut self, exact: Option<Duration>, wall: Duration) -> Result<u64, TargetError> {
+        let waker = match self.interrupt.clone() {
+            Some(interrupt) => self.link.waker().map(|w| interrupt.on_trigger(w)),
+            None => None,
+        };
         let start = Instant::now();
         let mut deadline = match exact {
             Some(d) => start + Duration::from_secs(60).saturating_add(d),
             None => start + wall,
         };
-        // Some(by_user) once the break-in is sent.
-        let mut sent: Option<bool> = None;
-        loop {
-            let now = Instant::now();
-            if sent.is_none() {
-                let user = super::interrupted(self.interrupt.as_deref());
-                if user || (exact.is_none() && now >= start + wall) {
+        let mut broke_in = false;
+        let result = loop {
+            if !broke_in && exact.is_none() && Instant::now() >= start + wall {
+                self.link.break_in();
+                broke_in = true;
+                deadline = Instant::now() + REQUEST_TIMEOUT;
+            }
+            match self.wait_stop(deadline, !broke_in) {
+                Err(TargetError::Interrupted) => {
+                    // Over KDCOM the waker already sent the byte; once more does no harm.
                     self.link.break_in();
-                    sent = Some(user);
-                    deadline = now + REQUEST_TIMEOUT;
+                    broke_in = true;
+                    deadline = Instant::now() + REQUEST_TIMEOUT;
                 }
+                Err(TargetError::Timeout) if !broke_in && exact.is_none() => {}
+                other => break other,
             }
-            if now >= deadline {
-                return Err(TargetError::Timeout);
-            }
-            let mut until = deadline;
-            if sent.is_none() && self.interrupt.is_some() {
-                until = until.min(now + INTERRUPT_POLL);
-            }
-            match self.wait_stop(until) {
-                Ok(_) if sent == Some(true) => return Err(TargetError::Interrupted),
-                Ok(address) => return Ok(address),
-                Err(TargetError::Timeout) => {}
-                Err(e) => return Err(e),
-            }
+        };
+        drop(waker);
+        match result {
+            Ok(_) if super::interrupted(self.interrupt.as_ref()) => Err(TargetError::Interrupted),
+            other => other,
         }
     }
 
@@ -509,7 +568,7 @@ impl KdTarget {
         self.link
             .send(now, PacketType::StateManipulate, req.to_bytes());
         self.round_trips += 1;
-        let (_, payload) = self.wait_for(Instant::now() + REQUEST_TIMEOUT, |t, p| {
+        let (_, payload) = self.wait_for(Instant::now() + REQUEST_TIMEOUT, false, |t, p| {
             t == PacketType::StateManipulate
                 && Manipulate::parse(p).is_ok_and(|m| m.api_number() == number)
         })?;
@@ -717,8 +776,8 @@ impl DebugTarget for KdTarget {
         })
     }
 
-    fn set_interrupt(&mut self, flag: Option<Arc<AtomicBool>>) {
-        self.interrupt = flag;
+    fn set_interrupt(&mut self, interrupt: Option<Interrupt>) {
+        self.interrupt = interrupt;
     }
 
     /// `WriteBreakPoint`; the target returns a handle kept to restore it.

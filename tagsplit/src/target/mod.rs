@@ -14,8 +14,6 @@
 //! stopped.
 
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -50,7 +48,7 @@ pub enum TargetError {
     /// I/O on the transport failed.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
-    /// The interrupt flag given to [`DebugTarget::set_interrupt`] was set (Ctrl-C or
+    /// The [`Interrupt`] given to [`DebugTarget::set_interrupt`] was triggered (Ctrl-C or
     /// another signal); a running target was broken into and is stopped.
     #[error("interrupted")]
     Interrupted,
@@ -233,13 +231,14 @@ pub trait DebugTarget {
         Err(TargetError::Unsupported("breakpoints"))
     }
 
-    /// Gives the target a flag to watch while it runs or waits: once the flag is set, a
-    /// [`run`](DebugTarget::run) in progress breaks in (the target is stopped again
-    /// when it returns) and returns [`TargetError::Interrupted`]. A run started while the
-    /// flag is already set resumes and breaks in at once. Backends that never wait may
-    /// ignore it (the default).
-    fn set_interrupt(&mut self, flag: Option<Arc<AtomicBool>>) {
-        let _ = flag;
+    /// Gives the target an [`Interrupt`] to honour: once it is triggered, a
+    /// [`run`](DebugTarget::run) in progress breaks in (the target is stopped again when
+    /// it returns) and returns [`TargetError::Interrupted`]. A run started after the
+    /// trigger resumes and breaks in at once. Backends that never wait may ignore it (the
+    /// default); backends that block on a link register a waker
+    /// ([`Interrupt::on_trigger`]) rather than poll.
+    fn set_interrupt(&mut self, interrupt: Option<Interrupt>) {
+        let _ = interrupt;
     }
 
     /// Wire traffic so far, for backends that have a wire.
@@ -324,6 +323,7 @@ pub fn search_by_reading<T: DebugTarget + ?Sized>(
 mod cache;
 pub mod flat;
 pub mod gdb;
+mod interrupt;
 pub mod kd;
 #[cfg(feature = "sim")]
 pub mod sim;
@@ -331,6 +331,7 @@ pub mod sim;
 use tagsplit_protocol::nt::layout::{ldr_entry, list_entry, unicode_string};
 
 pub use self::cache::{BlockCache, CACHE_BLOCK, CACHE_MAX_BLOCKS, CachedTarget};
+pub use self::interrupt::{Interrupt, WakerGuard, interrupted};
 
 /// Most modules [`walk_module_list`] accepts before it calls the list corrupt.
 pub const MAX_MODULES: usize = 4096;
@@ -496,8 +497,8 @@ macro_rules! forward_debug_target {
             fn clear_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
                 (**self).clear_breakpoint(addr)
             }
-            fn set_interrupt(&mut self, flag: Option<Arc<AtomicBool>>) {
-                (**self).set_interrupt(flag)
+            fn set_interrupt(&mut self, interrupt: Option<Interrupt>) {
+                (**self).set_interrupt(interrupt)
             }
             fn stats(&self) -> Option<WireStats> {
                 (**self).stats()
@@ -535,11 +536,6 @@ pub enum OpenError {
     /// The target was found but could not be brought up.
     #[error(transparent)]
     Target(#[from] TargetError),
-}
-
-/// Whether an interrupt flag is set.
-pub fn interrupted(flag: Option<&AtomicBool>) -> bool {
-    flag.is_some_and(|f| f.load(Ordering::SeqCst))
 }
 
 /// Which machine a spec reaches, for finding its journal: the scheme with the host and

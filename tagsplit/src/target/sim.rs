@@ -1,14 +1,13 @@
 //! The in-process simulator backend: [`SimTarget`] over a [`Machine`], no wire.
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use tagsplit_target_sim::machine::{Machine, SimStop};
 use tagsplit_target_sim::scenario::Scenario;
 
 use super::{
-    BoxedTarget, DebugTarget, KernelInfo, ModuleInfo, OpenError, RunFor, StopReason, TargetError,
+    BoxedTarget, DebugTarget, Interrupt, KernelInfo, ModuleInfo, OpenError, RunFor, StopReason,
+    TargetError,
 };
 use crate::VirtAddr;
 
@@ -20,7 +19,7 @@ pub struct SimTarget {
     machine: Machine,
     spec: String,
     default_ticks: u64,
-    interrupt: Option<Arc<AtomicBool>>,
+    interrupt: Option<Interrupt>,
 }
 
 /// Ticks a [`SimTarget`] runs between looks at its interrupt flag.
@@ -234,7 +233,7 @@ impl DebugTarget for SimTarget {
     }
 
     fn run(&mut self, how_long: RunFor) -> Result<StopReason, TargetError> {
-        let Some(flag) = self.interrupt.clone() else {
+        let Some(interrupt) = self.interrupt.clone() else {
             return self.view().run(how_long);
         };
         // In slices, so that a set flag stops the run within a slice (after at least one,
@@ -247,7 +246,7 @@ impl DebugTarget for SimTarget {
             let slice = left.min(INTERRUPT_CHECK_TICKS);
             left -= slice;
             let stop = self.view().run(RunFor::Ticks(slice))?;
-            if super::interrupted(Some(&flag)) {
+            if interrupt.is_set() {
                 return Err(TargetError::Interrupted);
             }
             if stop != StopReason::BreakIn || left == 0 {
@@ -256,8 +255,8 @@ impl DebugTarget for SimTarget {
         }
     }
 
-    fn set_interrupt(&mut self, flag: Option<Arc<AtomicBool>>) {
-        self.interrupt = flag;
+    fn set_interrupt(&mut self, interrupt: Option<Interrupt>) {
+        self.interrupt = interrupt;
     }
 
     fn set_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
