@@ -196,6 +196,12 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
     let stopped_by = signals::received().map(signals::name);
     let report = match result {
         Ok(r) => r,
+        Err(SplitError::Interrupted(restore)) if restore.patches.is_empty() => {
+            anyhow::bail!(
+                "{}: stopped before patching; nothing was patched",
+                stopped_by.unwrap_or_else(|| "interrupted".into())
+            );
+        }
         Err(SplitError::Interrupted(restore)) => {
             let journal_state = if restore.journal_removed {
                 "the journal was removed".to_string()
