@@ -649,14 +649,32 @@ mod tests {
     fn long_names_are_capped() {
         let mut t = fake_kernel();
         let first = read_u64(&mut t, VirtAddr(LIST_HEAD)).unwrap();
-        let len_at = first + ldr_entry::BASE_DLL_NAME;
-        t.write_memory(VirtAddr(len_at), &u16::MAX.to_le_bytes())
-            .unwrap();
-        // 64 KiB claimed; at most MAX_NAME_BYTES are read (and here they run off the data).
-        let r = read_unicode_string(&mut t, VirtAddr(len_at));
-        assert!(
-            r.map(|s| s.len() <= usize::from(MAX_NAME_BYTES))
-                .unwrap_or(true)
-        );
+        let name_at = first + ldr_entry::BASE_DLL_NAME;
+        // 64 KiB claimed, over a buffer with 28 KiB readable (the module image): exactly
+        // MAX_NAME_BYTES bytes, MAX_NAME_BYTES / 2 UTF-16 units, are read.
+        t.write_memory(
+            VirtAddr(name_at + unicode_string::LENGTH),
+            &u16::MAX.to_le_bytes(),
+        )
+        .unwrap();
+        t.write_memory(
+            VirtAddr(name_at + unicode_string::BUFFER),
+            &MOD_BASE.to_le_bytes(),
+        )
+        .unwrap();
+        let s = read_unicode_string(&mut t, VirtAddr(name_at)).unwrap();
+        assert_eq!(s.encode_utf16().count(), usize::from(MAX_NAME_BYTES / 2));
+        // Claimed over a buffer that runs off the data after 16 bytes: an error naming
+        // where the read stopped, not a short name.
+        let near_end = MOD_BASE + MOD_SIZE - 16;
+        t.write_memory(
+            VirtAddr(name_at + unicode_string::BUFFER),
+            &near_end.to_le_bytes(),
+        )
+        .unwrap();
+        assert!(matches!(
+            read_unicode_string(&mut t, VirtAddr(name_at)),
+            Err(TargetError::Unreadable(a)) if a == VirtAddr(MOD_BASE + MOD_SIZE)
+        ));
     }
 }
