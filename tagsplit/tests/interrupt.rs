@@ -12,6 +12,8 @@
 
 mod gdb_support;
 
+use gdb_support::{kd_options, part4};
+
 use std::time::{Duration, Instant};
 
 use std::net::SocketAddr;
@@ -19,10 +21,8 @@ use std::net::SocketAddr;
 use tagsplit::target::kd::{KdTarget, KdnetListener};
 use tagsplit::target::{DebugTarget, Interrupt, RunFor, TargetError};
 use tagsplit_protocol::kdnet::Key;
-use tagsplit_target_sim::machine::Machine;
-use tagsplit_target_sim::scenario::Scenario;
 use tagsplit_target_sim::server::gdb::StubFeatures;
-use tagsplit_target_sim::server::kd::{KdStub, KdStubOptions};
+use tagsplit_target_sim::server::kd::KdStub;
 
 /// A give-up time against a hung run (never a pass criterion).
 const PATIENCE: Duration = Duration::from_secs(120);
@@ -50,17 +50,6 @@ fn interrupt_a_running(target: &mut dyn DebugTarget, clock: &(dyn Fn() -> u64 + 
     let base = target.modules().unwrap()[0].base;
     assert_eq!(target.read_memory(base, &mut b).unwrap(), 2);
     assert_eq!(&b, b"MZ");
-}
-
-fn part4() -> Machine {
-    Machine::boot(&Scenario::builtin("part4").unwrap()).unwrap()
-}
-
-fn kd_options() -> KdStubOptions {
-    KdStubOptions {
-        default_run_ticks: Some(Scenario::builtin("part4").unwrap().default_run_ticks()),
-        ..KdStubOptions::default()
-    }
 }
 
 #[test]

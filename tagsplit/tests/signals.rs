@@ -14,6 +14,8 @@
 mod common;
 mod gdb_support;
 
+use gdb_support::{kd_options, part4};
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,9 +28,8 @@ use nix::unistd::Pid;
 use tagsplit::VirtAddr;
 use tagsplit_protocol::kdnet::Key;
 use tagsplit_target_sim::machine::Machine;
-use tagsplit_target_sim::scenario::Scenario;
 use tagsplit_target_sim::server::gdb::{GdbStubHandle, StubFeatures};
-use tagsplit_target_sim::server::kd::{KdStub, KdStubHandle, KdStubOptions};
+use tagsplit_target_sim::server::kd::{KdStub, KdStubHandle};
 
 /// The two `Leak` sites of part4 (offsets in myfault.sys).
 const SITES: [u64; 2] = [0x13aa, 0x1621];
@@ -93,17 +94,6 @@ impl Served {
 }
 
 const KEY: &str = "1.2.3.4";
-
-fn part4() -> Machine {
-    Machine::boot(&Scenario::builtin("part4").unwrap()).unwrap()
-}
-
-fn kd_options() -> KdStubOptions {
-    KdStubOptions {
-        default_run_ticks: Some(Scenario::builtin("part4").unwrap().default_run_ticks()),
-        ..KdStubOptions::default()
-    }
-}
 
 /// A running `tagsplit` child with its stderr lines arriving on a channel.
 struct Run {

@@ -1,4 +1,4 @@
-//! Helpers shared by the gdb test files.
+//! Helpers shared by the test files that serve a simulated machine (GDB and KD stubs).
 
 #![allow(dead_code, clippy::unwrap_used, clippy::indexing_slicing)]
 
@@ -9,6 +9,20 @@ use tagsplit::target::gdb::serve_scenario;
 use tagsplit_target_sim::machine::Machine;
 use tagsplit_target_sim::scenario::Scenario;
 use tagsplit_target_sim::server::gdb::{GdbStubHandle, StubFeatures};
+use tagsplit_target_sim::server::kd::KdStubOptions;
+
+/// A freshly booted part4 machine.
+pub fn part4() -> Machine {
+    Machine::boot(&Scenario::builtin("part4").unwrap()).unwrap()
+}
+
+/// KD stub options offering part4's default run (as `tagsplit serve` does).
+pub fn kd_options() -> KdStubOptions {
+    KdStubOptions {
+        default_run_ticks: Some(Scenario::builtin("part4").unwrap().default_run_ticks()),
+        ..KdStubOptions::default()
+    }
+}
 
 /// Boots part4 and serves it on 127.0.0.1:0 with the console as `monitor`.
 pub fn part4_stub(features: StubFeatures) -> GdbStubHandle {
