@@ -80,8 +80,17 @@ pub struct EndpointStats {
     pub datagrams_received: u64,
     /// Bytes received.
     pub bytes_received: u64,
-    /// Datagrams rejected.
+    /// Datagrams rejected, for any reason (the fields below break some reasons out).
     pub rejected: u64,
+    /// Rejected because they did not authenticate (wrong key, forged or damaged tag,
+    /// bad length or padding).
+    pub rejected_auth: u64,
+    /// Rejected as replays: a data sequence number not above the highest accepted.
+    pub rejected_replay: u64,
+    /// Rejected because they came from an address other than the peer's.
+    pub rejected_peer: u64,
+    /// Rejected because they were marked as going the other way.
+    pub rejected_direction: u64,
 }
 
 /// One end of a KDNET connection.
@@ -100,6 +109,10 @@ pub struct Endpoint {
     control_seq: u64,
     data_seq: u64,
     nonce: Option<[u8; 32]>,
+    /// The highest data sequence number accepted from the peer on this connection.
+    data_seq_in: u64,
+    /// Debugger: the address of the target that poked (learned from its poke).
+    peer: Option<SocketAddr>,
     session: Session,
     transmit: VecDeque<Vec<u8>>,
     events: VecDeque<EndpointEvent>,
@@ -122,6 +135,8 @@ impl Endpoint {
             control_seq: 0,
             data_seq: 0,
             nonce: None,
+            data_seq_in: 0,
+            peer: None,
             session,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
@@ -186,8 +201,25 @@ impl Endpoint {
         self.session.is_idle()
     }
 
-    /// Handles one received UDP payload.
+    /// Handles one received UDP payload whose source address is unknown (a capture, a
+    /// test): everything but the source check of
+    /// [`handle_datagram_from`](Self::handle_datagram_from).
     pub fn handle_datagram(&mut self, now: Duration, bytes: &[u8]) {
+        self.receive(now, None, bytes);
+    }
+
+    /// Handles one UDP payload received from `from`. Dropped, counted in
+    /// [`stats`](Self::stats) and reported as [`EndpointEvent::Rejected`] (never passed
+    /// to the KD session): a datagram that does not authenticate under the key; one marked
+    /// as going the other way; one from an address other than the peer's (the target
+    /// knows its debugger host; a debugger learns its target from the poke it answers,
+    /// and a new poke starts a new connection); and a data datagram whose sequence
+    /// number is not above the highest one accepted on this connection (a replay).
+    pub fn handle_datagram_from(&mut self, now: Duration, from: SocketAddr, bytes: &[u8]) {
+        self.receive(now, Some(from), bytes);
+    }
+
+    fn receive(&mut self, now: Duration, from: Option<SocketAddr>, bytes: &[u8]) {
         self.stats.datagrams_received = self.stats.datagrams_received.saturating_add(1);
         self.stats.bytes_received = self.stats.bytes_received.saturating_add(bytes.len() as u64);
         let msg = match self.keys.open(bytes) {
@@ -196,12 +228,30 @@ impl Endpoint {
         };
         let from_debugger = self.config.role == Role::Target;
         if msg.from_debugger != from_debugger {
-            // Our own direction reflected back: ignore.
-            return self.reject(KdnetError::BadControl);
+            // Our own direction reflected back, or forged: ignore.
+            return self.reject(KdnetError::WrongDirection);
+        }
+        let expected = match self.config.role {
+            Role::Target => Some(self.config.peer).filter(|p| p.port() != 0),
+            Role::Debugger if msg.channel == Channel::Data => self.peer,
+            // A poke may come from a new target: it starts a new connection.
+            Role::Debugger => None,
+        };
+        if let (Some(from), Some(peer)) = (from, expected)
+            && from != peer
+        {
+            return self.reject(KdnetError::WrongPeer { from, peer });
         }
         match msg.channel {
-            Channel::Control => self.handle_control(&msg),
+            Channel::Control => self.handle_control(&msg, from),
             Channel::Data => {
+                if msg.seq <= self.data_seq_in {
+                    return self.reject(KdnetError::Replayed {
+                        seq: msg.seq,
+                        highest: self.data_seq_in,
+                    });
+                }
+                self.data_seq_in = msg.seq;
                 // The current debugger is alive: stop soliciting a new one.
                 self.soliciting = false;
                 self.data_seen = true;
@@ -214,7 +264,7 @@ impl Endpoint {
         }
     }
 
-    fn handle_control(&mut self, msg: &Message) {
+    fn handle_control(&mut self, msg: &Message, from: Option<SocketAddr>) {
         match (self.config.role, ControlMessage::parse(&msg.payload)) {
             (Role::Debugger, ControlMessage::Poke(_)) if self.connected && self.data_seen => {
                 // Our target already talks to us on the data channel.
@@ -236,6 +286,8 @@ impl Endpoint {
                 self.keys.set_data_key(key);
                 if fresh {
                     self.data_seq = 0;
+                    self.data_seq_in = 0;
+                    self.peer = from;
                     self.connected = true;
                     self.events
                         .push_back(EndpointEvent::Connected { data_key: key });
@@ -255,6 +307,7 @@ impl Endpoint {
                 self.connected = true;
                 self.soliciting = false;
                 self.data_seq = 0;
+                self.data_seq_in = 0;
                 self.events
                     .push_back(EndpointEvent::Connected { data_key: key });
                 // The hello: a 12-byte pseudo header carrying the host's IPv4 address.
@@ -368,6 +421,21 @@ impl Endpoint {
 
     fn reject(&mut self, e: KdnetError) {
         self.stats.rejected = self.stats.rejected.saturating_add(1);
+        let reason = match e {
+            KdnetError::BadMagic
+            | KdnetError::BadLength(_)
+            | KdnetError::BadTag
+            | KdnetError::BadPad(_)
+            | KdnetError::BadChannel(_)
+            | KdnetError::NoDataKey => Some(&mut self.stats.rejected_auth),
+            KdnetError::Replayed { .. } => Some(&mut self.stats.rejected_replay),
+            KdnetError::WrongPeer { .. } => Some(&mut self.stats.rejected_peer),
+            KdnetError::WrongDirection => Some(&mut self.stats.rejected_direction),
+            _ => None,
+        };
+        if let Some(n) = reason {
+            *n = n.saturating_add(1);
+        }
         self.events.push_back(EndpointEvent::Rejected(e));
     }
 }

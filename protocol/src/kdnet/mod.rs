@@ -102,6 +102,27 @@ pub enum KdnetError {
     /// A control message is malformed.
     #[error("malformed control message")]
     BadControl,
+    /// A data datagram whose sequence number is not above the highest one accepted from
+    /// the peer on this connection: a replay (or a duplicate).
+    #[error("replayed data datagram: sequence {seq} is not above {highest}")]
+    Replayed {
+        /// The datagram's sequence number.
+        seq: u64,
+        /// The highest one accepted so far on this connection.
+        highest: u64,
+    },
+    /// A datagram from an address other than the peer's.
+    #[error("datagram from {from}, not from the peer {peer}")]
+    WrongPeer {
+        /// Where it came from.
+        from: std::net::SocketAddr,
+        /// The peer of this connection.
+        peer: std::net::SocketAddr,
+    },
+    /// A datagram going the other way (marked as sent by our own side): reflected or
+    /// forged.
+    #[error("datagram of the other direction")]
+    WrongDirection,
 }
 
 /// A 256-bit KDNET key.

@@ -156,7 +156,7 @@ impl Link {
                     // Our own wake-up (an interrupt): not for the endpoint.
                     Ok((_, from)) if Some(from) == *waker_from => {}
                     Ok((n, from)) => {
-                        endpoint.handle_datagram(now(), buf.get(..n).unwrap_or(&[]));
+                        endpoint.handle_datagram_from(now(), from, buf.get(..n).unwrap_or(&[]));
                         let mut rejected = false;
                         while let Some(ev) = endpoint.poll_event() {
                             match ev {
