@@ -81,7 +81,7 @@ impl SearchOps for Tiny {
 }
 impl LibraryOps for Tiny {
     fn libraries(&mut self) -> Vec<Library> {
-        vec![Library { name: "<a&b>".into(), address: 0 }]
+        vec![Library { name: "<a&b>".into(), address: 0, size: 0 }]
     }
 }
 impl MemoryMapOps for Tiny {
