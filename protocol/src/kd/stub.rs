@@ -9,12 +9,12 @@
 //! [`KernelOps`](crate::stub::KernelOps), zeros without it), Read/WriteVirtualMemory
 //! (clamped to [`MAX_TRANSFER`] bytes as Windows clamps), `SearchMemory`
 //! ([`SearchOps`](crate::stub::SearchOps)), Get/SetContext (the AMD64 `CONTEXT`, see
-//! [`context`](super::context)), Write/RestoreBreakPoint
+//! [`context`]), Write/RestoreBreakPoint
 //! ([`BreakpointOps`](crate::stub::BreakpointOps)), Read/WriteControlSpace; anything else
 //! gets `STATUS_UNSUCCESSFUL`. Continue runs the target until it stops, a break-in arrives
 //! or a run limit ends, and the stop is reported as an exception state change.
 //!
-//! Tagsplit's own extension, exact-length runs ([`ext`](super::ext) selectors in control
+//! Tagsplit's own extension, exact-length runs ([`ext`] selectors in control
 //! space), is answered only for a target with [`RunLimitOps`](crate::stub::RunLimitOps);
 //! a real Windows target refuses those selectors the same way.
 //!

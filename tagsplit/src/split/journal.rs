@@ -70,7 +70,7 @@ pub struct Journal {
     pub version: u32,
     /// The target as [`DebugTarget::describe`] put it.
     pub target: String,
-    /// The target's identity ([`TargetIdentity`](crate::target::TargetIdentity)) when the
+    /// The target's identity ([`TargetIdentity`]) when the
     /// run knew it: `restore` refuses a journal of another target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,

@@ -1,4 +1,8 @@
-//! The wire side of the simulated target: a GDB stub over TCP and a KD stub over KDNET/KDCOM.
+//! The wire side of the simulated target, transport only: GDB over TCP and KD over
+//! KDNET (UDP) or KDCOM (a TCP stream), each a blocking loop that feeds the protocol
+//! crate's stub ([`tagsplit_protocol::gdb::stub`], [`tagsplit_protocol::kd::stub`]) over
+//! the simulator as a [`Target`](tagsplit_protocol::stub::Target) ([`gdb::SimTarget`]) and
+//! waits on its socket until the stub's next deadline.
 
 pub mod gdb;
 pub mod kd;
