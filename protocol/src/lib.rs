@@ -10,7 +10,7 @@
 //! | `gdb` | [`gdb`] | RSP framing, typed commands and replies, target XML, client and server sessions | — |
 //! | `kd` | [`kd`] | KDCOM framing, the x64 `DBGKD_*` payloads, the session for both roles | — |
 //! | `kdnet` | [`kdnet`] | KD over UDP: keys, AES-256-CBC + HMAC-SHA256 datagrams, the handshake (implies `kd`) | aes, cbc, hmac, sha2, subtle |
-//! | (always) | [`stub`] | the [`Target`](stub::Target) trait a debuggee implements (memory, registers, run control; search, libraries, memory map, monitor, breakpoints and exact runs as opt-in capabilities), named for the target so every protocol's stub drives it; `gdb::stub::Stub` is the GDB stub over it | — |
+//! | (always) | [`stub`] | the [`Target`](stub::Target) trait a debuggee implements (memory, registers, run control; search, libraries, memory map, monitor, breakpoints, exact runs and Windows kernel addresses as opt-in capabilities), named for the target so every protocol's stub drives it; `gdb::stub::Stub` and `kd::stub::Stub` are the stubs over it | — |
 //! | (always) | [`nt`] | what a debugger reads in a Windows x64 kernel: structure layouts, PE headers, NTSTATUS values, and the value types [`nt::VirtAddr`] and [`nt::PoolTag`], shared by targets that write them and debuggers that read them | — |
 //! | `tokio` | `codec` | `tokio_util::codec` adapters over the enabled protocols' sessions | tokio-util, bytes |
 //!
@@ -65,6 +65,44 @@
 //! stub.receive(&mut target, b"$qSearch:memory:1000;4;Leak#bc");
 //! assert_eq!(stub.poll_transmit().unwrap(), b"+$#00");
 //! ```
+//!
+//! # A KD stub over your own target
+//!
+//! The same [`stub::Target`] behind a Windows kernel-debugger stub: `kd::stub::Stub`
+//! speaks the target side of KD over a KDCOM byte stream (`Stub::kdcom`) or KDNET
+//! datagrams (`Stub::kdnet`, feature `kdnet`) and answers from what the target supports;
+//! Windows kernel addresses (`GetVersion`) come from the optional
+//! [`KernelOps`](stub::KernelOps), zeros without it. Like the GDB stub it does no I/O:
+//!
+//! ```
+//! # #[cfg(feature = "kd")] {
+//! use std::time::Duration;
+//! use tagsplit_protocol::kd::stub::{Stub, StubConfig};
+//! use tagsplit_protocol::stub::{Resume, RunState, StopReason, Target, TargetError, X64Registers};
+//! # struct Buffer;
+//! # impl Target for Buffer {
+//! #     fn read_memory(&mut self, _: u64, _: &mut [u8]) -> Result<usize, TargetError> { Err(TargetError::Fault) }
+//! #     fn write_memory(&mut self, _: u64, _: &[u8]) -> Result<(), TargetError> { Err(TargetError::Fault) }
+//! #     fn registers(&mut self) -> Result<X64Registers, TargetError> { Ok(X64Registers::default()) }
+//! #     fn write_registers(&mut self, _: &X64Registers) -> Result<(), TargetError> { Err(TargetError::Unsupported) }
+//! #     fn resume(&mut self, _: Resume) -> Result<(), TargetError> { Err(TargetError::CannotRun) }
+//! #     fn poll_run(&mut self) -> RunState { RunState::Stopped(StopReason::Trap) }
+//! #     fn interrupt(&mut self) {}
+//! # }
+//! let mut target = Buffer; // the `Target` above
+//! let mut stub = Stub::kdcom(StubConfig::default());
+//! let now = Duration::ZERO; // the transport's clock
+//! stub.attach(&mut target, now); // the debugger's end of the serial line is connected
+//! let wire = stub.poll_transmit().unwrap(); // the first state change, as KDCOM bytes
+//! assert_eq!(&wire[..4], b"0000");
+//! // Bytes read go to `receive(&mut target, now, bytes)`; `poll_timeout` says when
+//! // `handle_timeout` is due, and `poll_run` lets a running target progress.
+//! assert_eq!(stub.poll_timeout(), Some(now + StubConfig::default().retry_timeout));
+//! # }
+//! ```
+//!
+//! `protocol/examples/file_kd_stub.rs` is a KDNET target over a file's bytes that
+//! `tagsplit console --target kdnet:...` attaches to.
 //!
 //! # A GDB client session
 //!

@@ -92,7 +92,13 @@ fn console_batch_mode() {
         "-c",
         "lm m myf*; dc fffff880`0496e621 l1; bogus",
     ]);
-    assert!(o.status.success());
+    // Every command runs; the failed one fails the batch, its error on stderr.
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("error in 'bogus': ^ Syntax error in 'bogus'"),
+        "{err}"
+    );
     let text = stdout(&o);
     assert!(text.contains("0: kd> lm m myf*\nstart             end                 module name\nfffff880`0496d000 fffff880`04974000   myfault    (deferred)\n"), "{text}");
     assert!(text.contains("fffff880`0496e621  6b61654c                             Leak\n"));

@@ -6,7 +6,9 @@
 //! x64 code), [`kernel`] (the loader list, `KDDEBUGGER_DATA64`, the pool variables),
 //! [`pool`] (the tagged allocator and its tracker table, all in memory), [`workload`]
 //! (sites on a virtual clock), [`scenario`] (TOML and built-ins) and [`machine`] (ties it
-//! together). The wire servers live in [`server`].
+//! together). The wire servers live in [`server`]: transport only. The simulator is a
+//! [`tagsplit_protocol::stub::Target`] ([`server::gdb::SimTarget`]), and the protocol crate's
+//! GDB and KD stubs do all the speaking; the servers move bytes over blocking sockets.
 //!
 //! ```
 //! use tagsplit_target_sim::machine::Machine;

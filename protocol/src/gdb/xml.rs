@@ -257,7 +257,11 @@ pub fn parse_library_list(xml: &str) -> Vec<Library> {
             .chain(start_tags(body, "section"))
             .find_map(|attrs| attribute(attrs, "address").as_deref().and_then(parse_addr));
         if let Some(address) = address {
-            out.push(Library { name, address });
+            out.push(Library {
+                name,
+                address,
+                size: 0,
+            });
         }
     }
     out
@@ -319,10 +323,12 @@ mod tests {
             Library {
                 name: r"\SystemRoot\system32\ntoskrnl.exe".into(),
                 address: 0xfffff800_00000000,
+                size: 0,
             },
             Library {
                 name: "a&b<\"c\">.sys".into(),
                 address: 0x1000,
+                size: 0,
             },
         ];
         let xml = library_list(&libs);
@@ -341,7 +347,8 @@ mod tests {
             libs[1],
             Library {
                 name: "k".into(),
-                address: 0x10
+                address: 0x10,
+                size: 0
             }
         );
     }

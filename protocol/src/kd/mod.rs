@@ -8,6 +8,8 @@
 //!   `DBGKD_GET_VERSION64`, state changes, debug/file/trace I/O and control requests.
 //! * [`session`] — the reliability layer (packet ids, ACK/RESEND/RESET, retries) for both
 //!   roles, in the KDCOM and KDNET id schemes.
+//! * [`stub`] — the target side of KD over any [`Target`](crate::stub::Target): the attach
+//!   sequence, manipulate-state answers, run control and break-in, over KDCOM or KDNET.
 //!
 //! ```
 //! use tagsplit_protocol::kd::{PacketType, Repr, StreamDecoder, StreamEvent};
@@ -23,6 +25,7 @@ pub mod packet;
 pub mod payload;
 pub mod session;
 pub mod stream;
+pub mod stub;
 
 pub use packet::{Leader, Packet, PacketType, Repr, checksum};
 pub use payload::{
@@ -138,15 +141,16 @@ pub mod le {
     }
 }
 
-/// Tagsplit's private extensions, carried in standard packets so a real target simply
-/// refuses them (Windows answers control-space selectors it does not know with
-/// `STATUS_UNSUCCESSFUL`): the simulator's KD stub honours them.
+/// Tagsplit's own extensions, not part of KD: exact-length runs, carried in standard
+/// control-space requests so a real target simply refuses them (Windows answers
+/// control-space selectors it does not know with `STATUS_UNSUCCESSFUL`). The [`stub`]
+/// answers them only for a target with the optional
+/// [`RunLimitOps`](crate::stub::RunLimitOps) capability.
 pub mod ext {
     /// `WriteControlSpace` selector: 8 bytes, little-endian — the next Continue runs
     /// exactly this many ticks, then reports a breakpoint exception (like a break-in).
     pub const RUN_LIMIT_SELECTOR: u64 = 0x5453_0001;
-    /// `ReadControlSpace` selector: 8 bytes — the scenario's default run length in ticks.
+    /// `ReadControlSpace` selector: 8 bytes — the run length the target suggests
+    /// ([`RunLimitOps::default_run`](crate::stub::RunLimitOps::default_run)).
     pub const DEFAULT_RUN_SELECTOR: u64 = 0x5453_0002;
-    /// `ReadControlSpace` selector: 8 bytes — the machine's tick counter.
-    pub const TICK_SELECTOR: u64 = 0x5453_0003;
 }

@@ -143,6 +143,8 @@ pub struct Library {
     pub name: String,
     /// The load address (the image base).
     pub address: u64,
+    /// The image size in bytes (0 if unknown); KD reports it in load-symbols state changes.
+    pub size: u64,
 }
 
 /// One mapped region of memory, for [`MemoryMapOps`].
@@ -211,6 +213,39 @@ pub trait Target {
     fn support_run_limit(&mut self) -> Option<&mut dyn RunLimitOps> {
         None
     }
+
+    /// Where a Windows kernel keeps what a kernel debugger looks up first (see
+    /// [`KernelOps`]).
+    fn support_kernel(&mut self) -> Option<&mut dyn KernelOps> {
+        None
+    }
+}
+
+/// Where a Windows x64 kernel keeps what a kernel debugger looks up first: the answer to
+/// KD's `GetVersion` and the processor blocks of KD's control space. Every field is an
+/// address in target memory; 0 means "none".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct KernelInfo {
+    /// The kernel image base (`KernBase`).
+    pub kern_base: u64,
+    /// The head of the loaded-module list (`PsLoadedModuleList`).
+    pub ps_loaded_module_list: u64,
+    /// `DebuggerDataList`: the list head whose `Flink` is the `KDDEBUGGER_DATA64` block.
+    pub debugger_data_list: u64,
+    /// The current processor's `KPCR` (KD control-space selector 0).
+    pub kpcr: u64,
+    /// The current processor's `KPRCB` (selector 1).
+    pub kprcb: u64,
+    /// The current thread's `KTHREAD` (selector 3, and the thread of state changes).
+    pub thread: u64,
+}
+
+/// A Windows kernel's bookkeeping, for kernel debuggers (KD). A target without it gets a
+/// KD stub whose `GetVersion` reports zero addresses: a debugger then has memory,
+/// registers and run control, but no kernel module list.
+pub trait KernelOps {
+    /// The kernel's addresses.
+    fn kernel(&mut self) -> KernelInfo;
 }
 
 /// Memory search.

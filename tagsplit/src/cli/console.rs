@@ -25,16 +25,28 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
     let mut console = Console::with_pooltag(super::load_pooltag(a.pooltag.as_deref())?);
     let mut out = std::io::stdout().lock();
     if let Some(cmds) = a.commands {
+        // A batch: every command runs; if any failed, the batch fails with its error.
+        let mut failed = Vec::new();
         for cmd in split_commands(&cmds)
             .into_iter()
             .map(str::trim)
             .filter(|c| !c.is_empty())
         {
-            write!(
-                out,
-                "{PROMPT}{cmd}\n{}",
-                console.execute(target.as_mut(), cmd)
-            )?;
+            let outcome = console.run(target.as_mut(), cmd);
+            write!(out, "{PROMPT}{cmd}\n{}", outcome.output)?;
+            failed.extend(outcome.failed);
+        }
+        out.flush()?;
+        for f in &failed {
+            let message = f.message.strip_prefix("error: ").unwrap_or(&f.message);
+            eprintln!("error in '{}': {message}", f.command);
+        }
+        if let Some(first) = failed.first() {
+            anyhow::bail!(
+                "{} of the batch's commands failed (first: '{}')",
+                failed.len(),
+                first.command
+            );
         }
         return Ok(());
     }

@@ -58,6 +58,24 @@ impl From<TargetError> for CmdError {
 
 type CmdResult = Result<(), CmdError>;
 
+/// What [`Console::run`] produced.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// The text WinDbg would print, errors included.
+    pub output: String,
+    /// The commands that failed, in order.
+    pub failed: Vec<Failure>,
+}
+
+/// A command that failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// The command.
+    pub command: String,
+    /// Its error, as printed.
+    pub message: String,
+}
+
 /// The console: the pooltag database and the little state WinDbg keeps between commands.
 pub struct Console {
     pooltag: PoolTagDb,
@@ -183,31 +201,44 @@ impl Console {
 
     /// Runs one line (commands separated by `;`) and returns what WinDbg would print.
     pub fn execute(&mut self, target: &mut dyn DebugTarget, line: &str) -> String {
-        let mut out = String::new();
+        self.run(target, line).output
+    }
+
+    /// Runs one line (commands separated by `;`): what WinDbg would print, and which
+    /// commands failed (a batch reports those and exits non-zero).
+    pub fn run(&mut self, target: &mut dyn DebugTarget, line: &str) -> Outcome {
+        let mut outcome = Outcome::default();
         for cmd in split_commands(line) {
             let cmd = cmd.trim();
             if cmd.is_empty() {
                 continue;
             }
-            if let Err(e) = self.dispatch(target, cmd, &mut out) {
-                match e {
-                    CmdError::Syntax => {
-                        let _ =
-                            writeln!(out, "{:w$}^ Syntax error in '{cmd}'", "", w = PROMPT.len());
-                    }
-                    CmdError::Resolve(at) => {
-                        let _ = writeln!(out, "Couldn't resolve error at '{at}'");
-                    }
-                    CmdError::Memory(at) => {
-                        let _ = writeln!(out, "Memory access error at '{at}'");
-                    }
-                    CmdError::Msg(m) => {
-                        let _ = writeln!(out, "{m}");
-                    }
+            let out = &mut outcome.output;
+            let Err(e) = self.dispatch(target, cmd, out) else {
+                continue;
+            };
+            let start = out.len();
+            match e {
+                CmdError::Syntax => {
+                    let _ = writeln!(out, "{:w$}^ Syntax error in '{cmd}'", "", w = PROMPT.len());
+                }
+                CmdError::Resolve(at) => {
+                    let _ = writeln!(out, "Couldn't resolve error at '{at}'");
+                }
+                CmdError::Memory(at) => {
+                    let _ = writeln!(out, "Memory access error at '{at}'");
+                }
+                CmdError::Msg(m) => {
+                    let _ = writeln!(out, "{m}");
                 }
             }
+            let message = out.get(start..).unwrap_or_default().trim().to_owned();
+            outcome.failed.push(Failure {
+                command: cmd.to_owned(),
+                message,
+            });
         }
-        out
+        outcome
     }
 
     fn dispatch(&mut self, t: &mut dyn DebugTarget, cmd: &str, out: &mut String) -> CmdResult {

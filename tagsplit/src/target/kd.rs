@@ -693,6 +693,11 @@ impl DebugTarget for KdTarget {
             return Ok(m.clone());
         }
         let k = self.kernel_info()?;
+        if k.ps_loaded_module_list == VirtAddr(0) {
+            return Err(TargetError::Unsupported(
+                "a kernel module list (GetVersion reports no PsLoadedModuleList)",
+            ));
+        }
         let mods = walk_module_list(self, k.ps_loaded_module_list)?;
         self.modules = Some(mods.clone());
         Ok(mods)

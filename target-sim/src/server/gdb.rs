@@ -27,7 +27,7 @@
 //! let machine = stub.shutdown();
 //! ```
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,13 +37,25 @@ use std::time::Duration;
 use tagsplit_protocol::gdb::stub::{Stub, StubConfig};
 use tagsplit_protocol::gdb::{Reply, ServerEvent, ServerSession};
 use tagsplit_protocol::stub::{
-    BreakpointKind, BreakpointOps, Library, LibraryOps, MemoryMapOps, MemoryRegion, MonitorOps,
-    Resume, RunLimitOps, RunState, SearchOps, StopReason, Target, TargetError, X64Registers,
+    BreakpointKind, BreakpointOps, KernelInfo, KernelOps, Library, LibraryOps, MemoryMapOps,
+    MemoryRegion, MonitorOps, Resume, RunLimitOps, RunState, SearchOps, StopReason, Target,
+    TargetError, X64Registers,
 };
 
-use super::{SharedMachine, StopFn, StubState, StubThread, lock};
+use super::{SharedMachine, StopFn, StubState, StubThread, lock, read_within};
 use crate::machine::{Machine, SimStop};
 use crate::types::VirtAddr;
+
+/// Most ticks an exact (client-limited) run takes between looks at the link, so that a
+/// break-in stops even a run of 10^15 ticks promptly.
+pub const EXACT_SLICE_TICKS: u64 = 4096;
+
+/// The fake `KTHREAD` address the simulator reports (KD state changes, control space).
+pub const THREAD: u64 = 0xFFFF_F800_0100_0180;
+/// The fake `KPCR` address (KD control-space selector 0).
+pub const KPCR: u64 = 0xFFFF_F800_0100_0000;
+/// The fake `KPRCB` address (KD control-space selector 1).
+pub const KPRCB: u64 = 0xFFFF_F800_0100_0180;
 
 /// Runs a `monitor` command on the machine and returns its output text.
 pub type MonitorHandler = Box<dyn FnMut(&mut Machine, &str) -> String + Send>;
@@ -249,7 +261,12 @@ impl Target for SimTarget<'_> {
         if std::mem::take(&mut run.stepping) {
             return RunState::Stopped(StopReason::Trap);
         }
-        let slice = run.options.slice_ticks.max(1);
+        let slice = if run.paced {
+            run.options.slice_ticks.max(1)
+        } else {
+            // In chunks, so that a break-in reaches even a very long exact run.
+            EXACT_SLICE_TICKS
+        };
         let ticks = run.budget.map_or(slice, |b| b.min(slice));
         let outcome = self.machine.run(ticks);
         if let Some(b) = run.budget.as_mut() {
@@ -294,6 +311,31 @@ impl Target for SimTarget<'_> {
     fn support_run_limit(&mut self) -> Option<&mut dyn RunLimitOps> {
         self.run.options.features.run_limit.then_some(self)
     }
+
+    fn support_kernel(&mut self) -> Option<&mut dyn KernelOps> {
+        Some(self)
+    }
+}
+
+/// The simulated kernel's addresses, and fixed processor blocks.
+impl KernelOps for SimTarget<'_> {
+    fn kernel(&mut self) -> KernelInfo {
+        let k = self.machine.kernel();
+        // DebuggerDataList points at the list head whose Flink is the KDBG block.
+        let mut head = [0u8; 8];
+        let list = match self.machine.read(k.kdbg, &mut head) {
+            Ok(()) => u64::from_le_bytes(head),
+            Err(_) => k.kdbg.0,
+        };
+        KernelInfo {
+            kern_base: k.kern_base.0,
+            ps_loaded_module_list: k.ps_loaded_module_list.0,
+            debugger_data_list: list,
+            kpcr: KPCR,
+            kprcb: KPRCB,
+            thread: THREAD,
+        }
+    }
 }
 
 impl SearchOps for SimTarget<'_> {
@@ -314,6 +356,7 @@ impl LibraryOps for SimTarget<'_> {
             .map(|m| Library {
                 name: m.path,
                 address: m.base.0,
+                size: m.size,
             })
             .collect()
     }
@@ -588,31 +631,10 @@ fn client_loop(
         if stub.is_closed() || shared.stopping.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let read = match wait {
-            None => {
-                stream.set_read_timeout(None)?;
-                stream.read(buf)
-            }
-            Some(d) if d.is_zero() => {
-                stream.set_nonblocking(true)?;
-                let r = stream.read(buf);
-                stream.set_nonblocking(false)?;
-                r
-            }
-            Some(d) => {
-                stream.set_read_timeout(Some(d))?;
-                stream.read(buf)
-            }
-        };
-        match read {
-            Ok(0) => return Ok(()),
-            Ok(n) => shared.with(|t| stub.receive(t, buf.get(..n).unwrap_or_default())),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                ) => {}
-            Err(e) => return Err(e),
+        match read_within(stream, wait, buf)? {
+            Some(0) => return Ok(()),
+            Some(n) => shared.with(|t| stub.receive(t, buf.get(..n).unwrap_or_default())),
+            None => {}
         }
         if let Some(bytes) = stub.poll_transmit() {
             stream.write_all(&bytes)?;

@@ -1,11 +1,17 @@
-//! The wire side of the simulated target: a GDB stub over TCP and a KD stub over KDNET/KDCOM.
+//! The wire side of the simulated target, transport only: GDB over TCP and KD over
+//! KDNET (UDP) or KDCOM (a TCP stream), each a blocking loop that feeds the protocol
+//! crate's stub ([`tagsplit_protocol::gdb::stub`], [`tagsplit_protocol::kd::stub`]) over
+//! the simulator as a [`Target`](tagsplit_protocol::stub::Target) ([`gdb::SimTarget`]) and
+//! waits on its socket until the stub's next deadline.
 
 pub mod gdb;
 pub mod kd;
 
-use std::net::SocketAddr;
+use std::io::{ErrorKind, Read};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::machine::Machine;
 
@@ -112,5 +118,78 @@ impl<S: StubState> StubThread<S> {
 impl<S: StubState> Drop for StubThread<S> {
     fn drop(&mut self) {
         self.stop_thread();
+    }
+}
+
+/// A socket a server reads with a time-out.
+trait TimedRead {
+    fn set_read_timeout(&self, wait: Option<Duration>) -> std::io::Result<()>;
+    fn set_nonblocking(&self, on: bool) -> std::io::Result<()>;
+    fn read_some(&mut self, buf: &mut [u8]) -> std::io::Result<usize>;
+}
+
+impl TimedRead for TcpStream {
+    fn set_read_timeout(&self, wait: Option<Duration>) -> std::io::Result<()> {
+        TcpStream::set_read_timeout(self, wait)
+    }
+    fn set_nonblocking(&self, on: bool) -> std::io::Result<()> {
+        TcpStream::set_nonblocking(self, on)
+    }
+    fn read_some(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.read(buf)
+    }
+}
+
+/// A UDP socket read with a time-out that remembers where the last datagram came from.
+struct UdpReader<'a> {
+    sock: &'a UdpSocket,
+    from: Option<SocketAddr>,
+}
+
+impl TimedRead for UdpReader<'_> {
+    fn set_read_timeout(&self, wait: Option<Duration>) -> std::io::Result<()> {
+        UdpSocket::set_read_timeout(self.sock, wait)
+    }
+    fn set_nonblocking(&self, on: bool) -> std::io::Result<()> {
+        UdpSocket::set_nonblocking(self.sock, on)
+    }
+    fn read_some(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let (n, from) = self.sock.recv_from(buf)?;
+        self.from = Some(from);
+        Ok(n)
+    }
+}
+
+/// Reads once, waiting at most `wait` (`None`: until something arrives; zero: only what
+/// is already there). `Ok(None)`: nothing arrived in time, or a signal interrupted the
+/// read (EINTR), which the caller's loop simply retries.
+fn read_within<S: TimedRead>(
+    s: &mut S,
+    wait: Option<Duration>,
+    buf: &mut [u8],
+) -> std::io::Result<Option<usize>> {
+    let read = match wait {
+        Some(d) if d.is_zero() => {
+            s.set_nonblocking(true)?;
+            let r = s.read_some(buf);
+            s.set_nonblocking(false)?;
+            r
+        }
+        wait => {
+            s.set_read_timeout(wait)?;
+            s.read_some(buf)
+        }
+    };
+    match read {
+        Ok(n) => Ok(Some(n)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }

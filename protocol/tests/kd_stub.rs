@@ -1,0 +1,450 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+//! The KD stub over targets of different capability, driven by a debugger session: a
+//! reduced target (memory and registers only) gets a correct reduced stub; a full one
+//! gets load-symbols, kernel addresses, breakpoints and exact runs, over KDCOM and KDNET;
+//! a break-in stops a run of any length.
+
+use std::time::Duration;
+
+use tagsplit_protocol::kd::stub::{Stub, StubConfig};
+use tagsplit_protocol::kd::{
+    GetVersion64, Manipulate, ManipulateApi, MemoryTransfer, PacketType, Payload, Role, Session,
+    SessionConfig, SessionEvent, StateChangeKind, context, ext, le, status,
+};
+use tagsplit_protocol::stub::{
+    BreakpointKind, BreakpointOps, KernelInfo, KernelOps, Library, LibraryOps, Resume, RunLimitOps,
+    RunState, StopReason, Target, TargetError, X64Registers,
+};
+
+const NOW: Duration = Duration::ZERO;
+
+/// 64 bytes at 0x1000; with `full`, every capability, and it runs `limit` (or forever).
+struct Toy {
+    mem: [u8; 64],
+    regs: X64Registers,
+    full: bool,
+    running: bool,
+    limit: Option<u64>,
+    ran: u64,
+    breakpoints: Vec<u64>,
+}
+
+impl Toy {
+    fn new(full: bool) -> Self {
+        let mut mem = [0u8; 64];
+        mem[..4].copy_from_slice(b"Leak");
+        Toy {
+            mem,
+            regs: X64Registers {
+                rip: 0x1000,
+                ..X64Registers::default()
+            },
+            full,
+            running: false,
+            limit: None,
+            ran: 0,
+            breakpoints: Vec::new(),
+        }
+    }
+}
+
+impl Target for Toy {
+    fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<usize, TargetError> {
+        let src = addr
+            .checked_sub(0x1000)
+            .and_then(|a| self.mem.get(a as usize..))
+            .filter(|s| !s.is_empty())
+            .ok_or(TargetError::Fault)?;
+        let n = src.len().min(buf.len());
+        buf[..n].copy_from_slice(&src[..n]);
+        Ok(n)
+    }
+    fn write_memory(&mut self, addr: u64, data: &[u8]) -> Result<(), TargetError> {
+        let at = addr.checked_sub(0x1000).ok_or(TargetError::Fault)? as usize;
+        let dst = self
+            .mem
+            .get_mut(at..at + data.len())
+            .ok_or(TargetError::Fault)?;
+        dst.copy_from_slice(data);
+        Ok(())
+    }
+    fn registers(&mut self) -> Result<X64Registers, TargetError> {
+        Ok(self.regs)
+    }
+    fn write_registers(&mut self, regs: &X64Registers) -> Result<(), TargetError> {
+        self.regs = *regs;
+        Ok(())
+    }
+    fn resume(&mut self, _how: Resume) -> Result<(), TargetError> {
+        if !self.full {
+            return Err(TargetError::CannotRun);
+        }
+        self.running = true;
+        Ok(())
+    }
+    fn poll_run(&mut self) -> RunState {
+        self.ran += 1;
+        match self.limit.as_mut() {
+            Some(0) => {
+                self.limit = None;
+                self.running = false;
+                RunState::Stopped(StopReason::Interrupted)
+            }
+            Some(l) => {
+                *l -= 1;
+                RunState::Running(Duration::ZERO)
+            }
+            None => RunState::Running(Duration::from_millis(10)),
+        }
+    }
+    fn interrupt(&mut self) {
+        self.running = false;
+        self.limit = None;
+    }
+    fn support_libraries(&mut self) -> Option<&mut dyn LibraryOps> {
+        self.full.then_some(self)
+    }
+    fn support_breakpoints(&mut self) -> Option<&mut dyn BreakpointOps> {
+        self.full.then_some(self)
+    }
+    fn support_run_limit(&mut self) -> Option<&mut dyn RunLimitOps> {
+        self.full.then_some(self)
+    }
+    fn support_kernel(&mut self) -> Option<&mut dyn KernelOps> {
+        self.full.then_some(self)
+    }
+}
+
+impl LibraryOps for Toy {
+    fn libraries(&mut self) -> Vec<Library> {
+        vec![Library {
+            name: "\\SystemRoot\\system32\\ntoskrnl.exe".into(),
+            address: 0x1000,
+            size: 64,
+        }]
+    }
+}
+impl BreakpointOps for Toy {
+    fn insert_breakpoint(&mut self, addr: u64, _: BreakpointKind) -> Result<(), TargetError> {
+        self.breakpoints.push(addr);
+        Ok(())
+    }
+    fn remove_breakpoint(&mut self, addr: u64, _: BreakpointKind) -> Result<(), TargetError> {
+        self.breakpoints.retain(|&a| a != addr);
+        Ok(())
+    }
+}
+impl RunLimitOps for Toy {
+    fn set_run_limit(&mut self, ticks: Option<u64>) {
+        self.limit = ticks;
+    }
+    fn default_run(&mut self) -> Option<u64> {
+        Some(77)
+    }
+}
+impl KernelOps for Toy {
+    fn kernel(&mut self) -> KernelInfo {
+        KernelInfo {
+            kern_base: 0x1000,
+            ps_loaded_module_list: 0x1010,
+            debugger_data_list: 0x1020,
+            kpcr: 0x1030,
+            kprcb: 0x1038,
+            thread: 0x1040,
+        }
+    }
+}
+
+/// A KDCOM stub and a debugger session joined by an in-memory line.
+struct Line {
+    target: Toy,
+    stub: Stub,
+    debugger: Session,
+}
+
+impl Line {
+    fn attach(full: bool) -> Self {
+        let mut line = Line {
+            target: Toy::new(full),
+            stub: Stub::kdcom(StubConfig {
+                banner: "hello\n".into(),
+                ..StubConfig::default()
+            }),
+            debugger: Session::new(SessionConfig::kdcom(Role::Debugger)),
+        };
+        line.stub.attach(&mut line.target, NOW);
+        line
+    }
+
+    fn shuttle(&mut self) -> Vec<Payload> {
+        let mut got = Vec::new();
+        loop {
+            let mut moved = false;
+            while let Some(b) = self.debugger.poll_transmit() {
+                self.stub.receive(&mut self.target, NOW, &b);
+                moved = true;
+            }
+            while let Some(b) = self.stub.poll_transmit() {
+                self.debugger.handle_bytes(NOW, &b);
+                moved = true;
+            }
+            while let Some(ev) = self.debugger.poll_event() {
+                if let SessionEvent::Packet {
+                    packet_type,
+                    payload,
+                    ..
+                } = ev
+                {
+                    got.push(Payload::parse(packet_type, &payload).unwrap());
+                }
+            }
+            if !moved {
+                return got;
+            }
+        }
+    }
+
+    fn send(&mut self, api: ManipulateApi, data: Vec<u8>) -> Vec<Payload> {
+        let r = Manipulate::request(&api, data);
+        self.debugger
+            .send(NOW, PacketType::StateManipulate, r.to_bytes());
+        self.shuttle()
+    }
+
+    fn req(&mut self, api: ManipulateApi, data: Vec<u8>) -> Manipulate {
+        match self.send(api, data).as_slice() {
+            [Payload::Manipulate(m)] => m.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn go(&mut self) -> Vec<Payload> {
+        let cont = ManipulateApi::Continue {
+            status: status::DBG_CONTINUE,
+        };
+        self.send(cont, vec![])
+    }
+}
+
+fn state_changes(got: &[Payload]) -> Vec<StateChangeKind> {
+    got.iter()
+        .filter_map(|p| match p {
+            Payload::StateChange(sc) => Some(sc.kind()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn transfer(address: u64, count: u32) -> MemoryTransfer {
+    MemoryTransfer {
+        address,
+        count,
+        actual: 0,
+    }
+}
+
+#[test]
+fn a_reduced_target_gets_memory_registers_and_no_kernel() {
+    let mut line = Line::attach(false);
+    let got = line.shuttle();
+    assert!(matches!(&got[0], Payload::DebugIo(d) if d.text() == "hello\n"));
+    // No libraries: no load-symbols, straight to the breakpoint.
+    let kinds = state_changes(&got);
+    assert!(
+        matches!(kinds.as_slice(), [StateChangeKind::Exception(e)] if e.code == status::BREAKPOINT)
+    );
+    let v = line.req(ManipulateApi::GetVersion(GetVersion64::default()), vec![]);
+    let ManipulateApi::GetVersion(v) = v.api() else {
+        panic!()
+    };
+    assert_eq!(
+        (v.kern_base, v.ps_loaded_module_list, v.debugger_data_list),
+        (0, 0, 0)
+    );
+    assert_eq!(v.machine_type, 0x8664);
+    // Memory: a read across the end is partial, a read outside fails, a write lands.
+    let r = line.req(
+        ManipulateApi::ReadVirtualMemory(transfer(0x1000, 4)),
+        vec![],
+    );
+    assert_eq!(
+        (r.return_status(), r.data()),
+        (status::SUCCESS, &b"Leak"[..])
+    );
+    let r = line.req(
+        ManipulateApi::ReadVirtualMemory(transfer(0x103c, 8)),
+        vec![],
+    );
+    assert_eq!(r.return_status(), status::UNSUCCESSFUL);
+    assert_eq!(r.data().len(), 4);
+    let r = line.req(ManipulateApi::ReadVirtualMemory(transfer(0x10, 8)), vec![]);
+    assert_eq!(
+        (r.return_status(), r.data().len()),
+        (status::UNSUCCESSFUL, 0)
+    );
+    let w = ManipulateApi::WriteVirtualMemory(transfer(0x1003, 1));
+    assert_eq!(line.req(w, b"2".to_vec()).return_status(), status::SUCCESS);
+    assert_eq!(&line.target.mem[..4], b"Lea2");
+    // Registers through the AMD64 CONTEXT.
+    let r = line.req(ManipulateApi::GetContext { unused: 0 }, vec![]);
+    assert_eq!(le::u64_at(r.data(), context::RIP), 0x1000);
+    let mut ctx = r.data().to_vec();
+    le::put_u64(&mut ctx, context::gpr(0), 0xabcd);
+    let set = ManipulateApi::SetContext {
+        context_flags: context::CONTEXT_ALL,
+    };
+    assert_eq!(line.req(set, ctx).return_status(), status::SUCCESS);
+    assert_eq!(line.target.regs.rax, 0xabcd);
+    // What it lacks is refused as Windows refuses it.
+    let bp = ManipulateApi::WriteBreakPoint {
+        address: 0x1000,
+        handle: 0,
+    };
+    assert_eq!(line.req(bp, vec![]).return_status(), status::UNSUCCESSFUL);
+    let search = ManipulateApi::SearchMemory {
+        address: 0x1000,
+        length: 64,
+        pattern_length: 4,
+    };
+    assert_eq!(
+        line.req(search, b"Lea2".to_vec()).return_status(),
+        status::UNSUCCESSFUL
+    );
+    let limit = ManipulateApi::WriteControlSpace(transfer(ext::RUN_LIMIT_SELECTOR, 8));
+    assert_eq!(
+        line.req(limit, 5u64.to_le_bytes().to_vec()).return_status(),
+        status::UNSUCCESSFUL
+    );
+    for sel in [0, 1, 3, ext::DEFAULT_RUN_SELECTOR] {
+        let r = line.req(ManipulateApi::ReadControlSpace(transfer(sel, 8)), vec![]);
+        assert_eq!(r.return_status(), status::UNSUCCESSFUL, "selector {sel:#x}");
+    }
+    // It cannot run: Continue reports a stop where it is, at once.
+    let kinds = state_changes(&line.go());
+    assert!(matches!(kinds.as_slice(), [StateChangeKind::Exception(e)] if e.address == 0x1000));
+    assert!(line.stub.is_stopped() && !line.stub.is_running());
+}
+
+#[test]
+fn a_full_target_gets_symbols_kernel_breakpoints_and_exact_runs() {
+    let mut line = Line::attach(true);
+    let kinds = state_changes(&line.shuttle());
+    assert!(
+        matches!(kinds.as_slice(), [StateChangeKind::LoadSymbols(l)] if l.base_of_dll == 0x1000 && l.size_of_image == 64)
+    );
+    let kinds = state_changes(&line.go());
+    assert!(matches!(kinds.as_slice(), [StateChangeKind::Exception(_)]));
+    let v = line.req(ManipulateApi::GetVersion(GetVersion64::default()), vec![]);
+    let ManipulateApi::GetVersion(v) = v.api() else {
+        panic!()
+    };
+    assert_eq!(
+        (v.kern_base, v.ps_loaded_module_list, v.debugger_data_list),
+        (0x1000, 0x1010, 0x1020)
+    );
+    let r = line.req(ManipulateApi::ReadControlSpace(transfer(1, 8)), vec![]);
+    assert_eq!(r.data(), 0x1038u64.to_le_bytes());
+    let r = line.req(
+        ManipulateApi::ReadControlSpace(transfer(ext::DEFAULT_RUN_SELECTOR, 8)),
+        vec![],
+    );
+    assert_eq!(r.data(), 77u64.to_le_bytes());
+    let bp = ManipulateApi::WriteBreakPoint {
+        address: 0x1008,
+        handle: 0,
+    };
+    assert_eq!(line.req(bp, vec![]).return_status(), status::SUCCESS);
+    assert_eq!(line.target.breakpoints, [0x1008]);
+    // An exact run: the target stops itself after its limit; the stub reports it.
+    let limit = ManipulateApi::WriteControlSpace(transfer(ext::RUN_LIMIT_SELECTOR, 8));
+    assert_eq!(
+        line.req(limit, 3u64.to_le_bytes().to_vec()).return_status(),
+        status::SUCCESS
+    );
+    assert!(line.go().is_empty());
+    let mut polls = 0;
+    while line.stub.poll_run(&mut line.target, NOW).is_some() {
+        polls += 1;
+    }
+    assert_eq!(polls, 3);
+    assert_eq!(state_changes(&line.shuttle()).len(), 1);
+    // A run without end stops on a break-in.
+    line.target.limit = Some(u64::MAX);
+    assert!(line.go().is_empty());
+    assert_eq!(
+        line.stub.poll_run(&mut line.target, NOW),
+        Some(Duration::ZERO)
+    );
+    line.debugger.send_break_in();
+    let kinds = state_changes(&line.shuttle());
+    assert!(
+        matches!(kinds.as_slice(), [StateChangeKind::Exception(e)] if e.code == status::BREAKPOINT)
+    );
+    assert!(!line.target.running && line.stub.is_stopped());
+    // The debugger leaves: its breakpoints go with it.
+    line.stub.disconnect(&mut line.target);
+    assert!(line.target.breakpoints.is_empty());
+}
+
+#[cfg(feature = "kdnet")]
+#[test]
+fn over_kdnet_the_stub_pokes_attaches_and_answers() {
+    use tagsplit_protocol::kdnet::{Endpoint, EndpointConfig, EndpointEvent};
+
+    let key = "1.2.3.4".parse().unwrap();
+    let config = EndpointConfig {
+        local: "127.0.0.1:50001".parse().unwrap(),
+        peer: "127.0.0.1:50000".parse().unwrap(),
+        ..EndpointConfig::new(Role::Target, key, [0x33; 32])
+    };
+    let mut target = Toy::new(false);
+    let mut stub = Stub::kdnet(StubConfig::default(), config, NOW);
+    let mut debugger = Endpoint::new(EndpointConfig::new(Role::Debugger, key, [0x44; 32]), NOW);
+    // Nothing happens until the poke timer fires, which the stub's deadline says.
+    assert_eq!(stub.poll_timeout(), Some(NOW));
+    stub.handle_timeout(&mut target, NOW);
+    let read = Manipulate::request(
+        &ManipulateApi::ReadVirtualMemory(transfer(0x1000, 4)),
+        vec![],
+    );
+    let mut sent_read = false;
+    let mut reply = None;
+    for _ in 0..50 {
+        while let Some(d) = stub.poll_transmit() {
+            debugger.handle_datagram(NOW, &d);
+        }
+        while let Some(ev) = debugger.poll_event() {
+            match ev {
+                EndpointEvent::Kd(SessionEvent::Packet {
+                    packet_type,
+                    payload,
+                    ..
+                }) => {
+                    if let Ok(Payload::Manipulate(m)) = Payload::parse(packet_type, &payload) {
+                        reply = Some(m);
+                    }
+                }
+                EndpointEvent::Connected { .. } if !sent_read => {
+                    debugger.send(NOW, PacketType::StateManipulate, read.to_bytes());
+                    sent_read = true;
+                }
+                _ => {}
+            }
+        }
+        while let Some(d) = debugger.poll_transmit() {
+            stub.receive(&mut target, NOW, &d);
+        }
+        if reply.is_some() {
+            break;
+        }
+    }
+    assert_eq!(stub.attaches(), 1);
+    assert!(stub.is_attached());
+    assert_eq!(reply.expect("a reply to the read").data(), b"Leak");
+}
