@@ -448,3 +448,69 @@ fn over_kdnet_the_stub_pokes_attaches_and_answers() {
     assert!(stub.is_attached());
     assert_eq!(reply.expect("a reply to the read").data(), b"Leak");
 }
+
+/// The target side of KDNET's refusals: a WriteVirtualMemory datagram replayed, or sent
+/// from another address, never reaches the target's memory; the stub counts it and hands
+/// the reason to the transport to log.
+#[cfg(feature = "kdnet")]
+#[test]
+fn over_kdnet_replayed_or_foreign_writes_never_touch_memory() {
+    use tagsplit_protocol::kdnet::{Endpoint, EndpointConfig, EndpointEvent, KdnetError};
+
+    let key = "1.2.3.4".parse().unwrap();
+    let (target_addr, debugger_addr) = (
+        "127.0.0.1:50001".parse().unwrap(),
+        "127.0.0.1:50000".parse().unwrap(),
+    );
+    let stranger = "127.0.0.1:50002".parse().unwrap();
+    let config = EndpointConfig {
+        local: target_addr,
+        peer: debugger_addr,
+        ..EndpointConfig::new(Role::Target, key, [0x33; 32])
+    };
+    let mut target = Toy::new(false);
+    let mut stub = Stub::kdnet(StubConfig::default(), config, NOW);
+    let mut debugger = Endpoint::new(EndpointConfig::new(Role::Debugger, key, [0x44; 32]), NOW);
+    stub.handle_timeout(&mut target, NOW);
+    // Handshake and attach sequence, delivering everything with real addresses.
+    let mut connected = false;
+    for _ in 0..50 {
+        while let Some(d) = stub.poll_transmit() {
+            debugger.handle_datagram_from(NOW, target_addr, &d);
+        }
+        while let Some(ev) = debugger.poll_event() {
+            connected |= matches!(ev, EndpointEvent::Connected { .. });
+        }
+        while let Some(d) = debugger.poll_transmit() {
+            stub.receive_from(&mut target, NOW, debugger_addr, &d);
+        }
+        if connected && stub.is_attached() && debugger.is_idle() {
+            break;
+        }
+    }
+    assert!(stub.is_attached());
+    // One write of "Evil" at 0x1000: delivered once, it lands.
+    let write = Manipulate::request(
+        &ManipulateApi::WriteVirtualMemory(transfer(0x1000, 4)),
+        b"Evil".to_vec(),
+    );
+    debugger.send(NOW, PacketType::StateManipulate, write.to_bytes());
+    let datagram = debugger.poll_transmit().expect("the write datagram");
+    stub.receive_from(&mut target, NOW, debugger_addr, &datagram);
+    assert_eq!(&target.mem[..4], b"Evil");
+    // Put the bytes back, then replay the same datagram, and send it from a stranger.
+    target.mem[..4].copy_from_slice(b"Leak");
+    stub.receive_from(&mut target, NOW, debugger_addr, &datagram);
+    stub.receive_from(&mut target, NOW, stranger, &datagram);
+    assert_eq!(&target.mem[..4], b"Leak", "memory untouched");
+    let stats = stub.kdnet_stats().unwrap();
+    assert_eq!((stats.rejected_replay, stats.rejected_peer), (1, 1));
+    let reasons: Vec<KdnetError> = std::iter::from_fn(|| stub.poll_rejected()).collect();
+    assert!(
+        matches!(
+            reasons.as_slice(),
+            [KdnetError::Replayed { .. }, KdnetError::WrongPeer { .. }]
+        ),
+        "{reasons:?}"
+    );
+}

@@ -160,7 +160,15 @@ pub struct Stub {
     attaches: u64,
     /// When the debugger was last heard from (KDNET reconnection).
     last_heard: Duration,
+    /// KDNET datagrams refused since the transport last asked (at most
+    /// [`MAX_REJECTIONS_KEPT`]; the endpoint's counters keep the totals).
+    #[cfg(feature = "kdnet")]
+    rejected: VecDeque<crate::kdnet::KdnetError>,
 }
+
+/// Most refused-datagram reasons a [`Stub`] keeps for [`Stub::poll_rejected`]; older ones
+/// are dropped (the counts stay in [`Stub::kdnet_stats`]).
+pub const MAX_REJECTIONS_KEPT: usize = 64;
 
 impl Stub {
     fn with_link(config: StubConfig, link: Link) -> Self {
@@ -175,6 +183,26 @@ impl Stub {
             next_handle: 1,
             attaches: 0,
             last_heard: Duration::ZERO,
+            #[cfg(feature = "kdnet")]
+            rejected: VecDeque::new(),
+        }
+    }
+
+    /// Why a KDNET datagram was refused (wrong key, forged tag, replay, another address,
+    /// the other direction), oldest first, for the transport to log. None of them reached
+    /// the KD session.
+    #[cfg(feature = "kdnet")]
+    pub fn poll_rejected(&mut self) -> Option<crate::kdnet::KdnetError> {
+        self.rejected.pop_front()
+    }
+
+    /// The KDNET endpoint's counters (datagrams, bytes, refusals by reason); `None` over
+    /// KDCOM.
+    #[cfg(feature = "kdnet")]
+    pub fn kdnet_stats(&self) -> Option<crate::kdnet::EndpointStats> {
+        match &self.link {
+            Link::Kdnet(e) => Some(e.stats()),
+            Link::Kdcom(_) => None,
         }
     }
 
@@ -408,7 +436,12 @@ impl Stub {
             match event {
                 EndpointEvent::Kd(ev) => return Some(ev),
                 EndpointEvent::Connected { .. } => self.attach(target, now),
-                _ => {}
+                EndpointEvent::Rejected(e) => {
+                    if self.rejected.len() >= MAX_REJECTIONS_KEPT {
+                        self.rejected.pop_front();
+                    }
+                    self.rejected.push_back(e);
+                }
             }
         }
     }

@@ -425,6 +425,9 @@ fn kdnet_loop(sock: &UdpSocket, host: SocketAddr, key: Key, shared: &Shared) {
                     Some(from) => stub.receive_from(t, now, from, datagram),
                     None => stub.receive(t, now, datagram),
                 });
+                while let Some(e) = stub.poll_rejected() {
+                    tracing::debug!("kdnet stub: dropped a datagram from {:?}: {e}", reader.from);
+                }
                 if stub.attaches() != before {
                     tracing::info!("kdnet debugger at {host} attached");
                     shared.attaches.store(stub.attaches(), Ordering::SeqCst);
