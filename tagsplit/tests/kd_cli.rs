@@ -10,27 +10,13 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::Duration;
 
 fn bin() -> Command {
     common::bin()
-}
-
-/// A port that was free a moment ago.
-fn free_port(udp: bool) -> u16 {
-    if udp {
-        std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    } else {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
 }
 
 struct Server(Child);
@@ -41,15 +27,49 @@ impl Drop for Server {
     }
 }
 
-fn serve(args: &[&str]) -> Server {
-    let child = bin()
+/// `tagsplit serve ARGS` (binding port 0); returns the server and the address it
+/// printed after `marker` (`over KDCOM (TCP) on`).
+fn serve(args: &[&str], marker: &str) -> (Server, String) {
+    let mut child = bin()
         .arg("serve")
         .args(args)
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    Server(child)
+    let lines = lines_of(child.stdout.take().unwrap());
+    let server = Server(child);
+    let addr = wait_for(&lines, marker);
+    (server, addr)
+}
+
+/// The lines of a child's pipe, read on a thread (so the child never blocks on it).
+fn lines_of(pipe: impl std::io::Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The first word after `marker` on the first line that has it.
+fn wait_for(lines: &Receiver<String>, marker: &str) -> String {
+    loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|e| panic!("no line with {marker:?}: {e}"));
+        if let Some((_, rest)) = line.split_once(marker) {
+            return rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+        }
+    }
 }
 
 /// Replaces target specs (`sim:…`, `kdnet:…`, `kdcom:…`) in a line with `T`.
@@ -74,25 +94,15 @@ fn mask_targets(line: &str) -> String {
     out
 }
 
-/// Waits until the KDCOM server accepts connections (the probe attaches and leaves).
-fn wait_listening(port: u16) {
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    panic!("server on port {port} did not come up");
-}
-
-fn run_json(target: &str) -> serde_json::Value {
+/// `tagsplit run --target TARGET --tag Leak --json --stats`; `before` runs once the run
+/// has started, with its stderr lines (for a KDNET debugger, to learn its port).
+fn run_json_with(target: &str, before: impl FnOnce(&Receiver<String>)) -> serde_json::Value {
     let journal = std::env::temp_dir().join(format!(
         "tagsplit-kdcli-{}-{}.journal.json",
         std::process::id(),
         target.len()
     ));
-    let out = bin()
+    let mut child = bin()
         .args([
             "run",
             "--target",
@@ -104,14 +114,16 @@ fn run_json(target: &str) -> serde_json::Value {
             "--journal",
         ])
         .arg(&journal)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{target}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = lines_of(child.stderr.take().unwrap());
+    before(&stderr);
+    let out = child.wait_with_output().unwrap();
+    let stderr: Vec<String> = stderr.iter().collect();
+    let stderr = stderr.join("\n");
+    assert!(out.status.success(), "{target}: {stderr}");
     if !target.starts_with("sim:") {
         assert!(
             stderr.contains("round trips"),
@@ -123,34 +135,34 @@ fn run_json(target: &str) -> serde_json::Value {
     v
 }
 
+fn run_json(target: &str) -> serde_json::Value {
+    run_json_with(target, |_| {})
+}
+
 #[test]
 fn run_over_kdcom_and_kdnet_equals_in_process() {
     let want = run_json("sim:part4");
-    let port = free_port(false);
-    let _server = serve(&[
-        "--scenario",
-        "part4",
-        "--kdcom",
-        &format!("127.0.0.1:{port}"),
-    ]);
-    wait_listening(port);
-    assert_eq!(run_json(&format!("kdcom:127.0.0.1:{port}")), want);
-
-    let port = free_port(true);
-    let _server = serve(&[
-        "--scenario",
-        "part4",
-        "--kdnet",
-        &format!("127.0.0.1:{port}"),
-        "--key",
-        "1.2.3.4",
-    ]);
-    assert_eq!(
-        run_json(&format!(
-            "kdnet:port={port},key=1.2.3.4,host=127.0.0.1,timeout=20"
-        )),
-        want
+    // Every server binds port 0 and says where it is.
+    let (_server, addr) = serve(
+        &["--scenario", "part4", "--kdcom", "127.0.0.1:0"],
+        "over KDCOM (TCP) on ",
     );
+    assert_eq!(run_json(&format!("kdcom:{addr}")), want);
+
+    // KDNET: the debugger binds, prints its port, and the target pokes it.
+    let mut server = None;
+    let got = run_json_with(
+        "kdnet:port=0,key=1.2.3.4,host=127.0.0.1,timeout=60",
+        |err| {
+            let host = wait_for(err, "waiting for a KDNET target on ");
+            server = Some(serve(
+                &["--scenario", "part4", "--kdnet", &host, "--key", "1.2.3.4"],
+                "over KDNET from ",
+            ));
+        },
+    );
+    assert_eq!(got, want);
+    drop(server);
 }
 
 #[test]
@@ -177,8 +189,12 @@ fn demo_via_kd_transports_matches_sim() {
             String::from_utf8_lossy(&out.stderr)
         );
         let text = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(text.contains("[wire: "), "{via}: --stats");
-        assert!(text.contains("0 retransmissions"));
+        // The counters are printed; how many retransmissions a loaded machine needs is
+        // not this test's business (the verdicts must match regardless).
+        assert!(
+            text.contains("[wire: ") && text.contains("retransmissions"),
+            "{via}: --stats"
+        );
         assert_eq!(strip(&text), sim, "{via}");
     }
 }

@@ -168,10 +168,12 @@ fn a_second_debugger_can_attach_after_the_first_leaves() {
     use tagsplit::target::kd::{KdTarget, KdnetListener};
     use tagsplit_target_sim::server::kd::KdStub;
 
-    // KDNET: the stub pokes again once the first debugger has gone silent.
+    // KDNET: the stub pokes again once the first debugger has gone silent. The test holds
+    // the debugger's socket, so the second debugger takes over the very same port.
     let key = "1.2.3.4".parse().unwrap();
-    let listener = KdnetListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)), key).unwrap();
-    let host = listener.local_addr().unwrap();
+    let sock = std::net::UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let host = sock.local_addr().unwrap();
+    let listener = KdnetListener::from_socket(sock.try_clone().unwrap(), key).unwrap();
     let opts = KdStubOptions {
         reconnect_after: Duration::from_millis(300),
         ..options()
@@ -180,14 +182,23 @@ fn a_second_debugger_can_attach_after_the_first_leaves() {
     let mut first = listener.accept(Duration::from_secs(20)).unwrap();
     assert!(!first.modules().unwrap().is_empty());
     // An idle debugger (longer than reconnect_after) keeps its session: the stub pokes
-    // for a newcomer, but the old debugger ignores the pokes and carries on exactly.
-    std::thread::sleep(Duration::from_millis(900));
+    // for a newcomer (seen through its handle), but the old debugger ignores the pokes and
+    // carries on exactly.
+    let give_up = std::time::Instant::now() + Duration::from_secs(60);
+    while !stub.soliciting() {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the stub never poked again"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let t0 = stub.with_machine(|m| m.tick());
     assert_eq!(first.run(RunFor::Ticks(7)).unwrap(), StopReason::BreakIn);
     assert_eq!(stub.with_machine(|m| m.tick()) - t0, 7);
     assert_eq!(stub.attaches(), 1);
+    assert!(!stub.soliciting(), "the old debugger kept its session");
     drop(first);
-    let listener = KdnetListener::bind(host, key).unwrap();
+    let listener = KdnetListener::from_socket(sock, key).unwrap();
     let mut second = listener.accept(Duration::from_secs(20)).unwrap();
     assert!(!second.modules().unwrap().is_empty());
     assert_eq!(stub.attaches(), 2);

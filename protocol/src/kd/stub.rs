@@ -196,6 +196,14 @@ impl Stub {
         self.rejected.pop_front()
     }
 
+    /// KDNET: whether the stub is poking for a new debugger (its debugger went silent
+    /// while the target was stopped); the current one keeps its session by sending
+    /// anything.
+    #[cfg(feature = "kdnet")]
+    pub fn is_soliciting(&self) -> bool {
+        matches!(&self.link, Link::Kdnet(e) if e.is_soliciting())
+    }
+
     /// The KDNET endpoint's counters (datagrams, bytes, refusals by reason); `None` over
     /// KDCOM.
     #[cfg(feature = "kdnet")]

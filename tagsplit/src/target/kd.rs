@@ -293,6 +293,18 @@ impl KdnetListener {
         })
     }
 
+    /// A listener on a socket the caller bound (and may keep a clone of, so that a later
+    /// debugger can take over the very same port without a window in which another
+    /// process could bind it).
+    pub fn from_socket(sock: UdpSocket, key: Key) -> Result<KdnetListener, TargetError> {
+        let local = sock.local_addr()?;
+        Ok(KdnetListener {
+            sock,
+            key,
+            spec: format!("kdnet:port={},key={}", local.port(), key),
+        })
+    }
+
     /// The bound address (the target pokes this).
     pub fn local_addr(&self) -> Result<SocketAddr, TargetError> {
         Ok(self.sock.local_addr()?)

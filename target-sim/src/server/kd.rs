@@ -116,6 +116,8 @@ struct Shared {
     stopping: AtomicBool,
     attached: AtomicBool,
     attaches: AtomicU64,
+    /// KDNET: the stub pokes for a new debugger.
+    soliciting: AtomicBool,
     /// The KDCOM debugger's socket, to shut it down when the stub stops.
     client: Mutex<Option<TcpStream>>,
 }
@@ -229,6 +231,7 @@ impl KdStub {
             stopping: AtomicBool::new(false),
             attached: AtomicBool::new(false),
             attaches: AtomicU64::new(0),
+            soliciting: AtomicBool::new(false),
             client: Mutex::new(None),
         })
     }
@@ -270,6 +273,12 @@ impl KdStubHandle {
     /// Whether a debugger is attached.
     pub fn client_attached(&self) -> bool {
         self.inner.shared().attached.load(Ordering::SeqCst)
+    }
+
+    /// KDNET: whether the stub is poking for a new debugger because the attached one went
+    /// silent while the target was stopped.
+    pub fn soliciting(&self) -> bool {
+        self.inner.shared().soliciting.load(Ordering::SeqCst)
     }
 
     /// How many times a debugger attached so far.
@@ -410,6 +419,9 @@ fn kdnet_loop(sock: &UdpSocket, host: SocketAddr, key: Key, shared: &Shared) {
             stub.handle_timeout(t, now);
             stub.poll_run(t, now)
         });
+        shared
+            .soliciting
+            .store(stub.is_soliciting(), Ordering::SeqCst);
         let _ = flush(&mut stub, |d| {
             if let Err(e) = sock.send_to(&d, host) {
                 tracing::debug!("kdnet stub: send to {host}: {e}");
