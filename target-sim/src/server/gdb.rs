@@ -12,7 +12,13 @@
 //! One thread accepts and one thread serves the client, with blocking std sockets: while
 //! the target is stopped the client thread blocks on its socket; while it runs, the
 //! socket's read time-out is the target's next deadline (one slice of paced run). A second
-//! client gets `E.` with [`BUSY_MESSAGE`] and is closed (and logged). A detach (`D`) or
+//! client gets `E.` with [`BUSY_MESSAGE`] and is closed (and logged); at most
+//! [`MAX_REFUSING`] are answered at once, more are closed at once. An attached client that
+//! sends nothing within [`GdbStubOptions::first_packet_timeout`] is dropped, so that a
+//! silent connection cannot keep gdb out. Input the stub has no room for (a client that
+//! does not read its replies) stays in the one [`READ_BUFFER`] and nothing more is read
+//! until the replies are written; a write blocked longer than
+//! [`GdbStubOptions::write_timeout`] drops the client. A detach (`D`) or
 //! kill leaves the stub ready for the next client. Sockets get `TCP_NODELAY`, and the ack
 //! and the reply to each packet leave in one write. The handle stops everything cleanly.
 //!
