@@ -105,9 +105,16 @@ fn clients_that_never_speak_are_dropped_and_the_next_is_served() {
         first_packet_timeout: Some(Duration::from_millis(200)),
         ..GdbStubOptions::default()
     });
-    // Several silent connections at once: the first is attached, the rest refused.
+    // Several silent connections at once: the first is attached, the rest refused. Half
+    // of them start a packet and never finish it.
     let mut silent: Vec<TcpStream> = (0..12)
-        .map(|_| TcpStream::connect(stub.addr()).unwrap())
+        .map(|i| {
+            let mut s = TcpStream::connect(stub.addr()).unwrap();
+            if i % 2 == 0 {
+                s.write_all(b"$qAtt").unwrap();
+            }
+            s
+        })
         .collect();
     assert_eq!(served(stub.addr()), b"1");
     // Every silent client was closed by the server (after a busy answer or none).

@@ -38,7 +38,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tagsplit_protocol::gdb::stub::{Stub, StubConfig};
 use tagsplit_protocol::gdb::{Reply, ServerEvent, ServerSession};
@@ -135,7 +135,7 @@ pub struct GdbStubOptions {
     pub monitor: Option<MonitorHandler>,
     /// The scenario's default run length, offered as `QTagsplit.DefaultRun`.
     pub default_run_ticks: Option<u64>,
-    /// How long an attached client may stay silent before its first packet; then it is
+    /// How long an attached client may take to send its first whole packet; then it is
     /// dropped so that the next client can attach (gdb speaks at once). `None`: forever.
     pub first_packet_timeout: Option<Duration>,
     /// How long one write to the client may block (a client that stops reading its
@@ -662,9 +662,9 @@ fn refuse(mut stream: TcpStream) {
     let mut session = ServerSession::default();
     let mut buf = [0u8; 1024];
     // The wait is for the whole first packet: a client that trickles bytes is not kept.
-    let deadline = std::time::Instant::now() + REFUSE_WAIT;
+    let deadline = Instant::now() + REFUSE_WAIT;
     loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
             break;
         }
@@ -688,37 +688,10 @@ fn refuse(mut stream: TcpStream) {
 fn serve_client(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let mut stub = Stub::new(shared.config);
     stream.set_write_timeout(shared.write_timeout)?;
-    let result = match first_packet(&mut stream, shared) {
-        Ok(Some(first)) => client_loop(&mut stream, shared, &mut stub, first),
-        Ok(None) => Ok(()),
-        Err(e) => Err(e),
-    };
+    let result = client_loop(&mut stream, shared, &mut stub, Input::new());
     shared.with(|t| stub.disconnect(t));
     let _ = stream.shutdown(Shutdown::Both);
     result
-}
-
-/// Waits for the client's first bytes, at most the first-packet time-out: `None` if it
-/// closed or stayed silent (it is then dropped).
-fn first_packet(stream: &mut TcpStream, shared: &Shared) -> std::io::Result<Option<Input>> {
-    let mut input = Input::new();
-    let Some(limit) = shared.first_packet_timeout else {
-        return Ok(Some(input));
-    };
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            tracing::info!("gdb client silent for {limit:?}: dropped");
-            return Ok(None);
-        }
-        match input.read(stream, Some(left))? {
-            Some(0) => return Ok(None),
-            Some(_) => return Ok(Some(input)),
-            None if shared.stopping.load(Ordering::SeqCst) => return Ok(None),
-            None => {}
-        }
-    }
 }
 
 /// Bytes read from the client and not yet taken by the stub (`start..end` of `buf`).
@@ -760,7 +733,20 @@ fn client_loop(
     stub: &mut Stub,
     mut input: Input,
 ) -> std::io::Result<()> {
+    // Until its first whole packet, a client has the first-packet time-out: one that
+    // says nothing (or trickles bytes that never make a packet) is dropped.
+    let first_deadline = shared
+        .first_packet_timeout
+        .map(|limit| (Instant::now() + limit, limit));
     loop {
+        let silent = stub.session().stats().packets_received == 0;
+        let deadline = first_deadline.filter(|_| silent);
+        if let Some((at, limit)) = deadline
+            && Instant::now() >= at
+        {
+            tracing::info!("gdb client sent no packet in {limit:?}: dropped");
+            return Ok(());
+        }
         // Bytes already read go to the stub first; it takes what it has room for.
         if !input.pending().is_empty() {
             let used = shared.with(|t| stub.receive(t, input.pending()));
@@ -785,6 +771,13 @@ fn client_loop(
             }
             continue;
         }
+        let wait = match deadline {
+            Some((at, _)) => {
+                let left = at.saturating_duration_since(Instant::now());
+                Some(wait.map_or(left, |w| w.min(left)))
+            }
+            None => wait,
+        };
         if input.read(stream, wait)? == Some(0) {
             return Ok(());
         }
