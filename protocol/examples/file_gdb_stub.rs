@@ -30,10 +30,23 @@ pub fn serve_client(image: &mut FileImage, mut stream: TcpStream) -> std::io::Re
             Ok(n) => n,
             Err(e) => break Err(e),
         };
-        stub.receive(image, buf.get(..n).unwrap_or_default());
-        if let Some(bytes) = stub.poll_transmit()
-            && let Err(e) = stream.write_all(&bytes)
-        {
+        // The stub stops taking bytes while its replies wait: write them, offer the rest.
+        let mut rest = buf.get(..n).unwrap_or_default();
+        let mut failed = None;
+        loop {
+            let used = stub.receive(image, rest);
+            rest = rest.get(used..).unwrap_or_default();
+            if let Some(bytes) = stub.poll_transmit()
+                && let Err(e) = stream.write_all(&bytes)
+            {
+                failed = Some(e);
+                break;
+            }
+            if rest.is_empty() || stub.is_closed() {
+                break;
+            }
+        }
+        if let Some(e) = failed {
             break Err(e);
         }
         if stub.is_closed() {

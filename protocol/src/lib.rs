@@ -59,10 +59,10 @@
 //! let mut target = Buffer(b"Leak".to_vec());
 //! let mut stub = Stub::new(StubConfig::default());
 //! // In a real stub these bytes come from a socket, and the reply goes back to it.
-//! stub.receive(&mut target, b"$m1000,4#8e");
+//! let _ = stub.receive(&mut target, b"$m1000,4#8e");
 //! assert_eq!(stub.poll_transmit().unwrap(), b"+$4c65616b#01");
 //! // Not opted in: no search, so the stub answers "unsupported" and gdb reads instead.
-//! stub.receive(&mut target, b"$qSearch:memory:1000;4;Leak#bc");
+//! let _ = stub.receive(&mut target, b"$qSearch:memory:1000;4;Leak#bc");
 //! assert_eq!(stub.poll_transmit().unwrap(), b"+$#00");
 //! ```
 //!

@@ -392,23 +392,13 @@ fn a_full_target_gets_symbols_kernel_breakpoints_and_exact_runs() {
     assert!(line.target.breakpoints.is_empty());
 }
 
+/// A KDNET debugger with key 1.2.3.4 answers the stub's poke and reads 4 bytes at 0x1000.
 #[cfg(feature = "kdnet")]
-#[test]
-fn over_kdnet_the_stub_pokes_attaches_and_answers() {
+fn kdnet_debugger_reads(stub: &mut Stub, target: &mut Toy) -> Option<Manipulate> {
     use tagsplit_protocol::kdnet::{Endpoint, EndpointConfig, EndpointEvent};
 
     let key = "1.2.3.4".parse().unwrap();
-    let config = EndpointConfig {
-        local: "127.0.0.1:50001".parse().unwrap(),
-        peer: "127.0.0.1:50000".parse().unwrap(),
-        ..EndpointConfig::new(Role::Target, key, [0x33; 32])
-    };
-    let mut target = Toy::new(false);
-    let mut stub = Stub::kdnet(StubConfig::default(), config, NOW);
     let mut debugger = Endpoint::new(EndpointConfig::new(Role::Debugger, key, [0x44; 32]), NOW);
-    // Nothing happens until the poke timer fires, which the stub's deadline says.
-    assert_eq!(stub.poll_timeout(), Some(NOW));
-    stub.handle_timeout(&mut target, NOW);
     let read = Manipulate::request(
         &ManipulateApi::ReadVirtualMemory(transfer(0x1000, 4)),
         vec![],
@@ -438,12 +428,32 @@ fn over_kdnet_the_stub_pokes_attaches_and_answers() {
             }
         }
         while let Some(d) = debugger.poll_transmit() {
-            stub.receive(&mut target, NOW, &d);
+            stub.receive(target, NOW, &d);
         }
         if reply.is_some() {
             break;
         }
     }
+    reply
+}
+
+#[cfg(feature = "kdnet")]
+#[test]
+fn over_kdnet_the_stub_pokes_attaches_and_answers() {
+    use tagsplit_protocol::kdnet::EndpointConfig;
+
+    let key = "1.2.3.4".parse().unwrap();
+    let config = EndpointConfig {
+        local: "127.0.0.1:50001".parse().unwrap(),
+        peer: "127.0.0.1:50000".parse().unwrap(),
+        ..EndpointConfig::new(Role::Target, key, [0x33; 32])
+    };
+    let mut target = Toy::new(false);
+    let mut stub = Stub::kdnet(StubConfig::default(), config, NOW);
+    // Nothing happens until the poke timer fires, which the stub's deadline says.
+    assert_eq!(stub.poll_timeout(), Some(NOW));
+    stub.handle_timeout(&mut target, NOW);
+    let reply = kdnet_debugger_reads(&mut stub, &mut target);
     assert_eq!(stub.attaches(), 1);
     assert!(stub.is_attached());
     assert_eq!(reply.expect("a reply to the read").data(), b"Leak");
@@ -513,4 +523,130 @@ fn over_kdnet_replayed_or_foreign_writes_never_touch_memory() {
         ),
         "{reasons:?}"
     );
+}
+
+/// The most a KD stub holds however its debugger behaves: the stream decoder's partial
+/// packet, the answers queued behind the one in flight (each at most a full packet
+/// framed), and the control packets of one chunk of input not yet taken.
+fn kd_bound(chunk: usize) -> usize {
+    use tagsplit_protocol::kd::session::DEFAULT_MAX_QUEUED;
+    use tagsplit_protocol::kd::{HEADER_LEN, PACKET_MAX_SIZE, stream};
+    stream::MAX_BUFFERED + (DEFAULT_MAX_QUEUED + 2) * (PACKET_MAX_SIZE + HEADER_LEN + 1) + chunk
+}
+
+/// Feeds `wire` in chunks of `chunk` bytes to the stub, dropping what it answers, and
+/// checks its buffers after every chunk.
+fn feed_hostile(line: &mut Line, wire: &[u8], chunk: usize) {
+    for piece in wire.chunks(chunk) {
+        line.stub.receive(&mut line.target, NOW, piece);
+        assert!(
+            line.stub.buffered() <= kd_bound(chunk),
+            "{}",
+            line.stub.buffered()
+        );
+        while line.stub.poll_transmit().is_some() {}
+    }
+}
+
+#[test]
+fn a_debugger_claiming_huge_lengths_leaves_the_stub_bounded_and_serving() {
+    let mut line = Line::attach(false);
+    line.shuttle();
+    // A data header that claims 0xFFFF bytes, then a megabyte of garbage.
+    let mut wire = vec![0x30, 0x30, 0x30, 0x30, 0x02, 0x30, 0xFF, 0xFF];
+    wire.extend([0u8; 8]);
+    let mut x = 0x1234_5678u32;
+    wire.extend((0..1 << 20).map(|_| {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        x as u8
+    }));
+    // A header that claims the most a packet may hold, and never delivers it.
+    let mut almost = vec![0x30, 0x30, 0x30, 0x30, 0x02, 0x30];
+    almost.extend((tagsplit_protocol::kd::PACKET_MAX_SIZE as u16).to_le_bytes());
+    almost.extend([0u8; 8]);
+    almost.extend(vec![0x41; 3000]);
+    wire.extend(almost);
+    // Endless leader bytes.
+    wire.extend(vec![0x30; 1 << 20]);
+    wire.extend(vec![0x69; 1 << 16]);
+    feed_hostile(&mut line, &wire, 4096);
+    // The same debugger behaves again: it is answered.
+    line.shuttle();
+    let r = line.req(
+        ManipulateApi::ReadVirtualMemory(transfer(0x1000, 4)),
+        vec![],
+    );
+    assert_eq!(r.data(), b"Leak");
+    assert!(line.stub.buffered() <= kd_bound(0));
+}
+
+#[test]
+fn a_debugger_that_never_acknowledges_answers_cannot_grow_the_queue() {
+    let mut line = Line::attach(false);
+    line.shuttle();
+    let read = Manipulate::request(
+        &ManipulateApi::ReadVirtualMemory(transfer(0x1000, 4000)),
+        vec![],
+    );
+    // 1000 requests; the debugger sees the stub's ACKs but never its answers.
+    for _ in 0..1000 {
+        line.debugger
+            .send(NOW, PacketType::StateManipulate, read.to_bytes());
+        while let Some(b) = line.debugger.poll_transmit() {
+            line.stub.receive(&mut line.target, NOW, &b);
+        }
+        while let Some(b) = line.stub.poll_transmit() {
+            // Control packets (ACKs) only: the answers are lost on the way.
+            if b.starts_with(&[0x69; 4]) {
+                line.debugger.handle_bytes(NOW, &b);
+            }
+        }
+        while line.debugger.poll_event().is_some() {}
+        assert!(
+            line.stub.buffered() <= kd_bound(0),
+            "{}",
+            line.stub.buffered()
+        );
+    }
+    assert!(line.stub.session_stats().send_dropped > 900);
+    // The debugger asks the stub to resend (as after a lost packet) and ACKs from now
+    // on: the queued answers drain and a new request is answered.
+    line.debugger.reset(NOW);
+    let drained = line.shuttle();
+    assert!(drained.len() <= tagsplit_protocol::kd::session::DEFAULT_MAX_QUEUED + 1);
+    let r = line.req(
+        ManipulateApi::ReadVirtualMemory(transfer(0x1000, 4)),
+        vec![],
+    );
+    assert_eq!(r.data(), b"Leak");
+}
+
+#[cfg(feature = "kdnet")]
+#[test]
+fn maximal_kdnet_datagrams_of_garbage_leave_the_stub_bounded() {
+    let key = "1.2.3.4".parse().unwrap();
+    let config = tagsplit_protocol::kdnet::EndpointConfig {
+        local: "127.0.0.1:50001".parse().unwrap(),
+        peer: "127.0.0.1:50000".parse().unwrap(),
+        ..tagsplit_protocol::kdnet::EndpointConfig::new(Role::Target, key, [0x33; 32])
+    };
+    let mut target = Toy::new(false);
+    let mut stub = Stub::kdnet(StubConfig::default(), config, NOW);
+    stub.handle_timeout(&mut target, NOW);
+    // Maximal UDP payloads, with and without the KDNET magic.
+    let mut datagram = vec![0xA5u8; 65_507];
+    datagram[..4].copy_from_slice(b"MDBG");
+    for i in 0..200u32 {
+        datagram[8..12].copy_from_slice(&i.to_le_bytes());
+        stub.receive(&mut target, NOW, &datagram);
+        stub.receive(&mut target, NOW, &datagram[4..]);
+        while stub.poll_rejected().is_some() {}
+        assert!(stub.buffered() <= kd_bound(0), "{}", stub.buffered());
+    }
+    assert_eq!(stub.kdnet_stats().unwrap().rejected, 400);
+    // A good debugger answers the next poke and is served.
+    let reply = kdnet_debugger_reads(&mut stub, &mut target);
+    assert_eq!(reply.expect("a reply to the read").data(), b"Leak");
 }

@@ -106,7 +106,7 @@ pub type ClientItem = Item<ClientEvent>;
 /// The sans-IO session surface both codecs drive.
 trait Side {
     type Event;
-    fn receive(&mut self, bytes: &[u8]);
+    fn receive_some(&mut self, bytes: &[u8]) -> usize;
     fn poll_event(&mut self) -> Option<Self::Event>;
     fn poll_transmit(&mut self) -> Option<Vec<u8>>;
     fn stats(&self) -> SessionStats;
@@ -116,8 +116,8 @@ macro_rules! side {
     ($session:ty, $event:ty) => {
         impl Side for $session {
             type Event = $event;
-            fn receive(&mut self, bytes: &[u8]) {
-                <$session>::receive(self, bytes)
+            fn receive_some(&mut self, bytes: &[u8]) -> usize {
+                <$session>::receive_some(self, bytes)
             }
             fn poll_event(&mut self) -> Option<$event> {
                 <$session>::poll_event(self)
@@ -147,8 +147,10 @@ impl<S: Side> Link<S> {
     fn decode(&mut self, src: &mut BytesMut) -> Option<Item<S::Event>> {
         if !src.is_empty() {
             let before = self.session.stats();
-            self.session.receive(src);
-            src.advance(src.len());
+            // At most `max_events` events are decoded ahead; the rest of `src` waits
+            // for the next call (made as long as items come out).
+            let used = self.session.receive_some(src);
+            src.advance(used.min(src.len()));
             trouble_since(&before, &self.session.stats(), &mut self.trouble);
         }
         if let Some(t) = self.trouble.pop_front() {

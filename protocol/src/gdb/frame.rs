@@ -292,6 +292,11 @@ impl Decoder {
         self.max_packet
     }
 
+    /// Payload bytes of the frame being decoded (never more than the maximum packet).
+    pub fn buffered(&self) -> usize {
+        self.payload.len()
+    }
+
     /// Whether the decoder is in the middle of a frame.
     pub fn in_frame(&self) -> bool {
         self.state != State::Idle

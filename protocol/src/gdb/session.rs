@@ -12,6 +12,11 @@ use super::command::Command;
 use super::frame::{ACK, DEFAULT_MAX_PACKET, Decoder, Event, INTERRUPT, NAK, encode_packet_into};
 use super::reply::{Reply, ReplyError, ReplyKind};
 
+/// The default [`SessionConfig::max_events`].
+pub const DEFAULT_MAX_EVENTS: usize = 64;
+/// The default [`SessionConfig::max_transmit`]: 64 KiB, four maximal replies.
+pub const DEFAULT_MAX_TRANSMIT: usize = 0x1_0000;
+
 /// Settings shared by both session kinds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SessionConfig {
@@ -21,6 +26,13 @@ pub struct SessionConfig {
     pub resend_limit: u32,
     /// Whether outgoing packets are run-length encoded.
     pub run_length: bool,
+    /// Decoded events a session holds before [`receive_some`](ServerSession::receive_some)
+    /// stops consuming input (backpressure): the consumer polls them first.
+    pub max_events: usize,
+    /// Bytes the transmit queue holds before
+    /// [`receive_some`](ServerSession::receive_some) stops consuming input (the queue can
+    /// pass it by what one call to `send` adds: the bound is checked before each packet).
+    pub max_transmit: usize,
 }
 
 impl Default for SessionConfig {
@@ -29,6 +41,8 @@ impl Default for SessionConfig {
             max_packet: DEFAULT_MAX_PACKET,
             resend_limit: 5,
             run_length: true,
+            max_events: DEFAULT_MAX_EVENTS,
+            max_transmit: DEFAULT_MAX_TRANSMIT,
         }
     }
 }
@@ -103,23 +117,38 @@ impl Link {
         self.last_frame = self.ack_mode.then_some(frame);
     }
 
-    /// Decodes `bytes`, handling acks, naks and checksums; returns what matters upstream.
-    fn receive(&mut self, bytes: &[u8], out: &mut Vec<LinkEvent>) {
-        self.stats.bytes_received += bytes.len() as u64;
-        let mut events = Vec::new();
-        self.decoder.decode_into(bytes, &mut events);
-        for ev in events {
+    /// Decodes `bytes` up to the end of the first event, handling acks, naks and
+    /// checksums; returns how many bytes were consumed and what matters upstream.
+    fn push(&mut self, bytes: &[u8]) -> (usize, Option<LinkEvent>) {
+        let (used, ev) = self.decoder.push(bytes);
+        self.stats.bytes_received += used as u64;
+        (used, ev.and_then(|ev| self.on_event(ev)))
+    }
+
+    /// Whether the transmit queue is under its bound.
+    fn can_transmit(&self) -> bool {
+        self.out.len() < self.config.max_transmit
+    }
+
+    /// Bytes held: the transmit queue, the frame kept for retransmission and the
+    /// partial frame being decoded.
+    fn buffered(&self) -> usize {
+        self.out.len() + self.last_frame.as_ref().map_or(0, Vec::len) + self.decoder.buffered()
+    }
+
+    fn on_event(&mut self, ev: Event) -> Option<LinkEvent> {
+        {
             match ev {
                 Event::Packet(p) => {
                     self.stats.packets_received += 1;
                     if self.ack_mode {
                         self.push_byte(ACK);
                     }
-                    out.push(LinkEvent::Payload(p));
+                    return Some(LinkEvent::Payload(p));
                 }
                 Event::Notification(p) => {
                     self.stats.packets_received += 1;
-                    out.push(LinkEvent::Notification(p));
+                    return Some(LinkEvent::Notification(p));
                 }
                 Event::Ack => {
                     self.last_frame = None;
@@ -134,11 +163,11 @@ impl Link {
                             self.out.extend_from_slice(&frame);
                         } else {
                             self.last_frame = None;
-                            out.push(LinkEvent::GaveUp);
+                            return Some(LinkEvent::GaveUp);
                         }
                     }
                 }
-                Event::Interrupt => out.push(LinkEvent::Interrupt),
+                Event::Interrupt => return Some(LinkEvent::Interrupt),
                 Event::BadChecksum { .. } => {
                     self.stats.bad_checksums += 1;
                     if self.ack_mode {
@@ -154,6 +183,7 @@ impl Link {
                 Event::Garbage { len } => self.stats.garbage_bytes += len as u64,
             }
         }
+        None
     }
 
     fn poll_transmit(&mut self) -> Option<Vec<u8>> {
@@ -213,6 +243,8 @@ pub struct ServerSession {
     commands_received: u64,
     replies_sent: u64,
     no_ack_command: Option<u64>,
+    /// Payload bytes held in `events`.
+    event_bytes: usize,
 }
 
 impl Default for ServerSession {
@@ -231,37 +263,87 @@ impl ServerSession {
             commands_received: 0,
             replies_sent: 0,
             no_ack_command: None,
+            event_bytes: 0,
         }
     }
 
-    /// Feeds bytes received from the client.
-    pub fn receive(&mut self, bytes: &[u8]) {
-        let mut evs = Vec::new();
-        self.link.receive(bytes, &mut evs);
-        for ev in evs {
-            match ev {
-                LinkEvent::Payload(p) => {
-                    let cmd = Command::parse(&p);
-                    if cmd == Command::StartNoAckMode {
-                        self.no_ack_command = Some(self.commands_received);
-                    }
-                    self.commands_received += 1;
-                    if cmd.resumes() {
-                        self.running = true;
-                    }
-                    self.events
-                        .push_back(ServerEvent::Command(CommandPacket(p)));
+    /// Feeds bytes received from the client, all of them: the event queue grows with
+    /// `bytes` (use [`receive_some`](Self::receive_some) to bound it).
+    pub fn receive(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let (used, ev) = self.link.push(bytes);
+            self.on_link_event(ev);
+            bytes = bytes.get(used..).unwrap_or_default();
+        }
+    }
+
+    /// Feeds bytes received from the client while the session is under its bounds
+    /// ([`wants_input`](Self::wants_input)); returns how many were consumed. The caller
+    /// keeps the rest, polls events and transmits, and offers the rest again.
+    #[must_use = "the bytes not consumed must be offered again"]
+    pub fn receive_some(&mut self, bytes: &[u8]) -> usize {
+        let mut used = 0;
+        while self.wants_input() {
+            let Some(rest) = bytes.get(used..).filter(|r| !r.is_empty()) else {
+                break;
+            };
+            let (n, ev) = self.link.push(rest);
+            used += n;
+            self.on_link_event(ev);
+        }
+        used
+    }
+
+    /// Whether fewer than [`SessionConfig::max_events`] events wait and the transmit
+    /// queue is under [`SessionConfig::max_transmit`].
+    pub fn wants_input(&self) -> bool {
+        self.events.len() < self.link.config.max_events && self.link.can_transmit()
+    }
+
+    /// Bytes the session holds: the transmit queue, the frame kept for retransmission,
+    /// the partial frame being decoded and the payloads of queued events.
+    pub fn queued_bytes(&self) -> usize {
+        self.link.buffered().saturating_add(self.event_bytes)
+    }
+
+    /// Decoded events not yet polled.
+    pub fn queued_events(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Bytes waiting in the transmit queue.
+    pub fn queued_transmit(&self) -> usize {
+        self.link.out.len()
+    }
+
+    fn on_link_event(&mut self, ev: Option<LinkEvent>) {
+        match ev {
+            Some(LinkEvent::Payload(p)) => {
+                let cmd = Command::parse(&p);
+                if cmd == Command::StartNoAckMode {
+                    self.no_ack_command = Some(self.commands_received);
                 }
-                LinkEvent::Interrupt => self.events.push_back(ServerEvent::Interrupt),
-                LinkEvent::GaveUp => self.events.push_back(ServerEvent::GaveUp),
-                LinkEvent::Notification(_) => {}
+                self.commands_received += 1;
+                if cmd.resumes() {
+                    self.running = true;
+                }
+                self.event_bytes += p.len();
+                self.events
+                    .push_back(ServerEvent::Command(CommandPacket(p)));
             }
+            Some(LinkEvent::Interrupt) => self.events.push_back(ServerEvent::Interrupt),
+            Some(LinkEvent::GaveUp) => self.events.push_back(ServerEvent::GaveUp),
+            Some(LinkEvent::Notification(_)) | None => {}
         }
     }
 
     /// The next decoded event.
     pub fn poll_event(&mut self) -> Option<ServerEvent> {
-        self.events.pop_front()
+        let ev = self.events.pop_front();
+        if let Some(ServerEvent::Command(p)) = &ev {
+            self.event_bytes = self.event_bytes.saturating_sub(p.0.len());
+        }
+        ev
     }
 
     /// Queues a reply (replies go out in command order). A stop reply ends the running
@@ -372,17 +454,59 @@ impl ClientSession {
         self.link.push_byte(INTERRUPT);
     }
 
-    /// Feeds bytes received from the stub.
-    pub fn receive(&mut self, bytes: &[u8]) {
-        let mut evs = Vec::new();
-        self.link.receive(bytes, &mut evs);
-        for ev in evs {
-            match ev {
-                LinkEvent::Payload(p) => self.on_payload(&p),
-                LinkEvent::Notification(p) => self.events.push_back(ClientEvent::Notification(p)),
-                LinkEvent::GaveUp => self.events.push_back(ClientEvent::GaveUp),
-                LinkEvent::Interrupt => {}
+    /// Feeds bytes received from the stub, all of them: the event queue grows with
+    /// `bytes` (use [`receive_some`](Self::receive_some) to bound it).
+    pub fn receive(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let (used, ev) = self.link.push(bytes);
+            self.on_link_event(ev);
+            bytes = bytes.get(used..).unwrap_or_default();
+        }
+    }
+
+    /// Feeds bytes received from the stub while fewer than
+    /// [`SessionConfig::max_events`] events wait and the transmit queue is under
+    /// [`SessionConfig::max_transmit`]; returns how many were consumed (offer the rest
+    /// again after polling events).
+    #[must_use = "the bytes not consumed must be offered again"]
+    pub fn receive_some(&mut self, bytes: &[u8]) -> usize {
+        let mut used = 0;
+        while self.events.len() < self.link.config.max_events && self.link.can_transmit() {
+            let Some(rest) = bytes.get(used..).filter(|r| !r.is_empty()) else {
+                break;
+            };
+            let (n, ev) = self.link.push(rest);
+            used += n;
+            self.on_link_event(ev);
+        }
+        used
+    }
+
+    /// Bytes the session holds: the transmit queue, the command kept for
+    /// retransmission, the partial frame being decoded (events hold at most
+    /// [`SessionConfig::max_events`] payloads of at most `max_packet` bytes each).
+    pub fn queued_bytes(&self) -> usize {
+        self.link.buffered()
+    }
+
+    /// Decoded events not yet polled.
+    pub fn queued_events(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Bytes waiting in the transmit queue.
+    pub fn queued_transmit(&self) -> usize {
+        self.link.out.len()
+    }
+
+    fn on_link_event(&mut self, ev: Option<LinkEvent>) {
+        match ev {
+            Some(LinkEvent::Payload(p)) => self.on_payload(&p),
+            Some(LinkEvent::Notification(p)) => {
+                self.events.push_back(ClientEvent::Notification(p));
             }
+            Some(LinkEvent::GaveUp) => self.events.push_back(ClientEvent::GaveUp),
+            Some(LinkEvent::Interrupt) | None => {}
         }
     }
 

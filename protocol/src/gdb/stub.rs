@@ -49,7 +49,9 @@
 //!
 //! let mut rom = Rom(b"hello".to_vec());
 //! let mut stub = Stub::new(StubConfig::default());
-//! stub.receive(&mut rom, &frame::encode_packet(b"m1,4", false));
+//! let wire = frame::encode_packet(b"m1,4", false);
+//! // The stub says how much it took; here there is room for all of it.
+//! assert_eq!(stub.receive(&mut rom, &wire), wire.len());
 //! assert_eq!(stub.poll_transmit().unwrap(), b"+$656c6c6f#39");
 //! ```
 
@@ -58,6 +60,7 @@ use std::time::Duration;
 
 use super::command::{DEFAULT_RUN_FEATURE, RUN_LIMIT_FEATURE};
 use super::frame;
+use super::session;
 use super::xml;
 use super::{
     BreakpointType, Command, CommandPacket, Feature, HexBytes, Reply, ResumeKind, SIGINT, SIGTRAP,
@@ -75,9 +78,8 @@ pub const E_INVAL: u8 = 0x16;
 pub const CANNOT_RUN: &str = "this target cannot run";
 /// The only thread a stub reports.
 const THREAD: u64 = 1;
-/// Commands kept while the target runs (gdb sends none in all-stop mode; a client that
-/// floods is not allowed to grow the queue).
-const MAX_PENDING: usize = 64;
+/// The default [`StubConfig::max_pending`].
+pub const DEFAULT_MAX_PENDING: usize = 64;
 
 /// Protocol choices of a stub (what the target supports is asked of the target).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,6 +92,15 @@ pub struct StubConfig {
     pub binary_read: bool,
     /// Answer `X` binary writes (otherwise empty, so clients fall back to `M`).
     pub binary_write: bool,
+    /// Commands held unanswered: those that arrive while the target runs (gdb sends none
+    /// in all-stop mode) or while the transmit queue is full. At the bound the stub stops
+    /// consuming input ([`Stub::receive`] returns less than it was given); no command is
+    /// dropped.
+    pub max_pending: usize,
+    /// Bytes of replies queued for the client before the stub stops answering (and then
+    /// stops consuming input) until the transport takes them with
+    /// [`Stub::poll_transmit`]. The queue passes it by at most one reply.
+    pub max_transmit: usize,
 }
 
 impl Default for StubConfig {
@@ -99,6 +110,8 @@ impl Default for StubConfig {
             no_ack: true,
             binary_read: true,
             binary_write: true,
+            max_pending: DEFAULT_MAX_PENDING,
+            max_transmit: session::DEFAULT_MAX_TRANSMIT,
         }
     }
 }
@@ -209,6 +222,9 @@ impl Stub {
             config,
             session: ServerSession::new(SessionConfig {
                 max_packet,
+                max_transmit: config.max_transmit,
+                // Commands go straight to `pending`, which has its own bound.
+                max_events: 1,
                 ..SessionConfig::default()
             }),
             pending: VecDeque::new(),
@@ -219,27 +235,65 @@ impl Stub {
         }
     }
 
-    /// Feeds bytes read from the client and answers every complete command (commands that
-    /// arrive while the target runs wait for it to stop; a break-in stops it).
-    pub fn receive<T: Target + ?Sized>(&mut self, target: &mut T, bytes: &[u8]) {
-        self.session.receive(bytes);
-        while let Some(event) = self.session.poll_event() {
-            match event {
-                ServerEvent::Command(cmd) => {
-                    if self.pending.len() < MAX_PENDING {
-                        self.pending.push_back(cmd);
+    /// Feeds bytes read from the client and answers complete commands; returns how many
+    /// bytes were consumed.
+    ///
+    /// Commands that arrive while the target runs wait for it to stop (a break-in stops
+    /// it). The stub consumes input only while it holds fewer than
+    /// [`StubConfig::max_pending`] unanswered commands and fewer than
+    /// [`StubConfig::max_transmit`] bytes of replies: the transport keeps the rest,
+    /// writes what [`poll_transmit`](Self::poll_transmit) returns, and offers the rest
+    /// again (an empty `bytes` answers held commands once there is room). A client that
+    /// never reads its replies thus stops being read, and nothing is dropped.
+    #[must_use = "the bytes not consumed must be offered again"]
+    pub fn receive<T: Target + ?Sized>(&mut self, target: &mut T, bytes: &[u8]) -> usize {
+        let mut used = 0;
+        loop {
+            while let Some(event) = self.session.poll_event() {
+                match event {
+                    ServerEvent::Command(cmd) => self.pending.push_back(cmd),
+                    ServerEvent::Interrupt if self.running => {
+                        target.interrupt();
+                        self.stopped(StopReason::Interrupted);
                     }
-                    // Stopped: answered at once. Running: kept until the target stops.
-                    self.handle_pending(target);
+                    ServerEvent::GaveUp => self.closed = true,
+                    _ => {}
                 }
-                ServerEvent::Interrupt if self.running => {
-                    target.interrupt();
-                    self.stopped(StopReason::Interrupted);
-                }
-                ServerEvent::GaveUp => self.closed = true,
-                _ => {}
             }
+            // Stopped: answered at once. Running: kept until the target stops.
+            self.handle_pending(target);
+            if !self.wants_input() {
+                break;
+            }
+            let Some(rest) = bytes.get(used..).filter(|r| !r.is_empty()) else {
+                break;
+            };
+            let n = self.session.receive_some(rest);
+            if n == 0 {
+                break;
+            }
+            used += n;
         }
+        used
+    }
+
+    /// Whether the stub consumes input now: it is open, holds fewer than
+    /// [`StubConfig::max_pending`] commands and its transmit queue is under
+    /// [`StubConfig::max_transmit`].
+    pub fn wants_input(&self) -> bool {
+        !self.closed && self.pending.len() < self.config.max_pending && self.session.wants_input()
+    }
+
+    /// Bytes the stub holds for this client: the session's queues
+    /// ([`ServerSession::queued_bytes`]) and the payloads of unanswered commands.
+    pub fn buffered(&self) -> usize {
+        let pending: usize = self.pending.iter().map(|p| p.payload().len()).sum();
+        self.session.queued_bytes().saturating_add(pending)
+    }
+
+    /// Commands received and not answered yet.
+    pub fn pending_commands(&self) -> usize {
+        self.pending.len()
     }
 
     /// Lets a running target progress. Returns `None` when the target is stopped (the
@@ -317,7 +371,10 @@ impl Stub {
     }
 
     fn handle_pending<T: Target + ?Sized>(&mut self, target: &mut T) {
-        while !self.running && !self.closed {
+        while !self.running
+            && !self.closed
+            && self.session.queued_transmit() < self.config.max_transmit
+        {
             let Some(packet) = self.pending.pop_front() else {
                 break;
             };
@@ -690,7 +747,8 @@ mod tests {
     }
 
     fn ask(stub: &mut Stub, rom: &mut Rom, payload: &[u8]) -> Vec<String> {
-        stub.receive(rom, &encode_packet(payload, false));
+        let wire = encode_packet(payload, false);
+        assert_eq!(stub.receive(rom, &wire), wire.len());
         let bytes = stub.poll_transmit().unwrap_or_default();
         Decoder::default()
             .decode(&bytes)
@@ -772,7 +830,7 @@ mod tests {
                 false,
             ));
         }
-        stub.receive(&mut rom, &wire);
+        assert_eq!(stub.receive(&mut rom, &wire), wire.len());
         let bytes = stub.poll_transmit().unwrap_or_default();
         let replies: Vec<_> = Decoder::default()
             .decode(&bytes)

@@ -52,7 +52,15 @@ pub struct SessionConfig {
     pub retry_timeout: Duration,
     /// How many times a packet is re-sent before it is given up.
     pub max_retries: u32,
+    /// Data packets queued behind the one in flight; a packet sent beyond this is
+    /// dropped and counted ([`SessionStats::send_dropped`]). A peer that asks and never
+    /// acknowledges the answers cannot grow the queue; a well-behaved one waits for each
+    /// answer, so the queue holds a few packets at most.
+    pub max_queued: usize,
 }
+
+/// The default [`SessionConfig::max_queued`].
+pub const DEFAULT_MAX_QUEUED: usize = 32;
 
 impl SessionConfig {
     /// KDCOM defaults for `role`.
@@ -62,6 +70,7 @@ impl SessionConfig {
             scheme: IdScheme::Kdcom,
             retry_timeout: Duration::from_millis(500),
             max_retries: 20,
+            max_queued: DEFAULT_MAX_QUEUED,
         }
     }
 
@@ -139,6 +148,8 @@ pub struct SessionStats {
     pub duplicates: u64,
     /// Damaged packets seen.
     pub corrupt: u64,
+    /// Data packets dropped because [`SessionConfig::max_queued`] were waiting.
+    pub send_dropped: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -192,10 +203,29 @@ impl Session {
         self.stats
     }
 
-    /// Queues a data packet; it is sent when the previous one is acknowledged.
+    /// Queues a data packet; it is sent when the previous one is acknowledged (dropped
+    /// and counted if [`SessionConfig::max_queued`] are waiting already).
     pub fn send(&mut self, now: Duration, packet_type: PacketType, payload: Vec<u8>) {
-        self.queue.push_back((packet_type, payload));
+        if self.queue.len() >= self.config.max_queued {
+            self.stats.send_dropped = self.stats.send_dropped.saturating_add(1);
+        } else {
+            self.queue.push_back((packet_type, payload));
+        }
         self.pump(now);
+    }
+
+    /// Bytes the session holds: the partial packet being decoded, the queued packets'
+    /// payloads, the packet in flight and the transmit units not yet taken.
+    pub fn queued_bytes(&self) -> usize {
+        let queued: usize = self.queue.iter().map(|(_, p)| p.len()).sum();
+        let transmit: usize = self.transmit.iter().map(Vec::len).sum();
+        let in_flight = self.in_flight.as_ref().map_or(0, |f| f.repr.payload.len());
+        self.decoder.buffered() + queued + transmit + in_flight
+    }
+
+    /// Events not yet polled.
+    pub fn queued_events(&self) -> usize {
+        self.events.len()
     }
 
     /// Whether nothing is waiting for an ACK and nothing is queued.

@@ -61,6 +61,11 @@ pub enum StreamEvent {
     },
 }
 
+/// The most a [`StreamDecoder`] holds between calls: one header and the largest payload
+/// a header may announce, and its trailer. A header that announces more is dropped at
+/// once ([`StreamEvent::TooLong`]), and bytes that are not a leader are noise.
+pub const MAX_BUFFERED: usize = HEADER_LEN + PACKET_MAX_SIZE + 1;
+
 /// The streaming decoder.
 #[derive(Debug, Default, Clone)]
 pub struct StreamDecoder {
@@ -95,7 +100,8 @@ impl StreamDecoder {
         self.events.pop_front()
     }
 
-    /// Bytes currently buffered (a partial packet).
+    /// Bytes currently buffered (a partial packet): less than [`MAX_BUFFERED`] once
+    /// [`push`](Self::push) returns, whatever the bytes claim.
     pub fn buffered(&self) -> usize {
         self.buf.len()
     }

@@ -395,6 +395,27 @@ impl Stub {
         }
     }
 
+    /// Bytes the stub holds for its debugger: the link's queues
+    /// ([`Session::queued_bytes`], and the KDNET endpoint's sealed datagrams). Answers are
+    /// queued behind the packet in flight up to `SessionConfig::max_queued` packets
+    /// (more are dropped and counted), and the stream decoder holds at most one packet.
+    pub fn buffered(&self) -> usize {
+        match &self.link {
+            Link::Kdcom(s) => s.queued_bytes(),
+            #[cfg(feature = "kdnet")]
+            Link::Kdnet(e) => e.queued_bytes(),
+        }
+    }
+
+    /// The link's counters (for KDNET, those of the KD session inside the endpoint).
+    pub fn session_stats(&self) -> crate::kd::SessionStats {
+        match &self.link {
+            Link::Kdcom(s) => s.stats(),
+            #[cfg(feature = "kdnet")]
+            Link::Kdnet(e) => e.session().stats(),
+        }
+    }
+
     /// The next unit to put on the wire: KDCOM bytes, or one KDNET datagram's payload.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         match &mut self.link {

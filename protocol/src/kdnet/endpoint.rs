@@ -353,6 +353,18 @@ impl Endpoint {
         [poke, kd].into_iter().flatten().min()
     }
 
+    /// Bytes the endpoint holds: its KD session's ([`Session::queued_bytes`]) and the
+    /// sealed datagrams not yet taken.
+    pub fn queued_bytes(&self) -> usize {
+        let transmit: usize = self.transmit.iter().map(Vec::len).sum();
+        self.session.queued_bytes().saturating_add(transmit)
+    }
+
+    /// Events not yet polled.
+    pub fn queued_events(&self) -> usize {
+        self.events.len()
+    }
+
     /// The next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         let d = self.transmit.pop_front()?;

@@ -15,6 +15,14 @@ use super::DecodeError;
 /// Largest (decompressed) capture we read.
 pub const MAX_CAPTURE_BYTES: u64 = 1 << 30;
 
+/// Largest pcap record or pcapng block accepted (256 KiB: the largest snapshot length
+/// tools write is 262,144 bytes, plus room for a block's options). A record that claims
+/// more is an error, checked before anything is copied.
+pub const MAX_RECORD_BYTES: usize = 0x4_0000 + 0x1000;
+
+/// The pcap record header length.
+const PCAP_RECORD_HEADER: usize = 16;
+
 /// What kind of file the bytes are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -112,12 +120,13 @@ pub fn frames(bytes: &[u8], format: FileFormat) -> Result<Vec<Frame>, DecodeErro
         FileFormat::Pcap => {
             let (mut rest, parser) = PcapParser::new(bytes).map_err(bad)?;
             let link = u32::from(parser.header().datalink);
+            let big_endian = matches!(bytes.get(..4), Some([0xA1, ..]));
             while !rest.is_empty() {
-                let (r, packet) = match parser.next_packet(rest) {
-                    Ok(v) => v,
-                    Err(pcap_file::PcapError::IncompleteBuffer) => break,
-                    Err(e) => return Err(bad(e)),
-                };
+                let number = out.len() + 1;
+                let offset = bytes.len() - rest.len();
+                let len = u32_at(rest, 8, big_endian).and_then(|n| usize::try_from(n).ok());
+                check_record(number, offset, len.map(|n| n + PCAP_RECORD_HEADER), rest)?;
+                let (r, packet) = parser.next_packet(rest).map_err(bad)?;
                 out.push(Frame {
                     number: out.len() + 1,
                     timestamp: packet.timestamp,
@@ -128,13 +137,20 @@ pub fn frames(bytes: &[u8], format: FileFormat) -> Result<Vec<Frame>, DecodeErro
             }
         }
         FileFormat::Pcapng => {
+            let first_len = u32_at(bytes, 4, section_big_endian(bytes));
+            check_record(1, 0, first_len.and_then(|n| usize::try_from(n).ok()), bytes)?;
             let (mut rest, mut parser) = PcapNgParser::new(bytes).map_err(bad)?;
+            let mut big_endian = section_big_endian(bytes);
+            let mut blocks = 1;
             while !rest.is_empty() {
-                let (r, block) = match parser.next_block(rest) {
-                    Ok(v) => v,
-                    Err(pcap_file::PcapError::IncompleteBuffer) => break,
-                    Err(e) => return Err(bad(e)),
-                };
+                blocks += 1;
+                if rest.get(..4) == Some(&[0x0A, 0x0D, 0x0D, 0x0A]) {
+                    big_endian = section_big_endian(rest);
+                }
+                let offset = bytes.len() - rest.len();
+                let len = u32_at(rest, 4, big_endian).and_then(|n| usize::try_from(n).ok());
+                check_record(blocks, offset, len, rest)?;
+                let (r, block) = parser.next_block(rest).map_err(bad)?;
                 rest = r;
                 let (link, timestamp, data) = match block {
                     Block::EnhancedPacket(p) => {
@@ -172,6 +188,57 @@ pub fn frames(bytes: &[u8], format: FileFormat) -> Result<Vec<Frame>, DecodeErro
         FileFormat::Raw => {}
     }
     Ok(out)
+}
+
+/// The `u32` at `off` in `b`, in the byte order given.
+fn u32_at(b: &[u8], off: usize, big_endian: bool) -> Option<u32> {
+    let raw: [u8; 4] = b.get(off..off.checked_add(4)?)?.try_into().ok()?;
+    Some(if big_endian {
+        u32::from_be_bytes(raw)
+    } else {
+        u32::from_le_bytes(raw)
+    })
+}
+
+/// Whether the pcapng section whose header block starts `b` is big-endian (its
+/// byte-order magic reads 0x1A2B3C4D as big-endian).
+fn section_big_endian(b: &[u8]) -> bool {
+    b.get(8..12) == Some(&[0x1A, 0x2B, 0x3C, 0x4D])
+}
+
+/// Checks the length a record (or block) at `offset` claims, before the parser looks
+/// at it: it must be readable, at most [`MAX_RECORD_BYTES`], and all there.
+fn check_record(
+    record: usize,
+    offset: usize,
+    claimed: Option<usize>,
+    rest: &[u8],
+) -> Result<(), DecodeError> {
+    let Some(claimed) = claimed else {
+        return Err(DecodeError::Truncated {
+            record,
+            offset,
+            claimed: PCAP_RECORD_HEADER,
+            available: rest.len(),
+        });
+    };
+    if claimed > MAX_RECORD_BYTES {
+        return Err(DecodeError::RecordTooLong {
+            record,
+            offset,
+            claimed,
+            max: MAX_RECORD_BYTES,
+        });
+    }
+    if claimed > rest.len() {
+        return Err(DecodeError::Truncated {
+            record,
+            offset,
+            claimed,
+            available: rest.len(),
+        });
+    }
+    Ok(())
 }
 
 /// Turns a raw pcapng timestamp count (that pcap-file stores as nanoseconds) into real

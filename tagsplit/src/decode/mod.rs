@@ -47,6 +47,34 @@ pub enum DecodeError {
     /// The pcap/pcapng container is damaged.
     #[error("bad capture file: {0}")]
     Capture(String),
+    /// A record claims more bytes than the file holds.
+    #[error(
+        "truncated capture: record {record} at byte {offset} needs {claimed} bytes, {available} are left"
+    )]
+    Truncated {
+        /// 1-based record (frame or block) number.
+        record: usize,
+        /// Its offset in the (decompressed) file.
+        offset: usize,
+        /// The length it claims (header included).
+        claimed: usize,
+        /// The bytes left in the file.
+        available: usize,
+    },
+    /// A record claims more bytes than any capture tool writes.
+    #[error(
+        "bad capture file: record {record} at byte {offset} claims {claimed} bytes (at most {max} are accepted)"
+    )]
+    RecordTooLong {
+        /// 1-based record (frame or block) number.
+        record: usize,
+        /// Its offset in the (decompressed) file.
+        offset: usize,
+        /// The length it claims.
+        claimed: usize,
+        /// [`capture::MAX_RECORD_BYTES`].
+        max: usize,
+    },
     /// The key string is not a KDNET key.
     #[error("bad key: {0}")]
     Key(#[from] KdnetError),

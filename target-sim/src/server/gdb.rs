@@ -12,7 +12,13 @@
 //! One thread accepts and one thread serves the client, with blocking std sockets: while
 //! the target is stopped the client thread blocks on its socket; while it runs, the
 //! socket's read time-out is the target's next deadline (one slice of paced run). A second
-//! client gets `E.` with [`BUSY_MESSAGE`] and is closed (and logged). A detach (`D`) or
+//! client gets `E.` with [`BUSY_MESSAGE`] and is closed (and logged); at most
+//! [`MAX_REFUSING`] are answered at once, more are closed at once. An attached client that
+//! sends nothing within [`GdbStubOptions::first_packet_timeout`] is dropped, so that a
+//! silent connection cannot keep gdb out. Input the stub has no room for (a client that
+//! does not read its replies) stays in the one [`READ_BUFFER`] and nothing more is read
+//! until the replies are written; a write blocked longer than
+//! [`GdbStubOptions::write_timeout`] drops the client. A detach (`D`) or
 //! kill leaves the stub ready for the next client. Sockets get `TCP_NODELAY`, and the ack
 //! and the reply to each packet leave in one write. The handle stops everything cleanly.
 //!
@@ -29,10 +35,10 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tagsplit_protocol::gdb::stub::{Stub, StubConfig};
 use tagsplit_protocol::gdb::{Reply, ServerEvent, ServerSession};
@@ -129,7 +135,28 @@ pub struct GdbStubOptions {
     pub monitor: Option<MonitorHandler>,
     /// The scenario's default run length, offered as `QTagsplit.DefaultRun`.
     pub default_run_ticks: Option<u64>,
+    /// How long an attached client may take to send its first whole packet; then it is
+    /// dropped so that the next client can attach (gdb speaks at once). `None`: forever.
+    pub first_packet_timeout: Option<Duration>,
+    /// How long one write to the client may block (a client that stops reading its
+    /// replies holds the stub this long at most, then is dropped). `None`: forever.
+    pub write_timeout: Option<Duration>,
+    /// Commands held unanswered per client ([`StubConfig::max_pending`]).
+    pub max_pending: usize,
+    /// Reply bytes queued per client before input stops being read
+    /// ([`StubConfig::max_transmit`]).
+    pub max_transmit: usize,
 }
+
+/// The default [`GdbStubOptions::first_packet_timeout`].
+pub const DEFAULT_FIRST_PACKET_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default [`GdbStubOptions::write_timeout`].
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Refused clients (a second client while one is attached) waited on at once; more are
+/// closed at once without an answer, so a flood of connections costs no threads.
+pub const MAX_REFUSING: usize = 8;
+/// Bytes read from the client at a time (the only per-connection input buffer).
+pub const READ_BUFFER: usize = 0x4000;
 
 impl Default for GdbStubOptions {
     fn default() -> Self {
@@ -141,6 +168,10 @@ impl Default for GdbStubOptions {
             slice_interval: Duration::from_millis(10),
             monitor: None,
             default_run_ticks: None,
+            first_packet_timeout: Some(DEFAULT_FIRST_PACKET_TIMEOUT),
+            write_timeout: Some(DEFAULT_WRITE_TIMEOUT),
+            max_pending: tagsplit_protocol::gdb::stub::DEFAULT_MAX_PENDING,
+            max_transmit: tagsplit_protocol::gdb::session::DEFAULT_MAX_TRANSMIT,
         }
     }
 }
@@ -155,6 +186,10 @@ impl std::fmt::Debug for GdbStubOptions {
             .field("slice_interval", &self.slice_interval)
             .field("monitor", &self.monitor.is_some())
             .field("default_run_ticks", &self.default_run_ticks)
+            .field("first_packet_timeout", &self.first_packet_timeout)
+            .field("write_timeout", &self.write_timeout)
+            .field("max_pending", &self.max_pending)
+            .field("max_transmit", &self.max_transmit)
             .finish()
     }
 }
@@ -168,6 +203,8 @@ impl GdbStubOptions {
             no_ack: f.no_ack,
             binary_read: f.binary_read,
             binary_write: f.binary_write,
+            max_pending: self.max_pending,
+            max_transmit: self.max_transmit,
         }
     }
 }
@@ -424,6 +461,14 @@ struct Shared {
     stopping: AtomicBool,
     /// The attached client's socket, to shut it down when the stub stops.
     client: Mutex<Option<TcpStream>>,
+    /// The first-packet and write time-outs.
+    first_packet_timeout: Option<Duration>,
+    write_timeout: Option<Duration>,
+    /// Refused clients being answered now.
+    refusing: AtomicUsize,
+    /// The most bytes a client connection held at once (the stub's queues plus input
+    /// read and not yet taken), over all connections.
+    peak_buffered: AtomicUsize,
 }
 
 impl Shared {
@@ -468,6 +513,8 @@ impl GdbStub {
     ) -> std::io::Result<GdbStubHandle> {
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
+        let (first_packet_timeout, write_timeout) =
+            (options.first_packet_timeout, options.write_timeout);
         let shared = Arc::new(Shared {
             machine: SharedMachine::new(machine),
             config: options.stub_config(),
@@ -475,6 +522,10 @@ impl GdbStub {
             busy: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             client: Mutex::new(None),
+            first_packet_timeout,
+            write_timeout,
+            refusing: AtomicUsize::new(0),
+            peak_buffered: AtomicUsize::new(0),
         });
         let task_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -517,6 +568,14 @@ impl GdbStubHandle {
         self.inner.shared().busy.load(Ordering::SeqCst)
     }
 
+    /// The most bytes one client connection has held at once so far: the stub's queues
+    /// ([`Stub::buffered`]) plus input read from the socket and not yet taken by the
+    /// stub. It stays under [`GdbStubOptions::max_transmit`] plus the pending commands,
+    /// one reply and [`READ_BUFFER`], however the client behaves.
+    pub fn peak_buffered(&self) -> usize {
+        self.inner.shared().peak_buffered.load(Ordering::SeqCst)
+    }
+
     /// Blocks until the stub stops (it runs until [`shutdown`](Self::shutdown) or the
     /// process ends).
     pub fn wait(self) {
@@ -549,10 +608,20 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
             .peer_addr()
             .map_or_else(|_| "?".to_owned(), |p| p.to_string());
         let spawned = if shared.busy.swap(true, Ordering::SeqCst) {
+            if shared.refusing.fetch_add(1, Ordering::SeqCst) >= MAX_REFUSING {
+                shared.refusing.fetch_sub(1, Ordering::SeqCst);
+                tracing::info!("gdb client {peer} closed: another client is attached");
+                let _ = stream.shutdown(Shutdown::Both);
+                continue;
+            }
             tracing::info!("gdb client {peer} refused: another client is attached");
+            let s = Arc::clone(shared);
             std::thread::Builder::new()
                 .name("gdb-refuse".into())
-                .spawn(move || refuse(stream))
+                .spawn(move || {
+                    refuse(stream);
+                    s.refusing.fetch_sub(1, Ordering::SeqCst);
+                })
         } else {
             tracing::info!("gdb client {peer} attached");
             *lock(&shared.client) = stream.try_clone().ok();
@@ -592,10 +661,19 @@ const REFUSE_WAIT: Duration = Duration::from_secs(2);
 fn refuse(mut stream: TcpStream) {
     let mut session = ServerSession::default();
     let mut buf = [0u8; 1024];
-    let _ = stream.set_read_timeout(Some(REFUSE_WAIT));
-    while let Ok(n @ 1..) = stream.read(&mut buf) {
+    // The wait is for the whole first packet: a client that trickles bytes is not kept.
+    let deadline = Instant::now() + REFUSE_WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
+        let Ok(n @ 1..) = stream.read(&mut buf) else {
+            break;
+        };
         session.receive(buf.get(..n).unwrap_or_default());
-        if let Some(ServerEvent::Command(_)) = session.poll_event() {
+        if std::iter::from_fn(|| session.poll_event()).any(|e| matches!(e, ServerEvent::Command(_)))
+        {
             break;
         }
     }
@@ -609,41 +687,105 @@ fn refuse(mut stream: TcpStream) {
 /// Serves one client until it detaches, disconnects or the stub stops.
 fn serve_client(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let mut stub = Stub::new(shared.config);
-    let mut buf = vec![0u8; 0x4000];
-    let result = client_loop(&mut stream, shared, &mut stub, &mut buf);
+    stream.set_write_timeout(shared.write_timeout)?;
+    let result = client_loop(&mut stream, shared, &mut stub, Input::new());
     shared.with(|t| stub.disconnect(t));
     let _ = stream.shutdown(Shutdown::Both);
     result
+}
+
+/// Bytes read from the client and not yet taken by the stub (`start..end` of `buf`).
+struct Input {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Input {
+    fn new() -> Self {
+        Input {
+            buf: vec![0u8; READ_BUFFER],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn pending(&self) -> &[u8] {
+        self.buf.get(self.start..self.end).unwrap_or_default()
+    }
+
+    /// Reads into the (empty) buffer, waiting at most `wait`.
+    fn read(
+        &mut self,
+        stream: &mut TcpStream,
+        wait: Option<Duration>,
+    ) -> std::io::Result<Option<usize>> {
+        let got = read_within(stream, wait, &mut self.buf)?;
+        self.start = 0;
+        self.end = got.unwrap_or(0).min(self.buf.len());
+        Ok(got)
+    }
 }
 
 fn client_loop(
     stream: &mut TcpStream,
     shared: &Shared,
     stub: &mut Stub,
-    buf: &mut [u8],
+    mut input: Input,
 ) -> std::io::Result<()> {
+    // Until its first whole packet, a client has the first-packet time-out: one that
+    // says nothing (or trickles bytes that never make a packet) is dropped.
+    let first_deadline = shared
+        .first_packet_timeout
+        .map(|limit| (Instant::now() + limit, limit));
     loop {
+        let silent = stub.session().stats().packets_received == 0;
+        let deadline = first_deadline.filter(|_| silent);
+        if let Some((at, limit)) = deadline
+            && Instant::now() >= at
+        {
+            tracing::info!("gdb client sent no packet in {limit:?}: dropped");
+            return Ok(());
+        }
+        // Bytes already read go to the stub first; it takes what it has room for.
+        if !input.pending().is_empty() {
+            let used = shared.with(|t| stub.receive(t, input.pending()));
+            input.start = input.start.saturating_add(used).min(input.end);
+            let held = stub.buffered().saturating_add(input.pending().len());
+            shared.peak_buffered.fetch_max(held, Ordering::SeqCst);
+        }
         // A running target makes progress; the answer is how long input may be waited for.
         let wait = shared.with(|t| stub.poll_run(t));
         if let Some(bytes) = stub.poll_transmit() {
+            // Blocks while the client does not read, at most the write time-out: the
+            // stub meanwhile reads nothing more (backpressure).
             stream.write_all(&bytes)?;
         }
         if stub.is_closed() || shared.stopping.load(Ordering::SeqCst) {
             return Ok(());
         }
-        match read_within(stream, wait, buf)? {
-            Some(0) => return Ok(()),
-            Some(n) => shared.with(|t| stub.receive(t, buf.get(..n).unwrap_or_default())),
-            None => {}
+        if !input.pending().is_empty() {
+            if !stub.wants_input() {
+                // Held back while the target runs with a full command queue: let it run.
+                std::thread::sleep(wait.unwrap_or(Duration::from_millis(1)).min(HELD_POLL));
+            }
+            continue;
         }
-        if let Some(bytes) = stub.poll_transmit() {
-            stream.write_all(&bytes)?;
-        }
-        if stub.is_closed() {
+        let wait = match deadline {
+            Some((at, _)) => {
+                let left = at.saturating_duration_since(Instant::now());
+                Some(wait.map_or(left, |w| w.min(left)))
+            }
+            None => wait,
+        };
+        if input.read(stream, wait)? == Some(0) {
             return Ok(());
         }
     }
 }
+
+/// The longest sleep while input is held back (the target runs with a full queue).
+const HELD_POLL: Duration = Duration::from_millis(10);
 
 #[cfg(test)]
 mod tests {
@@ -672,8 +814,8 @@ mod tests {
         /// Sends one packet; returns the payloads of the packets sent back.
         fn ask(&mut self, payload: &[u8]) -> Vec<Vec<u8>> {
             let mut t = SimTarget::new(&mut self.machine, &mut self.run);
-            self.stub
-                .receive(&mut t, &frame::encode_packet(payload, false));
+            let wire = frame::encode_packet(payload, false);
+            assert_eq!(self.stub.receive(&mut t, &wire), wire.len());
             self.answers()
         }
 
@@ -833,7 +975,7 @@ mod tests {
         assert_eq!(rig.ask1(format!("Z0,{:x},1", site.0).as_bytes()), "OK");
         assert!(rig.ask(b"c").is_empty());
         let mut t = SimTarget::new(&mut rig.machine, &mut rig.run);
-        rig.stub.receive(&mut t, &[0x03]);
+        assert_eq!(rig.stub.receive(&mut t, &[0x03]), 1);
         assert_eq!(rig.answers(), vec![b"T02thread:01;".to_vec()]);
         let mut t = SimTarget::new(&mut rig.machine, &mut rig.run);
         rig.stub.disconnect(&mut t);

@@ -64,6 +64,10 @@ pub struct KdStubOptions {
     pub reconnect_after: Duration,
     /// The line printed (debug I/O) on attach.
     pub banner: String,
+    /// KDCOM: how long one write to the debugger may block (a debugger that stops
+    /// reading holds the line this long at most, then is dropped so that the next one
+    /// can attach). `None`: forever, as on a serial line.
+    pub write_timeout: Option<Duration>,
 }
 
 impl Default for KdStubOptions {
@@ -78,6 +82,7 @@ impl Default for KdStubOptions {
             poke_interval: Duration::from_millis(200),
             reconnect_after: Duration::from_secs(5),
             banner: "tagsplit: simulated Windows x64 kernel (KD stub)\n".to_string(),
+            write_timeout: Some(super::gdb::DEFAULT_WRITE_TIMEOUT),
         }
     }
 }
@@ -360,6 +365,7 @@ fn kdcom_accept(listener: &TcpListener, shared: &Arc<Shared>) {
 /// Serves one KDCOM debugger until it disconnects or the stub stops.
 fn serve_kdcom(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
+    stream.set_write_timeout(shared.options.write_timeout)?;
     let start = Instant::now();
     let mut stub = Stub::kdcom(shared.options.stub_config());
     shared.with(|t| stub.attach(t, start.elapsed()));
