@@ -629,11 +629,10 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
             std::thread::Builder::new()
                 .name("gdb-client".into())
                 .spawn(move || {
+                    // `serve_client` frees the stub for the next client exactly once.
                     if let Err(e) = serve_client(stream, &s) {
                         tracing::info!("gdb client {peer}: {e}");
                     }
-                    *lock(&s.client) = None;
-                    s.busy.store(false, Ordering::SeqCst);
                     tracing::info!("gdb client {peer} detached");
                 })
         };
@@ -688,10 +687,28 @@ fn refuse(mut stream: TcpStream) {
 fn serve_client(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let mut stub = Stub::new(shared.config);
     stream.set_write_timeout(shared.write_timeout)?;
-    let result = client_loop(&mut stream, shared, &mut stub, Input::new());
-    shared.with(|t| stub.disconnect(t));
+    let mut slot = Slot { shared, held: true };
+    let result = client_loop(&mut stream, &mut slot, &mut stub, Input::new());
+    slot.free(&mut stub);
     let _ = stream.shutdown(Shutdown::Both);
     result
+}
+
+/// The stub's one client slot, held by the serving thread until [`Slot::free`].
+struct Slot<'a> {
+    shared: &'a Shared,
+    held: bool,
+}
+
+impl Slot<'_> {
+    /// Detaches the stub from the target and lets the next client in (once).
+    fn free(&mut self, stub: &mut Stub) {
+        if std::mem::take(&mut self.held) {
+            self.shared.with(|t| stub.disconnect(t));
+            *lock(&self.shared.client) = None;
+            self.shared.busy.store(false, Ordering::SeqCst);
+        }
+    }
 }
 
 /// Bytes read from the client and not yet taken by the stub (`start..end` of `buf`).
@@ -729,10 +746,11 @@ impl Input {
 
 fn client_loop(
     stream: &mut TcpStream,
-    shared: &Shared,
+    slot: &mut Slot<'_>,
     stub: &mut Stub,
     mut input: Input,
 ) -> std::io::Result<()> {
+    let shared = slot.shared;
     // Until its first whole packet, a client has the first-packet time-out: one that
     // says nothing (or trickles bytes that never make a packet) is dropped.
     let first_deadline = shared
@@ -756,12 +774,18 @@ fn client_loop(
         }
         // A running target makes progress; the answer is how long input may be waited for.
         let wait = shared.with(|t| stub.poll_run(t));
+        // A detach: free the stub before its last reply leaves, so a client that
+        // reconnects as soon as it reads `OK` is served, not refused as busy.
+        let closing = stub.is_closed() || shared.stopping.load(Ordering::SeqCst);
+        if closing {
+            slot.free(stub);
+        }
         if let Some(bytes) = stub.poll_transmit() {
             // Blocks while the client does not read, at most the write time-out: the
             // stub meanwhile reads nothing more (backpressure).
             stream.write_all(&bytes)?;
         }
-        if stub.is_closed() || shared.stopping.load(Ordering::SeqCst) {
+        if closing {
             return Ok(());
         }
         if !input.pending().is_empty() {
