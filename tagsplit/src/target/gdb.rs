@@ -560,6 +560,7 @@ impl GdbTarget {
         // A run bounded by the stub (or by our interrupt): allow generously for it.
         let patience = self.options.timeout.saturating_mul(6);
         let mut deadline = Instant::now() + patience;
+        let mut user_grace = false;
         loop {
             let now = Instant::now();
             let due = interrupt_at.filter(|_| !sent.load(Ordering::SeqCst));
@@ -581,6 +582,14 @@ impl GdbTarget {
                 Ok(Reply::Stop(s)) => return Ok(s),
                 Ok(other) => return Err(protocol(format!("unexpected resume reply {other:?}"))),
                 Err(TargetError::Timeout) if Instant::now() < deadline => {}
+                // The interrupt went out (from the waker) after this wait began: give the
+                // stop reply its full time from now, once.
+                Err(TargetError::Timeout)
+                    if !user_grace && super::interrupted(self.interrupt.as_ref()) =>
+                {
+                    user_grace = true;
+                    deadline = Instant::now() + patience;
+                }
                 Err(e) => return Err(e),
             }
         }
