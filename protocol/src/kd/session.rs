@@ -176,7 +176,7 @@ struct RttEstimator {
     min_rtt: Option<Duration>,
     /// Nanoseconds per byte on the wire, smoothed.
     per_byte_ns: u64,
-    /// Time-outs in a row: each doubles the timer, up to the ceiling.
+    /// Time-outs in a row since the last ACK: each doubles the timer, up to the ceiling.
     backoff: u32,
 }
 
@@ -412,6 +412,8 @@ impl Session {
                     let (rtt, len) = (now.saturating_sub(f.sent_at), f.len);
                     self.rtt.sample(rtt, len);
                 }
+                // An ACK shows the link alive: the back-off ends even without a sample.
+                self.rtt.backoff = 0;
                 self.in_flight = None;
                 self.next_id = match self.config.scheme {
                     IdScheme::Kdcom => (sent & !SYNC_PACKET_ID) ^ 1,

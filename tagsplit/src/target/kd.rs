@@ -44,7 +44,8 @@ pub const DEFAULT_ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
 /// wait ends this long after the last packet, acknowledgement or duplicate the target
 /// sent (a slow but live link keeps the wait going; a dead one ends it).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a reply to an idempotent request may be late before the request is sent again.
+/// How long the target may be silent, a reply to an idempotent request outstanding,
+/// before the request is sent again.
 pub const REPLY_RESEND: Duration = Duration::from_secs(1);
 /// The smallest memory transfer a KDCOM read shrinks to while packets keep failing.
 pub const MIN_KDCOM_TRANSFER: usize = 256;
@@ -228,15 +229,12 @@ impl Link {
     }
 }
 
-/// Requests that may be sent twice: they read, or write the same bytes again.
+/// Requests that may be sent twice: they read, or write the same bytes again, and their
+/// answers name the address they are for (so an answer to one cannot pass for another).
 fn idempotent(api: &ManipulateApi) -> bool {
     matches!(
         api,
-        ManipulateApi::ReadVirtualMemory(_)
-            | ManipulateApi::WriteVirtualMemory(_)
-            | ManipulateApi::GetVersion(..)
-            | ManipulateApi::ReadControlSpace(_)
-            | ManipulateApi::SearchMemory { .. }
+        ManipulateApi::ReadVirtualMemory(_) | ManipulateApi::WriteVirtualMemory(_)
     )
 }
 
@@ -293,7 +291,8 @@ pub struct KdTarget {
     stub: Option<KdStubHandle>,
     /// Set by the caller to break into a run ([`DebugTarget::set_interrupt`]).
     interrupt: Option<Interrupt>,
-    /// When the target was last heard from (a packet, an ACK or a duplicate).
+    /// When the target was last heard from (a packet, an ACK, a duplicate or a damaged
+    /// packet).
     last_heard: Instant,
     /// Damaged or repeated packets seen and packets of ours sent again, so far.
     troubles: u64,
@@ -471,7 +470,11 @@ impl KdTarget {
                     self.last_heard = Instant::now();
                     self.troubles += 1;
                 }
-                SessionEvent::Corrupt(_) => self.troubles += 1,
+                SessionEvent::Corrupt(_) => {
+                    // Damaged, but the target is alive and sending.
+                    self.last_heard = Instant::now();
+                    self.troubles += 1;
+                }
                 _ => {}
             }
         }
@@ -634,18 +637,25 @@ impl KdTarget {
             .retain(|(t, _)| *t != PacketType::StateManipulate);
         let retry = idempotent(api);
         let started = Instant::now();
+        let mut sent = started;
+        let mut send = true;
         loop {
-            let now = self.now();
-            self.link
-                .send(now, PacketType::StateManipulate, bytes.clone());
-            self.round_trips += 1;
+            if send {
+                sent = Instant::now();
+                let now = self.now();
+                self.link
+                    .send(now, PacketType::StateManipulate, bytes.clone());
+                self.round_trips += 1;
+            }
             // Give up after REQUEST_TIMEOUT without a word from the target (a live but
-            // lossy link keeps the request going); an idempotent request is sent again
-            // when its reply is late (the reply may have been lost after the target
-            // thought it delivered, say to a flipped type bit KDCOM does not checksum).
+            // lossy link keeps the request going). An idempotent request is sent again
+            // after REPLY_RESEND of silence: its reply may have been lost after the
+            // target thought it delivered (a flipped type bit, which KDCOM does not
+            // checksum, turns a reply into debug output).
             let give_up = started.max(self.last_heard) + REQUEST_TIMEOUT;
+            let quiet_until = sent.max(self.last_heard) + REPLY_RESEND;
             let wait_until = if retry {
-                give_up.min(Instant::now() + REPLY_RESEND)
+                give_up.min(quiet_until)
             } else {
                 give_up
             };
@@ -654,13 +664,19 @@ impl KdTarget {
                     && Manipulate::parse(p).is_ok_and(|m| answers(api, &m))
             }) {
                 Ok((_, payload)) => {
+                    // A second answer to a copy sent again arrives before the answer to
+                    // the next request (the target answers in order), and the next
+                    // request drops it from the inbox before it is sent.
                     return Manipulate::parse(&payload)
                         .map_err(|e| TargetError::Protocol(e.to_string()));
                 }
                 Err(TargetError::Timeout)
-                    if retry && Instant::now() < started.max(self.last_heard) + REQUEST_TIMEOUT =>
+                    if Instant::now() < started.max(self.last_heard) + REQUEST_TIMEOUT =>
                 {
-                    tracing::debug!("kd: no reply to {:?} yet, sending it again", api.number());
+                    send = retry && Instant::now() >= sent.max(self.last_heard) + REPLY_RESEND;
+                    if send {
+                        tracing::debug!("kd: no reply to {:?}, sending it again", api.number());
+                    }
                 }
                 Err(e) => return Err(e),
             }
