@@ -356,3 +356,30 @@ fn the_retry_timer_has_a_floor() {
     assert_eq!(dbg.smoothed_rtt(), Some(Duration::ZERO));
     assert_eq!(dbg.retry_timer(8), cfg.min_retry_timeout);
 }
+
+#[test]
+fn a_packet_whose_type_does_not_match_its_payload_is_refused() {
+    let cfg = SessionConfig {
+        check_payloads: true,
+        ..SessionConfig::kdcom(Role::Debugger)
+    };
+    let mut dbg = Session::new(cfg);
+    // A manipulate reply (API 0x3130) whose type field says debug I/O, as one flipped
+    // header bit makes it: RESEND, no ACK, no packet.
+    let mut payload = vec![0u8; 56];
+    payload[..4].copy_from_slice(&0x3130u32.to_le_bytes());
+    let forged =
+        tagsplit_protocol::kd::Repr::data(PacketType::DebugIo, 0x8080_0000, payload.clone());
+    dbg.handle_bytes(Duration::ZERO, &forged.to_kdcom_bytes());
+    assert!(matches!(dbg.poll_event(), Some(SessionEvent::Corrupt(_))));
+    assert_eq!(dbg.poll_event(), None);
+    let resend = tagsplit_protocol::kd::Repr::control(PacketType::Resend, 0).to_kdcom_bytes();
+    assert_eq!(dbg.poll_transmit(), Some(resend));
+    // The same payload under its own type is delivered.
+    let good = tagsplit_protocol::kd::Repr::data(PacketType::StateManipulate, 0x8080_0000, payload);
+    dbg.handle_bytes(Duration::ZERO, &good.to_kdcom_bytes());
+    assert!(matches!(
+        dbg.poll_event(),
+        Some(SessionEvent::Packet { .. })
+    ));
+}

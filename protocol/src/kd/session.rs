@@ -62,6 +62,11 @@ pub struct SessionConfig {
     pub min_retry_timeout: Duration,
     /// The adaptive timer's ceiling (also caps the back-off after time-outs).
     pub max_retry_timeout: Duration,
+    /// Refuse (RESEND, no ACK) a data packet whose payload does not start with an API
+    /// number of its packet type (state change, manipulate, debug I/O, file I/O) or that
+    /// carries a control type. KDCOM's checksum covers the payload only, so one flipped
+    /// bit in the header can turn a reply into debug output; this catches that.
+    pub check_payloads: bool,
 }
 
 impl SessionConfig {
@@ -74,6 +79,7 @@ impl SessionConfig {
             max_retries: 20,
             min_retry_timeout: MIN_RETRY_TIMEOUT,
             max_retry_timeout: MAX_RETRY_TIMEOUT,
+            check_payloads: false,
         }
     }
 
@@ -441,6 +447,13 @@ impl Session {
     }
 
     fn handle_data(&mut self, repr: Repr) {
+        if self.config.check_payloads && !plausible(repr.packet_type, &repr.payload) {
+            self.corrupt(format!(
+                "{} packet whose payload is of another type",
+                repr.packet_type.name()
+            ));
+            return;
+        }
         let id = repr.id;
         let ack = match self.config.scheme {
             IdScheme::Kdcom => id & !SYNC_PACKET_ID,
@@ -542,6 +555,20 @@ impl Session {
         self.stats.bytes_sent = self.stats.bytes_sent.saturating_add(bytes.len() as u64);
         self.transmit.push_back(bytes);
     }
+}
+
+/// Whether a data packet's payload starts with an API number of its type (types without
+/// a known API range pass; control types never carry data).
+fn plausible(ty: PacketType, payload: &[u8]) -> bool {
+    let range = match ty {
+        PacketType::StateChange64 => 0x3030..=0x30ff,
+        PacketType::StateManipulate => 0x3130..=0x31ff,
+        PacketType::DebugIo => 0x3230..=0x32ff,
+        PacketType::FileIo => 0x3430..=0x34ff,
+        PacketType::Acknowledge | PacketType::Resend | PacketType::Reset => return false,
+        _ => return true,
+    };
+    payload.len() >= 4 && range.contains(&le::u32_at(payload, 0))
 }
 
 fn frame(scheme: IdScheme, repr: &Repr) -> Vec<u8> {

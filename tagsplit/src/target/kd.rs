@@ -359,6 +359,7 @@ impl KdnetListener {
         cfg.session = SessionConfig {
             retry_timeout: Duration::from_millis(200),
             max_retries: 50,
+            check_payloads: true,
             ..SessionConfig::kdnet(Role::Debugger)
         };
         let endpoint = Endpoint::new(cfg, Duration::ZERO);
@@ -380,6 +381,7 @@ impl KdTarget {
         let session = Session::new(SessionConfig {
             retry_timeout: Duration::from_millis(500),
             max_retries: 20,
+            check_payloads: true,
             ..SessionConfig::kdcom(Role::Debugger)
         });
         KdTarget::attach(
