@@ -273,3 +273,113 @@ fn retries_run_out() {
     ));
     assert!(now >= Duration::from_millis(400));
 }
+
+/// Sends one packet from `a` at `at`, lets `b` ACK it `rtt` later.
+fn one_round_trip(a: &mut Session, b: &mut Session, at: Duration, rtt: Duration, len: usize) {
+    a.send(at, PacketType::StateManipulate, vec![0x55; len]);
+    while let Some(bytes) = a.poll_transmit() {
+        b.handle_bytes(at, &bytes);
+    }
+    while let Some(bytes) = b.poll_transmit() {
+        a.handle_bytes(at + rtt, &bytes);
+    }
+    while a.poll_event().is_some() {}
+    while b.poll_event().is_some() {}
+    assert!(a.is_idle());
+}
+
+#[test]
+fn the_retry_timer_adapts_to_the_round_trip_and_backs_off() {
+    let cfg = SessionConfig::kdcom(Role::Debugger);
+    let mut dbg = Session::new(cfg);
+    let mut tgt = Session::new(SessionConfig::kdcom(Role::Target));
+    assert_eq!(dbg.retry_timer(100), cfg.retry_timeout);
+    let mut now = Duration::ZERO;
+    for _ in 0..20 {
+        one_round_trip(&mut dbg, &mut tgt, now, Duration::from_millis(40), 16);
+        now += Duration::from_millis(100);
+    }
+    let srtt = dbg.smoothed_rtt().unwrap();
+    assert!(
+        srtt >= Duration::from_millis(30) && srtt <= Duration::from_millis(45),
+        "{srtt:?}"
+    );
+    let t = dbg.retry_timer(16);
+    assert!(
+        t >= Duration::from_millis(40) && t < cfg.retry_timeout,
+        "{t:?}"
+    );
+    // Large packets that take longer on the wire teach the per-byte time: a large
+    // packet gets a longer timer than a small one.
+    for _ in 0..20 {
+        one_round_trip(&mut dbg, &mut tgt, now, Duration::from_millis(440), 4000);
+        now += Duration::from_secs(1);
+    }
+    assert!(
+        dbg.retry_timer(4000) >= Duration::from_millis(300),
+        "{:?}",
+        dbg.retry_timer(4000)
+    );
+    assert!(dbg.retry_timer(16) < dbg.retry_timer(4000));
+    // Time-outs double the timer up to the ceiling.
+    dbg.send(now, PacketType::StateManipulate, vec![1; 16]);
+    let mut last = Duration::ZERO;
+    for _ in 0..10 {
+        let at = dbg.poll_timeout().unwrap();
+        let timer = at - now;
+        assert!(timer >= last.min(cfg.max_retry_timeout) && timer <= cfg.max_retry_timeout);
+        last = timer;
+        now = at;
+        dbg.handle_timeout(now);
+    }
+    assert_eq!(last, cfg.max_retry_timeout);
+}
+
+#[test]
+fn the_retry_timer_has_a_floor() {
+    let cfg = SessionConfig::kdnet(Role::Debugger);
+    let mut dbg = Session::new(cfg);
+    let mut tgt = Session::new(SessionConfig::kdnet(Role::Target));
+    let mut now = Duration::ZERO;
+    for _ in 0..10 {
+        dbg.send(now, PacketType::StateManipulate, vec![7; 8]);
+        while let Some(p) = dbg.poll_transmit() {
+            tgt.handle_packet(now, &p);
+        }
+        while let Some(p) = tgt.poll_transmit() {
+            dbg.handle_packet(now, &p);
+        }
+        while dbg.poll_event().is_some() {}
+        while tgt.poll_event().is_some() {}
+        now += Duration::from_millis(1);
+    }
+    assert_eq!(dbg.smoothed_rtt(), Some(Duration::ZERO));
+    assert_eq!(dbg.retry_timer(8), cfg.min_retry_timeout);
+}
+
+#[test]
+fn a_packet_whose_type_does_not_match_its_payload_is_refused() {
+    let cfg = SessionConfig {
+        check_payloads: true,
+        ..SessionConfig::kdcom(Role::Debugger)
+    };
+    let mut dbg = Session::new(cfg);
+    // A manipulate reply (API 0x3130) whose type field says debug I/O, as one flipped
+    // header bit makes it: RESEND, no ACK, no packet.
+    let mut payload = vec![0u8; 56];
+    payload[..4].copy_from_slice(&0x3130u32.to_le_bytes());
+    let forged =
+        tagsplit_protocol::kd::Repr::data(PacketType::DebugIo, 0x8080_0000, payload.clone());
+    dbg.handle_bytes(Duration::ZERO, &forged.to_kdcom_bytes());
+    assert!(matches!(dbg.poll_event(), Some(SessionEvent::Corrupt(_))));
+    assert_eq!(dbg.poll_event(), None);
+    let resend = tagsplit_protocol::kd::Repr::control(PacketType::Resend, 0).to_kdcom_bytes();
+    assert_eq!(dbg.poll_transmit(), Some(resend));
+    // The same payload under its own type is delivered.
+    let good = tagsplit_protocol::kd::Repr::data(PacketType::StateManipulate, 0x8080_0000, payload);
+    dbg.handle_bytes(Duration::ZERO, &good.to_kdcom_bytes());
+    assert!(matches!(
+        dbg.poll_event(),
+        Some(SessionEvent::Packet { .. })
+    ));
+}

@@ -25,7 +25,9 @@
 //! - `sim` (default): the simulator — the `sim:` backend, the GDB and KD loopback helpers
 //!   (`serve_scenario`, `console_monitor`, `KdTarget::loopback`).
 //! - `cli` (default, implies `sim`): the `tagsplit` binary and the crates only it needs
-//!   (clap, indicatif, ctrlc, anyhow, tracing-subscriber).
+//!   (clap, indicatif, ctrlc, anyhow, tracing-subscriber); it implies `impair`.
+//! - `impair` (with `cli`): `relay`, the relay that puts a seeded lossy, corrupting,
+//!   slow link (`tagsplit_protocol::impair`) between two real peers.
 //!
 //! With `default-features = false` the crate builds without the simulator, the CLI crates
 //! or an async runtime: a debugger tool over GDB, KD or a target of its own.
@@ -63,6 +65,8 @@ pub mod disasm;
 pub mod pe;
 pub mod pool;
 pub mod pooltag;
+#[cfg(feature = "impair")]
+pub mod relay;
 pub mod split;
 pub mod target;
 

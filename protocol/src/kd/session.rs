@@ -23,6 +23,11 @@ use super::packet::{Leader, PacketType, Repr};
 use super::stream::{StreamDecoder, StreamEvent};
 use super::{BREAKIN_PACKET_BYTE, INITIAL_PACKET_ID, KdError, SYNC_PACKET_ID, le};
 
+/// The default floor of the adaptive retransmission timer.
+pub const MIN_RETRY_TIMEOUT: Duration = Duration::from_millis(25);
+/// The default ceiling of the adaptive retransmission timer.
+pub const MAX_RETRY_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Which end of the wire this session is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -48,7 +53,8 @@ pub struct SessionConfig {
     pub role: Role,
     /// The id scheme (and framing).
     pub scheme: IdScheme,
-    /// How long to wait for an ACK before sending again.
+    /// How long to wait for an ACK before sending again, until a round trip has been
+    /// measured; from then on the timer adapts (see [`Session::retry_timer`]).
     pub retry_timeout: Duration,
     /// How many times a packet is re-sent before it is given up.
     pub max_retries: u32,
@@ -57,6 +63,15 @@ pub struct SessionConfig {
     /// acknowledges the answers cannot grow the queue; a well-behaved one waits for each
     /// answer, so the queue holds a few packets at most.
     pub max_queued: usize,
+    /// The adaptive timer's floor.
+    pub min_retry_timeout: Duration,
+    /// The adaptive timer's ceiling (also caps the back-off after time-outs).
+    pub max_retry_timeout: Duration,
+    /// Refuse (RESEND, no ACK) a data packet whose payload does not start with an API
+    /// number of its packet type (state change, manipulate, debug I/O, file I/O) or that
+    /// carries a control type. KDCOM's checksum covers the payload only, so one flipped
+    /// bit in the header can turn a reply into debug output; this catches that.
+    pub check_payloads: bool,
 }
 
 /// The default [`SessionConfig::max_queued`].
@@ -71,6 +86,9 @@ impl SessionConfig {
             retry_timeout: Duration::from_millis(500),
             max_retries: 20,
             max_queued: DEFAULT_MAX_QUEUED,
+            min_retry_timeout: MIN_RETRY_TIMEOUT,
+            max_retry_timeout: MAX_RETRY_TIMEOUT,
+            check_payloads: false,
         }
     }
 
@@ -157,6 +175,66 @@ struct InFlight {
     repr: Repr,
     deadline: Duration,
     retries: u32,
+    /// When it was first sent (a round-trip sample is taken only for a packet that was
+    /// never sent again, as Karn's algorithm says).
+    sent_at: Duration,
+    /// Its size on the wire.
+    len: usize,
+}
+
+/// The round-trip estimate behind the retransmission timer: TCP's smoothed round trip
+/// and its variation (RFC 6298) over the base latency, plus a per-byte time learned
+/// from how much longer large packets take than the quickest round trip seen, so a
+/// large packet on a slow link gets the time its bytes need.
+#[derive(Clone, Debug, Default)]
+struct RttEstimator {
+    srtt: Option<Duration>,
+    rttvar: Duration,
+    min_rtt: Option<Duration>,
+    /// Nanoseconds per byte on the wire, smoothed.
+    per_byte_ns: u64,
+    /// Time-outs in a row since the last ACK: each doubles the timer, up to the ceiling.
+    backoff: u32,
+}
+
+impl RttEstimator {
+    fn sample(&mut self, rtt: Duration, len: usize) {
+        let len64 = u64::try_from(len.max(1)).unwrap_or(u64::MAX);
+        let min = self.min_rtt.map_or(rtt, |m| m.min(rtt));
+        self.min_rtt = Some(min);
+        let extra = u64::try_from(rtt.saturating_sub(min).as_nanos()).unwrap_or(u64::MAX);
+        let per_byte = extra / len64;
+        self.per_byte_ns = self.per_byte_ns - self.per_byte_ns / 8 + per_byte / 8;
+        let base = rtt.saturating_sub(Duration::from_nanos(self.per_byte_ns.saturating_mul(len64)));
+        match self.srtt {
+            None => {
+                self.srtt = Some(base);
+                self.rttvar = base / 2;
+            }
+            Some(srtt) => {
+                let err = srtt.abs_diff(base);
+                self.rttvar = self.rttvar * 3 / 4 + err / 4;
+                self.srtt = Some(srtt * 7 / 8 + base / 8);
+            }
+        }
+        self.backoff = 0;
+    }
+
+    fn timer(&self, config: &SessionConfig, len: usize) -> Duration {
+        let base = match self.srtt {
+            None => config.retry_timeout,
+            Some(srtt) => {
+                let len64 = u64::try_from(len).unwrap_or(u64::MAX);
+                srtt.saturating_add((self.rttvar * 4).max(Duration::from_millis(1)))
+                    .saturating_add(Duration::from_nanos(self.per_byte_ns.saturating_mul(len64)))
+            }
+        };
+        let backed_off = base.saturating_mul(1u32 << self.backoff.min(16));
+        backed_off.clamp(
+            config.min_retry_timeout,
+            config.max_retry_timeout.max(config.min_retry_timeout),
+        )
+    }
 }
 
 /// A KD session (one end).
@@ -173,6 +251,7 @@ pub struct Session {
     events: VecDeque<SessionEvent>,
     reset_sent: bool,
     stats: SessionStats,
+    rtt: RttEstimator,
 }
 
 impl Session {
@@ -190,7 +269,22 @@ impl Session {
             events: VecDeque::new(),
             reset_sent: false,
             stats: SessionStats::default(),
+            rtt: RttEstimator::default(),
         }
+    }
+
+    /// The retransmission timer for a packet of `len` bytes now: the configured
+    /// `retry_timeout` until a round trip is measured, then the smoothed round trip plus
+    /// four times its variation plus the time `len` bytes take on the link as measured,
+    /// doubled for each time-out in a row, within `min_retry_timeout` and
+    /// `max_retry_timeout`.
+    pub fn retry_timer(&self, len: usize) -> Duration {
+        self.rtt.timer(&self.config, len)
+    }
+
+    /// The smoothed round trip, once one has been measured.
+    pub fn smoothed_rtt(&self) -> Option<Duration> {
+        self.rtt.srtt
     }
 
     /// The configuration.
@@ -319,6 +413,7 @@ impl Session {
             self.pump(now);
             return;
         }
+        self.rtt.backoff = self.rtt.backoff.saturating_add(1);
         self.resend_in_flight(now, false);
     }
 
@@ -349,6 +444,12 @@ impl Session {
                 if !matches {
                     return;
                 }
+                if f.retries == 0 {
+                    let (rtt, len) = (now.saturating_sub(f.sent_at), f.len);
+                    self.rtt.sample(rtt, len);
+                }
+                // An ACK shows the link alive: the back-off ends even without a sample.
+                self.rtt.backoff = 0;
                 self.in_flight = None;
                 self.next_id = match self.config.scheme {
                     IdScheme::Kdcom => (sent & !SYNC_PACKET_ID) ^ 1,
@@ -376,6 +477,13 @@ impl Session {
     }
 
     fn handle_data(&mut self, repr: Repr) {
+        if self.config.check_payloads && !plausible(repr.packet_type, &repr.payload) {
+            self.corrupt(format!(
+                "{} packet whose payload is of another type",
+                repr.packet_type.name()
+            ));
+            return;
+        }
         let id = repr.id;
         let ack = match self.config.scheme {
             IdScheme::Kdcom => id & !SYNC_PACKET_ID,
@@ -430,7 +538,10 @@ impl Session {
 
     fn resend_in_flight(&mut self, now: Duration, renumber: bool) {
         let next_id = self.next_id;
-        let timeout = self.config.retry_timeout;
+        let Some(len) = self.in_flight.as_ref().map(|f| f.len) else {
+            return;
+        };
+        let timeout = self.retry_timer(len);
         let Some(f) = self.in_flight.as_mut() else {
             return;
         };
@@ -453,10 +564,13 @@ impl Session {
         };
         let repr = Repr::data(packet_type, self.next_id, payload);
         let bytes = frame(self.config.scheme, &repr);
+        let len = bytes.len();
         self.in_flight = Some(InFlight {
             repr,
-            deadline: now.saturating_add(self.config.retry_timeout),
+            deadline: now.saturating_add(self.retry_timer(len)),
             retries: 0,
+            sent_at: now,
+            len,
         });
         self.push_transmit(bytes);
     }
@@ -471,6 +585,20 @@ impl Session {
         self.stats.bytes_sent = self.stats.bytes_sent.saturating_add(bytes.len() as u64);
         self.transmit.push_back(bytes);
     }
+}
+
+/// Whether a data packet's payload starts with an API number of its type (types without
+/// a known API range pass; control types never carry data).
+fn plausible(ty: PacketType, payload: &[u8]) -> bool {
+    let range = match ty {
+        PacketType::StateChange64 => 0x3030..=0x30ff,
+        PacketType::StateManipulate => 0x3130..=0x31ff,
+        PacketType::DebugIo => 0x3230..=0x32ff,
+        PacketType::FileIo => 0x3430..=0x34ff,
+        PacketType::Acknowledge | PacketType::Resend | PacketType::Reset => return false,
+        _ => return true,
+    };
+    payload.len() >= 4 && range.contains(&le::u32_at(payload, 0))
 }
 
 fn frame(scheme: IdScheme, repr: &Repr) -> Vec<u8> {

@@ -127,6 +127,7 @@ impl StubConfig {
         SessionConfig {
             retry_timeout: self.retry_timeout,
             max_retries: self.max_retries,
+            check_payloads: true,
             ..base
         }
     }

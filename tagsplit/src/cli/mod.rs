@@ -3,6 +3,7 @@
 mod console;
 mod decode;
 mod demo;
+mod relay;
 mod restore;
 mod run;
 mod scenarios;
@@ -41,6 +42,8 @@ pub enum Command {
     Decode(decode::Args),
     /// Serve a simulated machine over the GDB remote protocol, KDNET or KDCOM.
     Serve(serve::Args),
+    /// Relay TCP or UDP between two peers through a seeded lossy, corrupting, slow link.
+    Relay(relay::Args),
 }
 
 impl Command {
@@ -54,6 +57,7 @@ impl Command {
             Command::Scenarios(a) => scenarios::execute(a),
             Command::Decode(a) => decode::execute(a),
             Command::Serve(a) => serve::execute(a),
+            Command::Relay(a) => relay::execute(a),
         }
     }
 }

@@ -60,7 +60,9 @@ const PACKET_OVERHEAD: usize = 32;
 pub struct GdbOptions {
     /// How long one reply may take (runs wait for their length plus this).
     pub timeout: Duration,
-    /// Whether to ask for no-ack mode when the stub offers it.
+    /// Whether to ask for no-ack mode when the stub offers it. Keep ack mode (`false`) on a
+    /// link that may corrupt or lose bytes (a serial line, a lossy relay): damaged packets
+    /// are then sent again, and late replies asked for again.
     pub no_ack: bool,
 }
 
@@ -71,6 +73,27 @@ impl Default for GdbOptions {
             no_ack: true,
         }
     }
+}
+
+/// How late a reply to an idempotent command may be, in ack mode, before it is asked
+/// for again.
+pub const REPLY_NUDGE: Duration = Duration::from_millis(500);
+
+/// Commands that may be sent twice: they read, or write the same bytes again.
+fn idempotent(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::ReadMemory { .. }
+            | Command::ReadMemoryBinary { .. }
+            | Command::WriteMemory { .. }
+            | Command::WriteMemoryBinary { .. }
+            | Command::SearchMemory { .. }
+            | Command::ReadRegisters
+            | Command::ReadRegister(_)
+            | Command::XferRead { .. }
+            | Command::HaltReason
+            | Command::QSupported(_)
+    )
 }
 
 /// What the stub offered, and what turned out to be missing.
@@ -109,6 +132,8 @@ pub struct GdbTarget {
     buf: Vec<u8>,
     detached: bool,
     interrupt: Option<Interrupt>,
+    /// Late replies asked for again, and commands sent again.
+    nudges: u64,
 }
 
 /// The RSP interrupt byte (Ctrl-C), sent while the target runs.
@@ -170,6 +195,7 @@ impl GdbTarget {
             buf: vec![0u8; 0x10000],
             detached: false,
             interrupt: None,
+            nudges: 0,
         };
         t.handshake()?;
         Ok(t)
@@ -271,11 +297,44 @@ impl GdbTarget {
     }
 
     /// Sends one command and waits for its reply (console output is collected).
+    ///
+    /// In ack mode (a link that may corrupt, see [`GdbOptions::no_ack`]) a reply that is
+    /// [`REPLY_NUDGE`] late to an idempotent command is asked for again with a `-` (the
+    /// stub re-sends a reply it has not seen acknowledged, and a `$` resyncs framing
+    /// after a lost byte); if it is still late the command itself is sent again (it may
+    /// have lost a byte on the way). The request fails after `timeout` in all.
     pub fn request(&mut self, cmd: &Command) -> Result<Reply, TargetError> {
         self.output.clear();
         self.session.send(cmd);
         self.write_out()?;
-        self.wait_reply(Instant::now() + self.options.timeout)
+        let deadline = Instant::now() + self.options.timeout;
+        if !self.session.ack_mode() || !idempotent(cmd) {
+            return self.wait_reply(deadline);
+        }
+        let mut nudges = 0u32;
+        loop {
+            let step = (Instant::now() + REPLY_NUDGE).min(deadline);
+            match self.wait_reply(step) {
+                Err(TargetError::Timeout) if Instant::now() < deadline => {
+                    nudges += 1;
+                    self.nudges += 1;
+                    if nudges % 2 == 1 {
+                        tracing::debug!("gdb: reply late, asking for it again");
+                        self.stream.write_all(b"-")?;
+                    } else {
+                        tracing::debug!("gdb: reply still late, sending the command again");
+                        self.session.send(cmd);
+                        self.write_out()?;
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// How many times a late reply was asked for again or its command re-sent.
+    pub fn nudges(&self) -> u64 {
+        self.nudges
     }
 
     /// Runs a `monitor` command and returns its output.

@@ -40,8 +40,15 @@ use crate::VirtAddr;
 
 /// How long to wait for the target to attach, by default.
 pub const DEFAULT_ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long to wait for a reply to a request.
+/// How long to wait for a reply to a request while nothing is heard from the target: a
+/// wait ends this long after the last packet, acknowledgement or duplicate the target
+/// sent (a slow but live link keeps the wait going; a dead one ends it).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the target may be silent, a reply to an idempotent request outstanding,
+/// before the request is sent again.
+pub const REPLY_RESEND: Duration = Duration::from_secs(1);
+/// The smallest memory transfer a KDCOM read shrinks to while packets keep failing.
+pub const MIN_KDCOM_TRANSFER: usize = 256;
 
 enum Link {
     Kdcom {
@@ -222,6 +229,27 @@ impl Link {
     }
 }
 
+/// Requests that may be sent twice: they read, or write the same bytes again, and their
+/// answers name the address they are for (so an answer to one cannot pass for another).
+fn idempotent(api: &ManipulateApi) -> bool {
+    matches!(
+        api,
+        ManipulateApi::ReadVirtualMemory(_) | ManipulateApi::WriteVirtualMemory(_)
+    )
+}
+
+/// Whether `reply` answers the request `api`: the same API, and for a memory transfer
+/// the same address.
+fn answers(api: &ManipulateApi, reply: &Manipulate) -> bool {
+    match (api, reply.api()) {
+        (ManipulateApi::ReadVirtualMemory(a), ManipulateApi::ReadVirtualMemory(b))
+        | (ManipulateApi::WriteVirtualMemory(a), ManipulateApi::WriteVirtualMemory(b)) => {
+            a.address == b.address
+        }
+        (a, b) => a.number() == b.number(),
+    }
+}
+
 /// A read that timed out, or that a signal interrupted (EINTR): no data this time, try
 /// again; never an error.
 fn is_timeout(e: &std::io::Error) -> bool {
@@ -263,6 +291,14 @@ pub struct KdTarget {
     stub: Option<KdStubHandle>,
     /// Set by the caller to break into a run ([`DebugTarget::set_interrupt`]).
     interrupt: Option<Interrupt>,
+    /// When the target was last heard from (a packet, an ACK, a duplicate or a damaged
+    /// packet).
+    last_heard: Instant,
+    /// Damaged or repeated packets seen and packets of ours sent again, so far.
+    troubles: u64,
+    /// The size of a read request: KDCOM halves it while packets keep failing (a large
+    /// packet is more likely hit by a bit error) and doubles it back on success.
+    transfer: usize,
 }
 
 impl std::fmt::Debug for KdTarget {
@@ -323,6 +359,7 @@ impl KdnetListener {
         cfg.session = SessionConfig {
             retry_timeout: Duration::from_millis(200),
             max_retries: 50,
+            check_payloads: true,
             ..SessionConfig::kdnet(Role::Debugger)
         };
         let endpoint = Endpoint::new(cfg, Duration::ZERO);
@@ -344,6 +381,7 @@ impl KdTarget {
         let session = Session::new(SessionConfig {
             retry_timeout: Duration::from_millis(500),
             max_retries: 20,
+            check_payloads: true,
             ..SessionConfig::kdcom(Role::Debugger)
         });
         KdTarget::attach(
@@ -377,6 +415,9 @@ impl KdTarget {
             #[cfg(feature = "sim")]
             stub: None,
             interrupt: None,
+            last_heard: Instant::now(),
+            troubles: 0,
+            transfer: MAX_TRANSFER,
         };
         t.wait_stop(Instant::now() + timeout, false)?;
         // What the target is, and whether it understands tagsplit's run limit.
@@ -422,6 +463,23 @@ impl KdTarget {
     fn pump(&mut self, wait: Duration) -> Result<(), TargetError> {
         let start = self.start;
         let events = self.link.pump(move || start.elapsed(), wait)?;
+        for ev in &events {
+            match ev {
+                SessionEvent::Packet { .. } | SessionEvent::Acknowledged { .. } => {
+                    self.last_heard = Instant::now();
+                }
+                SessionEvent::Duplicate { .. } => {
+                    self.last_heard = Instant::now();
+                    self.troubles += 1;
+                }
+                SessionEvent::Corrupt(_) => {
+                    // Damaged, but the target is alive and sending.
+                    self.last_heard = Instant::now();
+                    self.troubles += 1;
+                }
+                _ => {}
+            }
+        }
         for ev in events {
             match ev {
                 SessionEvent::Packet {
@@ -575,23 +633,64 @@ impl KdTarget {
             return Err(TargetError::Protocol("the target is running".into()));
         }
         let req = Manipulate::request(api, data);
-        let number = req.api_number();
-        let now = self.now();
-        self.link
-            .send(now, PacketType::StateManipulate, req.to_bytes());
-        self.round_trips += 1;
-        let (_, payload) = self.wait_for(Instant::now() + REQUEST_TIMEOUT, false, |t, p| {
-            t == PacketType::StateManipulate
-                && Manipulate::parse(p).is_ok_and(|m| m.api_number() == number)
-        })?;
-        Manipulate::parse(&payload).map_err(|e| TargetError::Protocol(e.to_string()))
+        let bytes = req.to_bytes();
+        // Replies to earlier requests (a re-sent one answered twice) are stale now.
+        self.inbox
+            .retain(|(t, _)| *t != PacketType::StateManipulate);
+        let retry = idempotent(api);
+        let started = Instant::now();
+        let mut sent = started;
+        let mut send = true;
+        loop {
+            if send {
+                sent = Instant::now();
+                let now = self.now();
+                self.link
+                    .send(now, PacketType::StateManipulate, bytes.clone());
+                self.round_trips += 1;
+            }
+            // Give up after REQUEST_TIMEOUT without a word from the target (a live but
+            // lossy link keeps the request going). An idempotent request is sent again
+            // after REPLY_RESEND of silence: its reply may have been lost after the
+            // target thought it delivered (a flipped type bit, which KDCOM does not
+            // checksum, turns a reply into debug output).
+            let give_up = started.max(self.last_heard) + REQUEST_TIMEOUT;
+            let quiet_until = sent.max(self.last_heard) + REPLY_RESEND;
+            let wait_until = if retry {
+                give_up.min(quiet_until)
+            } else {
+                give_up
+            };
+            match self.wait_for(wait_until, false, |t, p| {
+                t == PacketType::StateManipulate
+                    && Manipulate::parse(p).is_ok_and(|m| answers(api, &m))
+            }) {
+                Ok((_, payload)) => {
+                    // A second answer to a copy sent again arrives before the answer to
+                    // the next request (the target answers in order), and the next
+                    // request drops it from the inbox before it is sent.
+                    return Manipulate::parse(&payload)
+                        .map_err(|e| TargetError::Protocol(e.to_string()));
+                }
+                Err(TargetError::Timeout)
+                    if Instant::now() < started.max(self.last_heard) + REQUEST_TIMEOUT =>
+                {
+                    send = retry && Instant::now() >= sent.max(self.last_heard) + REPLY_RESEND;
+                    if send {
+                        tracing::debug!("kd: no reply to {:?}, sending it again", api.number());
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Reads with `ReadVirtualMemory` requests of at most [`MAX_TRANSFER`] bytes.
     fn read_uncached(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
         let mut done = 0usize;
         while done < buf.len() {
-            let want = (buf.len() - done).min(MAX_TRANSFER);
+            let want = (buf.len() - done).min(self.transfer);
+            let troubles = self.troubles + self.link.stats().retransmissions;
             let at = addr.get().wrapping_add(done as u64);
             let r = self.request(
                 &ManipulateApi::ReadVirtualMemory(MemoryTransfer {
@@ -605,6 +704,14 @@ impl KdTarget {
                 ManipulateApi::ReadVirtualMemory(t) => usize::try_from(t.actual).unwrap_or(0),
                 _ => 0,
             };
+            if matches!(self.link, Link::Kdcom { .. }) {
+                let failed = self.troubles + self.link.stats().retransmissions > troubles;
+                self.transfer = if failed {
+                    (self.transfer / 2).max(MIN_KDCOM_TRANSFER)
+                } else {
+                    self.transfer.saturating_mul(2).min(MAX_TRANSFER)
+                };
+            }
             let got = actual.min(r.data().len()).min(want);
             if let (Some(dst), Some(src)) = (buf.get_mut(done..done + got), r.data().get(..got)) {
                 dst.copy_from_slice(src);
