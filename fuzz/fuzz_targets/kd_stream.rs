@@ -1,29 +1,5 @@
+#![no_main]
 //! The KDCOM stream decoder on arbitrary bytes, fed in two chunks: no panic, bounded
 //! buffer, and the same events as one push.
-#![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use tagsplit_protocol::kd::{StreamDecoder, PACKET_MAX_SIZE};
-
-fn events(chunks: &[&[u8]]) -> Vec<tagsplit_protocol::kd::StreamEvent> {
-    let mut d = StreamDecoder::new();
-    let mut out = Vec::new();
-    for c in chunks {
-        d.push(c);
-        assert!(d.buffered() <= 16 + PACKET_MAX_SIZE + 1);
-        while let Some(e) = d.next_event() {
-            out.push(e);
-        }
-    }
-    d.finish();
-    while let Some(e) = d.next_event() {
-        out.push(e);
-    }
-    out
-}
-
-fuzz_target!(|data: &[u8]| {
-    let split = data.first().map_or(0, |&b| usize::from(b)).min(data.len());
-    let (a, b) = data.split_at(split);
-    assert_eq!(events(&[a, b]), events(&[data]));
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tagsplit_fuzz_targets::kd_stream::run(data));

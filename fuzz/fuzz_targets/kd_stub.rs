@@ -3,37 +3,4 @@
 //! the clock moving so retransmissions fire: no panic, bounded output, and a run always
 //! ends.
 
-use std::time::Duration;
-
-use libfuzzer_sys::fuzz_target;
-use tagsplit_protocol::kd::stub::{Stub, StubConfig};
-
-#[path = "tiny_target.rs"]
-mod tiny_target;
-use tiny_target::Tiny;
-
-fuzz_target!(|data: &[u8]| {
-    let mut target = Tiny::new();
-    let mut stub = Stub::kdcom(StubConfig {
-        banner: "fuzz\n".into(),
-        ..StubConfig::default()
-    });
-    let mut now = Duration::ZERO;
-    stub.attach(&mut target, now);
-    for chunk in data.chunks(13) {
-        now += Duration::from_millis(50);
-        stub.receive(&mut target, now, chunk);
-        stub.handle_timeout(&mut target, now);
-        for _ in 0..8 {
-            if stub.poll_run(&mut target, now).is_none() {
-                break;
-            }
-        }
-        let mut total = 0;
-        while let Some(out) = stub.poll_transmit() {
-            total += out.len();
-            assert!(total <= 1 << 20);
-        }
-    }
-    stub.disconnect(&mut target);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tagsplit_fuzz_targets::kd_stub::run(data));

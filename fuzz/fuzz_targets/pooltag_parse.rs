@@ -1,19 +1,4 @@
+#![no_main]
 //! Arbitrary text as pooltag.txt: parsing and lookups never panic.
 
-#![no_main]
-
-use libfuzzer_sys::fuzz_target;
-use tagsplit::PoolTag;
-use tagsplit::pooltag::PoolTagDb;
-
-fuzz_target!(|data: &[u8]| {
-    let db = PoolTagDb::parse(&String::from_utf8_lossy(data));
-    for tag in [*b"Leak", *b"Cc  ", *b"Afd1", *b"CM12"] {
-        let _ = db.describe(PoolTag::new(tag));
-    }
-    if let Some(head) = data.get(..4) {
-        let mut t = [0u8; 4];
-        t.copy_from_slice(head);
-        let _ = db.lookup(PoolTag::new(t));
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tagsplit_fuzz_targets::pooltag_parse::run(data));

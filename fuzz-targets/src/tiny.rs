@@ -7,6 +7,9 @@ use tagsplit_protocol::stub::{
     TargetError, X64Registers,
 };
 
+/// The target: 256 bytes of memory at address 0 (0xcc), one register file, and a run
+/// that stops at a breakpoint after three polls.
+#[derive(Debug)]
 pub struct Tiny {
     mem: [u8; 256],
     regs: X64Registers,
@@ -23,7 +26,9 @@ impl Target for Tiny {
         if n == 0 {
             return Err(TargetError::Fault);
         }
-        buf[..n].copy_from_slice(&src[..n]);
+        for (d, s) in buf.iter_mut().zip(src) {
+            *d = *s;
+        }
         Ok(n)
     }
     fn write_memory(&mut self, addr: u64, data: &[u8]) -> Result<(), TargetError> {
@@ -138,7 +143,14 @@ impl RunLimitOps for Tiny {
     fn set_run_limit(&mut self, _ticks: Option<u64>) {}
 }
 
+impl Default for Tiny {
+    fn default() -> Self {
+        Tiny::new()
+    }
+}
+
 impl Tiny {
+    /// A fresh target: memory all 0xcc, registers zero, stopped.
     pub fn new() -> Self {
         Tiny {
             mem: [0xcc; 256],
