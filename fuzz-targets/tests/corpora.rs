@@ -89,7 +89,10 @@ fn every_target_is_replayed_built_and_seeded() {
         .filter_map(|l| l.strip_suffix('"'))
         .filter(|n| *n != "tagsplit-fuzz")
         .collect();
-    assert_eq!(listed, bins, "TARGETS and fuzz/Cargo.toml's [[bin]]s differ");
+    assert_eq!(
+        listed, bins,
+        "TARGETS and fuzz/Cargo.toml's [[bin]]s differ"
+    );
 
     for name in &listed {
         let src = std::fs::read_to_string(fuzz_dir().join(format!("fuzz_targets/{name}.rs")))
@@ -100,10 +103,16 @@ fn every_target_is_replayed_built_and_seeded() {
         );
     }
     for kind in ["corpus", "regressions"] {
-        for dir in std::fs::read_dir(fuzz_dir().join(kind)).into_iter().flatten() {
+        for dir in std::fs::read_dir(fuzz_dir().join(kind))
+            .into_iter()
+            .flatten()
+        {
             let dir = dir.unwrap().file_name();
             let dir = dir.to_string_lossy();
-            assert!(listed.contains(dir.as_ref()), "fuzz/{kind}/{dir} has no target");
+            assert!(
+                listed.contains(dir.as_ref()),
+                "fuzz/{kind}/{dir} has no target"
+            );
         }
     }
 }
