@@ -16,11 +16,20 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use tagsplit_protocol::gdb::{frame, hex};
 
 /// Frames `payload` as `$payload#cs`.
 fn frame(payload: &str) -> Vec<u8> {
     let cs = payload.bytes().fold(0u8, |a, b| a.wrapping_add(b));
     format!("${payload}#{cs:02x}").into_bytes()
+}
+
+/// gdb 13.1's `qSupported`, which both stubs are primed with.
+const QSUPPORTED: &str = "qSupported:multiprocess+;swbreak+;hwbreak+;qRelocInsn+;fork-events+;vfork-events+;exec-events+;vContSupported+;QThreadEvents+;no-resumed+;memory-tagging+";
+
+/// `X addr,1:A` framed (binary data is framed as is).
+fn x_packet() -> Vec<u8> {
+    frame("X10000,1:A")
 }
 
 /// The packets both stubs are measured on: (name, packet bytes).
@@ -29,18 +38,24 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
         ("m addr,1", frame("m10000,1")),
         ("m addr,100", frame("m10000,100")),
         ("m addr,1000", frame("m10000,1000")),
+        ("m addr,1000 zeros", frame(&format!("m{ZERO_BASE:x},1000"))),
         ("g", frame("g")),
-        ("X addr,1", {
-            let mut p = b"X10000,1:".to_vec();
-            p.push(b'A');
-            let cs = p.iter().fold(0u8, |a, b| a.wrapping_add(*b));
-            let mut out = vec![b'$'];
-            out.extend_from_slice(&p);
-            out.extend_from_slice(format!("#{cs:02x}").as_bytes());
-            out
-        }),
+        ("?", frame("?")),
+        ("X addr,1", x_packet()),
+        ("Z0", frame("Z0,10010,1")),
+        ("vCont;c", frame("vCont;c")),
         ("unknown qZ", frame("qZ")),
     ]
+}
+
+/// Where the zero-filled half of the memory starts.
+const ZERO_BASE: u64 = MEM_BASE + (MEM_SIZE as u64) / 2;
+
+/// The memory both stubs serve: a pattern with few runs, then zeros.
+fn memory() -> Vec<u8> {
+    (0..MEM_SIZE)
+        .map(|i| if i < MEM_SIZE / 2 { (i * 7) as u8 } else { 0 })
+        .collect()
 }
 
 const MEM_BASE: u64 = 0x10000;
@@ -51,10 +66,14 @@ mod peer {
     use gdbstub::common::Signal;
     use gdbstub::conn::Connection;
     use gdbstub::stub::GdbStub;
+    use gdbstub::stub::SingleThreadStopReason;
     use gdbstub::stub::state_machine::GdbStubStateMachine;
     use gdbstub::target::ext::base::BaseOps;
     use gdbstub::target::ext::base::singlethread::{
         SingleThreadBase, SingleThreadResume, SingleThreadResumeOps,
+    };
+    use gdbstub::target::ext::breakpoints::{
+        Breakpoints, BreakpointsOps, SwBreakpoint, SwBreakpointOps,
     };
     use gdbstub::target::{Target, TargetResult};
     use gdbstub_arch::x86::X86_64_SSE;
@@ -92,6 +111,24 @@ mod peer {
         }
         fn guard_rail_implicit_sw_breakpoints(&self) -> bool {
             true
+        }
+        fn support_breakpoints(&mut self) -> Option<BreakpointsOps<'_, Self>> {
+            Some(self)
+        }
+    }
+
+    impl Breakpoints for FlatTarget {
+        fn support_sw_breakpoint(&mut self) -> Option<SwBreakpointOps<'_, Self>> {
+            Some(self)
+        }
+    }
+
+    impl SwBreakpoint for FlatTarget {
+        fn add_sw_breakpoint(&mut self, _addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+            Ok(true)
+        }
+        fn remove_sw_breakpoint(&mut self, _addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+            Ok(true)
         }
     }
 
@@ -140,7 +177,7 @@ mod peer {
     impl Peer {
         pub fn new() -> Peer {
             let mut target = FlatTarget {
-                mem: (0..MEM_SIZE).map(|i| (i * 7) as u8).collect(),
+                mem: super::memory(),
                 regs: X86_64CoreRegs::default(),
             };
             let stub = GdbStub::new(Sink(Vec::new()));
@@ -150,7 +187,7 @@ mod peer {
                 sm: Some(sm),
             };
             // Prime as gdb does.
-            p.feed(&super::frame("qSupported:multiprocess+;swbreak+;hwbreak+;qRelocInsn+;fork-events+;vfork-events+;exec-events+;vContSupported+;QThreadEvents+;no-resumed+;memory-tagging+"));
+            p.feed(&super::frame(super::QSUPPORTED));
             p.feed(b"+");
             p
         }
@@ -166,6 +203,12 @@ mod peer {
                     }
                     other => other,
                 };
+            }
+            // The target stops at once (as ours does): report it, which sends the reply.
+            if let GdbStubStateMachine::Running(s) = sm {
+                sm = s
+                    .report_stop(&mut self.target, SingleThreadStopReason::SwBreak(()))
+                    .unwrap();
             }
             let n = match &mut sm {
                 GdbStubStateMachine::Idle(s) => {
@@ -189,83 +232,161 @@ mod peer {
 }
 
 mod ours {
-    //! Our side: `ServerSession` (framing, acks, typed command parse, reply encoding) over
-    //! the same flat 64 KiB memory and register file, dispatched the way a stub does.
-    use tagsplit_protocol::gdb::{Command, Feature, Reply, ServerEvent, ServerSession};
+    //! Our side: the protocol's GDB stub core (`gdb::stub::Stub`: framing, acks, typed
+    //! command parse, dispatch, reply encoding) over the same flat 64 KiB memory and
+    //! register file; its replies are moved into one reused buffer, as a transport does.
+    use tagsplit_protocol::gdb::stub::{Stub, StubConfig};
+    use tagsplit_protocol::stub::{
+        BreakpointKind, BreakpointOps, Resume, RunState, StopReason, Target, TargetError,
+        X64Registers,
+    };
 
-    use super::{MEM_BASE, MEM_SIZE};
+    use super::MEM_BASE;
+
+    pub struct Flat {
+        mem: Vec<u8>,
+        regs: X64Registers,
+        running: bool,
+    }
+
+    impl Target for Flat {
+        fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<usize, TargetError> {
+            let off =
+                usize::try_from(addr.wrapping_sub(MEM_BASE)).map_err(|_| TargetError::Fault)?;
+            let src = self
+                .mem
+                .get(off..)
+                .filter(|s| !s.is_empty())
+                .ok_or(TargetError::Fault)?;
+            let n = src.len().min(buf.len());
+            buf[..n].copy_from_slice(&src[..n]);
+            Ok(n)
+        }
+        fn write_memory(&mut self, addr: u64, data: &[u8]) -> Result<(), TargetError> {
+            let off = addr.wrapping_sub(MEM_BASE) as usize;
+            self.mem
+                .get_mut(off..off + data.len())
+                .ok_or(TargetError::Fault)?
+                .copy_from_slice(data);
+            Ok(())
+        }
+        fn registers(&mut self) -> Result<X64Registers, TargetError> {
+            Ok(self.regs)
+        }
+        fn write_registers(&mut self, regs: &X64Registers) -> Result<(), TargetError> {
+            self.regs = *regs;
+            Ok(())
+        }
+        fn resume(&mut self, _how: Resume) -> Result<(), TargetError> {
+            self.running = true;
+            Ok(())
+        }
+        /// Stops at once, as the peer's target does (its stop is reported right away).
+        fn poll_run(&mut self) -> RunState {
+            self.running = false;
+            RunState::Stopped(StopReason::Breakpoint(MEM_BASE))
+        }
+        fn interrupt(&mut self) {
+            self.running = false;
+        }
+        fn support_breakpoints(&mut self) -> Option<&mut dyn BreakpointOps> {
+            Some(self)
+        }
+    }
+
+    impl BreakpointOps for Flat {
+        fn insert_breakpoint(
+            &mut self,
+            _addr: u64,
+            _kind: BreakpointKind,
+        ) -> Result<(), TargetError> {
+            Ok(())
+        }
+        fn remove_breakpoint(
+            &mut self,
+            _addr: u64,
+            _kind: BreakpointKind,
+        ) -> Result<(), TargetError> {
+            Ok(())
+        }
+    }
 
     pub struct Ours {
-        session: ServerSession,
-        mem: Vec<u8>,
-        regs: Vec<u8>,
+        stub: Stub,
+        target: Flat,
+        out: Vec<u8>,
     }
 
     impl Ours {
         pub fn new() -> Ours {
             let mut o = Ours {
-                session: ServerSession::default(),
-                mem: (0..MEM_SIZE).map(|i| (i * 7) as u8).collect(),
-                regs: vec![0; 536],
+                stub: Stub::new(StubConfig {
+                    packet_size: 0x2000 + 0x100,
+                    ..StubConfig::default()
+                }),
+                target: Flat {
+                    mem: super::memory(),
+                    regs: X64Registers::default(),
+                    running: false,
+                },
+                out: Vec::new(),
             };
-            o.feed(&super::frame("qSupported:multiprocess+;swbreak+;hwbreak+;qRelocInsn+;fork-events+;vfork-events+;exec-events+;vContSupported+;QThreadEvents+;no-resumed+;memory-tagging+"));
+            o.feed(&super::frame(super::QSUPPORTED));
             o.feed(b"+");
             o
         }
 
-        fn slice(&self, addr: u64, len: u64) -> Option<&[u8]> {
-            let off = usize::try_from(addr.checked_sub(MEM_BASE)?).ok()?;
-            let len = usize::try_from(len).ok()?;
-            self.mem.get(off..off.checked_add(len)?)
-        }
-
-        fn handle(&mut self, cmd: Command<'_>) -> Reply {
-            match cmd {
-                Command::QSupported(_) => Reply::Supported(vec![
-                    Feature::with_value("PacketSize", "1000"),
-                    Feature::supported("swbreak"),
-                ]),
-                Command::ReadRegisters => Reply::Hex(self.regs.clone()),
-                Command::ReadMemory { addr, len } => match self.slice(addr, len) {
-                    Some(b) => Reply::Hex(b.to_vec()),
-                    None => Reply::Error(0x0e),
-                },
-                Command::WriteMemoryBinary { addr, data } => {
-                    let off = addr.wrapping_sub(MEM_BASE) as usize;
-                    match self.mem.get_mut(off..off + data.len()) {
-                        Some(dst) => {
-                            dst.copy_from_slice(data);
-                            Reply::Ok
-                        }
-                        None => Reply::Error(0x0e),
-                    }
-                }
-                _ => Reply::Empty,
-            }
-        }
-
         /// Feeds bytes; returns the number of reply bytes produced.
         pub fn feed(&mut self, bytes: &[u8]) -> usize {
-            self.session.receive(bytes);
-            while let Some(ev) = self.session.poll_event() {
-                if let ServerEvent::Command(packet) = ev {
-                    let reply = self.handle(packet.command());
-                    self.session.send(&reply);
-                }
-            }
-            let mut n = 0;
-            while let Some(out) = self.session.poll_transmit() {
-                n += out.len();
-            }
+            let used = self.stub.receive(&mut self.target, bytes);
+            debug_assert_eq!(used, bytes.len());
+            while self.stub.poll_run(&mut self.target).is_some() {}
+            let n = self.stub.poll_transmit_into(&mut self.out);
+            self.out.clear();
             n
+        }
+
+        /// The last reply, for checking (feeds `bytes` and keeps what came back).
+        pub fn reply(&mut self, bytes: &[u8]) -> Vec<u8> {
+            let _ = self.stub.receive(&mut self.target, bytes);
+            while self.stub.poll_run(&mut self.target).is_some() {}
+            let mut out = Vec::new();
+            self.stub.poll_transmit_into(&mut out);
+            out
         }
     }
 }
 
+/// Our `m` replies carry exactly the memory (checked once, before timing).
+fn check_our_replies() {
+    let mut us = ours::Ours::new();
+    for (addr, len) in [(MEM_BASE, 0x1000usize), (ZERO_BASE, 0x1000), (MEM_BASE, 1)] {
+        let reply = us.reply(&frame(&format!("m{addr:x},{len:x}")));
+        // `+` (the ack), `$`, the body, `#cs`.
+        let body = &reply[2..reply.len() - 3];
+        let hex = frame::unescape(body, 1 << 16).unwrap();
+        let off = (addr - MEM_BASE) as usize;
+        assert!(
+            hex == hex::encode_hex(&memory()[off..off + len]),
+            "m{addr:x},{len:x}: the reply does not carry the memory"
+        );
+    }
+}
+
 fn bench_gdb(c: &mut Criterion) {
+    check_our_replies();
     let mut group = c.benchmark_group("gdb_stub_packet");
+    group.throughput(Throughput::Elements(1));
+    // The floor for a 4 KiB read: SIMD hex of the same 4 KiB, nothing else.
+    let src = memory()[..0x1000].to_vec();
+    let mut dst = vec![0u8; 0x2000];
+    group.bench_function("floor: faster-hex encode 4 KiB", |b| {
+        b.iter(|| {
+            faster_hex::hex_encode(black_box(&src), &mut dst).unwrap();
+            black_box(dst[0])
+        })
+    });
     for (name, pkt) in cases() {
-        group.throughput(Throughput::Elements(1));
         let mut us = ours::Ours::new();
         let mut peer = peer::Peer::new();
         let (ours_len, peer_len) = (us.feed(&pkt), peer.feed(&pkt));
@@ -283,10 +404,10 @@ fn bench_gdb(c: &mut Criterion) {
         });
     }
     // The small-packet cost after one large reply has dirtied the packet buffer.
-    let big = frame("m10000,100");
+    let big = frame("m10000,1000");
     for (name, pkt) in [
-        ("qZ after m 256B", frame("qZ")),
-        ("m addr,1 after m 256B", frame("m10000,1")),
+        ("qZ after m 4KiB", frame("qZ")),
+        ("m addr,1 after m 4KiB", frame("m10000,1")),
     ] {
         let mut us = ours::Ours::new();
         us.feed(&big);

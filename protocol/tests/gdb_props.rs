@@ -51,6 +51,23 @@ fn piece() -> impl Strategy<Value = Vec<u8>> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
+    /// The SIMD hex frame (hex, in-place run-length encoding, fused checksum) is byte for
+    /// byte the generic encoder's frame of the hex text, on data rich in runs and not.
+    #[test]
+    fn hex_frames_equal_the_generic_encoder(
+        data in prop::collection::vec(
+            prop_oneof![Just(0u8), Just(0x11), Just(0xaa), Just(0xa0), Just(0x0a), any::<u8>()],
+            0..700,
+        ),
+        rle in any::<bool>(),
+    ) {
+        let hex = tagsplit_protocol::gdb::hex::encode_hex(&data);
+        let want = frame::encode_packet(&hex, rle);
+        let mut got = b"junk".to_vec();
+        frame::encode_hex_packet_into(&data, rle, &mut got);
+        prop_assert_eq!(&got[4..], &want[..]);
+    }
+
     #[test]
     fn decoding_is_independent_of_chunking(
         pieces in prop::collection::vec(piece(), 0..12),

@@ -11,7 +11,7 @@
 use nom::Parser;
 use nom::branch::alt;
 use nom::bytes::{tag, take_while1};
-use nom::combinator::{all_consuming, map, opt, recognize, rest, value, verify};
+use nom::combinator::{all_consuming, map, opt, recognize, rest, value};
 use nom::multi::fold_many0;
 use nom::sequence::{preceded, separated_pair, terminated};
 
@@ -390,7 +390,7 @@ impl BreakpointType {
         }
     }
 
-    fn parser<'a>() -> impl Parser<In<'a>, Output = BreakpointType, Error = PErr<'a>> {
+    pub(crate) fn parser<'a>() -> impl Parser<In<'a>, Output = BreakpointType, Error = PErr<'a>> {
         alt((
             value(BreakpointType::Software, tag(&b"0"[..])),
             value(BreakpointType::Hardware, tag(&b"1"[..])),
@@ -444,7 +444,7 @@ pub struct ResumeAction {
 }
 
 impl ResumeAction {
-    fn parser<'a>() -> impl Parser<In<'a>, Output = ResumeAction, Error = PErr<'a>> {
+    pub(crate) fn parser<'a>() -> impl Parser<In<'a>, Output = ResumeAction, Error = PErr<'a>> {
         map(
             (
                 alt((
@@ -636,134 +636,136 @@ fn hex_data<'a>() -> impl Parser<In<'a>, Output = HexBytes<'a>, Error = PErr<'a>
     nom::combinator::map_opt(rest, HexBytes::hex)
 }
 
-fn command_parser<'a>() -> impl Parser<In<'a>, Output = Command<'a>, Error = PErr<'a>> {
-    let queries = alt((
-        map(
-            preceded(lit(b"qSupported"), opt(preceded(lit(b":"), rest))),
-            |f: Option<In<'a>>| Command::QSupported(Features::new(f.unwrap_or_default())),
-        ),
-        value(Command::MustReplyEmpty, lit(b"vMustReplyEmpty")),
-        value(Command::StartNoAckMode, lit(b"QStartNoAckMode")),
-        map(
-            preceded(lit(b"QTagsplit.RunLimit:"), hex_u64()),
-            Command::RunLimit,
-        ),
-        map(
+/// The name a `q`, `Q` or `v` packet is known by: up to its first `:`, `,`, `;` or `?`.
+fn packet_name(payload: &[u8]) -> &[u8] {
+    payload
+        .split(|&c| matches!(c, b':' | b',' | b';' | b'?'))
+        .next()
+        .unwrap_or_default()
+}
+
+/// The whole payload through `parser`, which must consume all of it.
+fn whole<'a, O>(
+    payload: In<'a>,
+    parser: impl Parser<In<'a>, Output = O, Error = PErr<'a>>,
+) -> Option<O> {
+    all_consuming(parser)
+        .parse_complete(payload)
+        .ok()
+        .map(|(_, o)| o)
+}
+
+/// `Z`/`z` arguments: `TYPE,ADDR,KIND[;cond...]`.
+fn breakpoint<'a>() -> impl Parser<In<'a>, Output = Breakpoint, Error = PErr<'a>> {
+    map(
+        terminated(
             (
-                preceded(lit(b"qXfer:"), take_while1(|c| c != b':')),
+                BreakpointType::parser(),
+                preceded(lit(b","), hex_u64()),
+                preceded(lit(b","), hex_u64()),
+            ),
+            // Conditions and commands (`;X...`) are accepted and ignored.
+            opt(preceded(lit(b";"), rest)),
+        ),
+        |(kind, addr, size)| Breakpoint { kind, addr, size },
+    )
+}
+
+/// Parses a known command: the first byte (and for `q`, `Q` and `v` packets the name)
+/// picks the one grammar that can match, so a packet costs one grammar, not a search
+/// through all of them. `None` when that grammar does not take the whole payload or no
+/// grammar is known for it.
+fn parse_known(payload: &[u8]) -> Option<Command<'_>> {
+    let (&first, args) = payload.split_first()?;
+    match first {
+        b'q' | b'Q' | b'v' => parse_named(payload),
+        b'c' => whole(args, opt(hex_u64())).map(Command::Continue),
+        b's' => whole(args, opt(hex_u64())).map(Command::Step),
+        b'D' => whole(args, opt(preceded(lit(b";"), hex_u64()))).map(Command::Detach),
+        b'k' => args.is_empty().then_some(Command::Kill),
+        b'?' => args.is_empty().then_some(Command::HaltReason),
+        b'H' => whole(
+            args,
+            (
+                alt((
+                    value(ThreadOp::General, lit(b"g")),
+                    value(ThreadOp::Continue, lit(b"c")),
+                )),
+                ThreadSel::parser(),
+            ),
+        )
+        .map(|(op, t)| Command::SetThread(op, t)),
+        b'g' => args.is_empty().then_some(Command::ReadRegisters),
+        b'G' => whole(args, hex_data()).map(Command::WriteRegisters),
+        b'p' => whole(args, hex_u32()).map(Command::ReadRegister),
+        b'P' => whole(args, separated_pair(hex_u32(), lit(b"="), hex_data()))
+            .map(|(reg, value)| Command::WriteRegister { reg, value }),
+        b'm' => whole(args, addr_len()).map(|(addr, len)| Command::ReadMemory { addr, len }),
+        b'x' => whole(args, addr_len()).map(|(addr, len)| Command::ReadMemoryBinary { addr, len }),
+        b'M' => whole(args, separated_pair(addr_len(), lit(b":"), hex_data()))
+            .filter(|((_, len), data)| *len == data.len() as u64)
+            .map(|((addr, _), data)| Command::WriteMemory { addr, data }),
+        b'X' => whole(args, separated_pair(addr_len(), lit(b":"), rest))
+            .filter(|((_, len), data)| *len == data.len() as u64)
+            .map(|((addr, _), data)| Command::WriteMemoryBinary { addr, data }),
+        b'Z' => whole(args, breakpoint()).map(Command::InsertBreakpoint),
+        b'z' => whole(args, breakpoint()).map(Command::RemoveBreakpoint),
+        _ => None,
+    }
+}
+
+/// The `q`, `Q` and `v` packets, by name.
+fn parse_named(payload: &[u8]) -> Option<Command<'_>> {
+    let name = packet_name(payload);
+    let args = payload.get(name.len()..).unwrap_or_default();
+    match name {
+        b"qSupported" => whole(args, opt(preceded(lit(b":"), rest)))
+            .map(|f| Command::QSupported(Features::new(f.unwrap_or_default()))),
+        b"vMustReplyEmpty" => args.is_empty().then_some(Command::MustReplyEmpty),
+        b"QStartNoAckMode" => args.is_empty().then_some(Command::StartNoAckMode),
+        b"QTagsplit.RunLimit" => whole(args, preceded(lit(b":"), hex_u64())).map(Command::RunLimit),
+        b"qXfer" => whole(
+            args,
+            (
+                preceded(lit(b":"), take_while1(|c| c != b':')),
                 preceded(lit(b":read:"), nom::bytes::take_while(|c| c != b':')),
                 preceded(lit(b":"), addr_len()),
             ),
-            |(object, annex, (offset, length))| Command::XferRead {
-                object: XferObject::from_name(object),
-                annex,
-                offset,
-                length,
-            },
-        ),
-        value(Command::TraceStatus, lit(b"qTStatus")),
-        value(Command::ThreadInfoFirst, lit(b"qfThreadInfo")),
-        value(Command::ThreadInfoNext, lit(b"qsThreadInfo")),
-        value(Command::CurrentThread, lit(b"qC")),
-        map(
-            preceded(lit(b"qAttached"), opt(preceded(lit(b":"), hex_u64()))),
-            Command::Attached,
-        ),
-        map(
+        )
+        .map(|(object, annex, (offset, length))| Command::XferRead {
+            object: XferObject::from_name(object),
+            annex,
+            offset,
+            length,
+        }),
+        b"qTStatus" => args.is_empty().then_some(Command::TraceStatus),
+        b"qfThreadInfo" => args.is_empty().then_some(Command::ThreadInfoFirst),
+        b"qsThreadInfo" => args.is_empty().then_some(Command::ThreadInfoNext),
+        b"qC" => args.is_empty().then_some(Command::CurrentThread),
+        b"qAttached" => whole(args, opt(preceded(lit(b":"), hex_u64()))).map(Command::Attached),
+        b"qSearch" => whole(
+            args,
             (
-                preceded(lit(b"qSearch:memory:"), hex_u64()),
+                preceded(lit(b":memory:"), hex_u64()),
                 preceded(lit(b";"), hex_u64()),
                 preceded(lit(b";"), rest),
             ),
-            |(addr, len, pattern): (u64, u64, In<'a>)| Command::SearchMemory { addr, len, pattern },
-        ),
-        map(preceded(lit(b"qRcmd,"), hex_data()), Command::Monitor),
-    ));
-    let resume = alt((
-        value(Command::VContQuery, lit(b"vCont?")),
-        map(
-            preceded(
-                lit(b"vCont"),
-                recognize(fold_many0(
-                    preceded(lit(b";"), ResumeAction::parser()),
-                    || (),
-                    |(), _| (),
-                )),
-            ),
-            |wire| Command::VCont(ResumeActions::Wire(wire)),
-        ),
-        map(
-            preceded(lit(b"vKill"), opt(preceded(lit(b";"), hex_u64()))),
-            Command::VKill,
-        ),
-        map(preceded(lit(b"c"), opt(hex_u64())), Command::Continue),
-        map(preceded(lit(b"s"), opt(hex_u64())), Command::Step),
-        map(
-            preceded(lit(b"D"), opt(preceded(lit(b";"), hex_u64()))),
-            Command::Detach,
-        ),
-        value(Command::Kill, lit(b"k")),
-        value(Command::HaltReason, lit(b"?")),
-    ));
-    let breakpoint = || {
-        map(
-            terminated(
-                (
-                    BreakpointType::parser(),
-                    preceded(lit(b","), hex_u64()),
-                    preceded(lit(b","), hex_u64()),
-                ),
-                // Conditions and commands (`;X...`) are accepted and ignored.
-                opt(preceded(lit(b";"), rest)),
-            ),
-            |(kind, addr, size)| Breakpoint { kind, addr, size },
         )
-    };
-    let state = alt((
-        map(
-            preceded(
-                lit(b"H"),
-                (
-                    alt((
-                        value(ThreadOp::General, lit(b"g")),
-                        value(ThreadOp::Continue, lit(b"c")),
-                    )),
-                    ThreadSel::parser(),
-                ),
-            ),
-            |(op, t)| Command::SetThread(op, t),
-        ),
-        value(Command::ReadRegisters, lit(b"g")),
-        map(preceded(lit(b"G"), hex_data()), Command::WriteRegisters),
-        map(preceded(lit(b"p"), hex_u32()), Command::ReadRegister),
-        map(
-            preceded(lit(b"P"), separated_pair(hex_u32(), lit(b"="), hex_data())),
-            |(reg, value)| Command::WriteRegister { reg, value },
-        ),
-        map(preceded(lit(b"m"), addr_len()), |(addr, len)| {
-            Command::ReadMemory { addr, len }
-        }),
-        map(preceded(lit(b"x"), addr_len()), |(addr, len)| {
-            Command::ReadMemoryBinary { addr, len }
-        }),
-        map(
-            verify(
-                preceded(lit(b"M"), separated_pair(addr_len(), lit(b":"), hex_data())),
-                |((_, len), data): &((u64, u64), HexBytes<'a>)| *len == data.len() as u64,
-            ),
-            |((addr, _), data)| Command::WriteMemory { addr, data },
-        ),
-        map(
-            verify(
-                preceded(lit(b"X"), separated_pair(addr_len(), lit(b":"), rest)),
-                |((_, len), data): &((u64, u64), In<'a>)| *len == data.len() as u64,
-            ),
-            |((addr, _), data)| Command::WriteMemoryBinary { addr, data },
-        ),
-        map(preceded(lit(b"Z"), breakpoint()), Command::InsertBreakpoint),
-        map(preceded(lit(b"z"), breakpoint()), Command::RemoveBreakpoint),
-    ));
-    all_consuming(alt((queries, resume, state)))
+        .map(|(addr, len, pattern)| Command::SearchMemory { addr, len, pattern }),
+        b"qRcmd" => whole(args, preceded(lit(b","), hex_data())).map(Command::Monitor),
+        b"vCont" if args == b"?" => Some(Command::VContQuery),
+        b"vCont" => whole(
+            args,
+            recognize(fold_many0(
+                preceded(lit(b";"), ResumeAction::parser()),
+                || (),
+                |(), _| (),
+            )),
+        )
+        .map(|wire| Command::VCont(ResumeActions::Wire(wire))),
+        b"vKill" => whole(args, opt(preceded(lit(b";"), hex_u64()))).map(Command::VKill),
+        _ => None,
+    }
 }
 
 /// Whether `payload` is a command this crate knows (whatever its arguments).
@@ -802,10 +804,10 @@ impl<'a> Command<'a> {
     /// [`Command::Unknown`]; a known one with malformed arguments is
     /// [`Command::Malformed`].
     pub fn parse(payload: &'a [u8]) -> Command<'a> {
-        match command_parser().parse_complete(payload) {
-            Ok((_, cmd)) => cmd,
-            Err(_) if is_known(payload) => Command::Malformed(payload),
-            Err(_) => Command::Unknown(payload),
+        match parse_known(payload) {
+            Some(cmd) => cmd,
+            None if is_known(payload) => Command::Malformed(payload),
+            None => Command::Unknown(payload),
         }
     }
 

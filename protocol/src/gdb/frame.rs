@@ -150,6 +150,229 @@ fn encode_frame_into(start: u8, payload: &[u8], rle: bool, out: &mut Vec<u8>) {
     out.push(hex_digit(cs & 0xf));
 }
 
+/// Writes a whole `$hex#cs` frame of `data` as lowercase hex to `out` (what an `m` or
+/// `g` reply is): SIMD hex ([`faster_hex`]), then, with `rle`, run-length encoding in
+/// place where it pays. The bytes are exactly those of [`encode_packet_into`] on the hex
+/// text (hex digits never need escaping), at a fraction of the cost: runs are looked for
+/// in the data (see [`run_start`]), a block of bytes at a time, not digit by digit.
+pub fn encode_hex_packet_into(data: &[u8], rle: bool, out: &mut Vec<u8>) {
+    out.push(PACKET_START);
+    let start = out.len();
+    let hex_len = data.len().saturating_mul(2);
+    out.resize(start.saturating_add(hex_len), 0);
+    let (len, cs) = match out.get_mut(start..) {
+        Some(body) => {
+            if faster_hex::hex_encode(data, body).is_err() {
+                // Unreachable (the body is exactly twice as long); stay correct anyway.
+                for (pair, &b) in body.chunks_exact_mut(2).zip(data) {
+                    if let [hi, lo] = pair {
+                        *hi = hex_digit(b >> 4);
+                        *lo = hex_digit(b & 0xf);
+                    }
+                }
+            }
+            let cs = checksum(body);
+            if rle {
+                run_length_hex_in_place(data, body, cs)
+            } else {
+                (body.len(), cs)
+            }
+        }
+        None => (0, 0),
+    };
+    out.truncate(start.saturating_add(len));
+    out.push(PAYLOAD_END);
+    out.push(hex_digit(cs >> 4));
+    out.push(hex_digit(cs & 0xf));
+}
+
+/// Bytes of data [`RunStarts`] tests per step.
+const RUN_BLOCK: usize = 32;
+
+/// Whether a run of four or more equal hex digits starts at digit `2k - 1` or `2k` of
+/// the hex of some data, from its bytes `k - 1` (`prev`, `None` at the start), `k` (`x`)
+/// and `k + 1` (`next`): the digits of `x` equal the first digit of `next` and either the
+/// second digit of `prev` or of `next`. Every run starting at digit `p` is found at byte
+/// `ceil(p / 2)`. In random data one byte in 4,096 starts a run.
+fn run_start(prev: Option<u8>, x: u8, next: u8) -> bool {
+    let n = x & 0xf;
+    x >> 4 == n && next >> 4 == n && (prev.is_some_and(|p| p & 0xf == n) || next & 0xf == n)
+}
+
+/// Whether [`run_start`] holds for any of the [`RUN_BLOCK`] bytes `x`. Branch-free over
+/// fixed-size arrays, so the compiler vectorises it; blocks without a run (nearly all of
+/// them in data that is not mostly runs) cost a few vector instructions.
+fn block_has_run_start(
+    prev: &[u8; RUN_BLOCK],
+    x: &[u8; RUN_BLOCK],
+    next: &[u8; RUN_BLOCK],
+) -> bool {
+    let mut any = 0u8;
+    for ((&p, &x), &y) in prev.iter().zip(x).zip(next) {
+        let n = x & 0xf;
+        any |= u8::from(x >> 4 == n)
+            & u8::from(y >> 4 == n)
+            & (u8::from(p & 0xf == n) | u8::from(y & 0xf == n));
+    }
+    any != 0
+}
+
+/// The bytes of some data where runs of hex digits start (see [`run_start`]), in order,
+/// found a block at a time.
+struct RunStarts<'a> {
+    data: &'a [u8],
+    /// The block being looked at starts here; `mask` holds its starts not yet returned.
+    block: usize,
+    mask: u32,
+}
+
+impl<'a> RunStarts<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        let mut starts = RunStarts {
+            data,
+            block: 0,
+            mask: 0,
+        };
+        starts.load();
+        starts
+    }
+
+    /// The run starts of the block at `self.block`: a vector test of the whole block,
+    /// then byte by byte where it finds one (and in the first block, which has no byte
+    /// before it, and the tail).
+    fn load(&mut self) {
+        let i = self.block;
+        let chunk = |at: usize| {
+            self.data
+                .get(at..)
+                .and_then(|s| s.first_chunk::<RUN_BLOCK>())
+        };
+        let whole = match (i.checked_sub(1).and_then(chunk), chunk(i), chunk(i + 1)) {
+            (Some(prev), Some(x), Some(next)) => Some(block_has_run_start(prev, x, next)),
+            _ => None,
+        };
+        self.mask = if whole == Some(false) {
+            0
+        } else {
+            (0..RUN_BLOCK).fold(0, |m, j| {
+                let k = i + j;
+                let prev = k.checked_sub(1).and_then(|p| self.data.get(p)).copied();
+                match (self.data.get(k), self.data.get(k + 1)) {
+                    (Some(&x), Some(&next)) if run_start(prev, x, next) => m | (1 << j),
+                    _ => m,
+                }
+            })
+        };
+    }
+
+    /// The next run start at or after byte `from`.
+    fn next_from(&mut self, from: usize) -> Option<usize> {
+        loop {
+            if from >= self.block.saturating_add(RUN_BLOCK) {
+                // Skip whole blocks up to the one holding `from`.
+                self.block = from - from % RUN_BLOCK;
+                self.load();
+            }
+            if from > self.block {
+                let below = from - self.block;
+                self.mask &= u32::MAX.checked_shl(below as u32).unwrap_or(0);
+            }
+            if self.mask != 0 {
+                let k = self.block + self.mask.trailing_zeros() as usize;
+                self.mask &= self.mask - 1;
+                return Some(k);
+            }
+            if self.block.saturating_add(RUN_BLOCK) >= self.data.len() {
+                return None;
+            }
+            self.block += RUN_BLOCK;
+            self.load();
+        }
+    }
+}
+
+/// How many bytes equal to `b` start `buf` (compared eight at a time).
+fn run_len(buf: &[u8], b: u8) -> usize {
+    let splat = u64::from_ne_bytes([b; 8]);
+    let mut n = 0;
+    for chunk in buf.chunks_exact(8) {
+        let word = chunk.try_into().map_or(0, u64::from_ne_bytes);
+        if word != splat {
+            break;
+        }
+        n += 8;
+    }
+    n + buf
+        .get(n..)
+        .map_or(0, |rest| rest.iter().take_while(|&&x| x == b).count())
+}
+
+/// Run-length encodes `hex`, the hex of `data` whose checksum is `cs`, in place, exactly
+/// as [`escape_rle_into`] would; returns the encoded length and its checksum. Only where
+/// `data` says a run starts are digits looked at one by one.
+fn run_length_hex_in_place(data: &[u8], hex: &mut [u8], mut cs: u8) -> (usize, u8) {
+    // Encoded output ends at `w`; digits from `lit` on are not encoded yet (they go out
+    // unchanged up to the next run); the next run starts at or after byte `start_from`.
+    let (mut w, mut lit, mut start_from) = (0usize, 0usize, 0usize);
+    let mut starts = RunStarts::new(data);
+    while let Some(k) = starts.next_from(start_from) {
+        start_from = k + 1;
+        let Some(&digit) = hex.get(2 * k) else {
+            break;
+        };
+        // The run starts one digit early when the previous digit (not yet encoded) is
+        // the same; never earlier (such a run is found at an earlier byte).
+        let p = if 2 * k > lit && hex.get(2 * k - 1) == Some(&digit) {
+            2 * k - 1
+        } else {
+            2 * k
+        };
+        let run = hex.get(p..).map_or(0, |rest| run_len(rest, digit));
+        if run <= MIN_REPEAT {
+            continue;
+        }
+        if w != lit {
+            hex.copy_within(lit..p, w);
+        }
+        w += p - lit;
+        // The run's digits leave the checksum, the encoding's bytes join it. The encoding
+        // is never longer than the run, so it fits where the run was.
+        cs = cs.wrapping_sub(digit.wrapping_mul(run as u8));
+        let mut emit = |x: u8| {
+            if let Some(slot) = hex.get_mut(w) {
+                *slot = x;
+            }
+            cs = cs.wrapping_add(x);
+            w += 1;
+        };
+        emit(digit);
+        let mut extra = run - 1;
+        while extra >= MIN_REPEAT {
+            let mut take = extra.min(MAX_REPEAT);
+            while !repeat_allowed(take) {
+                take -= 1;
+            }
+            emit(RUN_LENGTH);
+            emit(take as u8 + RUN_BIAS);
+            extra -= take;
+            if extra > 0 {
+                emit(digit);
+                extra -= 1;
+            }
+        }
+        for _ in 0..extra {
+            emit(digit);
+        }
+        lit = p + run;
+        start_from = start_from.max(lit.div_ceil(2));
+    }
+    let n = hex.len();
+    if w != lit {
+        hex.copy_within(lit..n, w);
+    }
+    (w + (n - lit), cs)
+}
+
 /// The lowercase hex digit for a nibble.
 pub(crate) fn hex_digit(nibble: u8) -> u8 {
     match nibble & 0xf {
@@ -263,6 +486,8 @@ pub struct Decoder {
     malformed: bool,
     /// Length of a pending run of garbage bytes between frames.
     garbage: usize,
+    /// An empty buffer handed back by [`Decoder::recycle`], the next payload's home.
+    spare: Vec<u8>,
 }
 
 impl Default for Decoder {
@@ -284,6 +509,17 @@ impl Decoder {
             overflow: false,
             malformed: false,
             garbage: 0,
+            spare: Vec::new(),
+        }
+    }
+
+    /// Hands back the buffer of a packet that is done with, so the next packet is decoded
+    /// into it instead of a new allocation (a stub that recycles allocates nothing per
+    /// packet once warm).
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        if buf.capacity() > self.spare.capacity() && buf.capacity() <= self.max_packet {
+            buf.clear();
+            self.spare = buf;
         }
     }
 
@@ -490,10 +726,13 @@ impl Decoder {
                 computed,
                 received: received.unwrap_or(0),
             }
-        } else if self.notification {
-            Event::Notification(std::mem::take(&mut self.payload))
         } else {
-            Event::Packet(std::mem::take(&mut self.payload))
+            let payload = std::mem::replace(&mut self.payload, std::mem::take(&mut self.spare));
+            if self.notification {
+                Event::Notification(payload)
+            } else {
+                Event::Packet(payload)
+            }
         };
         self.reset_frame();
         ev

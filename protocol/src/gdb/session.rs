@@ -9,7 +9,11 @@
 use std::collections::VecDeque;
 
 use super::command::Command;
-use super::frame::{ACK, DEFAULT_MAX_PACKET, Decoder, Event, INTERRUPT, NAK, encode_packet_into};
+use super::frame::{
+    ACK, DEFAULT_MAX_PACKET, Decoder, Event, INTERRUPT, NAK, encode_hex_packet_into,
+    encode_packet_into,
+};
+use super::hex::encode_hex_into;
 use super::reply::{Reply, ReplyError, ReplyKind};
 
 /// The default [`SessionConfig::max_events`].
@@ -76,7 +80,10 @@ struct Link {
     ack_mode: bool,
     out: Vec<u8>,
     /// The last frame sent, kept for retransmission until acknowledged (ack mode only).
-    last_frame: Option<Vec<u8>>,
+    /// Empty when nothing awaits an ack.
+    last_frame: Vec<u8>,
+    /// Reused to encode reply payloads before framing.
+    scratch: Vec<u8>,
     resends: u32,
     stats: SessionStats,
 }
@@ -96,7 +103,8 @@ impl Link {
             decoder: Decoder::new(config.max_packet),
             ack_mode: true,
             out: Vec::new(),
-            last_frame: None,
+            last_frame: Vec::new(),
+            scratch: Vec::new(),
             resends: 0,
             stats: SessionStats::default(),
         }
@@ -108,13 +116,50 @@ impl Link {
     }
 
     fn send_payload(&mut self, payload: &[u8]) {
-        let mut frame = Vec::with_capacity(payload.len() + 4);
-        encode_packet_into(payload, self.config.run_length, &mut frame);
-        self.out.extend_from_slice(&frame);
+        let start = self.out.len();
+        encode_packet_into(payload, self.config.run_length, &mut self.out);
+        self.sent_frame(start);
+    }
+
+    /// Queues a reply, encoded straight into the transmit queue: hex data through the
+    /// SIMD hex framer, anything else through a reused scratch buffer (no allocation once
+    /// warm).
+    fn send_reply(&mut self, reply: &Reply) {
+        let start = self.out.len();
+        match reply {
+            Reply::Hex(data) => encode_hex_packet_into(data, self.config.run_length, &mut self.out),
+            _ => return self.send_encoded(|payload| reply.encode_into(payload)),
+        }
+        self.sent_frame(start);
+    }
+
+    /// Queues the payload `encode` writes (into a reused scratch buffer), framed.
+    fn send_encoded(&mut self, encode: impl FnOnce(&mut Vec<u8>)) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        encode(&mut scratch);
+        self.send_payload(&scratch);
+        self.scratch = scratch;
+    }
+
+    /// Queues `data` as a hex reply (what [`Reply::Hex`] sends) without owning it.
+    fn send_hex(&mut self, data: &[u8]) {
+        let start = self.out.len();
+        encode_hex_packet_into(data, self.config.run_length, &mut self.out);
+        self.sent_frame(start);
+    }
+
+    /// Counts the frame that now ends the transmit queue, from `start`, and keeps a copy
+    /// for retransmission in ack mode.
+    fn sent_frame(&mut self, start: usize) {
+        let frame = self.out.get(start..).unwrap_or_default();
         self.stats.bytes_sent += frame.len() as u64;
         self.stats.packets_sent += 1;
         self.resends = 0;
-        self.last_frame = self.ack_mode.then_some(frame);
+        self.last_frame.clear();
+        if self.ack_mode {
+            self.last_frame.extend_from_slice(frame);
+        }
     }
 
     /// Decodes `bytes` up to the end of the first event, handling acks, naks and
@@ -133,7 +178,7 @@ impl Link {
     /// Bytes held: the transmit queue, the frame kept for retransmission and the
     /// partial frame being decoded.
     fn buffered(&self) -> usize {
-        self.out.len() + self.last_frame.as_ref().map_or(0, Vec::len) + self.decoder.buffered()
+        self.out.len() + self.last_frame.len() + self.decoder.buffered()
     }
 
     fn on_event(&mut self, ev: Event) -> Option<LinkEvent> {
@@ -151,18 +196,18 @@ impl Link {
                     return Some(LinkEvent::Notification(p));
                 }
                 Event::Ack => {
-                    self.last_frame = None;
+                    self.last_frame.clear();
                     self.resends = 0;
                 }
                 Event::Nak => {
-                    if let Some(frame) = self.last_frame.clone() {
+                    if !self.last_frame.is_empty() {
                         if self.resends < self.config.resend_limit {
                             self.resends += 1;
                             self.stats.retransmissions += 1;
-                            self.stats.bytes_sent += frame.len() as u64;
-                            self.out.extend_from_slice(&frame);
+                            self.stats.bytes_sent += self.last_frame.len() as u64;
+                            self.out.extend_from_slice(&self.last_frame);
                         } else {
-                            self.last_frame = None;
+                            self.last_frame.clear();
                             return Some(LinkEvent::GaveUp);
                         }
                     }
@@ -188,6 +233,19 @@ impl Link {
 
     fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         (!self.out.is_empty()).then(|| std::mem::take(&mut self.out))
+    }
+
+    /// Moves the transmit queue into `out` (appended; an empty `out` just trades buffers,
+    /// so both keep their capacity). Returns how many bytes were moved.
+    fn transmit_into(&mut self, out: &mut Vec<u8>) -> usize {
+        let n = self.out.len();
+        if out.is_empty() {
+            std::mem::swap(&mut self.out, out);
+        } else {
+            out.extend_from_slice(&self.out);
+            self.out.clear();
+        }
+        n
     }
 }
 
@@ -350,18 +408,30 @@ impl ServerSession {
     /// state; the `OK` to `QStartNoAckMode` switches the session to no-ack mode once it is
     /// queued. `O` output is not a reply; it may precede one.
     pub fn send(&mut self, reply: &Reply) {
-        self.link.send_payload(&reply.encode());
+        self.link.send_reply(reply);
         if matches!(reply, Reply::Output(_)) {
             return;
         }
         if matches!(reply, Reply::Stop(_)) {
             self.running = false;
         }
+        self.replied(*reply == Reply::Ok);
+    }
+
+    /// Queues a hex reply of `data` (what `send(&Reply::Hex(data.to_vec()))` sends,
+    /// without the copy): the answer to `m`, `g` and `p`.
+    pub fn send_hex(&mut self, data: &[u8]) {
+        self.link.send_hex(data);
+        self.replied(false);
+    }
+
+    /// Book-keeping after a reply: the `OK` to `QStartNoAckMode` ends ack mode.
+    fn replied(&mut self, ok: bool) {
         if self.no_ack_command == Some(self.replies_sent) {
             self.no_ack_command = None;
-            if *reply == Reply::Ok {
+            if ok {
                 self.link.ack_mode = false;
-                self.link.last_frame = None;
+                self.link.last_frame.clear();
             }
         }
         self.replies_sent += 1;
@@ -369,13 +439,28 @@ impl ServerSession {
 
     /// Queues `O` console output.
     pub fn send_output(&mut self, text: &[u8]) {
-        self.link
-            .send_payload(&Reply::Output(text.to_vec()).encode());
+        self.link.send_encoded(|payload| {
+            payload.push(b'O');
+            encode_hex_into(text, payload);
+        });
+    }
+
+    /// Hands a handled command's buffer back, so the next command is decoded into it
+    /// rather than into a new allocation.
+    pub fn recycle(&mut self, packet: CommandPacket) {
+        self.link.decoder.recycle(packet.0);
     }
 
     /// Takes the bytes to write to the client, if any.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         self.link.poll_transmit()
+    }
+
+    /// Moves the bytes to write to the client into `out` (appended), returning how many.
+    /// With an empty `out` the session and the caller just trade buffers: a transport
+    /// that reuses its `out` allocates nothing per reply.
+    pub fn poll_transmit_into(&mut self, out: &mut Vec<u8>) -> usize {
+        self.link.transmit_into(out)
     }
 
     /// Whether the target was resumed and no stop reply has been sent since.
@@ -517,7 +602,7 @@ impl ClientSession {
             Ok(reply) => {
                 self.pending = None;
                 // A reply also acknowledges the command.
-                self.link.last_frame = None;
+                self.link.last_frame.clear();
                 if std::mem::take(&mut self.no_ack_requested) && reply == Reply::Ok {
                     self.link.ack_mode = false;
                 }

@@ -119,6 +119,12 @@ impl Default for StubConfig {
 /// The 536-byte `g` block for `regs` (x87 and SSE state at their reset values).
 pub fn registers_to_g(regs: &X64Registers) -> Vec<u8> {
     let mut g = Vec::with_capacity(xml::G_PACKET_LEN);
+    registers_to_g_into(regs, &mut g);
+    g
+}
+
+/// Appends the `g` block of `regs` to `g` (see [`registers_to_g`]).
+pub fn registers_to_g_into(regs: &X64Registers, g: &mut Vec<u8>) {
     for r in [
         regs.rax, regs.rbx, regs.rcx, regs.rdx, regs.rsi, regs.rdi, regs.rbp, regs.rsp, regs.r8,
         regs.r9, regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15, regs.rip,
@@ -134,7 +140,6 @@ pub fn registers_to_g(regs: &X64Registers) -> Vec<u8> {
     g.extend_from_slice(&[0u8; 28]); // fstat .. fop
     g.extend_from_slice(&[0u8; 256]); // xmm0-xmm15
     g.extend_from_slice(&0x1f80u32.to_le_bytes()); // mxcsr
-    g
 }
 
 /// Applies a `g` block to `regs` (the integer registers; x87/SSE are ignored). Fields
@@ -206,6 +211,8 @@ pub struct Stub {
     session: ServerSession,
     /// Commands received while the target ran (all-stop: handled once it stops).
     pending: VecDeque<CommandPacket>,
+    /// Reused for memory and register replies.
+    scratch: Vec<u8>,
     /// Breakpoints the client inserted, by address.
     breakpoints: BTreeMap<u64, BreakpointKind>,
     /// Why the target last stopped (the answer to `?`).
@@ -228,6 +235,7 @@ impl Stub {
                 ..SessionConfig::default()
             }),
             pending: VecDeque::new(),
+            scratch: Vec::new(),
             breakpoints: BTreeMap::new(),
             last_stop: StopReply::thread(SIGTRAP, THREAD, None),
             running: false,
@@ -318,6 +326,13 @@ impl Stub {
         self.session.poll_transmit()
     }
 
+    /// Moves the bytes to write to the client into `out` (appended), returning how many;
+    /// a transport that keeps one `out` buffer and empties it after each write allocates
+    /// nothing per reply ([`ServerSession::poll_transmit_into`]).
+    pub fn poll_transmit_into(&mut self, out: &mut Vec<u8>) -> usize {
+        self.session.poll_transmit_into(out)
+    }
+
     /// Whether the target runs (a stop reply is owed).
     pub fn is_running(&self) -> bool {
         self.running
@@ -378,7 +393,9 @@ impl Stub {
             let Some(packet) = self.pending.pop_front() else {
                 break;
             };
-            match self.handle(target, packet.command()) {
+            let action = self.handle(target, packet.command());
+            self.session.recycle(packet);
+            match action {
                 Action::Stay => {}
                 Action::Run => self.running = true,
                 Action::Close => {
@@ -390,6 +407,13 @@ impl Stub {
 
     fn send(&mut self, reply: &Reply) -> Action {
         self.session.send(reply);
+        Action::Stay
+    }
+
+    /// Sends `data` as a hex reply and keeps its buffer for the next one.
+    fn send_hex(&mut self, data: Vec<u8>, len: usize) -> Action {
+        self.session.send_hex(data.get(..len).unwrap_or_default());
+        self.scratch = data;
         Action::Stay
     }
 
@@ -476,14 +500,33 @@ impl Stub {
         len: u64,
         limit: usize,
     ) -> Option<Vec<u8>> {
-        let len = usize::try_from(len).unwrap_or(usize::MAX).min(limit);
-        let mut buf = vec![0u8; len];
-        if len == 0 {
-            return Some(buf);
-        }
-        let got = target.read_memory(addr, &mut buf).ok()?.min(len);
+        let mut buf = Vec::new();
+        let got = Self::read_memory_into(target, addr, len, limit, &mut buf)?;
         buf.truncate(got);
-        (got > 0).then_some(buf)
+        Some(buf)
+    }
+
+    /// Reads up to `len` (at most `limit`) bytes at `addr` into the start of `buf`, which
+    /// grows as needed and is never shrunk or cleared (so a reused buffer is not zeroed
+    /// again on every read); returns how many bytes were read, `None` when not even the
+    /// first byte could be (a zero-length read succeeds empty).
+    fn read_memory_into<T: Target + ?Sized>(
+        target: &mut T,
+        addr: u64,
+        len: u64,
+        limit: usize,
+        buf: &mut Vec<u8>,
+    ) -> Option<usize> {
+        let len = usize::try_from(len).unwrap_or(usize::MAX).min(limit);
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        if len == 0 {
+            return Some(0);
+        }
+        let dst = buf.get_mut(..len)?;
+        let got = target.read_memory(addr, dst).map_or(0, |n| n.min(len));
+        (got > 0).then_some(got)
     }
 
     fn read_binary<T: Target + ?Sized>(&self, target: &mut T, addr: u64, len: u64) -> Reply {
@@ -605,7 +648,13 @@ impl Stub {
             Command::CurrentThread => Reply::CurrentThread(ThreadId::Id(THREAD)),
             Command::Attached(_) => Reply::Attached(true),
             Command::ReadRegisters => match target.registers() {
-                Ok(regs) => Reply::Hex(registers_to_g(&regs)),
+                Ok(regs) => {
+                    let mut g = std::mem::take(&mut self.scratch);
+                    g.clear();
+                    registers_to_g_into(&regs, &mut g);
+                    let len = g.len();
+                    return self.send_hex(g, len);
+                }
                 Err(e) => error_reply(e),
             },
             Command::WriteRegisters(data) if data.len() == xml::G_PACKET_LEN => {
@@ -632,10 +681,14 @@ impl Stub {
             }
             Command::WriteRegister { reg, value } => Self::write_register(target, reg, value),
             Command::ReadMemory { addr, len } => {
-                match Self::read_memory(target, addr, len, self.max_data()) {
-                    Some(data) => Reply::Hex(data),
-                    None => Reply::Error(E_FAULT),
+                let mut buf = std::mem::take(&mut self.scratch);
+                if let Some(got) =
+                    Self::read_memory_into(target, addr, len, self.max_data(), &mut buf)
+                {
+                    return self.send_hex(buf, got);
                 }
+                self.scratch = buf;
+                Reply::Error(E_FAULT)
             }
             Command::ReadMemoryBinary { addr, len } if self.config.binary_read => {
                 self.read_binary(target, addr, len)

@@ -1,0 +1,144 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+//! The GDB stub core allocates nothing per packet once warm: receiving, parsing (which
+//! borrows from the frame buffer), dispatching and encoding the reply of `qZ`, `?`,
+//! `m addr,1`, `X addr,1`, `Z0`, `vCont;c` (with its stop reply), `g` and a 4 KiB `m`, with
+//! the replies taken through `poll_transmit_into` as a transport does. Allocations are
+//! counted by the `stats_alloc` global allocator, which sees every thread: so this test
+//! runs without the libtest harness (`harness = false`), whose own threads allocate while
+//! a test runs, as a plain `main` on one thread.
+
+use std::alloc::System;
+
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use tagsplit_protocol::gdb::stub::{Stub, StubConfig};
+use tagsplit_protocol::stub::{
+    BreakpointKind, BreakpointOps, Resume, RunState, StopReason, Target, TargetError, X64Registers,
+};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+const BASE: u64 = 0x10000;
+
+struct Flat {
+    mem: Vec<u8>,
+    regs: X64Registers,
+}
+
+impl Target for Flat {
+    fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<usize, TargetError> {
+        let off = usize::try_from(addr.wrapping_sub(BASE)).map_err(|_| TargetError::Fault)?;
+        let src = self
+            .mem
+            .get(off..)
+            .filter(|s| !s.is_empty())
+            .ok_or(TargetError::Fault)?;
+        let n = src.len().min(buf.len());
+        buf[..n].copy_from_slice(&src[..n]);
+        Ok(n)
+    }
+    fn write_memory(&mut self, addr: u64, data: &[u8]) -> Result<(), TargetError> {
+        let off = addr.wrapping_sub(BASE) as usize;
+        self.mem
+            .get_mut(off..off + data.len())
+            .ok_or(TargetError::Fault)?
+            .copy_from_slice(data);
+        Ok(())
+    }
+    fn registers(&mut self) -> Result<X64Registers, TargetError> {
+        Ok(self.regs)
+    }
+    fn write_registers(&mut self, regs: &X64Registers) -> Result<(), TargetError> {
+        self.regs = *regs;
+        Ok(())
+    }
+    fn resume(&mut self, _how: Resume) -> Result<(), TargetError> {
+        Ok(())
+    }
+    fn poll_run(&mut self) -> RunState {
+        RunState::Stopped(StopReason::Breakpoint(BASE))
+    }
+    fn interrupt(&mut self) {}
+    fn support_breakpoints(&mut self) -> Option<&mut dyn BreakpointOps> {
+        Some(self)
+    }
+}
+
+impl BreakpointOps for Flat {
+    fn insert_breakpoint(&mut self, _addr: u64, _kind: BreakpointKind) -> Result<(), TargetError> {
+        Ok(())
+    }
+    fn remove_breakpoint(&mut self, _addr: u64, _kind: BreakpointKind) -> Result<(), TargetError> {
+        Ok(())
+    }
+}
+
+fn frame(payload: &str) -> Vec<u8> {
+    let cs = payload.bytes().fold(0u8, |a, b| a.wrapping_add(b));
+    format!("${payload}#{cs:02x}").into_bytes()
+}
+
+fn main() {
+    no_allocation_per_packet_once_warm();
+    println!("gdb_alloc: no allocation per packet once warm: ok");
+}
+
+fn no_allocation_per_packet_once_warm() {
+    let packets: Vec<(&str, Vec<u8>)> = [
+        "qZ",
+        "?",
+        "m10000,1",
+        "X10000,1:A",
+        "Z0,10010,1",
+        "vCont;c",
+        "g",
+        "m10000,1000",
+    ]
+    .iter()
+    .map(|p| (*p, frame(p)))
+    .collect();
+    let mut target = Flat {
+        mem: (0..0x2000).map(|i| (i * 7) as u8).collect(),
+        regs: X64Registers::default(),
+    };
+    let mut stub = Stub::new(StubConfig::default());
+    let mut out = Vec::new();
+    let round = |stub: &mut Stub, target: &mut Flat, out: &mut Vec<u8>, pkt: &[u8]| {
+        assert_eq!(stub.receive(target, pkt), pkt.len());
+        while stub.poll_run(target).is_some() {}
+        let n = stub.poll_transmit_into(out);
+        assert!(n > 0 && out.first() == Some(&b'+'), "no reply");
+        out.clear();
+    };
+    // Cold: the first packets do allocate (buffers grow), which shows the counting works.
+    // Each packet twice in a row: the stub and the transport trade transmit buffers, so
+    // each of the two grows once to the largest reply.
+    let cold = Region::new(GLOBAL);
+    for (_, pkt) in &packets {
+        round(&mut stub, &mut target, &mut out, pkt);
+        round(&mut stub, &mut target, &mut out, pkt);
+    }
+    assert!(
+        cold.change().allocations > 0,
+        "the allocator counts nothing"
+    );
+    // Warm: every packet kind again, many times, and nothing is allocated.
+    for (name, pkt) in &packets {
+        let warm = Region::new(GLOBAL);
+        for _ in 0..50 {
+            round(&mut stub, &mut target, &mut out, pkt);
+        }
+        let change = warm.change();
+        assert_eq!(
+            (change.allocations, change.reallocations),
+            (0, 0),
+            "{name}: allocations once warm"
+        );
+    }
+}
