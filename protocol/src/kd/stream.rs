@@ -69,9 +69,15 @@ pub const MAX_BUFFERED: usize = HEADER_LEN + PACKET_MAX_SIZE + 1;
 /// The streaming decoder.
 #[derive(Debug, Default, Clone)]
 pub struct StreamDecoder {
+    /// Bytes received; those before `start` are consumed (dropped from the front once
+    /// per [`push`](Self::push), not once per packet).
     buf: Vec<u8>,
+    start: usize,
     noise: usize,
     events: VecDeque<StreamEvent>,
+    /// The header at the front announced a data packet of this many bytes (with its
+    /// trailer) that has not all arrived: until it has, a push only counts bytes.
+    awaiting: Option<usize>,
 }
 
 enum Step {
@@ -88,11 +94,36 @@ impl StreamDecoder {
     }
 
     /// Feeds bytes; decode events become available through [`next_event`](Self::next_event).
+    #[inline]
     pub fn push(&mut self, bytes: &[u8]) {
+        // The common case on a serial line: a few more bytes of a packet whose header is
+        // known and which is still not complete. Append and return.
+        if let Some(total) = self.awaiting
+            && self.buffered().saturating_add(bytes.len()) < total
+        {
+            self.buf.extend_from_slice(bytes);
+            return;
+        }
+        self.push_and_decode(bytes);
+    }
+
+    fn push_and_decode(&mut self, bytes: &[u8]) {
         for chunk in bytes.chunks(PACKET_MAX_SIZE) {
+            if self.start > 0 {
+                self.buf.drain(..self.start);
+                self.start = 0;
+            }
             self.buf.extend_from_slice(chunk);
+            if self.awaiting.is_some_and(|total| self.buffered() < total) {
+                continue;
+            }
             while let Step::Again = self.step() {}
         }
+    }
+
+    /// The bytes not consumed yet.
+    fn live(&self) -> &[u8] {
+        self.buf.get(self.start..).unwrap_or_default()
     }
 
     /// The next decode event, if any.
@@ -103,7 +134,7 @@ impl StreamDecoder {
     /// Bytes currently buffered (a partial packet): less than [`MAX_BUFFERED`] once
     /// [`push`](Self::push) returns, whatever the bytes claim.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
     }
 
     /// End of input: reports a data packet that only lacks its trailer, and any noise left.
@@ -113,23 +144,26 @@ impl StreamDecoder {
             self.events
                 .push_back(StreamEvent::MissingTrailer { id: repr.id });
             self.events.push_back(StreamEvent::Packet(repr));
-            self.buf.drain(..len);
+            self.discard(len, false);
         }
-        self.noise += self.buf.len();
+        self.noise += self.buffered();
         self.buf.clear();
+        self.start = 0;
+        self.awaiting = None;
         self.flush_noise();
     }
 
     fn complete_without_trailer(&self) -> Option<(Repr, usize)> {
+        let live = self.live();
         let (_, (leader, ty, count, id, sum)) = header::<nom::error::Error<&[u8]>>()
-            .parse_complete(&self.buf)
+            .parse_complete(live)
             .ok()?;
         if leader != super::PACKET_LEADER {
             return None;
         }
         let len = HEADER_LEN + usize::from(count);
-        let payload = self.buf.get(HEADER_LEN..len)?;
-        if self.buf.len() != len || checksum(payload) != sum {
+        let payload = live.get(HEADER_LEN..len)?;
+        if live.len() != len || checksum(payload) != sum {
             return None;
         }
         Some((
@@ -152,8 +186,13 @@ impl StreamDecoder {
     }
 
     fn discard(&mut self, n: usize, as_noise: bool) {
-        let n = n.min(self.buf.len());
-        self.buf.drain(..n);
+        let n = n.min(self.buffered());
+        self.start += n;
+        self.awaiting = None;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
         if as_noise {
             self.noise += n;
         }
@@ -161,7 +200,8 @@ impl StreamDecoder {
 
     fn step(&mut self) -> Step {
         // Hunt for a leader at the front of the buffer.
-        let Some(&first) = self.buf.first() else {
+        let live = self.live();
+        let Some(&first) = live.first() else {
             return Step::Wait;
         };
         if first == BREAKIN_PACKET_BYTE {
@@ -173,9 +213,9 @@ impl StreamDecoder {
             self.discard(1, true);
             return Step::Again;
         }
-        let run = self.buf.iter().take(4).take_while(|&&b| b == first).count();
+        let run = live.iter().take(4).take_while(|&&b| b == first).count();
         if run < 4 {
-            if run == self.buf.len() {
+            if run == live.len() {
                 return Step::Wait;
             }
             // A partial leader followed by something else: noise.
@@ -183,7 +223,7 @@ impl StreamDecoder {
             return Step::Again;
         }
         // Header: the streaming parser says Incomplete until 16 bytes are here.
-        let parsed = header::<nom::error::Error<&[u8]>>().parse(&self.buf[..]);
+        let parsed = header::<nom::error::Error<&[u8]>>().parse(live);
         let (_, ty, count, id, sum) = match parsed {
             Ok((_, h)) => h,
             Err(_) => return Step::Wait,
@@ -208,12 +248,13 @@ impl StreamDecoder {
                     return Step::Again;
                 }
                 let total = HEADER_LEN + count + 1;
-                if self.buf.len() < total {
+                if live.len() < total {
+                    self.awaiting = Some(total);
                     return Step::Wait;
                 }
-                let payload = self.buf.get(HEADER_LEN..HEADER_LEN + count).unwrap_or(&[]);
+                let payload = live.get(HEADER_LEN..HEADER_LEN + count).unwrap_or(&[]);
                 let actual = checksum(payload);
-                let trailer = self.buf.get(HEADER_LEN + count).copied().unwrap_or(0);
+                let trailer = live.get(HEADER_LEN + count).copied().unwrap_or(0);
                 let event = if trailer != PACKET_TRAILING_BYTE {
                     StreamEvent::BadTrailer { id, found: trailer }
                 } else if actual != sum {

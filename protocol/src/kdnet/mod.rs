@@ -28,7 +28,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use aes::cipher::block_padding::NoPadding;
-use aes::cipher::{BlockDecryptMut, BlockEncryptMut, KeyIvInit};
+use aes::cipher::{BlockDecryptMut, BlockEncryptMut, InnerIvInit};
+use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -413,6 +414,13 @@ impl Message {
     /// applies: a sequence number of at most 56 bits and a datagram of at most
     /// [`MAX_DATAGRAM`] bytes.
     pub fn plaintext(&self) -> Result<Vec<u8>, KdnetError> {
+        let mut p = Vec::with_capacity(PREFIX_LEN + self.payload.len() + self.pad());
+        self.plaintext_into(&mut p)?;
+        Ok(p)
+    }
+
+    /// Appends the plaintext ([`plaintext`](Self::plaintext)) to `out`.
+    pub fn plaintext_into(&self, out: &mut Vec<u8>) -> Result<(), KdnetError> {
         if self.payload.len() > MAX_PAYLOAD {
             return Err(KdnetError::TooLarge(self.payload.len()));
         }
@@ -425,11 +433,11 @@ impl Message {
             pad: u8::try_from(pad).map_err(|_| KdnetError::TooLarge(self.payload.len()))?,
         }
         .emit(plain_len)?;
-        let mut p = Vec::with_capacity(plain_len);
-        p.extend_from_slice(&prefix);
-        p.extend_from_slice(&self.payload);
-        p.resize(plain_len, 0);
-        Ok(p)
+        let start = out.len();
+        out.extend_from_slice(&prefix);
+        out.extend_from_slice(&self.payload);
+        out.resize(start + plain_len, 0);
+        Ok(())
     }
 
     /// Datagram length once sealed.
@@ -439,12 +447,25 @@ impl Message {
 }
 
 /// The keys of a KDNET session.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Keys {
     initial: [u8; 32],
-    hmac: [u8; 32],
     data: Option<[u8; 32]>,
+    /// HMAC-SHA256 keyed with the complement of the initial key, and AES-256 under each
+    /// key: key schedules done once, cloned per datagram.
+    mac: HmacSha256,
+    initial_aes: aes::Aes256,
+    data_aes: Option<aes::Aes256>,
 }
+
+impl PartialEq for Keys {
+    fn eq(&self, other: &Self) -> bool {
+        // The MAC state follows from the initial key.
+        self.initial == other.initial && self.data == other.data
+    }
+}
+
+impl Eq for Keys {}
 
 impl fmt::Debug for Keys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -457,14 +478,18 @@ impl fmt::Debug for Keys {
 impl Keys {
     /// Keys for an initial key (no data key yet).
     pub fn new(key: Key) -> Keys {
-        let mut hmac = key.0;
-        for b in &mut hmac {
-            *b = !*b;
+        // HMAC pads a key shorter than its block with zeros: keying it with the 64-byte
+        // padded form is the same MAC, and infallible.
+        let mut hmac = [0u8; 64];
+        for (h, k) in hmac.iter_mut().zip(key.0) {
+            *h = !k;
         }
         Keys {
             initial: key.0,
-            hmac,
             data: None,
+            mac: <HmacSha256 as KeyInit>::new(&hmac.into()),
+            initial_aes: <aes::Aes256 as KeyInit>::new(&key.0.into()),
+            data_aes: None,
         }
     }
 
@@ -481,17 +506,19 @@ impl Keys {
     /// Installs the data key.
     pub fn set_data_key(&mut self, key: [u8; 32]) {
         self.data = Some(key);
+        self.data_aes = Some(<aes::Aes256 as KeyInit>::new(&key.into()));
     }
 
-    fn key_for(&self, channel: Channel) -> Result<&[u8; 32], KdnetError> {
+    /// The AES-256 cipher (key schedule done) for `channel`.
+    fn cipher_for(&self, channel: Channel) -> Result<aes::Aes256, KdnetError> {
         match channel {
-            Channel::Control => Ok(&self.initial),
-            Channel::Data => self.data.as_ref().ok_or(KdnetError::NoDataKey),
+            Channel::Control => Ok(self.initial_aes.clone()),
+            Channel::Data => self.data_aes.clone().ok_or(KdnetError::NoDataKey),
         }
     }
 
     fn tag(&self, header: &[u8], plaintext: &[u8]) -> Result<[u8; 16], KdnetError> {
-        let mut mac = HmacSha256::new_from_slice(&self.hmac).map_err(|_| KdnetError::BadTag)?;
+        let mut mac = self.mac.clone();
         mac.update(header);
         mac.update(plaintext);
         let full = mac.finalize().into_bytes();
@@ -506,7 +533,7 @@ impl Keys {
     /// same keys: no data key yet, a payload over [`MAX_PAYLOAD`], a sequence number
     /// over 56 bits ([`Message::plaintext`] shares open's checks).
     pub fn seal(&self, msg: &Message) -> Result<Vec<u8>, KdnetError> {
-        let key = self.key_for(msg.channel)?;
+        let cipher = self.cipher_for(msg.channel)?;
         let header = [
             MAGIC[0],
             MAGIC[1],
@@ -515,35 +542,49 @@ impl Keys {
             msg.version,
             msg.channel.value(),
         ];
-        let mut body = msg.plaintext()?;
-        let tag = self.tag(&header, &body)?;
-        let len = body.len();
-        Aes256CbcEnc::new(key.into(), (&tag).into())
-            .encrypt_padded_mut::<NoPadding>(&mut body, len)
-            .map_err(|_| KdnetError::BadLength(len))?;
-        let mut out = Vec::with_capacity(HEADER_LEN + len + TAG_LEN);
+        // Header, plaintext and tag in one buffer; the plaintext is encrypted in place.
+        let mut out = Vec::with_capacity(msg.buffer_len());
         out.extend_from_slice(&header);
-        out.extend_from_slice(&body);
+        msg.plaintext_into(&mut out)?;
+        let body = out.get_mut(HEADER_LEN..).ok_or(KdnetError::BadTag)?;
+        let tag = self.tag(&header, body)?;
+        let len = body.len();
+        Aes256CbcEnc::inner_iv_init(cipher, (&tag).into())
+            .encrypt_padded_mut::<NoPadding>(body, len)
+            .map_err(|_| KdnetError::BadLength(len))?;
         out.extend_from_slice(&tag);
         Ok(out)
     }
 
     /// Decrypts a datagram and verifies its tag (in constant time).
     pub fn open(&self, bytes: &[u8]) -> Result<Message, KdnetError> {
-        let (msg, _) = self.open_raw(bytes)?;
+        let (mut msg, prefix_and_pad) = self.open_in_place(bytes)?;
+        // The payload is the plaintext between prefix and padding: cut it out of the
+        // decrypted buffer rather than copying it.
+        msg.payload.truncate(prefix_and_pad.1);
+        msg.payload.drain(..prefix_and_pad.0);
         Ok(msg)
     }
 
     /// Like [`open`](Self::open), also returning the full padded plaintext.
     pub fn open_raw(&self, bytes: &[u8]) -> Result<(Message, Vec<u8>), KdnetError> {
+        let (mut msg, (start, end)) = self.open_in_place(bytes)?;
+        let plain = msg.payload.clone();
+        msg.payload = plain.get(start..end).unwrap_or_default().to_vec();
+        Ok((msg, plain))
+    }
+
+    /// Decrypts and verifies `bytes`: the message with the whole padded plaintext as its
+    /// payload, and where the payload proper starts and ends in it.
+    fn open_in_place(&self, bytes: &[u8]) -> Result<(Message, (usize, usize)), KdnetError> {
         let d = Datagram::new_checked(bytes)?;
         let channel = Channel::from_value(d.channel_byte())?;
-        let key = self.key_for(channel)?;
+        let cipher = self.cipher_for(channel)?;
         let mut iv = [0u8; 16];
         iv.copy_from_slice(d.tag());
         let mut plain = d.body().to_vec();
         let len = plain.len();
-        Aes256CbcDec::new(key.into(), (&iv).into())
+        Aes256CbcDec::inner_iv_init(cipher, (&iv).into())
             .decrypt_padded_mut::<NoPadding>(&mut plain)
             .map_err(|_| KdnetError::BadLength(len))?;
         let tag = self.tag(d.header(), &plain)?;
@@ -557,9 +598,9 @@ impl Keys {
             version: d.version(),
             seq: prefix.seq,
             from_debugger: prefix.from_debugger,
-            payload: plain.get(PREFIX_LEN..payload_end).unwrap_or(&[]).to_vec(),
+            payload: plain,
         };
-        Ok((msg, plain))
+        Ok((msg, (PREFIX_LEN.min(payload_end), payload_end)))
     }
 }
 
@@ -580,7 +621,10 @@ mod tests {
     /// What a careless peer could put on the wire: seal without any check (the sequence
     /// number is cut to 56 bits, the length is not limited).
     fn seal_unchecked(keys: &Keys, msg: &Message) -> Vec<u8> {
-        let key = keys.key_for(msg.channel).unwrap();
+        let key = match msg.channel {
+            Channel::Control => keys.initial,
+            Channel::Data => keys.data.unwrap(),
+        };
         let header = [b'M', b'D', b'B', b'G', msg.version, msg.channel.value()];
         let pad = msg.pad();
         let mut body = (msg.seq & MAX_SEQ).to_be_bytes()[1..].to_vec();
@@ -589,7 +633,7 @@ mod tests {
         body.resize(body.len() + pad, 0);
         let tag = keys.tag(&header, &body).unwrap();
         let len = body.len();
-        Aes256CbcEnc::new(key.into(), (&tag).into())
+        <Aes256CbcEnc as aes::cipher::KeyIvInit>::new(&key.into(), (&tag).into())
             .encrypt_padded_mut::<NoPadding>(&mut body, len)
             .unwrap();
         [&header[..], &body, &tag].concat()
