@@ -267,6 +267,7 @@ impl Memory {
             carry: Vec::new(),
             hits: Vec::new(),
             max_hits,
+            first: pattern.first().copied().unwrap_or(0),
         };
         if pattern.is_empty() || max_hits == 0 || end <= start {
             return s.hits;
@@ -287,33 +288,31 @@ impl Memory {
             if contiguous_to != Some(lo) {
                 s.carry.clear();
             }
+            // The materialised pages of the range in order (one tree walk, not a lookup
+            // per page); the gaps between them read as zeros.
             let mut pos = lo;
-            while pos < hi {
-                let page = pos & !PAGE_MASK;
-                match self.pages.get(&page) {
-                    Some(p) => {
-                        let chunk_end = (page + PAGE_SIZE).min(hi);
-                        let bytes = p
-                            .get((pos - page) as usize..(chunk_end - page) as usize)
-                            .unwrap_or(&[]);
-                        s.scan(pos, bytes);
-                        pos = chunk_end;
-                    }
-                    None => {
-                        let next = self
-                            .pages
-                            .range(page + PAGE_SIZE..)
-                            .next()
-                            .map_or(u64::MAX, |(k, _)| *k);
-                        let run_end = next.min(hi);
-                        s.zeros(pos, run_end - pos);
-                        pos = run_end;
-                    }
+            for (&page, p) in self.pages.range(lo & !PAGE_MASK..hi) {
+                if page > pos {
+                    s.zeros(pos, page - pos);
+                    pos = page;
                 }
+                let chunk_end = (page + PAGE_SIZE).min(hi);
+                let bytes = p
+                    .get((pos - page) as usize..(chunk_end - page) as usize)
+                    .unwrap_or(&[]);
+                s.scan(pos, bytes);
+                pos = chunk_end;
                 if s.hits.len() >= max_hits {
                     s.hits.truncate(max_hits);
                     return s.hits;
                 }
+            }
+            if pos < hi {
+                s.zeros(pos, hi - pos);
+            }
+            if s.hits.len() >= max_hits {
+                s.hits.truncate(max_hits);
+                return s.hits;
             }
             contiguous_to = Some(hi);
         }
@@ -397,25 +396,57 @@ struct Searcher<'p> {
     carry: Vec<u8>,
     hits: Vec<VirtAddr>,
     max_hits: usize,
+    /// The pattern's first byte.
+    first: u8,
 }
 
 impl Searcher<'_> {
-    /// Scans `bytes`, which start at `pos` and follow the carried bytes directly.
+    /// Scans `bytes`, which start at `pos` and follow the carried bytes directly. The
+    /// page is searched where it lies (no copy); only the few bytes around its start, where
+    /// a match may begin in the carry, are searched in a small joint buffer.
     fn scan(&mut self, pos: u64, bytes: &[u8]) {
-        let base = pos - self.carry.len() as u64;
-        let mut buf = std::mem::take(&mut self.carry);
-        buf.extend_from_slice(bytes);
+        let carried = self.carry.len();
+        // A match can start in the carry only where the pattern's first byte is.
+        let joined = carried > 0 && memchr::memchr(self.first, &self.carry).is_some();
+        if joined {
+            let head = bytes.get(..self.keep.min(bytes.len())).unwrap_or_default();
+            self.carry.extend_from_slice(head);
+            let base = pos - carried as u64;
+            let mut from = 0usize;
+            while self.hits.len() < self.max_hits {
+                match self.carry.get(from..).and_then(|r| self.finder.find(r)) {
+                    // Only matches that start in the carry: the rest are found below.
+                    Some(i) if from + i < carried => {
+                        self.hits.push(VirtAddr(base + (from + i) as u64));
+                        from += i + 1;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        // Overlapping matches count (`find_iter` would skip them): search again one byte
+        // after each.
         let mut from = 0usize;
         while self.hits.len() < self.max_hits {
-            let Some(rest) = buf.get(from..) else { break };
-            let Some(i) = self.finder.find(rest) else {
+            let Some(i) = bytes.get(from..).and_then(|r| self.finder.find(r)) else {
                 break;
             };
-            self.hits.push(VirtAddr(base + (from + i) as u64));
+            self.hits.push(VirtAddr(pos + (from + i) as u64));
             from += i + 1;
         }
-        let tail = buf.len().saturating_sub(self.keep);
-        self.carry = buf.split_off(tail);
+        // The new carry: the last `keep` bytes of everything so far.
+        if bytes.len() >= self.keep {
+            self.carry.clear();
+            self.carry
+                .extend_from_slice(bytes.get(bytes.len() - self.keep..).unwrap_or_default());
+        } else {
+            // The old carry and all of `bytes` (added above if the carry was searched).
+            if !joined {
+                self.carry.extend_from_slice(bytes);
+            }
+            let drop = self.carry.len().saturating_sub(self.keep);
+            self.carry.drain(..drop);
+        }
     }
 
     /// Scans `n` zero bytes (never-written pages) starting at `pos`, in O(pattern) time.

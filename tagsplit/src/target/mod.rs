@@ -275,22 +275,28 @@ pub fn search_by_reading<T: DebugTarget + ?Sized>(
     }
     let chunk = chunk.max(pattern.len()).max(256);
     let finder = memchr::memmem::Finder::new(pattern);
-    // `window` holds contiguous readable bytes starting at `window_start`.
-    let mut window: Vec<u8> = Vec::with_capacity(chunk + pattern.len());
+    // `buf[..len]` holds contiguous readable bytes starting at `window_start`: the tail
+    // of the last chunk that a match may still start in, then the chunk just read (read
+    // straight into place; the buffer is allocated and zeroed once).
+    let keep_max = pattern.len().saturating_sub(1);
+    let mut buf = vec![0u8; keep_max + chunk];
+    let mut len = 0usize;
     let mut window_start = start.get();
     let mut cursor = start.get();
-    let mut buf = vec![0u8; chunk];
     while cursor < end.get() {
         let want = usize::try_from((end.get() - cursor).min(chunk as u64)).unwrap_or(chunk);
-        let Some(dst) = buf.get_mut(..want) else {
+        let Some(dst) = buf.get_mut(len..len + want) else {
             break;
         };
-        let got = target.read_memory(VirtAddr(cursor), dst)?;
-        if let Some(read) = buf.get(..got) {
-            window.extend_from_slice(read);
-        }
-        for pos in finder.find_iter(&window) {
-            let at = window_start + pos as u64;
+        let got = target.read_memory(VirtAddr(cursor), dst)?.min(want);
+        len += got;
+        // Every match, overlapping ones too (`find_iter` would skip those), as the
+        // simulator's search reports them.
+        let window = buf.get(..len).unwrap_or_default();
+        let mut from = 0usize;
+        while let Some(pos) = window.get(from..).and_then(|w| finder.find(w)) {
+            let at = window_start + (from + pos) as u64;
+            from += pos + 1;
             if hits.last().is_some_and(|h: &VirtAddr| h.get() >= at) {
                 continue;
             }
@@ -302,15 +308,15 @@ pub fn search_by_reading<T: DebugTarget + ?Sized>(
         cursor += got as u64;
         if got < want {
             // Hole: nothing can match across it. Skip to the next page.
-            window.clear();
+            len = 0;
             cursor = (cursor / PAGE + 1).saturating_mul(PAGE);
             window_start = cursor;
         } else {
             // Keep the tail that could begin a match straddling the next chunk.
-            let keep = pattern.len().saturating_sub(1).min(window.len());
-            let drop = window.len() - keep;
-            window.drain(..drop);
-            window_start += drop as u64;
+            let keep = keep_max.min(len);
+            buf.copy_within(len - keep..len, 0);
+            window_start += (len - keep) as u64;
+            len = keep;
         }
     }
     Ok(hits)
@@ -621,6 +627,30 @@ pub fn open(spec: &str) -> Result<BoxedTarget, OpenError> {
 mod tests {
     use super::*;
     use crate::testkit::*;
+
+    #[test]
+    fn search_by_reading_finds_overlapping_and_straddling_matches_and_skips_holes() {
+        let mut t = flat::FlatTarget::new();
+        let mut page = vec![0u8; 0x1000];
+        // "aaaa" holds "aaa" twice; "Leak" straddles the 256-byte read boundary.
+        page[0x10..0x14].copy_from_slice(b"aaaa");
+        page[0xfe..0x102].copy_from_slice(b"Leak");
+        t.memory.map(VirtAddr(0x1000), page.clone());
+        // After a hole of one page, a match at the very start of the next region.
+        page[..4].copy_from_slice(b"Leak");
+        t.memory.map(VirtAddr(0x3000), page);
+        let find = |t: &mut flat::FlatTarget, p: &[u8]| {
+            search_by_reading(t, VirtAddr(0x1000), VirtAddr(0x4000), p, 10, 256).unwrap()
+        };
+        assert_eq!(
+            find(&mut t, b"aaa"),
+            [0x1010, 0x1011, 0x3010, 0x3011].map(VirtAddr)
+        );
+        assert_eq!(
+            find(&mut t, b"Leak"),
+            [0x10fe, 0x3000, 0x30fe].map(VirtAddr)
+        );
+    }
 
     #[test]
     fn module_walk_detects_loops_and_bad_pointers() {
