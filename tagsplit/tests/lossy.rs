@@ -140,16 +140,10 @@ fn split_over_lossy_gdb() {
     }
 }
 
-/// KDCOM seed 4 is a known open failure: the attach stalls after the CI.dll load-symbols
-/// state change (the target acknowledged our Continue and went silent) until the attach
-/// time-out. Replay it with `TAGSPLIT_LOSSY_SEED=4 RUST_LOG=debug cargo test -p tagsplit
-/// --test lossy kdcom -- --nocapture`; seeds 0-3 and 5 pass.
-const KDCOM_OPEN_FAILURE: u64 = 4;
-
 #[test]
 fn split_over_lossy_kdcom() {
     let (want, digest) = clean("kdcom");
-    for seed in seeds(Some(KDCOM_OPEN_FAILURE)) {
+    for seed in seeds(None) {
         let stub = KdStub::spawn_kdcom(part4(), kd_options()).unwrap();
         let relay = relay(stub.addr(), false, seed);
         let mut target = KdTarget::connect_kdcom(relay.local_addr(), PATIENCE).unwrap();

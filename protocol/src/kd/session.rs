@@ -22,6 +22,7 @@ use std::time::Duration;
 use super::packet::{Leader, PacketType, Repr};
 use super::stream::{StreamDecoder, StreamEvent};
 use super::{BREAKIN_PACKET_BYTE, INITIAL_PACKET_ID, KdError, SYNC_PACKET_ID, le};
+use crate::rto::{RtoBounds, RttEstimator};
 
 /// The default floor of the adaptive retransmission timer.
 pub const MIN_RETRY_TIMEOUT: Duration = Duration::from_millis(25);
@@ -68,9 +69,11 @@ pub struct SessionConfig {
     /// The adaptive timer's ceiling (also caps the back-off after time-outs).
     pub max_retry_timeout: Duration,
     /// Refuse (RESEND, no ACK) a data packet whose payload does not start with an API
-    /// number of its packet type (state change, manipulate, debug I/O, file I/O) or that
-    /// carries a control type. KDCOM's checksum covers the payload only, so one flipped
-    /// bit in the header can turn a reply into debug output; this catches that.
+    /// number of its packet type (state change, manipulate, debug I/O, file I/O), a
+    /// packet of any other type whose payload starts with an API number of one of those,
+    /// and one that carries a control type. KDCOM's checksum covers the payload only, so
+    /// one flipped bit in the header can turn a reply into debug output, or a Continue
+    /// into a packet of an unknown type; this catches both.
     pub check_payloads: bool,
 }
 
@@ -182,61 +185,6 @@ struct InFlight {
     len: usize,
 }
 
-/// The round-trip estimate behind the retransmission timer: TCP's smoothed round trip
-/// and its variation (RFC 6298) over the base latency, plus a per-byte time learned
-/// from how much longer large packets take than the quickest round trip seen, so a
-/// large packet on a slow link gets the time its bytes need.
-#[derive(Clone, Debug, Default)]
-struct RttEstimator {
-    srtt: Option<Duration>,
-    rttvar: Duration,
-    min_rtt: Option<Duration>,
-    /// Nanoseconds per byte on the wire, smoothed.
-    per_byte_ns: u64,
-    /// Time-outs in a row since the last ACK: each doubles the timer, up to the ceiling.
-    backoff: u32,
-}
-
-impl RttEstimator {
-    fn sample(&mut self, rtt: Duration, len: usize) {
-        let len64 = u64::try_from(len.max(1)).unwrap_or(u64::MAX);
-        let min = self.min_rtt.map_or(rtt, |m| m.min(rtt));
-        self.min_rtt = Some(min);
-        let extra = u64::try_from(rtt.saturating_sub(min).as_nanos()).unwrap_or(u64::MAX);
-        let per_byte = extra / len64;
-        self.per_byte_ns = self.per_byte_ns - self.per_byte_ns / 8 + per_byte / 8;
-        let base = rtt.saturating_sub(Duration::from_nanos(self.per_byte_ns.saturating_mul(len64)));
-        match self.srtt {
-            None => {
-                self.srtt = Some(base);
-                self.rttvar = base / 2;
-            }
-            Some(srtt) => {
-                let err = srtt.abs_diff(base);
-                self.rttvar = self.rttvar * 3 / 4 + err / 4;
-                self.srtt = Some(srtt * 7 / 8 + base / 8);
-            }
-        }
-        self.backoff = 0;
-    }
-
-    fn timer(&self, config: &SessionConfig, len: usize) -> Duration {
-        let base = match self.srtt {
-            None => config.retry_timeout,
-            Some(srtt) => {
-                let len64 = u64::try_from(len).unwrap_or(u64::MAX);
-                srtt.saturating_add((self.rttvar * 4).max(Duration::from_millis(1)))
-                    .saturating_add(Duration::from_nanos(self.per_byte_ns.saturating_mul(len64)))
-            }
-        };
-        let backed_off = base.saturating_mul(1u32 << self.backoff.min(16));
-        backed_off.clamp(
-            config.min_retry_timeout,
-            config.max_retry_timeout.max(config.min_retry_timeout),
-        )
-    }
-}
-
 /// A KD session (one end).
 #[derive(Clone, Debug)]
 pub struct Session {
@@ -279,12 +227,16 @@ impl Session {
     /// doubled for each time-out in a row, within `min_retry_timeout` and
     /// `max_retry_timeout`.
     pub fn retry_timer(&self, len: usize) -> Duration {
-        self.rtt.timer(&self.config, len)
+        let c = &self.config;
+        self.rtt.timeout(
+            &RtoBounds::new(c.retry_timeout, c.min_retry_timeout, c.max_retry_timeout),
+            len,
+        )
     }
 
     /// The smoothed round trip, once one has been measured.
     pub fn smoothed_rtt(&self) -> Option<Duration> {
-        self.rtt.srtt
+        self.rtt.smoothed()
     }
 
     /// The configuration.
@@ -413,7 +365,7 @@ impl Session {
             self.pump(now);
             return;
         }
-        self.rtt.backoff = self.rtt.backoff.saturating_add(1);
+        self.rtt.back_off();
         self.resend_in_flight(now, false);
     }
 
@@ -449,7 +401,7 @@ impl Session {
                     self.rtt.sample(rtt, len);
                 }
                 // An ACK shows the link alive: the back-off ends even without a sample.
-                self.rtt.backoff = 0;
+                self.rtt.reset_backoff();
                 self.in_flight = None;
                 self.next_id = match self.config.scheme {
                     IdScheme::Kdcom => (sent & !SYNC_PACKET_ID) ^ 1,
@@ -587,18 +539,47 @@ impl Session {
     }
 }
 
-/// Whether a data packet's payload starts with an API number of its type (types without
-/// a known API range pass; control types never carry data).
+/// The API numbers a data packet of `ty` starts with; `None` for types without a known
+/// API range.
+fn api_range(ty: PacketType) -> Option<std::ops::RangeInclusive<u32>> {
+    match ty {
+        PacketType::StateChange64 => Some(0x3030..=0x30ff),
+        PacketType::StateManipulate => Some(0x3130..=0x31ff),
+        PacketType::DebugIo => Some(0x3230..=0x32ff),
+        PacketType::FileIo => Some(0x3430..=0x34ff),
+        _ => None,
+    }
+}
+
+/// The packet types whose payloads carry an API number.
+const API_TYPES: [PacketType; 4] = [
+    PacketType::StateChange64,
+    PacketType::StateManipulate,
+    PacketType::DebugIo,
+    PacketType::FileIo,
+];
+
+/// Whether a data packet's payload fits its type: a type with an API range must start
+/// with an API number in it; any other type must not start with an API number of one of
+/// those types (one flipped bit turns `KD_STATE_MANIPULATE`, 2, into 0x22, a type nobody
+/// handles, which would be acknowledged and dropped); control types never carry data.
 fn plausible(ty: PacketType, payload: &[u8]) -> bool {
-    let range = match ty {
-        PacketType::StateChange64 => 0x3030..=0x30ff,
-        PacketType::StateManipulate => 0x3130..=0x31ff,
-        PacketType::DebugIo => 0x3230..=0x32ff,
-        PacketType::FileIo => 0x3430..=0x34ff,
-        PacketType::Acknowledge | PacketType::Resend | PacketType::Reset => return false,
-        _ => return true,
-    };
-    payload.len() >= 4 && range.contains(&le::u32_at(payload, 0))
+    if matches!(
+        ty,
+        PacketType::Acknowledge | PacketType::Resend | PacketType::Reset
+    ) {
+        return false;
+    }
+    let api = (payload.len() >= 4).then(|| le::u32_at(payload, 0));
+    match api_range(ty) {
+        Some(range) => api.is_some_and(|a| range.contains(&a)),
+        None => !api.is_some_and(|a| {
+            API_TYPES
+                .iter()
+                .filter_map(|t| api_range(*t))
+                .any(|r| r.contains(&a))
+        }),
+    }
 }
 
 fn frame(scheme: IdScheme, repr: &Repr) -> Vec<u8> {
