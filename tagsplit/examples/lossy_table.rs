@@ -28,10 +28,7 @@ fn parse_args() -> Result<(u64, Vec<Protocol>), String> {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--runs" => {
-                runs = args
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .ok_or_else(usage)?;
+                runs = args.next().and_then(|n| n.parse().ok()).ok_or_else(usage)?;
             }
             "--protocol" => protocols.push(match args.next().as_deref() {
                 Some("gdb") => Protocol::Gdb { ack: false },
@@ -44,7 +41,11 @@ fn parse_args() -> Result<(u64, Vec<Protocol>), String> {
         }
     }
     if protocols.is_empty() {
-        protocols = vec![Protocol::Gdb { ack: false }, Protocol::Kdcom, Protocol::Kdnet];
+        protocols = vec![
+            Protocol::Gdb { ack: false },
+            Protocol::Kdcom,
+            Protocol::Kdnet,
+        ];
     }
     Ok((runs, protocols))
 }
@@ -131,6 +132,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    // RUST_LOG=debug shows what the debugger backends do.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
     let want = match lossy_support::reference() {
         Ok(r) => r,
         Err(e) => {

@@ -25,7 +25,7 @@ use super::{BREAKIN_PACKET_BYTE, INITIAL_PACKET_ID, KdError, SYNC_PACKET_ID, le}
 use crate::rto::{RtoBounds, RttEstimator};
 
 /// The default floor of the adaptive retransmission timer.
-pub const MIN_RETRY_TIMEOUT: Duration = Duration::from_millis(25);
+pub const MIN_RETRY_TIMEOUT: Duration = Duration::from_millis(2);
 /// The default ceiling of the adaptive retransmission timer.
 pub const MAX_RETRY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -396,12 +396,14 @@ impl Session {
                 if !matches {
                     return;
                 }
+                // Karn's algorithm: a packet sent again gives no sample (which copy was
+                // acknowledged?), and the backed-off timer stays until one that was not
+                // gives one. So a large packet on a slow link, sent again because the
+                // timer did not yet know the time its bytes need, is soon given it.
                 if f.retries == 0 {
                     let (rtt, len) = (now.saturating_sub(f.sent_at), f.len);
                     self.rtt.sample(rtt, len);
                 }
-                // An ACK shows the link alive: the back-off ends even without a sample.
-                self.rtt.reset_backoff();
                 self.in_flight = None;
                 self.next_id = match self.config.scheme {
                     IdScheme::Kdcom => (sent & !SYNC_PACKET_ID) ^ 1,

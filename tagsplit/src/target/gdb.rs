@@ -87,7 +87,7 @@ pub const REPLY_NUDGE: Duration = Duration::from_millis(500);
 /// the reply's bytes need on the link, as measured, comes on top).
 pub const REPLY_TIMER: RtoBounds = RtoBounds::new(
     Duration::from_millis(500),
-    Duration::from_millis(50),
+    Duration::from_millis(5),
     Duration::from_secs(2),
 );
 
@@ -426,10 +426,13 @@ impl GdbTarget {
     /// earlier copies that come late are dropped. The request fails after [`MAX_SENDS`]
     /// copies, or when no byte at all came from the stub for [`GdbOptions::timeout`].
     ///
-    /// In ack mode (see [`GdbOptions::no_ack`]) a reply that is [`REPLY_NUDGE`] late to an
-    /// idempotent command is asked for again with a `-` (the stub re-sends a reply it has
-    /// not seen acknowledged); if it is still late the command itself is sent again. The
-    /// request fails after `timeout` in all.
+    /// In ack mode (see [`GdbOptions::no_ack`]) a reply to an idempotent command that is
+    /// late by the same timer (at least [`REPLY_NUDGE`]) is asked for again with a `-`
+    /// (the stub re-sends a reply it has not seen acknowledged); if it is still late the
+    /// command itself is sent again. The request fails after `timeout` in all.
+    ///
+    /// Either way a reply that is still streaming in (a frame begun, its last byte within
+    /// one timer) is waited for, not asked for again.
     pub fn request(&mut self, cmd: &Command) -> Result<Reply, TargetError> {
         self.output.clear();
         if self.session.ack_mode() {
@@ -502,17 +505,24 @@ impl GdbTarget {
     fn request_ack_mode(&mut self, cmd: &Command) -> Result<Reply, TargetError> {
         self.session.send(cmd);
         self.write_out()?;
-        let deadline = Instant::now() + self.options.timeout;
+        let sent = Instant::now();
+        let deadline = sent + self.options.timeout;
         if !idempotent(cmd) {
             return self.wait_reply(deadline);
         }
+        let bytes = exchange_bytes(cmd);
         let mut nudges = 0u32;
         loop {
-            let step = (Instant::now() + REPLY_NUDGE).min(deadline);
+            let timer = self.rtt.timeout(&REPLY_TIMER, bytes).max(REPLY_NUDGE);
+            let step = (Instant::now() + timer).min(deadline);
             match self.wait_reply(step) {
+                // A reply still streaming in on a slow link is not late.
+                Err(TargetError::Timeout)
+                    if self.session.receiving() && Instant::now() < self.last_byte + timer => {}
                 Err(TargetError::Timeout) if Instant::now() < deadline => {
                     nudges += 1;
                     self.nudges += 1;
+                    self.rtt.back_off();
                     if nudges % 2 == 1 {
                         tracing::debug!("gdb: reply late, asking for it again");
                         self.stream.write_all(b"-")?;
@@ -521,6 +531,12 @@ impl GdbTarget {
                         self.session.send(cmd);
                         self.write_out()?;
                     }
+                }
+                Ok(r) => {
+                    if nudges == 0 {
+                        self.rtt.sample(sent.elapsed(), bytes);
+                    }
+                    return Ok(r);
                 }
                 other => return other,
             }
@@ -788,12 +804,12 @@ impl GdbTarget {
     }
 
     /// How long a run may stay silent, in no-ack mode, before the stop reply is asked for
-    /// with `?`: four times the longest run so far and four reply timers, at least 250 ms
+    /// with `?`: four times the longest run so far and four reply timers, at least 25 ms
     /// (1 s before any run has been seen).
     fn run_patience(&self) -> Duration {
         let timer = self.rtt.timeout(&REPLY_TIMER, 64);
         match self.slowest_run {
-            Some(run) => (run * 4).max(timer * 4).max(Duration::from_millis(250)),
+            Some(run) => (run * 4).max(timer * 4).max(Duration::from_millis(25)),
             None => Duration::from_secs(1).max(timer * 4),
         }
     }

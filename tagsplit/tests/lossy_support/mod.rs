@@ -268,3 +268,54 @@ fn run_inner(
         }
     }
 }
+
+/// Reads `len` bytes at `nt`'s base over `protocol` through a relay with `impairment`;
+/// returns whether they equal the simulator's and our packets sent again.
+pub fn read_over(
+    protocol: Protocol,
+    impairment: Impairment,
+    len: usize,
+) -> Result<(bool, u64), String> {
+    let mut sim = SimTarget::builtin("part4").ok_or("part4 does not boot")?;
+    let base = sim.kernel_info().map_err(|e| e.to_string())?.kern_base;
+    let mut want = vec![0u8; len];
+    let n = sim
+        .read_memory(base, &mut want)
+        .map_err(|e| e.to_string())?;
+    want.truncate(n);
+    let mut got = vec![0u8; len];
+    let read = |target: &mut dyn DebugTarget, got: &mut Vec<u8>| -> Result<u64, String> {
+        let n = target.read_memory(base, got).map_err(|e| e.to_string())?;
+        got.truncate(n);
+        Ok(target.stats().map_or(0, |s| s.retransmissions))
+    };
+    let resends = match protocol {
+        Protocol::Gdb { ack } => {
+            let stub = serve_scenario(&part4()?, loopback(), None, StubFeatures::FULL)
+                .map_err(|e| e.to_string())?;
+            let relay = relay(stub.addr(), false, impairment, 0)?;
+            let options = GdbOptions {
+                no_ack: !ack,
+                ..GdbOptions::default()
+            };
+            let mut target = GdbTarget::connect_with(&relay.local_addr().to_string(), options)
+                .map_err(|e| e.to_string())?;
+            let r = read(&mut target, &mut got);
+            drop(target);
+            relay.shutdown();
+            r?
+        }
+        Protocol::Kdcom => {
+            let stub = KdStub::spawn_kdcom(boot()?, kd_options()?).map_err(|e| e.to_string())?;
+            let relay = relay(stub.addr(), false, impairment, 0)?;
+            let mut target =
+                KdTarget::connect_kdcom(relay.local_addr(), PATIENCE).map_err(|e| e.to_string())?;
+            let r = read(&mut target, &mut got);
+            drop(target);
+            relay.shutdown();
+            r?
+        }
+        Protocol::Kdnet => return Err("read_over: streams only".into()),
+    };
+    Ok((got == want, resends))
+}
