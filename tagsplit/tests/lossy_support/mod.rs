@@ -136,7 +136,9 @@ pub fn split_json(target: &mut dyn DebugTarget, name: &str) -> Result<serde_json
     let _ = std::fs::remove_file(&journal);
     let mut v =
         serde_json::to_value(report.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-    v["target"] = serde_json::Value::Null;
+    if let Some(t) = v.get_mut("target") {
+        *t = serde_json::Value::Null;
+    }
     Ok(v)
 }
 
