@@ -76,6 +76,12 @@ fn table(protocol: Protocol, runs: u64, want: &Reference) -> bool {
     for seed in 0..runs {
         let out = lossy_support::run(protocol, faults.clone(), seed, want);
         let ok = out.verdict_ok && out.restored;
+        if !out.verdict_ok
+            && let Some(got) = &out.report
+        {
+            eprintln!("{} seed {seed}: the report differs:", protocol.name());
+            lossy_support::print_differences(&want.report, got, "");
+        }
         passes += u64::from(ok);
         times.push(out.took);
         println!(

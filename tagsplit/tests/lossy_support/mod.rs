@@ -321,3 +321,26 @@ pub fn read_over(
     };
     Ok((got == want, resends))
 }
+
+/// Prints where `got` differs from `want` (JSON paths), to stderr.
+pub fn print_differences(want: &serde_json::Value, got: &serde_json::Value, path: &str) {
+    use serde_json::Value;
+    match (want, got) {
+        (Value::Object(w), Value::Object(g)) => {
+            for (k, wv) in w {
+                let p = format!("{path}.{k}");
+                match g.get(k) {
+                    Some(gv) => print_differences(wv, gv, &p),
+                    None => eprintln!("  {p}: missing"),
+                }
+            }
+        }
+        (Value::Array(w), Value::Array(g)) if w.len() == g.len() => {
+            for (i, (wv, gv)) in w.iter().zip(g).enumerate() {
+                print_differences(wv, gv, &format!("{path}[{i}]"));
+            }
+        }
+        (w, g) if w != g => eprintln!("  {path}: want {w}, got {g}"),
+        _ => {}
+    }
+}
