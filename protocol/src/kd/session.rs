@@ -75,6 +75,12 @@ pub struct SessionConfig {
     /// one flipped bit in the header can turn a reply into debug output, or a Continue
     /// into a packet of an unknown type; this catches both.
     pub check_payloads: bool,
+    /// Take a new data packet from the peer that can only answer our packet in flight as
+    /// its acknowledgement (KD is lock-step, and the peer's ACK may have been lost): on
+    /// the debugger, a manipulate reply or a state change while a manipulate request (or
+    /// Continue) is in flight; on the target, a manipulate request while a manipulate
+    /// reply or a state change is in flight. Saves a retransmission timer per lost ACK.
+    pub implicit_acks: bool,
 }
 
 /// The default [`SessionConfig::max_queued`].
@@ -92,6 +98,7 @@ impl SessionConfig {
             min_retry_timeout: MIN_RETRY_TIMEOUT,
             max_retry_timeout: MAX_RETRY_TIMEOUT,
             check_payloads: false,
+            implicit_acks: false,
         }
     }
 
@@ -344,7 +351,7 @@ impl Session {
         self.stats.packets_received = self.stats.packets_received.saturating_add(1);
         match repr.leader {
             Leader::Control => self.handle_control(now, repr.packet_type, repr.id),
-            Leader::Data => self.handle_data(repr),
+            Leader::Data => self.handle_data(now, repr),
         }
     }
 
@@ -396,22 +403,7 @@ impl Session {
                 if !matches {
                     return;
                 }
-                // Karn's algorithm: a packet sent again gives no sample (which copy was
-                // acknowledged?), and the backed-off timer stays until one that was not
-                // gives one. So a large packet on a slow link, sent again because the
-                // timer did not yet know the time its bytes need, is soon given it.
-                if f.retries == 0 {
-                    let (rtt, len) = (now.saturating_sub(f.sent_at), f.len);
-                    self.rtt.sample(rtt, len);
-                }
-                self.in_flight = None;
-                self.next_id = match self.config.scheme {
-                    IdScheme::Kdcom => (sent & !SYNC_PACKET_ID) ^ 1,
-                    IdScheme::Kdnet => sent.wrapping_add(2),
-                };
-                self.events
-                    .push_back(SessionEvent::Acknowledged { id: sent });
-                self.pump(now);
+                self.acknowledged(now);
             }
             PacketType::Resend => self.resend_in_flight(now, false),
             PacketType::Reset => {
@@ -430,7 +422,7 @@ impl Session {
         }
     }
 
-    fn handle_data(&mut self, repr: Repr) {
+    fn handle_data(&mut self, now: Duration, repr: Repr) {
         if self.config.check_payloads && !plausible(repr.packet_type, &repr.payload) {
             self.corrupt(format!(
                 "{} packet whose payload is of another type",
@@ -463,11 +455,56 @@ impl Session {
             return;
         }
         self.last_delivered = Some(id);
+        if self.config.implicit_acks && self.answers_in_flight(repr.packet_type) {
+            self.acknowledged(now);
+        }
         self.events.push_back(SessionEvent::Packet {
             packet_type: repr.packet_type,
             id,
             payload: repr.payload,
         });
+    }
+
+    /// Whether a new data packet of type `ty` from the peer answers our packet in flight
+    /// (see [`SessionConfig::implicit_acks`]).
+    fn answers_in_flight(&self, ty: PacketType) -> bool {
+        let Some(f) = &self.in_flight else {
+            return false;
+        };
+        match self.config.role {
+            Role::Debugger => {
+                f.repr.packet_type == PacketType::StateManipulate
+                    && matches!(ty, PacketType::StateManipulate | PacketType::StateChange64)
+            }
+            Role::Target => {
+                matches!(
+                    f.repr.packet_type,
+                    PacketType::StateManipulate | PacketType::StateChange64
+                ) && ty == PacketType::StateManipulate
+            }
+        }
+    }
+
+    /// Our packet in flight got through: the next one may go.
+    fn acknowledged(&mut self, now: Duration) {
+        let Some(f) = self.in_flight.take() else {
+            return;
+        };
+        let sent = f.repr.id;
+        // Karn's algorithm: a packet sent again gives no sample (which copy was
+        // acknowledged?), and the backed-off timer stays until one that was not gives
+        // one. So a large packet on a slow link, sent again because the timer did not
+        // yet know the time its bytes need, is soon given it.
+        if f.retries == 0 {
+            self.rtt.sample(now.saturating_sub(f.sent_at), f.len);
+        }
+        self.next_id = match self.config.scheme {
+            IdScheme::Kdcom => (sent & !SYNC_PACKET_ID) ^ 1,
+            IdScheme::Kdnet => sent.wrapping_add(2),
+        };
+        self.events
+            .push_back(SessionEvent::Acknowledged { id: sent });
+        self.pump(now);
     }
 
     /// KDCOM resets carry id 0; KDNET resets carry the sender's next id.

@@ -128,6 +128,7 @@ impl StubConfig {
             retry_timeout: self.retry_timeout,
             max_retries: self.max_retries,
             check_payloads: true,
+            implicit_acks: true,
             ..base
         }
     }
