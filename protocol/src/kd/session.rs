@@ -80,6 +80,8 @@ pub struct SessionConfig {
     /// the debugger, a manipulate reply or a state change while a manipulate request (or
     /// Continue) is in flight; on the target, a manipulate request while a manipulate
     /// reply or a state change is in flight. Saves a retransmission timer per lost ACK.
+    /// For KDNET, whose datagrams are authenticated: KDCOM does not checksum the header,
+    /// and one flipped id bit makes a stale packet look new.
     pub implicit_acks: bool,
 }
 
