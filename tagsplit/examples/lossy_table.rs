@@ -18,15 +18,20 @@ use lossy_support::{Protocol, Reference};
 use tagsplit_protocol::impair::Impairment;
 
 fn usage() -> String {
-    "usage: lossy_table [--runs N] [--protocol gdb|gdb-ack|kdcom|kdnet]...".to_owned()
+    "usage: lossy_table [--runs N] [--first SEED] [--protocol gdb|gdb-ack|kdcom|kdnet]..."
+        .to_owned()
 }
 
-fn parse_args() -> Result<(u64, Vec<Protocol>), String> {
+fn parse_args() -> Result<(u64, u64, Vec<Protocol>), String> {
     let mut runs = 50u64;
+    let mut first = 0u64;
     let mut protocols = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
+            "--first" => {
+                first = args.next().and_then(|n| n.parse().ok()).ok_or_else(usage)?;
+            }
             "--runs" => {
                 runs = args.next().and_then(|n| n.parse().ok()).ok_or_else(usage)?;
             }
@@ -47,7 +52,7 @@ fn parse_args() -> Result<(u64, Vec<Protocol>), String> {
             Protocol::Kdnet,
         ];
     }
-    Ok((runs, protocols))
+    Ok((first, runs, protocols))
 }
 
 fn secs(d: Duration) -> String {
@@ -55,7 +60,7 @@ fn secs(d: Duration) -> String {
 }
 
 /// Runs one protocol's table; returns whether every run passed.
-fn table(protocol: Protocol, runs: u64, want: &Reference) -> bool {
+fn table(protocol: Protocol, first: u64, runs: u64, want: &Reference) -> bool {
     let faults = protocol.faults();
     let clean = lossy_support::run(protocol, Impairment::default(), 0, want);
     println!("### {} ({})", protocol.name(), describe(&faults));
@@ -73,7 +78,7 @@ fn table(protocol: Protocol, runs: u64, want: &Reference) -> bool {
     let clean_s = clean.took.as_secs_f64().max(1e-9);
     let mut times = Vec::new();
     let mut passes = 0u64;
-    for seed in 0..runs {
+    for seed in first..first + runs {
         let out = lossy_support::run(protocol, faults.clone(), seed, want);
         let ok = out.verdict_ok && out.restored;
         if !out.verdict_ok
@@ -131,7 +136,7 @@ fn describe(i: &Impairment) -> String {
 }
 
 fn main() -> std::process::ExitCode {
-    let (runs, protocols) = match parse_args() {
+    let (first, runs, protocols) = match parse_args() {
         Ok(a) => a,
         Err(e) => {
             eprintln!("{e}");
@@ -152,7 +157,7 @@ fn main() -> std::process::ExitCode {
     };
     let mut ok = true;
     for p in protocols {
-        ok &= table(p, runs, &want);
+        ok &= table(p, first, runs, &want);
     }
     if ok {
         std::process::ExitCode::SUCCESS
