@@ -452,3 +452,50 @@ fn a_continue_whose_type_bit_flipped_is_refused_and_sent_again() {
     assert!(dbg.is_idle());
     assert_eq!(dbg.stats().retransmissions, 1);
 }
+
+/// The stall of the lossy KDCOM split's seed 40: a request's ByteCount (which KDCOM does
+/// not checksum) was damaged to claim far more bytes than came, and the target's decoder
+/// waited for them while the debugger only sent a small packet a second. A stream that
+/// stops in the middle of a packet is now resynced after a stall timer, with a RESEND,
+/// and the packet sent again is delivered.
+#[test]
+fn a_stream_that_stops_mid_packet_is_resynced_and_asked_again() {
+    let mut tgt = Session::new(SessionConfig {
+        check_payloads: true,
+        ..SessionConfig::kdcom(Role::Target)
+    });
+    let mut read = vec![0u8; 56];
+    read[..4].copy_from_slice(&0x3130u32.to_le_bytes());
+    let good = Repr::data(PacketType::StateManipulate, INITIAL_PACKET_ID, read.clone());
+    let good = good.to_kdcom_bytes();
+    let mut bad = good.clone();
+    bad[6..8].copy_from_slice(&3000u16.to_le_bytes());
+    tgt.handle_bytes(Duration::ZERO, &bad);
+    assert_eq!(
+        tgt.poll_event(),
+        None,
+        "waiting for the bytes the header claims"
+    );
+    assert_eq!(tgt.poll_transmit(), None);
+    let at = tgt.poll_timeout().expect("a stall timer");
+    tgt.handle_timeout(at - Duration::from_millis(1));
+    assert_eq!(tgt.poll_transmit(), None, "not before the stall timer");
+    tgt.handle_timeout(at);
+    let mut corrupt = false;
+    while let Some(ev) = tgt.poll_event() {
+        corrupt |= matches!(ev, SessionEvent::Corrupt(_));
+        assert!(!matches!(ev, SessionEvent::Packet { .. }));
+    }
+    assert!(corrupt);
+    let resend = Repr::control(PacketType::Resend, 0).to_kdcom_bytes();
+    assert_eq!(tgt.poll_transmit(), Some(resend));
+    // The debugger sends it again: delivered.
+    tgt.handle_bytes(at, &good);
+    let mut delivered = Vec::new();
+    while let Some(ev) = tgt.poll_event() {
+        if let SessionEvent::Packet { payload, .. } = ev {
+            delivered.push(payload);
+        }
+    }
+    assert_eq!(delivered, [read]);
+}

@@ -209,6 +209,8 @@ pub struct Session {
     reset_sent: bool,
     stats: SessionStats,
     rtt: RttEstimator,
+    /// When the last bytes came in (a KDCOM stream that stops mid-packet is resynced).
+    last_rx: Duration,
 }
 
 impl Session {
@@ -227,6 +229,7 @@ impl Session {
             reset_sent: false,
             stats: SessionStats::default(),
             rtt: RttEstimator::default(),
+            last_rx: Duration::ZERO,
         }
     }
 
@@ -307,7 +310,26 @@ impl Session {
     /// Handles bytes from a KDCOM stream.
     pub fn handle_bytes(&mut self, now: Duration, bytes: &[u8]) {
         self.stats.bytes_received = self.stats.bytes_received.saturating_add(bytes.len() as u64);
+        self.last_rx = now;
         self.decoder.push(bytes);
+        self.decoded(now);
+    }
+
+    /// How long a KDCOM stream may stop in the middle of a packet before the partial
+    /// packet is given up: four retransmission timers for a maximal packet, at least
+    /// 20 ms (a live link, however slow, keeps its bytes coming).
+    fn stall_timeout(&self) -> Duration {
+        (self.retry_timer(super::stream::MAX_BUFFERED) * 4).max(Duration::from_millis(20))
+    }
+
+    /// When a partial packet is given up, if one is held.
+    fn stall_deadline(&self) -> Option<Duration> {
+        (self.config.scheme == IdScheme::Kdcom && self.decoder.buffered() > 0)
+            .then(|| self.last_rx.saturating_add(self.stall_timeout()))
+    }
+
+    /// Handles what the stream decoder made of the bytes.
+    fn decoded(&mut self, now: Duration) {
         while let Some(ev) = self.decoder.next_event() {
             match ev {
                 StreamEvent::Packet(repr) => self.handle_repr(now, repr),
@@ -357,8 +379,15 @@ impl Session {
         }
     }
 
-    /// Re-sends or gives up the packet in flight when its timer has expired.
+    /// Re-sends or gives up the packet in flight when its timer has expired; resyncs a
+    /// KDCOM stream that stopped in the middle of a packet (and asks for it again).
     pub fn handle_timeout(&mut self, now: Duration) {
+        if self.stall_deadline().is_some_and(|at| now >= at) {
+            self.decoder.resync();
+            self.last_rx = now;
+            self.corrupt("the stream stopped in the middle of a packet".into());
+            self.decoded(now);
+        }
         let Some(f) = &self.in_flight else { return };
         if now < f.deadline {
             return;
@@ -380,7 +409,11 @@ impl Session {
 
     /// When [`handle_timeout`](Self::handle_timeout) should next be called.
     pub fn poll_timeout(&self) -> Option<Duration> {
-        self.in_flight.as_ref().map(|f| f.deadline)
+        let in_flight = self.in_flight.as_ref().map(|f| f.deadline);
+        [in_flight, self.stall_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The next unit to put on the wire (KDCOM bytes, or one KDNET datagram payload).
