@@ -187,8 +187,12 @@ impl Wire {
     }
 }
 
+/// The most bytes of a stream that arrive together on a link with a rate limit.
+pub const STREAM_PIECE: usize = 64;
+
 /// One direction of an impaired byte stream: bytes may be dropped or bit-flipped, never
-/// reordered or duplicated.
+/// reordered or duplicated. With a rate limit, bytes arrive in pieces of at most
+/// [`STREAM_PIECE`] as they come off the wire.
 #[derive(Debug)]
 pub struct StreamLink {
     wire: Wire,
@@ -228,9 +232,18 @@ impl StreamLink {
         if out.is_empty() {
             return;
         }
-        let at = self.wire.schedule(now, out.len());
         self.queued = self.queued.saturating_add(out.len());
-        self.queue.push_back((at, out));
+        if self.wire.config.rate.is_some_and(|r| r > 0) {
+            // At a limited rate the bytes come off the wire as they go, a piece at a
+            // time, as on a serial line (not all at once when the last one is through).
+            for piece in out.chunks(STREAM_PIECE) {
+                let at = self.wire.schedule(now, piece.len());
+                self.queue.push_back((at, piece.to_vec()));
+            }
+        } else {
+            let at = self.wire.schedule(now, out.len());
+            self.queue.push_back((at, out));
+        }
     }
 
     /// Every byte that has arrived by `now`, in order, or `None` when none has.

@@ -12,6 +12,7 @@
 //! | `kdnet` | [`kdnet`] | KD over UDP: keys, AES-256-CBC + HMAC-SHA256 datagrams, the handshake (implies `kd`) | aes, cbc, hmac, sha2, subtle |
 //! | (always) | [`stub`] | the [`Target`](stub::Target) trait a debuggee implements (memory, registers, run control; search, libraries, memory map, monitor, breakpoints, exact runs and Windows kernel addresses as opt-in capabilities), named for the target so every protocol's stub drives it; `gdb::stub::Stub` and `kd::stub::Stub` are the stubs over it | — |
 //! | (always) | [`nt`] | what a debugger reads in a Windows x64 kernel: structure layouts, PE headers, NTSTATUS values, and the value types [`nt::VirtAddr`] and [`nt::PoolTag`], shared by targets that write them and debuggers that read them | — |
+//! | (always) | [`rto`] | an adaptive retransmission / reply timer (smoothed round trip, its variation, and the time the bytes in flight need on the link) | — |
 //! | `impair` | [`impair`] | a seeded, sans-IO model of a lossy, corrupting, slow link (streams and datagrams) for tests and relays; off by default | chacha20, rand_core |
 //! | `tokio` | `codec` | `tokio_util::codec` adapters over the enabled protocols' sessions | tokio-util, bytes |
 //!
@@ -175,6 +176,7 @@ pub mod kd;
 #[cfg(feature = "kdnet")]
 pub mod kdnet;
 pub mod nt;
+pub mod rto;
 pub mod stub;
 
 #[cfg(all(feature = "tokio", any(feature = "gdb", feature = "kd")))]

@@ -635,6 +635,12 @@ impl ClientSession {
         self.link.ack_mode
     }
 
+    /// Whether a frame is partly decoded: a reply is arriving (on a slow link, a long
+    /// one takes a while).
+    pub fn receiving(&self) -> bool {
+        self.link.decoder.in_frame()
+    }
+
     /// Commands sent (each is one round trip).
     pub fn round_trips(&self) -> u64 {
         self.round_trips

@@ -22,9 +22,10 @@ use std::time::Duration;
 use super::packet::{Leader, PacketType, Repr};
 use super::stream::{StreamDecoder, StreamEvent};
 use super::{BREAKIN_PACKET_BYTE, INITIAL_PACKET_ID, KdError, SYNC_PACKET_ID, le};
+use crate::rto::{RtoBounds, RttEstimator};
 
 /// The default floor of the adaptive retransmission timer.
-pub const MIN_RETRY_TIMEOUT: Duration = Duration::from_millis(25);
+pub const MIN_RETRY_TIMEOUT: Duration = Duration::from_millis(2);
 /// The default ceiling of the adaptive retransmission timer.
 pub const MAX_RETRY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -68,10 +69,20 @@ pub struct SessionConfig {
     /// The adaptive timer's ceiling (also caps the back-off after time-outs).
     pub max_retry_timeout: Duration,
     /// Refuse (RESEND, no ACK) a data packet whose payload does not start with an API
-    /// number of its packet type (state change, manipulate, debug I/O, file I/O) or that
-    /// carries a control type. KDCOM's checksum covers the payload only, so one flipped
-    /// bit in the header can turn a reply into debug output; this catches that.
+    /// number of its packet type (state change, manipulate, debug I/O, file I/O), a
+    /// packet of any other type whose payload starts with an API number of one of those,
+    /// and one that carries a control type. KDCOM's checksum covers the payload only, so
+    /// one flipped bit in the header can turn a reply into debug output, or a Continue
+    /// into a packet of an unknown type; this catches both.
     pub check_payloads: bool,
+    /// Take a new data packet from the peer that can only answer our packet in flight as
+    /// its acknowledgement (KD is lock-step, and the peer's ACK may have been lost): on
+    /// the debugger, a manipulate reply or a state change while a manipulate request (or
+    /// Continue) is in flight; on the target, a manipulate request while a manipulate
+    /// reply or a state change is in flight. Saves a retransmission timer per lost ACK.
+    /// For KDNET, whose datagrams are authenticated: KDCOM does not checksum the header,
+    /// and one flipped id bit makes a stale packet look new.
+    pub implicit_acks: bool,
 }
 
 /// The default [`SessionConfig::max_queued`].
@@ -89,6 +100,7 @@ impl SessionConfig {
             min_retry_timeout: MIN_RETRY_TIMEOUT,
             max_retry_timeout: MAX_RETRY_TIMEOUT,
             check_payloads: false,
+            implicit_acks: false,
         }
     }
 
@@ -182,61 +194,6 @@ struct InFlight {
     len: usize,
 }
 
-/// The round-trip estimate behind the retransmission timer: TCP's smoothed round trip
-/// and its variation (RFC 6298) over the base latency, plus a per-byte time learned
-/// from how much longer large packets take than the quickest round trip seen, so a
-/// large packet on a slow link gets the time its bytes need.
-#[derive(Clone, Debug, Default)]
-struct RttEstimator {
-    srtt: Option<Duration>,
-    rttvar: Duration,
-    min_rtt: Option<Duration>,
-    /// Nanoseconds per byte on the wire, smoothed.
-    per_byte_ns: u64,
-    /// Time-outs in a row since the last ACK: each doubles the timer, up to the ceiling.
-    backoff: u32,
-}
-
-impl RttEstimator {
-    fn sample(&mut self, rtt: Duration, len: usize) {
-        let len64 = u64::try_from(len.max(1)).unwrap_or(u64::MAX);
-        let min = self.min_rtt.map_or(rtt, |m| m.min(rtt));
-        self.min_rtt = Some(min);
-        let extra = u64::try_from(rtt.saturating_sub(min).as_nanos()).unwrap_or(u64::MAX);
-        let per_byte = extra / len64;
-        self.per_byte_ns = self.per_byte_ns - self.per_byte_ns / 8 + per_byte / 8;
-        let base = rtt.saturating_sub(Duration::from_nanos(self.per_byte_ns.saturating_mul(len64)));
-        match self.srtt {
-            None => {
-                self.srtt = Some(base);
-                self.rttvar = base / 2;
-            }
-            Some(srtt) => {
-                let err = srtt.abs_diff(base);
-                self.rttvar = self.rttvar * 3 / 4 + err / 4;
-                self.srtt = Some(srtt * 7 / 8 + base / 8);
-            }
-        }
-        self.backoff = 0;
-    }
-
-    fn timer(&self, config: &SessionConfig, len: usize) -> Duration {
-        let base = match self.srtt {
-            None => config.retry_timeout,
-            Some(srtt) => {
-                let len64 = u64::try_from(len).unwrap_or(u64::MAX);
-                srtt.saturating_add((self.rttvar * 4).max(Duration::from_millis(1)))
-                    .saturating_add(Duration::from_nanos(self.per_byte_ns.saturating_mul(len64)))
-            }
-        };
-        let backed_off = base.saturating_mul(1u32 << self.backoff.min(16));
-        backed_off.clamp(
-            config.min_retry_timeout,
-            config.max_retry_timeout.max(config.min_retry_timeout),
-        )
-    }
-}
-
 /// A KD session (one end).
 #[derive(Clone, Debug)]
 pub struct Session {
@@ -252,6 +209,8 @@ pub struct Session {
     reset_sent: bool,
     stats: SessionStats,
     rtt: RttEstimator,
+    /// When the last bytes came in (a KDCOM stream that stops mid-packet is resynced).
+    last_rx: Duration,
 }
 
 impl Session {
@@ -270,6 +229,7 @@ impl Session {
             reset_sent: false,
             stats: SessionStats::default(),
             rtt: RttEstimator::default(),
+            last_rx: Duration::ZERO,
         }
     }
 
@@ -279,12 +239,16 @@ impl Session {
     /// doubled for each time-out in a row, within `min_retry_timeout` and
     /// `max_retry_timeout`.
     pub fn retry_timer(&self, len: usize) -> Duration {
-        self.rtt.timer(&self.config, len)
+        let c = &self.config;
+        self.rtt.timeout(
+            &RtoBounds::new(c.retry_timeout, c.min_retry_timeout, c.max_retry_timeout),
+            len,
+        )
     }
 
     /// The smoothed round trip, once one has been measured.
     pub fn smoothed_rtt(&self) -> Option<Duration> {
-        self.rtt.srtt
+        self.rtt.smoothed()
     }
 
     /// The configuration.
@@ -346,7 +310,26 @@ impl Session {
     /// Handles bytes from a KDCOM stream.
     pub fn handle_bytes(&mut self, now: Duration, bytes: &[u8]) {
         self.stats.bytes_received = self.stats.bytes_received.saturating_add(bytes.len() as u64);
+        self.last_rx = now;
         self.decoder.push(bytes);
+        self.decoded(now);
+    }
+
+    /// How long a KDCOM stream may stop in the middle of a packet before the partial
+    /// packet is given up: four retransmission timers for a maximal packet, at least
+    /// 20 ms (a live link, however slow, keeps its bytes coming).
+    fn stall_timeout(&self) -> Duration {
+        (self.retry_timer(super::stream::MAX_BUFFERED) * 4).max(Duration::from_millis(20))
+    }
+
+    /// When a partial packet is given up, if one is held.
+    fn stall_deadline(&self) -> Option<Duration> {
+        (self.config.scheme == IdScheme::Kdcom && self.decoder.buffered() > 0)
+            .then(|| self.last_rx.saturating_add(self.stall_timeout()))
+    }
+
+    /// Handles what the stream decoder made of the bytes.
+    fn decoded(&mut self, now: Duration) {
         while let Some(ev) = self.decoder.next_event() {
             match ev {
                 StreamEvent::Packet(repr) => self.handle_repr(now, repr),
@@ -392,12 +375,19 @@ impl Session {
         self.stats.packets_received = self.stats.packets_received.saturating_add(1);
         match repr.leader {
             Leader::Control => self.handle_control(now, repr.packet_type, repr.id),
-            Leader::Data => self.handle_data(repr),
+            Leader::Data => self.handle_data(now, repr),
         }
     }
 
-    /// Re-sends or gives up the packet in flight when its timer has expired.
+    /// Re-sends or gives up the packet in flight when its timer has expired; resyncs a
+    /// KDCOM stream that stopped in the middle of a packet (and asks for it again).
     pub fn handle_timeout(&mut self, now: Duration) {
+        if self.stall_deadline().is_some_and(|at| now >= at) {
+            self.decoder.resync();
+            self.last_rx = now;
+            self.corrupt("the stream stopped in the middle of a packet".into());
+            self.decoded(now);
+        }
         let Some(f) = &self.in_flight else { return };
         if now < f.deadline {
             return;
@@ -413,13 +403,17 @@ impl Session {
             self.pump(now);
             return;
         }
-        self.rtt.backoff = self.rtt.backoff.saturating_add(1);
+        self.rtt.back_off();
         self.resend_in_flight(now, false);
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) should next be called.
     pub fn poll_timeout(&self) -> Option<Duration> {
-        self.in_flight.as_ref().map(|f| f.deadline)
+        let in_flight = self.in_flight.as_ref().map(|f| f.deadline);
+        [in_flight, self.stall_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The next unit to put on the wire (KDCOM bytes, or one KDNET datagram payload).
@@ -444,20 +438,7 @@ impl Session {
                 if !matches {
                     return;
                 }
-                if f.retries == 0 {
-                    let (rtt, len) = (now.saturating_sub(f.sent_at), f.len);
-                    self.rtt.sample(rtt, len);
-                }
-                // An ACK shows the link alive: the back-off ends even without a sample.
-                self.rtt.backoff = 0;
-                self.in_flight = None;
-                self.next_id = match self.config.scheme {
-                    IdScheme::Kdcom => (sent & !SYNC_PACKET_ID) ^ 1,
-                    IdScheme::Kdnet => sent.wrapping_add(2),
-                };
-                self.events
-                    .push_back(SessionEvent::Acknowledged { id: sent });
-                self.pump(now);
+                self.acknowledged(now);
             }
             PacketType::Resend => self.resend_in_flight(now, false),
             PacketType::Reset => {
@@ -476,7 +457,7 @@ impl Session {
         }
     }
 
-    fn handle_data(&mut self, repr: Repr) {
+    fn handle_data(&mut self, now: Duration, repr: Repr) {
         if self.config.check_payloads && !plausible(repr.packet_type, &repr.payload) {
             self.corrupt(format!(
                 "{} packet whose payload is of another type",
@@ -509,11 +490,56 @@ impl Session {
             return;
         }
         self.last_delivered = Some(id);
+        if self.config.implicit_acks && self.answers_in_flight(repr.packet_type) {
+            self.acknowledged(now);
+        }
         self.events.push_back(SessionEvent::Packet {
             packet_type: repr.packet_type,
             id,
             payload: repr.payload,
         });
+    }
+
+    /// Whether a new data packet of type `ty` from the peer answers our packet in flight
+    /// (see [`SessionConfig::implicit_acks`]).
+    fn answers_in_flight(&self, ty: PacketType) -> bool {
+        let Some(f) = &self.in_flight else {
+            return false;
+        };
+        match self.config.role {
+            Role::Debugger => {
+                f.repr.packet_type == PacketType::StateManipulate
+                    && matches!(ty, PacketType::StateManipulate | PacketType::StateChange64)
+            }
+            Role::Target => {
+                matches!(
+                    f.repr.packet_type,
+                    PacketType::StateManipulate | PacketType::StateChange64
+                ) && ty == PacketType::StateManipulate
+            }
+        }
+    }
+
+    /// Our packet in flight got through: the next one may go.
+    fn acknowledged(&mut self, now: Duration) {
+        let Some(f) = self.in_flight.take() else {
+            return;
+        };
+        let sent = f.repr.id;
+        // Karn's algorithm: a packet sent again gives no sample (which copy was
+        // acknowledged?), and the backed-off timer stays until one that was not gives
+        // one. So a large packet on a slow link, sent again because the timer did not
+        // yet know the time its bytes need, is soon given it.
+        if f.retries == 0 {
+            self.rtt.sample(now.saturating_sub(f.sent_at), f.len);
+        }
+        self.next_id = match self.config.scheme {
+            IdScheme::Kdcom => (sent & !SYNC_PACKET_ID) ^ 1,
+            IdScheme::Kdnet => sent.wrapping_add(2),
+        };
+        self.events
+            .push_back(SessionEvent::Acknowledged { id: sent });
+        self.pump(now);
     }
 
     /// KDCOM resets carry id 0; KDNET resets carry the sender's next id.
@@ -587,18 +613,47 @@ impl Session {
     }
 }
 
-/// Whether a data packet's payload starts with an API number of its type (types without
-/// a known API range pass; control types never carry data).
+/// The API numbers a data packet of `ty` starts with; `None` for types without a known
+/// API range.
+fn api_range(ty: PacketType) -> Option<std::ops::RangeInclusive<u32>> {
+    match ty {
+        PacketType::StateChange64 => Some(0x3030..=0x30ff),
+        PacketType::StateManipulate => Some(0x3130..=0x31ff),
+        PacketType::DebugIo => Some(0x3230..=0x32ff),
+        PacketType::FileIo => Some(0x3430..=0x34ff),
+        _ => None,
+    }
+}
+
+/// The packet types whose payloads carry an API number.
+const API_TYPES: [PacketType; 4] = [
+    PacketType::StateChange64,
+    PacketType::StateManipulate,
+    PacketType::DebugIo,
+    PacketType::FileIo,
+];
+
+/// Whether a data packet's payload fits its type: a type with an API range must start
+/// with an API number in it; any other type must not start with an API number of one of
+/// those types (one flipped bit turns `KD_STATE_MANIPULATE`, 2, into 0x22, a type nobody
+/// handles, which would be acknowledged and dropped); control types never carry data.
 fn plausible(ty: PacketType, payload: &[u8]) -> bool {
-    let range = match ty {
-        PacketType::StateChange64 => 0x3030..=0x30ff,
-        PacketType::StateManipulate => 0x3130..=0x31ff,
-        PacketType::DebugIo => 0x3230..=0x32ff,
-        PacketType::FileIo => 0x3430..=0x34ff,
-        PacketType::Acknowledge | PacketType::Resend | PacketType::Reset => return false,
-        _ => return true,
-    };
-    payload.len() >= 4 && range.contains(&le::u32_at(payload, 0))
+    if matches!(
+        ty,
+        PacketType::Acknowledge | PacketType::Resend | PacketType::Reset
+    ) {
+        return false;
+    }
+    let api = (payload.len() >= 4).then(|| le::u32_at(payload, 0));
+    match api_range(ty) {
+        Some(range) => api.is_some_and(|a| range.contains(&a)),
+        None => !api.is_some_and(|a| {
+            API_TYPES
+                .iter()
+                .filter_map(|t| api_range(*t))
+                .any(|r| r.contains(&a))
+        }),
+    }
 }
 
 fn frame(scheme: IdScheme, repr: &Repr) -> Vec<u8> {

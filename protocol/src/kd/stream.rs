@@ -137,6 +137,19 @@ impl StreamDecoder {
         self.buf.len() - self.start
     }
 
+    /// The input stalled in the middle of a packet (its header may claim more bytes than
+    /// will ever come: KDCOM does not checksum it, and a dropped byte leaves a packet one
+    /// short): drops the partial packet's first byte as noise and decodes what follows
+    /// it again, so a packet inside the bytes taken for the broken one is found.
+    pub fn resync(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        self.discard(1, true);
+        while let Step::Again = self.step() {}
+        self.flush_noise();
+    }
+
     /// End of input: reports a data packet that only lacks its trailer, and any noise left.
     pub fn finish(&mut self) {
         if let Some((repr, len)) = self.complete_without_trailer() {

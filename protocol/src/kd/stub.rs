@@ -85,9 +85,9 @@ use std::time::Duration;
 
 use super::payload::{ControlReport, Exception64, LoadSymbols64};
 use super::{
-    DebugIo, GetVersion64, MAX_TRANSFER, Manipulate, ManipulateApi, MemoryTransfer, PacketType,
-    Role, Session, SessionConfig, SessionEvent, StateChange, StateChangeKind, context, ext, le,
-    status,
+    DebugIo, GetVersion64, IdScheme, MAX_TRANSFER, Manipulate, ManipulateApi, MemoryTransfer,
+    PacketType, Role, Session, SessionConfig, SessionEvent, StateChange, StateChangeKind, context,
+    ext, le, status,
 };
 #[cfg(feature = "kdnet")]
 use crate::kdnet::{Endpoint, EndpointConfig, EndpointEvent};
@@ -128,6 +128,9 @@ impl StubConfig {
             retry_timeout: self.retry_timeout,
             max_retries: self.max_retries,
             check_payloads: true,
+            // KDNET only: KDCOM does not checksum the header, and one flipped id bit makes
+            // a stale packet look new.
+            implicit_acks: base.scheme == IdScheme::Kdnet,
             ..base
         }
     }

@@ -8,7 +8,7 @@ use tagsplit::console::{Console, PROMPT, split_commands};
 /// Arguments of `console`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The target: sim:NAME, sim:FILE.toml, gdb://HOST:PORT, kdnet:port=N,key=K, kdcom:HOST:PORT.
+    /// The target: sim:NAME, sim:FILE.toml, gdb://HOST:PORT[?ack], kdnet:port=N,key=K, kdcom:HOST:PORT.
     #[arg(long, default_value = "sim:part4")]
     target: String,
     /// Commands to run (separated by `;`), then exit.

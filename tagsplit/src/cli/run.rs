@@ -14,7 +14,7 @@ use super::signals;
 /// Arguments of `run`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The target: sim:NAME, sim:FILE.toml, gdb://HOST:PORT, kdnet:port=N,key=K, kdcom:HOST:PORT.
+    /// The target: sim:NAME, sim:FILE.toml, gdb://HOST:PORT[?ack], kdnet:port=N,key=K, kdcom:HOST:PORT.
     #[arg(long)]
     pub target: String,
     /// The tag to split (1-4 characters; shorter tags are padded with spaces).

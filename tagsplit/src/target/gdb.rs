@@ -33,6 +33,7 @@ use tagsplit_protocol::gdb::{
 };
 use tagsplit_protocol::nt::layout::{PAGE_SIZE, kdbg};
 use tagsplit_protocol::nt::pe::{dos, nt_headers, optional_header};
+use tagsplit_protocol::rto::{RtoBounds, RttEstimator};
 #[cfg(feature = "sim")]
 use tagsplit_target_sim::machine::Machine;
 #[cfg(feature = "sim")]
@@ -60,9 +61,11 @@ const PACKET_OVERHEAD: usize = 32;
 pub struct GdbOptions {
     /// How long one reply may take (runs wait for their length plus this).
     pub timeout: Duration,
-    /// Whether to ask for no-ack mode when the stub offers it. Keep ack mode (`false`) on a
-    /// link that may corrupt or lose bytes (a serial line, a lossy relay): damaged packets
-    /// are then sent again, and late replies asked for again.
+    /// Whether to ask for no-ack mode when the stub offers it (the default: fast on clean
+    /// links, and a damaged or lost reply is still recovered from, see
+    /// [`GdbTarget::request`]). `false` keeps RSP's ack mode: every packet is
+    /// acknowledged, damaged packets are NAKed and sent again by the other end (on the
+    /// command line: `gdb://HOST:PORT?ack`).
     pub no_ack: bool,
 }
 
@@ -79,7 +82,21 @@ impl Default for GdbOptions {
 /// for again.
 pub const REPLY_NUDGE: Duration = Duration::from_millis(500);
 
-/// Commands that may be sent twice: they read, or write the same bytes again.
+/// The reply timer of an idempotent request in no-ack mode (see [`RttEstimator`]): its
+/// first guess, floor and ceiling (of the round-trip part; the time the request's and
+/// the reply's bytes need on the link, as measured, comes on top).
+pub const REPLY_TIMER: RtoBounds = RtoBounds::new(
+    Duration::from_millis(500),
+    Duration::from_millis(5),
+    Duration::from_secs(2),
+);
+
+/// How many times one request is sent in all before the link is declared dead (it also
+/// is after [`GdbOptions::timeout`] in which no byte at all came from the stub).
+pub const MAX_SENDS: u32 = 20;
+
+/// Commands that may be sent twice: they read, write the same bytes again, set the
+/// same breakpoint or run limit again, or ask.
 fn idempotent(cmd: &Command) -> bool {
     matches!(
         cmd,
@@ -93,7 +110,40 @@ fn idempotent(cmd: &Command) -> bool {
             | Command::XferRead { .. }
             | Command::HaltReason
             | Command::QSupported(_)
+            | Command::InsertBreakpoint(_)
+            | Command::RemoveBreakpoint(_)
+            | Command::RunLimit(_)
+            | Command::StartNoAckMode
     )
+}
+
+/// The bytes one exchange puts on the wire, both ways, as far as the command tells: the
+/// request's frame and the reply's expected size (what the reply timer allows time for).
+fn exchange_bytes(cmd: &Command) -> usize {
+    let reply = match cmd {
+        Command::ReadMemory { len, .. } => len.saturating_mul(2),
+        Command::ReadMemoryBinary { len, .. } | Command::XferRead { length: len, .. } => {
+            // Escapes make binary replies up to twice as long; allow for a few.
+            len.saturating_add(len / 8)
+        }
+        Command::ReadRegisters => 1200,
+        _ => 64,
+    };
+    cmd.encode()
+        .len()
+        .saturating_add(8)
+        .saturating_add(usize::try_from(reply).unwrap_or(usize::MAX))
+}
+
+/// What one wait for a reply came to.
+enum Waited {
+    /// The reply.
+    Reply(Reply),
+    /// A frame failed its checksum (or did not parse) in no-ack mode: the reply was
+    /// damaged on the way.
+    Damaged,
+    /// Nothing came in time.
+    Late,
 }
 
 /// What the stub offered, and what turned out to be missing.
@@ -134,6 +184,16 @@ pub struct GdbTarget {
     interrupt: Option<Interrupt>,
     /// Late replies asked for again, and commands sent again.
     nudges: u64,
+    /// The reply timer's round-trip estimate (no-ack mode).
+    rtt: RttEstimator,
+    /// When the last byte came from the stub.
+    last_byte: Instant,
+    /// Damaged frames seen so far (the session's bad checksums and oversize frames).
+    damaged_seen: u64,
+    /// The last stop reply (to tell a lost resume from a run that happened).
+    last_stop: Option<StopReply>,
+    /// The longest a run took to come back so far (the patience for the next one).
+    slowest_run: Option<Duration>,
 }
 
 /// The RSP interrupt byte (Ctrl-C), sent while the target runs.
@@ -148,16 +208,31 @@ impl std::fmt::Debug for GdbTarget {
     }
 }
 
-/// Opens `gdb://HOST:PORT` (the part after the scheme).
-pub(crate) fn open(rest: &str) -> Result<BoxedTarget, OpenError> {
-    let addr = rest.trim_end_matches('/');
+/// Splits `HOST:PORT[?ack]` (the part after `gdb://`) into the address and the options.
+fn parse_spec(rest: &str) -> Result<(&str, GdbOptions), String> {
+    let (addr, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let addr = addr.trim_end_matches('/');
     if addr.is_empty() {
-        return Err(OpenError::Bad {
-            spec: format!("gdb://{rest}"),
-            reason: "expected gdb://HOST:PORT".into(),
-        });
+        return Err("expected gdb://HOST:PORT[?ack]".into());
     }
-    Ok(Box::new(GdbTarget::connect(addr)?))
+    let mut options = GdbOptions::default();
+    for opt in query.split('&').filter(|o| !o.is_empty()) {
+        match opt {
+            "ack" => options.no_ack = false,
+            other => return Err(format!("unknown option '{other}' (expected 'ack')")),
+        }
+    }
+    Ok((addr, options))
+}
+
+/// Opens `gdb://HOST:PORT[?ack]` (the part after the scheme); `?ack` keeps RSP's ack
+/// mode ([`GdbOptions::no_ack`] `false`).
+pub(crate) fn open(rest: &str) -> Result<BoxedTarget, OpenError> {
+    let (addr, options) = parse_spec(rest).map_err(|reason| OpenError::Bad {
+        spec: format!("gdb://{rest}"),
+        reason,
+    })?;
+    Ok(Box::new(GdbTarget::connect_with(addr, options)?))
 }
 
 fn protocol(msg: impl Into<String>) -> TargetError {
@@ -196,6 +271,11 @@ impl GdbTarget {
             detached: false,
             interrupt: None,
             nudges: 0,
+            rtt: RttEstimator::default(),
+            last_byte: Instant::now(),
+            damaged_seen: 0,
+            last_stop: None,
+            slowest_run: None,
         };
         t.handshake()?;
         Ok(t)
@@ -235,7 +315,10 @@ impl GdbTarget {
         }
         // Learn the stop state like gdb does (and check the stub is sane).
         match self.request(&Command::HaltReason)? {
-            Reply::Stop(_) => Ok(()),
+            Reply::Stop(s) => {
+                self.last_stop = Some(s);
+                Ok(())
+            }
             other => Err(protocol(format!("unexpected reply to '?': {other:?}"))),
         }
     }
@@ -252,16 +335,20 @@ impl GdbTarget {
         Ok(())
     }
 
-    /// Waits for the reply to the outstanding command until `deadline`.
-    fn wait_reply(&mut self, deadline: Instant) -> Result<Reply, TargetError> {
+    /// Waits for the reply to the outstanding command until `deadline`. With `recover`
+    /// (no-ack mode), a frame that fails its checksum or a reply that does not parse ends
+    /// the wait as [`Waited::Damaged`]; without, damaged frames are left to ack mode (or
+    /// ignored) and a reply that does not parse is an error.
+    fn wait_event(&mut self, deadline: Instant, recover: bool) -> Result<Waited, TargetError> {
         loop {
             while let Some(ev) = self.session.poll_event() {
                 match ev {
                     ClientEvent::Reply(r) => {
                         self.write_out()?;
-                        return Ok(r);
+                        return Ok(Waited::Reply(r));
                     }
                     ClientEvent::Output(text) => self.output.extend_from_slice(&text),
+                    ClientEvent::BadReply(_) if recover => return Ok(Waited::Damaged),
                     ClientEvent::BadReply(e) => return Err(protocol(e.to_string())),
                     ClientEvent::GaveUp => {
                         return Err(protocol("the stub keeps rejecting our packets"));
@@ -269,15 +356,24 @@ impl GdbTarget {
                     _ => {}
                 }
             }
+            let stats = self.session.stats();
+            let damaged = stats.bad_checksums.saturating_add(stats.oversize);
+            if damaged != self.damaged_seen {
+                self.damaged_seen = damaged;
+                if recover && !self.session.ack_mode() {
+                    return Ok(Waited::Damaged);
+                }
+            }
             self.write_out()?;
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(TargetError::Timeout);
+                return Ok(Waited::Late);
             }
             self.stream.set_read_timeout(Some(left))?;
             match self.stream.read(&mut self.buf) {
                 Ok(0) => return Err(TargetError::Disconnected),
                 Ok(n) => {
+                    self.last_byte = Instant::now();
                     let bytes = self.buf.get(..n).unwrap_or_default().to_vec();
                     self.session.receive(&bytes);
                 }
@@ -289,35 +385,148 @@ impl GdbTarget {
                         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                     ) =>
                 {
-                    return Err(TargetError::Timeout);
+                    return Ok(Waited::Late);
                 }
                 Err(e) => return Err(e.into()),
             }
         }
     }
 
+    /// Waits for the reply to the outstanding command until `deadline` (damaged frames
+    /// are left to ack mode).
+    fn wait_reply(&mut self, deadline: Instant) -> Result<Reply, TargetError> {
+        loop {
+            match self.wait_event(deadline, false)? {
+                Waited::Reply(r) => return Ok(r),
+                Waited::Damaged => {}
+                Waited::Late => return Err(TargetError::Timeout),
+            }
+        }
+    }
+
+    /// Reads and drops up to `stale` replies to copies of a command sent again, for one
+    /// reply timer (they would be taken for the next command's replies).
+    fn drain(&mut self, mut stale: u32, bytes: usize) -> Result<(), TargetError> {
+        let until = Instant::now() + self.rtt.timeout(&REPLY_TIMER, bytes);
+        while stale > 0 {
+            match self.wait_event(until, true)? {
+                Waited::Reply(r) => tracing::debug!("gdb: dropped a stale reply {r:?}"),
+                Waited::Damaged => {}
+                Waited::Late => break,
+            }
+            stale -= 1;
+        }
+        Ok(())
+    }
+
     /// Sends one command and waits for its reply (console output is collected).
     ///
-    /// In ack mode (a link that may corrupt, see [`GdbOptions::no_ack`]) a reply that is
-    /// [`REPLY_NUDGE`] late to an idempotent command is asked for again with a `-` (the
-    /// stub re-sends a reply it has not seen acknowledged, and a `$` resyncs framing
-    /// after a lost byte); if it is still late the command itself is sent again (it may
-    /// have lost a byte on the way). The request fails after `timeout` in all.
+    /// In no-ack mode (the default) an idempotent command ([`idempotent`]: reads,
+    /// queries, writes of the same bytes, breakpoints, the run limit) is sent again at
+    /// once when its reply arrives damaged (a bad checksum), and when no reply came within
+    /// the reply timer: the measured round trip (SRTT + 4·RTTVAR, within [`REPLY_TIMER`],
+    /// doubled per time-out in a row) plus the time its bytes need on the link. The copy
+    /// starts with `$`, which resyncs both ends' framing after a lost byte; replies to
+    /// earlier copies that come late are dropped. The request fails after [`MAX_SENDS`]
+    /// copies, or when no byte at all came from the stub for [`GdbOptions::timeout`].
+    ///
+    /// In ack mode (see [`GdbOptions::no_ack`]) a reply to an idempotent command that is
+    /// late by the same timer (at least [`REPLY_NUDGE`]) is asked for again with a `-`
+    /// (the stub re-sends a reply it has not seen acknowledged); if it is still late the
+    /// command itself is sent again. The request fails after `timeout` in all.
+    ///
+    /// Either way a reply that is still streaming in (a frame begun, its last byte within
+    /// one timer) is waited for, not asked for again.
     pub fn request(&mut self, cmd: &Command) -> Result<Reply, TargetError> {
         self.output.clear();
+        if self.session.ack_mode() {
+            return self.request_ack_mode(cmd);
+        }
+        let retry = idempotent(cmd);
+        let bytes = exchange_bytes(cmd);
+        let started = Instant::now();
+        let (mut copies, mut damaged) = (0u32, 0u32);
+        loop {
+            self.session.send(cmd);
+            self.write_out()?;
+            copies += 1;
+            let sent = Instant::now();
+            let timer = self.rtt.timeout(&REPLY_TIMER, bytes);
+            let mut until = if retry {
+                sent + timer
+            } else {
+                sent + self.options.timeout
+            };
+            let waited = loop {
+                match self.wait_event(until, retry)? {
+                    // A reply still streaming in on a slow link is not late: wait on
+                    // while bytes keep coming.
+                    Waited::Late if retry && self.session.receiving() => {
+                        let quiet = self.last_byte + timer;
+                        if quiet <= Instant::now() {
+                            break Waited::Late;
+                        }
+                        until = quiet;
+                    }
+                    other => break other,
+                }
+            };
+            match waited {
+                Waited::Reply(r) => {
+                    if copies == 1 {
+                        self.rtt.sample(sent.elapsed(), bytes);
+                    } else {
+                        self.rtt.reset_backoff();
+                    }
+                    let stale = copies.saturating_sub(1).saturating_sub(damaged);
+                    if stale > 0 {
+                        self.drain(stale, bytes)?;
+                    }
+                    return Ok(r);
+                }
+                Waited::Damaged => {
+                    damaged += 1;
+                    tracing::debug!("gdb: reply damaged, sending the command again");
+                }
+                Waited::Late => {
+                    let silent =
+                        Instant::now() >= started.max(self.last_byte) + self.options.timeout;
+                    if !retry || silent || copies >= MAX_SENDS {
+                        return Err(TargetError::Timeout);
+                    }
+                    self.rtt.back_off();
+                    tracing::debug!("gdb: no reply in time, sending the command again");
+                }
+            }
+            if copies >= MAX_SENDS {
+                return Err(TargetError::Timeout);
+            }
+            self.nudges += 1;
+        }
+    }
+
+    /// [`request`](Self::request) in ack mode.
+    fn request_ack_mode(&mut self, cmd: &Command) -> Result<Reply, TargetError> {
         self.session.send(cmd);
         self.write_out()?;
-        let deadline = Instant::now() + self.options.timeout;
-        if !self.session.ack_mode() || !idempotent(cmd) {
+        let sent = Instant::now();
+        let deadline = sent + self.options.timeout;
+        if !idempotent(cmd) {
             return self.wait_reply(deadline);
         }
+        let bytes = exchange_bytes(cmd);
         let mut nudges = 0u32;
         loop {
-            let step = (Instant::now() + REPLY_NUDGE).min(deadline);
+            let timer = self.rtt.timeout(&REPLY_TIMER, bytes).max(REPLY_NUDGE);
+            let step = (Instant::now() + timer).min(deadline);
             match self.wait_reply(step) {
+                // A reply still streaming in on a slow link is not late.
+                Err(TargetError::Timeout)
+                    if self.session.receiving() && Instant::now() < self.last_byte + timer => {}
                 Err(TargetError::Timeout) if Instant::now() < deadline => {
                     nudges += 1;
                     self.nudges += 1;
+                    self.rtt.back_off();
                     if nudges % 2 == 1 {
                         tracing::debug!("gdb: reply late, asking for it again");
                         self.stream.write_all(b"-")?;
@@ -327,12 +536,19 @@ impl GdbTarget {
                         self.write_out()?;
                     }
                 }
+                Ok(r) => {
+                    if nudges == 0 {
+                        self.rtt.sample(sent.elapsed(), bytes);
+                    }
+                    return Ok(r);
+                }
                 other => return other,
             }
         }
     }
 
-    /// How many times a late reply was asked for again or its command re-sent.
+    /// How many times a late reply was asked for again or its command re-sent (and, in
+    /// no-ack mode, runs recovered).
     pub fn nudges(&self) -> u64 {
         self.nudges
     }
@@ -561,7 +777,9 @@ impl GdbTarget {
             })? {
                 Reply::Ok => return Ok(true),
                 Reply::Empty => self.caps.binary_write = false,
-                _ => return Ok(false),
+                // A lost 0x00 byte passes the checksum but not the stub's length check:
+                // the same bytes once more in hex, which a lost byte cannot pass.
+                _ => {}
             }
         }
         Ok(self.request(&Command::WriteMemory {
@@ -591,18 +809,80 @@ impl GdbTarget {
         }
     }
 
+    /// How long a run may stay silent, in no-ack mode, before the stop reply is asked for
+    /// with `?`: four times the longest run so far and four reply timers, at least 25 ms
+    /// (1 s before any run has been seen).
+    fn run_patience(&self) -> Duration {
+        let timer = self.rtt.timeout(&REPLY_TIMER, 64);
+        match self.slowest_run {
+            Some(run) => (run * 4).max(timer * 4).max(Duration::from_millis(25)),
+            None => Duration::from_secs(1).max(timer * 4),
+        }
+    }
+
+    /// The registers (`g`), to tell a resume that never reached the stub from a run that
+    /// stopped where it started.
+    fn register_snapshot(&mut self) -> Result<Option<Vec<u8>>, TargetError> {
+        Ok(match self.request(&Command::ReadRegisters)? {
+            Reply::Hex(g) => Some(g),
+            _ => None,
+        })
+    }
+
+    /// No-ack mode: the stop reply did not come in time, or came damaged. Sends the
+    /// interrupt again if one was due, asks `?` (a stub holds it while the target runs,
+    /// and answers at once when it is stopped), and drops a second stop reply. `None`
+    /// when the resume evidently never reached the stub: the stop and the registers are
+    /// those from before it.
+    fn recover_stop(
+        &mut self,
+        interrupt_sent: bool,
+        before: &(Option<StopReply>, Option<Vec<u8>>),
+    ) -> Result<Option<StopReply>, TargetError> {
+        self.nudges += 1;
+        if interrupt_sent {
+            tracing::debug!("gdb: no stop reply after the interrupt, interrupting again");
+            self.session.send_interrupt();
+            self.write_out()?;
+        }
+        tracing::debug!("gdb: stop reply late or damaged, asking with '?'");
+        let stop = match self.request(&Command::HaltReason)? {
+            Reply::Stop(s) => s,
+            other => return Err(protocol(format!("unexpected reply to '?': {other:?}"))),
+        };
+        // The resume's own stop reply, if it comes after all.
+        self.drain(1, 64)?;
+        if Some(stop) == before.0 && before.1.is_some() && self.register_snapshot()? == before.1 {
+            tracing::debug!("gdb: the resume was lost, sending it again");
+            return Ok(None);
+        }
+        Ok(Some(stop))
+    }
+
     /// Resumes and waits for the stop reply; sends an interrupt at `interrupt_at`, or as
     /// soon as the [`Interrupt`] is triggered (its waker writes the interrupt byte on a
     /// clone of the socket; the result is then [`TargetError::Interrupted`] once the
     /// target has stopped). Nothing polls: the read blocks until a reply or a deadline.
+    ///
+    /// In no-ack mode a stop reply that arrives damaged, or does not come within
+    /// [`run_patience`](Self::run_patience) (of the resume, or of the interrupt), is asked
+    /// for again ([`recover_stop`](Self::recover_stop)); a resume that never reached the
+    /// stub is sent again.
     fn resume_and_wait(&mut self, interrupt_at: Option<Instant>) -> Result<StopReply, TargetError> {
         self.output.clear();
-        self.session
-            .send(&Command::VCont(ResumeActions::list(&[ResumeAction {
-                kind: ResumeKind::Continue,
-                thread: None,
-            }])));
+        let recover = !self.session.ack_mode();
+        let before = if recover {
+            (self.last_stop, self.register_snapshot()?)
+        } else {
+            (None, None)
+        };
+        let resume = Command::VCont(ResumeActions::list(&[ResumeAction {
+            kind: ResumeKind::Continue,
+            thread: None,
+        }]));
+        self.session.send(&resume);
         self.write_out()?;
+        let started = Instant::now();
         // At most one interrupt byte, from whichever comes first.
         let sent = Arc::new(AtomicBool::new(false));
         let _waker = match (&self.interrupt, self.stream.try_clone()) {
@@ -619,8 +899,10 @@ impl GdbTarget {
         // A run bounded by the stub (or by our interrupt): allow generously for it.
         let patience = self.options.timeout.saturating_mul(6);
         let mut deadline = Instant::now() + patience;
+        let mut suspect =
+            (recover && interrupt_at.is_none()).then(|| started + self.run_patience());
         let mut user_grace = false;
-        loop {
+        let stop = loop {
             let now = Instant::now();
             let due = interrupt_at.filter(|_| !sent.load(Ordering::SeqCst));
             if due.is_some_and(|at| now >= at) {
@@ -629,29 +911,62 @@ impl GdbTarget {
                     self.write_out()?;
                 }
                 deadline = now + patience;
-            }
-            let until = due
-                .filter(|at| *at > now)
-                .map_or(deadline, |at| at.min(deadline));
-            match self.wait_reply(until) {
-                Ok(Reply::Stop(s)) if super::interrupted(self.interrupt.as_ref()) => {
-                    tracing::debug!("broke in on request: {s:?}");
-                    return Err(TargetError::Interrupted);
+                if recover {
+                    suspect = Some(now + self.run_patience());
                 }
-                Ok(Reply::Stop(s)) => return Ok(s),
-                Ok(other) => return Err(protocol(format!("unexpected resume reply {other:?}"))),
-                Err(TargetError::Timeout) if Instant::now() < deadline => {}
-                // The interrupt went out (from the waker) after this wait began: give the
-                // stop reply its full time from now, once.
-                Err(TargetError::Timeout)
-                    if !user_grace && super::interrupted(self.interrupt.as_ref()) =>
-                {
-                    user_grace = true;
-                    deadline = Instant::now() + patience;
-                }
-                Err(e) => return Err(e),
             }
+            let until = [due.filter(|at| *at > now), Some(deadline), suspect]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(deadline);
+            let waited = self.wait_event(until, recover)?;
+            let lost = match waited {
+                Waited::Reply(Reply::Stop(s)) => break s,
+                Waited::Reply(other) => {
+                    return Err(protocol(format!("unexpected resume reply {other:?}")));
+                }
+                Waited::Damaged => true,
+                Waited::Late => suspect.is_some_and(|at| Instant::now() >= at),
+            };
+            if lost {
+                let interrupt_sent = sent.load(Ordering::SeqCst);
+                match self.recover_stop(interrupt_sent, &before)? {
+                    Some(s) => break s,
+                    None => {
+                        self.session.send(&resume);
+                        self.write_out()?;
+                        if interrupt_sent {
+                            // It never ran: the interrupt is due again.
+                            sent.store(false, Ordering::SeqCst);
+                        }
+                        suspect = interrupt_at
+                            .is_none()
+                            .then(|| Instant::now() + self.run_patience());
+                        continue;
+                    }
+                }
+            }
+            if Instant::now() < deadline {
+                continue;
+            }
+            // The interrupt went out (from the waker) after this wait began: give the
+            // stop reply its full time from now, once.
+            if !user_grace && super::interrupted(self.interrupt.as_ref()) {
+                user_grace = true;
+                deadline = Instant::now() + patience;
+                continue;
+            }
+            return Err(TargetError::Timeout);
+        };
+        self.last_stop = Some(stop);
+        let took = started.elapsed();
+        self.slowest_run = Some(self.slowest_run.map_or(took, |s| s.max(took)));
+        if super::interrupted(self.interrupt.as_ref()) {
+            tracing::debug!("broke in on request: {stop:?}");
+            return Err(TargetError::Interrupted);
         }
+        Ok(stop)
     }
 }
 
@@ -698,8 +1013,27 @@ impl DebugTarget for GdbTarget {
                     len: want as u64,
                 }
             };
-            let data = match self.request(&cmd)? {
-                Reply::Hex(d) | Reply::Binary(d) => d,
+            let (data, asked, hex) = match self.request(&cmd)? {
+                // A binary reply that lost a 0x00 byte on the way still passes RSP's
+                // checksum (a sum of the bytes), one byte short: a short binary reply is
+                // read again in hex, whose digits a lost byte cannot hide in.
+                Reply::Binary(d) if d.len() < want => {
+                    let len = want.min(self.read_chunk());
+                    match self.request(&Command::ReadMemory {
+                        addr: at,
+                        len: len as u64,
+                    })? {
+                        Reply::Hex(h) => (h, len, true),
+                        Reply::Error(_) | Reply::ErrorText(_) | Reply::Empty => break,
+                        other => {
+                            return Err(protocol(format!(
+                                "unexpected memory read reply {other:?}"
+                            )));
+                        }
+                    }
+                }
+                Reply::Hex(d) => (d, want, true),
+                Reply::Binary(d) => (d, want, false),
                 Reply::Empty if binary => {
                     self.caps.binary_read = false;
                     continue;
@@ -707,12 +1041,13 @@ impl DebugTarget for GdbTarget {
                 Reply::Error(_) | Reply::ErrorText(_) | Reply::Empty => break,
                 other => return Err(protocol(format!("unexpected memory read reply {other:?}"))),
             };
-            let n = data.len().min(want);
+            let n = data.len().min(asked);
             if let (Some(dst), Some(src)) = (buf.get_mut(done..done + n), data.get(..n)) {
                 dst.copy_from_slice(src);
             }
             done += n;
-            if n == 0 || (n < want && !binary) {
+            // A hex reply shorter than asked ends at unreadable memory.
+            if n == 0 || (n < asked && hex) {
                 break;
             }
         }
@@ -864,7 +1199,8 @@ impl DebugTarget for GdbTarget {
             bytes_sent: s.bytes_sent,
             bytes_received: s.bytes_received,
             round_trips: self.session.round_trips(),
-            retransmissions: s.retransmissions,
+            // NAKed packets sent again, and requests and runs recovered.
+            retransmissions: s.retransmissions + self.nudges,
         })
     }
 
@@ -922,6 +1258,20 @@ pub fn serve_scenario(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_spec_takes_ack_mode_as_an_option() {
+        let (addr, o) = parse_spec("127.0.0.1:1234").unwrap();
+        assert_eq!((addr, o.no_ack), ("127.0.0.1:1234", true));
+        let (addr, o) = parse_spec("127.0.0.1:1234?ack").unwrap();
+        assert_eq!((addr, o.no_ack), ("127.0.0.1:1234", false));
+        assert!(
+            parse_spec("h:1?fast")
+                .unwrap_err()
+                .contains("unknown option 'fast'")
+        );
+        assert!(parse_spec("?ack").is_err());
+    }
 
     #[test]
     fn merges_touching_and_overlapping_regions() {

@@ -360,6 +360,7 @@ impl KdnetListener {
             retry_timeout: Duration::from_millis(200),
             max_retries: 50,
             check_payloads: true,
+            implicit_acks: true,
             ..SessionConfig::kdnet(Role::Debugger)
         };
         let endpoint = Endpoint::new(cfg, Duration::ZERO);
@@ -382,6 +383,9 @@ impl KdTarget {
             retry_timeout: Duration::from_millis(500),
             max_retries: 20,
             check_payloads: true,
+            // KDCOM does not checksum the header: one flipped id bit makes a stale packet
+            // look new, so nothing is acknowledged implicitly.
+            implicit_acks: false,
             ..SessionConfig::kdcom(Role::Debugger)
         });
         KdTarget::attach(

@@ -524,7 +524,7 @@ forward_debug_target!(Box<T>, &mut T);
 pub enum OpenError {
     /// The spec names no known scheme.
     #[error(
-        "unknown target {0:?}: expected sim:NAME, sim:FILE.toml, gdb://HOST:PORT, kdnet:port=N,key=K or kdcom:HOST:PORT"
+        "unknown target {0:?}: expected sim:NAME, sim:FILE.toml, gdb://HOST:PORT[?ack], kdnet:port=N,key=K or kdcom:HOST:PORT"
     )]
     UnknownScheme(String),
     /// The scheme is known but its backend is not part of this build (`sim:` without the
@@ -554,7 +554,7 @@ pub struct TargetIdentity {
 }
 
 impl TargetIdentity {
-    /// The identity of a target spec (`gdb://HOST:PORT` → `gdb://host:port`,
+    /// The identity of a target spec (`gdb://HOST:PORT[?ack]` → `gdb://host:port`,
     /// `kdnet:port=N,key=K[,host=H]` → `kdnet:H:N`, `kdcom:HOST:PORT`, `sim:NAME`).
     pub fn of(spec: &str) -> Result<TargetIdentity, OpenError> {
         let spec = spec.trim();
@@ -565,7 +565,9 @@ impl TargetIdentity {
             });
         }
         let name = if let Some(rest) = spec.strip_prefix("gdb://") {
-            format!("gdb://{}", rest.to_ascii_lowercase())
+            // Options (`?ack`) do not change which machine it is.
+            let addr = rest.split('?').next().unwrap_or(rest);
+            format!("gdb://{}", addr.to_ascii_lowercase())
         } else if let Some(rest) = spec.strip_prefix("kdcom:") {
             format!("kdcom:{}", rest.to_ascii_lowercase())
         } else if let Some(rest) = spec.strip_prefix("kdnet:") {

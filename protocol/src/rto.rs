@@ -1,0 +1,221 @@
+//! A retransmission / reply timer that adapts to the link, sans-IO: TCP's smoothed round
+//! trip and its variation (RFC 6298, with Karn's rule left to the caller: sample only
+//! exchanges that were not sent again) over the quickest round trip seen, plus the time
+//! the bytes in flight need on the link, learned from how much longer large exchanges
+//! take than the quickest one. A slow but healthy link (a 9,600 bit/s serial line, 200 ms
+//! of latency) therefore never looks dead, and a fast one detects a loss within a few
+//! round trips.
+//!
+//! The KD session ([`kd::Session`](crate::kd::Session)) and the GDB client in `tagsplit`
+//! use it; time is whatever `Duration`s the caller measures, so it is tested with a
+//! fake clock:
+//!
+//! ```
+//! use std::time::Duration;
+//! use tagsplit_protocol::rto::{RttEstimator, RtoBounds};
+//!
+//! let bounds = RtoBounds::new(Duration::from_millis(500), Duration::from_millis(25), Duration::from_secs(2));
+//! let mut rtt = RttEstimator::default();
+//! assert_eq!(rtt.timeout(&bounds, 100), Duration::from_millis(500)); // nothing measured yet
+//! for _ in 0..20 {
+//!     rtt.sample(Duration::from_millis(40), 100);
+//! }
+//! let t = rtt.timeout(&bounds, 100);
+//! assert!(t >= Duration::from_millis(40) && t < Duration::from_millis(60));
+//! rtt.back_off();
+//! assert!(rtt.timeout(&bounds, 100) >= 2 * t - Duration::from_millis(1));
+//! ```
+
+use std::time::Duration;
+
+/// The timer's first guess, floor and ceiling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RtoBounds {
+    /// The timer until a round trip has been measured.
+    pub initial: Duration,
+    /// The floor.
+    pub min: Duration,
+    /// The ceiling of the round-trip part (also caps the back-off); the time the bytes
+    /// need on the link is added on top.
+    pub max: Duration,
+}
+
+impl RtoBounds {
+    /// Bounds from a first guess, a floor and a ceiling.
+    pub const fn new(initial: Duration, min: Duration, max: Duration) -> RtoBounds {
+        RtoBounds { initial, min, max }
+    }
+}
+
+/// The round-trip estimate behind an adaptive timer (see the [module](self) docs).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RttEstimator {
+    srtt: Option<Duration>,
+    rttvar: Duration,
+    /// The quickest round trip seen and its size in bytes.
+    min_rtt: Option<(Duration, usize)>,
+    /// Nanoseconds per byte on the wire, smoothed.
+    per_byte_ns: u64,
+    /// Time-outs in a row since the last answer: each doubles the timer.
+    backoff: u32,
+    samples: u64,
+}
+
+impl RttEstimator {
+    /// Takes a round trip of `rtt` for an exchange of `bytes` bytes on the wire (both
+    /// ways). Ends any back-off.
+    pub fn sample(&mut self, rtt: Duration, bytes: usize) {
+        let (min, min_len) = match self.min_rtt {
+            Some((m, l)) if m <= rtt => (m, l),
+            _ => (rtt, bytes),
+        };
+        self.min_rtt = Some((min, min_len));
+        // The per-byte time from how much longer a larger exchange took than the
+        // quickest one (only from exchanges clearly larger than it).
+        if bytes >= min_len.saturating_mul(2).max(min_len.saturating_add(64)) {
+            let extra = u64::try_from(rtt.saturating_sub(min).as_nanos()).unwrap_or(u64::MAX);
+            let more = u64::try_from(bytes - min_len).unwrap_or(u64::MAX).max(1);
+            let per_byte = extra / more;
+            self.per_byte_ns = if self.per_byte_ns == 0 {
+                per_byte
+            } else {
+                self.per_byte_ns - self.per_byte_ns / 8 + per_byte / 8
+            };
+        }
+        let base = rtt.saturating_sub(self.transfer_time(bytes));
+        match self.srtt {
+            None => {
+                self.srtt = Some(base);
+                self.rttvar = base / 2;
+            }
+            Some(srtt) => {
+                let err = srtt.abs_diff(base);
+                self.rttvar = self.rttvar * 3 / 4 + err / 4;
+                self.srtt = Some(srtt * 7 / 8 + base / 8);
+            }
+        }
+        self.backoff = 0;
+        self.samples = self.samples.saturating_add(1);
+    }
+
+    /// The timer for an exchange of `bytes` bytes: `bounds.initial` until a round trip
+    /// is measured, then SRTT + 4·RTTVAR (at least 1 ms), doubled per
+    /// [`back_off`](Self::back_off) in a row, within `bounds.min` and `bounds.max`; plus
+    /// the time `bytes` bytes need on the link as learned (on top of the ceiling: a large
+    /// exchange on a slow link is given the time it needs).
+    pub fn timeout(&self, bounds: &RtoBounds, bytes: usize) -> Duration {
+        let base = match self.srtt {
+            None => bounds.initial,
+            Some(srtt) => srtt.saturating_add((self.rttvar * 4).max(Duration::from_millis(1))),
+        };
+        base.saturating_mul(1u32 << self.backoff.min(16))
+            .clamp(bounds.min, bounds.max.max(bounds.min))
+            .saturating_add(self.transfer_time(bytes))
+    }
+
+    /// How long `bytes` bytes take on the link, as measured so far.
+    pub fn transfer_time(&self, bytes: usize) -> Duration {
+        let len = u64::try_from(bytes).unwrap_or(u64::MAX);
+        Duration::from_nanos(self.per_byte_ns.saturating_mul(len))
+    }
+
+    /// A time-out expired: the next timer is twice as long (up to the ceiling).
+    pub fn back_off(&mut self) {
+        self.backoff = self.backoff.saturating_add(1);
+    }
+
+    /// Something came back (without a usable sample): the back-off ends.
+    pub fn reset_backoff(&mut self) {
+        self.backoff = 0;
+    }
+
+    /// Time-outs in a row since the last answer.
+    pub fn backoffs(&self) -> u32 {
+        self.backoff
+    }
+
+    /// The smoothed round trip (without the per-byte part), once one has been measured.
+    pub fn smoothed(&self) -> Option<Duration> {
+        self.srtt
+    }
+
+    /// The round trip's smoothed variation.
+    pub fn variation(&self) -> Duration {
+        self.rttvar
+    }
+
+    /// Round trips sampled so far.
+    pub fn samples(&self) -> u64 {
+        self.samples
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn bounds() -> RtoBounds {
+        RtoBounds::new(500 * MS, 25 * MS, 2000 * MS)
+    }
+
+    #[test]
+    fn first_guess_until_measured_then_srtt_plus_four_rttvar() {
+        let mut r = RttEstimator::default();
+        assert_eq!(r.timeout(&bounds(), 10), 500 * MS);
+        r.sample(100 * MS, 10);
+        // SRTT 100, RTTVAR 50: 100 + 200.
+        assert_eq!(r.timeout(&bounds(), 10), 300 * MS);
+        for _ in 0..50 {
+            r.sample(100 * MS, 10);
+        }
+        let t = r.timeout(&bounds(), 10);
+        assert!(t >= 100 * MS && t <= 102 * MS, "{t:?}");
+    }
+
+    #[test]
+    fn a_slow_link_gets_the_time_its_bytes_need() {
+        // 9,600 bit/s: about 1.04 ms a byte, 10 ms of latency. Small and large exchanges
+        // alternate, as KD requests and memory reads do.
+        let per_byte = Duration::from_micros(1042);
+        let rtt = |bytes: u32| 10 * MS + per_byte * bytes;
+        let mut r = RttEstimator::default();
+        for _ in 0..40 {
+            r.sample(rtt(40), 40);
+            r.sample(rtt(1000), 1000);
+        }
+        let b = RtoBounds::new(500 * MS, 25 * MS, Duration::from_secs(60));
+        // A 4,000-byte exchange takes 4.2 s on this link: the timer allows for it.
+        let t = r.timeout(&b, 4000);
+        assert!(t >= rtt(4000), "{t:?} < {:?}", rtt(4000));
+        assert!(t <= rtt(4000) * 2, "{t:?}");
+        // A small one is not held up by it.
+        assert!(r.timeout(&b, 40) < rtt(40) * 3);
+    }
+
+    #[test]
+    fn backs_off_to_the_ceiling_and_an_answer_ends_it() {
+        let mut r = RttEstimator::default();
+        r.sample(100 * MS, 10);
+        let mut last = r.timeout(&bounds(), 10);
+        for _ in 0..10 {
+            r.back_off();
+            let t = r.timeout(&bounds(), 10);
+            assert!(t >= last);
+            last = t;
+        }
+        assert_eq!(last, 2000 * MS);
+        r.reset_backoff();
+        assert_eq!(r.timeout(&bounds(), 10), 300 * MS);
+    }
+
+    #[test]
+    fn has_a_floor() {
+        let mut r = RttEstimator::default();
+        for _ in 0..10 {
+            r.sample(Duration::ZERO, 10);
+        }
+        assert_eq!(r.timeout(&bounds(), 10), 25 * MS);
+    }
+}
