@@ -236,84 +236,13 @@ mod ours {
     //! command parse, dispatch, reply encoding) over the same flat 64 KiB memory and
     //! register file; its replies are moved into one reused buffer, as a transport does.
     use tagsplit_protocol::gdb::stub::{Stub, StubConfig};
-    use tagsplit_protocol::stub::{
-        BreakpointKind, BreakpointOps, Resume, RunState, StopReason, Target, TargetError,
-        X64Registers,
-    };
+    use tagsplit_protocol::stub::FlatTarget;
 
     use super::MEM_BASE;
 
-    pub struct Flat {
-        mem: Vec<u8>,
-        regs: X64Registers,
-        running: bool,
-    }
-
-    impl Target for Flat {
-        fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<usize, TargetError> {
-            let off =
-                usize::try_from(addr.wrapping_sub(MEM_BASE)).map_err(|_| TargetError::Fault)?;
-            let src = self
-                .mem
-                .get(off..)
-                .filter(|s| !s.is_empty())
-                .ok_or(TargetError::Fault)?;
-            let n = src.len().min(buf.len());
-            buf[..n].copy_from_slice(&src[..n]);
-            Ok(n)
-        }
-        fn write_memory(&mut self, addr: u64, data: &[u8]) -> Result<(), TargetError> {
-            let off = addr.wrapping_sub(MEM_BASE) as usize;
-            self.mem
-                .get_mut(off..off + data.len())
-                .ok_or(TargetError::Fault)?
-                .copy_from_slice(data);
-            Ok(())
-        }
-        fn registers(&mut self) -> Result<X64Registers, TargetError> {
-            Ok(self.regs)
-        }
-        fn write_registers(&mut self, regs: &X64Registers) -> Result<(), TargetError> {
-            self.regs = *regs;
-            Ok(())
-        }
-        fn resume(&mut self, _how: Resume) -> Result<(), TargetError> {
-            self.running = true;
-            Ok(())
-        }
-        /// Stops at once, as the peer's target does (its stop is reported right away).
-        fn poll_run(&mut self) -> RunState {
-            self.running = false;
-            RunState::Stopped(StopReason::Breakpoint(MEM_BASE))
-        }
-        fn interrupt(&mut self) {
-            self.running = false;
-        }
-        fn support_breakpoints(&mut self) -> Option<&mut dyn BreakpointOps> {
-            Some(self)
-        }
-    }
-
-    impl BreakpointOps for Flat {
-        fn insert_breakpoint(
-            &mut self,
-            _addr: u64,
-            _kind: BreakpointKind,
-        ) -> Result<(), TargetError> {
-            Ok(())
-        }
-        fn remove_breakpoint(
-            &mut self,
-            _addr: u64,
-            _kind: BreakpointKind,
-        ) -> Result<(), TargetError> {
-            Ok(())
-        }
-    }
-
     pub struct Ours {
         stub: Stub,
-        target: Flat,
+        target: FlatTarget,
         out: Vec<u8>,
     }
 
@@ -324,11 +253,7 @@ mod ours {
                     packet_size: 0x2000 + 0x100,
                     ..StubConfig::default()
                 }),
-                target: Flat {
-                    mem: super::memory(),
-                    regs: X64Registers::default(),
-                    running: false,
-                },
+                target: FlatTarget::new(MEM_BASE, super::memory()),
                 out: Vec::new(),
             };
             o.feed(&super::frame(super::QSUPPORTED));

@@ -17,67 +17,12 @@ use std::alloc::System;
 
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tagsplit_protocol::gdb::stub::{Stub, StubConfig};
-use tagsplit_protocol::stub::{
-    BreakpointKind, BreakpointOps, Resume, RunState, StopReason, Target, TargetError, X64Registers,
-};
+use tagsplit_protocol::stub::FlatTarget;
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 const BASE: u64 = 0x10000;
-
-struct Flat {
-    mem: Vec<u8>,
-    regs: X64Registers,
-}
-
-impl Target for Flat {
-    fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<usize, TargetError> {
-        let off = usize::try_from(addr.wrapping_sub(BASE)).map_err(|_| TargetError::Fault)?;
-        let src = self
-            .mem
-            .get(off..)
-            .filter(|s| !s.is_empty())
-            .ok_or(TargetError::Fault)?;
-        let n = src.len().min(buf.len());
-        buf[..n].copy_from_slice(&src[..n]);
-        Ok(n)
-    }
-    fn write_memory(&mut self, addr: u64, data: &[u8]) -> Result<(), TargetError> {
-        let off = addr.wrapping_sub(BASE) as usize;
-        self.mem
-            .get_mut(off..off + data.len())
-            .ok_or(TargetError::Fault)?
-            .copy_from_slice(data);
-        Ok(())
-    }
-    fn registers(&mut self) -> Result<X64Registers, TargetError> {
-        Ok(self.regs)
-    }
-    fn write_registers(&mut self, regs: &X64Registers) -> Result<(), TargetError> {
-        self.regs = *regs;
-        Ok(())
-    }
-    fn resume(&mut self, _how: Resume) -> Result<(), TargetError> {
-        Ok(())
-    }
-    fn poll_run(&mut self) -> RunState {
-        RunState::Stopped(StopReason::Breakpoint(BASE))
-    }
-    fn interrupt(&mut self) {}
-    fn support_breakpoints(&mut self) -> Option<&mut dyn BreakpointOps> {
-        Some(self)
-    }
-}
-
-impl BreakpointOps for Flat {
-    fn insert_breakpoint(&mut self, _addr: u64, _kind: BreakpointKind) -> Result<(), TargetError> {
-        Ok(())
-    }
-    fn remove_breakpoint(&mut self, _addr: u64, _kind: BreakpointKind) -> Result<(), TargetError> {
-        Ok(())
-    }
-}
 
 fn frame(payload: &str) -> Vec<u8> {
     let cs = payload.bytes().fold(0u8, |a, b| a.wrapping_add(b));
@@ -103,13 +48,10 @@ fn no_allocation_per_packet_once_warm() {
     .iter()
     .map(|p| (*p, frame(p)))
     .collect();
-    let mut target = Flat {
-        mem: (0..0x2000).map(|i| (i * 7) as u8).collect(),
-        regs: X64Registers::default(),
-    };
+    let mut target = FlatTarget::new(BASE, (0..0x2000).map(|i| (i * 7) as u8).collect());
     let mut stub = Stub::new(StubConfig::default());
     let mut out = Vec::new();
-    let round = |stub: &mut Stub, target: &mut Flat, out: &mut Vec<u8>, pkt: &[u8]| {
+    let round = |stub: &mut Stub, target: &mut FlatTarget, out: &mut Vec<u8>, pkt: &[u8]| {
         assert_eq!(stub.receive(target, pkt), pkt.len());
         while stub.poll_run(target).is_some() {}
         let n = stub.poll_transmit_into(out);

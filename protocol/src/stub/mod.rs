@@ -50,6 +50,9 @@
 //! assert!(t.support_search().is_none());
 //! ```
 
+mod flat;
+pub use flat::FlatTarget;
+
 use std::time::Duration;
 
 /// Why a target operation failed.
