@@ -66,9 +66,10 @@ fn a_survey_reads_windows_around_code_hits_not_whole_images() {
         (hits.len(), kinds(HitKind::Allocation), kinds(HitKind::Free)),
         (44, 40, 4)
     );
-    // The module list, each hit module's headers (4 KiB), and under 1 KiB per hit.
+    // The module list, each hit module's headers, small `.text` sections whole and
+    // windows of large ones: an eighth of the images at most (whole sections: ~80%).
     assert!(
-        t.bytes_read < 51 * 512 + 40 * 0x1000 + 44 * 1024,
+        t.bytes_read * 8 < images,
         "{} bytes read for {images} bytes of images",
         t.bytes_read
     );

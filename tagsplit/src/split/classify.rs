@@ -148,6 +148,9 @@ pub fn find_prefix_hits<T: DebugTarget + ?Sized>(
     Ok(out)
 }
 
+/// Executable sections up to this size that hold a hit are decoded whole (a read or a
+/// few, about what the windows around its hits would cost); larger ones only in windows.
+pub const WHOLE_SWEEP_BYTES: u64 = 16 << 10;
 /// Bytes decoded before a code hit when only a window around it is read: linear x86
 /// decoding falls into step with the real instruction stream within a few instructions.
 pub const SYNC_BYTES: u64 = 256;
@@ -307,16 +310,19 @@ pub fn classify_module<T: DebugTarget + ?Sized>(
     let sections = pe::sections(target, module.base).unwrap_or_default();
     let section_of = |a: VirtAddr| sections.iter().find(|s| s.contains(a));
     // A hit in data needs every executable section decoded (which code loads it?); code
-    // hits need only a window around each: bytes read grow with the hits, not the image.
+    // hits in a large section need only a window around each: bytes read grow with the
+    // hits, not the image.
     let data_hit = hits
         .iter()
         .any(|(a, _)| section_of(*a).is_some_and(|s| !s.is_executable()));
     let mut sweeps: Vec<Sweep> = Vec::new();
-    if data_hit {
-        for s in sections.iter().filter(|s| s.is_executable()) {
-            if let Some(sw) = Sweep::run(target, s) {
-                sweeps.push(sw);
-            }
+    for s in sections.iter().filter(|s| s.is_executable()) {
+        let small_with_hits =
+            s.size <= WHOLE_SWEEP_BYTES && hits.iter().any(|(a, _)| s.contains(*a));
+        if (data_hit || small_with_hits)
+            && let Some(sw) = Sweep::run(target, s)
+        {
+            sweeps.push(sw);
         }
     }
     let mut windows: Vec<(&Section, VirtAddr, VirtAddr)> = Vec::new();
