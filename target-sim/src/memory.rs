@@ -226,6 +226,25 @@ impl Memory {
         )
     }
 
+    /// The `len` bytes at `addr` in place, when they lie in one page that was already
+    /// written (materialised); `None` otherwise. No protection check: for the pool's own
+    /// tables and blocks, in regions it mapped read-write itself (regions are never
+    /// unmapped nor re-protected, so a written page stays mapped as it was).
+    pub(crate) fn written(&self, addr: u64, len: usize) -> Option<&[u8]> {
+        let page = addr & !PAGE_MASK;
+        let off = (addr - page) as usize;
+        self.pages.get(&page)?.get(off..off.checked_add(len)?)
+    }
+
+    /// [`written`](Self::written), writable.
+    pub(crate) fn written_mut(&mut self, addr: u64, len: usize) -> Option<&mut [u8]> {
+        let page = addr & !PAGE_MASK;
+        let off = (addr - page) as usize;
+        self.pages
+            .get_mut(&page)?
+            .get_mut(off..off.checked_add(len)?)
+    }
+
     /// Reads a little-endian `u32`.
     pub fn read_u32(&self, addr: VirtAddr) -> Result<u32, MemError> {
         let mut b = [0u8; 4];

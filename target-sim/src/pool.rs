@@ -20,6 +20,7 @@
 //!   no host memory at all.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::layout::{PAGE_SIZE, big_page, pool_header, tracker};
 use crate::memory::{MemError, Memory, Prot};
@@ -266,12 +267,63 @@ pub struct Pool {
     layout: PoolLayout,
     arenas: [Arena; 2],
     /// Tracker slot of each tag seen (a cache; memory is authoritative).
-    slots: HashMap<u32, u64>,
+    slots: HashMap<u32, u64, FastHash>,
     big_slots_free: Vec<u64>,
     big_slot_next: u64,
     /// Big allocations: address -> big-table slot.
     big_live: BTreeMap<u64, u64>,
-    live: BTreeMap<u64, LiveAllocation>,
+    live: HashMap<u64, LiveAllocation, FastHash>,
+}
+
+/// A hasher for the allocator's integer keys (addresses, tags): one folded multiply, so
+/// every input bit reaches the bits a hash table indexes by. Keys are not attacker-chosen
+/// in a way that matters here (the scenario bounds the work), and the tables' iteration
+/// order is never observed (live blocks are listed sorted).
+#[derive(Clone, Copy, Debug, Default)]
+struct FoldHasher(u64);
+
+impl Hasher for FoldHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        let m = u128::from(self.0 ^ n) * 0x9e37_79b9_7f4a_7c15_u128;
+        self.0 = (m >> 64) as u64 ^ m as u64;
+    }
+}
+
+type FastHash = BuildHasherDefault<FoldHasher>;
+
+/// Reads `N` bytes of the pool's own memory (in place when the page was written).
+fn read_n<const N: usize>(mem: &Memory, addr: u64) -> Result<[u8; N], MemError> {
+    let mut b = [0u8; N];
+    match mem.written(addr, N) {
+        Some(s) => b.copy_from_slice(s),
+        None => mem.read(VirtAddr(addr), &mut b)?,
+    }
+    Ok(b)
+}
+
+/// Writes the pool's own memory (in place when the page was written).
+fn write_at(mem: &mut Memory, addr: u64, data: &[u8]) -> Result<(), MemError> {
+    match mem.written_mut(addr, data.len()) {
+        Some(s) => {
+            s.copy_from_slice(data);
+            Ok(())
+        }
+        None => mem.write(VirtAddr(addr), data),
+    }
 }
 
 /// Units of a small block for a request of `n` bytes.
@@ -305,11 +357,11 @@ impl Pool {
                 Arena::new(PoolKind::NonPaged, &layout),
                 Arena::new(PoolKind::Paged, &layout),
             ],
-            slots: HashMap::new(),
+            slots: HashMap::default(),
             big_slots_free: Vec::new(),
             big_slot_next: 0,
             big_live: BTreeMap::new(),
-            live: BTreeMap::new(),
+            live: HashMap::default(),
         })
     }
 
@@ -320,7 +372,9 @@ impl Pool {
 
     /// The live allocations in address order (the allocator's ground truth).
     pub fn live_allocations(&self) -> impl Iterator<Item = &LiveAllocation> + '_ {
-        self.live.values()
+        let mut all: Vec<&LiveAllocation> = self.live.values().collect();
+        all.sort_unstable_by_key(|a| a.addr);
+        all.into_iter()
     }
 
     /// The live allocation starting at `addr`, if any.
@@ -375,12 +429,16 @@ impl Pool {
         } else {
             let units = units_for(size);
             let hdr = self.carve(mem, kind, units)?;
-            let mut prev = [0u8; 1];
-            mem.read(VirtAddr(hdr + pool_header::PREVIOUS_SIZE), &mut prev)?;
+            let [prev] = read_n::<1>(mem, hdr + pool_header::PREVIOUS_SIZE)?;
             let index = self.arena(kind).index;
-            let h = header(prev[0], index, units, pool_type.header_value(), tag);
-            mem.write(VirtAddr(hdr), &h)?;
-            mem.write_u64(VirtAddr(hdr + pool_header::PROCESS_BILLED), 0)?;
+            // The header, then `ProcessBilled` = 0: one 16-byte write.
+            let mut h = [0u8; pool_header::SIZE as usize];
+            put(
+                &mut h,
+                0,
+                &header(prev, index, units, pool_type.header_value(), tag),
+            );
+            write_at(mem, hdr, &h)?;
             (hdr + pool_header::SIZE, u64::from(units) << 4, false)
         };
         self.charge(mem, slot, kind, charged, true)?;
@@ -429,11 +487,9 @@ impl Pool {
             (tag, pages * PAGE_SIZE)
         } else {
             let hdr = addr.0 - pool_header::SIZE;
-            let mut units = [0u8; 1];
-            mem.read(VirtAddr(hdr + pool_header::BLOCK_SIZE), &mut units)?;
-            let units = units[0];
-            let tag = PoolTag::from_u32(mem.read_u32(VirtAddr(hdr + pool_header::POOL_TAG))?);
-            mem.write(VirtAddr(hdr + pool_header::POOL_TYPE), &[0])?;
+            let [_, _, units, _, t0, t1, t2, t3] = read_n::<8>(mem, hdr)?;
+            let tag = PoolTag::new([t0, t1, t2, t3]);
+            write_at(mem, hdr + pool_header::POOL_TYPE, &[0])?;
             let lunits = (live.charged >> 4) as u8;
             self.arena(kind).free.entry(lunits).or_default().push(hdr);
             (tag, u64::from(units) << 4)
@@ -576,15 +632,31 @@ impl Pool {
             (PoolKind::Paged, true) => (tracker::PAGED_ALLOCS, tracker::PAGED_BYTES),
             (PoolKind::Paged, false) => (tracker::PAGED_FREES, tracker::PAGED_BYTES),
         };
-        let c = mem.read_u32(VirtAddr(e + count_off))?;
-        mem.write_u32(VirtAddr(e + count_off), c.wrapping_add(1))?;
-        let b = mem.read_u64(VirtAddr(e + bytes_off))?;
-        let nb = if alloc {
-            b.wrapping_add(bytes)
-        } else {
-            b.wrapping_sub(bytes)
+        let count = |c: u32| c.wrapping_add(1);
+        let total = |b: u64| {
+            if alloc {
+                b.wrapping_add(bytes)
+            } else {
+                b.wrapping_sub(bytes)
+            }
         };
-        mem.write_u64(VirtAddr(e + bytes_off), nb)?;
+        // In place when the entry lies in one written page (it does, once its key is in).
+        // (Every count field lies before every bytes field.)
+        if let Some(entry) = mem.written_mut(e, tracker::SIZE as usize)
+            && let Some((head, tail)) = entry.split_at_mut_checked(bytes_off as usize)
+            && let Some(c) = head.get_mut(count_off as usize..count_off as usize + 4)
+            && let Some(b) = tail.get_mut(..8)
+            && let Ok(cv) = <[u8; 4]>::try_from(&*c)
+            && let Ok(bv) = <[u8; 8]>::try_from(&*b)
+        {
+            c.copy_from_slice(&count(u32::from_le_bytes(cv)).to_le_bytes());
+            b.copy_from_slice(&total(u64::from_le_bytes(bv)).to_le_bytes());
+            return Ok(());
+        }
+        let c = mem.read_u32(VirtAddr(e + count_off))?;
+        mem.write_u32(VirtAddr(e + count_off), count(c))?;
+        let b = mem.read_u64(VirtAddr(e + bytes_off))?;
+        mem.write_u64(VirtAddr(e + bytes_off), total(b))?;
         Ok(())
     }
 }
