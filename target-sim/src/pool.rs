@@ -429,16 +429,25 @@ impl Pool {
         } else {
             let units = units_for(size);
             let hdr = self.carve(mem, kind, units)?;
-            let [prev] = read_n::<1>(mem, hdr + pool_header::PREVIOUS_SIZE)?;
             let index = self.arena(kind).index;
-            // The header, then `ProcessBilled` = 0: one 16-byte write.
-            let mut h = [0u8; pool_header::SIZE as usize];
-            put(
-                &mut h,
-                0,
-                &header(prev, index, units, pool_type.header_value(), tag),
-            );
-            write_at(mem, hdr, &h)?;
+            let fill = |h: &mut [u8], prev: u8| {
+                // The header (keeping `PreviousSize`), then `ProcessBilled` = 0.
+                put(
+                    h,
+                    0,
+                    &header(prev, index, units, pool_type.header_value(), tag),
+                );
+                put(h, pool_header::PROCESS_BILLED, &[0u8; 8]);
+            };
+            match mem.written_mut(hdr, pool_header::SIZE as usize) {
+                Some(h) => fill(h, h.first().copied().unwrap_or(0)),
+                None => {
+                    let [prev] = read_n::<1>(mem, hdr + pool_header::PREVIOUS_SIZE)?;
+                    let mut h = [0u8; pool_header::SIZE as usize];
+                    fill(&mut h, prev);
+                    mem.write(VirtAddr(hdr), &h)?;
+                }
+            }
             (hdr + pool_header::SIZE, u64::from(units) << 4, false)
         };
         self.charge(mem, slot, kind, charged, true)?;
@@ -487,9 +496,20 @@ impl Pool {
             (tag, pages * PAGE_SIZE)
         } else {
             let hdr = addr.0 - pool_header::SIZE;
-            let [_, _, units, _, t0, t1, t2, t3] = read_n::<8>(mem, hdr)?;
+            let [_, _, units, _, t0, t1, t2, t3] = match mem.written_mut(hdr, 8) {
+                // Read the header and mark the block free (`PoolType` 0) in one look-up.
+                Some(h) => {
+                    let raw = <[u8; 8]>::try_from(&*h).unwrap_or_default();
+                    put(h, pool_header::POOL_TYPE, &[0]);
+                    raw
+                }
+                None => {
+                    let raw = read_n::<8>(mem, hdr)?;
+                    mem.write(VirtAddr(hdr + pool_header::POOL_TYPE), &[0])?;
+                    raw
+                }
+            };
             let tag = PoolTag::new([t0, t1, t2, t3]);
-            write_at(mem, hdr + pool_header::POOL_TYPE, &[0])?;
             let lunits = (live.charged >> 4) as u8;
             self.arena(kind).free.entry(lunits).or_default().push(hdr);
             (tag, u64::from(units) << 4)
@@ -541,11 +561,10 @@ impl Pool {
             let rest = big_units - units;
             let rest_hdr = hdr + (u64::from(units) << 4);
             let open = arena.open;
-            let mut tagb = [0u8; 4];
-            mem.read(VirtAddr(hdr + pool_header::POOL_TAG), &mut tagb)?;
+            let tagb = read_n::<4>(mem, hdr + pool_header::POOL_TAG)?;
             let h = header(units, arena.index, rest, 0, PoolTag::new(tagb));
             arena.free.entry(rest).or_default().push(rest_hdr);
-            mem.write(VirtAddr(rest_hdr), &h)?;
+            write_at(mem, rest_hdr, &h)?;
             let next = hdr + (u64::from(big_units) << 4);
             let page = hdr & !(PAGE_SIZE - 1);
             if next & (PAGE_SIZE - 1) != 0 {
@@ -555,10 +574,10 @@ impl Pool {
                             o.2 = rest;
                         }
                     }
-                    _ => mem.write(VirtAddr(next + pool_header::PREVIOUS_SIZE), &[rest])?,
+                    _ => write_at(mem, next + pool_header::PREVIOUS_SIZE, &[rest])?,
                 }
             }
-            mem.write(VirtAddr(hdr + pool_header::BLOCK_SIZE), &[units])?;
+            write_at(mem, hdr + pool_header::BLOCK_SIZE, &[units])?;
             return Ok(hdr);
         }
         // carve from the open page, or open a new one
@@ -568,7 +587,7 @@ impl Pool {
             if off + need <= PAGE_SIZE {
                 let hdr = page + off;
                 arena.open = Some((page, off + need, units));
-                mem.write(VirtAddr(hdr), &[last])?;
+                write_at(mem, hdr, &[last])?;
                 return Ok(hdr);
             }
             // close the page: its tail becomes a free block
@@ -577,7 +596,7 @@ impl Pool {
                 let hdr = page + off;
                 let h = [last, arena.index, rest as u8, 0];
                 arena.free.entry(rest as u8).or_default().push(hdr);
-                mem.write(VirtAddr(hdr), &h)?;
+                write_at(mem, hdr, &h)?;
             }
             arena.open = None;
         }
@@ -588,7 +607,7 @@ impl Pool {
         }
         arena.small_next = page + PAGE_SIZE;
         arena.open = Some((page, need, units));
-        mem.write(VirtAddr(page), &[0])?;
+        write_at(mem, page, &[0])?;
         Ok(page)
     }
 
