@@ -3,7 +3,7 @@
 //! KDCOM, with wall time per phase, round trips and bytes on the wire; rendered as a
 //! Markdown table and an SVG plot. `cargo run --release -p tagsplit-benches --bin scale`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -14,7 +14,9 @@ use tagsplit::VirtAddr;
 use tagsplit::split::{Phase, Split, SplitOptions};
 use tagsplit::target::kd::{KdTarget, KdTransport};
 use tagsplit::target::sim::SimTarget;
-use tagsplit::target::{DebugTarget, WireStats};
+use tagsplit::target::{
+    DebugTarget, Interrupt, KernelInfo, ModuleInfo, RunFor, StopReason, TargetError, WireStats,
+};
 use tagsplit_target_sim::builtins::{SCALE_TAG, scale};
 use tagsplit_target_sim::machine::{Machine, SiteKind};
 use tagsplit_target_sim::scenario::{ModuleSpec, Scenario};
@@ -66,8 +68,8 @@ pub struct Row {
     pub setup: Duration,
     /// The whole split, `Split::run`.
     pub split: Duration,
-    /// Time per phase of the split (`surveying`, `patching`, `running`, ...).
-    pub phases: BTreeMap<&'static str, Duration>,
+    /// Time and round trips per phase of the split (`surveying`, `patching`, ...).
+    pub phases: BTreeMap<&'static str, (Duration, u64)>,
     /// Wire counters of the split alone (`None` in process).
     pub wire: Option<WireStats>,
     /// Whether the split named exactly the leaking site and restored every patch.
@@ -124,6 +126,75 @@ fn leaking_sites(scenario: &Scenario) -> Result<Vec<VirtAddr>, Error> {
         .collect())
 }
 
+/// Forwards to a target and keeps its latest wire counters where a phase callback can
+/// read them while the split holds the target.
+struct Tap<'t> {
+    inner: &'t mut dyn DebugTarget,
+    round_trips: Rc<Cell<u64>>,
+}
+
+impl Tap<'_> {
+    fn note<R>(&mut self, r: R) -> R {
+        if let Some(s) = self.inner.stats() {
+            self.round_trips.set(s.round_trips);
+        }
+        r
+    }
+}
+
+impl DebugTarget for Tap<'_> {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn read_memory(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
+        let r = self.inner.read_memory(addr, buf);
+        self.note(r)
+    }
+    fn write_memory(&mut self, addr: VirtAddr, data: &[u8]) -> Result<usize, TargetError> {
+        let r = self.inner.write_memory(addr, data);
+        self.note(r)
+    }
+    fn kernel_info(&mut self) -> Result<KernelInfo, TargetError> {
+        let r = self.inner.kernel_info();
+        self.note(r)
+    }
+    fn modules(&mut self) -> Result<Vec<ModuleInfo>, TargetError> {
+        let r = self.inner.modules();
+        self.note(r)
+    }
+    fn search_memory(
+        &mut self,
+        start: VirtAddr,
+        end: VirtAddr,
+        pattern: &[u8],
+        max_hits: usize,
+    ) -> Result<Vec<VirtAddr>, TargetError> {
+        let r = self.inner.search_memory(start, end, pattern, max_hits);
+        self.note(r)
+    }
+    fn run(&mut self, how_long: RunFor) -> Result<StopReason, TargetError> {
+        let r = self.inner.run(how_long);
+        self.note(r)
+    }
+    fn set_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
+        let r = self.inner.set_breakpoint(addr);
+        self.note(r)
+    }
+    fn clear_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
+        let r = self.inner.clear_breakpoint(addr);
+        self.note(r)
+    }
+    fn set_interrupt(&mut self, interrupt: Option<Interrupt>) {
+        self.inner.set_interrupt(interrupt);
+    }
+    fn stats(&self) -> Option<WireStats> {
+        self.inner.stats()
+    }
+    fn default_run(&self) -> RunFor {
+        self.inner.default_run()
+    }
+}
+
 fn minus(a: WireStats, b: WireStats) -> WireStats {
     WireStats {
         packets_sent: a.packets_sent.saturating_sub(b.packets_sent),
@@ -143,23 +214,40 @@ pub fn measure(backend: Backend, modules: usize, sites: usize) -> Result<Row, Er
     let (mut target, stub) = open(backend, &scenario)?;
     let setup = started.elapsed();
     let before = target.stats();
-    let phases: Rc<RefCell<BTreeMap<&'static str, Duration>>> = Rc::default();
-    let last: Rc<RefCell<Option<(&'static str, Instant)>>> = Rc::default();
-    let (p, l) = (Rc::clone(&phases), Rc::clone(&last));
-    let started = Instant::now();
-    let report = Split::new(target.as_mut(), SCALE_TAG, SplitOptions::default())
-        .on_phase(move |phase: Phase| {
+    // Per phase: time and round trips so far; the open phase: name, start, round trips.
+    type Phases = BTreeMap<&'static str, (Duration, u64)>;
+    type Open = Option<(&'static str, Instant, u64)>;
+    let phases: Rc<RefCell<Phases>> = Rc::default();
+    let last: Rc<RefCell<Open>> = Rc::default();
+    let trips = Rc::new(Cell::new(before.map_or(0, |s| s.round_trips)));
+    let close = {
+        let (p, l, t) = (Rc::clone(&phases), Rc::clone(&last), Rc::clone(&trips));
+        move |next: Option<&'static str>| {
             let now = Instant::now();
-            if let Some((name, since)) = l.borrow_mut().replace((phase.name(), now)) {
-                *p.borrow_mut().entry(name).or_default() += now - since;
+            let open = match next {
+                Some(name) => l.borrow_mut().replace((name, now, t.get())),
+                None => l.borrow_mut().take(),
+            };
+            if let Some((name, since, from)) = open {
+                let mut phases = p.borrow_mut();
+                let slot = phases.entry(name).or_default();
+                slot.0 += now - since;
+                slot.1 += t.get().saturating_sub(from);
             }
-        })
+        }
+    };
+    let started = Instant::now();
+    let mut tap = Tap {
+        inner: target.as_mut(),
+        round_trips: Rc::clone(&trips),
+    };
+    let on_phase = close.clone();
+    let report = Split::new(&mut tap, SCALE_TAG, SplitOptions::default())
+        .on_phase(move |phase: Phase| on_phase(Some(phase.name())))
         .run()
         .map_err(err)?;
     let split = started.elapsed();
-    if let Some((name, since)) = last.borrow_mut().take() {
-        *phases.borrow_mut().entry(name).or_default() += since.elapsed();
-    }
+    close(None);
     let wire = target.stats().map(|s| minus(s, before.unwrap_or_default()));
     let found: Vec<VirtAddr> = report.leaks().map(|s| s.hit.address).collect();
     drop(target);
@@ -182,7 +270,9 @@ fn ms(d: Duration) -> String {
     format!("{:.0}", d.as_secs_f64() * 1000.0)
 }
 
-/// The rows as a Markdown table (time in ms; the phases that take most of it).
+/// The rows as a Markdown table: times in ms, each phase with its round trips in
+/// parentheses (survey: module list, search and classification, and the first tracker
+/// snapshot; patch: journal and patches; run; sample: tracker snapshots; restore).
 pub fn markdown(rows: &[Row]) -> String {
     let mut s = String::from(
         "| backend | modules | sites | images | split wall time | survey | patch | run | sample | restore | round trips | bytes sent | bytes received | verdict |\n\
@@ -190,10 +280,14 @@ pub fn markdown(rows: &[Row]) -> String {
     );
     for r in rows {
         let phase = |names: &[&str]| {
-            ms(names
+            let (t, n) = names
                 .iter()
                 .filter_map(|n| r.phases.get(n))
-                .sum::<Duration>())
+                .fold((Duration::ZERO, 0), |(t, n), (dt, dn)| (t + *dt, n + dn));
+            match r.wire {
+                Some(_) => format!("{} ({n})", ms(t)),
+                None => ms(t),
+            }
         };
         let wire =
             |f: fn(&WireStats) -> u64| r.wire.as_ref().map_or("—".into(), |w| f(w).to_string());
@@ -223,7 +317,12 @@ pub fn markdown(rows: &[Row]) -> String {
 pub fn plot(rows: &[Row], path: &std::path::Path) -> Result<(), Error> {
     use plotters::prelude::*;
 
-    let colors = [BLACK, RED, BLUE, GREEN];
+    let colors = [BLACK, RED, BLUE, RGBColor(230, 140, 0)];
+    let mut kernels: Vec<(usize, usize)> = rows.iter().map(|r| (r.modules, r.sites)).collect();
+    kernels.sort_unstable();
+    kernels.dedup();
+    let sites: Vec<String> = kernels.iter().map(|(_, s)| s.to_string()).collect();
+    let x_desc = format!("modules (sites: {})", sites.join(", "));
     let root = SVGBackend::new(path, (1000, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let (left, right) = root.split_horizontally(500);
@@ -237,25 +336,33 @@ pub fn plot(rows: &[Row], path: &std::path::Path) -> Result<(), Error> {
             .collect()
     };
     type Pick = dyn Fn(&Row) -> Option<f64>;
-    let time: &Pick = &|r| Some(r.split.as_secs_f64().max(1e-4));
+    let time: &Pick = &|r| Some((r.split.as_secs_f64() * 1000.0).max(0.1));
     let trips: &Pick = &|r| r.wire.map(|w| w.round_trips.max(1) as f64);
     for (area, pick, title, unit) in [
-        (&left, time, "Whole split: wall time", "seconds"),
+        (&left, time, "Whole split: wall time", "milliseconds"),
         (&right, trips, "Whole split: round trips", "round trips"),
     ] {
         let ys: Vec<f64> = rows.iter().filter_map(pick).collect();
-        let lo = ys.iter().copied().fold(f64::INFINITY, f64::min).min(1.0);
+        let lo = ys.iter().copied().fold(f64::INFINITY, f64::min).min(1e9);
         let hi = ys.iter().copied().fold(0.0, f64::max).max(lo * 10.0);
         let mut chart = ChartBuilder::on(area)
             .caption(title, ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(60)
-            .build_cartesian_2d(x.clone().log_scale(), ((lo * 0.7)..(hi * 1.5)).log_scale())
+            .build_cartesian_2d(x.clone().log_scale(), ((lo * 0.5)..(hi * 2.0)).log_scale())
             .map_err(err)?;
         chart
             .configure_mesh()
-            .x_desc("modules (sites: 20, 200, 500)")
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| {
+                if *v >= 1.0 {
+                    format!("{v:.0}")
+                } else {
+                    format!("{v}")
+                }
+            })
+            .x_desc(x_desc.as_str())
             .y_desc(unit)
             .draw()
             .map_err(err)?;

@@ -485,7 +485,7 @@ impl ImageBuilder {
                 return Ok(());
             }
             n = n.wrapping_add(1);
-            if n % 8 == 0 {
+            if n.is_multiple_of(8) {
                 // xor eax,eax; ret
                 self.code(&[0x33, 0xc0, 0xc3]);
                 continue;
