@@ -94,21 +94,28 @@ pub fn many_sites() -> Scenario {
         }
         s.modules.push(m);
     }
-    let bg = |tag: &[u8; 4], pool: PoolType, size: u64, count: u64| BackgroundSpec {
-        tag: PoolTag::new(*tag),
-        pool: PoolSpec(pool),
-        size,
-        count,
-    };
-    s.background = vec![
-        bg(b"Ddk1", PoolType::NON_PAGED, 64, 10),
-        bg(b"File", PoolType::NON_PAGED, 200, 500),
-        bg(b"Thre", PoolType::NON_PAGED, 1160, 80),
-        bg(b"MmSt", PoolType::PAGED, 20480, 40),
-        bg(b"CM31", PoolType::PAGED, 4096, 60),
-        bg(b"Ntff", PoolType::PAGED, 1040, 200),
-    ];
+    s.background = background(&[
+        (b"Ddk1", PoolType::NON_PAGED, 64, 10),
+        (b"File", PoolType::NON_PAGED, 200, 500),
+        (b"Thre", PoolType::NON_PAGED, 1160, 80),
+        (b"MmSt", PoolType::PAGED, 20480, 40),
+        (b"CM31", PoolType::PAGED, 4096, 60),
+        (b"Ntff", PoolType::PAGED, 1040, 200),
+    ]);
     s
+}
+
+/// Background entries from (tag, pool type, bytes, count).
+fn background(entries: &[(&[u8; 4], PoolType, u64, u64)]) -> Vec<BackgroundSpec> {
+    entries
+        .iter()
+        .map(|&(tag, pool, size, count)| BackgroundSpec {
+            tag: PoolTag::new(*tag),
+            pool: PoolSpec(pool),
+            size,
+            count,
+        })
+        .collect()
 }
 
 /// The tag the sites of a [`scale`] kernel share.
@@ -189,18 +196,12 @@ pub fn scale(modules: usize, sites: usize) -> Option<Scenario> {
         }
     }
     s.modules = specs;
-    let bg = |tag: &[u8; 4], pool: PoolType, size: u64, count: u64| BackgroundSpec {
-        tag: PoolTag::new(*tag),
-        pool: PoolSpec(pool),
-        size,
-        count,
-    };
-    s.background = vec![
-        bg(b"File", PoolType::NON_PAGED, 200, 500),
-        bg(b"Thre", PoolType::NON_PAGED, 1160, 80),
-        bg(b"MmSt", PoolType::PAGED, 20480, 40),
-        bg(b"Ntff", PoolType::PAGED, 1040, 200),
-    ];
+    s.background = background(&[
+        (b"File", PoolType::NON_PAGED, 200, 500),
+        (b"Thre", PoolType::NON_PAGED, 1160, 80),
+        (b"MmSt", PoolType::PAGED, 20480, 40),
+        (b"Ntff", PoolType::PAGED, 1040, 200),
+    ]);
     Some(s)
 }
 
