@@ -45,6 +45,9 @@ pub const MAX_MODULE_SIZE: u64 = 1 << 28;
 /// site). Bounds the host memory a scenario's images can take (filled code, or `int3`
 /// padding up to a site's `rva`) whatever the module count.
 pub const MAX_IMAGE_BYTES: u64 = 1 << 30;
+/// Most bytes of `.text` that modules with `fill` may fill with code in total (host memory:
+/// 4,096 drivers of 64 KiB).
+pub const MAX_FILLED_BYTES: u64 = 256 << 20;
 /// Most sites one module may have.
 pub const MAX_SITES_PER_MODULE: usize = 512;
 /// Most background entries.
@@ -456,6 +459,16 @@ impl Scenario {
         if image_bytes > MAX_IMAGE_BYTES {
             return bad(format!(
                 "the modules would lay out more than {MAX_IMAGE_BYTES} bytes of images"
+            ));
+        }
+        let filled = self
+            .modules
+            .iter()
+            .filter(|m| m.fill)
+            .fold(0u64, |t, m| t.saturating_add(m.size.unwrap_or(0)));
+        if filled > MAX_FILLED_BYTES {
+            return bad(format!(
+                "modules with fill would fill more than {MAX_FILLED_BYTES} bytes with code"
             ));
         }
         for m in &self.modules {

@@ -12,7 +12,7 @@
 use tagsplit_target_sim::builtins::{SCALE_TAG, scale, scale_leaking_site, scale_module_of};
 use tagsplit_target_sim::machine::{Machine, SiteKind};
 use tagsplit_target_sim::scenario::{
-    MAX_IMAGE_BYTES, MAX_MODULES, ModuleSpec, Scenario, SiteKindSpec, SiteSpec,
+    MAX_FILLED_BYTES, MAX_IMAGE_BYTES, MAX_MODULES, ModuleSpec, Scenario, SiteKindSpec, SiteSpec,
 };
 use tagsplit_target_sim::{SimError, VirtAddr};
 
@@ -116,8 +116,16 @@ fn the_module_cap_is_4096_and_images_are_bounded_in_total() {
         m.sites.push(site);
     }
     assert!(refused(&far).contains("bytes of images"));
-    // Filled images cost host memory: a 1,000-driver scale kernel materialises its code,
-    // a fraction of what the bound allows.
+    // Filled images cost host memory, so filling has a bound of its own.
+    let mut filled = modules(8, MAX_FILLED_BYTES / 8);
+    filled.validate().unwrap();
+    filled.modules[0].size = Some(MAX_FILLED_BYTES / 8 + 0x1000);
+    filled.validate().unwrap();
+    for m in &mut filled.modules {
+        m.fill = true;
+    }
+    assert!(refused(&filled).contains("fill"));
+    // A 1,000-driver scale kernel materialises its code: a fraction of the bounds.
     let filled = Machine::boot(&scale(1000, 10).unwrap()).unwrap();
     let pages = filled.memory().materialized_pages() as u64;
     assert!(pages * 0x1000 < MAX_IMAGE_BYTES / 8, "{pages} pages");
