@@ -232,13 +232,20 @@ struct Arena {
     big_end: u64,
     /// The page being carved: (page address, next free offset, units of the last block).
     open: Option<(u64, u64, u8)>,
-    /// Free small blocks (header addresses) by size in units.
-    free: BTreeMap<u8, Vec<u64>>,
+    /// Free small blocks (header addresses), indexed by size in units (256 lists).
+    free: Vec<Vec<u64>>,
     /// Free big ranges by page count.
     big_free: BTreeMap<u64, Vec<u64>>,
 }
 
 impl Arena {
+    /// Puts a free block of `units` on its list.
+    fn push_free(&mut self, units: u8, hdr: u64) {
+        if let Some(list) = self.free.get_mut(usize::from(units)) {
+            list.push(hdr);
+        }
+    }
+
     fn new(kind: PoolKind, l: &PoolLayout) -> Arena {
         let (small, big) = match kind {
             PoolKind::NonPaged => (l.nonpaged_small, l.nonpaged_big),
@@ -254,7 +261,7 @@ impl Arena {
             big_next: big.0,
             big_end: big.0.saturating_add(l.big_size),
             open: None,
-            free: BTreeMap::new(),
+            free: vec![Vec::new(); 256],
             big_free: BTreeMap::new(),
         }
     }
@@ -511,7 +518,7 @@ impl Pool {
             };
             let tag = PoolTag::new([t0, t1, t2, t3]);
             let lunits = (live.charged >> 4) as u8;
-            self.arena(kind).free.entry(lunits).or_default().push(hdr);
+            self.arena(kind).push_free(lunits, hdr);
             (tag, u64::from(units) << 4)
         };
         self.live.remove(&addr.0);
@@ -546,24 +553,29 @@ impl Pool {
     fn carve(&mut self, mem: &mut Memory, kind: PoolKind, units: u8) -> Result<u64, PoolError> {
         let arena = self.arena(kind);
         // exact fit
-        if let Some(hdr) = arena.free.get_mut(&units).and_then(Vec::pop) {
+        if let Some(hdr) = arena.free.get_mut(usize::from(units)).and_then(Vec::pop) {
             return Ok(hdr);
         }
         // split the smallest larger free block
         let larger = arena
             .free
-            .range(units.saturating_add(1)..)
+            .iter()
+            .enumerate()
+            .skip(usize::from(units) + 1)
             .find(|(_, v)| !v.is_empty())
-            .map(|(k, _)| *k);
+            .and_then(|(k, _)| u8::try_from(k).ok());
         if let Some(big_units) = larger
-            && let Some(hdr) = arena.free.get_mut(&big_units).and_then(Vec::pop)
+            && let Some(hdr) = arena
+                .free
+                .get_mut(usize::from(big_units))
+                .and_then(Vec::pop)
         {
             let rest = big_units - units;
             let rest_hdr = hdr + (u64::from(units) << 4);
             let open = arena.open;
             let tagb = read_n::<4>(mem, hdr + pool_header::POOL_TAG)?;
             let h = header(units, arena.index, rest, 0, PoolTag::new(tagb));
-            arena.free.entry(rest).or_default().push(rest_hdr);
+            arena.push_free(rest, rest_hdr);
             write_at(mem, rest_hdr, &h)?;
             let next = hdr + (u64::from(big_units) << 4);
             let page = hdr & !(PAGE_SIZE - 1);
@@ -595,7 +607,7 @@ impl Pool {
             if rest > 0 {
                 let hdr = page + off;
                 let h = [last, arena.index, rest as u8, 0];
-                arena.free.entry(rest as u8).or_default().push(hdr);
+                arena.push_free(rest as u8, hdr);
                 write_at(mem, hdr, &h)?;
             }
             arena.open = None;
