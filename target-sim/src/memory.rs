@@ -6,8 +6,9 @@
 //! and writes that run into an unmapped page stop there and report how many bytes were
 //! done and the first bad address, like a real target does.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use memchr::memmem;
 
@@ -110,8 +111,10 @@ impl Region {
 pub struct Memory {
     /// Mapped regions keyed by start address; never overlapping.
     regions: BTreeMap<u64, Region>,
-    /// Materialised pages keyed by page address.
-    pages: BTreeMap<u64, Box<[u8]>>,
+    /// Materialised pages keyed by page address (a hash map: every access looks one up).
+    pages: HashMap<u64, Box<[u8]>, FastHash>,
+    /// The addresses of the materialised pages, in order (for search and digest).
+    page_order: BTreeSet<u64>,
 }
 
 impl Memory {
@@ -209,6 +212,7 @@ impl Memory {
         allowed: fn(Prot) -> bool,
     ) -> Result<(), MemError> {
         let pages = &mut self.pages;
+        let order = &mut self.page_order;
         walk(
             &self.regions,
             addr,
@@ -216,9 +220,10 @@ impl Memory {
             allowed,
             |page, off, done, n| {
                 let src = data.get(done..done + n).ok_or(MemErrorKind::BadRange)?;
-                let p = pages
-                    .entry(page)
-                    .or_insert_with(|| vec![0u8; PAGE].into_boxed_slice());
+                let p = pages.entry(page).or_insert_with(|| {
+                    order.insert(page);
+                    vec![0u8; PAGE].into_boxed_slice()
+                });
                 let dst = p.get_mut(off..off + n).ok_or(MemErrorKind::BadRange)?;
                 dst.copy_from_slice(src);
                 Ok(())
@@ -320,10 +325,10 @@ impl Memory {
                     }
                     None => {
                         let next = self
-                            .pages
+                            .page_order
                             .range(page + PAGE_SIZE..)
                             .next()
-                            .map_or(u64::MAX, |(k, _)| *k);
+                            .map_or(u64::MAX, |k| *k);
                         let run_end = next.min(hi);
                         s.zeros(pos, run_end - pos);
                         pos = run_end;
@@ -354,7 +359,11 @@ impl Memory {
             eat(&r.end.0.to_le_bytes());
             eat(&[r.prot.0]);
         }
-        for (addr, p) in &self.pages {
+        for (addr, p) in self
+            .page_order
+            .iter()
+            .filter_map(|a| Some((a, self.pages.get(a)?)))
+        {
             if p.iter().any(|&b| b != 0) {
                 eat(&addr.to_le_bytes());
                 eat(p);
@@ -363,6 +372,37 @@ impl Memory {
         h
     }
 }
+
+/// A hasher for the simulator's integer keys (page addresses, block addresses, tags): one
+/// folded multiply, so every input bit reaches the bits a hash table indexes by (page
+/// addresses have their low 12 bits zero). The keys come from the simulation, and no
+/// table's iteration order is ever observed (ordered views are kept or sorted apart).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct FoldHasher(u64);
+
+impl Hasher for FoldHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        let m = u128::from(self.0 ^ n) * 0x9e37_79b9_7f4a_7c15_u128;
+        self.0 = (m >> 64) as u64 ^ m as u64;
+    }
+}
+
+/// A `HashMap` hasher built on [`FoldHasher`].
+pub(crate) type FastHash = BuildHasherDefault<FoldHasher>;
 
 /// The region of `regions` containing `addr`.
 fn find_region(regions: &BTreeMap<u64, Region>, addr: u64) -> Option<Region> {

@@ -20,10 +20,9 @@
 //!   no host memory at all.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::layout::{PAGE_SIZE, big_page, pool_header, tracker};
-use crate::memory::{MemError, Memory, Prot};
+use crate::memory::{FastHash, MemError, Memory, Prot};
 use crate::types::{PoolTag, VirtAddr};
 
 /// Pool errors (what would be a `BAD_POOL_CALLER` bug check on Windows).
@@ -281,36 +280,6 @@ pub struct Pool {
     big_live: BTreeMap<u64, u64>,
     live: HashMap<u64, LiveAllocation, FastHash>,
 }
-
-/// A hasher for the allocator's integer keys (addresses, tags): one folded multiply, so
-/// every input bit reaches the bits a hash table indexes by. Keys are not attacker-chosen
-/// in a way that matters here (the scenario bounds the work), and the tables' iteration
-/// order is never observed (live blocks are listed sorted).
-#[derive(Clone, Copy, Debug, Default)]
-struct FoldHasher(u64);
-
-impl Hasher for FoldHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        let m = u128::from(self.0 ^ n) * 0x9e37_79b9_7f4a_7c15_u128;
-        self.0 = (m >> 64) as u64 ^ m as u64;
-    }
-}
-
-type FastHash = BuildHasherDefault<FoldHasher>;
 
 /// Reads `N` bytes of the pool's own memory (in place when the page was written).
 fn read_n<const N: usize>(mem: &Memory, addr: u64) -> Result<[u8; N], MemError> {
