@@ -291,6 +291,23 @@ fn read_n<const N: usize>(mem: &Memory, addr: u64) -> Result<[u8; N], MemError> 
     Ok(b)
 }
 
+/// Rewrites `N` bytes of the pool's own memory with `f` of their value (in place, one
+/// look-up, when the page was written).
+fn update<const N: usize>(
+    mem: &mut Memory,
+    addr: u64,
+    f: impl FnOnce([u8; N]) -> [u8; N],
+) -> Result<(), MemError> {
+    if let Some(s) = mem.written_mut(addr, N)
+        && let Ok(v) = <[u8; N]>::try_from(&*s)
+    {
+        s.copy_from_slice(&f(v));
+        return Ok(());
+    }
+    let v = read_n::<N>(mem, addr)?;
+    mem.write(VirtAddr(addr), &f(v))
+}
+
 /// Writes the pool's own memory (in place when the page was written).
 fn write_at(mem: &mut Memory, addr: u64, data: &[u8]) -> Result<(), MemError> {
     match mem.written_mut(addr, data.len()) {
@@ -640,23 +657,13 @@ impl Pool {
                 b.wrapping_sub(bytes)
             }
         };
-        // In place when the entry lies in one written page (it does, once its key is in).
-        // (Every count field lies before every bytes field.)
-        if let Some(entry) = mem.written_mut(e, tracker::SIZE as usize)
-            && let Some((head, tail)) = entry.split_at_mut_checked(bytes_off as usize)
-            && let Some(c) = head.get_mut(count_off as usize..count_off as usize + 4)
-            && let Some(b) = tail.get_mut(..8)
-            && let Ok(cv) = <[u8; 4]>::try_from(&*c)
-            && let Ok(bv) = <[u8; 8]>::try_from(&*b)
-        {
-            c.copy_from_slice(&count(u32::from_le_bytes(cv)).to_le_bytes());
-            b.copy_from_slice(&total(u64::from_le_bytes(bv)).to_le_bytes());
-            return Ok(());
-        }
-        let c = mem.read_u32(VirtAddr(e + count_off))?;
-        mem.write_u32(VirtAddr(e + count_off), count(c))?;
-        let b = mem.read_u64(VirtAddr(e + bytes_off))?;
-        mem.write_u64(VirtAddr(e + bytes_off), total(b))?;
+        // Each field in place (an aligned field never crosses a page; an entry may).
+        update(mem, e + count_off, |v| {
+            count(u32::from_le_bytes(v)).to_le_bytes()
+        })?;
+        update(mem, e + bytes_off, |v| {
+            total(u64::from_le_bytes(v)).to_le_bytes()
+        })?;
         Ok(())
     }
 }
