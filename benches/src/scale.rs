@@ -267,7 +267,12 @@ pub fn measure(backend: Backend, modules: usize, sites: usize) -> Result<Row, Er
 }
 
 fn ms(d: Duration) -> String {
-    format!("{:.0}", d.as_secs_f64() * 1000.0)
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms < 10.0 {
+        format!("{ms:.1}")
+    } else {
+        format!("{ms:.0}")
+    }
 }
 
 /// The rows as a Markdown table: times in ms, each phase with its round trips in
