@@ -94,19 +94,124 @@ pub fn many_sites() -> Scenario {
         }
         s.modules.push(m);
     }
-    let bg = |tag: &[u8; 4], pool: PoolType, size: u64, count: u64| BackgroundSpec {
-        tag: PoolTag::new(*tag),
-        pool: PoolSpec(pool),
-        size,
-        count,
-    };
-    s.background = vec![
-        bg(b"Ddk1", PoolType::NON_PAGED, 64, 10),
-        bg(b"File", PoolType::NON_PAGED, 200, 500),
-        bg(b"Thre", PoolType::NON_PAGED, 1160, 80),
-        bg(b"MmSt", PoolType::PAGED, 20480, 40),
-        bg(b"CM31", PoolType::PAGED, 4096, 60),
-        bg(b"Ntff", PoolType::PAGED, 1040, 200),
-    ];
+    s.background = background(&[
+        (b"Ddk1", PoolType::NON_PAGED, 64, 10),
+        (b"File", PoolType::NON_PAGED, 200, 500),
+        (b"Thre", PoolType::NON_PAGED, 1160, 80),
+        (b"MmSt", PoolType::PAGED, 20480, 40),
+        (b"CM31", PoolType::PAGED, 4096, 60),
+        (b"Ntff", PoolType::PAGED, 1040, 200),
+    ]);
     s
+}
+
+/// Background entries from (tag, pool type, bytes, count).
+fn background(entries: &[(&[u8; 4], PoolType, u64, u64)]) -> Vec<BackgroundSpec> {
+    entries
+        .iter()
+        .map(|&(tag, pool, size, count)| BackgroundSpec {
+            tag: PoolTag::new(*tag),
+            pool: PoolSpec(pool),
+            size,
+            count,
+        })
+        .collect()
+}
+
+/// The tag the sites of a [`scale`] kernel share.
+pub const SCALE_TAG: PoolTag = PoolTag::new(*b"Gsc ");
+
+/// Most allocation sites a [`scale`] kernel may have (a split must find that many free
+/// tags in the tag's family).
+pub const SCALE_MAX_SITES: usize = 2000;
+
+/// Which allocation site (counting from 0) of a [`scale`] kernel with `sites` sites leaks.
+pub fn scale_leaking_site(sites: usize) -> usize {
+    sites.saturating_mul(5) / 8
+}
+
+/// The module (counting from 0, after nt) that holds allocation site `site` of a [`scale`]
+/// kernel: the sites are spread evenly over the modules.
+pub fn scale_module_of(site: usize, modules: usize, sites: usize) -> usize {
+    site.saturating_mul(modules) / sites.max(1)
+}
+
+/// `scale:N:S`: a kernel of `modules` drivers (`gsc0000.sys`, ...) of 16-108 KiB each
+/// (64 KiB on average, `.text` filled with real code), and `sites` allocation sites that
+/// share the tag [`SCALE_TAG`], spread evenly over the drivers, with a free site after
+/// every tenth; exactly one site leaks ([`scale_leaking_site`]), the others free what
+/// they allocate a few ticks later. Deterministic; `None` when `modules` is 0 or above
+/// [`MAX_MODULES`](crate::scenario::MAX_MODULES), or `sites` is 0 or above
+/// [`SCALE_MAX_SITES`].
+pub fn scale(modules: usize, sites: usize) -> Option<Scenario> {
+    if !(1..=crate::scenario::MAX_MODULES).contains(&modules)
+        || !(1..=SCALE_MAX_SITES).contains(&sites)
+    {
+        return None;
+    }
+    let mut s = Scenario::new(&format!("scale:{modules}:{sites}"));
+    s.description = format!(
+        "{modules} drivers (64 KiB on average, filled with code) and {sites} allocation sites sharing '{}', one leaking",
+        SCALE_TAG.to_string().trim_end()
+    );
+    s.seed = 1000;
+    s.boot_ticks = 8;
+    // Every site fires with a period dividing 32, so the 8 samples of a default split
+    // (32 ticks apart) see a load site at the same phase each time: flat, never growing.
+    s.run_ticks = 256;
+    let leaking = scale_leaking_site(sites);
+    let mut specs: Vec<ModuleSpec> = (0..modules)
+        .map(|i| {
+            let mut m = ModuleSpec::new(&format!("gsc{i:04}.sys"));
+            m.size = Some(0x4000 + ((i as u64 * 37) % 24) * 0x1000);
+            m.timestamp = Some(0x5a00_0000 + i as u32 * 0x1111);
+            m.fill = true;
+            m
+        })
+        .collect();
+    for j in 0..sites {
+        let Some(m) = specs.get_mut(scale_module_of(j, modules, sites)) else {
+            continue;
+        };
+        let n = j as u64;
+        let mut site = SiteSpec::new(SiteKindSpec::Alloc, SCALE_TAG);
+        site.pool = PoolSpec(if j % 3 == 2 {
+            PoolType::PAGED
+        } else {
+            PoolType::NON_PAGED
+        });
+        site.size = 32 + (n * 37) % 480;
+        site.every = 1 << (n % 4);
+        site.phase = (n * 3) % site.every;
+        site.free_after = Some(1 + n % 6);
+        if j == leaking {
+            site.size = 256;
+            site.every = 2;
+            site.phase = 0;
+            site.free_after = None;
+        }
+        m.sites.push(site);
+        if j % 10 == 9 {
+            m.sites.push(SiteSpec::new(SiteKindSpec::Free, SCALE_TAG));
+        }
+    }
+    s.modules = specs;
+    s.background = background(&[
+        (b"File", PoolType::NON_PAGED, 200, 500),
+        (b"Thre", PoolType::NON_PAGED, 1160, 80),
+        (b"MmSt", PoolType::PAGED, 20480, 40),
+        (b"Ntff", PoolType::PAGED, 1040, 200),
+    ]);
+    Some(s)
+}
+
+/// Parses `scale:N:S` into a [`scale`] kernel.
+pub fn scale_from_name(name: &str) -> Option<Scenario> {
+    let (n, s) = name.strip_prefix("scale:")?.split_once(':')?;
+    let parse = |t: &str| {
+        (!t.is_empty() && t.len() <= 5 && t.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| t.parse::<usize>().ok())
+            .flatten()
+    };
+    scale(parse(n)?, parse(s)?)
 }

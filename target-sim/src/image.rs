@@ -472,6 +472,33 @@ impl ImageBuilder {
         })
     }
 
+    /// Fills `.text` with small real functions (`sub rsp,28h; mov ecx,n; test ecx,ecx;
+    /// je +6; call [ExFreePool]; add rsp,28h; ret`, and a few `xor eax,eax; ret`), 16-byte
+    /// aligned, until the next one would end past `end` bytes of `.text`. Their immediates
+    /// stay below `0x1000`, so no tag made of printable characters occurs in them.
+    pub fn fill_code(&mut self, end: u64) -> Result<(), SimError> {
+        const FUNCTION: u64 = 32;
+        let mut n = 0u32;
+        loop {
+            self.align_text();
+            if self.text.len() as u64 + FUNCTION > end {
+                return Ok(());
+            }
+            n = n.wrapping_add(1);
+            if n.is_multiple_of(8) {
+                // xor eax,eax; ret
+                self.code(&[0x33, 0xc0, 0xc3]);
+                continue;
+            }
+            self.code(&[0x48, 0x83, 0xec, 0x28, 0xb9]);
+            self.code(&((n.wrapping_mul(0x38)) & 0xfff).to_le_bytes());
+            // test ecx,ecx; je +6 (over the call)
+            self.code(&[0x85, 0xc9, 0x74, 0x06]);
+            self.call_import(Import::ExFreePool)?;
+            self.epilogue(0x28);
+        }
+    }
+
     /// Emits `add rsp, frame; ret`.
     fn epilogue(&mut self, frame: u8) {
         self.code(&[0x48, 0x83, 0xc4, frame, 0xc3]);

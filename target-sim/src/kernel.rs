@@ -26,8 +26,11 @@ pub const NT_BASE: VirtAddr = VirtAddr(0xfffff800_02a00000);
 pub const NT_SIZE: u64 = 0x5e7000;
 /// Where the loader entries and their name buffers live.
 pub const LOADER_DATA: VirtAddr = VirtAddr(0xfffffa80_00800000);
-/// Size of the loader-data region.
+/// Size of the loader-data region (grown in steps of this size, up to
+/// [`LOADER_DATA_MAX`], when the module list needs more).
 pub const LOADER_DATA_SIZE: u64 = 0x10_0000;
+/// Most bytes the loader-data region may grow to (it ends where the pool tables begin).
+pub const LOADER_DATA_MAX: u64 = 0x40_0000;
 /// The initial value of `nt!PoolHitTag` (what Part 5 of the series shows: `ffffff0f`).
 pub const POOL_HIT_TAG_DEFAULT: u32 = 0xffff_ff0f;
 
@@ -156,8 +159,20 @@ pub fn write_module_list(
     head: VirtAddr,
     modules: &[LdrModule],
 ) -> Result<(), SimError> {
-    mem.map(LOADER_DATA, LOADER_DATA_SIZE, Prot::RW)?;
-    let limit = LOADER_DATA.0 + LOADER_DATA_SIZE;
+    // Each entry with its two names, 16-byte aligned.
+    let entry_bytes = |m: &LdrModule| {
+        let full = (m.path.encode_utf16().count() as u64 * 2 + 2).next_multiple_of(8);
+        let base = m.name.encode_utf16().count() as u64 * 2 + 2;
+        (ldr_entry::SIZE + full + base).next_multiple_of(16)
+    };
+    let needed = modules
+        .iter()
+        .fold(0u64, |t, m| t.saturating_add(entry_bytes(m)));
+    let size = needed
+        .next_multiple_of(LOADER_DATA_SIZE)
+        .clamp(LOADER_DATA_SIZE, LOADER_DATA_MAX);
+    mem.map(LOADER_DATA, size, Prot::RW)?;
+    let limit = LOADER_DATA.0 + size;
     let mut next = LOADER_DATA.0;
     let mut entries = Vec::with_capacity(modules.len());
     for m in modules {

@@ -22,7 +22,7 @@
 //! m.run(scenario.default_run_ticks());
 //! ```
 
-mod builtins;
+pub mod builtins;
 pub mod image;
 pub mod kernel;
 pub mod machine;

@@ -231,6 +231,12 @@ impl Machine {
             for s in &spec.sites {
                 emitted.push(emit_site(&mut b, s)?);
             }
+            if spec.fill
+                && let Some(sz) = spec.size
+            {
+                // Leave room for the entry point within the section's virtual size.
+                b.fill_code(sz.saturating_sub(0x3000).saturating_sub(0x10))?;
+            }
             b.align_text();
             b.entry_here();
             b.code(&[0x33, 0xc0, 0xc3]);

@@ -6,8 +6,9 @@
 //! and writes that run into an unmapped page stop there and report how many bytes were
 //! done and the first bad address, like a real target does.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use memchr::memmem;
 
@@ -110,8 +111,10 @@ impl Region {
 pub struct Memory {
     /// Mapped regions keyed by start address; never overlapping.
     regions: BTreeMap<u64, Region>,
-    /// Materialised pages keyed by page address.
-    pages: BTreeMap<u64, Box<[u8]>>,
+    /// Materialised pages keyed by page address (a hash map: every access looks one up).
+    pages: HashMap<u64, Box<[u8]>, FastHash>,
+    /// The addresses of the materialised pages, in order (for search and digest).
+    page_order: BTreeSet<u64>,
 }
 
 impl Memory {
@@ -209,6 +212,7 @@ impl Memory {
         allowed: fn(Prot) -> bool,
     ) -> Result<(), MemError> {
         let pages = &mut self.pages;
+        let order = &mut self.page_order;
         walk(
             &self.regions,
             addr,
@@ -216,14 +220,34 @@ impl Memory {
             allowed,
             |page, off, done, n| {
                 let src = data.get(done..done + n).ok_or(MemErrorKind::BadRange)?;
-                let p = pages
-                    .entry(page)
-                    .or_insert_with(|| vec![0u8; PAGE].into_boxed_slice());
+                let p = pages.entry(page).or_insert_with(|| {
+                    order.insert(page);
+                    vec![0u8; PAGE].into_boxed_slice()
+                });
                 let dst = p.get_mut(off..off + n).ok_or(MemErrorKind::BadRange)?;
                 dst.copy_from_slice(src);
                 Ok(())
             },
         )
+    }
+
+    /// The `len` bytes at `addr` in place, when they lie in one page that was already
+    /// written (materialised); `None` otherwise. No protection check: for the pool's own
+    /// tables and blocks, in regions it mapped read-write itself (regions are never
+    /// unmapped nor re-protected, so a written page stays mapped as it was).
+    pub(crate) fn written(&self, addr: u64, len: usize) -> Option<&[u8]> {
+        let page = addr & !PAGE_MASK;
+        let off = (addr - page) as usize;
+        self.pages.get(&page)?.get(off..off.checked_add(len)?)
+    }
+
+    /// [`written`](Self::written), writable.
+    pub(crate) fn written_mut(&mut self, addr: u64, len: usize) -> Option<&mut [u8]> {
+        let page = addr & !PAGE_MASK;
+        let off = (addr - page) as usize;
+        self.pages
+            .get_mut(&page)?
+            .get_mut(off..off.checked_add(len)?)
     }
 
     /// Reads a little-endian `u32`.
@@ -288,10 +312,13 @@ impl Memory {
             if contiguous_to != Some(lo) {
                 s.carry.clear();
             }
-            // The materialised pages of the range in order (one tree walk, not a lookup
-            // per page); the gaps between them read as zeros.
+            // The materialised pages of the range in address order (one walk of the
+            // ordered set); the gaps between them read as zeros.
             let mut pos = lo;
-            for (&page, p) in self.pages.range(lo & !PAGE_MASK..hi) {
+            for &page in self.page_order.range(lo & !PAGE_MASK..hi) {
+                let Some(p) = self.pages.get(&page) else {
+                    continue;
+                };
                 if page > pos {
                     s.zeros(pos, page - pos);
                     pos = page;
@@ -334,7 +361,11 @@ impl Memory {
             eat(&r.end.0.to_le_bytes());
             eat(&[r.prot.0]);
         }
-        for (addr, p) in &self.pages {
+        for (addr, p) in self
+            .page_order
+            .iter()
+            .filter_map(|a| Some((a, self.pages.get(a)?)))
+        {
             if p.iter().any(|&b| b != 0) {
                 eat(&addr.to_le_bytes());
                 eat(p);
@@ -343,6 +374,37 @@ impl Memory {
         h
     }
 }
+
+/// A hasher for the simulator's integer keys (page addresses, block addresses, tags): one
+/// folded multiply, so every input bit reaches the bits a hash table indexes by (page
+/// addresses have their low 12 bits zero). The keys come from the simulation, and no
+/// table's iteration order is ever observed (ordered views are kept or sorted apart).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct FoldHasher(u64);
+
+impl Hasher for FoldHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        let m = u128::from(self.0 ^ n) * 0x9e37_79b9_7f4a_7c15_u128;
+        self.0 = (m >> 64) as u64 ^ m as u64;
+    }
+}
+
+/// A `HashMap` hasher built on [`FoldHasher`].
+pub(crate) type FastHash = BuildHasherDefault<FoldHasher>;
 
 /// The region of `regions` containing `addr`.
 fn find_region(regions: &BTreeMap<u64, Region>, addr: u64) -> Option<Region> {

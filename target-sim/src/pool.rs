@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::layout::{PAGE_SIZE, big_page, pool_header, tracker};
-use crate::memory::{MemError, Memory, Prot};
+use crate::memory::{FastHash, MemError, Memory, Prot};
 use crate::types::{PoolTag, VirtAddr};
 
 /// Pool errors (what would be a `BAD_POOL_CALLER` bug check on Windows).
@@ -231,13 +231,20 @@ struct Arena {
     big_end: u64,
     /// The page being carved: (page address, next free offset, units of the last block).
     open: Option<(u64, u64, u8)>,
-    /// Free small blocks (header addresses) by size in units.
-    free: BTreeMap<u8, Vec<u64>>,
+    /// Free small blocks (header addresses), indexed by size in units (256 lists).
+    free: Vec<Vec<u64>>,
     /// Free big ranges by page count.
     big_free: BTreeMap<u64, Vec<u64>>,
 }
 
 impl Arena {
+    /// Puts a free block of `units` on its list.
+    fn push_free(&mut self, units: u8, hdr: u64) {
+        if let Some(list) = self.free.get_mut(usize::from(units)) {
+            list.push(hdr);
+        }
+    }
+
     fn new(kind: PoolKind, l: &PoolLayout) -> Arena {
         let (small, big) = match kind {
             PoolKind::NonPaged => (l.nonpaged_small, l.nonpaged_big),
@@ -253,7 +260,7 @@ impl Arena {
             big_next: big.0,
             big_end: big.0.saturating_add(l.big_size),
             open: None,
-            free: BTreeMap::new(),
+            free: vec![Vec::new(); 256],
             big_free: BTreeMap::new(),
         }
     }
@@ -266,12 +273,50 @@ pub struct Pool {
     layout: PoolLayout,
     arenas: [Arena; 2],
     /// Tracker slot of each tag seen (a cache; memory is authoritative).
-    slots: HashMap<u32, u64>,
+    slots: HashMap<u32, u64, FastHash>,
     big_slots_free: Vec<u64>,
     big_slot_next: u64,
     /// Big allocations: address -> big-table slot.
     big_live: BTreeMap<u64, u64>,
-    live: BTreeMap<u64, LiveAllocation>,
+    live: HashMap<u64, LiveAllocation, FastHash>,
+}
+
+/// Reads `N` bytes of the pool's own memory (in place when the page was written).
+fn read_n<const N: usize>(mem: &Memory, addr: u64) -> Result<[u8; N], MemError> {
+    let mut b = [0u8; N];
+    match mem.written(addr, N) {
+        Some(s) => b.copy_from_slice(s),
+        None => mem.read(VirtAddr(addr), &mut b)?,
+    }
+    Ok(b)
+}
+
+/// Rewrites `N` bytes of the pool's own memory with `f` of their value (in place, one
+/// look-up, when the page was written).
+fn update<const N: usize>(
+    mem: &mut Memory,
+    addr: u64,
+    f: impl FnOnce([u8; N]) -> [u8; N],
+) -> Result<(), MemError> {
+    if let Some(s) = mem.written_mut(addr, N)
+        && let Ok(v) = <[u8; N]>::try_from(&*s)
+    {
+        s.copy_from_slice(&f(v));
+        return Ok(());
+    }
+    let v = read_n::<N>(mem, addr)?;
+    mem.write(VirtAddr(addr), &f(v))
+}
+
+/// Writes the pool's own memory (in place when the page was written).
+fn write_at(mem: &mut Memory, addr: u64, data: &[u8]) -> Result<(), MemError> {
+    match mem.written_mut(addr, data.len()) {
+        Some(s) => {
+            s.copy_from_slice(data);
+            Ok(())
+        }
+        None => mem.write(VirtAddr(addr), data),
+    }
 }
 
 /// Units of a small block for a request of `n` bytes.
@@ -305,11 +350,11 @@ impl Pool {
                 Arena::new(PoolKind::NonPaged, &layout),
                 Arena::new(PoolKind::Paged, &layout),
             ],
-            slots: HashMap::new(),
+            slots: HashMap::default(),
             big_slots_free: Vec::new(),
             big_slot_next: 0,
             big_live: BTreeMap::new(),
-            live: BTreeMap::new(),
+            live: HashMap::default(),
         })
     }
 
@@ -320,7 +365,9 @@ impl Pool {
 
     /// The live allocations in address order (the allocator's ground truth).
     pub fn live_allocations(&self) -> impl Iterator<Item = &LiveAllocation> + '_ {
-        self.live.values()
+        let mut all: Vec<&LiveAllocation> = self.live.values().collect();
+        all.sort_unstable_by_key(|a| a.addr);
+        all.into_iter()
     }
 
     /// The live allocation starting at `addr`, if any.
@@ -375,12 +422,25 @@ impl Pool {
         } else {
             let units = units_for(size);
             let hdr = self.carve(mem, kind, units)?;
-            let mut prev = [0u8; 1];
-            mem.read(VirtAddr(hdr + pool_header::PREVIOUS_SIZE), &mut prev)?;
             let index = self.arena(kind).index;
-            let h = header(prev[0], index, units, pool_type.header_value(), tag);
-            mem.write(VirtAddr(hdr), &h)?;
-            mem.write_u64(VirtAddr(hdr + pool_header::PROCESS_BILLED), 0)?;
+            let fill = |h: &mut [u8], prev: u8| {
+                // The header (keeping `PreviousSize`), then `ProcessBilled` = 0.
+                put(
+                    h,
+                    0,
+                    &header(prev, index, units, pool_type.header_value(), tag),
+                );
+                put(h, pool_header::PROCESS_BILLED, &[0u8; 8]);
+            };
+            match mem.written_mut(hdr, pool_header::SIZE as usize) {
+                Some(h) => fill(h, h.first().copied().unwrap_or(0)),
+                None => {
+                    let [prev] = read_n::<1>(mem, hdr + pool_header::PREVIOUS_SIZE)?;
+                    let mut h = [0u8; pool_header::SIZE as usize];
+                    fill(&mut h, prev);
+                    mem.write(VirtAddr(hdr), &h)?;
+                }
+            }
             (hdr + pool_header::SIZE, u64::from(units) << 4, false)
         };
         self.charge(mem, slot, kind, charged, true)?;
@@ -429,13 +489,22 @@ impl Pool {
             (tag, pages * PAGE_SIZE)
         } else {
             let hdr = addr.0 - pool_header::SIZE;
-            let mut units = [0u8; 1];
-            mem.read(VirtAddr(hdr + pool_header::BLOCK_SIZE), &mut units)?;
-            let units = units[0];
-            let tag = PoolTag::from_u32(mem.read_u32(VirtAddr(hdr + pool_header::POOL_TAG))?);
-            mem.write(VirtAddr(hdr + pool_header::POOL_TYPE), &[0])?;
+            let [_, _, units, _, t0, t1, t2, t3] = match mem.written_mut(hdr, 8) {
+                // Read the header and mark the block free (`PoolType` 0) in one look-up.
+                Some(h) => {
+                    let raw = <[u8; 8]>::try_from(&*h).unwrap_or_default();
+                    put(h, pool_header::POOL_TYPE, &[0]);
+                    raw
+                }
+                None => {
+                    let raw = read_n::<8>(mem, hdr)?;
+                    mem.write(VirtAddr(hdr + pool_header::POOL_TYPE), &[0])?;
+                    raw
+                }
+            };
+            let tag = PoolTag::new([t0, t1, t2, t3]);
             let lunits = (live.charged >> 4) as u8;
-            self.arena(kind).free.entry(lunits).or_default().push(hdr);
+            self.arena(kind).push_free(lunits, hdr);
             (tag, u64::from(units) << 4)
         };
         self.live.remove(&addr.0);
@@ -470,26 +539,30 @@ impl Pool {
     fn carve(&mut self, mem: &mut Memory, kind: PoolKind, units: u8) -> Result<u64, PoolError> {
         let arena = self.arena(kind);
         // exact fit
-        if let Some(hdr) = arena.free.get_mut(&units).and_then(Vec::pop) {
+        if let Some(hdr) = arena.free.get_mut(usize::from(units)).and_then(Vec::pop) {
             return Ok(hdr);
         }
         // split the smallest larger free block
         let larger = arena
             .free
-            .range(units.saturating_add(1)..)
+            .iter()
+            .enumerate()
+            .skip(usize::from(units) + 1)
             .find(|(_, v)| !v.is_empty())
-            .map(|(k, _)| *k);
+            .and_then(|(k, _)| u8::try_from(k).ok());
         if let Some(big_units) = larger
-            && let Some(hdr) = arena.free.get_mut(&big_units).and_then(Vec::pop)
+            && let Some(hdr) = arena
+                .free
+                .get_mut(usize::from(big_units))
+                .and_then(Vec::pop)
         {
             let rest = big_units - units;
             let rest_hdr = hdr + (u64::from(units) << 4);
             let open = arena.open;
-            let mut tagb = [0u8; 4];
-            mem.read(VirtAddr(hdr + pool_header::POOL_TAG), &mut tagb)?;
+            let tagb = read_n::<4>(mem, hdr + pool_header::POOL_TAG)?;
             let h = header(units, arena.index, rest, 0, PoolTag::new(tagb));
-            arena.free.entry(rest).or_default().push(rest_hdr);
-            mem.write(VirtAddr(rest_hdr), &h)?;
+            arena.push_free(rest, rest_hdr);
+            write_at(mem, rest_hdr, &h)?;
             let next = hdr + (u64::from(big_units) << 4);
             let page = hdr & !(PAGE_SIZE - 1);
             if next & (PAGE_SIZE - 1) != 0 {
@@ -499,10 +572,10 @@ impl Pool {
                             o.2 = rest;
                         }
                     }
-                    _ => mem.write(VirtAddr(next + pool_header::PREVIOUS_SIZE), &[rest])?,
+                    _ => write_at(mem, next + pool_header::PREVIOUS_SIZE, &[rest])?,
                 }
             }
-            mem.write(VirtAddr(hdr + pool_header::BLOCK_SIZE), &[units])?;
+            write_at(mem, hdr + pool_header::BLOCK_SIZE, &[units])?;
             return Ok(hdr);
         }
         // carve from the open page, or open a new one
@@ -512,7 +585,7 @@ impl Pool {
             if off + need <= PAGE_SIZE {
                 let hdr = page + off;
                 arena.open = Some((page, off + need, units));
-                mem.write(VirtAddr(hdr), &[last])?;
+                write_at(mem, hdr, &[last])?;
                 return Ok(hdr);
             }
             // close the page: its tail becomes a free block
@@ -520,8 +593,8 @@ impl Pool {
             if rest > 0 {
                 let hdr = page + off;
                 let h = [last, arena.index, rest as u8, 0];
-                arena.free.entry(rest as u8).or_default().push(hdr);
-                mem.write(VirtAddr(hdr), &h)?;
+                arena.push_free(rest as u8, hdr);
+                write_at(mem, hdr, &h)?;
             }
             arena.open = None;
         }
@@ -532,7 +605,7 @@ impl Pool {
         }
         arena.small_next = page + PAGE_SIZE;
         arena.open = Some((page, need, units));
-        mem.write(VirtAddr(page), &[0])?;
+        write_at(mem, page, &[0])?;
         Ok(page)
     }
 
@@ -576,15 +649,21 @@ impl Pool {
             (PoolKind::Paged, true) => (tracker::PAGED_ALLOCS, tracker::PAGED_BYTES),
             (PoolKind::Paged, false) => (tracker::PAGED_FREES, tracker::PAGED_BYTES),
         };
-        let c = mem.read_u32(VirtAddr(e + count_off))?;
-        mem.write_u32(VirtAddr(e + count_off), c.wrapping_add(1))?;
-        let b = mem.read_u64(VirtAddr(e + bytes_off))?;
-        let nb = if alloc {
-            b.wrapping_add(bytes)
-        } else {
-            b.wrapping_sub(bytes)
+        let count = |c: u32| c.wrapping_add(1);
+        let total = |b: u64| {
+            if alloc {
+                b.wrapping_add(bytes)
+            } else {
+                b.wrapping_sub(bytes)
+            }
         };
-        mem.write_u64(VirtAddr(e + bytes_off), nb)?;
+        // Each field in place (an aligned field never crosses a page; an entry may).
+        update(mem, e + count_off, |v| {
+            count(u32::from_le_bytes(v)).to_le_bytes()
+        })?;
+        update(mem, e + bytes_off, |v| {
+            total(u64::from_le_bytes(v)).to_le_bytes()
+        })?;
         Ok(())
     }
 }

@@ -36,8 +36,18 @@ pub use crate::image::{AllocStyle, CompareStyle};
 use crate::pool::PoolType;
 use crate::types::{PoolTag, VirtAddr};
 
-/// Most modules a scenario may load.
-pub const MAX_MODULES: usize = 256;
+/// Most modules a scenario may load (real Windows 10 machines load 250-350).
+pub const MAX_MODULES: usize = 4096;
+/// Largest `size` of one module.
+pub const MAX_MODULE_SIZE: u64 = 1 << 28;
+/// Most bytes of module images a scenario may lay out in total: the sum over modules of
+/// the larger of `size` and the code the sites need (the highest `rva`, plus room for each
+/// site). Bounds the host memory a scenario's images can take (filled code, or `int3`
+/// padding up to a site's `rva`) whatever the module count.
+pub const MAX_IMAGE_BYTES: u64 = 1 << 30;
+/// Most bytes of `.text` that modules with `fill` may fill with code in total (host memory:
+/// 4,096 drivers of 64 KiB).
+pub const MAX_FILLED_BYTES: u64 = 256 << 20;
 /// Most sites one module may have.
 pub const MAX_SITES_PER_MODULE: usize = 512;
 /// Most background entries.
@@ -244,7 +254,18 @@ pub struct ModuleSpec {
     /// The pool-using code sites.
     #[serde(default)]
     pub sites: Vec<SiteSpec>,
+    /// Fill `.text` up to `size` with real code (small functions that call nt) instead of
+    /// leaving the rest of the section never written (reading as zeros). Costs host memory.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub fill: bool,
 }
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Room counted per site in [`ModuleSpec::image_bytes`]: the longest site code, rounded up.
+const SITE_BYTES: u64 = 64;
 
 impl ModuleSpec {
     /// A module called `name` with no sites.
@@ -256,7 +277,20 @@ impl ModuleSpec {
             size: None,
             timestamp: None,
             sites: Vec::new(),
+            fill: false,
         }
+    }
+
+    /// The bytes of image this module lays out at most, as [`MAX_IMAGE_BYTES`] counts
+    /// them: the larger of `size` and the headers plus the code and text the sites need.
+    pub fn image_bytes(&self) -> u64 {
+        let highest_rva = self.sites.iter().filter_map(|s| s.rva).max().unwrap_or(0);
+        let sites = self.sites.iter().fold(0u64, |t, s| {
+            let text = s.text.as_ref().map_or(0, |x| x.len() as u64);
+            t.saturating_add(SITE_BYTES).saturating_add(text)
+        });
+        let code = highest_rva.saturating_add(sites).saturating_add(0x4000);
+        self.size.unwrap_or(0).max(code)
     }
 }
 
@@ -302,7 +336,7 @@ pub struct Scenario {
 }
 
 /// The names of the built-in scenarios.
-const BUILTINS: &[&str] = &["part4", "many-sites"];
+const BUILTINS: &[&str] = &["part4", "many-sites", "scale:10:20"];
 
 impl Scenario {
     /// An empty scenario called `name` (no modules beyond nt, 100 run ticks).
@@ -318,17 +352,20 @@ impl Scenario {
         }
     }
 
-    /// A built-in scenario: `part4` (the seed's machine) or `many-sites` (70 allocation
-    /// sites sharing one tag, free sites, a lookaside site and every decoy).
+    /// A built-in scenario: `part4` (the seed's machine), `many-sites` (70 allocation
+    /// sites sharing one tag, free sites, a lookaside site and every decoy), or
+    /// `scale:N:S` (a generated kernel of N drivers and S allocation sites sharing one
+    /// tag, one leaking: [`builtins::scale`](crate::builtins::scale)).
     pub fn builtin(name: &str) -> Option<Scenario> {
         match name {
             "part4" => Scenario::from_toml(PART4_TOML).ok(),
             "many-sites" => Some(crate::builtins::many_sites()),
-            _ => None,
+            _ => crate::builtins::scale_from_name(name),
         }
     }
 
-    /// The names [`Scenario::builtin`] accepts.
+    /// The names [`Scenario::builtin`] lists (`scale:N:S` takes any N and S in range;
+    /// one small instance is listed).
     pub fn builtin_names() -> &'static [&'static str] {
         BUILTINS
     }
@@ -415,6 +452,25 @@ impl Scenario {
                 "the sites would make more than {MAX_BOOT_ALLOCS} allocations during boot"
             ));
         }
+        let image_bytes = self
+            .modules
+            .iter()
+            .fold(0u64, |t, m| t.saturating_add(m.image_bytes()));
+        if image_bytes > MAX_IMAGE_BYTES {
+            return bad(format!(
+                "the modules would lay out more than {MAX_IMAGE_BYTES} bytes of images"
+            ));
+        }
+        let filled = self
+            .modules
+            .iter()
+            .filter(|m| m.fill)
+            .fold(0u64, |t, m| t.saturating_add(m.size.unwrap_or(0)));
+        if filled > MAX_FILLED_BYTES {
+            return bad(format!(
+                "modules with fill would fill more than {MAX_FILLED_BYTES} bytes with code"
+            ));
+        }
         for m in &self.modules {
             if m.name.is_empty()
                 || m.name.len() > 128
@@ -439,7 +495,7 @@ impl Scenario {
                     m.name
                 ));
             }
-            if m.size.is_some_and(|s| s > 1 << 28) {
+            if m.size.is_some_and(|s| s > MAX_MODULE_SIZE) {
                 return bad(format!("{}: size too large", m.name));
             }
             for s in &m.sites {

@@ -148,22 +148,47 @@ pub fn find_prefix_hits<T: DebugTarget + ?Sized>(
     Ok(out)
 }
 
-/// Decoded code of one executable section.
+/// Executable sections up to this size that hold a hit are decoded whole (a read or a
+/// few, about what the windows around its hits would cost); larger ones only in windows.
+pub const WHOLE_SWEEP_BYTES: u64 = 16 << 10;
+/// Bytes decoded before a code hit when only a window around it is read: linear x86
+/// decoding falls into step with the real instruction stream within a few instructions.
+pub const SYNC_BYTES: u64 = 256;
+/// Bytes decoded after a code hit (its instruction and [`CALL_WINDOW`] more).
+pub const FOLLOW_BYTES: u64 = 192;
+
+/// Decoded code of one executable section, or of a window of it.
 struct Sweep {
-    section: Section,
+    /// First decoded byte.
+    start: VirtAddr,
+    /// Whether the whole section is decoded.
+    whole: bool,
     instrs: Vec<(Instruction, Option<usize>)>,
     bytes: Vec<u8>,
 }
 
 impl Sweep {
+    /// Decodes the whole section (needed to find the code that loads a data hit).
     fn run<T: DebugTarget + ?Sized>(target: &mut T, section: &Section) -> Option<Sweep> {
-        if section.size == 0 || section.size > MAX_SWEEP_BYTES {
+        if section.size > MAX_SWEEP_BYTES {
             return None;
         }
-        let mut bytes = vec![0u8; usize::try_from(section.size).ok()?];
-        let got = target.read_memory(section.start, &mut bytes).ok()?;
+        let mut sw = Sweep::window(target, section.start, section.end())?;
+        sw.whole = true;
+        Some(sw)
+    }
+
+    /// Decodes `[start, end)`.
+    fn window<T: DebugTarget + ?Sized>(
+        target: &mut T,
+        start: VirtAddr,
+        end: VirtAddr,
+    ) -> Option<Sweep> {
+        let len = end.get().checked_sub(start.get()).filter(|&n| n > 0)?;
+        let mut bytes = vec![0u8; usize::try_from(len).ok()?];
+        let got = target.read_memory(start, &mut bytes).ok()?;
         bytes.truncate(got);
-        let mut dec = Decoder::with_ip(64, &bytes, section.start.get(), DecoderOptions::NONE);
+        let mut dec = Decoder::with_ip(64, &bytes, start.get(), DecoderOptions::NONE);
         let mut instrs = Vec::new();
         let mut ins = Instruction::default();
         while dec.can_decode() {
@@ -174,10 +199,16 @@ impl Sweep {
             instrs.push((ins, imm));
         }
         Some(Sweep {
-            section: section.clone(),
+            start,
+            whole: false,
             instrs,
             bytes,
         })
+    }
+
+    /// Whether `addr` lies in the decoded bytes.
+    fn contains(&self, addr: VirtAddr) -> bool {
+        addr >= self.start && addr.get() - self.start.get() < self.bytes.len() as u64
     }
 
     /// Index of the instruction containing `addr`.
@@ -191,7 +222,7 @@ impl Sweep {
     }
 
     fn bytes_of(&self, ins: &Instruction) -> Vec<u8> {
-        let off = usize::try_from(ins.ip() - self.section.start.get()).unwrap_or(usize::MAX);
+        let off = usize::try_from(ins.ip().wrapping_sub(self.start.get())).unwrap_or(usize::MAX);
         self.bytes
             .get(off..off.saturating_add(ins.len()))
             .map(<[u8]>::to_vec)
@@ -277,15 +308,51 @@ pub fn classify_module<T: DebugTarget + ?Sized>(
     hits: &[(VirtAddr, PoolTag)],
 ) -> Vec<Hit> {
     let sections = pe::sections(target, module.base).unwrap_or_default();
+    let section_of = |a: VirtAddr| sections.iter().find(|s| s.contains(a));
+    // A hit in data needs every executable section decoded (which code loads it?); code
+    // hits in a large section need only a window around each: bytes read grow with the
+    // hits, not the image.
+    let data_hit = hits
+        .iter()
+        .any(|(a, _)| section_of(*a).is_some_and(|s| !s.is_executable()));
     let mut sweeps: Vec<Sweep> = Vec::new();
     for s in sections.iter().filter(|s| s.is_executable()) {
-        if let Some(sw) = Sweep::run(target, s) {
+        let small_with_hits =
+            s.size <= WHOLE_SWEEP_BYTES && hits.iter().any(|(a, _)| s.contains(*a));
+        if (data_hit || small_with_hits)
+            && let Some(sw) = Sweep::run(target, s)
+        {
+            sweeps.push(sw);
+        }
+    }
+    let mut windows: Vec<(&Section, VirtAddr, VirtAddr)> = Vec::new();
+    for (addr, _) in hits {
+        let Some(s) = section_of(*addr).filter(|s| s.is_executable()) else {
+            continue;
+        };
+        if sweeps.iter().any(|sw| sw.contains(*addr)) {
+            continue;
+        }
+        let lo = VirtAddr(addr.get().saturating_sub(SYNC_BYTES)).max(s.start);
+        let hi = addr.saturating_add(FOLLOW_BYTES).min(s.end());
+        match windows.last_mut() {
+            // Hits close together share one window (and one read).
+            Some((ws, wlo, whi))
+                if *ws == s && lo >= *wlo && lo <= whi.saturating_add(SYNC_BYTES) =>
+            {
+                *whi = hi.max(*whi);
+            }
+            _ => windows.push((s, lo, hi)),
+        }
+    }
+    for (_, lo, hi) in windows {
+        if let Some(sw) = Sweep::window(target, lo, hi) {
             sweeps.push(sw);
         }
     }
     let mut out = Vec::new();
     for &(addr, tag) in hits {
-        let section = sections.iter().find(|s| s.contains(addr));
+        let section = section_of(addr);
         let offset = addr.get().saturating_sub(module.base.get());
         let mut hit = Hit {
             address: addr,
@@ -305,24 +372,21 @@ pub fn classify_module<T: DebugTarget + ?Sized>(
         // Code unless the headers say otherwise (unreadable headers: treat as code).
         let executable = section.is_none_or(Section::is_executable);
         if executable {
-            let from_sweep = sweeps
-                .iter()
-                .find(|s| s.section.contains(addr))
-                .and_then(|sw| {
-                    let i = sw.index_of(addr)?;
-                    let (ins, imm) = sw.instrs.get(i)?;
-                    let off = usize::try_from(addr.get() - ins.ip()).ok()?;
-                    (*imm == Some(off)).then(|| {
-                        let following: Vec<Instruction> = sw
-                            .instrs
-                            .iter()
-                            .skip(i + 1)
-                            .take(CALL_WINDOW)
-                            .map(|(x, _)| *x)
-                            .collect();
-                        (*ins, off, sw.bytes_of(ins), following)
-                    })
-                });
+            let from_sweep = sweeps.iter().find(|s| s.contains(addr)).and_then(|sw| {
+                let i = sw.index_of(addr)?;
+                let (ins, imm) = sw.instrs.get(i)?;
+                let off = usize::try_from(addr.get() - ins.ip()).ok()?;
+                (*imm == Some(off)).then(|| {
+                    let following: Vec<Instruction> = sw
+                        .instrs
+                        .iter()
+                        .skip(i + 1)
+                        .take(CALL_WINDOW)
+                        .map(|(x, _)| *x)
+                        .collect();
+                    (*ins, off, sw.bytes_of(ins), following)
+                })
+            });
             let decoded = from_sweep.or_else(|| {
                 let floor = section.map_or(module.base, |s| s.start);
                 let (ins, off, bytes) = decode_back(target, addr, floor)?;
@@ -359,7 +423,7 @@ pub fn classify_module<T: DebugTarget + ?Sized>(
             }
         } else {
             // Data: is it loaded into r8d by rip-relative code?
-            for sw in &sweeps {
+            for sw in sweeps.iter().filter(|sw| sw.whole) {
                 for (ins, _) in &sw.instrs {
                     if ins.is_ip_rel_memory_operand() && ins.ip_rel_memory_address() == addr.get() {
                         let r8d = ins.mnemonic() == Mnemonic::Mov
