@@ -1,6 +1,5 @@
-//! Simulator benchmarks: booting `part4`, running the workload, and searching every module
-//! for a tag with the simulator's page-aware `memmem` search against a plain byte-by-byte
-//! scan of the same readable bytes (the baseline a naive debugger script would be).
+//! Simulator benchmarks: booting `part4` and running the workload. (Memory search is in
+//! `search.rs`, against `memmem` over the same materialised bytes; the pool in `pool.rs`.)
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -37,42 +36,5 @@ fn bench_boot(c: &mut Criterion) {
     g.finish();
 }
 
-fn bench_search(c: &mut Criterion) {
-    let machine = Machine::boot(&part4()).unwrap();
-    let modules = machine.modules();
-    let mut g = c.benchmark_group("search all modules for \"Leak\"");
-    g.bench_function("Machine::search (memmem, skips holes)", |b| {
-        b.iter(|| {
-            let mut n = 0;
-            for m in &modules {
-                n += machine
-                    .search(m.base, m.base.saturating_add(m.size), b"Leak", usize::MAX)
-                    .len();
-            }
-            black_box(n)
-        })
-    });
-    // Baseline: read each module page by page and compare at every offset.
-    g.bench_function("naive page reads + bytewise compare", |b| {
-        b.iter(|| {
-            let mut n = 0usize;
-            let mut page = vec![0u8; 0x1000];
-            for m in &modules {
-                let mut bytes = Vec::new();
-                let mut a = m.base.get();
-                while a < m.base.get() + m.size {
-                    if machine.read(a.into(), &mut page).is_ok() {
-                        bytes.extend_from_slice(&page);
-                    }
-                    a += 0x1000;
-                }
-                n += bytes.windows(4).filter(|w| *w == b"Leak").count();
-            }
-            black_box(n)
-        })
-    });
-    g.finish();
-}
-
-criterion_group!(benches, bench_boot, bench_search);
+criterion_group!(benches, bench_boot);
 criterion_main!(benches);
