@@ -154,7 +154,7 @@ fn encode_frame_into(start: u8, payload: &[u8], rle: bool, out: &mut Vec<u8>) {
 /// `g` reply is): SIMD hex ([`faster_hex`]), then, with `rle`, run-length encoding in
 /// place where it pays. The bytes are exactly those of [`encode_packet_into`] on the hex
 /// text (hex digits never need escaping), at a fraction of the cost: runs are looked for
-/// in the data (see [`run_start`]), a block of bytes at a time, not digit by digit.
+/// in the data (see `run_start`), a block of bytes at a time, not digit by digit.
 pub fn encode_hex_packet_into(data: &[u8], rle: bool, out: &mut Vec<u8>) {
     out.push(PACKET_START);
     let start = out.len();

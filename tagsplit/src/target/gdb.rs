@@ -421,7 +421,7 @@ impl GdbTarget {
 
     /// Sends one command and waits for its reply (console output is collected).
     ///
-    /// In no-ack mode (the default) an idempotent command ([`idempotent`]: reads,
+    /// In no-ack mode (the default) an idempotent command (see `idempotent`: reads,
     /// queries, writes of the same bytes, breakpoints, the run limit) is sent again at
     /// once when its reply arrives damaged (a bad checksum), and when no reply came within
     /// the reply timer: the measured round trip (SRTT + 4·RTTVAR, within [`REPLY_TIMER`],
