@@ -604,14 +604,29 @@ impl GdbTarget {
 
     /// `SizeOfImage` from the PE header at `base`.
     fn size_of_image(&mut self, base: VirtAddr) -> Result<u64, TargetError> {
-        let lfanew = u64::from(read_u32(self, base.saturating_add(dos::E_LFANEW))?);
+        // One read of the start of the image holds `e_lfanew` and, for every usual PE
+        // layout, `SizeOfImage` too: one round trip per module, not two.
+        let mut head = [0u8; 0x200];
+        let got = self.read_memory(base, &mut head)?;
+        let field = |off: u64| {
+            let off = usize::try_from(off).ok()?;
+            let bytes = head.get(off..off.checked_add(4)?.min(got))?;
+            Some(u32::from_le_bytes(bytes.try_into().ok()?))
+        };
+        let lfanew = match field(dos::E_LFANEW) {
+            Some(v) => u64::from(v),
+            None => u64::from(read_u32(self, base.saturating_add(dos::E_LFANEW))?),
+        };
         if lfanew > 0x1000 {
             return Err(TargetError::BadKernelData(format!(
                 "no PE header at {base}"
             )));
         }
         let at = lfanew + nt_headers::OPTIONAL_HEADER + optional_header::SIZE_OF_IMAGE;
-        Ok(u64::from(read_u32(self, base.saturating_add(at))?))
+        match field(at) {
+            Some(v) => Ok(u64::from(v)),
+            None => Ok(u64::from(read_u32(self, base.saturating_add(at))?)),
+        }
     }
 
     /// Reads a whole `qXfer` object; `None` if the stub does not offer it.
@@ -687,6 +702,15 @@ impl GdbTarget {
 
     /// Finds `nt`: the first module, or the `MZ` page at or below `rip`.
     fn kernel_base(&mut self) -> Result<VirtAddr, TargetError> {
+        // The module list read before (by `modules`) already names `nt`.
+        if let Some(base) = self
+            .modules
+            .as_ref()
+            .and_then(|m| m.first())
+            .map(|nt| nt.base)
+        {
+            return Ok(base);
+        }
         if let Some(mods) = self.modules_from_library_list()?
             && let Some(base) = mods.first().map(|nt| nt.base)
         {
