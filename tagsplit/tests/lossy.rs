@@ -123,8 +123,12 @@ fn a_slow_healthy_link_is_not_taken_for_a_lossy_one() {
             protocol.name()
         );
         assert!(same, "{}", protocol.name());
+        // A fixed timer shorter than the round trip plus the bytes' time (a 4 KiB read
+        // takes 0.3 s here) re-sends every large request, again and again; the adaptive
+        // ones none, or the odd one when the machine stalls a thread past a tight timer
+        // (the timers wait precisely now, and CI shares its two cores).
         assert!(
-            resends <= 2,
+            resends <= 5,
             "{}: {resends} re-sends on a link that loses nothing",
             protocol.name()
         );

@@ -119,7 +119,8 @@ impl Link {
         }
     }
 
-    /// Flushes output, waits up to `wait` for input, handles timers; returns KD events.
+    /// Flushes output, waits up to `wait` for input (precisely: see [`super::wait`]),
+    /// handles timers; returns KD events.
     fn pump(
         &mut self,
         now: impl Fn() -> Duration,
@@ -134,7 +135,12 @@ impl Link {
                 }
                 stream.set_read_timeout(Some(wait))?;
                 let mut buf = [0u8; 8192];
-                match stream.read(&mut buf) {
+                let read = if super::wait::readable_within(as_fd(stream), wait)? {
+                    stream.read(&mut buf)
+                } else {
+                    Err(std::io::ErrorKind::WouldBlock.into())
+                };
+                match read {
                     Ok(0) => return Err(TargetError::Disconnected),
                     Ok(n) => session.handle_bytes(now(), buf.get(..n).unwrap_or(&[])),
                     Err(e) if is_timeout(&e) => {}
@@ -159,7 +165,12 @@ impl Link {
                 }
                 sock.set_read_timeout(Some(wait))?;
                 let mut buf = vec![0u8; 65536];
-                match sock.recv_from(&mut buf) {
+                let received = if super::wait::readable_within(as_fd(sock), wait)? {
+                    sock.recv_from(&mut buf)
+                } else {
+                    Err(std::io::ErrorKind::WouldBlock.into())
+                };
+                match received {
                     // Our own wake-up (an interrupt): not for the endpoint.
                     Ok((_, from)) if Some(from) == *waker_from => {}
                     Ok((n, from)) => {
@@ -1097,3 +1108,13 @@ pub(crate) fn open_kdcom(rest: &str) -> Result<BoxedTarget, OpenError> {
         DEFAULT_ATTACH_TIMEOUT,
     )?))
 }
+
+/// The descriptor to wait on ([`super::wait::readable_within`]).
+#[cfg(unix)]
+fn as_fd<T: std::os::fd::AsFd>(io: &T) -> std::os::fd::BorrowedFd<'_> {
+    io.as_fd()
+}
+
+/// Nothing to wait on: the read time-out waits.
+#[cfg(not(unix))]
+fn as_fd<T>(_io: &T) {}

@@ -123,12 +123,19 @@ impl<S: StubState> Drop for StubThread<S> {
 
 /// A socket a server reads with a time-out.
 trait TimedRead {
+    /// The descriptor [`readable_within`] waits on.
+    #[cfg(unix)]
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_>;
     fn set_read_timeout(&self, wait: Option<Duration>) -> std::io::Result<()>;
     fn set_nonblocking(&self, on: bool) -> std::io::Result<()>;
     fn read_some(&mut self, buf: &mut [u8]) -> std::io::Result<usize>;
 }
 
 impl TimedRead for TcpStream {
+    #[cfg(unix)]
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(self)
+    }
     fn set_read_timeout(&self, wait: Option<Duration>) -> std::io::Result<()> {
         TcpStream::set_read_timeout(self, wait)
     }
@@ -147,6 +154,10 @@ struct UdpReader<'a> {
 }
 
 impl TimedRead for UdpReader<'_> {
+    #[cfg(unix)]
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(self.sock)
+    }
     fn set_read_timeout(&self, wait: Option<Duration>) -> std::io::Result<()> {
         UdpSocket::set_read_timeout(self.sock, wait)
     }
@@ -158,6 +169,27 @@ impl TimedRead for UdpReader<'_> {
         self.from = Some(from);
         Ok(n)
     }
+}
+
+/// Whether `s` has input within `wait`. A socket's read time-out (`SO_RCVTIMEO`) is
+/// rounded up to the kernel's scheduler tick (a 2 ms wait returns after 4 to 8 ms with
+/// `HZ=250`), too coarse for KD's retransmission timers; `ppoll` sleeps on a
+/// high-resolution timer. Elsewhere than Unix the read time-out does the waiting.
+#[cfg(unix)]
+fn readable_within<S: TimedRead>(s: &S, wait: Duration) -> std::io::Result<bool> {
+    use nix::poll::{PollFd, PollFlags, ppoll};
+    use nix::sys::time::TimeSpec;
+    let mut fds = [PollFd::new(s.fd(), PollFlags::POLLIN)];
+    match ppoll(&mut fds, Some(TimeSpec::from_duration(wait)), None) {
+        Ok(n) => Ok(n > 0),
+        Err(nix::errno::Errno::EINTR) => Ok(false),
+        Err(e) => Err(std::io::Error::from(e)),
+    }
+}
+
+#[cfg(not(unix))]
+fn readable_within<S: TimedRead>(_s: &S, _wait: Duration) -> std::io::Result<bool> {
+    Ok(true)
 }
 
 /// Reads once, waiting at most `wait` (`None`: until something arrives; zero: only what
@@ -175,7 +207,9 @@ fn read_within<S: TimedRead>(
             s.set_nonblocking(false)?;
             r
         }
+        Some(d) if !readable_within(s, d)? => return Ok(None),
         wait => {
+            // The read time-out is a backstop: `readable_within` did the precise wait.
             s.set_read_timeout(wait)?;
             s.read_some(buf)
         }
