@@ -95,28 +95,36 @@ pub fn escape_rle_into(payload: &[u8], out: &mut Vec<u8>) {
             continue;
         }
         out.extend_from_slice(payload.get(literal..i).unwrap_or_default());
-        out.push(b);
-        let mut extra = run - 1;
-        // Emit as many `*N` groups as fit; each repeats the byte just written.
-        while extra >= MIN_REPEAT {
-            let mut take = extra.min(MAX_REPEAT);
-            while !repeat_allowed(take) {
-                take -= 1;
-            }
-            out.push(RUN_LENGTH);
-            out.push(take as u8 + RUN_BIAS);
-            extra -= take;
-            if extra > 0 {
-                // The next group needs a fresh literal to repeat.
-                out.push(b);
-                extra -= 1;
-            }
-        }
-        out.extend(std::iter::repeat_n(b, extra));
+        encode_run(b, run, |x| out.push(x));
         i += run;
         literal = i;
     }
     out.extend_from_slice(payload.get(literal..).unwrap_or_default());
+}
+
+/// Emits the run-length encoding of `run` copies of `b` (a byte needing no escape): `b`,
+/// then as many `*N` groups as fit, each after a fresh `b` to repeat, then the few
+/// copies left over. Never longer than the run itself.
+fn encode_run(b: u8, run: usize, mut emit: impl FnMut(u8)) {
+    emit(b);
+    let mut extra = run.saturating_sub(1);
+    while extra >= MIN_REPEAT {
+        let mut take = extra.min(MAX_REPEAT);
+        while !repeat_allowed(take) {
+            take -= 1;
+        }
+        emit(RUN_LENGTH);
+        emit(take as u8 + RUN_BIAS);
+        extra -= take;
+        if extra > 0 {
+            // The next group needs a fresh literal to repeat.
+            emit(b);
+            extra -= 1;
+        }
+    }
+    for _ in 0..extra {
+        emit(b);
+    }
 }
 
 /// Writes a whole `$payload#cs` frame (escaped, optionally run-length encoded) to `out`.
@@ -162,15 +170,7 @@ pub fn encode_hex_packet_into(data: &[u8], rle: bool, out: &mut Vec<u8>) {
     out.resize(start.saturating_add(hex_len), 0);
     let (len, cs) = match out.get_mut(start..) {
         Some(body) => {
-            if faster_hex::hex_encode(data, body).is_err() {
-                // Unreachable (the body is exactly twice as long); stay correct anyway.
-                for (pair, &b) in body.chunks_exact_mut(2).zip(data) {
-                    if let [hi, lo] = pair {
-                        *hi = hex_digit(b >> 4);
-                        *lo = hex_digit(b & 0xf);
-                    }
-                }
-            }
+            super::hex::hex_into(data, body);
             let cs = checksum(body);
             if rle {
                 run_length_hex_in_place(data, body, cs)
@@ -338,31 +338,13 @@ fn run_length_hex_in_place(data: &[u8], hex: &mut [u8], mut cs: u8) -> (usize, u
         // The run's digits leave the checksum, the encoding's bytes join it. The encoding
         // is never longer than the run, so it fits where the run was.
         cs = cs.wrapping_sub(digit.wrapping_mul(run as u8));
-        let mut emit = |x: u8| {
+        encode_run(digit, run, |x| {
             if let Some(slot) = hex.get_mut(w) {
                 *slot = x;
             }
             cs = cs.wrapping_add(x);
             w += 1;
-        };
-        emit(digit);
-        let mut extra = run - 1;
-        while extra >= MIN_REPEAT {
-            let mut take = extra.min(MAX_REPEAT);
-            while !repeat_allowed(take) {
-                take -= 1;
-            }
-            emit(RUN_LENGTH);
-            emit(take as u8 + RUN_BIAS);
-            extra -= take;
-            if extra > 0 {
-                emit(digit);
-                extra -= 1;
-            }
-        }
-        for _ in 0..extra {
-            emit(digit);
-        }
+        });
         lit = p + run;
         start_from = start_from.max(lit.div_ceil(2));
     }

@@ -125,12 +125,10 @@ impl Link {
     /// SIMD hex framer, anything else through a reused scratch buffer (no allocation once
     /// warm).
     fn send_reply(&mut self, reply: &Reply) {
-        let start = self.out.len();
         match reply {
-            Reply::Hex(data) => encode_hex_packet_into(data, self.config.run_length, &mut self.out),
-            _ => return self.send_encoded(|payload| reply.encode_into(payload)),
+            Reply::Hex(data) => self.send_hex(data),
+            _ => self.send_encoded(|payload| reply.encode_into(payload)),
         }
-        self.sent_frame(start);
     }
 
     /// Queues the payload `encode` writes (into a reused scratch buffer), framed.

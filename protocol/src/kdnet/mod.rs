@@ -558,19 +558,19 @@ impl Keys {
 
     /// Decrypts a datagram and verifies its tag (in constant time).
     pub fn open(&self, bytes: &[u8]) -> Result<Message, KdnetError> {
-        let (mut msg, prefix_and_pad) = self.open_in_place(bytes)?;
+        let (mut msg, (start, end)) = self.open_in_place(bytes)?;
         // The payload is the plaintext between prefix and padding: cut it out of the
         // decrypted buffer rather than copying it.
-        msg.payload.truncate(prefix_and_pad.1);
-        msg.payload.drain(..prefix_and_pad.0);
+        msg.payload.truncate(end);
+        msg.payload.drain(..start);
         Ok(msg)
     }
 
     /// Like [`open`](Self::open), also returning the full padded plaintext.
     pub fn open_raw(&self, bytes: &[u8]) -> Result<(Message, Vec<u8>), KdnetError> {
         let (mut msg, (start, end)) = self.open_in_place(bytes)?;
-        let plain = msg.payload.clone();
-        msg.payload = plain.get(start..end).unwrap_or_default().to_vec();
+        let payload = msg.payload.get(start..end).unwrap_or_default().to_vec();
+        let plain = std::mem::replace(&mut msg.payload, payload);
         Ok((msg, plain))
     }
 
