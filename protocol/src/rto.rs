@@ -28,6 +28,10 @@
 
 use std::time::Duration;
 
+/// The least a timer allows on top of the smoothed round trip for its variation (a
+/// link measured as steady still jitters: a thread is scheduled late, a segment waits).
+pub const MIN_VARIATION_ALLOWANCE: Duration = Duration::from_micros(500);
+
 /// The timer's first guess, floor and ceiling.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RtoBounds {
@@ -99,14 +103,14 @@ impl RttEstimator {
     }
 
     /// The timer for an exchange of `bytes` bytes: `bounds.initial` until a round trip
-    /// is measured, then SRTT + 4·RTTVAR (at least 1 ms), doubled per
+    /// is measured, then SRTT + 4·RTTVAR (at least [`MIN_VARIATION_ALLOWANCE`]), doubled per
     /// [`back_off`](Self::back_off) in a row, within `bounds.min` and `bounds.max`; plus
     /// the time `bytes` bytes need on the link as learned (on top of the ceiling: a large
     /// exchange on a slow link is given the time it needs).
     pub fn timeout(&self, bounds: &RtoBounds, bytes: usize) -> Duration {
         let base = match self.srtt {
             None => bounds.initial,
-            Some(srtt) => srtt.saturating_add((self.rttvar * 4).max(Duration::from_millis(1))),
+            Some(srtt) => srtt.saturating_add((self.rttvar * 4).max(MIN_VARIATION_ALLOWANCE)),
         };
         base.saturating_mul(1u32 << self.backoff.min(16))
             .clamp(bounds.min, bounds.max.max(bounds.min))

@@ -499,3 +499,97 @@ fn a_stream_that_stops_mid_packet_is_resynced_and_asked_again() {
     }
     assert_eq!(delivered, [read]);
 }
+
+/// The RESET storm of the lossy KDCOM split's seed 17: the debugger's ACK of a search
+/// reply (type 4) reached the target with bit 1 of its type flipped, as a RESET (type 6),
+/// which KDCOM does not checksum. The target obeyed: both ends reset their ids mid-request,
+/// a stale search reply was taken for the next one, and the survey lost a site. A RESET or
+/// RESEND carrying a packet id (genuine ones carry 0 here, WinDbg's RESET another
+/// constant) is an ACK whose type was damaged: counted, and otherwise ignored; the timer
+/// sends the packet again and the ACK comes then.
+#[test]
+fn an_ack_damaged_into_a_reset_is_not_obeyed() {
+    let mut tgt = Session::new(SessionConfig {
+        check_payloads: true,
+        ..SessionConfig::kdcom(Role::Target)
+    });
+    let now = Duration::ZERO;
+    let mut reply = vec![0u8; 56];
+    reply[..4].copy_from_slice(&0x3156u32.to_le_bytes());
+    tgt.send(now, PacketType::StateManipulate, reply);
+    let sent = tgt.poll_transmit().unwrap();
+    let id = u32::from_le_bytes(sent[8..12].try_into().unwrap());
+    assert_eq!(id & INITIAL_PACKET_ID, INITIAL_PACKET_ID);
+    for ty in [PacketType::Reset, PacketType::Resend] {
+        let damaged_ack = Repr::control(ty, id & !SYNC_PACKET_ID).to_kdcom_bytes();
+        tgt.handle_bytes(now, &damaged_ack);
+        assert!(matches!(tgt.poll_event(), Some(SessionEvent::Corrupt(_))));
+        assert_eq!(tgt.poll_event(), None, "no Reset event");
+        assert_eq!(
+            tgt.poll_transmit(),
+            None,
+            "no RESET answered, nothing re-sent"
+        );
+        assert!(!tgt.is_idle(), "the reply still waits for its ACK");
+    }
+    // A genuine RESET (id 0) is still obeyed: answered, and the reply sent again.
+    tgt.handle_bytes(now, &Repr::control(PacketType::Reset, 0).to_kdcom_bytes());
+    assert_eq!(tgt.poll_event(), Some(SessionEvent::Reset));
+    assert_eq!(
+        tgt.poll_transmit(),
+        Some(Repr::control(PacketType::Reset, 0).to_kdcom_bytes())
+    );
+    assert!(tgt.poll_transmit().is_some(), "the reply, sent again");
+}
+
+/// A reply that lost a byte takes the first byte of the sender's next copy as its trailer.
+/// When that copy is already in the same bytes, it is delivered, and no RESEND asks for a
+/// third copy (on a slow serial line that copy would cost seconds).
+#[test]
+fn no_resend_when_the_next_copy_came_with_the_damaged_one() {
+    let mut dbg = Session::new(SessionConfig {
+        check_payloads: true,
+        ..SessionConfig::kdcom(Role::Debugger)
+    });
+    let now = Duration::ZERO;
+    let mut payload = vec![0x11u8; 1000];
+    payload[..4].copy_from_slice(&0x3130u32.to_le_bytes());
+    let copy = Repr::data(
+        PacketType::StateManipulate,
+        INITIAL_PACKET_ID | SYNC_PACKET_ID,
+        payload.clone(),
+    )
+    .to_kdcom_bytes();
+    let mut short = copy.clone();
+    short.remove(500);
+    let mut wire = short;
+    wire.extend_from_slice(&copy);
+    dbg.handle_bytes(now, &wire);
+    let mut events = Vec::new();
+    while let Some(ev) = dbg.poll_event() {
+        events.push(ev);
+    }
+    assert!(
+        matches!(events.first(), Some(SessionEvent::Corrupt(_))),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, SessionEvent::Packet { payload: p, .. } if *p == payload))
+    );
+    let mut sent = Vec::new();
+    while let Some(u) = dbg.poll_transmit() {
+        sent.push(u);
+    }
+    let resend = Repr::control(PacketType::Resend, 0).to_kdcom_bytes();
+    assert!(!sent.contains(&resend), "a RESEND went out");
+    assert_eq!(sent.len(), 1, "the ACK");
+    // The damaged packet alone still gets its RESEND.
+    let mut other = Session::new(SessionConfig::kdcom(Role::Debugger));
+    let mut short = copy.clone();
+    short.remove(500);
+    short.push(0x30);
+    other.handle_bytes(now, &short);
+    assert_eq!(other.poll_transmit(), Some(resend));
+}

@@ -148,8 +148,30 @@ fn resyncs_after_noise_and_reports_bad_packets() {
         events[3],
         StreamEvent::BadTrailer { found: 0, .. }
     ));
-    assert_eq!(events[4], StreamEvent::BreakIn);
-    assert_eq!(events.len(), 5);
+    // The byte where the trailer belonged is hunted again (it could start a packet).
+    assert_eq!(events[4], StreamEvent::Noise { bytes: 1 });
+    assert_eq!(events[5], StreamEvent::BreakIn);
+    assert_eq!(events.len(), 6);
+}
+
+/// A packet that lost a byte takes the first byte of the next one as its trailer; that
+/// next packet (the sender's next copy) still comes through whole.
+#[test]
+fn a_packet_that_lost_a_byte_does_not_take_the_next_one_with_it() {
+    let good = Repr::data(PacketType::StateManipulate, 0x8080_0001, vec![0x11; 1000]);
+    let mut short = good.to_kdcom_bytes();
+    short.remove(500);
+    let whole = good.to_kdcom_bytes();
+    let events = decode(&[&short, &whole]);
+    assert!(
+        matches!(
+            events.first(),
+            Some(StreamEvent::BadTrailer { found: 0x30, .. })
+        ),
+        "{events:?}"
+    );
+    assert_eq!(events.get(1), Some(&StreamEvent::Packet(good)));
+    assert_eq!(events.len(), 2);
 }
 
 #[test]

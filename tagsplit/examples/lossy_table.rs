@@ -66,15 +66,18 @@ fn table(protocol: Protocol, first: u64, runs: u64, want: &Reference) -> bool {
     println!("### {} ({})", protocol.name(), describe(&faults));
     println!();
     println!(
-        "clean (zero-impairment relay): verdict right {}, bytes restored {}, {} re-sends, {} s",
+        "clean (zero-impairment relay): verdict right {}, bytes restored {}, {} re-sends, {} s; {}",
         yes(clean.verdict_ok),
         yes(clean.restored),
         clean.resends,
-        secs(clean.took)
+        secs(clean.took),
+        clean.stats
     );
     println!();
-    println!("| seed | verdict right | bytes restored | re-sends | time (s) | × clean |");
-    println!("|---:|:---:|:---:|---:|---:|---:|");
+    println!(
+        "| seed | verdict right | bytes restored | re-sends | packets sent | bytes received | time (s) | × clean |"
+    );
+    println!("|---:|:---:|:---:|---:|---:|---:|---:|---:|");
     let clean_s = clean.took.as_secs_f64().max(1e-9);
     let mut times = Vec::new();
     let mut passes = 0u64;
@@ -90,10 +93,12 @@ fn table(protocol: Protocol, first: u64, runs: u64, want: &Reference) -> bool {
         passes += u64::from(ok);
         times.push(out.took);
         println!(
-            "| {seed} | {} | {} | {} | {} | {:.1} |{}",
+            "| {seed} | {} | {} | {} | {} | {} | {} | {:.1} |{}",
             yes(out.verdict_ok),
             yes(out.restored),
             out.resends,
+            out.stats.packets_sent,
+            out.stats.bytes_received,
             secs(out.took),
             out.took.as_secs_f64() / clean_s,
             out.error.map(|e| format!(" {e}")).unwrap_or_default()

@@ -13,6 +13,7 @@ use tagsplit_protocol::nt::layout::{PAGE_SIZE, big_page, kdbg, pool_header, trac
 
 use crate::target::{DebugTarget, TargetError, read_exact, read_u32, read_u64};
 use crate::{PoolTag, VirtAddr};
+use tagsplit_protocol::nt::PROTECTED_POOL;
 
 /// Most tracker-table entries read (larger sizes are capped to this).
 pub const MAX_TRACKER_ENTRIES: u64 = 1 << 16;
@@ -224,10 +225,290 @@ pub fn snapshot_at<T: DebugTarget + ?Sized>(
     target: &mut T,
     tables: &PoolTables,
 ) -> Result<PoolSnapshot, TargetError> {
+    Ok(parse_table(&read_table(target, tables)?))
+}
+
+/// Entries read at a time when probing for a tag not yet located.
+pub const PROBE_CHUNK: u64 = 8;
+
+/// The fewest occupied entries a whole read must show, all where the kernel's hash puts
+/// them, before [`TagProbe`] trusts the hash (a nearly empty table proves nothing).
+pub const MIN_ENTRIES_FOR_HASH: usize = 4;
+
+/// Reads the counters of a few tags without reading the whole tracker table.
+///
+/// The kernel files a tag in the slot its hash names ([`tracker::hash`]), or the first
+/// free one after it, and never moves or removes an entry; a tag is looked up by probing
+/// from its hash to the first free slot. [`TagProbe::new`] checks that this table follows
+/// that rule by probing for a tag it should hold (the tag being split): found, the table is
+/// trusted and nothing else is read. Otherwise it reads the whole table once and checks
+/// that every occupied entry sits where probing finds it ([`TagProbe::from_whole`]). A
+/// trusted table is then read per tag: a tag's known slot, or a probe from its hash (a
+/// tag filed since); an untrusted one (another build's hash, a hand-made table,
+/// duplicated keys) whole every time, so the counters are always those [`snapshot_at`]
+/// gives. A known entry found elsewhere later makes the table untrusted from then on.
+#[derive(Clone, Debug)]
+pub struct TagProbe {
+    tables: PoolTables,
+    /// Slots of the keys located so far.
+    slots: BTreeMap<u32, u64>,
+    /// Whether the table follows the kernel's hash.
+    hashed: bool,
+    /// The whole table, when it was read (untrusted tables answer `contains` from it).
+    whole: Option<PoolSnapshot>,
+}
+
+impl TagProbe {
+    /// Checks the table at `tables` by probing for `anchor` (a tag it holds, if any
+    /// allocation was ever made under it); falls back to [`TagProbe::from_whole`] when
+    /// probing does not find it.
+    pub fn new<T: DebugTarget + ?Sized>(
+        target: &mut T,
+        tables: PoolTables,
+        anchor: PoolTag,
+    ) -> Result<TagProbe, TargetError> {
+        let mut probe = TagProbe {
+            tables,
+            slots: BTreeMap::new(),
+            hashed: true,
+            whole: None,
+        };
+        let mut read = SlotCache::default();
+        let bare = anchor.unprotected().to_u32();
+        let mut found = false;
+        for key in [bare, bare | PROTECTED_POOL] {
+            if let Some((slot, _)) = probe.probe(target, &mut read, key)? {
+                probe.slots.insert(key, slot);
+                found = true;
+            }
+        }
+        if found {
+            return Ok(probe);
+        }
+        Ok(TagProbe::from_whole(target, tables)?.0)
+    }
+
+    /// Reads the whole table at `tables` once, checks every entry against the kernel's
+    /// hash (at least [`MIN_ENTRIES_FOR_HASH`] occupied, each where probing finds it, no
+    /// key twice), and returns the probe and that whole snapshot.
+    pub fn from_whole<T: DebugTarget + ?Sized>(
+        target: &mut T,
+        tables: PoolTables,
+    ) -> Result<(TagProbe, PoolSnapshot), TargetError> {
+        let raw = read_table(target, &tables)?;
+        let keys: Vec<u32> = raw
+            .chunks_exact(tracker::SIZE as usize)
+            .map(|e| TagUsage::parse(e).map_or(0, |(k, _)| k))
+            .collect();
+        let slots = hashed_slots(&keys);
+        let snap = parse_table(&raw);
+        let probe = TagProbe {
+            tables,
+            hashed: slots.is_some(),
+            slots: slots.unwrap_or_default(),
+            whole: Some(snap.clone()),
+        };
+        Ok((probe, snap))
+    }
+
+    /// Whether the tracker holds `tag` (either `PROTECTED_POOL` variant): probed in a
+    /// trusted table; from the whole read otherwise.
+    pub fn contains<T: DebugTarget + ?Sized>(
+        &mut self,
+        target: &mut T,
+        tag: PoolTag,
+    ) -> Result<bool, TargetError> {
+        if !self.hashed
+            && let Some(whole) = &self.whole
+        {
+            return Ok(whole.contains(tag));
+        }
+        if self.hashed {
+            let mut read = SlotCache::default();
+            let bare = tag.unprotected().to_u32();
+            for key in [bare, bare | PROTECTED_POOL] {
+                if self.probe(target, &mut read, key)?.is_some() {
+                    return Ok(true);
+                }
+            }
+            return Ok(false);
+        }
+        Ok(snapshot_at(target, &self.tables)?.contains(tag))
+    }
+
+    /// Whether the table follows the kernel's hash (so reads are per tag).
+    pub fn is_hashed(&self) -> bool {
+        self.hashed
+    }
+
+    /// The tables probed.
+    pub fn tables(&self) -> &PoolTables {
+        &self.tables
+    }
+
+    /// The counters of each of `tags` now, as [`PoolSnapshot::usage`] of a whole snapshot
+    /// would give them (both `PROTECTED_POOL` variants summed). Tags whose probes share
+    /// slots (the hash ignores a tag's last byte) share reads.
+    pub fn usage<T: DebugTarget + ?Sized>(
+        &mut self,
+        target: &mut T,
+        tags: &[PoolTag],
+    ) -> Result<Vec<TagUsage>, TargetError> {
+        if self.hashed {
+            let mut read = SlotCache::default();
+            let mut out = Vec::with_capacity(tags.len());
+            'tags: for tag in tags {
+                let bare = tag.unprotected().to_u32();
+                let mut u = TagUsage::default();
+                for key in [bare, bare | PROTECTED_POOL] {
+                    match self.probe(target, &mut read, key)? {
+                        Some((slot, e)) if self.slots.get(&key).is_none_or(|&s| s == slot) => {
+                            self.slots.insert(key, slot);
+                            u.accumulate(&e);
+                        }
+                        None if !self.slots.contains_key(&key) => {}
+                        // A key is no longer where it was: not the table we checked.
+                        // Read it whole from now on.
+                        _ => {
+                            self.hashed = false;
+                            break 'tags;
+                        }
+                    }
+                }
+                out.push(u);
+            }
+            if self.hashed {
+                return Ok(out);
+            }
+        }
+        let snap = snapshot_at(target, &self.tables)?;
+        Ok(tags.iter().map(|t| snap.usage(*t)).collect())
+    }
+
+    /// Probes for `key` from its hash to the first free slot, as the kernel looks it up:
+    /// its slot and counters, or `None`.
+    fn probe<T: DebugTarget + ?Sized>(
+        &self,
+        target: &mut T,
+        read: &mut SlotCache,
+        key: u32,
+    ) -> Result<Option<(u64, TagUsage)>, TargetError> {
+        let n = self.tables.track_entries;
+        let mut slot = tracker::hash(key, n);
+        for _ in 0..n {
+            match read.entry(target, &self.tables, slot)? {
+                (0, _) => return Ok(None),
+                (k, u) if k == key => return Ok(Some((slot, u))),
+                _ => slot = (slot + 1) % n,
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Tracker entries read during one [`TagProbe::usage`], by slot.
+#[derive(Default)]
+struct SlotCache {
+    entries: BTreeMap<u64, (u32, TagUsage)>,
+}
+
+impl SlotCache {
+    /// The entry at `slot`; when not yet read, reads it and up to [`PROBE_CHUNK`] − 1
+    /// entries after it (to the table's end or the next slot already read).
+    fn entry<T: DebugTarget + ?Sized>(
+        &mut self,
+        target: &mut T,
+        tables: &PoolTables,
+        slot: u64,
+    ) -> Result<(u32, TagUsage), TargetError> {
+        if let Some(e) = self.entries.get(&slot) {
+            return Ok(*e);
+        }
+        let next_read = self
+            .entries
+            .range(slot..)
+            .next()
+            .map_or(u64::MAX, |(s, _)| *s);
+        let count = PROBE_CHUNK
+            .min(tables.track_entries.saturating_sub(slot))
+            .min(next_read - slot)
+            .max(1);
+        let size = tracker::SIZE as usize;
+        let mut raw = vec![0u8; (count as usize) * size];
+        let at = crate::target::offset(
+            tables.track_table,
+            slot.saturating_mul(tracker::SIZE),
+            "PoolTrackTable",
+        )?;
+        read_exact(target, at, &mut raw)?;
+        for (i, e) in raw.chunks_exact(size).enumerate() {
+            let parsed = TagUsage::parse(e).unwrap_or_default();
+            self.entries.insert(slot + i as u64, parsed);
+        }
+        self.entries
+            .get(&slot)
+            .copied()
+            .ok_or_else(|| TargetError::BadKernelData("tracker probe".into()))
+    }
+}
+
+/// The slot of every key, if every occupied slot is where the kernel's linear probing
+/// from the key's hash puts it (no free slot between the hash and the entry), no key
+/// appears twice, and at least [`MIN_ENTRIES_FOR_HASH`] are occupied. Linear in the
+/// table's size.
+fn hashed_slots(keys: &[u32]) -> Option<BTreeMap<u32, u64>> {
+    let n = keys.len();
+    let occupied = keys.iter().filter(|&&k| k != 0).count();
+    if occupied < MIN_ENTRIES_FOR_HASH {
+        return None;
+    }
+    // run[s]: occupied slots in a row ending at s (wrapping), capped at n.
+    let mut run = vec![0usize; n];
+    if occupied == n {
+        run.fill(n);
+    } else {
+        // Start just after a free slot so each run is counted from its beginning.
+        let free = keys.iter().position(|&k| k == 0)?;
+        let mut len = 0usize;
+        for i in 1..=n {
+            let s = (free + i) % n;
+            len = if keys.get(s).copied().unwrap_or(0) == 0 {
+                0
+            } else {
+                len + 1
+            };
+            if let Some(r) = run.get_mut(s) {
+                *r = len;
+            }
+        }
+    }
+    let mut slots = BTreeMap::new();
+    for (s, (&k, &r)) in keys.iter().zip(&run).enumerate() {
+        if k == 0 {
+            continue;
+        }
+        let home = usize::try_from(tracker::hash(k, n as u64)).ok()?;
+        // Slots home..=s, wrapping, must all be occupied.
+        let distance = (s + n - home) % n;
+        if distance >= r || slots.insert(k, s as u64).is_some() {
+            return None;
+        }
+    }
+    Some(slots)
+}
+
+fn read_table<T: DebugTarget + ?Sized>(
+    target: &mut T,
+    tables: &PoolTables,
+) -> Result<Vec<u8>, TargetError> {
     let len = usize::try_from(tables.track_entries * tracker::SIZE)
         .map_err(|_| TargetError::BadKernelData("tracker table too large".into()))?;
     let mut raw = vec![0u8; len];
     read_exact(target, tables.track_table, &mut raw)?;
+    Ok(raw)
+}
+
+fn parse_table(raw: &[u8]) -> PoolSnapshot {
     let mut snap = PoolSnapshot::default();
     for chunk in raw.chunks_exact(tracker::SIZE as usize) {
         let Some((key, usage)) = TagUsage::parse(chunk) else {
@@ -239,7 +520,7 @@ pub fn snapshot_at<T: DebugTarget + ?Sized>(
         let tag = PoolTag::from_u32(key).unprotected();
         snap.tags.entry(tag).or_default().accumulate(&usage);
     }
-    Ok(snap)
+    snap
 }
 
 /// One entry of the big-page table.
@@ -396,6 +677,126 @@ mod tests {
         let g = after.growth_since(&before);
         assert_eq!(g[&PoolTag::new(*b"Leak")], 2 * 1_024_000);
         assert_eq!(g[&PoolTag::new(*b"EtwB")], 0);
+    }
+
+    /// Writes `key`'s entry where the kernel's linear probing puts it in the fake
+    /// kernel's table, with `allocs` nonpaged allocations.
+    fn file_hashed(t: &mut crate::target::flat::FlatTarget, key: u32, allocs: u32) {
+        for i in 0..TRACK_ENTRIES {
+            let slot = (tracker::hash(key, TRACK_ENTRIES) + i) % TRACK_ENTRIES;
+            let at = VirtAddr(TRACK_TABLE + slot * tracker::SIZE);
+            let k = read_u32(t, at).unwrap();
+            if k == 0 || k == key {
+                t.write_memory(at, &key.to_le_bytes()).unwrap();
+                let counts = VirtAddr(at.get() + tracker::NON_PAGED_ALLOCS);
+                t.write_memory(counts, &allocs.to_le_bytes()).unwrap();
+                return;
+            }
+        }
+    }
+
+    /// Every tag's counters, read whole.
+    fn whole(t: &mut crate::target::flat::FlatTarget, tags: &[PoolTag]) -> Vec<TagUsage> {
+        let snap = snapshot(t).unwrap();
+        tags.iter().map(|g| snap.usage(*g)).collect()
+    }
+
+    #[test]
+    fn a_probe_reads_the_same_counters_as_a_whole_snapshot() {
+        let mut t = fake_kernel();
+        let table = vec![0u8; (TRACK_ENTRIES * tracker::SIZE) as usize];
+        t.write_memory(VirtAddr(TRACK_TABLE), &table).unwrap();
+        // Tags that share a first three bytes share a home slot and chain.
+        let keys = [*b"Leak", *b"Lea1", *b"EtwB", *b"Proc", *b"File"].map(u32::from_le_bytes);
+        for (i, k) in keys.iter().enumerate() {
+            file_hashed(&mut t, *k, 10 + i as u32);
+        }
+        let tables = locate(&mut t).unwrap();
+        // Found by probing for the split's tag: trusted without a whole read.
+        let mut anchored = TagProbe::new(&mut t, tables, PoolTag::new(*b"Leak")).unwrap();
+        assert!(anchored.is_hashed());
+        assert!(anchored.contains(&mut t, PoolTag::new(*b"Lea1")).unwrap());
+        assert!(!anchored.contains(&mut t, PoolTag::new(*b"Lea2")).unwrap());
+        // A tag the table never held: the whole table is read and checked instead.
+        let checked = TagProbe::new(&mut t, tables, PoolTag::new(*b"Zzzz")).unwrap();
+        assert!(checked.is_hashed());
+        let (mut probe, snap) = TagProbe::from_whole(&mut t, tables).unwrap();
+        assert!(probe.is_hashed());
+        let tags5 = [*b"Leak", *b"Lea1", *b"Lea2", *b"Proc", *b"Zzzz"].map(PoolTag::new);
+        assert_eq!(
+            anchored.usage(&mut t, &tags5).unwrap(),
+            probe.usage(&mut t, &tags5).unwrap()
+        );
+        let tags = [*b"Leak", *b"Lea1", *b"Lea2", *b"Proc", *b"Zzzz"].map(PoolTag::new);
+        let want: Vec<TagUsage> = tags.iter().map(|g| snap.usage(*g)).collect();
+        assert_eq!(probe.usage(&mut t, &tags).unwrap(), want);
+        assert_eq!(want[2], TagUsage::default());
+        // A tag filed after the probe was made (the split's new tags) is found too.
+        file_hashed(&mut t, u32::from_le_bytes(*b"Lea2"), 7);
+        let now = probe.usage(&mut t, &tags).unwrap();
+        assert_eq!(now, whole(&mut t, &tags));
+        assert_eq!(now[2].np_allocs, 7);
+        assert!(probe.is_hashed());
+        // A known entry that moved: not the table checked; read whole from then on.
+        let table = vec![0u8; (TRACK_ENTRIES * tracker::SIZE) as usize];
+        t.write_memory(VirtAddr(TRACK_TABLE), &table).unwrap();
+        for k in keys.iter().rev() {
+            file_hashed(&mut t, *k, 3);
+        }
+        let after = probe.usage(&mut t, &tags).unwrap();
+        assert!(!probe.is_hashed());
+        assert_eq!(after, whole(&mut t, &tags));
+    }
+
+    #[test]
+    fn a_table_that_breaks_the_hash_is_read_whole() {
+        // The fake kernel files tags from slot 0 on, not by the kernel's hash.
+        let mut t = fake_kernel();
+        let tables = locate(&mut t).unwrap();
+        let (mut probe, _) = TagProbe::from_whole(&mut t, tables).unwrap();
+        assert!(!probe.is_hashed());
+        // Probing for the split's tag from its hash does not find it there either.
+        let mut anchored = TagProbe::new(&mut t, tables, PoolTag::new(*b"Leak")).unwrap();
+        assert!(!anchored.is_hashed());
+        assert!(anchored.contains(&mut t, PoolTag::new(*b"EtwB")).unwrap());
+        assert!(!anchored.contains(&mut t, PoolTag::new(*b"Lea1")).unwrap());
+        let tags = [*b"Leak", *b"EtwB", *b"Lea1"].map(PoolTag::new);
+        t.run(crate::target::RunFor::Ticks(20)).unwrap();
+        let got = probe.usage(&mut t, &tags).unwrap();
+        assert_eq!(got, whole(&mut t, &tags));
+        assert!(got[0].allocs() > 0);
+    }
+
+    #[test]
+    fn the_hash_check_refuses_what_probing_would_miss() {
+        let n = 16u64;
+        let home = |k: u32| tracker::hash(k, n) as usize;
+        // Two keys with the same home slot h: the second is filed at h + 1.
+        let a = 1u32;
+        let b = (2..).find(|&k| home(k) == home(a)).unwrap();
+        let h = home(a);
+        let mut keys = vec![0u32; n as usize];
+        keys[h] = a;
+        keys[(h + 1) % n as usize] = b;
+        // Two more, each at its home (free).
+        let mut k = b + 1;
+        let mut more = 0;
+        while more < 2 {
+            if keys[home(k)] == 0 && home(k) != h {
+                keys[home(k)] = k;
+                more += 1;
+            }
+            k += 1;
+        }
+        assert_eq!(hashed_slots(&keys).map(|m| m.len()), Some(4));
+        // With `a` gone, `b` sits behind a free slot: probing from h would miss it.
+        keys[h] = 0;
+        let k = (k..).find(|&k| keys[home(k)] == 0 && home(k) != h).unwrap();
+        keys[home(k)] = k;
+        assert!(hashed_slots(&keys).is_none());
+        // Too few entries prove nothing; a duplicated key is refused.
+        assert!(hashed_slots(&[0, 0, 0, 0]).is_none());
+        assert!(hashed_slots(&[5u32; 8]).is_none());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tagsplit::VirtAddr;
 use tagsplit::split::classify::HitKind;
 use tagsplit::split::{Split, SplitOptions, Verdict, survey};
 use tagsplit::target::sim::SimTarget;
-use tagsplit::target::{DebugTarget, KernelInfo, TargetError};
+use tagsplit::target::{DebugTarget, KernelInfo, RunFor, StopReason, TargetError};
 use tagsplit_target_sim::builtins::SCALE_TAG;
 use tagsplit_target_sim::machine::SiteKind;
 
@@ -38,6 +38,15 @@ impl<T: DebugTarget> DebugTarget for Counting<T> {
     }
     fn kernel_info(&mut self) -> Result<KernelInfo, TargetError> {
         self.inner.kernel_info()
+    }
+    fn modules(&mut self) -> Result<Vec<tagsplit::target::ModuleInfo>, TargetError> {
+        self.inner.modules()
+    }
+    fn run(&mut self, how_long: RunFor) -> Result<StopReason, TargetError> {
+        self.inner.run(how_long)
+    }
+    fn default_run(&self) -> RunFor {
+        self.inner.default_run()
     }
     fn search_memory(
         &mut self,
@@ -116,4 +125,30 @@ fn a_split_of_a_scale_kernel_finds_exactly_the_leaking_site() {
         assert_eq!(b, s.tag.bytes());
     }
     assert_ne!(before, t.machine().digest());
+}
+
+/// The pool tracker is never read whole: the split finds its own tag by probing from the
+/// kernel's tag hash (so the table follows it), asks which candidate tags exist the same
+/// way, and each sample reads only the new tags' entries: 20 sites over 8 samples cost a
+/// few hundred bytes a sample, not the table each time.
+#[test]
+fn samples_read_the_new_tags_entries_not_the_whole_tracker() {
+    let mut sim = SimTarget::builtin("scale:10:20").unwrap();
+    let tables = tagsplit::pool::locate(&mut sim).unwrap();
+    let table = tables.track_entries * 40;
+    let mut t = Counting {
+        inner: sim,
+        bytes_read: 0,
+    };
+    let options = SplitOptions::default();
+    let samples = u64::from(options.samples);
+    let report = Split::new(&mut t, SCALE_TAG, options).run().unwrap();
+    assert_eq!(report.sites.len(), 20);
+    assert_eq!(report.leaks().count(), 1);
+    // Whole reads at every sample would be (samples + 2) tables.
+    assert!(
+        t.bytes_read < table,
+        "{} bytes read; the tracker is {table} bytes, {samples} samples",
+        t.bytes_read
+    );
 }

@@ -25,7 +25,10 @@ use super::{BREAKIN_PACKET_BYTE, INITIAL_PACKET_ID, KdError, SYNC_PACKET_ID, le}
 use crate::rto::{RtoBounds, RttEstimator};
 
 /// The default floor of the adaptive retransmission timer.
-pub const MIN_RETRY_TIMEOUT: Duration = Duration::from_millis(2);
+pub const MIN_RETRY_TIMEOUT: Duration = Duration::from_millis(1);
+/// The shortest time a KDCOM stream may stop in the middle of a packet before the
+/// partial packet is given up (see [`Session::poll_timeout`]).
+pub const MIN_STALL_TIMEOUT: Duration = Duration::from_micros(500);
 /// The default ceiling of the adaptive retransmission timer.
 pub const MAX_RETRY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -211,6 +214,8 @@ pub struct Session {
     rtt: RttEstimator,
     /// When the last bytes came in (a KDCOM stream that stops mid-packet is resynced).
     last_rx: Duration,
+    /// New data packets delivered so far.
+    delivered: u64,
 }
 
 impl Session {
@@ -230,6 +235,7 @@ impl Session {
             stats: SessionStats::default(),
             rtt: RttEstimator::default(),
             last_rx: Duration::ZERO,
+            delivered: 0,
         }
     }
 
@@ -316,10 +322,26 @@ impl Session {
     }
 
     /// How long a KDCOM stream may stop in the middle of a packet before the partial
-    /// packet is given up: four retransmission timers for a maximal packet, at least
-    /// 20 ms (a live link, however slow, keeps its bytes coming).
+    /// packet is given up. Once a round trip is measured: the retransmission timer for
+    /// the bytes still missing (the round trip, its variation and the time those bytes
+    /// need on the link) with [`MIN_STALL_TIMEOUT`] for its floor instead of the sender's
+    /// `min_retry_timeout`: before the sender would send the packet again, the receiver,
+    /// which knows it is waiting, asks.
+    /// A slow link that delivers a packet a piece at a time never waits that long
+    /// between pieces. Before a round trip is measured: four retransmission timers for a
+    /// maximal packet, at least 20 ms.
     fn stall_timeout(&self) -> Duration {
-        (self.retry_timer(super::stream::MAX_BUFFERED) * 4).max(Duration::from_millis(20))
+        if self.rtt.smoothed().is_none() {
+            return (self.retry_timer(super::stream::MAX_BUFFERED) * 4)
+                .max(Duration::from_millis(20));
+        }
+        let missing = self
+            .decoder
+            .missing()
+            .unwrap_or(super::stream::MAX_BUFFERED);
+        let c = &self.config;
+        let bounds = RtoBounds::new(c.retry_timeout, MIN_STALL_TIMEOUT, c.max_retry_timeout);
+        self.rtt.timeout(&bounds, missing)
     }
 
     /// When a partial packet is given up, if one is held.
@@ -328,11 +350,20 @@ impl Session {
             .then(|| self.last_rx.saturating_add(self.stall_timeout()))
     }
 
-    /// Handles what the stream decoder made of the bytes.
+    /// Handles what the stream decoder made of the bytes. A damaged packet is answered
+    /// with one RESEND, unless a new data packet came through after it in the same bytes
+    /// (the peer's next copy, already here: asking again would only bring a duplicate).
     fn decoded(&mut self, now: Duration) {
+        let mut resend = false;
         while let Some(ev) = self.decoder.next_event() {
             match ev {
-                StreamEvent::Packet(repr) => self.handle_repr(now, repr),
+                StreamEvent::Packet(repr) => {
+                    let before = self.delivered;
+                    self.handle_repr(now, repr);
+                    if self.delivered != before {
+                        resend = false;
+                    }
+                }
                 StreamEvent::BreakIn => self.events.push_back(SessionEvent::BreakIn),
                 StreamEvent::Noise { bytes } => {
                     self.events.push_back(SessionEvent::Noise { bytes })
@@ -340,8 +371,14 @@ impl Session {
                 StreamEvent::BadChecksum { .. }
                 | StreamEvent::BadTrailer { .. }
                 | StreamEvent::TooLong { .. }
-                | StreamEvent::MissingTrailer { .. } => self.corrupt(format!("{ev:?}")),
+                | StreamEvent::MissingTrailer { .. } => {
+                    self.note_corrupt(format!("{ev:?}"));
+                    resend = true;
+                }
             }
+        }
+        if resend {
+            self.send_control(PacketType::Resend, 0);
         }
     }
 
@@ -427,6 +464,21 @@ impl Session {
     }
 
     fn handle_control(&mut self, now: Duration, ty: PacketType, id: u32) {
+        if self.config.check_payloads
+            && self.config.scheme == IdScheme::Kdcom
+            && matches!(ty, PacketType::Reset | PacketType::Resend)
+            && id & INITIAL_PACKET_ID == INITIAL_PACKET_ID
+        {
+            // KDCOM RESETs and RESENDs carry id 0 (WinDbg's RESET another constant), but
+            // every ACK carries a packet id, which has these bits: this is an ACK whose
+            // type bit flipped (the header is not checksummed), and obeying it would
+            // reset both ends mid-request. Drop it; a timer sends our packet again.
+            self.note_corrupt(format!(
+                "{} carrying packet id {id:#x}: an ACK whose type was damaged",
+                ty.name()
+            ));
+            return;
+        }
         match ty {
             PacketType::Acknowledge => {
                 let Some(f) = &self.in_flight else { return };
@@ -490,6 +542,7 @@ impl Session {
             return;
         }
         self.last_delivered = Some(id);
+        self.delivered = self.delivered.wrapping_add(1);
         if self.config.implicit_acks && self.answers_in_flight(repr.packet_type) {
             self.acknowledged(now);
         }
@@ -551,9 +604,14 @@ impl Session {
     }
 
     fn corrupt(&mut self, what: String) {
+        self.note_corrupt(what);
+        self.send_control(PacketType::Resend, 0);
+    }
+
+    /// Counts and reports a damaged packet (without asking for it again).
+    fn note_corrupt(&mut self, what: String) {
         self.stats.corrupt = self.stats.corrupt.saturating_add(1);
         self.events.push_back(SessionEvent::Corrupt(what));
-        self.send_control(PacketType::Resend, 0);
     }
 
     fn reset_ids(&mut self) {

@@ -137,6 +137,12 @@ impl StreamDecoder {
         self.buf.len() - self.start
     }
 
+    /// Bytes still missing from the packet whose header has arrived, if one is awaited.
+    pub fn missing(&self) -> Option<usize> {
+        self.awaiting
+            .map(|total| total.saturating_sub(self.buffered()))
+    }
+
     /// The input stalled in the middle of a packet (its header may claim more bytes than
     /// will ever come: KDCOM does not checksum it, and a dropped byte leaves a packet one
     /// short): drops the partial packet's first byte as noise and decodes what follows
@@ -268,19 +274,24 @@ impl StreamDecoder {
                 let payload = live.get(HEADER_LEN..HEADER_LEN + count).unwrap_or(&[]);
                 let actual = checksum(payload);
                 let trailer = live.get(HEADER_LEN + count).copied().unwrap_or(0);
-                let event = if trailer != PACKET_TRAILING_BYTE {
-                    StreamEvent::BadTrailer { id, found: trailer }
+                let (event, used) = if trailer != PACKET_TRAILING_BYTE {
+                    // A byte of this packet was lost, most likely, and the byte where
+                    // its trailer belongs starts the next packet (the sender's next
+                    // copy): hunt on from that byte, not after it.
+                    (StreamEvent::BadTrailer { id, found: trailer }, total - 1)
                 } else if actual != sum {
-                    StreamEvent::BadChecksum {
+                    let bad = StreamEvent::BadChecksum {
                         packet_type,
                         id,
                         expected: sum,
                         actual,
-                    }
+                    };
+                    (bad, total)
                 } else {
-                    StreamEvent::Packet(Repr::data(packet_type, id, payload.to_vec()))
+                    let good = Repr::data(packet_type, id, payload.to_vec());
+                    (StreamEvent::Packet(good), total)
                 };
-                self.discard(total, false);
+                self.discard(used, false);
                 self.emit(event);
                 Step::Again
             }

@@ -32,7 +32,7 @@ use tagsplit_protocol::nt::PROTECTED_POOL;
 
 use self::classify::{Hit, HitKind};
 use self::journal::{Journal, JournalError, PatchRecord, RestoreState};
-use crate::pool::{self, PoolSnapshot, TagUsage};
+use crate::pool::{self, TagUsage};
 use crate::pooltag::PoolTagDb;
 use crate::target::{DebugTarget, Interrupt, RunFor, TargetError, interrupted};
 use crate::{PoolTag, VirtAddr};
@@ -556,12 +556,24 @@ impl<'a> Split<'a> {
                 restore: RestoreSummary::default(),
             });
         }
-        let before = pool::snapshot(&mut *self.target)?;
+        // Which tags exist, and the samples, are read per tag when the tracker follows
+        // the kernel's hash (checked by finding the split's own tag); else whole.
+        let tables = pool::locate(&mut *self.target)?;
+        let mut probe = pool::TagProbe::new(&mut *self.target, tables, self.tag)?;
         let db = &self.options.pooltag;
+        let mut failed = None;
+        let target = &mut *self.target;
         let chosen = tags::choose(self.tag.unprotected(), patchable.len(), |t| {
-            before.contains(t) || db.covers(t)
-        })
-        .ok_or(SplitError::NoFreeTags(patchable.len(), self.tag))?;
+            db.covers(t)
+                || probe.contains(&mut *target, t).unwrap_or_else(|e| {
+                    failed.get_or_insert(e);
+                    true
+                })
+        });
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        let chosen = chosen.ok_or(SplitError::NoFreeTags(patchable.len(), self.tag))?;
         // Each site keeps its own PROTECTED_POOL bit.
         let new_tags: Vec<PoolTag> = chosen
             .iter()
@@ -602,6 +614,7 @@ impl<'a> Split<'a> {
         let mut guard = PatchGuard::new(&mut *self.target);
         let measured = measure(
             &mut guard,
+            &mut probe,
             &records,
             &new_tags,
             run,
@@ -796,8 +809,10 @@ fn enter(
 
 /// Patches, takes the baseline, runs the slices and samples. Returns, per site, the new
 /// tag's counters at the baseline and after each slice.
+#[allow(clippy::too_many_arguments)]
 fn measure(
     guard: &mut PatchGuard<'_>,
+    probe: &mut pool::TagProbe,
     records: &[PatchRecord],
     new_tags: &[PoolTag],
     run: RunFor,
@@ -815,10 +830,6 @@ fn measure(
         )?;
         guard.apply(r)?;
     }
-    let tables = pool::locate(guard.target())?;
-    let pick = |snap: &PoolSnapshot| -> Vec<TagUsage> {
-        new_tags.iter().map(|t| snap.usage(*t)).collect()
-    };
     let mut series: Vec<Vec<TagUsage>> = vec![Vec::new(); new_tags.len()];
     let push = |series: &mut Vec<Vec<TagUsage>>, row: Vec<TagUsage>| {
         for (s, u) in series.iter_mut().zip(row) {
@@ -832,10 +843,7 @@ fn measure(
         },
         cancel,
     )?;
-    push(
-        &mut series,
-        pick(&pool::snapshot_at(guard.target(), &tables)?),
-    );
+    push(&mut series, probe.usage(guard.target(), new_tags)?);
     for i in 0..samples {
         if interrupted(cancel) {
             return Err(SplitError::Interrupted(RestoreSummary::default()));
@@ -864,10 +872,7 @@ fn measure(
             },
             cancel,
         )?;
-        push(
-            &mut series,
-            pick(&pool::snapshot_at(guard.target(), &tables)?),
-        );
+        push(&mut series, probe.usage(guard.target(), new_tags)?);
         if let Some(p) = hooks.progress.as_mut() {
             p(i + 1, samples);
         }

@@ -15,7 +15,7 @@ pub const VARIANTS: &[u8; 61] = b"123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijk
 pub fn choose(
     original: PoolTag,
     n: usize,
-    taken: impl Fn(PoolTag) -> bool,
+    mut taken: impl FnMut(PoolTag) -> bool,
 ) -> Option<Vec<PoolTag>> {
     let [a, b, c, d] = original.unprotected().bytes();
     let protected = original.bytes()[3] & 0x80;

@@ -87,7 +87,7 @@ pub const REPLY_NUDGE: Duration = Duration::from_millis(500);
 /// the reply's bytes need on the link, as measured, comes on top).
 pub const REPLY_TIMER: RtoBounds = RtoBounds::new(
     Duration::from_millis(500),
-    Duration::from_millis(5),
+    Duration::from_millis(2),
     Duration::from_secs(2),
 );
 
@@ -115,6 +115,19 @@ fn idempotent(cmd: &Command) -> bool {
             | Command::RunLimit(_)
             | Command::StartNoAckMode
     )
+}
+
+/// Time the stub may spend on `cmd` beyond copying bytes: a search scans its range
+/// (allowed at a gigabyte a second); `qSupported`, the first exchange of a connection,
+/// includes whatever the stub and the link set up first. Such a command's round trip
+/// measures that work, not the link, and gives the reply timer no sample (one slow first
+/// sample would keep the timer tens of milliseconds long for dozens of requests).
+fn work_allowance(cmd: &Command) -> Option<Duration> {
+    match cmd {
+        Command::SearchMemory { len, .. } => Some(Duration::from_nanos(*len)),
+        Command::QSupported(_) => Some(Duration::ZERO),
+        _ => None,
+    }
 }
 
 /// The bytes one exchange puts on the wire, both ways, as far as the command tells: the
@@ -370,6 +383,11 @@ impl GdbTarget {
                 return Ok(Waited::Late);
             }
             self.stream.set_read_timeout(Some(left))?;
+            // Precisely (the read time-out, a backstop, is rounded up to the tick); a
+            // signal ends the wait early, and the loop looks at the deadline again.
+            if !super::wait::readable_within(super::wait::as_fd(&self.stream), left)? {
+                continue;
+            }
             match self.stream.read(&mut self.buf) {
                 Ok(0) => return Err(TargetError::Disconnected),
                 Ok(n) => {
@@ -451,7 +469,11 @@ impl GdbTarget {
             self.write_out()?;
             copies += 1;
             let sent = Instant::now();
-            let timer = self.rtt.timeout(&REPLY_TIMER, bytes);
+            let work = work_allowance(cmd);
+            let timer = self
+                .rtt
+                .timeout(&REPLY_TIMER, bytes)
+                .saturating_add(work.unwrap_or_default());
             let mut until = if retry {
                 sent + timer
             } else {
@@ -473,7 +495,7 @@ impl GdbTarget {
             };
             match waited {
                 Waited::Reply(r) => {
-                    if copies == 1 {
+                    if copies == 1 && work.is_none() {
                         self.rtt.sample(sent.elapsed(), bytes);
                     } else {
                         self.rtt.reset_backoff();
@@ -517,7 +539,11 @@ impl GdbTarget {
         let bytes = exchange_bytes(cmd);
         let mut nudges = 0u32;
         loop {
-            let timer = self.rtt.timeout(&REPLY_TIMER, bytes).max(REPLY_NUDGE);
+            let timer = self
+                .rtt
+                .timeout(&REPLY_TIMER, bytes)
+                .saturating_add(work_allowance(cmd).unwrap_or_default())
+                .max(REPLY_NUDGE);
             let step = (Instant::now() + timer).min(deadline);
             match self.wait_reply(step) {
                 // A reply still streaming in on a slow link is not late.
@@ -537,7 +563,7 @@ impl GdbTarget {
                     }
                 }
                 Ok(r) => {
-                    if nudges == 0 {
+                    if nudges == 0 && work_allowance(cmd).is_none() {
                         self.rtt.sample(sent.elapsed(), bytes);
                     }
                     return Ok(r);

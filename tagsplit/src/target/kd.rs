@@ -44,11 +44,51 @@ pub const DEFAULT_ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
 /// wait ends this long after the last packet, acknowledgement or duplicate the target
 /// sent (a slow but live link keeps the wait going; a dead one ends it).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the target may be silent, a reply to an idempotent request outstanding,
-/// before the request is sent again.
+/// The longest the target may be silent, a reply to an idempotent request outstanding,
+/// before the request is sent again. The wait starts at [`REPLY_RESEND_FACTOR`] times
+/// the link's retransmission timer for a maximal packet (at least [`MIN_REPLY_RESEND`])
+/// and doubles for each time the same request is sent again, up to this.
 pub const REPLY_RESEND: Duration = Duration::from_secs(1);
+/// The shortest wait before an idempotent request is sent again.
+pub const MIN_REPLY_RESEND: Duration = Duration::from_millis(20);
+/// The first wait before an idempotent request is sent again, in retransmission timers:
+/// a reading or writing target answers within its time to copy the bytes, so silence
+/// this long means the reply was lost after the target thought it delivered (a reply
+/// whose header was damaged without KDCOM's payload checksum noticing).
+pub const REPLY_RESEND_FACTOR: u32 = 8;
 /// The smallest memory transfer a KDCOM read shrinks to while packets keep failing.
 pub const MIN_KDCOM_TRANSFER: usize = 256;
+/// How many more times a read is made when its copies disagree, before it fails.
+pub const MAX_VERIFY_READS: u32 = 6;
+/// Reads in a row without a damaged packet after which a KDCOM link counts as clean again
+/// ([`VerifyReads::WhileDamaged`]).
+pub const CLEAN_READS: u32 = 64;
+
+/// When reads are checked end to end by reading them twice ([`KdTarget::set_verify_reads`]).
+///
+/// KDCOM's checksum is a sum of the payload's bytes: two flips of the same bit in
+/// opposite directions in one packet pass it (about one 4 KB packet in 250 at 1e-4 flips
+/// per byte), and the data is silently wrong. A read made twice that gives the same bytes
+/// both times is right unless both copies were damaged the same way. KDNET's datagrams are
+/// authenticated (HMAC-SHA256): nothing to check there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VerifyReads {
+    /// While the link is damaging packets (a damaged packet came during one of the last
+    /// [`CLEAN_READS`] reads): a clean link costs nothing. The default for KDCOM.
+    #[default]
+    WhileDamaged,
+    /// Every read, however clean the link looks.
+    Always,
+    /// Never (the default for KDNET).
+    Never,
+}
+
+/// Which link a target is attached over (for defaults).
+#[derive(Clone, Copy)]
+enum LinkKind {
+    Kdcom,
+    Kdnet,
+}
 
 enum Link {
     Kdcom {
@@ -80,6 +120,15 @@ impl Link {
     }
 
     /// When the session's next retransmission (or poke) is due, on its clock.
+    /// The retransmission timer for a maximal packet now.
+    fn retry_timer(&self) -> Duration {
+        let len = tagsplit_protocol::kd::stream::MAX_BUFFERED;
+        match self {
+            Link::Kdcom { session, .. } => session.retry_timer(len),
+            Link::Kdnet { endpoint, .. } => endpoint.session().retry_timer(len),
+        }
+    }
+
     fn next_timeout(&self) -> Option<Duration> {
         match self {
             Link::Kdcom { session, .. } => session.poll_timeout(),
@@ -135,7 +184,7 @@ impl Link {
                 }
                 stream.set_read_timeout(Some(wait))?;
                 let mut buf = [0u8; 8192];
-                let read = if super::wait::readable_within(as_fd(stream), wait)? {
+                let read = if super::wait::readable_within(super::wait::as_fd(stream), wait)? {
                     stream.read(&mut buf)
                 } else {
                     Err(std::io::ErrorKind::WouldBlock.into())
@@ -165,7 +214,7 @@ impl Link {
                 }
                 sock.set_read_timeout(Some(wait))?;
                 let mut buf = vec![0u8; 65536];
-                let received = if super::wait::readable_within(as_fd(sock), wait)? {
+                let received = if super::wait::readable_within(super::wait::as_fd(sock), wait)? {
                     sock.recv_from(&mut buf)
                 } else {
                     Err(std::io::ErrorKind::WouldBlock.into())
@@ -257,6 +306,23 @@ fn answers(api: &ManipulateApi, reply: &Manipulate) -> bool {
         | (ManipulateApi::WriteVirtualMemory(a), ManipulateApi::WriteVirtualMemory(b)) => {
             a.address == b.address
         }
+        // A hit lies in the searched range; a miss echoes the search (or, from a
+        // target that clears the field, zero). A stale answer to an earlier search
+        // would end this one early.
+        (
+            ManipulateApi::SearchMemory {
+                address: from,
+                length,
+                ..
+            },
+            ManipulateApi::SearchMemory { address, .. },
+        ) => {
+            if reply.return_status() == status::SUCCESS {
+                address >= *from && address - from < *length
+            } else {
+                address == *from || address == 0
+            }
+        }
         (a, b) => a.number() == b.number(),
     }
 }
@@ -310,6 +376,16 @@ pub struct KdTarget {
     /// The size of a read request: KDCOM halves it while packets keep failing (a large
     /// packet is more likely hit by a bit error) and doubles it back on success.
     transfer: usize,
+    /// When reads are made twice.
+    verify: VerifyReads,
+    /// Reads whose copies disagreed (the link damaged data its checksum passed).
+    read_mismatches: u64,
+    /// KDCOM reads in a row during which no damaged packet came (capped at
+    /// [`CLEAN_READS`]); a packet sent again because a timer fired early (a busy machine)
+    /// is not damage.
+    clean_reads: u32,
+    /// Damaged packets received so far.
+    damaged: u64,
 }
 
 impl std::fmt::Debug for KdTarget {
@@ -410,6 +486,10 @@ impl KdTarget {
     }
 
     fn attach(link: Link, spec: String, timeout: Duration) -> Result<KdTarget, TargetError> {
+        let link_kind = match link {
+            Link::Kdcom { .. } => LinkKind::Kdcom,
+            Link::Kdnet { .. } => LinkKind::Kdnet,
+        };
         let mut t = KdTarget {
             link,
             start: Instant::now(),
@@ -433,6 +513,14 @@ impl KdTarget {
             last_heard: Instant::now(),
             troubles: 0,
             transfer: MAX_TRANSFER,
+            verify: if matches!(link_kind, LinkKind::Kdcom) {
+                VerifyReads::WhileDamaged
+            } else {
+                VerifyReads::Never
+            },
+            read_mismatches: 0,
+            clean_reads: CLEAN_READS,
+            damaged: 0,
         };
         t.wait_stop(Instant::now() + timeout, false)?;
         // What the target is, and whether it understands tagsplit's run limit.
@@ -479,6 +567,18 @@ impl KdTarget {
         let start = self.start;
         let events = self.link.pump(move || start.elapsed(), wait)?;
         for ev in &events {
+            if let SessionEvent::Packet {
+                packet_type,
+                id,
+                payload,
+            } = ev
+            {
+                tracing::trace!(
+                    "kd: packet {} id {id:#x}, {} bytes",
+                    packet_type.name(),
+                    payload.len()
+                );
+            }
             match ev {
                 SessionEvent::Packet { .. } | SessionEvent::Acknowledged { .. } => {
                     self.last_heard = Instant::now();
@@ -491,6 +591,7 @@ impl KdTarget {
                     // Damaged, but the target is alive and sending.
                     self.last_heard = Instant::now();
                     self.troubles += 1;
+                    self.damaged += 1;
                 }
                 _ => {}
             }
@@ -656,6 +757,7 @@ impl KdTarget {
         let started = Instant::now();
         let mut sent = started;
         let mut send = true;
+        let mut resends = 0u32;
         loop {
             if send {
                 sent = Instant::now();
@@ -670,7 +772,11 @@ impl KdTarget {
             // target thought it delivered (a flipped type bit, which KDCOM does not
             // checksum, turns a reply into debug output).
             let give_up = started.max(self.last_heard) + REQUEST_TIMEOUT;
-            let quiet_until = sent.max(self.last_heard) + REPLY_RESEND;
+            let quiet = (self.link.retry_timer() * REPLY_RESEND_FACTOR)
+                .max(MIN_REPLY_RESEND)
+                .saturating_mul(1 << resends.min(8))
+                .min(REPLY_RESEND);
+            let quiet_until = sent.max(self.last_heard) + quiet;
             let wait_until = if retry {
                 give_up.min(quiet_until)
             } else {
@@ -690,8 +796,9 @@ impl KdTarget {
                 Err(TargetError::Timeout)
                     if Instant::now() < started.max(self.last_heard) + REQUEST_TIMEOUT =>
                 {
-                    send = retry && Instant::now() >= sent.max(self.last_heard) + REPLY_RESEND;
+                    send = retry && Instant::now() >= sent.max(self.last_heard) + quiet;
                     if send {
+                        resends = resends.saturating_add(1);
                         tracing::debug!("kd: no reply to {:?}, sending it again", api.number());
                     }
                 }
@@ -700,36 +807,57 @@ impl KdTarget {
         }
     }
 
-    /// Reads with `ReadVirtualMemory` requests of at most [`MAX_TRANSFER`] bytes.
+    /// When reads are checked end to end by reading them twice (see [`VerifyReads`]).
+    pub fn set_verify_reads(&mut self, verify: VerifyReads) {
+        self.verify = verify;
+    }
+
+    /// Reads whose two copies disagreed so far (each was read again until two agreed).
+    pub fn read_mismatches(&self) -> u64 {
+        self.read_mismatches
+    }
+
+    /// Whether the next read is made twice.
+    fn verifying(&self) -> bool {
+        match self.verify {
+            VerifyReads::Always => true,
+            VerifyReads::WhileDamaged => self.clean_reads < CLEAN_READS,
+            VerifyReads::Never => false,
+        }
+    }
+
+    /// Reads with `ReadVirtualMemory` requests of at most [`MAX_TRANSFER`] bytes (fewer
+    /// while KDCOM packets keep failing), each made twice while [`VerifyReads`] says so.
     fn read_uncached(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
         let mut done = 0usize;
         while done < buf.len() {
             let want = (buf.len() - done).min(self.transfer);
-            let troubles = self.troubles + self.link.stats().retransmissions;
             let at = addr.get().wrapping_add(done as u64);
-            let r = self.request(
-                &ManipulateApi::ReadVirtualMemory(MemoryTransfer {
-                    address: at,
-                    count: u32::try_from(want).unwrap_or(0),
-                    actual: 0,
-                }),
-                Vec::new(),
-            )?;
-            let actual = match r.api() {
-                ManipulateApi::ReadVirtualMemory(t) => usize::try_from(t.actual).unwrap_or(0),
-                _ => 0,
-            };
-            if matches!(self.link, Link::Kdcom { .. }) {
-                let failed = self.troubles + self.link.stats().retransmissions > troubles;
-                self.transfer = if failed {
-                    (self.transfer / 2).max(MIN_KDCOM_TRANSFER)
-                } else {
-                    self.transfer.saturating_mul(2).min(MAX_TRANSFER)
-                };
+            let verify = self.verifying();
+            let mut data = self.read_once(at, want)?;
+            if verify {
+                let mut agreed = false;
+                for _ in 0..MAX_VERIFY_READS {
+                    let again = self.read_once(at, want)?;
+                    if again == data {
+                        agreed = true;
+                        break;
+                    }
+                    self.read_mismatches += 1;
+                    tracing::debug!("kd: two reads of {at:#x} disagree; reading it again");
+                    data = again;
+                }
+                if !agreed {
+                    return Err(TargetError::Protocol(format!(
+                        "{} reads of {want} bytes at {at:#x} disagree: the link damages data \
+                         in ways its checksum does not catch",
+                        MAX_VERIFY_READS + 1
+                    )));
+                }
             }
-            let got = actual.min(r.data().len()).min(want);
-            if let (Some(dst), Some(src)) = (buf.get_mut(done..done + got), r.data().get(..got)) {
-                dst.copy_from_slice(src);
+            let got = data.len();
+            if let Some(dst) = buf.get_mut(done..done + got) {
+                dst.copy_from_slice(&data);
             }
             done += got;
             if got < want {
@@ -737,6 +865,41 @@ impl KdTarget {
             }
         }
         Ok(done)
+    }
+
+    /// One `ReadVirtualMemory` of up to `want` bytes at `at`: the bytes read. Over KDCOM
+    /// the transfer size halves when the exchange needed a packet again, and doubles when
+    /// it did not.
+    fn read_once(&mut self, at: u64, want: usize) -> Result<Vec<u8>, TargetError> {
+        let troubles = self.troubles + self.link.stats().retransmissions;
+        let damaged = self.damaged;
+        let r = self.request(
+            &ManipulateApi::ReadVirtualMemory(MemoryTransfer {
+                address: at,
+                count: u32::try_from(want).unwrap_or(0),
+                actual: 0,
+            }),
+            Vec::new(),
+        )?;
+        let actual = match r.api() {
+            ManipulateApi::ReadVirtualMemory(t) => usize::try_from(t.actual).unwrap_or(0),
+            _ => 0,
+        };
+        if matches!(self.link, Link::Kdcom { .. }) {
+            let failed = self.troubles + self.link.stats().retransmissions > troubles;
+            self.clean_reads = if self.damaged > damaged {
+                0
+            } else {
+                self.clean_reads.saturating_add(1).min(CLEAN_READS)
+            };
+            self.transfer = if failed {
+                (self.transfer / 2).max(MIN_KDCOM_TRANSFER)
+            } else {
+                self.transfer.saturating_mul(2).min(MAX_TRANSFER)
+            };
+        }
+        let got = actual.min(r.data().len()).min(want);
+        Ok(r.data().get(..got).map(<[u8]>::to_vec).unwrap_or_default())
     }
 
     fn resolve_kdbg(&mut self, list: u64) -> Option<VirtAddr> {
@@ -1108,13 +1271,3 @@ pub(crate) fn open_kdcom(rest: &str) -> Result<BoxedTarget, OpenError> {
         DEFAULT_ATTACH_TIMEOUT,
     )?))
 }
-
-/// The descriptor to wait on ([`super::wait::readable_within`]).
-#[cfg(unix)]
-fn as_fd<T: std::os::fd::AsFd>(io: &T) -> std::os::fd::BorrowedFd<'_> {
-    io.as_fd()
-}
-
-/// Nothing to wait on: the read time-out waits.
-#[cfg(not(unix))]
-fn as_fd<T>(_io: &T) {}

@@ -2,7 +2,7 @@
 //!
 //! A socket's read time-out (`SO_RCVTIMEO`) is rounded up to the kernel's scheduler tick:
 //! with `HZ=250` a 2 ms time-out returns after 4 to 8 ms. KD's retransmission timers go down
-//! to 2 ms, so every lost packet cost up to four times its timer. `ppoll` sleeps on a
+//! to 1 ms (GDB's reply timer to 2 ms), so every lost packet cost up to four times its timer. `ppoll` sleeps on a
 //! high-resolution timer instead; the read time-out stays set as a backstop.
 
 use std::io;
@@ -29,3 +29,13 @@ pub(crate) fn readable_within(fd: std::os::fd::BorrowedFd<'_>, wait: Duration) -
 pub(crate) fn readable_within<T>(_fd: T, _wait: Duration) -> io::Result<bool> {
     Ok(true)
 }
+
+/// The descriptor to wait on ([`readable_within`]).
+#[cfg(unix)]
+pub(crate) fn as_fd<T: std::os::fd::AsFd>(io: &T) -> std::os::fd::BorrowedFd<'_> {
+    io.as_fd()
+}
+
+/// Nothing to wait on: the read time-out waits.
+#[cfg(not(unix))]
+pub(crate) fn as_fd<T>(_io: &T) {}

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use tagsplit::PoolTag;
 use tagsplit::relay::{Relay, RelayConfig};
 use tagsplit::split::{Split, SplitOptions};
-use tagsplit::target::DebugTarget;
 use tagsplit::target::gdb::{GdbOptions, GdbTarget, serve_scenario};
 use tagsplit::target::kd::{KdTarget, KdnetListener};
 use tagsplit::target::sim::SimTarget;
+use tagsplit::target::{DebugTarget, WireStats};
 use tagsplit_protocol::impair::Impairment;
 use tagsplit_protocol::kdnet::Key;
 use tagsplit_target_sim::machine::Machine;
@@ -93,6 +93,8 @@ pub struct Outcome {
     /// Our packets sent again (transport retransmissions, re-sent requests, recovered
     /// runs).
     pub resends: u64,
+    /// The debugger's traffic counters after the split.
+    pub stats: WireStats,
     /// How long the split took (without connecting and the handshake).
     pub took: Duration,
     /// Why it failed, if it did.
@@ -159,6 +161,7 @@ pub fn run(protocol: Protocol, impairment: Impairment, seed: u64, want: &Referen
         verdict_ok: false,
         restored: false,
         resends: 0,
+        stats: WireStats::default(),
         took: Duration::ZERO,
         error: Some(e),
         report: None,
@@ -191,7 +194,8 @@ fn check(
     let t0 = Instant::now();
     let got = split_json(target.as_mut(), name);
     let took = t0.elapsed();
-    let resends = target.stats().map_or(0, |s| s.retransmissions);
+    let stats = target.stats().unwrap_or_default();
+    let resends = stats.retransmissions;
     drop(target);
     let restored = digest() == want.digest;
     match got {
@@ -199,6 +203,7 @@ fn check(
             verdict_ok: report == want.report,
             restored,
             resends,
+            stats,
             took,
             error: None,
             report: Some(report),
@@ -207,6 +212,7 @@ fn check(
             verdict_ok: false,
             restored,
             resends,
+            stats,
             took,
             error: Some(e),
             report: None,
