@@ -112,7 +112,9 @@ fn same_view_as_in_process(features: StubFeatures) {
         stats.round_trips > 5 && stats.bytes_received > stats.round_trips,
         "{stats}"
     );
-    assert_eq!(stats.retransmissions, 0);
+    // No assertion on re-sends: the reply timer's floor is 2 ms, and a machine running
+    // other work can hold a thread longer than that; a copy sent again is harmless, and
+    // what came back is checked above.
     drop(wire);
     drop(stub.shutdown());
 }
