@@ -256,6 +256,9 @@ pub struct TagProbe {
     hashed: bool,
     /// The whole table, when it was read (untrusted tables answer `contains` from it).
     whole: Option<PoolSnapshot>,
+    /// Entries [`contains`](TagProbe::contains) read since the last
+    /// [`usage`](TagProbe::usage) (the table does not change while the target is stopped).
+    stopped: SlotCache,
 }
 
 impl TagProbe {
@@ -272,6 +275,7 @@ impl TagProbe {
             slots: BTreeMap::new(),
             hashed: true,
             whole: None,
+            stopped: SlotCache::default(),
         };
         let mut read = SlotCache::default();
         let bare = anchor.unprotected().to_u32();
@@ -307,12 +311,15 @@ impl TagProbe {
             hashed: slots.is_some(),
             slots: slots.unwrap_or_default(),
             whole: Some(snap.clone()),
+            stopped: SlotCache::default(),
         };
         Ok((probe, snap))
     }
 
     /// Whether the tracker holds `tag` (either `PROTECTED_POOL` variant): probed in a
-    /// trusted table; from the whole read otherwise.
+    /// trusted table; from the whole read otherwise. Entries read here are kept until the
+    /// next [`usage`](TagProbe::usage): ask while the target is stopped (as a split
+    /// chooses its tags), and many questions cost one read per home slot.
     pub fn contains<T: DebugTarget + ?Sized>(
         &mut self,
         target: &mut T,
@@ -324,14 +331,19 @@ impl TagProbe {
             return Ok(whole.contains(tag));
         }
         if self.hashed {
-            let mut read = SlotCache::default();
+            let mut read = std::mem::take(&mut self.stopped);
             let bare = tag.unprotected().to_u32();
+            let mut found = Ok(false);
             for key in [bare, bare | PROTECTED_POOL] {
-                if self.probe(target, &mut read, key)?.is_some() {
-                    return Ok(true);
+                match self.probe(target, &mut read, key) {
+                    Ok(Some(_)) => found = Ok(true),
+                    Ok(None) => continue,
+                    Err(e) => found = Err(e),
                 }
+                break;
             }
-            return Ok(false);
+            self.stopped = read;
+            return found;
         }
         Ok(snapshot_at(target, &self.tables)?.contains(tag))
     }
@@ -354,7 +366,8 @@ impl TagProbe {
         target: &mut T,
         tags: &[PoolTag],
     ) -> Result<Vec<TagUsage>, TargetError> {
-        if self.hashed {
+        self.stopped = SlotCache::default();
+        if self.hashed && !self.cheaper_whole(tags) {
             let mut read = SlotCache::default();
             let mut out = Vec::with_capacity(tags.len());
             'tags: for tag in tags {
@@ -385,6 +398,23 @@ impl TagProbe {
         Ok(tags.iter().map(|t| snap.usage(*t)).collect())
     }
 
+    /// Whether reading the whole table costs less than probing for `tags`: each distinct
+    /// home slot costs a read of up to [`PROBE_CHUNK`] entries, and many small reads cost
+    /// more than a quarter of their bytes in one large one (a split of hundreds of sites).
+    fn cheaper_whole(&self, tags: &[PoolTag]) -> bool {
+        let n = self.tables.track_entries;
+        let homes: std::collections::BTreeSet<u64> = tags
+            .iter()
+            .flat_map(|t| {
+                let bare = t.unprotected().to_u32();
+                [bare, bare | PROTECTED_POOL]
+            })
+            .map(|k| tracker::hash(k, n))
+            .collect();
+        let probed = (homes.len() as u64).saturating_mul(PROBE_CHUNK * tracker::SIZE);
+        probed.saturating_mul(4) > n.saturating_mul(tracker::SIZE)
+    }
+
     /// Probes for `key` from its hash to the first free slot, as the kernel looks it up:
     /// its slot and counters, or `None`.
     fn probe<T: DebugTarget + ?Sized>(
@@ -406,8 +436,8 @@ impl TagProbe {
     }
 }
 
-/// Tracker entries read during one [`TagProbe::usage`], by slot.
-#[derive(Default)]
+/// Tracker entries read during one [`TagProbe::usage`], or between two, by slot.
+#[derive(Clone, Debug, Default)]
 struct SlotCache {
     entries: BTreeMap<u64, (u32, TagUsage)>,
 }
@@ -727,10 +757,16 @@ mod tests {
             anchored.usage(&mut t, &tags5).unwrap(),
             probe.usage(&mut t, &tags5).unwrap()
         );
-        let tags = [*b"Leak", *b"Lea1", *b"Lea2", *b"Proc", *b"Zzzz"].map(PoolTag::new);
+        // Tags of one family share two home slots (bare and protected): probed. Five
+        // unrelated ones in this 64-entry table cost more probing than one whole read.
+        let tags = [*b"Leak", *b"Lea1", *b"Lea2"].map(PoolTag::new);
+        assert!(!probe.cheaper_whole(&tags));
+        assert!(probe.cheaper_whole(&tags5));
         let want: Vec<TagUsage> = tags.iter().map(|g| snap.usage(*g)).collect();
         assert_eq!(probe.usage(&mut t, &tags).unwrap(), want);
         assert_eq!(want[2], TagUsage::default());
+        let want5: Vec<TagUsage> = tags5.iter().map(|g| snap.usage(*g)).collect();
+        assert_eq!(probe.usage(&mut t, &tags5).unwrap(), want5);
         // A tag filed after the probe was made (the split's new tags) is found too.
         file_hashed(&mut t, u32::from_le_bytes(*b"Lea2"), 7);
         let now = probe.usage(&mut t, &tags).unwrap();
