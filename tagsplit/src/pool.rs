@@ -289,31 +289,34 @@ impl TagProbe {
         if found {
             return Ok(probe);
         }
-        Ok(TagProbe::from_whole(target, tables)?.0)
+        TagProbe::from_whole(target, tables)
     }
 
     /// Reads the whole table at `tables` once, checks every entry against the kernel's
     /// hash (at least [`MIN_ENTRIES_FOR_HASH`] occupied, each where probing finds it, no
-    /// key twice), and returns the probe and that whole snapshot.
+    /// key twice); the whole snapshot stays with the probe ([`whole`](TagProbe::whole)).
     pub fn from_whole<T: DebugTarget + ?Sized>(
         target: &mut T,
         tables: PoolTables,
-    ) -> Result<(TagProbe, PoolSnapshot), TargetError> {
+    ) -> Result<TagProbe, TargetError> {
         let raw = read_table(target, &tables)?;
         let keys: Vec<u32> = raw
             .chunks_exact(tracker::SIZE as usize)
             .map(|e| TagUsage::parse(e).map_or(0, |(k, _)| k))
             .collect();
         let slots = hashed_slots(&keys);
-        let snap = parse_table(&raw);
-        let probe = TagProbe {
+        Ok(TagProbe {
             tables,
             hashed: slots.is_some(),
             slots: slots.unwrap_or_default(),
-            whole: Some(snap.clone()),
+            whole: Some(parse_table(&raw)),
             stopped: SlotCache::default(),
-        };
-        Ok((probe, snap))
+        })
+    }
+
+    /// The whole table as [`from_whole`](TagProbe::from_whole) read it, when it did.
+    pub fn whole(&self) -> Option<&PoolSnapshot> {
+        self.whole.as_ref()
     }
 
     /// Whether the tracker holds `tag` (either `PROTECTED_POOL` variant): probed in a
@@ -332,16 +335,7 @@ impl TagProbe {
         }
         if self.hashed {
             let mut read = std::mem::take(&mut self.stopped);
-            let bare = tag.unprotected().to_u32();
-            let mut found = Ok(false);
-            for key in [bare, bare | PROTECTED_POOL] {
-                match self.probe(target, &mut read, key) {
-                    Ok(Some(_)) => found = Ok(true),
-                    Ok(None) => continue,
-                    Err(e) => found = Err(e),
-                }
-                break;
-            }
+            let found = self.holds(target, &mut read, tag);
             self.stopped = read;
             return found;
         }
@@ -413,6 +407,22 @@ impl TagProbe {
             .collect();
         let probed = (homes.len() as u64).saturating_mul(PROBE_CHUNK * tracker::SIZE);
         probed.saturating_mul(4) > n.saturating_mul(tracker::SIZE)
+    }
+
+    /// Whether probing finds either `PROTECTED_POOL` variant of `tag`.
+    fn holds<T: DebugTarget + ?Sized>(
+        &self,
+        target: &mut T,
+        read: &mut SlotCache,
+        tag: PoolTag,
+    ) -> Result<bool, TargetError> {
+        let bare = tag.unprotected().to_u32();
+        for key in [bare, bare | PROTECTED_POOL] {
+            if self.probe(target, read, key)?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Probes for `key` from its hash to the first free slot, as the kernel looks it up:
@@ -750,7 +760,8 @@ mod tests {
         // A tag the table never held: the whole table is read and checked instead.
         let checked = TagProbe::new(&mut t, tables, PoolTag::new(*b"Zzzz")).unwrap();
         assert!(checked.is_hashed());
-        let (mut probe, snap) = TagProbe::from_whole(&mut t, tables).unwrap();
+        let mut probe = TagProbe::from_whole(&mut t, tables).unwrap();
+        let snap = probe.whole().unwrap().clone();
         assert!(probe.is_hashed());
         let tags5 = [*b"Leak", *b"Lea1", *b"Lea2", *b"Proc", *b"Zzzz"].map(PoolTag::new);
         assert_eq!(
@@ -789,7 +800,7 @@ mod tests {
         // The fake kernel files tags from slot 0 on, not by the kernel's hash.
         let mut t = fake_kernel();
         let tables = locate(&mut t).unwrap();
-        let (mut probe, _) = TagProbe::from_whole(&mut t, tables).unwrap();
+        let mut probe = TagProbe::from_whole(&mut t, tables).unwrap();
         assert!(!probe.is_hashed());
         // Probing for the split's tag from its hash does not find it there either.
         let mut anchored = TagProbe::new(&mut t, tables, PoolTag::new(*b"Leak")).unwrap();

@@ -537,12 +537,13 @@ impl GdbTarget {
             return self.wait_reply(deadline);
         }
         let bytes = exchange_bytes(cmd);
+        let work = work_allowance(cmd);
         let mut nudges = 0u32;
         loop {
             let timer = self
                 .rtt
                 .timeout(&REPLY_TIMER, bytes)
-                .saturating_add(work_allowance(cmd).unwrap_or_default())
+                .saturating_add(work.unwrap_or_default())
                 .max(REPLY_NUDGE);
             let step = (Instant::now() + timer).min(deadline);
             match self.wait_reply(step) {
@@ -563,7 +564,7 @@ impl GdbTarget {
                     }
                 }
                 Ok(r) => {
-                    if nudges == 0 && work_allowance(cmd).is_none() {
+                    if nudges == 0 && work.is_none() {
                         self.rtt.sample(sent.elapsed(), bytes);
                     }
                     return Ok(r);

@@ -83,13 +83,6 @@ pub enum VerifyReads {
     Never,
 }
 
-/// Which link a target is attached over (for defaults).
-#[derive(Clone, Copy)]
-enum LinkKind {
-    Kdcom,
-    Kdnet,
-}
-
 enum Link {
     Kdcom {
         stream: TcpStream,
@@ -119,7 +112,6 @@ impl Link {
         }
     }
 
-    /// When the session's next retransmission (or poke) is due, on its clock.
     /// The retransmission timer for a maximal packet now.
     fn retry_timer(&self) -> Duration {
         let len = tagsplit_protocol::kd::stream::MAX_BUFFERED;
@@ -129,6 +121,7 @@ impl Link {
         }
     }
 
+    /// When the session's next retransmission (or poke) is due, on its clock.
     fn next_timeout(&self) -> Option<Duration> {
         match self {
             Link::Kdcom { session, .. } => session.poll_timeout(),
@@ -486,9 +479,10 @@ impl KdTarget {
     }
 
     fn attach(link: Link, spec: String, timeout: Duration) -> Result<KdTarget, TargetError> {
-        let link_kind = match link {
-            Link::Kdcom { .. } => LinkKind::Kdcom,
-            Link::Kdnet { .. } => LinkKind::Kdnet,
+        // KDNET is authenticated: nothing to read twice.
+        let verify = match link {
+            Link::Kdcom { .. } => VerifyReads::WhileDamaged,
+            Link::Kdnet { .. } => VerifyReads::Never,
         };
         let mut t = KdTarget {
             link,
@@ -513,11 +507,7 @@ impl KdTarget {
             last_heard: Instant::now(),
             troubles: 0,
             transfer: MAX_TRANSFER,
-            verify: if matches!(link_kind, LinkKind::Kdcom) {
-                VerifyReads::WhileDamaged
-            } else {
-                VerifyReads::Never
-            },
+            verify,
             read_mismatches: 0,
             clean_reads: CLEAN_READS,
             damaged: 0,
