@@ -187,7 +187,10 @@ pub fn encode_hex_packet_into(data: &[u8], rle: bool, out: &mut Vec<u8>) {
 }
 
 /// Bytes of data [`RunStarts`] tests per step.
-const RUN_BLOCK: usize = 32;
+const RUN_BLOCK: usize = 64;
+
+/// A block with the byte before it and the byte after it.
+const RUN_WINDOW: usize = RUN_BLOCK + 2;
 
 /// Whether a run of four or more equal hex digits starts at digit `2k - 1` or `2k` of
 /// the hex of some data, from its bytes `k - 1` (`prev`, `None` at the start), `k` (`x`)
@@ -199,22 +202,31 @@ fn run_start(prev: Option<u8>, x: u8, next: u8) -> bool {
     x >> 4 == n && next >> 4 == n && (prev.is_some_and(|p| p & 0xf == n) || next & 0xf == n)
 }
 
-/// Whether [`run_start`] holds for any of the [`RUN_BLOCK`] bytes `x`. Branch-free over
-/// fixed-size arrays, so the compiler vectorises it; blocks without a run (nearly all of
-/// them in data that is not mostly runs) cost a few vector instructions.
-fn block_has_run_start(
-    prev: &[u8; RUN_BLOCK],
-    x: &[u8; RUN_BLOCK],
-    next: &[u8; RUN_BLOCK],
-) -> bool {
+/// Whether [`run_start`] holds for any of the [`RUN_BLOCK`] bytes in the middle of
+/// `window`. The same test, phrased as whole-byte compares so that it vectorises into
+/// few instructions: `x` has two equal digits, and either `next` equals `x` or the
+/// second digit of `prev` and the first of `next` equal those of `x`. Blocks without a
+/// run (nearly all in data that is not mostly runs) cost a few vector instructions.
+fn block_has_run_start(window: &[u8; RUN_WINDOW]) -> bool {
+    let prev = window.first_chunk::<RUN_BLOCK>();
+    let x = window.get(1..).and_then(<[u8]>::first_chunk::<RUN_BLOCK>);
+    let next = window.last_chunk::<RUN_BLOCK>();
+    let (Some(prev), Some(x), Some(next)) = (prev, x, next) else {
+        return true;
+    };
     let mut any = 0u8;
     for ((&p, &x), &y) in prev.iter().zip(x).zip(next) {
-        let n = x & 0xf;
-        any |= u8::from(x >> 4 == n)
-            & u8::from(y >> 4 == n)
-            & (u8::from(p & 0xf == n) | u8::from(y & 0xf == n));
+        any |= run_start_bytewise(p, x, y);
     }
     any != 0
+}
+
+/// [`run_start`] with a byte before `x`, as whole-byte compares (1 or 0).
+#[inline(always)]
+fn run_start_bytewise(prev: u8, x: u8, next: u8) -> u8 {
+    let doubled = (x ^ (x >> 4)) & 0xf == 0;
+    let around = (prev & 0x0f) | (next & 0xf0);
+    u8::from(doubled) & (u8::from(x == next) | u8::from(x == around))
 }
 
 /// The bytes of some data where runs of hex digits start (see [`run_start`]), in order,
@@ -223,7 +235,7 @@ struct RunStarts<'a> {
     data: &'a [u8],
     /// The block being looked at starts here; `mask` holds its starts not yet returned.
     block: usize,
-    mask: u32,
+    mask: u64,
 }
 
 impl<'a> RunStarts<'a> {
@@ -237,32 +249,76 @@ impl<'a> RunStarts<'a> {
         starts
     }
 
+    /// The block at `at` with its neighbouring bytes, unless it is the first block
+    /// (no byte before it) or the tail (no whole block and byte after it).
+    fn window(&self, at: usize) -> Option<&'a [u8; RUN_WINDOW]> {
+        let data: &'a [u8] = self.data;
+        data.get(at.checked_sub(1)?..)?.first_chunk::<RUN_WINDOW>()
+    }
+
+    /// The window of the first block or the tail, padded with bytes that start no run
+    /// and make none start: before the data, the first byte with its second digit
+    /// changed (so only `next` can make byte 0 a start, as [`run_start`] says); after
+    /// it, a byte without two equal digits whose first digit differs from the last
+    /// byte's.
+    fn padded_window(&self, at: usize) -> [u8; RUN_WINDOW] {
+        let first = self.data.first().map_or(0, |b| b ^ 0x01);
+        let after = match self.data.last() {
+            Some(last) if last >> 4 == 0 => 0x12,
+            _ => 0x01,
+        };
+        let mut window = [after; RUN_WINDOW];
+        let (slots, from) = match (window.split_first_mut(), at.checked_sub(1)) {
+            (Some((before, rest)), None) => {
+                *before = first;
+                (rest, 0)
+            }
+            (_, from) => (window.as_mut_slice(), from.unwrap_or(0)),
+        };
+        let bytes = self.data.get(from..).unwrap_or_default();
+        for (slot, &b) in slots.iter_mut().zip(bytes) {
+            *slot = b;
+        }
+        window
+    }
+
+    /// Whether the block at `at` may hold a run start (exact for its bytes; the
+    /// vector test of [`block_has_run_start`]).
+    fn may_start(&self, at: usize) -> bool {
+        match self.window(at) {
+            Some(window) => block_has_run_start(window),
+            None => block_has_run_start(&self.padded_window(at)),
+        }
+    }
+
+    /// The first block from `at` on that may hold a run start: a tight loop of vector
+    /// tests over whole blocks, stopping at the tail.
+    fn skip_clean_blocks(&self, mut at: usize) -> usize {
+        while let Some(window) = self.window(at) {
+            if block_has_run_start(window) {
+                break;
+            }
+            at += RUN_BLOCK;
+        }
+        at
+    }
+
     /// The run starts of the block at `self.block`: a vector test of the whole block,
-    /// then byte by byte where it finds one (and in the first block, which has no byte
-    /// before it, and the tail).
+    /// then byte by byte where it finds one.
     fn load(&mut self) {
         let i = self.block;
-        let chunk = |at: usize| {
-            self.data
-                .get(at..)
-                .and_then(|s| s.first_chunk::<RUN_BLOCK>())
-        };
-        let whole = match (i.checked_sub(1).and_then(chunk), chunk(i), chunk(i + 1)) {
-            (Some(prev), Some(x), Some(next)) => Some(block_has_run_start(prev, x, next)),
-            _ => None,
-        };
-        self.mask = if whole == Some(false) {
-            0
-        } else {
-            (0..RUN_BLOCK).fold(0, |m, j| {
-                let k = i + j;
-                let prev = k.checked_sub(1).and_then(|p| self.data.get(p)).copied();
-                match (self.data.get(k), self.data.get(k + 1)) {
-                    (Some(&x), Some(&next)) if run_start(prev, x, next) => m | (1 << j),
-                    _ => m,
-                }
-            })
-        };
+        if !self.may_start(i) {
+            self.mask = 0;
+            return;
+        }
+        self.mask = (0..RUN_BLOCK).fold(0, |m, j| {
+            let k = i + j;
+            let prev = k.checked_sub(1).and_then(|p| self.data.get(p)).copied();
+            match (self.data.get(k), self.data.get(k + 1)) {
+                (Some(&x), Some(&next)) if run_start(prev, x, next) => m | (1 << j),
+                _ => m,
+            }
+        });
     }
 
     /// The next run start at or after byte `from`.
@@ -275,7 +331,7 @@ impl<'a> RunStarts<'a> {
             }
             if from > self.block {
                 let below = from - self.block;
-                self.mask &= u32::MAX.checked_shl(below as u32).unwrap_or(0);
+                self.mask &= u64::MAX.checked_shl(below as u32).unwrap_or(0);
             }
             if self.mask != 0 {
                 let k = self.block + self.mask.trailing_zeros() as usize;
@@ -285,7 +341,7 @@ impl<'a> RunStarts<'a> {
             if self.block.saturating_add(RUN_BLOCK) >= self.data.len() {
                 return None;
             }
-            self.block += RUN_BLOCK;
+            self.block = self.skip_clean_blocks(self.block + RUN_BLOCK);
             self.load();
         }
     }
@@ -730,6 +786,45 @@ enum Step {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs at the very start and end of every length around the block size (the
+    /// padded first block and tail) are found as the generic encoder finds them.
+    #[test]
+    fn runs_at_the_edges_of_blocks_are_found() {
+        let fills: [&[u8]; 5] = [&[0x12, 0x34], &[0x11], &[0x01, 0x10], &[0xaa, 0xa0], &[0x0a]];
+        for len in 0..3 * RUN_BLOCK + 3 {
+            for edge in fills {
+                for body in fills {
+                    let data: Vec<u8> = (0..len)
+                        .map(|i| {
+                            let pick = if i < 3 || i + 3 >= len { edge } else { body };
+                            pick.get(i % pick.len()).copied().unwrap_or(0)
+                        })
+                        .collect();
+                    let hex = crate::gdb::hex::encode_hex(&data);
+                    let mut got = Vec::new();
+                    encode_hex_packet_into(&data, true, &mut got);
+                    assert_eq!(got, encode_packet(&hex, true), "{data:02x?}");
+                }
+            }
+        }
+    }
+
+    /// The whole-byte form of the run test is the digit form, for every three bytes.
+    #[test]
+    fn the_vector_run_test_is_the_digit_test() {
+        for prev in 0..=255u8 {
+            for x in 0..=255u8 {
+                for next in 0..=255u8 {
+                    assert_eq!(
+                        run_start_bytewise(prev, x, next) == 1,
+                        run_start(Some(prev), x, next),
+                        "{prev:02x} {x:02x} {next:02x}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn encodes_a_plain_packet() {

@@ -533,6 +533,24 @@ impl Keys {
     /// same keys: no data key yet, a payload over [`MAX_PAYLOAD`], a sequence number
     /// over 56 bits ([`Message::plaintext`] shares open's checks).
     pub fn seal(&self, msg: &Message) -> Result<Vec<u8>, KdnetError> {
+        let mut out = Vec::with_capacity(msg.buffer_len());
+        self.seal_into(msg, &mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`seal`](Self::seal), but writes the datagram into `out` (cleared first), so a
+    /// caller that sends many datagrams reuses one buffer and allocates nothing once it
+    /// has grown. On an error `out` is left empty.
+    pub fn seal_into(&self, msg: &Message, out: &mut Vec<u8>) -> Result<(), KdnetError> {
+        out.clear();
+        let result = self.seal_appending(msg, out);
+        if result.is_err() {
+            out.clear();
+        }
+        result
+    }
+
+    fn seal_appending(&self, msg: &Message, out: &mut Vec<u8>) -> Result<(), KdnetError> {
         let cipher = self.cipher_for(msg.channel)?;
         let header = [
             MAGIC[0],
@@ -543,9 +561,9 @@ impl Keys {
             msg.channel.value(),
         ];
         // Header, plaintext and tag in one buffer; the plaintext is encrypted in place.
-        let mut out = Vec::with_capacity(msg.buffer_len());
+        out.reserve(msg.buffer_len());
         out.extend_from_slice(&header);
-        msg.plaintext_into(&mut out)?;
+        msg.plaintext_into(out)?;
         let body = out.get_mut(HEADER_LEN..).ok_or(KdnetError::BadTag)?;
         let tag = self.tag(&header, body)?;
         let len = body.len();
@@ -553,7 +571,7 @@ impl Keys {
             .encrypt_padded_mut::<NoPadding>(body, len)
             .map_err(|_| KdnetError::BadLength(len))?;
         out.extend_from_slice(&tag);
-        Ok(out)
+        Ok(())
     }
 
     /// Decrypts a datagram and verifies its tag (in constant time).
@@ -702,6 +720,27 @@ mod tests {
         let wide = Message::new(Channel::Control, 4, MAX_SEQ + 1, false, vec![1]);
         assert_eq!(keys.seal(&wide), Err(KdnetError::BadSequence(MAX_SEQ + 1)));
         assert_eq!(keys.open(&seal_unchecked(&keys, &wide)).unwrap().seq, 0);
+    }
+
+    #[test]
+    fn seal_into_reuses_its_buffer_and_is_empty_after_a_refusal() {
+        let keys = Keys::new("1.2.3.4".parse().unwrap());
+        let mut out = vec![0xee; 3];
+        for len in [0, 1, 37, 500] {
+            let msg = Message::new(Channel::Control, 4, len as u64, true, vec![7; len]);
+            keys.seal_into(&msg, &mut out).unwrap();
+            assert_eq!(out, keys.seal(&msg).unwrap());
+            assert_eq!(keys.open(&out).unwrap(), msg);
+        }
+        let wide = Message::new(Channel::Control, 4, MAX_SEQ + 1, false, vec![1]);
+        assert_eq!(
+            keys.seal_into(&wide, &mut out),
+            Err(KdnetError::BadSequence(MAX_SEQ + 1))
+        );
+        assert!(out.is_empty());
+        let data = Message::new(Channel::Data, 4, 1, false, vec![1]);
+        assert_eq!(keys.seal_into(&data, &mut out), Err(KdnetError::NoDataKey));
+        assert!(out.is_empty());
     }
 
     fn key_hex(s: &str) -> String {
