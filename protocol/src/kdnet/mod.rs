@@ -509,11 +509,12 @@ impl Keys {
         self.data_aes = Some(<aes::Aes256 as KeyInit>::new(&key.into()));
     }
 
-    /// The AES-256 cipher (key schedule done) for `channel`.
-    fn cipher_for(&self, channel: Channel) -> Result<aes::Aes256, KdnetError> {
+    /// The AES-256 cipher (key schedule done) for `channel`, borrowed: callers clone it
+    /// straight into the CBC mode, so the large key schedule is copied once.
+    fn cipher_for(&self, channel: Channel) -> Result<&aes::Aes256, KdnetError> {
         match channel {
-            Channel::Control => Ok(self.initial_aes.clone()),
-            Channel::Data => self.data_aes.clone().ok_or(KdnetError::NoDataKey),
+            Channel::Control => Ok(&self.initial_aes),
+            Channel::Data => self.data_aes.as_ref().ok_or(KdnetError::NoDataKey),
         }
     }
 
@@ -567,7 +568,7 @@ impl Keys {
         let body = out.get_mut(HEADER_LEN..).ok_or(KdnetError::BadTag)?;
         let tag = self.tag(&header, body)?;
         let len = body.len();
-        Aes256CbcEnc::inner_iv_init(cipher, (&tag).into())
+        Aes256CbcEnc::inner_iv_init(cipher.clone(), (&tag).into())
             .encrypt_padded_mut::<NoPadding>(body, len)
             .map_err(|_| KdnetError::BadLength(len))?;
         out.extend_from_slice(&tag);
@@ -602,7 +603,7 @@ impl Keys {
         iv.copy_from_slice(d.tag());
         let mut plain = d.body().to_vec();
         let len = plain.len();
-        Aes256CbcDec::inner_iv_init(cipher, (&iv).into())
+        Aes256CbcDec::inner_iv_init(cipher.clone(), (&iv).into())
             .decrypt_padded_mut::<NoPadding>(&mut plain)
             .map_err(|_| KdnetError::BadLength(len))?;
         let tag = self.tag(d.header(), &plain)?;
