@@ -6,7 +6,7 @@
 //! and writes that run into an unmapped page stop there and report how many bytes were
 //! done and the first bad address, like a real target does.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -19,6 +19,8 @@ use crate::types::VirtAddr;
 const PAGE: usize = PAGE_SIZE as usize;
 /// Mask of the offset within a page.
 const PAGE_MASK: u64 = PAGE_SIZE - 1;
+/// Pages per chunk of the page slab (256 KiB of host memory, allocated zeroed).
+const CHUNK_PAGES: usize = 64;
 
 /// Page protection bits (read, write, execute).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -111,10 +113,66 @@ impl Region {
 pub struct Memory {
     /// Mapped regions keyed by start address; never overlapping.
     regions: BTreeMap<u64, Region>,
-    /// Materialised pages keyed by page address (a hash map: every access looks one up).
-    pages: HashMap<u64, Box<[u8]>, FastHash>,
-    /// The addresses of the materialised pages, in order (for search and digest).
-    page_order: BTreeSet<u64>,
+    /// The bytes of the materialised pages.
+    slab: Slab,
+    /// Page address -> slab index of each materialised page (a hash map: every access
+    /// looks one up).
+    pages: HashMap<u64, usize, FastHash>,
+    /// The same, in address order: search and digest walk it and reach the pages' bytes
+    /// with no hash probe per page.
+    page_order: BTreeMap<u64, usize>,
+}
+
+/// The materialised pages' bytes, in chunks of [`CHUNK_PAGES`] pages: page `i` is page
+/// `i % CHUNK_PAGES` of chunk `i / CHUNK_PAGES`, so pages materialised one after another
+/// lie side by side in host memory. Pages are only ever added (regions are never
+/// unmapped).
+#[derive(Clone, Debug, Default)]
+struct Slab {
+    /// Zero-filled when allocated (by `calloc`: the host touches a page when it is
+    /// written).
+    chunks: Vec<Box<[u8]>>,
+    /// Pages handed out.
+    len: usize,
+}
+
+impl Slab {
+    /// A new zero-filled page; returns its index.
+    fn push(&mut self) -> usize {
+        let i = self.len;
+        if i.is_multiple_of(CHUNK_PAGES) {
+            self.chunks
+                .push(vec![0u8; CHUNK_PAGES * PAGE].into_boxed_slice());
+        }
+        self.len += 1;
+        i
+    }
+
+    /// The bytes of the `n` pages from index `first`, when they lie in one chunk.
+    fn pages(&self, first: usize, n: usize) -> Option<&[u8]> {
+        let off = first % CHUNK_PAGES * PAGE;
+        self.chunks
+            .get(first / CHUNK_PAGES)?
+            .get(off..off.checked_add(n.checked_mul(PAGE)?)?)
+    }
+
+    /// The bytes of page `i`.
+    fn page(&self, i: usize) -> Option<&[u8]> {
+        self.pages(i, 1)
+    }
+
+    /// The bytes of page `i`, writable.
+    fn page_mut(&mut self, i: usize) -> Option<&mut [u8]> {
+        let off = i % CHUNK_PAGES * PAGE;
+        self.chunks
+            .get_mut(i / CHUNK_PAGES)?
+            .get_mut(off..off + PAGE)
+    }
+
+    /// Whether pages `i` and `i + 1` lie side by side (in one chunk).
+    fn adjacent(i: usize) -> bool {
+        !(i + 1).is_multiple_of(CHUNK_PAGES)
+    }
 }
 
 impl Memory {
@@ -177,7 +235,6 @@ impl Memory {
     /// Reads `buf.len()` bytes at `addr`. Needs readable pages; never-written pages read
     /// as zeros. On failure the leading `done` bytes of `buf` are filled.
     pub fn read(&self, addr: VirtAddr, buf: &mut [u8]) -> Result<(), MemError> {
-        let pages = &self.pages;
         walk(
             &self.regions,
             addr,
@@ -185,7 +242,7 @@ impl Memory {
             Prot::readable,
             |page, off, done, n| {
                 let dst = buf.get_mut(done..done + n).ok_or(MemErrorKind::BadRange)?;
-                match pages.get(&page).and_then(|p| p.get(off..off + n)) {
+                match self.written(page + off as u64, n) {
                     Some(src) => dst.copy_from_slice(src),
                     None => dst.fill(0),
                 }
@@ -211,6 +268,7 @@ impl Memory {
         data: &[u8],
         allowed: fn(Prot) -> bool,
     ) -> Result<(), MemError> {
+        let slab = &mut self.slab;
         let pages = &mut self.pages;
         let order = &mut self.page_order;
         walk(
@@ -220,11 +278,15 @@ impl Memory {
             allowed,
             |page, off, done, n| {
                 let src = data.get(done..done + n).ok_or(MemErrorKind::BadRange)?;
-                let p = pages.entry(page).or_insert_with(|| {
-                    order.insert(page);
-                    vec![0u8; PAGE].into_boxed_slice()
+                let i = *pages.entry(page).or_insert_with(|| {
+                    let i = slab.push();
+                    order.insert(page, i);
+                    i
                 });
-                let dst = p.get_mut(off..off + n).ok_or(MemErrorKind::BadRange)?;
+                let dst = slab
+                    .page_mut(i)
+                    .and_then(|p| p.get_mut(off..off + n))
+                    .ok_or(MemErrorKind::BadRange)?;
                 dst.copy_from_slice(src);
                 Ok(())
             },
@@ -235,18 +297,22 @@ impl Memory {
     /// written (materialised); `None` otherwise. No protection check: for the pool's own
     /// tables and blocks, in regions it mapped read-write itself (regions are never
     /// unmapped nor re-protected, so a written page stays mapped as it was).
+    #[inline]
     pub(crate) fn written(&self, addr: u64, len: usize) -> Option<&[u8]> {
         let page = addr & !PAGE_MASK;
         let off = (addr - page) as usize;
-        self.pages.get(&page)?.get(off..off.checked_add(len)?)
+        self.slab
+            .page(*self.pages.get(&page)?)?
+            .get(off..off.checked_add(len)?)
     }
 
     /// [`written`](Self::written), writable.
+    #[inline]
     pub(crate) fn written_mut(&mut self, addr: u64, len: usize) -> Option<&mut [u8]> {
         let page = addr & !PAGE_MASK;
         let off = (addr - page) as usize;
-        self.pages
-            .get_mut(&page)?
+        self.slab
+            .page_mut(*self.pages.get(&page)?)?
             .get_mut(off..off.checked_add(len)?)
     }
 
@@ -313,22 +379,33 @@ impl Memory {
                 s.carry.clear();
             }
             // The materialised pages of the range in address order (one walk of the
-            // ordered set); the gaps between them read as zeros.
+            // ordered index), in runs of pages that are contiguous both in the address
+            // space and in the slab, each searched as one slice; the gaps between them
+            // read as zeros.
             let mut pos = lo;
-            for &page in self.page_order.range(lo & !PAGE_MASK..hi) {
-                let Some(p) = self.pages.get(&page) else {
-                    continue;
-                };
+            let mut walk = self.page_order.range(lo & !PAGE_MASK..hi).peekable();
+            while let Some((&page, &first)) = walk.next() {
+                let mut n = 1usize;
+                while let Some(&(&p, &i)) = walk.peek()
+                    && p - page == n as u64 * PAGE_SIZE
+                    && i == first + n
+                    && Slab::adjacent(i - 1)
+                {
+                    n += 1;
+                    walk.next();
+                }
                 if page > pos {
                     s.zeros(pos, page - pos);
                     pos = page;
                 }
-                let chunk_end = (page + PAGE_SIZE).min(hi);
-                let bytes = p
-                    .get((pos - page) as usize..(chunk_end - page) as usize)
-                    .unwrap_or(&[]);
+                let run_end = (page + n as u64 * PAGE_SIZE).min(hi);
+                let bytes = self
+                    .slab
+                    .pages(first, n)
+                    .and_then(|p| p.get((pos - page) as usize..(run_end - page) as usize))
+                    .unwrap_or_default();
                 s.scan(pos, bytes);
-                pos = chunk_end;
+                pos = run_end;
                 if s.hits.len() >= max_hits {
                     s.hits.truncate(max_hits);
                     return s.hits;
@@ -364,7 +441,7 @@ impl Memory {
         for (addr, p) in self
             .page_order
             .iter()
-            .filter_map(|a| Some((a, self.pages.get(a)?)))
+            .filter_map(|(a, &i)| Some((a, self.slab.page(i)?)))
         {
             if p.iter().any(|&b| b != 0) {
                 eat(&addr.to_le_bytes());
@@ -677,6 +754,151 @@ mod tests {
         let h = m.search(VirtAddr(BASE), VirtAddr(BASE + 2 * PAGE_SIZE), b"MZ", 4);
         assert_eq!(h, vec![VirtAddr(BASE + PAGE_SIZE - 1)]);
     }
+
+    /// Every occurrence of `pattern` (overlapping ones included) in `[start, end)`, read
+    /// out flat: the reference for `search` over fully mapped, readable ranges.
+    fn flat_search(m: &Memory, start: u64, end: u64, pattern: &[u8]) -> Vec<VirtAddr> {
+        let mut buf = vec![0u8; (end - start) as usize];
+        m.read(VirtAddr(start), &mut buf).unwrap();
+        buf.windows(pattern.len())
+            .enumerate()
+            .filter(|(_, w)| *w == pattern)
+            .map(|(i, _)| VirtAddr(start + i as u64))
+            .collect()
+    }
+
+    /// Three slab chunks' worth of pages, materialised so that the slab has a run across
+    /// a chunk boundary (pages 0 to 69 in order), pages adjacent in memory but not in the
+    /// slab (80 to 99, materialised backwards) and holes (70 to 79, 100 on).
+    fn slab_memory() -> (Memory, u64) {
+        let pages = 3 * CHUNK_PAGES as u64;
+        let mut m = Memory::new();
+        m.map(VirtAddr(BASE), pages * PAGE_SIZE, Prot::RW).unwrap();
+        for p in (0..70).chain((80..100).rev()) {
+            m.write(VirtAddr(BASE + p * PAGE_SIZE + 7), &[p as u8 | 0x80])
+                .unwrap();
+        }
+        (m, BASE + pages * PAGE_SIZE)
+    }
+
+    #[test]
+    fn search_straddles_slab_runs_chunks_and_holes() {
+        let (mut m, end) = slab_memory();
+        let at = |page: u64, back: u64| BASE + page * PAGE_SIZE - back;
+        // Across pages inside a run (62 and 63), across the chunk boundary that ends a run
+        // (pages 63 and 64 are slab pages 63 and 64, in two chunks), across pages
+        // materialised backwards (one run each), at the start and the end of a run.
+        for (page, back) in [(2, 1), (63, 1), (64, 3), (85, 2), (99, 3), (80, 0), (70, 4)] {
+            m.write(VirtAddr(at(page, back)), b"Leak").unwrap();
+        }
+        let want = [(2, 1), (63, 1), (64, 3), (70, 4), (80, 0), (85, 2), (99, 3)]
+            .map(|(p, b)| VirtAddr(at(p, b)));
+        assert_eq!(m.search(VirtAddr(BASE), VirtAddr(end), b"Leak", 100), want);
+        assert_eq!(flat_search(&m, BASE, end, b"Leak"), want);
+        // The searches stop at the range's ends and at `max_hits`, mid-run.
+        assert_eq!(
+            m.search(VirtAddr(at(64, 3)), VirtAddr(at(64, 3) + 4), b"Leak", 9),
+            [VirtAddr(at(64, 3))]
+        );
+        assert!(
+            m.search(VirtAddr(at(64, 3)), VirtAddr(at(64, 3) + 3), b"Leak", 9)
+                .is_empty()
+        );
+        assert_eq!(
+            m.search(VirtAddr(BASE), VirtAddr(end), b"Leak", 3),
+            want.get(..3).unwrap()
+        );
+        // A pattern that runs from a run's last page into a hole (zeros).
+        m.write(VirtAddr(at(70, 1)), b"k").unwrap();
+        let kz = [b'k', 0, 0];
+        assert_eq!(
+            m.search(VirtAddr(BASE), VirtAddr(end), &kz, 100),
+            flat_search(&m, BASE, end, &kz)
+        );
+    }
+
+    #[test]
+    fn search_agrees_with_a_flat_copy_across_the_slab() {
+        let (mut m, end) = slab_memory();
+        // Pseudo-random bytes from a small alphabet, so patterns recur and straddle.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..3000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let page = [1, 2, 62, 63, 64, 65, 69, 80, 81, 98, 99, 150][(x % 12) as usize];
+            let off = (x >> 8) % (PAGE_SIZE + 8);
+            let addr = (BASE + page * PAGE_SIZE + off).saturating_sub(4);
+            m.write(VirtAddr(addr), &[(x >> 20) as u8 % 3; 3]).unwrap();
+        }
+        let mut found = 0;
+        for pattern in [&[0u8, 1][..], &[1, 1, 2], &[0; 5], &[2], &[0x82, 0]] {
+            let want = flat_search(&m, BASE, end, pattern);
+            found += want.len();
+            assert_eq!(
+                m.search(VirtAddr(BASE), VirtAddr(end), pattern, usize::MAX),
+                want,
+                "{pattern:?}"
+            );
+            let lo = BASE + 62 * PAGE_SIZE + 5;
+            let hi = BASE + 99 * PAGE_SIZE + 3;
+            assert_eq!(
+                m.search(VirtAddr(lo), VirtAddr(hi), pattern, usize::MAX),
+                flat_search(&m, lo, hi, pattern),
+                "{pattern:?}"
+            );
+        }
+        assert!(found > 1000, "{found}");
+    }
+
+    /// The digest as documented: FNV-1a 64 over each region's start, end and protection,
+    /// then the address and bytes of each non-zero page, in address order.
+    fn reference_digest(m: &Memory) -> u64 {
+        let mut bytes = Vec::new();
+        for r in m.regions() {
+            bytes.extend_from_slice(&r.start.0.to_le_bytes());
+            bytes.extend_from_slice(&r.end.0.to_le_bytes());
+            bytes.push(r.prot.0);
+            let mut page = vec![0u8; PAGE];
+            for a in (r.start.0..r.end.0).step_by(PAGE) {
+                m.read(VirtAddr(a), &mut page).unwrap();
+                if page.iter().any(|&b| b != 0) {
+                    bytes.extend_from_slice(&a.to_le_bytes());
+                    bytes.extend_from_slice(&page);
+                }
+            }
+        }
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    }
+
+    #[test]
+    fn digest_follows_addresses_not_materialisation_order() {
+        let (m, _) = slab_memory();
+        assert_eq!(m.digest(), reference_digest(&m));
+        // The same contents written in another order: another slab, the same digest.
+        let mut other = Memory::new();
+        other
+            .map(VirtAddr(BASE), 3 * CHUNK_PAGES as u64 * PAGE_SIZE, Prot::RW)
+            .unwrap();
+        for p in (0..100).rev().filter(|p| !(70..80).contains(p)) {
+            other
+                .write(VirtAddr(BASE + p * PAGE_SIZE + 7), &[p as u8 | 0x80])
+                .unwrap();
+        }
+        // A page written with zeros only is materialised but not digested.
+        other
+            .write(VirtAddr(BASE + 150 * PAGE_SIZE), &[0; 9])
+            .unwrap();
+        assert_eq!(other.materialized_pages(), m.materialized_pages() + 1);
+        assert_eq!(other.digest(), m.digest());
+        // The value the page map gave before the slab (pinned).
+        assert_eq!(m.digest(), DIGEST_BEFORE_SLAB);
+    }
+
+    /// `slab_memory().0.digest()` as computed by the hash-map-of-pages memory.
+    const DIGEST_BEFORE_SLAB: u64 = 0x5f4c_eafe_1d50_19b1;
 }
 
 #[cfg(test)]

@@ -298,14 +298,21 @@ fn update<const N: usize>(
     addr: u64,
     f: impl FnOnce([u8; N]) -> [u8; N],
 ) -> Result<(), MemError> {
-    if let Some(s) = mem.written_mut(addr, N)
-        && let Ok(v) = <[u8; N]>::try_from(&*s)
-    {
-        s.copy_from_slice(&f(v));
+    if let Some(s) = mem.written_mut(addr, N) {
+        modify(s, 0, f);
         return Ok(());
     }
     let v = read_n::<N>(mem, addr)?;
     mem.write(VirtAddr(addr), &f(v))
+}
+
+/// Rewrites the `N` bytes of `s` at `at` with `f` of their value (nothing if out of range).
+fn modify<const N: usize>(s: &mut [u8], at: usize, f: impl FnOnce([u8; N]) -> [u8; N]) {
+    if let Some(d) = s.get_mut(at..at.saturating_add(N))
+        && let Ok(v) = <[u8; N]>::try_from(&*d)
+    {
+        d.copy_from_slice(&f(v));
+    }
 }
 
 /// Writes the pool's own memory (in place when the page was written).
@@ -649,21 +656,29 @@ impl Pool {
             (PoolKind::Paged, true) => (tracker::PAGED_ALLOCS, tracker::PAGED_BYTES),
             (PoolKind::Paged, false) => (tracker::PAGED_FREES, tracker::PAGED_BYTES),
         };
-        let count = |c: u32| c.wrapping_add(1);
-        let total = |b: u64| {
+        let count = |v: [u8; 4]| u32::from_le_bytes(v).wrapping_add(1).to_le_bytes();
+        let total = |v: [u8; 8]| {
+            let b = u64::from_le_bytes(v);
             if alloc {
                 b.wrapping_add(bytes)
             } else {
                 b.wrapping_sub(bytes)
             }
+            .to_le_bytes()
         };
-        // Each field in place (an aligned field never crosses a page; an entry may).
-        update(mem, e + count_off, |v| {
-            count(u32::from_le_bytes(v)).to_le_bytes()
-        })?;
-        update(mem, e + bytes_off, |v| {
-            total(u64::from_le_bytes(v)).to_le_bytes()
-        })?;
+        // Both fields in place with one look-up when they lie in one page (an entry may
+        // cross a page; an aligned field never does).
+        let gap = (bytes_off - count_off) as usize;
+        match mem.written_mut(e + count_off, gap + 8) {
+            Some(s) => {
+                modify(s, 0, count);
+                modify(s, gap, total);
+            }
+            None => {
+                update(mem, e + count_off, count)?;
+                update(mem, e + bytes_off, total)?;
+            }
+        }
         Ok(())
     }
 }

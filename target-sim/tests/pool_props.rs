@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
-use tagsplit_target_sim::layout::{PAGE_SIZE, big_page, pool_header};
+use tagsplit_target_sim::layout::{PAGE_SIZE, big_page, pool_header, tracker};
 use tagsplit_target_sim::memory::Memory;
 use tagsplit_target_sim::pool::{Pool, PoolError, PoolKind, PoolLayout, PoolType, read_tracker};
 use tagsplit_target_sim::{PoolTag, VirtAddr};
@@ -302,4 +302,120 @@ fn invalid_tags_are_refused_and_count_nothing() {
             .is_empty()
     );
     assert_eq!(pool.live_allocations().count(), 0);
+}
+
+/// The tracker entry of `tag` (found by its key).
+fn entry(mem: &Memory, pool: &Pool, tag: PoolTag) -> (u32, u32, u64, u32, u32, u64) {
+    let l = pool.layout();
+    let t = read_tracker(mem, l.track_table, l.track_entries).unwrap();
+    let e = t.iter().find(|e| e.tag == tag).unwrap();
+    (
+        e.nonpaged_allocs,
+        e.nonpaged_frees,
+        e.nonpaged_bytes,
+        e.paged_allocs,
+        e.paged_frees,
+        e.paged_bytes,
+    )
+}
+
+#[test]
+fn tracker_entries_across_a_page_boundary_are_charged() {
+    // Tags whose tracker entry's nonpaged or paged fields cross a page of the table.
+    let layout = PoolLayout::standard();
+    let crosses = |k: u32| {
+        let at = tracker::hash(k, layout.track_entries) * tracker::SIZE;
+        [
+            (tracker::NON_PAGED_ALLOCS, tracker::NON_PAGED_BYTES + 8),
+            (tracker::PAGED_ALLOCS, tracker::PAGED_BYTES + 8),
+        ]
+        .iter()
+        .any(|&(lo, hi)| (at + lo) / PAGE_SIZE != (at + hi - 1) / PAGE_SIZE)
+    };
+    let tags: Vec<PoolTag> = (b'A'..=b'Z')
+        .flat_map(|a| (b'a'..=b'z').map(move |b| PoolTag::new([a, b, b'g', b'T'])))
+        .filter(|t| crosses(t.to_u32()))
+        .take(4)
+        .collect();
+    assert_eq!(tags.len(), 4);
+    let mut mem = Memory::new();
+    let mut pool = Pool::new(&mut mem, layout).unwrap();
+    for &tag in &tags {
+        let mut blocks = Vec::new();
+        for (i, ty) in [PoolType::NON_PAGED, PoolType::PAGED, PoolType::NON_PAGED]
+            .into_iter()
+            .enumerate()
+        {
+            blocks.push(
+                pool.allocate(&mut mem, ty, 100 * (i as u64 + 1), tag)
+                    .unwrap(),
+            );
+        }
+        assert_eq!(entry(&mem, &pool, tag), (2, 0, 128 + 320, 1, 0, 224));
+        for b in blocks {
+            pool.free(&mut mem, b).unwrap();
+        }
+        assert_eq!(entry(&mem, &pool, tag), (2, 2, 0, 1, 1, 0));
+    }
+    check(&mem, &pool);
+}
+
+#[test]
+fn a_cloned_pool_and_memory_go_their_own_ways() {
+    let mut mem = Memory::new();
+    let mut pool = Pool::new(&mut mem, PoolLayout::standard()).unwrap();
+    let tag = PoolTag::new(*b"Leak");
+    let mut mine: Vec<VirtAddr> = (0..40)
+        .map(|i| {
+            pool.allocate(&mut mem, PoolType::NON_PAGED, 64 + 97 * i, tag)
+                .unwrap()
+        })
+        .collect();
+    let (mut mem2, mut pool2) = (mem.clone(), pool.clone());
+    let mut theirs = mine.clone();
+    // Each side materialises other pages (at the same slab indexes), then frees and
+    // reallocates what both share.
+    for i in 0..60 {
+        mine.push(
+            pool.allocate(&mut mem, PoolType::PAGED, 2000 + i, tag)
+                .unwrap(),
+        );
+        theirs.push(
+            pool2
+                .allocate(
+                    &mut mem2,
+                    PoolType::NON_PAGED,
+                    3000 + i,
+                    PoolTag::new(*b"Othr"),
+                )
+                .unwrap(),
+        );
+    }
+    for (a, b) in mine.iter().zip(&theirs).take(40) {
+        assert_eq!(a, b);
+        pool.free(&mut mem, *a).unwrap();
+        pool2.free(&mut mem2, *b).unwrap();
+    }
+    check(&mem, &pool);
+    check(&mem2, &pool2);
+    let paged: u64 = (0..60).map(|i| ((2000 + i + 31) >> 4) << 4).sum();
+    assert_eq!(entry(&mem, &pool, tag), (40, 40, 0, 60, 0, paged));
+    assert_eq!(entry(&mem2, &pool2, tag), (40, 40, 0, 0, 0, 0));
+    let other: u64 = (0..60).map(|i| ((3000 + i + 31) >> 4) << 4).sum();
+    assert_eq!(
+        entry(&mem2, &pool2, PoolTag::new(*b"Othr")),
+        (60, 0, other, 0, 0, 0)
+    );
+    // The pages each side materialised after the clone (at the same slab indexes) hold
+    // that side's headers, and read as zeros on the other side.
+    let tag_at = |m: &Memory, a: VirtAddr| {
+        let mut t = [0u8; 4];
+        m.read(VirtAddr(a.0 - 16 + pool_header::POOL_TAG), &mut t)
+            .unwrap();
+        t
+    };
+    for (a, b) in mine.iter().zip(&theirs).skip(40) {
+        assert_eq!((tag_at(&mem, *a), tag_at(&mem2, *a)), (*b"Leak", [0; 4]));
+        assert_eq!((tag_at(&mem2, *b), tag_at(&mem, *b)), (*b"Othr", [0; 4]));
+    }
 }
