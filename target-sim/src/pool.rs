@@ -470,9 +470,25 @@ impl Pool {
     /// in the block's header (or big-page entry) as it is in memory now, bit 31 masked.
     /// Returns that tag.
     pub fn free(&mut self, mem: &mut Memory, addr: VirtAddr) -> Result<PoolTag, PoolError> {
-        let Some(live) = self.live.get(&addr.0).copied() else {
+        // One probe of the live map: the record comes out now and goes back in if the
+        // free fails (the block then stays allocated, as before the call).
+        let Some(live) = self.live.remove(&addr.0) else {
             return Err(PoolError::NotAllocated(addr));
         };
+        let freed = self.release(mem, addr, live);
+        if freed.is_err() {
+            self.live.insert(addr.0, live);
+        }
+        freed
+    }
+
+    /// The body of [`free`](Self::free) once the live record `live` is taken out.
+    fn release(
+        &mut self,
+        mem: &mut Memory,
+        addr: VirtAddr,
+        live: LiveAllocation,
+    ) -> Result<PoolTag, PoolError> {
         let kind = live.kind;
         let (tag, charged) = if live.big {
             let bslot = self
@@ -514,7 +530,6 @@ impl Pool {
             self.arena(kind).push_free(lunits, hdr);
             (tag, u64::from(units) << 4)
         };
-        self.live.remove(&addr.0);
         let key = tag.unprotected();
         if key.to_u32() != 0 {
             let slot = self.tracker_slot(mem, key)?;

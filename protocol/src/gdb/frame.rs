@@ -791,7 +791,13 @@ mod tests {
     /// padded first block and tail) are found as the generic encoder finds them.
     #[test]
     fn runs_at_the_edges_of_blocks_are_found() {
-        let fills: [&[u8]; 5] = [&[0x12, 0x34], &[0x11], &[0x01, 0x10], &[0xaa, 0xa0], &[0x0a]];
+        let fills: [&[u8]; 5] = [
+            &[0x12, 0x34],
+            &[0x11],
+            &[0x01, 0x10],
+            &[0xaa, 0xa0],
+            &[0x0a],
+        ];
         for len in 0..3 * RUN_BLOCK + 3 {
             for edge in fills {
                 for body in fills {
