@@ -71,6 +71,7 @@ use tagsplit_protocol::nt::pe::directory;
 use tagsplit_protocol::nt::unwind::{
     Reg, RuntimeFunction, UnwindError, UnwindInfo, UnwindOp, lookup, parse_function_table,
 };
+use tagsplit_protocol::stub::X64Registers;
 
 use crate::VirtAddr;
 use crate::pe::{PeError, data_directory};
@@ -124,6 +125,37 @@ impl Registers {
     /// `rsp`.
     pub fn rsp(&self) -> u64 {
         self.get(Reg::Rsp)
+    }
+}
+
+impl From<&X64Registers> for Registers {
+    /// The integer registers of a stub's register file (`tagsplit_protocol::stub`).
+    fn from(r: &X64Registers) -> Registers {
+        let mut out = Registers {
+            rip: r.rip,
+            gpr: [0; 16],
+        };
+        for (reg, v) in [
+            (Reg::Rax, r.rax),
+            (Reg::Rcx, r.rcx),
+            (Reg::Rdx, r.rdx),
+            (Reg::Rbx, r.rbx),
+            (Reg::Rsp, r.rsp),
+            (Reg::Rbp, r.rbp),
+            (Reg::Rsi, r.rsi),
+            (Reg::Rdi, r.rdi),
+            (Reg::R8, r.r8),
+            (Reg::R9, r.r9),
+            (Reg::R10, r.r10),
+            (Reg::R11, r.r11),
+            (Reg::R12, r.r12),
+            (Reg::R13, r.r13),
+            (Reg::R14, r.r14),
+            (Reg::R15, r.r15),
+        ] {
+            out.set(reg, v);
+        }
+        out
     }
 }
 

@@ -674,3 +674,198 @@ fn iced_registers_map_to_unwind_numbers() {
     assert_eq!(gpr(Register::EAX), None);
     assert_eq!(gpr(Register::None), None);
 }
+
+mod prologs {
+    //! Random prologs run forward on a model machine, then unwound from every point.
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const NONVOL: [Reg; 8] = [
+        Reg::Rbx,
+        Reg::Rbp,
+        Reg::Rsi,
+        Reg::Rdi,
+        Reg::R12,
+        Reg::R13,
+        Reg::R14,
+        Reg::R15,
+    ];
+    const RET: u64 = B + 0x1fff;
+    const TOP: u64 = STACK + STACK_SIZE - 0x100;
+
+    /// One prolog instruction and its length in bytes.
+    #[derive(Clone, Debug)]
+    enum Ins {
+        Push(Reg),
+        Alloc(u32),
+        SetFp(Reg, u8),
+        Save(Reg, u32),
+    }
+
+    #[derive(Clone, Debug)]
+    struct Prolog {
+        ins: Vec<(Ins, u8)>,
+        /// How many instructions ran before the break (all: in the body).
+        ran: usize,
+        /// `alloca` after the prolog (with a frame pointer only).
+        alloca: u64,
+    }
+
+    fn arb_prolog() -> impl Strategy<Value = Prolog> {
+        (
+            Just(NONVOL).prop_shuffle(),
+            0usize..=8,
+            prop_oneof![
+                (1u32..=16).prop_map(|n| n * 8),
+                (17u32..=0x1000).prop_map(|n| n * 8),
+            ],
+            any::<bool>(),
+            0usize..=3,
+            0u8..=15,
+            any::<u32>(),
+            prop::collection::vec(1u8..=7, 16),
+            0u64..8,
+        )
+            .prop_map(
+                |(regs, pushes, alloc, fp, saves, fp_off, ran, lens, alloca)| {
+                    let pushed = &regs[..pushes];
+                    let mut ins: Vec<Ins> = pushed.iter().map(|&r| Ins::Push(r)).collect();
+                    ins.push(Ins::Alloc(alloc));
+                    // The frame register is one that was pushed; its offset fits the allocation.
+                    let fp_reg = pushed.first().copied().filter(|_| fp);
+                    if let Some(r) = fp_reg {
+                        let off = fp_off.min((alloc / 16).min(15) as u8);
+                        ins.push(Ins::SetFp(r, off));
+                        // Sometimes more stack after the frame pointer is set.
+                        if fp_off & 1 == 1 {
+                            ins.push(Ins::Alloc(0x20 + 16 * u32::from(fp_off)));
+                        }
+                    }
+                    // Saves of registers not pushed, into distinct 8-byte slots.
+                    for (i, &r) in regs[pushes..].iter().take(saves).enumerate() {
+                        let slot = (i as u32 * 8) % alloc;
+                        if (i as u32) * 8 < alloc {
+                            ins.push(Ins::Save(r, slot));
+                        }
+                    }
+                    let n = ins.len();
+                    let ins = ins.into_iter().zip(lens).collect();
+                    Prolog {
+                        ins,
+                        ran: ran as usize % (n + 1),
+                        alloca: if fp_reg.is_some() { alloca * 16 } else { 0 },
+                    }
+                },
+            )
+    }
+
+    fn value(r: Reg) -> u64 {
+        0x1000_0000 + u64::from(r.number())
+    }
+
+    proptest! {
+        #[test]
+        fn unwinding_undoes_exactly_what_ran(p in arb_prolog()) {
+            // The unwind info, from the instructions' end offsets.
+            let mut end = 0u8;
+            let mut codes = Vec::new();
+            let mut frame = None;
+            for (ins, len) in &p.ins {
+                end += len;
+                let op = match *ins {
+                    Ins::Push(r) => UnwindOp::PushNonvol(r),
+                    Ins::Alloc(n) => UnwindOp::alloc(n),
+                    Ins::SetFp(r, off) => {
+                        frame = Some((r, off));
+                        UnwindOp::SetFpreg
+                    }
+                    Ins::Save(r, off) => UnwindOp::save_nonvol(r, off),
+                };
+                codes.push(code(end, op));
+            }
+            codes.reverse();
+            let info = UnwindInfo {
+                prolog_size: end,
+                frame_register: frame.map(|f| f.0),
+                frame_offset: frame.map_or(0, |f| f.1),
+                codes,
+                ..UnwindInfo::default()
+            };
+            let fs = vec![(F1, F1 + 0x100, info)];
+
+            // Run the first `ran` instructions forward.
+            let mut s = StackBuilder::new();
+            s.push(RET);
+            let entry_rsp = s.sp;
+            let mut regs = Registers::new(0, s.sp);
+            for r in NONVOL {
+                regs.set(r, value(r));
+            }
+            let mut offset = 0u32;
+            for (ins, len) in p.ins.iter().take(p.ran) {
+                offset += u32::from(*len);
+                match *ins {
+                    Ins::Push(r) => {
+                        s.push(regs.get(r));
+                    }
+                    Ins::Alloc(n) => {
+                        s.sub(u64::from(n));
+                    }
+                    Ins::SetFp(r, off) => regs.set(r, s.sp + 16 * u64::from(off)),
+                    Ins::Save(r, off) => {
+                        // Relative to RSP where the frame register was set.
+                        let base = frame.map_or(s.sp, |(fr, fo)| regs.get(fr) - 16 * u64::from(fo));
+                        let v = regs.get(r);
+                        s.write(base + u64::from(off), v);
+                    }
+                }
+            }
+            if p.ran == p.ins.len() {
+                // In the body: past the prolog, saved registers clobbered, maybe alloca.
+                offset += 0x10;
+                let fp = frame.map(|f| f.0);
+                for (ins, _) in &p.ins {
+                    if let Ins::Push(r) | Ins::Save(r, _) = *ins
+                        && Some(r) != fp
+                    {
+                        regs.set(r, 0xdead_0000 + u64::from(r.number()));
+                    }
+                }
+                s.sub(p.alloca);
+            }
+            prop_assert!(s.sp > STACK);
+            regs.set(Reg::Rsp, s.sp);
+            regs.rip = B + u64::from(F1 + offset);
+
+            let mut t = target_with(image(&fs), s.mem);
+            let mut u = Unwinder::new(vec![module()]);
+            let stack = u.walk(&mut t, &regs).unwrap();
+            let f0 = &stack.frames[0];
+            prop_assert_eq!(f0.unwound, Some(Unwound::Prolog { begin: F1 }), "{}", stack);
+            prop_assert_eq!(f0.ret_addr, Some(VirtAddr(RET)));
+            let caller = &stack.frames[1];
+            prop_assert_eq!(caller.child_sp, VirtAddr(entry_rsp + 8));
+            for r in NONVOL {
+                prop_assert_eq!(caller.registers.get(r), value(r), "{}", r);
+            }
+            prop_assert!(entry_rsp < TOP);
+        }
+    }
+}
+
+#[test]
+fn registers_from_a_stub_register_file() {
+    let r = X64Registers {
+        rip: 1,
+        rsp: 2,
+        rbx: 3,
+        r15: 4,
+        ..X64Registers::default()
+    };
+    let regs = Registers::from(&r);
+    assert_eq!(regs.rip, 1);
+    assert_eq!(regs.rsp(), 2);
+    assert_eq!(regs.get(Reg::Rbx), 3);
+    assert_eq!(regs.get(Reg::R15), 4);
+}
