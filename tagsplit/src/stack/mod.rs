@@ -37,8 +37,10 @@
 //! switch is normal), a return address of zero, or [`Unwinder::max_frames`] frames.
 //!
 //! Each module's function table and each `UNWIND_INFO` is read once and kept: walking the
-//! same stack again reads only the stack (and, for the first frame, the code at `rip`).
-//! Call [`Unwinder::set_modules`] when the module list changes.
+//! same stack again reads only the stack (and, for the first frame when it is past its
+//! prolog, 64 bytes of code at `rip`). The stack is read in aligned 512-byte blocks, each
+//! at most once per walk, so a walk costs about one read per 512 bytes of stack it
+//! crosses, on any backend. Call [`Unwinder::set_modules`] when the module list changes.
 //!
 //! ```
 //! use tagsplit::stack::{Registers, StopReason, Unwinder};
@@ -84,6 +86,10 @@ pub const DEFAULT_MAX_FRAMES: usize = 256;
 /// Largest exception directory read (a `RUNTIME_FUNCTION` table of ~700,000 functions;
 /// `ntoskrnl.exe`'s is well under a megabyte).
 pub const MAX_PDATA_BYTES: u32 = 8 << 20;
+/// Stack bytes read at once during a walk (a power of two that divides the page size).
+const STACK_BLOCK: u64 = 512;
+/// Most stack blocks kept during one walk (512 KiB); reads beyond go one by one.
+const MAX_STACK_BLOCKS: usize = 1024;
 /// Bytes of code read at `rip` to recognise an epilog.
 const EPILOG_WINDOW: usize = 64;
 /// Most instructions in a recognised epilog (an adjustment, pops, the return).
@@ -404,6 +410,8 @@ pub struct Unwinder {
     modules: Vec<ModuleInfo>,
     /// Unwind data by module base.
     data: HashMap<u64, ModuleData>,
+    /// Stack blocks of the walk in progress.
+    stack: StackReads,
     /// Most frames one walk returns.
     pub max_frames: usize,
 }
@@ -414,6 +422,7 @@ impl Unwinder {
         let mut u = Unwinder {
             modules: Vec::new(),
             data: HashMap::new(),
+            stack: StackReads::default(),
             max_frames: DEFAULT_MAX_FRAMES,
         };
         u.set_modules(modules);
@@ -477,6 +486,7 @@ impl Unwinder {
         target: &mut T,
         regs: &Registers,
     ) -> Result<Stack, TargetError> {
+        self.stack.blocks.clear();
         let mut frames = Vec::new();
         let mut ctx = *regs;
         // `rip` may be anywhere in a function (not just after a call): look for an epilog.
@@ -549,7 +559,7 @@ impl Unwinder {
         let Some(entry) = entry else {
             // A leaf: nothing pushed, the return address at [rsp].
             let mut next = *ctx;
-            pop_return(target, &mut next)?;
+            self.stack.pop_return(target, &mut next)?;
             return Ok((next, Unwound::Leaf));
         };
         let info = self.info(target, module, entry.unwind_data)?;
@@ -587,7 +597,7 @@ impl Unwinder {
                 }
                 match code.op {
                     UnwindOp::PushNonvol(reg) => {
-                        let v = read_u64(target, VirtAddr(next.rsp()))?;
+                        let v = self.stack.read_u64(target, next.rsp())?;
                         next.set(reg, v);
                         next.set(Reg::Rsp, next.rsp().wrapping_add(8));
                     }
@@ -604,12 +614,15 @@ impl Unwinder {
                     UnwindOp::SaveNonvol { reg, offset }
                     | UnwindOp::SaveNonvolFar { reg, offset } => {
                         let at = frame_base.wrapping_add(u64::from(offset));
-                        next.set(reg, read_u64(target, VirtAddr(at))?);
+                        next.set(reg, self.stack.read_u64(target, at)?);
                     }
                     UnwindOp::PushMachframe { error_code } => {
                         let base = next.rsp().wrapping_add(if error_code { 8 } else { 0 });
-                        next.rip = read_u64(target, VirtAddr(base))?;
-                        next.set(Reg::Rsp, read_u64(target, VirtAddr(base.wrapping_add(24)))?);
+                        next.rip = self.stack.read_u64(target, base)?;
+                        next.set(
+                            Reg::Rsp,
+                            self.stack.read_u64(target, base.wrapping_add(24))?,
+                        );
                         machine_frame = true;
                     }
                     // XMM registers are not tracked; epilog codes are not prolog steps.
@@ -632,7 +645,7 @@ impl Unwinder {
         if machine_frame {
             return Ok((next, Unwound::MachineFrame));
         }
-        pop_return(target, &mut next)?;
+        self.stack.pop_return(target, &mut next)?;
         Ok((next, Unwound::Prolog { begin: entry.begin }))
     }
 
@@ -786,11 +799,11 @@ impl Unwinder {
                     next.set(Reg::Rsp, next.get(reg).wrapping_add(disp))
                 }
                 EpilogStep::Pop(reg) => {
-                    let v = read_u64(target, VirtAddr(next.rsp()))?;
+                    let v = self.stack.read_u64(target, next.rsp())?;
                     next.set(reg, v);
                     next.set(Reg::Rsp, next.rsp().wrapping_add(8));
                 }
-                EpilogStep::Return => pop_return(target, &mut next)?,
+                EpilogStep::Return => self.stack.pop_return(target, &mut next)?,
             }
         }
         Ok(Some(next))
@@ -814,11 +827,59 @@ fn frame_base(ctx: &Registers, info: &UnwindInfo, offset: u32) -> u64 {
     }
 }
 
-/// `rip = [rsp]; rsp += 8`.
-fn pop_return<T: DebugTarget + ?Sized>(target: &mut T, regs: &mut Registers) -> Result<(), Halt> {
-    regs.rip = read_u64(target, VirtAddr(regs.rsp()))?;
-    regs.set(Reg::Rsp, regs.rsp().wrapping_add(8));
-    Ok(())
+/// Stack memory read during one walk, in aligned blocks that never cross a page: one read
+/// serves all the slots a frame pops (and often several frames'), whatever the backend
+/// caches. Dropped at the start of every walk (the stack changes while the target runs).
+#[derive(Default)]
+struct StackReads {
+    blocks: HashMap<u64, Vec<u8>>,
+}
+
+impl StackReads {
+    /// The little-endian u64 at `addr`.
+    fn read_u64<T: DebugTarget + ?Sized>(
+        &mut self,
+        target: &mut T,
+        addr: u64,
+    ) -> Result<u64, TargetError> {
+        let base = addr & !(STACK_BLOCK - 1);
+        let off = usize::try_from(addr - base).unwrap_or(usize::MAX);
+        if self.blocks.len() < MAX_STACK_BLOCKS || self.blocks.contains_key(&base) {
+            let block = match self.blocks.entry(base) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    let mut buf = vec![0u8; STACK_BLOCK as usize];
+                    let got = match target.read_memory(VirtAddr(base), &mut buf) {
+                        Ok(n) => n,
+                        Err(TargetError::Unreadable(_)) => 0,
+                        Err(e) => return Err(e),
+                    };
+                    buf.truncate(got);
+                    v.insert(buf)
+                }
+            };
+            let slot = block
+                .get(off..off.saturating_add(8))
+                .and_then(|b| <[u8; 8]>::try_from(b).ok());
+            if let Some(b) = slot {
+                return Ok(u64::from_le_bytes(b));
+            }
+        }
+        // Straddling two blocks, past what a block read returned, or too many blocks: a
+        // read of its own (which names the unreadable byte when it fails).
+        read_u64(target, VirtAddr(addr))
+    }
+
+    /// `rip = [rsp]; rsp += 8`.
+    fn pop_return<T: DebugTarget + ?Sized>(
+        &mut self,
+        target: &mut T,
+        regs: &mut Registers,
+    ) -> Result<(), Halt> {
+        regs.rip = self.read_u64(target, regs.rsp())?;
+        regs.set(Reg::Rsp, regs.rsp().wrapping_add(8));
+        Ok(())
+    }
 }
 
 /// One instruction of an epilog, as unwinding emulates it.

@@ -5,6 +5,8 @@ use tagsplit_protocol::nt::unwind::{
     RuntimeFunction, Trailer, UnwindCode, UnwindInfo, UnwindOp, encode_function_table,
 };
 
+use std::collections::BTreeSet;
+
 use super::*;
 use crate::target::flat::FlatTarget;
 
@@ -425,6 +427,11 @@ fn a_second_walk_reads_only_the_stack() {
         .collect();
     // None: a leaf has no epilog to look for, and the interrupted rip is in a prolog.
     assert_eq!(image_reads, [0u64; 0]);
+    // The stack in 512-byte blocks, each read once: 7 frames in 3 reads.
+    let blocks: BTreeSet<u64> = t.reads.iter().map(|a| a.get()).collect();
+    assert_eq!(blocks.len(), t.reads.len(), "{:x?}", t.reads);
+    assert!(t.reads.iter().all(|a| a.get() % 512 == 0), "{:x?}", t.reads);
+    assert_eq!(t.reads.len(), 3, "{:x?}", t.reads);
 }
 
 #[test]
