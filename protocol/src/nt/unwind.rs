@@ -2,7 +2,8 @@
 //! `UNWIND_INFO` blocks with their `UNWIND_CODE`s (`.xdata`), as Microsoft's "x64
 //! exception handling" documents them. A debugger parses them ([`parse_function_table`],
 //! [`UnwindInfo::parse`]); a target that builds images encodes them
-//! ([`encode_function_table`], [`UnwindInfo::encode`]).
+//! ([`encode_function_table`], [`UnwindInfo::encode`]), or has [`build_tables`] lay out
+//! a whole image's `.pdata` and `.xdata`.
 //!
 //! Parsing is bounded and total: any byte string gives a value or an [`UnwindError`], never a
 //! panic, and nothing allocates more than the input's size (an `UNWIND_INFO` is at most
@@ -851,6 +852,75 @@ fn split(v: u32) -> Vec<u16> {
     vec![(v & 0xffff) as u16, (v >> 16) as u16]
 }
 
+/// `.pdata` and `.xdata` laid out for an image, by [`build_tables`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnwindTables {
+    /// The function table, sorted, with each entry's `UnwindData` filled in.
+    pub functions: Vec<RuntimeFunction>,
+    /// The exception directory's bytes (the encoded `functions`).
+    pub pdata: Vec<u8>,
+    /// The `UNWIND_INFO`s, each 4-byte aligned, the first at `xdata_rva`.
+    pub xdata: Vec<u8>,
+}
+
+/// Lays out the unwind data of an image's functions: `(begin, end, info)` each (any
+/// order), the `.xdata` to go at `xdata_rva` (a multiple of 4). A chained trailer whose
+/// `unwind_data` is 0 is completed with the `UNWIND_INFO` of the function that begins at
+/// its `begin` (so a fragment can name its parent before the layout is known). Fails on
+/// an info the format cannot hold, overlapping or empty functions, a chain to no function,
+/// or `.xdata` beyond 4 GiB.
+pub fn build_tables(
+    functions: &[(u32, u32, UnwindInfo)],
+    xdata_rva: u32,
+) -> Result<UnwindTables, UnwindError> {
+    let bad = |what: String| UnwindError::Unencodable(what);
+    if !xdata_rva.is_multiple_of(4) {
+        return Err(bad(format!(
+            ".xdata RVA {xdata_rva:#x} is not 4-byte aligned"
+        )));
+    }
+    let mut order: Vec<&(u32, u32, UnwindInfo)> = functions.iter().collect();
+    order.sort_by_key(|f| f.0);
+    // Where each info goes: every encoding has a fixed size, chained or not.
+    let mut table = Vec::with_capacity(order.len());
+    let mut at = u64::from(xdata_rva);
+    for (begin, end, info) in &order {
+        let unwind_data = u32::try_from(at).map_err(|_| bad(".xdata beyond 4 GiB".into()))?;
+        table.push(RuntimeFunction {
+            begin: *begin,
+            end: *end,
+            unwind_data,
+        });
+        at += info.encode()?.len() as u64;
+    }
+    let mut xdata = Vec::new();
+    for (_, _, info) in &order {
+        let mut info = (*info).clone();
+        if let Trailer::Chained(parent) = &mut info.trailer
+            && parent.unwind_data == 0
+        {
+            let found = table
+                .iter()
+                .find(|f| f.begin == parent.begin)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "chain to {:#x}, where no function begins",
+                        parent.begin
+                    ))
+                })?;
+            *parent = *found;
+        }
+        xdata.extend_from_slice(&info.encode()?);
+    }
+    let pdata = encode_function_table(&table);
+    parse_function_table(&pdata)?;
+    Ok(UnwindTables {
+        functions: table,
+        pdata,
+        xdata,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1044,6 +1114,60 @@ mod tests {
                 offset: 0x80000
             }
         );
+    }
+
+    #[test]
+    fn tables_are_laid_out_with_chains_resolved() {
+        let push = |r| UnwindInfo {
+            prolog_size: 1,
+            codes: vec![UnwindCode::new(1, UnwindOp::PushNonvol(r))],
+            ..UnwindInfo::default()
+        };
+        let cold = UnwindInfo {
+            trailer: Trailer::Chained(RuntimeFunction {
+                begin: 0x1000,
+                ..RuntimeFunction::default()
+            }),
+            ..UnwindInfo::default()
+        };
+        let t = build_tables(
+            &[
+                (0x1100, 0x1180, cold),
+                (0x1000, 0x1080, push(Reg::Rbx)),
+                (0x1080, 0x1100, push(Reg::Rsi)),
+            ],
+            0x3000,
+        )
+        .unwrap();
+        let begins: Vec<u32> = t.functions.iter().map(|f| f.begin).collect();
+        assert_eq!(begins, [0x1000, 0x1080, 0x1100]);
+        // 8 bytes each for the pushes, then the chained one.
+        let datas: Vec<u32> = t.functions.iter().map(|f| f.unwind_data).collect();
+        assert_eq!(datas, [0x3000, 0x3008, 0x3010]);
+        assert_eq!(parse_function_table(&t.pdata).unwrap(), t.functions);
+        let chained = UnwindInfo::parse(&t.xdata[0x10..]).unwrap();
+        assert_eq!(chained.chained(), Some(t.functions[0]));
+        assert_eq!(UnwindInfo::parse(&t.xdata[8..]).unwrap(), push(Reg::Rsi));
+        // Errors: a chain to nothing, overlapping functions, a misaligned .xdata.
+        let orphan = UnwindInfo {
+            trailer: Trailer::Chained(RuntimeFunction {
+                begin: 0x5000,
+                ..RuntimeFunction::default()
+            }),
+            ..UnwindInfo::default()
+        };
+        assert!(build_tables(&[(0x1000, 0x1010, orphan)], 0x3000).is_err());
+        assert!(
+            build_tables(
+                &[
+                    (0x1000, 0x1080, push(Reg::Rbx)),
+                    (0x1040, 0x1100, push(Reg::Rbx))
+                ],
+                0x3000
+            )
+            .is_err()
+        );
+        assert!(build_tables(&[], 0x3002).is_err());
     }
 
     fn arb_reg() -> impl Strategy<Value = Reg> {
