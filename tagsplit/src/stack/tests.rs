@@ -2,7 +2,8 @@
 //! protocol's encoder, a stack laid out as the functions' prologs would have left it.
 
 use tagsplit_protocol::nt::unwind::{
-    RuntimeFunction, Trailer, UnwindCode, UnwindInfo, UnwindOp, encode_function_table,
+    RuntimeFunction, Trailer, UnwindCode, UnwindInfo, UnwindOp, UnwindTables, build_tables,
+    encode_function_table,
 };
 
 use std::collections::BTreeSet;
@@ -35,12 +36,12 @@ fn code(offset: u8, op: UnwindOp) -> UnwindCode {
     UnwindCode::new(offset, op)
 }
 
-/// The functions: extent, unwind info. Each info goes at `XDATA + 0x40 * index`.
+/// The functions: extent, unwind info.
 fn functions() -> Vec<(u32, u32, UnwindInfo)> {
+    // Chained to F5: `build_tables` fills in where F5's info goes.
     let f5_entry = RuntimeFunction {
         begin: F5,
-        end: F5 + 0x100,
-        unwind_data: XDATA + 0x40 * 4,
+        ..RuntimeFunction::default()
     };
     vec![
         (
@@ -137,8 +138,14 @@ fn functions() -> Vec<(u32, u32, UnwindInfo)> {
     ]
 }
 
-/// A PE32+ image with an exception directory over `functions`, code filled with `int3`.
+/// A PE32+ image with an exception directory over `functions` (laid out by the protocol's
+/// `build_tables`, `.xdata` at [`XDATA`]), code filled with `int3`.
 fn image(functions: &[(u32, u32, UnwindInfo)]) -> Vec<u8> {
+    image_with(&build_tables(functions, XDATA).unwrap())
+}
+
+/// A PE32+ image with these tables.
+fn image_with(tables: &UnwindTables) -> Vec<u8> {
     let mut img = vec![0u8; SIZE as usize];
     put(&mut img, 0, b"MZ");
     put(&mut img, 0x3c, &0x80u32.to_le_bytes());
@@ -147,32 +154,38 @@ fn image(functions: &[(u32, u32, UnwindInfo)]) -> Vec<u8> {
     put(&mut img, 0x94, &0xf0u16.to_le_bytes());
     put(&mut img, 0x98, &0x20bu16.to_le_bytes());
     put(&mut img, 0x98 + 0x6c, &16u32.to_le_bytes());
-    let table: Vec<RuntimeFunction> = functions
-        .iter()
-        .enumerate()
-        .map(|(i, (begin, end, _))| RuntimeFunction {
-            begin: *begin,
-            end: *end,
-            unwind_data: XDATA + 0x40 * i as u32,
-        })
-        .collect();
-    let pdata = encode_function_table(&table);
     put(&mut img, 0x98 + 0x70 + 3 * 8, &PDATA.to_le_bytes());
     put(
         &mut img,
         0x98 + 0x70 + 3 * 8 + 4,
-        &(pdata.len() as u32).to_le_bytes(),
+        &(tables.pdata.len() as u32).to_le_bytes(),
     );
-    put(&mut img, u64::from(PDATA), &pdata);
-    for (i, (_, _, info)) in functions.iter().enumerate() {
-        let bytes = info.encode().unwrap();
-        assert!(bytes.len() <= 0x40);
-        put(&mut img, u64::from(XDATA) + 0x40 * i as u64, &bytes);
-    }
+    put(&mut img, u64::from(PDATA), &tables.pdata);
+    put(&mut img, u64::from(XDATA), &tables.xdata);
     for b in &mut img[0x1000..0x2000] {
         *b = 0xcc;
     }
     img
+}
+
+/// The tables as given, unsorted as they may be (`build_tables` sorts): infos packed in
+/// order.
+fn raw_tables(functions: &[(u32, u32, UnwindInfo)]) -> UnwindTables {
+    let mut xdata = Vec::new();
+    let mut table = Vec::new();
+    for (begin, end, info) in functions {
+        table.push(RuntimeFunction {
+            begin: *begin,
+            end: *end,
+            unwind_data: XDATA + xdata.len() as u32,
+        });
+        xdata.extend(info.encode().unwrap());
+    }
+    UnwindTables {
+        pdata: encode_function_table(&table),
+        functions: table,
+        xdata,
+    }
 }
 
 fn module() -> ModuleInfo {
@@ -554,7 +567,7 @@ fn stops_at_malformed_unwind_data_and_bad_images() {
     // An unsorted function table.
     let mut fs = functions();
     fs.swap(0, 1);
-    let mut t = target_with(image(&fs), vec![0; 16]);
+    let mut t = target_with(image_with(&raw_tables(&fs)), vec![0; 16]);
     let mut u = Unwinder::new(vec![module()]);
     let stack = u.walk(&mut t, &Registers::new(B + 0x1000, STACK)).unwrap();
     assert!(
@@ -579,8 +592,7 @@ fn stops_at_a_chain_that_loops() {
     // The cold part chains to itself.
     fs[5].2.trailer = Trailer::Chained(RuntimeFunction {
         begin: F5_COLD,
-        end: F5_COLD + 0x80,
-        unwind_data: XDATA + 0x40 * 5,
+        ..RuntimeFunction::default()
     });
     let mut t = target_with(image(&fs), vec![0; 16]);
     let mut u = Unwinder::new(vec![module()]);
