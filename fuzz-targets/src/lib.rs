@@ -30,6 +30,7 @@ pub mod kdnet_open;
 pub mod pooltag_parse;
 pub mod scenario_toml;
 pub mod tiny;
+pub mod unwind;
 
 /// A fuzz target's body: returns on any input it handles, panics on a finding.
 pub type Body = fn(&[u8]);
@@ -51,6 +52,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("kdnet_open", kdnet_open::run),
     ("pooltag_parse", pooltag_parse::run),
     ("scenario_toml", scenario_toml::run),
+    ("unwind", unwind::run),
 ];
 
 /// The body of the target called `name`.

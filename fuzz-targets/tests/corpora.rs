@@ -74,6 +74,7 @@ replay_tests!(
     kdnet_open,
     pooltag_parse,
     scenario_toml,
+    unwind,
 );
 
 #[test]

@@ -13,6 +13,8 @@
 //!   and pool headers; [`pooltag`]: the `pooltag.txt` database.
 //! - [`console`]: a WinDbg-style console (`lm`, `s`, `eb`, `dc`, `u`, `!for_each_module`,
 //!   `!poolused`, `!poolfind`, `!pool`, `g`) over any target.
+//! - [`stack`]: x64 call stacks unwound from `.pdata`/`.xdata` over any target, as `k`
+//!   shows them.
 //! - [`split`]: the automated tag split — find and classify every hit, give each
 //!   allocation site its own tag, run, measure, attribute, restore.
 //!
@@ -68,6 +70,7 @@ pub mod pooltag;
 #[cfg(feature = "impair")]
 pub mod relay;
 pub mod split;
+pub mod stack;
 pub mod target;
 
 #[cfg(test)]

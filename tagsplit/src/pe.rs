@@ -1,7 +1,7 @@
 //! PE headers read from target memory: just enough to find a module's sections.
 
 use serde::Serialize;
-use tagsplit_protocol::nt::pe::{dos, file_header, nt_headers, section};
+use tagsplit_protocol::nt::pe::{dos, file_header, nt_headers, optional_header, section};
 
 use crate::VirtAddr;
 use crate::target::{DebugTarget, TargetError, read_exact};
@@ -93,6 +93,50 @@ pub fn timestamp<T: DebugTarget + ?Sized>(target: &mut T, base: VirtAddr) -> Res
         at(nt_headers::FILE_HEADER + file_header::TIME_DATE_STAMP),
     )
     .ok_or(PeError::NotPe(base, "truncated file header"))
+}
+
+/// Reads data directory `index` (`directory::EXCEPTION`, ...) of the PE32+ image at
+/// `base`: its RVA and size, or `None` when the image has no such directory or it is
+/// empty. Two reads: the DOS header, then the NT headers up to the entry.
+pub fn data_directory<T: DebugTarget + ?Sized>(
+    target: &mut T,
+    base: VirtAddr,
+    index: u64,
+) -> Result<Option<(u32, u32)>, PeError> {
+    use tagsplit_protocol::nt::pe::directory;
+    if index >= directory::COUNT {
+        return Ok(None);
+    }
+    let mut hdr = [0u8; at(dos::SIZE)];
+    read_exact(target, base, &mut hdr)?;
+    if hdr.get(..2) != Some(dos::MAGIC.as_slice()) {
+        return Err(PeError::NotPe(base, "no MZ signature"));
+    }
+    let lfanew = u64::from(u32_at(&hdr, at(dos::E_LFANEW)).unwrap_or(0));
+    let nt = base
+        .checked_add(lfanew)
+        .ok_or(PeError::NotPe(base, "bad e_lfanew"))?;
+    let opt = at(nt_headers::OPTIONAL_HEADER);
+    let entry = opt
+        + at(optional_header::DATA_DIRECTORY + index * optional_header::DATA_DIRECTORY_ENTRY_SIZE);
+    let mut nt_hdr = [0u8; at(nt_headers::OPTIONAL_HEADER + optional_header::SIZE)];
+    let want = nt_hdr
+        .get_mut(..entry + at(optional_header::DATA_DIRECTORY_ENTRY_SIZE))
+        .unwrap_or_default();
+    read_exact(target, nt, want)?;
+    if nt_hdr.get(..4) != Some(nt_headers::SIGNATURE.as_slice()) {
+        return Err(PeError::NotPe(base, "no PE signature"));
+    }
+    if u16_at(&nt_hdr, opt + at(optional_header::MAGIC)) != Some(optional_header::MAGIC_PE32_PLUS) {
+        return Err(PeError::NotPe(base, "not a PE32+ optional header"));
+    }
+    let count = u32_at(&nt_hdr, opt + at(optional_header::NUMBER_OF_RVA_AND_SIZES)).unwrap_or(0);
+    if u64::from(count) <= index {
+        return Ok(None);
+    }
+    let rva = u32_at(&nt_hdr, entry).unwrap_or(0);
+    let size = u32_at(&nt_hdr, entry + 4).unwrap_or(0);
+    Ok((rva != 0 && size != 0).then_some((rva, size)))
 }
 
 /// Parses the section table of the image at `base` from target memory.

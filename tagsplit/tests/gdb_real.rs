@@ -9,6 +9,7 @@
 //!
 //! Skipped with a notice when `gdb` is not on PATH, unless `CI=true`.
 
+mod common;
 mod gdb_support;
 
 use std::io::Read;
@@ -20,20 +21,7 @@ use tagsplit_target_sim::machine::{Machine, SiteKind};
 use tagsplit_target_sim::server::gdb::{BUSY_MESSAGE, GdbStubHandle, StubFeatures};
 
 fn have_gdb() -> bool {
-    let ok = Command::new("gdb")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "gdb is required when CI=true"
-        );
-        eprintln!("NOTICE: gdb is not installed; skipping the real-gdb test");
-    }
-    ok
+    common::have_tool("gdb", "the real-gdb test")
 }
 
 fn stub() -> GdbStubHandle {

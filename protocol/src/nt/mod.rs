@@ -5,7 +5,9 @@
 //! * [`layout`]: `LIST_ENTRY64`, `UNICODE_STRING`, `KLDR_DATA_TABLE_ENTRY`,
 //!   `KDDEBUGGER_DATA64` (with the simulator's documented extension fields),
 //!   `POOL_TRACKER_TABLE` and the kernel's tag hash, `POOL_HEADER`, big pages, the page size.
-//! * [`pe`]: PE32+ headers, sections, `RUNTIME_FUNCTION` and `UNWIND_INFO`.
+//! * [`pe`]: PE32+ headers, sections, `RUNTIME_FUNCTION` and `UNWIND_INFO` offsets.
+//! * [`unwind`]: the x64 unwind data itself, parsed and encoded: the function table,
+//!   `UNWIND_INFO` and every `UNWIND_CODE` operation.
 //! * [`status`]: NTSTATUS values.
 //!
 //! Everything is a byte offset (`u64`, to add to a [`VirtAddr`]) or a small pure function:
@@ -23,5 +25,6 @@ pub mod layout;
 pub mod pe;
 pub mod status;
 pub mod types;
+pub mod unwind;
 
 pub use types::{PROTECTED_POOL, PoolTag, VirtAddr};

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+use std::process::{Command, Stdio};
+
 use tagsplit::VirtAddr;
 use tagsplit::target::{DebugTarget, KernelInfo, ModuleInfo, RunFor, StopReason, TargetError};
 
@@ -124,4 +126,23 @@ pub fn bin() -> std::process::Command {
 /// Runs the `tagsplit` binary with `args` and returns its output.
 pub fn tagsplit(args: &[&str]) -> std::process::Output {
     bin().args(args).output().unwrap()
+}
+
+/// Whether `tool --version` runs. When it does not, prints a notice that `what` is skipped
+/// and returns false, except under `CI=true`, where a missing tool fails the test.
+pub fn have_tool(tool: &str, what: &str) -> bool {
+    let ok = Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{tool} is required when CI=true"
+        );
+        eprintln!("NOTICE: {tool} is not installed; skipping {what}");
+    }
+    ok
 }
