@@ -65,6 +65,8 @@ pub mod decode;
 pub mod demo;
 pub mod disasm;
 pub mod pe;
+#[cfg(feature = "plot")]
+pub mod plot;
 pub mod pool;
 pub mod pooltag;
 #[cfg(feature = "impair")]

@@ -1,5 +1,6 @@
 //! `tagsplit demo`.
 
+use anyhow::Context as _;
 use std::time::Instant;
 
 use tagsplit::PoolTag;
@@ -32,6 +33,10 @@ pub struct Args {
     /// Print the wire counters (packets, bytes, round trips) of each phase.
     #[arg(long)]
     stats: bool,
+    /// Where to draw the split's leak-vs-load picture (SVG; default: tagsplit-demo.svg in
+    /// the temporary directory).
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<std::path::PathBuf>,
 }
 
 /// A target and, for `--via gdb`, the loopback stub serving it (stopped on drop, after
@@ -124,6 +129,15 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
     let report = Split::new(target.as_mut(), PoolTag::new(*b"Leak"), options).run()?;
     print!("{}", report.to_text());
     print_stats(a.stats, target.as_ref());
+    let plot = a
+        .plot
+        .unwrap_or_else(|| std::env::temp_dir().join("tagsplit-demo.svg"));
+    tagsplit::plot::write_svg(&report, &plot)
+        .with_context(|| format!("writing the plot {}", plot.display()))?;
+    println!(
+        "\nLeak against load, drawn: {} (outstanding bytes per new tag at each sample)",
+        plot.display()
+    );
     drop(target);
     drop(stub);
     println!(

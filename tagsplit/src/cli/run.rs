@@ -49,6 +49,10 @@ pub struct Args {
     /// Print the wire counters (packets and bytes each way, round trips) to stderr.
     #[arg(long)]
     pub stats: bool,
+    /// Draw the outstanding bytes of every split tag over the samples into this SVG file
+    /// (the leak climbs, the load levels off).
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
 }
 
 /// `tagsplit restore --target SPEC [--journal PATH]`, as a user should type it.
@@ -234,6 +238,11 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.to_text());
+    }
+    if let Some(path) = &a.plot {
+        tagsplit::plot::write_svg(&report, path)
+            .with_context(|| format!("writing the plot {}", path.display()))?;
+        eprintln!("plot: {}", path.display());
     }
     if let Some(sig) = stopped_by {
         anyhow::bail!(
