@@ -189,3 +189,42 @@ fn a_borrowed_machine_runs_the_console_too() {
     assert_eq!(owned.describe(), "sim:part4");
     assert!(owned.into_machine().tick() > 1000);
 }
+
+/// A GDB stub that goes away between two commands: the command that meets the closed
+/// connection fails with "connection lost" (not `??` as if memory were unreadable), and
+/// no command runs after it, in the same line or a later one.
+#[test]
+fn a_lost_connection_stops_the_console() {
+    let scenario = tagsplit_target_sim::scenario::Scenario::builtin("part4").unwrap();
+    let stub = tagsplit::target::gdb::serve_scenario(
+        &scenario,
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        None,
+        tagsplit_target_sim::server::gdb::StubFeatures::FULL,
+    )
+    .unwrap();
+    let mut t = open(&format!("gdb://{}", stub.addr())).unwrap();
+    let mut console = Console::new();
+    let first = console.run(t.as_mut(), "lm");
+    assert!(first.failed.is_empty(), "{first:?}");
+    assert!(first.output.contains("myfault"), "{}", first.output);
+    assert_eq!(first.link_lost, None);
+
+    drop(stub.shutdown());
+    let lost = console.run(t.as_mut(), "db myfault l10; lm");
+    assert!(lost.link_lost.is_some(), "{lost:?}");
+    assert!(!lost.output.contains("??"), "{}", lost.output);
+    assert_eq!(lost.failed.len(), 2, "{lost:?}");
+    assert_eq!(lost.failed[0].command, "db myfault l10");
+    assert!(
+        lost.failed[0].message.contains("connection lost"),
+        "{lost:?}"
+    );
+    assert_eq!(lost.failed[1].command, "lm");
+    assert!(lost.failed[1].message.starts_with("not run"), "{lost:?}");
+    assert!(console.link_lost().is_some());
+
+    let later = console.run(t.as_mut(), "dc myfault l1");
+    assert_eq!(later.failed.len(), 1);
+    assert!(later.failed[0].message.starts_with("not run"), "{later:?}");
+}

@@ -25,16 +25,31 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
     let mut console = Console::with_pooltag(super::load_pooltag(a.pooltag.as_deref())?);
     let mut out = std::io::stdout().lock();
     if let Some(cmds) = a.commands {
-        // A batch: every command runs; if any failed, the batch fails with its error.
+        // A batch: every command runs until the connection is lost; if any failed, the
+        // batch fails with its error.
         let mut failed = Vec::new();
-        for cmd in split_commands(&cmds)
+        let cmds: Vec<&str> = split_commands(&cmds)
             .into_iter()
             .map(str::trim)
             .filter(|c| !c.is_empty())
-        {
+            .collect();
+        for (i, cmd) in cmds.iter().enumerate() {
             let outcome = console.run(target.as_mut(), cmd);
             write!(out, "{PROMPT}{cmd}\n{}", outcome.output)?;
             failed.extend(outcome.failed);
+            if let Some(lost) = outcome.link_lost {
+                out.flush()?;
+                let rest = cmds.get(i + 1..).unwrap_or_default();
+                for f in &failed {
+                    let message = f.message.strip_prefix("error: ").unwrap_or(&f.message);
+                    eprintln!("error in '{}': {message}", f.command);
+                }
+                anyhow::bail!(
+                    "the connection to {} was lost ({lost}) in '{cmd}'; {} later command(s) not run",
+                    a.target,
+                    rest.len()
+                );
+            }
         }
         out.flush()?;
         for f in &failed {
@@ -65,7 +80,12 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
         if matches!(cmd, "q" | "qq" | "quit" | "exit") {
             break;
         }
-        write!(out, "{}", console.execute(target.as_mut(), cmd))?;
+        let outcome = console.run(target.as_mut(), cmd);
+        write!(out, "{}", outcome.output)?;
+        if let Some(lost) = outcome.link_lost {
+            out.flush()?;
+            anyhow::bail!("the connection to {} was lost ({lost})", a.target);
+        }
     }
     writeln!(out)?;
     Ok(())

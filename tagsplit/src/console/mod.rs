@@ -32,7 +32,9 @@ use std::fmt::Write as _;
 
 use crate::VirtAddr;
 use crate::pooltag::PoolTagDb;
-use crate::target::{DebugTarget, TargetError};
+use crate::target::{
+    DebugTarget, Interrupt, KernelInfo, ModuleInfo, RunFor, StopReason, TargetError, WireStats,
+};
 
 /// The prompt WinDbg shows on processor 0 of a kernel target.
 pub const PROMPT: &str = "0: kd> ";
@@ -65,6 +67,9 @@ pub struct Outcome {
     pub output: String,
     /// The commands that failed, in order.
     pub failed: Vec<Failure>,
+    /// The connection to the target was lost (its error): the command that met it
+    /// failed, and the console runs no command after it.
+    pub link_lost: Option<String>,
 }
 
 /// A command that failed.
@@ -85,6 +90,8 @@ pub struct Console {
     next_unassemble: Option<VirtAddr>,
     /// Nesting depth of `!for_each_module` (bounded).
     depth: u8,
+    /// Set once the connection to the target is lost (its error).
+    link_lost: Option<String>,
 }
 
 impl Default for Console {
@@ -191,6 +198,7 @@ impl Console {
             next_display: None,
             next_unassemble: None,
             depth: 0,
+            link_lost: None,
         }
     }
 
@@ -206,6 +214,11 @@ impl Console {
 
     /// Runs one line (commands separated by `;`): what WinDbg would print, and which
     /// commands failed (a batch reports those and exits non-zero).
+    ///
+    /// Once the connection to the target is lost ([`TargetError::is_link_failure`], even
+    /// where a command would have shown memory as unreadable), the command that met it
+    /// fails with `connection lost: …`, [`Outcome::link_lost`] says so, and no later
+    /// command runs, in this call or any later one.
     pub fn run(&mut self, target: &mut dyn DebugTarget, line: &str) -> Outcome {
         let mut outcome = Outcome::default();
         for cmd in split_commands(line) {
@@ -214,7 +227,35 @@ impl Console {
                 continue;
             }
             let out = &mut outcome.output;
-            let Err(e) = self.dispatch(target, cmd, out) else {
+            if let Some(lost) = &self.link_lost {
+                let message = format!("not run: the connection to the target was lost ({lost})");
+                let _ = writeln!(out, "{message}");
+                outcome.failed.push(Failure {
+                    command: cmd.to_owned(),
+                    message,
+                });
+                outcome.link_lost = Some(lost.clone());
+                continue;
+            }
+            let mut watched = LinkWatch {
+                inner: &mut *target,
+                lost: None,
+            };
+            let before = out.len();
+            let result = self.dispatch(&mut watched, cmd, out);
+            let lost = watched.lost.map(|e| e.to_string());
+            let result = match (result, lost) {
+                (_, Some(lost)) => {
+                    // What the command printed after the link went (`??` for memory that
+                    // was never asked for) would mislead: drop it.
+                    out.truncate(before);
+                    self.link_lost = Some(lost.clone());
+                    outcome.link_lost = Some(lost.clone());
+                    Err(CmdError::Msg(format!("error: connection lost: {lost}")))
+                }
+                (result, None) => result,
+            };
+            let Err(e) = result else {
                 continue;
             };
             let start = out.len();
@@ -239,6 +280,12 @@ impl Console {
             });
         }
         outcome
+    }
+
+    /// The connection to the target was lost (its error), if it was: see
+    /// [`run`](Self::run).
+    pub fn link_lost(&self) -> Option<&str> {
+        self.link_lost.as_deref()
     }
 
     fn dispatch(&mut self, t: &mut dyn DebugTarget, cmd: &str, out: &mut String) -> CmdResult {
@@ -391,3 +438,82 @@ fn command_word(cmd: &str) -> (&str, &str) {
 
 #[cfg(test)]
 mod tests;
+
+/// A target that remembers the first error saying the connection is gone, however the
+/// command that met it treated the error (a display shows unreadable memory as `??`).
+struct LinkWatch<'a> {
+    inner: &'a mut dyn DebugTarget,
+    lost: Option<TargetError>,
+}
+
+impl LinkWatch<'_> {
+    fn note<T>(&mut self, result: Result<T, TargetError>) -> Result<T, TargetError> {
+        match result {
+            Err(e) if e.is_link_failure() => {
+                let again = match &e {
+                    TargetError::Disconnected => TargetError::Disconnected,
+                    TargetError::Timeout => TargetError::Timeout,
+                    other => TargetError::Protocol(other.to_string()),
+                };
+                if self.lost.is_none() {
+                    self.lost = Some(e);
+                }
+                Err(again)
+            }
+            other => other,
+        }
+    }
+}
+
+impl DebugTarget for LinkWatch<'_> {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn read_memory(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
+        let r = self.inner.read_memory(addr, buf);
+        self.note(r)
+    }
+    fn write_memory(&mut self, addr: VirtAddr, data: &[u8]) -> Result<usize, TargetError> {
+        let r = self.inner.write_memory(addr, data);
+        self.note(r)
+    }
+    fn kernel_info(&mut self) -> Result<KernelInfo, TargetError> {
+        let r = self.inner.kernel_info();
+        self.note(r)
+    }
+    fn modules(&mut self) -> Result<Vec<ModuleInfo>, TargetError> {
+        let r = self.inner.modules();
+        self.note(r)
+    }
+    fn search_memory(
+        &mut self,
+        start: VirtAddr,
+        end: VirtAddr,
+        pattern: &[u8],
+        max_hits: usize,
+    ) -> Result<Vec<VirtAddr>, TargetError> {
+        let r = self.inner.search_memory(start, end, pattern, max_hits);
+        self.note(r)
+    }
+    fn run(&mut self, how_long: RunFor) -> Result<StopReason, TargetError> {
+        let r = self.inner.run(how_long);
+        self.note(r)
+    }
+    fn set_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
+        let r = self.inner.set_breakpoint(addr);
+        self.note(r)
+    }
+    fn clear_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
+        let r = self.inner.clear_breakpoint(addr);
+        self.note(r)
+    }
+    fn set_interrupt(&mut self, interrupt: Option<Interrupt>) {
+        self.inner.set_interrupt(interrupt);
+    }
+    fn stats(&self) -> Option<WireStats> {
+        self.inner.stats()
+    }
+    fn default_run(&self) -> RunFor {
+        self.inner.default_run()
+    }
+}

@@ -54,6 +54,18 @@ pub enum TargetError {
     Interrupted,
 }
 
+impl TargetError {
+    /// Whether the connection to the target is gone or no longer answers (closed, an
+    /// I/O error, no answer in time): nothing sent after it can work, and anything that
+    /// turned such an error into "unreadable" would mislead.
+    pub fn is_link_failure(&self) -> bool {
+        matches!(
+            self,
+            TargetError::Disconnected | TargetError::Io(_) | TargetError::Timeout
+        )
+    }
+}
+
 /// A loaded kernel module, as `lm` lists it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ModuleInfo {
