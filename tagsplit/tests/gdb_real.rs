@@ -247,3 +247,52 @@ fn second_client_is_refused_and_detach_leaves_the_stub_ready() {
         }
     }
 }
+
+/// gdb's own `qCRC` request (what `compare-sections` sends) gets the CRC-32 gdb would
+/// compute (its `xcrc32`) of the module's bytes, before and after gdb patches one.
+#[test]
+fn gdb_gets_the_crc_it_would_compute() {
+    if !have_gdb() {
+        return;
+    }
+    let stub = stub();
+    let (hit1, _, _, _) = stub.with_machine(|m| leak_hits(m));
+    let (base, len) = stub.with_machine(|m| {
+        let myfault = m
+            .modules()
+            .into_iter()
+            .find(|x| x.name == "myfault.sys")
+            .unwrap();
+        (myfault.base.get(), myfault.size)
+    });
+    let crc_of = |stub: &GdbStubHandle| {
+        stub.with_machine(|m| {
+            let mut bytes = vec![0u8; len as usize];
+            m.read(tagsplit_target_sim::VirtAddr(base), &mut bytes)
+                .unwrap();
+            tagsplit_protocol::gdb::crc32(&bytes)
+        })
+    };
+    let before = crc_of(&stub);
+    let out = run_gdb(
+        &stub,
+        &[
+            format!("maint packet qCRC:{base:x},{len:x}"),
+            format!("set {{char}}({hit1:#x}+3) = 0x31"),
+            format!("maint packet qCRC:{base:x},{len:x}"),
+            format!("set {{char}}({hit1:#x}+3) = 0x6b"),
+        ],
+    );
+    let after = stub.with_machine(|m| {
+        let mut bytes = vec![0u8; len as usize];
+        m.read(tagsplit_target_sim::VirtAddr(base), &mut bytes)
+            .unwrap();
+        bytes[(hit1 - base + 3) as usize] = 0x31;
+        tagsplit_protocol::gdb::crc32(&bytes)
+    });
+    assert_ne!(before, after);
+    assert!(out.contains(&format!("received: \"C{before:x}\"")), "{out}");
+    assert!(out.contains(&format!("received: \"C{after:x}\"")), "{out}");
+    // gdb put the byte back: the module is as it was.
+    assert_eq!(crc_of(&stub), before);
+}

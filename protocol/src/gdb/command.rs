@@ -585,6 +585,14 @@ pub enum Command<'a> {
         /// The raw pattern.
         pattern: &'a [u8],
     },
+    /// `qCRC:ADDR,LEN`: the CRC-32 of a range, as gdb's `compare-sections` asks for it
+    /// (see [`crc32`](super::crc32)).
+    Crc {
+        /// Start address.
+        addr: u64,
+        /// Length of the range.
+        len: u64,
+    },
     /// `qRcmd,hex` (`monitor` text).
     Monitor(HexBytes<'a>),
     /// `Z` + type,addr,kind.
@@ -752,6 +760,8 @@ fn parse_named(payload: &[u8]) -> Option<Command<'_>> {
             ),
         )
         .map(|(addr, len, pattern)| Command::SearchMemory { addr, len, pattern }),
+        b"qCRC" => whole(args, preceded(lit(b":"), addr_len()))
+            .map(|(addr, len)| Command::Crc { addr, len }),
         b"qRcmd" => whole(args, preceded(lit(b","), hex_data())).map(Command::Monitor),
         b"vCont" if args == b"?" => Some(Command::VContQuery),
         b"vCont" => whole(
@@ -787,6 +797,7 @@ fn is_known(payload: &[u8]) -> bool {
                 | b"qsThreadInfo"
                 | b"qC"
                 | b"qAttached"
+                | b"qCRC"
                 | b"qRcmd"
                 | b"vCont"
                 | b"vKill" => true,
@@ -834,6 +845,7 @@ impl<'a> Command<'a> {
             }
             Command::ReadMemoryBinary { .. } => ReplyKind::Binary,
             Command::SearchMemory { .. } => ReplyKind::Search,
+            Command::Crc { .. } => ReplyKind::Crc,
             Command::Monitor(_) => ReplyKind::Monitor,
             Command::VContQuery => ReplyKind::VContSupported,
             Command::Continue(_) | Command::Step(_) | Command::VCont(_) => ReplyKind::Stop,
@@ -924,6 +936,12 @@ impl<'a> Command<'a> {
                 push_hex_u64(*len, out);
                 out.push(b';');
                 out.extend_from_slice(pattern);
+            }
+            Command::Crc { addr, len } => {
+                out.extend_from_slice(b"qCRC:");
+                push_hex_u64(*addr, out);
+                out.push(b',');
+                push_hex_u64(*len, out);
             }
             Command::Monitor(text) => {
                 out.extend_from_slice(b"qRcmd,");
@@ -1119,8 +1137,13 @@ mod tests {
         ] {
             assert_eq!(Command::parse(bad), Command::Malformed(bad));
         }
+        assert_eq!(
+            Command::parse(b"qCRC:1,2"),
+            Command::Crc { addr: 1, len: 2 }
+        );
+        assert_eq!(Command::parse(b"qCRC:1"), Command::Malformed(b"qCRC:1"));
         for unknown in [
-            &b"qCRC:1,2"[..],
+            &b"qGetTLSAddr:1,2,3"[..],
             b"vFile:open:x",
             b"qXfer:features:write:x:0:",
             b"!",

@@ -81,6 +81,16 @@ pub use command::{
     XferObject,
 };
 pub use frame::{Decoder, Event};
+
+/// gdb's CRC-32, the one `qCRC` answers and `compare-sections` checks (gdb's `xcrc32`):
+/// CRC-32/MPEG-2 — polynomial `0x04c11db7`, initial value all ones, no reflection, no
+/// final xor. Feed it in pieces with `CRC32.digest()`.
+pub const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_MPEG_2);
+
+/// [`CRC32`] of `bytes`.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    CRC32.checksum(bytes)
+}
 pub use reply::{Reply, ReplyError, ReplyKind, SIGINT, SIGTRAP, StopKind, StopReply};
 pub use session::{
     ClientEvent, ClientSession, CommandPacket, ServerEvent, ServerSession, SessionConfig,

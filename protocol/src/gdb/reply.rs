@@ -42,6 +42,8 @@ pub enum ReplyKind {
     Supported,
     /// A `qSearch:memory` answer (`0` or `1,ADDR`).
     Search,
+    /// A `qCRC` answer (`C` + the CRC in hex).
+    Crc,
     /// A thread list (`m01,02` or `l`).
     ThreadInfo,
     /// `QC` + thread.
@@ -208,6 +210,8 @@ pub enum Reply {
     Supported(Vec<Feature>),
     /// The `qSearch:memory` reply: `1,ADDR` or `0`.
     SearchResult(Option<u64>),
+    /// The `qCRC` reply: `C` + the CRC-32 in hex.
+    Crc(u32),
     /// `m` + thread ids.
     ThreadList(Vec<ThreadId>),
     /// `l`: end of the thread list.
@@ -248,6 +252,10 @@ impl Reply {
                 out.extend_from_slice(data);
             }
             Reply::Supported(features) => Feature::encode_list_into(features, out),
+            Reply::Crc(crc) => {
+                out.push(b'C');
+                push_hex_u64(u64::from(*crc), out);
+            }
             Reply::SearchResult(None) => out.push(b'0'),
             Reply::SearchResult(Some(addr)) => {
                 out.extend_from_slice(b"1,");
@@ -354,6 +362,12 @@ impl Reply {
                     .map(|a| Reply::SearchResult(Some(a)))
                     .ok_or_else(bad),
             },
+            ReplyKind::Crc => payload
+                .strip_prefix(b"C")
+                .and_then(parse_hex_u64)
+                .and_then(|v| u32::try_from(v).ok())
+                .map(Reply::Crc)
+                .ok_or_else(bad),
             ReplyKind::ThreadInfo => match payload.split_first() {
                 Some((b'l', [])) => Ok(Reply::ThreadListEnd),
                 Some((b'm', ids)) => ids
@@ -486,6 +500,8 @@ mod tests {
             Reply::SearchResult(Some(0x1_4000_1010)),
         );
         round_trip(ReplyKind::Search, b"0", Reply::SearchResult(None));
+        round_trip(ReplyKind::Crc, b"Cdeadbeef", Reply::Crc(0xdead_beef));
+        round_trip(ReplyKind::Crc, b"C0", Reply::Crc(0));
         round_trip(
             ReplyKind::ThreadInfo,
             b"m01",
@@ -509,6 +525,8 @@ mod tests {
     fn malformed_is_an_error_not_a_panic() {
         assert!(Reply::parse(ReplyKind::Hex, b"4").is_err());
         assert!(Reply::parse(ReplyKind::Search, b"1,zz").is_err());
+        assert!(Reply::parse(ReplyKind::Crc, b"C123456789").is_err());
+        assert!(Reply::parse(ReplyKind::Crc, b"Czz").is_err());
         assert!(Reply::parse(ReplyKind::Stop, b"T").is_err());
         assert!(Reply::parse(ReplyKind::Attached, b"2").is_err());
         assert_eq!(

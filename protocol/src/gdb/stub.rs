@@ -72,6 +72,10 @@ use crate::stub::{
 
 /// The errno-style code for a memory fault (`EFAULT`).
 pub const E_FAULT: u8 = 0x0e;
+/// The longest range one `qCRC` covers (1 GiB): longer ones are refused with `E16`.
+pub const MAX_CRC_LEN: u64 = 1 << 30;
+/// Bytes `qCRC` reads from the target at a time.
+const CRC_PIECE: usize = 4096;
 /// The code for a malformed request or an argument the target refuses (`EINVAL`).
 pub const E_INVAL: u8 = 0x16;
 /// The text of the error a target that cannot run answers to a resume.
@@ -529,6 +533,30 @@ impl Stub {
         (got > 0).then_some(got)
     }
 
+    /// `qCRC`: gdb's CRC-32 ([`super::CRC32`]) of `len` bytes at `addr`, read in pieces
+    /// of [`CRC_PIECE`] bytes; `E0e` if any byte cannot be read, `E16` for a range over
+    /// [`MAX_CRC_LEN`] (the stub answers each packet in bounded time).
+    fn crc<T: Target + ?Sized>(target: &mut T, addr: u64, len: u64) -> Reply {
+        if len > MAX_CRC_LEN || addr.checked_add(len).is_none() {
+            return Reply::Error(E_INVAL);
+        }
+        let mut digest = super::CRC32.digest();
+        let mut piece = [0u8; CRC_PIECE];
+        let mut done = 0u64;
+        while done < len {
+            let n = usize::try_from(len - done).map_or(CRC_PIECE, |n| n.min(CRC_PIECE));
+            let Some(dst) = piece.get_mut(..n) else {
+                return Reply::Error(E_FAULT);
+            };
+            match target.read_memory(addr + done, dst) {
+                Ok(got) if got == n => digest.update(dst),
+                _ => return Reply::Error(E_FAULT),
+            }
+            done += n as u64;
+        }
+        Reply::Crc(digest.finalize())
+    }
+
     fn read_binary<T: Target + ?Sized>(&self, target: &mut T, addr: u64, len: u64) -> Reply {
         // Binary data is escaped on the wire: keep the escaped form within a packet.
         let room = self.config.packet_size.saturating_sub(8).max(1);
@@ -704,6 +732,7 @@ impl Stub {
                 },
                 None => Reply::Empty,
             },
+            Command::Crc { addr, len } => Self::crc(target, addr, len),
             Command::Monitor(text) => return self.monitor(target, text),
             Command::InsertBreakpoint(bp) => self.breakpoint(target, bp.kind, bp.addr, true),
             Command::RemoveBreakpoint(bp) => self.breakpoint(target, bp.kind, bp.addr, false),
@@ -849,6 +878,24 @@ mod tests {
         assert_eq!(ask(&mut stub, &mut rom, b"?"), ["T05thread:01;"]);
         assert_eq!(ask(&mut stub, &mut rom, b"D"), ["OK"]);
         assert!(stub.is_closed());
+    }
+
+    /// `qCRC` answers gdb's CRC-32 of readable memory, and an error for a range with an
+    /// unreadable byte or one too long to answer in bounded time.
+    #[test]
+    fn crc_of_memory_as_compare_sections_asks() {
+        let mut rom = Rom(*b"0123456789abcdef");
+        let mut stub = Stub::new(StubConfig::default());
+        // The check value of CRC-32/MPEG-2.
+        assert_eq!(crate::gdb::crc32(b"123456789"), 0x0376_e6e7);
+        let want = format!("C{:x}", crate::gdb::crc32(b"0123456789abcdef"));
+        assert_eq!(ask(&mut stub, &mut rom, b"qCRC:1000,10"), [want]);
+        let want = format!("C{:x}", crate::gdb::crc32(b"3456"));
+        assert_eq!(ask(&mut stub, &mut rom, b"qCRC:1003,4"), [want]);
+        assert_eq!(ask(&mut stub, &mut rom, b"qCRC:1000,11"), ["E0e"]);
+        let too_long = format!("qCRC:1000,{:x}", MAX_CRC_LEN + 1);
+        assert_eq!(ask(&mut stub, &mut rom, too_long.as_bytes()), ["E16"]);
+        assert_eq!(ask(&mut stub, &mut rom, b"qCRC:1000"), ["E16"]);
     }
 
     #[test]
