@@ -3,7 +3,7 @@
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::PathBuf;
 
-use tagsplit::console::{Console, PROMPT, split_commands};
+use tagsplit::console::{Console, PROMPT, completions, expression_names, split_commands};
 
 /// Arguments of `console`.
 #[derive(Debug, clap::Args)]
@@ -65,7 +65,10 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let interactive = std::io::stdin().is_terminal();
+    if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+        return interactive(&a, target.as_mut(), &mut console);
+    }
+    // Commands from a pipe: each is echoed after the prompt, as a transcript.
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     loop {
@@ -74,9 +77,7 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
         let Some(line) = lines.next() else { break };
         let line = line?;
         let cmd = line.trim();
-        if !interactive {
-            writeln!(out, "{cmd}")?;
-        }
+        writeln!(out, "{cmd}")?;
         if matches!(cmd, "q" | "qq" | "quit" | "exit") {
             break;
         }
@@ -89,4 +90,105 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
     }
     writeln!(out)?;
     Ok(())
+}
+
+/// Line editing, history and completion for a console people type into.
+#[derive(rustyline::Helper, rustyline::Hinter, rustyline::Highlighter, rustyline::Validator)]
+struct Editing {
+    /// Module names as expressions take them, for completion.
+    modules: Vec<String>,
+}
+
+impl rustyline::completion::Completer for Editing {
+    type Candidate = String;
+
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _: &rustyline::Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<String>)> {
+        Ok(completions(line, pos, &self.modules))
+    }
+}
+
+/// Where the console's history is kept across runs: `console_history` in the state
+/// directory (`$XDG_STATE_HOME/tagsplit`), if there is one.
+fn history_path() -> Option<PathBuf> {
+    let dirs = directories::ProjectDirs::from("", "", "tagsplit")?;
+    let dir = dirs
+        .state_dir()
+        .map_or_else(|| dirs.data_local_dir().to_path_buf(), PathBuf::from);
+    Some(dir.join("console_history"))
+}
+
+/// The console at a terminal: line editing and history (kept across runs), Tab completes
+/// commands and module names, Ctrl-C while a command runs breaks into the target (at
+/// the prompt it clears the line), Ctrl-D or `q` leaves.
+fn interactive(
+    a: &Args,
+    target: &mut dyn tagsplit::target::DebugTarget,
+    console: &mut Console,
+) -> anyhow::Result<()> {
+    let modules = target
+        .modules()
+        .map(|m| expression_names(&m))
+        .unwrap_or_default();
+    let mut editor: rustyline::Editor<Editing, rustyline::history::DefaultHistory> =
+        rustyline::Editor::with_config(
+            rustyline::Config::builder()
+                .history_ignore_dups(true)?
+                .completion_type(rustyline::CompletionType::List)
+                .max_history_size(10_000)?
+                .build(),
+        )?;
+    editor.set_helper(Some(Editing { modules }));
+    let history = history_path();
+    if let Some(path) = &history {
+        // No history yet is not an error.
+        let _ = editor.load_history(path);
+    }
+    let mut out = std::io::stdout();
+    let result = loop {
+        let line = match editor.readline(PROMPT) {
+            Ok(line) => line,
+            Err(rustyline::error::ReadlineError::Interrupted) => continue,
+            Err(rustyline::error::ReadlineError::Eof) => break Ok(()),
+            Err(e) => break Err(anyhow::Error::from(e)),
+        };
+        let cmd = line.trim();
+        if matches!(cmd, "q" | "qq" | "quit" | "exit") {
+            break Ok(());
+        }
+        if !cmd.is_empty() {
+            let _ = editor.add_history_entry(cmd);
+        }
+        // Ctrl-C while the command runs breaks in; then signals exit at once again.
+        let interrupt = tagsplit::target::Interrupt::new();
+        target.set_interrupt(Some(interrupt.clone()));
+        super::signals::break_in_on_sigint(interrupt);
+        let outcome = console.run(target, cmd);
+        super::signals::exit_at_once();
+        target.set_interrupt(None);
+        write!(out, "{}", outcome.output)?;
+        out.flush()?;
+        if let Some(lost) = outcome.link_lost {
+            break Err(anyhow::anyhow!(
+                "the connection to {} was lost ({lost})",
+                a.target
+            ));
+        }
+    };
+    if let Some(path) = &history {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if let Err(e) = editor.save_history(path) {
+            eprintln!(
+                "tagsplit: could not keep the history in {}: {e}",
+                path.display()
+            );
+        }
+    }
+    result
 }

@@ -21,13 +21,17 @@ use std::thread::Thread;
 use tagsplit::target::Interrupt;
 
 /// What a signal does now.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 enum Mode {
     /// Exit at once: nothing to undo.
     ExitAtOnce,
     /// Set the cancel flag and let the command wind down (a server); a second signal
     /// exits at once.
     Stop,
+    /// The interactive console while a command runs: SIGINT (Ctrl-C) triggers this
+    /// interrupt, so a running target is broken into and the console goes back to its
+    /// prompt; SIGTERM and SIGHUP exit at once.
+    BreakIn(Interrupt),
     /// Cancel and let the command restore; a third signal exits, printing `hint`.
     Restore {
         /// What the user must run to finish the job when we exit early.
@@ -54,6 +58,9 @@ const SIGNALS: [i32; 3] = [
     signal_hook::consts::SIGTERM,
     signal_hook::consts::SIGHUP,
 ];
+
+/// SIGINT's number.
+const SIGINT: i32 = 2;
 
 /// A signal's name.
 pub fn name(sig: i32) -> String {
@@ -126,6 +133,16 @@ fn on_signal(shared: &Shared, sig: i32) {
             eprintln!("tagsplit: {what}: stopped; nothing was patched");
             std::process::exit(128 + sig);
         }
+        (Mode::BreakIn(interrupt), _) if sig == SIGINT => {
+            // Not counted towards exiting: every Ctrl-C breaks into the command running.
+            shared.count.fetch_sub(1, Ordering::SeqCst);
+            interrupt.trigger();
+            eprintln!("tagsplit: {what}: breaking in");
+        }
+        (Mode::BreakIn(_), _) => {
+            eprintln!("tagsplit: {what}: exiting");
+            std::process::exit(128 + sig);
+        }
         (Mode::Stop, 1) => {
             shared.cancel.trigger();
             eprintln!("tagsplit: {what}: stopping");
@@ -164,6 +181,13 @@ fn set_mode(mode: Mode) {
 /// From now on a signal exits at once (nothing to undo).
 pub fn exit_at_once() {
     set_mode(Mode::ExitAtOnce);
+}
+
+/// From now on Ctrl-C (SIGINT) triggers `interrupt` (the console breaks into the
+/// command running) and other signals exit at once.
+pub fn break_in_on_sigint(interrupt: Interrupt) {
+    let _ = install();
+    set_mode(Mode::BreakIn(interrupt));
 }
 
 /// From now on the first signal sets the cancel flag (the command winds down) and a

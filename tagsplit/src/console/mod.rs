@@ -335,7 +335,13 @@ impl Console {
         } else {
             crate::target::RunFor::Ticks(self.eval(t, rest)?)
         };
-        match t.run(how)? {
+        let stop = match t.run(how) {
+            // Ctrl-C while it ran (the interrupt given to `set_interrupt`): broken into
+            // and stopped, as WinDbg's Ctrl+Break.
+            Err(TargetError::Interrupted) => crate::target::StopReason::BreakIn,
+            other => other?,
+        };
+        match stop {
             crate::target::StopReason::BreakIn => {
                 out.push_str("Break instruction exception - code 80000003 (first chance)\n");
             }
@@ -438,6 +444,67 @@ fn command_word(cmd: &str) -> (&str, &str) {
 
 #[cfg(test)]
 mod tests;
+
+/// The command words the console knows, for completion (`?` and `help` aside).
+pub const COMMANDS: &[&str] = &[
+    "lm",
+    "s",
+    "eb",
+    "ed",
+    "eq",
+    "db",
+    "dc",
+    "dd",
+    "dq",
+    "u",
+    "g",
+    "!for_each_module",
+    "!poolused",
+    "!poolfind",
+    "!pool",
+    "help",
+    "quit",
+];
+
+/// Completions of the word before `pos` in `line`: a command word at the start of a
+/// command (after a `;`), a module name (as expressions take it: `myfault`) anywhere
+/// else. Returns where the word starts and the candidates, sorted.
+pub fn completions(line: &str, pos: usize, modules: &[String]) -> (usize, Vec<String>) {
+    let before = line.get(..pos).unwrap_or(line);
+    let start = before
+        .rfind(|c: char| c.is_whitespace() || matches!(c, ';' | '+' | '-' | '(' | ')' | ','))
+        .map_or(0, |i| i + 1);
+    let word = before.get(start..).unwrap_or_default();
+    let command_start = before
+        .get(..start)
+        .unwrap_or_default()
+        .trim_end()
+        .chars()
+        .last()
+        .is_none_or(|c| c == ';');
+    let lower = word.to_ascii_lowercase();
+    let mut found: Vec<String> = if command_start {
+        COMMANDS
+            .iter()
+            .filter(|c| c.starts_with(&lower))
+            .map(|c| (*c).to_owned())
+            .collect()
+    } else {
+        modules
+            .iter()
+            .filter(|m| m.to_ascii_lowercase().starts_with(&lower))
+            .cloned()
+            .collect()
+    };
+    found.sort_unstable();
+    found.dedup();
+    (start, found)
+}
+
+/// The names modules go by in expressions (`myfault` for `myfault.sys`), for completion.
+pub fn expression_names(modules: &[ModuleInfo]) -> Vec<String> {
+    modules.iter().map(|m| m.module_name().to_owned()).collect()
+}
 
 /// A target that remembers the first error saying the connection is gone, however the
 /// command that met it treated the error (a display shows unreadable memory as `??`).

@@ -199,3 +199,48 @@ fn for_each_module_aliases_and_quoted_commands() {
         vec!["a", r#" b "c; d""#, " e"]
     );
 }
+
+#[test]
+fn tab_completes_commands_first_and_module_names_after() {
+    let modules = vec![
+        "myfault".to_owned(),
+        "msisadrv".to_owned(),
+        "ntoskrnl".to_owned(),
+    ];
+    assert_eq!(completions("db", 2, &modules), (0, vec!["db".to_owned()]));
+    assert_eq!(
+        completions("!pool", 5, &modules),
+        (
+            0,
+            vec![
+                "!pool".to_owned(),
+                "!poolfind".to_owned(),
+                "!poolused".to_owned()
+            ]
+        )
+    );
+    assert_eq!(
+        completions("db M", 4, &modules),
+        (3, vec!["msisadrv".to_owned(), "myfault".to_owned()])
+    );
+    assert_eq!(
+        completions("db myfault+10; d", 16, &modules),
+        (
+            15,
+            vec![
+                "db".to_owned(),
+                "dc".to_owned(),
+                "dd".to_owned(),
+                "dq".to_owned()
+            ]
+        )
+    );
+    assert_eq!(
+        completions("u nto+1", 5, &modules),
+        (2, vec!["ntoskrnl".to_owned()])
+    );
+    assert_eq!(completions("lm x", 4, &modules), (3, vec![]));
+    // A cursor past the end or inside a multi-byte character completes nothing odd.
+    assert_eq!(completions("dbé", 3, &modules).1, Vec::<String>::new());
+    assert_eq!(completions("", 99, &modules).1.len(), COMMANDS.len());
+}

@@ -131,8 +131,13 @@ pub fn tagsplit(args: &[&str]) -> std::process::Output {
 /// Whether `tool --version` runs. When it does not, prints a notice that `what` is skipped
 /// and returns false, except under `CI=true`, where a missing tool fails the test.
 pub fn have_tool(tool: &str, what: &str) -> bool {
+    have_tool_with(tool, "--version", what)
+}
+
+/// [`have_tool`] for a tool that tells its version with another flag (`tmux -V`).
+pub fn have_tool_with(tool: &str, version_flag: &str, what: &str) -> bool {
     let ok = Command::new(tool)
-        .arg("--version")
+        .arg(version_flag)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
