@@ -226,6 +226,42 @@ pub enum Reply {
     Raw(Vec<u8>),
 }
 
+/// Most payload bytes [`Reply`]'s `Display` shows before it cuts the text short.
+pub const DISPLAY_LIMIT: usize = 96;
+
+/// Packet bytes as text people read in a log or an error: printable ASCII as is, a
+/// backslash as `\\`, anything else as `\xNN`; cut after `limit` bytes with how many
+/// there were (`…(1,234 bytes)`).
+pub fn packet_text(bytes: &[u8], limit: usize) -> String {
+    let mut out = String::with_capacity(bytes.len().min(limit) + 16);
+    for &b in bytes.iter().take(limit) {
+        match b {
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(char::from(b)),
+            _ => {
+                let _ = std::fmt::Write::write_fmt(&mut out, format_args!("\\x{b:02x}"));
+            }
+        }
+    }
+    if bytes.len() > limit {
+        let _ = std::fmt::Write::write_fmt(&mut out, format_args!("…({} bytes)", bytes.len()));
+    }
+    out
+}
+
+/// The reply as it crossed the wire (its payload as text, see [`packet_text`]), e.g.
+/// `'T05thread:01;'` or `'E0e'`, not a list of byte values.
+impl std::fmt::Display for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut payload = Vec::new();
+        self.encode_into(&mut payload);
+        if payload.is_empty() {
+            return f.write_str("the empty reply");
+        }
+        write!(f, "'{}'", packet_text(&payload, DISPLAY_LIMIT))
+    }
+}
+
 impl Reply {
     /// Appends the packet payload (unescaped; framing escapes it) to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
@@ -519,6 +555,20 @@ mod tests {
             b"vCont;c;C;s;S",
             Reply::VContSupported(vec!["c".into(), "C".into(), "s".into(), "S".into()]),
         );
+    }
+
+    #[test]
+    fn replies_show_as_the_text_on_the_wire() {
+        assert_eq!(Reply::Raw(b"Packet".to_vec()).to_string(), "'Packet'");
+        assert_eq!(Reply::Error(0x0e).to_string(), "'E0e'");
+        assert_eq!(Reply::Empty.to_string(), "the empty reply");
+        assert_eq!(
+            Reply::Binary(vec![0, b'\\', 0xff, b'a']).to_string(),
+            "'b\\x00\\\\\\xffa'"
+        );
+        let long = Reply::Raw(vec![b'x'; 200]).to_string();
+        assert!(long.ends_with("…(200 bytes)'"), "{long}");
+        assert!(long.len() < 120);
     }
 
     #[test]
