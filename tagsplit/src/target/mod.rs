@@ -333,7 +333,7 @@ mod interrupt;
 pub mod kd;
 #[cfg(feature = "sim")]
 pub mod sim;
-mod wait;
+pub(crate) mod wait;
 
 use tagsplit_protocol::nt::layout::{ldr_entry, list_entry, unicode_string};
 
