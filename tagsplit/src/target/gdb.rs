@@ -284,7 +284,15 @@ impl GdbTarget {
             detached: false,
             interrupt: None,
             nudges: 0,
-            rtt: RttEstimator::default(),
+            rtt: {
+                // A stub behind a serial line (a board's, QEMU's serial port) is as common
+                // as one over a network: until a large exchange measures the link, its
+                // replies are given the time 115,200 baud needs (a 9 KB library list,
+                // 0.8 s), not sent for again while still on the way.
+                let mut rtt = RttEstimator::default();
+                rtt.assume_rate(tagsplit_protocol::rto::SERIAL_115200);
+                rtt
+            },
             last_byte: Instant::now(),
             damaged_seen: 0,
             last_stop: None,
@@ -422,15 +430,29 @@ impl GdbTarget {
         }
     }
 
-    /// Reads and drops up to `stale` replies to copies of a command sent again, for one
-    /// reply timer (they would be taken for the next command's replies).
+    /// Reads and drops up to `stale` replies to copies of a command sent again (they
+    /// would be taken for the next command's replies): each within one reply timer of the
+    /// last, and for as long as bytes keep coming (on a slow link a copy's reply is queued
+    /// behind the one taken: a 9 KB library list took 0.8 s at 115,200 baud and its copy
+    /// came after a fixed window, so every later reply answered the command before it).
     fn drain(&mut self, mut stale: u32, bytes: usize) -> Result<(), TargetError> {
-        let until = Instant::now() + self.rtt.timeout(&REPLY_TIMER, bytes);
+        let timer = self.rtt.timeout(&REPLY_TIMER, bytes);
+        let mut until = Instant::now() + timer;
         while stale > 0 {
             match self.wait_event(until, true)? {
-                Waited::Reply(r) => tracing::debug!("gdb: dropped a stale reply {r:?}"),
+                Waited::Reply(r) => {
+                    tracing::debug!("gdb: dropped a stale reply {r:?}");
+                    until = Instant::now() + timer;
+                }
                 Waited::Damaged => {}
-                Waited::Late => break,
+                Waited::Late => {
+                    let quiet = self.last_byte + timer;
+                    if quiet > Instant::now() {
+                        until = quiet;
+                        continue;
+                    }
+                    break;
+                }
             }
             stale -= 1;
         }
@@ -463,6 +485,7 @@ impl GdbTarget {
         let retry = idempotent(cmd);
         let bytes = exchange_bytes(cmd);
         let started = Instant::now();
+        let wire_before = self.on_wire();
         let (mut copies, mut damaged) = (0u32, 0u32);
         loop {
             self.session.send(cmd);
@@ -496,7 +519,12 @@ impl GdbTarget {
             match waited {
                 Waited::Reply(r) => {
                     if copies == 1 && work.is_none() {
-                        self.rtt.sample(sent.elapsed(), bytes);
+                        // The bytes that crossed, not the ones expected: a run-length
+                        // encoded or short reply taken for its full size made the link
+                        // look four times faster than it is, and a 160-byte read of
+                        // tracker entries was sent again on a serial line.
+                        self.rtt
+                            .sample(sent.elapsed(), self.crossed_since(wire_before));
                     } else {
                         self.rtt.reset_backoff();
                     }
@@ -527,8 +555,21 @@ impl GdbTarget {
         }
     }
 
+    /// Bytes sent and received so far.
+    fn on_wire(&self) -> u64 {
+        let w = self.session.stats();
+        w.bytes_sent.saturating_add(w.bytes_received)
+    }
+
+    /// Bytes that crossed the wire (both ways) since [`on_wire`](Self::on_wire) gave
+    /// `before`: what a round-trip sample is for.
+    fn crossed_since(&self, before: u64) -> usize {
+        usize::try_from(self.on_wire().saturating_sub(before)).unwrap_or(usize::MAX)
+    }
+
     /// [`request`](Self::request) in ack mode.
     fn request_ack_mode(&mut self, cmd: &Command) -> Result<Reply, TargetError> {
+        let wire_before = self.on_wire();
         self.session.send(cmd);
         self.write_out()?;
         let sent = Instant::now();
@@ -565,7 +606,8 @@ impl GdbTarget {
                 }
                 Ok(r) => {
                     if nudges == 0 && work.is_none() {
-                        self.rtt.sample(sent.elapsed(), bytes);
+                        self.rtt
+                            .sample(sent.elapsed(), self.crossed_since(wire_before));
                     }
                     return Ok(r);
                 }
