@@ -175,6 +175,14 @@ impl<T: DebugTarget> DebugTarget for CachedTarget<T> {
         self.inner.write_memory(addr, data)
     }
 
+    fn read_fresh(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
+        self.inner.read_fresh(addr, buf)
+    }
+
+    fn max_read(&self) -> usize {
+        self.inner.max_read()
+    }
+
     fn kernel_info(&mut self) -> Result<KernelInfo, TargetError> {
         self.inner.kernel_info()
     }

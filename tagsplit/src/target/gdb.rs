@@ -1284,6 +1284,10 @@ impl DebugTarget for GdbTarget {
         self.software_breakpoint(addr, false)
     }
 
+    fn max_read(&self) -> usize {
+        self.transfer_chunk()
+    }
+
     fn stats(&self) -> Option<WireStats> {
         let s = self.session.stats();
         Some(WireStats {
