@@ -24,6 +24,7 @@
 pub mod classify;
 pub mod journal;
 pub mod tags;
+pub mod traffic;
 
 use std::path::PathBuf;
 
