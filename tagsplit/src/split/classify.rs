@@ -163,15 +163,17 @@ pub fn find_prefix_hits<T: DebugTarget + ?Sized>(
             else {
                 continue;
             };
-            let Some(at4) = h.checked_add(3) else {
-                continue;
-            };
-            let mut b = [0u8; 1];
-            if target.read_memory(at4, &mut b)? != 1 {
+            // The 4th byte, with the code before it that classifying the hit decodes (one
+            // read, which a cached target keeps for that).
+            let Some(m) = modules.get(i) else { continue };
+            let from = VirtAddr(h.get().saturating_sub(SYNC_BYTES)).max(m.base);
+            let want = usize::try_from(h.get() - from.get() + 4).unwrap_or(4);
+            let mut b = vec![0u8; want];
+            if target.read_memory(from, &mut b)? != want {
                 continue;
             }
             let mut found = bare;
-            found[3] = b[0];
+            found[3] = b.last().copied().unwrap_or(0);
             out.push((i, h, PoolTag::new(found)));
         }
     }

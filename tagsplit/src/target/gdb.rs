@@ -430,33 +430,37 @@ impl GdbTarget {
         }
     }
 
-    /// Reads and drops up to `stale` replies to copies of a command sent again (they
-    /// would be taken for the next command's replies): each within one reply timer of the
-    /// last, and for as long as bytes keep coming (on a slow link a copy's reply is queued
-    /// behind the one taken: a 9 KB library list took 0.8 s at 115,200 baud and its copy
-    /// came after a fixed window, so every later reply answered the command before it).
-    fn drain(&mut self, mut stale: u32, bytes: usize) -> Result<(), TargetError> {
-        let timer = self.rtt.timeout(&REPLY_TIMER, bytes);
-        let mut until = Instant::now() + timer;
-        while stale > 0 {
-            match self.wait_event(until, true)? {
-                Waited::Reply(r) => {
-                    tracing::debug!("gdb: dropped a stale reply {r:?}");
-                    until = Instant::now() + timer;
+    /// Reads and drops the replies to copies of a command sent again (they would be taken
+    /// for the next command's replies: RSP replies carry no sequence number, and a late
+    /// copy of a read answers the next read of the same length with the wrong bytes).
+    /// Sends `qC` and drops every reply until `qC`'s own comes (the stub answers in
+    /// order), for at most [`GdbOptions::timeout`]; a stub without `qC` answers empty,
+    /// which ends it too. `qC` sent again when its reply is late. A waiting window alone
+    /// was not enough: on a loaded machine a copy's reply came after it, and a split
+    /// over a 1 ms link read another address's bytes for the KDBG block.
+    fn drain(&mut self, bytes: usize) -> Result<(), TargetError> {
+        let started = Instant::now();
+        let timer = self.rtt.timeout(&REPLY_TIMER, bytes.max(64));
+        let mut until = Instant::now();
+        loop {
+            // Bytes still streaming in (a long stale reply on a slow link): wait on.
+            if self.session.receiving() && self.last_byte + timer > Instant::now() {
+                until = until.max(self.last_byte + timer);
+            } else if Instant::now() >= until {
+                if Instant::now() >= started + self.options.timeout {
+                    return Err(TargetError::Timeout);
                 }
-                Waited::Damaged => {}
-                Waited::Late => {
-                    let quiet = self.last_byte + timer;
-                    if quiet > Instant::now() {
-                        until = quiet;
-                        continue;
-                    }
-                    break;
-                }
+                self.session.send(&Command::CurrentThread);
+                self.write_out()?;
+                until = Instant::now() + timer;
             }
-            stale -= 1;
+            match self.wait_event(until, true)? {
+                Waited::Reply(Reply::CurrentThread(_) | Reply::Empty) => return Ok(()),
+                Waited::Reply(Reply::Raw(p)) if p.starts_with(b"QC") => return Ok(()),
+                Waited::Reply(r) => tracing::debug!("gdb: dropped a stale reply {r:?}"),
+                Waited::Damaged | Waited::Late => {}
+            }
         }
-        Ok(())
     }
 
     /// Sends one command and waits for its reply (console output is collected).
@@ -528,9 +532,9 @@ impl GdbTarget {
                     } else {
                         self.rtt.reset_backoff();
                     }
-                    let stale = copies.saturating_sub(1).saturating_sub(damaged);
-                    if stale > 0 {
-                        self.drain(stale, bytes)?;
+                    // Copies whose replies may still come (a damaged one was read).
+                    if copies.saturating_sub(1).saturating_sub(damaged) > 0 {
+                        self.drain(bytes)?;
                     }
                     return Ok(r);
                 }
@@ -944,7 +948,7 @@ impl GdbTarget {
             other => return Err(protocol(format!("unexpected reply to '?': {other:?}"))),
         };
         // The resume's own stop reply, if it comes after all.
-        self.drain(1, 64)?;
+        self.drain(64)?;
         if Some(stop) == before.0 && before.1.is_some() && self.register_snapshot()? == before.1 {
             tracing::debug!("gdb: the resume was lost, sending it again");
             return Ok(None);
