@@ -31,7 +31,9 @@ use std::time::Duration;
 
 /// The least a timer allows on top of the smoothed round trip for its variation (a
 /// link measured as steady still jitters: a thread is scheduled late, a segment waits).
-pub const MIN_VARIATION_ALLOWANCE: Duration = Duration::from_micros(500);
+/// 2 ms: at a 1 ms round trip on a busy 2-core machine, 0.5 ms sent 69 of 2,738 GDB
+/// requests and 33 of 1,505 KDNET ones again for nothing.
+pub const MIN_VARIATION_ALLOWANCE: Duration = Duration::from_millis(2);
 
 /// A 115,200-baud serial line (8N1: ten bits a byte) in bytes per second: 11,520.
 pub const SERIAL_115200: u64 = 115_200 / 10;
