@@ -46,8 +46,8 @@ use tagsplit_target_sim::server::gdb::{
 #[cfg(feature = "sim")]
 use super::sim::MachineRef;
 use super::{
-    BoxedTarget, DebugTarget, Interrupt, KernelInfo, ModuleInfo, OpenError, RunFor, StopReason,
-    TargetError, WireStats, read_u32, read_u64, search_by_reading, walk_module_list,
+    BlockCache, BoxedTarget, DebugTarget, Interrupt, KernelInfo, ModuleInfo, OpenError, RunFor,
+    StopReason, TargetError, WireStats, read_u32, read_u64, search_by_reading, walk_module_list,
 };
 use crate::VirtAddr;
 
@@ -148,6 +148,36 @@ fn exchange_bytes(cmd: &Command) -> usize {
         .saturating_add(usize::try_from(reply).unwrap_or(usize::MAX))
 }
 
+/// Whether `cmd` only reads (memory, registers, state): anything else may change memory
+/// or let the target run, and drops the read cache.
+fn reads_only(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::QSupported(_)
+            | Command::MustReplyEmpty
+            | Command::StartNoAckMode
+            | Command::SetThread(..)
+            | Command::XferRead { .. }
+            | Command::TraceStatus
+            | Command::HaltReason
+            | Command::ThreadInfoFirst
+            | Command::ThreadInfoNext
+            | Command::CurrentThread
+            | Command::Attached(_)
+            | Command::ReadRegisters
+            | Command::ReadRegister(_)
+            | Command::ReadMemory { .. }
+            | Command::ReadMemoryBinary { .. }
+            | Command::SearchMemory { .. }
+            | Command::VContQuery
+            | Command::RunLimit(_)
+    )
+}
+
+/// The least time the `qC` barrier after a re-sent request waits for its reply before
+/// sending it again.
+const BARRIER_WAIT: Duration = Duration::from_millis(20);
+
 /// What one wait for a reply came to.
 enum Waited {
     /// The reply.
@@ -207,6 +237,10 @@ pub struct GdbTarget {
     last_stop: Option<StopReply>,
     /// The longest a run took to come back so far (the patience for the next one).
     slowest_run: Option<Duration>,
+    /// Memory read while stopped (small reads: headers, fields, the code around a hit),
+    /// in no-ack mode; dropped by every command that may change memory or let the target
+    /// run.
+    cache: BlockCache,
 }
 
 /// The RSP interrupt byte (Ctrl-C), sent while the target runs.
@@ -297,6 +331,7 @@ impl GdbTarget {
             damaged_seen: 0,
             last_stop: None,
             slowest_run: None,
+            cache: BlockCache::new(),
         };
         t.handshake()?;
         Ok(t)
@@ -440,7 +475,9 @@ impl GdbTarget {
     /// over a 1 ms link read another address's bytes for the KDBG block.
     fn drain(&mut self, bytes: usize) -> Result<(), TargetError> {
         let started = Instant::now();
-        let timer = self.rtt.timeout(&REPLY_TIMER, bytes.max(64));
+        // Patient: a `qC` sent again brings a second `QC` that the next command would
+        // take for its reply.
+        let timer = (self.rtt.timeout(&REPLY_TIMER, bytes.max(64)) * 4).max(BARRIER_WAIT);
         let mut until = Instant::now();
         loop {
             // Bytes still streaming in (a long stale reply on a slow link): wait on.
@@ -483,6 +520,9 @@ impl GdbTarget {
     /// one timer) is waited for, not asked for again.
     pub fn request(&mut self, cmd: &Command) -> Result<Reply, TargetError> {
         self.output.clear();
+        if !reads_only(cmd) {
+            self.cache.clear();
+        }
         if self.session.ack_mode() {
             return self.request_ack_mode(cmd);
         }
@@ -490,7 +530,7 @@ impl GdbTarget {
         let bytes = exchange_bytes(cmd);
         let started = Instant::now();
         let wire_before = self.on_wire();
-        let (mut copies, mut damaged) = (0u32, 0u32);
+        let mut copies = 0u32;
         loop {
             self.session.send(cmd);
             self.write_out()?;
@@ -532,14 +572,14 @@ impl GdbTarget {
                     } else {
                         self.rtt.reset_backoff();
                     }
-                    // Copies whose replies may still come (a damaged one was read).
-                    if copies.saturating_sub(1).saturating_sub(damaged) > 0 {
+                    // Any copy's reply may still come: a frame taken for a damaged reply
+                    // may have been a stale one from before.
+                    if copies > 1 {
                         self.drain(bytes)?;
                     }
                     return Ok(r);
                 }
                 Waited::Damaged => {
-                    damaged += 1;
                     tracing::debug!("gdb: reply damaged, sending the command again");
                 }
                 Waited::Late => {
@@ -1093,6 +1133,19 @@ impl DebugTarget for GdbTarget {
     }
 
     fn read_memory(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
+        // Small reads (headers, fields, the code around a hit) go through the block cache
+        // in no-ack mode. (In ack mode with it, a lossy link's seed 0 stalled until the
+        // time-out: not understood, so ack mode reads everything from the stub.)
+        if self.session.ack_mode() {
+            return self.read_fresh(addr, buf);
+        }
+        let mut cache = std::mem::take(&mut self.cache);
+        let r = cache.read(addr, buf, |at, dst| self.read_fresh(at, dst));
+        self.cache = cache;
+        r
+    }
+
+    fn read_fresh(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
         let mut done = 0usize;
         while done < buf.len() {
             let binary = self.caps.binary_read;
@@ -1240,6 +1293,7 @@ impl DebugTarget for GdbTarget {
         // Modules may load and memory be mapped while the target runs.
         self.modules = None;
         self.regions = None;
+        self.cache.clear();
         let stop = match how_long {
             RunFor::Ticks(n) if self.caps.run_limit => {
                 match self.request(&Command::RunLimit(n.max(1)))? {
