@@ -160,7 +160,7 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
         allow_lookalikes: a.allow_lookalikes,
     };
     let show_bar = !a.json && std::io::stdout().is_terminal();
-    let bar = show_bar.then(|| progress_bar(&meter));
+    let bar = show_bar.then(|| progress_bar(&meter, a.samples));
     let restore_hint = format!(
         "the journal {} is kept: run `{}`",
         journal.display(),
@@ -250,8 +250,8 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
 
 /// A bar that shows the phase, the samples taken, the bytes each way as they cross the
 /// wire, and an estimate of the time left once a sample after the baseline was taken.
-fn progress_bar(meter: &PhaseMeter) -> indicatif::ProgressBar {
-    let b = indicatif::ProgressBar::new(0);
+fn progress_bar(meter: &PhaseMeter, samples: u32) -> indicatif::ProgressBar {
+    let b = indicatif::ProgressBar::new(u64::from(samples.max(1)) + 1);
     if let Ok(style) = indicatif::ProgressStyle::with_template(
         "{spinner} {elapsed:>4} {bar:20} {pos}/{len} samples · {msg}",
     ) {
@@ -260,7 +260,9 @@ fn progress_bar(meter: &PhaseMeter) -> indicatif::ProgressBar {
     b.enable_steady_tick(std::time::Duration::from_millis(120));
     let shown = b.clone();
     meter.observe(move |now: &MeterNow| {
-        shown.set_length(u64::from(now.samples_total));
+        if now.samples_total > 0 {
+            shown.set_length(u64::from(now.samples_total));
+        }
         shown.set_position(u64::from(now.samples_done));
         shown.set_message(progress_text(now));
     });

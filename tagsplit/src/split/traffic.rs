@@ -180,8 +180,8 @@ impl PhaseMeter {
             let name = match phase {
                 Phase::Checking | Phase::Surveying => "survey".to_owned(),
                 Phase::Journalling | Phase::Patching { .. } => "patch".to_owned(),
-                Phase::Running { sample, .. } => format!("sample {sample}"),
-                Phase::Sampling { sample, total } => {
+                // Before slice `sample`: the baseline and `sample - 1` samples are taken.
+                Phase::Running { sample, total } | Phase::Sampling { sample, total } => {
                     let mut s = state.borrow_mut();
                     s.samples_total = total.saturating_add(1);
                     s.samples_done = sample;
