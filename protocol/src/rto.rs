@@ -21,8 +21,8 @@
 //!     rtt.sample(Duration::from_millis(40), 100);
 //! }
 //! let t = rtt.timeout(&bounds, 100);
-//! // A steady link: twice its round trip.
-//! assert!(t >= Duration::from_millis(80) && t < Duration::from_millis(90));
+//! // A steady link: three times its round trip.
+//! assert!(t >= Duration::from_millis(120) && t < Duration::from_millis(130));
 //! rtt.back_off();
 //! assert!(rtt.timeout(&bounds, 100) >= 2 * t - Duration::from_millis(1));
 //! ```
@@ -126,9 +126,11 @@ impl RttEstimator {
 
     /// The timer for an exchange of `bytes` bytes: `bounds.initial` until a round trip
     /// is measured, then SRTT + 4·RTTVAR (at least [`MIN_VARIATION_ALLOWANCE`], and at
-    /// least the round trip expected for these bytes, SRTT plus their time on the link:
-    /// a link as steady as a serial line measures a tiny variation, and the 2 ms a busy
-    /// machine stalls a thread then sent a 30 ms state change again), doubled per
+    /// least twice the round trip expected for these bytes, SRTT plus their time on the
+    /// link: a link as steady as a serial line measures a tiny variation, and the 2 ms a
+    /// busy machine stalls a thread then sent a 30 ms state change again; once the
+    /// expected round trip sent 40 of 1,505 KDNET packets again at a 1 ms round trip),
+    /// doubled per
     /// [`back_off`](Self::back_off) in a row, within `bounds.min` and `bounds.max`; plus
     /// the time `bytes` bytes need on the link as learned (on top of the ceiling: a large
     /// exchange on a slow link is given the time it needs).
@@ -137,7 +139,9 @@ impl RttEstimator {
             None => bounds.initial,
             Some(srtt) => {
                 let expected = srtt.saturating_add(self.transfer_time(bytes));
-                let allowance = (self.rttvar * 4).max(MIN_VARIATION_ALLOWANCE).max(expected);
+                let allowance = (self.rttvar * 4)
+                    .max(MIN_VARIATION_ALLOWANCE)
+                    .max(expected.saturating_mul(2));
                 srtt.saturating_add(allowance)
             }
         };
@@ -220,10 +224,10 @@ mod tests {
         for _ in 0..50 {
             r.sample(100 * MS, 10);
         }
-        // A steady link: twice the round trip (the variation allowance is at least the
+        // A steady link: three round trips (the variation allowance is at least twice the
         // expected round trip).
         let t = r.timeout(&bounds(), 10);
-        assert!(t >= 200 * MS && t <= 202 * MS, "{t:?}");
+        assert!(t >= 300 * MS && t <= 302 * MS, "{t:?}");
     }
 
     #[test]
@@ -241,9 +245,9 @@ mod tests {
         // A 4,000-byte exchange takes 4.2 s on this link: the timer allows for it.
         let t = r.timeout(&b, 4000);
         assert!(t >= rtt(4000), "{t:?} < {:?}", rtt(4000));
-        assert!(t <= rtt(4000) * 5 / 2, "{t:?}");
+        assert!(t <= rtt(4000) * 7 / 2, "{t:?}");
         // A small one is not held up by it.
-        assert!(r.timeout(&b, 40) < rtt(40) * 3);
+        assert!(r.timeout(&b, 40) < rtt(40) * 4);
     }
 
     #[test]
