@@ -3,24 +3,24 @@
 //! KDCOM, with wall time per phase, round trips and bytes on the wire; rendered as a
 //! Markdown table and an SVG plot. `cargo run --release -p tagsplit-benches --bin scale`.
 
-use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use tagsplit::VirtAddr;
-use tagsplit::split::{Phase, Split, SplitOptions};
-use tagsplit::target::kd::{KdTarget, KdTransport};
+use tagsplit::relay::{Relay, RelayConfig};
+use tagsplit::split::traffic::{PhaseMeter, PhaseTraffic, plus};
+use tagsplit::split::{Split, SplitOptions};
+use tagsplit::target::kd::{KdTarget, KdTransport, KdnetListener};
 use tagsplit::target::sim::SimTarget;
-use tagsplit::target::{
-    DebugTarget, Interrupt, KernelInfo, ModuleInfo, RunFor, StopReason, TargetError, WireStats,
-};
+use tagsplit::target::{DebugTarget, WireStats};
+use tagsplit::{PoolTag, VirtAddr};
+use tagsplit_protocol::impair::Impairment;
+use tagsplit_protocol::kdnet::Key;
 use tagsplit_target_sim::builtins::{SCALE_TAG, scale};
 use tagsplit_target_sim::machine::{Machine, SiteKind};
 use tagsplit_target_sim::scenario::{ModuleSpec, Scenario};
 use tagsplit_target_sim::server::gdb::{GdbStubHandle, StubFeatures};
+use tagsplit_target_sim::server::kd::{KdStub, KdStubHandle, KdStubOptions};
 
 /// The KDNET key of the loopback runs.
 const KEY: &str = "tagsplit.scale.kdnet.key";
@@ -68,8 +68,8 @@ pub struct Row {
     pub setup: Duration,
     /// The whole split, `Split::run`.
     pub split: Duration,
-    /// Time and round trips per phase of the split (`surveying`, `patching`, ...).
-    pub phases: BTreeMap<&'static str, (Duration, u64)>,
+    /// Traffic and time per phase of the split (`survey`, `patch`, `sample N`, ...).
+    pub phases: Vec<PhaseTraffic>,
     /// Wire counters of the split alone (`None` in process).
     pub wire: Option<WireStats>,
     /// Whether the split named exactly the leaking site and restored every patch.
@@ -83,38 +83,92 @@ fn err(e: impl std::fmt::Display) -> Error {
     e.to_string()
 }
 
-/// A target for `backend` serving `scenario`, and the GDB stub that serves it (kept
-/// alive as long as the target).
-fn open(
+/// What must outlive a target: the stub serving it, the relay in front of it.
+#[derive(Default)]
+pub struct Keep {
+    gdb: Option<GdbStubHandle>,
+    kd: Option<KdStubHandle>,
+    relay: Option<Relay>,
+}
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn relay(to: SocketAddr, udp: bool, impairment: &Impairment) -> Result<Relay, Error> {
+    Relay::spawn(RelayConfig {
+        listen: loopback(),
+        to,
+        udp,
+        impairment: impairment.clone(),
+        seed: 0,
+    })
+    .map_err(err)
+}
+
+/// A target for `backend` serving `scenario`, straight over loopback or through a relay
+/// impairing both directions with `link`; and what must outlive it.
+pub fn open(
     backend: Backend,
     scenario: &Scenario,
-) -> Result<(Box<dyn DebugTarget>, Option<GdbStubHandle>), Error> {
-    Ok(match backend {
-        Backend::Sim => (Box::new(SimTarget::boot(scenario).map_err(err)?), None),
-        Backend::Gdb => {
+    link: Option<&Impairment>,
+) -> Result<(Box<dyn DebugTarget>, Keep), Error> {
+    let mut keep = Keep::default();
+    let options = || KdStubOptions {
+        default_run_ticks: Some(scenario.default_run_ticks()),
+        ..KdStubOptions::default()
+    };
+    let boot = || Machine::boot(scenario).map_err(err);
+    let target: Box<dyn DebugTarget> = match (backend, link) {
+        (Backend::Sim, _) => Box::new(SimTarget::boot(scenario).map_err(err)?),
+        (Backend::Gdb, _) => {
             let stub = tagsplit::target::gdb::serve_scenario(
                 scenario,
-                SocketAddr::from(([127, 0, 0, 1], 0)),
+                loopback(),
                 None,
                 StubFeatures::FULL,
             )
             .map_err(err)?;
-            let target = tagsplit::target::open(&format!("gdb://{}", stub.addr())).map_err(err)?;
-            (target, Some(stub))
+            let mut addr = stub.addr();
+            if let Some(l) = link {
+                let r = relay(addr, false, l)?;
+                addr = r.local_addr();
+                keep.relay = Some(r);
+            }
+            keep.gdb = Some(stub);
+            tagsplit::target::open(&format!("gdb://{addr}")).map_err(err)?
         }
-        Backend::Kdnet | Backend::Kdcom => {
-            let transport = if backend == Backend::Kdnet {
-                KdTransport::Kdnet(KEY.parse().map_err(err)?)
-            } else {
-                KdTransport::Kdcom
-            };
-            (
-                Box::new(KdTarget::serve_scenario(scenario, transport).map_err(err)?),
-                None,
-            )
+        (Backend::Kdcom, None) => {
+            Box::new(KdTarget::serve_scenario(scenario, KdTransport::Kdcom).map_err(err)?)
         }
-    })
+        (Backend::Kdnet, None) => Box::new(
+            KdTarget::serve_scenario(scenario, KdTransport::Kdnet(KEY.parse().map_err(err)?))
+                .map_err(err)?,
+        ),
+        (Backend::Kdcom, Some(l)) => {
+            let stub = KdStub::spawn_kdcom(boot()?, options()).map_err(err)?;
+            let r = relay(stub.addr(), false, l)?;
+            let target = KdTarget::connect_kdcom(r.local_addr(), PATIENCE).map_err(err)?;
+            keep.kd = Some(stub);
+            keep.relay = Some(r);
+            Box::new(target)
+        }
+        (Backend::Kdnet, Some(l)) => {
+            let key: Key = KEY.parse().map_err(err)?;
+            let listener = KdnetListener::bind(loopback(), key).map_err(err)?;
+            let r = relay(listener.local_addr().map_err(err)?, true, l)?;
+            let stub = KdStub::spawn_kdnet(boot()?, r.local_addr(), key, options()).map_err(err)?;
+            let target = listener.accept(PATIENCE).map_err(err)?;
+            keep.kd = Some(stub);
+            keep.relay = Some(r);
+            Box::new(target)
+        }
+    };
+    Ok((target, keep))
 }
+
+/// A give-up time for attaching (never a measurement).
+const PATIENCE: Duration = Duration::from_secs(60);
 
 /// The immediates of the leaking allocation sites (ground truth from a local boot).
 fn leaking_sites(scenario: &Scenario) -> Result<Vec<VirtAddr>, Error> {
@@ -126,137 +180,47 @@ fn leaking_sites(scenario: &Scenario) -> Result<Vec<VirtAddr>, Error> {
         .collect())
 }
 
-/// Forwards to a target and keeps its latest wire counters where a phase callback can
-/// read them while the split holds the target.
-struct Tap<'t> {
-    inner: &'t mut dyn DebugTarget,
-    round_trips: Rc<Cell<u64>>,
-}
-
-impl Tap<'_> {
-    fn note<R>(&mut self, r: R) -> R {
-        if let Some(s) = self.inner.stats() {
-            self.round_trips.set(s.round_trips);
-        }
-        r
-    }
-}
-
-impl DebugTarget for Tap<'_> {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    fn read_memory(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
-        let r = self.inner.read_memory(addr, buf);
-        self.note(r)
-    }
-    fn write_memory(&mut self, addr: VirtAddr, data: &[u8]) -> Result<usize, TargetError> {
-        let r = self.inner.write_memory(addr, data);
-        self.note(r)
-    }
-    fn kernel_info(&mut self) -> Result<KernelInfo, TargetError> {
-        let r = self.inner.kernel_info();
-        self.note(r)
-    }
-    fn modules(&mut self) -> Result<Vec<ModuleInfo>, TargetError> {
-        let r = self.inner.modules();
-        self.note(r)
-    }
-    fn search_memory(
-        &mut self,
-        start: VirtAddr,
-        end: VirtAddr,
-        pattern: &[u8],
-        max_hits: usize,
-    ) -> Result<Vec<VirtAddr>, TargetError> {
-        let r = self.inner.search_memory(start, end, pattern, max_hits);
-        self.note(r)
-    }
-    fn run(&mut self, how_long: RunFor) -> Result<StopReason, TargetError> {
-        let r = self.inner.run(how_long);
-        self.note(r)
-    }
-    fn set_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
-        let r = self.inner.set_breakpoint(addr);
-        self.note(r)
-    }
-    fn clear_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
-        let r = self.inner.clear_breakpoint(addr);
-        self.note(r)
-    }
-    fn set_interrupt(&mut self, interrupt: Option<Interrupt>) {
-        self.inner.set_interrupt(interrupt);
-    }
-    fn stats(&self) -> Option<WireStats> {
-        self.inner.stats()
-    }
-    fn default_run(&self) -> RunFor {
-        self.inner.default_run()
-    }
-}
-
-fn minus(a: WireStats, b: WireStats) -> WireStats {
-    WireStats {
-        packets_sent: a.packets_sent.saturating_sub(b.packets_sent),
-        packets_received: a.packets_received.saturating_sub(b.packets_received),
-        bytes_sent: a.bytes_sent.saturating_sub(b.bytes_sent),
-        bytes_received: a.bytes_received.saturating_sub(b.bytes_received),
-        round_trips: a.round_trips.saturating_sub(b.round_trips),
-        retransmissions: a.retransmissions.saturating_sub(b.retransmissions),
-    }
-}
-
-/// Runs one whole split of `scale:modules:sites` on `backend`.
+/// Runs one whole split of `scale:modules:sites` on `backend` over loopback.
 pub fn measure(backend: Backend, modules: usize, sites: usize) -> Result<Row, Error> {
     let scenario = scale(modules, sites).ok_or_else(|| format!("no scale:{modules}:{sites}"))?;
-    let truth = leaking_sites(&scenario)?;
+    measure_over(backend, &scenario, SCALE_TAG, None)
+}
+
+/// Runs one whole split of `tag` on `scenario` over `backend`, through a relay impairing
+/// both directions with `link` when given; checks the verdict against the simulator's
+/// ground truth and that every patch was restored.
+pub fn measure_over(
+    backend: Backend,
+    scenario: &Scenario,
+    tag: PoolTag,
+    link: Option<&Impairment>,
+) -> Result<Row, Error> {
+    let truth = leaking_sites(scenario)?;
     let started = Instant::now();
-    let (mut target, stub) = open(backend, &scenario)?;
+    let (mut target, keep) = open(backend, scenario, link)?;
     let setup = started.elapsed();
-    let before = target.stats();
-    // Per phase: time and round trips so far; the open phase: name, start, round trips.
-    type Phases = BTreeMap<&'static str, (Duration, u64)>;
-    type Open = Option<(&'static str, Instant, u64)>;
-    let phases: Rc<RefCell<Phases>> = Rc::default();
-    let last: Rc<RefCell<Open>> = Rc::default();
-    let trips = Rc::new(Cell::new(before.map_or(0, |s| s.round_trips)));
-    let close = {
-        let (p, l, t) = (Rc::clone(&phases), Rc::clone(&last), Rc::clone(&trips));
-        move |next: Option<&'static str>| {
-            let now = Instant::now();
-            let open = match next {
-                Some(name) => l.borrow_mut().replace((name, now, t.get())),
-                None => l.borrow_mut().take(),
-            };
-            if let Some((name, since, from)) = open {
-                let mut phases = p.borrow_mut();
-                let slot = phases.entry(name).or_default();
-                slot.0 += now - since;
-                slot.1 += t.get().saturating_sub(from);
-            }
-        }
-    };
+    let meter = PhaseMeter::new();
     let started = Instant::now();
-    let mut tap = Tap {
-        inner: target.as_mut(),
-        round_trips: Rc::clone(&trips),
-    };
-    let on_phase = close.clone();
-    let report = Split::new(&mut tap, SCALE_TAG, SplitOptions::default())
-        .on_phase(move |phase: Phase| on_phase(Some(phase.name())))
+    let mut metered = meter.wrap(target.as_mut());
+    let report = Split::new(&mut metered, tag, SplitOptions::default())
+        .on_phase(meter.on_phase())
         .run()
         .map_err(err)?;
     let split = started.elapsed();
-    close(None);
-    let wire = target.stats().map(|s| minus(s, before.unwrap_or_default()));
+    drop(metered);
+    let phases = meter.finish();
+    let wire = target.stats().map(|_| {
+        phases
+            .iter()
+            .fold(WireStats::default(), |t, p| plus(t, p.wire))
+    });
     let found: Vec<VirtAddr> = report.leaks().map(|s| s.hit.address).collect();
     drop(target);
-    drop(stub);
-    let phases = phases.borrow().clone();
+    drop(keep);
     Ok(Row {
         backend,
-        modules,
-        sites,
+        modules: scenario.modules.len(),
+        sites: report.sites.len(),
         image_bytes: scenario.modules.iter().map(ModuleSpec::image_bytes).sum(),
         setup,
         split,
@@ -276,19 +240,23 @@ fn ms(d: Duration) -> String {
 }
 
 /// The rows as a Markdown table: times in ms, each phase with its round trips in
-/// parentheses (survey: module list, search and classification, and the first tracker
-/// snapshot; patch: journal and patches; run; sample: tracker snapshots; restore).
+/// parentheses (survey: module list, search and classification, choosing the new tags;
+/// patch: journal and patches; samples: the baseline, each slice the target runs and the
+/// sample after it; restore).
 pub fn markdown(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| backend | modules | sites | images | split wall time | survey | patch | run | sample | restore | round trips | bytes sent | bytes received | verdict |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+        "| backend | modules | sites | images | split wall time | survey | patch | samples (runs included) | restore | round trips | bytes sent | bytes received | verdict |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
     for r in rows {
         let phase = |names: &[&str]| {
-            let (t, n) = names
+            let (t, n) = r
+                .phases
                 .iter()
-                .filter_map(|n| r.phases.get(n))
-                .fold((Duration::ZERO, 0), |(t, n), (dt, dn)| (t + *dt, n + dn));
+                .filter(|p| names.iter().any(|n| p.phase.starts_with(n)))
+                .fold((Duration::ZERO, 0), |(t, n), p| {
+                    (t + p.time, n + p.wire.round_trips)
+                });
             match r.wire {
                 Some(_) => format!("{} ({n})", ms(t)),
                 None => ms(t),
@@ -298,17 +266,16 @@ pub fn markdown(rows: &[Row]) -> String {
             |f: fn(&WireStats) -> u64| r.wire.as_ref().map_or("—".into(), |w| f(w).to_string());
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.1} MiB | {} ms | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.1} MiB | {} ms | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.backend.name(),
             r.modules,
             r.sites,
             r.image_bytes as f64 / f64::from(1u32 << 20),
             ms(r.split),
-            phase(&["checking", "surveying"]),
-            phase(&["journalling", "patching"]),
-            phase(&["running"]),
-            phase(&["sampling"]),
-            phase(&["restoring"]),
+            phase(&["survey"]),
+            phase(&["patch"]),
+            phase(&["sample"]),
+            phase(&["restore"]),
             wire(|w| w.round_trips),
             wire(|w| w.bytes_sent),
             wire(|w| w.bytes_received),

@@ -15,6 +15,7 @@ use tagsplit_protocol::kd::{
     INITIAL_PACKET_ID, IdScheme, PacketType, Repr, Role, SYNC_PACKET_ID, Session, SessionConfig,
     SessionEvent,
 };
+use tagsplit_protocol::rto::SERIAL_115200;
 
 /// A tiny deterministic PRNG (xorshift) so the link's faults are reproducible.
 struct Rng(u64);
@@ -293,7 +294,10 @@ fn the_retry_timer_adapts_to_the_round_trip_and_backs_off() {
     let cfg = SessionConfig::kdcom(Role::Debugger);
     let mut dbg = Session::new(cfg);
     let mut tgt = Session::new(SessionConfig::kdcom(Role::Target));
-    assert_eq!(dbg.retry_timer(100), cfg.retry_timeout);
+    // Nothing measured: the first guess, plus the time 100 bytes take at the assumed
+    // 115,200 baud.
+    let assumed = Duration::from_nanos(100 * (1_000_000_000 / SERIAL_115200));
+    assert_eq!(dbg.retry_timer(100), cfg.retry_timeout + assumed);
     let mut now = Duration::ZERO;
     for _ in 0..20 {
         one_round_trip(&mut dbg, &mut tgt, now, Duration::from_millis(40), 16);
@@ -356,7 +360,13 @@ fn the_retry_timer_has_a_floor() {
         now += Duration::from_millis(1);
     }
     assert_eq!(dbg.smoothed_rtt(), Some(Duration::ZERO));
-    assert_eq!(dbg.retry_timer(8), cfg.min_retry_timeout);
+    // A zero round trip: the variation allowance alone, never below the floor.
+    assert_eq!(
+        dbg.retry_timer(8),
+        cfg.min_retry_timeout
+            .max(tagsplit_protocol::rto::MIN_VARIATION_ALLOWANCE)
+    );
+    assert!(dbg.retry_timer(8) >= cfg.min_retry_timeout);
 }
 
 #[test]

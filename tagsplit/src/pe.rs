@@ -11,6 +11,10 @@ pub use tagsplit_protocol::nt::pe::{SCN_CNT_CODE, SCN_MEM_EXECUTE, SCN_MEM_WRITE
 pub const MAX_SECTIONS: usize = 96;
 /// Headers are looked for in the first this-many bytes of an image.
 const HEADER_WINDOW: usize = 0x1000;
+/// The first read of the headers: below [`CACHE_BLOCK`](crate::target::CACHE_BLOCK), so a
+/// cached target fetches the block around it once and the section table and the
+/// timestamp come from it; a whole page of headers costs 0.35 s at 115,200 baud.
+const HEADER_FIRST: usize = 0x200;
 
 /// One section of a loaded image.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -144,7 +148,7 @@ pub fn sections<T: DebugTarget + ?Sized>(
     target: &mut T,
     base: VirtAddr,
 ) -> Result<Vec<Section>, PeError> {
-    let mut hdr = vec![0u8; HEADER_WINDOW];
+    let mut hdr = vec![0u8; HEADER_FIRST];
     let got = target.read_memory(base, &mut hdr)?;
     hdr.truncate(got);
     if hdr.get(..2) != Some(dos::MAGIC.as_slice()) {
@@ -152,6 +156,14 @@ pub fn sections<T: DebugTarget + ?Sized>(
     }
     let lfanew = u32_at(&hdr, at(dos::E_LFANEW))
         .ok_or(PeError::NotPe(base, "truncated DOS header"))? as usize;
+    if lfanew.saturating_add(at(nt_headers::FILE_HEADER) + at(file_header::SIZE)) > hdr.len()
+        && got == HEADER_FIRST
+    {
+        // Headers further in than usual: the whole window.
+        hdr.resize(HEADER_WINDOW, 0);
+        let got = target.read_memory(base, &mut hdr)?;
+        hdr.truncate(got);
+    }
     if hdr.get(lfanew..lfanew.saturating_add(4)) != Some(nt_headers::SIGNATURE.as_slice()) {
         return Err(PeError::NotPe(base, "no PE signature"));
     }

@@ -109,11 +109,24 @@ fn seed_of(seed: u64, conn: u64, dir: u64) -> u64 {
         .wrapping_add(conn.wrapping_mul(2).wrapping_add(dir))
 }
 
-/// How long to wait for input: until the link next delivers, at most [`IDLE`], at least
-/// a millisecond (a zero read time-out means "block forever").
+/// How long to wait for input: until the link next delivers, at most [`IDLE`]. The wait
+/// is a `ppoll` (a socket's read time-out is rounded up to the kernel tick, 4 ms at
+/// `HZ=250`: a relay adding 0.5 ms each way added 4-8 ms); the read time-out, [`IDLE`],
+/// is only a backstop.
 fn wait_for(next: Option<Duration>, now: Duration) -> Duration {
-    next.map_or(IDLE, |at| at.saturating_sub(now))
-        .clamp(Duration::from_millis(1), IDLE)
+    next.map_or(IDLE, |at| at.saturating_sub(now)).min(IDLE)
+}
+
+/// Whether `from` has input within `wait` (a signal or a poll error: not yet).
+#[cfg(unix)]
+fn input_within<T: std::os::fd::AsFd>(from: &T, wait: Duration) -> bool {
+    crate::target::wait::readable_within(from.as_fd(), wait).unwrap_or(false)
+}
+
+/// Always: the read time-out waits.
+#[cfg(not(unix))]
+fn input_within<T>(_from: &T, _wait: Duration) -> bool {
+    true
 }
 
 fn is_timeout(e: &io::Error) -> bool {
@@ -248,7 +261,7 @@ fn pump_stream(
     forward: bool,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
-    let mut eof = false;
+    let mut eof = from.set_read_timeout(Some(IDLE)).is_err();
     let mut accounted = LinkStats::default();
     while !shared.stopped() {
         let now = clock.elapsed();
@@ -267,8 +280,8 @@ fn pump_stream(
             std::thread::sleep(wait);
             continue;
         }
-        if from.set_read_timeout(Some(wait)).is_err() {
-            break;
+        if !input_within(&from, wait) {
+            continue;
         }
         match from.read(&mut buf) {
             Ok(0) => eof = true,
@@ -326,6 +339,9 @@ fn pump_datagrams(
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut accounted = LinkStats::default();
     let client_now = || *client.lock().unwrap_or_else(PoisonError::into_inner);
+    if from.set_read_timeout(Some(IDLE)).is_err() {
+        return;
+    }
     while !shared.stopped() {
         let now = clock.elapsed();
         while let Some(d) = link.poll_deliver(now) {
@@ -337,11 +353,8 @@ fn pump_datagrams(
         let after = link.stats();
         shared.account(forward, accounted, after);
         accounted = after;
-        if from
-            .set_read_timeout(Some(wait_for(link.next_delivery(), now)))
-            .is_err()
-        {
-            break;
+        if !input_within(from, wait_for(link.next_delivery(), now)) {
+            continue;
         }
         match from.recv_from(&mut buf) {
             Ok((n, src)) => {

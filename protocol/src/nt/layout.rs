@@ -111,10 +111,17 @@ pub mod tracker {
     pub const HASH_MULTIPLIER: u32 = 40543;
 
     /// The slot where the kernel starts probing for `key` in a table of `entries` entries
-    /// (linear probing onwards, wrapping): `((key * 40543) >> 2) mod entries`, the
-    /// multiplication wrapping at 32 bits. `entries == 0` gives slot 0.
+    /// (linear probing onwards, wrapping), as the WRK's `POOLTAG_HASH` computes it: the
+    /// tag's four bytes in memory order (`key`'s least significant byte first) are mixed,
+    /// each shifted left by 2 and xor-ed with the next (`((b0<<2 ^ b1)<<2 ^ b2)<<2 ^ b3`,
+    /// at most 14 bits), multiplied by 40543, shifted right by 2, and masked with the
+    /// table size less one (the kernel's tables are powers of two; another size is taken
+    /// modulo, which is the same for a power of two). `entries == 0` gives slot 0.
     pub const fn hash(key: u32, entries: u64) -> u64 {
-        let h = (key.wrapping_mul(HASH_MULTIPLIER) >> 2) as u64;
+        let [b0, b1, b2, b3] = key.to_le_bytes();
+        let (b0, b1, b2, b3) = (b0 as u32, b1 as u32, b2 as u32, b3 as u32);
+        let mixed = (((((b0 << 2) ^ b1) << 2) ^ b2) << 2) ^ b3;
+        let h = (mixed.wrapping_mul(HASH_MULTIPLIER) >> 2) as u64;
         match h.checked_rem(entries) {
             Some(slot) => slot,
             None => 0,
@@ -165,11 +172,21 @@ mod tests {
 
     #[test]
     fn tag_hash_is_the_kernels_and_never_divides_by_zero() {
-        // `Leak` = 0x6b61654c: (0x6b61654c * 40543 mod 2^32) >> 2, then mod the table size.
+        // `Leak` = 0x6b61654c, bytes 'L' 'e' 'a' 'k' in memory: mixed
+        // ((0x4c<<2 ^ 0x65)<<2 ^ 0x61)<<2 ^ 0x6b = 0x14bf, times 40543, shifted right by 2.
         let key = 0x6b61_654c_u32;
-        let expected = u64::from(key.wrapping_mul(40543) >> 2);
-        assert_eq!(tracker::hash(key, 4096), expected % 4096);
-        assert!(tracker::hash(key, 4096) < 4096);
+        let mixed = (((((0x4c_u32 << 2) ^ 0x65) << 2) ^ 0x61) << 2) ^ 0x6b;
+        assert_eq!(mixed, 0x14bf);
+        let expected = u64::from((mixed * 40543) >> 2);
+        assert_eq!(tracker::hash(key, 4096), expected & 4095);
+        assert_eq!(tracker::hash(key, 4096), 1336);
+        // The largest mixed value does not overflow 32 bits.
+        assert!(tracker::hash(u32::MAX, u64::MAX) < (1 << 30));
+        // Tags differing in their last byte have different homes (the whole tag is mixed).
+        assert_ne!(
+            tracker::hash(0x3161_654c, 4096),
+            tracker::hash(0x3261_654c, 4096)
+        );
         assert_eq!(tracker::hash(key, 0), 0);
     }
 

@@ -43,20 +43,34 @@ pub struct Args {
     /// Bandwidth per direction in bytes per second (default: unlimited).
     #[arg(long)]
     pub rate: Option<u64>,
-    /// Latency added per direction, in milliseconds.
-    #[arg(long, default_value_t = 0)]
-    pub delay_ms: u64,
+    /// Latency added per direction, in milliseconds (fractions allowed: 0.5 each way is a
+    /// 1 ms round trip).
+    #[arg(long, default_value_t = 0.0, value_parser = delay_ms)]
+    pub delay_ms: f64,
     /// The seed of the impairments (the same seed and traffic give the same faults).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
 
+fn delay_ms(s: &str) -> Result<f64, String> {
+    within(
+        s,
+        0.0..=3_600_000.0,
+        "a delay is between 0 and 3,600,000 ms",
+    )
+}
+
 fn probability(s: &str) -> Result<f64, String> {
-    let p: f64 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
-    if (0.0..=1.0).contains(&p) {
-        Ok(p)
+    within(s, 0.0..=1.0, "a probability is between 0 and 1")
+}
+
+/// `s` as a number in `range`, or an error that says `what` the range is.
+fn within(s: &str, range: std::ops::RangeInclusive<f64>, what: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if range.contains(&v) {
+        Ok(v)
     } else {
-        Err(format!("{s}: a probability is between 0 and 1"))
+        Err(format!("{s}: {what}"))
     }
 }
 
@@ -71,7 +85,7 @@ impl Args {
             bit_flip: self.ber,
             byte_drop: self.drop_bytes,
             rate: self.rate,
-            delay: Duration::from_millis(self.delay_ms),
+            delay: Duration::from_secs_f64(self.delay_ms / 1000.0),
             ..Impairment::default()
         }
     }

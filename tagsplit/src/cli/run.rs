@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use tagsplit::PoolTag;
 use tagsplit::split::journal::{Journal, JournalStore};
+use tagsplit::split::traffic::{self, MeterNow, PhaseMeter};
 use tagsplit::split::{Phase, Split, SplitError, SplitOptions};
 use tagsplit::target::{RunFor, TargetIdentity};
 
@@ -117,7 +118,14 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
     }
     let cancel = signals::install();
     signals::test_pause("connecting");
+    let connecting = std::time::Instant::now();
     let mut target = super::open_target(&a.target)?;
+    let meter = PhaseMeter::new();
+    meter.record(
+        "connect",
+        target.stats().unwrap_or_default(),
+        connecting.elapsed(),
+    );
     if a.restore_first {
         for p in &leftovers {
             signals::restore_on_signal(format!(
@@ -156,21 +164,16 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
         allow_lookalikes: a.allow_lookalikes,
     };
     let show_bar = !a.json && std::io::stdout().is_terminal();
-    let bar = show_bar.then(|| {
-        let b = indicatif::ProgressBar::new(u64::from(a.samples.max(1)));
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{spinner} running the target {bar:30} {pos}/{len} samples",
-        ) {
-            b.set_style(style);
-        }
-        b
-    });
+    let bar = show_bar.then(|| progress_bar(&meter, a.samples));
     let restore_hint = format!(
         "the journal {} is kept: run `{}`",
         journal.display(),
         restore_command(&a.target, a.journal.as_deref())
     );
-    let mut split = Split::new(target.as_mut(), tag, options).on_phase(move |phase| {
+    let mut metered = meter.wrap(target.as_mut());
+    let mut meter_phase = meter.on_phase();
+    let split = Split::new(&mut metered, tag, options).on_phase(move |phase| {
+        meter_phase(phase);
         if phase.patches_possible() {
             signals::restore_on_signal(restore_hint.clone());
         }
@@ -184,16 +187,17 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
             signals::test_pause(phase.name());
         }
     });
-    if let Some(b) = bar.clone() {
-        split = split.on_progress(move |done, _| b.set_position(u64::from(done)));
-    }
     let result = split.run();
+    drop(metered);
     if let Some(b) = bar {
         b.finish_and_clear();
     }
     if a.stats {
         match target.stats() {
-            Some(s) => eprintln!("wire: {s}"),
+            Some(s) => {
+                eprintln!("wire: {s}");
+                eprint!("{}", traffic::table(&meter.finish()));
+            }
             None => eprintln!("wire: {} has no wire", target.describe()),
         }
     }
@@ -251,6 +255,45 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A bar that shows the phase, the samples taken, the bytes each way as they cross the
+/// wire, and an estimate of the time left once a sample after the baseline was taken.
+fn progress_bar(meter: &PhaseMeter, samples: u32) -> indicatif::ProgressBar {
+    let b = indicatif::ProgressBar::new(u64::from(samples.max(1)) + 1);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} {elapsed:>4} {bar:20} {pos}/{len} samples · {msg}",
+    ) {
+        b.set_style(style);
+    }
+    b.enable_steady_tick(std::time::Duration::from_millis(120));
+    let shown = b.clone();
+    meter.observe(move |now: &MeterNow| {
+        if now.samples_total > 0 {
+            shown.set_length(u64::from(now.samples_total));
+        }
+        shown.set_position(u64::from(now.samples_done));
+        shown.set_message(progress_text(now));
+    });
+    b
+}
+
+/// `sample 3: 41.2 KiB in, 6.1 KiB out, about 2.1 s left`.
+fn progress_text(now: &MeterNow) -> String {
+    let mut t = format!(
+        "{}: {} in, {} out",
+        if now.phase.is_empty() {
+            "starting"
+        } else {
+            &now.phase
+        },
+        indicatif::HumanBytes(now.wire.bytes_received),
+        indicatif::HumanBytes(now.wire.bytes_sent)
+    );
+    if let Some(eta) = now.eta {
+        t.push_str(&format!(", about {:.1} s left", eta.as_secs_f64()));
+    }
+    t
 }
 
 /// "the journal PATH is kept: run `tagsplit restore …`".

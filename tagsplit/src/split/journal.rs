@@ -283,7 +283,7 @@ impl RestoreState {
 /// Restores one patch: only if the memory still holds exactly what was written.
 pub fn restore_one(target: &mut dyn DebugTarget, p: &PatchRecord) -> RestoreState {
     let mut now = vec![0u8; p.new.len()];
-    match target.read_memory(p.address, &mut now) {
+    match target.read_fresh(p.address, &mut now) {
         Ok(n) if n == now.len() => {}
         _ => return RestoreState::Failed,
     }
@@ -298,7 +298,7 @@ pub fn restore_one(target: &mut dyn DebugTarget, p: &PatchRecord) -> RestoreStat
         _ => return RestoreState::Failed,
     }
     let mut back = vec![0u8; p.original.len()];
-    match target.read_memory(p.address, &mut back) {
+    match target.read_fresh(p.address, &mut back) {
         Ok(n) if n == back.len() && back == p.original => RestoreState::Restored,
         _ => RestoreState::Failed,
     }

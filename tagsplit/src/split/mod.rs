@@ -24,6 +24,7 @@
 pub mod classify;
 pub mod journal;
 pub mod tags;
+pub mod traffic;
 
 use std::path::PathBuf;
 
@@ -434,7 +435,7 @@ impl<'t> PatchGuard<'t> {
             return Err(TargetError::Unwritable(p.address.saturating_add(n as u64)).into());
         }
         let mut back = vec![0u8; p.new.len()];
-        let got = self.target.read_memory(p.address, &mut back)?;
+        let got = self.target.read_fresh(p.address, &mut back)?;
         if got != back.len() || back != p.new {
             return Err(SplitError::VerifyFailed(p.address));
         }
@@ -561,6 +562,12 @@ impl<'a> Split<'a> {
         let tables = pool::locate(&mut *self.target)?;
         let mut probe = pool::TagProbe::new(&mut *self.target, tables, self.tag)?;
         let db = &self.options.pooltag;
+        // The tags it would choose if none were in use: their probes read together.
+        if let Some(likely) =
+            tags::choose(self.tag.unprotected(), patchable.len(), |t| db.covers(t))
+        {
+            probe.prepare(&mut *self.target, &likely)?;
+        }
         let mut failed = None;
         let target = &mut *self.target;
         let chosen = tags::choose(self.tag.unprotected(), patchable.len(), |t| {
@@ -744,7 +751,7 @@ pub fn check_known_journals(
                 .any(|m| m.name.eq_ignore_ascii_case(&p.module) && m.base == p.base);
             let mut now = vec![0u8; p.new.len()];
             if loaded
-                && target.read_memory(p.address, &mut now)? == now.len()
+                && target.read_fresh(p.address, &mut now)? == now.len()
                 && now == p.new
                 && now != p.original
             {

@@ -69,13 +69,32 @@ impl BlockCache {
             let base = cur & !(CACHE_BLOCK as u64 - 1);
             let off = usize::try_from(cur - base).unwrap_or(0);
             if !self.blocks.contains_key(&base) {
-                let mut block = vec![0u8; CACHE_BLOCK];
-                let got = fetch(VirtAddr(base), &mut block)?;
-                block.truncate(got);
-                if self.blocks.len() >= CACHE_MAX_BLOCKS {
+                // The read may straddle into the next block: when that one is missing too,
+                // both come in one fetch (one round trip, not two).
+                let last =
+                    addr.get().saturating_add(buf.len() as u64 - 1) & !(CACHE_BLOCK as u64 - 1);
+                let next = base.saturating_add(CACHE_BLOCK as u64);
+                let blocks = if last == next && !self.blocks.contains_key(&next) {
+                    2
+                } else {
+                    1
+                };
+                let mut raw = vec![0u8; CACHE_BLOCK * blocks];
+                let got = fetch(VirtAddr(base), &mut raw)?.min(raw.len());
+                if self.blocks.len() + blocks > CACHE_MAX_BLOCKS {
                     self.blocks.clear();
                 }
-                self.blocks.insert(base, block);
+                // A short fetch ends in unreadable memory: the block it ends in is kept
+                // short; a block it did not reach is not kept.
+                for (i, chunk) in raw.chunks(CACHE_BLOCK).enumerate() {
+                    let from = i * CACHE_BLOCK;
+                    if i > 0 && got <= from {
+                        break;
+                    }
+                    let keep = got.saturating_sub(from).min(CACHE_BLOCK);
+                    let block = chunk.get(..keep).unwrap_or_default().to_vec();
+                    self.blocks.insert(base + from as u64, block);
+                }
             }
             let block = self.blocks.get(&base).map_or(&[][..], Vec::as_slice);
             let src = block.get(off..).unwrap_or(&[]);
@@ -173,6 +192,14 @@ impl<T: DebugTarget> DebugTarget for CachedTarget<T> {
     fn write_memory(&mut self, addr: VirtAddr, data: &[u8]) -> Result<usize, TargetError> {
         self.cache.clear();
         self.inner.write_memory(addr, data)
+    }
+
+    fn read_fresh(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
+        self.inner.read_fresh(addr, buf)
+    }
+
+    fn max_read(&self) -> usize {
+        self.inner.max_read()
     }
 
     fn kernel_info(&mut self) -> Result<KernelInfo, TargetError> {

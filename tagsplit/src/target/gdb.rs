@@ -46,8 +46,8 @@ use tagsplit_target_sim::server::gdb::{
 #[cfg(feature = "sim")]
 use super::sim::MachineRef;
 use super::{
-    BoxedTarget, DebugTarget, Interrupt, KernelInfo, ModuleInfo, OpenError, RunFor, StopReason,
-    TargetError, WireStats, read_u32, read_u64, search_by_reading, walk_module_list,
+    BlockCache, BoxedTarget, DebugTarget, Interrupt, KernelInfo, ModuleInfo, OpenError, RunFor,
+    StopReason, TargetError, WireStats, read_u32, read_u64, search_by_reading, walk_module_list,
 };
 use crate::VirtAddr;
 
@@ -148,6 +148,36 @@ fn exchange_bytes(cmd: &Command) -> usize {
         .saturating_add(usize::try_from(reply).unwrap_or(usize::MAX))
 }
 
+/// Whether `cmd` only reads (memory, registers, state): anything else may change memory
+/// or let the target run, and drops the read cache.
+fn reads_only(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::QSupported(_)
+            | Command::MustReplyEmpty
+            | Command::StartNoAckMode
+            | Command::SetThread(..)
+            | Command::XferRead { .. }
+            | Command::TraceStatus
+            | Command::HaltReason
+            | Command::ThreadInfoFirst
+            | Command::ThreadInfoNext
+            | Command::CurrentThread
+            | Command::Attached(_)
+            | Command::ReadRegisters
+            | Command::ReadRegister(_)
+            | Command::ReadMemory { .. }
+            | Command::ReadMemoryBinary { .. }
+            | Command::SearchMemory { .. }
+            | Command::VContQuery
+            | Command::RunLimit(_)
+    )
+}
+
+/// The least time the `qC` barrier after a re-sent request waits for its reply before
+/// sending it again.
+const BARRIER_WAIT: Duration = Duration::from_millis(20);
+
 /// What one wait for a reply came to.
 enum Waited {
     /// The reply.
@@ -207,6 +237,10 @@ pub struct GdbTarget {
     last_stop: Option<StopReply>,
     /// The longest a run took to come back so far (the patience for the next one).
     slowest_run: Option<Duration>,
+    /// Memory read while stopped (small reads: headers, fields, the code around a hit),
+    /// in no-ack mode; dropped by every command that may change memory or let the target
+    /// run.
+    cache: BlockCache,
 }
 
 /// The RSP interrupt byte (Ctrl-C), sent while the target runs.
@@ -284,11 +318,20 @@ impl GdbTarget {
             detached: false,
             interrupt: None,
             nudges: 0,
-            rtt: RttEstimator::default(),
+            rtt: {
+                // A stub behind a serial line (a board's, QEMU's serial port) is as common
+                // as one over a network: until a large exchange measures the link, its
+                // replies are given the time 115,200 baud needs (a 9 KB library list,
+                // 0.8 s), not sent for again while still on the way.
+                let mut rtt = RttEstimator::default();
+                rtt.assume_rate(tagsplit_protocol::rto::SERIAL_115200);
+                rtt
+            },
             last_byte: Instant::now(),
             damaged_seen: 0,
             last_stop: None,
             slowest_run: None,
+            cache: BlockCache::new(),
         };
         t.handshake()?;
         Ok(t)
@@ -422,19 +465,39 @@ impl GdbTarget {
         }
     }
 
-    /// Reads and drops up to `stale` replies to copies of a command sent again, for one
-    /// reply timer (they would be taken for the next command's replies).
-    fn drain(&mut self, mut stale: u32, bytes: usize) -> Result<(), TargetError> {
-        let until = Instant::now() + self.rtt.timeout(&REPLY_TIMER, bytes);
-        while stale > 0 {
-            match self.wait_event(until, true)? {
-                Waited::Reply(r) => tracing::debug!("gdb: dropped a stale reply {r:?}"),
-                Waited::Damaged => {}
-                Waited::Late => break,
+    /// Reads and drops the replies to copies of a command sent again (they would be taken
+    /// for the next command's replies: RSP replies carry no sequence number, and a late
+    /// copy of a read answers the next read of the same length with the wrong bytes).
+    /// Sends `qC` and drops every reply until `qC`'s own comes (the stub answers in
+    /// order), for at most [`GdbOptions::timeout`]; a stub without `qC` answers empty,
+    /// which ends it too. `qC` sent again when its reply is late. A waiting window alone
+    /// was not enough: on a loaded machine a copy's reply came after it, and a split
+    /// over a 1 ms link read another address's bytes for the KDBG block.
+    fn drain(&mut self, bytes: usize) -> Result<(), TargetError> {
+        let started = Instant::now();
+        // Patient: a `qC` sent again brings a second `QC` that the next command would
+        // take for its reply.
+        let timer = (self.rtt.timeout(&REPLY_TIMER, bytes.max(64)) * 4).max(BARRIER_WAIT);
+        let mut until = Instant::now();
+        loop {
+            // Bytes still streaming in (a long stale reply on a slow link): wait on.
+            if self.session.receiving() && self.last_byte + timer > Instant::now() {
+                until = until.max(self.last_byte + timer);
+            } else if Instant::now() >= until {
+                if Instant::now() >= started + self.options.timeout {
+                    return Err(TargetError::Timeout);
+                }
+                self.session.send(&Command::CurrentThread);
+                self.write_out()?;
+                until = Instant::now() + timer;
             }
-            stale -= 1;
+            match self.wait_event(until, true)? {
+                Waited::Reply(Reply::CurrentThread(_) | Reply::Empty) => return Ok(()),
+                Waited::Reply(Reply::Raw(p)) if p.starts_with(b"QC") => return Ok(()),
+                Waited::Reply(r) => tracing::debug!("gdb: dropped a stale reply {r:?}"),
+                Waited::Damaged | Waited::Late => {}
+            }
         }
-        Ok(())
     }
 
     /// Sends one command and waits for its reply (console output is collected).
@@ -457,13 +520,17 @@ impl GdbTarget {
     /// one timer) is waited for, not asked for again.
     pub fn request(&mut self, cmd: &Command) -> Result<Reply, TargetError> {
         self.output.clear();
+        if !reads_only(cmd) {
+            self.cache.clear();
+        }
         if self.session.ack_mode() {
             return self.request_ack_mode(cmd);
         }
         let retry = idempotent(cmd);
         let bytes = exchange_bytes(cmd);
         let started = Instant::now();
-        let (mut copies, mut damaged) = (0u32, 0u32);
+        let wire_before = self.on_wire();
+        let mut copies = 0u32;
         loop {
             self.session.send(cmd);
             self.write_out()?;
@@ -496,18 +563,23 @@ impl GdbTarget {
             match waited {
                 Waited::Reply(r) => {
                     if copies == 1 && work.is_none() {
-                        self.rtt.sample(sent.elapsed(), bytes);
+                        // The bytes that crossed, not the ones expected: a run-length
+                        // encoded or short reply taken for its full size made the link
+                        // look four times faster than it is, and a 160-byte read of
+                        // tracker entries was sent again on a serial line.
+                        self.rtt
+                            .sample(sent.elapsed(), self.crossed_since(wire_before));
                     } else {
                         self.rtt.reset_backoff();
                     }
-                    let stale = copies.saturating_sub(1).saturating_sub(damaged);
-                    if stale > 0 {
-                        self.drain(stale, bytes)?;
+                    // Any copy's reply may still come: a frame taken for a damaged reply
+                    // may have been a stale one from before.
+                    if copies > 1 {
+                        self.drain(bytes)?;
                     }
                     return Ok(r);
                 }
                 Waited::Damaged => {
-                    damaged += 1;
                     tracing::debug!("gdb: reply damaged, sending the command again");
                 }
                 Waited::Late => {
@@ -527,8 +599,21 @@ impl GdbTarget {
         }
     }
 
+    /// Bytes sent and received so far.
+    fn on_wire(&self) -> u64 {
+        let w = self.session.stats();
+        w.bytes_sent.saturating_add(w.bytes_received)
+    }
+
+    /// Bytes that crossed the wire (both ways) since [`on_wire`](Self::on_wire) gave
+    /// `before`: what a round-trip sample is for.
+    fn crossed_since(&self, before: u64) -> usize {
+        usize::try_from(self.on_wire().saturating_sub(before)).unwrap_or(usize::MAX)
+    }
+
     /// [`request`](Self::request) in ack mode.
     fn request_ack_mode(&mut self, cmd: &Command) -> Result<Reply, TargetError> {
+        let wire_before = self.on_wire();
         self.session.send(cmd);
         self.write_out()?;
         let sent = Instant::now();
@@ -565,7 +650,8 @@ impl GdbTarget {
                 }
                 Ok(r) => {
                     if nudges == 0 && work.is_none() {
-                        self.rtt.sample(sent.elapsed(), bytes);
+                        self.rtt
+                            .sample(sent.elapsed(), self.crossed_since(wire_before));
                     }
                     return Ok(r);
                 }
@@ -902,7 +988,7 @@ impl GdbTarget {
             other => return Err(protocol(format!("unexpected reply to '?': {other:?}"))),
         };
         // The resume's own stop reply, if it comes after all.
-        self.drain(1, 64)?;
+        self.drain(64)?;
         if Some(stop) == before.0 && before.1.is_some() && self.register_snapshot()? == before.1 {
             tracing::debug!("gdb: the resume was lost, sending it again");
             return Ok(None);
@@ -1047,6 +1133,19 @@ impl DebugTarget for GdbTarget {
     }
 
     fn read_memory(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
+        // Small reads (headers, fields, the code around a hit) go through the block cache
+        // in no-ack mode. (In ack mode with it, a lossy link's seed 0 stalled until the
+        // time-out: not understood, so ack mode reads everything from the stub.)
+        if self.session.ack_mode() {
+            return self.read_fresh(addr, buf);
+        }
+        let mut cache = std::mem::take(&mut self.cache);
+        let r = cache.read(addr, buf, |at, dst| self.read_fresh(at, dst));
+        self.cache = cache;
+        r
+    }
+
+    fn read_fresh(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
         let mut done = 0usize;
         while done < buf.len() {
             let binary = self.caps.binary_read;
@@ -1194,6 +1293,7 @@ impl DebugTarget for GdbTarget {
         // Modules may load and memory be mapped while the target runs.
         self.modules = None;
         self.regions = None;
+        self.cache.clear();
         let stop = match how_long {
             RunFor::Ticks(n) if self.caps.run_limit => {
                 match self.request(&Command::RunLimit(n.max(1)))? {
@@ -1240,6 +1340,10 @@ impl DebugTarget for GdbTarget {
     /// `z0,ADDR,1`.
     fn clear_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
         self.software_breakpoint(addr, false)
+    }
+
+    fn max_read(&self) -> usize {
+        self.transfer_chunk()
     }
 
     fn stats(&self) -> Option<WireStats> {

@@ -924,6 +924,14 @@ impl DebugTarget for KdTarget {
         r
     }
 
+    fn read_fresh(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
+        self.read_uncached(addr, buf)
+    }
+
+    fn max_read(&self) -> usize {
+        self.transfer
+    }
+
     fn write_memory(&mut self, addr: VirtAddr, data: &[u8]) -> Result<usize, TargetError> {
         self.cache.clear();
         let mut done = 0usize;

@@ -183,6 +183,16 @@ pub trait DebugTarget {
     /// Writes `data` at `addr`; returns how many leading bytes were written.
     fn write_memory(&mut self, addr: VirtAddr, data: &[u8]) -> Result<usize, TargetError>;
 
+    /// Reads like [`read_memory`](Self::read_memory), but exactly these bytes: a backend
+    /// with a read cache neither answers from it nor fetches a block around them. For data
+    /// read once that changes between stops (tracker entries probed at each sample): on a
+    /// slow link a 1 KiB block costs more than the 160 bytes wanted.
+    ///
+    /// Default: [`read_memory`](Self::read_memory).
+    fn read_fresh(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
+        self.read_memory(addr, buf)
+    }
+
     /// Where the kernel's module list and debugger data are.
     ///
     /// Default: [`TargetError::Unsupported`] (a target that is no Windows kernel).
@@ -256,6 +266,15 @@ pub trait DebugTarget {
     /// Wire traffic so far, for backends that have a wire.
     fn stats(&self) -> Option<WireStats> {
         None
+    }
+
+    /// The most bytes one read request brings back (the peer's packet limit, or what the
+    /// link allows now): a caller that reads many small scattered pieces merges nearby
+    /// ones into reads of up to this size.
+    ///
+    /// Default: [`SEARCH_CHUNK`].
+    fn max_read(&self) -> usize {
+        SEARCH_CHUNK
     }
 
     /// How long a bare `g` runs: the scenario's default on the simulator, otherwise one
@@ -345,7 +364,7 @@ mod interrupt;
 pub mod kd;
 #[cfg(feature = "sim")]
 pub mod sim;
-mod wait;
+pub(crate) mod wait;
 
 use tagsplit_protocol::nt::layout::{ldr_entry, list_entry, unicode_string};
 
@@ -492,6 +511,9 @@ macro_rules! forward_debug_target {
             fn write_memory(&mut self, addr: VirtAddr, data: &[u8]) -> Result<usize, TargetError> {
                 (**self).write_memory(addr, data)
             }
+            fn read_fresh(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
+                (**self).read_fresh(addr, buf)
+            }
             fn kernel_info(&mut self) -> Result<KernelInfo, TargetError> {
                 (**self).kernel_info()
             }
@@ -521,6 +543,9 @@ macro_rules! forward_debug_target {
             }
             fn stats(&self) -> Option<WireStats> {
                 (**self).stats()
+            }
+            fn max_read(&self) -> usize {
+                (**self).max_read()
             }
             fn default_run(&self) -> RunFor {
                 (**self).default_run()
