@@ -211,11 +211,11 @@ fn a_lost_connection_stops_the_console() {
     assert_eq!(first.link_lost, None);
 
     drop(stub.shutdown());
-    let lost = console.run(t.as_mut(), "db myfault l10; lm");
+    let lost = console.run(t.as_mut(), "db hal+20000 l10; lm");
     assert!(lost.link_lost.is_some(), "{lost:?}");
     assert!(!lost.output.contains("??"), "{}", lost.output);
     assert_eq!(lost.failed.len(), 2, "{lost:?}");
-    assert_eq!(lost.failed[0].command, "db myfault l10");
+    assert_eq!(lost.failed[0].command, "db hal+20000 l10");
     assert!(
         lost.failed[0].message.contains("connection lost"),
         "{lost:?}"
@@ -224,7 +224,7 @@ fn a_lost_connection_stops_the_console() {
     assert!(lost.failed[1].message.starts_with("not run"), "{lost:?}");
     assert!(console.link_lost().is_some());
 
-    let later = console.run(t.as_mut(), "dc myfault l1");
+    let later = console.run(t.as_mut(), "dc hal+30000 l1");
     assert_eq!(later.failed.len(), 1);
     assert!(later.failed[0].message.starts_with("not run"), "{later:?}");
 }

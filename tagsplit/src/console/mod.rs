@@ -32,9 +32,8 @@ use std::fmt::Write as _;
 
 use crate::VirtAddr;
 use crate::pooltag::PoolTagDb;
-use crate::target::{
-    DebugTarget, Interrupt, KernelInfo, ModuleInfo, RunFor, StopReason, TargetError, WireStats,
-};
+use crate::target::observe::{Observed, Observer};
+use crate::target::{DebugTarget, ModuleInfo, TargetError};
 
 /// The prompt WinDbg shows on processor 0 of a kernel target.
 pub const PROMPT: &str = "0: kd> ";
@@ -237,13 +236,10 @@ impl Console {
                 outcome.link_lost = Some(lost.clone());
                 continue;
             }
-            let mut watched = LinkWatch {
-                inner: &mut *target,
-                lost: None,
-            };
+            let mut watched = Observed::new(&mut *target, LinkWatch::default());
             let before = out.len();
             let result = self.dispatch(&mut watched, cmd, out);
-            let lost = watched.lost.map(|e| e.to_string());
+            let lost = watched.observer.lost;
             let result = match (result, lost) {
                 (_, Some(lost)) => {
                     // What the command printed after the link went (`??` for memory that
@@ -506,81 +502,20 @@ pub fn expression_names(modules: &[ModuleInfo]) -> Vec<String> {
     modules.iter().map(|m| m.module_name().to_owned()).collect()
 }
 
-/// A target that remembers the first error saying the connection is gone, however the
-/// command that met it treated the error (a display shows unreadable memory as `??`).
-struct LinkWatch<'a> {
-    inner: &'a mut dyn DebugTarget,
-    lost: Option<TargetError>,
+/// Remembers the first error saying the connection is gone, however the command that
+/// met it treated the error (a display shows unreadable memory as `??`).
+#[derive(Debug, Default)]
+struct LinkWatch {
+    lost: Option<String>,
 }
 
-impl LinkWatch<'_> {
-    fn note<T>(&mut self, result: Result<T, TargetError>) -> Result<T, TargetError> {
-        match result {
-            Err(e) if e.is_link_failure() => {
-                let again = match &e {
-                    TargetError::Disconnected => TargetError::Disconnected,
-                    TargetError::Timeout => TargetError::Timeout,
-                    other => TargetError::Protocol(other.to_string()),
-                };
-                if self.lost.is_none() {
-                    self.lost = Some(e);
-                }
-                Err(again)
-            }
-            other => other,
+impl Observer for LinkWatch {
+    fn after(&mut self, _: &dyn DebugTarget, error: Option<&TargetError>) {
+        if let Some(e) = error
+            && e.is_link_failure()
+            && self.lost.is_none()
+        {
+            self.lost = Some(e.to_string());
         }
-    }
-}
-
-impl DebugTarget for LinkWatch<'_> {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    fn read_memory(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
-        let r = self.inner.read_memory(addr, buf);
-        self.note(r)
-    }
-    fn write_memory(&mut self, addr: VirtAddr, data: &[u8]) -> Result<usize, TargetError> {
-        let r = self.inner.write_memory(addr, data);
-        self.note(r)
-    }
-    fn kernel_info(&mut self) -> Result<KernelInfo, TargetError> {
-        let r = self.inner.kernel_info();
-        self.note(r)
-    }
-    fn modules(&mut self) -> Result<Vec<ModuleInfo>, TargetError> {
-        let r = self.inner.modules();
-        self.note(r)
-    }
-    fn search_memory(
-        &mut self,
-        start: VirtAddr,
-        end: VirtAddr,
-        pattern: &[u8],
-        max_hits: usize,
-    ) -> Result<Vec<VirtAddr>, TargetError> {
-        let r = self.inner.search_memory(start, end, pattern, max_hits);
-        self.note(r)
-    }
-    fn run(&mut self, how_long: RunFor) -> Result<StopReason, TargetError> {
-        let r = self.inner.run(how_long);
-        self.note(r)
-    }
-    fn set_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
-        let r = self.inner.set_breakpoint(addr);
-        self.note(r)
-    }
-    fn clear_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
-        let r = self.inner.clear_breakpoint(addr);
-        self.note(r)
-    }
-    fn set_interrupt(&mut self, interrupt: Option<Interrupt>) {
-        self.inner.set_interrupt(interrupt);
-    }
-    fn stats(&self) -> Option<WireStats> {
-        self.inner.stats()
-    }
-    fn default_run(&self) -> RunFor {
-        self.inner.default_run()
     }
 }

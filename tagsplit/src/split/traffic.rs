@@ -18,10 +18,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::Phase;
-use crate::VirtAddr;
-use crate::target::{
-    DebugTarget, Interrupt, KernelInfo, ModuleInfo, RunFor, StopReason, TargetError, WireStats,
-};
+use crate::target::observe::{Observed, Observer};
+use crate::target::{DebugTarget, TargetError, WireStats};
 
 /// Traffic and time of one phase.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -51,7 +49,7 @@ pub struct MeterNow {
     pub eta: Option<Duration>,
 }
 
-type Observer = Box<dyn FnMut(&MeterNow)>;
+type Watcher = Box<dyn FnMut(&MeterNow)>;
 
 #[derive(Default)]
 struct State {
@@ -64,7 +62,7 @@ struct State {
     at_wrap: WireStats,
     samples_done: u32,
     samples_total: u32,
-    observer: Option<Observer>,
+    observer: Option<Watcher>,
 }
 
 impl State {
@@ -166,10 +164,12 @@ impl PhaseMeter {
             s.at_wrap = at_wrap;
             s.latest = s.recorded;
         }
-        Metered {
-            inner: target,
-            state: Rc::clone(&self.state),
-        }
+        Observed::new(
+            target,
+            Meter {
+                state: Rc::clone(&self.state),
+            },
+        )
     }
 
     /// The phase hook for [`Split::on_phase`](super::Split::on_phase): starts the
@@ -248,22 +248,23 @@ pub fn table(rows: &[PhaseTraffic]) -> String {
 }
 
 /// A target whose every call is metered ([`PhaseMeter::wrap`]).
-pub struct Metered<'t> {
-    inner: &'t mut dyn DebugTarget,
+pub type Metered<'t> = Observed<'t, Meter>;
+
+/// What a [`Metered`] target tells its [`PhaseMeter`] after each call: the backend's
+/// counters.
+pub struct Meter {
     state: Rc<RefCell<State>>,
 }
 
-impl fmt::Debug for Metered<'_> {
+impl fmt::Debug for Meter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Metered")
-            .field("target", &self.inner.describe())
-            .finish()
+        f.debug_struct("Meter").finish_non_exhaustive()
     }
 }
 
-impl Metered<'_> {
-    fn note<R>(&mut self, r: R) -> R {
-        if let Some(w) = self.inner.stats() {
+impl Observer for Meter {
+    fn after(&mut self, target: &dyn DebugTarget, _: Option<&TargetError>) {
+        if let Some(w) = target.stats() {
             let mut s = self.state.borrow_mut();
             let latest = plus(s.recorded, minus(w, s.at_wrap));
             if latest != s.latest {
@@ -271,67 +272,6 @@ impl Metered<'_> {
                 s.notify();
             }
         }
-        r
-    }
-}
-
-impl DebugTarget for Metered<'_> {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    fn read_memory(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
-        let r = self.inner.read_memory(addr, buf);
-        self.note(r)
-    }
-    fn write_memory(&mut self, addr: VirtAddr, data: &[u8]) -> Result<usize, TargetError> {
-        let r = self.inner.write_memory(addr, data);
-        self.note(r)
-    }
-    fn read_fresh(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
-        let r = self.inner.read_fresh(addr, buf);
-        self.note(r)
-    }
-    fn kernel_info(&mut self) -> Result<KernelInfo, TargetError> {
-        let r = self.inner.kernel_info();
-        self.note(r)
-    }
-    fn modules(&mut self) -> Result<Vec<ModuleInfo>, TargetError> {
-        let r = self.inner.modules();
-        self.note(r)
-    }
-    fn search_memory(
-        &mut self,
-        start: VirtAddr,
-        end: VirtAddr,
-        pattern: &[u8],
-        max_hits: usize,
-    ) -> Result<Vec<VirtAddr>, TargetError> {
-        let r = self.inner.search_memory(start, end, pattern, max_hits);
-        self.note(r)
-    }
-    fn run(&mut self, how_long: RunFor) -> Result<StopReason, TargetError> {
-        let r = self.inner.run(how_long);
-        self.note(r)
-    }
-    fn set_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
-        let r = self.inner.set_breakpoint(addr);
-        self.note(r)
-    }
-    fn clear_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
-        let r = self.inner.clear_breakpoint(addr);
-        self.note(r)
-    }
-    fn set_interrupt(&mut self, interrupt: Option<Interrupt>) {
-        self.inner.set_interrupt(interrupt);
-    }
-    fn stats(&self) -> Option<WireStats> {
-        self.inner.stats()
-    }
-    fn max_read(&self) -> usize {
-        self.inner.max_read()
-    }
-    fn default_run(&self) -> RunFor {
-        self.inner.default_run()
     }
 }
 

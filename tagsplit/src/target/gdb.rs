@@ -342,7 +342,7 @@ impl GdbTarget {
         let features = match self.request(&Command::QSupported(ours))? {
             Reply::Supported(f) => f,
             Reply::ErrorText(e) => return Err(protocol(format!("stub refused: {e}"))),
-            other => return Err(protocol(format!("unexpected qSupported reply {other:?}"))),
+            other => return Err(protocol(format!("unexpected qSupported reply {other}"))),
         };
         let has = |name: &str| {
             features
@@ -375,7 +375,7 @@ impl GdbTarget {
                 self.last_stop = Some(s);
                 Ok(())
             }
-            other => Err(protocol(format!("unexpected reply to '?': {other:?}"))),
+            other => Err(protocol(format!("unexpected reply to '?': {other}"))),
         }
     }
 
@@ -494,7 +494,7 @@ impl GdbTarget {
             match self.wait_event(until, true)? {
                 Waited::Reply(Reply::CurrentThread(_) | Reply::Empty) => return Ok(()),
                 Waited::Reply(Reply::Raw(p)) if p.starts_with(b"QC") => return Ok(()),
-                Waited::Reply(r) => tracing::debug!("gdb: dropped a stale reply {r:?}"),
+                Waited::Reply(r) => tracing::debug!("gdb: dropped a stale reply {r}"),
                 Waited::Damaged | Waited::Late => {}
             }
         }
@@ -671,7 +671,7 @@ impl GdbTarget {
         match self.request(&Command::Monitor(HexBytes::raw(line.as_bytes())))? {
             Reply::Ok | Reply::Empty => Ok(String::from_utf8_lossy(&self.output).into_owned()),
             Reply::ErrorText(e) => Err(protocol(e)),
-            other => Err(protocol(format!("unexpected monitor reply {other:?}"))),
+            other => Err(protocol(format!("unexpected monitor reply {other}"))),
         }
     }
 
@@ -708,7 +708,7 @@ impl GdbTarget {
                     let (off, w) = xml::register_span(REG_RIP).unwrap_or((128, 8));
                     g.get(off..off + w).map(<[u8]>::to_vec).unwrap_or_default()
                 }
-                other => return Err(protocol(format!("unexpected 'g' reply {other:?}"))),
+                other => return Err(protocol(format!("unexpected 'g' reply {other}"))),
             },
         };
         let arr: [u8; 8] = bytes.try_into().map_err(|_| protocol("short rip"))?;
@@ -900,7 +900,7 @@ impl GdbTarget {
                     self.caps.search = false;
                     return Ok(None);
                 }
-                other => return Err(protocol(format!("unexpected qSearch reply {other:?}"))),
+                other => return Err(protocol(format!("unexpected qSearch reply {other}"))),
             }
         }
         Ok(Some(hits))
@@ -941,7 +941,7 @@ impl GdbTarget {
             Reply::Ok => Ok(()),
             Reply::Empty => Err(TargetError::Unsupported("breakpoints")),
             other => Err(protocol(format!(
-                "breakpoint at {addr}: unexpected reply {other:?}"
+                "breakpoint at {addr}: unexpected reply {other}"
             ))),
         }
     }
@@ -985,7 +985,7 @@ impl GdbTarget {
         tracing::debug!("gdb: stop reply late or damaged, asking with '?'");
         let stop = match self.request(&Command::HaltReason)? {
             Reply::Stop(s) => s,
-            other => return Err(protocol(format!("unexpected reply to '?': {other:?}"))),
+            other => return Err(protocol(format!("unexpected reply to '?': {other}"))),
         };
         // The resume's own stop reply, if it comes after all.
         self.drain(64)?;
@@ -1061,7 +1061,7 @@ impl GdbTarget {
             let lost = match waited {
                 Waited::Reply(Reply::Stop(s)) => break s,
                 Waited::Reply(other) => {
-                    return Err(protocol(format!("unexpected resume reply {other:?}")));
+                    return Err(protocol(format!("unexpected resume reply {other}")));
                 }
                 Waited::Damaged => true,
                 Waited::Late => suspect.is_some_and(|at| Instant::now() >= at),
@@ -1177,7 +1177,7 @@ impl DebugTarget for GdbTarget {
                         Reply::Error(_) | Reply::ErrorText(_) | Reply::Empty => break,
                         other => {
                             return Err(protocol(format!(
-                                "unexpected memory read reply {other:?}"
+                                "unexpected memory read reply {other}"
                             )));
                         }
                     }
@@ -1189,7 +1189,7 @@ impl DebugTarget for GdbTarget {
                     continue;
                 }
                 Reply::Error(_) | Reply::ErrorText(_) | Reply::Empty => break,
-                other => return Err(protocol(format!("unexpected memory read reply {other:?}"))),
+                other => return Err(protocol(format!("unexpected memory read reply {other}"))),
             };
             let n = data.len().min(asked);
             if let (Some(dst), Some(src)) = (buf.get_mut(done..done + n), data.get(..n)) {
@@ -1298,7 +1298,7 @@ impl DebugTarget for GdbTarget {
             RunFor::Ticks(n) if self.caps.run_limit => {
                 match self.request(&Command::RunLimit(n.max(1)))? {
                     Reply::Ok => self.resume_and_wait(None)?,
-                    other => return Err(protocol(format!("unexpected RunLimit reply {other:?}"))),
+                    other => return Err(protocol(format!("unexpected RunLimit reply {other}"))),
                 }
             }
             RunFor::Ticks(n) => {

@@ -362,6 +362,7 @@ pub mod flat;
 pub mod gdb;
 mod interrupt;
 pub mod kd;
+pub mod observe;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub(crate) mod wait;
