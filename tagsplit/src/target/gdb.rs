@@ -318,15 +318,12 @@ impl GdbTarget {
             detached: false,
             interrupt: None,
             nudges: 0,
-            rtt: {
-                // A stub behind a serial line (a board's, QEMU's serial port) is as common
-                // as one over a network: until a large exchange measures the link, its
-                // replies are given the time 115,200 baud needs (a 9 KB library list,
-                // 0.8 s), not sent for again while still on the way.
-                let mut rtt = RttEstimator::default();
-                rtt.assume_rate(tagsplit_protocol::rto::SERIAL_115200);
-                rtt
-            },
+            // No rate is assumed before the link is measured: a reply still on its way
+            // keeps the timer from firing while its bytes arrive (`receiving`), so a
+            // slow serial line costs no copy, and a reply lost on a fast lossy link is
+            // asked for again after a round trip's timer, not after the 0.8 s a 9 KB
+            // library list would need at 115,200 baud.
+            rtt: RttEstimator::default(),
             last_byte: Instant::now(),
             damaged_seen: 0,
             last_stop: None,
