@@ -1173,9 +1173,7 @@ impl DebugTarget for GdbTarget {
                         Reply::Hex(h) => (h, len, true),
                         Reply::Error(_) | Reply::ErrorText(_) | Reply::Empty => break,
                         other => {
-                            return Err(protocol(format!(
-                                "unexpected memory read reply {other}"
-                            )));
+                            return Err(protocol(format!("unexpected memory read reply {other}")));
                         }
                     }
                 }
