@@ -133,6 +133,22 @@ fn check_module(m: &Machine, name: &str, base: VirtAddr, size: u64, seen: &mut S
         decoded.reverse();
         let codes: Vec<(u8, UnwindOp)> = info.prolog_codes().map(|c| (c.offset, c.op)).collect();
         assert_eq!(codes, decoded, "{name}+{:#x}", f.begin);
+        // A function with unwind data is no leaf: it calls (a chained parent may only
+        // jump to its fragment, which calls).
+        let mut body = vec![0u8; (f.end - f.begin) as usize];
+        m.read(VirtAddr(start), &mut body).unwrap();
+        let mut d = Decoder::with_ip(64, &body, start, DecoderOptions::NONE);
+        let mnemonics: Vec<Mnemonic> = d.iter().map(|i| i.mnemonic()).collect();
+        assert!(
+            mnemonics.contains(&Mnemonic::Call) || mnemonics.contains(&Mnemonic::Jmp),
+            "{name}+{:#x}: {mnemonics:?}",
+            f.begin
+        );
+        assert!(
+            !mnemonics.contains(&Mnemonic::INVALID),
+            "{name}+{:#x}",
+            f.begin
+        );
         if let Trailer::Chained(parent) = info.trailer {
             seen.0.insert("chained");
             let p: &RuntimeFunction = lookup(&table, parent.begin).unwrap();
@@ -175,11 +191,28 @@ fn every_prolog_decodes_to_its_unwind_codes_in_every_builtin_scenario() {
             }
         }
         if *name == "part4" {
-            // nt's allocator and free are non-leaf functions with unwind data.
+            // nt's allocator and free are non-leaf functions with unwind data; the other
+            // exports (leaves) have none. A driver's IAT names them: the site's
+            // `call [rip+disp]` reads ExAllocatePoolWithTag's slot, the others follow.
             let nt = &m.modules()[0];
             let (rva, len) = exception_directory(&m, nt.base).unwrap();
-            assert!(len >= 4 * 12, "nt: {len} bytes of .pdata");
-            let _ = rva;
+            let mut bytes = vec![0u8; len as usize];
+            m.read(VirtAddr(nt.base.0 + u64::from(rva)), &mut bytes)
+                .unwrap();
+            let table = parse_function_table(&bytes).unwrap();
+            let call = m.sites().last().unwrap().call.unwrap();
+            let disp = i64::from(m.memory().read_u32(VirtAddr(call.0 + 2)).unwrap() as i32);
+            let slot = (call.0 + 6).wrapping_add(disp as u64);
+            let export = |i: u64| {
+                let a = m.memory().read_u64(VirtAddr(slot + 8 * i)).unwrap();
+                lookup(&table, u32::try_from(a - nt.base.0).unwrap()).is_some()
+            };
+            // ExAllocatePoolWithTag, ExFreePoolWithTag, ExInitializeNPagedLookasideList,
+            // ExFreePool, KeBugCheckEx
+            assert_eq!(
+                (0..5).map(export).collect::<Vec<_>>(),
+                [true, true, false, false, false]
+            );
         }
         all.0.extend(seen.0);
     }
@@ -192,4 +225,16 @@ fn every_prolog_decodes_to_its_unwind_codes_in_every_builtin_scenario() {
         "push",
     ];
     assert_eq!(all.0.into_iter().collect::<Vec<_>>(), want);
+}
+
+#[test]
+fn a_module_may_not_load_where_the_kernel_stacks_are() {
+    use tagsplit_target_sim::machine::KERNEL_STACKS;
+    use tagsplit_target_sim::scenario::ModuleSpec;
+    let mut s = Scenario::new("stacks");
+    let mut md = ModuleSpec::new("in-the-way.sys");
+    md.base = Some(VirtAddr(KERNEL_STACKS.0 + 0x10000));
+    s.modules.push(md);
+    let e = s.validate().unwrap_err().to_string();
+    assert!(e.contains("kernel stacks"), "{e}");
 }
