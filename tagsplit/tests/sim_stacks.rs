@@ -193,23 +193,74 @@ fn every_allocating_site_of_every_builtin_unwinds_to_the_bottom() {
             if t.machine().site_stack(i).is_none() {
                 continue;
             }
-            for point in [AllocPoint::Entry, AllocPoint::HitTagBreak] {
-                let ctx = t
-                    .machine_mut()
-                    .context_at_allocation(i, s.size, point)
-                    .unwrap();
+            let module = Unwinder::for_target(&mut t)
+                .unwrap()
+                .call_site(s.instr)
+                .unwrap()
+                .module;
+            // An allocation, and a free by the same worker through the module's free
+            // helper (each written to the thread's stack in turn, then walked).
+            let runs = [AllocPoint::Entry, AllocPoint::HitTagBreak]
+                .into_iter()
+                .flat_map(|point| [(point, false), (point, true)]);
+            for (point, free) in runs {
+                let m = t.machine_mut();
+                let ctx = if free {
+                    let block = VirtAddr(0xfffffa80_01000040);
+                    m.context_at_free(i, block, s.tag, point).unwrap()
+                } else {
+                    m.context_at_allocation(i, s.size, point).unwrap()
+                };
                 let mut u = Unwinder::for_target(&mut t).unwrap();
                 let stack = u.walk(&mut t, &Registers::from(&ctx)).unwrap();
-                assert_eq!(
-                    stack.stop,
-                    StopReason::EndOfStack,
-                    "{name} site {i}\n{stack}"
-                );
-                assert_eq!(stack.frames.len(), 6, "{name} site {i}\n{stack}");
-                assert_eq!(stack.frames[1].rip, s.call.unwrap().saturating_add(6));
+                let whole = stack.complete() && stack.frames.len() == 6;
+                assert!(whole, "{name} site {i}\n{stack}({})", stack.stop);
+                let helper = &stack.frames[1];
+                assert_eq!(helper.call_site.as_ref().unwrap().module, module);
+                if !free {
+                    assert_eq!(helper.rip, s.call.unwrap().saturating_add(6));
+                }
             }
             walked += 1;
         }
         assert!(walked > 0, "{name}");
+    }
+}
+
+#[test]
+fn the_last_free_of_a_run_unwinds_from_ex_free_pool_with_tag() {
+    let mut t = SimTarget::builtin("part4").unwrap();
+    t.machine_mut().run(20);
+    let last = t.machine().last_free().unwrap();
+    let site = t.machine().sites()[last.site].clone();
+    assert!(site.allocates && !site.leaks);
+    for point in [AllocPoint::Entry, AllocPoint::HitTagBreak] {
+        let ctx = t
+            .machine_mut()
+            .context_at_last_free(point)
+            .unwrap()
+            .unwrap();
+        if point == AllocPoint::Entry {
+            assert_eq!(ctx.rcx, last.addr.get());
+        } else {
+            assert_eq!(
+                (ctx.rbx, ctx.rax),
+                (last.addr.get(), u64::from(last.tag.to_u32()))
+            );
+        }
+        let mut u = Unwinder::for_target(&mut t).unwrap();
+        let stack = u.walk(&mut t, &Registers::from(&ctx)).unwrap();
+        println!("{stack}({})", stack.stop);
+        let m = u.call_site(site.instr).unwrap().module;
+        let modules: Vec<String> = stack
+            .frames
+            .iter()
+            .map(|f| f.call_site.as_ref().unwrap().module.clone())
+            .collect();
+        assert_eq!(modules, ["nt", &m, &m, &m, "nt", "nt"]);
+        assert_eq!(stack.stop, StopReason::EndOfStack);
+        for f in &stack.frames[..stack.frames.len() - 1] {
+            assert!(call_ends_at(&mut t, f.ret_addr.unwrap()).is_some());
+        }
     }
 }

@@ -242,6 +242,13 @@ pub struct ChainLocs {
     pub worker: Loc,
     /// The worker up to each helper's call (`returns` in the helpers' order).
     pub worker_frame: FrameSteps,
+    /// The free helper (`sub rsp, 28h; xor edx, edx; call [ExFreePoolWithTag]`), which the
+    /// worker calls after the allocation helpers (with the same steps before the call).
+    pub free_helper: Loc,
+    /// The return address of the worker's call of the free helper.
+    pub free_return: Loc,
+    /// The free helper's `call [ExFreePoolWithTag]`.
+    pub free_call: Loc,
 }
 
 /// A function begun by [`ImageBuilder::begin_function`].
@@ -641,8 +648,9 @@ impl ImageBuilder {
     }
 
     /// Emits a module's call chain to its allocation helpers (the site functions at
-    /// `helpers`): a worker of the given shape that calls each helper in turn (context in
-    /// a non-volatile register, passed on in `rcx`), and a thread routine
+    /// `helpers`): a free helper, a worker of the given shape that calls each allocation
+    /// helper in turn and then the free helper (context in a non-volatile register, passed
+    /// on in `rcx`), and a thread routine
     /// (`push rbp; push rsi; sub rsp, 28h; lea rbp, [rsp+20h]`) that calls the worker.
     pub fn call_chain(
         &mut self,
@@ -671,13 +679,29 @@ impl ImageBuilder {
             ],
             WorkerShape::Chained => &[],
         };
-        let (worker, worker_frame) = if shape == WorkerShape::Chained {
-            self.chained_worker(helpers)?
+        // FreeBuffer(p): sub rsp,28h; xor edx,edx; call [ExFreePoolWithTag]; add rsp,28h; ret
+        // (no tag in its code: a tag search finds nothing new).
+        self.align_text();
+        let free_begin = self.text.len();
+        self.code(&[0x48, 0x83, 0xec, 0x28, 0x33, 0xd2]);
+        let free_call = self.call_import(Import::ExFreePoolWithTag)?;
+        self.epilogue(0x28);
+        self.add_function(free_begin, Self::small_frame(0x28));
+        let free_helper = Loc::Text(free_begin as u64);
+        // The worker calls every allocation helper, then the free helper.
+        let mut targets = helpers.to_vec();
+        targets.push(free_helper);
+        let (worker, mut worker_frame) = if shape == WorkerShape::Chained {
+            self.chained_worker(&targets)?
         } else {
             let mut steps = prolog.to_vec();
             steps.push(save_ctx);
-            self.function(&steps, &[pass_ctx], helpers)?
+            self.function(&steps, &[pass_ctx], &targets)?
         };
+        let free_return = worker_frame
+            .returns
+            .pop()
+            .ok_or_else(|| err("worker without calls"))?;
         let (entry, entry_frame) = self.function(
             &[
                 Step::Push(Rbp),
@@ -697,6 +721,9 @@ impl ImageBuilder {
             entry_frame,
             worker,
             worker_frame,
+            free_helper,
+            free_return,
+            free_call,
         })
     }
 

@@ -71,7 +71,8 @@ pub struct NtKernel {
 /// nt's part of a system thread's stack, as the simulator replays it:
 /// `KiStartSystemThread` (its return address slot holds 0, the bottom of the stack) calls
 /// `PspSystemThreadStartup(StartRoutine, StartContext)`, which calls the thread routine
-/// through `call rdi`; and `ExAllocatePoolWithTag`'s prolog up to its `PoolHitTag` check.
+/// through `call rdi`; and the prologs of `ExAllocatePoolWithTag` and `ExFreePoolWithTag`
+/// up to their `PoolHitTag` checks.
 #[derive(Clone, Debug)]
 pub struct ThreadFrames {
     /// `nt!KiStartSystemThread`, where a system thread starts (`rcx` the start routine,
@@ -90,6 +91,11 @@ pub struct ThreadFrames {
     pub allocate_steps: Vec<Step>,
     /// The `int 3` that `ExAllocatePoolWithTag` executes when the tag is `PoolHitTag`.
     pub hit_break: VirtAddr,
+    /// `ExFreePoolWithTag` up to its `PoolHitTag` check (`rbx` the block, `eax` the tag
+    /// from its `POOL_HEADER`).
+    pub free_steps: Vec<Step>,
+    /// The `int 3` that `ExFreePoolWithTag` executes when the block's tag is `PoolHitTag`.
+    pub free_break: VirtAddr,
 }
 
 /// A module as the loader records it.
@@ -137,6 +143,7 @@ pub fn build_nt(mem: &mut Memory, pool: &PoolLayout) -> Result<NtKernel, SimErro
     let exp_free = b.code(&[0x33, 0xc0, 0xc3]);
     let mut exports = Vec::new();
     let mut allocate = None;
+    let mut free = None;
     for name in NT_IMPORTS {
         match name {
             "ExAllocatePoolWithTag" => {
@@ -168,15 +175,23 @@ pub fn build_nt(mem: &mut Memory, pool: &PoolLayout) -> Result<NtKernel, SimErro
                 allocate = Some((steps.to_vec(), brk));
             }
             "ExFreePoolWithTag" => {
-                // push rbx; sub rsp,20h; mov rbx,rcx; mov rcx,rbx; call ExpFreePool; epilog
-                let f = b.begin_function(&[
+                // push rbx; sub rsp,20h; mov rbx,rcx; mov eax,[rbx-0Ch] (the tag in the
+                // block's POOL_HEADER); cmp eax,[PoolHitTag]; jne +1; int 3;
+                // mov rcx,rbx; call ExpFreePool; epilog
+                let steps = [
                     Step::Push(Rbx),
                     Step::Alloc(0x20),
                     Step::Mov { dst: Rbx, src: Rcx },
-                ])?;
+                ];
+                let f = b.begin_function(&steps)?;
+                b.code(&[0x8b, 0x43, 0xf4]);
+                b.code_rip(&[0x3b, 0x05], hit);
+                b.code(&[0x75, 0x01]);
+                let brk = b.code(&[0xcc]);
                 b.code(&Step::Mov { dst: Rcx, src: Rbx }.encode()?);
                 b.call_rel(exp_free);
                 exports.push(b.end_function(f));
+                free = Some((steps.to_vec(), brk));
             }
             _ => {
                 b.align_text();
@@ -187,6 +202,8 @@ pub fn build_nt(mem: &mut Memory, pool: &PoolLayout) -> Result<NtKernel, SimErro
     }
     let (allocate_steps, hit_break) =
         allocate.ok_or_else(|| SimError::Image("no ExAllocatePoolWithTag".into()))?;
+    let (free_steps, free_break) =
+        free.ok_or_else(|| SimError::Image("no ExFreePoolWithTag".into()))?;
     // PspSystemThreadStartup(StartRoutine, StartContext): push rbx; push rdi; sub rsp,28h;
     // mov rdi,rcx; mov rbx,rdx; mov rcx,rbx; call rdi; epilog
     let psp_steps = [
@@ -227,6 +244,8 @@ pub fn build_nt(mem: &mut Memory, pool: &PoolLayout) -> Result<NtKernel, SimErro
             psp_return: at(psp_ret),
             allocate_steps,
             hit_break: at(hit_break),
+            free_steps,
+            free_break: at(free_break),
         },
         image,
     };

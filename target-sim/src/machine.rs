@@ -140,7 +140,8 @@ pub enum SimStop {
     },
 }
 
-/// Where in `nt!ExAllocatePoolWithTag` [`Machine::context_at_allocation`] takes the state.
+/// Where in `nt!ExAllocatePoolWithTag` [`Machine::context_at_allocation`] (or in
+/// `nt!ExFreePoolWithTag`, [`Machine::context_at_free`]) takes the state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AllocPoint {
     /// At its first instruction, just called: `rsp` points at the return address into the
@@ -167,6 +168,18 @@ pub struct LastAllocation {
     pub addr: Option<VirtAddr>,
 }
 
+/// The last free of a block that a site allocated on the clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LastFree {
+    /// The site that allocated the block (index into [`Machine::sites`]); its module's
+    /// worker frees it.
+    pub site: usize,
+    /// The block.
+    pub addr: VirtAddr,
+    /// The tag it was charged to.
+    pub tag: PoolTag,
+}
+
 /// A site's call chain on its module's worker thread, as the simulator replays it.
 #[derive(Clone, Debug)]
 struct SiteChain {
@@ -179,6 +192,9 @@ struct SiteChain {
     /// Each driver function from the thread routine to the helper: its steps up to the
     /// call and the call's return address.
     frames: Vec<(Vec<Step>, VirtAddr)>,
+    /// The return addresses of the worker's call of the module's free helper and of the
+    /// free helper's call of `ExFreePoolWithTag`.
+    free_returns: (VirtAddr, VirtAddr),
 }
 
 /// The simulated CPU's registers (what a debugger shows when the machine is stopped): the
@@ -204,6 +220,7 @@ pub struct Machine {
     failed_allocs: u64,
     chains: Vec<Option<SiteChain>>,
     last_alloc: Option<LastAllocation>,
+    last_free: Option<LastFree>,
 }
 
 fn site_kind(k: SiteKindSpec) -> SiteKind {
@@ -260,6 +277,7 @@ impl Machine {
             failed_allocs: 0,
             chains: Vec::new(),
             last_alloc: None,
+            last_free: None,
         };
         let mut ldr = vec![LdrModule {
             name: "ntoskrnl.exe".into(),
@@ -352,6 +370,10 @@ impl Machine {
                                     // sub rsp, 28h; ...; call [ExAllocatePoolWithTag]
                                     (vec![Step::Alloc(0x28)], img.addr(call).saturating_add(6)),
                                 ],
+                                free_returns: (
+                                    img.addr(c.free_return),
+                                    img.addr(c.free_call).saturating_add(6),
+                                ),
                             }),
                             _ => None,
                         }
@@ -574,6 +596,8 @@ impl Machine {
     /// tag the code holds now). The machine's own registers ([`Machine::context`]) are not
     /// changed; set them with [`Machine::context_mut`] to show this state at a stop.
     /// Deterministic: the same site, size and point give the same stack and registers.
+    /// The sites of one module share its worker thread's stack: a later call for any of
+    /// them (or [`Machine::context_at_free`]) writes over it.
     pub fn context_at_allocation(
         &mut self,
         site: usize,
@@ -598,6 +622,73 @@ impl Machine {
         tag: u32,
         point: AllocPoint,
     ) -> Result<CpuContext, SimError> {
+        let mut ctx = self.chain_context(site, false)?;
+        ctx.rcx = u64::from(pool_type.0);
+        ctx.rdx = size;
+        ctx.r8 = u64::from(tag);
+        let export = self.nt.exports.first().copied();
+        ctx.rip = export
+            .ok_or_else(|| SimError::Image("no ExAllocatePoolWithTag".into()))?
+            .0;
+        if point == AllocPoint::HitTagBreak {
+            let t = self.nt.threads.clone();
+            replay(&mut self.mem, &mut ctx, &t.allocate_steps)?;
+            ctx.rip = t.hit_break.0;
+        }
+        Ok(ctx)
+    }
+
+    /// The machine state at the free of `block` (charged to `tag`) by the worker thread of
+    /// the module of `site` (the site that allocated it), as
+    /// [`Machine::context_at_allocation`] lays it out: the thread routine, the worker, the
+    /// module's free helper (`xor edx, edx; call [ExFreePoolWithTag]`), and the registers
+    /// at `point` in `nt!ExFreePoolWithTag`: at its entry `rcx` is the block and `rdx` 0;
+    /// at its `PoolHitTag` break `rbx` is the block and `rax` the tag (read from the
+    /// block's `POOL_HEADER`).
+    pub fn context_at_free(
+        &mut self,
+        site: usize,
+        block: VirtAddr,
+        tag: PoolTag,
+        point: AllocPoint,
+    ) -> Result<CpuContext, SimError> {
+        let mut ctx = self.chain_context(site, true)?;
+        ctx.rcx = block.0;
+        ctx.rdx = 0;
+        let export = self.nt.exports.get(1).copied();
+        ctx.rip = export
+            .ok_or_else(|| SimError::Image("no ExFreePoolWithTag".into()))?
+            .0;
+        if point == AllocPoint::HitTagBreak {
+            let t = self.nt.threads.clone();
+            replay(&mut self.mem, &mut ctx, &t.free_steps)?;
+            ctx.rax = u64::from(tag.to_u32());
+            ctx.rip = t.free_break.0;
+        }
+        Ok(ctx)
+    }
+
+    /// The last free of a block a site allocated on the clock.
+    pub fn last_free(&self) -> Option<LastFree> {
+        self.last_free
+    }
+
+    /// [`Machine::context_at_free`] of the last free ([`Machine::last_free`]); `None`
+    /// before any, or when the allocating site has no chain.
+    pub fn context_at_last_free(
+        &mut self,
+        point: AllocPoint,
+    ) -> Option<Result<CpuContext, SimError>> {
+        let last = self.last_free?;
+        self.chains.get(last.site)?.as_ref()?;
+        Some(self.context_at_free(last.site, last.addr, last.tag, point))
+    }
+
+    /// Writes the stack of `site`'s worker thread up to its call into nt (of
+    /// `ExFreePoolWithTag` through the free helper when `free`, else of
+    /// `ExAllocatePoolWithTag` through the site's helper); returns the registers with
+    /// `rsp` at that call's return address.
+    fn chain_context(&mut self, site: usize, free: bool) -> Result<CpuContext, SimError> {
         let chain = self
             .chains
             .get(site)
@@ -627,23 +718,17 @@ impl Machine {
         push(&mut self.mem, &mut ctx, t.ki_return.0)?;
         replay(&mut self.mem, &mut ctx, &t.psp_steps)?;
         push(&mut self.mem, &mut ctx, t.psp_return.0)?;
-        for (steps, ret) in &chain.frames {
+        let mut frames = chain.frames;
+        if free {
+            frames.truncate(2);
+            if let Some(worker) = frames.get_mut(1) {
+                worker.1 = chain.free_returns.0;
+            }
+            frames.push((vec![Step::Alloc(0x28)], chain.free_returns.1));
+        }
+        for (steps, ret) in &frames {
             replay(&mut self.mem, &mut ctx, steps)?;
             push(&mut self.mem, &mut ctx, ret.0)?;
-        }
-        ctx.rcx = u64::from(pool_type.0);
-        ctx.rdx = size;
-        ctx.r8 = u64::from(tag);
-        let allocate = self
-            .nt
-            .exports
-            .first()
-            .copied()
-            .ok_or_else(|| SimError::Image("no ExAllocatePoolWithTag".into()))?;
-        ctx.rip = allocate.0;
-        if point == AllocPoint::HitTagBreak {
-            replay(&mut self.mem, &mut ctx, &t.allocate_steps)?;
-            ctx.rip = t.hit_break.0;
         }
         Ok(ctx)
     }
@@ -710,10 +795,11 @@ impl Machine {
     /// Runs the rest of the current tick; returns a stop if one happens.
     fn step_tick(&mut self) -> Option<SimStop> {
         let t = self.tick + 1;
-        while let Some(addr) = self.cursor.frees.get(self.cursor.free_idx).copied() {
+        while let Some((addr, site)) = self.cursor.frees.get(self.cursor.free_idx).copied() {
             self.cursor.free_idx += 1;
             match self.pool.free(&mut self.mem, addr) {
                 Ok(tag) => {
+                    self.last_free = Some(LastFree { site, addr, tag });
                     if self.hit_tag_matches(tag) {
                         return Some(SimStop::PoolHitTag { tag, addr });
                     }
@@ -806,7 +892,7 @@ impl Machine {
                     self.frees
                         .entry(t.saturating_add(life))
                         .or_default()
-                        .push(addr);
+                        .push((addr, a.site));
                 }
                 if self.hit_tag_matches(tag) {
                     return Some(SimStop::PoolHitTag { tag, addr });
