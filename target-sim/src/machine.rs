@@ -261,18 +261,7 @@ impl Machine {
             cursor: Cursor::default(),
             tick: 0,
             breakpoints: BTreeSet::new(),
-            ctx: CpuContext {
-                rip: nt.idle.0,
-                rsp: 0xfffff800_00b9cc00,
-                rflags: 0x246,
-                cs: 0x10,
-                ss: 0x18,
-                ds: 0x2b,
-                es: 0x2b,
-                fs: 0x53,
-                gs: 0x2b,
-                ..CpuContext::default()
-            },
+            ctx: kernel_context(nt.idle.0, 0xfffff800_00b9cc00),
             nt,
             failed_allocs: 0,
             chains: Vec::new(),
@@ -698,20 +687,9 @@ impl Machine {
                 SimError::Scenario(format!("site {site} allocates through no call chain"))
             })?;
         let t = self.nt.threads.clone();
-        let mut ctx = CpuContext {
-            rip: t.ki_start_system_thread.0,
-            rsp: chain.stack_top - 8,
-            rflags: 0x246,
-            cs: 0x10,
-            ss: 0x18,
-            ds: 0x2b,
-            es: 0x2b,
-            fs: 0x53,
-            gs: 0x2b,
-            rcx: chain.routine.0,
-            rdx: chain.context,
-            ..CpuContext::default()
-        };
+        let mut ctx = kernel_context(t.ki_start_system_thread.0, chain.stack_top - 8);
+        ctx.rcx = chain.routine.0;
+        ctx.rdx = chain.context;
         // The bottom: KiStartSystemThread was "called" with a zero return address.
         self.mem.write_u64(VirtAddr(ctx.rsp), 0)?;
         replay(&mut self.mem, &mut ctx, &t.ki_steps)?;
@@ -941,6 +919,23 @@ fn emit_site(b: &mut ImageBuilder, s: &SiteSpec) -> Result<(SiteLocs, Option<Loc
         SiteKindSpec::DecoyCompare => (b.compare_decoy(s.tag, s.compare), None),
         SiteKindSpec::DecoyGlobal => (b.global_alloc_site(s.tag, s.pool.0.0, size32)?, None),
     })
+}
+
+/// Kernel-mode registers at `rip` and `rsp` (interrupts on, the x64 kernel's segment
+/// selectors), the others zero.
+fn kernel_context(rip: u64, rsp: u64) -> CpuContext {
+    CpuContext {
+        rip,
+        rsp,
+        rflags: 0x246,
+        cs: 0x10,
+        ss: 0x18,
+        ds: 0x2b,
+        es: 0x2b,
+        fs: 0x53,
+        gs: 0x2b,
+        ..CpuContext::default()
+    }
 }
 
 /// A register of a context, by unwind number.
