@@ -11,11 +11,21 @@
 //! `mov dword ptr [rsp+28h], imm32` (`c7 44 24 28 <tag>`), and the decoys a tag search also
 //! finds: the tag as text in `.rdata`, a `cmp` against the tag, and a tag held in a `.data`
 //! global loaded with `mov r8d, [rip+disp32]` (`44 8b 05 disp32`).
+//!
+//! Every non-leaf function has a `RUNTIME_FUNCTION` in the exception directory (PE data
+//! directory 3) and an `UNWIND_INFO` describing its prolog, both laid out at the end of
+//! `.rdata` by [`tagsplit_protocol::nt::unwind::build_tables`]; a prolog's bytes are the
+//! instructions its unwind codes describe ([`Step`]). Leaf functions have none, as on
+//! Windows. [`ImageBuilder::call_chain`] emits the worker and the thread routine that
+//! reach a module's allocation sites through real `call`s.
 
 use crate::SimError;
 use crate::layout::PAGE_SIZE;
 use crate::memory::{Memory, Prot};
 use crate::types::{PoolTag, VirtAddr};
+use tagsplit_protocol::nt::unwind::{
+    Reg, RuntimeFunction, Trailer, UnwindCode, UnwindInfo, UnwindOp, build_tables,
+};
 
 pub use tagsplit_protocol::nt::pe::{
     SCN_CNT_CODE, SCN_CNT_INITIALIZED_DATA, SCN_MEM_EXECUTE, SCN_MEM_READ, SCN_MEM_WRITE,
@@ -97,6 +107,164 @@ pub struct SiteLocs {
     pub imm: Loc,
     /// The `call [rip+IAT]` that consumes the tag, if any.
     pub call: Option<Loc>,
+    /// The start of the function holding a code site (`None` for text in `.rdata`).
+    pub function: Option<Loc>,
+}
+
+/// One instruction of a function up to one of its calls, as the simulator replays it: a
+/// prolog step (with an unwind code) or a register move of the body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// `push reg` (`UWOP_PUSH_NONVOL`).
+    Push(Reg),
+    /// `sub rsp, n` (`UWOP_ALLOC_SMALL` up to 128 bytes, `UWOP_ALLOC_LARGE` above).
+    Alloc(u32),
+    /// `mov reg, rsp` (offset 0) or `lea reg, [rsp+offset]` (`UWOP_SET_FPREG`; the offset a
+    /// multiple of 16 up to 240).
+    SetFp {
+        /// The frame register.
+        reg: Reg,
+        /// Its distance above `rsp`.
+        offset: u32,
+    },
+    /// `mov dst, src` (64-bit), after the prolog.
+    Mov {
+        /// Destination.
+        dst: Reg,
+        /// Source.
+        src: Reg,
+    },
+}
+
+impl Step {
+    /// Whether the step belongs to the prolog.
+    pub fn is_prolog(&self) -> bool {
+        !matches!(self, Step::Mov { .. })
+    }
+
+    /// The instruction's bytes.
+    pub fn encode(&self) -> Result<Vec<u8>, SimError> {
+        let n = |r: Reg| r.number();
+        let hi = |r: Reg| n(r) >= 8;
+        Ok(match *self {
+            Step::Push(r) if hi(r) => vec![0x41, 0x50 + n(r) - 8],
+            Step::Push(r) => vec![0x50 + n(r)],
+            Step::Alloc(size) => {
+                if size == 0 || !size.is_multiple_of(8) || size >= 0x1000 {
+                    return Err(err(format!(
+                        "stack allocation {size:#x} (a multiple of 8 below a page)"
+                    )));
+                }
+                match u8::try_from(size) {
+                    Ok(b) if b < 0x80 => vec![0x48, 0x83, 0xec, b],
+                    _ => {
+                        let mut v = vec![0x48, 0x81, 0xec];
+                        v.extend_from_slice(&size.to_le_bytes());
+                        v
+                    }
+                }
+            }
+            Step::SetFp { reg, offset } => {
+                if !offset.is_multiple_of(16) || offset > 240 || reg == Reg::Rsp {
+                    return Err(err(format!("frame pointer {reg} at rsp+{offset:#x}")));
+                }
+                if offset == 0 {
+                    // mov reg, rsp (89 /r: rsp in ModRM.reg)
+                    vec![0x48 | u8::from(hi(reg)), 0x89, 0xe0 | (n(reg) & 7)]
+                } else {
+                    // lea reg, [rsp+disp8]
+                    let disp = u8::try_from(offset).unwrap_or(0);
+                    let rex = 0x48 | if hi(reg) { 4 } else { 0 };
+                    vec![rex, 0x8d, 0x44 | ((n(reg) & 7) << 3), 0x24, disp]
+                }
+            }
+            Step::Mov { dst, src } => {
+                let rex = 0x48 | if hi(dst) { 4 } else { 0 } | u8::from(hi(src));
+                vec![rex, 0x8b, 0xc0 | ((n(dst) & 7) << 3) | (n(src) & 7)]
+            }
+        })
+    }
+
+    /// The unwind operation of a prolog step.
+    fn unwind_op(&self) -> Option<UnwindOp> {
+        match *self {
+            Step::Push(r) => Some(UnwindOp::PushNonvol(r)),
+            Step::Alloc(size) => Some(UnwindOp::alloc(size)),
+            Step::SetFp { .. } => Some(UnwindOp::SetFpreg),
+            Step::Mov { .. } => None,
+        }
+    }
+}
+
+/// What one function of a call chain does up to a call: the steps the simulator replays,
+/// and the return address of each of its calls into the next function.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrameSteps {
+    /// Prolog and body steps up to (each of) the calls, in execution order.
+    pub steps: Vec<Step>,
+    /// The return address (the instruction after the `call`) of each call, in order.
+    pub returns: Vec<Loc>,
+}
+
+/// The worker's prolog shapes [`ImageBuilder::call_chain`] can emit; built-in scenarios
+/// take them in turn, so each unwind operation occurs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerShape {
+    /// `push rbx; push rsi; push rdi; sub rsp, 20h`.
+    Pushes,
+    /// `push rbx; sub rsp, 230h` (`UWOP_ALLOC_LARGE`).
+    LargeLocals,
+    /// `push rbp; push rbx; sub rsp, 28h; mov rbp, rsp` (a frame pointer).
+    FramePointer,
+    /// `push rbx; sub rsp, 20h; jmp` to a fragment `push r12; push r13` whose
+    /// `UNWIND_INFO` chains to the function's (`UNW_FLAG_CHAININFO`), which makes the calls.
+    Chained,
+}
+
+impl WorkerShape {
+    /// The shapes, in the order modules take them.
+    pub const ALL: [WorkerShape; 4] = [
+        WorkerShape::Pushes,
+        WorkerShape::Chained,
+        WorkerShape::LargeLocals,
+        WorkerShape::FramePointer,
+    ];
+}
+
+/// Where [`ImageBuilder::call_chain`] put a module's thread routine and worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainLocs {
+    /// The thread routine (`rcx`: its context), which calls the worker.
+    pub entry: Loc,
+    /// The thread routine up to its call of the worker.
+    pub entry_frame: FrameSteps,
+    /// The worker, which calls each helper in turn.
+    pub worker: Loc,
+    /// The worker up to each helper's call (`returns` in the helpers' order).
+    pub worker_frame: FrameSteps,
+    /// The free helper (`sub rsp, 28h; xor edx, edx; call [ExFreePoolWithTag]`), which the
+    /// worker calls after the allocation helpers (with the same steps before the call).
+    pub free_helper: Loc,
+    /// The return address of the worker's call of the free helper.
+    pub free_return: Loc,
+    /// The free helper's `call [ExFreePoolWithTag]`.
+    pub free_call: Loc,
+}
+
+/// A function begun by [`ImageBuilder::begin_function`].
+#[derive(Clone, Debug)]
+pub struct FunctionStart {
+    begin: usize,
+    info: UnwindInfo,
+    prolog: Vec<Step>,
+}
+
+/// A function's code range in `.text` and its unwind info.
+#[derive(Clone, Debug)]
+struct Func {
+    begin: usize,
+    end: usize,
+    info: UnwindInfo,
 }
 
 /// A rip-relative displacement to patch once the layout is known.
@@ -131,6 +299,7 @@ pub struct ImageBuilder {
     min_data: u64,
     entry: Option<u64>,
     fixups: Vec<Fixup>,
+    functions: Vec<Func>,
 }
 
 /// The result of [`ImageBuilder::build`]: where everything landed.
@@ -186,6 +355,10 @@ fn round_up(x: u64, to: u64) -> u64 {
 fn err(msg: impl Into<String>) -> SimError {
     SimError::Image(msg.into())
 }
+/// The RVA of a `.text` offset.
+fn rva32(text_offset: usize) -> Result<u32, SimError> {
+    u32::try_from(TEXT_RVA + text_offset as u64).map_err(|_| err(".text beyond 4 GiB"))
+}
 
 impl ImageBuilder {
     /// A builder for an image called `name` loaded at `base` (page-aligned).
@@ -205,6 +378,7 @@ impl ImageBuilder {
             min_data: 0,
             entry: None,
             fixups: Vec::new(),
+            functions: Vec::new(),
         }
     }
 
@@ -315,6 +489,294 @@ impl ImageBuilder {
         });
     }
 
+    /// Records the function that began at `.text` offset `begin` and ends here.
+    fn add_function(&mut self, begin: usize, info: UnwindInfo) {
+        self.functions.push(Func {
+            begin,
+            end: self.text.len(),
+            info,
+        });
+    }
+
+    /// The unwind info of a function of `frame` bytes of locals and nothing else
+    /// (`sub rsp, frame` first).
+    fn small_frame(frame: u8) -> UnwindInfo {
+        UnwindInfo {
+            prolog_size: 4,
+            codes: vec![UnwindCode::new(4, UnwindOp::alloc(u32::from(frame)))],
+            ..UnwindInfo::default()
+        }
+    }
+
+    /// Emits `steps` at the current end of `.text` (the prolog steps first), for a function
+    /// that began at `begin`; returns the unwind info of its prolog.
+    fn emit_steps(&mut self, begin: usize, steps: &[Step]) -> Result<UnwindInfo, SimError> {
+        let mut info = UnwindInfo::default();
+        let mut body = false;
+        for step in steps {
+            let bytes = step.encode()?;
+            self.code(&bytes);
+            let end = u8::try_from(self.text.len().saturating_sub(begin))
+                .map_err(|_| err(format!("{}: prolog longer than 255 bytes", self.name)))?;
+            match step.unwind_op() {
+                Some(_) if body => {
+                    return Err(err(format!("{}: prolog step after the body", self.name)));
+                }
+                Some(op) => {
+                    info.codes.insert(0, UnwindCode::new(end, op));
+                    info.prolog_size = end;
+                    if let Step::SetFp { reg, offset } = step {
+                        info.frame_register = Some(*reg);
+                        info.frame_offset = u8::try_from(offset / 16).unwrap_or(0);
+                    }
+                }
+                None => body = true,
+            }
+        }
+        Ok(info)
+    }
+
+    /// Undoes a prolog's stack changes: `add rsp, N` then the `pop`s (no `ret`).
+    fn unwind_stack(&mut self, prolog: &[Step]) {
+        let alloc: u32 = prolog
+            .iter()
+            .map(|s| if let Step::Alloc(n) = s { *n } else { 0 })
+            .sum();
+        match u8::try_from(alloc) {
+            Ok(0) => {}
+            Ok(b) if b < 0x80 => {
+                self.code(&[0x48, 0x83, 0xc4, b]);
+            }
+            _ => {
+                self.code(&[0x48, 0x81, 0xc4]);
+                self.code(&alloc.to_le_bytes());
+            }
+        }
+        for step in prolog.iter().rev() {
+            if let Step::Push(r) = step {
+                let n = r.number();
+                if n >= 8 {
+                    self.code(&[0x41, 0x58 + n - 8]);
+                } else {
+                    self.code(&[0x58 + n]);
+                }
+            }
+        }
+    }
+
+    /// Emits `call rel32` to `target`; returns the return address.
+    pub fn call_rel(&mut self, target: Loc) -> Loc {
+        self.code(&[0xe8]);
+        self.disp_to(target, 0);
+        Loc::Text(self.text.len() as u64)
+    }
+
+    /// Emits `jmp rel32` to `target`.
+    fn jmp_rel(&mut self, target: Loc) {
+        self.code(&[0xe9]);
+        self.disp_to(target, 0);
+    }
+
+    /// Starts a non-leaf function (16-byte aligned) with `steps` (prolog first); emit its
+    /// body, then [`end_function`](Self::end_function).
+    pub fn begin_function(&mut self, steps: &[Step]) -> Result<FunctionStart, SimError> {
+        self.align_text();
+        let begin = self.text.len();
+        let info = self.emit_steps(begin, steps)?;
+        Ok(FunctionStart {
+            begin,
+            info,
+            prolog: steps.iter().copied().filter(Step::is_prolog).collect(),
+        })
+    }
+
+    /// Ends a function: the epilog (`add rsp, N`, the `pop`s, `ret`) and its unwind data.
+    /// Returns where it begins.
+    pub fn end_function(&mut self, f: FunctionStart) -> Loc {
+        self.unwind_stack(&f.prolog);
+        self.code(&[0xc3]);
+        self.add_function(f.begin, f.info);
+        Loc::Text(f.begin as u64)
+    }
+
+    /// Emits `prefix` and a rip-relative disp32 to `target` (the instruction ends there);
+    /// returns where the instruction begins.
+    pub fn code_rip(&mut self, prefix: &[u8], target: Loc) -> Loc {
+        let at = self.code(prefix);
+        self.disp_to(target, 0);
+        at
+    }
+
+    /// The current end of `.text`, as a location.
+    pub fn here(&self) -> Loc {
+        Loc::Text(self.text.len() as u64)
+    }
+
+    /// Emits a non-leaf function (16-byte aligned): `steps` (prolog first), then for each
+    /// of `targets` the `per_call` steps and a `call`, then the epilog and `ret`. Returns
+    /// where it begins and the frame the simulator replays.
+    pub fn function(
+        &mut self,
+        steps: &[Step],
+        per_call: &[Step],
+        targets: &[Loc],
+    ) -> Result<(Loc, FrameSteps), SimError> {
+        let f = self.begin_function(steps)?;
+        let returns = self.calls(per_call, targets)?;
+        let begin = self.end_function(f);
+        let mut all = steps.to_vec();
+        all.extend_from_slice(per_call);
+        Ok((
+            begin,
+            FrameSteps {
+                steps: all,
+                returns,
+            },
+        ))
+    }
+
+    /// `per_call` then `call target`, for each target; returns the return addresses.
+    fn calls(&mut self, per_call: &[Step], targets: &[Loc]) -> Result<Vec<Loc>, SimError> {
+        let mut returns = Vec::with_capacity(targets.len());
+        for t in targets {
+            for step in per_call {
+                self.code(&step.encode()?);
+            }
+            returns.push(self.call_rel(*t));
+        }
+        Ok(returns)
+    }
+
+    /// Emits a module's call chain to its allocation helpers (the site functions at
+    /// `helpers`): a free helper, a worker of the given shape that calls each allocation
+    /// helper in turn and then the free helper (context in a non-volatile register, passed
+    /// on in `rcx`), and a thread routine
+    /// (`push rbp; push rsi; sub rsp, 28h; lea rbp, [rsp+20h]`) that calls the worker.
+    pub fn call_chain(
+        &mut self,
+        shape: WorkerShape,
+        helpers: &[Loc],
+    ) -> Result<ChainLocs, SimError> {
+        use Reg::{Rbp, Rbx, Rcx, Rdi, Rsi};
+        let save_ctx = Step::Mov { dst: Rbx, src: Rcx };
+        let pass_ctx = Step::Mov { dst: Rcx, src: Rbx };
+        let prolog: &[Step] = match shape {
+            WorkerShape::Pushes => &[
+                Step::Push(Rbx),
+                Step::Push(Rsi),
+                Step::Push(Rdi),
+                Step::Alloc(0x20),
+            ],
+            WorkerShape::LargeLocals => &[Step::Push(Rbx), Step::Alloc(0x230)],
+            WorkerShape::FramePointer => &[
+                Step::Push(Rbp),
+                Step::Push(Rbx),
+                Step::Alloc(0x28),
+                Step::SetFp {
+                    reg: Rbp,
+                    offset: 0,
+                },
+            ],
+            WorkerShape::Chained => &[],
+        };
+        // FreeBuffer(p): sub rsp,28h; xor edx,edx; call [ExFreePoolWithTag]; add rsp,28h; ret
+        // (no tag in its code: a tag search finds nothing new).
+        self.align_text();
+        let free_begin = self.text.len();
+        self.code(&[0x48, 0x83, 0xec, 0x28, 0x33, 0xd2]);
+        let free_call = self.call_import(Import::ExFreePoolWithTag)?;
+        self.epilogue(0x28);
+        self.add_function(free_begin, Self::small_frame(0x28));
+        let free_helper = Loc::Text(free_begin as u64);
+        // The worker calls every allocation helper, then the free helper.
+        let mut targets = helpers.to_vec();
+        targets.push(free_helper);
+        let (worker, mut worker_frame) = if shape == WorkerShape::Chained {
+            self.chained_worker(&targets)?
+        } else {
+            let mut steps = prolog.to_vec();
+            steps.push(save_ctx);
+            self.function(&steps, &[pass_ctx], &targets)?
+        };
+        let free_return = worker_frame
+            .returns
+            .pop()
+            .ok_or_else(|| err("worker without calls"))?;
+        let (entry, entry_frame) = self.function(
+            &[
+                Step::Push(Rbp),
+                Step::Push(Rsi),
+                Step::Alloc(0x28),
+                Step::SetFp {
+                    reg: Rbp,
+                    offset: 0x20,
+                },
+                Step::Mov { dst: Rsi, src: Rcx },
+            ],
+            &[],
+            &[worker],
+        )?;
+        Ok(ChainLocs {
+            entry,
+            entry_frame,
+            worker,
+            worker_frame,
+            free_helper,
+            free_return,
+            free_call,
+        })
+    }
+
+    /// The [`WorkerShape::Chained`] worker: the function (`push rbx; sub rsp, 20h;
+    /// mov rbx, rcx; jmp fragment`, then its tail `add rsp, 20h; pop rbx; ret`) and right
+    /// after it the fragment (`push r12; push r13; mov r12, rbx`, the calls,
+    /// `pop r13; pop r12; jmp tail`), whose unwind info chains to the function's.
+    fn chained_worker(&mut self, helpers: &[Loc]) -> Result<(Loc, FrameSteps), SimError> {
+        use Reg::{R12, R13, Rbx, Rcx};
+        self.align_text();
+        let begin = self.text.len();
+        let parent = [
+            Step::Push(Rbx),
+            Step::Alloc(0x20),
+            Step::Mov { dst: Rbx, src: Rcx },
+        ];
+        let info = self.emit_steps(begin, &parent)?;
+        // jmp fragment: the fragment starts after the tail (jmp 5 + add 4 + pop 1 + ret 1,
+        // aligned to 16 by padding after the ret).
+        let jmp_at = self.text.len();
+        self.code(&[0xe9, 0, 0, 0, 0]);
+        let tail = self.text.len();
+        self.unwind_stack(&parent[..2]);
+        self.code(&[0xc3]);
+        self.add_function(begin, info);
+        self.align_text();
+        let frag = self.text.len();
+        let rel = i32::try_from(frag - (jmp_at + 5)).map_err(|_| err("fragment too far"))?;
+        if let Some(slot) = self.text.get_mut(jmp_at + 1..jmp_at + 5) {
+            slot.copy_from_slice(&rel.to_le_bytes());
+        }
+        let fragment = [
+            Step::Push(R12),
+            Step::Push(R13),
+            Step::Mov { dst: R12, src: Rbx },
+        ];
+        let mut frag_info = self.emit_steps(frag, &fragment)?;
+        let pass = [Step::Mov { dst: Rcx, src: R12 }];
+        let returns = self.calls(&pass, helpers)?;
+        self.unwind_stack(&fragment[..2]);
+        self.jmp_rel(Loc::Text(tail as u64));
+        frag_info.trailer = Trailer::Chained(RuntimeFunction {
+            begin: rva32(begin)?,
+            end: 0,
+            unwind_data: 0,
+        });
+        self.add_function(frag, frag_info);
+        let mut steps = parent.to_vec();
+        steps.extend_from_slice(&fragment);
+        steps.extend_from_slice(&pass);
+        Ok((Loc::Text(begin as u64), FrameSteps { steps, returns }))
+    }
+
     /// Emits an allocation site as a small function and returns its locations. With
     /// `rva`, the `mov r8d` lands exactly at that RVA (the prologue sits before it).
     pub fn alloc_site(
@@ -345,6 +807,7 @@ impl ImageBuilder {
             Some(r) => self.org(r.saturating_sub(pre.len() as u64))?,
             None => self.align_text(),
         }
+        let begin = self.text.len();
         self.code(&pre);
         let instr = self.code(&[0x41, 0xb8]);
         let imm = self.code(&tag.bytes());
@@ -363,10 +826,12 @@ impl ImageBuilder {
         }
         let call = self.call_import(Import::ExAllocatePoolWithTag)?;
         self.epilogue(0x28);
+        self.add_function(begin, Self::small_frame(0x28));
         Ok(SiteLocs {
             instr,
             imm,
             call: Some(call),
+            function: Some(Loc::Text(begin as u64)),
         })
     }
 
@@ -380,6 +845,7 @@ impl ImageBuilder {
     ) -> Result<SiteLocs, SimError> {
         let global = self.data(&tag.bytes(), 8);
         self.align_text();
+        let begin = self.text.len();
         let mut pre = vec![0x48, 0x83, 0xec, 0x28, 0xb9];
         pre.extend_from_slice(&pool_type.to_le_bytes());
         pre.push(0xba);
@@ -389,25 +855,30 @@ impl ImageBuilder {
         self.disp_to(global, 0);
         let call = self.call_import(Import::ExAllocatePoolWithTag)?;
         self.epilogue(0x28);
+        self.add_function(begin, Self::small_frame(0x28));
         Ok(SiteLocs {
             instr,
             imm: global,
             call: Some(call),
+            function: Some(Loc::Text(begin as u64)),
         })
     }
 
     /// Emits a free site: `mov rcx, rbx; mov edx, tag; call [ExFreePoolWithTag]`.
     pub fn free_site(&mut self, tag: PoolTag) -> Result<SiteLocs, SimError> {
         self.align_text();
+        let begin = self.text.len();
         self.code(&[0x48, 0x83, 0xec, 0x28, 0x48, 0x8b, 0xcb]);
         let instr = self.code(&[0xba]);
         let imm = self.code(&tag.bytes());
         let call = self.call_import(Import::ExFreePoolWithTag)?;
         self.epilogue(0x28);
+        self.add_function(begin, Self::small_frame(0x28));
         Ok(SiteLocs {
             instr,
             imm,
             call: Some(call),
+            function: Some(Loc::Text(begin as u64)),
         })
     }
 
@@ -422,6 +893,7 @@ impl ImageBuilder {
         list: Loc,
     ) -> Result<SiteLocs, SimError> {
         self.align_text();
+        let begin = self.text.len();
         self.code(&[0x48, 0x83, 0xec, 0x48, 0x48, 0x8d, 0x0d]);
         self.disp_to(list, 0);
         self.code(&[0x33, 0xd2, 0x45, 0x33, 0xc0, 0x45, 0x33, 0xc9]);
@@ -432,10 +904,12 @@ impl ImageBuilder {
         self.code(&[0x66, 0xc7, 0x44, 0x24, 0x30, 0x00, 0x00]);
         let call = self.call_import(Import::ExInitializeNPagedLookasideList)?;
         self.epilogue(0x48);
+        self.add_function(begin, Self::small_frame(0x48));
         Ok(SiteLocs {
             instr,
             imm,
             call: Some(call),
+            function: Some(Loc::Text(begin as u64)),
         })
     }
 
@@ -453,6 +927,7 @@ impl ImageBuilder {
             instr,
             imm,
             call: None,
+            function: Some(instr),
         }
     }
 
@@ -469,6 +944,7 @@ impl ImageBuilder {
             instr: Loc::Rdata(at),
             imm: Loc::Rdata(at + pos as u64),
             call: None,
+            function: None,
         })
     }
 
@@ -490,12 +966,14 @@ impl ImageBuilder {
                 self.code(&[0x33, 0xc0, 0xc3]);
                 continue;
             }
+            let begin = self.text.len();
             self.code(&[0x48, 0x83, 0xec, 0x28, 0xb9]);
             self.code(&((n.wrapping_mul(0x38)) & 0xfff).to_le_bytes());
             // test ecx,ecx; je +6 (over the call)
             self.code(&[0x85, 0xc9, 0x74, 0x06]);
             self.call_import(Import::ExFreePool)?;
             self.epilogue(0x28);
+            self.add_function(begin, Self::small_frame(0x28));
         }
     }
 
@@ -536,7 +1014,17 @@ impl ImageBuilder {
             (self.text.len() as u64).max(self.min_text).max(1),
             PAGE_SIZE,
         );
-        let rdata_len = user_off + self.rdata.len() as u64;
+        // .xdata then .pdata at the end of .rdata.
+        let xdata_off = round_up(user_off + self.rdata.len() as u64, 4);
+        let xdata_rva = u32::try_from(TEXT_RVA + text_vsize + xdata_off)
+            .map_err(|_| err(format!("{}: image beyond 4 GiB", self.name)))?;
+        let (xdata, pdata) = self.unwind_tables(xdata_rva)?;
+        let pdata_off = round_up(xdata_off + xdata.len() as u64, 4);
+        let rdata_len = if pdata.is_empty() {
+            user_off + self.rdata.len() as u64
+        } else {
+            pdata_off + pdata.len() as u64
+        };
         let rdata_vsize = round_up(rdata_len.max(1), PAGE_SIZE);
         let data_vsize = round_up(
             (self.data.len() as u64).max(self.min_data).max(8),
@@ -612,6 +1100,12 @@ impl ImageBuilder {
         }
         ro.resize(user_off as usize, 0);
         ro.extend_from_slice(&self.rdata);
+        if !pdata.is_empty() {
+            ro.resize(xdata_off as usize, 0);
+            ro.extend_from_slice(&xdata);
+            ro.resize(pdata_off as usize, 0);
+            ro.extend_from_slice(&pdata);
+        }
 
         // headers
         let raw_text = round_up(code.len() as u64, 0x200);
@@ -627,6 +1121,8 @@ impl ImageBuilder {
             iat_size,
             desc_rva: rdata_rva + desc_off,
             desc_size,
+            pdata_rva: rdata_rva + pdata_off,
+            pdata_size: pdata.len() as u64,
         });
         let checksum = pe_checksum(
             &hdr,
@@ -649,6 +1145,62 @@ impl ImageBuilder {
             }
         }
         Ok(image)
+    }
+
+    /// The `.xdata` (to go at `xdata_rva`) and `.pdata` of the image's functions; empty
+    /// without any. Functions with the same unwind info share one `UNWIND_INFO` (the
+    /// filler's hundreds of `sub rsp, 28h` functions), except where a chain names them.
+    fn unwind_tables(&self, xdata_rva: u32) -> Result<(Vec<u8>, Vec<u8>), SimError> {
+        if self.functions.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let bad = |e: tagsplit_protocol::nt::unwind::UnwindError| {
+            err(format!("{}: unwind data: {e}", self.name))
+        };
+        let parents: std::collections::BTreeSet<u32> = self
+            .functions
+            .iter()
+            .filter_map(|f| f.info.chained().map(|p| p.begin))
+            .collect();
+        let mut shared: std::collections::HashMap<&UnwindInfo, u32> =
+            std::collections::HashMap::new();
+        let mut unique = Vec::new();
+        let mut all = Vec::with_capacity(self.functions.len());
+        for f in &self.functions {
+            let (begin, end) = (rva32(f.begin)?, rva32(f.end)?);
+            let sharable = f.info.chained().is_none() && !parents.contains(&begin);
+            match shared.get(&f.info) {
+                Some(rep) if sharable => all.push((begin, end, Some(*rep))),
+                _ => {
+                    if sharable {
+                        shared.insert(&f.info, begin);
+                    }
+                    unique.push((begin, end, f.info.clone()));
+                    all.push((begin, end, None));
+                }
+            }
+        }
+        let tables = build_tables(&unique, xdata_rva).map_err(bad)?;
+        let data_of = |begin: u32| {
+            tables
+                .functions
+                .iter()
+                .find(|f| f.begin == begin)
+                .map(|f| f.unwind_data)
+                .ok_or_else(|| err("unwind data lost"))
+        };
+        let mut table = Vec::with_capacity(all.len());
+        for (begin, end, rep) in all {
+            table.push(RuntimeFunction {
+                begin,
+                end,
+                unwind_data: data_of(rep.unwrap_or(begin))?,
+            });
+        }
+        table.sort_by_key(|f| f.begin);
+        let pdata = tagsplit_protocol::nt::unwind::encode_function_table(&table);
+        tagsplit_protocol::nt::unwind::parse_function_table(&pdata).map_err(bad)?;
+        Ok((tables.xdata, pdata))
     }
 
     fn headers(&self, h: HeaderInfo) -> Vec<u8> {
@@ -705,6 +1257,7 @@ impl ImageBuilder {
         for i in 0..16 {
             let (rva, sz) = match i {
                 1 if h.desc_size > 0 => (h.desc_rva, h.desc_size),
+                3 if h.pdata_size > 0 => (h.pdata_rva, h.pdata_size),
                 12 if h.iat_size > 0 => (TEXT_RVA + h.text_vsize, h.iat_size),
                 _ => (0, 0),
             };
@@ -764,6 +1317,8 @@ struct HeaderInfo {
     iat_size: u64,
     desc_rva: u64,
     desc_size: u64,
+    pdata_rva: u64,
+    pdata_size: u64,
 }
 
 /// The PE checksum (the `imagehlp` algorithm) over the file the image would be loaded

@@ -2,10 +2,13 @@
 //! them out (offsets from [`crate::layout`] only).
 //!
 //! * `ntoskrnl.exe` is a PE image at [`NT_BASE`]; its `.text` holds the functions drivers
-//!   import (tiny stubs) and an idle loop, its `.data` holds `PsLoadedModuleList` (a
-//!   `LIST_ENTRY64` head), the `KDDEBUGGER_DATA64` block (`KDBG`) and the variables
-//!   `PoolTrackTable` (pointer), `PoolTrackTableSize`, `PoolBigPageTable` (pointer),
-//!   `PoolBigPageTableSize`, `PoolHitTag` (u32) and `MmPageSize`.
+//!   import (tiny stubs, but `ExAllocatePoolWithTag` and `ExFreePoolWithTag` are real
+//!   non-leaf functions with unwind data), an idle loop, and the start of a system thread
+//!   (`KiStartSystemThread`, `PspSystemThreadStartup`: [`ThreadFrames`]); its `.data`
+//!   holds `PsLoadedModuleList` (a `LIST_ENTRY64` head), the `KDDEBUGGER_DATA64` block
+//!   (`KDBG`) and the variables `PoolTrackTable` (pointer), `PoolTrackTableSize`,
+//!   `PoolBigPageTable` (pointer), `PoolBigPageTableSize`, `PoolHitTag` (u32) and
+//!   `MmPageSize`.
 //! * One `KLDR_DATA_TABLE_ENTRY` per module, in load order (nt first), with `UNICODE_STRING`
 //!   names pointing at UTF-16 buffers, lives in a loader-data region at [`LOADER_DATA`].
 //!
@@ -14,7 +17,7 @@
 //! `PoolTrackTableSize` extension field to its size).
 
 use crate::SimError;
-use crate::image::{BuiltImage, ImageBuilder, Loc, NT_IMPORTS};
+use crate::image::{BuiltImage, ImageBuilder, Loc, NT_IMPORTS, Step};
 use crate::layout::{PAGE_SIZE, kdbg, ldr_entry, list_entry, unicode_string};
 use crate::memory::{Memory, Prot};
 use crate::pool::PoolLayout;
@@ -61,6 +64,38 @@ pub struct NtKernel {
     pub idle: VirtAddr,
     /// Resolved addresses of [`NT_IMPORTS`] in nt's `.text`.
     pub exports: Vec<VirtAddr>,
+    /// The frames nt puts under a system thread and inside the allocator.
+    pub threads: ThreadFrames,
+}
+
+/// nt's part of a system thread's stack, as the simulator replays it:
+/// `KiStartSystemThread` (its return address slot holds 0, the bottom of the stack) calls
+/// `PspSystemThreadStartup(StartRoutine, StartContext)`, which calls the thread routine
+/// through `call rdi`; and the prologs of `ExAllocatePoolWithTag` and `ExFreePoolWithTag`
+/// up to their `PoolHitTag` checks.
+#[derive(Clone, Debug)]
+pub struct ThreadFrames {
+    /// `nt!KiStartSystemThread`, where a system thread starts (`rcx` the start routine,
+    /// `rdx` its context).
+    pub ki_start_system_thread: VirtAddr,
+    /// `KiStartSystemThread` up to its call.
+    pub ki_steps: Vec<Step>,
+    /// The return address of that call (in `KiStartSystemThread`).
+    pub ki_return: VirtAddr,
+    /// `PspSystemThreadStartup` up to `call rdi`.
+    pub psp_steps: Vec<Step>,
+    /// The return address of `call rdi`.
+    pub psp_return: VirtAddr,
+    /// `ExAllocatePoolWithTag` up to its `PoolHitTag` check (`rbx` the tag, `rsi` the
+    /// size, `rdi` the pool type).
+    pub allocate_steps: Vec<Step>,
+    /// The `int 3` that `ExAllocatePoolWithTag` executes when the tag is `PoolHitTag`.
+    pub hit_break: VirtAddr,
+    /// `ExFreePoolWithTag` up to its `PoolHitTag` check (`rbx` the block, `eax` the tag
+    /// from its `POOL_HEADER`).
+    pub free_steps: Vec<Step>,
+    /// The `int 3` that `ExFreePoolWithTag` executes when the block's tag is `PoolHitTag`.
+    pub free_break: VirtAddr,
 }
 
 /// A module as the loader records it.
@@ -85,18 +120,9 @@ pub struct LdrModule {
 /// Builds `ntoskrnl.exe` into memory and initialises its variables (pool pointers from
 /// `pool`, `PoolHitTag` = [`POOL_HIT_TAG_DEFAULT`]).
 pub fn build_nt(mem: &mut Memory, pool: &PoolLayout) -> Result<NtKernel, SimError> {
+    use tagsplit_protocol::nt::unwind::Reg::{R8, Rbx, Rcx, Rdi, Rdx, Rsi};
     let mut b = ImageBuilder::new("ntoskrnl.exe", NT_BASE, Vec::new());
     b.timestamp(0x4ce7_951a);
-    // KiIdleLoop: pause; jmp $-2
-    b.align_text();
-    let idle = b.code(&[0xf3, 0x90, 0xeb, 0xfc]);
-    b.entry_here();
-    let mut exports = Vec::new();
-    for _ in NT_IMPORTS {
-        b.align_text();
-        // xor eax,eax; ret
-        exports.push(b.code(&[0x33, 0xc0, 0xc3]));
-    }
     let debugger_data_list = b.data(&[0u8; list_entry::SIZE as usize], 16);
     let ps_loaded = b.data(&[0u8; list_entry::SIZE as usize], 16);
     let kdbg_loc = b.data(&vec![0u8; kdbg::SIZE as usize], 16);
@@ -106,6 +132,94 @@ pub fn build_nt(mem: &mut Memory, pool: &PoolLayout) -> Result<NtKernel, SimErro
     let big_size_var = b.data(&pool.big_entries.to_le_bytes(), 8);
     let hit = b.data(&POOL_HIT_TAG_DEFAULT.to_le_bytes(), 8);
     let page_size = b.data(&PAGE_SIZE.to_le_bytes(), 8);
+    // KiIdleLoop: pause; jmp $-2
+    b.align_text();
+    let idle = b.code(&[0xf3, 0x90, 0xeb, 0xfc]);
+    b.entry_here();
+    // The allocator's and the free's internals: leaves (xor eax,eax; ret).
+    b.align_text();
+    let exp_allocate = b.code(&[0x33, 0xc0, 0xc3]);
+    b.align_text();
+    let exp_free = b.code(&[0x33, 0xc0, 0xc3]);
+    let mut exports = Vec::new();
+    let mut allocate = None;
+    let mut free = None;
+    for name in NT_IMPORTS {
+        match name {
+            "ExAllocatePoolWithTag" => {
+                // push rbx; push rsi; push rdi; sub rsp,20h; mov rbx,r8; mov rsi,rdx;
+                // mov rdi,rcx; cmp ebx,[PoolHitTag]; jne +1; int 3;
+                // mov rcx,rdi; mov rdx,rsi; mov r8,rbx; call ExpAllocatePool; epilog
+                let steps = [
+                    Step::Push(Rbx),
+                    Step::Push(Rsi),
+                    Step::Push(Rdi),
+                    Step::Alloc(0x20),
+                    Step::Mov { dst: Rbx, src: R8 },
+                    Step::Mov { dst: Rsi, src: Rdx },
+                    Step::Mov { dst: Rdi, src: Rcx },
+                ];
+                let f = b.begin_function(&steps)?;
+                b.code_rip(&[0x3b, 0x1d], hit);
+                b.code(&[0x75, 0x01]);
+                let brk = b.code(&[0xcc]);
+                for step in [
+                    Step::Mov { dst: Rcx, src: Rdi },
+                    Step::Mov { dst: Rdx, src: Rsi },
+                    Step::Mov { dst: R8, src: Rbx },
+                ] {
+                    b.code(&step.encode()?);
+                }
+                b.call_rel(exp_allocate);
+                exports.push(b.end_function(f));
+                allocate = Some((steps.to_vec(), brk));
+            }
+            "ExFreePoolWithTag" => {
+                // push rbx; sub rsp,20h; mov rbx,rcx; mov eax,[rbx-0Ch] (the tag in the
+                // block's POOL_HEADER); cmp eax,[PoolHitTag]; jne +1; int 3;
+                // mov rcx,rbx; call ExpFreePool; epilog
+                let steps = [
+                    Step::Push(Rbx),
+                    Step::Alloc(0x20),
+                    Step::Mov { dst: Rbx, src: Rcx },
+                ];
+                let f = b.begin_function(&steps)?;
+                b.code(&[0x8b, 0x43, 0xf4]);
+                b.code_rip(&[0x3b, 0x05], hit);
+                b.code(&[0x75, 0x01]);
+                let brk = b.code(&[0xcc]);
+                b.code(&Step::Mov { dst: Rcx, src: Rbx }.encode()?);
+                b.call_rel(exp_free);
+                exports.push(b.end_function(f));
+                free = Some((steps.to_vec(), brk));
+            }
+            _ => {
+                b.align_text();
+                // xor eax,eax; ret
+                exports.push(b.code(&[0x33, 0xc0, 0xc3]));
+            }
+        }
+    }
+    let (allocate_steps, hit_break) =
+        allocate.ok_or_else(|| SimError::Image("no ExAllocatePoolWithTag".into()))?;
+    let (free_steps, free_break) =
+        free.ok_or_else(|| SimError::Image("no ExFreePoolWithTag".into()))?;
+    // PspSystemThreadStartup(StartRoutine, StartContext): push rbx; push rdi; sub rsp,28h;
+    // mov rdi,rcx; mov rbx,rdx; mov rcx,rbx; call rdi; epilog
+    let psp_steps = [
+        Step::Push(Rbx),
+        Step::Push(Rdi),
+        Step::Alloc(0x28),
+        Step::Mov { dst: Rdi, src: Rcx },
+        Step::Mov { dst: Rbx, src: Rdx },
+        Step::Mov { dst: Rcx, src: Rbx },
+    ];
+    let f = b.begin_function(&psp_steps)?;
+    b.code(&[0xff, 0xd7]);
+    let psp_ret = b.here();
+    let psp = b.end_function(f);
+    // KiStartSystemThread: sub rsp,28h; call PspSystemThreadStartup; epilog
+    let (ki_start, ki_frame) = b.function(&[Step::Alloc(0x28)], &[], &[psp])?;
     // Pad .text so SizeOfImage matches the real kernel's.
     b.min_text_size(NT_SIZE - 0x1000 - 2 * PAGE_SIZE);
     let image = b.build(mem)?;
@@ -122,6 +236,17 @@ pub fn build_nt(mem: &mut Memory, pool: &PoolLayout) -> Result<NtKernel, SimErro
         mm_page_size: at(page_size),
         idle: at(idle),
         exports: exports.into_iter().map(at).collect(),
+        threads: ThreadFrames {
+            ki_start_system_thread: at(ki_start),
+            ki_steps: ki_frame.steps,
+            ki_return: ki_frame.returns.first().map_or(VirtAddr(0), |l| at(*l)),
+            psp_steps: psp_steps.to_vec(),
+            psp_return: at(psp_ret),
+            allocate_steps,
+            hit_break: at(hit_break),
+            free_steps,
+            free_break: at(free_break),
+        },
         image,
     };
     // The KDBG block and the debugger-data list (one element).

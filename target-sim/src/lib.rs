@@ -6,7 +6,10 @@
 //! x64 code), [`kernel`] (the loader list, `KDDEBUGGER_DATA64`, the pool variables),
 //! [`pool`] (the tagged allocator and its tracker table, all in memory), [`workload`]
 //! (sites on a virtual clock), [`scenario`] (TOML and built-ins) and [`machine`] (ties it
-//! together). The wire servers live in [`server`]: transport only. The simulator is a
+//! together). Drivers reach their allocation sites through real call chains (a thread
+//! routine, a worker, the site's helper) with unwind data in every image's exception
+//! directory; [`machine::Machine::context_at_allocation`] lays out a worker thread's
+//! kernel stack as that code would at a call of `ExAllocatePoolWithTag`. The wire servers live in [`server`]: transport only. The simulator is a
 //! [`tagsplit_protocol::stub::Target`] ([`server::gdb::SimTarget`]), and the protocol crate's
 //! GDB and KD stubs do all the speaking; the servers move bytes over blocking sockets.
 //!

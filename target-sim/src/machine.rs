@@ -3,16 +3,26 @@
 use std::collections::BTreeSet;
 
 use crate::SimError;
-use crate::image::{ImageBuilder, Loc, SiteLocs};
+use crate::image::{ImageBuilder, Loc, SiteLocs, Step, WorkerShape};
 use crate::kernel::{self, LdrModule, NtKernel};
 use crate::memory::{MemError, Memory};
 use crate::pool::{Pool, PoolError, PoolLayout, PoolType};
 use crate::scenario::{Scenario, SiteKindSpec, SiteSpec};
 use crate::types::{PROTECTED_POOL, PoolTag, VirtAddr};
 use crate::workload::{Actor, Cursor, FreeSchedule, SplitMix64, TagSource};
+use tagsplit_protocol::nt::unwind::Reg;
 
 /// Where drivers without an explicit base are loaded, one after another.
 pub const DRIVER_BASE: VirtAddr = VirtAddr(0xfffff880_00c00000);
+
+/// Where the kernel stacks of the drivers' worker threads are: one a module with
+/// allocation sites, [`KERNEL_STACK_STRIDE`] apart, each [`KERNEL_STACK_SIZE`] bytes mapped
+/// RW above an unmapped guard page.
+pub const KERNEL_STACKS: VirtAddr = VirtAddr(0xfffff880_f0000000);
+/// Bytes of one kernel stack (Windows x64's `KERNEL_STACK_SIZE`).
+pub const KERNEL_STACK_SIZE: u64 = 0x6000;
+/// Distance between two kernel stacks (the stack and its guard pages).
+pub const KERNEL_STACK_STRIDE: u64 = 0x8000;
 
 /// `GENERAL_LOOKASIDE.Type` (x64).
 pub const LOOKASIDE_TYPE: u64 = 0x24;
@@ -130,6 +140,63 @@ pub enum SimStop {
     },
 }
 
+/// Where in `nt!ExAllocatePoolWithTag` [`Machine::context_at_allocation`] (or in
+/// `nt!ExFreePoolWithTag`, [`Machine::context_at_free`]) takes the state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AllocPoint {
+    /// At its first instruction, just called: `rsp` points at the return address into the
+    /// helper, `rcx`/`rdx`/`r8` are the pool type, size and tag.
+    #[default]
+    Entry,
+    /// At the `int 3` its `PoolHitTag` check executes: its prolog has run (`rbx` the
+    /// tag, `rsi` the size, `rdi` the pool type, saved on the stack the caller's).
+    HitTagBreak,
+}
+
+/// The last allocation a site made on the clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LastAllocation {
+    /// The site (index into [`Machine::sites`]).
+    pub site: usize,
+    /// The pool type passed.
+    pub pool_type: PoolType,
+    /// The size passed.
+    pub size: u64,
+    /// The tag passed (as the code held it).
+    pub tag: PoolTag,
+    /// The block (`None` when the pool refused).
+    pub addr: Option<VirtAddr>,
+}
+
+/// The last free of a block that a site allocated on the clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LastFree {
+    /// The site that allocated the block (index into [`Machine::sites`]); its module's
+    /// worker frees it.
+    pub site: usize,
+    /// The block.
+    pub addr: VirtAddr,
+    /// The tag it was charged to.
+    pub tag: PoolTag,
+}
+
+/// A site's call chain on its module's worker thread, as the simulator replays it.
+#[derive(Clone, Debug)]
+struct SiteChain {
+    /// The top of the thread's kernel stack (exclusive).
+    stack_top: u64,
+    /// The thread routine (the module's chain entry).
+    routine: VirtAddr,
+    /// Its context (`rcx`): the module's `.data`.
+    context: u64,
+    /// Each driver function from the thread routine to the helper: its steps up to the
+    /// call and the call's return address.
+    frames: Vec<(Vec<Step>, VirtAddr)>,
+    /// The return addresses of the worker's call of the module's free helper and of the
+    /// free helper's call of `ExFreePoolWithTag`.
+    free_returns: (VirtAddr, VirtAddr),
+}
+
 /// The simulated CPU's registers (what a debugger shows when the machine is stopped): the
 /// protocol's target-neutral x64 register set, so the stubs take it as it is.
 pub type CpuContext = tagsplit_protocol::stub::X64Registers;
@@ -151,6 +218,9 @@ pub struct Machine {
     breakpoints: BTreeSet<u64>,
     ctx: CpuContext,
     failed_allocs: u64,
+    chains: Vec<Option<SiteChain>>,
+    last_alloc: Option<LastAllocation>,
+    last_free: Option<LastFree>,
 }
 
 fn site_kind(k: SiteKindSpec) -> SiteKind {
@@ -191,20 +261,12 @@ impl Machine {
             cursor: Cursor::default(),
             tick: 0,
             breakpoints: BTreeSet::new(),
-            ctx: CpuContext {
-                rip: nt.idle.0,
-                rsp: 0xfffff800_00b9cc00,
-                rflags: 0x246,
-                cs: 0x10,
-                ss: 0x18,
-                ds: 0x2b,
-                es: 0x2b,
-                fs: 0x53,
-                gs: 0x2b,
-                ..CpuContext::default()
-            },
+            ctx: kernel_context(nt.idle.0, 0xfffff800_00b9cc00),
             nt,
             failed_allocs: 0,
+            chains: Vec::new(),
+            last_alloc: None,
+            last_free: None,
         };
         let mut ldr = vec![LdrModule {
             name: "ntoskrnl.exe".into(),
@@ -217,6 +279,7 @@ impl Machine {
         }];
         let mut next_base = DRIVER_BASE.0;
         let mut lookaside_inits = Vec::new();
+        let mut threads = 0usize;
         for spec in &scenario.modules {
             let base = spec.base.unwrap_or(VirtAddr(next_base));
             let mut b = ImageBuilder::new(&spec.name, base, m.nt.exports.clone());
@@ -231,6 +294,31 @@ impl Machine {
             for s in &spec.sites {
                 emitted.push(emit_site(&mut b, s)?);
             }
+            // The worker thread: a routine and a worker that call every allocation helper.
+            let helpers: Vec<Loc> = spec
+                .sites
+                .iter()
+                .zip(&emitted)
+                .filter(|(s, _)| matches!(s.kind, SiteKindSpec::Alloc | SiteKindSpec::DecoyGlobal))
+                .filter_map(|(_, (locs, _))| locs.function)
+                .collect();
+            let chain = if helpers.is_empty() {
+                None
+            } else {
+                let shape = WorkerShape::ALL
+                    .get(threads % WorkerShape::ALL.len())
+                    .copied()
+                    .unwrap_or(WorkerShape::Pushes);
+                let stack = KERNEL_STACKS.0 + threads as u64 * KERNEL_STACK_STRIDE;
+                m.mem.map(
+                    VirtAddr(stack + KERNEL_STACK_STRIDE - KERNEL_STACK_SIZE),
+                    KERNEL_STACK_SIZE,
+                    crate::memory::Prot::RW,
+                )?;
+                threads += 1;
+                Some((b.call_chain(shape, &helpers)?, stack + KERNEL_STACK_STRIDE))
+            };
+            let mut helper_index = 0usize;
             if spec.fill
                 && let Some(sz) = spec.size
             {
@@ -254,6 +342,34 @@ impl Machine {
                     size: s.size,
                     allocates: s.allocates(),
                 };
+                let helper = matches!(s.kind, SiteKindSpec::Alloc | SiteKindSpec::DecoyGlobal);
+                let site_chain = match (&chain, locs.call) {
+                    (Some((c, top)), Some(call)) if helper => {
+                        let worker_ret = c.worker_frame.returns.get(helper_index).copied();
+                        helper_index += 1;
+                        let entry_ret = c.entry_frame.returns.first().copied();
+                        match (worker_ret, entry_ret) {
+                            (Some(w), Some(e)) => Some(SiteChain {
+                                stack_top: *top,
+                                routine: img.addr(c.entry),
+                                context: img.data.0,
+                                frames: vec![
+                                    (c.entry_frame.steps.clone(), img.addr(e)),
+                                    (c.worker_frame.steps.clone(), img.addr(w)),
+                                    // sub rsp, 28h; ...; call [ExAllocatePoolWithTag]
+                                    (vec![Step::Alloc(0x28)], img.addr(call).saturating_add(6)),
+                                ],
+                                free_returns: (
+                                    img.addr(c.free_return),
+                                    img.addr(c.free_call).saturating_add(6),
+                                ),
+                            }),
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                };
+                m.chains.push(site_chain);
                 let tag_from = match s.kind {
                     SiteKindSpec::Alloc => Some(TagSource::Imm(info.imm)),
                     SiteKindSpec::DecoyGlobal => Some(TagSource::Global(info.imm)),
@@ -442,6 +558,177 @@ impl Machine {
         &mut self.ctx
     }
 
+    /// The last allocation a site made on the clock (not the background's).
+    pub fn last_allocation(&self) -> Option<LastAllocation> {
+        self.last_alloc
+    }
+
+    /// The kernel stack of the worker thread that runs `site` (index into
+    /// [`Machine::sites`]): its lowest and one-past-highest address. `None` for a site
+    /// that allocates through no call chain (lookaside lists, free sites, decoys).
+    pub fn site_stack(&self, site: usize) -> Option<(VirtAddr, VirtAddr)> {
+        let c = self.chains.get(site)?.as_ref()?;
+        Some((
+            VirtAddr(c.stack_top - KERNEL_STACK_SIZE),
+            VirtAddr(c.stack_top),
+        ))
+    }
+
+    /// The machine state at an allocation by `site` (index into [`Machine::sites`]) of
+    /// `size` bytes, as the code would have left it: writes the stack of the site's worker
+    /// thread into memory (from the bottom: `KiStartSystemThread`'s zero return address,
+    /// `PspSystemThreadStartup`, the module's thread routine, its worker, the site's
+    /// helper function, each with its pushed non-volatile registers and locals, and the
+    /// return addresses just after each `call`) and returns the registers at `point` in
+    /// `nt!ExAllocatePoolWithTag`: `rip`, `rsp`, the non-volatile registers as the
+    /// functions set them, and the arguments `rcx` (pool type), `rdx` (size) and `r8` (the
+    /// tag the code holds now). The machine's own registers ([`Machine::context`]) are not
+    /// changed; set them with [`Machine::context_mut`] to show this state at a stop.
+    /// Deterministic: the same site, size and point give the same stack and registers.
+    /// The sites of one module share its worker thread's stack: a later call for any of
+    /// them (or [`Machine::context_at_free`]) writes over it.
+    pub fn context_at_allocation(
+        &mut self,
+        site: usize,
+        size: u64,
+        point: AllocPoint,
+    ) -> Result<CpuContext, SimError> {
+        let info = self
+            .sites
+            .get(site)
+            .ok_or_else(|| SimError::Scenario(format!("no site {site}")))?;
+        let (pool_type, tag) = (info.pool_type, self.mem.read_u32(info.imm)?);
+        self.allocation_context(site, pool_type, size, tag, point)
+    }
+
+    /// The state at an allocation by `site` with these arguments (see
+    /// [`Machine::context_at_allocation`]).
+    fn allocation_context(
+        &mut self,
+        site: usize,
+        pool_type: PoolType,
+        size: u64,
+        tag: u32,
+        point: AllocPoint,
+    ) -> Result<CpuContext, SimError> {
+        let mut ctx = self.chain_context(site, false)?;
+        ctx.rcx = u64::from(pool_type.0);
+        ctx.rdx = size;
+        ctx.r8 = u64::from(tag);
+        let export = self.nt.exports.first().copied();
+        ctx.rip = export
+            .ok_or_else(|| SimError::Image("no ExAllocatePoolWithTag".into()))?
+            .0;
+        if point == AllocPoint::HitTagBreak {
+            let t = self.nt.threads.clone();
+            replay(&mut self.mem, &mut ctx, &t.allocate_steps)?;
+            ctx.rip = t.hit_break.0;
+        }
+        Ok(ctx)
+    }
+
+    /// The machine state at the free of `block` (charged to `tag`) by the worker thread of
+    /// the module of `site` (the site that allocated it), as
+    /// [`Machine::context_at_allocation`] lays it out: the thread routine, the worker, the
+    /// module's free helper (`xor edx, edx; call [ExFreePoolWithTag]`), and the registers
+    /// at `point` in `nt!ExFreePoolWithTag`: at its entry `rcx` is the block and `rdx` 0;
+    /// at its `PoolHitTag` break `rbx` is the block and `rax` the tag (read from the
+    /// block's `POOL_HEADER`).
+    pub fn context_at_free(
+        &mut self,
+        site: usize,
+        block: VirtAddr,
+        tag: PoolTag,
+        point: AllocPoint,
+    ) -> Result<CpuContext, SimError> {
+        let mut ctx = self.chain_context(site, true)?;
+        ctx.rcx = block.0;
+        ctx.rdx = 0;
+        let export = self.nt.exports.get(1).copied();
+        ctx.rip = export
+            .ok_or_else(|| SimError::Image("no ExFreePoolWithTag".into()))?
+            .0;
+        if point == AllocPoint::HitTagBreak {
+            let t = self.nt.threads.clone();
+            replay(&mut self.mem, &mut ctx, &t.free_steps)?;
+            ctx.rax = u64::from(tag.to_u32());
+            ctx.rip = t.free_break.0;
+        }
+        Ok(ctx)
+    }
+
+    /// The last free of a block a site allocated on the clock.
+    pub fn last_free(&self) -> Option<LastFree> {
+        self.last_free
+    }
+
+    /// [`Machine::context_at_free`] of the last free ([`Machine::last_free`]); `None`
+    /// before any, or when the allocating site has no chain.
+    pub fn context_at_last_free(
+        &mut self,
+        point: AllocPoint,
+    ) -> Option<Result<CpuContext, SimError>> {
+        let last = self.last_free?;
+        self.chains.get(last.site)?.as_ref()?;
+        Some(self.context_at_free(last.site, last.addr, last.tag, point))
+    }
+
+    /// Writes the stack of `site`'s worker thread up to its call into nt (of
+    /// `ExFreePoolWithTag` through the free helper when `free`, else of
+    /// `ExAllocatePoolWithTag` through the site's helper); returns the registers with
+    /// `rsp` at that call's return address.
+    fn chain_context(&mut self, site: usize, free: bool) -> Result<CpuContext, SimError> {
+        let chain = self
+            .chains
+            .get(site)
+            .and_then(Option::as_ref)
+            .cloned()
+            .ok_or_else(|| {
+                SimError::Scenario(format!("site {site} allocates through no call chain"))
+            })?;
+        let t = self.nt.threads.clone();
+        let mut ctx = kernel_context(t.ki_start_system_thread.0, chain.stack_top - 8);
+        ctx.rcx = chain.routine.0;
+        ctx.rdx = chain.context;
+        // The bottom: KiStartSystemThread was "called" with a zero return address.
+        self.mem.write_u64(VirtAddr(ctx.rsp), 0)?;
+        replay(&mut self.mem, &mut ctx, &t.ki_steps)?;
+        push(&mut self.mem, &mut ctx, t.ki_return.0)?;
+        replay(&mut self.mem, &mut ctx, &t.psp_steps)?;
+        push(&mut self.mem, &mut ctx, t.psp_return.0)?;
+        let mut frames = chain.frames;
+        if free {
+            frames.truncate(2);
+            if let Some(worker) = frames.get_mut(1) {
+                worker.1 = chain.free_returns.0;
+            }
+            frames.push((vec![Step::Alloc(0x28)], chain.free_returns.1));
+        }
+        for (steps, ret) in &frames {
+            replay(&mut self.mem, &mut ctx, steps)?;
+            push(&mut self.mem, &mut ctx, ret.0)?;
+        }
+        Ok(ctx)
+    }
+
+    /// [`Machine::context_at_allocation`] of the last allocation a site made
+    /// ([`Machine::last_allocation`], with the pool type, size and tag it passed); `None`
+    /// before any, or when that site has no chain.
+    pub fn context_at_last_allocation(
+        &mut self,
+        point: AllocPoint,
+    ) -> Option<Result<CpuContext, SimError>> {
+        let last = self.last_alloc?;
+        self.chains.get(last.site)?.as_ref()?;
+        Some(self.allocation_context(
+            last.site,
+            last.pool_type,
+            last.size,
+            last.tag.to_u32(),
+            point,
+        ))
+    }
+
     /// A digest of all memory (equal digests = identical memory).
     pub fn digest(&self) -> u64 {
         self.mem.digest()
@@ -486,10 +773,11 @@ impl Machine {
     /// Runs the rest of the current tick; returns a stop if one happens.
     fn step_tick(&mut self) -> Option<SimStop> {
         let t = self.tick + 1;
-        while let Some(addr) = self.cursor.frees.get(self.cursor.free_idx).copied() {
+        while let Some((addr, site)) = self.cursor.frees.get(self.cursor.free_idx).copied() {
             self.cursor.free_idx += 1;
             match self.pool.free(&mut self.mem, addr) {
                 Ok(tag) => {
+                    self.last_free = Some(LastFree { site, addr, tag });
                     if self.hit_tag_matches(tag) {
                         return Some(SimStop::PoolHitTag { tag, addr });
                     }
@@ -565,17 +853,24 @@ impl Machine {
         self.cursor.rep += 1;
         let tag = PoolTag::from_u32(self.ctx.r8 as u32);
         let pool_type = PoolType(self.ctx.rcx as u32);
-        match self
+        let result = self
             .pool
-            .allocate(&mut self.mem, pool_type, self.ctx.rdx, tag)
-        {
+            .allocate(&mut self.mem, pool_type, self.ctx.rdx, tag);
+        self.last_alloc = Some(LastAllocation {
+            site: a.site,
+            pool_type,
+            size: self.ctx.rdx,
+            tag,
+            addr: result.as_ref().ok().copied(),
+        });
+        match result {
             Ok(addr) => {
                 self.ctx.rax = addr.0;
                 if let Some(life) = a.free_after {
                     self.frees
                         .entry(t.saturating_add(life))
                         .or_default()
-                        .push(addr);
+                        .push((addr, a.site));
                 }
                 if self.hit_tag_matches(tag) {
                     return Some(SimStop::PoolHitTag { tag, addr });
@@ -624,4 +919,73 @@ fn emit_site(b: &mut ImageBuilder, s: &SiteSpec) -> Result<(SiteLocs, Option<Loc
         SiteKindSpec::DecoyCompare => (b.compare_decoy(s.tag, s.compare), None),
         SiteKindSpec::DecoyGlobal => (b.global_alloc_site(s.tag, s.pool.0.0, size32)?, None),
     })
+}
+
+/// Kernel-mode registers at `rip` and `rsp` (interrupts on, the x64 kernel's segment
+/// selectors), the others zero.
+fn kernel_context(rip: u64, rsp: u64) -> CpuContext {
+    CpuContext {
+        rip,
+        rsp,
+        rflags: 0x246,
+        cs: 0x10,
+        ss: 0x18,
+        ds: 0x2b,
+        es: 0x2b,
+        fs: 0x53,
+        gs: 0x2b,
+        ..CpuContext::default()
+    }
+}
+
+/// A register of a context, by unwind number.
+fn reg_mut(ctx: &mut CpuContext, r: Reg) -> &mut u64 {
+    match r {
+        Reg::Rax => &mut ctx.rax,
+        Reg::Rcx => &mut ctx.rcx,
+        Reg::Rdx => &mut ctx.rdx,
+        Reg::Rbx => &mut ctx.rbx,
+        Reg::Rsp => &mut ctx.rsp,
+        Reg::Rbp => &mut ctx.rbp,
+        Reg::Rsi => &mut ctx.rsi,
+        Reg::Rdi => &mut ctx.rdi,
+        Reg::R8 => &mut ctx.r8,
+        Reg::R9 => &mut ctx.r9,
+        Reg::R10 => &mut ctx.r10,
+        Reg::R11 => &mut ctx.r11,
+        Reg::R12 => &mut ctx.r12,
+        Reg::R13 => &mut ctx.r13,
+        Reg::R14 => &mut ctx.r14,
+        Reg::R15 => &mut ctx.r15,
+    }
+}
+
+/// `push value` onto the stack in memory.
+fn push(mem: &mut Memory, ctx: &mut CpuContext, value: u64) -> Result<(), SimError> {
+    ctx.rsp = ctx.rsp.wrapping_sub(8);
+    mem.write_u64(VirtAddr(ctx.rsp), value)?;
+    Ok(())
+}
+
+/// Runs a function's steps on `ctx`, the stack in memory: pushes store the register,
+/// allocations leave their bytes (locals, home space) as they are.
+fn replay(mem: &mut Memory, ctx: &mut CpuContext, steps: &[Step]) -> Result<(), SimError> {
+    for step in steps {
+        match *step {
+            Step::Push(r) => {
+                let v = *reg_mut(ctx, r);
+                push(mem, ctx, v)?;
+            }
+            Step::Alloc(n) => ctx.rsp = ctx.rsp.wrapping_sub(u64::from(n)),
+            Step::SetFp { reg, offset } => {
+                let v = ctx.rsp.wrapping_add(u64::from(offset));
+                *reg_mut(ctx, reg) = v;
+            }
+            Step::Mov { dst, src } => {
+                let v = *reg_mut(ctx, src);
+                *reg_mut(ctx, dst) = v;
+            }
+        }
+    }
+    Ok(())
 }

@@ -495,6 +495,17 @@ impl Scenario {
                     m.name
                 ));
             }
+            let stacks = crate::machine::KERNEL_STACKS.0
+                ..crate::machine::KERNEL_STACKS.0
+                    + MAX_MODULES as u64 * crate::machine::KERNEL_STACK_STRIDE;
+            if let Some(b) = m.base
+                && stacks.contains(&b.0)
+            {
+                return bad(format!(
+                    "{}: base {b} is in the kernel stacks' region",
+                    m.name
+                ));
+            }
             if m.size.is_some_and(|s| s > MAX_MODULE_SIZE) {
                 return bad(format!("{}: size too large", m.name));
             }

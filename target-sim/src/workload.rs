@@ -98,8 +98,8 @@ impl Actor {
 pub(crate) struct Cursor {
     /// Whether a tick is in progress.
     pub active: bool,
-    /// Blocks due to be freed this tick.
-    pub frees: Vec<VirtAddr>,
+    /// Blocks due to be freed this tick, with the site that allocated each.
+    pub frees: Vec<(VirtAddr, usize)>,
     /// Next free to do.
     pub free_idx: usize,
     /// Next actor.
@@ -113,5 +113,6 @@ pub(crate) struct Cursor {
     pub skip_bp: Option<VirtAddr>,
 }
 
-/// The scheduled frees: tick -> blocks, in allocation order.
-pub(crate) type FreeSchedule = BTreeMap<u64, Vec<VirtAddr>>;
+/// The scheduled frees: tick -> blocks (and the site that allocated each, which frees
+/// it), in allocation order.
+pub(crate) type FreeSchedule = BTreeMap<u64, Vec<(VirtAddr, usize)>>;
