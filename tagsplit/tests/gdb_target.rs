@@ -346,3 +346,62 @@ fn a_cached_basic_stub_walks_the_module_list_in_fewer_round_trips() {
     assert_eq!(cached.modules().unwrap(), mods);
     assert!(cached.stats().unwrap().round_trips - before < first);
 }
+
+/// A stub whose target has exited answers every command with `W00` (QEMU after its guest
+/// quit, gdbserver after its process ended): a read fails with "disconnected", not with a
+/// malformed reply, and nothing is sent after it.
+#[test]
+fn an_exited_target_fails_every_request_after_it() {
+    use std::io::{Read, Write};
+    use tagsplit_protocol::gdb::frame::{Decoder, Event, encode_packet};
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_nodelay(true).unwrap();
+        let mut decoder = Decoder::default();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = match conn.read(&mut buf) {
+                Ok(0) | Err(_) => return seen,
+                Ok(n) => n,
+            };
+            for ev in decoder.decode(&buf[..n]) {
+                let Event::Packet(p) = ev else { continue };
+                let text = String::from_utf8_lossy(&p).into_owned();
+                let reply: &[u8] = if text.starts_with("qSupported") {
+                    b"PacketSize=4000"
+                } else if text == "?" {
+                    b"T05thread:01;"
+                } else if text.starts_with('m') {
+                    b"W00"
+                } else {
+                    b""
+                };
+                seen.push(text);
+                let mut out = b"+".to_vec();
+                out.extend(encode_packet(reply, false));
+                if conn.write_all(&out).is_err() {
+                    return seen;
+                }
+            }
+        }
+    });
+    let mut t = GdbTarget::connect(&addr.to_string()).unwrap();
+    let mut buf = [0u8; 4];
+    assert!(matches!(
+        t.read_memory(VirtAddr(0x1000), &mut buf),
+        Err(TargetError::Disconnected)
+    ));
+    let reads_so_far = 1;
+    assert!(matches!(
+        t.read_memory(VirtAddr(0x2000), &mut buf),
+        Err(TargetError::Disconnected)
+    ));
+    drop(t);
+    let seen = server.join().unwrap();
+    let reads = seen.iter().filter(|p| p.starts_with('m')).count();
+    assert_eq!(reads, reads_so_far, "{seen:?}");
+}

@@ -360,6 +360,19 @@ impl Reply {
         {
             return Ok(Reply::Error(v.first().copied().unwrap_or(0)));
         }
+        // `Wxx`/`Xxx`: the target exited, whatever was asked (a stub whose process or
+        // guest ended answers any command so). Never hex (`W`, `X` are not digits) nor
+        // another kind's reply; a `qSupported` list or raw text is taken as it is.
+        if !matches!(
+            kind,
+            ReplyKind::Supported | ReplyKind::Raw | ReplyKind::Stop
+        ) && let [b'W' | b'X', _, _, rest @ ..] = payload
+            && (rest.is_empty() || rest.starts_with(b";"))
+            && let Some(stop @ (StopReply::Exited(_) | StopReply::Terminated(_))) =
+                StopReply::parse(payload)
+        {
+            return Ok(Reply::Stop(stop));
+        }
         if payload == b"OK" && matches!(kind, ReplyKind::Status | ReplyKind::Monitor) {
             return Ok(Reply::Ok);
         }
@@ -555,6 +568,33 @@ mod tests {
             b"vCont;c;C;s;S",
             Reply::VContSupported(vec!["c".into(), "C".into(), "s".into(), "S".into()]),
         );
+    }
+
+    #[test]
+    fn an_exit_answers_any_command() {
+        for kind in [
+            ReplyKind::Hex,
+            ReplyKind::Status,
+            ReplyKind::Search,
+            ReplyKind::Xfer,
+        ] {
+            assert_eq!(
+                Reply::parse(kind, b"W00").unwrap(),
+                Reply::Stop(StopReply::Exited(0)),
+                "{kind:?}"
+            );
+            assert_eq!(
+                Reply::parse(kind, b"X09;process:1a").unwrap(),
+                Reply::Stop(StopReply::Terminated(9)),
+                "{kind:?}"
+            );
+        }
+        assert_eq!(
+            Reply::parse(ReplyKind::Raw, b"W00").unwrap(),
+            Reply::Raw(b"W00".to_vec())
+        );
+        assert!(Reply::parse(ReplyKind::Hex, b"W0").is_err());
+        assert!(Reply::parse(ReplyKind::Hex, b"W00x").is_err());
     }
 
     #[test]

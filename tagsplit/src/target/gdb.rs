@@ -212,6 +212,8 @@ pub struct StubCaps {
 
 /// A [`DebugTarget`] over a GDB stub.
 pub struct GdbTarget {
+    /// The stub said the target exited (`W`/`X`, how): every request fails from then on.
+    exited: Option<String>,
     stream: TcpStream,
     session: ClientSession,
     spec: String,
@@ -329,6 +331,7 @@ impl GdbTarget {
             last_stop: None,
             slowest_run: None,
             cache: BlockCache::new(),
+            exited: None,
         };
         t.handshake()?;
         Ok(t)
@@ -515,7 +518,34 @@ impl GdbTarget {
     ///
     /// Either way a reply that is still streaming in (a frame begun, its last byte within
     /// one timer) is waited for, not asked for again.
+    ///
+    /// A `Wxx`/`Xxx` reply to a command that is not a resume or `?` means the target
+    /// exited (QEMU's guest quit, gdbserver's process ended): it fails with
+    /// [`TargetError::Disconnected`] (logged with its status), and so does every request
+    /// after it.
     pub fn request(&mut self, cmd: &Command) -> Result<Reply, TargetError> {
+        if let Some(how) = &self.exited {
+            tracing::debug!("gdb: not sent, the target {how}: {cmd:?}");
+            return Err(TargetError::Disconnected);
+        }
+        let reply = self.request_once(cmd)?;
+        match (&reply, cmd.reply_kind()) {
+            (Reply::Stop(stop), kind) if kind != tagsplit_protocol::gdb::ReplyKind::Stop => {
+                let how = match stop {
+                    StopReply::Exited(code) => format!("exited with status {code}"),
+                    StopReply::Terminated(sig) => format!("was terminated by signal {sig}"),
+                    StopReply::Signal { .. } => return Ok(reply),
+                };
+                tracing::warn!("gdb: the target {how} (the reply to {cmd:?})");
+                self.exited = Some(how);
+                Err(TargetError::Disconnected)
+            }
+            _ => Ok(reply),
+        }
+    }
+
+    /// One request and its reply (see [`request`](Self::request)).
+    fn request_once(&mut self, cmd: &Command) -> Result<Reply, TargetError> {
         self.output.clear();
         if !reads_only(cmd) {
             self.cache.clear();
