@@ -344,26 +344,9 @@ pub fn plot(rows: &[Row], path: &std::path::Path) -> Result<(), Error> {
                 continue;
             }
             let color = colors.get(i).copied().unwrap_or(BLACK);
-            chart
-                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
-                .map_err(err)?
-                .label(b.name())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-            chart
-                .draw_series(
-                    points
-                        .into_iter()
-                        .map(|p| Circle::new(p, 3, color.filled())),
-                )
-                .map_err(err)?;
+            tagsplit::plot::draw_line(&mut chart, points, color, 2, b.name()).map_err(err)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .border_style(BLACK)
-            .background_style(WHITE.mix(0.9))
-            .draw()
-            .map_err(err)?;
+        tagsplit::plot::draw_legend(&mut chart).map_err(err)?;
     }
     root.present().map_err(err)?;
     Ok(())

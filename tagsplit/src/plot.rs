@@ -161,28 +161,64 @@ fn draw(report: &Report, backend: plotters::prelude::SVGBackend<'_>) -> Result<(
             calm.next().copied().unwrap_or(BLACK)
         };
         let width = if leak { 3 } else { 2 };
-        chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(width)))
-            .map_err(draw_err)?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        chart
-            .draw_series(
-                points
-                    .into_iter()
-                    .map(|p| Circle::new(p, 3, color.filled())),
-            )
-            .map_err(draw_err)?;
+        draw_line(&mut chart, points, color, width, name)?;
     }
+    draw_legend(&mut chart)?;
+    root.present().map_err(draw_err)?;
+    Ok(())
+}
+
+/// Draws one labelled line with a dot at each point (the line `width` pixels wide), as
+/// every chart of this project draws its series.
+pub fn draw_line<'a, DB, X, Y>(
+    chart: &mut plotters::prelude::ChartContext<'a, DB, plotters::prelude::Cartesian2d<X, Y>>,
+    points: Vec<(X::ValueType, Y::ValueType)>,
+    color: plotters::prelude::RGBColor,
+    width: u32,
+    name: impl Into<String>,
+) -> Result<(), PlotError>
+where
+    DB: plotters::prelude::DrawingBackend + 'a,
+    X: plotters::prelude::Ranged,
+    Y: plotters::prelude::Ranged,
+    X::ValueType: Clone + 'static,
+    Y::ValueType: Clone + 'static,
+{
+    use plotters::prelude::*;
+
+    chart
+        .draw_series(LineSeries::new(points.clone(), color.stroke_width(width)))
+        .map_err(draw_err)?
+        .label(name)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    chart
+        .draw_series(
+            points
+                .into_iter()
+                .map(|p| Circle::new(p, 3, color.filled())),
+        )
+        .map_err(draw_err)?;
+    Ok(())
+}
+
+/// Draws the legend of the lines drawn with [`draw_line`], in the upper left corner.
+pub fn draw_legend<'a, DB, X, Y>(
+    chart: &mut plotters::prelude::ChartContext<'a, DB, plotters::prelude::Cartesian2d<X, Y>>,
+) -> Result<(), PlotError>
+where
+    DB: plotters::prelude::DrawingBackend + 'a,
+    X: plotters::prelude::Ranged,
+    Y: plotters::prelude::Ranged,
+{
+    use plotters::prelude::*;
+
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
         .border_style(BLACK)
         .background_style(WHITE.mix(0.9))
         .draw()
-        .map_err(draw_err)?;
-    root.present().map_err(draw_err)?;
-    Ok(())
+        .map_err(draw_err)
 }
 
 #[cfg(test)]

@@ -33,28 +33,26 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
             .map(str::trim)
             .filter(|c| !c.is_empty())
             .collect();
+        let mut lost_in = None;
         for (i, cmd) in cmds.iter().enumerate() {
             let outcome = console.run(target.as_mut(), cmd);
             write!(out, "{PROMPT}{cmd}\n{}", outcome.output)?;
             failed.extend(outcome.failed);
             if let Some(lost) = outcome.link_lost {
-                out.flush()?;
-                let rest = cmds.get(i + 1..).unwrap_or_default();
-                for f in &failed {
-                    let message = f.message.strip_prefix("error: ").unwrap_or(&f.message);
-                    eprintln!("error in '{}': {message}", f.command);
-                }
-                anyhow::bail!(
-                    "the connection to {} was lost ({lost}) in '{cmd}'; {} later command(s) not run",
-                    a.target,
-                    rest.len()
-                );
+                lost_in = Some((lost, *cmd, cmds.len() - i - 1));
+                break;
             }
         }
         out.flush()?;
         for f in &failed {
             let message = f.message.strip_prefix("error: ").unwrap_or(&f.message);
             eprintln!("error in '{}': {message}", f.command);
+        }
+        if let Some((lost, cmd, not_run)) = lost_in {
+            anyhow::bail!(
+                "the connection to {} was lost ({lost}) in '{cmd}'; {not_run} later command(s) not run",
+                a.target
+            );
         }
         if let Some(first) = failed.first() {
             anyhow::bail!(

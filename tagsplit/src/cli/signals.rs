@@ -119,25 +119,29 @@ fn start(shared: Arc<Shared>) {
 }
 
 fn on_signal(shared: &Shared, sig: i32) {
-    let n = shared.count.fetch_add(1, Ordering::SeqCst) + 1;
-    let _ = shared
-        .first
-        .compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst);
     let mode = shared
         .mode
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let what = name(sig);
+    if let Mode::BreakIn(interrupt) = &*mode
+        && sig == SIGINT
+    {
+        // Not counted towards exiting: every Ctrl-C breaks into the command running.
+        interrupt.trigger();
+        eprintln!("tagsplit: {what}: breaking in");
+        drop(mode);
+        shared.main.unpark();
+        return;
+    }
+    let n = shared.count.fetch_add(1, Ordering::SeqCst) + 1;
+    let _ = shared
+        .first
+        .compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst);
     match (&*mode, n) {
         (Mode::ExitAtOnce, _) => {
             eprintln!("tagsplit: {what}: stopped; nothing was patched");
             std::process::exit(128 + sig);
-        }
-        (Mode::BreakIn(interrupt), _) if sig == SIGINT => {
-            // Not counted towards exiting: every Ctrl-C breaks into the command running.
-            shared.count.fetch_sub(1, Ordering::SeqCst);
-            interrupt.trigger();
-            eprintln!("tagsplit: {what}: breaking in");
         }
         (Mode::BreakIn(_), _) => {
             eprintln!("tagsplit: {what}: exiting");
