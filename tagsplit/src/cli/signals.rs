@@ -225,6 +225,14 @@ pub fn wait_for(n: usize) {
     while s.count.load(Ordering::SeqCst) < n {
         std::thread::park();
     }
+    // A signal is counted while its handler holds the mode lock, and a signal that exits
+    // exits holding it: taking the lock waits until the last signal counted is handled,
+    // so the caller never runs on (restoring a patch) while the process is on its way out.
+    drop(
+        s.mode
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
 }
 
 /// A test hook: when the environment variable `TAGSPLIT_TEST_PAUSE_AT` names `phase`
