@@ -15,6 +15,9 @@ const HEADER_WINDOW: usize = 0x1000;
 /// cached target fetches the block around it once and the section table and the
 /// timestamp come from it; a whole page of headers costs 0.35 s at 115,200 baud.
 const HEADER_FIRST: usize = 0x200;
+/// What [`sections`] and [`timestamp`] read first at an image's base, for a caller that
+/// fetches ahead ([`DebugTarget::prefetch`]).
+pub const HEADERS_READ: usize = HEADER_FIRST;
 
 /// One section of a loaded image.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

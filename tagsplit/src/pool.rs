@@ -467,10 +467,7 @@ impl TagProbe {
                 _ => merged.push((lo, hi)),
             }
         }
-        for (lo, hi) in merged {
-            read.fill(target, &self.tables, lo, hi)?;
-        }
-        Ok(())
+        read.fill_many(target, &self.tables, &merged)
     }
 
     /// Whether probing finds either `PROTECTED_POOL` variant of `tag`.
@@ -562,22 +559,45 @@ impl SlotCache {
         lo: u64,
         hi: u64,
     ) -> Result<(), TargetError> {
+        self.fill_many(target, tables, &[(lo, hi)])
+    }
+
+    /// Reads the entries of every span `lo..hi` (together, where the target pipelines)
+    /// and keeps them.
+    fn fill_many<T: DebugTarget + ?Sized>(
+        &mut self,
+        target: &mut T,
+        tables: &PoolTables,
+        spans: &[(u64, u64)],
+    ) -> Result<(), TargetError> {
         let size = tracker::SIZE as usize;
-        let count = usize::try_from(hi.saturating_sub(lo))
-            .map_err(|_| TargetError::BadKernelData("tracker probe".into()))?;
-        let mut raw = vec![0u8; count.saturating_mul(size)];
-        let at = crate::target::offset(
-            tables.track_table,
-            lo.saturating_mul(tracker::SIZE),
-            "PoolTrackTable",
-        )?;
-        let got = target.read_fresh(at, &mut raw)?;
-        if got < raw.len() {
-            return Err(TargetError::Unreadable(at.saturating_add(got as u64)));
+        let mut bufs = Vec::with_capacity(spans.len());
+        let mut starts = Vec::with_capacity(spans.len());
+        for &(lo, hi) in spans {
+            let count = usize::try_from(hi.saturating_sub(lo))
+                .map_err(|_| TargetError::BadKernelData("tracker probe".into()))?;
+            bufs.push(vec![0u8; count.saturating_mul(size)]);
+            starts.push(crate::target::offset(
+                tables.track_table,
+                lo.saturating_mul(tracker::SIZE),
+                "PoolTrackTable",
+            )?);
         }
-        for (i, e) in raw.chunks_exact(size).enumerate() {
-            let parsed = TagUsage::parse(e).unwrap_or_default();
-            self.entries.insert(lo + i as u64, parsed);
+        let mut reads: Vec<(VirtAddr, &mut [u8])> = starts
+            .iter()
+            .copied()
+            .zip(bufs.iter_mut().map(Vec::as_mut_slice))
+            .collect();
+        let got = target.read_fresh_many(&mut reads)?;
+        drop(reads);
+        for (((&(lo, _), raw), at), n) in spans.iter().zip(&bufs).zip(&starts).zip(got) {
+            if n < raw.len() {
+                return Err(TargetError::Unreadable(at.saturating_add(n as u64)));
+            }
+            for (i, e) in raw.chunks_exact(size).enumerate() {
+                let parsed = TagUsage::parse(e).unwrap_or_default();
+                self.entries.insert(lo + i as u64, parsed);
+            }
         }
         Ok(())
     }

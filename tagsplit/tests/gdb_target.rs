@@ -405,3 +405,174 @@ fn an_exited_target_fails_every_request_after_it() {
     let reads = seen.iter().filter(|p| p.starts_with('m')).count();
     assert_eq!(reads, reads_so_far, "{seen:?}");
 }
+
+/// A no-ack stub of our own making whose memory byte at `a` is `a & 0xff`: it answers
+/// `m` and `qC`, damages the reply to the `m` commands numbered in `damage` (counting
+/// from 1) and ignores those numbered in `drop` (as if the command were lost on the way).
+/// Returns the listener's address and the thread, which gives back every command seen.
+fn scripted_stub(
+    damage: &'static [usize],
+    drop: &'static [usize],
+) -> (std::net::SocketAddr, std::thread::JoinHandle<Vec<String>>) {
+    use std::io::{Read, Write};
+    use tagsplit_protocol::gdb::frame::{Decoder, Event, encode_packet};
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_nodelay(true).unwrap();
+        let mut decoder = Decoder::default();
+        let mut seen = Vec::new();
+        let mut reads = 0usize;
+        let mut acks = true;
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = match conn.read(&mut buf) {
+                Ok(0) | Err(_) => return seen,
+                Ok(n) => n,
+            };
+            let mut out = Vec::new();
+            for ev in decoder.decode(&buf[..n]) {
+                let Event::Packet(p) = ev else { continue };
+                let text = String::from_utf8_lossy(&p).into_owned();
+                seen.push(text.clone());
+                if acks {
+                    out.push(b'+');
+                }
+                let reply: Vec<u8> = if text.starts_with("qSupported") {
+                    b"PacketSize=4000;QStartNoAckMode+".to_vec()
+                } else if text == "QStartNoAckMode" {
+                    acks = false;
+                    b"OK".to_vec()
+                } else if text == "?" {
+                    b"T05thread:01;".to_vec()
+                } else if text == "qC" {
+                    b"QC1".to_vec()
+                } else if let Some(args) = text.strip_prefix('m') {
+                    reads += 1;
+                    if drop.contains(&reads) {
+                        continue;
+                    }
+                    let (a, l) = args.split_once(',').unwrap();
+                    let a = u64::from_str_radix(a, 16).unwrap();
+                    let l = u64::from_str_radix(l, 16).unwrap();
+                    (a..a + l)
+                        .flat_map(|x| format!("{:02x}", x & 0xff).into_bytes())
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let mut frame = encode_packet(&reply, false);
+                if text.starts_with('m') && damage.contains(&reads) {
+                    let last = frame.len() - 1;
+                    frame[last] = if frame[last] == b'0' { b'1' } else { b'0' };
+                }
+                out.extend(frame);
+            }
+            if conn.write_all(&out).is_err() {
+                return seen;
+            }
+        }
+    });
+    (addr, server)
+}
+
+/// Eight scattered reads, pipelined, against [`scripted_stub`]: `(the bytes each read
+/// got right, round trips they took, the commands the stub saw)`.
+fn eight_reads(damage: &'static [usize], lose: &'static [usize]) -> (bool, u64, Vec<String>) {
+    let (addr, server) = scripted_stub(damage, lose);
+    let mut t = GdbTarget::connect(&addr.to_string()).unwrap();
+    let before = t.stats().unwrap().round_trips;
+    let addrs: Vec<VirtAddr> = (0..8u64).map(|i| VirtAddr(0x1000 + i * 0x110)).collect();
+    let mut bufs = vec![[0u8; 16]; 8];
+    let mut reads: Vec<(VirtAddr, &mut [u8])> = addrs
+        .iter()
+        .copied()
+        .zip(bufs.iter_mut().map(|b| &mut b[..]))
+        .collect();
+    let got = t.read_fresh_many(&mut reads).unwrap();
+    std::mem::drop(reads);
+    let right = got.iter().all(|&n| n == 16)
+        && addrs.iter().zip(&bufs).all(|(a, b)| {
+            b.iter()
+                .enumerate()
+                .all(|(i, &x)| u64::from(x) == (a.get() + i as u64) & 0xff)
+        });
+    let trips = t.stats().unwrap().round_trips - before;
+    std::mem::drop(t);
+    (right, trips, server.join().unwrap())
+}
+
+/// In no-ack mode scattered reads go out back to back: one round trip for eight.
+#[test]
+fn scattered_reads_are_pipelined_in_one_round_trip() {
+    let (right, trips, seen) = eight_reads(&[], &[]);
+    assert!(right);
+    assert_eq!(trips, 1);
+    assert_eq!(seen.iter().filter(|c| c.starts_with('m')).count(), 8);
+}
+
+/// A damaged reply in a burst takes its command's place: the other seven are kept and
+/// only that read goes out again.
+#[test]
+fn a_damaged_reply_in_a_burst_costs_only_its_own_read_again() {
+    let (right, trips, seen) = eight_reads(&[3], &[]);
+    assert!(right);
+    assert_eq!(trips, 2);
+    let reads: Vec<&String> = seen.iter().filter(|c| c.starts_with('m')).collect();
+    assert_eq!(reads.len(), 9, "{seen:?}");
+    assert_eq!(reads[8], reads[2], "{seen:?}");
+}
+
+/// A command lost in a burst would shift every later reply onto the wrong read: the burst
+/// comes up short, is drained with the `qC` barrier, and every read goes out again one by
+/// one, each with the right bytes.
+#[test]
+fn a_burst_that_comes_up_short_is_drained_and_sent_again_one_by_one() {
+    let (right, _, seen) = eight_reads(&[], &[4]);
+    assert!(right);
+    let after_barrier: Vec<&String> = seen
+        .iter()
+        .skip_while(|c| c.as_str() != "qC")
+        .filter(|c| c.starts_with('m'))
+        .collect();
+    assert_eq!(after_barrier.len(), 8, "{seen:?}");
+}
+
+/// `search_many` cuts ranges into pieces searched side by side: the hits are those of
+/// one `search_memory` per range, in order and capped, including a match written across
+/// a piece's edge and overlapping matches.
+#[test]
+fn searching_many_ranges_finds_what_searching_each_finds() {
+    use tagsplit::target::gdb::SEARCH_PIECE;
+    let stub = stub(StubFeatures::FULL);
+    let mut wire = connect(&stub);
+    let mods = wire.modules().unwrap();
+    let nt = mods[0].clone();
+    assert!(nt.size > 2 * SEARCH_PIECE, "{nt:?}");
+    // A pattern across the edge of the first piece, and an overlapping run of it.
+    let edge = nt.base.saturating_add(SEARCH_PIECE - 3);
+    let pattern = b"\xf1\xf2\xf1\xf2\xf1";
+    assert_eq!(wire.write_memory(edge, pattern).unwrap(), pattern.len());
+    let ranges: Vec<(VirtAddr, VirtAddr, usize)> = mods
+        .iter()
+        .map(|m| (m.base, m.end(), 1000))
+        .chain([(nt.base, nt.end(), 1), (nt.base, nt.base, 5)])
+        .collect();
+    for pat in [&b"\xf1\xf2\xf1"[..], b"Lea", b"\x48\x89"] {
+        let before = wire.stats().unwrap().round_trips;
+        let many = wire.search_many(&ranges, pat).unwrap();
+        let trips = wire.stats().unwrap().round_trips - before;
+        let before = wire.stats().unwrap().round_trips;
+        let each: Vec<Vec<VirtAddr>> = ranges
+            .iter()
+            .map(|&(s, e, max)| wire.search_memory(s, e, pat, max).unwrap())
+            .collect();
+        let one_by_one = wire.stats().unwrap().round_trips - before;
+        assert_eq!(many, each, "{pat:?}");
+        assert!(trips < one_by_one, "{pat:?}: {trips} vs {one_by_one}");
+    }
+    let crossing = wire.search_many(&ranges[..1], b"\xf1\xf2\xf1").unwrap();
+    assert_eq!(crossing[0], [edge, edge.saturating_add(2)]);
+}

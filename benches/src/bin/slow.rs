@@ -165,6 +165,9 @@ fn run() -> Result<(), String> {
                     if r.correct { "right" } else { "WRONG" },
                     goal
                 );
+                if std::env::var_os("SLOW_PHASES").is_some() {
+                    eprint!("{}", table(&r.phases));
+                }
                 if link.name.starts_with("115,200") && backend == Backend::Kdcom {
                     serial_phases = Some(table(&r.phases));
                 }

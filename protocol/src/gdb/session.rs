@@ -91,6 +91,9 @@ struct Link {
 /// What the link made of one decoder event.
 enum LinkEvent {
     Payload(Vec<u8>),
+    /// A frame that failed its checksum or overran the packet limit (in ack mode it is
+    /// NAKed and comes again).
+    Damaged,
     Notification(Vec<u8>),
     Interrupt,
     GaveUp,
@@ -216,12 +219,14 @@ impl Link {
                     if self.ack_mode {
                         self.push_byte(NAK);
                     }
+                    return Some(LinkEvent::Damaged);
                 }
                 Event::Oversize { .. } => {
                     self.stats.oversize += 1;
                     if self.ack_mode {
                         self.push_byte(NAK);
                     }
+                    return Some(LinkEvent::Damaged);
                 }
                 Event::Garbage { len } => self.stats.garbage_bytes += len as u64,
             }
@@ -389,7 +394,7 @@ impl ServerSession {
             }
             Some(LinkEvent::Interrupt) => self.events.push_back(ServerEvent::Interrupt),
             Some(LinkEvent::GaveUp) => self.events.push_back(ServerEvent::GaveUp),
-            Some(LinkEvent::Notification(_)) | None => {}
+            Some(LinkEvent::Notification(_) | LinkEvent::Damaged) | None => {}
         }
     }
 
@@ -491,6 +496,9 @@ pub enum ClientEvent {
     BadReply(ReplyError),
     /// A command was NAKed more often than the resend limit allows.
     GaveUp,
+    /// The reply to a pipelined command (see [`ClientSession::send_pipelined`]) arrived
+    /// damaged: a bad checksum or an oversize frame, in no-ack mode.
+    Damaged,
 }
 
 /// The debugger side of a connection.
@@ -498,7 +506,12 @@ pub enum ClientEvent {
 pub struct ClientSession {
     link: Link,
     events: VecDeque<ClientEvent>,
-    pending: Option<ReplyKind>,
+    /// The reply kinds of the commands still waiting for a reply, oldest first (more
+    /// than one only while pipelining).
+    pending: VecDeque<ReplyKind>,
+    /// Whether the outstanding commands were sent with
+    /// [`send_pipelined`](ClientSession::send_pipelined).
+    pipelined: bool,
     no_ack_requested: bool,
     round_trips: u64,
 }
@@ -518,18 +531,42 @@ impl ClientSession {
         Self {
             link: Link::new(config),
             events: VecDeque::new(),
-            pending: None,
+            pending: VecDeque::new(),
+            pipelined: false,
             no_ack_requested: false,
             round_trips: 0,
         }
     }
 
-    /// Queues a command; its reply will be parsed as [`Command::reply_kind`].
+    /// Queues a command; its reply will be parsed as [`Command::reply_kind`]. It
+    /// replaces any command still waiting for its reply (a command sent again after a
+    /// lost reply, a barrier after stale ones): replies that come from now on are taken
+    /// for this command's.
     pub fn send(&mut self, cmd: &Command) {
         self.link.send_payload(&cmd.encode());
-        self.pending = Some(cmd.reply_kind());
+        self.pending.clear();
+        self.pending.push_back(cmd.reply_kind());
+        self.pipelined = false;
         self.no_ack_requested = *cmd == Command::StartNoAckMode;
         self.round_trips += 1;
+    }
+
+    /// Queues a command behind those still waiting for their replies (pipelining, in
+    /// no-ack mode: RSP stubs answer in order, one reply per command they received
+    /// intact). Replies are matched to commands by position, so a frame that arrives
+    /// damaged takes its command's place as [`ClientEvent::Damaged`]; a command the stub
+    /// never received shifts every later reply, which only a count can show: the caller
+    /// must see as many events as it sent commands, or drop them all. A burst of
+    /// commands sent before any reply counts as one round trip.
+    pub fn send_pipelined(&mut self, cmd: &Command) {
+        self.link.send_payload(&cmd.encode());
+        if self.pending.is_empty() || !self.pipelined {
+            self.round_trips += 1;
+            self.pending.clear();
+        }
+        self.pending.push_back(cmd.reply_kind());
+        self.pipelined = true;
+        self.no_ack_requested = false;
     }
 
     /// Queues the interrupt byte (while the target runs).
@@ -589,16 +626,24 @@ impl ClientSession {
                 self.events.push_back(ClientEvent::Notification(p));
             }
             Some(LinkEvent::GaveUp) => self.events.push_back(ClientEvent::GaveUp),
-            Some(LinkEvent::Interrupt) | None => {}
+            // A damaged reply to a pipelined command takes its place; otherwise the
+            // command is still waiting (ack mode NAKs it, no-ack mode's caller sees the
+            // counters and sends the command again).
+            Some(LinkEvent::Damaged) if self.pipelined && !self.link.ack_mode => {
+                if self.pending.pop_front().is_some() {
+                    self.events.push_back(ClientEvent::Damaged);
+                }
+            }
+            Some(LinkEvent::Damaged | LinkEvent::Interrupt) | None => {}
         }
     }
 
     fn on_payload(&mut self, payload: &[u8]) {
-        let kind = self.pending.unwrap_or(ReplyKind::Raw);
+        let kind = self.pending.front().copied().unwrap_or(ReplyKind::Raw);
         match Reply::parse(kind, payload) {
             Ok(Reply::Output(text)) => self.events.push_back(ClientEvent::Output(text)),
             Ok(reply) => {
-                self.pending = None;
+                self.pending.pop_front();
                 // A reply also acknowledges the command.
                 self.link.last_frame.clear();
                 if std::mem::take(&mut self.no_ack_requested) && reply == Reply::Ok {
@@ -607,7 +652,7 @@ impl ClientSession {
                 self.events.push_back(ClientEvent::Reply(reply));
             }
             Err(e) => {
-                self.pending = None;
+                self.pending.pop_front();
                 self.events.push_back(ClientEvent::BadReply(e));
             }
         }
@@ -625,7 +670,7 @@ impl ClientSession {
 
     /// Whether a command is waiting for its reply.
     pub fn awaiting_reply(&self) -> bool {
-        self.pending.is_some()
+        !self.pending.is_empty()
     }
 
     /// Whether packets are still acknowledged.
@@ -639,7 +684,8 @@ impl ClientSession {
         self.link.decoder.in_frame()
     }
 
-    /// Commands sent (each is one round trip).
+    /// Round trips: commands sent with [`send`](Self::send), and bursts sent with
+    /// [`send_pipelined`](Self::send_pipelined).
     pub fn round_trips(&self) -> u64 {
         self.round_trips
     }
@@ -772,5 +818,59 @@ mod tests {
         client.receive(b"-");
         assert_eq!(client.poll_transmit().unwrap(), frame);
         assert_eq!(client.stats().retransmissions, 1);
+    }
+
+    /// A client in no-ack mode (the stub said `OK` to `QStartNoAckMode`).
+    fn no_ack_client() -> ClientSession {
+        let mut client = ClientSession::default();
+        client.send(&Command::StartNoAckMode);
+        client.poll_transmit();
+        let mut bytes = b"+".to_vec();
+        bytes.extend(encode_packet(b"OK", false));
+        client.receive(&bytes);
+        assert_eq!(client.poll_event(), Some(ClientEvent::Reply(Reply::Ok)));
+        assert!(!client.ack_mode());
+        client
+    }
+
+    #[test]
+    fn pipelined_replies_are_taken_in_order_a_damaged_one_in_its_place() {
+        let mut client = no_ack_client();
+        let before = client.round_trips();
+        client.send_pipelined(&Command::ReadMemory { addr: 0x10, len: 2 });
+        client.send_pipelined(&Command::WriteMemory {
+            addr: 0x20,
+            data: HexBytes::raw(b"\x01"),
+        });
+        client.send_pipelined(&Command::ReadMemory { addr: 0x30, len: 1 });
+        assert_eq!(
+            client.round_trips(),
+            before + 1,
+            "one burst, one round trip"
+        );
+        assert!(client.awaiting_reply());
+        let mut bytes = encode_packet(b"abcd", false);
+        // The write's `OK`, damaged on the way (checksum of "OK" is 9a).
+        bytes.extend_from_slice(b"$OK#00");
+        bytes.extend(encode_packet(b"ff", false));
+        client.receive(&bytes);
+        assert_eq!(
+            client.poll_event(),
+            Some(ClientEvent::Reply(Reply::Hex(vec![0xab, 0xcd])))
+        );
+        assert_eq!(client.poll_event(), Some(ClientEvent::Damaged));
+        // Parsed as the third command's kind (hex), not as the write's.
+        assert_eq!(
+            client.poll_event(),
+            Some(ClientEvent::Reply(Reply::Hex(vec![0xff])))
+        );
+        assert!(!client.awaiting_reply());
+        // A plain send after the burst is a round trip of its own, and replaces nothing
+        // stale: a damaged frame then is not an event (the caller re-sends).
+        client.send(&Command::ReadMemory { addr: 0x40, len: 1 });
+        assert_eq!(client.round_trips(), before + 2);
+        client.receive(b"$00#ff");
+        assert_eq!(client.poll_event(), None);
+        assert!(client.awaiting_reply());
     }
 }

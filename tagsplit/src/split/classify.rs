@@ -150,32 +150,46 @@ pub fn find_prefix_hits<T: DebugTarget + ?Sized>(
             _ => runs.push((m.base, m.end(), 1)),
         }
     }
+    let searches: Vec<(VirtAddr, VirtAddr, usize)> = runs
+        .iter()
+        .map(|&(start, end, n)| (start, end, MAX_HITS_PER_MODULE.saturating_mul(n)))
+        .collect();
+    let found = target.search_many(&searches, prefix)?;
+    // The code around every hit, fetched together where the target pipelines: the 4th
+    // byte read below and the window classifying decodes.
+    let around: Vec<(VirtAddr, usize)> = found
+        .iter()
+        .flatten()
+        .map(|h| {
+            let from = VirtAddr(h.get().saturating_sub(SYNC_BYTES));
+            let len = h.get() - from.get() + FOLLOW_BYTES;
+            (from, usize::try_from(len).unwrap_or(0))
+        })
+        .collect();
+    target.prefetch(&around)?;
     let mut out = Vec::new();
-    for (start, end, n) in runs {
-        let most = MAX_HITS_PER_MODULE.saturating_mul(n);
-        for h in target.search_memory(start, end, prefix, most)? {
-            // The last module starting at or before the hit, if the hit is inside it.
-            let after = order.partition_point(|&i| modules.get(i).is_some_and(|m| m.base <= h));
-            let Some(i) = after
-                .checked_sub(1)
-                .and_then(|k| order.get(k).copied())
-                .filter(|&i| modules.get(i).is_some_and(|m| m.contains(h)))
-            else {
-                continue;
-            };
-            // The 4th byte, with the code before it that classifying the hit decodes (one
-            // read, which a cached target keeps for that).
-            let Some(m) = modules.get(i) else { continue };
-            let from = VirtAddr(h.get().saturating_sub(SYNC_BYTES)).max(m.base);
-            let want = usize::try_from(h.get() - from.get() + 4).unwrap_or(4);
-            let mut b = vec![0u8; want];
-            if target.read_memory(from, &mut b)? != want {
-                continue;
-            }
-            let mut found = bare;
-            found[3] = b.last().copied().unwrap_or(0);
-            out.push((i, h, PoolTag::new(found)));
+    for h in found.into_iter().flatten() {
+        // The last module starting at or before the hit, if the hit is inside it.
+        let after = order.partition_point(|&i| modules.get(i).is_some_and(|m| m.base <= h));
+        let Some(i) = after
+            .checked_sub(1)
+            .and_then(|k| order.get(k).copied())
+            .filter(|&i| modules.get(i).is_some_and(|m| m.contains(h)))
+        else {
+            continue;
+        };
+        // The 4th byte, with the code before it that classifying the hit decodes (one
+        // read, which a cached target keeps for that).
+        let Some(m) = modules.get(i) else { continue };
+        let from = VirtAddr(h.get().saturating_sub(SYNC_BYTES)).max(m.base);
+        let want = usize::try_from(h.get() - from.get() + 4).unwrap_or(4);
+        let mut b = vec![0u8; want];
+        if target.read_memory(from, &mut b)? != want {
+            continue;
         }
+        let mut found = bare;
+        found[3] = b.last().copied().unwrap_or(0);
+        out.push((i, h, PoolTag::new(found)));
     }
     out.sort_by_key(|(i, h, _)| (*i, *h));
     // Overlapping modules are searched in more than one run.
@@ -338,6 +352,105 @@ fn kind_of(ins: &Instruction, following: &[Instruction]) -> HitKind {
     }
 }
 
+/// What classifying the hits of one module reads: executable sections decoded whole, and
+/// windows around the code hits outside them.
+struct Plan<'s> {
+    whole: Vec<&'s Section>,
+    windows: Vec<(&'s Section, VirtAddr, VirtAddr)>,
+}
+
+impl<'s> Plan<'s> {
+    fn new(sections: &'s [Section], hits: &[(VirtAddr, PoolTag)]) -> Plan<'s> {
+        let section_of = |a: VirtAddr| sections.iter().find(|s| s.contains(a));
+        // A hit in data needs every executable section decoded (which code loads it?);
+        // code hits in a large section need only a window around each: bytes read grow
+        // with the hits, not the image.
+        let data_hit = hits
+            .iter()
+            .any(|(a, _)| section_of(*a).is_some_and(|s| !s.is_executable()));
+        let whole: Vec<&Section> = sections
+            .iter()
+            .filter(|s| s.is_executable() && s.size <= MAX_SWEEP_BYTES)
+            .filter(|s| {
+                data_hit || s.size <= WHOLE_SWEEP_BYTES && hits.iter().any(|(a, _)| s.contains(*a))
+            })
+            .collect();
+        let mut windows = Vec::new();
+        for (addr, _) in hits {
+            if let Some(s) = section_of(*addr).filter(|s| s.is_executable())
+                && !whole.iter().any(|w| w.contains(*addr))
+            {
+                push_window(&mut windows, s, *addr);
+            }
+        }
+        Plan { whole, windows }
+    }
+
+    /// The reads, as (address, length).
+    fn reads(&self) -> impl Iterator<Item = (VirtAddr, usize)> + '_ {
+        let whole = self
+            .whole
+            .iter()
+            .map(|s| (s.start, usize::try_from(s.size).unwrap_or(0)));
+        let windows = self.windows.iter().map(|&(_, lo, hi)| {
+            (
+                lo,
+                usize::try_from(hi.get().saturating_sub(lo.get())).unwrap_or(0),
+            )
+        });
+        whole.chain(windows)
+    }
+}
+
+/// Adds the window decoded around the code hit at `addr` in `section`: hits close together
+/// share one window (and one read).
+fn push_window<'s>(
+    windows: &mut Vec<(&'s Section, VirtAddr, VirtAddr)>,
+    section: &'s Section,
+    addr: VirtAddr,
+) {
+    let lo = VirtAddr(addr.get().saturating_sub(SYNC_BYTES)).max(section.start);
+    let hi = addr.saturating_add(FOLLOW_BYTES).min(section.end());
+    match windows.last_mut() {
+        Some((ws, wlo, whi))
+            if *ws == section && lo >= *wlo && lo <= whi.saturating_add(SYNC_BYTES) =>
+        {
+            *whi = hi.max(*whi);
+        }
+        _ => windows.push((section, lo, hi)),
+    }
+}
+
+/// Tells `target` what classifying `found` (from [`find_prefix_hits`]) will read, so a
+/// target that pipelines fetches it in one burst ([`DebugTarget::prefetch`]): each
+/// module's headers, then its sections and windows.
+pub fn prefetch_for<T: DebugTarget + ?Sized>(
+    target: &mut T,
+    modules: &[ModuleInfo],
+    found: &[(usize, VirtAddr, PoolTag)],
+) -> Result<(), TargetError> {
+    let mut with_hits: Vec<usize> = found.iter().map(|(i, _, _)| *i).collect();
+    with_hits.dedup();
+    let heads: Vec<(VirtAddr, usize)> = with_hits
+        .iter()
+        .filter_map(|&i| modules.get(i))
+        .map(|m| (m.base, pe::HEADERS_READ))
+        .collect();
+    target.prefetch(&heads)?;
+    let mut reads = Vec::new();
+    for &i in &with_hits {
+        let Some(m) = modules.get(i) else { continue };
+        let hits: Vec<(VirtAddr, PoolTag)> = found
+            .iter()
+            .filter(|(j, _, _)| *j == i)
+            .map(|&(_, a, t)| (a, t))
+            .collect();
+        let sections = pe::sections(target, m.base).unwrap_or_default();
+        reads.extend(Plan::new(&sections, &hits).reads());
+    }
+    target.prefetch(&reads)
+}
+
 /// Classifies `hits` (from [`find_hits`]) of one module.
 pub fn classify_module<T: DebugTarget + ?Sized>(
     target: &mut T,
@@ -346,19 +459,10 @@ pub fn classify_module<T: DebugTarget + ?Sized>(
 ) -> Vec<Hit> {
     let sections = pe::sections(target, module.base).unwrap_or_default();
     let section_of = |a: VirtAddr| sections.iter().find(|s| s.contains(a));
-    // A hit in data needs every executable section decoded (which code loads it?); code
-    // hits in a large section need only a window around each: bytes read grow with the
-    // hits, not the image.
-    let data_hit = hits
-        .iter()
-        .any(|(a, _)| section_of(*a).is_some_and(|s| !s.is_executable()));
+    let plan = Plan::new(&sections, hits);
     let mut sweeps: Vec<Sweep> = Vec::new();
-    for s in sections.iter().filter(|s| s.is_executable()) {
-        let small_with_hits =
-            s.size <= WHOLE_SWEEP_BYTES && hits.iter().any(|(a, _)| s.contains(*a));
-        if (data_hit || small_with_hits)
-            && let Some(sw) = Sweep::run(target, s)
-        {
+    for s in plan.whole {
+        if let Some(sw) = Sweep::run(target, s) {
             sweeps.push(sw);
         }
     }
@@ -370,17 +474,7 @@ pub fn classify_module<T: DebugTarget + ?Sized>(
         if sweeps.iter().any(|sw| sw.contains(*addr)) {
             continue;
         }
-        let lo = VirtAddr(addr.get().saturating_sub(SYNC_BYTES)).max(s.start);
-        let hi = addr.saturating_add(FOLLOW_BYTES).min(s.end());
-        match windows.last_mut() {
-            // Hits close together share one window (and one read).
-            Some((ws, wlo, whi))
-                if *ws == s && lo >= *wlo && lo <= whi.saturating_add(SYNC_BYTES) =>
-            {
-                *whi = hi.max(*whi);
-            }
-            _ => windows.push((s, lo, hi)),
-        }
+        push_window(&mut windows, s, *addr);
     }
     for (_, lo, hi) in windows {
         if let Some(sw) = Sweep::window(target, lo, hi) {

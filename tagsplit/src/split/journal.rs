@@ -304,6 +304,110 @@ pub fn restore_one(target: &mut dyn DebugTarget, p: &PatchRecord) -> RestoreStat
     }
 }
 
+/// [`restore_one`] of each of `patches`, with the reads and writes of all of them sent
+/// together where the target pipelines (three round trips for any number of patches:
+/// check, write, read back). Patches that overlap, and every patch when a batch fails on
+/// the link, are restored one by one, newest (last) first.
+pub fn restore_many(target: &mut dyn DebugTarget, patches: &[PatchRecord]) -> Vec<RestoreState> {
+    let overlap = patches.iter().enumerate().any(|(i, a)| {
+        patches.iter().skip(i + 1).any(|b| {
+            a.address < b.address.saturating_add(b.new.len() as u64)
+                && b.address < a.address.saturating_add(a.new.len() as u64)
+        })
+    });
+    if patches.len() < 2 || overlap {
+        return one_by_one(target, patches);
+    }
+    match restore_batch(target, patches) {
+        Ok(states) => states,
+        Err(e) => {
+            tracing::debug!("restoring together failed ({e}); one by one");
+            one_by_one(target, patches)
+        }
+    }
+}
+
+/// [`restore_one`] of each patch, newest (last) first.
+fn one_by_one(target: &mut dyn DebugTarget, patches: &[PatchRecord]) -> Vec<RestoreState> {
+    let mut out: Vec<RestoreState> = patches
+        .iter()
+        .rev()
+        .map(|p| restore_one(target, p))
+        .collect();
+    out.reverse();
+    out
+}
+
+/// [`restore_many`] as three batches; an error of the link fails it all.
+fn restore_batch(
+    target: &mut dyn DebugTarget,
+    patches: &[PatchRecord],
+) -> Result<Vec<RestoreState>, TargetError> {
+    let now = read_each(target, patches.iter().map(|p| (p.address, p.new.len())))?;
+    let mut states: Vec<RestoreState> = Vec::with_capacity(patches.len());
+    let mut to_write = Vec::new();
+    for (i, (p, now)) in patches.iter().zip(&now).enumerate() {
+        states.push(match now {
+            None => RestoreState::Failed,
+            Some(b) if *b == p.original => RestoreState::AlreadyOriginal,
+            Some(b) if *b != p.new => RestoreState::Changed,
+            Some(_) => {
+                to_write.push(i);
+                RestoreState::Failed
+            }
+        });
+    }
+    let writes: Vec<(VirtAddr, &[u8])> = to_write
+        .iter()
+        .filter_map(|&i| patches.get(i))
+        .map(|p| (p.address, p.original.as_slice()))
+        .collect();
+    let wrote = target.write_many(&writes)?;
+    let written: Vec<usize> = to_write
+        .iter()
+        .zip(&wrote)
+        .filter(|&(&i, &n)| patches.get(i).is_some_and(|p| n == p.original.len()))
+        .map(|(&i, _)| i)
+        .collect();
+    let back = read_each(
+        target,
+        written
+            .iter()
+            .filter_map(|&i| patches.get(i))
+            .map(|p| (p.address, p.original.len())),
+    )?;
+    for (&i, back) in written.iter().zip(back) {
+        if let (Some(p), Some(state)) = (patches.get(i), states.get_mut(i))
+            && back.as_deref() == Some(p.original.as_slice())
+        {
+            *state = RestoreState::Restored;
+        }
+    }
+    Ok(states)
+}
+
+/// Reads each `(address, length)` fresh, together where the target pipelines: the bytes,
+/// or `None` where fewer could be read.
+pub fn read_each(
+    target: &mut dyn DebugTarget,
+    ranges: impl Iterator<Item = (VirtAddr, usize)>,
+) -> Result<Vec<Option<Vec<u8>>>, TargetError> {
+    let (addrs, mut bufs): (Vec<VirtAddr>, Vec<Vec<u8>>) =
+        ranges.map(|(a, n)| (a, vec![0u8; n])).unzip();
+    let mut reads: Vec<(VirtAddr, &mut [u8])> = addrs
+        .iter()
+        .copied()
+        .zip(bufs.iter_mut().map(Vec::as_mut_slice))
+        .collect();
+    let got = target.read_fresh_many(&mut reads)?;
+    drop(reads);
+    Ok(bufs
+        .into_iter()
+        .zip(got)
+        .map(|(b, n)| (n == b.len()).then_some(b))
+        .collect())
+}
+
 /// Restores every patch of `journal` on `target`, checking each module is still loaded at
 /// the journal's base. Returns the state per patch.
 pub fn restore_all(
@@ -311,18 +415,31 @@ pub fn restore_all(
     journal: &Journal,
 ) -> Result<Vec<RestoreState>, TargetError> {
     let modules = target.modules()?;
-    Ok(journal
+    let here: Vec<bool> = journal
         .patches
         .iter()
         .map(|p| {
             let loaded = modules
                 .iter()
                 .any(|m| m.name.eq_ignore_ascii_case(&p.module) && m.base == p.base);
-            let same_build = p
-                .timestamp
-                .is_none_or(|ts| crate::pe::timestamp(target, p.base).ok() == Some(ts));
-            if loaded && same_build {
-                restore_one(target, p)
+            loaded
+                && p.timestamp
+                    .is_none_or(|ts| crate::pe::timestamp(target, p.base).ok() == Some(ts))
+        })
+        .collect();
+    let present: Vec<PatchRecord> = journal
+        .patches
+        .iter()
+        .zip(&here)
+        .filter(|&(_, &h)| h)
+        .map(|(p, _)| p.clone())
+        .collect();
+    let mut restored = restore_many(target, &present).into_iter();
+    Ok(here
+        .iter()
+        .map(|&h| {
+            if h {
+                restored.next().unwrap_or(RestoreState::Failed)
             } else {
                 RestoreState::ModuleGone
             }
@@ -437,4 +554,70 @@ fn stem(identity: &TargetIdentity) -> String {
     let digest = sha2::Sha256::digest(identity.as_str().as_bytes());
     let hash: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
     format!("journal-{name}-{hash}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::flat::FlatTarget;
+
+    fn patch(at: u64, original: &[u8], new: &[u8]) -> PatchRecord {
+        PatchRecord {
+            module: "m.sys".into(),
+            base: VirtAddr(0x1000),
+            timestamp: None,
+            offset: at - 0x1000,
+            address: VirtAddr(at),
+            original: original.to_vec(),
+            new: new.to_vec(),
+        }
+    }
+
+    fn bytes(t: &mut FlatTarget, at: u64, n: usize) -> Vec<u8> {
+        let mut b = vec![0u8; n];
+        let got = t.read_memory(VirtAddr(at), &mut b).unwrap_or(0);
+        b.truncate(got);
+        b
+    }
+
+    /// Together, each patch ends as restore_one would leave it: restored, already
+    /// original, changed by someone else (left alone), or unreadable.
+    #[test]
+    fn restoring_many_gives_each_patch_its_own_state() {
+        let mut t = FlatTarget::new();
+        t.memory
+            .map(VirtAddr(0x1000), b"Lea1....Leak....Lea3....zzzz".to_vec());
+        let ps = [
+            patch(0x1000, b"Leak", b"Lea1"),
+            patch(0x1008, b"Leak", b"Lea2"),
+            patch(0x1010, b"Leak", b"Lea3"),
+            patch(0x1018, b"Leak", b"Lea4"),
+            patch(0x9000, b"Leak", b"Lea5"),
+        ];
+        let states = restore_many(&mut t, &ps);
+        assert_eq!(
+            states,
+            [
+                RestoreState::Restored,
+                RestoreState::AlreadyOriginal,
+                RestoreState::Restored,
+                RestoreState::Changed,
+                RestoreState::Failed,
+            ]
+        );
+        assert_eq!(bytes(&mut t, 0x1000, 28), b"Leak....Leak....Leak....zzzz");
+    }
+
+    /// Patches that overlap are restored one by one, newest first: the second patch
+    /// wrote over the first's bytes, and only undoing it first lets the first be undone.
+    #[test]
+    fn overlapping_patches_are_restored_newest_first() {
+        let mut t = FlatTarget::new();
+        // "abcd", patched to "ABcd", then to "AYZd".
+        t.memory.map(VirtAddr(0x1000), b"AYZd".to_vec());
+        let ps = [patch(0x1000, b"ab", b"AB"), patch(0x1001, b"Bc", b"YZ")];
+        let states = restore_many(&mut t, &ps);
+        assert_eq!(states, [RestoreState::Restored, RestoreState::Restored]);
+        assert_eq!(bytes(&mut t, 0x1000, 4), b"abcd");
+    }
 }

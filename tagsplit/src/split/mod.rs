@@ -429,28 +429,43 @@ impl<'t> PatchGuard<'t> {
     /// Writes one patch and reads it back. The patch is recorded before writing, so a
     /// partial write is restored too.
     pub fn apply(&mut self, p: &PatchRecord) -> Result<(), SplitError> {
-        self.applied.push(p.clone());
-        let n = self.target.write_memory(p.address, &p.new)?;
-        if n != p.new.len() {
-            return Err(TargetError::Unwritable(p.address.saturating_add(n as u64)).into());
+        self.apply_many(std::slice::from_ref(p))
+    }
+
+    /// Writes `patches`, then reads them back; the writes go together, and so do the
+    /// reads, where the target pipelines (two round trips for any number). Every patch
+    /// is recorded before anything is written, so partial writes are restored too. Fails
+    /// with the first patch (in order) not written whole, or not read back as written.
+    pub fn apply_many(&mut self, patches: &[PatchRecord]) -> Result<(), SplitError> {
+        self.applied.extend_from_slice(patches);
+        let writes: Vec<(VirtAddr, &[u8])> = patches
+            .iter()
+            .map(|p| (p.address, p.new.as_slice()))
+            .collect();
+        let wrote = self.target.write_many(&writes)?;
+        for (p, n) in patches.iter().zip(wrote) {
+            if n != p.new.len() {
+                return Err(TargetError::Unwritable(p.address.saturating_add(n as u64)).into());
+            }
         }
-        let mut back = vec![0u8; p.new.len()];
-        let got = self.target.read_fresh(p.address, &mut back)?;
-        if got != back.len() || back != p.new {
-            return Err(SplitError::VerifyFailed(p.address));
+        let back = journal::read_each(
+            &mut *self.target,
+            patches.iter().map(|p| (p.address, p.new.len())),
+        )?;
+        for (p, back) in patches.iter().zip(back) {
+            if back.as_deref() != Some(p.new.as_slice()) {
+                return Err(SplitError::VerifyFailed(p.address));
+            }
         }
         Ok(())
     }
 
-    /// Restores every applied patch (newest first) and verifies each.
+    /// Restores every applied patch and verifies each ([`journal::restore_many`]).
     pub fn restore(&mut self) -> RestoreSummary {
         self.restored = true;
         let mut out = RestoreSummary::default();
-        for p in self.applied.iter().rev() {
-            out.patches
-                .push((p.address, journal::restore_one(&mut *self.target, p)));
-        }
-        out.patches.reverse();
+        let states = journal::restore_many(&mut *self.target, &self.applied);
+        out.patches = self.applied.iter().map(|p| p.address).zip(states).collect();
         out
     }
 }
@@ -705,6 +720,7 @@ pub fn survey_with_lookalikes(
 ) -> Result<(Vec<Hit>, Vec<Hit>), SplitError> {
     let modules = target.modules()?;
     let found = classify::find_prefix_hits(target, &modules, tag)?;
+    classify::prefetch_for(target, &modules, &found)?;
     let fourth = tag.unprotected().bytes()[3];
     let mut hits = Vec::new();
     let mut lookalikes = Vec::new();
@@ -744,20 +760,22 @@ pub fn check_known_journals(
     }
     let modules = target.modules()?;
     for (path, j) in journals {
-        let mut addresses = Vec::new();
-        for p in &j.patches {
-            let loaded = modules
-                .iter()
-                .any(|m| m.name.eq_ignore_ascii_case(&p.module) && m.base == p.base);
-            let mut now = vec![0u8; p.new.len()];
-            if loaded
-                && target.read_fresh(p.address, &mut now)? == now.len()
-                && now == p.new
-                && now != p.original
-            {
-                addresses.push(p.address);
-            }
-        }
+        let loaded: Vec<&PatchRecord> = j
+            .patches
+            .iter()
+            .filter(|p| {
+                modules
+                    .iter()
+                    .any(|m| m.name.eq_ignore_ascii_case(&p.module) && m.base == p.base)
+            })
+            .collect();
+        let now = journal::read_each(target, loaded.iter().map(|p| (p.address, p.new.len())))?;
+        let addresses: Vec<VirtAddr> = loaded
+            .iter()
+            .zip(now)
+            .filter(|(p, now)| now.as_deref() == Some(p.new.as_slice()) && p.new != p.original)
+            .map(|(p, _)| p.address)
+            .collect();
         if !addresses.is_empty() {
             return Err(SplitError::StillPatched {
                 journal: path.clone(),
@@ -827,7 +845,13 @@ fn measure(
     cancel: Option<&Interrupt>,
     hooks: &mut Hooks<'_, '_>,
 ) -> Result<Vec<Vec<TagUsage>>, SplitError> {
-    for (next, r) in records.iter().enumerate() {
+    // The first patch alone, then the rest together (one round trip each way where the
+    // target pipelines): a signal between them finds exactly one patch on the target.
+    let (first, rest) = records.split_at(records.len().min(1));
+    for (next, batch) in [(0, first), (first.len(), rest)] {
+        if batch.is_empty() {
+            continue;
+        }
         hooks.enter(
             Phase::Patching {
                 next,
@@ -835,7 +859,7 @@ fn measure(
             },
             cancel,
         )?;
-        guard.apply(r)?;
+        guard.apply_many(batch)?;
     }
     let mut series: Vec<Vec<TagUsage>> = vec![Vec::new(); new_tags.len()];
     let push = |series: &mut Vec<Vec<TagUsage>>, row: Vec<TagUsage>| {

@@ -59,6 +59,10 @@ impl BlockCache {
         mut fetch: impl FnMut(VirtAddr, &mut [u8]) -> Result<usize, TargetError>,
     ) -> Result<usize, TargetError> {
         if buf.len() >= CACHE_BLOCK {
+            // Served from the cache only when every block is there whole (prefetched).
+            if self.copy_whole(addr, buf) {
+                return Ok(buf.len());
+            }
             return fetch(addr, buf);
         }
         let mut done = 0usize;
@@ -80,21 +84,8 @@ impl BlockCache {
                     1
                 };
                 let mut raw = vec![0u8; CACHE_BLOCK * blocks];
-                let got = fetch(VirtAddr(base), &mut raw)?.min(raw.len());
-                if self.blocks.len() + blocks > CACHE_MAX_BLOCKS {
-                    self.blocks.clear();
-                }
-                // A short fetch ends in unreadable memory: the block it ends in is kept
-                // short; a block it did not reach is not kept.
-                for (i, chunk) in raw.chunks(CACHE_BLOCK).enumerate() {
-                    let from = i * CACHE_BLOCK;
-                    if i > 0 && got <= from {
-                        break;
-                    }
-                    let keep = got.saturating_sub(from).min(CACHE_BLOCK);
-                    let block = chunk.get(..keep).unwrap_or_default().to_vec();
-                    self.blocks.insert(base + from as u64, block);
-                }
+                let got = fetch(VirtAddr(base), &mut raw)?;
+                self.insert(base, &raw, got);
             }
             let block = self.blocks.get(&base).map_or(&[][..], Vec::as_slice);
             let src = block.get(off..).unwrap_or(&[]);
@@ -109,6 +100,120 @@ impl BlockCache {
             }
         }
         Ok(done)
+    }
+
+    /// Keeps `raw` (read from the block-aligned `base`, `got` leading bytes of it
+    /// readable) as blocks: a short read ends in unreadable memory, so the block it ends
+    /// in is kept short and a block it did not reach is not kept.
+    fn insert(&mut self, base: u64, raw: &[u8], got: usize) {
+        let got = got.min(raw.len());
+        if self.blocks.len() + raw.len().div_ceil(CACHE_BLOCK) > CACHE_MAX_BLOCKS {
+            self.blocks.clear();
+        }
+        for (i, chunk) in raw.chunks(CACHE_BLOCK).enumerate() {
+            let from = i * CACHE_BLOCK;
+            if i > 0 && got <= from {
+                break;
+            }
+            let keep = got.saturating_sub(from).min(CACHE_BLOCK);
+            let block = chunk.get(..keep).unwrap_or_default().to_vec();
+            self.blocks.insert(base + from as u64, block);
+        }
+    }
+
+    /// Copies `[addr, addr + buf.len())` from blocks held whole; `false` (and `buf`
+    /// unspecified) when one is missing or short.
+    fn copy_whole(&self, addr: VirtAddr, buf: &mut [u8]) -> bool {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let Some(cur) = addr.get().checked_add(done as u64) else {
+                return false;
+            };
+            let base = cur & !(CACHE_BLOCK as u64 - 1);
+            let Some(block) = self.blocks.get(&base).filter(|b| b.len() == CACHE_BLOCK) else {
+                return false;
+            };
+            let off = usize::try_from(cur - base).unwrap_or(0);
+            let n = (CACHE_BLOCK - off).min(buf.len() - done);
+            match (buf.get_mut(done..done + n), block.get(off..off + n)) {
+                (Some(dst), Some(src)) => dst.copy_from_slice(src),
+                _ => return false,
+            }
+            done += n;
+        }
+        true
+    }
+
+    /// The blocks that `ranges` (address, length) need and the cache lacks, as reads of
+    /// runs of adjacent missing blocks of at most `max_read` bytes (at least one block).
+    pub fn missing(&self, ranges: &[(VirtAddr, usize)], max_read: usize) -> Vec<(VirtAddr, usize)> {
+        let block = CACHE_BLOCK as u64;
+        let mut want: Vec<u64> = Vec::new();
+        for &(addr, len) in ranges {
+            if len == 0 {
+                continue;
+            }
+            let first = addr.get() & !(block - 1);
+            let last = addr.get().saturating_add(len as u64 - 1) & !(block - 1);
+            // Bounded: a range of more than the whole cache is not prefetched.
+            let count = (last - first) / block + 1;
+            if count > CACHE_MAX_BLOCKS as u64 {
+                continue;
+            }
+            want.extend(
+                (0..count)
+                    .map(|i| first + i * block)
+                    .filter(|b| !self.blocks.contains_key(b)),
+            );
+        }
+        want.sort_unstable();
+        want.dedup();
+        let per_read = (max_read / CACHE_BLOCK).max(1) as u64;
+        let mut runs: Vec<(VirtAddr, usize)> = Vec::new();
+        let mut last: Option<(u64, u64)> = None; // (start, blocks)
+        for b in want {
+            match last.as_mut() {
+                Some((start, n)) if *start + *n * block == b && *n < per_read => *n += 1,
+                _ => {
+                    if let Some((start, n)) = last.take() {
+                        runs.push((VirtAddr(start), (n * block) as usize));
+                    }
+                    last = Some((b, 1));
+                }
+            }
+        }
+        if let Some((start, n)) = last {
+            runs.push((VirtAddr(start), (n * block) as usize));
+        }
+        runs
+    }
+
+    /// Fetches the blocks that `ranges` need and the cache lacks (see
+    /// [`missing`](Self::missing)) with one call of `fetch_many` (which reads each
+    /// `(address, buffer)` and says how many leading bytes of each it read), and keeps
+    /// them.
+    pub fn prefetch(
+        &mut self,
+        ranges: &[(VirtAddr, usize)],
+        max_read: usize,
+        fetch_many: impl FnOnce(&mut [(VirtAddr, &mut [u8])]) -> Result<Vec<usize>, TargetError>,
+    ) -> Result<(), TargetError> {
+        let runs = self.missing(ranges, max_read);
+        if runs.is_empty() {
+            return Ok(());
+        }
+        let mut bufs: Vec<Vec<u8>> = runs.iter().map(|&(_, n)| vec![0u8; n]).collect();
+        let mut reads: Vec<(VirtAddr, &mut [u8])> = runs
+            .iter()
+            .zip(bufs.iter_mut())
+            .map(|(&(a, _), b)| (a, b.as_mut_slice()))
+            .collect();
+        let got = fetch_many(&mut reads)?;
+        drop(reads);
+        for ((&(addr, _), raw), n) in runs.iter().zip(&bufs).zip(got) {
+            self.insert(addr.get(), raw, n);
+        }
+        Ok(())
     }
 }
 
@@ -196,6 +301,32 @@ impl<T: DebugTarget> DebugTarget for CachedTarget<T> {
 
     fn read_fresh(&mut self, addr: VirtAddr, buf: &mut [u8]) -> Result<usize, TargetError> {
         self.inner.read_fresh(addr, buf)
+    }
+
+    fn prefetch(&mut self, ranges: &[(VirtAddr, usize)]) -> Result<(), TargetError> {
+        // Only a backend that pipelines gains from fetching ahead (into its own cache,
+        // which this one's reads then hit).
+        self.inner.prefetch(ranges)
+    }
+
+    fn read_fresh_many(
+        &mut self,
+        reads: &mut [(VirtAddr, &mut [u8])],
+    ) -> Result<Vec<usize>, TargetError> {
+        self.inner.read_fresh_many(reads)
+    }
+
+    fn write_many(&mut self, writes: &[(VirtAddr, &[u8])]) -> Result<Vec<usize>, TargetError> {
+        self.cache.clear();
+        self.inner.write_many(writes)
+    }
+
+    fn search_many(
+        &mut self,
+        ranges: &[(VirtAddr, VirtAddr, usize)],
+        pattern: &[u8],
+    ) -> Result<Vec<Vec<VirtAddr>>, TargetError> {
+        self.inner.search_many(ranges, pattern)
     }
 
     fn max_read(&self) -> usize {

@@ -1,8 +1,12 @@
 //! The GDB remote-protocol backend: [`GdbTarget`] talks RSP to a stub over TCP.
 //!
 //! Blocking by design: a `std::net::TcpStream` with read timeouts drives a sans-IO
-//! [`ClientSession`]; every request is one round trip (no pipelining), which keeps the
-//! backend simple and makes [`WireStats::round_trips`] an exact count.
+//! [`ClientSession`]; a request is one round trip. In no-ack mode, the batch methods
+//! ([`DebugTarget::prefetch`], [`read_fresh_many`](DebugTarget::read_fresh_many),
+//! [`write_many`](DebugTarget::write_many), [`search_many`](DebugTarget::search_many))
+//! pipeline: up to [`PIPELINE_DEPTH`] idempotent requests go out back to back and their
+//! replies are matched by position (see [`GdbTarget::request_many`]), one round trip for
+//! the burst. [`WireStats::round_trips`] counts requests and bursts.
 //!
 //! It degrades instead of failing against stubs that offer only the basics:
 //!
@@ -53,6 +57,9 @@ use crate::VirtAddr;
 
 /// How far below `rip` the `MZ` of `nt` is looked for when no library list is offered.
 const MAX_KERNEL_SCAN: u64 = 64 << 20;
+/// The bytes at the start of an image read for its `SizeOfImage` (`e_lfanew` and the
+/// optional header of every usual PE layout).
+const SIZE_OF_IMAGE_READ: usize = 0x200;
 /// Per-request overhead kept free in a packet (`$`, op, address, `#cs`).
 const PACKET_OVERHEAD: usize = 32;
 
@@ -90,6 +97,24 @@ pub const REPLY_TIMER: RtoBounds = RtoBounds::new(
     Duration::from_millis(2),
     Duration::from_secs(2),
 );
+
+/// Ranges searched side by side ([`DebugTarget::search_many`]) are cut into pieces of at
+/// least this many bytes.
+pub const SEARCH_PIECE: u64 = 64 << 10;
+/// Most pieces one [`DebugTarget::search_many`] cuts its ranges into (larger pieces
+/// beyond).
+const MAX_SEARCH_PIECES: usize = 4096;
+
+/// Most requests in flight in one pipelined burst (no-ack mode).
+pub const PIPELINE_DEPTH: usize = 128;
+/// Most bytes one pipelined burst may expect on the wire, both ways (what the reply timer
+/// of the burst allows time for; the replies wait in the socket buffers meanwhile).
+pub const PIPELINE_BYTES: usize = 256 << 10;
+/// Bursts that lost a reply or a command (the count came up short: every reply of the
+/// burst is dropped and its requests are sent one by one) before pipelining is given up
+/// for the connection: a stub that drops commands sent back to back costs this many
+/// timers, once.
+pub const MAX_PIPELINE_FAULTS: u32 = 3;
 
 /// How many times one request is sent in all before the link is declared dead (it also
 /// is after [`GdbOptions::timeout`] in which no byte at all came from the stub).
@@ -146,6 +171,21 @@ fn exchange_bytes(cmd: &Command) -> usize {
         .len()
         .saturating_add(8)
         .saturating_add(usize::try_from(reply).unwrap_or(usize::MAX))
+}
+
+/// The memory read of `len` bytes at `addr`: `x` when the stub sends binary, else `m`.
+fn read_command(binary: bool, addr: u64, len: usize) -> Command<'static> {
+    if binary {
+        Command::ReadMemoryBinary {
+            addr,
+            len: len as u64,
+        }
+    } else {
+        Command::ReadMemory {
+            addr,
+            len: len as u64,
+        }
+    }
 }
 
 /// Whether `cmd` only reads (memory, registers, state): anything else may change memory
@@ -235,6 +275,11 @@ pub struct GdbTarget {
     last_byte: Instant,
     /// Damaged frames seen so far (the session's bad checksums and oversize frames).
     damaged_seen: u64,
+    /// A pipelined burst is waiting for its replies: damaged frames come as events, one
+    /// per reply, not from the counters.
+    in_burst: bool,
+    /// Bursts whose replies came up short (see [`MAX_PIPELINE_FAULTS`]).
+    pipeline_faults: u32,
     /// The last stop reply (to tell a lost resume from a run that happened).
     last_stop: Option<StopReply>,
     /// The longest a run took to come back so far (the patience for the next one).
@@ -328,6 +373,8 @@ impl GdbTarget {
             rtt: RttEstimator::default(),
             last_byte: Instant::now(),
             damaged_seen: 0,
+            in_burst: false,
+            pipeline_faults: 0,
             last_stop: None,
             slowest_run: None,
             cache: BlockCache::new(),
@@ -405,6 +452,7 @@ impl GdbTarget {
                     }
                     ClientEvent::Output(text) => self.output.extend_from_slice(&text),
                     ClientEvent::BadReply(_) if recover => return Ok(Waited::Damaged),
+                    ClientEvent::Damaged => return Ok(Waited::Damaged),
                     ClientEvent::BadReply(e) => return Err(protocol(e.to_string())),
                     ClientEvent::GaveUp => {
                         return Err(protocol("the stub keeps rejecting our packets"));
@@ -416,7 +464,7 @@ impl GdbTarget {
             let damaged = stats.bad_checksums.saturating_add(stats.oversize);
             if damaged != self.damaged_seen {
                 self.damaged_seen = damaged;
-                if recover && !self.session.ack_mode() {
+                if recover && !self.session.ack_mode() && !self.in_burst {
                     return Ok(Waited::Damaged);
                 }
             }
@@ -528,7 +576,13 @@ impl GdbTarget {
             tracing::debug!("gdb: not sent, the target {how}: {cmd:?}");
             return Err(TargetError::Disconnected);
         }
+        tracing::trace!("gdb: -> {cmd:?}");
         let reply = self.request_once(cmd)?;
+        self.exit_check(cmd, reply)
+    }
+
+    /// `reply` to `cmd`, unless it says the target exited (see [`request`](Self::request)).
+    fn exit_check(&mut self, cmd: &Command, reply: Reply) -> Result<Reply, TargetError> {
         match (&reply, cmd.reply_kind()) {
             (Reply::Stop(stop), kind) if kind != tagsplit_protocol::gdb::ReplyKind::Stop => {
                 let how = match stop {
@@ -542,6 +596,158 @@ impl GdbTarget {
             }
             _ => Ok(reply),
         }
+    }
+
+    /// Whether requests may be pipelined: no-ack mode (in ack mode every packet waits for
+    /// its `+`), and not given up on for this connection.
+    fn pipelining(&self) -> bool {
+        !self.session.ack_mode()
+            && self.pipeline_faults < MAX_PIPELINE_FAULTS
+            && self.exited.is_none()
+    }
+
+    /// Sends `cmds` and returns their replies in order, like [`request`](Self::request)
+    /// of each. In no-ack mode, when every command is idempotent, they go out in bursts
+    /// of up to [`PIPELINE_DEPTH`] (and [`PIPELINE_BYTES`]) back to back, one round trip
+    /// a burst. RSP replies carry no sequence number, so a burst's replies are matched
+    /// by position, and only when as many came as were sent (intact or damaged): a
+    /// damaged reply's command goes out again in the next burst; a burst that came up
+    /// short (a command or a whole reply lost, which would shift every later reply) is
+    /// drained with the `qC` barrier and its commands are sent again one by one. After
+    /// [`MAX_PIPELINE_FAULTS`] short bursts the connection stops pipelining. A `W`/`X`
+    /// reply ends it all as in [`request`](Self::request).
+    pub fn request_many(&mut self, cmds: &[Command<'_>]) -> Result<Vec<Reply>, TargetError> {
+        if cmds.len() < 2 || !self.pipelining() || !cmds.iter().all(idempotent) {
+            return cmds.iter().map(|c| self.request(c)).collect();
+        }
+        self.output.clear();
+        if !cmds.iter().all(reads_only) {
+            self.cache.clear();
+        }
+        let mut out: Vec<Option<Reply>> = vec![None; cmds.len()];
+        let mut todo: Vec<usize> = (0..cmds.len()).collect();
+        // A reply damaged in every burst (a link that corrupts most frames): after a few
+        // rounds the rest go one by one, with the single request's own recovery.
+        for _round in 0..4 {
+            if todo.is_empty() || !self.pipelining() {
+                break;
+            }
+            let mut again = Vec::new();
+            let mut start = 0;
+            while start < todo.len() {
+                let mut end = start;
+                let mut bytes = 0usize;
+                while let Some(&i) = todo.get(end) {
+                    let b = cmds.get(i).map_or(0, exchange_bytes);
+                    if end > start && (end - start >= PIPELINE_DEPTH || bytes + b > PIPELINE_BYTES)
+                    {
+                        break;
+                    }
+                    bytes = bytes.saturating_add(b);
+                    end += 1;
+                }
+                let burst = todo.get(start..end).unwrap_or_default();
+                let sent: Vec<&Command<'_>> = burst.iter().filter_map(|&i| cmds.get(i)).collect();
+                match self.burst(&sent, bytes)? {
+                    Some(replies) => {
+                        for (&i, r) in burst.iter().zip(replies) {
+                            match r {
+                                Some(r) => {
+                                    if let Some(cmd) = cmds.get(i) {
+                                        let r = self.exit_check(cmd, r)?;
+                                        if let Some(slot) = out.get_mut(i) {
+                                            *slot = Some(r);
+                                        }
+                                    }
+                                }
+                                None => again.push(i),
+                            }
+                        }
+                    }
+                    None => {
+                        // Came up short: these go one by one below.
+                        for &i in burst {
+                            if let Some(cmd) = cmds.get(i) {
+                                let r = self.request(cmd)?;
+                                if let Some(slot) = out.get_mut(i) {
+                                    *slot = Some(r);
+                                }
+                            }
+                        }
+                    }
+                }
+                start = end;
+            }
+            self.nudges += again.len() as u64;
+            todo = again;
+        }
+        for i in todo {
+            if let Some(cmd) = cmds.get(i) {
+                let r = self.request(cmd)?;
+                if let Some(slot) = out.get_mut(i) {
+                    *slot = Some(r);
+                }
+            }
+        }
+        out.into_iter()
+            .map(|r| r.ok_or_else(|| protocol("a pipelined request got no reply")))
+            .collect()
+    }
+
+    /// One pipelined burst: sends `cmds` back to back and waits for as many replies
+    /// (`None` for a damaged one). `Ok(None)` when fewer came in time: the stream has been
+    /// drained (the `qC` barrier) and nothing of the burst can be trusted.
+    fn burst(
+        &mut self,
+        cmds: &[&Command<'_>],
+        bytes: usize,
+    ) -> Result<Option<Vec<Option<Reply>>>, TargetError> {
+        let wire_before = self.on_wire();
+        for cmd in cmds {
+            tracing::trace!("gdb: -> {cmd:?} (pipelined)");
+            self.session.send_pipelined(cmd);
+        }
+        self.write_out()?;
+        let sent = Instant::now();
+        let work: Duration = cmds.iter().filter_map(|c| work_allowance(c)).sum();
+        let timer = self.rtt.timeout(&REPLY_TIMER, bytes).saturating_add(work);
+        // While replies keep coming, the burst is alive: each may take a single reply's
+        // timer after the last byte.
+        let quiet = self.rtt.timeout(&REPLY_TIMER, 64);
+        let mut until = sent + timer;
+        let mut replies = Vec::with_capacity(cmds.len());
+        self.in_burst = true;
+        let result = loop {
+            if replies.len() == cmds.len() {
+                break Ok(true);
+            }
+            match self.wait_event(until, true) {
+                Ok(Waited::Reply(r)) => replies.push(Some(r)),
+                Ok(Waited::Damaged) => replies.push(None),
+                Ok(Waited::Late) if self.last_byte + quiet > Instant::now() => {
+                    until = self.last_byte + quiet;
+                }
+                Ok(Waited::Late) => break Ok(false),
+                Err(e) => break Err(e),
+            }
+        };
+        self.in_burst = false;
+        if !result? {
+            self.pipeline_faults += 1;
+            self.nudges += 1;
+            tracing::debug!(
+                "gdb: a pipelined burst of {} got {} replies; draining, then one by one",
+                cmds.len(),
+                replies.len()
+            );
+            self.drain(bytes)?;
+            return Ok(None);
+        }
+        if work.is_zero() && replies.iter().all(Option::is_some) {
+            self.rtt
+                .sample(sent.elapsed(), self.crossed_since(wire_before));
+        }
+        Ok(Some(replies))
     }
 
     /// One request and its reply (see [`request`](Self::request)).
@@ -746,7 +952,7 @@ impl GdbTarget {
     fn size_of_image(&mut self, base: VirtAddr) -> Result<u64, TargetError> {
         // One read of the start of the image holds `e_lfanew` and, for every usual PE
         // layout, `SizeOfImage` too: one round trip per module, not two.
-        let mut head = [0u8; 0x200];
+        let mut head = [0u8; SIZE_OF_IMAGE_READ];
         let got = self.read_memory(base, &mut head)?;
         let field = |off: u64| {
             let off = usize::try_from(off).ok()?;
@@ -820,6 +1026,12 @@ impl GdbTarget {
             return Ok(None);
         };
         let libs = xml::parse_library_list(&String::from_utf8_lossy(&doc));
+        // Every header in one burst where the stub allows pipelining.
+        let heads: Vec<(VirtAddr, usize)> = libs
+            .iter()
+            .map(|l| (VirtAddr(l.address), SIZE_OF_IMAGE_READ))
+            .collect();
+        self.prefetch(&heads)?;
         let mut out = Vec::with_capacity(libs.len());
         for lib in libs {
             let base = VirtAddr(lib.address);
@@ -1179,17 +1391,7 @@ impl DebugTarget for GdbTarget {
             let chunk = self.transfer_chunk();
             let want = (buf.len() - done).min(chunk);
             let at = addr.saturating_add(done as u64).get();
-            let cmd = if binary {
-                Command::ReadMemoryBinary {
-                    addr: at,
-                    len: want as u64,
-                }
-            } else {
-                Command::ReadMemory {
-                    addr: at,
-                    len: want as u64,
-                }
-            };
+            let cmd = read_command(binary, at, want);
             let (data, asked, hex) = match self.request(&cmd)? {
                 // A binary reply that lost a 0x00 byte on the way still passes RSP's
                 // checksum (a sum of the bytes), one byte short: a short binary reply is
@@ -1239,6 +1441,214 @@ impl DebugTarget for GdbTarget {
             done += piece.len();
         }
         Ok(done)
+    }
+
+    fn prefetch(&mut self, ranges: &[(VirtAddr, usize)]) -> Result<(), TargetError> {
+        if !self.pipelining() {
+            return Ok(());
+        }
+        let max = self.transfer_chunk();
+        let mut cache = std::mem::take(&mut self.cache);
+        let r = cache.prefetch(ranges, max, |reads| self.read_fresh_many(reads));
+        self.cache = cache;
+        r
+    }
+
+    fn read_fresh_many(
+        &mut self,
+        reads: &mut [(VirtAddr, &mut [u8])],
+    ) -> Result<Vec<usize>, TargetError> {
+        if reads.len() < 2 || !self.pipelining() {
+            return reads
+                .iter_mut()
+                .map(|(addr, buf)| self.read_fresh(*addr, buf))
+                .collect();
+        }
+        let binary = self.caps.binary_read;
+        let chunk = self.transfer_chunk();
+        // (read, offset, length) of each request.
+        let plan: Vec<(usize, usize, usize)> = reads
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (_, buf))| {
+                (0..buf.len())
+                    .step_by(chunk)
+                    .map(move |off| (i, off, chunk.min(buf.len() - off)))
+            })
+            .collect();
+        let cmds: Vec<Command<'static>> = plan
+            .iter()
+            .map(|&(i, off, want)| {
+                let at = reads.get(i).map_or(0, |(a, _)| a.get());
+                read_command(binary, at.saturating_add(off as u64), want)
+            })
+            .collect();
+        let replies = self.request_many(&cmds)?;
+        let mut done = vec![0usize; reads.len()];
+        let mut open = vec![true; reads.len()];
+        for (&(i, off, want), reply) in plan.iter().zip(replies) {
+            let (Some((addr, buf)), Some(d), Some(o)) =
+                (reads.get_mut(i), done.get_mut(i), open.get_mut(i))
+            else {
+                continue;
+            };
+            if !*o || *d != off {
+                continue;
+            }
+            let data = match reply {
+                Reply::Binary(b) if binary && b.len() == want => b,
+                Reply::Hex(h) if h.len() <= want => h,
+                Reply::Error(_) | Reply::ErrorText(_) => {
+                    *o = false;
+                    continue;
+                }
+                // Anything else (a short binary reply, `x` refused): this read goes on
+                // one request at a time, with `read_fresh`'s own handling.
+                _ => {
+                    *o = false;
+                    let at = addr.saturating_add(off as u64);
+                    let rest = buf.get_mut(off..).unwrap_or_default();
+                    *d = off + self.read_fresh(at, rest)?;
+                    continue;
+                }
+            };
+            let n = data.len().min(want);
+            if let (Some(dst), Some(src)) = (buf.get_mut(off..off + n), data.get(..n)) {
+                dst.copy_from_slice(src);
+            }
+            *d = off + n;
+            // A hex reply shorter than asked ends at unreadable memory.
+            if n < want {
+                *o = false;
+            }
+        }
+        Ok(done)
+    }
+
+    fn write_many(&mut self, writes: &[(VirtAddr, &[u8])]) -> Result<Vec<usize>, TargetError> {
+        if writes.len() < 2 || !self.pipelining() {
+            return writes
+                .iter()
+                .map(|(addr, data)| self.write_memory(*addr, data))
+                .collect();
+        }
+        let binary = self.caps.binary_write;
+        let chunk = self.read_chunk();
+        let plan: Vec<(usize, usize, &[u8])> = writes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (_, data))| {
+                data.chunks(chunk)
+                    .enumerate()
+                    .map(move |(k, piece)| (i, k * chunk, piece))
+            })
+            .collect();
+        let cmds: Vec<Command<'_>> = plan
+            .iter()
+            .map(|&(i, off, piece)| {
+                let addr = writes
+                    .get(i)
+                    .map_or(0, |(a, _)| a.get())
+                    .saturating_add(off as u64);
+                if binary {
+                    Command::WriteMemoryBinary { addr, data: piece }
+                } else {
+                    Command::WriteMemory {
+                        addr,
+                        data: HexBytes::raw(piece),
+                    }
+                }
+            })
+            .collect();
+        let replies = self.request_many(&cmds)?;
+        let mut done = vec![0usize; writes.len()];
+        let mut open = vec![true; writes.len()];
+        for (&(i, off, piece), reply) in plan.iter().zip(replies) {
+            let (Some((addr, data)), Some(d), Some(o)) =
+                (writes.get(i), done.get_mut(i), open.get_mut(i))
+            else {
+                continue;
+            };
+            if !*o || *d != off {
+                continue;
+            }
+            if reply == Reply::Ok {
+                *d = off + piece.len();
+                continue;
+            }
+            // Refused (or `X` unknown): the rest of this write one request at a time,
+            // with `write_memory`'s own fall-backs.
+            *o = false;
+            let rest = data.get(off..).unwrap_or_default();
+            *d = off + self.write_memory(addr.saturating_add(off as u64), rest)?;
+        }
+        Ok(done)
+    }
+
+    fn search_many(
+        &mut self,
+        ranges: &[(VirtAddr, VirtAddr, usize)],
+        pattern: &[u8],
+    ) -> Result<Vec<Vec<VirtAddr>>, TargetError> {
+        let usable =
+            |t: &Self| t.pipelining() && t.caps.search && pattern.len() < t.caps.packet_size / 2;
+        if pattern.is_empty() || !usable(self) {
+            return ranges
+                .iter()
+                .map(|&(start, end, max)| self.search_memory(start, end, pattern, max))
+                .collect();
+        }
+        // First every range whole, side by side, for its first hit: one request a range,
+        // which is what a range without hits costs anyway (bytes matter on a serial
+        // line). Then what follows a first hit is cut into pieces searched side by side:
+        // as many more rounds as the piece with the most hits needs, not the range. A
+        // piece reaches `pattern.len() - 1` bytes into the next, so a match across the
+        // cut is found (in the piece it starts in: `qSearch` reports matches that fit in
+        // its range).
+        let firsts: Vec<(VirtAddr, VirtAddr, usize)> = ranges
+            .iter()
+            .map(|&(start, end, max)| (start, end, max.min(1)))
+            .collect();
+        let mut hits = self.search_pieces(&firsts, pattern)?;
+        let rest: Vec<(usize, VirtAddr, VirtAddr)> = ranges
+            .iter()
+            .zip(&hits)
+            .enumerate()
+            .filter_map(|(r, (&(_, end, max), h))| {
+                let first = h.first()?;
+                (max > 1 && first.get() < end.get()).then(|| (r, first.saturating_add(1), end))
+            })
+            .collect();
+        let total: u64 = rest
+            .iter()
+            .map(|(_, s, e)| e.get().saturating_sub(s.get()))
+            .sum();
+        let piece = SEARCH_PIECE.max(total / MAX_SEARCH_PIECES as u64 + 1);
+        let overlap = pattern.len() as u64 - 1;
+        let mut pieces: Vec<(VirtAddr, VirtAddr, usize)> = Vec::new();
+        let mut owner: Vec<usize> = Vec::new();
+        for &(r, start, end) in &rest {
+            let max = ranges.get(r).map_or(0, |&(_, _, m)| m);
+            let mut at = start.get();
+            while at < end.get() {
+                let cut = at.saturating_add(piece).min(end.get());
+                let reach = cut.saturating_add(overlap).min(end.get());
+                pieces.push((VirtAddr(at), VirtAddr(reach), max));
+                owner.push(r);
+                at = cut;
+            }
+        }
+        let found = self.search_pieces(&pieces, pattern)?;
+        for ((r, (start, _, _)), piece_hits) in owner.iter().zip(&pieces).zip(found) {
+            let Some(h) = hits.get_mut(*r) else { continue };
+            // Matches that start in this piece (the overlap's belong to the next).
+            let cut = start.get().saturating_add(piece);
+            h.extend(piece_hits.into_iter().filter(|a| a.get() < cut));
+        }
+        for (h, &(_, _, max)) in hits.iter_mut().zip(ranges) {
+            h.truncate(max);
+        }
+        Ok(hits)
     }
 
     fn kernel_info(&mut self) -> Result<KernelInfo, TargetError> {
@@ -1389,6 +1799,77 @@ impl DebugTarget for GdbTarget {
             Some(ticks) => RunFor::Ticks(ticks),
             None => RunFor::Time(Duration::from_secs(1)),
         }
+    }
+}
+
+impl GdbTarget {
+    /// [`DebugTarget::search_many`] of `ranges`, pipelined: one `qSearch` per range still
+    /// searching, each round.
+    fn search_pieces(
+        &mut self,
+        ranges: &[(VirtAddr, VirtAddr, usize)],
+        pattern: &[u8],
+    ) -> Result<Vec<Vec<VirtAddr>>, TargetError> {
+        let usable =
+            |t: &Self| t.pipelining() && t.caps.search && pattern.len() < t.caps.packet_size / 2;
+        let mut hits: Vec<Vec<VirtAddr>> = vec![Vec::new(); ranges.len()];
+        // Where each range's next search starts; ranges still searching.
+        let mut at: Vec<u64> = ranges.iter().map(|(s, _, _)| s.get()).collect();
+        let mut live: Vec<usize> = (0..ranges.len())
+            .filter(|&i| ranges.get(i).is_some_and(|&(s, e, m)| s < e && m > 0))
+            .collect();
+        while !live.is_empty() {
+            if !usable(self) {
+                for &i in &live {
+                    if let (Some(&(_, end, max)), Some(&from), Some(h)) =
+                        (ranges.get(i), at.get(i), hits.get_mut(i))
+                    {
+                        let left = max.saturating_sub(h.len());
+                        h.extend(self.search_memory(VirtAddr(from), end, pattern, left)?);
+                    }
+                }
+                break;
+            }
+            let cmds: Vec<Command<'_>> = live
+                .iter()
+                .filter_map(|&i| {
+                    let (_, end, _) = ranges.get(i)?;
+                    let from = *at.get(i)?;
+                    Some(Command::SearchMemory {
+                        addr: from,
+                        len: end.get().saturating_sub(from),
+                        pattern,
+                    })
+                })
+                .collect();
+            let replies = self.request_many(&cmds)?;
+            if replies.contains(&Reply::Empty) {
+                // No `qSearch` after all: the loop above searches what is left.
+                self.caps.search = false;
+                continue;
+            }
+            let mut next = Vec::with_capacity(live.len());
+            for (&i, reply) in live.iter().zip(replies) {
+                let (Some(&(_, end, max)), Some(from), Some(h)) =
+                    (ranges.get(i), at.get_mut(i), hits.get_mut(i))
+                else {
+                    continue;
+                };
+                match reply {
+                    Reply::SearchResult(Some(hit)) if hit >= *from && hit < end.get() => {
+                        h.push(VirtAddr(hit));
+                        *from = hit + 1;
+                        if h.len() < max && *from < end.get() {
+                            next.push(i);
+                        }
+                    }
+                    Reply::SearchResult(_) => {}
+                    other => return Err(protocol(format!("unexpected qSearch reply {other}"))),
+                }
+            }
+            live = next;
+        }
+        Ok(hits)
     }
 }
 

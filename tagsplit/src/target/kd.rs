@@ -738,6 +738,7 @@ impl KdTarget {
         if !self.stopped {
             return Err(TargetError::Protocol("the target is running".into()));
         }
+        tracing::trace!("kd: -> {api:?} ({} bytes)", data.len());
         let req = Manipulate::request(api, data);
         let bytes = req.to_bytes();
         // Replies to earlier requests (a re-sent one answered twice) are stale now.

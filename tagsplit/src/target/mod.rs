@@ -227,6 +227,61 @@ pub trait DebugTarget {
         search_by_reading(self, start, end, pattern, max_hits, SEARCH_CHUNK)
     }
 
+    /// Says that `ranges` (address, length) are about to be read while the target stays
+    /// stopped. A backend that can have many requests in flight (GDB in no-ack mode)
+    /// fetches what its read cache lacks now, in one burst, so the reads that follow cost
+    /// no round trip each. Unreadable memory is not an error here (the read that follows
+    /// says so); a failed link is.
+    ///
+    /// Default: nothing.
+    fn prefetch(&mut self, ranges: &[(VirtAddr, usize)]) -> Result<(), TargetError> {
+        let _ = ranges;
+        Ok(())
+    }
+
+    /// [`read_fresh`](Self::read_fresh) of each `(address, buffer)`: how many leading
+    /// bytes of each were read. A backend that can pipeline sends the requests together
+    /// (one round trip for many scattered reads: tracker entries, patched sites).
+    ///
+    /// Default: one [`read_fresh`](Self::read_fresh) after another.
+    fn read_fresh_many(
+        &mut self,
+        reads: &mut [(VirtAddr, &mut [u8])],
+    ) -> Result<Vec<usize>, TargetError> {
+        reads
+            .iter_mut()
+            .map(|(addr, buf)| self.read_fresh(*addr, buf))
+            .collect()
+    }
+
+    /// [`write_memory`](Self::write_memory) of each `(address, bytes)`, in order: how
+    /// many leading bytes of each were written. A backend that can pipeline sends the
+    /// requests together.
+    ///
+    /// Default: one [`write_memory`](Self::write_memory) after another.
+    fn write_many(&mut self, writes: &[(VirtAddr, &[u8])]) -> Result<Vec<usize>, TargetError> {
+        writes
+            .iter()
+            .map(|(addr, data)| self.write_memory(*addr, data))
+            .collect()
+    }
+
+    /// [`search_memory`](Self::search_memory) of `pattern` in each `(start, end,
+    /// max_hits)`: the hits of each range. A backend that can pipeline searches all the
+    /// ranges at once, in as many round trips as the range with the most hits needs.
+    ///
+    /// Default: one [`search_memory`](Self::search_memory) after another.
+    fn search_many(
+        &mut self,
+        ranges: &[(VirtAddr, VirtAddr, usize)],
+        pattern: &[u8],
+    ) -> Result<Vec<Vec<VirtAddr>>, TargetError> {
+        ranges
+            .iter()
+            .map(|&(start, end, max_hits)| self.search_memory(start, end, pattern, max_hits))
+            .collect()
+    }
+
     /// Lets the target run, then stops it; returns why it stopped.
     ///
     /// Default: [`TargetError::Unsupported`] (a memory image cannot run).
@@ -529,6 +584,28 @@ macro_rules! forward_debug_target {
                 max_hits: usize,
             ) -> Result<Vec<VirtAddr>, TargetError> {
                 (**self).search_memory(start, end, pattern, max_hits)
+            }
+            fn prefetch(&mut self, ranges: &[(VirtAddr, usize)]) -> Result<(), TargetError> {
+                (**self).prefetch(ranges)
+            }
+            fn read_fresh_many(
+                &mut self,
+                reads: &mut [(VirtAddr, &mut [u8])],
+            ) -> Result<Vec<usize>, TargetError> {
+                (**self).read_fresh_many(reads)
+            }
+            fn write_many(
+                &mut self,
+                writes: &[(VirtAddr, &[u8])],
+            ) -> Result<Vec<usize>, TargetError> {
+                (**self).write_many(writes)
+            }
+            fn search_many(
+                &mut self,
+                ranges: &[(VirtAddr, VirtAddr, usize)],
+                pattern: &[u8],
+            ) -> Result<Vec<Vec<VirtAddr>>, TargetError> {
+                (**self).search_many(ranges, pattern)
             }
             fn run(&mut self, how_long: RunFor) -> Result<StopReason, TargetError> {
                 (**self).run(how_long)

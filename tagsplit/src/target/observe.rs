@@ -81,6 +81,29 @@ impl<O: Observer> DebugTarget for Observed<'_, O> {
         let r = self.inner.search_memory(start, end, pattern, max_hits);
         self.note(r)
     }
+    fn prefetch(&mut self, ranges: &[(VirtAddr, usize)]) -> Result<(), TargetError> {
+        let r = self.inner.prefetch(ranges);
+        self.note(r)
+    }
+    fn read_fresh_many(
+        &mut self,
+        reads: &mut [(VirtAddr, &mut [u8])],
+    ) -> Result<Vec<usize>, TargetError> {
+        let r = self.inner.read_fresh_many(reads);
+        self.note(r)
+    }
+    fn write_many(&mut self, writes: &[(VirtAddr, &[u8])]) -> Result<Vec<usize>, TargetError> {
+        let r = self.inner.write_many(writes);
+        self.note(r)
+    }
+    fn search_many(
+        &mut self,
+        ranges: &[(VirtAddr, VirtAddr, usize)],
+        pattern: &[u8],
+    ) -> Result<Vec<Vec<VirtAddr>>, TargetError> {
+        let r = self.inner.search_many(ranges, pattern);
+        self.note(r)
+    }
     fn run(&mut self, how_long: RunFor) -> Result<StopReason, TargetError> {
         let r = self.inner.run(how_long);
         self.note(r)
