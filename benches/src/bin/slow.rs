@@ -6,6 +6,7 @@
 //! ```sh
 //! cargo run --release -p tagsplit-benches --bin slow           # every link and kernel
 //! cargo run --release -p tagsplit-benches --bin slow -- part4  # part4 only
+//! SLOW_PHASES=1 cargo run --release -p tagsplit-benches --bin slow  # and every row by phase
 //! ```
 
 use std::fmt::Write as _;

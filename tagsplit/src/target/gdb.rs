@@ -33,7 +33,7 @@ use tagsplit_protocol::gdb::xml::{self, MemoryRegion, REG_RIP};
 use tagsplit_protocol::gdb::{
     Breakpoint, BreakpointType, ClientEvent, ClientSession, Command, FeatureValue, Features,
     HexBytes, Reply, ResumeAction, ResumeActions, ResumeKind, SessionConfig, StopKind, StopReply,
-    XferObject,
+    XferObject, packet_text,
 };
 use tagsplit_protocol::nt::layout::{PAGE_SIZE, kdbg};
 use tagsplit_protocol::nt::pe::{dos, nt_headers, optional_header};
@@ -576,7 +576,9 @@ impl GdbTarget {
             tracing::debug!("gdb: not sent, the target {how}: {cmd:?}");
             return Err(TargetError::Disconnected);
         }
-        tracing::trace!("gdb: -> {cmd:?}");
+        if tracing::enabled!(tracing::Level::TRACE) {
+            tracing::trace!("gdb: -> {}", packet_text(&cmd.encode(), 120));
+        }
         let reply = self.request_once(cmd)?;
         self.exit_check(cmd, reply)
     }
@@ -704,7 +706,9 @@ impl GdbTarget {
     ) -> Result<Option<Vec<Option<Reply>>>, TargetError> {
         let wire_before = self.on_wire();
         for cmd in cmds {
-            tracing::trace!("gdb: -> {cmd:?} (pipelined)");
+            if tracing::enabled!(tracing::Level::TRACE) {
+                tracing::trace!("gdb: -> {} (pipelined)", packet_text(&cmd.encode(), 120));
+            }
             self.session.send_pipelined(cmd);
         }
         self.write_out()?;
