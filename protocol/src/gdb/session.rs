@@ -14,7 +14,7 @@ use super::frame::{
     encode_packet_into,
 };
 use super::hex::encode_hex_into;
-use super::reply::{Reply, ReplyError, ReplyKind};
+use super::reply::{Reply, ReplyError, ReplyKind, StopReply};
 
 /// The default [`SessionConfig::max_events`].
 pub const DEFAULT_MAX_EVENTS: usize = 64;
@@ -482,6 +482,11 @@ impl ServerSession {
     }
 }
 
+/// Whether `payload` starts like an `S`/`T` stop reply: the letter and two hex digits.
+fn looks_like_stop(payload: &[u8]) -> bool {
+    matches!(payload, [b'S' | b'T', a, b, ..] if a.is_ascii_hexdigit() && b.is_ascii_hexdigit())
+}
+
 /// What a [`ClientSession`] hands to the debugger.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -499,6 +504,10 @@ pub enum ClientEvent {
     /// The reply to a pipelined command (see [`ClientSession::send_pipelined`]) arrived
     /// damaged: a bad checksum or an oversize frame, in no-ack mode.
     Damaged,
+    /// A stop reply while a command waits for a reply that cannot be one (`T02thread:01;`
+    /// while `qSupported` waits): the stub says unasked that the target stopped, as QEMU
+    /// does when a debugger connects. The command is still waiting.
+    UnsolicitedStop(StopReply),
 }
 
 /// The debugger side of a connection.
@@ -640,6 +649,21 @@ impl ClientSession {
 
     fn on_payload(&mut self, payload: &[u8]) {
         let kind = self.pending.front().copied().unwrap_or(ReplyKind::Raw);
+        // A stop reply while no command waits, or where no reply of the kind waited for
+        // can start with `T`/`S` and two hex digits: the stub says unasked that the target
+        // stopped (QEMU does on connect, when it pauses the guest). Not the reply the
+        // command waits for.
+        let unasked = match self.pending.front() {
+            None => true,
+            Some(k) => !matches!(k, ReplyKind::Stop | ReplyKind::Raw),
+        };
+        if unasked
+            && looks_like_stop(payload)
+            && let Ok(Reply::Stop(stop)) = Reply::parse(ReplyKind::Stop, payload)
+        {
+            self.events.push_back(ClientEvent::UnsolicitedStop(stop));
+            return;
+        }
         match Reply::parse(kind, payload) {
             Ok(Reply::Output(text)) => self.events.push_back(ClientEvent::Output(text)),
             Ok(reply) => {
@@ -872,5 +896,34 @@ mod tests {
         client.receive(b"$00#ff");
         assert_eq!(client.poll_event(), None);
         assert!(client.awaiting_reply());
+    }
+
+    #[test]
+    fn an_unsolicited_stop_is_told_apart_from_the_reply() {
+        let mut client = ClientSession::default();
+        client.send(&Command::QSupported(crate::gdb::Features::new(b"swbreak+")));
+        client.poll_transmit();
+        let mut bytes = b"+".to_vec();
+        bytes.extend(encode_packet(b"T02thread:01;", false));
+        bytes.extend(encode_packet(b"PacketSize=1000", false));
+        client.receive(&bytes);
+        assert!(matches!(
+            client.poll_event(),
+            Some(ClientEvent::UnsolicitedStop(StopReply::Signal {
+                signal: 2,
+                ..
+            }))
+        ));
+        assert!(matches!(
+            client.poll_event(),
+            Some(ClientEvent::Reply(Reply::Supported(_)))
+        ));
+        // To '?' a stop reply is the reply.
+        client.send(&Command::HaltReason);
+        client.receive(&encode_packet(b"T05thread:01;", false));
+        assert!(matches!(
+            client.poll_event(),
+            Some(ClientEvent::Reply(Reply::Stop(_)))
+        ));
     }
 }

@@ -55,8 +55,16 @@ use super::{
 };
 use crate::VirtAddr;
 
-/// How far below `rip` the `MZ` of `nt` is looked for when no library list is offered.
-const MAX_KERNEL_SCAN: u64 = 64 << 20;
+/// Where x64 kernel space starts (the upper canonical half): Windows runs `nt` there, so
+/// a stop with `rip` below it (a BIOS, a user process under gdbserver) has no Windows
+/// kernel to find, and finding that out costs no scan.
+pub const KERNEL_SPACE: u64 = 0xffff_8000_0000_0000;
+/// How far below `rip` the `MZ` of `nt` is looked for when no library list is offered:
+/// first at every 2 MiB boundary (where Windows 8 and later load `nt`), then at every page
+/// (Windows 7), each candidate a 2-byte read, pipelined where the stub allows.
+pub const MAX_KERNEL_SCAN: u64 = 16 << 20;
+/// The alignment of `nt`'s base on Windows 8 and later.
+const NT_ALIGN: u64 = 2 << 20;
 /// The bytes at the start of an image read for its `SizeOfImage` (`e_lfanew` and the
 /// optional header of every usual PE layout).
 const SIZE_OF_IMAGE_READ: usize = 0x200;
@@ -416,13 +424,49 @@ impl GdbTarget {
         if self.options.no_ack && has("QStartNoAckMode") {
             self.request(&Command::StartNoAckMode)?;
         }
-        // Learn the stop state like gdb does (and check the stub is sane).
-        match self.request(&Command::HaltReason)? {
-            Reply::Stop(s) => {
-                self.last_stop = Some(s);
-                Ok(())
+        self.halt_reason()
+    }
+
+    /// Learns the stop state like gdb does (`?`), and checks the stub is sane. A target
+    /// still running when we attach (a stub that answers `?` only once it stops) is
+    /// interrupted: when `?` is not answered within its timer, the interrupt byte goes
+    /// out with `?` once more (a stopped stub ignores the byte and answers the `?`, a
+    /// lossy link's lost `?` is sent again the same way), and so on until
+    /// [`GdbOptions::timeout`]. A stop reply that the interrupt brings after the answer
+    /// is told apart later as an unasked one.
+    fn halt_reason(&mut self) -> Result<(), TargetError> {
+        let started = Instant::now();
+        let mut interrupted = false;
+        loop {
+            self.session.send(&Command::HaltReason);
+            self.write_out()?;
+            let timer = self
+                .rtt
+                .timeout(&REPLY_TIMER, exchange_bytes(&Command::HaltReason));
+            let deadline = (Instant::now() + timer).min(started + self.options.timeout);
+            match self.wait_event(deadline, !self.session.ack_mode())? {
+                Waited::Reply(Reply::Stop(s)) => {
+                    self.last_stop = Some(s);
+                    return Ok(());
+                }
+                Waited::Reply(other) => {
+                    return Err(protocol(format!("unexpected reply to '?': {other}")));
+                }
+                Waited::Damaged => {}
+                Waited::Late => {
+                    if Instant::now() >= started + self.options.timeout {
+                        return Err(TargetError::Timeout);
+                    }
+                    if !interrupted {
+                        tracing::info!(
+                            "gdb: no answer to '?' (the target may be running): interrupting it"
+                        );
+                        interrupted = true;
+                    }
+                    self.stream.write_all(&[INTERRUPT_BYTE])?;
+                    self.nudges += 1;
+                }
             }
-            other => Err(protocol(format!("unexpected reply to '?': {other}"))),
         }
     }
 
@@ -453,6 +497,12 @@ impl GdbTarget {
                     ClientEvent::Output(text) => self.output.extend_from_slice(&text),
                     ClientEvent::BadReply(_) if recover => return Ok(Waited::Damaged),
                     ClientEvent::Damaged => return Ok(Waited::Damaged),
+                    ClientEvent::UnsolicitedStop(stop) => {
+                        tracing::debug!(
+                            "gdb: the stub says unasked that the target stopped: {stop:?}"
+                        );
+                        self.last_stop = Some(stop);
+                    }
                     ClientEvent::BadReply(e) => return Err(protocol(e.to_string())),
                     ClientEvent::GaveUp => {
                         return Err(protocol("the stub keeps rejecting our packets"));
@@ -1074,20 +1124,36 @@ impl GdbTarget {
             return Ok(base);
         }
         let rip = self.rip()?;
-        let mut page = rip & !(PAGE_SIZE - 1);
-        let floor = page.saturating_sub(MAX_KERNEL_SCAN);
-        while page >= floor && page > 0 {
-            let mut mz = [0u8; 2];
-            if self.read_memory(VirtAddr(page), &mut mz)? == 2
-                && mz == *b"MZ"
-                && self.size_of_image(VirtAddr(page)).is_ok()
-            {
-                return Ok(VirtAddr(page));
+        if rip < KERNEL_SPACE {
+            return Err(TargetError::BadKernelData(format!(
+                "no Windows kernel here: the stub lists no libraries, and rip {rip:#x} is not in x64 kernel space (at or above {KERNEL_SPACE:#x}, where nt runs)"
+            )));
+        }
+        let top = rip & !(PAGE_SIZE - 1);
+        let floor = top.saturating_sub(MAX_KERNEL_SCAN);
+        let aligned = (floor..=top).rev().filter(|a| a % NT_ALIGN == 0);
+        let pages = (floor..=top)
+            .rev()
+            .step_by(PAGE_SIZE as usize)
+            .filter(|a| a % NT_ALIGN != 0);
+        for candidates in [aligned.collect::<Vec<u64>>(), pages.collect()] {
+            let mut bufs = vec![[0u8; 2]; candidates.len()];
+            let mut reads: Vec<(VirtAddr, &mut [u8])> = candidates
+                .iter()
+                .map(|&a| VirtAddr(a))
+                .zip(bufs.iter_mut().map(|b| &mut b[..]))
+                .collect();
+            let got = self.read_fresh_many(&mut reads)?;
+            drop(reads);
+            for ((&page, mz), n) in candidates.iter().zip(&bufs).zip(got) {
+                if n == 2 && *mz == *b"MZ" && self.size_of_image(VirtAddr(page)).is_ok() {
+                    return Ok(VirtAddr(page));
+                }
             }
-            page -= PAGE_SIZE;
         }
         Err(TargetError::BadKernelData(format!(
-            "no kernel image below rip {rip:#x}"
+            "no Windows kernel found: no library list, and no PE image (`MZ`) at any page from rip {rip:#x} down {} MiB",
+            MAX_KERNEL_SCAN >> 20
         )))
     }
 
