@@ -1344,3 +1344,95 @@ fn pe_checksum(hdr: &[u8], sections: &[&Vec<u8>; 3], raw: [u64; 3]) -> u32 {
     sum = (sum & 0xffff) + (sum >> 16);
     (sum as u32).wrapping_add(len as u32)
 }
+
+/// Where each part of a PE file lies in the image loaded from it: the headers
+/// (`SizeOfHeaders` bytes) at the image base, and each section's raw data
+/// (`SizeOfRawData` bytes from `PointerToRawData` in the file) at its RVA. Read back
+/// through it, a loaded image gives the file it was loaded from (the loader copies
+/// nothing else).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileLayout {
+    /// `SizeOfHeaders`.
+    pub headers: u64,
+    /// Each section with raw data: file offset, size in the file, RVA; by file offset.
+    pub sections: Vec<(u64, u64, u64)>,
+}
+
+/// Sections a PE header may declare (the PE format's own limit).
+const MAX_SECTIONS: u64 = 96;
+
+impl FileLayout {
+    /// Reads the layout from the image's first bytes (its headers); `None` unless they
+    /// are PE headers whose section table lies within `headers`.
+    pub fn parse(headers: &[u8]) -> Option<FileLayout> {
+        use tagsplit_protocol::nt::pe::{dos, file_header, nt_headers, optional_header, section};
+        let u16_at = |at: u64| -> Option<u64> {
+            let at = usize::try_from(at).ok()?;
+            let b = headers.get(at..at.checked_add(2)?)?;
+            Some(u64::from(u16::from_le_bytes(b.try_into().ok()?)))
+        };
+        let u32_at = |at: u64| -> Option<u64> {
+            let at = usize::try_from(at).ok()?;
+            let b = headers.get(at..at.checked_add(4)?)?;
+            Some(u64::from(u32::from_le_bytes(b.try_into().ok()?)))
+        };
+        if headers.get(..2)? != dos::MAGIC {
+            return None;
+        }
+        let nt = u32_at(dos::E_LFANEW)?;
+        if headers.get(usize::try_from(nt).ok()?..)?.get(..4)? != nt_headers::SIGNATURE {
+            return None;
+        }
+        let fh = nt + nt_headers::FILE_HEADER;
+        let count = u16_at(fh + file_header::NUMBER_OF_SECTIONS)?.min(MAX_SECTIONS);
+        let opt = nt + nt_headers::OPTIONAL_HEADER;
+        let table = opt + u16_at(fh + file_header::SIZE_OF_OPTIONAL_HEADER)?;
+        let size_of_headers = u32_at(opt + optional_header::SIZE_OF_HEADERS)?;
+        let mut sections = Vec::new();
+        for i in 0..count {
+            let entry = table + i * section::SIZE;
+            let raw = u32_at(entry + section::SIZE_OF_RAW_DATA)?;
+            let at = u32_at(entry + section::POINTER_TO_RAW_DATA)?;
+            let rva = u32_at(entry + section::VIRTUAL_ADDRESS)?;
+            if raw > 0 {
+                sections.push((at, raw, rva));
+            }
+        }
+        sections.sort_unstable();
+        Some(FileLayout {
+            headers: size_of_headers,
+            sections,
+        })
+    }
+
+    /// The file's size: the end of its last part.
+    pub fn file_size(&self) -> u64 {
+        self.sections
+            .iter()
+            .map(|&(at, raw, _)| at.saturating_add(raw))
+            .fold(self.headers, u64::max)
+    }
+
+    /// Where file byte `offset` was loaded: its RVA (`None` for a byte of no part, which
+    /// reads as zero) and how many bytes from there stay in the same part (at least 1).
+    /// `None` at or after the end of the file.
+    pub fn locate(&self, offset: u64) -> Option<(Option<u64>, u64)> {
+        let end = self.file_size();
+        if offset >= end {
+            return None;
+        }
+        if offset < self.headers {
+            return Some((Some(offset), self.headers - offset));
+        }
+        for &(at, raw, rva) in &self.sections {
+            if offset < at {
+                // A gap before this part.
+                return Some((None, at - offset));
+            }
+            if offset - at < raw {
+                return Some((Some(rva + (offset - at)), raw - (offset - at)));
+            }
+        }
+        Some((None, end - offset))
+    }
+}

@@ -43,9 +43,9 @@ use std::time::{Duration, Instant};
 use tagsplit_protocol::gdb::stub::{Stub, StubConfig};
 use tagsplit_protocol::gdb::{Reply, ServerEvent, ServerSession};
 use tagsplit_protocol::stub::{
-    BreakpointKind, BreakpointOps, KernelInfo, KernelOps, Library, LibraryOps, MemoryMapOps,
-    MemoryRegion, MonitorOps, Resume, RunLimitOps, RunState, SearchOps, StopReason, Target,
-    TargetError, X64Registers,
+    BreakpointKind, BreakpointOps, FileError, FileInfo, FileOps, KernelInfo, KernelOps, Library,
+    LibraryOps, MemoryMapOps, MemoryRegion, MonitorOps, Resume, RunLimitOps, RunState, SearchOps,
+    StopReason, Target, TargetError, X64Registers,
 };
 
 use super::{SharedMachine, StopFn, StubState, StubThread, lock, read_within};
@@ -85,6 +85,9 @@ pub struct StubFeatures {
     pub no_ack: bool,
     /// `QTagsplit.RunLimit` (exact tick-limited resumes, our extension).
     pub run_limit: bool,
+    /// Host I/O (`vFile:open`/`pread`/`fstat`/`close`): each module's image file, under
+    /// the name `qXfer:libraries` lists, so that gdb loads the modules itself.
+    pub files: bool,
 }
 
 impl StubFeatures {
@@ -97,6 +100,7 @@ impl StubFeatures {
         binary_read: true,
         no_ack: true,
         run_limit: true,
+        files: true,
     };
 
     /// Only what every stub has: `g`, `m`, `M`, `c`, `Z0`, `qRcmd` and the target
@@ -109,6 +113,7 @@ impl StubFeatures {
         binary_read: false,
         no_ack: false,
         run_limit: false,
+        files: false,
     };
 }
 
@@ -351,6 +356,46 @@ impl Target for SimTarget<'_> {
 
     fn support_kernel(&mut self) -> Option<&mut dyn KernelOps> {
         Some(self)
+    }
+
+    fn support_files(&mut self) -> Option<&mut dyn FileOps> {
+        self.run.options.features.files.then_some(self)
+    }
+}
+
+/// The module image files, by the names the library list gives (or the module's own
+/// name), matched without regard to case or to `/` against `\`: gdb asks for
+/// `\SystemRoot\system32\ntoskrnl.exe` as listed, or rewritten with `/` (its
+/// `target-file-system-kind` setting). Each reads as the file the module was loaded from,
+/// before any patch ([`Machine::read_module_file`]).
+impl FileOps for SimTarget<'_> {
+    fn open_file(&mut self, name: &[u8]) -> Result<FileInfo, FileError> {
+        let norm = |b: &u8| match b {
+            b'/' => b'\\',
+            c => c.to_ascii_lowercase(),
+        };
+        let same =
+            |a: &[u8], b: &[u8]| a.len() == b.len() && a.iter().map(norm).eq(b.iter().map(norm));
+        let modules = self.machine.modules();
+        let index = modules
+            .iter()
+            .position(|m| same(m.path.as_bytes(), name) || same(m.name.as_bytes(), name))
+            .ok_or(FileError::NotFound)?;
+        let size = self
+            .machine
+            .module_file_size(index)
+            .ok_or(FileError::NotFound)?;
+        Ok(FileInfo {
+            id: index as u64,
+            size,
+        })
+    }
+
+    fn read_file(&mut self, id: u64, offset: u64, buf: &mut [u8]) -> Result<usize, FileError> {
+        let index = usize::try_from(id).map_err(|_| FileError::NotFound)?;
+        self.machine
+            .read_module_file(index, offset, buf)
+            .ok_or(FileError::NotFound)
     }
 }
 
