@@ -131,13 +131,17 @@ fn gdb_lists_modules_reads_finds_writes_and_runs_monitor_commands() {
             "info sharedlibrary lacks {listed}:\n{out}"
         );
     }
+    // gdb names the bytes by the export it read from myfault.sys's file.
     assert!(
-        out.contains(&format!("{hit1:#x}:\t0x4c\t0x65\t0x61\t0x6b")),
+        out.contains(&format!(
+            "{hit1:#x} <MYFAULT!AllocSite1+13>:\t0x4c\t0x65\t0x61\t0x6b"
+        )),
         "{out}"
     );
     assert!(out.contains("2 patterns found."), "{out}");
     assert!(
-        out.contains(&format!("{hit1:#x}\n")) && out.contains(&format!("{hit2:#x}\n")),
+        out.contains(&format!("{hit1:#x} <MYFAULT!AllocSite1+13>\n"))
+            && out.contains(&format!("{hit2:#x} <MYFAULT!AllocSite2+13>\n")),
         "{out}"
     );
     assert!(out.contains("Lea1"), "monitor dc after the write:\n{out}");
@@ -300,7 +304,8 @@ fn gdb_gets_the_crc_it_would_compute() {
 /// gdb loads every module itself: the stub lists each under a name gdb takes for a target
 /// path (`/SystemRoot/…`), gdb reads the image file through host I/O (`vFile:open`,
 /// `pread`, `close`), and `info sharedlibrary` shows each at the address where it is
-/// loaded: From is its `.text`, a page above the base.
+/// loaded (From is its `.text`, a page above the base) with its symbols read; `x/3i` at
+/// an allocation site names the function by the image's export.
 #[test]
 fn gdb_loads_every_module_over_host_io_and_shows_where_it_is() {
     if !have_gdb() {
@@ -322,20 +327,30 @@ fn gdb_loads_every_module_over_host_io_and_shows_where_it_is() {
         ],
     );
     assert!(!out.contains("Could not load shared library"), "{out}");
+    // The kernel is gdb's executable (`qXfer:exec-file`), so gdb reads every library's
+    // symbols at once: their exports.
+    assert!(!out.contains("No executable has been specified"), "{out}");
     for m in &modules {
         let name = format!("target:{}", m.path.replace('\\', "/"));
-        let line = out
+        let (line, fields) = out
             .lines()
-            .find(|l| l.ends_with(&name))
+            .map(|l| (l, l.split_whitespace().collect::<Vec<_>>()))
+            .find(|(_, f)| f.len() == 5 && f[4] == name && f[1].starts_with("0x"))
             .unwrap_or_else(|| panic!("no line for {name}:\n{out}"));
-        let fields: Vec<&str> = line.split_whitespace().collect();
         let from = u64::from_str_radix(fields[0].trim_start_matches("0x"), 16).unwrap();
         let to = u64::from_str_radix(fields[1].trim_start_matches("0x"), 16).unwrap();
         assert_eq!(from, m.base.get() + 0x1000, "{line}");
         assert!(to > from && to <= m.base.get() + m.size, "{line}");
+        assert_eq!(fields[2], "Yes", "{line}");
     }
-    // gdb disassembles the site from its own reading of the target's memory.
-    assert!(out.contains("mov    $0x6b61654c,%r8d"), "{out}");
+    // The site, named by the export gdb found in myfault.sys's file.
+    assert!(
+        out.contains(&format!(
+            "{:#x} <MYFAULT!AllocSite1+11>:\tmov    $0x6b61654c,%r8d",
+            site.instr.get()
+        )),
+        "{out}"
+    );
 }
 
 /// `compare-sections` with a module's image (fetched with `remote get`) as gdb's exec

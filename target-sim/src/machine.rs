@@ -229,6 +229,46 @@ pub struct Machine {
     last_free: Option<LastFree>,
 }
 
+/// Names a driver's functions in its export directory, so that a debugger reading the
+/// image file shows them: `DriverEntry`; each site's function by kind and its number among
+/// the module's sites of that kind (`AllocSite1`, `FreeSite1`, `LookasideSite1`,
+/// `GlobalAllocSite1`, `CompareTag1`); and the call chain (`WorkerRoutine`, `Worker`,
+/// `FreeBuffer`). No name holds a pool tag of the built-in scenarios, so tag searches
+/// find what they found before.
+fn export_names(
+    b: &mut ImageBuilder,
+    spec: &crate::scenario::ModuleSpec,
+    emitted: &[(SiteLocs, Option<Loc>)],
+    chain: Option<&crate::image::ChainLocs>,
+    entry: Loc,
+) {
+    b.export("DriverEntry", entry);
+    let mut counts = [0usize; 6];
+    for (s, (locs, _)) in spec.sites.iter().zip(emitted) {
+        let (slot, kind) = match s.kind {
+            SiteKindSpec::Alloc => (0, "AllocSite"),
+            SiteKindSpec::Free => (1, "FreeSite"),
+            SiteKindSpec::Lookaside => (2, "LookasideSite"),
+            SiteKindSpec::DecoyGlobal => (3, "GlobalAllocSite"),
+            SiteKindSpec::DecoyCompare => (4, "CompareTag"),
+            SiteKindSpec::DecoyText => continue,
+        };
+        let Some(function) = locs.function else {
+            continue;
+        };
+        let n = counts.get_mut(slot).map_or(0, |c| {
+            *c += 1;
+            *c
+        });
+        b.export(&format!("{kind}{n}"), function);
+    }
+    if let Some(c) = chain {
+        b.export("WorkerRoutine", c.entry);
+        b.export("Worker", c.worker);
+        b.export("FreeBuffer", c.free_helper);
+    }
+}
+
 /// The file layout of the image at `base`, from its headers in memory.
 fn read_layout(mem: &Memory, base: VirtAddr) -> Option<FileLayout> {
     let mut headers = vec![0u8; PAGE_SIZE as usize];
@@ -343,7 +383,14 @@ impl Machine {
             }
             b.align_text();
             b.entry_here();
-            b.code(&[0x33, 0xc0, 0xc3]);
+            let entry = b.code(&[0x33, 0xc0, 0xc3]);
+            export_names(
+                &mut b,
+                spec,
+                &emitted,
+                chain.as_ref().map(|(c, _)| c),
+                entry,
+            );
             let img = b.build(&mut m.mem)?;
             for (s, (locs, list)) in spec.sites.iter().zip(emitted) {
                 let info = SiteInfo {

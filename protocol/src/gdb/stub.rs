@@ -459,6 +459,10 @@ impl Stub {
         on(breakpoints, "swbreak");
         on(breakpoints, "hwbreak");
         on(true, "vContSupported");
+        let exec_file = target
+            .support_files()
+            .is_some_and(|ops| ops.exec_file().is_some());
+        on(exec_file, "qXfer:exec-file:read");
         if let Some(ops) = target.support_run_limit() {
             let default = ops.default_run();
             list.push(Feature::supported(RUN_LIMIT_FEATURE));
@@ -501,6 +505,13 @@ impl Stub {
                 Some(_) => return Reply::Error(E_INVAL),
                 None => return Reply::Empty,
             },
+            // The annex names a process; there is one.
+            XferObject::Other(b"exec-file") => {
+                match target.support_files().map(|ops| ops.exec_file()) {
+                    Some(Some(name)) => xml::gdb_library_name(&name).into_bytes(),
+                    Some(None) | None => return Reply::Empty,
+                }
+            }
             XferObject::Features => return Reply::Error(0),
             _ => return Reply::Empty,
         };

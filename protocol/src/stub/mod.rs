@@ -266,6 +266,14 @@ pub trait FileOps {
     /// Reads up to `buf.len()` bytes at `offset` of file `id` into `buf`; returns how
     /// many (0 at or after the end).
     fn read_file(&mut self, id: u64, offset: u64, buf: &mut [u8]) -> Result<usize, FileError>;
+
+    /// The name of the file a debugger should take for the target's executable (gdb's
+    /// `qXfer:exec-file:read`), one [`open_file`](Self::open_file) finds; `None` (the
+    /// default) if there is none. With it gdb loads that file at once, and with it the
+    /// symbols of every library the stub lists.
+    fn exec_file(&mut self) -> Option<String> {
+        None
+    }
 }
 
 /// Where a Windows x64 kernel keeps what a kernel debugger looks up first: the answer to

@@ -397,6 +397,11 @@ impl FileOps for SimTarget<'_> {
             .read_module_file(index, offset, buf)
             .ok_or(FileError::NotFound)
     }
+
+    /// The kernel, `ntoskrnl.exe`: the image a kernel debugger starts from.
+    fn exec_file(&mut self) -> Option<String> {
+        self.machine.modules().into_iter().next().map(|m| m.path)
+    }
 }
 
 /// The simulated kernel's addresses, and fixed processor blocks.
@@ -918,6 +923,87 @@ mod tests {
                 })
                 .collect()
         }
+    }
+
+    /// gdb's view of the modules: the library list names each module as gdb fetches it
+    /// (`/`, not `\`) at its first section, the kernel is the executable, and host I/O
+    /// reads each module's file as loaded: its headers and sections are the image's
+    /// bytes, its export directory names the site functions, and a patch of the image
+    /// does not show in it.
+    #[test]
+    fn host_io_serves_each_module_file_as_loaded() {
+        let mut rig = Rig::new(GdbStubOptions::default());
+        let supported = rig.ask1(b"qSupported:swbreak+");
+        assert!(supported.contains("qXfer:exec-file:read+"), "{supported}");
+        let myfault = rig
+            .machine
+            .modules()
+            .into_iter()
+            .find(|x| x.name == "myfault.sys")
+            .unwrap();
+        let listed = rig.ask1(b"qXfer:libraries:read::0,10000");
+        let entry = format!(
+            "<library name=\"/??/C:/Windows/system32/drivers/myfault.sys\"><segment address=\"{:#x}\"/>",
+            myfault.base.0 + 0x1000
+        );
+        assert!(listed.contains(&entry), "{listed}");
+        assert_eq!(
+            rig.ask1(b"qXfer:exec-file:read:1:0,1000"),
+            "l/SystemRoot/system32/ntoskrnl.exe"
+        );
+        let read_file = |rig: &mut Rig, name: &str| {
+            let mut open = b"vFile:open:".to_vec();
+            tagsplit_protocol::gdb::hex::encode_hex_into(name.as_bytes(), &mut open);
+            open.extend_from_slice(b",0,0");
+            let fd = rig.ask1(&open);
+            let fd = fd.strip_prefix('F').unwrap().to_owned();
+            let stat = rig.ask(format!("vFile:fstat:{fd}").as_bytes());
+            let size = u64::from_be_bytes(stat[0][4 + 28..4 + 36].try_into().unwrap());
+            let mut file = Vec::new();
+            loop {
+                let r = rig.ask(format!("vFile:pread:{fd},4000,{:x}", file.len()).as_bytes());
+                let semi = r[0].iter().position(|&c| c == b';').unwrap();
+                if semi + 1 == r[0].len() {
+                    break;
+                }
+                file.extend_from_slice(&r[0][semi + 1..]);
+            }
+            assert_eq!(rig.ask1(format!("vFile:close:{fd}").as_bytes()), "F0");
+            assert_eq!(file.len() as u64, size);
+            file
+        };
+        // gdb asks with `/`; the loader's own name (and any case) finds the same file.
+        let file = read_file(&mut rig, "/??/C:/Windows/system32/drivers/myfault.sys");
+        assert_eq!(
+            read_file(&mut rig, r"\??\C:\WINDOWS\system32\drivers\MYFAULT.SYS"),
+            file
+        );
+        let layout = crate::image::FileLayout::parse(&file).unwrap();
+        assert_eq!(layout.file_size(), file.len() as u64);
+        for &(at, raw, rva) in &layout.sections {
+            let mut loaded = vec![0u8; raw as usize];
+            rig.machine
+                .read(myfault.base.saturating_add(rva), &mut loaded)
+                .unwrap();
+            assert_eq!(&file[at as usize..(at + raw) as usize], &loaded[..]);
+        }
+        let hits = memchr::memmem::find_iter(&file, b"Leak").count();
+        assert_eq!(hits, 2);
+        assert!(memchr::memmem::find(&file, b"AllocSite2\0").is_some());
+        assert!(memchr::memmem::find(&file, b"MYFAULT.SYS\0").is_some());
+        // A debugger's patch changes memory, not the file.
+        let site = rig.machine.search(
+            myfault.base,
+            myfault.base.saturating_add(myfault.size),
+            b"Leak",
+            1,
+        )[0];
+        rig.machine.write(site, b"Lea1").unwrap();
+        assert_eq!(
+            read_file(&mut rig, "/??/C:/Windows/system32/drivers/myfault.sys"),
+            file
+        );
+        assert_eq!(rig.ask1(b"vFile:open:2f6e6f6e65,0,0"), "F-1,2");
     }
 
     #[test]
