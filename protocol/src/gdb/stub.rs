@@ -6,8 +6,11 @@
 //! list and the memory map in windows that fit the packet size, `m`/`x` replies are
 //! clamped to the packet size (the escaped size for binary replies), `g`/`G`/`p`/`P` use
 //! the 536-byte x86-64 layout of [`xml::target_description_x86_64`], and resumes go
-//! through the target's run control. Anything the target lacks gets the empty reply
-//! ("unsupported"); a known packet with malformed arguments gets an `E` reply.
+//! through the target's run control. A target with [`FileOps`](crate::stub::FileOps)
+//! gets gdb's host I/O (`vFile:`, read-only, descriptors kept here, each `pread` cut to a
+//! packet) and `qXfer:exec-file`; the library list names each library as gdb fetches it
+//! ([`xml::gdb_library_name`]) at its first section. Anything the target lacks gets the
+//! empty reply ("unsupported"); a known packet with malformed arguments gets an `E` reply.
 //!
 //! The stub does no I/O: a transport feeds it what it reads
 //! ([`receive`](Stub::receive)), lets a running target progress
@@ -877,8 +880,8 @@ impl Stub {
 
 /// Where gdb expects a library's first segment: for a PE image at `base`, its lowest
 /// section (`base + 0x1000` for the usual layout), which is where gdb's own reading of the
-/// file puts the first segment and relocates the rest from (gdb's Windows support reports
-/// libraries so too); `base` itself when no PE headers are found there.
+/// file puts the first segment and relocates the file from (the image base there would
+/// put every symbol a page off); `base` itself when no PE headers are found there.
 fn first_segment<T: Target + ?Sized>(target: &mut T, base: u64) -> u64 {
     use crate::nt::pe::{dos, file_header, nt_headers, section};
     let mut read = |addr: u64, buf: &mut [u8]| matches!(target.read_memory(addr, buf), Ok(n) if n == buf.len());
