@@ -12,12 +12,11 @@
 mod common;
 mod gdb_support;
 
-use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tagsplit::target::gdb::GdbTarget;
-use tagsplit_target_sim::machine::{Machine, SiteKind};
+use tagsplit_target_sim::machine::Machine;
 use tagsplit_target_sim::server::gdb::{BUSY_MESSAGE, GdbStubHandle, StubFeatures};
 
 fn have_gdb() -> bool {
@@ -50,35 +49,8 @@ fn spawn_gdb(stub: &GdbStubHandle, commands: &[String]) -> Child {
         .unwrap()
 }
 
-/// Waits for gdb (killing it after `timeout`) and returns stdout + stderr.
-fn finish(mut child: Child, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            let _ = child.wait();
-            panic!("gdb did not finish within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    out
-}
-
 fn run_gdb(stub: &GdbStubHandle, commands: &[String]) -> String {
-    finish(spawn_gdb(stub, commands), Duration::from_secs(30))
+    common::finish(spawn_gdb(stub, commands), Duration::from_secs(30))
 }
 
 /// The two `Leak` immediates in myfault.sys, and a start address below them in a hole.
@@ -166,12 +138,7 @@ fn gdb_breakpoint_on_an_allocation_site_reports_breakpoint_1() {
         return;
     }
     let stub = stub();
-    let site = stub.with_machine(|m| {
-        m.sites()
-            .into_iter()
-            .find(|s| s.kind == SiteKind::Alloc && s.tag.to_string() == "Leak")
-            .unwrap()
-    });
+    let site = gdb_support::leak_alloc_site(&stub);
     let out = run_gdb(
         &stub,
         &[
@@ -213,7 +180,7 @@ fn gdb_interrupt_stops_a_running_continue() {
         .status()
         .unwrap();
     assert!(status.success());
-    let out = finish(child, Duration::from_secs(20));
+    let out = common::finish(child, Duration::from_secs(20));
     assert!(
         out.contains("Program received signal SIGINT, Interrupt."),
         "{out}"
@@ -313,12 +280,7 @@ fn gdb_loads_every_module_over_host_io_and_shows_where_it_is() {
     }
     let stub = stub();
     let modules = stub.with_machine(|m| m.modules());
-    let site = stub.with_machine(|m| {
-        m.sites()
-            .into_iter()
-            .find(|s| s.kind == SiteKind::Alloc && s.tag.to_string() == "Leak")
-            .unwrap()
-    });
+    let site = gdb_support::leak_alloc_site(&stub);
     let out = run_gdb(
         &stub,
         &[

@@ -14,50 +14,25 @@
 mod common;
 mod gdb_support;
 
-use std::io::Read;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tagsplit_target_sim::machine::SiteKind;
 use tagsplit_target_sim::server::gdb::StubFeatures;
 
-/// Runs `lldb --batch` with `commands` (each an `-o`), killing it after 60 s; returns its
-/// stdout and stderr.
+/// Runs `lldb --batch` with `commands` (each an `-o`); returns its stdout and stderr.
 fn run_lldb(commands: &[String]) -> String {
     let mut cmd = Command::new("lldb");
     cmd.args(["--batch", "--no-lldbinit"]);
     for c in commands {
         cmd.args(["-o", c]);
     }
-    let mut child = cmd
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            let _ = child.wait();
-            panic!("lldb did not finish within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    out
+    common::finish(child, Duration::from_secs(60))
 }
 
 /// lldb attaches, reads registers and memory, disassembles an allocation site and reads
@@ -70,12 +45,7 @@ fn lldb_attaches_reads_and_gets_the_library_list_but_loads_no_module() {
         return;
     }
     let stub = gdb_support::part4_stub(StubFeatures::FULL);
-    let site = stub.with_machine(|m| {
-        m.sites()
-            .into_iter()
-            .find(|s| s.kind == SiteKind::Alloc && s.tag.to_string() == "Leak")
-            .unwrap()
-    });
+    let site = gdb_support::leak_alloc_site(&stub);
     let modules = stub.with_machine(|m| m.modules());
     let rip = stub.with_machine(|m| m.context().rip);
     let dir = common::temp_dir("lldb");

@@ -991,16 +991,9 @@ mod tests {
     }
 
     fn ask(stub: &mut Stub, rom: &mut Rom, payload: &[u8]) -> Vec<String> {
-        let wire = encode_packet(payload, false);
-        assert_eq!(stub.receive(rom, &wire), wire.len());
-        let bytes = stub.poll_transmit().unwrap_or_default();
-        Decoder::default()
-            .decode(&bytes)
-            .into_iter()
-            .filter_map(|e| match e {
-                Event::Packet(p) => Some(String::from_utf8_lossy(&p).into_owned()),
-                _ => None,
-            })
+        ask_raw(stub, rom, payload)
+            .iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
             .collect()
     }
 
@@ -1112,7 +1105,7 @@ mod tests {
     }
 
     /// The raw payloads of the replies to `payload` (binary data as it is, unescaped).
-    fn ask_raw(stub: &mut Stub, target: &mut Disk, payload: &[u8]) -> Vec<Vec<u8>> {
+    fn ask_raw<T: Target>(stub: &mut Stub, target: &mut T, payload: &[u8]) -> Vec<Vec<u8>> {
         let wire = encode_packet(payload, false);
         assert_eq!(stub.receive(target, &wire), wire.len());
         let bytes = stub.poll_transmit().unwrap_or_default();

@@ -893,6 +893,15 @@ mod tests {
             self.answers()
         }
 
+        /// The module called `name`.
+        fn module(&self, name: &str) -> crate::machine::SimModule {
+            self.machine
+                .modules()
+                .into_iter()
+                .find(|x| x.name == name)
+                .unwrap()
+        }
+
         fn ask1(&mut self, payload: &[u8]) -> String {
             let r = self.ask(payload);
             assert_eq!(r.len(), 1, "{r:?}");
@@ -935,12 +944,7 @@ mod tests {
         let mut rig = Rig::new(GdbStubOptions::default());
         let supported = rig.ask1(b"qSupported:swbreak+");
         assert!(supported.contains("qXfer:exec-file:read+"), "{supported}");
-        let myfault = rig
-            .machine
-            .modules()
-            .into_iter()
-            .find(|x| x.name == "myfault.sys")
-            .unwrap();
+        let myfault = rig.module("myfault.sys");
         let listed = rig.ask1(b"qXfer:libraries:read::0,10000");
         let entry = format!(
             "<library name=\"/??/C:/Windows/system32/drivers/myfault.sys\"><segment address=\"{:#x}\"/>",
@@ -1015,12 +1019,7 @@ mod tests {
         let lib = rig.ask1(b"qXfer:libraries:read::0,10000");
         let libs = xml::parse_library_list(lib.strip_prefix('l').unwrap());
         assert_eq!(libs.len(), rig.machine.modules().len());
-        let myfault = rig
-            .machine
-            .modules()
-            .into_iter()
-            .find(|x| x.name == "myfault.sys")
-            .unwrap();
+        let myfault = rig.module("myfault.sys");
         let hit = rig.ask1(
             format!(
                 "qSearch:memory:{:x};{:x};Leak",
