@@ -309,7 +309,9 @@ pub trait SearchOps {
     fn search(&mut self, start: u64, end: u64, pattern: &[u8]) -> Result<Option<u64>, TargetError>;
 }
 
-/// The list of loaded modules.
+/// The list of loaded modules. The GDB stub lists each for gdb under
+/// `gdb::xml::gdb_library_name` of its name, at its first
+/// section when a PE image lies at the address given (gdb's `<segment address>`).
 pub trait LibraryOps {
     /// Every loaded module.
     fn libraries(&mut self) -> Vec<Library>;

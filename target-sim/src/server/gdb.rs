@@ -5,7 +5,8 @@
 //! reduced answers for what a target lacks) lives in
 //! [`tagsplit_protocol::gdb::stub`]. This module only says what the simulator supports
 //! ([`SimTarget`]) and moves bytes: gdb (or tagsplit's own `gdb://` client) attaches,
-//! reads and writes memory, lists modules, searches, runs `monitor` commands through an
+//! reads and writes memory, lists modules (and serves each module's image file through
+//! host I/O, so that gdb loads them itself), searches, runs `monitor` commands through an
 //! injected handler, sets breakpoints on allocation sites and runs the workload until a
 //! breakpoint, an interrupt (0x03) or a tick limit.
 //!
