@@ -1009,6 +1009,14 @@ mod tests {
             file
         );
         assert_eq!(rig.ask1(b"vFile:open:2f6e6f6e65,0,0"), "F-1,2");
+        // Past the end nothing is read; there is no module 1000.
+        let mut four = [0u8; 4];
+        let index = rig.machine.modules().len() - 1;
+        assert_eq!(
+            rig.machine.read_module_file(index, u64::MAX, &mut four),
+            Some(0)
+        );
+        assert_eq!(rig.machine.read_module_file(1000, 0, &mut four), None);
     }
 
     #[test]
