@@ -148,7 +148,25 @@ Cc   - nt!cc  - Cache Manager allocations
 """
 
 
+# gdb 13.1 loading a library through host I/O (`set sysroot target:`), and the answers.
+HOST_IO = [
+    b"vFile:setfs:0",
+    b"vFile:open:2f3f3f2f433a2f57696e646f77732f73797374656d33322f647269766572732f6d796661756c742e737973,0,0",
+    b"vFile:fstat:0",
+    b"vFile:pread:0,4000,0",
+    b"vFile:pread:0,4000,e00",
+    b"vFile:pwrite:0,0,MZ",
+    b"vFile:readlink:6d",
+    b"vFile:unlink:6d",
+    b"vFile:close:0",
+]
+HOST_IO_REPLIES = [b"F0", b"F-1,2", b"F0;", b"F2;MZ", b"F-1,1e"]
+
+
 def seed_local(w: Writer):
+    for c in HOST_IO + HOST_IO_REPLIES:
+        w.put("gdb_command", c)
+    w.put("gdb_stub", stream([b"vFile:open:6d,0,0"] + HOST_IO, with_acks=True))
     for c in CONSOLE:
         w.put("console_command", c.encode())
     w.put("pooltag_parse", POOLTAG.encode())

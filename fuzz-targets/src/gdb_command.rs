@@ -24,6 +24,7 @@ pub fn run(data: &[u8]) {
         ReplyKind::Attached,
         ReplyKind::Monitor,
         ReplyKind::VContSupported,
+        ReplyKind::HostIo,
     ] {
         let _ = Reply::parse(kind, data);
     }

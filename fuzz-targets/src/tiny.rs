@@ -1,10 +1,10 @@
 //! A small target with every capability, shared by the stub fuzz targets: 256 bytes of
-//! memory at 0, runs that end after three polls.
+//! memory at 0, runs that end after three polls, and its memory served as a file (`m`).
 
 use tagsplit_protocol::stub::{
-    BreakpointKind, BreakpointOps, KernelInfo, KernelOps, Library, LibraryOps, MemoryMapOps,
-    MemoryRegion, MonitorOps, Resume, RunLimitOps, RunState, SearchOps, StopReason, Target,
-    TargetError, X64Registers,
+    BreakpointKind, BreakpointOps, FileError, FileInfo, FileOps, KernelInfo, KernelOps, Library,
+    LibraryOps, MemoryMapOps, MemoryRegion, MonitorOps, Resume, RunLimitOps, RunState, SearchOps,
+    StopReason, Target, TargetError, X64Registers,
 };
 
 /// The target: 256 bytes of memory at address 0 (0xcc), one register file, and a run
@@ -84,6 +84,9 @@ impl Target for Tiny {
     fn support_kernel(&mut self) -> Option<&mut dyn KernelOps> {
         Some(self)
     }
+    fn support_files(&mut self) -> Option<&mut dyn FileOps> {
+        Some(self)
+    }
 }
 
 impl KernelOps for Tiny {
@@ -157,5 +160,29 @@ impl Tiny {
             regs: X64Registers::default(),
             left: 0,
         }
+    }
+}
+
+/// One file, `m`: the memory.
+impl FileOps for Tiny {
+    fn open_file(&mut self, name: &[u8]) -> Result<FileInfo, FileError> {
+        match name {
+            b"m" => Ok(FileInfo {
+                id: 0,
+                size: self.mem.len() as u64,
+            }),
+            _ => Err(FileError::NotFound),
+        }
+    }
+    fn read_file(&mut self, _id: u64, offset: u64, buf: &mut [u8]) -> Result<usize, FileError> {
+        let src = usize::try_from(offset)
+            .ok()
+            .and_then(|o| self.mem.get(o..))
+            .unwrap_or_default();
+        let n = src.len().min(buf.len());
+        for (d, s) in buf.iter_mut().zip(src) {
+            *d = *s;
+        }
+        Ok(n)
     }
 }

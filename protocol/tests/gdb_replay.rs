@@ -49,9 +49,9 @@ fn transcripts() -> Vec<String> {
     names
 }
 
-/// Packets gdb sent that we deliberately do not model (test markers and host I/O).
+/// Packets gdb sent that we deliberately do not model (test markers).
 fn expected_unknown(cmd: &[u8]) -> bool {
-    cmd.starts_with(b"qMARK:") || cmd.starts_with(b"vFile:")
+    cmd.starts_with(b"qMARK:")
 }
 
 #[test]
@@ -71,6 +71,12 @@ fn every_recorded_gdb_packet_parses_as_its_typed_command() {
             );
             // gdb's own spelling comes back byte for byte.
             assert_eq!(cmd.encode(), ex.command, "{name}: re-encoding {cmd:?}");
+            // Host I/O (gdb asking for files) is typed as such.
+            assert_eq!(
+                ex.command.starts_with(b"vFile:"),
+                matches!(cmd, Command::HostIo(_)),
+                "{name}: {cmd:?}"
+            );
             typed += 1;
         }
     }

@@ -12,12 +12,11 @@
 mod common;
 mod gdb_support;
 
-use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tagsplit::target::gdb::GdbTarget;
-use tagsplit_target_sim::machine::{Machine, SiteKind};
+use tagsplit_target_sim::machine::Machine;
 use tagsplit_target_sim::server::gdb::{BUSY_MESSAGE, GdbStubHandle, StubFeatures};
 
 fn have_gdb() -> bool {
@@ -50,35 +49,8 @@ fn spawn_gdb(stub: &GdbStubHandle, commands: &[String]) -> Child {
         .unwrap()
 }
 
-/// Waits for gdb (killing it after `timeout`) and returns stdout + stderr.
-fn finish(mut child: Child, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            let _ = child.wait();
-            panic!("gdb did not finish within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    out
-}
-
 fn run_gdb(stub: &GdbStubHandle, commands: &[String]) -> String {
-    finish(spawn_gdb(stub, commands), Duration::from_secs(30))
+    common::finish(spawn_gdb(stub, commands), Duration::from_secs(30))
 }
 
 /// The two `Leak` immediates in myfault.sys, and a start address below them in a hole.
@@ -125,19 +97,23 @@ fn gdb_lists_modules_reads_finds_writes_and_runs_monitor_commands() {
         ],
     );
     for m in &modules {
+        let listed = format!("target:{}", m.path.replace('\\', "/"));
         assert!(
-            out.contains(&m.path),
-            "info sharedlibrary lacks {}:\n{out}",
-            m.path
+            out.contains(&listed),
+            "info sharedlibrary lacks {listed}:\n{out}"
         );
     }
+    // gdb names the bytes by the export it read from myfault.sys's file.
     assert!(
-        out.contains(&format!("{hit1:#x}:\t0x4c\t0x65\t0x61\t0x6b")),
+        out.contains(&format!(
+            "{hit1:#x} <MYFAULT!AllocSite1+13>:\t0x4c\t0x65\t0x61\t0x6b"
+        )),
         "{out}"
     );
     assert!(out.contains("2 patterns found."), "{out}");
     assert!(
-        out.contains(&format!("{hit1:#x}\n")) && out.contains(&format!("{hit2:#x}\n")),
+        out.contains(&format!("{hit1:#x} <MYFAULT!AllocSite1+13>\n"))
+            && out.contains(&format!("{hit2:#x} <MYFAULT!AllocSite2+13>\n")),
         "{out}"
     );
     assert!(out.contains("Lea1"), "monitor dc after the write:\n{out}");
@@ -162,12 +138,7 @@ fn gdb_breakpoint_on_an_allocation_site_reports_breakpoint_1() {
         return;
     }
     let stub = stub();
-    let site = stub.with_machine(|m| {
-        m.sites()
-            .into_iter()
-            .find(|s| s.kind == SiteKind::Alloc && s.tag.to_string() == "Leak")
-            .unwrap()
-    });
+    let site = gdb_support::leak_alloc_site(&stub);
     let out = run_gdb(
         &stub,
         &[
@@ -209,7 +180,7 @@ fn gdb_interrupt_stops_a_running_continue() {
         .status()
         .unwrap();
     assert!(status.success());
-    let out = finish(child, Duration::from_secs(20));
+    let out = common::finish(child, Duration::from_secs(20));
     assert!(
         out.contains("Program received signal SIGINT, Interrupt."),
         "{out}"
@@ -295,4 +266,132 @@ fn gdb_gets_the_crc_it_would_compute() {
     assert!(out.contains(&format!("received: \"C{after:x}\"")), "{out}");
     // gdb put the byte back: the module is as it was.
     assert_eq!(crc_of(&stub), before);
+}
+
+/// gdb loads every module itself: the stub lists each under a name gdb takes for a target
+/// path (`/SystemRoot/…`), gdb reads the image file through host I/O (`vFile:open`,
+/// `pread`, `close`), and `info sharedlibrary` shows each at the address where it is
+/// loaded (From is its `.text`, a page above the base) with its symbols read; `x/3i` at
+/// an allocation site names the function by the image's export.
+#[test]
+fn gdb_loads_every_module_over_host_io_and_shows_where_it_is() {
+    if !have_gdb() {
+        return;
+    }
+    let stub = stub();
+    let modules = stub.with_machine(|m| m.modules());
+    let site = gdb_support::leak_alloc_site(&stub);
+    let out = run_gdb(
+        &stub,
+        &[
+            "info sharedlibrary".into(),
+            format!("x/3i {:#x}", site.instr.get()),
+        ],
+    );
+    assert!(!out.contains("Could not load shared library"), "{out}");
+    // The kernel is gdb's executable (`qXfer:exec-file`), so gdb reads every library's
+    // symbols at once: their exports.
+    assert!(!out.contains("No executable has been specified"), "{out}");
+    for m in &modules {
+        let name = format!("target:{}", m.path.replace('\\', "/"));
+        let (line, fields) = out
+            .lines()
+            .map(|l| (l, l.split_whitespace().collect::<Vec<_>>()))
+            .find(|(_, f)| f.len() == 5 && f[4] == name && f[1].starts_with("0x"))
+            .unwrap_or_else(|| panic!("no line for {name}:\n{out}"));
+        let from = u64::from_str_radix(fields[0].trim_start_matches("0x"), 16).unwrap();
+        let to = u64::from_str_radix(fields[1].trim_start_matches("0x"), 16).unwrap();
+        assert_eq!(from, m.base.get() + 0x1000, "{line}");
+        assert!(to > from && to <= m.base.get() + m.size, "{line}");
+        assert_eq!(fields[2], "Yes", "{line}");
+    }
+    // The site, named by the export gdb found in myfault.sys's file.
+    assert!(
+        out.contains(&format!(
+            "{:#x} <MYFAULT!AllocSite1+11>:\tmov    $0x6b61654c,%r8d",
+            site.instr.get()
+        )),
+        "{out}"
+    );
+}
+
+/// `compare-sections` with a module's image (fetched with `remote get`) as gdb's exec
+/// file at its ImageBase: every section matches; after a one-byte patch `.text` does not,
+/// and the file served is still the image as loaded (not live memory); after the byte is
+/// put back everything matches again.
+#[test]
+fn compare_sections_matches_the_served_image_until_a_patch() {
+    if !have_gdb() {
+        return;
+    }
+    let stub = stub();
+    let (hit1, _, _, _) = stub.with_machine(|m| leak_hits(m));
+    let myfault = stub.with_machine(|m| {
+        m.modules()
+            .into_iter()
+            .find(|x| x.name == "myfault.sys")
+            .unwrap()
+    });
+    let dir = std::env::temp_dir().join(format!("tagsplit-compare-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (before, after) = (dir.join("before.sys"), dir.join("after.sys"));
+    let remote = myfault.path.replace('\\', "/");
+    let out = run_gdb(
+        &stub,
+        &[
+            format!("remote get {remote} {}", before.display()),
+            format!("file {}", before.display()),
+            "echo <before>\\n".into(),
+            "compare-sections".into(),
+            format!("set {{char}}({hit1:#x}+3) = 0x31"),
+            "echo <patched>\\n".into(),
+            "compare-sections".into(),
+            format!("remote get {remote} {}", after.display()),
+            format!("set {{char}}({hit1:#x}+3) = 0x6b"),
+            "echo <restored>\\n".into(),
+            "compare-sections".into(),
+        ],
+    );
+    let part = |from: &str, to: &str| {
+        let start = out.find(from).unwrap_or_else(|| panic!("{from}:\n{out}"));
+        let end = if to.is_empty() {
+            out.len()
+        } else {
+            out.find(to).unwrap()
+        };
+        out[start..end].to_owned()
+    };
+    let (clean, patched, restored) = (
+        part("<before>", "<patched>"),
+        part("<patched>", "<restored>"),
+        part("<restored>", ""),
+    );
+    let text = |s: &str, verdict: &str| {
+        s.lines()
+            .any(|l| l.starts_with("Section .text,") && l.ends_with(verdict))
+    };
+    assert!(
+        text(&clean, "matched.") && !clean.contains("MIS-MATCHED"),
+        "{out}"
+    );
+    assert!(clean.contains("Section .rdata,"), "{out}");
+    assert!(text(&patched, "MIS-MATCHED!"), "{out}");
+    assert!(
+        !patched
+            .lines()
+            .any(|l| l.starts_with("Section .rdata") && l.contains("MIS"))
+    );
+    assert!(
+        text(&restored, "matched.") && !restored.contains("MIS-MATCHED"),
+        "{out}"
+    );
+    // The file is the image as loaded, whatever the patch.
+    let (a, b) = (
+        std::fs::read(&before).unwrap(),
+        std::fs::read(&after).unwrap(),
+    );
+    assert_eq!(a, b);
+    assert_eq!(&a[..2], b"MZ");
+    assert_eq!(a.windows(4).filter(|w| w == b"Leak").count(), 2);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -300,6 +300,8 @@ pub struct ImageBuilder {
     entry: Option<u64>,
     fixups: Vec<Fixup>,
     functions: Vec<Func>,
+    /// Named functions (and data) for the export directory.
+    exports: Vec<(String, Loc)>,
 }
 
 /// The result of [`ImageBuilder::build`]: where everything landed.
@@ -379,7 +381,87 @@ impl ImageBuilder {
             entry: None,
             fixups: Vec::new(),
             functions: Vec::new(),
+            exports: Vec::new(),
         }
+    }
+
+    /// Exports `at` as `name` (the export directory, PE data directory 0, at the end of
+    /// `.rdata`, naming the image in capitals, `MYFAULT.SYS`, so that a tag search for
+    /// part of a module's name, such as `netv` in `netvsc60.sys`, finds no more than
+    /// before): debuggers that read the image file (gdb through host I/O) then name the
+    /// code they show. A name exported twice keeps its first location.
+    pub fn export(&mut self, name: &str, at: Loc) -> &mut Self {
+        if !self.exports.iter().any(|(n, _)| n == name) {
+            self.exports.push((name.to_owned(), at));
+        }
+        self
+    }
+
+    /// The export directory for [`export`](Self::export)ed names, to lie at `rva`, with
+    /// each location's RVA from `rva_of`; empty without exports. Its size does not depend
+    /// on the RVAs ([`export_size`](Self::export_size)).
+    fn export_table(&self, rva: u64, rva_of: impl Fn(Loc) -> u64) -> Vec<u8> {
+        if self.exports.is_empty() {
+            return Vec::new();
+        }
+        let n = self.exports.len() as u64;
+        // The names are looked up by binary search: the name table is sorted.
+        let mut by_name: Vec<(usize, &str)> = self
+            .exports
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| (i, name.as_str()))
+            .collect();
+        by_name.sort_by(|a, b| a.1.as_bytes().cmp(b.1.as_bytes()));
+        let eat = rva + 40;
+        let names = eat + 4 * n;
+        let ordinals = names + 4 * n;
+        let dll = ordinals + 2 * n;
+        let mut v = Vec::with_capacity(self.export_size());
+        put_u32(&mut v, 0); // Characteristics
+        put_u32(&mut v, self.timestamp);
+        put_u32(&mut v, 0); // MajorVersion, MinorVersion
+        put_u32(&mut v, dll as u32);
+        put_u32(&mut v, 1); // Base (first ordinal)
+        put_u32(&mut v, n as u32);
+        put_u32(&mut v, n as u32);
+        put_u32(&mut v, eat as u32);
+        put_u32(&mut v, names as u32);
+        put_u32(&mut v, ordinals as u32);
+        for (_, at) in &self.exports {
+            put_u32(&mut v, rva_of(*at) as u32);
+        }
+        let mut text = dll + self.name.len() as u64 + 1;
+        let mut name_rvas = vec![0u64; self.exports.len()];
+        for (i, name) in self.exports.iter().map(|(name, _)| name).enumerate() {
+            if let Some(slot) = name_rvas.get_mut(i) {
+                *slot = text;
+            }
+            text += name.len() as u64 + 1;
+        }
+        for (i, _) in &by_name {
+            put_u32(&mut v, name_rvas.get(*i).copied().unwrap_or(0) as u32);
+        }
+        for (i, _) in &by_name {
+            put_u16(&mut v, *i as u16);
+        }
+        v.extend(self.name.bytes().map(|c| c.to_ascii_uppercase()));
+        v.push(0);
+        for (name, _) in &self.exports {
+            v.extend_from_slice(name.as_bytes());
+            v.push(0);
+        }
+        v
+    }
+
+    /// The size of [`export_table`](Self::export_table).
+    fn export_size(&self) -> usize {
+        if self.exports.is_empty() {
+            return 0;
+        }
+        let n = self.exports.len();
+        let names: usize = self.exports.iter().map(|(name, _)| name.len() + 1).sum();
+        40 + 10 * n + self.name.len() + 1 + names
     }
 
     /// Sets the COFF `TimeDateStamp`.
@@ -1020,10 +1102,18 @@ impl ImageBuilder {
             .map_err(|_| err(format!("{}: image beyond 4 GiB", self.name)))?;
         let (xdata, pdata) = self.unwind_tables(xdata_rva)?;
         let pdata_off = round_up(xdata_off + xdata.len() as u64, 4);
-        let rdata_len = if pdata.is_empty() {
+        let tables_end = if pdata.is_empty() {
             user_off + self.rdata.len() as u64
         } else {
             pdata_off + pdata.len() as u64
+        };
+        // The export directory last, so that none of the above moves.
+        let edata_off = round_up(tables_end, 4);
+        let edata_size = self.export_size() as u64;
+        let rdata_len = if edata_size == 0 {
+            tables_end
+        } else {
+            edata_off + edata_size
         };
         let rdata_vsize = round_up(rdata_len.max(1), PAGE_SIZE);
         let data_vsize = round_up(
@@ -1106,6 +1196,12 @@ impl ImageBuilder {
             ro.resize(pdata_off as usize, 0);
             ro.extend_from_slice(&pdata);
         }
+        if edata_size > 0 {
+            let rva_of = |l: Loc| image.addr(l).0.wrapping_sub(base);
+            let edata = self.export_table(rdata_rva + edata_off, rva_of);
+            ro.resize(edata_off as usize, 0);
+            ro.extend_from_slice(&edata);
+        }
 
         // headers
         let raw_text = round_up(code.len() as u64, 0x200);
@@ -1123,6 +1219,8 @@ impl ImageBuilder {
             desc_size,
             pdata_rva: rdata_rva + pdata_off,
             pdata_size: pdata.len() as u64,
+            edata_rva: rdata_rva + edata_off,
+            edata_size,
         });
         let checksum = pe_checksum(
             &hdr,
@@ -1256,6 +1354,7 @@ impl ImageBuilder {
         put_u32(&mut v, 16);
         for i in 0..16 {
             let (rva, sz) = match i {
+                0 if h.edata_size > 0 => (h.edata_rva, h.edata_size),
                 1 if h.desc_size > 0 => (h.desc_rva, h.desc_size),
                 3 if h.pdata_size > 0 => (h.pdata_rva, h.pdata_size),
                 12 if h.iat_size > 0 => (TEXT_RVA + h.text_vsize, h.iat_size),
@@ -1319,6 +1418,8 @@ struct HeaderInfo {
     desc_size: u64,
     pdata_rva: u64,
     pdata_size: u64,
+    edata_rva: u64,
+    edata_size: u64,
 }
 
 /// The PE checksum (the `imagehlp` algorithm) over the file the image would be loaded
@@ -1343,4 +1444,96 @@ fn pe_checksum(hdr: &[u8], sections: &[&Vec<u8>; 3], raw: [u64; 3]) -> u32 {
     }
     sum = (sum & 0xffff) + (sum >> 16);
     (sum as u32).wrapping_add(len as u32)
+}
+
+/// Where each part of a PE file lies in the image loaded from it: the headers
+/// (`SizeOfHeaders` bytes) at the image base, and each section's raw data
+/// (`SizeOfRawData` bytes from `PointerToRawData` in the file) at its RVA. Read back
+/// through it, a loaded image gives the file it was loaded from (the loader copies
+/// nothing else).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileLayout {
+    /// `SizeOfHeaders`.
+    pub headers: u64,
+    /// Each section with raw data: file offset, size in the file, RVA; by file offset.
+    pub sections: Vec<(u64, u64, u64)>,
+}
+
+/// Sections a PE header may declare (the PE format's own limit).
+const MAX_SECTIONS: u64 = 96;
+
+impl FileLayout {
+    /// Reads the layout from the image's first bytes (its headers); `None` unless they
+    /// are PE headers whose section table lies within `headers`.
+    pub fn parse(headers: &[u8]) -> Option<FileLayout> {
+        use tagsplit_protocol::nt::pe::{dos, file_header, nt_headers, optional_header, section};
+        let u16_at = |at: u64| -> Option<u64> {
+            let at = usize::try_from(at).ok()?;
+            let b = headers.get(at..at.checked_add(2)?)?;
+            Some(u64::from(u16::from_le_bytes(b.try_into().ok()?)))
+        };
+        let u32_at = |at: u64| -> Option<u64> {
+            let at = usize::try_from(at).ok()?;
+            let b = headers.get(at..at.checked_add(4)?)?;
+            Some(u64::from(u32::from_le_bytes(b.try_into().ok()?)))
+        };
+        if headers.get(..2)? != dos::MAGIC {
+            return None;
+        }
+        let nt = u32_at(dos::E_LFANEW)?;
+        if headers.get(usize::try_from(nt).ok()?..)?.get(..4)? != nt_headers::SIGNATURE {
+            return None;
+        }
+        let fh = nt + nt_headers::FILE_HEADER;
+        let count = u16_at(fh + file_header::NUMBER_OF_SECTIONS)?.min(MAX_SECTIONS);
+        let opt = nt + nt_headers::OPTIONAL_HEADER;
+        let table = opt + u16_at(fh + file_header::SIZE_OF_OPTIONAL_HEADER)?;
+        let size_of_headers = u32_at(opt + optional_header::SIZE_OF_HEADERS)?;
+        let mut sections = Vec::new();
+        for i in 0..count {
+            let entry = table + i * section::SIZE;
+            let raw = u32_at(entry + section::SIZE_OF_RAW_DATA)?;
+            let at = u32_at(entry + section::POINTER_TO_RAW_DATA)?;
+            let rva = u32_at(entry + section::VIRTUAL_ADDRESS)?;
+            if raw > 0 {
+                sections.push((at, raw, rva));
+            }
+        }
+        sections.sort_unstable();
+        Some(FileLayout {
+            headers: size_of_headers,
+            sections,
+        })
+    }
+
+    /// The file's size: the end of its last part.
+    pub fn file_size(&self) -> u64 {
+        self.sections
+            .iter()
+            .map(|&(at, raw, _)| at.saturating_add(raw))
+            .fold(self.headers, u64::max)
+    }
+
+    /// Where file byte `offset` was loaded: its RVA (`None` for a byte of no part, which
+    /// reads as zero) and how many bytes from there stay in the same part (at least 1).
+    /// `None` at or after the end of the file.
+    pub fn locate(&self, offset: u64) -> Option<(Option<u64>, u64)> {
+        let end = self.file_size();
+        if offset >= end {
+            return None;
+        }
+        if offset < self.headers {
+            return Some((Some(offset), self.headers - offset));
+        }
+        for &(at, raw, rva) in &self.sections {
+            if offset < at {
+                // A gap before this part.
+                return Some((None, at - offset));
+            }
+            if offset - at < raw {
+                return Some((Some(rva + (offset - at)), raw - (offset - at)));
+            }
+        }
+        Some((None, end - offset))
+    }
 }

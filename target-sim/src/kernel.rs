@@ -220,6 +220,11 @@ pub fn build_nt(mem: &mut Memory, pool: &PoolLayout) -> Result<NtKernel, SimErro
     let psp = b.end_function(f);
     // KiStartSystemThread: sub rsp,28h; call PspSystemThreadStartup; epilog
     let (ki_start, ki_frame) = b.function(&[Step::Alloc(0x28)], &[], &[psp])?;
+    // nt's exports: what the drivers import. (Not `KiStartSystemThread`: its name holds
+    // the tag `Thre`, which a tag search would then find in nt.)
+    for (name, at) in NT_IMPORTS.iter().zip(&exports) {
+        b.export(name, *at);
+    }
     // Pad .text so SizeOfImage matches the real kernel's.
     b.min_text_size(NT_SIZE - 0x1000 - 2 * PAGE_SIZE);
     let image = b.build(mem)?;

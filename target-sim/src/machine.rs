@@ -1,10 +1,11 @@
 //! [`Machine`]: a booted simulated kernel — memory, modules, pool, workload and run control.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::SimError;
-use crate::image::{ImageBuilder, Loc, SiteLocs, Step, WorkerShape};
+use crate::image::{FileLayout, ImageBuilder, Loc, SiteLocs, Step, WorkerShape};
 use crate::kernel::{self, LdrModule, NtKernel};
+use crate::layout::PAGE_SIZE;
 use crate::memory::{MemError, Memory};
 use crate::pool::{Pool, PoolError, PoolLayout, PoolType};
 use crate::scenario::{Scenario, SiteKindSpec, SiteSpec};
@@ -209,6 +210,11 @@ pub struct Machine {
     pool: Pool,
     nt: NtKernel,
     modules: Vec<SimModule>,
+    /// The file layout of each module's image (as `modules`), read at load.
+    layouts: Vec<Option<FileLayout>>,
+    /// The bytes each page of a module image held before the first debugger write to it
+    /// (the images as loaded, for [`Machine::read_module_file`]).
+    original_pages: BTreeMap<u64, Box<[u8]>>,
     sites: Vec<SiteInfo>,
     actors: Vec<Actor>,
     frees: FreeSchedule,
@@ -221,6 +227,53 @@ pub struct Machine {
     chains: Vec<Option<SiteChain>>,
     last_alloc: Option<LastAllocation>,
     last_free: Option<LastFree>,
+}
+
+/// Names a driver's functions in its export directory, so that a debugger reading the
+/// image file shows them: `DriverEntry`; each site's function by kind and its number among
+/// the module's sites of that kind (`AllocSite1`, `FreeSite1`, `LookasideSite1`,
+/// `GlobalAllocSite1`, `CompareTag1`); and the call chain (`WorkerRoutine`, `Worker`,
+/// `FreeBuffer`). No name holds a pool tag of the built-in scenarios, so tag searches
+/// find what they found before.
+fn export_names(
+    b: &mut ImageBuilder,
+    spec: &crate::scenario::ModuleSpec,
+    emitted: &[(SiteLocs, Option<Loc>)],
+    chain: Option<&crate::image::ChainLocs>,
+    entry: Loc,
+) {
+    b.export("DriverEntry", entry);
+    let mut counts = [0usize; 6];
+    for (s, (locs, _)) in spec.sites.iter().zip(emitted) {
+        let (slot, kind) = match s.kind {
+            SiteKindSpec::Alloc => (0, "AllocSite"),
+            SiteKindSpec::Free => (1, "FreeSite"),
+            SiteKindSpec::Lookaside => (2, "LookasideSite"),
+            SiteKindSpec::DecoyGlobal => (3, "GlobalAllocSite"),
+            SiteKindSpec::DecoyCompare => (4, "CompareTag"),
+            SiteKindSpec::DecoyText => continue,
+        };
+        let Some(function) = locs.function else {
+            continue;
+        };
+        let n = counts.get_mut(slot).map_or(0, |c| {
+            *c += 1;
+            *c
+        });
+        b.export(&format!("{kind}{n}"), function);
+    }
+    if let Some(c) = chain {
+        b.export("WorkerRoutine", c.entry);
+        b.export("Worker", c.worker);
+        b.export("FreeBuffer", c.free_helper);
+    }
+}
+
+/// The file layout of the image at `base`, from its headers in memory.
+fn read_layout(mem: &Memory, base: VirtAddr) -> Option<FileLayout> {
+    let mut headers = vec![0u8; PAGE_SIZE as usize];
+    mem.read(base, &mut headers).ok()?;
+    FileLayout::parse(&headers)
 }
 
 fn site_kind(k: SiteKindSpec) -> SiteKind {
@@ -254,6 +307,8 @@ impl Machine {
                 base: nt.image.base,
                 size: nt.image.size,
             }],
+            layouts: Vec::new(),
+            original_pages: BTreeMap::new(),
             sites: Vec::new(),
             actors: Vec::new(),
             frees: FreeSchedule::new(),
@@ -277,6 +332,7 @@ impl Machine {
             checksum: m.nt.image.checksum,
             timestamp: m.nt.image.timestamp,
         }];
+        m.layouts.push(read_layout(&m.mem, m.nt.image.base));
         let mut next_base = DRIVER_BASE.0;
         let mut lookaside_inits = Vec::new();
         let mut threads = 0usize;
@@ -327,7 +383,14 @@ impl Machine {
             }
             b.align_text();
             b.entry_here();
-            b.code(&[0x33, 0xc0, 0xc3]);
+            let entry = b.code(&[0x33, 0xc0, 0xc3]);
+            export_names(
+                &mut b,
+                spec,
+                &emitted,
+                chain.as_ref().map(|(c, _)| c),
+                entry,
+            );
             let img = b.build(&mut m.mem)?;
             for (s, (locs, list)) in spec.sites.iter().zip(emitted) {
                 let info = SiteInfo {
@@ -418,6 +481,7 @@ impl Machine {
                 base: img.base,
                 size: img.size,
             });
+            m.layouts.push(read_layout(&m.mem, img.base));
             next_base = next_base.max(img.base.0.saturating_add(img.size));
         }
         kernel::write_module_list(&mut m.mem, m.nt.ps_loaded_module_list, &ldr)?;
@@ -461,9 +525,88 @@ impl Machine {
         self.mem.read(addr, buf)
     }
 
-    /// A debugger write: patches code too (see [`Memory::write`]).
+    /// A debugger write: patches code too (see [`Memory::write`]). The first write to a
+    /// page of a module image keeps the page's bytes as they were, for
+    /// [`read_module_file`](Self::read_module_file).
     pub fn write(&mut self, addr: VirtAddr, data: &[u8]) -> Result<(), MemError> {
+        if !data.is_empty() {
+            let last = addr.0.saturating_add(data.len() as u64 - 1);
+            let mut page = addr.0 & !(PAGE_SIZE - 1);
+            while page <= last {
+                self.keep_original(page);
+                match page.checked_add(PAGE_SIZE) {
+                    Some(next) => page = next,
+                    None => break,
+                }
+            }
+        }
         self.mem.write(addr, data)
+    }
+
+    /// Keeps the bytes of `page` (page-aligned) before its first debugger write, if it
+    /// belongs to a module image.
+    fn keep_original(&mut self, page: u64) {
+        if self.original_pages.contains_key(&page)
+            || !self
+                .modules
+                .iter()
+                .any(|m| page >= m.base.0 && page - m.base.0 < m.size)
+        {
+            return;
+        }
+        let mut bytes = vec![0u8; PAGE_SIZE as usize].into_boxed_slice();
+        if self.mem.read(VirtAddr(page), &mut bytes).is_ok() {
+            self.original_pages.insert(page, bytes);
+        }
+    }
+
+    /// Reads memory as it was before any debugger write to a module image (elsewhere,
+    /// as it is): the images as loaded.
+    fn read_original(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        self.mem.read(VirtAddr(addr), buf)?;
+        let end = addr.saturating_add(buf.len() as u64);
+        let first = addr & !(PAGE_SIZE - 1);
+        for (&page, bytes) in self.original_pages.range(first..end) {
+            let from = addr.max(page);
+            let to = end.min(page.saturating_add(PAGE_SIZE));
+            let src = bytes.get((from - page) as usize..(to - page) as usize);
+            let dst = buf.get_mut((from - addr) as usize..(to - addr) as usize);
+            if let (Some(src), Some(dst)) = (src, dst) {
+                dst.copy_from_slice(src);
+            }
+        }
+        Ok(())
+    }
+
+    /// The size of the file module `index` ([`modules`](Self::modules) order) was
+    /// loaded from; `None` for no such module or one without PE headers.
+    pub fn module_file_size(&self, index: usize) -> Option<u64> {
+        Some(self.layouts.get(index)?.as_ref()?.file_size())
+    }
+
+    /// Reads the file module `index` was loaded from: its headers and each section's raw
+    /// data as the machine loaded them, before any debugger write (patches do not show);
+    /// returns how many bytes were read at `offset` into `buf` (0 at the end of the file),
+    /// `None` for no such module.
+    pub fn read_module_file(&self, index: usize, offset: u64, buf: &mut [u8]) -> Option<usize> {
+        let layout = self.layouts.get(index)?.as_ref()?;
+        let base = self.modules.get(index)?.base.0;
+        let mut done = 0usize;
+        while done < buf.len() {
+            let Some((rva, run)) = layout.locate(offset.saturating_add(done as u64)) else {
+                break;
+            };
+            let n = usize::try_from(run)
+                .unwrap_or(usize::MAX)
+                .min(buf.len() - done);
+            let dst = buf.get_mut(done..done + n)?;
+            match rva {
+                Some(rva) if self.read_original(base.saturating_add(rva), dst).is_ok() => {}
+                _ => dst.fill(0),
+            }
+            done += n;
+        }
+        Some(done)
     }
 
     /// Searches memory (see [`Memory::search`]).

@@ -358,3 +358,70 @@ fn many_sites_leakers_are_where_the_docs_say() {
         vec![(23, "vstor.sys".to_string()), (61, "vfs.sys".to_string())]
     );
 }
+
+/// An image read back through its file layout is the PE file: headers at 0, each
+/// section's raw data at its file offset; bytes of no part read as zero, nothing reads
+/// past the end, and the export directory names the functions exported, sorted.
+#[test]
+fn an_image_reads_back_as_its_file_with_its_exports() {
+    use tagsplit_target_sim::image::{FileLayout, Loc};
+    let mut mem = Memory::new();
+    let base = VirtAddr(0xffff_f880_0100_0000);
+    let mut b = ImageBuilder::new("zeta.sys", base, vec![VirtAddr(0x1000); NT_IMPORTS.len()]);
+    let site = b
+        .alloc_site(AllocStyle::Plain, PoolTag::new(*b"Zzz1"), 0, 64, None)
+        .unwrap();
+    let entry = b.code(&[0x33, 0xc0, 0xc3]);
+    b.export("ZetaEntry", entry)
+        .export("AllocSite1", site.function.unwrap())
+        .export("ZetaEntry", Loc::Text(0));
+    let img = b.build(&mut mem).unwrap();
+    let mut headers = vec![0u8; 0x1000];
+    mem.read(base, &mut headers).unwrap();
+    let layout = FileLayout::parse(&headers).unwrap();
+    assert_eq!(layout.headers, 0x400);
+    assert_eq!(layout.sections.len(), 2, "{layout:?}"); // .data has no raw bytes
+    let size = layout.file_size();
+    assert_eq!(size, layout.sections[1].0 + layout.sections[1].1);
+    assert_eq!(layout.locate(0), Some((Some(0), 0x400)));
+    let (at, raw, rva) = layout.sections[0];
+    assert_eq!((at, rva), (0x400, 0x1000));
+    assert_eq!(layout.locate(at + 5), Some((Some(rva + 5), raw - 5)));
+    assert_eq!(layout.locate(size), None);
+    assert_eq!(layout.locate(u64::MAX), None);
+    // The export directory (data directory 0) in the file.
+    let field = |at: u64| {
+        let at = (PE_OFFSET as u64 + 24 + 0x70 + at) as usize;
+        u32::from_le_bytes(headers[at..at + 4].try_into().unwrap()) as u64
+    };
+    let (edata, edata_size) = (field(0), field(4));
+    assert!(edata > img.rdata.0 - base.0 && edata_size > 40);
+    let ex = |off: u64| read_u32(&mem, base.0 + edata + off) as u64;
+    assert_eq!(
+        (ex(20), ex(24)),
+        (2, 2),
+        "two names: the second ZetaEntry is dropped"
+    );
+    let name_at = |rva: u64| {
+        let mut s = vec![0u8; 16];
+        mem.read(VirtAddr(base.0 + rva), &mut s).unwrap();
+        String::from_utf8_lossy(&s[..s.iter().position(|&c| c == 0).unwrap()]).into_owned()
+    };
+    assert_eq!(name_at(ex(12)), "ZETA.SYS");
+    let names: Vec<String> = (0..2)
+        .map(|i| name_at(read_u32(&mem, base.0 + ex(32) + 4 * i) as u64))
+        .collect();
+    assert_eq!(names, ["AllocSite1", "ZetaEntry"]);
+    // The ordinals map the sorted names back to the functions, in export order.
+    let ordinal = |i: u64| {
+        let mut o = [0u8; 2];
+        mem.read(VirtAddr(base.0 + ex(36) + 2 * i), &mut o).unwrap();
+        u16::from_le_bytes(o) as u64
+    };
+    let function = |i: u64| read_u32(&mem, base.0 + ex(28) + 4 * i) as u64;
+    assert_eq!(
+        base.0 + function(ordinal(0)),
+        img.addr(site.function.unwrap()).0
+    );
+    assert_eq!(base.0 + function(ordinal(1)), img.addr(entry).0);
+}

@@ -500,6 +500,184 @@ pub enum ThreadOp {
     Continue,
 }
 
+/// A GDB host I/O request (`vFile:…`): gdb reading files on the target's side, such as
+/// the libraries a stub lists in `qXfer:libraries` (with `set sysroot target:`, gdb's
+/// default). Answered with [`HostIoReply`](super::reply::HostIoReply).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HostIo<'a> {
+    /// `vFile:setfs:PID`: which process's filesystem later requests use (0: the stub's).
+    Setfs(u64),
+    /// `vFile:open:NAME,FLAGS,MODE` (the name hex-encoded).
+    Open {
+        /// The file name.
+        name: HexBytes<'a>,
+        /// gdb's `open` flags ([`host_io::O_WRONLY`] …; 0 is read-only).
+        flags: u64,
+        /// The mode a created file gets.
+        mode: u64,
+    },
+    /// `vFile:close:FD`.
+    Close(u64),
+    /// `vFile:pread:FD,COUNT,OFFSET`.
+    Pread {
+        /// The descriptor `open` returned.
+        fd: u64,
+        /// Bytes asked for (a stub answers at most what fits in one packet).
+        count: u64,
+        /// Where in the file.
+        offset: u64,
+    },
+    /// `vFile:pwrite:FD,OFFSET,DATA` (the data binary).
+    Pwrite {
+        /// The descriptor.
+        fd: u64,
+        /// Where in the file.
+        offset: u64,
+        /// The bytes.
+        data: &'a [u8],
+    },
+    /// `vFile:fstat:FD`.
+    Fstat(u64),
+    /// `vFile:unlink:NAME`.
+    Unlink(HexBytes<'a>),
+    /// `vFile:readlink:NAME`.
+    Readlink(HexBytes<'a>),
+}
+
+/// gdb's host I/O constants (its "File-I/O" protocol: flags, modes and `errno` values are
+/// gdb's own numbers, not the host's).
+pub mod host_io {
+    /// `O_RDONLY`.
+    pub const O_RDONLY: u64 = 0x0;
+    /// `O_WRONLY`.
+    pub const O_WRONLY: u64 = 0x1;
+    /// `O_RDWR`.
+    pub const O_RDWR: u64 = 0x2;
+    /// `O_APPEND`.
+    pub const O_APPEND: u64 = 0x8;
+    /// `O_CREAT`.
+    pub const O_CREAT: u64 = 0x200;
+    /// `O_TRUNC`.
+    pub const O_TRUNC: u64 = 0x400;
+    /// `O_EXCL`.
+    pub const O_EXCL: u64 = 0x800;
+    /// `S_IFREG`: a regular file (in `st_mode`).
+    pub const S_IFREG: u32 = 0o100000;
+    /// `ENOENT`: no such file.
+    pub const ENOENT: u32 = 2;
+    /// `EBADF`: not an open descriptor.
+    pub const EBADF: u32 = 9;
+    /// `EACCES`: permission denied.
+    pub const EACCES: u32 = 13;
+    /// `EINVAL`: invalid argument (`readlink` of a file that is not a link).
+    pub const EINVAL: u32 = 22;
+    /// `EMFILE`: too many open files.
+    pub const EMFILE: u32 = 24;
+    /// `EROFS`: read-only file system.
+    pub const EROFS: u32 = 30;
+    /// `ENAMETOOLONG`.
+    pub const ENAMETOOLONG: u32 = 91;
+    /// `EUNKNOWN`: any other error.
+    pub const EUNKNOWN: u32 = 9999;
+    /// The size of gdb's `struct stat` as `vFile:fstat` returns it (every field
+    /// big-endian: `st_dev`, `st_ino`, `st_mode`, `st_nlink`, `st_uid`, `st_gid`,
+    /// `st_rdev` of 4 bytes, `st_size`, `st_blksize`, `st_blocks` of 8, then `st_atime`,
+    /// `st_mtime`, `st_ctime` of 4).
+    pub const STAT_SIZE: usize = 64;
+
+    /// gdb's `struct stat` of a read-only regular file of `size` bytes (see
+    /// [`STAT_SIZE`]); `ino` tells files apart.
+    pub fn stat_regular_file(size: u64, ino: u32) -> [u8; STAT_SIZE] {
+        let mut st = [0u8; STAT_SIZE];
+        let mut put = |at: usize, bytes: &[u8]| {
+            if let Some(slot) = st.get_mut(at..at + bytes.len()) {
+                slot.copy_from_slice(bytes);
+            }
+        };
+        put(4, &ino.to_be_bytes());
+        put(8, &(S_IFREG | 0o444).to_be_bytes());
+        put(12, &1u32.to_be_bytes());
+        put(28, &size.to_be_bytes());
+        put(36, &4096u64.to_be_bytes());
+        put(44, &size.div_ceil(512).to_be_bytes());
+        st
+    }
+}
+
+impl HostIo<'_> {
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"vFile:");
+        let nums = |op: &[u8], values: &[u64], out: &mut Vec<u8>| {
+            out.extend_from_slice(op);
+            for (i, v) in values.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                push_hex_u64(*v, out);
+            }
+        };
+        match self {
+            HostIo::Setfs(pid) => nums(b"setfs:", &[*pid], out),
+            HostIo::Open { name, flags, mode } => {
+                out.extend_from_slice(b"open:");
+                name.encode_into(out);
+                out.push(b',');
+                nums(b"", &[*flags, *mode], out);
+            }
+            HostIo::Close(fd) => nums(b"close:", &[*fd], out),
+            HostIo::Pread { fd, count, offset } => nums(b"pread:", &[*fd, *count, *offset], out),
+            HostIo::Pwrite { fd, offset, data } => {
+                nums(b"pwrite:", &[*fd, *offset], out);
+                out.push(b',');
+                out.extend_from_slice(data);
+            }
+            HostIo::Fstat(fd) => nums(b"fstat:", &[*fd], out),
+            HostIo::Unlink(name) => {
+                out.extend_from_slice(b"unlink:");
+                name.encode_into(out);
+            }
+            HostIo::Readlink(name) => {
+                out.extend_from_slice(b"readlink:");
+                name.encode_into(out);
+            }
+        }
+    }
+
+    /// Parses what follows `vFile:`.
+    fn parse(args: &[u8]) -> Option<HostIo<'_>> {
+        let (op, rest) = args.split_at(args.iter().position(|&c| c == b':')?);
+        let rest = rest.get(1..)?;
+        let comma = || preceded(lit(b","), hex_u64());
+        match op {
+            b"setfs" => whole(rest, hex_u64()).map(HostIo::Setfs),
+            b"open" => whole(rest, (hex_name(), comma(), comma()))
+                .map(|(name, flags, mode)| HostIo::Open { name, flags, mode }),
+            b"close" => whole(rest, hex_u64()).map(HostIo::Close),
+            b"pread" => whole(rest, (hex_u64(), comma(), comma()))
+                .map(|(fd, count, offset)| HostIo::Pread { fd, count, offset }),
+            b"pwrite" => whole(
+                rest,
+                (
+                    hex_u64(),
+                    comma(),
+                    preceded(lit(b","), nom::combinator::rest),
+                ),
+            )
+            .map(|(fd, offset, data)| HostIo::Pwrite { fd, offset, data }),
+            b"fstat" => whole(rest, hex_u64()).map(HostIo::Fstat),
+            b"unlink" => whole(rest, hex_name()).map(HostIo::Unlink),
+            b"readlink" => whole(rest, hex_name()).map(HostIo::Readlink),
+            _ => None,
+        }
+    }
+}
+
+/// A hex-encoded file name (up to the next `,`).
+fn hex_name<'a>() -> impl Parser<In<'a>, Output = HexBytes<'a>, Error = PErr<'a>> {
+    nom::combinator::map_opt(take_while1(|c: u8| c != b','), HexBytes::hex)
+}
+
 /// A command from a client, parsed from one packet payload (and borrowing from it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -613,6 +791,8 @@ pub enum Command<'a> {
     Kill,
     /// `vKill;PID`.
     VKill(Option<u64>),
+    /// `vFile:…`: host I/O, gdb reading the target's files.
+    HostIo(HostIo<'a>),
     /// `QTagsplit.RunLimit:TICKS`: **tagsplit's own extension**, not a gdb packet. The
     /// next resume runs at most this many ticks of the target's clock, then stops with
     /// `T02` (0 = no limit). Offered in `qSupported` as `QTagsplit.RunLimit+` only by stubs
@@ -774,6 +954,7 @@ fn parse_named(payload: &[u8]) -> Option<Command<'_>> {
         )
         .map(|wire| Command::VCont(ResumeActions::Wire(wire))),
         b"vKill" => whole(args, opt(preceded(lit(b";"), hex_u64()))).map(Command::VKill),
+        b"vFile" => HostIo::parse(args.strip_prefix(b":")?).map(Command::HostIo),
         _ => None,
     }
 }
@@ -803,6 +984,19 @@ fn is_known(payload: &[u8]) -> bool {
                 | b"vKill" => true,
                 b"qXfer" => payload.split(|&c| c == b':').nth(2) == Some(&b"read"[..]),
                 b"qSearch" => payload.starts_with(b"qSearch:memory:"),
+                b"vFile" => matches!(
+                    parts.next(),
+                    Some(
+                        b"setfs"
+                            | b"open"
+                            | b"close"
+                            | b"pread"
+                            | b"pwrite"
+                            | b"fstat"
+                            | b"unlink"
+                            | b"readlink"
+                    )
+                ),
                 _ => false,
             }
         }
@@ -847,6 +1041,7 @@ impl<'a> Command<'a> {
             Command::SearchMemory { .. } => ReplyKind::Search,
             Command::Crc { .. } => ReplyKind::Crc,
             Command::Monitor(_) => ReplyKind::Monitor,
+            Command::HostIo(_) => ReplyKind::HostIo,
             Command::VContQuery => ReplyKind::VContSupported,
             Command::Continue(_) | Command::Step(_) | Command::VCont(_) => ReplyKind::Stop,
             Command::Detach(_) | Command::Kill | Command::VKill(_) => ReplyKind::Status,
@@ -974,6 +1169,7 @@ impl<'a> Command<'a> {
                     push_hex_u64(*pid, out);
                 }
             }
+            Command::HostIo(io) => io.encode_into(out),
             Command::RunLimit(ticks) => {
                 out.extend_from_slice(b"QTagsplit.RunLimit:");
                 push_hex_u64(*ticks, out);
@@ -1144,7 +1340,7 @@ mod tests {
         assert_eq!(Command::parse(b"qCRC:1"), Command::Malformed(b"qCRC:1"));
         for unknown in [
             &b"qGetTLSAddr:1,2,3"[..],
-            b"vFile:open:x",
+            b"vFile:mkdir:78",
             b"qXfer:features:write:x:0:",
             b"!",
         ] {
@@ -1156,6 +1352,69 @@ mod tests {
         };
         assert_eq!(data, HexBytes::raw(b"Lk"));
         assert_eq!(data.to_vec(), b"Lk");
+    }
+
+    #[test]
+    fn host_io_requests() {
+        round_trip(b"vFile:setfs:0", Command::HostIo(HostIo::Setfs(0)));
+        // gdb 13's open of `/SystemRoot/x`, read-only.
+        round_trip(
+            b"vFile:open:2f53797374656d526f6f742f78,0,0",
+            Command::HostIo(HostIo::Open {
+                name: HexBytes::raw(b"/SystemRoot/x"),
+                flags: host_io::O_RDONLY,
+                mode: 0,
+            }),
+        );
+        round_trip(
+            b"vFile:pread:3,4000,e00",
+            Command::HostIo(HostIo::Pread {
+                fd: 3,
+                count: 0x4000,
+                offset: 0xe00,
+            }),
+        );
+        round_trip(
+            b"vFile:pwrite:3,10,a,b#",
+            Command::HostIo(HostIo::Pwrite {
+                fd: 3,
+                offset: 0x10,
+                data: b"a,b#",
+            }),
+        );
+        round_trip(b"vFile:close:3", Command::HostIo(HostIo::Close(3)));
+        round_trip(b"vFile:fstat:3", Command::HostIo(HostIo::Fstat(3)));
+        round_trip(
+            b"vFile:unlink:78",
+            Command::HostIo(HostIo::Unlink(HexBytes::raw(b"x"))),
+        );
+        round_trip(
+            b"vFile:readlink:78",
+            Command::HostIo(HostIo::Readlink(HexBytes::raw(b"x"))),
+        );
+        assert_eq!(
+            Command::parse(b"vFile:pread:3,4000,e00").reply_kind(),
+            ReplyKind::HostIo
+        );
+        // Known requests with bad arguments: an error, not "unsupported".
+        for bad in [
+            &b"vFile:open:2f7,0,0"[..],
+            b"vFile:open:2f78,0",
+            b"vFile:open:,0,0",
+            b"vFile:pread:3,4000",
+            b"vFile:pread:3,4000,e00,1",
+            b"vFile:close:",
+            b"vFile:fstat:zz",
+            b"vFile:setfs",
+            b"vFile:pread:11112222333344445,1,0",
+        ] {
+            assert_eq!(Command::parse(bad), Command::Malformed(bad), "{bad:?}");
+        }
+        let st = host_io::stat_regular_file(0xe00, 7);
+        assert_eq!(&st[4..8], &7u32.to_be_bytes());
+        assert_eq!(&st[8..12], &0o100444u32.to_be_bytes());
+        assert_eq!(&st[28..36], &0xe00u64.to_be_bytes());
+        assert_eq!(&st[44..52], &7u64.to_be_bytes());
     }
 
     #[test]
@@ -1202,7 +1461,6 @@ mod tests {
         round_trip(b"D;1", Command::Detach(Some(1)));
         round_trip(b"k", Command::Kill);
         round_trip(b"vKill;a", Command::VKill(Some(10)));
-        round_trip(b"vFile:setfs:0", Command::Unknown(b"vFile:setfs:0"));
         round_trip(b"qMARK:find", Command::Unknown(b"qMARK:find"));
         round_trip(b"QTagsplit.RunLimit:3e8", Command::RunLimit(1000));
     }

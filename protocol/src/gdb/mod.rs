@@ -76,7 +76,7 @@ pub mod transcript;
 pub mod xml;
 
 pub use command::{
-    Breakpoint, BreakpointType, Command, Feature, FeatureValue, Features, HexBytes,
+    Breakpoint, BreakpointType, Command, Feature, FeatureValue, Features, HexBytes, HostIo,
     RUN_LIMIT_FEATURE, ResumeAction, ResumeActions, ResumeKind, ThreadId, ThreadOp, ThreadSel,
     XferObject,
 };
@@ -91,7 +91,9 @@ pub const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_MPEG_2);
 pub fn crc32(bytes: &[u8]) -> u32 {
     CRC32.checksum(bytes)
 }
-pub use reply::{Reply, ReplyError, ReplyKind, SIGINT, SIGTRAP, StopKind, StopReply, packet_text};
+pub use reply::{
+    HostIoReply, Reply, ReplyError, ReplyKind, SIGINT, SIGTRAP, StopKind, StopReply, packet_text,
+};
 pub use session::{
     ClientEvent, ClientSession, CommandPacket, ServerEvent, ServerSession, SessionConfig,
     SessionStats,

@@ -54,6 +54,8 @@ pub enum ReplyKind {
     Monitor,
     /// `vCont;c;s…`.
     VContSupported,
+    /// A host I/O answer (`F…`, see [`HostIoReply`]).
+    HostIo,
     /// Anything, kept as raw bytes.
     Raw,
 }
@@ -179,6 +181,54 @@ impl StopReply {
     }
 }
 
+/// The answer to a host I/O request ([`HostIo`](super::HostIo)): `F` + a result in hex,
+/// `F-1,ERRNO` on failure (gdb's `errno` numbers, [`host_io`](super::command::host_io)).
+/// `pread`, `fstat` and `readlink` answer with their data after a `;` (binary; framing
+/// escapes it), and gdb requires the `;` with them even for no data (an empty read at the
+/// end of a file is `F0;`), and without it for the others.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostIoReply {
+    /// `Fvalue`: a descriptor (`open`), 0 (`close`, `setfs`).
+    Value(u64),
+    /// `FLEN;DATA`: the bytes read, a `struct stat`, a link's target.
+    Data(Vec<u8>),
+    /// `F-1,errno`.
+    Error(u32),
+}
+
+impl HostIoReply {
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        out.push(b'F');
+        match self {
+            HostIoReply::Value(value) => push_hex_u64(*value, out),
+            HostIoReply::Data(data) => {
+                push_hex_u64(data.len() as u64, out);
+                out.push(b';');
+                out.extend_from_slice(data);
+            }
+            HostIoReply::Error(errno) => {
+                out.extend_from_slice(b"-1,");
+                push_hex_u64(u64::from(*errno), out);
+            }
+        }
+    }
+
+    fn parse(payload: &[u8]) -> Option<Self> {
+        let body = payload.strip_prefix(b"F")?;
+        let Some(at) = body.iter().position(|&c| c == b';') else {
+            return match body.strip_prefix(b"-1,") {
+                Some(errno) => Some(HostIoReply::Error(
+                    u32::try_from(parse_hex_u64(errno)?).ok()?,
+                )),
+                None => parse_hex_u64(body).map(HostIoReply::Value),
+            };
+        };
+        let len = parse_hex_u64(body.get(..at)?)?;
+        let data = body.get(at + 1..)?;
+        (len == data.len() as u64).then(|| HostIoReply::Data(data.to_vec()))
+    }
+}
+
 /// A reply from a stub.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -222,6 +272,8 @@ pub enum Reply {
     Attached(bool),
     /// `vCont;…`: the supported actions (`c`, `C`, `s`, `S`, …).
     VContSupported(Vec<String>),
+    /// A host I/O answer.
+    HostIo(HostIoReply),
     /// Anything else, verbatim.
     Raw(Vec<u8>),
 }
@@ -324,6 +376,7 @@ impl Reply {
                     out.extend_from_slice(a.as_bytes());
                 }
             }
+            Reply::HostIo(io) => io.encode_into(out),
             Reply::Raw(raw) => out.extend_from_slice(raw),
         }
     }
@@ -453,6 +506,9 @@ impl Reply {
                     )
                 })
                 .ok_or_else(bad),
+            ReplyKind::HostIo => HostIoReply::parse(payload)
+                .map(Reply::HostIo)
+                .ok_or_else(bad),
         }
     }
 }
@@ -568,6 +624,35 @@ mod tests {
             b"vCont;c;C;s;S",
             Reply::VContSupported(vec!["c".into(), "C".into(), "s".into(), "S".into()]),
         );
+    }
+
+    #[test]
+    fn host_io_replies() {
+        round_trip(
+            ReplyKind::HostIo,
+            b"F3",
+            Reply::HostIo(HostIoReply::Value(3)),
+        );
+        round_trip(
+            ReplyKind::HostIo,
+            b"F-1,2",
+            Reply::HostIo(HostIoReply::Error(2)),
+        );
+        // Data follows the `;`, binary (framing escapes it), even none at all.
+        round_trip(
+            ReplyKind::HostIo,
+            b"F3;M;\x00",
+            Reply::HostIo(HostIoReply::Data(b"M;\x00".to_vec())),
+        );
+        round_trip(
+            ReplyKind::HostIo,
+            b"F0;",
+            Reply::HostIo(HostIoReply::Data(Vec::new())),
+        );
+        for bad in [&b"F"[..], b"Fzz", b"F5;abc", b"F-1,", b"3", b"F-1,2;x"] {
+            assert!(Reply::parse(ReplyKind::HostIo, bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(Reply::parse(ReplyKind::HostIo, b"").unwrap(), Reply::Empty);
     }
 
     #[test]

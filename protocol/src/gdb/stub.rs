@@ -6,8 +6,11 @@
 //! list and the memory map in windows that fit the packet size, `m`/`x` replies are
 //! clamped to the packet size (the escaped size for binary replies), `g`/`G`/`p`/`P` use
 //! the 536-byte x86-64 layout of [`xml::target_description_x86_64`], and resumes go
-//! through the target's run control. Anything the target lacks gets the empty reply
-//! ("unsupported"); a known packet with malformed arguments gets an `E` reply.
+//! through the target's run control. A target with [`FileOps`](crate::stub::FileOps)
+//! gets gdb's host I/O (`vFile:`, read-only, descriptors kept here, each `pread` cut to a
+//! packet) and `qXfer:exec-file`; the library list names each library as gdb fetches it
+//! ([`xml::gdb_library_name`]) at its first section. Anything the target lacks gets the
+//! empty reply ("unsupported"); a known packet with malformed arguments gets an `E` reply.
 //!
 //! The stub does no I/O: a transport feeds it what it reads
 //! ([`receive`](Stub::receive)), lets a running target progress
@@ -58,16 +61,18 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use super::command::{DEFAULT_RUN_FEATURE, RUN_LIMIT_FEATURE};
+use super::command::{DEFAULT_RUN_FEATURE, RUN_LIMIT_FEATURE, host_io};
 use super::frame;
 use super::session;
 use super::xml;
 use super::{
-    BreakpointType, Command, CommandPacket, Feature, HexBytes, Reply, ResumeKind, SIGINT, SIGTRAP,
-    ServerEvent, ServerSession, SessionConfig, StopKind, StopReply, ThreadId, XferObject,
+    BreakpointType, Command, CommandPacket, Feature, HexBytes, HostIo, HostIoReply, Reply,
+    ResumeKind, SIGINT, SIGTRAP, ServerEvent, ServerSession, SessionConfig, StopKind, StopReply,
+    ThreadId, XferObject,
 };
 use crate::stub::{
-    BreakpointKind, Resume, RunState, StopReason, Target, TargetError, X64Registers,
+    BreakpointKind, FileError, FileInfo, Resume, RunState, StopReason, Target, TargetError,
+    X64Registers,
 };
 
 /// The errno-style code for a memory fault (`EFAULT`).
@@ -84,6 +89,11 @@ pub const CANNOT_RUN: &str = "this target cannot run";
 const THREAD: u64 = 1;
 /// The default [`StubConfig::max_pending`].
 pub const DEFAULT_MAX_PENDING: usize = 64;
+/// Files one client may hold open through host I/O (`vFile:open`); one more is refused
+/// with `EMFILE`.
+pub const MAX_OPEN_FILES: usize = 32;
+/// Bytes of a host I/O reply besides its data: `F`, the count in hex and the `;`.
+const HOST_IO_HEAD: usize = 24;
 
 /// Protocol choices of a stub (what the target supports is asked of the target).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,6 +231,8 @@ pub struct Stub {
     breakpoints: BTreeMap<u64, BreakpointKind>,
     /// Why the target last stopped (the answer to `?`).
     last_stop: StopReply,
+    /// Files the client opened through host I/O, by descriptor.
+    files: BTreeMap<u64, FileInfo>,
     running: bool,
     closed: bool,
 }
@@ -242,6 +254,7 @@ impl Stub {
             scratch: Vec::new(),
             breakpoints: BTreeMap::new(),
             last_stop: StopReply::thread(SIGTRAP, THREAD, None),
+            files: BTreeMap::new(),
             running: false,
             closed: false,
         }
@@ -363,6 +376,7 @@ impl Stub {
             ops.set_run_limit(None);
         }
         self.pending.clear();
+        self.files.clear();
         self.closed = true;
     }
 
@@ -448,6 +462,10 @@ impl Stub {
         on(breakpoints, "swbreak");
         on(breakpoints, "hwbreak");
         on(true, "vContSupported");
+        let exec_file = target
+            .support_files()
+            .is_some_and(|ops| ops.exec_file().is_some());
+        on(exec_file, "qXfer:exec-file:read");
         if let Some(ops) = target.support_run_limit() {
             let default = ops.default_run();
             list.push(Feature::supported(RUN_LIMIT_FEATURE));
@@ -472,7 +490,11 @@ impl Stub {
             }
             XferObject::Libraries => match target.support_libraries() {
                 Some(ops) if annex.is_empty() => {
-                    let libs = ops.libraries();
+                    let mut libs = ops.libraries();
+                    for lib in &mut libs {
+                        lib.address = first_segment(target, lib.address);
+                        lib.name = xml::gdb_library_name(&lib.name);
+                    }
                     xml::library_list(&libs).into_bytes()
                 }
                 Some(_) => return Reply::Error(E_INVAL),
@@ -486,6 +508,13 @@ impl Stub {
                 Some(_) => return Reply::Error(E_INVAL),
                 None => return Reply::Empty,
             },
+            // The annex names a process; there is one.
+            XferObject::Other(b"exec-file") => {
+                match target.support_files().map(|ops| ops.exec_file()) {
+                    Some(Some(name)) => xml::gdb_library_name(&name).into_bytes(),
+                    Some(None) | None => return Reply::Empty,
+                }
+            }
             XferObject::Features => return Reply::Error(0),
             _ => return Reply::Empty,
         };
@@ -563,16 +592,85 @@ impl Stub {
         let Some(mut data) = Self::read_memory(target, addr, len, room) else {
             return Reply::Error(E_FAULT);
         };
-        let mut escaped = 0usize;
-        let fits = data
-            .iter()
-            .take_while(|&&b| {
-                escaped += if frame::needs_escape(b) { 2 } else { 1 };
-                escaped <= room
-            })
-            .count();
-        data.truncate(fits.max(1).min(data.len()));
+        truncate_escaped(&mut data, room);
         Reply::Binary(data)
+    }
+
+    /// A host I/O request (`vFile:`), answered from the target's [`FileOps`]
+    /// (`crate::stub::FileOps`); the empty reply without them.
+    fn host_io<T: Target + ?Sized>(&mut self, target: &mut T, io: HostIo<'_>) -> Reply {
+        let Some(ops) = target.support_files() else {
+            return Reply::Empty;
+        };
+        let errno = |e: FileError| {
+            HostIoReply::Error(match e {
+                FileError::NotFound => host_io::ENOENT,
+                FileError::Denied => host_io::EACCES,
+                _ => host_io::EUNKNOWN,
+            })
+        };
+        const WRITES: u64 = host_io::O_WRONLY
+            | host_io::O_RDWR
+            | host_io::O_APPEND
+            | host_io::O_CREAT
+            | host_io::O_TRUNC
+            | host_io::O_EXCL;
+        let reply = match io {
+            // One filesystem, whichever process gdb names.
+            HostIo::Setfs(_) => HostIoReply::Value(0),
+            HostIo::Open { flags, .. } if flags & WRITES != 0 => HostIoReply::Error(host_io::EROFS),
+            HostIo::Open { .. } if self.files.len() >= MAX_OPEN_FILES => {
+                HostIoReply::Error(host_io::EMFILE)
+            }
+            HostIo::Open { name, .. } => match ops.open_file(&name.to_vec()) {
+                Ok(info) => {
+                    // The lowest free descriptor, as `open` gives.
+                    let fd = (0u64..)
+                        .find(|fd| !self.files.contains_key(fd))
+                        .unwrap_or_default();
+                    self.files.insert(fd, info);
+                    HostIoReply::Value(fd)
+                }
+                Err(e) => errno(e),
+            },
+            HostIo::Close(fd) => match self.files.remove(&fd) {
+                Some(_) => HostIoReply::Value(0),
+                None => HostIoReply::Error(host_io::EBADF),
+            },
+            HostIo::Pread { fd, count, offset } => match self.files.get(&fd) {
+                Some(file) => {
+                    // Escaping can double the data: read what fits in a packet.
+                    let room = self.config.packet_size.saturating_sub(HOST_IO_HEAD).max(1);
+                    let want = usize::try_from(count).unwrap_or(usize::MAX).min(room);
+                    let mut data = vec![0u8; want];
+                    match ops.read_file(file.id, offset, &mut data) {
+                        Ok(n) => {
+                            data.truncate(n.min(want));
+                            truncate_escaped(&mut data, room);
+                            HostIoReply::Data(data)
+                        }
+                        Err(e) => errno(e),
+                    }
+                }
+                None => HostIoReply::Error(host_io::EBADF),
+            },
+            HostIo::Fstat(fd) => match self.files.get(&fd) {
+                Some(file) => {
+                    HostIoReply::Data(host_io::stat_regular_file(file.size, fd as u32 + 1).to_vec())
+                }
+                None => HostIoReply::Error(host_io::EBADF),
+            },
+            HostIo::Pwrite { fd, .. } if !self.files.contains_key(&fd) => {
+                HostIoReply::Error(host_io::EBADF)
+            }
+            HostIo::Pwrite { .. } | HostIo::Unlink(_) => HostIoReply::Error(host_io::EROFS),
+            // Files served are never symbolic links.
+            HostIo::Readlink(name) => match ops.open_file(&name.to_vec()) {
+                Ok(_) => HostIoReply::Error(host_io::EINVAL),
+                Err(e) => errno(e),
+            },
+        };
+        Reply::HostIo(reply)
     }
 
     fn write_memory<T: Target + ?Sized>(target: &mut T, addr: u64, data: &[u8]) -> Reply {
@@ -733,6 +831,7 @@ impl Stub {
                 None => Reply::Empty,
             },
             Command::Crc { addr, len } => Self::crc(target, addr, len),
+            Command::HostIo(io) => self.host_io(target, io),
             Command::Monitor(text) => return self.monitor(target, text),
             Command::InsertBreakpoint(bp) => self.breakpoint(target, bp.kind, bp.addr, true),
             Command::RemoveBreakpoint(bp) => self.breakpoint(target, bp.kind, bp.addr, false),
@@ -779,6 +878,68 @@ impl Stub {
     }
 }
 
+/// Where gdb expects a library's first segment: for a PE image at `base`, its lowest
+/// section (`base + 0x1000` for the usual layout), which is where gdb's own reading of the
+/// file puts the first segment and relocates the file from (the image base there would
+/// put every symbol a page off); `base` itself when no PE headers are found there.
+fn first_segment<T: Target + ?Sized>(target: &mut T, base: u64) -> u64 {
+    use crate::nt::pe::{dos, file_header, nt_headers, section};
+    let mut read = |addr: u64, buf: &mut [u8]| matches!(target.read_memory(addr, buf), Ok(n) if n == buf.len());
+    let u16_at = |b: &[u8], at: u64| {
+        let at = at as usize;
+        Some(u64::from(u16::from_le_bytes(
+            b.get(at..at + 2)?.try_into().ok()?,
+        )))
+    };
+    let u32_at = |b: &[u8], at: u64| {
+        let at = at as usize;
+        Some(u64::from(u32::from_le_bytes(
+            b.get(at..at + 4)?.try_into().ok()?,
+        )))
+    };
+    let mut lowest = || -> Option<u64> {
+        let mut head = [0u8; dos::SIZE as usize];
+        if !read(base, &mut head) || head.get(..2)? != dos::MAGIC {
+            return None;
+        }
+        let lfanew = u32_at(&head, dos::E_LFANEW).filter(|&v| v <= 0x1000)?;
+        let mut nt = [0u8; (nt_headers::OPTIONAL_HEADER) as usize];
+        let nt_at = base.checked_add(lfanew)?;
+        if !read(nt_at, &mut nt) || nt.get(..4)? != nt_headers::SIGNATURE {
+            return None;
+        }
+        let fh = nt_headers::FILE_HEADER;
+        let count = u16_at(&nt, fh + file_header::NUMBER_OF_SECTIONS)?.min(96);
+        let optional = u16_at(&nt, fh + file_header::SIZE_OF_OPTIONAL_HEADER)?;
+        let table = nt_at.checked_add(nt_headers::OPTIONAL_HEADER + optional)?;
+        let mut low: Option<u64> = None;
+        for i in 0..count {
+            let mut entry = [0u8; section::SIZE as usize];
+            if !read(table.checked_add(i * section::SIZE)?, &mut entry) {
+                return None;
+            }
+            let rva = u32_at(&entry, section::VIRTUAL_ADDRESS)?;
+            low = Some(low.map_or(rva, |l| l.min(rva)));
+        }
+        base.checked_add(low?)
+    };
+    lowest().unwrap_or(base)
+}
+
+/// Cuts `data` to the longest prefix (at least one byte, if any) whose escaped form
+/// (`}` before `#`, `$`, `}`, `*`) fits in `room` bytes.
+fn truncate_escaped(data: &mut Vec<u8>, room: usize) {
+    let mut escaped = 0usize;
+    let fits = data
+        .iter()
+        .take_while(|&&b| {
+            escaped += if frame::needs_escape(b) { 2 } else { 1 };
+            escaped <= room
+        })
+        .count();
+    data.truncate(fits.max(1).min(data.len()));
+}
+
 /// The reply for a failed target operation.
 fn error_reply(e: TargetError) -> Reply {
     match e {
@@ -791,6 +952,7 @@ fn error_reply(e: TargetError) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gdb::ReplyKind;
     use crate::gdb::frame::{Decoder, Event, encode_packet};
 
     /// 16 bytes at 0x1000 that cannot run, with no optional capability.
@@ -829,16 +991,9 @@ mod tests {
     }
 
     fn ask(stub: &mut Stub, rom: &mut Rom, payload: &[u8]) -> Vec<String> {
-        let wire = encode_packet(payload, false);
-        assert_eq!(stub.receive(rom, &wire), wire.len());
-        let bytes = stub.poll_transmit().unwrap_or_default();
-        Decoder::default()
-            .decode(&bytes)
-            .into_iter()
-            .filter_map(|e| match e {
-                Event::Packet(p) => Some(String::from_utf8_lossy(&p).into_owned()),
-                _ => None,
-            })
+        ask_raw(stub, rom, payload)
+            .iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
             .collect()
     }
 
@@ -896,6 +1051,142 @@ mod tests {
         let too_long = format!("qCRC:1000,{:x}", MAX_CRC_LEN + 1);
         assert_eq!(ask(&mut stub, &mut rom, too_long.as_bytes()), ["E16"]);
         assert_eq!(ask(&mut stub, &mut rom, b"qCRC:1000"), ["E16"]);
+    }
+
+    /// `Rom`, plus one file, `/boot/x.sys`: 0x5000 bytes, each its offset's low byte.
+    struct Disk(Rom);
+
+    impl Target for Disk {
+        fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<usize, TargetError> {
+            self.0.read_memory(addr, buf)
+        }
+        fn write_memory(&mut self, addr: u64, data: &[u8]) -> Result<(), TargetError> {
+            self.0.write_memory(addr, data)
+        }
+        fn registers(&mut self) -> Result<X64Registers, TargetError> {
+            self.0.registers()
+        }
+        fn write_registers(&mut self, regs: &X64Registers) -> Result<(), TargetError> {
+            self.0.write_registers(regs)
+        }
+        fn resume(&mut self, how: Resume) -> Result<(), TargetError> {
+            self.0.resume(how)
+        }
+        fn poll_run(&mut self) -> RunState {
+            self.0.poll_run()
+        }
+        fn interrupt(&mut self) {}
+        fn support_files(&mut self) -> Option<&mut dyn crate::stub::FileOps> {
+            Some(self)
+        }
+    }
+
+    const DISK_FILE: u64 = 0x5000;
+
+    impl crate::stub::FileOps for Disk {
+        fn open_file(&mut self, name: &[u8]) -> Result<FileInfo, FileError> {
+            match name {
+                b"/boot/x.sys" => Ok(FileInfo {
+                    id: 7,
+                    size: DISK_FILE,
+                }),
+                b"/boot/secret" => Err(FileError::Denied),
+                _ => Err(FileError::NotFound),
+            }
+        }
+        fn read_file(&mut self, id: u64, offset: u64, buf: &mut [u8]) -> Result<usize, FileError> {
+            assert_eq!(id, 7);
+            let n = DISK_FILE.saturating_sub(offset).min(buf.len() as u64) as usize;
+            for (i, b) in buf[..n].iter_mut().enumerate() {
+                *b = (offset as usize + i) as u8;
+            }
+            Ok(n)
+        }
+    }
+
+    /// The raw payloads of the replies to `payload` (binary data as it is, unescaped).
+    fn ask_raw<T: Target>(stub: &mut Stub, target: &mut T, payload: &[u8]) -> Vec<Vec<u8>> {
+        let wire = encode_packet(payload, false);
+        assert_eq!(stub.receive(target, &wire), wire.len());
+        let bytes = stub.poll_transmit().unwrap_or_default();
+        Decoder::default()
+            .decode(&bytes)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Packet(p) => Some(p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// gdb's host I/O session for a library, as gdb 13 sends it: `setfs`, `open`,
+    /// `fstat`, `pread`s in windows that fit the packet, `close`; and the errors gdb
+    /// expects for what the target refuses.
+    #[test]
+    fn host_io_serves_the_targets_files_in_packet_sized_reads() {
+        let mut disk = Disk(Rom([0; 16]));
+        let mut stub = Stub::new(StubConfig {
+            packet_size: 0x400,
+            ..StubConfig::default()
+        });
+        let mut ask = |p: &[u8]| ask_raw(&mut stub, &mut disk, p);
+        let open = |name: &[u8]| {
+            let mut p = b"vFile:open:".to_vec();
+            crate::gdb::hex::encode_hex_into(name, &mut p);
+            p.extend_from_slice(b",0,0");
+            p
+        };
+        assert_eq!(ask(b"vFile:setfs:0"), [b"F0".to_vec()]);
+        assert_eq!(ask(&open(b"/boot/x.sys")), [b"F0".to_vec()]);
+        assert_eq!(ask(&open(b"/boot/x.sys")), [b"F1".to_vec()]);
+        assert_eq!(ask(b"vFile:close:1"), [b"F0".to_vec()]);
+        assert_eq!(ask(b"vFile:close:1"), [b"F-1,9".to_vec()]);
+        assert_eq!(ask(&open(b"/boot/none")), [b"F-1,2".to_vec()]);
+        assert_eq!(ask(&open(b"/boot/secret")), [b"F-1,d".to_vec()]);
+        // Write access is refused: the files are read-only.
+        let mut rw = open(b"/boot/x.sys");
+        rw.truncate(rw.len() - 3);
+        rw.extend_from_slice(b"202,1a4");
+        assert_eq!(ask(&rw), [b"F-1,1e".to_vec()]);
+        let fstat = ask(b"vFile:fstat:0");
+        assert_eq!(fstat[0][..4], *b"F40;");
+        assert_eq!(fstat[0][4 + 28..4 + 36], DISK_FILE.to_be_bytes());
+        // Read the whole file as gdb does: ask for far more than fits, take what comes.
+        let mut file = Vec::new();
+        loop {
+            let reply = ask(format!("vFile:pread:0,100000,{:x}", file.len()).as_bytes());
+            let Reply::HostIo(HostIoReply::Data(data)) =
+                Reply::parse(ReplyKind::HostIo, &reply[0]).unwrap()
+            else {
+                panic!("{reply:?}")
+            };
+            // The escaped reply fits in a packet (every 0x23, 0x24, 0x2a, 0x7d doubles).
+            assert!(crate::gdb::frame::encode_packet(&reply[0], false).len() <= 0x400 + 4);
+            if data.is_empty() {
+                assert_eq!(reply[0], b"F0;");
+                break;
+            }
+            assert!(data.len() > 0x300, "{}", data.len());
+            file.extend(data);
+        }
+        assert_eq!(file.len() as u64, DISK_FILE);
+        assert!(file.iter().enumerate().all(|(i, &b)| b == i as u8));
+        assert_eq!(ask(b"vFile:pread:5,10,0"), [b"F-1,9".to_vec()]);
+        assert_eq!(ask(b"vFile:pwrite:0,0,x"), [b"F-1,1e".to_vec()]);
+        assert_eq!(ask(b"vFile:unlink:78"), [b"F-1,1e".to_vec()]);
+        assert_eq!(
+            ask(b"vFile:readlink:2f626f6f742f782e737973"),
+            [b"F-1,16".to_vec()]
+        );
+        assert_eq!(ask(b"vFile:readlink:78"), [b"F-1,2".to_vec()]);
+        assert_eq!(ask(b"vFile:pread:0,4000"), [b"E16".to_vec()]);
+        // A bounded number of descriptors: one more is EMFILE.
+        for _ in 1..MAX_OPEN_FILES {
+            assert_eq!(ask(&open(b"/boot/x.sys"))[0][0], b'F');
+        }
+        assert_eq!(ask(&open(b"/boot/x.sys")), [b"F-1,18".to_vec()]);
+        stub.disconnect(&mut disk);
+        assert!(stub.files.is_empty());
     }
 
     #[test]

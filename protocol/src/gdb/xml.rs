@@ -178,6 +178,26 @@ pub fn library_list(libraries: &[Library]) -> String {
     xml
 }
 
+/// A library's name as a GDB stub lists it: a Windows path (`\SystemRoot\system32\x.sys`,
+/// `\??\C:\…`) with `/` for each `\`. gdb fetches a library from the target
+/// (`set sysroot target:`, its default) only when its name is an absolute path in the
+/// target's file-system kind; a gdb without a Windows OS ABI (Debian's gdb 13 has none)
+/// takes the target for a Unix one, reads `\SystemRoot\…` as a relative *host* path and
+/// never asks for it, while `/SystemRoot/…` is absolute for every gdb.
+pub fn gdb_library_name(name: &str) -> String {
+    name.replace('\\', "/")
+}
+
+/// The reverse of [`gdb_library_name`] for a name read from a library list: one that
+/// starts with `/` and has no `\` gets `\` back for each `/`; any other is kept.
+pub fn windows_library_name(name: &str) -> String {
+    if name.starts_with('/') && !name.contains('\\') {
+        name.replace('/', "\\")
+    } else {
+        name.to_owned()
+    }
+}
+
 /// The memory map (`qXfer:memory-map:read`), every region as `ram`.
 pub fn memory_map(regions: &[MemoryRegion]) -> String {
     let mut xml = String::from(
@@ -351,6 +371,16 @@ mod tests {
                 size: 0
             }
         );
+    }
+
+    #[test]
+    fn library_names_for_gdb_and_back() {
+        let name = r"\??\C:\Windows\system32\drivers\myfault.sys";
+        let listed = gdb_library_name(name);
+        assert_eq!(listed, "/??/C:/Windows/system32/drivers/myfault.sys");
+        assert_eq!(windows_library_name(&listed), name);
+        assert_eq!(windows_library_name(r"C:\x\y.dll"), r"C:\x\y.dll");
+        assert_eq!(windows_library_name("k"), "k");
     }
 
     #[test]

@@ -222,6 +222,58 @@ pub trait Target {
     fn support_kernel(&mut self) -> Option<&mut dyn KernelOps> {
         None
     }
+
+    /// Files served by name, read-only (see [`FileOps`]): on GDB, the host I/O packets
+    /// (`vFile:open`, `pread`, `fstat`, `close`) through which gdb loads the libraries a
+    /// stub lists. Without it those packets get the empty reply ("not supported").
+    fn support_files(&mut self) -> Option<&mut dyn FileOps> {
+        None
+    }
+}
+
+/// A file [`FileOps::open_file`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileInfo {
+    /// The target's own id for it, passed back to [`FileOps::read_file`].
+    pub id: u64,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// Why a file operation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+#[non_exhaustive]
+pub enum FileError {
+    /// No file by that name.
+    #[error("no such file")]
+    NotFound,
+    /// The file exists but may not be read.
+    #[error("permission denied")]
+    Denied,
+    /// Anything else.
+    #[error("file error")]
+    Other,
+}
+
+/// Read-only files, by name: a stub keeps its client's open descriptors (a bounded
+/// number) and asks the target only to find a file and to read from it, so a target
+/// keeps no per-client state.
+pub trait FileOps {
+    /// Finds the file a client names (the bytes as sent: a path in the target's own
+    /// form, or as the client rewrote it).
+    fn open_file(&mut self, name: &[u8]) -> Result<FileInfo, FileError>;
+
+    /// Reads up to `buf.len()` bytes at `offset` of file `id` into `buf`; returns how
+    /// many (0 at or after the end).
+    fn read_file(&mut self, id: u64, offset: u64, buf: &mut [u8]) -> Result<usize, FileError>;
+
+    /// The name of the file a debugger should take for the target's executable (gdb's
+    /// `qXfer:exec-file:read`), one [`open_file`](Self::open_file) finds; `None` (the
+    /// default) if there is none. With it gdb loads that file at once, and with it the
+    /// symbols of every library the stub lists.
+    fn exec_file(&mut self) -> Option<String> {
+        None
+    }
 }
 
 /// Where a Windows x64 kernel keeps what a kernel debugger looks up first: the answer to
@@ -257,7 +309,9 @@ pub trait SearchOps {
     fn search(&mut self, start: u64, end: u64, pattern: &[u8]) -> Result<Option<u64>, TargetError>;
 }
 
-/// The list of loaded modules.
+/// The list of loaded modules. The GDB stub lists each for gdb under
+/// `gdb::xml::gdb_library_name` of its name, at its first
+/// section when a PE image lies at the address given (gdb's `<segment address>`).
 pub trait LibraryOps {
     /// Every loaded module.
     fn libraries(&mut self) -> Vec<Library>;

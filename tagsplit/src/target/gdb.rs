@@ -1003,11 +1003,41 @@ impl GdbTarget {
     }
 
     /// `SizeOfImage` from the PE header at `base`.
+    /// The image base and size of the library whose first segment a library list puts
+    /// at `segment`: gdb's convention (and our stub's) is the image's first section, a
+    /// page above the `MZ` header for every usual PE layout, which is looked for first
+    /// (one read); a stub that lists the base itself costs a second read.
+    fn image_of_segment(&mut self, segment: VirtAddr) -> Result<(VirtAddr, u64), TargetError> {
+        if let Some(below) = segment.get().checked_sub(PAGE_SIZE) {
+            let base = VirtAddr(below);
+            let mut head = [0u8; 0x200];
+            let got = self.read_memory(base, &mut head)?;
+            if head.get(..got.min(2)) == Some(&b"MZ"[..])
+                && let Ok(size) = self.size_from_head(base, &head, got)
+                && size > PAGE_SIZE
+            {
+                return Ok((base, size));
+            }
+        }
+        Ok((segment, self.size_of_image(segment)?))
+    }
+
     fn size_of_image(&mut self, base: VirtAddr) -> Result<u64, TargetError> {
         // One read of the start of the image holds `e_lfanew` and, for every usual PE
         // layout, `SizeOfImage` too: one round trip per module, not two.
         let mut head = [0u8; SIZE_OF_IMAGE_READ];
         let got = self.read_memory(base, &mut head)?;
+        self.size_from_head(base, &head, got)
+    }
+
+    /// `SizeOfImage` of the image at `base` whose first `got` bytes are `head` (what is
+    /// not in them is read).
+    fn size_from_head(
+        &mut self,
+        base: VirtAddr,
+        head: &[u8],
+        got: usize,
+    ) -> Result<u64, TargetError> {
         let field = |off: u64| {
             let off = usize::try_from(off).ok()?;
             let bytes = head.get(off..off.checked_add(4)?.min(got))?;
@@ -1088,17 +1118,12 @@ impl GdbTarget {
         self.prefetch(&heads)?;
         let mut out = Vec::with_capacity(libs.len());
         for lib in libs {
-            let base = VirtAddr(lib.address);
-            let size = self.size_of_image(base)?;
-            let name = lib
-                .name
-                .rsplit(['\\', '/'])
-                .next()
-                .unwrap_or(&lib.name)
-                .to_owned();
+            let (base, size) = self.image_of_segment(VirtAddr(lib.address))?;
+            let path = xml::windows_library_name(&lib.name);
+            let name = path.rsplit(['\\', '/']).next().unwrap_or(&path).to_owned();
             out.push(ModuleInfo {
                 name,
-                path: lib.name,
+                path,
                 base,
                 size,
             });

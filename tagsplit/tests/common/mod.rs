@@ -151,3 +151,32 @@ pub fn have_tool_with(tool: &str, version_flag: &str, what: &str) -> bool {
     }
     ok
 }
+
+/// Waits for `child` (killing it after `timeout`, then failing) and returns its stdout
+/// followed by its stderr.
+pub fn finish(mut child: std::process::Child, timeout: std::time::Duration) -> String {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + timeout;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            let _ = child.wait();
+            panic!("{child:?} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    out
+}

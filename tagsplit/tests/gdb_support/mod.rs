@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use tagsplit::VirtAddr;
 use tagsplit::target::gdb::serve_scenario;
-use tagsplit_target_sim::machine::Machine;
+use tagsplit_target_sim::machine::{Machine, SiteInfo, SiteKind};
 use tagsplit_target_sim::scenario::Scenario;
 use tagsplit_target_sim::server::gdb::{GdbStubHandle, StubFeatures};
 use tagsplit_target_sim::server::kd::KdStubOptions;
@@ -45,4 +45,14 @@ pub fn hole_below(m: &Machine, addr: VirtAddr) -> (VirtAddr, VirtAddr) {
     }
     assert!(i > 0, "nothing mapped below {addr}");
     (regions[i - 1].end, regions[i].start)
+}
+
+/// part4's allocation site with the tag `Leak` that leaks (myfault.sys's first).
+pub fn leak_alloc_site(stub: &GdbStubHandle) -> SiteInfo {
+    stub.with_machine(|m| {
+        m.sites()
+            .into_iter()
+            .find(|s| s.kind == SiteKind::Alloc && s.tag.to_string() == "Leak")
+            .unwrap()
+    })
 }

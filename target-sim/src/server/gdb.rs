@@ -5,7 +5,8 @@
 //! reduced answers for what a target lacks) lives in
 //! [`tagsplit_protocol::gdb::stub`]. This module only says what the simulator supports
 //! ([`SimTarget`]) and moves bytes: gdb (or tagsplit's own `gdb://` client) attaches,
-//! reads and writes memory, lists modules, searches, runs `monitor` commands through an
+//! reads and writes memory, lists modules (and serves each module's image file through
+//! host I/O, so that gdb loads them itself), searches, runs `monitor` commands through an
 //! injected handler, sets breakpoints on allocation sites and runs the workload until a
 //! breakpoint, an interrupt (0x03) or a tick limit.
 //!
@@ -43,9 +44,9 @@ use std::time::{Duration, Instant};
 use tagsplit_protocol::gdb::stub::{Stub, StubConfig};
 use tagsplit_protocol::gdb::{Reply, ServerEvent, ServerSession};
 use tagsplit_protocol::stub::{
-    BreakpointKind, BreakpointOps, KernelInfo, KernelOps, Library, LibraryOps, MemoryMapOps,
-    MemoryRegion, MonitorOps, Resume, RunLimitOps, RunState, SearchOps, StopReason, Target,
-    TargetError, X64Registers,
+    BreakpointKind, BreakpointOps, FileError, FileInfo, FileOps, KernelInfo, KernelOps, Library,
+    LibraryOps, MemoryMapOps, MemoryRegion, MonitorOps, Resume, RunLimitOps, RunState, SearchOps,
+    StopReason, Target, TargetError, X64Registers,
 };
 
 use super::{SharedMachine, StopFn, StubState, StubThread, lock, read_within};
@@ -85,6 +86,9 @@ pub struct StubFeatures {
     pub no_ack: bool,
     /// `QTagsplit.RunLimit` (exact tick-limited resumes, our extension).
     pub run_limit: bool,
+    /// Host I/O (`vFile:open`/`pread`/`fstat`/`close`): each module's image file, under
+    /// the name `qXfer:libraries` lists, so that gdb loads the modules itself.
+    pub files: bool,
 }
 
 impl StubFeatures {
@@ -97,6 +101,7 @@ impl StubFeatures {
         binary_read: true,
         no_ack: true,
         run_limit: true,
+        files: true,
     };
 
     /// Only what every stub has: `g`, `m`, `M`, `c`, `Z0`, `qRcmd` and the target
@@ -109,6 +114,7 @@ impl StubFeatures {
         binary_read: false,
         no_ack: false,
         run_limit: false,
+        files: false,
     };
 }
 
@@ -351,6 +357,51 @@ impl Target for SimTarget<'_> {
 
     fn support_kernel(&mut self) -> Option<&mut dyn KernelOps> {
         Some(self)
+    }
+
+    fn support_files(&mut self) -> Option<&mut dyn FileOps> {
+        self.run.options.features.files.then_some(self)
+    }
+}
+
+/// The module image files, by the names the library list gives (or the module's own
+/// name), matched without regard to case or to `/` against `\`: gdb asks for
+/// `\SystemRoot\system32\ntoskrnl.exe` as listed, or rewritten with `/` (its
+/// `target-file-system-kind` setting). Each reads as the file the module was loaded from,
+/// before any patch ([`Machine::read_module_file`]).
+impl FileOps for SimTarget<'_> {
+    fn open_file(&mut self, name: &[u8]) -> Result<FileInfo, FileError> {
+        let norm = |b: &u8| match b {
+            b'/' => b'\\',
+            c => c.to_ascii_lowercase(),
+        };
+        let same =
+            |a: &[u8], b: &[u8]| a.len() == b.len() && a.iter().map(norm).eq(b.iter().map(norm));
+        let modules = self.machine.modules();
+        let index = modules
+            .iter()
+            .position(|m| same(m.path.as_bytes(), name) || same(m.name.as_bytes(), name))
+            .ok_or(FileError::NotFound)?;
+        let size = self
+            .machine
+            .module_file_size(index)
+            .ok_or(FileError::NotFound)?;
+        Ok(FileInfo {
+            id: index as u64,
+            size,
+        })
+    }
+
+    fn read_file(&mut self, id: u64, offset: u64, buf: &mut [u8]) -> Result<usize, FileError> {
+        let index = usize::try_from(id).map_err(|_| FileError::NotFound)?;
+        self.machine
+            .read_module_file(index, offset, buf)
+            .ok_or(FileError::NotFound)
+    }
+
+    /// The kernel, `ntoskrnl.exe`: the image a kernel debugger starts from.
+    fn exec_file(&mut self) -> Option<String> {
+        self.machine.modules().into_iter().next().map(|m| m.path)
     }
 }
 
@@ -843,6 +894,15 @@ mod tests {
             self.answers()
         }
 
+        /// The module called `name`.
+        fn module(&self, name: &str) -> crate::machine::SimModule {
+            self.machine
+                .modules()
+                .into_iter()
+                .find(|x| x.name == name)
+                .unwrap()
+        }
+
         fn ask1(&mut self, payload: &[u8]) -> String {
             let r = self.ask(payload);
             assert_eq!(r.len(), 1, "{r:?}");
@@ -875,6 +935,90 @@ mod tests {
         }
     }
 
+    /// gdb's view of the modules: the library list names each module as gdb fetches it
+    /// (`/`, not `\`) at its first section, the kernel is the executable, and host I/O
+    /// reads each module's file as loaded: its headers and sections are the image's
+    /// bytes, its export directory names the site functions, and a patch of the image
+    /// does not show in it.
+    #[test]
+    fn host_io_serves_each_module_file_as_loaded() {
+        let mut rig = Rig::new(GdbStubOptions::default());
+        let supported = rig.ask1(b"qSupported:swbreak+");
+        assert!(supported.contains("qXfer:exec-file:read+"), "{supported}");
+        let myfault = rig.module("myfault.sys");
+        let listed = rig.ask1(b"qXfer:libraries:read::0,10000");
+        let entry = format!(
+            "<library name=\"/??/C:/Windows/system32/drivers/myfault.sys\"><segment address=\"{:#x}\"/>",
+            myfault.base.0 + 0x1000
+        );
+        assert!(listed.contains(&entry), "{listed}");
+        assert_eq!(
+            rig.ask1(b"qXfer:exec-file:read:1:0,1000"),
+            "l/SystemRoot/system32/ntoskrnl.exe"
+        );
+        let read_file = |rig: &mut Rig, name: &str| {
+            let mut open = b"vFile:open:".to_vec();
+            tagsplit_protocol::gdb::hex::encode_hex_into(name.as_bytes(), &mut open);
+            open.extend_from_slice(b",0,0");
+            let fd = rig.ask1(&open);
+            let fd = fd.strip_prefix('F').unwrap().to_owned();
+            let stat = rig.ask(format!("vFile:fstat:{fd}").as_bytes());
+            let size = u64::from_be_bytes(stat[0][4 + 28..4 + 36].try_into().unwrap());
+            let mut file = Vec::new();
+            loop {
+                let r = rig.ask(format!("vFile:pread:{fd},4000,{:x}", file.len()).as_bytes());
+                let semi = r[0].iter().position(|&c| c == b';').unwrap();
+                if semi + 1 == r[0].len() {
+                    break;
+                }
+                file.extend_from_slice(&r[0][semi + 1..]);
+            }
+            assert_eq!(rig.ask1(format!("vFile:close:{fd}").as_bytes()), "F0");
+            assert_eq!(file.len() as u64, size);
+            file
+        };
+        // gdb asks with `/`; the loader's own name (and any case) finds the same file.
+        let file = read_file(&mut rig, "/??/C:/Windows/system32/drivers/myfault.sys");
+        assert_eq!(
+            read_file(&mut rig, r"\??\C:\WINDOWS\system32\drivers\MYFAULT.SYS"),
+            file
+        );
+        let layout = crate::image::FileLayout::parse(&file).unwrap();
+        assert_eq!(layout.file_size(), file.len() as u64);
+        for &(at, raw, rva) in &layout.sections {
+            let mut loaded = vec![0u8; raw as usize];
+            rig.machine
+                .read(myfault.base.saturating_add(rva), &mut loaded)
+                .unwrap();
+            assert_eq!(&file[at as usize..(at + raw) as usize], &loaded[..]);
+        }
+        let hits = memchr::memmem::find_iter(&file, b"Leak").count();
+        assert_eq!(hits, 2);
+        assert!(memchr::memmem::find(&file, b"AllocSite2\0").is_some());
+        assert!(memchr::memmem::find(&file, b"MYFAULT.SYS\0").is_some());
+        // A debugger's patch changes memory, not the file.
+        let site = rig.machine.search(
+            myfault.base,
+            myfault.base.saturating_add(myfault.size),
+            b"Leak",
+            1,
+        )[0];
+        rig.machine.write(site, b"Lea1").unwrap();
+        assert_eq!(
+            read_file(&mut rig, "/??/C:/Windows/system32/drivers/myfault.sys"),
+            file
+        );
+        assert_eq!(rig.ask1(b"vFile:open:2f6e6f6e65,0,0"), "F-1,2");
+        // Past the end nothing is read; there is no module 1000.
+        let mut four = [0u8; 4];
+        let index = rig.machine.modules().len() - 1;
+        assert_eq!(
+            rig.machine.read_module_file(index, u64::MAX, &mut four),
+            Some(0)
+        );
+        assert_eq!(rig.machine.read_module_file(1000, 0, &mut four), None);
+    }
+
     #[test]
     fn core_answers_the_connect_sequence_and_memory() {
         let mut rig = Rig::new(GdbStubOptions::default());
@@ -884,12 +1028,7 @@ mod tests {
         let lib = rig.ask1(b"qXfer:libraries:read::0,10000");
         let libs = xml::parse_library_list(lib.strip_prefix('l').unwrap());
         assert_eq!(libs.len(), rig.machine.modules().len());
-        let myfault = rig
-            .machine
-            .modules()
-            .into_iter()
-            .find(|x| x.name == "myfault.sys")
-            .unwrap();
+        let myfault = rig.module("myfault.sys");
         let hit = rig.ask1(
             format!(
                 "qSearch:memory:{:x};{:x};Leak",
