@@ -1002,7 +1002,6 @@ impl GdbTarget {
         Ok(u64::from_le_bytes(arr))
     }
 
-    /// `SizeOfImage` from the PE header at `base`.
     /// The image base and size of the library whose first segment a library list puts
     /// at `segment`: gdb's convention (and our stub's) is the image's first section, a
     /// page above the `MZ` header for every usual PE layout, which is looked for first
@@ -1010,7 +1009,7 @@ impl GdbTarget {
     fn image_of_segment(&mut self, segment: VirtAddr) -> Result<(VirtAddr, u64), TargetError> {
         if let Some(below) = segment.get().checked_sub(PAGE_SIZE) {
             let base = VirtAddr(below);
-            let mut head = [0u8; 0x200];
+            let mut head = [0u8; SIZE_OF_IMAGE_READ];
             let got = self.read_memory(base, &mut head)?;
             if head.get(..got.min(2)) == Some(&b"MZ"[..])
                 && let Ok(size) = self.size_from_head(base, &head, got)
@@ -1022,6 +1021,7 @@ impl GdbTarget {
         Ok((segment, self.size_of_image(segment)?))
     }
 
+    /// `SizeOfImage` from the PE header at `base`.
     fn size_of_image(&mut self, base: VirtAddr) -> Result<u64, TargetError> {
         // One read of the start of the image holds `e_lfanew` and, for every usual PE
         // layout, `SizeOfImage` too: one round trip per module, not two.
@@ -1110,10 +1110,14 @@ impl GdbTarget {
             return Ok(None);
         };
         let libs = xml::parse_library_list(&String::from_utf8_lossy(&doc));
-        // Every header in one burst where the stub allows pipelining.
+        // Every header in one burst where the stub allows pipelining (a page below the
+        // segment, see `image_of_segment`).
         let heads: Vec<(VirtAddr, usize)> = libs
             .iter()
-            .map(|l| (VirtAddr(l.address), SIZE_OF_IMAGE_READ))
+            .map(|l| {
+                let base = l.address.checked_sub(PAGE_SIZE).unwrap_or(l.address);
+                (VirtAddr(base), SIZE_OF_IMAGE_READ)
+            })
             .collect();
         self.prefetch(&heads)?;
         let mut out = Vec::with_capacity(libs.len());
