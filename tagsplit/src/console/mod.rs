@@ -341,6 +341,10 @@ impl Console {
             crate::target::StopReason::BreakIn => {
                 out.push_str("Break instruction exception - code 80000003 (first chance)\n");
             }
+            crate::target::StopReason::BreakInstruction(a) => {
+                out.push_str("Break instruction exception - code 80000003 (first chance)\n");
+                self.unassemble_lines(t, a, 1, out)?;
+            }
             crate::target::StopReason::Breakpoint(a) => {
                 let _ = writeln!(out, "Breakpoint hit at {a}");
                 self.unassemble_lines(t, a, 1, out)?;

@@ -43,6 +43,7 @@ use tagsplit_target_sim::server::gdb::{
     GdbStub, GdbStubHandle, GdbStubOptions, MonitorHandler, StubFeatures,
 };
 
+use super::X64Registers;
 #[cfg(feature = "sim")]
 use super::sim::MachineRef;
 use super::{
@@ -283,6 +284,10 @@ pub(crate) fn open(rest: &str) -> Result<BoxedTarget, OpenError> {
     })?;
     Ok(Box::new(GdbTarget::connect_with(addr, options)?))
 }
+
+/// Bytes of an x86-64 `g` block up to and including `gs`: 17 registers of 8 bytes
+/// (`rax`..`r15`, `rip`), then `eflags` and six selectors of 4 bytes.
+const G_INTEGER_BYTES: usize = 17 * 8 + 7 * 4;
 
 fn protocol(msg: impl Into<String>) -> TargetError {
     TargetError::Protocol(msg.into())
@@ -1355,6 +1360,25 @@ impl DebugTarget for GdbTarget {
 
     fn set_interrupt(&mut self, interrupt: Option<Interrupt>) {
         self.interrupt = interrupt;
+    }
+
+    /// One `g`: the x86-64 `g` block (gdb's `org.gnu.gdb.i386.core` order: `rax rbx rcx
+    /// rdx rsi rdi rbp rsp r8`..`r15 rip` as 8 bytes each, then `eflags cs ss ds es fs
+    /// gs` as 4 bytes each, then x87/SSE state, which is ignored). A block too short to
+    /// hold the segment selectors is a protocol error.
+    fn registers(&mut self) -> Result<X64Registers, TargetError> {
+        match self.request(&Command::ReadRegisters)? {
+            Reply::Hex(g) if g.len() >= G_INTEGER_BYTES => {
+                let mut regs = X64Registers::default();
+                tagsplit_protocol::gdb::stub::registers_from_g(&mut regs, &g);
+                Ok(regs)
+            }
+            Reply::Hex(g) => Err(protocol(format!(
+                "'g' reply of {} bytes, fewer than the {G_INTEGER_BYTES} of x86-64's integer registers",
+                g.len()
+            ))),
+            other => Err(protocol(format!("unexpected 'g' reply {other}"))),
+        }
     }
 
     /// `Z0,ADDR,1`; a stub without breakpoints answers empty: unsupported.

@@ -32,6 +32,7 @@ use tagsplit_target_sim::machine::Machine;
 #[cfg(feature = "sim")]
 use tagsplit_target_sim::server::kd::{KdStub, KdStubHandle, KdStubOptions};
 
+use super::X64Registers;
 use super::{
     BlockCache, BoxedTarget, DebugTarget, Interrupt, KernelInfo, ModuleInfo, OpenError, RunFor,
     StopReason, TargetError, WireStats, read_u64, search_by_reading, walk_module_list,
@@ -1078,6 +1079,29 @@ impl DebugTarget for KdTarget {
 
     fn set_interrupt(&mut self, interrupt: Option<Interrupt>) {
         self.interrupt = interrupt;
+    }
+
+    /// One `DbgKdGetContextApi` (0x3132) for the current processor: the reply's data is
+    /// the AMD64 `CONTEXT` ([`tagsplit_protocol::kd::context`]), of which the integer,
+    /// flag and segment registers are taken. A failed status or a `CONTEXT` shorter than
+    /// its 0x4d0 bytes is a protocol error.
+    fn registers(&mut self) -> Result<X64Registers, TargetError> {
+        let r = self.request(&ManipulateApi::GetContext { unused: 0 }, Vec::new())?;
+        if r.return_status() != status::SUCCESS {
+            return Err(TargetError::Protocol(format!(
+                "GetContext failed with {:#x}",
+                r.return_status()
+            )));
+        }
+        let mut regs = X64Registers::default();
+        tagsplit_protocol::kd::context::to_registers(&mut regs, r.data()).ok_or_else(|| {
+            TargetError::Protocol(format!(
+                "GetContext returned {} bytes, not a {:#x}-byte CONTEXT",
+                r.data().len(),
+                tagsplit_protocol::kd::context::SIZE
+            ))
+        })?;
+        Ok(regs)
     }
 
     /// `WriteBreakPoint`; the target returns a handle kept to restore it.

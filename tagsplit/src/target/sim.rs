@@ -7,7 +7,7 @@ use tagsplit_target_sim::scenario::Scenario;
 
 use super::{
     BoxedTarget, DebugTarget, Interrupt, KernelInfo, ModuleInfo, OpenError, RunFor, StopReason,
-    TargetError,
+    TargetError, X64Registers,
 };
 use crate::VirtAddr;
 
@@ -184,6 +184,12 @@ impl DebugTarget for MachineRef<'_> {
         Ok(())
     }
 
+    /// The machine's current thread context ([`Machine::context`]): at a stop, the
+    /// registers of the thread that stopped.
+    fn registers(&mut self) -> Result<X64Registers, TargetError> {
+        Ok(*self.machine.context())
+    }
+
     fn clear_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
         self.machine.clear_breakpoint(addr);
         Ok(())
@@ -261,6 +267,10 @@ impl DebugTarget for SimTarget {
 
     fn set_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
         self.view().set_breakpoint(addr)
+    }
+
+    fn registers(&mut self) -> Result<X64Registers, TargetError> {
+        self.view().registers()
     }
 
     fn clear_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
