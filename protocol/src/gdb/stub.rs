@@ -380,6 +380,11 @@ impl Stub {
                 });
                 StopReply::thread(SIGTRAP, THREAD, kind)
             }
+            // gdb's `swbreak` is for any software breakpoint instruction, planted by
+            // gdb or not, with the PC reported at the instruction.
+            StopReason::BreakInstruction(_) => {
+                StopReply::thread(SIGTRAP, THREAD, Some(StopKind::SwBreak))
+            }
             StopReason::Interrupted => StopReply::thread(SIGINT, THREAD, None),
             StopReason::Exited(code) => StopReply::Exited(code),
             _ => StopReply::thread(SIGTRAP, THREAD, None),

@@ -244,6 +244,9 @@ pub struct GdbTarget {
     /// in no-ack mode; dropped by every command that may change memory or let the target
     /// run.
     cache: BlockCache,
+    /// Software breakpoints set through this client (`Z0`), to tell a stop at one of
+    /// them from the target's own `int 3` (both are `swbreak` stops).
+    breakpoints: std::collections::BTreeSet<u64>,
 }
 
 /// The RSP interrupt byte (Ctrl-C), sent while the target runs.
@@ -337,6 +340,7 @@ impl GdbTarget {
             slowest_run: None,
             cache: BlockCache::new(),
             exited: None,
+            breakpoints: std::collections::BTreeSet::new(),
         };
         t.handshake()?;
         Ok(t)
@@ -970,7 +974,14 @@ impl GdbTarget {
             Command::RemoveBreakpoint(bp)
         };
         match self.request(&cmd)? {
-            Reply::Ok => Ok(()),
+            Reply::Ok => {
+                if insert {
+                    self.breakpoints.insert(addr.get());
+                } else {
+                    self.breakpoints.remove(&addr.get());
+                }
+                Ok(())
+            }
             Reply::Empty => Err(TargetError::Unsupported("breakpoints")),
             other => Err(protocol(format!(
                 "breakpoint at {addr}: unexpected reply {other}"
@@ -1339,7 +1350,19 @@ impl DebugTarget for GdbTarget {
         };
         Ok(match stop {
             StopReply::Signal {
-                reason: Some(StopKind::SwBreak | StopKind::HwBreak),
+                reason: Some(StopKind::SwBreak),
+                ..
+            } => {
+                // Ours, or the target's own `int 3` (a `PoolHitTag` check).
+                let rip = self.rip()?;
+                if self.breakpoints.contains(&rip) {
+                    StopReason::Breakpoint(VirtAddr(rip))
+                } else {
+                    StopReason::BreakInstruction(VirtAddr(rip))
+                }
+            }
+            StopReply::Signal {
+                reason: Some(StopKind::HwBreak),
                 ..
             } => StopReason::Breakpoint(VirtAddr(self.rip()?)),
             StopReply::Signal {

@@ -172,9 +172,8 @@ impl DebugTarget for MachineRef<'_> {
         Ok(match out.stop {
             None => StopReason::BreakIn,
             Some(SimStop::Breakpoint(a)) => StopReason::Breakpoint(a),
-            Some(SimStop::PoolHitTag { tag, addr }) => {
-                StopReason::Other(format!("pool hit tag {tag} on block {addr}"))
-            }
+            // The `int 3` of the kernel's `PoolHitTag` check (see `crate::hittag`).
+            Some(SimStop::PoolHitTag { at, .. }) => StopReason::BreakInstruction(at),
             Some(other) => StopReason::Other(format!("{other:?}")),
         })
     }

@@ -311,7 +311,7 @@ impl Target for SimTarget<'_> {
         }
         let reason = match outcome.stop {
             Some(SimStop::Breakpoint(addr)) => StopReason::Breakpoint(addr.0),
-            Some(_) => StopReason::Trap,
+            Some(SimStop::PoolHitTag { at, .. }) => StopReason::BreakInstruction(at.0),
             None if run.budget == Some(0) => StopReason::Interrupted,
             None if run.paced => return RunState::Running(run.options.slice_interval),
             None => return RunState::Running(Duration::ZERO),
