@@ -91,7 +91,9 @@ pub const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_MPEG_2);
 pub fn crc32(bytes: &[u8]) -> u32 {
     CRC32.checksum(bytes)
 }
-pub use reply::{Reply, ReplyError, ReplyKind, SIGINT, SIGTRAP, StopKind, StopReply, packet_text};
+pub use reply::{
+    Expedited, Reply, ReplyError, ReplyKind, SIGINT, SIGTRAP, StopKind, StopReply, packet_text,
+};
 pub use session::{
     ClientEvent, ClientSession, CommandPacket, ServerEvent, ServerSession, SessionConfig,
     SessionStats,

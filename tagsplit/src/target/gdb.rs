@@ -1351,10 +1351,15 @@ impl DebugTarget for GdbTarget {
         Ok(match stop {
             StopReply::Signal {
                 reason: Some(StopKind::SwBreak),
+                registers,
                 ..
             } => {
-                // Ours, or the target's own `int 3` (a `PoolHitTag` check).
-                let rip = self.rip()?;
+                // Ours, or the target's own `int 3` (a `PoolHitTag` check). `rip` comes
+                // with the stop reply when the stub expedites it.
+                let rip = match registers {
+                    Some(r) => r.rip,
+                    None => self.rip()?,
+                };
                 if self.breakpoints.contains(&rip) {
                     StopReason::Breakpoint(VirtAddr(rip))
                 } else {
@@ -1363,8 +1368,12 @@ impl DebugTarget for GdbTarget {
             }
             StopReply::Signal {
                 reason: Some(StopKind::HwBreak),
+                registers,
                 ..
-            } => StopReason::Breakpoint(VirtAddr(self.rip()?)),
+            } => StopReason::Breakpoint(VirtAddr(match registers {
+                Some(r) => r.rip,
+                None => self.rip()?,
+            })),
             StopReply::Signal {
                 signal: tagsplit_protocol::gdb::SIGINT,
                 ..
