@@ -478,6 +478,41 @@ impl Unwinder {
         })
     }
 
+    /// The function containing `addr`: its first byte and one past its last, from its
+    /// module's `RUNTIME_FUNCTION` table (read once and kept). `None` outside every
+    /// module, for a leaf function (no entry) or when the table cannot be read; only a
+    /// failing target is an error. What `ln` needs to name `addr` relative to its
+    /// function.
+    pub fn function_at<T: DebugTarget + ?Sized>(
+        &mut self,
+        target: &mut T,
+        addr: VirtAddr,
+    ) -> Result<Option<(VirtAddr, VirtAddr)>, TargetError> {
+        let Some(module) = self.module_of(addr).cloned() else {
+            return Ok(None);
+        };
+        let Ok(rva) = u32::try_from(addr.get().wrapping_sub(module.base.get())) else {
+            return Ok(None);
+        };
+        match self.load_table(target, &module) {
+            Ok(()) => {}
+            Err(Halt::Target(e)) => return Err(e),
+            Err(Halt::Stop(_)) => return Ok(None),
+        }
+        let entry = self
+            .data
+            .get(&module.base.get())
+            .and_then(|d| d.table.as_deref())
+            .and_then(|t| lookup(t, rva))
+            .copied();
+        Ok(entry.map(|e| {
+            (
+                module.base.saturating_add(u64::from(e.begin)),
+                module.base.saturating_add(u64::from(e.end)),
+            )
+        }))
+    }
+
     /// Walks the stack from `regs` (the registers at a break). Unwinding problems end the
     /// walk with a [`StopReason`]; only a failing target (disconnected, timed out, ...)
     /// is an error.
