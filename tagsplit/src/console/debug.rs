@@ -202,32 +202,21 @@ impl Console {
             }
             return Ok(());
         }
-        let _ = writeln!(
-            out,
-            "rax={:016x} rbx={:016x} rcx={:016x}",
-            r.rax, r.rbx, r.rcx
-        );
-        let _ = writeln!(
-            out,
-            "rdx={:016x} rsi={:016x} rdi={:016x}",
-            r.rdx, r.rsi, r.rdi
-        );
-        let _ = writeln!(
-            out,
-            "rip={:016x} rsp={:016x} rbp={:016x}",
-            r.rip, r.rsp, r.rbp
-        );
-        let _ = writeln!(
-            out,
-            " r8={:016x}  r9={:016x} r10={:016x}",
-            r.r8, r.r9, r.r10
-        );
-        let _ = writeln!(
-            out,
-            "r11={:016x} r12={:016x} r13={:016x}",
-            r.r11, r.r12, r.r13
-        );
-        let _ = writeln!(out, "r14={:016x} r15={:016x}", r.r14, r.r15);
+        let rows: [&[(&str, u64)]; 6] = [
+            &[("rax", r.rax), ("rbx", r.rbx), ("rcx", r.rcx)],
+            &[("rdx", r.rdx), ("rsi", r.rsi), ("rdi", r.rdi)],
+            &[("rip", r.rip), ("rsp", r.rsp), ("rbp", r.rbp)],
+            &[("r8", r.r8), ("r9", r.r9), ("r10", r.r10)],
+            &[("r11", r.r11), ("r12", r.r12), ("r13", r.r13)],
+            &[("r14", r.r14), ("r15", r.r15)],
+        ];
+        for row in rows {
+            let cells: Vec<String> = row
+                .iter()
+                .map(|(name, v)| format!("{name:>3}={v:016x}"))
+                .collect();
+            let _ = writeln!(out, "{}", cells.join(" "));
+        }
         let _ = writeln!(
             out,
             "iopl={:<10x}{}",
@@ -287,9 +276,6 @@ impl Console {
             "RetAddr           : Args to Child                                                           : Call Site"
         );
         for fr in &stack.frames {
-            let ret = fr
-                .ret_addr
-                .map_or_else(|| "????????`????????".to_string(), |a| a.to_string());
             let mut args = Vec::with_capacity(4);
             for i in 1..=4u64 {
                 let at = fr.child_sp.saturating_add(8 * i);
@@ -299,7 +285,13 @@ impl Console {
                     Err(e) => return Err(e.into()),
                 });
             }
-            let _ = writeln!(out, "{ret} : {} : {}", args.join(" "), fr.call_site_text());
+            let _ = writeln!(
+                out,
+                "{} : {} : {}",
+                fr.ret_addr_text(),
+                args.join(" "),
+                fr.call_site_text()
+            );
         }
         Ok(())
     }
