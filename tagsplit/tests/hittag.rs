@@ -202,3 +202,45 @@ fn over_kdnet_and_kdcom() {
         );
     }
 }
+
+/// `examine` refuses a stop that is no PoolHitTag break (a breakpoint on a site), and
+/// `finish_allocation` refuses a free's break: errors that say so, nothing run.
+#[test]
+fn examine_and_finish_refuse_other_stops() {
+    let (leak, load, _) = sites();
+    let mut t = SimTarget::builtin("part4").unwrap();
+    let symbols = KernelSymbols::read(&mut t).unwrap();
+    let mut unwinder = Unwinder::for_target(&mut t).unwrap();
+    t.set_breakpoint(leak.instr).unwrap();
+    assert_eq!(
+        t.run(t.default_run()).unwrap(),
+        StopReason::Breakpoint(leak.instr)
+    );
+    let e = hittag::examine(&mut t, &mut unwinder, &symbols).unwrap_err();
+    assert!(
+        e.to_string().contains("not at a PoolHitTag break")
+            && e.to_string().contains("nt!ExAllocatePoolWithTag"),
+        "{e}"
+    );
+    t.clear_breakpoint(leak.instr).unwrap();
+    // A free's break: the block is in rbx, there is no return to run to.
+    t.write_memory(load.imm.saturating_add(3), b"1").unwrap();
+    hittag::set_pool_hit_tag(&mut t, &symbols, u32::from_le_bytes(*b"Lea1")).unwrap();
+    let mut free = None;
+    for _ in 0..64 {
+        assert!(matches!(
+            t.run(t.default_run()).unwrap(),
+            StopReason::BreakInstruction(_)
+        ));
+        let hit = hittag::examine(&mut t, &mut unwinder, &symbols).unwrap();
+        if hit.kind == HitKind::Free {
+            free = Some(hit);
+            break;
+        }
+    }
+    let mut free = free.unwrap();
+    let tick = t.machine().tick();
+    let e = hittag::finish_allocation(&mut t, &mut free).unwrap_err();
+    assert!(e.to_string().contains("only an allocation"), "{e}");
+    assert_eq!(t.machine().tick(), tick, "nothing ran");
+}

@@ -117,3 +117,59 @@ fn a_memory_image_has_no_registers() {
         Err(TargetError::Unsupported("registers"))
     ));
 }
+
+/// A stub whose `g` reply is too short for x86-64's integer registers (or not hex at
+/// all): a protocol error naming the length, no panic, no made-up registers.
+#[test]
+fn a_short_or_malformed_g_reply_is_a_protocol_error() {
+    use std::io::{Read, Write};
+    use tagsplit_protocol::gdb::frame::{Decoder, Event, encode_packet};
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut decoder = Decoder::default();
+        let mut gs = 0;
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = match conn.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            for ev in decoder.decode(&buf[..n]) {
+                let Event::Packet(p) = ev else { continue };
+                let text = String::from_utf8_lossy(&p).into_owned();
+                let reply: Vec<u8> = if text.starts_with("qSupported") {
+                    b"PacketSize=4000".to_vec()
+                } else if text == "?" {
+                    b"T05thread:01;".to_vec()
+                } else if text == "g" {
+                    gs += 1;
+                    if gs == 1 {
+                        // 16 registers' worth: no rip, no eflags, no selectors.
+                        b"00".repeat(128)
+                    } else {
+                        b"zz".to_vec()
+                    }
+                } else {
+                    Vec::new()
+                };
+                let mut out = b"+".to_vec();
+                out.extend(encode_packet(&reply, false));
+                if conn.write_all(&out).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let mut t = GdbTarget::connect(&addr.to_string()).unwrap();
+    let e = t.registers().unwrap_err();
+    assert!(
+        matches!(&e, TargetError::Protocol(m) if m.contains("128 bytes")),
+        "{e}"
+    );
+    assert!(t.registers().is_err(), "not hex: an error");
+    drop(t);
+    server.join().unwrap();
+}
