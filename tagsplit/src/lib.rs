@@ -16,7 +16,8 @@
 //! - [`stack`]: x64 call stacks unwound from `.pdata`/`.xdata` over any target, as `k`
 //!   shows them.
 //! - [`hittag`]: `nt!PoolHitTag` breaks examined (allocation or free, tag, size, block,
-//!   stack); [`symbols`]: `nt!` names from the `KDBG` block, without symbol files.
+//!   stack); [`symbols`]: `nt!` names from the `KDBG` block, without symbol files;
+//!   [`stacks`]: `PoolHitTag` breaks collected into call stacks, the leaking one first.
 //! - [`split`]: the automated tag split — find and classify every hit, give each
 //!   allocation site its own tag, run, measure, attribute, restore.
 //!
@@ -76,6 +77,7 @@ pub mod pooltag;
 pub mod relay;
 pub mod split;
 pub mod stack;
+pub mod stacks;
 pub mod symbols;
 pub mod target;
 

@@ -171,3 +171,39 @@ fn restore_command_uses_the_journal() {
     let o = restore();
     assert!(!o.status.success());
 }
+
+#[test]
+fn stacks_names_the_leaking_caller_first() {
+    let o = tagsplit(&[
+        "stacks",
+        "--target",
+        "sim:part4",
+        "--tag",
+        "Leak",
+        "--breaks",
+        "30",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["breaks"], 30);
+    assert_eq!(v["stacks"][0]["frames"][0], "myfault+0x1634");
+    assert_eq!(v["stacks"][0]["frees"], 0);
+    assert_eq!(v["stacks"][1]["frames"][0], "myfault+0x13bf");
+    assert_eq!(v["pool_hit_tag_restored"], 0xffff_ff0f_u32);
+    let text = stdout(&tagsplit(&[
+        "stacks",
+        "--target",
+        "sim:part4",
+        "--tag",
+        "Leak",
+        "--breaks",
+        "30",
+    ]));
+    assert!(
+        text.lines().nth(1).unwrap().starts_with("LEAKING: ")
+            && text.contains("\n    myfault+0x1634\n")
+            && text.ends_with("nt!PoolHitTag restored to ffffff0f\n"),
+        "{text}"
+    );
+}

@@ -1,0 +1,139 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+//! `tagsplit::stacks::collect` on `part4`'s shared `Leak` tag: two call stacks, the
+//! leaking one (myfault's second site) first, its blocks never freed; the other's frees
+//! paired with its allocations; `nt!PoolHitTag` written back. In process, over GDB and
+//! over KDNET.
+
+mod gdb_support;
+
+use tagsplit::hittag::{self, DEFAULT_POOL_HIT_TAG};
+use tagsplit::stacks::{StacksOptions, StacksReport, collect};
+use tagsplit::symbols::KernelSymbols;
+use tagsplit::target::gdb::GdbTarget;
+use tagsplit::target::kd::{KdTarget, KdTransport};
+use tagsplit::target::sim::SimTarget;
+use tagsplit::target::{DebugTarget, Interrupt};
+use tagsplit::{PoolTag, VirtAddr};
+use tagsplit_target_sim::server::gdb::{GdbStub, GdbStubOptions};
+
+/// The return addresses into myfault's two helpers, as `k` names them.
+fn helper_returns() -> (String, String) {
+    let m = gdb_support::part4();
+    let base = m
+        .modules()
+        .into_iter()
+        .find(|x| x.name == "myfault.sys")
+        .unwrap()
+        .base;
+    let ret = |leaks: bool| {
+        let s = m
+            .sites()
+            .into_iter()
+            .find(|s| s.module == "myfault.sys" && s.allocates && s.leaks == leaks)
+            .unwrap();
+        format!("myfault+{:#x}", s.call.unwrap().get() + 6 - base.get())
+    };
+    (ret(true), ret(false))
+}
+
+fn check(t: &mut dyn DebugTarget, r: &StacksReport) {
+    println!("{r}");
+    let (leak_ret, load_ret) = helper_returns();
+    assert_eq!(r.breaks, 60);
+    assert_eq!(r.allocations + r.frees, 60);
+    assert_eq!(r.stacks.len(), 2, "two sites share the tag");
+    let leak = &r.stacks[0];
+    assert_eq!(leak.frames[0], leak_ret, "the leaking caller first");
+    assert_eq!(leak.frees, 0);
+    assert_eq!(leak.outstanding_allocs, leak.allocs);
+    assert_eq!(leak.outstanding_bytes, leak.allocs * 1_024_000);
+    assert_eq!(
+        leak.frames.last().unwrap(),
+        "nt+0x10e9",
+        "to KiStartSystemThread"
+    );
+    let load = &r.stacks[1];
+    assert_eq!(load.frames[0], load_ret);
+    assert!(load.frees > 0 && load.outstanding_bytes < leak.outstanding_bytes);
+    assert_eq!(load.allocs - load.frees, load.outstanding_allocs);
+    assert_eq!(r.frees, load.frees + r.unmatched_frees);
+    let symbols = KernelSymbols::read(t).unwrap();
+    assert_eq!(
+        hittag::read_pool_hit_tag(t, &symbols).unwrap(),
+        DEFAULT_POOL_HIT_TAG,
+        "written back"
+    );
+    assert_eq!(r.pool_hit_tag_restored, DEFAULT_POOL_HIT_TAG);
+}
+
+fn options() -> StacksOptions {
+    StacksOptions {
+        breaks: 60,
+        ..StacksOptions::default()
+    }
+}
+
+#[test]
+fn in_process() {
+    let mut t = SimTarget::builtin("part4").unwrap();
+    let mut seen = 0;
+    let r = collect(&mut t, PoolTag::new(*b"Leak"), &options(), |p| {
+        seen = p.breaks;
+    })
+    .unwrap();
+    assert_eq!(seen, 60, "progress after every break");
+    check(&mut t, &r);
+}
+
+#[test]
+fn over_gdb_and_kdnet_the_same_stacks() {
+    let mut sim = SimTarget::builtin("part4").unwrap();
+    let want = collect(&mut sim, PoolTag::new(*b"Leak"), &options(), |_| {}).unwrap();
+    let stub = GdbStub::spawn(gdb_support::part4(), GdbStubOptions::default()).unwrap();
+    let mut gdb = GdbTarget::connect(&stub.addr().to_string()).unwrap();
+    let r = collect(&mut gdb, PoolTag::new(*b"Leak"), &options(), |_| {}).unwrap();
+    check(&mut gdb, &r);
+    assert_eq!(r.stacks[0].frames, want.stacks[0].frames);
+    let mut kd = KdTarget::loopback(
+        gdb_support::part4(),
+        KdTransport::Kdnet("1.2.3.4".parse().unwrap()),
+        gdb_support::kd_options(),
+    )
+    .unwrap();
+    let r = collect(&mut kd, PoolTag::new(*b"Leak"), &options(), |_| {}).unwrap();
+    check(&mut kd, &r);
+    assert_eq!(
+        r.stacks, want.stacks,
+        "KD runs the same ticks as in process"
+    );
+}
+
+/// A triggered interrupt stops collecting after the break in progress; PoolHitTag is
+/// written back all the same.
+#[test]
+fn an_interrupt_stops_and_pool_hit_tag_is_written_back() {
+    let mut t = SimTarget::builtin("part4").unwrap();
+    let cancel = Interrupt::new();
+    let opts = StacksOptions {
+        breaks: 1000,
+        cancel: Some(cancel.clone()),
+        ..StacksOptions::default()
+    };
+    let r = collect(&mut t, PoolTag::new(*b"Leak"), &opts, |p| {
+        if p.breaks == 5 {
+            cancel.trigger();
+        }
+    })
+    .unwrap();
+    assert_eq!((r.breaks, r.ended.as_str()), (5, "interrupted"));
+    let hit = t.machine().kernel().pool_hit_tag;
+    let mut v = [0u8; 4];
+    t.read_memory(VirtAddr(hit.get()), &mut v).unwrap();
+    assert_eq!(u32::from_le_bytes(v), DEFAULT_POOL_HIT_TAG);
+}
