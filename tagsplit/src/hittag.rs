@@ -64,6 +64,12 @@ pub enum HitTagError {
     /// The target is not stopped at a `PoolHitTag` break.
     #[error("not at a PoolHitTag break: {0}")]
     NotAHitBreak(String),
+    /// The journal of a `PoolHitTag` write could not be written.
+    #[error("journal: {0}")]
+    Journal(String),
+    /// `nt!PoolHitTag` could not be written back (its journal, if any, is kept).
+    #[error("{0}")]
+    NotRestored(String),
 }
 
 impl From<Unresolved> for HitTagError {

@@ -8,7 +8,12 @@
 //! the allocation that made it, if that was inside the window. The report gives, per
 //! unique call stack, the allocations, the frees and the bytes still outstanding, the
 //! leaking stack first. `nt!PoolHitTag` is written back to what it held before, whatever
-//! happens (an error, a triggered [`Interrupt`]).
+//! happens (an error, a triggered [`Interrupt`]). With [`StacksOptions::journal`] the
+//! write is journalled first like a split's patches (a [`PatchRecord`] of the 4 bytes in
+//! `nt`), so that a process killed while the tag is set leaves a journal that `tagsplit
+//! restore` (or [`crate::split::restore_from_journal`]) puts back; the write back goes
+//! through [`journal::restore_one`] (only if the variable still holds the tag) and removes
+//! the journal once verified.
 //!
 //! Round trips per break: see [`hittag`] (9 for an allocation over GDB, 8 over KD; 4
 //! for a free).
@@ -19,6 +24,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::hittag::{self, HitKind, HitTagError};
+use crate::split::journal::{self, Journal, PatchRecord, RestoreState};
 use crate::stack::Unwinder;
 use crate::symbols::KernelSymbols;
 use crate::target::{DebugTarget, Interrupt, RunFor, StopReason, TargetError};
@@ -46,6 +52,18 @@ pub struct StacksOptions {
     /// Triggered (Ctrl-C): the run in progress breaks in, collecting stops, and the
     /// report so far is returned after `nt!PoolHitTag` is written back.
     pub cancel: Option<Interrupt>,
+    /// Journal the `nt!PoolHitTag` write here first (see the [module docs](self)).
+    pub journal: Option<JournalSpec>,
+}
+
+/// Where [`collect`] journals its write of `nt!PoolHitTag`.
+#[derive(Clone, Debug)]
+pub struct JournalSpec {
+    /// The journal file (created; an existing file is refused).
+    pub path: std::path::PathBuf,
+    /// The target's identity ([`crate::target::TargetIdentity`]), recorded so that a
+    /// restore refuses another target.
+    pub identity: Option<String>,
 }
 
 impl Default for StacksOptions {
@@ -55,6 +73,7 @@ impl Default for StacksOptions {
             run: None,
             idle_runs: 4,
             cancel: None,
+            journal: None,
         }
     }
 }
@@ -97,6 +116,8 @@ pub struct StacksReport {
     pub stacks: Vec<StackUsage>,
     /// `nt!PoolHitTag` as found, and written back.
     pub pool_hit_tag_restored: u32,
+    /// The journal of the write was removed after the write back was verified.
+    pub journal_removed: bool,
 }
 
 impl fmt::Display for StacksReport {
@@ -155,14 +176,71 @@ pub fn collect<T: DebugTarget + ?Sized>(
 ) -> Result<StacksReport, HitTagError> {
     let symbols = KernelSymbols::read(target)?;
     let before = hittag::read_pool_hit_tag(target, &symbols)?;
+    let address = hittag::pool_hit_tag_address(&symbols)?;
+    let record = patch_record(target, address, before, tag)?;
+    let written = match &options.journal {
+        Some(spec) => {
+            let j = Journal::new(
+                target.describe(),
+                spec.identity.clone(),
+                tag.to_string(),
+                vec![record.clone()],
+            );
+            j.write(&spec.path)
+                .map_err(|e| HitTagError::Journal(e.to_string()))?;
+            Some((j, spec.path.clone()))
+        }
+        None => None,
+    };
     let mut window = Window::default();
-    hittag::set_pool_hit_tag(target, &symbols, tag.to_u32())?;
-    let outcome = run_window(target, &symbols, options, &mut window, &mut progress);
-    // Whatever happened: PoolHitTag back to what it was (a dead link fails this too).
-    let restored = hittag::set_pool_hit_tag(target, &symbols, before);
+    let set = hittag::set_pool_hit_tag(target, &symbols, tag.to_u32());
+    let outcome =
+        set.and_then(|()| run_window(target, &symbols, options, &mut window, &mut progress));
+    // Whatever happened: PoolHitTag back to what it was, if it still holds our tag.
+    let restored = journal::restore_one(&mut &mut *target, &record);
+    let journal_removed = match (&written, restored) {
+        (Some((j, path)), RestoreState::Restored | RestoreState::AlreadyOriginal) => {
+            j.remove_own(path)
+        }
+        _ => false,
+    };
     let ended = outcome?;
-    restored?;
-    Ok(window.report(target.describe(), tag, ended, before))
+    if !matches!(
+        restored,
+        RestoreState::Restored | RestoreState::AlreadyOriginal
+    ) {
+        return Err(HitTagError::NotRestored(format!(
+            "nt!PoolHitTag at {address} could not be written back to {before:08x}: {restored:?}"
+        )));
+    }
+    let mut report = window.report(target.describe(), tag, ended, before);
+    report.journal_removed = journal_removed;
+    Ok(report)
+}
+
+/// The 4 bytes of `nt!PoolHitTag` as a split's patch: in `nt`, from `before` to `tag`.
+fn patch_record<T: DebugTarget + ?Sized>(
+    target: &mut T,
+    address: VirtAddr,
+    before: u32,
+    tag: PoolTag,
+) -> Result<PatchRecord, HitTagError> {
+    let modules = target.modules()?;
+    let nt = modules
+        .iter()
+        .find(|m| m.contains(address))
+        .ok_or_else(|| {
+            HitTagError::NotAHitBreak(format!("nt!PoolHitTag at {address} is in no module"))
+        })?;
+    Ok(PatchRecord {
+        module: nt.name.clone(),
+        base: nt.base,
+        timestamp: crate::pe::timestamp(target, nt.base).ok(),
+        offset: address.get() - nt.base.get(),
+        address,
+        original: before.to_le_bytes().to_vec(),
+        new: tag.to_u32().to_le_bytes().to_vec(),
+    })
 }
 
 /// The breaks of one window.
@@ -238,6 +316,7 @@ impl Window {
             ended,
             stacks,
             pool_hit_tag_restored: before,
+            journal_removed: false,
         }
     }
 }

@@ -207,3 +207,35 @@ fn stacks_names_the_leaking_caller_first() {
         "{text}"
     );
 }
+
+/// A journal left for a target (a split, or a stacks run that was killed) blocks
+/// `stacks` on it before anything is sent, and names the restore command.
+#[test]
+fn stacks_refuses_a_target_with_a_journal_left() {
+    use tagsplit::split::journal::{Journal, JournalStore};
+    use tagsplit::target::TargetIdentity;
+
+    let state = std::env::temp_dir().join(format!("tagsplit-test-state-{}", std::process::id()));
+    let store = JournalStore::new(state.join("tagsplit"));
+    let spec = "gdb://127.0.0.1:1";
+    let identity = TargetIdentity::of(spec).unwrap();
+    let path = store.new_path(&identity);
+    Journal::new(
+        spec.into(),
+        Some(identity.to_string()),
+        "Leak".into(),
+        vec![],
+    )
+    .write(&path)
+    .unwrap();
+    let o = tagsplit(&["stacks", "--target", spec, "--tag", "Lea2"]);
+    let _ = std::fs::remove_file(&path);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("left its journal")
+            && err.contains("tagsplit restore --target 'gdb://127.0.0.1:1'"),
+        "{err}"
+    );
+    assert!(!err.contains("i/o error"), "nothing was sent: {err}");
+}

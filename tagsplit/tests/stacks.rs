@@ -137,3 +137,52 @@ fn an_interrupt_stops_and_pool_hit_tag_is_written_back() {
     t.read_memory(VirtAddr(hit.get()), &mut v).unwrap();
     assert_eq!(u32::from_le_bytes(v), DEFAULT_POOL_HIT_TAG);
 }
+
+/// With a journal, the write of `nt!PoolHitTag` is journalled before it is made (a
+/// split's patch record of the 4 bytes in nt), and the journal is removed once the value
+/// is written back. A journal left by a killed process puts the value back through the
+/// split's restore.
+#[test]
+fn the_pool_hit_tag_write_is_journalled_and_restorable() {
+    use tagsplit::split::journal::Journal;
+    use tagsplit::split::restore_from_journal;
+    use tagsplit::stacks::JournalSpec;
+
+    let dir = std::env::temp_dir().join(format!("tagsplit-stacks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("j.json");
+    let kept = dir.join("kept.json");
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(&kept);
+    let mut t = SimTarget::builtin("part4").unwrap();
+    let hit = t.machine().kernel().pool_hit_tag;
+    let opts = StacksOptions {
+        breaks: 4,
+        journal: Some(JournalSpec {
+            path: path.clone(),
+            identity: Some("sim:part4".into()),
+        }),
+        ..StacksOptions::default()
+    };
+    let r = collect(&mut t, PoolTag::new(*b"Leak"), &opts, |p| {
+        if p.breaks == 1 {
+            std::fs::copy(&path, &kept).unwrap();
+        }
+    })
+    .unwrap();
+    assert!(r.journal_removed && !path.exists());
+    let j = Journal::read(&kept).unwrap();
+    assert_eq!(j.patches.len(), 1);
+    let p = &j.patches[0];
+    assert_eq!((p.module.as_str(), p.address), ("ntoskrnl.exe", hit));
+    assert_eq!(p.original, 0xffff_ff0f_u32.to_le_bytes());
+    assert_eq!(p.new, *b"Leak");
+    // As if the process had been killed with Leak in nt!PoolHitTag.
+    t.write_memory(hit, b"Leak").unwrap();
+    let summary = restore_from_journal(&mut t, &kept, None).unwrap();
+    assert!(summary.complete() && summary.journal_removed, "{summary}");
+    let mut v = [0u8; 4];
+    t.read_memory(hit, &mut v).unwrap();
+    assert_eq!(u32::from_le_bytes(v), DEFAULT_POOL_HIT_TAG);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -2,10 +2,14 @@
 
 use std::io::IsTerminal as _;
 
-use tagsplit::PoolTag;
-use tagsplit::stacks::{StacksOptions, collect};
-use tagsplit::target::RunFor;
+use std::path::PathBuf;
 
+use tagsplit::PoolTag;
+use tagsplit::split::journal::JournalStore;
+use tagsplit::stacks::{JournalSpec, StacksOptions, collect};
+use tagsplit::target::{RunFor, TargetIdentity};
+
+use super::run::restore_command;
 use super::signals;
 
 /// Arguments of `stacks`.
@@ -26,25 +30,51 @@ pub struct Args {
     /// The report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Where to journal the write of nt!PoolHitTag (default: the target's journal in the
+    /// state directory, as `run` does).
+    #[arg(long)]
+    pub journal: Option<PathBuf>,
 }
 
 /// Sets `nt!PoolHitTag`, collects the stacks, writes `nt!PoolHitTag` back, reports.
 pub fn execute(a: Args) -> anyhow::Result<()> {
     let tag = PoolTag::parse(&a.tag)
         .ok_or_else(|| anyhow::anyhow!("bad tag {:?}: four characters, like Lea2", a.tag))?;
+    let identity = TargetIdentity::of(&a.target)?;
+    let journal = match &a.journal {
+        Some(p) => p.clone(),
+        None => JournalStore::default_location()?.new_path(&identity),
+    };
+    // A journal left for this target: it may still be patched (PoolHitTag or a split).
+    if !identity.is_ephemeral() {
+        let store = JournalStore::default_location()?;
+        let mut left = store.existing(&identity);
+        left.extend(a.journal.iter().filter(|p| p.exists()).cloned());
+        if let Some(p) = left.first() {
+            anyhow::bail!(
+                "an unfinished run on {identity} left its journal at {}: the target may still be patched. Restore it first with `{}`",
+                p.display(),
+                restore_command(&a.target, Some(p))
+            );
+        }
+    }
     let cancel = signals::install();
     let mut target = super::open_target(&a.target)?;
     target.set_interrupt(Some(cancel.clone()));
     // From here nt!PoolHitTag may be set: a signal breaks in and the value is written
-    // back before exiting.
+    // back (and the journal removed) before exiting.
     signals::restore_on_signal(format!(
-        "nt!PoolHitTag may still hold {tag}: run `tagsplit console --target '{}' -c \"ed nt!PoolHitTag ffffff0f\"`",
-        a.target
+        "the journal is kept: run `{}`",
+        restore_command(&a.target, Some(&journal))
     ));
     let options = StacksOptions {
         breaks: a.breaks,
         run: a.ticks.map(RunFor::Ticks),
         cancel: Some(cancel),
+        journal: Some(JournalSpec {
+            path: journal.clone(),
+            identity: Some(identity.to_string()),
+        }),
         ..StacksOptions::default()
     };
     let show = !a.json && std::io::stderr().is_terminal();
@@ -52,6 +82,17 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
         if show {
             eprint!("\rbreak {}/{} ({:?})   ", p.breaks, p.wanted, p.kind);
         }
+    })
+    .map_err(|e| {
+        let kept = if journal.exists() {
+            format!(
+                "; the journal is kept: run `{}`",
+                restore_command(&a.target, Some(&journal))
+            )
+        } else {
+            String::new()
+        };
+        anyhow::anyhow!("{e}{kept}")
     })?;
     if show {
         eprintln!();
