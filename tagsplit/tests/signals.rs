@@ -540,3 +540,91 @@ fn restore_refuses_a_journal_of_another_target() {
     assert!(status.success(), "{out}");
     assert_original(&served, "restore");
 }
+
+/// `tagsplit stacks` over GDB, signalled before its first run and after its first break:
+/// it breaks in, writes `nt!PoolHitTag` back, removes its journal, and exits with 128 +
+/// the signal.
+#[test]
+fn stacks_writes_pool_hit_tag_back_on_a_signal() {
+    for (phase, sig) in [
+        ("collecting", Signal::SIGINT),
+        ("breaking", Signal::SIGTERM),
+    ] {
+        let context = format!("stacks/{phase}/{sig}");
+        let state = state_dir(&format!("stacks-{phase}"));
+        let served = Served::new("gdb");
+        let spec = served.spec();
+        let mut run = Run::start(
+            &[
+                "stacks", "--target", &spec, "--tag", "Leak", "--breaks", "1000",
+            ],
+            &state,
+            Some(phase),
+        );
+        run.wait_line(&format!("test pause at {phase}"));
+        run.signal(sig);
+        let (status, stderr) = run.finish();
+        assert_eq!(
+            status.code(),
+            Some(128 + sig as i32),
+            "{context}: exit code; stderr:\n{stderr}"
+        );
+        assert!(
+            stderr.contains("nt!PoolHitTag was written back"),
+            "{context}:\n{stderr}"
+        );
+        assert_eq!(
+            journals(&state),
+            Vec::<PathBuf>::new(),
+            "{context}: journal left"
+        );
+        let Served::Gdb(stub) = &served else {
+            unreachable!()
+        };
+        let value = stub.with_machine(|m| {
+            let mut v = [0u8; 4];
+            m.read(m.kernel().pool_hit_tag, &mut v).unwrap();
+            u32::from_le_bytes(v)
+        });
+        assert_eq!(value, 0xffff_ff0f, "{context}: PoolHitTag written back");
+    }
+}
+
+/// `tagsplit stacks` SIGKILLed while `nt!PoolHitTag` is set leaves its journal; a second
+/// `stacks` refuses the target, and `tagsplit restore` writes the value back.
+#[test]
+fn a_killed_stacks_leaves_a_journal_that_restore_finishes() {
+    let state = state_dir("stacks-kill");
+    let served = Served::new("gdb");
+    let spec = served.spec();
+    let read = |served: &Served| {
+        let Served::Gdb(stub) = served else {
+            unreachable!()
+        };
+        stub.with_machine(|m| {
+            let mut v = [0u8; 4];
+            m.read(m.kernel().pool_hit_tag, &mut v).unwrap();
+            v
+        })
+    };
+    let mut run = Run::start(
+        &["stacks", "--target", &spec, "--tag", "Leak"],
+        &state,
+        Some("breaking"),
+    );
+    run.wait_line("test pause at breaking");
+    run.signal(Signal::SIGKILL);
+    let (status, _) = run.finish();
+    assert_eq!(status.code(), None);
+    assert_eq!(read(&served), *b"Leak", "left set");
+    assert_eq!(journals(&state).len(), 1);
+    let (status, stderr) = run_to_end(&["stacks", "--target", &spec, "--tag", "Leak"], &state);
+    assert!(
+        !status.success() && stderr.contains("left its journal"),
+        "{stderr}"
+    );
+    let (status, stderr) = run_to_end(&["restore", "--target", &spec], &state);
+    assert!(status.success(), "{stderr}");
+    assert_eq!(read(&served), 0xffff_ff0f_u32.to_le_bytes());
+    assert_eq!(journals(&state), Vec::<PathBuf>::new());
+}

@@ -78,9 +78,13 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
         ..StacksOptions::default()
     };
     let show = !a.json && std::io::stderr().is_terminal();
+    signals::test_pause("collecting");
     let report = collect(target.as_mut(), tag, &options, |p| {
         if show {
             eprint!("\rbreak {}/{} ({:?})   ", p.breaks, p.wanted, p.kind);
+        }
+        if p.breaks == 1 {
+            signals::test_pause("breaking");
         }
     })
     .map_err(|e| {
