@@ -54,6 +54,10 @@ pub struct StacksOptions {
     pub cancel: Option<Interrupt>,
     /// Journal the `nt!PoolHitTag` write here first (see the [module docs](self)).
     pub journal: Option<JournalSpec>,
+    /// Patches to make (after the journal, which records them too) and undo with
+    /// `nt!PoolHitTag`: `tagsplit run --stacks` puts the leaking site's split tag back
+    /// so that only its allocations break.
+    pub patches: Vec<PatchRecord>,
 }
 
 /// Where [`collect`] journals its write of `nt!PoolHitTag`.
@@ -74,6 +78,7 @@ impl Default for StacksOptions {
             idle_runs: 4,
             cancel: None,
             journal: None,
+            patches: Vec::new(),
         }
     }
 }
@@ -118,6 +123,8 @@ pub struct StacksReport {
     pub pool_hit_tag_restored: u32,
     /// The journal of the write was removed after the write back was verified.
     pub journal_removed: bool,
+    /// Patches of [`StacksOptions::patches`] made and undone.
+    pub patches_restored: usize,
 }
 
 impl fmt::Display for StacksReport {
@@ -177,14 +184,15 @@ pub fn collect<T: DebugTarget + ?Sized>(
     let symbols = KernelSymbols::read(target)?;
     let before = hittag::read_pool_hit_tag(target, &symbols)?;
     let address = hittag::pool_hit_tag_address(&symbols)?;
-    let record = patch_record(target, address, before, tag)?;
+    let mut records = options.patches.clone();
+    records.push(patch_record(target, address, before, tag)?);
     let written = match &options.journal {
         Some(spec) => {
             let j = Journal::new(
                 target.describe(),
                 spec.identity.clone(),
                 tag.to_string(),
-                vec![record.clone()],
+                records.clone(),
             );
             j.write(&spec.path)
                 .map_err(|e| HitTagError::Journal(e.to_string()))?;
@@ -193,29 +201,56 @@ pub fn collect<T: DebugTarget + ?Sized>(
         None => None,
     };
     let mut window = Window::default();
-    let set = hittag::set_pool_hit_tag(target, &symbols, tag.to_u32());
-    let outcome =
-        set.and_then(|()| run_window(target, &symbols, options, &mut window, &mut progress));
-    // Whatever happened: PoolHitTag back to what it was, if it still holds our tag.
-    let restored = journal::restore_one(&mut &mut *target, &record);
-    let journal_removed = match (&written, restored) {
-        (Some((j, path)), RestoreState::Restored | RestoreState::AlreadyOriginal) => {
-            j.remove_own(path)
-        }
+    let outcome = apply(target, &options.patches)
+        .and_then(|()| hittag::set_pool_hit_tag(target, &symbols, tag.to_u32()))
+        .and_then(|()| run_window(target, &symbols, options, &mut window, &mut progress));
+    // Whatever happened: every byte back, where it still holds what was written.
+    let states: Vec<RestoreState> = records
+        .iter()
+        .rev()
+        .map(|r| journal::restore_one(&mut &mut *target, r))
+        .collect();
+    let all_back = states
+        .iter()
+        .all(|s| matches!(s, RestoreState::Restored | RestoreState::AlreadyOriginal));
+    let journal_removed = match &written {
+        Some((j, path)) if all_back => j.remove_own(path),
         _ => false,
     };
     let ended = outcome?;
-    if !matches!(
-        restored,
-        RestoreState::Restored | RestoreState::AlreadyOriginal
-    ) {
+    if !all_back {
         return Err(HitTagError::NotRestored(format!(
-            "nt!PoolHitTag at {address} could not be written back to {before:08x}: {restored:?}"
+            "not every byte could be written back (nt!PoolHitTag at {address} to {before:08x}, then the patches): {states:?}"
         )));
     }
     let mut report = window.report(target.describe(), tag, ended, before);
     report.journal_removed = journal_removed;
+    report.patches_restored = options.patches.len();
     Ok(report)
+}
+
+/// Writes each patch's new bytes where its original bytes are, and reads them back.
+fn apply<T: DebugTarget + ?Sized>(
+    target: &mut T,
+    patches: &[PatchRecord],
+) -> Result<(), HitTagError> {
+    for p in patches {
+        let mut now = vec![0u8; p.original.len()];
+        crate::target::read_exact(target, p.address, &mut now)?;
+        if now != p.original {
+            return Err(HitTagError::NotRestored(format!(
+                "{} does not hold the bytes to patch ({now:02x?}, not {:02x?}): nothing patched there",
+                p.address, p.original
+            )));
+        }
+        let wrote = target.write_memory(p.address, &p.new)?;
+        let mut back = vec![0u8; p.new.len()];
+        crate::target::read_exact(target, p.address, &mut back)?;
+        if wrote < p.new.len() || back != p.new {
+            return Err(TargetError::Unwritable(p.address).into());
+        }
+    }
+    Ok(())
 }
 
 /// The 4 bytes of `nt!PoolHitTag` as a split's patch: in `nt`, from `before` to `tag`.
@@ -317,6 +352,7 @@ impl Window {
             stacks,
             pool_hit_tag_restored: before,
             journal_removed: false,
+            patches_restored: 0,
         }
     }
 }

@@ -148,3 +148,53 @@ fn console_batch_part5_over_gdb_matches_in_process() {
         .unwrap();
     assert_ne!(rax, "0000000000000000", "the block is in rax at the return");
 }
+
+/// `run --stacks` over `gdb://`: the split names the leaking site, its split tag is put
+/// back for the stacks (only its allocations break), and afterwards every byte is the
+/// original: the site's `Leak` and `nt!PoolHitTag`'s `ffffff0f`.
+#[test]
+fn run_with_stacks_over_gdb_names_the_caller_and_restores_everything() {
+    let stub = gdb_support::part4_stub(StubFeatures::FULL);
+    let target = format!("gdb://{}", stub.addr());
+    let journal = common::temp_dir("run-stacks").join("j.json");
+    let o = tagsplit(&[
+        "run",
+        "--target",
+        &target,
+        "--tag",
+        "Leak",
+        "--stacks",
+        "--breaks",
+        "10",
+        "--json",
+        "--journal",
+        journal.to_str().unwrap(),
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["split"]["sites"][1]["verdict"], "leak");
+    assert_eq!(v["stacks"]["tag"], "Lea2");
+    assert_eq!(
+        v["stacks"]["allocations"], 10,
+        "only the leaking site breaks"
+    );
+    assert_eq!(v["stacks"]["stacks"][0]["frames"][0], "myfault+0x1634");
+    assert_eq!(v["stacks"]["patches_restored"], 1);
+    assert_eq!(v["stacks"]["journal_removed"], true);
+    assert!(!journal.exists());
+    let (site, hit_tag) = stub.with_machine(|m| {
+        let leak = m
+            .sites()
+            .into_iter()
+            .find(|s| s.leaks && s.module == "myfault.sys")
+            .unwrap();
+        let mut a = [0u8; 4];
+        let mut b = [0u8; 4];
+        m.read(leak.imm, &mut a).unwrap();
+        m.read(m.kernel().pool_hit_tag, &mut b).unwrap();
+        (a, u32::from_le_bytes(b))
+    });
+    assert_eq!(&site, b"Leak");
+    assert_eq!(hit_tag, 0xffff_ff0f);
+}

@@ -8,7 +8,7 @@
 //! `tagsplit::stacks::collect` on `part4`'s shared `Leak` tag: two call stacks, the
 //! leaking one (myfault's second site) first, its blocks never freed; the other's frees
 //! paired with its allocations; `nt!PoolHitTag` written back. In process, over GDB and
-//! over KDNET.
+//! over KDNET and KDCOM.
 
 mod gdb_support;
 
@@ -92,7 +92,7 @@ fn in_process() {
 }
 
 #[test]
-fn over_gdb_and_kdnet_the_same_stacks() {
+fn over_gdb_kdnet_and_kdcom_the_same_stacks() {
     let mut sim = SimTarget::builtin("part4").unwrap();
     let want = collect(&mut sim, PoolTag::new(*b"Leak"), &options(), |_| {}).unwrap();
     let stub = GdbStub::spawn(gdb_support::part4(), GdbStubOptions::default()).unwrap();
@@ -100,18 +100,19 @@ fn over_gdb_and_kdnet_the_same_stacks() {
     let r = collect(&mut gdb, PoolTag::new(*b"Leak"), &options(), |_| {}).unwrap();
     check(&mut gdb, &r);
     assert_eq!(r.stacks[0].frames, want.stacks[0].frames);
-    let mut kd = KdTarget::loopback(
-        gdb_support::part4(),
+    for transport in [
         KdTransport::Kdnet("1.2.3.4".parse().unwrap()),
-        gdb_support::kd_options(),
-    )
-    .unwrap();
-    let r = collect(&mut kd, PoolTag::new(*b"Leak"), &options(), |_| {}).unwrap();
-    check(&mut kd, &r);
-    assert_eq!(
-        r.stacks, want.stacks,
-        "KD runs the same ticks as in process"
-    );
+        KdTransport::Kdcom,
+    ] {
+        let mut kd =
+            KdTarget::loopback(gdb_support::part4(), transport, gdb_support::kd_options()).unwrap();
+        let r = collect(&mut kd, PoolTag::new(*b"Leak"), &options(), |_| {}).unwrap();
+        check(&mut kd, &r);
+        assert_eq!(
+            r.stacks, want.stacks,
+            "{transport:?} runs the same ticks as in process"
+        );
+    }
 }
 
 /// A triggered interrupt stops collecting after the break in progress; PoolHitTag is

@@ -115,3 +115,48 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `tagsplit run --stacks`: after a split, the leaking site gets its split tag again (in
+/// the journal, with `nt!PoolHitTag`), only its allocations break, and both are undone.
+pub fn after_split(
+    target: &mut dyn tagsplit::target::DebugTarget,
+    report: &tagsplit::split::Report,
+    identity: &TargetIdentity,
+    journal: &std::path::Path,
+    breaks: usize,
+    cancel: tagsplit::target::Interrupt,
+) -> anyhow::Result<tagsplit::stacks::StacksReport> {
+    let Some(leak) = report.leaks().next() else {
+        anyhow::bail!("--stacks: no site leaks, so there is no tag to collect stacks for");
+    };
+    let hit = &leak.hit;
+    let patch = tagsplit::split::journal::PatchRecord {
+        module: hit.module.clone(),
+        base: hit.module_base,
+        timestamp: tagsplit::pe::timestamp(target, hit.module_base).ok(),
+        offset: hit.offset,
+        address: hit.address,
+        original: hit.tag.to_u32().to_le_bytes().to_vec(),
+        new: leak.new_tag.to_u32().to_le_bytes().to_vec(),
+    };
+    let options = StacksOptions {
+        breaks,
+        cancel: Some(cancel),
+        journal: Some(JournalSpec {
+            path: journal.to_path_buf(),
+            identity: Some(identity.to_string()),
+        }),
+        patches: vec![patch],
+        ..StacksOptions::default()
+    };
+    let show = std::io::stderr().is_terminal();
+    let stacks = collect(target, leak.new_tag, &options, |p| {
+        if show {
+            eprint!("\rstacks: break {}/{}   ", p.breaks, p.wanted);
+        }
+    })?;
+    if show {
+        eprintln!();
+    }
+    Ok(stacks)
+}
