@@ -72,6 +72,11 @@ fn check(t: &mut dyn DebugTarget, r: &StacksReport) {
     assert_eq!(r.pool_hit_tag_restored, DEFAULT_POOL_HIT_TAG);
 }
 
+/// The round trips of a collection, and per break (rounded up).
+fn round_trips_per_break(r: &StacksReport, total: u64) -> (u64, u64) {
+    (total, total.div_ceil(r.breaks.max(1)))
+}
+
 fn options() -> StacksOptions {
     StacksOptions {
         breaks: 60,
@@ -97,7 +102,13 @@ fn over_gdb_kdnet_and_kdcom_the_same_stacks() {
     let want = collect(&mut sim, PoolTag::new(*b"Leak"), &options(), |_| {}).unwrap();
     let stub = GdbStub::spawn(gdb_support::part4(), GdbStubOptions::default()).unwrap();
     let mut gdb = GdbTarget::connect(&stub.addr().to_string()).unwrap();
+    let before = gdb.stats().unwrap().round_trips;
     let r = collect(&mut gdb, PoolTag::new(*b"Leak"), &options(), |_| {}).unwrap();
+    let per_break = round_trips_per_break(&r, gdb.stats().unwrap().round_trips - before);
+    println!("gdb: {per_break:?}");
+    // 9 per allocation (run 2, examine 2, block 5), 4 per free, more where a stack
+    // crosses a 512-byte block or a run ends without a break, and the set-up.
+    assert!(per_break.1 <= 10, "{per_break:?}");
     check(&mut gdb, &r);
     assert_eq!(r.stacks[0].frames, want.stacks[0].frames);
     for transport in [
@@ -106,7 +117,13 @@ fn over_gdb_kdnet_and_kdcom_the_same_stacks() {
     ] {
         let mut kd =
             KdTarget::loopback(gdb_support::part4(), transport, gdb_support::kd_options()).unwrap();
+        let before = kd.stats().unwrap().round_trips;
         let r = collect(&mut kd, PoolTag::new(*b"Leak"), &options(), |_| {}).unwrap();
+        let per_break = round_trips_per_break(&r, kd.stats().unwrap().round_trips - before);
+        println!("{transport:?}: {per_break:?}");
+        // Requests (a Continue is not one): 6 per allocation (run limit, GetContext,
+        // a stack read, WriteBreakPoint, GetContext, RestoreBreakPoint), 3 per free.
+        assert!(per_break.1 <= 7, "{per_break:?}");
         check(&mut kd, &r);
         assert_eq!(
             r.stacks, want.stacks,
