@@ -38,12 +38,7 @@ fn sites() -> (SiteInfo, SiteInfo, VirtAddr) {
         .find(|s| !s.leaks && s.allocates)
         .unwrap()
         .clone();
-    let base = m
-        .modules()
-        .into_iter()
-        .find(|x| x.name == "myfault.sys")
-        .unwrap()
-        .base;
+    let base = gdb_support::myfault_base(&m);
     (leak, load, base)
 }
 

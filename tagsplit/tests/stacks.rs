@@ -25,12 +25,7 @@ use tagsplit_target_sim::server::gdb::{GdbStub, GdbStubOptions};
 /// The return addresses into myfault's two helpers, as `k` names them.
 fn helper_returns() -> (String, String) {
     let m = gdb_support::part4();
-    let base = m
-        .modules()
-        .into_iter()
-        .find(|x| x.name == "myfault.sys")
-        .unwrap()
-        .base;
+    let base = gdb_support::myfault_base(&m);
     let ret = |leaks: bool| {
         let s = m
             .sites()

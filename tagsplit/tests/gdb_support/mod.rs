@@ -46,3 +46,12 @@ pub fn hole_below(m: &Machine, addr: VirtAddr) -> (VirtAddr, VirtAddr) {
     assert!(i > 0, "nothing mapped below {addr}");
     (regions[i - 1].end, regions[i].start)
 }
+
+/// The base of `myfault.sys` in `m`.
+pub fn myfault_base(m: &Machine) -> VirtAddr {
+    m.modules()
+        .into_iter()
+        .find(|x| x.name == "myfault.sys")
+        .unwrap()
+        .base
+}
