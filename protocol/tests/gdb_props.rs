@@ -10,8 +10,8 @@
 use proptest::prelude::*;
 use tagsplit_protocol::gdb::frame::{self, Decoder, Event};
 use tagsplit_protocol::gdb::{
-    Breakpoint, BreakpointType, Command, HexBytes, Reply, ReplyKind, ResumeAction, ResumeActions,
-    ResumeKind, StopKind, StopReply, ThreadId, ThreadOp, ThreadSel, XferObject,
+    Breakpoint, BreakpointType, Command, Expedited, HexBytes, Reply, ReplyKind, ResumeAction,
+    ResumeActions, ResumeKind, StopKind, StopReply, ThreadId, ThreadOp, ThreadSel, XferObject,
 };
 
 /// Decodes `bytes` split at `cuts`, then ends the stream.
@@ -305,12 +305,14 @@ fn reply() -> impl Strategy<Value = (ReplyKind, Reply)> {
             prop::option::of(prop_oneof![
                 Just(StopKind::SwBreak),
                 Just(StopKind::HwBreak)
-            ])
+            ]),
+            prop::option::of((any::<u64>(), any::<u64>(), any::<u64>()))
         )
-            .prop_map(|(signal, thread, reason)| StopReply::Signal {
+            .prop_map(|(signal, thread, reason, regs)| StopReply::Signal {
                 signal,
                 thread: thread.map(ThreadId::Id),
                 reason: if thread.is_some() { reason } else { None },
+                registers: regs.map(|(rbp, rsp, rip)| Expedited { rbp, rsp, rip }),
             }),
         any::<u8>().prop_map(StopReply::Exited),
         any::<u8>().prop_map(StopReply::Terminated),

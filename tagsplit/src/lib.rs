@@ -15,6 +15,9 @@
 //!   `!poolused`, `!poolfind`, `!pool`, `g`) over any target.
 //! - [`stack`]: x64 call stacks unwound from `.pdata`/`.xdata` over any target, as `k`
 //!   shows them.
+//! - [`hittag`]: `nt!PoolHitTag` breaks examined (allocation or free, tag, size, block,
+//!   stack); [`symbols`]: `nt!` names from the `KDBG` block, without symbol files;
+//!   [`stacks`]: `PoolHitTag` breaks collected into call stacks, the leaking one first.
 //! - [`split`]: the automated tag split — find and classify every hit, give each
 //!   allocation site its own tag, run, measure, attribute, restore.
 //!
@@ -64,6 +67,7 @@ pub mod console;
 pub mod decode;
 pub mod demo;
 pub mod disasm;
+pub mod hittag;
 pub mod pe;
 #[cfg(feature = "plot")]
 pub mod plot;
@@ -73,6 +77,8 @@ pub mod pooltag;
 pub mod relay;
 pub mod split;
 pub mod stack;
+pub mod stacks;
+pub mod symbols;
 pub mod target;
 
 #[cfg(test)]

@@ -171,3 +171,71 @@ fn restore_command_uses_the_journal() {
     let o = restore();
     assert!(!o.status.success());
 }
+
+#[test]
+fn stacks_names_the_leaking_caller_first() {
+    let o = tagsplit(&[
+        "stacks",
+        "--target",
+        "sim:part4",
+        "--tag",
+        "Leak",
+        "--breaks",
+        "30",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["breaks"], 30);
+    assert_eq!(v["stacks"][0]["frames"][0], "myfault+0x1634");
+    assert_eq!(v["stacks"][0]["frees"], 0);
+    assert_eq!(v["stacks"][1]["frames"][0], "myfault+0x13bf");
+    assert_eq!(v["pool_hit_tag_restored"], 0xffff_ff0f_u32);
+    let text = stdout(&tagsplit(&[
+        "stacks",
+        "--target",
+        "sim:part4",
+        "--tag",
+        "Leak",
+        "--breaks",
+        "30",
+    ]));
+    assert!(
+        text.lines().nth(1).unwrap().starts_with("LEAKING: ")
+            && text.contains("\n    myfault+0x1634\n")
+            && text.ends_with("nt!PoolHitTag restored to ffffff0f\n"),
+        "{text}"
+    );
+}
+
+/// A journal left for a target (a split, or a stacks run that was killed) blocks
+/// `stacks` on it before anything is sent, and names the restore command.
+#[test]
+fn stacks_refuses_a_target_with_a_journal_left() {
+    use tagsplit::split::journal::{Journal, JournalStore};
+    use tagsplit::target::TargetIdentity;
+
+    let state = std::env::temp_dir().join(format!("tagsplit-test-state-{}", std::process::id()));
+    let store = JournalStore::new(state.join("tagsplit"));
+    let spec = "gdb://127.0.0.1:1";
+    let identity = TargetIdentity::of(spec).unwrap();
+    let path = store.new_path(&identity);
+    Journal::new(
+        spec.into(),
+        Some(identity.to_string()),
+        "Leak".into(),
+        vec![],
+    )
+    .write(&path)
+    .unwrap();
+    let o = tagsplit(&["stacks", "--target", spec, "--tag", "Lea2"]);
+    let _ = std::fs::remove_file(&path);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("left its journal")
+            && err.contains("tagsplit restore --target 'gdb://127.0.0.1:1'"),
+        "{err}"
+    );
+    assert!(!err.contains("i/o error"), "nothing was sent: {err}");
+}

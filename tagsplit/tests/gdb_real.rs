@@ -395,3 +395,81 @@ fn compare_sections_matches_the_served_image_until_a_patch() {
     assert_eq!(a.windows(4).filter(|w| w == b"Leak").count(), 2);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Part 5 under real gdb: `nt!PoolHitTag` set to `Lea2` after the Part 4 patch of the
+/// leaking site, `continue`: the stub stops at the `int 3` of the check in
+/// `nt!ExAllocatePoolWithTag` with `T05 swbreak` and `rip` (the `int 3`) expedited; gdb
+/// shows SIGTRAP and, as for any breakpoint instruction of the program's own that a
+/// `swbreak` stop reports, moves `rip` past it (`P10`: on x86 a program's `int 3` leaves
+/// the PC after it), so `info registers rip` is the byte after the `0xcc`; `rbx` holds
+/// the tag as documented for the allocator's break.
+#[test]
+fn gdb_stops_with_sigtrap_at_the_pool_hit_tag_int3() {
+    if !have_gdb() {
+        return;
+    }
+    let stub = stub();
+    let (imm, pool_hit_tag) = stub.with_machine(|m| {
+        let leak = m
+            .sites()
+            .into_iter()
+            .find(|s| s.leaks && s.module == "myfault.sys")
+            .unwrap();
+        (leak.imm.get(), m.kernel().pool_hit_tag.get())
+    });
+    let out = run_gdb(
+        &stub,
+        &[
+            "set debug remote 1".into(),
+            format!("set {{char}}({imm:#x}+3) = 0x32"),
+            format!("set {{int}}{pool_hit_tag:#x} = 0x3261654c"),
+            "continue".into(),
+            "info registers rip".into(),
+            "info registers rbx".into(),
+            "x/1xb $pc-1".into(),
+        ],
+    );
+    assert!(
+        out.contains("Program received signal SIGTRAP"),
+        "gdb shows the break as SIGTRAP:\n{out}"
+    );
+    let rip_line = out
+        .lines()
+        .find(|l| l.starts_with("rip "))
+        .unwrap_or_else(|| panic!("no rip:\n{out}"));
+    let shown = u64::from_str_radix(
+        rip_line
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .trim_start_matches("0x"),
+        16,
+    )
+    .unwrap();
+    let int3 = shown - 1;
+    let mut byte = [0u8; 1];
+    stub.with_machine(|m| m.read(tagsplit::VirtAddr(int3), &mut byte))
+        .unwrap();
+    assert_eq!(byte, [0xcc], "rip is just past an int 3:\n{out}");
+    assert!(
+        out.contains(&format!("{int3:#x}:\t0xcc")),
+        "gdb reads the int 3 at rip-1:\n{out}"
+    );
+    // The stop reply: SIGTRAP, swbreak, rip (register 0x10) at the int 3 itself.
+    let rip_hex: String = int3
+        .to_le_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(
+        out.lines()
+            .any(|l| l.contains("Packet received: T05thread:01;swbreak:;")
+                && l.contains(&format!("10:{rip_hex};"))),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("rbx") && l.contains("0x3261654c")),
+        "rbx holds the tag at the allocator's break:\n{out}"
+    );
+}

@@ -244,6 +244,32 @@ fn run_to_end(args: &[&str], state: &Path) -> (ExitStatus, String) {
     Run::start(args, state, None).finish()
 }
 
+/// Waits for `run` to pause at `phase`, sends `sig`, waits for the exit, checks it is
+/// 128 + the signal, and returns stderr.
+fn signalled(mut run: Run, phase: &str, sig: Signal, context: &str) -> String {
+    run.wait_line(&format!("test pause at {phase}"));
+    run.signal(sig);
+    let (status, stderr) = run.finish();
+    assert_eq!(
+        status.code(),
+        Some(128 + sig as i32),
+        "{context}: exit code; stderr:\n{stderr}"
+    );
+    stderr
+}
+
+/// `nt!PoolHitTag` of the machine behind a GDB stub.
+fn pool_hit_tag(served: &Served) -> [u8; 4] {
+    let Served::Gdb(stub) = served else {
+        panic!("a GDB-served machine")
+    };
+    stub.with_machine(|m| {
+        let mut v = [0u8; 4];
+        m.read(m.kernel().pool_hit_tag, &mut v).unwrap();
+        v
+    })
+}
+
 /// Runs `tagsplit run` paused at `phase`, sends `sig`, and checks the outcome.
 fn signal_at(kind: &str, phase: &str, sig: Signal) {
     let context = format!("{kind}/{phase}/{sig}");
@@ -259,14 +285,7 @@ fn signal_at(kind: &str, phase: &str, sig: Signal) {
     if phase != "connecting" {
         attach_kdnet(&mut served, &mut run);
     }
-    run.wait_line(&format!("test pause at {phase}"));
-    run.signal(sig);
-    let (status, stderr) = run.finish();
-    assert_eq!(
-        status.code(),
-        Some(128 + sig as i32),
-        "{context}: exit code; stderr:\n{stderr}"
-    );
+    let stderr = signalled(run, phase, sig, &context);
     let patched_possible = !matches!(phase, "connecting" | "checking" | "surveying");
     if patched_possible {
         assert!(restored_all(&stderr), "{context}: restore line:\n{stderr}");
@@ -539,4 +558,71 @@ fn restore_refuses_a_journal_of_another_target() {
     );
     assert!(status.success(), "{out}");
     assert_original(&served, "restore");
+}
+
+/// `tagsplit stacks` over GDB, signalled before its first run and after its first break:
+/// it breaks in, writes `nt!PoolHitTag` back, removes its journal, and exits with 128 +
+/// the signal.
+#[test]
+fn stacks_writes_pool_hit_tag_back_on_a_signal() {
+    for (phase, sig) in [
+        ("collecting", Signal::SIGINT),
+        ("breaking", Signal::SIGTERM),
+    ] {
+        let context = format!("stacks/{phase}/{sig}");
+        let state = state_dir(&format!("stacks-{phase}"));
+        let served = Served::new("gdb");
+        let spec = served.spec();
+        let run = Run::start(
+            &[
+                "stacks", "--target", &spec, "--tag", "Leak", "--breaks", "1000",
+            ],
+            &state,
+            Some(phase),
+        );
+        let stderr = signalled(run, phase, sig, &context);
+        assert!(
+            stderr.contains("nt!PoolHitTag was written back"),
+            "{context}:\n{stderr}"
+        );
+        assert_eq!(
+            journals(&state),
+            Vec::<PathBuf>::new(),
+            "{context}: journal left"
+        );
+        assert_eq!(
+            pool_hit_tag(&served),
+            0xffff_ff0f_u32.to_le_bytes(),
+            "{context}: PoolHitTag written back"
+        );
+    }
+}
+
+/// `tagsplit stacks` SIGKILLed while `nt!PoolHitTag` is set leaves its journal; a second
+/// `stacks` refuses the target, and `tagsplit restore` writes the value back.
+#[test]
+fn a_killed_stacks_leaves_a_journal_that_restore_finishes() {
+    let state = state_dir("stacks-kill");
+    let served = Served::new("gdb");
+    let spec = served.spec();
+    let mut run = Run::start(
+        &["stacks", "--target", &spec, "--tag", "Leak"],
+        &state,
+        Some("breaking"),
+    );
+    run.wait_line("test pause at breaking");
+    run.signal(Signal::SIGKILL);
+    let (status, _) = run.finish();
+    assert_eq!(status.code(), None);
+    assert_eq!(pool_hit_tag(&served), *b"Leak", "left set");
+    assert_eq!(journals(&state).len(), 1);
+    let (status, stderr) = run_to_end(&["stacks", "--target", &spec, "--tag", "Leak"], &state);
+    assert!(
+        !status.success() && stderr.contains("left its journal"),
+        "{stderr}"
+    );
+    let (status, stderr) = run_to_end(&["restore", "--target", &spec], &state);
+    assert!(status.success(), "{stderr}");
+    assert_eq!(pool_hit_tag(&served), 0xffff_ff0f_u32.to_le_bytes());
+    assert_eq!(journals(&state), Vec::<PathBuf>::new());
 }

@@ -279,6 +279,20 @@ pub fn build_nt(mem: &mut Memory, pool: &PoolLayout) -> Result<NtKernel, SimErro
     for (offset, value) in fields {
         mem.write_u64(VirtAddr(k + offset), value)?;
     }
+    // The allocator and the free, in the order of `NT_IMPORTS`.
+    let export = |name: &str| {
+        NT_IMPORTS
+            .iter()
+            .position(|n| *n == name)
+            .and_then(|i| nt.exports.get(i))
+            .map_or(0, |a| a.0)
+    };
+    for (offset, name) in [
+        (kdbg::EX_ALLOCATE_POOL_WITH_TAG, "ExAllocatePoolWithTag"),
+        (kdbg::EX_FREE_POOL_WITH_TAG, "ExFreePoolWithTag"),
+    ] {
+        mem.write_u64(VirtAddr(k + offset), export(name))?;
+    }
     Ok(nt)
 }
 

@@ -129,15 +129,41 @@ pub struct RunOutcome {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SimStop {
-    /// A breakpoint at this address (a site's tag instruction or its call), before the
-    /// allocation happens.
+    /// A breakpoint at this address (a site's tag instruction or its call, before the
+    /// allocation happens, or the return address of a chain site's call of
+    /// `ExAllocatePoolWithTag`, after it: `rax` is then the block).
     Breakpoint(VirtAddr),
-    /// An allocation or free with the tag in `nt!PoolHitTag`, just after it happened.
+    /// An allocation or a free charged to the tag in `nt!PoolHitTag`: the machine stopped
+    /// at the `int 3` its check executes, before the block is allocated or freed, with the
+    /// registers and the stack of [`AllocPoint::HitTagBreak`] (see
+    /// [`Machine::context_at_allocation`] and [`Machine::context_at_free`]).
     PoolHitTag {
-        /// The tag.
+        /// The tag charged (as the caller passed it, or as the block's header holds it).
         tag: PoolTag,
-        /// The block.
-        addr: VirtAddr,
+        /// The `int 3` (`rip`): in `nt!ExAllocatePoolWithTag` or in
+        /// `nt!ExFreePoolWithTag`.
+        at: VirtAddr,
+        /// Which of the two, with what the machine knows of it.
+        op: PoolOp,
+    },
+}
+
+/// What a [`SimStop::PoolHitTag`] stopped in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PoolOp {
+    /// `ExAllocatePoolWithTag`, before it allocates: no block yet (a debugger runs to
+    /// the return address and reads `rax`).
+    Allocate {
+        /// The pool type passed (`rdi` at the break).
+        pool_type: PoolType,
+        /// The size passed (`rsi` at the break).
+        size: u64,
+    },
+    /// `ExFreePoolWithTag`, before it frees `block` (`rbx` at the break).
+    Free {
+        /// The block being freed.
+        block: VirtAddr,
     },
 }
 
@@ -149,8 +175,18 @@ pub enum AllocPoint {
     /// helper, `rcx`/`rdx`/`r8` are the pool type, size and tag.
     #[default]
     Entry,
-    /// At the `int 3` its `PoolHitTag` check executes: its prolog has run (`rbx` the
-    /// tag, `rsi` the size, `rdi` the pool type, saved on the stack the caller's).
+    /// At the `int 3` its `PoolHitTag` check executes (where a run stops with
+    /// [`SimStop::PoolHitTag`]); its prolog has run. The registers there:
+    ///
+    /// | break in | `rip` | `rbx` | `rsi` | `rdi` | `rax` | the block |
+    /// |---|---|---|---|---|---|---|
+    /// | `ExAllocatePoolWithTag` | the `int 3` | tag | size | pool type | — | not yet allocated: run to the return address (frame 1's `rip`, `[rsp+38h]`) and read `rax` |
+    /// | `ExFreePoolWithTag` | the `int 3` | block | — | — | tag (from the block's `POOL_HEADER`) | `rbx` |
+    ///
+    /// `rcx`, `rdx`, `r8` still hold the arguments (an allocation's pool type, size and
+    /// tag; a free's block and 0). The caller's `rbx`, `rsi`, `rdi` are saved on the
+    /// stack (the allocator pushes all three, the free `rbx`), so
+    /// the unwinder restores them.
     HitTagBreak,
 }
 
@@ -917,14 +953,17 @@ impl Machine {
     fn step_tick(&mut self) -> Option<SimStop> {
         let t = self.tick + 1;
         while let Some((addr, site)) = self.cursor.frees.get(self.cursor.free_idx).copied() {
+            if !std::mem::replace(&mut self.cursor.free_checked, true)
+                && let Some(live) = self.pool.live_allocation(addr)
+                && self.hit_tag_matches(live.tag)
+            {
+                let tag = live.tag;
+                return Some(self.stop_at_free_break(site, addr, tag));
+            }
+            self.cursor.free_checked = false;
             self.cursor.free_idx += 1;
             match self.pool.free(&mut self.mem, addr) {
-                Ok(tag) => {
-                    self.last_free = Some(LastFree { site, addr, tag });
-                    if self.hit_tag_matches(tag) {
-                        return Some(SimStop::PoolHitTag { tag, addr });
-                    }
-                }
+                Ok(tag) => self.last_free = Some(LastFree { site, addr, tag }),
                 Err(e) => tracing::warn!("free of {addr} failed: {e}"),
             }
         }
@@ -940,6 +979,62 @@ impl Machine {
             self.cursor.rep = 0;
         }
         None
+    }
+
+    /// The stop at `ExFreePoolWithTag`'s `PoolHitTag` break for the free of `block` by
+    /// the worker of `site`: the registers of [`AllocPoint::HitTagBreak`] (without a call
+    /// chain: only `rip`, `rbx` the block and `rax` the tag).
+    fn stop_at_free_break(&mut self, site: usize, block: VirtAddr, tag: PoolTag) -> SimStop {
+        let at = self.nt.threads.free_break;
+        let chained = self.chains.get(site).is_some_and(Option::is_some);
+        match chained.then(|| self.context_at_free(site, block, tag, AllocPoint::HitTagBreak)) {
+            Some(Ok(ctx)) => self.ctx = ctx,
+            other => {
+                if let Some(Err(e)) = other {
+                    tracing::warn!("free break of site {site}: {e}");
+                }
+                self.ctx.rip = at.0;
+                self.ctx.rbx = block.0;
+                self.ctx.rax = u64::from(tag.to_u32());
+            }
+        }
+        SimStop::PoolHitTag {
+            tag,
+            at,
+            op: PoolOp::Free { block },
+        }
+    }
+
+    /// The stop at `ExAllocatePoolWithTag`'s `PoolHitTag` break for an allocation by
+    /// `site`: the registers of [`AllocPoint::HitTagBreak`] (without a call chain: only
+    /// `rip`, and `rbx`, `rsi`, `rdi` the tag, size and pool type).
+    fn stop_at_allocation_break(
+        &mut self,
+        site: usize,
+        (pool_type, size, tag): (PoolType, u64, PoolTag),
+    ) -> SimStop {
+        let at = self.nt.threads.hit_break;
+        let chained = self.chains.get(site).is_some_and(Option::is_some);
+        let ctx = chained.then(|| {
+            self.allocation_context(site, pool_type, size, tag.to_u32(), AllocPoint::HitTagBreak)
+        });
+        match ctx {
+            Some(Ok(ctx)) => self.ctx = ctx,
+            other => {
+                if let Some(Err(e)) = other {
+                    tracing::warn!("allocation break of site {site}: {e}");
+                }
+                self.ctx.rip = at.0;
+                self.ctx.rbx = u64::from(tag.to_u32());
+                self.ctx.rsi = size;
+                self.ctx.rdi = u64::from(pool_type.0);
+            }
+        }
+        SimStop::PoolHitTag {
+            tag,
+            at,
+            op: PoolOp::Allocate { pool_type, size },
+        }
     }
 
     /// Reads an actor's tag from memory.
@@ -973,10 +1068,9 @@ impl Machine {
             self.ctx.r8 = u64::from(self.read_tag(a));
             self.cursor.stage = 1;
         }
+        let code_site = !matches!(a.tag_from, TagSource::Lookaside(_));
         if self.cursor.stage == 1 {
-            if !matches!(a.tag_from, TagSource::Lookaside(_))
-                && let Some(stop) = self.check_bp(a.instr)
-            {
+            if code_site && let Some(stop) = self.check_bp(a.instr) {
                 return Some(stop);
             }
             // `mov r8d, tag` executes now: the tag is whatever the code holds.
@@ -984,7 +1078,7 @@ impl Machine {
             self.cursor.stage = 2;
         }
         if self.cursor.stage == 2 {
-            if !matches!(a.tag_from, TagSource::Lookaside(_))
+            if code_site
                 && let Some(call) = a.call
                 && let Some(stop) = self.check_bp(call)
             {
@@ -992,40 +1086,78 @@ impl Machine {
             }
             self.cursor.stage = 3;
         }
-        self.cursor.stage = 0;
-        self.cursor.rep += 1;
-        let tag = PoolTag::from_u32(self.ctx.r8 as u32);
-        let pool_type = PoolType(self.ctx.rcx as u32);
-        let result = self
-            .pool
-            .allocate(&mut self.mem, pool_type, self.ctx.rdx, tag);
-        self.last_alloc = Some(LastAllocation {
-            site: a.site,
-            pool_type,
-            size: self.ctx.rdx,
-            tag,
-            addr: result.as_ref().ok().copied(),
-        });
-        match result {
-            Ok(addr) => {
-                self.ctx.rax = addr.0;
-                if let Some(life) = a.free_after {
-                    self.frees
-                        .entry(t.saturating_add(life))
-                        .or_default()
-                        .push((addr, a.site));
-                }
-                if self.hit_tag_matches(tag) {
-                    return Some(SimStop::PoolHitTag { tag, addr });
-                }
-            }
-            Err(e) => {
-                self.ctx.rax = 0;
-                self.failed_allocs += 1;
-                tracing::debug!("site {} allocation failed: {e}", a.site);
+        // `ExAllocatePoolWithTag` is entered with the arguments as they are now.
+        let args = *self.cursor.args.get_or_insert((
+            PoolType(self.ctx.rcx as u32),
+            self.ctx.rdx,
+            PoolTag::from_u32(self.ctx.r8 as u32),
+        ));
+        let (pool_type, size, tag) = args;
+        if self.cursor.stage == 3 {
+            self.cursor.stage = 4;
+            if self.hit_tag_matches(tag) {
+                return Some(self.stop_at_allocation_break(a.site, args));
             }
         }
+        if self.cursor.stage == 4 {
+            let result = self.pool.allocate(&mut self.mem, pool_type, size, tag);
+            self.last_alloc = Some(LastAllocation {
+                site: a.site,
+                pool_type,
+                size,
+                tag,
+                addr: result.as_ref().ok().copied(),
+            });
+            match result {
+                Ok(addr) => {
+                    self.ctx.rax = addr.0;
+                    if let Some(life) = a.free_after {
+                        self.frees
+                            .entry(t.saturating_add(life))
+                            .or_default()
+                            .push((addr, a.site));
+                    }
+                }
+                Err(e) => {
+                    self.ctx.rax = 0;
+                    self.failed_allocs += 1;
+                    tracing::debug!("site {} allocation failed: {e}", a.site);
+                }
+            }
+            self.cursor.stage = 5;
+        }
+        // Back in the site's helper, just after its call: a breakpoint on the return
+        // address (how a debugger learns the block) stops with `rax` the block.
+        if let Some(ret) = self.return_address(a.site)
+            && self.breakpoints.contains(&ret.0)
+            && self.cursor.skip_bp != Some(ret)
+        {
+            let block = self.ctx.rax;
+            match self.allocation_context(a.site, pool_type, size, tag.to_u32(), AllocPoint::Entry)
+            {
+                Ok(mut ctx) => {
+                    ctx.rsp = ctx.rsp.wrapping_add(8);
+                    ctx.rax = block;
+                    self.ctx = ctx;
+                }
+                Err(e) => tracing::warn!("return of site {}: {e}", a.site),
+            }
+            if let Some(stop) = self.check_bp(ret) {
+                return Some(stop);
+            }
+        }
+        self.cursor.skip_bp = None;
+        self.cursor.stage = 0;
+        self.cursor.args = None;
+        self.cursor.rep += 1;
         None
+    }
+
+    /// Where `ExAllocatePoolWithTag` returns to in the helper of `site` (just after its
+    /// `call`), for a site that allocates through a call chain.
+    fn return_address(&self, site: usize) -> Option<VirtAddr> {
+        let chain = self.chains.get(site)?.as_ref()?;
+        chain.frames.last().map(|(_, ret)| *ret)
     }
 }
 

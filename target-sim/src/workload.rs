@@ -107,8 +107,15 @@ pub(crate) struct Cursor {
     /// Allocations done by the current actor this tick.
     pub rep: u32,
     /// Stage of the current allocation: 0 not started, 1 at the tag instruction,
-    /// 2 at the call, 3 allocate.
+    /// 2 at the call, 3 at the `PoolHitTag` check, 4 allocate, 5 back in the caller.
     pub stage: u8,
+    /// The arguments of the current allocation (pool type, size, tag) as passed to the
+    /// allocator: taken when it is entered (stage 3), so that a stop at its `PoolHitTag`
+    /// break, which shows the allocator's registers, does not change them.
+    pub args: Option<(crate::pool::PoolType, u64, crate::types::PoolTag)>,
+    /// The current free passed its `PoolHitTag` check (it stopped there, or did not
+    /// need to).
+    pub free_checked: bool,
     /// Skip the breakpoint check once (resuming from a breakpoint stop).
     pub skip_bp: Option<VirtAddr>,
 }

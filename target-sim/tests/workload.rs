@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use tagsplit_target_sim::layout::{kdbg, ldr_entry, list_entry, pool_header, unicode_string};
-use tagsplit_target_sim::machine::{Machine, SimStop, SiteKind};
+use tagsplit_target_sim::machine::{Machine, PoolOp, SimStop, SiteKind};
 use tagsplit_target_sim::pool::{PoolKind, TrackerEntry, read_tracker};
 use tagsplit_target_sim::scenario::Scenario;
 use tagsplit_target_sim::{PoolTag, VirtAddr};
@@ -197,30 +197,73 @@ fn pool_hit_tag_stops_on_alloc_and_free() {
     let mut v = [0u8; 4];
     m.read(hit, &mut v).unwrap();
     assert_eq!(u32::from_le_bytes(v), 0xffff_ff0f, "Part 5's default");
+    // The KDBG extension fields name the allocator and the free.
+    let k = m.kernel().kdbg.get();
+    let mut f = [0u8; 8];
+    m.read(VirtAddr(k + kdbg::EX_ALLOCATE_POOL_WITH_TAG), &mut f)
+        .unwrap();
+    let allocator = u64::from_le_bytes(f);
+    m.read(VirtAddr(k + kdbg::EX_FREE_POOL_WITH_TAG), &mut f)
+        .unwrap();
+    let free = u64::from_le_bytes(f);
+    assert!(allocator > m.kernel().kern_base.get() && free > allocator);
     m.write(VirtAddr(SITE1_IMM + 3), b"1").unwrap();
     m.write(hit, b"Lea1").unwrap();
+    let allocs_before = tracker(&m).get("Lea1").map_or(0, |e| e.paged_allocs);
     let out = m.run(100);
-    let Some(SimStop::PoolHitTag { tag, addr }) = out.stop else {
+    let Some(SimStop::PoolHitTag { tag, at, op }) = out.stop else {
         panic!("{out:?}")
     };
     assert_eq!(tag, PoolTag::new(*b"Lea1"));
+    let PoolOp::Allocate { size, .. } = op else {
+        panic!("{op:?}")
+    };
+    // At the int 3 in ExAllocatePoolWithTag, before the allocation: rip at 0xcc, inside
+    // the allocator, rbx the tag and rsi the size, nothing allocated yet.
+    let ctx = *m.context();
+    assert_eq!(ctx.rip, at.get());
+    assert!(at.get() > allocator && at.get() < free);
+    let mut op_byte = [0u8; 1];
+    m.read(at, &mut op_byte).unwrap();
+    assert_eq!(op_byte, [0xcc]);
+    assert_eq!(ctx.rbx, u64::from(tag.to_u32()));
+    assert_eq!(ctx.rsi, size);
     assert_eq!(
-        m.pool().live_allocation(addr).unwrap().tag,
-        tag,
-        "stops just after the allocation"
+        tracker(&m).get("Lea1").map_or(0, |e| e.paged_allocs),
+        allocs_before,
+        "stops before the allocation"
     );
-    // keep going until a free of a Lea1 block
+    // Resuming allocates: the same break is not taken twice.
+    m.run(1);
+    assert_eq!(
+        tracker(&m).get("Lea1").map_or(0, |e| e.paged_allocs),
+        allocs_before + 1
+    );
+    // keep going until a free of a Lea1 block: stopped before it is freed, rbx the block
     let mut freed = None;
-    for _ in 0..20 {
+    for _ in 0..2000 {
         let out = m.run(100);
-        if let Some(SimStop::PoolHitTag { addr, .. }) = out.stop
-            && m.pool().live_allocation(addr).is_none()
+        if let Some(SimStop::PoolHitTag {
+            op: PoolOp::Free { block },
+            at,
+            ..
+        }) = out.stop
         {
-            freed = Some(addr);
+            assert!(at.get() > free);
+            assert_eq!(m.context().rip, at.get());
+            assert_eq!(m.context().rbx, block.get());
+            assert_eq!(m.context().rax, u64::from(tag.to_u32()));
+            assert!(m.pool().live_allocation(block).is_some(), "not freed yet");
+            m.run(1);
+            assert!(m.pool().live_allocation(block).is_none(), "freed on resume");
+            freed = Some(block);
             break;
         }
     }
     assert!(freed.is_some(), "frees of the tag stop too");
+    // PoolHitTag 0: no more stops.
+    m.write(hit, &[0; 4]).unwrap();
+    assert_eq!(m.run(500).stop, None);
 }
 
 fn read_unicode(m: &Machine, at: u64) -> String {

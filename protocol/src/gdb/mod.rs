@@ -92,7 +92,8 @@ pub fn crc32(bytes: &[u8]) -> u32 {
     CRC32.checksum(bytes)
 }
 pub use reply::{
-    HostIoReply, Reply, ReplyError, ReplyKind, SIGINT, SIGTRAP, StopKind, StopReply, packet_text,
+    Expedited, HostIoReply, Reply, ReplyError, ReplyKind, SIGINT, SIGTRAP, StopKind, StopReply,
+    packet_text,
 };
 pub use session::{
     ClientEvent, ClientSession, CommandPacket, ServerEvent, ServerSession, SessionConfig,

@@ -6,7 +6,8 @@
 
 use super::command::{Feature, ThreadId, ThreadSel};
 use super::hex::{
-    decode_hex, decode_register_hex, encode_hex_into, parse_hex_u64, push_hex_u64, push_op_hex_u8,
+    decode_hex, decode_register_hex, encode_hex_into, parse_hex_u64, push_hex_u8, push_hex_u64,
+    push_op_hex_u8,
 };
 use nom::Parser;
 
@@ -69,6 +70,26 @@ pub enum StopKind {
     HwBreak,
 }
 
+/// Registers a `T` stop reply carries as `NN:VALUE;` pairs (gdb's x86-64 register
+/// numbers: 6 `rbp`, 7 `rsp`, 0x10 `rip`; values as target-order hex), so that neither
+/// gdb nor our client has to ask for them before showing where the target stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Expedited {
+    /// `rbp` (register 6).
+    pub rbp: u64,
+    /// `rsp` (register 7).
+    pub rsp: u64,
+    /// `rip` (register 0x10).
+    pub rip: u64,
+}
+
+impl Expedited {
+    /// The registers by gdb number, in the order they are sent.
+    fn numbered(&self) -> [(u8, u64); 3] {
+        [(0x06, self.rbp), (0x07, self.rsp), (0x10, self.rip)]
+    }
+}
+
 /// A stop reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum StopReply {
@@ -80,6 +101,8 @@ pub enum StopReply {
         thread: Option<ThreadId>,
         /// The breakpoint kind, if a client breakpoint was hit.
         reason: Option<StopKind>,
+        /// `rbp`, `rsp` and `rip`, when the reply carries all three.
+        registers: Option<Expedited>,
     },
     /// `Wxx`: the process exited with this status.
     Exited(u8),
@@ -99,6 +122,26 @@ impl StopReply {
             signal,
             thread: Some(ThreadId::Id(thread)),
             reason,
+            registers: None,
+        }
+    }
+
+    /// The same reply carrying `registers` (a `T` reply; `Exited`/`Terminated` are
+    /// returned as they are).
+    pub fn with_registers(self, registers: Expedited) -> Self {
+        match self {
+            StopReply::Signal {
+                signal,
+                thread,
+                reason,
+                ..
+            } => StopReply::Signal {
+                signal,
+                thread,
+                reason,
+                registers: Some(registers),
+            },
+            other => other,
         }
     }
 
@@ -109,11 +152,13 @@ impl StopReply {
                 signal,
                 thread: None,
                 reason: None,
+                registers: None,
             } => push_op_hex_u8(b'S', signal, out),
             StopReply::Signal {
                 signal,
                 thread,
                 reason,
+                registers,
             } => {
                 push_op_hex_u8(b'T', signal, out);
                 if let Some(t) = thread {
@@ -130,6 +175,12 @@ impl StopReply {
                     Some(StopKind::SwBreak) => out.extend_from_slice(b"swbreak:;"),
                     Some(StopKind::HwBreak) => out.extend_from_slice(b"hwbreak:;"),
                     None => {}
+                }
+                for (number, value) in registers.iter().flat_map(Expedited::numbered) {
+                    push_hex_u8(number, out);
+                    out.push(b':');
+                    encode_hex_into(&value.to_le_bytes(), out);
+                    out.push(b';');
                 }
             }
             StopReply::Exited(code) => push_op_hex_u8(b'W', code, out),
@@ -150,12 +201,14 @@ impl StopReply {
                 signal: sig,
                 thread: None,
                 reason: None,
+                registers: None,
             }),
             b'W' => Some(StopReply::Exited(sig)),
             b'X' => Some(StopReply::Terminated(sig)),
             b'T' => {
                 let mut thread = None;
                 let mut reason = None;
+                let (mut rbp, mut rsp, mut rip) = (None, None, None);
                 for pair in tail.split(|&c| c == b';').filter(|p| !p.is_empty()) {
                     let mut kv = pair.splitn(2, |&c| c == b':');
                     let key = kv.next()?;
@@ -167,13 +220,33 @@ impl StopReply {
                         }
                         b"swbreak" => reason = Some(StopKind::SwBreak),
                         b"hwbreak" => reason = Some(StopKind::HwBreak),
+                        // An expedited register: two hex digits, then 8 bytes in hex.
+                        [h, l] => {
+                            let number = decode_hex(&[*h, *l]).and_then(|v| v.first().copied());
+                            let value = decode_hex(val)
+                                .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+                                .map(u64::from_le_bytes);
+                            if let (Some(n), Some(v)) = (number, value) {
+                                match n {
+                                    0x06 => rbp = Some(v),
+                                    0x07 => rsp = Some(v),
+                                    0x10 => rip = Some(v),
+                                    _ => {}
+                                }
+                            }
+                        }
                         _ => {}
                     }
                 }
+                let registers = match (rbp, rsp, rip) {
+                    (Some(rbp), Some(rsp), Some(rip)) => Some(Expedited { rbp, rsp, rip }),
+                    _ => None,
+                };
                 Some(StopReply::Signal {
                     signal: sig,
                     thread,
                     reason,
+                    registers,
                 })
             }
             _ => None,
@@ -559,7 +632,25 @@ mod tests {
                 signal: 2,
                 thread: None,
                 reason: None,
+                registers: None,
             }),
+        );
+        round_trip(
+            ReplyKind::Stop,
+            b"T05thread:01;swbreak:;06:1000000000000000;07:f8ff02f080f8ffff;10:4810a002\
+00f8ffff;",
+            Reply::Stop(
+                StopReply::thread(5, 1, Some(StopKind::SwBreak)).with_registers(Expedited {
+                    rbp: 0x10,
+                    rsp: 0xffff_f880_f002_fff8,
+                    rip: 0xffff_f800_02a0_1048,
+                }),
+            ),
+        );
+        // A reply with only some of them (or a malformed value) carries none.
+        assert_eq!(
+            StopReply::parse(b"T05thread:01;10:4810a00200f8ffff;07:zz;"),
+            Some(StopReply::thread(5, 1, None))
         );
         round_trip(ReplyKind::Stop, b"W00", Reply::Stop(StopReply::Exited(0)));
         round_trip(

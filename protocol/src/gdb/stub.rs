@@ -66,9 +66,9 @@ use super::frame;
 use super::session;
 use super::xml;
 use super::{
-    BreakpointType, Command, CommandPacket, Feature, HexBytes, HostIo, HostIoReply, Reply,
-    ResumeKind, SIGINT, SIGTRAP, ServerEvent, ServerSession, SessionConfig, StopKind, StopReply,
-    ThreadId, XferObject,
+    BreakpointType, Command, CommandPacket, Expedited, Feature, HexBytes, HostIo, HostIoReply,
+    Reply, ResumeKind, SIGINT, SIGTRAP, ServerEvent, ServerSession, SessionConfig, StopKind,
+    StopReply, ThreadId, XferObject,
 };
 use crate::stub::{
     BreakpointKind, FileError, FileInfo, Resume, RunState, StopReason, Target, TargetError,
@@ -279,7 +279,7 @@ impl Stub {
                     ServerEvent::Command(cmd) => self.pending.push_back(cmd),
                     ServerEvent::Interrupt if self.running => {
                         target.interrupt();
-                        self.stopped(StopReason::Interrupted);
+                        self.stopped(target, StopReason::Interrupted);
                     }
                     ServerEvent::GaveUp => self.closed = true,
                     _ => {}
@@ -331,7 +331,7 @@ impl Stub {
         match target.poll_run() {
             RunState::Running(wait) => Some(wait),
             RunState::Stopped(reason) => {
-                self.stopped(reason);
+                self.stopped(target, reason);
                 self.handle_pending(target);
                 self.running.then_some(Duration::ZERO)
             }
@@ -385,7 +385,10 @@ impl Stub {
         &self.session
     }
 
-    fn stopped(&mut self, reason: StopReason) {
+    /// Reports a stop: `T` with the thread, `swbreak`/`hwbreak` where it applies, and
+    /// `rbp`, `rsp`, `rip` expedited ([`Expedited`]), so gdb shows where the target
+    /// stopped without asking for the registers first.
+    fn stopped<T: Target + ?Sized>(&mut self, target: &mut T, reason: StopReason) {
         let stop = match reason {
             StopReason::Breakpoint(addr) => {
                 let kind = self.breakpoints.get(&addr).map(|k| match k {
@@ -394,9 +397,22 @@ impl Stub {
                 });
                 StopReply::thread(SIGTRAP, THREAD, kind)
             }
+            // gdb's `swbreak` is for any software breakpoint instruction, planted by
+            // gdb or not, with the PC reported at the instruction.
+            StopReason::BreakInstruction(_) => {
+                StopReply::thread(SIGTRAP, THREAD, Some(StopKind::SwBreak))
+            }
             StopReason::Interrupted => StopReply::thread(SIGINT, THREAD, None),
             StopReason::Exited(code) => StopReply::Exited(code),
             _ => StopReply::thread(SIGTRAP, THREAD, None),
+        };
+        let stop = match target.registers() {
+            Ok(r) => stop.with_registers(Expedited {
+                rbp: r.rbp,
+                rsp: r.rsp,
+                rip: r.rip,
+            }),
+            Err(_) => stop,
         };
         self.last_stop = stop;
         self.running = false;

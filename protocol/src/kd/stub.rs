@@ -563,7 +563,9 @@ impl Stub {
         self.running = false;
         self.stopped = true;
         let (code, address) = match reason {
-            StopReason::Breakpoint(addr) => (status::BREAKPOINT, addr),
+            StopReason::Breakpoint(addr) | StopReason::BreakInstruction(addr) => {
+                (status::BREAKPOINT, addr)
+            }
             StopReason::Trap if std::mem::take(&mut self.stepping) => (
                 status::SINGLE_STEP,
                 target.registers().unwrap_or_default().rip,

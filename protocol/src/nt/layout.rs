@@ -3,9 +3,11 @@
 //! simulator and the debugger side both use these constants, so there is one truth.
 //!
 //! Where the real kernel publishes something only through symbols (the tracker table's
-//! size, `PoolHitTag`), the simulator also records it at a documented extension offset of
-//! the `KDDEBUGGER_DATA64` block ([`kdbg::POOL_TRACK_TABLE_SIZE`], [`kdbg::POOL_HIT_TAG`]),
-//! beyond the fields Windows defines, and covered by the block's `Size`.
+//! size, `PoolHitTag`, `ExAllocatePoolWithTag`), the simulator also records it at a
+//! documented extension offset of the `KDDEBUGGER_DATA64` block
+//! ([`kdbg::POOL_TRACK_TABLE_SIZE`], [`kdbg::POOL_HIT_TAG`],
+//! [`kdbg::EX_ALLOCATE_POOL_WITH_TAG`], ...), beyond the fields Windows defines, and
+//! covered by the block's `Size`.
 
 /// `LIST_ENTRY64`: `Flink` at 0, `Blink` at 8.
 pub mod list_entry {
@@ -84,8 +86,13 @@ pub mod kdbg {
     pub const POOL_BIG_PAGE_TABLE: u64 = 0x350;
     /// Extension: address of the `nt!PoolBigPageTableSize` variable (u64 entry count).
     pub const POOL_BIG_PAGE_TABLE_SIZE: u64 = 0x358;
+    /// Extension: address of `nt!ExAllocatePoolWithTag` (the function's first byte):
+    /// where the allocator's `PoolHitTag` break is, for a debugger without symbols.
+    pub const EX_ALLOCATE_POOL_WITH_TAG: u64 = 0x360;
+    /// Extension: address of `nt!ExFreePoolWithTag` (the function's first byte).
+    pub const EX_FREE_POOL_WITH_TAG: u64 = 0x368;
     /// Size of the block the simulator writes (`Header.Size`).
-    pub const SIZE: u64 = 0x360;
+    pub const SIZE: u64 = 0x370;
 }
 
 /// `POOL_TRACKER_TABLE` (x64), one entry per tag; `Key == 0` is an empty slot.
@@ -197,6 +204,8 @@ mod tests {
             kdbg::POOL_HIT_TAG,
             kdbg::POOL_BIG_PAGE_TABLE,
             kdbg::POOL_BIG_PAGE_TABLE_SIZE,
+            kdbg::EX_ALLOCATE_POOL_WITH_TAG,
+            kdbg::EX_FREE_POOL_WITH_TAG,
         ] {
             assert!(off + 8 <= kdbg::SIZE);
         }

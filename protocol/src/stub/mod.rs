@@ -121,6 +121,12 @@ pub enum Resume {
 pub enum StopReason {
     /// It reached a breakpoint set through [`BreakpointOps`] at this address.
     Breakpoint(u64),
+    /// It executed a break instruction of its own (`int 3` in its code, not a
+    /// breakpoint set through [`BreakpointOps`]) at this address; the reported `rip`
+    /// points at the instruction. The GDB stub reports it as `T05` with `swbreak` (gdb
+    /// shows SIGTRAP), the KD stub as exception `0x80000003` at the address, first
+    /// chance (WinDbg shows "Break instruction exception").
+    BreakInstruction(u64),
     /// A step finished, or the target trapped for a reason of its own.
     Trap,
     /// It was interrupted, or a run limit ([`RunLimitOps`]) ran out.

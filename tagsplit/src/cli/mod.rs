@@ -9,6 +9,7 @@ mod run;
 mod scenarios;
 mod serve;
 pub mod signals;
+mod stacks;
 
 use std::path::Path;
 
@@ -44,6 +45,9 @@ pub enum Command {
     Serve(serve::Args),
     /// Relay TCP or UDP between two peers through a seeded lossy, corrupting, slow link.
     Relay(relay::Args),
+    /// Who allocates a tag: set nt!PoolHitTag, collect a call stack per break, pair frees
+    /// with allocations, report outstanding bytes per stack (the leaking one first).
+    Stacks(stacks::Args),
 }
 
 impl Command {
@@ -58,6 +62,7 @@ impl Command {
             Command::Decode(a) => decode::execute(a),
             Command::Serve(a) => serve::execute(a),
             Command::Relay(a) => relay::execute(a),
+            Command::Stacks(a) => stacks::execute(a),
         }
     }
 }

@@ -54,6 +54,13 @@ pub struct Args {
     /// (the leak climbs, the load levels off).
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
+    /// After the split, give the leaking site its split tag again and collect the call
+    /// stacks of its allocations with nt!PoolHitTag (as `tagsplit stacks`), then undo both.
+    #[arg(long)]
+    pub stacks: bool,
+    /// With --stacks: how many breaks to take.
+    #[arg(long, default_value_t = 100)]
+    pub breaks: usize,
 }
 
 /// `tagsplit restore --target SPEC [--journal PATH]`, as a user should type it.
@@ -117,6 +124,7 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
         );
     }
     let cancel = signals::install();
+    let stacks_cancel = cancel.clone();
     signals::test_pause("connecting");
     let connecting = std::time::Instant::now();
     let mut target = super::open_target(&a.target)?;
@@ -238,10 +246,26 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e.into()),
     };
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    let stacks = if a.stacks && stopped_by.is_none() {
+        Some(super::stacks::after_split(
+            target.as_mut(),
+            &report,
+            &identity,
+            &journal,
+            a.breaks,
+            stacks_cancel,
+        )?)
     } else {
-        print!("{}", report.to_text());
+        None
+    };
+    match (&stacks, a.json) {
+        (Some(s), true) => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "split": report, "stacks": s }))?
+        ),
+        (None, true) => println!("{}", serde_json::to_string_pretty(&report)?),
+        (Some(s), false) => print!("{}\n{s}\n", report.to_text()),
+        (None, false) => print!("{}", report.to_text()),
     }
     if let Some(path) = &a.plot {
         tagsplit::plot::write_svg(&report, path)

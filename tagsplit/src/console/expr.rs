@@ -1,10 +1,8 @@
 //! WinDbg MASM-style expressions and ranges.
 
-use tagsplit_protocol::nt::layout::kdbg;
-
 use super::{Arg, CmdError, Console};
 use crate::VirtAddr;
-use crate::target::{DebugTarget, read_u64};
+use crate::target::DebugTarget;
 
 /// Ranges longer than this need the `L?` form, as in WinDbg.
 pub(crate) const MAX_RANGE: u64 = 256 << 20;
@@ -41,16 +39,6 @@ pub(crate) fn parse_number(s: &str) -> Option<u64> {
     u64::from_str_radix(digits, radix).ok()
 }
 
-/// Symbols resolved through the `KDBG` block: (name, field holding the variable's address).
-const NT_SYMBOLS: &[(&str, u64)] = &[
-    ("pooltracktable", kdbg::POOL_TRACK_TABLE),
-    ("pooltracktablesize", kdbg::POOL_TRACK_TABLE_SIZE),
-    ("poolhittag", kdbg::POOL_HIT_TAG),
-    ("poolbigpagetable", kdbg::POOL_BIG_PAGE_TABLE),
-    ("poolbigpagetablesize", kdbg::POOL_BIG_PAGE_TABLE_SIZE),
-    ("psloadedmodulelist", kdbg::PS_LOADED_MODULE_LIST),
-];
-
 impl Console {
     /// Evaluates an expression: terms joined by `+`/`-`.
     pub(crate) fn eval(&mut self, t: &mut dyn DebugTarget, text: &str) -> Result<u64, CmdError> {
@@ -69,7 +57,7 @@ impl Console {
             // A '-' or '+' right after the start of a term is a sign, not an operator.
             if at_end || ((c == Some(b'+') || c == Some(b'-')) && i > term_start) {
                 let term = text.get(term_start..i).unwrap_or_default().trim();
-                let v = self.term(t, term).ok_or_else(|| {
+                let v = self.term(t, term)?.ok_or_else(|| {
                     CmdError::Resolve(text.get(term_start..).unwrap_or_default().to_string())
                 })?;
                 acc = if sign_plus {
@@ -87,31 +75,66 @@ impl Console {
         }
     }
 
-    fn term(&mut self, t: &mut dyn DebugTarget, term: &str) -> Option<u64> {
+    /// One term: a number, `nt!Name` (through the `KDBG` block: a name this kernel does
+    /// not resolve is an error naming it), or a module name (its base; `nt` is the
+    /// kernel). `None`: nothing by that name.
+    fn term(&mut self, t: &mut dyn DebugTarget, term: &str) -> Result<Option<u64>, CmdError> {
         if let Some(n) = parse_number(term) {
-            return Some(n);
+            return Ok(Some(n));
         }
         if term.is_empty() || term.len() > 256 {
-            return None;
+            return Ok(None);
         }
         if let Some((module, sym)) = term.split_once('!') {
             if !module.eq_ignore_ascii_case("nt") {
-                return None;
+                return Ok(None);
             }
-            let sym = sym.to_ascii_lowercase();
-            let field = NT_SYMBOLS.iter().find(|(n, _)| *n == sym)?.1;
-            let block = t.kernel_info().ok()?.kdbg?;
-            let var = read_u64(t, block.checked_add(field)?).ok()?;
-            return (var != 0).then_some(var);
+            let symbols = self.symbols(t)?;
+            return match symbols.resolve(sym) {
+                Ok(a) => Ok(Some(a.get())),
+                Err(e) => Err(CmdError::Msg(e.to_string())),
+            };
+        }
+        // `@reg` is a register; so is a bare register name that names no module.
+        if let Some(reg) = term.strip_prefix('@') {
+            return self.register_value(t, reg);
         }
         // A module name stands for its base.
-        let modules = t.modules().ok()?;
-        modules
+        let modules = match t.modules() {
+            Ok(m) => m,
+            Err(e) if e.is_link_failure() => return Err(e.into()),
+            Err(_) => Vec::new(),
+        };
+        let module = modules
             .iter()
             .find(|m| {
-                m.module_name().eq_ignore_ascii_case(term) || m.name.eq_ignore_ascii_case(term)
+                m.module_name().eq_ignore_ascii_case(term)
+                    || m.name.eq_ignore_ascii_case(term)
+                    || crate::stack::debugger_name(m).eq_ignore_ascii_case(term)
             })
-            .map(|m| m.base.get())
+            .map(|m| m.base.get());
+        match module {
+            Some(base) => Ok(Some(base)),
+            None => self.register_value(t, term),
+        }
+    }
+
+    /// The value of register `name` (`None` if it names no register, or the target has
+    /// none).
+    fn register_value(
+        &mut self,
+        t: &mut dyn DebugTarget,
+        name: &str,
+    ) -> Result<Option<u64>, CmdError> {
+        let probe = crate::target::X64Registers::default();
+        if super::debug::register(&probe, name).is_none() {
+            return Ok(None);
+        }
+        match t.registers() {
+            Ok(r) => Ok(super::debug::register(&r, name)),
+            Err(e) if e.is_link_failure() => Err(e.into()),
+            Err(_) => Ok(None),
+        }
     }
 
     /// Parses `START [END | L count | L?count]` from `args`, in units of `unit` bytes.

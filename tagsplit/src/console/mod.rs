@@ -6,9 +6,13 @@
 //!
 //! Supported: `lm [a ADDR] [m PATTERN]`, `s -a|-b|-w|-d|-q`, `eb`/`ed`/`eq`,
 //! `db`/`dc`/`dd`/`dq`, `u`, `!for_each_module`, `!poolused`, `!poolfind`, `!pool`, `g`,
-//! `? EXPR`, `help`. Addresses use WinDbg's MASM syntax: hex by default, backtick
-//! separators, `0x`/`0n`/`0t`/`0y` prefixes, `+`/`-`, module names, a few `nt!` symbols
-//! found through the `KDBG` block, and `L`/`L?` counts.
+//! `r`, `k`/`kb`/`kn` (stacks unwound by [`crate::stack::Unwinder`]),
+//! `bp`/`bl`/`bc`/`bd`/`be`, `ln`, `? EXPR`, `help`. Addresses use WinDbg's MASM syntax:
+//! hex by default, backtick separators, `0x`/`0n`/`0t`/`0y` prefixes, `+`/`-`, module
+//! names (`nt` for the kernel), the `nt!` names the `KDBG` block holds
+//! ([`crate::symbols`]: `nt!PoolHitTag`, `nt!ExAllocatePoolWithTag`, ...; a name this
+//! kernel cannot resolve is reported as such, and a raw address works instead), and
+//! `L`/`L?` counts.
 //!
 //! ```
 //! use tagsplit::console::Console;
@@ -24,6 +28,7 @@
 //! );
 //! ```
 
+mod debug;
 mod expr;
 mod memory;
 mod poolcmds;
@@ -91,6 +96,10 @@ pub struct Console {
     depth: u8,
     /// Set once the connection to the target is lost (its error).
     link_lost: Option<String>,
+    /// Breakpoints set with `bp` (at most [`debug::MAX_BREAKPOINTS`]).
+    breakpoints: Vec<debug::ConsoleBreakpoint>,
+    /// The unwinder and the `nt!` names of the target in use.
+    target_state: debug::TargetState,
 }
 
 impl Default for Console {
@@ -181,6 +190,10 @@ Commands (WinDbg syntax; numbers are hex unless prefixed 0n):
   !poolfind TAG [0|1]             find pool blocks with a tag (0 nonpaged, 1 paged)
   !pool ADDR                      list the pool blocks in the page of ADDR
   g [TICKS]                       run the target (bare g: the target's default run length)
+  r [REG ...]                     registers (WinDbg layout), or the named ones
+  k|kb|kn [COUNT]                 call stack unwound from .pdata (kb: home-space args, kn: numbered)
+  bp ADDR | bl | bc|bd|be IDS|*   breakpoints on addresses, module+offset or nt! names
+  ln ADDR                         the nearest name (module+offset, or nt!Name+offset)
   ? EXPR                          evaluate an expression
 ";
 
@@ -198,6 +211,8 @@ impl Console {
             next_unassemble: None,
             depth: 0,
             link_lost: None,
+            breakpoints: Vec::new(),
+            target_state: debug::TargetState::default(),
         }
     }
 
@@ -313,6 +328,12 @@ impl Console {
             "dq" => self.cmd_display(t, rest, 8, false, out),
             "u" => self.cmd_unassemble(t, rest, out),
             "g" => self.cmd_go(t, rest, out),
+            "r" => self.cmd_registers(t, rest, out),
+            w @ ("k" | "kb" | "kn") => self.cmd_stack(t, w, rest, out),
+            "bp" => self.cmd_bp(t, rest, out),
+            "bl" => self.cmd_bl(t, out),
+            w @ ("bc" | "bd" | "be") => self.cmd_bchange(t, w, rest),
+            "ln" => self.cmd_ln(t, rest, out),
             "!for_each_module" => self.cmd_for_each_module(t, rest, out),
             "!poolused" => self.cmd_poolused(t, rest, out),
             "!poolfind" => self.cmd_poolfind(t, rest, out),
@@ -341,9 +362,21 @@ impl Console {
             crate::target::StopReason::BreakIn => {
                 out.push_str("Break instruction exception - code 80000003 (first chance)\n");
             }
+            crate::target::StopReason::BreakInstruction(a) => {
+                // The target's own `int 3` (a `PoolHitTag` check): where, as WinDbg shows it.
+                out.push_str("Break instruction exception - code 80000003 (first chance)\n");
+                self.show_stop(t, a, out)?;
+            }
             crate::target::StopReason::Breakpoint(a) => {
-                let _ = writeln!(out, "Breakpoint hit at {a}");
-                self.unassemble_lines(t, a, 1, out)?;
+                match self.breakpoint_id(a) {
+                    Some(id) => {
+                        let _ = writeln!(out, "Breakpoint {id} hit");
+                    }
+                    None => {
+                        let _ = writeln!(out, "Breakpoint hit at {a}");
+                    }
+                }
+                self.show_stop(t, a, out)?;
             }
             crate::target::StopReason::Other(why) => {
                 let _ = writeln!(out, "Target stopped: {why}");
@@ -458,6 +491,16 @@ pub const COMMANDS: &[&str] = &[
     "!poolused",
     "!poolfind",
     "!pool",
+    "r",
+    "k",
+    "kb",
+    "kn",
+    "bp",
+    "bl",
+    "bc",
+    "bd",
+    "be",
+    "ln",
     "help",
     "quit",
 ];

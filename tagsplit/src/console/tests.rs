@@ -244,3 +244,59 @@ fn tab_completes_commands_first_and_module_names_after() {
     assert_eq!(completions("dbé", 3, &modules).1, Vec::<String>::new());
     assert_eq!(completions("", 99, &modules).1.len(), COMMANDS.len());
 }
+
+#[test]
+fn nt_names_a_kernel_does_not_resolve_are_named_and_raw_addresses_work() {
+    let mut t = fake_kernel();
+    // A block the size of Windows 7's KDDEBUGGER_DATA64: none of the simulator's
+    // extension fields, so no nt!PoolHitTag without symbols.
+    t.write_memory(
+        VirtAddr(KDBG + tagsplit_protocol::nt::layout::kdbg::SIZE_OFFSET),
+        &0x340u32.to_le_bytes(),
+    )
+    .unwrap();
+    let mut c = Console::new();
+    let out = c.run(&mut t, "dc nt!PoolHitTag l1");
+    assert_eq!(out.failed.len(), 1);
+    assert!(
+        out.output.contains("cannot resolve nt!PoolHitTag")
+            && out
+                .output
+                .contains("without the simulator's extension field at 0x348")
+            && out.output.contains("give the address instead"),
+        "{}",
+        out.output
+    );
+    let out = c.run(&mut t, "ed nt!PoolHitTag 3261654c");
+    assert!(
+        out.output.contains("cannot resolve nt!PoolHitTag"),
+        "{}",
+        out.output
+    );
+    // The raw address works (here: a dword of the fake's data).
+    let raw = TRACK_SIZE_VAR;
+    assert_eq!(run(&mut t, &mut c, &format!("ed {raw:x} 3261654c")), "");
+    assert_eq!(
+        run(&mut t, &mut c, &format!("dc {raw:x} l1")),
+        format!(
+            "{}  3261654c                             Lea2\n",
+            VirtAddr(raw)
+        )
+    );
+    // A Windows field still resolves.
+    assert_eq!(
+        run(&mut t, &mut c, "? nt!PsLoadedModuleList"),
+        format!(
+            "Evaluate expression: {} = {}\n",
+            LIST_HEAD as i64,
+            VirtAddr(LIST_HEAD)
+        )
+    );
+    // No registers on a memory image: said, not guessed.
+    let out = c.run(&mut t, "r");
+    assert!(
+        out.output.contains("unsupported by this target: registers"),
+        "{}",
+        out.output
+    );
+}

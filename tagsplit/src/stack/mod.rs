@@ -219,6 +219,13 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// The `RetAddr` column: the address, or `????????`????????` where the walk
+    /// stopped.
+    pub fn ret_addr_text(&self) -> String {
+        self.ret_addr
+            .map_or_else(|| "????????`????????".to_string(), |a| a.to_string())
+    }
+
     /// The `Call Site` column: `module+0xoffset`, or the bare address.
     pub fn call_site_text(&self) -> String {
         self.call_site
@@ -340,15 +347,12 @@ impl Stack {
             "{head}Child-SP          RetAddr               Call Site"
         );
         for fr in &self.frames {
-            let ret = fr
-                .ret_addr
-                .map_or_else(|| "????????`????????".to_string(), |a| a.to_string());
             let _ = writeln!(
                 out,
                 "{}{} {}     {}",
                 number(fr.number),
                 fr.child_sp,
-                ret,
+                fr.ret_addr_text(),
                 fr.call_site_text()
             );
         }
@@ -478,6 +482,35 @@ impl Unwinder {
         })
     }
 
+    /// The function containing `addr`: its first byte and one past its last, from its
+    /// module's `RUNTIME_FUNCTION` table (read once and kept). `None` outside every
+    /// module, for a leaf function (no entry) or when the table cannot be read; only a
+    /// failing target is an error. What `ln` needs to name `addr` relative to its
+    /// function.
+    pub fn function_at<T: DebugTarget + ?Sized>(
+        &mut self,
+        target: &mut T,
+        addr: VirtAddr,
+    ) -> Result<Option<(VirtAddr, VirtAddr)>, TargetError> {
+        let Some(module) = self.module_of(addr).cloned() else {
+            return Ok(None);
+        };
+        let Ok(rva) = u32::try_from(addr.get().wrapping_sub(module.base.get())) else {
+            return Ok(None);
+        };
+        let entry = match self.function_entry(target, &module, rva) {
+            Ok(entry) => entry,
+            Err(Halt::Target(e)) => return Err(e),
+            Err(Halt::Stop(_)) => return Ok(None),
+        };
+        Ok(entry.map(|e| {
+            (
+                module.base.saturating_add(u64::from(e.begin)),
+                module.base.saturating_add(u64::from(e.end)),
+            )
+        }))
+    }
+
     /// Walks the stack from `regs` (the registers at a break). Unwinding problems end the
     /// walk with a [`StopReason`]; only a failing target (disconnected, timed out, ...)
     /// is an error.
@@ -535,6 +568,23 @@ impl Unwinder {
         Ok(Stack { frames, stop })
     }
 
+    /// The `RUNTIME_FUNCTION` of `module` that contains `rva` (its table read once);
+    /// `None` for a leaf.
+    fn function_entry<T: DebugTarget + ?Sized>(
+        &mut self,
+        target: &mut T,
+        module: &ModuleInfo,
+        rva: u32,
+    ) -> Result<Option<RuntimeFunction>, Halt> {
+        self.load_table(target, module)?;
+        Ok(self
+            .data
+            .get(&module.base.get())
+            .and_then(|d| d.table.as_deref())
+            .and_then(|t| lookup(t, rva))
+            .copied())
+    }
+
     /// The caller's registers of the frame at `ctx` in `module`.
     fn unwind_frame<T: DebugTarget + ?Sized>(
         &mut self,
@@ -549,14 +599,7 @@ impl Unwinder {
         };
         let rva = u32::try_from(ctx.rip.wrapping_sub(module.base.get()))
             .map_err(|_| bad_image("image larger than 4 GiB"))?;
-        self.load_table(target, module)?;
-        let entry = self
-            .data
-            .get(&module.base.get())
-            .and_then(|d| d.table.as_deref())
-            .and_then(|t| lookup(t, rva))
-            .copied();
-        let Some(entry) = entry else {
+        let Some(entry) = self.function_entry(target, module, rva)? else {
             // A leaf: nothing pushed, the return address at [rsp].
             let mut next = *ctx;
             self.stack.pop_return(target, &mut next)?;

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use super::{
     DebugTarget, Interrupt, KernelInfo, ModuleInfo, RunFor, StopReason, TargetError, WireStats,
-    walk_module_list,
+    X64Registers, walk_module_list,
 };
 use crate::VirtAddr;
 
@@ -374,6 +374,10 @@ impl<T: DebugTarget> DebugTarget for CachedTarget<T> {
 
     fn set_interrupt(&mut self, interrupt: Option<Interrupt>) {
         self.inner.set_interrupt(interrupt);
+    }
+
+    fn registers(&mut self) -> Result<X64Registers, TargetError> {
+        self.inner.registers()
     }
 
     fn stats(&self) -> Option<WireStats> {

@@ -47,6 +47,7 @@ use tagsplit_target_sim::server::gdb::{
     GdbStub, GdbStubHandle, GdbStubOptions, MonitorHandler, StubFeatures,
 };
 
+use super::X64Registers;
 #[cfg(feature = "sim")]
 use super::sim::MachineRef;
 use super::{
@@ -296,6 +297,9 @@ pub struct GdbTarget {
     /// in no-ack mode; dropped by every command that may change memory or let the target
     /// run.
     cache: BlockCache,
+    /// Software breakpoints set through this client (`Z0`), to tell a stop at one of
+    /// them from the target's own `int 3` (both are `swbreak` stops).
+    breakpoints: std::collections::BTreeSet<u64>,
 }
 
 /// The RSP interrupt byte (Ctrl-C), sent while the target runs.
@@ -336,6 +340,10 @@ pub(crate) fn open(rest: &str) -> Result<BoxedTarget, OpenError> {
     })?;
     Ok(Box::new(GdbTarget::connect_with(addr, options)?))
 }
+
+/// Bytes of an x86-64 `g` block up to and including `gs`: 17 registers of 8 bytes
+/// (`rax`..`r15`, `rip`), then `eflags` and six selectors of 4 bytes.
+const G_INTEGER_BYTES: usize = 17 * 8 + 7 * 4;
 
 fn protocol(msg: impl Into<String>) -> TargetError {
     TargetError::Protocol(msg.into())
@@ -387,6 +395,7 @@ impl GdbTarget {
             slowest_run: None,
             cache: BlockCache::new(),
             exited: None,
+            breakpoints: std::collections::BTreeSet::new(),
         };
         t.handshake()?;
         Ok(t)
@@ -1276,7 +1285,14 @@ impl GdbTarget {
             Command::RemoveBreakpoint(bp)
         };
         match self.request(&cmd)? {
-            Reply::Ok => Ok(()),
+            Reply::Ok => {
+                if insert {
+                    self.breakpoints.insert(addr.get());
+                } else {
+                    self.breakpoints.remove(&addr.get());
+                }
+                Ok(())
+            }
             Reply::Empty => Err(TargetError::Unsupported("breakpoints")),
             other => Err(protocol(format!(
                 "breakpoint at {addr}: unexpected reply {other}"
@@ -1843,9 +1859,30 @@ impl DebugTarget for GdbTarget {
         };
         Ok(match stop {
             StopReply::Signal {
-                reason: Some(StopKind::SwBreak | StopKind::HwBreak),
+                reason: Some(StopKind::SwBreak),
+                registers,
                 ..
-            } => StopReason::Breakpoint(VirtAddr(self.rip()?)),
+            } => {
+                // Ours, or the target's own `int 3` (a `PoolHitTag` check). `rip` comes
+                // with the stop reply when the stub expedites it.
+                let rip = match registers {
+                    Some(r) => r.rip,
+                    None => self.rip()?,
+                };
+                if self.breakpoints.contains(&rip) {
+                    StopReason::Breakpoint(VirtAddr(rip))
+                } else {
+                    StopReason::BreakInstruction(VirtAddr(rip))
+                }
+            }
+            StopReply::Signal {
+                reason: Some(StopKind::HwBreak),
+                registers,
+                ..
+            } => StopReason::Breakpoint(VirtAddr(match registers {
+                Some(r) => r.rip,
+                None => self.rip()?,
+            })),
             StopReply::Signal {
                 signal: tagsplit_protocol::gdb::SIGINT,
                 ..
@@ -1864,6 +1901,25 @@ impl DebugTarget for GdbTarget {
 
     fn set_interrupt(&mut self, interrupt: Option<Interrupt>) {
         self.interrupt = interrupt;
+    }
+
+    /// One `g`: the x86-64 `g` block (gdb's `org.gnu.gdb.i386.core` order: `rax rbx rcx
+    /// rdx rsi rdi rbp rsp r8`..`r15 rip` as 8 bytes each, then `eflags cs ss ds es fs
+    /// gs` as 4 bytes each, then x87/SSE state, which is ignored). A block too short to
+    /// hold the segment selectors is a protocol error.
+    fn registers(&mut self) -> Result<X64Registers, TargetError> {
+        match self.request(&Command::ReadRegisters)? {
+            Reply::Hex(g) if g.len() >= G_INTEGER_BYTES => {
+                let mut regs = X64Registers::default();
+                tagsplit_protocol::gdb::stub::registers_from_g(&mut regs, &g);
+                Ok(regs)
+            }
+            Reply::Hex(g) => Err(protocol(format!(
+                "'g' reply of {} bytes, fewer than the {G_INTEGER_BYTES} of x86-64's integer registers",
+                g.len()
+            ))),
+            other => Err(protocol(format!("unexpected 'g' reply {other}"))),
+        }
     }
 
     /// `Z0,ADDR,1`; a stub without breakpoints answers empty: unsupported.

@@ -32,6 +32,7 @@ use tagsplit_target_sim::machine::Machine;
 #[cfg(feature = "sim")]
 use tagsplit_target_sim::server::kd::{KdStub, KdStubHandle, KdStubOptions};
 
+use super::X64Registers;
 use super::{
     BlockCache, BoxedTarget, DebugTarget, Interrupt, KernelInfo, ModuleInfo, OpenError, RunFor,
     StopReason, TargetError, WireStats, read_u64, search_by_reading, walk_module_list,
@@ -344,6 +345,11 @@ pub struct KdTarget {
     kernel: Option<KernelInfo>,
     stopped: bool,
     last_stop: Option<u64>,
+    /// The last stop was exception `0x80000003` at an `int 3` (the state change's
+    /// instruction stream starts with `0xcc`).
+    stopped_at_int3: bool,
+    /// A break-in was sent since the last resume.
+    sent_break_in: bool,
     breakpoints: BTreeMap<u64, u32>,
     run_limit: Option<bool>,
     default_run: RunFor,
@@ -493,6 +499,8 @@ impl KdTarget {
             kernel: None,
             stopped: false,
             last_stop: None,
+            stopped_at_int3: false,
+            sent_break_in: false,
             breakpoints: BTreeMap::new(),
             run_limit: None,
             default_run: RunFor::Time(Duration::from_secs(1)),
@@ -659,6 +667,10 @@ impl KdTarget {
                 StateChangeKind::Exception(e) => {
                     self.stopped = true;
                     self.last_stop = Some(e.address);
+                    let report = sc.control_report();
+                    self.stopped_at_int3 = e.code == status::BREAKPOINT
+                        && report.instruction_count >= 1
+                        && report.instruction_stream.first() == Some(&0xcc);
                     return Ok(e.address);
                 }
                 StateChangeKind::LoadSymbols(l) => {
@@ -708,6 +720,7 @@ impl KdTarget {
         let result = loop {
             if !broke_in && exact.is_none() && Instant::now() >= start + wall {
                 self.link.break_in();
+                self.sent_break_in = true;
                 broke_in = true;
                 deadline = Instant::now() + REQUEST_TIMEOUT;
             }
@@ -715,6 +728,8 @@ impl KdTarget {
                 Err(TargetError::Interrupted) => {
                     // Over KDCOM the waker already sent the byte; once more does no harm.
                     self.link.break_in();
+                    self.sent_break_in = true;
+                    self.sent_break_in = true;
                     broke_in = true;
                     deadline = Instant::now() + REQUEST_TIMEOUT;
                 }
@@ -1069,9 +1084,13 @@ impl DebugTarget for KdTarget {
             RunFor::Ticks(n) => Duration::from_millis(n),
         };
         self.send_continue();
+        self.sent_break_in = false;
         let address = self.wait_run(exact.map(Duration::from_millis), wall)?;
         Ok(if self.breakpoints.contains_key(&address) {
             StopReason::Breakpoint(VirtAddr(address))
+        } else if self.stopped_at_int3 && !self.sent_break_in {
+            // The target's own `int 3` (a `PoolHitTag` check), not our break-in.
+            StopReason::BreakInstruction(VirtAddr(address))
         } else {
             StopReason::BreakIn
         })
@@ -1079,6 +1098,29 @@ impl DebugTarget for KdTarget {
 
     fn set_interrupt(&mut self, interrupt: Option<Interrupt>) {
         self.interrupt = interrupt;
+    }
+
+    /// One `DbgKdGetContextApi` (0x3132) for the current processor: the reply's data is
+    /// the AMD64 `CONTEXT` ([`tagsplit_protocol::kd::context`]), of which the integer,
+    /// flag and segment registers are taken. A failed status or a `CONTEXT` shorter than
+    /// its 0x4d0 bytes is a protocol error.
+    fn registers(&mut self) -> Result<X64Registers, TargetError> {
+        let r = self.request(&ManipulateApi::GetContext { unused: 0 }, Vec::new())?;
+        if r.return_status() != status::SUCCESS {
+            return Err(TargetError::Protocol(format!(
+                "GetContext failed with {:#x}",
+                r.return_status()
+            )));
+        }
+        let mut regs = X64Registers::default();
+        tagsplit_protocol::kd::context::to_registers(&mut regs, r.data()).ok_or_else(|| {
+            TargetError::Protocol(format!(
+                "GetContext returned {} bytes, not a {:#x}-byte CONTEXT",
+                r.data().len(),
+                tagsplit_protocol::kd::context::SIZE
+            ))
+        })?;
+        Ok(regs)
     }
 
     /// `WriteBreakPoint`; the target returns a handle kept to restore it.

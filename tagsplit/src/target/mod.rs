@@ -132,6 +132,17 @@ pub enum StopReason {
     BreakIn,
     /// A breakpoint at this address was hit.
     Breakpoint(VirtAddr),
+    /// The target executed a break instruction (`int 3`) of its own at this address: one
+    /// that is part of its code, not a breakpoint the debugger set. `rip` points at the
+    /// instruction, as WinDbg shows it ("Break instruction exception - code 80000003
+    /// (first chance)"). The kernel's `PoolHitTag` checks stop this way; so do `DbgBreakPoint` and a driver's `__debugbreak()`.
+    ///
+    /// Backends tell it from [`BreakIn`](Self::BreakIn) as follows: the simulator
+    /// knows; over GDB it is a `T05` stop with `swbreak` at an address where the client
+    /// set no breakpoint; over KD an exception `0x80000003` at an address where the
+    /// client set no breakpoint and that holds `0xcc` (the state change's instruction
+    /// stream), when the client did not break in.
+    BreakInstruction(VirtAddr),
     /// The target stopped for another reason, described by the backend.
     Other(String),
 }
@@ -290,6 +301,21 @@ pub trait DebugTarget {
         Err(TargetError::Unsupported("run"))
     }
 
+    /// The registers of the processor the target stopped on: the integer registers,
+    /// `rip`, `rflags` and the segment selectors (x87/SSE state is not part of it). At a
+    /// break the non-volatile registers and `rsp` are what [`crate::stack::Unwinder`]
+    /// starts from.
+    ///
+    /// The simulator answers from the machine's current thread context; a GDB stub with
+    /// one `g` request (the x86-64 `g` block: 16 integer registers, `rip`, `eflags`,
+    /// six segment selectors, ...); a KD target with one `DbgKdGetContextApi` request
+    /// (the AMD64 `CONTEXT`, [`tagsplit_protocol::kd::context`]).
+    ///
+    /// Default: [`TargetError::Unsupported`] (a memory image has no processor).
+    fn registers(&mut self) -> Result<X64Registers, TargetError> {
+        Err(TargetError::Unsupported("registers"))
+    }
+
     /// Sets a software breakpoint at `addr`: a later [`run`](Self::run) that reaches it
     /// stops with [`StopReason::Breakpoint`]. Setting one twice is not an error.
     ///
@@ -426,6 +452,9 @@ use tagsplit_protocol::nt::layout::{ldr_entry, list_entry, unicode_string};
 
 pub use self::cache::{BlockCache, CACHE_BLOCK, CACHE_MAX_BLOCKS, CachedTarget};
 pub use self::interrupt::{Interrupt, WakerGuard, interrupted};
+/// The x64 register file [`DebugTarget::registers`] returns (the protocol crate's
+/// target-neutral type, so stubs and clients share it).
+pub use tagsplit_protocol::stub::X64Registers;
 
 /// Most modules [`walk_module_list`] accepts before it calls the list corrupt.
 pub const MAX_MODULES: usize = 4096;
@@ -612,6 +641,9 @@ macro_rules! forward_debug_target {
             }
             fn set_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
                 (**self).set_breakpoint(addr)
+            }
+            fn registers(&mut self) -> Result<X64Registers, TargetError> {
+                (**self).registers()
             }
             fn clear_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
                 (**self).clear_breakpoint(addr)

@@ -7,6 +7,7 @@ use std::fmt;
 
 use super::{
     DebugTarget, Interrupt, KernelInfo, ModuleInfo, RunFor, StopReason, TargetError, WireStats,
+    X64Registers,
 };
 use crate::VirtAddr;
 
@@ -118,6 +119,10 @@ impl<O: Observer> DebugTarget for Observed<'_, O> {
     }
     fn set_interrupt(&mut self, interrupt: Option<Interrupt>) {
         self.inner.set_interrupt(interrupt);
+    }
+    fn registers(&mut self) -> Result<X64Registers, TargetError> {
+        let r = self.inner.registers();
+        self.note(r)
     }
     fn stats(&self) -> Option<WireStats> {
         self.inner.stats()

@@ -7,7 +7,7 @@ use tagsplit_target_sim::scenario::Scenario;
 
 use super::{
     BoxedTarget, DebugTarget, Interrupt, KernelInfo, ModuleInfo, OpenError, RunFor, StopReason,
-    TargetError,
+    TargetError, X64Registers,
 };
 use crate::VirtAddr;
 
@@ -172,9 +172,8 @@ impl DebugTarget for MachineRef<'_> {
         Ok(match out.stop {
             None => StopReason::BreakIn,
             Some(SimStop::Breakpoint(a)) => StopReason::Breakpoint(a),
-            Some(SimStop::PoolHitTag { tag, addr }) => {
-                StopReason::Other(format!("pool hit tag {tag} on block {addr}"))
-            }
+            // The `int 3` of the kernel's `PoolHitTag` check (see `crate::hittag`).
+            Some(SimStop::PoolHitTag { at, .. }) => StopReason::BreakInstruction(at),
             Some(other) => StopReason::Other(format!("{other:?}")),
         })
     }
@@ -182,6 +181,12 @@ impl DebugTarget for MachineRef<'_> {
     fn set_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
         self.machine.set_breakpoint(addr);
         Ok(())
+    }
+
+    /// The machine's current thread context ([`Machine::context`]): at a stop, the
+    /// registers of the thread that stopped.
+    fn registers(&mut self) -> Result<X64Registers, TargetError> {
+        Ok(*self.machine.context())
     }
 
     fn clear_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
@@ -261,6 +266,10 @@ impl DebugTarget for SimTarget {
 
     fn set_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
         self.view().set_breakpoint(addr)
+    }
+
+    fn registers(&mut self) -> Result<X64Registers, TargetError> {
+        self.view().registers()
     }
 
     fn clear_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {

@@ -56,3 +56,12 @@ pub fn leak_alloc_site(stub: &GdbStubHandle) -> SiteInfo {
             .unwrap()
     })
 }
+
+/// The base of `myfault.sys` in `m`.
+pub fn myfault_base(m: &Machine) -> VirtAddr {
+    m.modules()
+        .into_iter()
+        .find(|x| x.name == "myfault.sys")
+        .unwrap()
+        .base
+}

@@ -317,7 +317,7 @@ impl Target for SimTarget<'_> {
         }
         let reason = match outcome.stop {
             Some(SimStop::Breakpoint(addr)) => StopReason::Breakpoint(addr.0),
-            Some(_) => StopReason::Trap,
+            Some(SimStop::PoolHitTag { at, .. }) => StopReason::BreakInstruction(at.0),
             None if run.budget == Some(0) => StopReason::Interrupted,
             None if run.paced => return RunState::Running(run.options.slice_interval),
             None => return RunState::Running(Duration::ZERO),
@@ -1097,15 +1097,32 @@ mod tests {
         let z = format!("Z0,{:x},1", site.instr.0);
         assert_eq!(rig.ask1(z.as_bytes()), "OK");
         assert!(rig.ask(b"vCont;c").is_empty());
-        assert_eq!(rig.run_to_stop(100_000), "T05thread:01;swbreak:;");
+        let stop = rig.run_to_stop(100_000);
+        assert_eq!(
+            stop,
+            format!("T05thread:01;swbreak:;{}", expedited(&rig.machine))
+        );
         assert_eq!(rig.machine.context().rip, site.instr.0);
         // Without the breakpoint a limited run ends with SIGINT after exactly the limit.
         assert_eq!(rig.ask1(format!("z{}", &z[1..]).as_bytes()), "OK");
         assert_eq!(rig.ask1(b"QTagsplit.RunLimit:19"), "OK");
         let before = rig.machine.tick();
         assert!(rig.ask(b"vCont;c").is_empty());
-        assert_eq!(rig.run_to_stop(100), "T02thread:01;");
+        let stop = rig.run_to_stop(100);
+        assert_eq!(stop, format!("T02thread:01;{}", expedited(&rig.machine)));
         assert_eq!(rig.machine.tick() - before, 25);
+    }
+
+    /// The `rbp`, `rsp`, `rip` pairs a stop reply expedites for the machine's context.
+    fn expedited(m: &Machine) -> String {
+        let c = m.context();
+        let hex = |v: u64| {
+            v.to_le_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        format!("06:{};07:{};10:{};", hex(c.rbp), hex(c.rsp), hex(c.rip))
     }
 
     #[test]
@@ -1118,9 +1135,10 @@ mod tests {
             let before = rig.machine.tick();
             assert!(rig.ask(b"c").is_empty());
             assert!(rig.run.paced, "a continue from gdb runs on the wall clock");
-            assert_eq!(rig.run_to_stop(100), "T02thread:01;");
+            let want = |m: &Machine| format!("T02thread:01;{}", expedited(m));
+            assert_eq!(rig.run_to_stop(100), want(&rig.machine));
             assert_eq!(rig.machine.tick() - before, 7);
-            assert_eq!(rig.ask1(b"?"), "T02thread:01;");
+            assert_eq!(rig.ask1(b"?"), want(&rig.machine));
         }
         // A client's exact limit below the server's wins, and is not paced.
         assert_eq!(rig.ask1(b"QTagsplit.RunLimit:3"), "OK");
@@ -1139,7 +1157,8 @@ mod tests {
         assert!(rig.ask(b"c").is_empty());
         let mut t = SimTarget::new(&mut rig.machine, &mut rig.run);
         assert_eq!(rig.stub.receive(&mut t, &[0x03]), 1);
-        assert_eq!(rig.answers(), vec![b"T02thread:01;".to_vec()]);
+        let want = format!("T02thread:01;{}", expedited(&rig.machine));
+        assert_eq!(rig.answers(), vec![want.into_bytes()]);
         let mut t = SimTarget::new(&mut rig.machine, &mut rig.run);
         rig.stub.disconnect(&mut t);
         assert!(!rig.machine.clear_breakpoint(site), "already removed");

@@ -643,6 +643,49 @@ mod tests {
         assert!(!rig.stub.is_running() && rig.stub.is_stopped());
     }
 
+    /// `PoolHitTag` over KD: the stop is exception 0x80000003 at the `int 3`, first
+    /// chance, the program counter and the state change's instruction stream at it, as
+    /// WinDbg shows "Break instruction exception - code 80000003 (first chance)".
+    #[test]
+    fn pool_hit_tag_is_a_first_chance_break_instruction_exception() {
+        let mut rig = Rig::new(&KdStubOptions::default());
+        // Past the attach sequence.
+        let mut got = rig.shuttle();
+        while !got.iter().any(|p| {
+            matches!(p, Payload::StateChange(sc)
+                if matches!(sc.kind(), StateChangeKind::Exception(_)))
+        }) {
+            got = rig.send(continue2(), vec![]);
+        }
+        let leak = rig
+            .machine
+            .sites()
+            .into_iter()
+            .find(|s| s.leaks && s.module == "myfault.sys")
+            .unwrap();
+        rig.machine.write(VirtAddr(leak.imm.0 + 3), b"2").unwrap();
+        let hit = rig.machine.kernel().pool_hit_tag;
+        rig.machine.write(hit, b"Lea2").unwrap();
+        let got = rig.run_until_stop();
+        let Some(Payload::StateChange(sc)) = got.first() else {
+            panic!("{got:?}")
+        };
+        let StateChangeKind::Exception(e) = sc.kind() else {
+            panic!("{:?}", sc.kind())
+        };
+        let rip = rig.machine.context().rip;
+        assert_eq!(e.code, 0x8000_0003);
+        assert_eq!(e.first_chance, 1);
+        assert_eq!(e.address, rip);
+        assert_eq!(sc.program_counter(), rip);
+        let report = sc.control_report();
+        assert_eq!(report.instruction_stream.first(), Some(&0xcc));
+        assert_eq!(
+            rig.machine.context().rbx,
+            u64::from(u32::from_le_bytes(*b"Lea2"))
+        );
+    }
+
     #[test]
     fn context_search_breakpoints_and_control_space() {
         let mut rig = Rig::new(&KdStubOptions::default());
