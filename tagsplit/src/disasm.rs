@@ -65,7 +65,17 @@ pub fn format(ins: &Instruction, pad: bool) -> String {
 /// Decodes one instruction at `ip` from `bytes` (invalid bytes decode as an invalid
 /// instruction of length 1, as a debugger shows `???`).
 pub fn decode_one(bytes: &[u8], ip: VirtAddr) -> Instruction {
-    let mut d = Decoder::with_ip(64, bytes, ip.get(), DecoderOptions::NONE);
+    decode_one_as(bytes, ip, 64)
+}
+
+/// [`decode_one`] as `bitness`-bit code (16, 32 or 64; anything else is taken as 64).
+pub fn decode_one_as(bytes: &[u8], ip: VirtAddr, bitness: u32) -> Instruction {
+    let bitness = if matches!(bitness, 16 | 32) {
+        bitness
+    } else {
+        64
+    };
+    let mut d = Decoder::with_ip(bitness, bytes, ip.get(), DecoderOptions::NONE);
     d.decode()
 }
 

@@ -200,6 +200,27 @@ fn qemu_paused_guest_is_read() {
     assert!(cost <= 4, "{cost} round trips to find no kernel");
 }
 
+/// `u` follows the processor's mode: at reset QEMU's CPU is in real mode (`CR0.PE` clear,
+/// read through the registers its target description names), so the reset vector
+/// disassembles as 16-bit code (`jmp far`), which 64-bit decoding calls invalid.
+#[test]
+fn qemu_real_mode_code_is_disassembled_as_16_bit() {
+    if !have_qemu() {
+        return;
+    }
+    let qemu = Qemu::start(true);
+    let out = common::bin()
+        .args(["console", "--target", &qemu.spec(), "-c", "u 0xffff0 l1"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("ea5be000f0") && text.contains("jmp far 0E05Bh,0F000h"),
+        "{text}"
+    );
+}
+
 /// QEMU killed during a long search: the console says the connection is lost, runs no
 /// command after it, and exits non-zero.
 #[test]

@@ -287,6 +287,31 @@ pub fn parse_library_list(xml: &str) -> Vec<Library> {
     out
 }
 
+/// The registers a target description names, in order, with their numbers as `p` and
+/// `P` take them: a `<reg>` without `regnum` follows the one before it (the first, when
+/// it has none, is `first`: 0 in the top file, or where the file before left off).
+/// Includes are not followed (see [`target_includes`]).
+pub fn target_registers(xml: &str, first: u32) -> Vec<(String, u32)> {
+    let mut next = first;
+    start_tags(xml, "reg")
+        .filter_map(|attrs| {
+            let name = attribute(attrs, "name")?;
+            let num = attribute(attrs, "regnum")
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(next);
+            next = num.saturating_add(1);
+            Some((name, num))
+        })
+        .collect()
+}
+
+/// The files a target description includes (`<xi:include href="…"/>`), in order.
+pub fn target_includes(xml: &str) -> Vec<String> {
+    start_tags(xml, "xi:include")
+        .filter_map(|attrs| attribute(attrs, "href"))
+        .collect()
+}
+
 /// Reads a memory map back.
 pub fn parse_memory_map(xml: &str) -> Vec<MemoryRegion> {
     start_tags(xml, "memory")
@@ -403,5 +428,22 @@ mod tests {
             xfer_window(b"abcdef", u64::MAX, u64::MAX),
             (&b""[..], false)
         );
+    }
+
+    #[test]
+    fn register_numbers_follow_the_description_across_files() {
+        let top = r#"<target><architecture>i386:x86-64</architecture>
+            <xi:include href="a.xml"/><xi:include href='b.xml'/></target>"#;
+        assert_eq!(target_includes(top), ["a.xml", "b.xml"]);
+        assert!(target_registers(top, 0).is_empty());
+        let a = r#"<feature><reg name="rax" bitsize="64"/><reg name="rbx" bitsize="64"/>
+            <reg name="cr0" bitsize="64" regnum="40"/><reg name="cr2" bitsize="64"/></feature>"#;
+        let regs = target_registers(a, 0);
+        assert_eq!(
+            regs,
+            [("rax", 0), ("rbx", 1), ("cr0", 40), ("cr2", 41)].map(|(n, r)| (n.to_owned(), r))
+        );
+        let b = r#"<feature><reg name="efer" bitsize="64"/></feature>"#;
+        assert_eq!(target_registers(b, 42), [("efer".to_owned(), 42)]);
     }
 }

@@ -7,7 +7,7 @@ use super::{CmdError, CmdResult, Console, split_args};
 use crate::VirtAddr;
 use crate::disasm;
 use crate::pooltag::glob_match;
-use crate::target::DebugTarget;
+use crate::target::{CpuMode, DebugTarget};
 
 /// Most hits `s` reports.
 const MAX_SEARCH_HITS: usize = 4096;
@@ -356,6 +356,8 @@ impl Console {
         out: &mut String,
     ) -> Result<VirtAddr, CmdError> {
         let modules = t.modules().unwrap_or_default();
+        // As the processor runs now: a firmware's real mode is 16-bit code.
+        let bits = t.cpu_mode().map_or(64, CpuMode::bitness);
         let mut at = start;
         for _ in 0..count {
             let mut buf = [0u8; 16];
@@ -366,7 +368,7 @@ impl Console {
                 continue;
             }
             let bytes = buf.get(..got).unwrap_or_default();
-            let ins = disasm::decode_one(bytes, at);
+            let ins = disasm::decode_one_as(bytes, at, bits);
             let len = ins.len().max(1);
             out.push_str(&disasm::u_line(
                 &ins,

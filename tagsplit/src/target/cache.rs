@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 
 use super::{
-    DebugTarget, Interrupt, KernelInfo, ModuleInfo, RunFor, StopReason, TargetError, WireStats,
-    X64Registers, walk_module_list,
+    CpuMode, DebugTarget, Interrupt, KernelInfo, ModuleInfo, RunFor, StopReason, TargetError,
+    WireStats, X64Registers, walk_module_list,
 };
 use crate::VirtAddr;
 
@@ -378,6 +378,10 @@ impl<T: DebugTarget> DebugTarget for CachedTarget<T> {
 
     fn registers(&mut self) -> Result<X64Registers, TargetError> {
         self.inner.registers()
+    }
+
+    fn cpu_mode(&mut self) -> Result<CpuMode, TargetError> {
+        self.inner.cpu_mode()
     }
 
     fn stats(&self) -> Option<WireStats> {

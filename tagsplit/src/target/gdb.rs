@@ -51,8 +51,9 @@ use super::X64Registers;
 #[cfg(feature = "sim")]
 use super::sim::MachineRef;
 use super::{
-    BlockCache, BoxedTarget, DebugTarget, Interrupt, KernelInfo, ModuleInfo, OpenError, RunFor,
-    StopReason, TargetError, WireStats, read_u32, read_u64, search_by_reading, walk_module_list,
+    BlockCache, BoxedTarget, CpuMode, DebugTarget, Interrupt, KernelInfo, ModuleInfo, OpenError,
+    RunFor, StopReason, TargetError, WireStats, read_u32, read_u64, search_by_reading,
+    walk_module_list,
 };
 use crate::VirtAddr;
 
@@ -69,6 +70,12 @@ const NT_ALIGN: u64 = 2 << 20;
 /// The bytes at the start of an image read for its `SizeOfImage` (`e_lfanew` and the
 /// optional header of every usual PE layout).
 const SIZE_OF_IMAGE_READ: usize = 0x200;
+/// Most files of a target description read (`target.xml` and what it includes).
+pub const MAX_TARGET_XML_FILES: usize = 8;
+/// `CR0.PE`: protected mode.
+const CR0_PE: u64 = 1;
+/// `EFER.LMA`: long mode active.
+const EFER_LMA: u64 = 1 << 10;
 /// Per-request overhead kept free in a packet (`$`, op, address, `#cs`).
 const PACKET_OVERHEAD: usize = 32;
 
@@ -251,6 +258,8 @@ pub struct StubCaps {
     pub binary_write: bool,
     /// `qXfer:memory-map:read` (lets searches without `qSearch` skip holes).
     pub memory_map: bool,
+    /// `qXfer:features:read`: a target description (which registers `p` reads).
+    pub target_xml: bool,
     /// `x` binary reads (`binary-upload+`): about twice the data per round trip of `m`.
     pub binary_read: bool,
     /// `QTagsplit.RunLimit`.
@@ -289,6 +298,10 @@ pub struct GdbTarget {
     in_burst: bool,
     /// Bursts whose replies came up short (see [`MAX_PIPELINE_FAULTS`]).
     pipeline_faults: u32,
+    /// The processor's mode at this stop (dropped by anything that may let it run).
+    mode: Option<CpuMode>,
+    /// The registers the target description names (see `described_registers`).
+    described: Option<Vec<(String, u32)>>,
     /// The last stop reply (to tell a lost resume from a run that happened).
     last_stop: Option<StopReply>,
     /// The longest a run took to come back so far (the patience for the next one).
@@ -391,6 +404,8 @@ impl GdbTarget {
             damaged_seen: 0,
             in_burst: false,
             pipeline_faults: 0,
+            mode: None,
+            described: None,
             last_stop: None,
             slowest_run: None,
             cache: BlockCache::new(),
@@ -426,6 +441,7 @@ impl GdbTarget {
             search: true,
             binary_write: true,
             memory_map: has("qXfer:memory-map:read"),
+            target_xml: has("qXfer:features:read"),
             binary_read: has("binary-upload"),
             run_limit: has(RUN_LIMIT_FEATURE),
             default_run: value(DEFAULT_RUN_FEATURE),
@@ -818,6 +834,7 @@ impl GdbTarget {
         self.output.clear();
         if !reads_only(cmd) {
             self.cache.clear();
+            self.mode = None;
         }
         if self.session.ack_mode() {
             return self.request_ack_mode(cmd);
@@ -1070,11 +1087,20 @@ impl GdbTarget {
 
     /// Reads a whole `qXfer` object; `None` if the stub does not offer it.
     fn xfer_read(&mut self, object: XferObject<'_>) -> Result<Option<Vec<u8>>, TargetError> {
+        self.xfer_read_annex(object, b"")
+    }
+
+    /// [`xfer_read`](Self::xfer_read) of the document `annex` names (`target.xml`).
+    fn xfer_read_annex(
+        &mut self,
+        object: XferObject<'_>,
+        annex: &[u8],
+    ) -> Result<Option<Vec<u8>>, TargetError> {
         let mut doc = Vec::new();
         loop {
             let cmd = Command::XferRead {
                 object,
-                annex: b"",
+                annex,
                 offset: doc.len() as u64,
                 length: self.read_chunk() as u64,
             };
@@ -1094,6 +1120,54 @@ impl GdbTarget {
                     String::from_utf8_lossy(object.name())
                 )));
             }
+        }
+    }
+
+    /// The registers the stub's target description names, with their `p` numbers
+    /// (includes followed, at most [`MAX_TARGET_XML_FILES`] files); empty without one.
+    /// Cached for the connection.
+    fn described_registers(&mut self) -> Result<Vec<(String, u32)>, TargetError> {
+        if let Some(r) = &self.described {
+            return Ok(r.clone());
+        }
+        let mut regs = Vec::new();
+        if self.caps.target_xml {
+            // Depth first, in document order: numbering continues across files.
+            let mut todo = vec!["target.xml".to_owned()];
+            let mut read = 0;
+            while let Some(file) = todo.pop() {
+                read += 1;
+                if read > MAX_TARGET_XML_FILES {
+                    break;
+                }
+                let Some(doc) = self.xfer_read_annex(XferObject::Features, file.as_bytes())? else {
+                    break;
+                };
+                let text = String::from_utf8_lossy(&doc);
+                // A file's registers, then its includes in order (QEMU's top file has
+                // only includes; ours has only registers).
+                let next = regs.last().map_or(0, |(_, n): &(String, u32)| n + 1);
+                regs.extend(xml::target_registers(&text, next));
+                let mut includes = xml::target_includes(&text);
+                includes.reverse();
+                todo.extend(includes);
+            }
+        }
+        self.described = Some(regs.clone());
+        Ok(regs)
+    }
+
+    /// The value of register `num` (`p`), little-endian, up to 8 bytes.
+    fn register_value(&mut self, num: u32) -> Result<u64, TargetError> {
+        match self.request(&Command::ReadRegister(num))? {
+            Reply::Hex(b) if !b.is_empty() => {
+                let mut v = [0u8; 8];
+                for (d, s) in v.iter_mut().zip(&b) {
+                    *d = *s;
+                }
+                Ok(u64::from_le_bytes(v))
+            }
+            other => Err(protocol(format!("unexpected 'p' reply {other}"))),
         }
     }
 
@@ -1907,6 +1981,26 @@ impl DebugTarget for GdbTarget {
     /// rdx rsi rdi rbp rsp r8`..`r15 rip` as 8 bytes each, then `eflags cs ss ds es fs
     /// gs` as 4 bytes each, then x87/SSE state, which is ignored). A block too short to
     /// hold the segment selectors is a protocol error.
+    fn cpu_mode(&mut self) -> Result<CpuMode, TargetError> {
+        if let Some(m) = self.mode {
+            return Ok(m);
+        }
+        let regs = self.described_registers()?;
+        let num = |name: &str| regs.iter().find(|(n, _)| n == name).map(|(_, r)| *r);
+        let mode = match num("cr0") {
+            // No control registers described (our stub, gdbserver): x64, as documented.
+            None => CpuMode::Long64,
+            Some(cr0) if self.register_value(cr0)? & CR0_PE == 0 => CpuMode::Real16,
+            Some(_) => match num("efer") {
+                Some(efer) if self.register_value(efer)? & EFER_LMA != 0 => CpuMode::Long64,
+                Some(_) => CpuMode::Protected32,
+                None => CpuMode::Long64,
+            },
+        };
+        self.mode = Some(mode);
+        Ok(mode)
+    }
+
     fn registers(&mut self) -> Result<X64Registers, TargetError> {
         match self.request(&Command::ReadRegisters)? {
             Reply::Hex(g) if g.len() >= G_INTEGER_BYTES => {

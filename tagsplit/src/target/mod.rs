@@ -147,6 +147,29 @@ pub enum StopReason {
     Other(String),
 }
 
+/// The processor's mode at a stop: what `u` decodes as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub enum CpuMode {
+    /// Real mode (`CR0.PE` clear): 16-bit code, as a PC's firmware starts.
+    Real16,
+    /// Protected mode without long mode active: 32-bit code.
+    Protected32,
+    /// Long mode (`EFER.LMA`): 64-bit code, as an x64 Windows kernel runs.
+    Long64,
+}
+
+impl CpuMode {
+    /// The code size in bits (16, 32, 64).
+    pub fn bitness(self) -> u32 {
+        match self {
+            CpuMode::Real16 => 16,
+            CpuMode::Protected32 => 32,
+            CpuMode::Long64 => 64,
+        }
+    }
+}
+
 /// Traffic counters of a wire backend (`--stats`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct WireStats {
@@ -314,6 +337,15 @@ pub trait DebugTarget {
     /// Default: [`TargetError::Unsupported`] (a memory image has no processor).
     fn registers(&mut self) -> Result<X64Registers, TargetError> {
         Err(TargetError::Unsupported("registers"))
+    }
+
+    /// The processor's mode now (what the console's `u` decodes as).
+    ///
+    /// Default: [`CpuMode::Long64`], an x64 Windows kernel's. The GDB backend reads `CR0`
+    /// and `EFER` where the stub's target description names them (QEMU's does), so a
+    /// guest in its firmware's real mode disassembles as 16-bit code.
+    fn cpu_mode(&mut self) -> Result<CpuMode, TargetError> {
+        Ok(CpuMode::Long64)
     }
 
     /// Sets a software breakpoint at `addr`: a later [`run`](Self::run) that reaches it
@@ -644,6 +676,9 @@ macro_rules! forward_debug_target {
             }
             fn registers(&mut self) -> Result<X64Registers, TargetError> {
                 (**self).registers()
+            }
+            fn cpu_mode(&mut self) -> Result<CpuMode, TargetError> {
+                (**self).cpu_mode()
             }
             fn clear_breakpoint(&mut self, addr: VirtAddr) -> Result<(), TargetError> {
                 (**self).clear_breakpoint(addr)

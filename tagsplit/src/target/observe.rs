@@ -6,8 +6,8 @@
 use std::fmt;
 
 use super::{
-    DebugTarget, Interrupt, KernelInfo, ModuleInfo, RunFor, StopReason, TargetError, WireStats,
-    X64Registers,
+    CpuMode, DebugTarget, Interrupt, KernelInfo, ModuleInfo, RunFor, StopReason, TargetError,
+    WireStats, X64Registers,
 };
 use crate::VirtAddr;
 
@@ -122,6 +122,10 @@ impl<O: Observer> DebugTarget for Observed<'_, O> {
     }
     fn registers(&mut self) -> Result<X64Registers, TargetError> {
         let r = self.inner.registers();
+        self.note(r)
+    }
+    fn cpu_mode(&mut self) -> Result<CpuMode, TargetError> {
+        let r = self.inner.cpu_mode();
         self.note(r)
     }
     fn stats(&self) -> Option<WireStats> {
