@@ -645,3 +645,57 @@ fn a_target_still_running_on_attach_is_interrupted() {
     drop(t);
     assert_eq!(server.join().unwrap(), 1);
 }
+
+/// A restore is verified with one `qCRC` per patch (pipelined) where the stub answers it:
+/// the CRC the stub computes is the one of the bytes read, and restored sites check out.
+#[test]
+fn a_restore_is_verified_with_qcrc() {
+    use tagsplit::split::PatchGuard;
+    use tagsplit::split::journal::{PatchRecord, RestoreState, restore_many};
+    let stub = stub(StubFeatures::FULL);
+    let mut wire = connect(&stub);
+    let myfault = wire
+        .modules()
+        .unwrap()
+        .into_iter()
+        .find(|m| m.name == "myfault.sys")
+        .unwrap();
+    let hits = wire
+        .search_memory(myfault.base, myfault.end(), b"Leak", 10)
+        .unwrap();
+    assert_eq!(hits.len(), 2);
+    let mut bytes = [0u8; 64];
+    wire.read_memory(myfault.base, &mut bytes).unwrap();
+    let crcs = wire.crc32_many(&[(myfault.base, 64)]).unwrap().unwrap();
+    assert_eq!(crcs, [Some(tagsplit_protocol::gdb::crc32(&bytes))]);
+    let records: Vec<PatchRecord> = hits
+        .iter()
+        .zip([b"Lea1", b"Lea2"])
+        .map(|(&a, new)| PatchRecord {
+            module: myfault.name.clone(),
+            base: myfault.base,
+            timestamp: None,
+            offset: a.get() - myfault.base.get(),
+            address: a,
+            original: b"Leak".to_vec(),
+            new: new.to_vec(),
+        })
+        .collect();
+    let mut guard = PatchGuard::new(&mut wire);
+    guard.apply_many(&records).unwrap();
+    std::mem::forget(guard);
+    let before = wire.stats().unwrap();
+    let states = restore_many(&mut wire, &records);
+    assert_eq!(states, [RestoreState::Restored, RestoreState::Restored]);
+    assert!(wire.caps().crc);
+    let after = wire.stats().unwrap();
+    if after.retransmissions == before.retransmissions {
+        // Check, write, CRC: three bursts for both patches.
+        assert_eq!(after.round_trips - before.round_trips, 3);
+    }
+    for a in hits {
+        let mut b = [0u8; 4];
+        wire.read_memory(a, &mut b).unwrap();
+        assert_eq!(&b, b"Leak");
+    }
+}

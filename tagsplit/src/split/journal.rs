@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::VirtAddr;
 use crate::target::{DebugTarget, TargetError, TargetIdentity};
+use tagsplit_protocol::gdb::crc32;
 
 /// Largest journal file read back.
 pub const MAX_JOURNAL_BYTES: u64 = 16 << 20;
@@ -369,17 +370,33 @@ fn restore_batch(
         .filter(|&(&i, &n)| patches.get(i).is_some_and(|p| n == p.original.len()))
         .map(|(&i, _)| i)
         .collect();
-    let back = read_each(
-        target,
-        written
+    let ranges: Vec<(VirtAddr, usize)> = written
+        .iter()
+        .filter_map(|&i| patches.get(i))
+        .map(|p| (p.address, p.original.len()))
+        .collect();
+    // Verified by the target's CRC of each where it offers one (`qCRC`), else read back.
+    let holds: Vec<bool> = match target.crc32_many(&ranges)? {
+        Some(crcs) => written
             .iter()
-            .filter_map(|&i| patches.get(i))
-            .map(|p| (p.address, p.original.len())),
-    )?;
-    for (&i, back) in written.iter().zip(back) {
-        if let (Some(p), Some(state)) = (patches.get(i), states.get_mut(i))
-            && back.as_deref() == Some(p.original.as_slice())
-        {
+            .zip(crcs)
+            .map(|(&i, crc)| {
+                let want = patches.get(i).map(|p| crc32(&p.original));
+                crc.is_some() && crc == want
+            })
+            .collect(),
+        None => written
+            .iter()
+            .zip(read_each(target, ranges.into_iter())?)
+            .map(|(&i, back)| {
+                patches
+                    .get(i)
+                    .is_some_and(|p| back.as_deref() == Some(p.original.as_slice()))
+            })
+            .collect(),
+    };
+    for (&i, ok) in written.iter().zip(holds) {
+        if let Some(state) = states.get_mut(i).filter(|_| ok) {
             *state = RestoreState::Restored;
         }
     }

@@ -316,6 +316,13 @@ impl<T: DebugTarget> DebugTarget for CachedTarget<T> {
         self.inner.read_fresh_many(reads)
     }
 
+    fn crc32_many(
+        &mut self,
+        ranges: &[(VirtAddr, usize)],
+    ) -> Result<Option<Vec<Option<u32>>>, TargetError> {
+        self.inner.crc32_many(ranges)
+    }
+
     fn write_many(&mut self, writes: &[(VirtAddr, &[u8])]) -> Result<Vec<usize>, TargetError> {
         self.cache.clear();
         self.inner.write_many(writes)

@@ -146,6 +146,7 @@ fn idempotent(cmd: &Command) -> bool {
             | Command::WriteMemory { .. }
             | Command::WriteMemoryBinary { .. }
             | Command::SearchMemory { .. }
+            | Command::Crc { .. }
             | Command::ReadRegisters
             | Command::ReadRegister(_)
             | Command::XferRead { .. }
@@ -225,6 +226,7 @@ fn reads_only(cmd: &Command) -> bool {
             | Command::ReadMemory { .. }
             | Command::ReadMemoryBinary { .. }
             | Command::SearchMemory { .. }
+            | Command::Crc { .. }
             | Command::VContQuery
             | Command::RunLimit(_)
     )
@@ -260,6 +262,8 @@ pub struct StubCaps {
     pub memory_map: bool,
     /// `qXfer:features:read`: a target description (which registers `p` reads).
     pub target_xml: bool,
+    /// `qCRC` (assumed until the stub answers it empty).
+    pub crc: bool,
     /// `x` binary reads (`binary-upload+`): about twice the data per round trip of `m`.
     pub binary_read: bool,
     /// `QTagsplit.RunLimit`.
@@ -442,6 +446,7 @@ impl GdbTarget {
             binary_write: true,
             memory_map: has("qXfer:memory-map:read"),
             target_xml: has("qXfer:features:read"),
+            crc: true,
             binary_read: has("binary-upload"),
             run_limit: has(RUN_LIMIT_FEATURE),
             default_run: value(DEFAULT_RUN_FEATURE),
@@ -1641,6 +1646,36 @@ impl DebugTarget for GdbTarget {
         let r = cache.prefetch(ranges, max, |reads| self.read_fresh_many(reads));
         self.cache = cache;
         r
+    }
+
+    fn crc32_many(
+        &mut self,
+        ranges: &[(VirtAddr, usize)],
+    ) -> Result<Option<Vec<Option<u32>>>, TargetError> {
+        if !self.caps.crc {
+            return Ok(None);
+        }
+        let cmds: Vec<Command<'static>> = ranges
+            .iter()
+            .map(|&(addr, len)| Command::Crc {
+                addr: addr.get(),
+                len: len as u64,
+            })
+            .collect();
+        let replies = self.request_many(&cmds)?;
+        let mut out = Vec::with_capacity(replies.len());
+        for r in replies {
+            match r {
+                Reply::Crc(c) => out.push(Some(c)),
+                Reply::Empty => {
+                    self.caps.crc = false;
+                    return Ok(None);
+                }
+                Reply::Error(_) | Reply::ErrorText(_) => out.push(None),
+                other => return Err(protocol(format!("unexpected qCRC reply {other}"))),
+            }
+        }
+        Ok(Some(out))
     }
 
     fn read_fresh_many(

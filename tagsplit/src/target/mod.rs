@@ -261,6 +261,21 @@ pub trait DebugTarget {
         search_by_reading(self, start, end, pattern, max_hits, SEARCH_CHUNK)
     }
 
+    /// gdb's CRC-32 ([`tagsplit_protocol::gdb::crc32`], what `qCRC` answers) of each
+    /// `(address, length)`, computed by the target: `Ok(None)` when the target cannot
+    /// (then read the bytes instead); `None` for a range it could not read. A restore is
+    /// verified this way where the target offers it (one `qCRC` per patch, pipelined,
+    /// instead of reading the bytes back).
+    ///
+    /// Default: `Ok(None)`.
+    fn crc32_many(
+        &mut self,
+        ranges: &[(VirtAddr, usize)],
+    ) -> Result<Option<Vec<Option<u32>>>, TargetError> {
+        let _ = ranges;
+        Ok(None)
+    }
+
     /// Says that `ranges` (address, length) are about to be read while the target stays
     /// stopped. A backend that can have many requests in flight (GDB in no-ack mode)
     /// fetches what its read cache lacks now, in one burst, so the reads that follow cost
@@ -648,6 +663,12 @@ macro_rules! forward_debug_target {
             }
             fn prefetch(&mut self, ranges: &[(VirtAddr, usize)]) -> Result<(), TargetError> {
                 (**self).prefetch(ranges)
+            }
+            fn crc32_many(
+                &mut self,
+                ranges: &[(VirtAddr, usize)],
+            ) -> Result<Option<Vec<Option<u32>>>, TargetError> {
+                (**self).crc32_many(ranges)
             }
             fn read_fresh_many(
                 &mut self,

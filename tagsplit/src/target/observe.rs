@@ -86,6 +86,13 @@ impl<O: Observer> DebugTarget for Observed<'_, O> {
         let r = self.inner.prefetch(ranges);
         self.note(r)
     }
+    fn crc32_many(
+        &mut self,
+        ranges: &[(VirtAddr, usize)],
+    ) -> Result<Option<Vec<Option<u32>>>, TargetError> {
+        let r = self.inner.crc32_many(ranges);
+        self.note(r)
+    }
     fn read_fresh_many(
         &mut self,
         reads: &mut [(VirtAddr, &mut [u8])],
