@@ -118,7 +118,16 @@ impl Drop for Qemu {
     }
 }
 
+/// Logs (`RUST_LOG=tagsplit=debug`) into the test's output.
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
 fn have_qemu() -> bool {
+    logs();
     common::have_tool("qemu-system-x86_64", "the QEMU tests")
 }
 
@@ -272,6 +281,7 @@ fn qemu_killed_mid_command_stops_the_console() {
 /// reads it back, and a split refuses plainly (no Windows kernel).
 #[test]
 fn gdbserver_process_is_read_written_and_searched() {
+    logs();
     if !common::have_tool("gdbserver", "the gdbserver tests") {
         return;
     }

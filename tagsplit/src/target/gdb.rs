@@ -264,6 +264,9 @@ pub struct StubCaps {
     pub target_xml: bool,
     /// `qCRC` (assumed until the stub answers it empty).
     pub crc: bool,
+    /// `qC` answers with the current thread (asked on connect): the barrier that drops
+    /// stale replies ends on its reply.
+    pub current_thread: bool,
     /// `x` binary reads (`binary-upload+`): about twice the data per round trip of `m`.
     pub binary_read: bool,
     /// `QTagsplit.RunLimit`.
@@ -447,6 +450,7 @@ impl GdbTarget {
             memory_map: has("qXfer:memory-map:read"),
             target_xml: has("qXfer:features:read"),
             crc: true,
+            current_thread: false,
             binary_read: has("binary-upload"),
             run_limit: has(RUN_LIMIT_FEATURE),
             default_run: value(DEFAULT_RUN_FEATURE),
@@ -454,7 +458,14 @@ impl GdbTarget {
         if self.options.no_ack && has("QStartNoAckMode") {
             self.request(&Command::StartNoAckMode)?;
         }
-        self.halt_reason()
+        self.halt_reason()?;
+        // Whether `qC` works: the barrier after a re-sent request relies on its reply.
+        self.caps.current_thread = match self.request(&Command::CurrentThread)? {
+            Reply::CurrentThread(_) => true,
+            Reply::Raw(p) => p.starts_with(b"QC"),
+            _ => false,
+        };
+        Ok(())
     }
 
     /// Learns the stop state like gdb does (`?`), and checks the stub is sane. A target
@@ -519,6 +530,7 @@ impl GdbTarget {
     fn wait_event(&mut self, deadline: Instant, recover: bool) -> Result<Waited, TargetError> {
         loop {
             while let Some(ev) = self.session.poll_event() {
+                tracing::trace!("gdb: <- {ev:?}");
                 match ev {
                     ClientEvent::Reply(r) => {
                         self.write_out()?;
@@ -620,7 +632,12 @@ impl GdbTarget {
                 until = Instant::now() + timer;
             }
             match self.wait_event(until, true)? {
-                Waited::Reply(Reply::CurrentThread(_) | Reply::Empty) => return Ok(()),
+                Waited::Reply(Reply::CurrentThread(_)) => return Ok(()),
+                // Only a stub without `qC` ends the barrier with an empty reply: where
+                // `qC` works, an empty reply is a stale one (a re-sent `p` that the stub
+                // does not know), and taking it for the barrier's left `QC` in flight to
+                // answer the next command (gdbserver under load).
+                Waited::Reply(Reply::Empty) if !self.caps.current_thread => return Ok(()),
                 Waited::Reply(Reply::Raw(p)) if p.starts_with(b"QC") => return Ok(()),
                 Waited::Reply(r) => tracing::debug!("gdb: dropped a stale reply {r}"),
                 Waited::Damaged | Waited::Late => {}
