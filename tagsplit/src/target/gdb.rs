@@ -190,6 +190,21 @@ fn exchange_bytes(cmd: &Command) -> usize {
         .saturating_add(usize::try_from(reply).unwrap_or(usize::MAX))
 }
 
+/// An event from the session as a log line shows it: replies and output as the text on
+/// the wire (escaped where binary), not as byte arrays.
+fn event_text(ev: &ClientEvent) -> String {
+    match ev {
+        ClientEvent::Reply(r) => r.to_string(),
+        ClientEvent::Output(text) => format!("output '{}'", packet_text(text, 120)),
+        ClientEvent::Notification(p) => format!("notification '{}'", packet_text(p, 120)),
+        ClientEvent::BadReply(e) => format!("bad reply: {e}"),
+        ClientEvent::GaveUp => "the stub gave up".to_owned(),
+        ClientEvent::Damaged => "a damaged reply".to_owned(),
+        ClientEvent::UnsolicitedStop(s) => format!("an unasked stop reply: {s:?}"),
+        other => format!("{other:?}"),
+    }
+}
+
 /// The memory read of `len` bytes at `addr`: `x` when the stub sends binary, else `m`.
 fn read_command(binary: bool, addr: u64, len: usize) -> Command<'static> {
     if binary {
@@ -530,7 +545,9 @@ impl GdbTarget {
     fn wait_event(&mut self, deadline: Instant, recover: bool) -> Result<Waited, TargetError> {
         loop {
             while let Some(ev) = self.session.poll_event() {
-                tracing::trace!("gdb: <- {ev:?}");
+                if tracing::enabled!(tracing::Level::TRACE) {
+                    tracing::trace!("gdb: <- {}", event_text(&ev));
+                }
                 match ev {
                     ClientEvent::Reply(r) => {
                         self.write_out()?;
