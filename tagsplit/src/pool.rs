@@ -571,26 +571,19 @@ impl SlotCache {
         spans: &[(u64, u64)],
     ) -> Result<(), TargetError> {
         let size = tracker::SIZE as usize;
-        let mut bufs = Vec::with_capacity(spans.len());
-        let mut starts = Vec::with_capacity(spans.len());
+        let mut ranges = Vec::with_capacity(spans.len());
         for &(lo, hi) in spans {
             let count = usize::try_from(hi.saturating_sub(lo))
                 .map_err(|_| TargetError::BadKernelData("tracker probe".into()))?;
-            bufs.push(vec![0u8; count.saturating_mul(size)]);
-            starts.push(crate::target::offset(
+            let at = crate::target::offset(
                 tables.track_table,
                 lo.saturating_mul(tracker::SIZE),
                 "PoolTrackTable",
-            )?);
+            )?;
+            ranges.push((at, count.saturating_mul(size)));
         }
-        let mut reads: Vec<(VirtAddr, &mut [u8])> = starts
-            .iter()
-            .copied()
-            .zip(bufs.iter_mut().map(Vec::as_mut_slice))
-            .collect();
-        let got = target.read_fresh_many(&mut reads)?;
-        drop(reads);
-        for (((&(lo, _), raw), at), n) in spans.iter().zip(&bufs).zip(&starts).zip(got) {
+        let read = crate::target::read_fresh_each(target, &ranges)?;
+        for ((&(lo, _), &(at, _)), (raw, n)) in spans.iter().zip(&ranges).zip(read) {
             if n < raw.len() {
                 return Err(TargetError::Unreadable(at.saturating_add(n as u64)));
             }

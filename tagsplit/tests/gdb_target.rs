@@ -17,6 +17,7 @@ use tagsplit::target::gdb::GdbTarget;
 use tagsplit::target::sim::SimTarget;
 use tagsplit::target::{CachedTarget, DebugTarget, RunFor, StopReason, TargetError};
 use tagsplit::{PoolTag, VirtAddr};
+use tagsplit_protocol::gdb::frame::{Decoder, Event, encode_packet};
 use tagsplit_target_sim::scenario::Scenario;
 use tagsplit_target_sim::server::gdb::{BUSY_MESSAGE, GdbStubHandle, StubFeatures};
 
@@ -32,6 +33,21 @@ fn connect(stub: &GdbStubHandle) -> GdbTarget {
     GdbTarget::connect(&stub.addr().to_string()).unwrap()
 }
 
+/// myfault.sys on `t`, and its two `Leak` hits.
+fn myfault_leak_hits(t: &mut dyn DebugTarget) -> (tagsplit::target::ModuleInfo, Vec<VirtAddr>) {
+    let myfault = t
+        .modules()
+        .unwrap()
+        .into_iter()
+        .find(|m| m.name == "myfault.sys")
+        .unwrap();
+    let hits = t
+        .search_memory(myfault.base, myfault.end(), b"Leak", 10)
+        .unwrap();
+    assert_eq!(hits.len(), 2);
+    (myfault, hits)
+}
+
 /// Everything the console and the split read, compared between the wire and in process.
 fn same_view_as_in_process(features: StubFeatures) {
     let stub = stub(features);
@@ -39,16 +55,7 @@ fn same_view_as_in_process(features: StubFeatures) {
     let mut sim = SimTarget::boot(&part4()).unwrap();
     assert_eq!(wire.kernel_info().unwrap(), sim.kernel_info().unwrap());
     assert_eq!(wire.modules().unwrap(), sim.modules().unwrap());
-    let myfault = sim
-        .modules()
-        .unwrap()
-        .into_iter()
-        .find(|m| m.name == "myfault.sys")
-        .unwrap();
-    let hits = wire
-        .search_memory(myfault.base, myfault.end(), b"Leak", 10)
-        .unwrap();
-    assert_eq!(hits.len(), 2);
+    let (myfault, hits) = myfault_leak_hits(&mut wire);
     assert_eq!(
         hits,
         sim.search_memory(myfault.base, myfault.end(), b"Leak", 10)
@@ -352,42 +359,16 @@ fn a_cached_basic_stub_walks_the_module_list_in_fewer_round_trips() {
 /// malformed reply, and nothing is sent after it.
 #[test]
 fn an_exited_target_fails_every_request_after_it() {
-    use std::io::{Read, Write};
-    use tagsplit_protocol::gdb::frame::{Decoder, Event, encode_packet};
-
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = std::thread::spawn(move || {
-        let (mut conn, _) = listener.accept().unwrap();
-        conn.set_nodelay(true).unwrap();
-        let mut decoder = Decoder::default();
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = match conn.read(&mut buf) {
-                Ok(0) | Err(_) => return seen,
-                Ok(n) => n,
-            };
-            for ev in decoder.decode(&buf[..n]) {
-                let Event::Packet(p) = ev else { continue };
-                let text = String::from_utf8_lossy(&p).into_owned();
-                let reply: &[u8] = if text.starts_with("qSupported") {
-                    b"PacketSize=4000"
-                } else if text == "?" {
-                    b"T05thread:01;"
-                } else if text.starts_with('m') {
-                    b"W00"
-                } else {
-                    b""
-                };
-                seen.push(text);
-                let mut out = b"+".to_vec();
-                out.extend(encode_packet(reply, false));
-                if conn.write_all(&out).is_err() {
-                    return seen;
-                }
-            }
-        }
+    let (addr, server) = fake_stub(|ev, out| {
+        let Event::Packet(p) = ev else { return };
+        let reply: &[u8] = match p.as_slice() {
+            p if p.starts_with(b"qSupported") => b"PacketSize=4000",
+            b"?" => b"T05thread:01;",
+            p if p.starts_with(b"m") => b"W00",
+            _ => b"",
+        };
+        out.push(b'+');
+        out.extend(encode_packet(reply, false));
     });
     let mut t = GdbTarget::connect(&addr.to_string()).unwrap();
     let mut buf = [0u8; 4];
@@ -406,17 +387,13 @@ fn an_exited_target_fails_every_request_after_it() {
     assert_eq!(reads, reads_so_far, "{seen:?}");
 }
 
-/// A no-ack stub of our own making whose memory byte at `a` is `a & 0xff`: it answers
-/// `m` and `qC`, damages the reply to the `m` commands numbered in `damage` (counting
-/// from 1) and ignores those numbered in `drop` (as if the command were lost on the way).
-/// Returns the listener's address and the thread, which gives back every command seen.
-fn scripted_stub(
-    damage: &'static [usize],
-    drop: &'static [usize],
+/// A stub of our own making on 127.0.0.1:0 for one client: `answer` gets each decoded
+/// event and appends what to send back. The thread gives back every packet seen, as
+/// text, when the client goes.
+fn fake_stub(
+    mut answer: impl FnMut(&Event, &mut Vec<u8>) + Send + 'static,
 ) -> (std::net::SocketAddr, std::thread::JoinHandle<Vec<String>>) {
     use std::io::{Read, Write};
-    use tagsplit_protocol::gdb::frame::{Decoder, Event, encode_packet};
-
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let server = std::thread::spawn(move || {
@@ -424,8 +401,6 @@ fn scripted_stub(
         conn.set_nodelay(true).unwrap();
         let mut decoder = Decoder::default();
         let mut seen = Vec::new();
-        let mut reads = 0usize;
-        let mut acks = true;
         let mut buf = [0u8; 4096];
         loop {
             let n = match conn.read(&mut buf) {
@@ -434,41 +409,10 @@ fn scripted_stub(
             };
             let mut out = Vec::new();
             for ev in decoder.decode(&buf[..n]) {
-                let Event::Packet(p) = ev else { continue };
-                let text = String::from_utf8_lossy(&p).into_owned();
-                seen.push(text.clone());
-                if acks {
-                    out.push(b'+');
+                if let Event::Packet(p) = &ev {
+                    seen.push(String::from_utf8_lossy(p).into_owned());
                 }
-                let reply: Vec<u8> = if text.starts_with("qSupported") {
-                    b"PacketSize=4000;QStartNoAckMode+".to_vec()
-                } else if text == "QStartNoAckMode" {
-                    acks = false;
-                    b"OK".to_vec()
-                } else if text == "?" {
-                    b"T05thread:01;".to_vec()
-                } else if text == "qC" {
-                    b"QC1".to_vec()
-                } else if let Some(args) = text.strip_prefix('m') {
-                    reads += 1;
-                    if drop.contains(&reads) {
-                        continue;
-                    }
-                    let (a, l) = args.split_once(',').unwrap();
-                    let a = u64::from_str_radix(a, 16).unwrap();
-                    let l = u64::from_str_radix(l, 16).unwrap();
-                    (a..a + l)
-                        .flat_map(|x| format!("{:02x}", x & 0xff).into_bytes())
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                let mut frame = encode_packet(&reply, false);
-                if text.starts_with('m') && damage.contains(&reads) {
-                    let last = frame.len() - 1;
-                    frame[last] = if frame[last] == b'0' { b'1' } else { b'0' };
-                }
-                out.extend(frame);
+                answer(&ev, &mut out);
             }
             if conn.write_all(&out).is_err() {
                 return seen;
@@ -476,6 +420,54 @@ fn scripted_stub(
         }
     });
     (addr, server)
+}
+
+/// A no-ack stub of our own making whose memory byte at `a` is `a & 0xff`: it answers
+/// `m` and `qC`, damages the reply to the `m` commands numbered in `damage` (counting
+/// from 1) and ignores those numbered in `drop` (as if the command were lost on the way).
+/// Returns the listener's address and the thread, which gives back every command seen.
+fn scripted_stub(
+    damage: &'static [usize],
+    drop: &'static [usize],
+) -> (std::net::SocketAddr, std::thread::JoinHandle<Vec<String>>) {
+    let mut reads = 0usize;
+    let mut acks = true;
+    fake_stub(move |ev, out| {
+        let Event::Packet(p) = ev else { return };
+        let text = String::from_utf8_lossy(p).into_owned();
+        if acks {
+            out.push(b'+');
+        }
+        let reply: Vec<u8> = if text.starts_with("qSupported") {
+            b"PacketSize=4000;QStartNoAckMode+".to_vec()
+        } else if text == "QStartNoAckMode" {
+            acks = false;
+            b"OK".to_vec()
+        } else if text == "?" {
+            b"T05thread:01;".to_vec()
+        } else if text == "qC" {
+            b"QC1".to_vec()
+        } else if let Some(args) = text.strip_prefix('m') {
+            reads += 1;
+            if drop.contains(&reads) {
+                return;
+            }
+            let (a, l) = args.split_once(',').unwrap();
+            let a = u64::from_str_radix(a, 16).unwrap();
+            let l = u64::from_str_radix(l, 16).unwrap();
+            (a..a + l)
+                .flat_map(|x| format!("{:02x}", x & 0xff).into_bytes())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut frame = encode_packet(&reply, false);
+        if text.starts_with('m') && damage.contains(&reads) {
+            let last = frame.len() - 1;
+            frame[last] = if frame[last] == b'0' { b'1' } else { b'0' };
+        }
+        out.extend(frame);
+    })
 }
 
 /// Eight scattered reads, pipelined, against [`scripted_stub`]: `(the bytes each read
@@ -597,56 +589,34 @@ fn searching_many_ranges_finds_what_searching_each_finds() {
 /// client interrupts it (the `0x03` byte) and attaches.
 #[test]
 fn a_target_still_running_on_attach_is_interrupted() {
-    use std::io::{Read, Write};
-    use tagsplit_protocol::gdb::frame::{Decoder, Event, encode_packet};
-
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = std::thread::spawn(move || {
-        let (mut conn, _) = listener.accept().unwrap();
-        conn.set_nodelay(true).unwrap();
-        let mut decoder = Decoder::default();
-        let mut running = true;
-        let mut interrupts = 0;
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = match conn.read(&mut buf) {
-                Ok(0) | Err(_) => return interrupts,
-                Ok(n) => n,
-            };
-            let mut out = Vec::new();
-            for ev in decoder.decode(&buf[..n]) {
-                let reply: &[u8] = match ev {
-                    Event::Interrupt if running => {
-                        running = false;
-                        interrupts += 1;
-                        b"T02thread:01;"
-                    }
-                    Event::Packet(p) => {
-                        out.push(b'+');
-                        match p.as_slice() {
-                            b"?" if running => continue,
-                            b"?" => b"T02thread:01;",
-                            p if p.starts_with(b"qSupported") => b"PacketSize=4000",
-                            p if p.starts_with(b"m") => b"2a",
-                            _ => b"",
-                        }
-                    }
-                    _ => continue,
-                };
-                out.extend(encode_packet(reply, false));
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let still = running.clone();
+    let (addr, server) = fake_stub(move |ev, out| {
+        use std::sync::atomic::Ordering;
+        let reply: &[u8] = match ev {
+            Event::Interrupt if still.swap(false, Ordering::SeqCst) => b"T02thread:01;",
+            Event::Packet(p) => {
+                out.push(b'+');
+                match p.as_slice() {
+                    b"?" if still.load(Ordering::SeqCst) => return,
+                    b"?" => b"T02thread:01;",
+                    p if p.starts_with(b"qSupported") => b"PacketSize=4000",
+                    p if p.starts_with(b"m") => b"2a",
+                    _ => b"",
+                }
             }
-            if conn.write_all(&out).is_err() {
-                return interrupts;
-            }
-        }
+            _ => return,
+        };
+        out.extend(encode_packet(reply, false));
     });
     let mut t = GdbTarget::connect(&addr.to_string()).unwrap();
     let mut b = [0u8; 1];
     assert_eq!(t.read_memory(VirtAddr(0x1000), &mut b).unwrap(), 1);
     assert_eq!(b, [0x2a]);
     drop(t);
-    assert_eq!(server.join().unwrap(), 1);
+    server.join().unwrap();
+    // Interrupted once: the stub answered `?` after it.
+    assert!(!running.load(std::sync::atomic::Ordering::SeqCst));
 }
 
 /// A restore is verified with one `qCRC` per patch (pipelined) where the stub answers it:
@@ -657,16 +627,7 @@ fn a_restore_is_verified_with_qcrc() {
     use tagsplit::split::journal::{PatchRecord, RestoreState, restore_many};
     let stub = stub(StubFeatures::FULL);
     let mut wire = connect(&stub);
-    let myfault = wire
-        .modules()
-        .unwrap()
-        .into_iter()
-        .find(|m| m.name == "myfault.sys")
-        .unwrap();
-    let hits = wire
-        .search_memory(myfault.base, myfault.end(), b"Leak", 10)
-        .unwrap();
-    assert_eq!(hits.len(), 2);
+    let (myfault, hits) = myfault_leak_hits(&mut wire);
     let mut bytes = [0u8; 64];
     wire.read_memory(myfault.base, &mut bytes).unwrap();
     let crcs = wire.crc32_many(&[(myfault.base, 64)]).unwrap().unwrap();

@@ -409,18 +409,9 @@ pub fn read_each(
     target: &mut dyn DebugTarget,
     ranges: impl Iterator<Item = (VirtAddr, usize)>,
 ) -> Result<Vec<Option<Vec<u8>>>, TargetError> {
-    let (addrs, mut bufs): (Vec<VirtAddr>, Vec<Vec<u8>>) =
-        ranges.map(|(a, n)| (a, vec![0u8; n])).unzip();
-    let mut reads: Vec<(VirtAddr, &mut [u8])> = addrs
-        .iter()
-        .copied()
-        .zip(bufs.iter_mut().map(Vec::as_mut_slice))
-        .collect();
-    let got = target.read_fresh_many(&mut reads)?;
-    drop(reads);
-    Ok(bufs
+    let ranges: Vec<(VirtAddr, usize)> = ranges.collect();
+    Ok(crate::target::read_fresh_each(target, &ranges)?
         .into_iter()
-        .zip(got)
         .map(|(b, n)| (n == b.len()).then_some(b))
         .collect())
 }

@@ -189,29 +189,21 @@ impl BlockCache {
     }
 
     /// Fetches the blocks that `ranges` need and the cache lacks (see
-    /// [`missing`](Self::missing)) with one call of `fetch_many` (which reads each
-    /// `(address, buffer)` and says how many leading bytes of each it read), and keeps
-    /// them.
+    /// [`missing`](Self::missing)) with one call of `fetch_each` (which reads each
+    /// `(address, length)` into a buffer and says how many leading bytes of it it read,
+    /// as [`read_fresh_each`](super::read_fresh_each) does), and keeps them.
     pub fn prefetch(
         &mut self,
         ranges: &[(VirtAddr, usize)],
         max_read: usize,
-        fetch_many: impl FnOnce(&mut [(VirtAddr, &mut [u8])]) -> Result<Vec<usize>, TargetError>,
+        fetch_each: impl FnOnce(&[(VirtAddr, usize)]) -> Result<Vec<(Vec<u8>, usize)>, TargetError>,
     ) -> Result<(), TargetError> {
         let runs = self.missing(ranges, max_read);
         if runs.is_empty() {
             return Ok(());
         }
-        let mut bufs: Vec<Vec<u8>> = runs.iter().map(|&(_, n)| vec![0u8; n]).collect();
-        let mut reads: Vec<(VirtAddr, &mut [u8])> = runs
-            .iter()
-            .zip(bufs.iter_mut())
-            .map(|(&(a, _), b)| (a, b.as_mut_slice()))
-            .collect();
-        let got = fetch_many(&mut reads)?;
-        drop(reads);
-        for ((&(addr, _), raw), n) in runs.iter().zip(&bufs).zip(got) {
-            self.insert(addr.get(), raw, n);
+        for (&(addr, _), (raw, n)) in runs.iter().zip(fetch_each(&runs)?) {
+            self.insert(addr.get(), &raw, n);
         }
         Ok(())
     }

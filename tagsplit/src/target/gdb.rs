@@ -1677,7 +1677,7 @@ impl DebugTarget for GdbTarget {
         }
         let max = self.transfer_chunk();
         let mut cache = std::mem::take(&mut self.cache);
-        let r = cache.prefetch(ranges, max, |reads| self.read_fresh_many(reads));
+        let r = cache.prefetch(ranges, max, |runs| super::read_fresh_each(self, runs));
         self.cache = cache;
         r
     }

@@ -412,6 +412,24 @@ pub trait DebugTarget {
     }
 }
 
+/// Reads each `(address, length)` fresh with one [`DebugTarget::read_fresh_many`] (one
+/// burst where the target pipelines): each range's buffer, and how many leading bytes of
+/// it were read.
+pub fn read_fresh_each<T: DebugTarget + ?Sized>(
+    target: &mut T,
+    ranges: &[(VirtAddr, usize)],
+) -> Result<Vec<(Vec<u8>, usize)>, TargetError> {
+    let mut bufs: Vec<Vec<u8>> = ranges.iter().map(|&(_, n)| vec![0u8; n]).collect();
+    let mut reads: Vec<(VirtAddr, &mut [u8])> = ranges
+        .iter()
+        .map(|&(a, _)| a)
+        .zip(bufs.iter_mut().map(Vec::as_mut_slice))
+        .collect();
+    let got = target.read_fresh_many(&mut reads)?;
+    drop(reads);
+    Ok(bufs.into_iter().zip(got).collect())
+}
+
 /// Read size of the default [`DebugTarget::search_memory`].
 pub const SEARCH_CHUNK: usize = 0x1000;
 
