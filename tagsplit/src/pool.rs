@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use tagsplit_protocol::nt::layout::{PAGE_SIZE, big_page, kdbg, pool_header, tracker};
 
-use crate::target::{DebugTarget, TargetError, read_exact, read_u32, read_u64};
+use crate::target::{DebugTarget, TargetError, read_exact, read_fresh_each, read_u32, read_u64};
 use crate::{PoolTag, VirtAddr};
 use tagsplit_protocol::nt::PROTECTED_POOL;
 
@@ -647,8 +647,24 @@ fn read_table<T: DebugTarget + ?Sized>(
 ) -> Result<Vec<u8>, TargetError> {
     let len = usize::try_from(tables.track_entries * tracker::SIZE)
         .map_err(|_| TargetError::BadKernelData("tracker table too large".into()))?;
-    let mut raw = vec![0u8; len];
-    read_exact(target, tables.track_table, &mut raw)?;
+    // In pieces of the peer's largest read, all sent together where it pipelines.
+    let piece = target.max_read().max(tracker::SIZE as usize);
+    let ranges: Vec<(VirtAddr, usize)> = (0..len)
+        .step_by(piece)
+        .map(|off| {
+            (
+                tables.track_table.saturating_add(off as u64),
+                piece.min(len - off),
+            )
+        })
+        .collect();
+    let mut raw = Vec::with_capacity(len);
+    for (&(at, want), (bytes, got)) in ranges.iter().zip(read_fresh_each(target, &ranges)?) {
+        if got < want {
+            return Err(TargetError::Unreadable(at.saturating_add(got as u64)));
+        }
+        raw.extend_from_slice(&bytes);
+    }
     Ok(raw)
 }
 

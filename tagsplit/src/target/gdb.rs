@@ -1473,12 +1473,23 @@ impl GdbTarget {
     /// for again ([`recover_stop`](Self::recover_stop)); a resume that never reached the
     /// stub is sent again.
     fn resume_and_wait(&mut self, interrupt_at: Option<Instant>) -> Result<StopReply, TargetError> {
+        self.resume_and_wait_from(interrupt_at, None)
+    }
+
+    /// [`resume_and_wait`](Self::resume_and_wait), with the registers from before the
+    /// resume when they were read already (`Some`: pipelined with the run limit).
+    fn resume_and_wait_from(
+        &mut self,
+        interrupt_at: Option<Instant>,
+        registers: Option<Option<Vec<u8>>>,
+    ) -> Result<StopReply, TargetError> {
         self.output.clear();
+        self.mode = None;
         let recover = !self.session.ack_mode();
-        let before = if recover {
-            (self.last_stop, self.register_snapshot()?)
-        } else {
-            (None, None)
+        let before = match registers {
+            _ if !recover => (None, None),
+            Some(regs) => (self.last_stop, regs),
+            None => (self.last_stop, self.register_snapshot()?),
         };
         let resume = Command::VCont(ResumeActions::list(&[ResumeAction {
             kind: ResumeKind::Continue,
@@ -1989,8 +2000,24 @@ impl DebugTarget for GdbTarget {
         self.cache.clear();
         let stop = match how_long {
             RunFor::Ticks(n) if self.caps.run_limit => {
-                match self.request(&Command::RunLimit(n.max(1)))? {
-                    Reply::Ok => self.resume_and_wait(None)?,
+                // The run limit and the registers from before the run (to tell a lost
+                // resume, see `resume_and_wait`) in one burst where the stub pipelines.
+                let limit = Command::RunLimit(n.max(1));
+                let (limit_reply, before) = if self.session.ack_mode() {
+                    (self.request(&limit)?, None)
+                } else {
+                    let mut replies = self
+                        .request_many(&[limit, Command::ReadRegisters])?
+                        .into_iter();
+                    let limit_reply = replies.next().unwrap_or(Reply::Empty);
+                    let regs = match replies.next() {
+                        Some(Reply::Hex(g)) => Some(g),
+                        _ => None,
+                    };
+                    (limit_reply, Some(regs))
+                };
+                match limit_reply {
+                    Reply::Ok => self.resume_and_wait_from(None, before)?,
                     other => return Err(protocol(format!("unexpected RunLimit reply {other}"))),
                 }
             }
