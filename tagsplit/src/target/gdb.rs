@@ -832,6 +832,8 @@ impl GdbTarget {
         // While replies keep coming, the burst is alive: each may take a single reply's
         // timer after the last byte.
         let quiet = self.rtt.timeout(&REPLY_TIMER, 64);
+        // However long bytes keep trickling in, a burst ends by this.
+        let hard = sent + timer.max(self.options.timeout);
         let mut until = sent + timer;
         let mut replies = Vec::with_capacity(cmds.len());
         self.in_burst = true;
@@ -842,8 +844,10 @@ impl GdbTarget {
             match self.wait_event(until, true) {
                 Ok(Waited::Reply(r)) => replies.push(Some(r)),
                 Ok(Waited::Damaged) => replies.push(None),
-                Ok(Waited::Late) if self.last_byte + quiet > Instant::now() => {
-                    until = self.last_byte + quiet;
+                Ok(Waited::Late)
+                    if self.last_byte + quiet > Instant::now() && Instant::now() < hard =>
+                {
+                    until = (self.last_byte + quiet).min(hard);
                 }
                 Ok(Waited::Late) => break Ok(false),
                 Err(e) => break Err(e),
