@@ -663,3 +663,67 @@ fn a_restore_is_verified_with_qcrc() {
         assert_eq!(&b, b"Leak");
     }
 }
+
+/// A stub that answers a read with a frame that never ends, one byte at a time: the read
+/// fails (time-out) instead of waiting for ever, in no-ack mode and in ack mode.
+#[test]
+fn a_reply_that_trickles_for_ever_ends_in_a_time_out() {
+    use std::io::{Read, Write};
+    use tagsplit::target::gdb::GdbOptions;
+    for no_ack in [true, false] {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            conn.set_nodelay(true).unwrap();
+            let mut decoder = Decoder::default();
+            let mut acks = true;
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                for ev in decoder.decode(&buf[..n]) {
+                    let Event::Packet(p) = ev else { continue };
+                    let mut out = if acks { b"+".to_vec() } else { Vec::new() };
+                    let reply: &[u8] = match p.as_slice() {
+                        p if p.starts_with(b"qSupported") => b"PacketSize=4000;QStartNoAckMode+",
+                        b"QStartNoAckMode" => {
+                            acks = false;
+                            b"OK"
+                        }
+                        b"?" => b"T05thread:01;",
+                        b"qC" => b"QC1",
+                        p if p.starts_with(b"m") => {
+                            // `$` and then a digit every 10 ms until the client goes.
+                            out.push(b'$');
+                            if conn.write_all(&out).is_err() {
+                                return;
+                            }
+                            while conn.write_all(b"0").is_ok() {
+                                std::thread::sleep(std::time::Duration::from_millis(10));
+                            }
+                            return;
+                        }
+                        _ => b"",
+                    };
+                    out.extend(encode_packet(reply, false));
+                    if conn.write_all(&out).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let options = GdbOptions {
+            timeout: std::time::Duration::from_millis(100),
+            no_ack,
+        };
+        let mut t = GdbTarget::connect_with(&addr.to_string(), options).unwrap();
+        let mut b = [0u8; 4];
+        let r = t.read_fresh(VirtAddr(0x1000), &mut b);
+        assert!(matches!(r, Err(TargetError::Timeout)), "no_ack {no_ack}: {r:?}");
+        drop(t);
+        server.join().unwrap();
+    }
+}

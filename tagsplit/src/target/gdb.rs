@@ -121,6 +121,11 @@ pub const SEARCH_PIECE: u64 = 64 << 10;
 /// beyond).
 const MAX_SEARCH_PIECES: usize = 4096;
 
+/// A reply still streaming in may take this many request time-outs
+/// ([`GdbOptions::timeout`]) in all before it is taken for lost (a large reply on a serial
+/// line needs time; a stub that trickles bytes forever must not hold a request forever).
+const MAX_STREAMING: u32 = 6;
+
 /// Most requests in flight in one pipelined burst (no-ack mode).
 pub const PIPELINE_DEPTH: usize = 128;
 /// Most bytes one pipelined burst may expect on the wire, both ways (what the reply timer
@@ -908,10 +913,13 @@ impl GdbTarget {
                     // while bytes keep coming.
                     Waited::Late if retry && self.session.receiving() => {
                         let quiet = self.last_byte + timer;
-                        if quiet <= Instant::now() {
+                        // However long a reply trickles in, it ends by this (a stub that
+                        // sends a byte now and then must not hold the request forever).
+                        let hard = started + self.options.timeout.saturating_mul(MAX_STREAMING);
+                        if quiet <= Instant::now() || Instant::now() >= hard {
                             break Waited::Late;
                         }
-                        until = quiet;
+                        until = quiet.min(hard);
                     }
                     other => break other,
                 }
@@ -941,7 +949,9 @@ impl GdbTarget {
                 Waited::Late => {
                     let silent =
                         Instant::now() >= started.max(self.last_byte) + self.options.timeout;
-                    if !retry || silent || copies >= MAX_SENDS {
+                    let too_long = Instant::now()
+                        >= started + self.options.timeout.saturating_mul(MAX_STREAMING);
+                    if !retry || silent || too_long || copies >= MAX_SENDS {
                         return Err(TargetError::Timeout);
                     }
                     self.rtt.back_off();
@@ -986,11 +996,19 @@ impl GdbTarget {
                 .timeout(&REPLY_TIMER, bytes)
                 .saturating_add(work.unwrap_or_default())
                 .max(REPLY_NUDGE);
-            let step = (Instant::now() + timer).min(deadline);
+            // A reply still streaming in on a slow link is not late, up to a bound.
+            let hard = sent + self.options.timeout.saturating_mul(MAX_STREAMING);
+            let limit = if self.session.receiving() {
+                hard
+            } else {
+                deadline
+            };
+            let step = (Instant::now() + timer).min(limit);
             match self.wait_reply(step) {
-                // A reply still streaming in on a slow link is not late.
                 Err(TargetError::Timeout)
-                    if self.session.receiving() && Instant::now() < self.last_byte + timer => {}
+                    if self.session.receiving()
+                        && Instant::now() < self.last_byte + timer
+                        && Instant::now() < hard => {}
                 Err(TargetError::Timeout) if Instant::now() < deadline => {
                     nudges += 1;
                     self.nudges += 1;
