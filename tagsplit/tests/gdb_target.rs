@@ -722,7 +722,10 @@ fn a_reply_that_trickles_for_ever_ends_in_a_time_out() {
         let mut t = GdbTarget::connect_with(&addr.to_string(), options).unwrap();
         let mut b = [0u8; 4];
         let r = t.read_fresh(VirtAddr(0x1000), &mut b);
-        assert!(matches!(r, Err(TargetError::Timeout)), "no_ack {no_ack}: {r:?}");
+        assert!(
+            matches!(r, Err(TargetError::Timeout)),
+            "no_ack {no_ack}: {r:?}"
+        );
         drop(t);
         server.join().unwrap();
     }

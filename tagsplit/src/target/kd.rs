@@ -45,6 +45,10 @@ pub const DEFAULT_ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
 /// wait ends this long after the last packet, acknowledgement or duplicate the target
 /// sent (a slow but live link keeps the wait going; a dead one ends it).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request ends after this many [`REQUEST_TIMEOUT`]s in all, however much the target
+/// keeps sending meanwhile (a target that answers every request with damaged frames, or
+/// with anything but the answer, must not hold the debugger forever).
+pub const MAX_LIVE: u32 = 6;
 /// The longest the target may be silent, a reply to an idempotent request outstanding,
 /// before the request is sent again. The wait starts at [`REPLY_RESEND_FACTOR`] times
 /// the link's retransmission timer for a maximal packet (at least [`MIN_REPLY_RESEND`])
@@ -777,7 +781,10 @@ impl KdTarget {
             // after REPLY_RESEND of silence: its reply may have been lost after the
             // target thought it delivered (a flipped type bit, which KDCOM does not
             // checksum, turns a reply into debug output).
-            let give_up = started.max(self.last_heard) + REQUEST_TIMEOUT;
+            // However much the target says meanwhile (damaged frames, duplicates, debug
+            // output), a request ends by MAX_LIVE request time-outs.
+            let hard = started + REQUEST_TIMEOUT.saturating_mul(MAX_LIVE);
+            let give_up = (started.max(self.last_heard) + REQUEST_TIMEOUT).min(hard);
             let quiet = (self.link.retry_timer() * REPLY_RESEND_FACTOR)
                 .max(MIN_REPLY_RESEND)
                 .saturating_mul(1 << resends.min(8))
@@ -800,7 +807,8 @@ impl KdTarget {
                         .map_err(|e| TargetError::Protocol(e.to_string()));
                 }
                 Err(TargetError::Timeout)
-                    if Instant::now() < started.max(self.last_heard) + REQUEST_TIMEOUT =>
+                    if Instant::now()
+                        < (started.max(self.last_heard) + REQUEST_TIMEOUT).min(hard) =>
                 {
                     send = retry && Instant::now() >= sent.max(self.last_heard) + quiet;
                     if send {
