@@ -127,6 +127,20 @@ pub struct StacksReport {
     pub patches_restored: usize,
 }
 
+impl StacksReport {
+    /// The leaking stack (the first, when it has bytes outstanding).
+    pub fn leaking(&self) -> Option<&StackUsage> {
+        self.stacks.first().filter(|s| s.outstanding_bytes > 0)
+    }
+
+    /// The leaking stack's second frame (`module+0xoffset`): the return address into
+    /// the caller of the function that called the allocator. When that function is an
+    /// allocation helper (one site, several callers), this names the caller that leaks.
+    pub fn leaking_caller(&self) -> Option<&str> {
+        self.leaking()?.frames.get(1).map(String::as_str)
+    }
+}
+
 impl fmt::Display for StacksReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(

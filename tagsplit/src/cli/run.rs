@@ -261,10 +261,22 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
     match (&stacks, a.json) {
         (Some(s), true) => println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "split": report, "stacks": s }))?
+            serde_json::to_string_pretty(&serde_json::json!({
+                "split": report,
+                "stacks": s,
+                "leaking_caller": s.leaking_caller(),
+            }))?
         ),
         (None, true) => println!("{}", serde_json::to_string_pretty(&report)?),
-        (Some(s), false) => print!("{}\n{s}\n", report.to_text()),
+        (Some(s), false) => {
+            print!("{}\n{s}\n", report.to_text());
+            if let (Some(caller), Some(site)) = (s.leaking_caller(), report.leaks().next()) {
+                println!(
+                    "leaking caller: {caller} (the frame above {}'s function in the leaking stack)",
+                    site.hit.location()
+                );
+            }
+        }
         (None, false) => print!("{}", report.to_text()),
     }
     if let Some(path) = &a.plot {

@@ -21,6 +21,7 @@
 //! ramp. Otherwise it is **load**: it levels off (allocations freed at the rate they are
 //! made). A load whose blocks live longer than half the run looks like a leak; run longer.
 
+pub mod callers;
 pub mod classify;
 pub mod journal;
 pub mod tags;
@@ -311,9 +312,21 @@ pub struct Report {
     pub samples: u32,
     /// The restore.
     pub restore: RestoreSummary,
+    /// When exactly one site was patched and it leaks: the calls of the function that
+    /// holds it ([`callers::find_callers`]); several mean a helper whose leaking caller
+    /// only call stacks name (`--stacks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callers: Option<callers::SiteCallers>,
 }
 
 impl Report {
+    /// Whether the split can say no more than "this one site": it patched one site and
+    /// that site leaks, so a helper reached from several callers looks the same as a
+    /// site called once; call stacks tell them apart.
+    pub fn one_leaking_site(&self) -> bool {
+        self.sites.len() == 1 && self.leaks().count() == 1
+    }
+
     /// The sites judged to leak.
     pub fn leaks(&self) -> impl Iterator<Item = &SiteResult> {
         self.sites.iter().filter(|s| s.verdict == Verdict::Leak)
@@ -397,6 +410,23 @@ impl Report {
                 o,
                 "note: the tag is also applied indirectly (loaded from data); those allocations are not split"
             );
+        }
+        if self.one_leaking_site() {
+            let _ = match &self.callers {
+                Some(c) if c.several() => writeln!(
+                    o,
+                    "note: one site, reached from several callers: use --stacks to name the leaking caller (its function {} is called {} times in {} module(s): {})",
+                    c.function_location,
+                    c.calls.len(),
+                    c.modules,
+                    c.calls.join(", ")
+                ),
+                Some(_) => Ok(()),
+                None => writeln!(
+                    o,
+                    "note: one site leaks; if it is a helper reached from several callers, use --stacks to name the leaking caller"
+                ),
+            };
         }
         let _ = writeln!(o, "restore: {}", self.restore);
         o
@@ -570,6 +600,7 @@ impl<'a> Split<'a> {
                 run: "not run (no allocation site to patch)".into(),
                 samples: 0,
                 restore: RestoreSummary::default(),
+                callers: None,
             });
         }
         // Which tags exist, and the samples, are read per tag when the tracker follows
@@ -702,6 +733,23 @@ impl<'a> Split<'a> {
             },
             samples,
             restore,
+            callers: None,
+        })
+        .map(|mut report| {
+            // One leaking site: who calls its function (read-only, after the restore).
+            if report.one_leaking_site()
+                && let Some(site) = report.sites.first()
+            {
+                report.callers = callers::find_callers(
+                    &mut *self.target,
+                    site.hit.instruction_address.unwrap_or(site.hit.address),
+                )
+                .unwrap_or_else(|e| {
+                    tracing::debug!("callers of {}: {e}", site.hit.location());
+                    None
+                });
+            }
+            report
         })
     }
 }
