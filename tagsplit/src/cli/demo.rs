@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use tagsplit::PoolTag;
 use tagsplit::console::Console;
-use tagsplit::demo::{SEED_COMMANDS, transcript};
+use tagsplit::demo::{PART5_BREAKS, PART5_COMMANDS, SEED_COMMANDS, transcript};
 use tagsplit::split::{Split, SplitOptions};
 
 /// How the demo reaches the simulator.
@@ -126,6 +126,7 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
         cancel: Some(super::signals::install()),
         ..SplitOptions::default()
     };
+    let cancel = options.cancel.clone();
     let report = Split::new(target.as_mut(), PoolTag::new(*b"Leak"), options).run()?;
     print!("{}", report.to_text());
     print_stats(a.stats, target.as_ref());
@@ -138,6 +139,50 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
         "\nLeak against load, drawn: {} (outstanding bytes per new tag at each sample)",
         plot.display()
     );
+
+    // Part 5: who allocates Lea2. By hand on a fresh boot, then automated after the split.
+    let Opened {
+        target: mut manual,
+        _stub: manual_stub,
+    } = open(a.via)?;
+    println!(
+        "\n# Part 5 (PoolHitTag), by hand, on a fresh boot of {}:\n",
+        manual.describe()
+    );
+    print!(
+        "{}",
+        transcript(manual.as_mut(), &mut Console::new(), &PART5_COMMANDS)
+    );
+    drop(manual);
+    drop(manual_stub);
+    println!(
+        "\n# Part 5, automated (`tagsplit run --target {} --tag Leak --stacks --breaks {PART5_BREAKS}`): the split's leaking site keeps its tag, nt!PoolHitTag breaks on it:\n",
+        target.describe()
+    );
+    let identity = tagsplit::target::TargetIdentity::of("sim:part4")?;
+    let stacks_journal =
+        std::env::temp_dir().join(format!("tagsplit-demo-{}.stacks.json", std::process::id()));
+    let stacks = super::stacks::after_split(
+        target.as_mut(),
+        &report,
+        &identity,
+        &stacks_journal,
+        PART5_BREAKS,
+        cancel.unwrap_or_default(),
+    )?;
+    println!("{stacks}");
+    if let Some(caller) = stacks.leaking_caller() {
+        println!(
+            "leaking caller: {caller} (the frame above the allocation site's function); {} patch and nt!PoolHitTag restored{}",
+            stacks.patches_restored,
+            if stacks.journal_removed {
+                ", journal removed"
+            } else {
+                ""
+            }
+        );
+    }
+    print_stats(a.stats, target.as_ref());
     drop(target);
     drop(stub);
     println!(
