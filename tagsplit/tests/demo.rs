@@ -179,7 +179,7 @@ fn check_part5(text: &str) {
     assert!(auto.contains("nt!PoolHitTag restored to ffffff0f"));
     assert!(auto.contains("leaking caller: myfault+0x1697"));
     assert!(
-        auto.contains("1 patch and nt!PoolHitTag restored, journal removed"),
+        auto.contains("restore: 2 of 2 patches restored and verified, journal removed"),
         "{auto}"
     );
 }

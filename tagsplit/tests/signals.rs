@@ -626,3 +626,69 @@ fn a_killed_stacks_leaves_a_journal_that_restore_finishes() {
     assert_eq!(pool_hit_tag(&served), 0xffff_ff0f_u32.to_le_bytes());
     assert_eq!(journals(&state), Vec::<PathBuf>::new());
 }
+
+/// `tagsplit run --stacks` over GDB, signalled after its first `PoolHitTag` break (the
+/// leaking site still patched, `nt!PoolHitTag` set, both in the split's journal): it
+/// breaks in, restores the patches and `nt!PoolHitTag`, removes the journal, and exits
+/// with 128 + the signal.
+#[test]
+fn run_with_stacks_restores_everything_on_a_signal_while_breaking() {
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        let context = format!("run --stacks/breaking/{sig}");
+        let state = state_dir(&format!("run-stacks-{sig}"));
+        let served = Served::new("gdb");
+        let spec = served.spec();
+        let run = Run::start(
+            &[
+                "run", "--target", &spec, "--tag", "Leak", "--stacks", "--breaks", "1000",
+            ],
+            &state,
+            Some("breaking"),
+        );
+        let stderr = signalled(run, "breaking", sig, &context);
+        assert!(restored_all(&stderr), "{context}: restore line:\n{stderr}");
+        assert!(
+            stderr.contains("journal was removed"),
+            "{context}:\n{stderr}"
+        );
+        assert_eq!(journals(&state), Vec::<PathBuf>::new(), "{context}");
+        assert_original(&served, &context);
+        assert_eq!(pool_hit_tag(&served), 0xffff_ff0f_u32.to_le_bytes());
+    }
+}
+
+/// `tagsplit run --stacks` SIGKILLed after its first break leaves one journal that
+/// records both the leaking site's patch and `nt!PoolHitTag`; `tagsplit restore` puts
+/// back both.
+#[test]
+fn a_killed_run_with_stacks_leaves_one_journal_that_restore_finishes() {
+    let state = state_dir("run-stacks-kill");
+    let served = Served::new("gdb");
+    let spec = served.spec();
+    let mut run = Run::start(
+        &["run", "--target", &spec, "--tag", "Leak", "--stacks"],
+        &state,
+        Some("breaking"),
+    );
+    run.wait_line("test pause at breaking");
+    run.signal(Signal::SIGKILL);
+    let (status, _) = run.finish();
+    assert_eq!(status.code(), None);
+    let sites = served.sites().unwrap();
+    assert_eq!(
+        (sites[0], sites[1]),
+        (*b"Leak", *b"Lea2"),
+        "the leaking site alone stays split"
+    );
+    assert_eq!(pool_hit_tag(&served), *b"Lea2", "left set");
+    let left = journals(&state);
+    assert_eq!(left.len(), 1, "one journal: {left:?}");
+    let j = tagsplit::split::journal::Journal::read(&left[0]).unwrap();
+    assert_eq!(j.patches.len(), 3, "two sites and nt!PoolHitTag");
+    assert_eq!(j.patches[2].module, "ntoskrnl.exe");
+    let (status, stderr) = run_to_end(&["restore", "--target", &spec], &state);
+    assert!(status.success(), "{stderr}");
+    assert_original(&served, "restore");
+    assert_eq!(pool_hit_tag(&served), 0xffff_ff0f_u32.to_le_bytes());
+    assert_eq!(journals(&state), Vec::<PathBuf>::new());
+}

@@ -201,3 +201,56 @@ fn run_with_stacks_prints_the_leaking_caller_in_process_and_over_gdb() {
         );
     }
 }
+
+/// `SplitOptions::stacks`: the split keeps its leaking site patched in its own journal,
+/// which records `nt!PoolHitTag` before it is set; after the stacks everything is
+/// restored and the journal removed.
+#[test]
+fn a_split_with_stacks_collects_them_in_its_own_journal() {
+    use std::cell::RefCell;
+    use tagsplit::split::Phase;
+    use tagsplit::split::journal::Journal;
+
+    let dir = common::temp_dir("wrapper-split-stacks");
+    let path = dir.join("journal.json");
+    let mut t = SimTarget::builtin("wrapper").unwrap();
+    let options = SplitOptions {
+        journal: Some(path.clone()),
+        stacks: Some(options()),
+        ..SplitOptions::default()
+    };
+    let seen: RefCell<Vec<Journal>> = RefCell::new(Vec::new());
+    let breaks = RefCell::new(0u64);
+    let r = Split::new(&mut t, WRAPPER_TAG, options)
+        .on_phase(|p| {
+            if let Phase::Breaking { done, wanted } = p {
+                assert_eq!(wanted, 120);
+                *breaks.borrow_mut() = done;
+                if done == 1 {
+                    seen.borrow_mut().push(Journal::read(&path).unwrap());
+                }
+            }
+        })
+        .run()
+        .unwrap();
+    assert_eq!(*breaks.borrow(), 120, "a phase after every break");
+    let during = &seen.borrow()[0];
+    assert_eq!(during.patches.len(), 2, "the site, then nt!PoolHitTag");
+    assert_eq!(during.patches[0].new, *b"Wra1");
+    assert_eq!(during.patches[1].module, "ntoskrnl.exe");
+    assert_eq!(during.patches[1].new, *b"Wra1");
+    let stacks = r.stacks.as_ref().unwrap();
+    assert_eq!(stacks.tag, PoolTag::new(*b"Wra1"));
+    check(stacks);
+    assert!(
+        r.restore.complete() && r.restore.journal_removed,
+        "{}",
+        r.restore
+    );
+    assert!(!path.exists());
+    let helper = machine().sites().into_iter().find(|s| s.allocates).unwrap();
+    let mut now = [0u8; 4];
+    t.read_memory(helper.imm, &mut now).unwrap();
+    assert_eq!(now, *b"Wrap", "the site restored");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -121,13 +121,21 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
     );
     let journal =
         std::env::temp_dir().join(format!("tagsplit-demo-{}.journal.json", std::process::id()));
+    let cancel = super::signals::install();
     let options = SplitOptions {
         journal: Some(journal),
-        cancel: Some(super::signals::install()),
+        cancel: Some(cancel.clone()),
+        // Part 5 automated: before restoring, the leaking site keeps its tag and
+        // nt!PoolHitTag breaks on it (printed after Part 5 by hand).
+        stacks: Some(tagsplit::stacks::StacksOptions {
+            breaks: PART5_BREAKS,
+            cancel: Some(cancel),
+            ..tagsplit::stacks::StacksOptions::default()
+        }),
         ..SplitOptions::default()
     };
-    let cancel = options.cancel.clone();
-    let report = Split::new(target.as_mut(), PoolTag::new(*b"Leak"), options).run()?;
+    let mut report = Split::new(target.as_mut(), PoolTag::new(*b"Leak"), options).run()?;
+    let stacks = report.stacks.take();
     print!("{}", report.to_text());
     print_stats(a.stats, target.as_ref());
     let plot = a
@@ -156,33 +164,27 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
     drop(manual);
     drop(manual_stub);
     println!(
-        "\n# Part 5, automated (`tagsplit run --target {} --tag Leak --stacks --breaks {PART5_BREAKS}`): the split's leaking site keeps its tag, nt!PoolHitTag breaks on it:\n",
+        "\n# Part 5, automated: the split above ran with --stacks (`tagsplit run --target {} --tag Leak --stacks --breaks {PART5_BREAKS}`): before its restore, Lea2 stayed in place and nt!PoolHitTag broke on it:\n",
         target.describe()
     );
-    let identity = tagsplit::target::TargetIdentity::of("sim:part4")?;
-    let stacks_journal =
-        std::env::temp_dir().join(format!("tagsplit-demo-{}.stacks.json", std::process::id()));
-    let stacks = super::stacks::after_split(
-        target.as_mut(),
-        &report,
-        &identity,
-        &stacks_journal,
-        PART5_BREAKS,
-        cancel.unwrap_or_default(),
-    )?;
+    let stacks = stacks.ok_or_else(|| {
+        anyhow::anyhow!(
+            "no stacks: {}",
+            report.stacks_error.as_deref().unwrap_or("not collected")
+        )
+    })?;
     println!("{stacks}");
     if let Some(caller) = stacks.leaking_caller() {
         println!(
-            "leaking caller: {caller} (the frame above the allocation site's function); {} patch and nt!PoolHitTag restored{}",
-            stacks.patches_restored,
-            if stacks.journal_removed {
+            "leaking caller: {caller} (the frame above the allocation site's function); restore: {}{}",
+            report.restore,
+            if report.restore.journal_removed {
                 ", journal removed"
             } else {
                 ""
             }
         );
     }
-    print_stats(a.stats, target.as_ref());
     drop(target);
     drop(stub);
     println!(

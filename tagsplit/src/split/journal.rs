@@ -204,6 +204,56 @@ impl Journal {
         Ok(())
     }
 
+    /// Replaces the journal at `path`, which must still hold this journal's run (the same
+    /// [`run_id`](Journal::run_id)), with this content, durably: a temporary file beside
+    /// it, `fsync`, then a rename over it, so that the file holds the old journal or the
+    /// new one, whole, at every moment. How a run records a write it decides on after its
+    /// journal was written (`run --stacks`: `nt!PoolHitTag`) before making it.
+    pub fn replace(&self, path: &Path) -> Result<(), JournalError> {
+        let io = |source| JournalError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let on_disk = Journal::read(path)?;
+        if on_disk.run_id != self.run_id {
+            return Err(JournalError::Invalid {
+                path: path.to_path_buf(),
+                reason: "holds another run's journal now: not replaced".into(),
+            });
+        }
+        let text = serde_json::to_string_pretty(self).map_err(|e| JournalError::Invalid {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{name}.{}.next.tmp", self.run_id));
+        let written = (|| {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.write_all(b"\n")?;
+            f.sync_all()?;
+            fs::rename(&tmp, path)
+        })();
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written.map_err(io)?;
+        if let Some(Ok(d)) = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map(fs::File::open)
+        {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
     /// Removes the journal file at `path` if it is still this journal (same
     /// [`run_id`](Journal::run_id)); returns whether it was removed.
     pub fn remove_own(&self, path: &Path) -> bool {

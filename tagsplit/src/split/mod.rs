@@ -136,6 +136,14 @@ pub struct SplitOptions {
     /// Split even when allocation sites use tags that look like a split of this one
     /// (otherwise [`SplitError::LooksSplit`]).
     pub allow_lookalikes: bool,
+    /// Then collect call stacks (`run --stacks`): after the samples, every patch but the
+    /// leaking site's (the one that grew most) is restored; that one stays in place,
+    /// `nt!PoolHitTag` is set to its split tag (recorded in the same journal first,
+    /// [`crate::stacks::collect_in_split`]), the stacks of its allocations are collected
+    /// ([`Phase::Breaking`] after each break), and then everything is restored,
+    /// `nt!PoolHitTag` included, before the journal is removed. The report's
+    /// [`Report::stacks`] holds them. Without a leak, no stacks are collected.
+    pub stacks: Option<crate::stacks::StacksOptions>,
 }
 
 impl Default for SplitOptions {
@@ -150,6 +158,7 @@ impl Default for SplitOptions {
             identity: None,
             known_journals: Vec::new(),
             allow_lookalikes: false,
+            stacks: None,
         }
     }
 }
@@ -185,13 +194,22 @@ pub enum Phase {
         /// All samples after the baseline.
         total: u32,
     },
+    /// Collecting call stacks with `nt!PoolHitTag` ([`SplitOptions::stacks`]), the
+    /// leaking site still patched: reported before the first run (`done` 0) and after
+    /// each break.
+    Breaking {
+        /// Breaks taken.
+        done: u64,
+        /// Breaks wanted.
+        wanted: u64,
+    },
     /// Restoring every patch and reading each back.
     Restoring,
 }
 
 impl Phase {
     /// The phase's name: `checking`, `surveying`, `journalling`, `patching`, `running`,
-    /// `sampling`, `restoring`.
+    /// `sampling`, `breaking`, `restoring`.
     pub fn name(self) -> &'static str {
         match self {
             Phase::Checking => "checking",
@@ -200,6 +218,7 @@ impl Phase {
             Phase::Patching { .. } => "patching",
             Phase::Running { .. } => "running",
             Phase::Sampling { .. } => "sampling",
+            Phase::Breaking { .. } => "breaking",
             Phase::Restoring => "restoring",
         }
     }
@@ -317,6 +336,13 @@ pub struct Report {
     /// only call stacks name (`--stacks`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callers: Option<callers::SiteCallers>,
+    /// With [`SplitOptions::stacks`]: the call stacks of the leaking site's allocations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stacks: Option<crate::stacks::StacksReport>,
+    /// With [`SplitOptions::stacks`]: why no stacks were collected (no leak, or an
+    /// error while collecting; everything was restored all the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stacks_error: Option<String>,
 }
 
 impl Report {
@@ -490,6 +516,24 @@ impl<'t> PatchGuard<'t> {
         Ok(())
     }
 
+    /// Restores every applied patch but the one at `keep`, and verifies each; the patch
+    /// at `keep` (and any that did not go back) stays applied, for [`restore`](Self::restore).
+    pub fn restore_except(&mut self, keep: VirtAddr) -> RestoreSummary {
+        let (kept, others): (Vec<PatchRecord>, Vec<PatchRecord>) =
+            self.applied.drain(..).partition(|p| p.address == keep);
+        let states = journal::restore_many(&mut *self.target, &others);
+        self.applied = kept;
+        for (p, s) in others.iter().zip(&states) {
+            if !s.ok() {
+                self.applied.push(p.clone());
+            }
+        }
+        RestoreSummary {
+            patches: others.iter().map(|p| p.address).zip(states).collect(),
+            journal_removed: false,
+        }
+    }
+
     /// Restores every applied patch and verifies each ([`journal::restore_many`]).
     pub fn restore(&mut self) -> RestoreSummary {
         self.restored = true;
@@ -601,6 +645,8 @@ impl<'a> Split<'a> {
                 samples: 0,
                 restore: RestoreSummary::default(),
                 callers: None,
+                stacks: None,
+                stacks_error: None,
             });
         }
         // Which tags exist, and the samples, are read per tag when the tracker follows
@@ -678,13 +724,87 @@ impl<'a> Split<'a> {
                 phase: &mut phase,
             },
         );
+        // --stacks: the leaking site stays patched, the others go back, then the stacks.
+        let mut early = RestoreSummary::default();
+        let (mut stacks, mut stacks_error, mut hit_tag_back) = (None, None, true);
+        if let (Ok(series), Some(opts)) = (&measured, &self.options.stacks) {
+            match winner(series) {
+                None => stacks_error = Some("no site leaks: no stacks to collect".into()),
+                Some(w) => {
+                    let (keep, tag) = (
+                        records.get(w).map_or(VirtAddr(0), |r| r.address),
+                        new_tags.get(w).copied().unwrap_or(self.tag),
+                    );
+                    early = guard.restore_except(keep);
+                    if early.complete() {
+                        let mut opts = opts.clone();
+                        opts.cancel = opts.cancel.or_else(|| cancel.cloned());
+                        if let Some(f) = phase.as_mut() {
+                            f(Phase::Breaking {
+                                done: 0,
+                                wanted: opts.breaks as u64,
+                            });
+                        }
+                        let on_disk = journal_path.as_deref().map(|p| (&journal, p));
+                        let (result, back) = crate::stacks::collect_in_split(
+                            guard.target(),
+                            tag,
+                            &opts,
+                            on_disk,
+                            |p| {
+                                if let Some(f) = phase.as_mut() {
+                                    f(Phase::Breaking {
+                                        done: p.breaks,
+                                        wanted: p.wanted,
+                                    });
+                                }
+                            },
+                        );
+                        hit_tag_back = back;
+                        match result {
+                            Ok(r) => stacks = Some(r),
+                            Err(e) => stacks_error = Some(e.to_string()),
+                        }
+                    } else {
+                        stacks_error = Some(format!("not collected: restore: {early}"));
+                    }
+                }
+            }
+        }
         if let Some(f) = phase.as_mut() {
             f(Phase::Restoring);
         }
         let mut restore = guard.restore();
         drop(guard);
-        if let Some(path) = journal_path.as_ref().filter(|_| restore.complete()) {
+        if !early.patches.is_empty() {
+            // Each patch's last restore, in the order they were applied.
+            let last: Vec<(VirtAddr, RestoreState)> = records
+                .iter()
+                .filter_map(|r| {
+                    restore
+                        .patches
+                        .iter()
+                        .chain(&early.patches)
+                        .find(|(a, _)| *a == r.address)
+                        .copied()
+                })
+                .collect();
+            restore.patches = last;
+        }
+        if let Some(path) = journal_path
+            .as_ref()
+            .filter(|_| restore.complete() && hit_tag_back)
+        {
             restore.journal_removed = journal.remove_own(path);
+        }
+        let stopped = stacks
+            .as_ref()
+            .is_some_and(|s: &crate::stacks::StacksReport| s.ended == "interrupted");
+        if stopped && restore.complete() && hit_tag_back {
+            return Err(SplitError::Interrupted(restore));
+        }
+        if !hit_tag_back {
+            return Err(SplitError::RestoreIncomplete(restore));
         }
         let series = match measured {
             Ok(_) if !restore.complete() => return Err(SplitError::RestoreIncomplete(restore)),
@@ -734,6 +854,8 @@ impl<'a> Split<'a> {
             samples,
             restore,
             callers: None,
+            stacks,
+            stacks_error,
         })
         .map(|mut report| {
             // One leaking site: who calls its function (read-only, after the restore).
@@ -833,6 +955,20 @@ pub fn check_known_journals(
         }
     }
     Ok(())
+}
+
+/// The site whose split tag leaks and grew most over the run (index into the series).
+fn winner(series: &[Vec<TagUsage>]) -> Option<usize> {
+    series
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| judge(s) == Verdict::Leak)
+        .max_by_key(|(i, s)| {
+            let grew = i128::from(s.last().map_or(0, TagUsage::bytes))
+                - i128::from(s.first().map_or(0, TagUsage::bytes));
+            (grew, std::cmp::Reverse(*i))
+        })
+        .map(|(i, _)| i)
 }
 
 /// Leak rule (see the module docs): every second-half sample above every first-half one.
