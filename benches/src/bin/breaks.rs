@@ -30,11 +30,14 @@ enum Link {
     Kdcom,
 }
 
+/// The errors of this command.
+type Error = Box<dyn std::error::Error>;
+
+/// A target, and the GDB stub it needs alive.
+type Opened = (Box<dyn DebugTarget>, Option<GdbStubHandle>);
+
 /// A target over `link`, and the GDB stub it needs alive.
-fn open(
-    link: Link,
-    machine: Machine,
-) -> Result<(Box<dyn DebugTarget>, Option<GdbStubHandle>), Box<dyn std::error::Error>> {
+fn open(link: Link, machine: Machine) -> Result<Opened, Error> {
     let kd_options = || KdStubOptions {
         default_run_ticks: Scenario::builtin("part4").map(|s| s.default_run_ticks()),
         ..KdStubOptions::default()
