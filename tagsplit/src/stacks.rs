@@ -124,9 +124,11 @@ pub struct StacksReport {
     pub stacks: Vec<StackUsage>,
     /// `nt!PoolHitTag` as found, and written back.
     pub pool_hit_tag_restored: u32,
-    /// The journal of the write was removed after the write back was verified.
+    /// The journal of the write was removed after the write back was verified (in a
+    /// split with `stacks`, the split's journal, once everything was restored).
     pub journal_removed: bool,
-    /// Patches of [`StacksOptions::patches`] made and undone.
+    /// Patches of [`StacksOptions::patches`] made and undone (in a split with `stacks`,
+    /// 1: the leaking site's, kept for the stacks and restored with the others).
     pub patches_restored: usize,
 }
 

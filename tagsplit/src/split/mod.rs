@@ -797,6 +797,11 @@ impl<'a> Split<'a> {
         {
             restore.journal_removed = journal.remove_own(path);
         }
+        if let Some(st) = stacks.as_mut() {
+            // The site kept for the stacks, and the one journal, as the stacks saw them.
+            st.patches_restored = usize::from(restore.complete());
+            st.journal_removed = restore.journal_removed;
+        }
         let stopped = stacks
             .as_ref()
             .is_some_and(|s: &crate::stacks::StacksReport| s.ended == "interrupted");
