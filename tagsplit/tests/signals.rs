@@ -232,8 +232,13 @@ fn restored_all(stderr: &str) -> bool {
 fn kill_while_sampling(spec: &str, state: &Path, extra: &[&str]) {
     let mut args = vec!["run", "--target", spec, "--tag", "Leak"];
     args.extend(extra);
-    let mut run = Run::start(&args, state, Some("sampling"));
-    run.wait_line("test pause at sampling");
+    kill_at(&args, state, "sampling");
+}
+
+/// `tagsplit ARGS`, SIGKILLed while paused at `phase`.
+fn kill_at(args: &[&str], state: &Path, phase: &str) {
+    let mut run = Run::start(args, state, Some(phase));
+    run.wait_line(&format!("test pause at {phase}"));
     run.signal(Signal::SIGKILL);
     let (status, stderr) = run.finish();
     assert_eq!(status.code(), None, "killed: {stderr}");
@@ -605,15 +610,11 @@ fn a_killed_stacks_leaves_a_journal_that_restore_finishes() {
     let state = state_dir("stacks-kill");
     let served = Served::new("gdb");
     let spec = served.spec();
-    let mut run = Run::start(
+    kill_at(
         &["stacks", "--target", &spec, "--tag", "Leak"],
         &state,
-        Some("breaking"),
+        "breaking",
     );
-    run.wait_line("test pause at breaking");
-    run.signal(Signal::SIGKILL);
-    let (status, _) = run.finish();
-    assert_eq!(status.code(), None);
     assert_eq!(pool_hit_tag(&served), *b"Leak", "left set");
     assert_eq!(journals(&state).len(), 1);
     let (status, stderr) = run_to_end(&["stacks", "--target", &spec, "--tag", "Leak"], &state);
@@ -665,15 +666,11 @@ fn a_killed_run_with_stacks_leaves_one_journal_that_restore_finishes() {
     let state = state_dir("run-stacks-kill");
     let served = Served::new("gdb");
     let spec = served.spec();
-    let mut run = Run::start(
+    kill_at(
         &["run", "--target", &spec, "--tag", "Leak", "--stacks"],
         &state,
-        Some("breaking"),
+        "breaking",
     );
-    run.wait_line("test pause at breaking");
-    run.signal(Signal::SIGKILL);
-    let (status, _) = run.finish();
-    assert_eq!(status.code(), None);
     let sites = served.sites().unwrap();
     assert_eq!(
         (sites[0], sites[1]),

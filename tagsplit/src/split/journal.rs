@@ -24,6 +24,17 @@ fn exists(path: &Path) -> JournalError {
     }
 }
 
+/// Best-effort sync of the directory holding `path` (a new or renamed entry in it).
+fn sync_dir(path: &Path) {
+    if let Some(Ok(d)) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(fs::File::open)
+    {
+        let _ = d.sync_all();
+    }
+}
+
 /// A value no other run shares: process id, time and a per-process counter.
 fn new_run_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -169,28 +180,11 @@ impl Journal {
         if path.symlink_metadata().is_ok() {
             return Err(exists(path));
         }
-        let text = serde_json::to_string_pretty(self).map_err(|e| JournalError::Invalid {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
         if let Some(d) = dir {
             fs::create_dir_all(d).map_err(io)?;
         }
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = path.with_file_name(format!(".{name}.{}.tmp", self.run_id));
-        let written = (|| {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.write_all(b"\n")?;
-            f.sync_all()
-        })();
+        let (tmp, written) = self.write_beside(path, "tmp")?;
         let linked = written.and_then(|()| fs::hard_link(&tmp, path));
         let _ = fs::remove_file(&tmp);
         match linked {
@@ -198,9 +192,7 @@ impl Journal {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(exists(path)),
             Err(e) => return Err(io(e)),
         }
-        if let Some(Ok(d)) = dir.map(fs::File::open) {
-            let _ = d.sync_all();
-        }
+        sync_dir(path);
         Ok(())
     }
 
@@ -221,6 +213,24 @@ impl Journal {
                 reason: "holds another run's journal now: not replaced".into(),
             });
         }
+        let (tmp, written) = self.write_beside(path, "next.tmp")?;
+        let renamed = written.and_then(|()| fs::rename(&tmp, path));
+        if renamed.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        renamed.map_err(io)?;
+        sync_dir(path);
+        Ok(())
+    }
+
+    /// Writes this journal, synced, to a new file beside `path`
+    /// (`.NAME.RUN_ID.SUFFIX`); returns that file and how the write went (the caller
+    /// links or renames it, or removes it).
+    fn write_beside(
+        &self,
+        path: &Path,
+        suffix: &str,
+    ) -> Result<(PathBuf, std::io::Result<()>), JournalError> {
         let text = serde_json::to_string_pretty(self).map_err(|e| JournalError::Invalid {
             path: path.to_path_buf(),
             reason: e.to_string(),
@@ -229,7 +239,7 @@ impl Journal {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let tmp = path.with_file_name(format!(".{name}.{}.next.tmp", self.run_id));
+        let tmp = path.with_file_name(format!(".{name}.{}.{suffix}", self.run_id));
         let written = (|| {
             let mut f = fs::OpenOptions::new()
                 .write(true)
@@ -237,21 +247,9 @@ impl Journal {
                 .open(&tmp)?;
             f.write_all(text.as_bytes())?;
             f.write_all(b"\n")?;
-            f.sync_all()?;
-            fs::rename(&tmp, path)
+            f.sync_all()
         })();
-        if written.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        written.map_err(io)?;
-        if let Some(Ok(d)) = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .map(fs::File::open)
-        {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        Ok((tmp, written))
     }
 
     /// Removes the journal file at `path` if it is still this journal (same
