@@ -333,7 +333,8 @@ fn progress_text(now: &MeterNow) -> String {
         indicatif::HumanBytes(now.wire.bytes_received),
         indicatif::HumanBytes(now.wire.bytes_sent)
     );
-    if let Some(eta) = now.eta {
+    // The estimate is the samples'; the breaks after them have none.
+    if let Some(eta) = now.eta.filter(|_| now.breaks_total == 0) {
         t.push_str(&format!(", about {:.1} s left", eta.as_secs_f64()));
     }
     t

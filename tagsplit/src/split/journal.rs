@@ -668,4 +668,35 @@ mod tests {
         assert_eq!(states, [RestoreState::Restored, RestoreState::Restored]);
         assert_eq!(bytes(&mut t, 0x1000, 4), b"abcd");
     }
+
+    /// `replace` swaps a journal's content only while the file holds the same run; a
+    /// journal of another run is left as it is.
+    #[test]
+    fn replace_updates_its_own_journal_and_refuses_another_run() {
+        let dir = std::env::temp_dir().join(format!("tagsplit-replace-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let path = dir.join("j.json");
+        let one = Journal::new(
+            "t".into(),
+            None,
+            "Leak".into(),
+            vec![patch(0x1000, b"Leak", b"Lea1")],
+        );
+        one.write(&path).unwrap();
+        let mut more = one.clone();
+        more.patches
+            .push(patch(0x2000, b"\x0f\xff\xff\xff", b"Lea1"));
+        more.replace(&path).unwrap();
+        assert_eq!(Journal::read(&path).unwrap(), more);
+        let other = Journal::new("t".into(), None, "Leak".into(), Vec::new());
+        assert!(matches!(
+            other.replace(&path),
+            Err(JournalError::Invalid { .. })
+        ));
+        assert_eq!(Journal::read(&path).unwrap(), more, "left as it was");
+        let leftovers: Vec<_> = fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file left");
+        assert!(more.remove_own(&path));
+        let _ = fs::remove_dir_all(&dir);
+    }
 }
