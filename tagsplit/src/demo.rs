@@ -14,6 +14,22 @@ pub const SEED_COMMANDS: [&str; 7] = [
     "!poolused /t5 2",
 ];
 
+/// Part 5 by hand on `part4` (NTDebugging's "Troubleshooting Pool Leaks Part 5"): the
+/// winning site of Part 4 gets its split tag `Lea2`, `nt!PoolHitTag` is set to it, the
+/// machine runs to the first break (an allocation of `Lea2`), `k` shows who allocates;
+/// then `nt!PoolHitTag` and the site are put back.
+pub const PART5_COMMANDS: [&str; 6] = [
+    "eb myfault+0x1621+3 32",
+    "ed nt!PoolHitTag 3261654c",
+    "g",
+    "k",
+    "ed nt!PoolHitTag ffffff0f",
+    "eb myfault+0x1621+3 6b",
+];
+
+/// Breaks the demo's automated Part 5 takes.
+pub const PART5_BREAKS: usize = 20;
+
 /// Runs `commands` in `console` on `target` and returns the `kd>` transcript: each
 /// command after the prompt, then its output.
 pub fn transcript(

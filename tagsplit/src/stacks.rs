@@ -15,8 +15,11 @@
 //! through [`journal::restore_one`] (only if the variable still holds the tag) and removes
 //! the journal once verified.
 //!
-//! Round trips per break: see [`hittag`] (9 for an allocation over GDB, 8 over KD; 4
-//! for a free).
+//! Round trips per break, measured in this loop on `part4` over loopback
+//! (`cargo run --release -p tagsplit-benches --bin breaks`): an allocation's break with
+//! its stack and block, 10 over GDB and 7 KD requests and 2 Continues; a free's, 5 over
+//! GDB and 4 KD requests and 1 Continue (see [`hittag`] for the steps; in the loop the
+//! run limit goes with every run and the code at `rip` is read at every break).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -121,10 +124,26 @@ pub struct StacksReport {
     pub stacks: Vec<StackUsage>,
     /// `nt!PoolHitTag` as found, and written back.
     pub pool_hit_tag_restored: u32,
-    /// The journal of the write was removed after the write back was verified.
+    /// The journal of the write was removed after the write back was verified (in a
+    /// split with `stacks`, the split's journal, once everything was restored).
     pub journal_removed: bool,
-    /// Patches of [`StacksOptions::patches`] made and undone.
+    /// Patches of [`StacksOptions::patches`] made and undone (in a split with `stacks`,
+    /// 1: the leaking site's, kept for the stacks and restored with the others).
     pub patches_restored: usize,
+}
+
+impl StacksReport {
+    /// The leaking stack (the first, when it has bytes outstanding).
+    pub fn leaking(&self) -> Option<&StackUsage> {
+        self.stacks.first().filter(|s| s.outstanding_bytes > 0)
+    }
+
+    /// The leaking stack's second frame (`module+0xoffset`): the return address into
+    /// the caller of the function that called the allocator. When that function is an
+    /// allocation helper (one site, several callers), this names the caller that leaks.
+    pub fn leaking_caller(&self) -> Option<&str> {
+        self.leaking()?.frames.get(1).map(String::as_str)
+    }
 }
 
 impl fmt::Display for StacksReport {
@@ -179,26 +198,115 @@ pub fn collect<T: DebugTarget + ?Sized>(
     target: &mut T,
     tag: PoolTag,
     options: &StacksOptions,
-    mut progress: impl FnMut(&Progress),
+    progress: impl FnMut(&Progress),
 ) -> Result<StacksReport, HitTagError> {
+    let mode = match &options.journal {
+        Some(spec) => JournalMode::New(spec),
+        None => JournalMode::None,
+    };
+    collect_with(target, tag, options, mode, progress).0
+}
+
+/// [`collect`] inside a split that keeps its leaking site's patch in place
+/// (`tagsplit run --stacks`): the split's journal (`journal`, on disk at its path) is
+/// replaced by one that also records the write of `nt!PoolHitTag`, before the write
+/// ([`Journal::replace`]); `nt!PoolHitTag` (and [`StacksOptions::patches`]) are written
+/// back at the end, and the journal is left for the split, which removes it once its own
+/// patches are restored. Returns the result, and whether every byte this wrote holds its
+/// original again (when not, the journal must be kept).
+pub fn collect_in_split<T: DebugTarget + ?Sized>(
+    target: &mut T,
+    tag: PoolTag,
+    options: &StacksOptions,
+    journal: Option<(&Journal, &std::path::Path)>,
+    progress: impl FnMut(&Progress),
+) -> (Result<StacksReport, HitTagError>, bool) {
+    let mode = match journal {
+        Some((j, path)) => JournalMode::Extend(j, path),
+        None => JournalMode::None,
+    };
+    collect_with(target, tag, options, mode, progress)
+}
+
+/// How [`collect_with`] journals its writes.
+enum JournalMode<'a> {
+    /// Not at all.
+    None,
+    /// In a new journal.
+    New(&'a JournalSpec),
+    /// By replacing a split's journal with one that records them too.
+    Extend(&'a Journal, &'a std::path::Path),
+}
+
+/// What [`collect_with`] needs before its first write.
+struct Prepared {
+    symbols: KernelSymbols,
+    before: u32,
+    address: VirtAddr,
+    records: Vec<PatchRecord>,
+    written: Option<(Journal, std::path::PathBuf)>,
+}
+
+/// Reads what the writes need and journals them.
+fn prepare<T: DebugTarget + ?Sized>(
+    target: &mut T,
+    tag: PoolTag,
+    options: &StacksOptions,
+    mode: JournalMode<'_>,
+) -> Result<Prepared, HitTagError> {
     let symbols = KernelSymbols::read(target)?;
     let before = hittag::read_pool_hit_tag(target, &symbols)?;
     let address = hittag::pool_hit_tag_address(&symbols)?;
     let mut records = options.patches.clone();
     records.push(patch_record(target, address, before, tag)?);
-    let written = match &options.journal {
-        Some(spec) => {
+    let journal_error = |e: journal::JournalError| HitTagError::Journal(e.to_string());
+    let written = match mode {
+        JournalMode::None => None,
+        JournalMode::New(spec) => {
             let j = Journal::new(
                 target.describe(),
                 spec.identity.clone(),
                 tag.to_string(),
                 records.clone(),
             );
-            j.write(&spec.path)
-                .map_err(|e| HitTagError::Journal(e.to_string()))?;
+            j.write(&spec.path).map_err(journal_error)?;
             Some((j, spec.path.clone()))
         }
-        None => None,
+        JournalMode::Extend(j, path) => {
+            let mut next = j.clone();
+            next.patches.extend(records.iter().cloned());
+            next.replace(path).map_err(journal_error)?;
+            None
+        }
+    };
+    Ok(Prepared {
+        symbols,
+        before,
+        address,
+        records,
+        written,
+    })
+}
+
+/// [`collect`] with the journal as `mode` says; also returns whether every byte written
+/// holds its original again.
+fn collect_with<T: DebugTarget + ?Sized>(
+    target: &mut T,
+    tag: PoolTag,
+    options: &StacksOptions,
+    mode: JournalMode<'_>,
+    mut progress: impl FnMut(&Progress),
+) -> (Result<StacksReport, HitTagError>, bool) {
+    let Prepared {
+        symbols,
+        before,
+        address,
+        records,
+        written,
+    } = match prepare(target, tag, options, mode) {
+        Ok(p) => p,
+        // Nothing was written.
+        Err(e) => return (Err(e), true),
     };
     let mut window = Window::default();
     let outcome = apply(target, &options.patches)
@@ -217,16 +325,18 @@ pub fn collect<T: DebugTarget + ?Sized>(
         Some((j, path)) if all_back => j.remove_own(path),
         _ => false,
     };
-    let ended = outcome?;
-    if !all_back {
-        return Err(HitTagError::NotRestored(format!(
-            "not every byte could be written back (nt!PoolHitTag at {address} to {before:08x}, then the patches): {states:?}"
-        )));
-    }
-    let mut report = window.report(target.describe(), tag, ended, before);
-    report.journal_removed = journal_removed;
-    report.patches_restored = options.patches.len();
-    Ok(report)
+    let result = outcome.and_then(|ended| {
+        if !all_back {
+            return Err(HitTagError::NotRestored(format!(
+                "not every byte could be written back (nt!PoolHitTag at {address} to {before:08x}, then the patches): {states:?}"
+            )));
+        }
+        let mut report = window.report(target.describe(), tag, ended, before);
+        report.journal_removed = journal_removed;
+        report.patches_restored = options.patches.len();
+        Ok(report)
+    });
+    (result, all_back)
 }
 
 /// Writes each patch's new bytes where its original bytes are, and reads them back.

@@ -232,8 +232,13 @@ fn restored_all(stderr: &str) -> bool {
 fn kill_while_sampling(spec: &str, state: &Path, extra: &[&str]) {
     let mut args = vec!["run", "--target", spec, "--tag", "Leak"];
     args.extend(extra);
-    let mut run = Run::start(&args, state, Some("sampling"));
-    run.wait_line("test pause at sampling");
+    kill_at(&args, state, "sampling");
+}
+
+/// `tagsplit ARGS`, SIGKILLed while paused at `phase`.
+fn kill_at(args: &[&str], state: &Path, phase: &str) {
+    let mut run = Run::start(args, state, Some(phase));
+    run.wait_line(&format!("test pause at {phase}"));
     run.signal(Signal::SIGKILL);
     let (status, stderr) = run.finish();
     assert_eq!(status.code(), None, "killed: {stderr}");
@@ -260,14 +265,21 @@ fn signalled(mut run: Run, phase: &str, sig: Signal, context: &str) -> String {
 
 /// `nt!PoolHitTag` of the machine behind a GDB stub.
 fn pool_hit_tag(served: &Served) -> [u8; 4] {
-    let Served::Gdb(stub) = served else {
-        panic!("a GDB-served machine")
-    };
-    stub.with_machine(|m| {
+    served_pool_hit_tag(served).expect("a served machine")
+}
+
+/// `nt!PoolHitTag` of a served machine; `None` for the in-process simulator.
+fn served_pool_hit_tag(served: &Served) -> Option<[u8; 4]> {
+    let read = |m: &mut Machine| {
         let mut v = [0u8; 4];
         m.read(m.kernel().pool_hit_tag, &mut v).unwrap();
         v
-    })
+    };
+    match served {
+        Served::Sim | Served::Kdnet(None) => None,
+        Served::Gdb(s) => Some(s.with_machine(read)),
+        Served::Kdcom(s) | Served::Kdnet(Some(s)) => Some(s.with_machine(read)),
+    }
 }
 
 /// Runs `tagsplit run` paused at `phase`, sends `sig`, and checks the outcome.
@@ -605,15 +617,11 @@ fn a_killed_stacks_leaves_a_journal_that_restore_finishes() {
     let state = state_dir("stacks-kill");
     let served = Served::new("gdb");
     let spec = served.spec();
-    let mut run = Run::start(
+    kill_at(
         &["stacks", "--target", &spec, "--tag", "Leak"],
         &state,
-        Some("breaking"),
+        "breaking",
     );
-    run.wait_line("test pause at breaking");
-    run.signal(Signal::SIGKILL);
-    let (status, _) = run.finish();
-    assert_eq!(status.code(), None);
     assert_eq!(pool_hit_tag(&served), *b"Leak", "left set");
     assert_eq!(journals(&state).len(), 1);
     let (status, stderr) = run_to_end(&["stacks", "--target", &spec, "--tag", "Leak"], &state);
@@ -623,6 +631,80 @@ fn a_killed_stacks_leaves_a_journal_that_restore_finishes() {
     );
     let (status, stderr) = run_to_end(&["restore", "--target", &spec], &state);
     assert!(status.success(), "{stderr}");
+    assert_eq!(pool_hit_tag(&served), 0xffff_ff0f_u32.to_le_bytes());
+    assert_eq!(journals(&state), Vec::<PathBuf>::new());
+}
+
+/// `tagsplit run --stacks` in process, over GDB, KDCOM and KDNET, signalled after its
+/// first `PoolHitTag` break (the leaking site still patched, `nt!PoolHitTag` set, both in
+/// the split's journal): it breaks in, restores the patches and `nt!PoolHitTag`, removes
+/// the journal, and exits with 128 + the signal.
+#[test]
+fn run_with_stacks_restores_everything_on_a_signal_while_breaking() {
+    for (kind, sig) in [
+        ("sim", Signal::SIGHUP),
+        ("gdb", Signal::SIGINT),
+        ("kdcom", Signal::SIGTERM),
+        ("kdnet", Signal::SIGINT),
+    ] {
+        let context = format!("run --stacks/{kind}/breaking/{sig}");
+        let state = state_dir(&format!("run-stacks-{kind}"));
+        let mut served = Served::new(kind);
+        let spec = served.spec();
+        let mut run = Run::start(
+            &[
+                "run", "--target", &spec, "--tag", "Leak", "--stacks", "--breaks", "1000",
+            ],
+            &state,
+            Some("breaking"),
+        );
+        attach_kdnet(&mut served, &mut run);
+        let stderr = signalled(run, "breaking", sig, &context);
+        assert!(restored_all(&stderr), "{context}: restore line:\n{stderr}");
+        assert!(
+            stderr.contains("journal was removed"),
+            "{context}:\n{stderr}"
+        );
+        assert_eq!(journals(&state), Vec::<PathBuf>::new(), "{context}");
+        assert_original(&served, &context);
+        if kind != "sim" {
+            assert_eq!(
+                served_pool_hit_tag(&served),
+                Some(0xffff_ff0f_u32.to_le_bytes()),
+                "{context}"
+            );
+        }
+    }
+}
+
+/// `tagsplit run --stacks` SIGKILLed after its first break leaves one journal that
+/// records both the leaking site's patch and `nt!PoolHitTag`; `tagsplit restore` puts
+/// back both.
+#[test]
+fn a_killed_run_with_stacks_leaves_one_journal_that_restore_finishes() {
+    let state = state_dir("run-stacks-kill");
+    let served = Served::new("gdb");
+    let spec = served.spec();
+    kill_at(
+        &["run", "--target", &spec, "--tag", "Leak", "--stacks"],
+        &state,
+        "breaking",
+    );
+    let sites = served.sites().unwrap();
+    assert_eq!(
+        (sites[0], sites[1]),
+        (*b"Leak", *b"Lea2"),
+        "the leaking site alone stays split"
+    );
+    assert_eq!(pool_hit_tag(&served), *b"Lea2", "left set");
+    let left = journals(&state);
+    assert_eq!(left.len(), 1, "one journal: {left:?}");
+    let j = tagsplit::split::journal::Journal::read(&left[0]).unwrap();
+    assert_eq!(j.patches.len(), 3, "two sites and nt!PoolHitTag");
+    assert_eq!(j.patches[2].module, "ntoskrnl.exe");
+    let (status, stderr) = run_to_end(&["restore", "--target", &spec], &state);
+    assert!(status.success(), "{stderr}");
+    assert_original(&served, "restore");
     assert_eq!(pool_hit_tag(&served), 0xffff_ff0f_u32.to_le_bytes());
     assert_eq!(journals(&state), Vec::<PathBuf>::new());
 }

@@ -2,7 +2,8 @@
 
 use crate::pool::PoolType;
 use crate::scenario::{
-    BackgroundSpec, CompareStyle, ModuleSpec, PoolSpec, Scenario, SiteKindSpec, SiteSpec,
+    AllocStyle, BackgroundSpec, CallerSpec, CompareStyle, ModuleSpec, PoolSpec, Scenario,
+    SiteKindSpec, SiteSpec,
 };
 use crate::types::PoolTag;
 
@@ -101,6 +102,61 @@ pub fn many_sites() -> Scenario {
         (b"MmSt", PoolType::PAGED, 20480, 40),
         (b"CM31", PoolType::PAGED, 4096, 60),
         (b"Ntff", PoolType::PAGED, 1040, 200),
+    ]);
+    s
+}
+
+/// The tag the `wrapper` scenario's helper allocates under.
+pub const WRAPPER_TAG: PoolTag = PoolTag::new(*b"Wrap");
+
+/// The caller of the `wrapper` scenario's helper that leaks: its module and name.
+pub const WRAPPER_LEAKER: (&str, &str) = ("netfilt.sys", "FilterReceive");
+
+/// `wrapper`: one allocation site serves five callers. `bufpool.sys` exports an
+/// allocation helper, `AllocBuffer(size)` (`mov edx, ecx; mov ecx, 0; mov r8d, 'Wrap';
+/// call [ExAllocatePoolWithTag]`), and a free site with the tag; three of its own
+/// functions call the helper (`call rel32`), and two of `netfilt.sys`'s (through a
+/// pointer to it in netfilt's `.data`, as an import). Each caller allocates on its own
+/// clock; all but one free their buffers a few ticks later: `netfilt.sys`'s
+/// `FilterReceive` ([`WRAPPER_LEAKER`]) never does. A tag split finds one allocation site
+/// (the helper) and can say no more; the call stacks of its allocations name the caller.
+pub fn wrapper() -> Scenario {
+    let mut s = Scenario::new("wrapper");
+    s.description =
+        "one allocation helper, AllocBuffer(size), tags every buffer 'Wrap' for five callers in two drivers; one caller leaks".into();
+    s.seed = 5;
+    s.boot_ticks = 6;
+    s.run_ticks = 400;
+    let caller =
+        |module: &str, name: &str, size: u64, every: u64, phase: u64, free_after| CallerSpec {
+            module: module.into(),
+            name: name.into(),
+            size,
+            every,
+            phase,
+            count: 1,
+            free_after,
+        };
+    let (leak_module, leak_name) = WRAPPER_LEAKER;
+    let mut helper = SiteSpec::new(SiteKindSpec::Alloc, WRAPPER_TAG);
+    helper.style = AllocStyle::Helper;
+    helper.callers = vec![
+        caller("bufpool.sys", "ReadComplete", 512, 1, 0, Some(3)),
+        caller("bufpool.sys", "WriteComplete", 256, 2, 1, Some(2)),
+        caller("bufpool.sys", "QueryBuffers", 128, 3, 2, Some(4)),
+        caller(leak_module, "FilterSend", 384, 2, 0, Some(3)),
+        caller(leak_module, leak_name, 4096, 2, 1, None),
+    ];
+    let mut bufpool = ModuleSpec::new("bufpool.sys");
+    bufpool.sites.push(helper);
+    bufpool
+        .sites
+        .push(SiteSpec::new(SiteKindSpec::Free, WRAPPER_TAG));
+    s.modules = vec![bufpool, ModuleSpec::new(leak_module)];
+    s.background = background(&[
+        (b"File", PoolType::NON_PAGED, 200, 300),
+        (b"Thre", PoolType::NON_PAGED, 1160, 40),
+        (b"Ntff", PoolType::PAGED, 1040, 100),
     ]);
     s
 }

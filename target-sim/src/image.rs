@@ -83,6 +83,9 @@ pub enum AllocStyle {
     /// myfault.sys's second site: `mov r8d, tag; cmp eax,ecx; cmovb eax,ecx;
     /// xor ecx,ecx; mov edx,eax; call [..]`.
     MyfaultXor,
+    /// An allocation helper, `AllocBuffer(size)`, whose callers pass the size in `ecx`:
+    /// `mov edx, ecx; mov ecx, type; mov r8d, tag; call [ExAllocatePoolWithTag]`.
+    Helper,
 }
 
 /// How a compare decoy is encoded.
@@ -109,6 +112,16 @@ pub struct SiteLocs {
     pub call: Option<Loc>,
     /// The start of the function holding a code site (`None` for text in `.rdata`).
     pub function: Option<Loc>,
+}
+
+/// Where [`ImageBuilder::helper_caller`]'s call of an allocation helper goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HelperRef {
+    /// A function of the image being built: `call rel32`.
+    Local(Loc),
+    /// A function of another image, at this address: `call [rip+slot]` through a pointer
+    /// to it in this image's `.data`.
+    Pointer(VirtAddr),
 }
 
 /// One instruction of a function up to one of its calls, as the simulator replays it: a
@@ -878,6 +891,12 @@ impl ImageBuilder {
                 v.extend_from_slice(&size.to_le_bytes());
                 v
             }
+            AllocStyle::Helper => {
+                // sub rsp,28h; mov edx,ecx; mov ecx, type
+                let mut v = vec![0x48, 0x83, 0xec, 0x28, 0x8b, 0xd1, 0xb9];
+                v.extend_from_slice(&pool_type.to_le_bytes());
+                v
+            }
             AllocStyle::MyfaultLea | AllocStyle::MyfaultXor => {
                 // sub rsp,28h; mov eax,edx; mov ecx,1000h
                 vec![
@@ -894,7 +913,7 @@ impl ImageBuilder {
         let instr = self.code(&[0x41, 0xb8]);
         let imm = self.code(&tag.bytes());
         match style {
-            AllocStyle::Plain => {}
+            AllocStyle::Plain | AllocStyle::Helper => {}
             AllocStyle::MyfaultLea => {
                 // cmp eax,ecx; cmovb eax,ecx; lea ecx,[r9-3]; mov edx,eax
                 self.code(&[
@@ -915,6 +934,46 @@ impl ImageBuilder {
             call: Some(call),
             function: Some(Loc::Text(begin as u64)),
         })
+    }
+
+    /// Emits a caller of an allocation helper (an [`AllocStyle::Helper`] site):
+    /// `prolog`, `mov ecx, size`, the call of the helper, the epilog and `ret`. A helper
+    /// in this image is called with `call rel32`; one in another image (a driver's
+    /// exported helper) through a pointer to it in this image's `.data`, as an imported
+    /// function is through its IAT slot (`call [rip+slot]`). Returns where the caller
+    /// begins, its `call` and its frame (the prolog's steps and the call's return
+    /// address).
+    pub fn helper_caller(
+        &mut self,
+        prolog: &[Step],
+        size: u32,
+        helper: HelperRef,
+    ) -> Result<(Loc, Loc, FrameSteps), SimError> {
+        let slot = match helper {
+            HelperRef::Pointer(at) => Some(self.data(&at.0.to_le_bytes(), 8)),
+            HelperRef::Local(_) => None,
+        };
+        let f = self.begin_function(prolog)?;
+        self.code(&[0xb9]);
+        self.code(&size.to_le_bytes());
+        let call = self.here();
+        let ret = match (helper, slot) {
+            (_, Some(slot)) => {
+                self.code_rip(&[0xff, 0x15], slot);
+                self.here()
+            }
+            (HelperRef::Local(at), None) => self.call_rel(at),
+            (HelperRef::Pointer(_), None) => return Err(err("helper pointer without a slot")),
+        };
+        let begin = self.end_function(f);
+        Ok((
+            begin,
+            call,
+            FrameSteps {
+                steps: prolog.to_vec(),
+                returns: vec![ret],
+            },
+        ))
     }
 
     /// Emits an allocation site whose tag comes from a `.data` global:

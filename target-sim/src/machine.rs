@@ -3,12 +3,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::SimError;
-use crate::image::{FileLayout, ImageBuilder, Loc, SiteLocs, Step, WorkerShape};
+use crate::image::{
+    FileLayout, FrameSteps, HelperRef, ImageBuilder, Loc, SiteLocs, Step, WorkerShape,
+};
 use crate::kernel::{self, LdrModule, NtKernel};
 use crate::layout::PAGE_SIZE;
 use crate::memory::{MemError, Memory};
 use crate::pool::{Pool, PoolError, PoolLayout, PoolType};
-use crate::scenario::{Scenario, SiteKindSpec, SiteSpec};
+use crate::scenario::{CallerSpec, Scenario, SiteKindSpec, SiteSpec};
 use crate::types::{PROTECTED_POOL, PoolTag, VirtAddr};
 use crate::workload::{Actor, Cursor, FreeSchedule, SplitMix64, TagSource};
 use tagsplit_protocol::nt::unwind::Reg;
@@ -92,6 +94,29 @@ pub struct SiteInfo {
     pub size: u64,
     /// Whether it allocates on the clock.
     pub allocates: bool,
+}
+
+/// Ground truth about one caller of an allocation helper ([`CallerSpec`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CallerInfo {
+    /// The caller's module (`BaseDllName`).
+    pub module: String,
+    /// Its name (exported by its module).
+    pub name: String,
+    /// The helper's site (index into [`Machine::sites`]).
+    pub site: usize,
+    /// Where the caller begins.
+    pub function: VirtAddr,
+    /// Its `call` of the helper.
+    pub call: VirtAddr,
+    /// The return address of that call: the frame above the helper in a stack of its
+    /// allocations.
+    pub return_address: VirtAddr,
+    /// Bytes per allocation.
+    pub size: u64,
+    /// Whether its allocations are never freed.
+    pub leaks: bool,
 }
 
 /// Where the kernel keeps what a debugger needs.
@@ -203,6 +228,9 @@ pub struct LastAllocation {
     pub tag: PoolTag,
     /// The block (`None` when the pool refused).
     pub addr: Option<VirtAddr>,
+    /// For a helper's allocation: the caller through which it was made (index into
+    /// [`Machine::callers`]).
+    pub caller: Option<usize>,
 }
 
 /// The last free of a block that a site allocated on the clock.
@@ -215,6 +243,25 @@ pub struct LastFree {
     pub addr: VirtAddr,
     /// The tag it was charged to.
     pub tag: PoolTag,
+    /// For a helper's block: the caller that allocated it (index into
+    /// [`Machine::callers`]); that caller's worker thread frees it.
+    pub caller: Option<usize>,
+}
+
+/// Which call chain an allocation runs through: a site's own, or a helper's caller's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ChainKey {
+    /// The site's (index into [`Machine::sites`]).
+    Site(usize),
+    /// The caller's (index into [`Machine::callers`]).
+    Caller(usize),
+}
+
+impl ChainKey {
+    /// The key of `site`'s allocations, through `caller` if any.
+    fn of(site: usize, caller: Option<usize>) -> ChainKey {
+        caller.map_or(ChainKey::Site(site), ChainKey::Caller)
+    }
 }
 
 /// A site's call chain on its module's worker thread, as the simulator replays it.
@@ -261,6 +308,9 @@ pub struct Machine {
     ctx: CpuContext,
     failed_allocs: u64,
     chains: Vec<Option<SiteChain>>,
+    /// The call chain of each helper's caller (as `callers`).
+    caller_chains: Vec<SiteChain>,
+    callers: Vec<CallerInfo>,
     last_alloc: Option<LastAllocation>,
     last_free: Option<LastFree>,
 }
@@ -292,6 +342,10 @@ fn export_names(
         let Some(function) = locs.function else {
             continue;
         };
+        if !s.callers.is_empty() {
+            b.export("AllocBuffer", function);
+            continue;
+        }
         let n = counts.get_mut(slot).map_or(0, |c| {
             *c += 1;
             *c
@@ -356,6 +410,8 @@ impl Machine {
             nt,
             failed_allocs: 0,
             chains: Vec::new(),
+            caller_chains: Vec::new(),
+            callers: Vec::new(),
             last_alloc: None,
             last_free: None,
         };
@@ -372,6 +428,9 @@ impl Machine {
         let mut next_base = DRIVER_BASE.0;
         let mut lookaside_inits = Vec::new();
         let mut threads = 0usize;
+        // Callers of helpers in modules already loaded, each waiting for its own module:
+        // the helper's site, its address, the caller.
+        let mut foreign: Vec<(usize, VirtAddr, CallerSpec)> = Vec::new();
         for spec in &scenario.modules {
             let base = spec.base.unwrap_or(VirtAddr(next_base));
             let mut b = ImageBuilder::new(&spec.name, base, m.nt.exports.clone());
@@ -382,18 +441,65 @@ impl Machine {
             if let Some(sz) = spec.size {
                 b.min_text_size(sz.saturating_sub(0x3000));
             }
+            let first_site = m.sites.len();
             let mut emitted: Vec<(SiteLocs, Option<Loc>)> = Vec::new();
             for s in &spec.sites {
                 emitted.push(emit_site(&mut b, s)?);
             }
-            // The worker thread: a routine and a worker that call every allocation helper.
-            let helpers: Vec<Loc> = spec
+            // The callers in this module of helpers: its own helpers', then those of
+            // modules loaded before it (through a pointer, as an import).
+            let mut here: Vec<HereCaller> = Vec::new();
+            for (j, (s, (locs, _))) in spec.sites.iter().zip(&emitted).enumerate() {
+                let Some(function) = locs.function else {
+                    continue;
+                };
+                for c in s
+                    .callers
+                    .iter()
+                    .filter(|c| c.module.eq_ignore_ascii_case(&spec.name))
+                {
+                    let prolog = caller_prolog(m.callers.len() + here.len());
+                    let (f, call, frame) =
+                        b.helper_caller(&prolog, size32(c.size), HelperRef::Local(function))?;
+                    here.push(HereCaller {
+                        site: first_site + j,
+                        spec: c.clone(),
+                        function: f,
+                        call,
+                        frame,
+                    });
+                }
+            }
+            for (site, at, c) in foreign
+                .iter()
+                .filter(|(_, _, c)| c.module.eq_ignore_ascii_case(&spec.name))
+            {
+                let prolog = caller_prolog(m.callers.len() + here.len());
+                let (f, call, frame) =
+                    b.helper_caller(&prolog, size32(c.size), HelperRef::Pointer(*at))?;
+                here.push(HereCaller {
+                    site: *site,
+                    spec: c.clone(),
+                    function: f,
+                    call,
+                    frame,
+                });
+            }
+            // The worker thread: a routine and a worker that call every allocation helper
+            // (a helper with callers through them).
+            let own_chain = |s: &SiteSpec| {
+                matches!(s.kind, SiteKindSpec::Alloc | SiteKindSpec::DecoyGlobal)
+                    && s.callers.is_empty()
+            };
+            let mut helpers: Vec<Loc> = spec
                 .sites
                 .iter()
                 .zip(&emitted)
-                .filter(|(s, _)| matches!(s.kind, SiteKindSpec::Alloc | SiteKindSpec::DecoyGlobal))
+                .filter(|(s, _)| own_chain(s))
                 .filter_map(|(_, (locs, _))| locs.function)
                 .collect();
+            let direct = helpers.len();
+            helpers.extend(here.iter().map(|h| h.function));
             let chain = if helpers.is_empty() {
                 None
             } else {
@@ -427,6 +533,9 @@ impl Machine {
                 chain.as_ref().map(|(c, _)| c),
                 entry,
             );
+            for h in &here {
+                b.export(&h.spec.name, h.function);
+            }
             let img = b.build(&mut m.mem)?;
             for (s, (locs, list)) in spec.sites.iter().zip(emitted) {
                 let info = SiteInfo {
@@ -434,14 +543,14 @@ impl Machine {
                     kind: site_kind(s.kind),
                     instr: img.addr(locs.instr),
                     imm: img.addr(locs.imm),
-                    leaks: s.allocates() && s.free_after.is_none(),
+                    leaks: s.leaks(),
                     call: locs.call.map(|c| img.addr(c)),
                     tag: s.tag,
                     pool_type: s.pool.0,
                     size: s.size,
                     allocates: s.allocates(),
                 };
-                let helper = matches!(s.kind, SiteKindSpec::Alloc | SiteKindSpec::DecoyGlobal);
+                let helper = own_chain(s);
                 let site_chain = match (&chain, locs.call) {
                     (Some((c, top)), Some(call)) if helper => {
                         let worker_ret = c.worker_frame.returns.get(helper_index).copied();
@@ -481,9 +590,11 @@ impl Machine {
                 };
                 if let Some(tag_from) = tag_from
                     && s.allocates()
+                    && s.callers.is_empty()
                 {
                     m.actors.push(Actor {
                         site: m.sites.len(),
+                        caller: None,
                         tag_from,
                         instr: info.instr,
                         call: info.call,
@@ -496,7 +607,74 @@ impl Machine {
                         free_after: s.free_after,
                     });
                 }
+                // A helper's callers in later modules wait for theirs.
+                if let Some(f) = locs.function {
+                    foreign.extend(
+                        s.callers
+                            .iter()
+                            .filter(|c| !c.module.eq_ignore_ascii_case(&spec.name))
+                            .map(|c| (m.sites.len(), img.addr(f), c.clone())),
+                    );
+                }
                 m.sites.push(info);
+            }
+            // Each caller: a chain through the worker, the caller and the helper.
+            for (k, h) in here.into_iter().enumerate() {
+                let Some((c, top)) = &chain else {
+                    return Err(SimError::Image("callers without a worker".into()));
+                };
+                let (site_info, worker_ret, entry_ret, caller_ret) = match (
+                    m.sites.get(h.site),
+                    c.worker_frame.returns.get(direct + k),
+                    c.entry_frame.returns.first(),
+                    h.frame.returns.first(),
+                ) {
+                    (Some(i), Some(w), Some(e), Some(r)) => (i.clone(), *w, *e, *r),
+                    _ => return Err(SimError::Image("caller chain incomplete".into())),
+                };
+                let helper_call = site_info
+                    .call
+                    .ok_or_else(|| SimError::Image("helper without a call".into()))?;
+                let caller = m.callers.len();
+                m.caller_chains.push(SiteChain {
+                    stack_top: *top,
+                    routine: img.addr(c.entry),
+                    context: img.data.0,
+                    frames: vec![
+                        (c.entry_frame.steps.clone(), img.addr(entry_ret)),
+                        (c.worker_frame.steps.clone(), img.addr(worker_ret)),
+                        (h.frame.steps.clone(), img.addr(caller_ret)),
+                        (vec![Step::Alloc(0x28)], helper_call.saturating_add(6)),
+                    ],
+                    free_returns: (
+                        img.addr(c.free_return),
+                        img.addr(c.free_call).saturating_add(6),
+                    ),
+                });
+                m.callers.push(CallerInfo {
+                    module: spec.name.clone(),
+                    name: h.spec.name.clone(),
+                    site: h.site,
+                    function: img.addr(h.function),
+                    call: img.addr(h.call),
+                    return_address: img.addr(caller_ret),
+                    size: h.spec.size,
+                    leaks: h.spec.free_after.is_none(),
+                });
+                m.actors.push(Actor {
+                    site: h.site,
+                    caller: Some(caller),
+                    tag_from: TagSource::Imm(site_info.imm),
+                    instr: site_info.instr,
+                    call: site_info.call,
+                    pool_type: site_info.pool_type,
+                    size: h.spec.size,
+                    size_max: None,
+                    every: h.spec.every,
+                    phase: h.spec.phase,
+                    count: h.spec.count,
+                    free_after: h.spec.free_after,
+                });
             }
             let path = spec
                 .path
@@ -777,20 +955,43 @@ impl Machine {
             .get(site)
             .ok_or_else(|| SimError::Scenario(format!("no site {site}")))?;
         let (pool_type, tag) = (info.pool_type, self.mem.read_u32(info.imm)?);
-        self.allocation_context(site, pool_type, size, tag, point)
+        self.allocation_context(ChainKey::Site(site), pool_type, size, tag, point)
+    }
+
+    /// The callers of allocation helpers ([`CallerSpec`]), in load order.
+    pub fn callers(&self) -> Vec<CallerInfo> {
+        self.callers.clone()
+    }
+
+    /// [`Machine::context_at_allocation`] for an allocation of `size` bytes by the
+    /// helper's caller `caller` (index into [`Machine::callers`]): the stack runs from
+    /// the caller's thread routine through its worker, the caller and the helper.
+    pub fn context_at_caller_allocation(
+        &mut self,
+        caller: usize,
+        size: u64,
+        point: AllocPoint,
+    ) -> Result<CpuContext, SimError> {
+        let info = self
+            .callers
+            .get(caller)
+            .and_then(|c| self.sites.get(c.site))
+            .ok_or_else(|| SimError::Scenario(format!("no caller {caller}")))?;
+        let (pool_type, tag) = (info.pool_type, self.mem.read_u32(info.imm)?);
+        self.allocation_context(ChainKey::Caller(caller), pool_type, size, tag, point)
     }
 
     /// The state at an allocation by `site` with these arguments (see
     /// [`Machine::context_at_allocation`]).
     fn allocation_context(
         &mut self,
-        site: usize,
+        key: ChainKey,
         pool_type: PoolType,
         size: u64,
         tag: u32,
         point: AllocPoint,
     ) -> Result<CpuContext, SimError> {
-        let mut ctx = self.chain_context(site, false)?;
+        let mut ctx = self.chain_context(key, false)?;
         ctx.rcx = u64::from(pool_type.0);
         ctx.rdx = size;
         ctx.r8 = u64::from(tag);
@@ -820,7 +1021,18 @@ impl Machine {
         tag: PoolTag,
         point: AllocPoint,
     ) -> Result<CpuContext, SimError> {
-        let mut ctx = self.chain_context(site, true)?;
+        self.free_context(ChainKey::Site(site), block, tag, point)
+    }
+
+    /// [`Machine::context_at_free`] on the thread of `key`'s chain.
+    fn free_context(
+        &mut self,
+        key: ChainKey,
+        block: VirtAddr,
+        tag: PoolTag,
+        point: AllocPoint,
+    ) -> Result<CpuContext, SimError> {
+        let mut ctx = self.chain_context(key, true)?;
         ctx.rcx = block.0;
         ctx.rdx = 0;
         let export = self.nt.exports.get(1).copied();
@@ -848,23 +1060,19 @@ impl Machine {
         point: AllocPoint,
     ) -> Option<Result<CpuContext, SimError>> {
         let last = self.last_free?;
-        self.chains.get(last.site)?.as_ref()?;
-        Some(self.context_at_free(last.site, last.addr, last.tag, point))
+        let key = ChainKey::of(last.site, last.caller);
+        self.chain(key)?;
+        Some(self.free_context(key, last.addr, last.tag, point))
     }
 
     /// Writes the stack of `site`'s worker thread up to its call into nt (of
     /// `ExFreePoolWithTag` through the free helper when `free`, else of
     /// `ExAllocatePoolWithTag` through the site's helper); returns the registers with
     /// `rsp` at that call's return address.
-    fn chain_context(&mut self, site: usize, free: bool) -> Result<CpuContext, SimError> {
-        let chain = self
-            .chains
-            .get(site)
-            .and_then(Option::as_ref)
-            .cloned()
-            .ok_or_else(|| {
-                SimError::Scenario(format!("site {site} allocates through no call chain"))
-            })?;
+    fn chain_context(&mut self, key: ChainKey, free: bool) -> Result<CpuContext, SimError> {
+        let chain = self.chain(key).cloned().ok_or_else(|| {
+            SimError::Scenario(format!("{key:?} allocates through no call chain"))
+        })?;
         let t = self.nt.threads.clone();
         let mut ctx = kernel_context(t.ki_start_system_thread.0, chain.stack_top - 8);
         ctx.rcx = chain.routine.0;
@@ -898,14 +1106,17 @@ impl Machine {
         point: AllocPoint,
     ) -> Option<Result<CpuContext, SimError>> {
         let last = self.last_alloc?;
-        self.chains.get(last.site)?.as_ref()?;
-        Some(self.allocation_context(
-            last.site,
-            last.pool_type,
-            last.size,
-            last.tag.to_u32(),
-            point,
-        ))
+        let key = ChainKey::of(last.site, last.caller);
+        self.chain(key)?;
+        Some(self.allocation_context(key, last.pool_type, last.size, last.tag.to_u32(), point))
+    }
+
+    /// The call chain of `key`.
+    fn chain(&self, key: ChainKey) -> Option<&SiteChain> {
+        match key {
+            ChainKey::Site(site) => self.chains.get(site)?.as_ref(),
+            ChainKey::Caller(c) => self.caller_chains.get(c),
+        }
     }
 
     /// A digest of all memory (equal digests = identical memory).
@@ -952,18 +1163,26 @@ impl Machine {
     /// Runs the rest of the current tick; returns a stop if one happens.
     fn step_tick(&mut self) -> Option<SimStop> {
         let t = self.tick + 1;
-        while let Some((addr, site)) = self.cursor.frees.get(self.cursor.free_idx).copied() {
+        while let Some((addr, site, caller)) = self.cursor.frees.get(self.cursor.free_idx).copied()
+        {
             if !std::mem::replace(&mut self.cursor.free_checked, true)
                 && let Some(live) = self.pool.live_allocation(addr)
                 && self.hit_tag_matches(live.tag)
             {
                 let tag = live.tag;
-                return Some(self.stop_at_free_break(site, addr, tag));
+                return Some(self.stop_at_free_break(ChainKey::of(site, caller), addr, tag));
             }
             self.cursor.free_checked = false;
             self.cursor.free_idx += 1;
             match self.pool.free(&mut self.mem, addr) {
-                Ok(tag) => self.last_free = Some(LastFree { site, addr, tag }),
+                Ok(tag) => {
+                    self.last_free = Some(LastFree {
+                        site,
+                        addr,
+                        tag,
+                        caller,
+                    });
+                }
                 Err(e) => tracing::warn!("free of {addr} failed: {e}"),
             }
         }
@@ -984,14 +1203,14 @@ impl Machine {
     /// The stop at `ExFreePoolWithTag`'s `PoolHitTag` break for the free of `block` by
     /// the worker of `site`: the registers of [`AllocPoint::HitTagBreak`] (without a call
     /// chain: only `rip`, `rbx` the block and `rax` the tag).
-    fn stop_at_free_break(&mut self, site: usize, block: VirtAddr, tag: PoolTag) -> SimStop {
+    fn stop_at_free_break(&mut self, key: ChainKey, block: VirtAddr, tag: PoolTag) -> SimStop {
         let at = self.nt.threads.free_break;
-        let chained = self.chains.get(site).is_some_and(Option::is_some);
-        match chained.then(|| self.context_at_free(site, block, tag, AllocPoint::HitTagBreak)) {
+        let chained = self.chain(key).is_some();
+        match chained.then(|| self.free_context(key, block, tag, AllocPoint::HitTagBreak)) {
             Some(Ok(ctx)) => self.ctx = ctx,
             other => {
                 if let Some(Err(e)) = other {
-                    tracing::warn!("free break of site {site}: {e}");
+                    tracing::warn!("free break of {key:?}: {e}");
                 }
                 self.ctx.rip = at.0;
                 self.ctx.rbx = block.0;
@@ -1010,19 +1229,19 @@ impl Machine {
     /// `rip`, and `rbx`, `rsi`, `rdi` the tag, size and pool type).
     fn stop_at_allocation_break(
         &mut self,
-        site: usize,
+        key: ChainKey,
         (pool_type, size, tag): (PoolType, u64, PoolTag),
     ) -> SimStop {
         let at = self.nt.threads.hit_break;
-        let chained = self.chains.get(site).is_some_and(Option::is_some);
+        let chained = self.chain(key).is_some();
         let ctx = chained.then(|| {
-            self.allocation_context(site, pool_type, size, tag.to_u32(), AllocPoint::HitTagBreak)
+            self.allocation_context(key, pool_type, size, tag.to_u32(), AllocPoint::HitTagBreak)
         });
         match ctx {
             Some(Ok(ctx)) => self.ctx = ctx,
             other => {
                 if let Some(Err(e)) = other {
-                    tracing::warn!("allocation break of site {site}: {e}");
+                    tracing::warn!("allocation break of {key:?}: {e}");
                 }
                 self.ctx.rip = at.0;
                 self.ctx.rbx = u64::from(tag.to_u32());
@@ -1096,7 +1315,7 @@ impl Machine {
         if self.cursor.stage == 3 {
             self.cursor.stage = 4;
             if self.hit_tag_matches(tag) {
-                return Some(self.stop_at_allocation_break(a.site, args));
+                return Some(self.stop_at_allocation_break(ChainKey::of(a.site, a.caller), args));
             }
         }
         if self.cursor.stage == 4 {
@@ -1107,6 +1326,7 @@ impl Machine {
                 size,
                 tag,
                 addr: result.as_ref().ok().copied(),
+                caller: a.caller,
             });
             match result {
                 Ok(addr) => {
@@ -1115,7 +1335,7 @@ impl Machine {
                         self.frees
                             .entry(t.saturating_add(life))
                             .or_default()
-                            .push((addr, a.site));
+                            .push((addr, a.site, a.caller));
                     }
                 }
                 Err(e) => {
@@ -1128,13 +1348,13 @@ impl Machine {
         }
         // Back in the site's helper, just after its call: a breakpoint on the return
         // address (how a debugger learns the block) stops with `rax` the block.
-        if let Some(ret) = self.return_address(a.site)
+        let key = ChainKey::of(a.site, a.caller);
+        if let Some(ret) = self.return_address(key)
             && self.breakpoints.contains(&ret.0)
             && self.cursor.skip_bp != Some(ret)
         {
             let block = self.ctx.rax;
-            match self.allocation_context(a.site, pool_type, size, tag.to_u32(), AllocPoint::Entry)
-            {
+            match self.allocation_context(key, pool_type, size, tag.to_u32(), AllocPoint::Entry) {
                 Ok(mut ctx) => {
                     ctx.rsp = ctx.rsp.wrapping_add(8);
                     ctx.rax = block;
@@ -1155,10 +1375,41 @@ impl Machine {
 
     /// Where `ExAllocatePoolWithTag` returns to in the helper of `site` (just after its
     /// `call`), for a site that allocates through a call chain.
-    fn return_address(&self, site: usize) -> Option<VirtAddr> {
-        let chain = self.chains.get(site)?.as_ref()?;
-        chain.frames.last().map(|(_, ret)| *ret)
+    fn return_address(&self, key: ChainKey) -> Option<VirtAddr> {
+        self.chain(key)?.frames.last().map(|(_, ret)| *ret)
     }
+}
+
+/// A helper's caller emitted in the module being built.
+struct HereCaller {
+    /// The helper's site (index into the machine's sites).
+    site: usize,
+    spec: CallerSpec,
+    function: Loc,
+    call: Loc,
+    frame: FrameSteps,
+}
+
+/// The prolog of the `n`th caller of a helper: they take turns among shapes (pushes of
+/// non-volatile registers and small stack allocations, `rsp` 16-byte aligned at the call).
+fn caller_prolog(n: usize) -> Vec<Step> {
+    use Reg::{R14, Rbx, Rdi, Rsi};
+    match n % 4 {
+        0 => vec![Step::Push(Rbx), Step::Alloc(0x20)],
+        1 => vec![Step::Alloc(0x38)],
+        2 => vec![Step::Push(Rsi), Step::Push(Rdi), Step::Alloc(0x28)],
+        _ => vec![
+            Step::Push(Rbx),
+            Step::Push(Rsi),
+            Step::Push(R14),
+            Step::Alloc(0x40),
+        ],
+    }
+}
+
+/// A size as the imm32 of `mov ecx, size` (validated to fit).
+fn size32(size: u64) -> u32 {
+    u32::try_from(size).unwrap_or(u32::MAX)
 }
 
 /// A stable made-up `TimeDateStamp` for a module name.

@@ -202,6 +202,42 @@ pub struct SiteSpec {
     /// Each allocation is freed this many ticks later; `None` = leaked.
     #[serde(default)]
     pub free_after: Option<u64>,
+    /// For `alloc` with `style = "helper"`: the functions that call this helper
+    /// (`AllocBuffer(size)`), each allocating on its own clock through it. A site with
+    /// callers does not allocate by itself (its `size`, `every`, `phase`, `count` and
+    /// `free_after` are not used).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub callers: Vec<CallerSpec>,
+}
+
+/// Most callers one helper site may have.
+pub const MAX_CALLERS: usize = 64;
+
+/// A function that allocates through an allocation helper ([`SiteSpec::callers`]): it
+/// passes `size` in `ecx` and calls the helper, from the helper's module (`call rel32`)
+/// or from a module loaded after it (`call [rip+slot]`, through a pointer to the helper
+/// in its own `.data`, as an imported function). Its driver's worker thread calls it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerSpec {
+    /// The module the caller is in: the helper's or one listed after it.
+    pub module: String,
+    /// The caller's name in its module's export directory (`ReadCompletion`).
+    pub name: String,
+    /// Bytes per allocation.
+    pub size: u64,
+    /// Fires when `tick % every == phase`.
+    #[serde(default = "one")]
+    pub every: u64,
+    /// See `every`.
+    #[serde(default)]
+    pub phase: u64,
+    /// Allocations each time it fires.
+    #[serde(default = "one_u32")]
+    pub count: u32,
+    /// Each allocation is freed this many ticks later; `None` = leaked.
+    #[serde(default)]
+    pub free_after: Option<u64>,
 }
 
 impl SiteSpec {
@@ -221,15 +257,46 @@ impl SiteSpec {
             phase: 0,
             count: 1,
             free_after: None,
+            callers: Vec::new(),
         }
     }
 
-    /// Whether the site allocates on the clock.
+    /// Whether the site allocates on the clock (by itself, or through its callers).
     pub fn allocates(&self) -> bool {
+        if !self.callers.is_empty() {
+            return self.kind == SiteKindSpec::Alloc && self.callers.iter().any(|c| c.count > 0);
+        }
         matches!(
             self.kind,
             SiteKindSpec::Alloc | SiteKindSpec::Lookaside | SiteKindSpec::DecoyGlobal
         ) && self.count > 0
+    }
+
+    /// Whether some of the site's allocations are never freed.
+    pub fn leaks(&self) -> bool {
+        if !self.callers.is_empty() {
+            return self
+                .callers
+                .iter()
+                .any(|c| c.count > 0 && c.free_after.is_none());
+        }
+        self.allocates() && self.free_after.is_none()
+    }
+
+    /// The clocks the site allocates on: (size, every, count), its own or its callers'.
+    fn clocks(&self) -> Vec<(u64, u64, u32)> {
+        if self.callers.is_empty() {
+            vec![(
+                self.size_max.unwrap_or(self.size).max(self.size),
+                self.every,
+                self.count,
+            )]
+        } else {
+            self.callers
+                .iter()
+                .map(|c| (c.size, c.every, c.count))
+                .collect()
+        }
     }
 }
 
@@ -287,7 +354,11 @@ impl ModuleSpec {
         let highest_rva = self.sites.iter().filter_map(|s| s.rva).max().unwrap_or(0);
         let sites = self.sites.iter().fold(0u64, |t, s| {
             let text = s.text.as_ref().map_or(0, |x| x.len() as u64);
-            t.saturating_add(SITE_BYTES).saturating_add(text)
+            // A helper's callers (counted here wherever they are: the sum is the same).
+            let callers = (s.callers.len() as u64).saturating_mul(SITE_BYTES);
+            t.saturating_add(SITE_BYTES)
+                .saturating_add(text)
+                .saturating_add(callers)
         });
         let code = highest_rva.saturating_add(sites).saturating_add(0x4000);
         self.size.unwrap_or(0).max(code)
@@ -336,7 +407,7 @@ pub struct Scenario {
 }
 
 /// The names of the built-in scenarios.
-const BUILTINS: &[&str] = &["part4", "many-sites", "scale:10:20"];
+const BUILTINS: &[&str] = &["part4", "many-sites", "wrapper", "scale:10:20"];
 
 impl Scenario {
     /// An empty scenario called `name` (no modules beyond nt, 100 run ticks).
@@ -353,13 +424,16 @@ impl Scenario {
     }
 
     /// A built-in scenario: `part4` (the seed's machine), `many-sites` (70 allocation
-    /// sites sharing one tag, free sites, a lookaside site and every decoy), or
+    /// sites sharing one tag, free sites, a lookaside site and every decoy), `wrapper`
+    /// (one allocation helper serving five callers in two drivers, one of them leaking:
+    /// [`builtins::wrapper`](crate::builtins::wrapper)), or
     /// `scale:N:S` (a generated kernel of N drivers and S allocation sites sharing one
     /// tag, one leaking: [`builtins::scale`](crate::builtins::scale)).
     pub fn builtin(name: &str) -> Option<Scenario> {
         match name {
             "part4" => Scenario::from_toml(PART4_TOML).ok(),
             "many-sites" => Some(crate::builtins::many_sites()),
+            "wrapper" => Some(crate::builtins::wrapper()),
             _ => crate::builtins::scale_from_name(name),
         }
     }
@@ -434,12 +508,16 @@ impl Scenario {
         });
         let mut boot_allocs = 0u64;
         for m in &self.modules {
-            for site in m.sites.iter().filter(|x| x.allocates()) {
-                let firings = self.boot_ticks / site.every.max(1) + 1;
-                let n = firings.saturating_mul(u64::from(site.count));
+            for (size, every, count) in m
+                .sites
+                .iter()
+                .filter(|x| x.allocates())
+                .flat_map(SiteSpec::clocks)
+            {
+                let firings = self.boot_ticks / every.max(1) + 1;
+                let n = firings.saturating_mul(u64::from(count));
                 boot_allocs = boot_allocs.saturating_add(n);
-                let per = small(site.size_max.unwrap_or(site.size).max(site.size));
-                small_bytes = small_bytes.saturating_add(n.saturating_mul(per));
+                small_bytes = small_bytes.saturating_add(n.saturating_mul(small(size)));
             }
         }
         if small_bytes > MAX_BOOT_SMALL_BYTES {
@@ -471,7 +549,7 @@ impl Scenario {
                 "modules with fill would fill more than {MAX_FILLED_BYTES} bytes with code"
             ));
         }
-        for m in &self.modules {
+        for (mi, m) in self.modules.iter().enumerate() {
             if m.name.is_empty()
                 || m.name.len() > 128
                 || m.path.as_ref().is_some_and(|p| p.len() > 512)
@@ -550,6 +628,62 @@ impl Scenario {
                         m.name, s.tag
                     ));
                 }
+                self.validate_callers(mi, s)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the callers of the site `s` of module `mi`.
+    fn validate_callers(&self, mi: usize, s: &SiteSpec) -> Result<(), SimError> {
+        let Some(m) = self.modules.get(mi) else {
+            return Ok(());
+        };
+        let bad = |what: String| {
+            Err(SimError::Scenario(format!(
+                "{}: site {}: {what}",
+                m.name, s.tag
+            )))
+        };
+        if s.callers.is_empty() {
+            return Ok(());
+        }
+        if s.kind != SiteKindSpec::Alloc || s.style != AllocStyle::Helper {
+            return bad("only an alloc site of style \"helper\" has callers".into());
+        }
+        if s.callers.len() > MAX_CALLERS {
+            return bad(format!("more than {MAX_CALLERS} callers"));
+        }
+        for c in &s.callers {
+            let later = self
+                .modules
+                .iter()
+                .skip(mi)
+                .any(|x| x.name.eq_ignore_ascii_case(&c.module));
+            if !later {
+                return bad(format!(
+                    "caller {}: module {:?} is neither the helper's nor loaded after it",
+                    c.name, c.module
+                ));
+            }
+            if c.name.is_empty()
+                || c.name.len() > 64
+                || !c
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
+                return bad("caller names are 1-64 letters, digits or _".into());
+            }
+            if c.every == 0 || c.phase >= c.every || c.count > MAX_COUNT || c.free_after == Some(0)
+            {
+                return bad(format!(
+                    "caller {}: need every >= 1, phase < every, count <= {MAX_COUNT}, free_after >= 1",
+                    c.name
+                ));
+            }
+            if c.size == 0 || c.size > u64::from(u32::MAX) || c.size > MAX_SIZE {
+                return bad(format!("caller {}: bad size", c.name));
             }
         }
         Ok(())

@@ -64,6 +64,8 @@ pub(crate) enum TagSource {
 pub(crate) struct Actor {
     /// Index into the machine's site list.
     pub site: usize,
+    /// For a helper's caller: its index among the machine's callers (its call chain).
+    pub caller: Option<usize>,
     /// Where the tag is read from.
     pub tag_from: TagSource,
     /// The instruction a breakpoint can stop before.
@@ -98,8 +100,8 @@ impl Actor {
 pub(crate) struct Cursor {
     /// Whether a tick is in progress.
     pub active: bool,
-    /// Blocks due to be freed this tick, with the site that allocated each.
-    pub frees: Vec<(VirtAddr, usize)>,
+    /// Blocks due to be freed this tick, with the site (and caller) that allocated each.
+    pub frees: Vec<(VirtAddr, usize, Option<usize>)>,
     /// Next free to do.
     pub free_idx: usize,
     /// Next actor.
@@ -120,6 +122,6 @@ pub(crate) struct Cursor {
     pub skip_bp: Option<VirtAddr>,
 }
 
-/// The scheduled frees: tick -> blocks (and the site that allocated each, which frees
-/// it), in allocation order.
-pub(crate) type FreeSchedule = BTreeMap<u64, Vec<(VirtAddr, usize)>>;
+/// The scheduled frees: tick -> blocks (and the site that allocated each, with the
+/// helper's caller through which it did; that thread frees it), in allocation order.
+pub(crate) type FreeSchedule = BTreeMap<u64, Vec<(VirtAddr, usize, Option<usize>)>>;

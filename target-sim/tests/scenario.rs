@@ -215,3 +215,80 @@ fn a_site_patched_to_an_invalid_tag_fails_its_allocations() {
     m.run(5);
     assert_eq!(m.failed_allocs(), 5);
 }
+
+const HELPER: &str = r#"
+name = "helper"
+[[modules]]
+name = "a.sys"
+[[modules.sites]]
+kind = "alloc"
+style = "helper"
+tag = "Wrap"
+[[modules.sites.callers]]
+module = "a.sys"
+name = "Near"
+size = 64
+free_after = 2
+[[modules.sites.callers]]
+module = "b.sys"
+name = "Far"
+size = 96
+every = 2
+[[modules]]
+name = "b.sys"
+"#;
+
+#[test]
+fn a_helper_with_callers_in_two_modules_boots_and_bad_callers_are_refused() {
+    let s = Scenario::from_toml(HELPER).unwrap();
+    let mut m = Machine::boot(&s).unwrap();
+    let callers = m.callers();
+    assert_eq!(callers.len(), 2);
+    let code = |m: &Machine, at: VirtAddr| {
+        let mut b = [0u8; 2];
+        m.read(at, &mut b).unwrap();
+        b
+    };
+    // In the helper's module a direct call; from the other, through a pointer.
+    assert_eq!(code(&m, callers[0].call)[0], 0xe8);
+    assert_eq!(code(&m, callers[1].call), [0xff, 0x15]);
+    assert_eq!((callers[0].leaks, callers[1].leaks), (false, true));
+    let site = &m.sites()[callers[0].site];
+    assert!(site.allocates && site.leaks && site.kind == SiteKind::Alloc);
+    // Both callers allocate under the helper's tag, through their own chains.
+    m.run(4);
+    let last = m.last_allocation().unwrap();
+    assert_eq!(last.tag, PoolTag::new(*b"Wrap"));
+    assert!(last.caller.is_some());
+    let ctx = m
+        .context_at_caller_allocation(1, 96, tagsplit_target_sim::machine::AllocPoint::Entry)
+        .unwrap();
+    let mut ret = [0u8; 8];
+    m.read(VirtAddr(ctx.rsp), &mut ret).unwrap();
+    assert_eq!(
+        u64::from_le_bytes(ret),
+        site.call.unwrap().get() + 6,
+        "the allocator returns into the helper"
+    );
+    let mut up = [0u8; 8];
+    m.read(VirtAddr(ctx.rsp + 8 + 0x28), &mut up).unwrap();
+    assert_eq!(
+        u64::from_le_bytes(up),
+        callers[1].return_address.get(),
+        "and the helper into its caller"
+    );
+    // A caller in a module loaded before the helper's, or callers of a plain site.
+    let earlier = format!(
+        "name = \"x\"\n[[modules]]\nname = \"b.sys\"\n{}",
+        HELPER
+            .trim_start()
+            .trim_start_matches("name = \"helper\"\n")
+            .replace("[[modules]]\nname = \"b.sys\"\n", "")
+    );
+    assert!(
+        err(&earlier).contains("neither the helper's nor loaded after it"),
+        "{}",
+        err(&earlier)
+    );
+    assert!(err(&HELPER.replace("style = \"helper\"\n", "")).contains("helper"));
+}

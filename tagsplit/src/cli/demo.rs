@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use tagsplit::PoolTag;
 use tagsplit::console::Console;
-use tagsplit::demo::{SEED_COMMANDS, transcript};
+use tagsplit::demo::{PART5_BREAKS, PART5_COMMANDS, SEED_COMMANDS, transcript};
 use tagsplit::split::{Split, SplitOptions};
 
 /// How the demo reaches the simulator.
@@ -121,12 +121,21 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
     );
     let journal =
         std::env::temp_dir().join(format!("tagsplit-demo-{}.journal.json", std::process::id()));
+    let cancel = super::signals::install();
     let options = SplitOptions {
         journal: Some(journal),
-        cancel: Some(super::signals::install()),
+        cancel: Some(cancel.clone()),
+        // Part 5 automated: before restoring, the leaking site keeps its tag and
+        // nt!PoolHitTag breaks on it (printed after Part 5 by hand).
+        stacks: Some(tagsplit::stacks::StacksOptions {
+            breaks: PART5_BREAKS,
+            cancel: Some(cancel),
+            ..tagsplit::stacks::StacksOptions::default()
+        }),
         ..SplitOptions::default()
     };
-    let report = Split::new(target.as_mut(), PoolTag::new(*b"Leak"), options).run()?;
+    let mut report = Split::new(target.as_mut(), PoolTag::new(*b"Leak"), options).run()?;
+    let stacks = report.stacks.take();
     print!("{}", report.to_text());
     print_stats(a.stats, target.as_ref());
     let plot = a
@@ -138,6 +147,44 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
         "\nLeak against load, drawn: {} (outstanding bytes per new tag at each sample)",
         plot.display()
     );
+
+    // Part 5: who allocates Lea2. By hand on a fresh boot, then automated after the split.
+    let Opened {
+        target: mut manual,
+        _stub: manual_stub,
+    } = open(a.via)?;
+    println!(
+        "\n# Part 5 (PoolHitTag), by hand, on a fresh boot of {}:\n",
+        manual.describe()
+    );
+    print!(
+        "{}",
+        transcript(manual.as_mut(), &mut Console::new(), &PART5_COMMANDS)
+    );
+    drop(manual);
+    drop(manual_stub);
+    println!(
+        "\n# Part 5, automated: the split above ran with --stacks (`tagsplit run --target {} --tag Leak --stacks --breaks {PART5_BREAKS}`): before its restore, Lea2 stayed in place and nt!PoolHitTag broke on it:\n",
+        target.describe()
+    );
+    let stacks = stacks.ok_or_else(|| {
+        anyhow::anyhow!(
+            "no stacks: {}",
+            report.stacks_error.as_deref().unwrap_or("not collected")
+        )
+    })?;
+    println!("{stacks}");
+    if let Some(caller) = stacks.leaking_caller() {
+        println!(
+            "leaking caller: {caller} (the frame above the allocation site's function); restore: {}{}",
+            report.restore,
+            if report.restore.journal_removed {
+                ", journal removed"
+            } else {
+                ""
+            }
+        );
+    }
     drop(target);
     drop(stub);
     println!(

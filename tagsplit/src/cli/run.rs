@@ -124,7 +124,6 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
         );
     }
     let cancel = signals::install();
-    let stacks_cancel = cancel.clone();
     signals::test_pause("connecting");
     let connecting = std::time::Instant::now();
     let mut target = super::open_target(&a.target)?;
@@ -166,10 +165,15 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
         journal: Some(journal.clone()),
         pooltag: super::load_pooltag(a.pooltag.as_deref())?,
         patch_lookaside: a.patch_lookaside,
-        cancel: Some(cancel),
+        cancel: Some(cancel.clone()),
         identity: Some(identity.to_string()),
         known_journals,
         allow_lookalikes: a.allow_lookalikes,
+        stacks: a.stacks.then(|| tagsplit::stacks::StacksOptions {
+            breaks: a.breaks,
+            cancel: Some(cancel.clone()),
+            ..tagsplit::stacks::StacksOptions::default()
+        }),
     };
     let show_bar = !a.json && std::io::stdout().is_terminal();
     let bar = show_bar.then(|| progress_bar(&meter, a.samples));
@@ -189,6 +193,8 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
             // Between the first and the second patch: one is on the target.
             Phase::Patching { next, total } => next == 1 || total == 1,
             Phase::Running { sample, .. } | Phase::Sampling { sample, .. } => sample == 1,
+            // After the first break: the leaking site and nt!PoolHitTag are set.
+            Phase::Breaking { done, .. } => done == 1,
             _ => true,
         };
         if pause_here {
@@ -210,7 +216,7 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
         }
     }
     let stopped_by = signals::received().map(signals::name);
-    let report = match result {
+    let mut report = match result {
         Ok(r) => r,
         Err(SplitError::Interrupted(restore)) if restore.patches.is_empty() => {
             anyhow::bail!(
@@ -246,25 +252,27 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e.into()),
     };
-    let stacks = if a.stacks && stopped_by.is_none() {
-        Some(super::stacks::after_split(
-            target.as_mut(),
-            &report,
-            &identity,
-            &journal,
-            a.breaks,
-            stacks_cancel,
-        )?)
-    } else {
-        None
-    };
+    let stacks = report.stacks.take();
+    let stacks_error = report.stacks_error.take();
     match (&stacks, a.json) {
         (Some(s), true) => println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "split": report, "stacks": s }))?
+            serde_json::to_string_pretty(&serde_json::json!({
+                "split": report,
+                "stacks": s,
+                "leaking_caller": s.leaking_caller(),
+            }))?
         ),
         (None, true) => println!("{}", serde_json::to_string_pretty(&report)?),
-        (Some(s), false) => print!("{}\n{s}\n", report.to_text()),
+        (Some(s), false) => {
+            print!("{}\n{s}\n", report.to_text());
+            if let (Some(caller), Some(site)) = (s.leaking_caller(), report.leaks().next()) {
+                println!(
+                    "leaking caller: {caller} (the frame above {}'s function in the leaking stack)",
+                    site.hit.location()
+                );
+            }
+        }
         (None, false) => print!("{}", report.to_text()),
     }
     if let Some(path) = &a.plot {
@@ -278,6 +286,9 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
             report.restore
         );
     }
+    if let Some(e) = stacks_error {
+        anyhow::bail!("--stacks: {e}");
+    }
     Ok(())
 }
 
@@ -286,17 +297,25 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
 fn progress_bar(meter: &PhaseMeter, samples: u32) -> indicatif::ProgressBar {
     let b = indicatif::ProgressBar::new(u64::from(samples.max(1)) + 1);
     if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{spinner} {elapsed:>4} {bar:20} {pos}/{len} samples · {msg}",
+        "{spinner} {elapsed:>4} {bar:20} {pos}/{len} {prefix} · {msg}",
     ) {
         b.set_style(style);
     }
+    b.set_prefix("samples");
     b.enable_steady_tick(std::time::Duration::from_millis(120));
     let shown = b.clone();
     meter.observe(move |now: &MeterNow| {
-        if now.samples_total > 0 {
-            shown.set_length(u64::from(now.samples_total));
+        if now.breaks_total > 0 {
+            // --stacks: the PoolHitTag breaks after the samples.
+            shown.set_prefix("breaks");
+            shown.set_length(now.breaks_total);
+            shown.set_position(now.breaks_done);
+        } else {
+            if now.samples_total > 0 {
+                shown.set_length(u64::from(now.samples_total));
+            }
+            shown.set_position(u64::from(now.samples_done));
         }
-        shown.set_position(u64::from(now.samples_done));
         shown.set_message(progress_text(now));
     });
     b
@@ -314,7 +333,8 @@ fn progress_text(now: &MeterNow) -> String {
         indicatif::HumanBytes(now.wire.bytes_received),
         indicatif::HumanBytes(now.wire.bytes_sent)
     );
-    if let Some(eta) = now.eta {
+    // The estimate is the samples'; the breaks after them have none.
+    if let Some(eta) = now.eta.filter(|_| now.breaks_total == 0) {
         t.push_str(&format!(", about {:.1} s left", eta.as_secs_f64()));
     }
     t

@@ -77,11 +77,12 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
         }),
         ..StacksOptions::default()
     };
-    let show = !a.json && std::io::stderr().is_terminal();
+    let bar = (!a.json && std::io::stderr().is_terminal()).then(|| breaks_bar(a.breaks));
     signals::test_pause("collecting");
     let report = collect(target.as_mut(), tag, &options, |p| {
-        if show {
-            eprint!("\rbreak {}/{} ({:?})   ", p.breaks, p.wanted, p.kind);
+        if let Some(b) = &bar {
+            b.set_position(p.breaks);
+            b.set_message(format!("last: {:?}", p.kind).to_lowercase());
         }
         if p.breaks == 1 {
             signals::test_pause("breaking");
@@ -98,8 +99,8 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
         };
         anyhow::anyhow!("{e}{kept}")
     })?;
-    if show {
-        eprintln!();
+    if let Some(b) = bar {
+        b.finish_and_clear();
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -116,47 +117,14 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `tagsplit run --stacks`: after a split, the leaking site gets its split tag again (in
-/// the journal, with `nt!PoolHitTag`), only its allocations break, and both are undone.
-pub fn after_split(
-    target: &mut dyn tagsplit::target::DebugTarget,
-    report: &tagsplit::split::Report,
-    identity: &TargetIdentity,
-    journal: &std::path::Path,
-    breaks: usize,
-    cancel: tagsplit::target::Interrupt,
-) -> anyhow::Result<tagsplit::stacks::StacksReport> {
-    let Some(leak) = report.leaks().next() else {
-        anyhow::bail!("--stacks: no site leaks, so there is no tag to collect stacks for");
-    };
-    let hit = &leak.hit;
-    let patch = tagsplit::split::journal::PatchRecord {
-        module: hit.module.clone(),
-        base: hit.module_base,
-        timestamp: tagsplit::pe::timestamp(target, hit.module_base).ok(),
-        offset: hit.offset,
-        address: hit.address,
-        original: hit.tag.to_u32().to_le_bytes().to_vec(),
-        new: leak.new_tag.to_u32().to_le_bytes().to_vec(),
-    };
-    let options = StacksOptions {
-        breaks,
-        cancel: Some(cancel),
-        journal: Some(JournalSpec {
-            path: journal.to_path_buf(),
-            identity: Some(identity.to_string()),
-        }),
-        patches: vec![patch],
-        ..StacksOptions::default()
-    };
-    let show = std::io::stderr().is_terminal();
-    let stacks = collect(target, leak.new_tag, &options, |p| {
-        if show {
-            eprint!("\rstacks: break {}/{}   ", p.breaks, p.wanted);
-        }
-    })?;
-    if show {
-        eprintln!();
+/// The split's bar (`run`'s `progress_bar`), counting breaks.
+fn breaks_bar(wanted: usize) -> indicatif::ProgressBar {
+    let b = indicatif::ProgressBar::new(wanted as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} {elapsed:>4} {bar:20} {pos}/{len} breaks · {msg}",
+    ) {
+        b.set_style(style);
     }
-    Ok(stacks)
+    b.enable_steady_tick(std::time::Duration::from_millis(120));
+    b
 }

@@ -25,6 +25,17 @@ fn exists(path: &Path) -> JournalError {
     }
 }
 
+/// Best-effort sync of the directory holding `path` (a new or renamed entry in it).
+fn sync_dir(path: &Path) {
+    if let Some(Ok(d)) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(fs::File::open)
+    {
+        let _ = d.sync_all();
+    }
+}
+
 /// A value no other run shares: process id, time and a per-process counter.
 fn new_run_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -170,19 +181,66 @@ impl Journal {
         if path.symlink_metadata().is_ok() {
             return Err(exists(path));
         }
-        let text = serde_json::to_string_pretty(self).map_err(|e| JournalError::Invalid {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
         if let Some(d) = dir {
             fs::create_dir_all(d).map_err(io)?;
         }
+        let (tmp, written) = self.write_beside(path, "tmp")?;
+        let linked = written.and_then(|()| fs::hard_link(&tmp, path));
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(exists(path)),
+            Err(e) => return Err(io(e)),
+        }
+        sync_dir(path);
+        Ok(())
+    }
+
+    /// Replaces the journal at `path`, which must still hold this journal's run (the same
+    /// [`run_id`](Journal::run_id)), with this content, durably: a temporary file beside
+    /// it, `fsync`, then a rename over it, so that the file holds the old journal or the
+    /// new one, whole, at every moment. How a run records a write it decides on after its
+    /// journal was written (`run --stacks`: `nt!PoolHitTag`) before making it.
+    pub fn replace(&self, path: &Path) -> Result<(), JournalError> {
+        let io = |source| JournalError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let on_disk = Journal::read(path)?;
+        if on_disk.run_id != self.run_id {
+            return Err(JournalError::Invalid {
+                path: path.to_path_buf(),
+                reason: "holds another run's journal now: not replaced".into(),
+            });
+        }
+        let (tmp, written) = self.write_beside(path, "next.tmp")?;
+        let renamed = written.and_then(|()| fs::rename(&tmp, path));
+        if renamed.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        renamed.map_err(io)?;
+        sync_dir(path);
+        Ok(())
+    }
+
+    /// Writes this journal, synced, to a new file beside `path`
+    /// (`.NAME.RUN_ID.SUFFIX`); returns that file and how the write went (the caller
+    /// links or renames it, or removes it).
+    fn write_beside(
+        &self,
+        path: &Path,
+        suffix: &str,
+    ) -> Result<(PathBuf, std::io::Result<()>), JournalError> {
+        let text = serde_json::to_string_pretty(self).map_err(|e| JournalError::Invalid {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let tmp = path.with_file_name(format!(".{name}.{}.tmp", self.run_id));
+        let tmp = path.with_file_name(format!(".{name}.{}.{suffix}", self.run_id));
         let written = (|| {
             let mut f = fs::OpenOptions::new()
                 .write(true)
@@ -192,17 +250,7 @@ impl Journal {
             f.write_all(b"\n")?;
             f.sync_all()
         })();
-        let linked = written.and_then(|()| fs::hard_link(&tmp, path));
-        let _ = fs::remove_file(&tmp);
-        match linked {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(exists(path)),
-            Err(e) => return Err(io(e)),
-        }
-        if let Some(Ok(d)) = dir.map(fs::File::open) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        Ok((tmp, written))
     }
 
     /// Removes the journal file at `path` if it is still this journal (same
@@ -627,5 +675,36 @@ mod tests {
         let states = restore_many(&mut t, &ps);
         assert_eq!(states, [RestoreState::Restored, RestoreState::Restored]);
         assert_eq!(bytes(&mut t, 0x1000, 4), b"abcd");
+    }
+
+    /// `replace` swaps a journal's content only while the file holds the same run; a
+    /// journal of another run is left as it is.
+    #[test]
+    fn replace_updates_its_own_journal_and_refuses_another_run() {
+        let dir = std::env::temp_dir().join(format!("tagsplit-replace-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let path = dir.join("j.json");
+        let one = Journal::new(
+            "t".into(),
+            None,
+            "Leak".into(),
+            vec![patch(0x1000, b"Leak", b"Lea1")],
+        );
+        one.write(&path).unwrap();
+        let mut more = one.clone();
+        more.patches
+            .push(patch(0x2000, b"\x0f\xff\xff\xff", b"Lea1"));
+        more.replace(&path).unwrap();
+        assert_eq!(Journal::read(&path).unwrap(), more);
+        let other = Journal::new("t".into(), None, "Leak".into(), Vec::new());
+        assert!(matches!(
+            other.replace(&path),
+            Err(JournalError::Invalid { .. })
+        ));
+        assert_eq!(Journal::read(&path).unwrap(), more, "left as it was");
+        let leftovers: Vec<_> = fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file left");
+        assert!(more.remove_own(&path));
+        let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -21,6 +21,7 @@
 //! ramp. Otherwise it is **load**: it levels off (allocations freed at the rate they are
 //! made). A load whose blocks live longer than half the run looks like a leak; run longer.
 
+pub mod callers;
 pub mod classify;
 pub mod journal;
 pub mod tags;
@@ -135,6 +136,14 @@ pub struct SplitOptions {
     /// Split even when allocation sites use tags that look like a split of this one
     /// (otherwise [`SplitError::LooksSplit`]).
     pub allow_lookalikes: bool,
+    /// Then collect call stacks (`run --stacks`): after the samples, every patch but the
+    /// leaking site's (the one that grew most) is restored; that one stays in place,
+    /// `nt!PoolHitTag` is set to its split tag (recorded in the same journal first,
+    /// [`crate::stacks::collect_in_split`]), the stacks of its allocations are collected
+    /// ([`Phase::Breaking`] after each break), and then everything is restored,
+    /// `nt!PoolHitTag` included, before the journal is removed. The report's
+    /// [`Report::stacks`] holds them. Without a leak, no stacks are collected.
+    pub stacks: Option<crate::stacks::StacksOptions>,
 }
 
 impl Default for SplitOptions {
@@ -149,6 +158,7 @@ impl Default for SplitOptions {
             identity: None,
             known_journals: Vec::new(),
             allow_lookalikes: false,
+            stacks: None,
         }
     }
 }
@@ -184,13 +194,22 @@ pub enum Phase {
         /// All samples after the baseline.
         total: u32,
     },
+    /// Collecting call stacks with `nt!PoolHitTag` ([`SplitOptions::stacks`]), the
+    /// leaking site still patched: reported before the first run (`done` 0) and after
+    /// each break.
+    Breaking {
+        /// Breaks taken.
+        done: u64,
+        /// Breaks wanted.
+        wanted: u64,
+    },
     /// Restoring every patch and reading each back.
     Restoring,
 }
 
 impl Phase {
     /// The phase's name: `checking`, `surveying`, `journalling`, `patching`, `running`,
-    /// `sampling`, `restoring`.
+    /// `sampling`, `breaking`, `restoring`.
     pub fn name(self) -> &'static str {
         match self {
             Phase::Checking => "checking",
@@ -199,6 +218,7 @@ impl Phase {
             Phase::Patching { .. } => "patching",
             Phase::Running { .. } => "running",
             Phase::Sampling { .. } => "sampling",
+            Phase::Breaking { .. } => "breaking",
             Phase::Restoring => "restoring",
         }
     }
@@ -311,9 +331,28 @@ pub struct Report {
     pub samples: u32,
     /// The restore.
     pub restore: RestoreSummary,
+    /// When exactly one site was patched and it leaks: the calls of the function that
+    /// holds it ([`callers::find_callers`]); several mean a helper whose leaking caller
+    /// only call stacks name (`--stacks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callers: Option<callers::SiteCallers>,
+    /// With [`SplitOptions::stacks`]: the call stacks of the leaking site's allocations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stacks: Option<crate::stacks::StacksReport>,
+    /// With [`SplitOptions::stacks`]: why no stacks were collected (no leak, or an
+    /// error while collecting; everything was restored all the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stacks_error: Option<String>,
 }
 
 impl Report {
+    /// Whether the split can say no more than "this one site": it patched one site and
+    /// that site leaks, so a helper reached from several callers looks the same as a
+    /// site called once; call stacks tell them apart.
+    pub fn one_leaking_site(&self) -> bool {
+        self.sites.len() == 1 && self.leaks().count() == 1
+    }
+
     /// The sites judged to leak.
     pub fn leaks(&self) -> impl Iterator<Item = &SiteResult> {
         self.sites.iter().filter(|s| s.verdict == Verdict::Leak)
@@ -398,6 +437,23 @@ impl Report {
                 "note: the tag is also applied indirectly (loaded from data); those allocations are not split"
             );
         }
+        if self.one_leaking_site() {
+            let _ = match &self.callers {
+                Some(c) if c.several() => writeln!(
+                    o,
+                    "note: one site, reached from several callers: use --stacks to name the leaking caller (its function {} is called {} times in {} module(s): {})",
+                    c.function_location,
+                    c.calls.len(),
+                    c.modules,
+                    c.calls.join(", ")
+                ),
+                Some(_) => Ok(()),
+                None => writeln!(
+                    o,
+                    "note: one site leaks; if it is a helper reached from several callers, use --stacks to name the leaking caller"
+                ),
+            };
+        }
         let _ = writeln!(o, "restore: {}", self.restore);
         o
     }
@@ -458,6 +514,24 @@ impl<'t> PatchGuard<'t> {
             }
         }
         Ok(())
+    }
+
+    /// Restores every applied patch but the one at `keep`, and verifies each; the patch
+    /// at `keep` (and any that did not go back) stays applied, for [`restore`](Self::restore).
+    pub fn restore_except(&mut self, keep: VirtAddr) -> RestoreSummary {
+        let (kept, others): (Vec<PatchRecord>, Vec<PatchRecord>) =
+            self.applied.drain(..).partition(|p| p.address == keep);
+        let states = journal::restore_many(&mut *self.target, &others);
+        self.applied = kept;
+        for (p, s) in others.iter().zip(&states) {
+            if !s.ok() {
+                self.applied.push(p.clone());
+            }
+        }
+        RestoreSummary {
+            patches: others.iter().map(|p| p.address).zip(states).collect(),
+            journal_removed: false,
+        }
     }
 
     /// Restores every applied patch and verifies each ([`journal::restore_many`]).
@@ -570,6 +644,9 @@ impl<'a> Split<'a> {
                 run: "not run (no allocation site to patch)".into(),
                 samples: 0,
                 restore: RestoreSummary::default(),
+                callers: None,
+                stacks: None,
+                stacks_error: None,
             });
         }
         // Which tags exist, and the samples, are read per tag when the tracker follows
@@ -647,13 +724,92 @@ impl<'a> Split<'a> {
                 phase: &mut phase,
             },
         );
+        // --stacks: the leaking site stays patched, the others go back, then the stacks.
+        let mut early = RestoreSummary::default();
+        let (mut stacks, mut stacks_error, mut hit_tag_back) = (None, None, true);
+        if let (Ok(series), Some(opts)) = (&measured, &self.options.stacks) {
+            match winner(series) {
+                None => stacks_error = Some("no site leaks: no stacks to collect".into()),
+                Some(w) => {
+                    let (keep, tag) = (
+                        records.get(w).map_or(VirtAddr(0), |r| r.address),
+                        new_tags.get(w).copied().unwrap_or(self.tag),
+                    );
+                    early = guard.restore_except(keep);
+                    if early.complete() {
+                        let mut opts = opts.clone();
+                        opts.cancel = opts.cancel.or_else(|| cancel.cloned());
+                        if let Some(f) = phase.as_mut() {
+                            f(Phase::Breaking {
+                                done: 0,
+                                wanted: opts.breaks as u64,
+                            });
+                        }
+                        let on_disk = journal_path.as_deref().map(|p| (&journal, p));
+                        let (result, back) = crate::stacks::collect_in_split(
+                            guard.target(),
+                            tag,
+                            &opts,
+                            on_disk,
+                            |p| {
+                                if let Some(f) = phase.as_mut() {
+                                    f(Phase::Breaking {
+                                        done: p.breaks,
+                                        wanted: p.wanted,
+                                    });
+                                }
+                            },
+                        );
+                        hit_tag_back = back;
+                        match result {
+                            Ok(r) => stacks = Some(r),
+                            Err(e) => stacks_error = Some(e.to_string()),
+                        }
+                    } else {
+                        stacks_error = Some(format!("not collected: restore: {early}"));
+                    }
+                }
+            }
+        }
         if let Some(f) = phase.as_mut() {
             f(Phase::Restoring);
         }
         let mut restore = guard.restore();
         drop(guard);
-        if let Some(path) = journal_path.as_ref().filter(|_| restore.complete()) {
+        if !early.patches.is_empty() {
+            // Each patch's last restore, in the order they were applied.
+            let last: Vec<(VirtAddr, RestoreState)> = records
+                .iter()
+                .filter_map(|r| {
+                    restore
+                        .patches
+                        .iter()
+                        .chain(&early.patches)
+                        .find(|(a, _)| *a == r.address)
+                        .copied()
+                })
+                .collect();
+            restore.patches = last;
+        }
+        if let Some(path) = journal_path
+            .as_ref()
+            .filter(|_| restore.complete() && hit_tag_back)
+        {
             restore.journal_removed = journal.remove_own(path);
+        }
+        if let Some(st) = stacks.as_mut() {
+            // The site kept for the stacks, and the one journal, as the stacks saw them.
+            st.patches_restored = usize::from(restore.complete());
+            st.journal_removed = restore.journal_removed;
+        }
+        let stopped = stacks
+            .as_ref()
+            .is_some_and(|s: &crate::stacks::StacksReport| s.ended == "interrupted");
+        if stopped && restore.complete() && hit_tag_back {
+            return Err(SplitError::Interrupted(restore));
+        }
+        if !hit_tag_back {
+            return Err(SplitError::RestoreIncomplete(restore));
         }
         let series = match measured {
             Ok(_) if !restore.complete() => return Err(SplitError::RestoreIncomplete(restore)),
@@ -702,6 +858,25 @@ impl<'a> Split<'a> {
             },
             samples,
             restore,
+            callers: None,
+            stacks,
+            stacks_error,
+        })
+        .map(|mut report| {
+            // One leaking site: who calls its function (read-only, after the restore).
+            if report.one_leaking_site()
+                && let Some(site) = report.sites.first()
+            {
+                report.callers = callers::find_callers(
+                    &mut *self.target,
+                    site.hit.instruction_address.unwrap_or(site.hit.address),
+                )
+                .unwrap_or_else(|e| {
+                    tracing::debug!("callers of {}: {e}", site.hit.location());
+                    None
+                });
+            }
+            report
         })
     }
 }
@@ -785,6 +960,20 @@ pub fn check_known_journals(
         }
     }
     Ok(())
+}
+
+/// The site whose split tag leaks and grew most over the run (index into the series).
+fn winner(series: &[Vec<TagUsage>]) -> Option<usize> {
+    series
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| judge(s) == Verdict::Leak)
+        .max_by_key(|(i, s)| {
+            let grew = i128::from(s.last().map_or(0, TagUsage::bytes))
+                - i128::from(s.first().map_or(0, TagUsage::bytes));
+            (grew, std::cmp::Reverse(*i))
+        })
+        .map(|(i, _)| i)
 }
 
 /// Leak rule (see the module docs): every second-half sample above every first-half one.

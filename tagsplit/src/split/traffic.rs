@@ -47,6 +47,10 @@ pub struct MeterNow {
     /// taken after the baseline, plus a restore as long as the patching was; `None`
     /// before the first sample after the baseline.
     pub eta: Option<Duration>,
+    /// With `run --stacks`: the `PoolHitTag` breaks taken so far.
+    pub breaks_done: u64,
+    /// With `run --stacks`: the breaks wanted (0 until the stacks are collected).
+    pub breaks_total: u64,
 }
 
 type Watcher = Box<dyn FnMut(&MeterNow)>;
@@ -62,6 +66,8 @@ struct State {
     at_wrap: WireStats,
     samples_done: u32,
     samples_total: u32,
+    breaks_done: u64,
+    breaks_total: u64,
     observer: Option<Watcher>,
 }
 
@@ -87,6 +93,8 @@ impl State {
             samples_done: self.samples_done,
             samples_total: self.samples_total,
             eta,
+            breaks_done: self.breaks_done,
+            breaks_total: self.breaks_total,
         }
     }
 
@@ -187,6 +195,13 @@ impl PhaseMeter {
                     s.samples_done = sample;
                     format!("sample {sample}")
                 }
+                Phase::Breaking { done, wanted } => {
+                    let mut s = state.borrow_mut();
+                    s.samples_done = s.samples_total;
+                    s.breaks_done = done;
+                    s.breaks_total = wanted;
+                    "stacks".to_owned()
+                }
                 Phase::Restoring => {
                     let mut s = state.borrow_mut();
                     s.samples_done = s.samples_total;
@@ -196,6 +211,9 @@ impl PhaseMeter {
             let mut s = state.borrow_mut();
             let at = Instant::now();
             if s.open.as_ref().is_some_and(|(p, _, _)| *p == name) {
+                if matches!(phase, Phase::Breaking { .. }) {
+                    s.notify();
+                }
                 return;
             }
             s.close(at);
