@@ -265,6 +265,18 @@ struct Flags {
     fin: bool,
 }
 
+impl Flags {
+    const SYN: Flags = Flags::new(true, false, false, false);
+    const SYN_ACK: Flags = Flags::new(true, true, false, false);
+    const ACK: Flags = Flags::new(false, true, false, false);
+    const DATA: Flags = Flags::new(false, true, true, false);
+    const FIN: Flags = Flags::new(false, true, false, true);
+
+    const fn new(syn: bool, ack: bool, psh: bool, fin: bool) -> Flags {
+        Flags { syn, ack, psh, fin }
+    }
+}
+
 /// A KDCOM stream over TCP between two addresses. Clones record into the same flow
 /// (the same sequence numbers).
 #[derive(Clone, Debug)]
@@ -320,23 +332,10 @@ impl TcpFlow {
         } else {
             (Way::Received, Way::Sent)
         };
-        let syn = Flags {
-            syn: true,
-            ..Flags::default()
-        };
-        let syn_ack = Flags {
-            syn: true,
-            ack: true,
-            ..Flags::default()
-        };
-        let ack = Flags {
-            ack: true,
-            ..Flags::default()
-        };
         // Errors are kept by the recorder and returned by the next record.
-        let _ = self.segment(&mut st, first, syn, &[]);
-        let _ = self.segment(&mut st, second, syn_ack, &[]);
-        let _ = self.segment(&mut st, first, ack, &[]);
+        let _ = self.segment(&mut st, first, Flags::SYN, &[]);
+        let _ = self.segment(&mut st, second, Flags::SYN_ACK, &[]);
+        let _ = self.segment(&mut st, first, Flags::ACK, &[]);
     }
 
     /// Records stream bytes that went `way`, in segments of at most [`TCP_SEGMENT`].
@@ -345,13 +344,8 @@ impl TcpFlow {
         if st.closed {
             return Ok(());
         }
-        let flags = Flags {
-            ack: true,
-            psh: true,
-            ..Flags::default()
-        };
         for chunk in bytes.chunks(TCP_SEGMENT) {
-            self.segment(&mut st, way, flags, chunk)?;
+            self.segment(&mut st, way, Flags::DATA, chunk)?;
         }
         Ok(())
     }
@@ -363,18 +357,9 @@ impl TcpFlow {
         if std::mem::replace(&mut st.closed, true) {
             return Ok(());
         }
-        let fin = Flags {
-            ack: true,
-            fin: true,
-            ..Flags::default()
-        };
-        let ack = Flags {
-            ack: true,
-            ..Flags::default()
-        };
-        self.segment(&mut st, Way::Sent, fin, &[])?;
-        self.segment(&mut st, Way::Received, fin, &[])?;
-        self.segment(&mut st, Way::Sent, ack, &[])
+        self.segment(&mut st, Way::Sent, Flags::FIN, &[])?;
+        self.segment(&mut st, Way::Received, Flags::FIN, &[])?;
+        self.segment(&mut st, Way::Sent, Flags::ACK, &[])
     }
 }
 

@@ -10,14 +10,14 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc::Receiver;
 
 fn bin() -> Command {
     common::bin()
 }
 
-use common::{lines_of, serve, wait_for};
+use common::{serve, wait_for};
 
 /// Replaces target specs (`sim:…`, `kdnet:…`, `kdcom:…`) in a line with `T`.
 fn mask_targets(line: &str) -> String {
@@ -49,35 +49,26 @@ fn run_json_with(target: &str, before: impl FnOnce(&Receiver<String>)) -> serde_
         std::process::id(),
         target.len()
     ));
-    let mut child = bin()
-        .args([
-            "run",
-            "--target",
-            target,
-            "--tag",
-            "Leak",
-            "--json",
-            "--stats",
-            "--journal",
-        ])
-        .arg(&journal)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = lines_of(child.stderr.take().unwrap());
-    before(&stderr);
-    let out = child.wait_with_output().unwrap();
-    let stderr: Vec<String> = stderr.iter().collect();
-    let stderr = stderr.join("\n");
-    assert!(out.status.success(), "{target}: {stderr}");
+    let journal = journal.to_str().unwrap();
+    let args = [
+        "run",
+        "--target",
+        target,
+        "--tag",
+        "Leak",
+        "--json",
+        "--stats",
+        "--journal",
+        journal,
+    ];
+    let (stdout, stderr) = common::run_watching(&args, before);
     if !target.starts_with("sim:") {
         assert!(
             stderr.contains("round trips"),
             "--stats prints the wire counters: {stderr}"
         );
     }
-    let mut v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
     v["target"] = serde_json::Value::Null;
     v
 }

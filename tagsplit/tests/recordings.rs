@@ -18,7 +18,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{bin, lines_of, serve, tagsplit, wait_for};
+use common::{serve, tagsplit, wait_for};
 use tagsplit_protocol::gdb::Command as Rsp;
 use tagsplit_protocol::gdb::transcript::parse_log;
 
@@ -33,21 +33,18 @@ fn run_recorded(
     before: impl FnOnce(&std::sync::mpsc::Receiver<String>),
 ) -> String {
     let journal = pcap.with_extension("journal.json");
-    let mut child = bin()
-        .args(["run", "--target", target, "--tag", "Leak", "--journal"])
-        .arg(&journal)
-        .arg("--pcap")
-        .arg(pcap)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = lines_of(child.stderr.take().unwrap());
-    before(&stderr);
-    let out = child.wait_with_output().unwrap();
-    let stderr: Vec<String> = stderr.iter().collect();
-    assert!(out.status.success(), "{target}: {}", stderr.join("\n"));
-    String::from_utf8(out.stdout).unwrap()
+    let args = [
+        "run",
+        "--target",
+        target,
+        "--tag",
+        "Leak",
+        "--journal",
+        journal.to_str().unwrap(),
+        "--pcap",
+        pcap.to_str().unwrap(),
+    ];
+    String::from_utf8(common::run_watching(&args, before).0).unwrap()
 }
 
 /// `tagsplit decode FILE [--key K]`: the text and the JSON report.

@@ -234,3 +234,29 @@ pub fn wait_for(lines: &std::sync::mpsc::Receiver<String>, marker: &str) -> Stri
         }
     }
 }
+
+/// Runs `tagsplit ARGS` to its end; `before` runs once it has started, with its stderr lines
+/// (a KDNET debugger prints its port there). Fails unless it succeeded; returns its stdout
+/// and its stderr.
+pub fn run_watching<S: AsRef<std::ffi::OsStr>>(
+    args: &[S],
+    before: impl FnOnce(&std::sync::mpsc::Receiver<String>),
+) -> (Vec<u8>, String) {
+    let mut child = bin()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = lines_of(child.stderr.take().unwrap());
+    before(&stderr);
+    let out = child.wait_with_output().unwrap();
+    let stderr: Vec<String> = stderr.iter().collect();
+    let stderr = stderr.join("\n");
+    let shown: Vec<String> = args
+        .iter()
+        .map(|a| a.as_ref().to_string_lossy().into_owned())
+        .collect();
+    assert!(out.status.success(), "{shown:?}: {stderr}");
+    (out.stdout, stderr)
+}
