@@ -212,3 +212,45 @@ fn the_gdb_client_and_the_stub_log_one_session_alike() {
     assert!(read.reply.is_some());
     assert_eq!(ex.last().unwrap().command, b"D");
 }
+
+#[test]
+fn a_break_in_is_logged_as_the_interrupt_byte_gdb_sends() {
+    let dir = common::temp_dir("remotelog-interrupt");
+    let (client_log, stub_log) = (dir.join("client.log"), dir.join("stub.log"));
+    let stub = logged_stub(&stub_log);
+    let log = PacketLog::create(&client_log, false).unwrap();
+    let mut t =
+        GdbTarget::connect_logged(&stub.addr().to_string(), GdbOptions::default(), Some(log))
+            .unwrap();
+    // Triggered before the run: the run resumes and breaks in at once (from the
+    // interrupt's waker, on its own clone of the socket).
+    let interrupt = tagsplit::target::Interrupt::new();
+    interrupt.trigger();
+    t.set_interrupt(Some(interrupt));
+    assert!(matches!(
+        t.run(tagsplit::target::RunFor::Ticks(1 << 40)),
+        Err(tagsplit::target::TargetError::Interrupted)
+    ));
+    t.set_interrupt(None);
+    drop(t);
+    wait_detached(&stub);
+    drop(stub.shutdown());
+    let (ours, theirs) = (
+        std::fs::read(&client_log).unwrap(),
+        std::fs::read(&stub_log).unwrap(),
+    );
+    let text = String::from_utf8_lossy(&ours);
+    // Right after the resume, before anything was read: in the same `w` record.
+    assert!(text.contains("\nw $vCont;c#a8\\x03\nr $T02"), "{text}");
+    assert_eq!(bytes_per_session(&ours), bytes_per_session(&theirs));
+    // The resume is paired with the stop reply, the interrupt byte is no packet.
+    let ex = parse_log(&ours);
+    let resume = ex
+        .iter()
+        .find(|e| e.command.starts_with(b"vCont;c"))
+        .expect("the resume");
+    assert!(
+        resume.reply.as_deref().is_some_and(|r| r.starts_with(b"T")),
+        "{resume:?}"
+    );
+}
