@@ -348,7 +348,7 @@ fn options_that_do_not_apply_are_refused_plainly_before_connecting() {
     let dir = common::temp_dir("record-refused");
     let file = dir.join("never.out");
     let f = file.to_str().unwrap();
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 8] = [
         (
             &[
                 "run",
@@ -392,6 +392,10 @@ fn options_that_do_not_apply_are_refused_plainly_before_connecting() {
         (
             &["demo", "--via", "kdcom", "--log-packets", f],
             "--log-packets does not apply to kdcom:loopback",
+        ),
+        (
+            &["demo", "--via", "gdb", "--pcap", f],
+            "--pcap does not apply to gdb://loopback",
         ),
         (
             &["serve", "--kdcom", "127.0.0.1:0", "--log-packets", f],

@@ -59,6 +59,7 @@ fn open(via: Via, record: &tagsplit::target::OpenOptions) -> anyhow::Result<Open
             _stub: None,
         }),
         Via::Gdb => {
+            record.check_spec("gdb://loopback")?;
             let scenario = tagsplit_target_sim::scenario::Scenario::builtin("part4")
                 .ok_or_else(|| anyhow::anyhow!("no built-in part4"))?;
             let stub = tagsplit::target::gdb::serve_scenario(
