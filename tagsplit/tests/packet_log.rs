@@ -87,6 +87,26 @@ fn byte_records(log: &[u8]) -> Vec<(LogDirection, Vec<u8>)> {
     out
 }
 
+/// One session of our `gdb://` client with a logging stub, the client logging too; `use_it`
+/// drives the client. Returns the client's log and the stub's.
+fn client_session(name: &str, use_it: impl FnOnce(&mut GdbTarget)) -> (Vec<u8>, Vec<u8>) {
+    let dir = common::temp_dir(name);
+    let (client_log, stub_log) = (dir.join("client.log"), dir.join("stub.log"));
+    let stub = logged_stub(&stub_log);
+    let log = PacketLog::create(&client_log, false).unwrap();
+    let mut t =
+        GdbTarget::connect_logged(&stub.addr().to_string(), GdbOptions::default(), Some(log))
+            .unwrap();
+    use_it(&mut t);
+    drop(t);
+    wait_detached(&stub);
+    drop(stub.shutdown());
+    (
+        std::fs::read(&client_log).unwrap(),
+        std::fs::read(&stub_log).unwrap(),
+    )
+}
+
 fn find<'a>(ex: &'a [LoggedExchange], command: &[u8]) -> &'a LoggedExchange {
     ex.iter()
         .find(|e| e.command == command)
@@ -169,29 +189,17 @@ fn real_gdb_and_our_stub_log_the_same_session_and_our_reader_pairs_it() {
 
 #[test]
 fn the_gdb_client_and_the_stub_log_one_session_alike() {
-    let dir = common::temp_dir("remotelog-client");
-    let (client_log, stub_log) = (dir.join("client.log"), dir.join("stub.log"));
-    let stub = logged_stub(&stub_log);
-    let log = PacketLog::create(&client_log, false).unwrap();
-    let mut t =
-        GdbTarget::connect_logged(&stub.addr().to_string(), GdbOptions::default(), Some(log))
-            .unwrap();
-    let mut tag = [0u8; 4];
-    assert_eq!(
-        t.read_memory(VirtAddr(0xfffff880_0496e3aa), &mut tag)
-            .unwrap(),
-        4
-    );
-    assert_eq!(&tag, b"Leak");
-    let modules = t.modules().unwrap();
-    assert!(modules.iter().any(|m| m.name == "myfault.sys"));
-    drop(t);
-    wait_detached(&stub);
-    drop(stub.shutdown());
-    let (ours, theirs) = (
-        std::fs::read(&client_log).unwrap(),
-        std::fs::read(&stub_log).unwrap(),
-    );
+    let (ours, theirs) = client_session("remotelog-client", |t| {
+        let mut tag = [0u8; 4];
+        assert_eq!(
+            t.read_memory(VirtAddr(0xfffff880_0496e3aa), &mut tag)
+                .unwrap(),
+            4
+        );
+        assert_eq!(&tag, b"Leak");
+        let modules = t.modules().unwrap();
+        assert!(modules.iter().any(|m| m.name == "myfault.sys"));
+    });
     // The same bytes each way (the records may be cut apart differently: the client
     // pipelines reads, the stub reads them as they come).
     let sessions = bytes_per_session(&ours);
@@ -215,30 +223,18 @@ fn the_gdb_client_and_the_stub_log_one_session_alike() {
 
 #[test]
 fn a_break_in_is_logged_as_the_interrupt_byte_gdb_sends() {
-    let dir = common::temp_dir("remotelog-interrupt");
-    let (client_log, stub_log) = (dir.join("client.log"), dir.join("stub.log"));
-    let stub = logged_stub(&stub_log);
-    let log = PacketLog::create(&client_log, false).unwrap();
-    let mut t =
-        GdbTarget::connect_logged(&stub.addr().to_string(), GdbOptions::default(), Some(log))
-            .unwrap();
-    // Triggered before the run: the run resumes and breaks in at once (from the
-    // interrupt's waker, on its own clone of the socket).
-    let interrupt = tagsplit::target::Interrupt::new();
-    interrupt.trigger();
-    t.set_interrupt(Some(interrupt));
-    assert!(matches!(
-        t.run(tagsplit::target::RunFor::Ticks(1 << 40)),
-        Err(tagsplit::target::TargetError::Interrupted)
-    ));
-    t.set_interrupt(None);
-    drop(t);
-    wait_detached(&stub);
-    drop(stub.shutdown());
-    let (ours, theirs) = (
-        std::fs::read(&client_log).unwrap(),
-        std::fs::read(&stub_log).unwrap(),
-    );
+    let (ours, theirs) = client_session("remotelog-interrupt", |t| {
+        // Triggered before the run: the run resumes and breaks in at once (from the
+        // interrupt's waker, on its own clone of the socket).
+        let interrupt = tagsplit::target::Interrupt::new();
+        interrupt.trigger();
+        t.set_interrupt(Some(interrupt));
+        assert!(matches!(
+            t.run(tagsplit::target::RunFor::Ticks(1 << 40)),
+            Err(tagsplit::target::TargetError::Interrupted)
+        ));
+        t.set_interrupt(None);
+    });
     let text = String::from_utf8_lossy(&ours);
     // Right after the resume, before anything was read: in the same `w` record.
     assert!(text.contains("\nw $vCont;c#a8\\x03\nr $T02"), "{text}");

@@ -253,24 +253,33 @@ fn the_stub_records_kdcom_too_and_both_ends_see_the_same_packets() {
     }
 }
 
-#[test]
-fn demo_via_gdb_logs_both_sessions_in_gdbs_format() {
-    let dir = common::temp_dir("demo-log");
-    let log = dir.join("demo.log");
-    let out = tagsplit(&[
+/// `tagsplit demo --via VIA OPTION DIR/FILE` (its plot in DIR too), which must succeed;
+/// returns the recording's path.
+fn demo(via: &str, option: &str, dir: &str, file: &str) -> std::path::PathBuf {
+    let dir = common::temp_dir(dir);
+    let path = dir.join(file);
+    let plot = dir.join("demo.svg");
+    let args = [
         "demo",
         "--via",
-        "gdb",
-        "--log-packets",
-        log.to_str().unwrap(),
+        via,
+        option,
+        path.to_str().unwrap(),
         "--plot",
-        dir.join("demo.svg").to_str().unwrap(),
-    ]);
+        plot.to_str().unwrap(),
+    ];
+    let out = tagsplit(&args);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    path
+}
+
+#[test]
+fn demo_via_gdb_logs_both_sessions_in_gdbs_format() {
+    let log = demo("gdb", "--log-packets", "demo-log", "demo.log");
     let bytes = std::fs::read(&log).unwrap();
     assert!(bytes.starts_with(b"\nw $qSupported:"));
     let text = String::from_utf8_lossy(&bytes);
@@ -300,22 +309,7 @@ fn demo_via_gdb_logs_both_sessions_in_gdbs_format() {
 
 #[test]
 fn demo_via_kdcom_records_both_sessions_in_one_capture() {
-    let dir = common::temp_dir("demo-pcap");
-    let pcap = dir.join("demo.pcapng");
-    let out = tagsplit(&[
-        "demo",
-        "--via",
-        "kdcom",
-        "--pcap",
-        pcap.to_str().unwrap(),
-        "--plot",
-        dir.join("demo.svg").to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let pcap = demo("kdcom", "--pcap", "demo-pcap", "demo.pcapng");
     let (text, report) = decode(&pcap, None);
     check_split_capture(&text, &report);
     // Two connections (the transcript's, then the split's), each both ways.
