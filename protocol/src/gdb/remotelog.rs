@@ -17,6 +17,9 @@
 //! reads it back into [`LogRecord`]s (from gdb, from us, or cut off anywhere: nothing is
 //! an error), and [`super::transcript::parse_log`] turns it into command/reply pairs.
 //!
+//! Only gdb's default `remotelogbase ascii` is read; a log written with `set remotelogbase
+//! hex` or `octal` (each byte as ` NN` or ` NNN`) reads as those digits.
+//!
 //! The angle-bracket markers are not escaped by gdb (`<` is printable), so a packet whose
 //! payload holds exactly `<Eof>`, `<Break>`, `<Timeout: N seconds>` or `<Error: …>` reads
 //! back as the marker; RSP traffic has no such text in practice (target descriptions use
