@@ -175,6 +175,22 @@ def seed_local(w: Writer):
     scen = os.path.join(HERE, "..", "target-sim", "src", "scenarios", "part4.toml")
     with open(scen, "rb") as f:
         w.put("scenario_toml", f.read())
+    # gdb's own session logs (`set remotelogfile`) that real gdb wrote against our stub:
+    # the start, the middle and the end of each, and two small ones with every marker.
+    data_dir = os.path.join(HERE, "..", "protocol", "tests", "data")
+    for name in sorted(os.listdir(data_dir)):
+        if name.endswith(".remotelog"):
+            with open(os.path.join(data_dir, name), "rb") as f:
+                log = f.read()
+            mid = len(log) // 2
+            for part in (log[:MAX_LEN], log[mid : mid + MAX_LEN], log[-MAX_LEN:]):
+                w.put("gdb_remotelog", part)
+    w.put(
+        "gdb_remotelog",
+        b"\nw +$qSupported:a+#c9\nr +$OK#9a\nc info\nw \\x03\n"
+        b"r <Timeout: 2 seconds><Eof>\nEnd of log\n",
+    )
+    w.put("gdb_remotelog", b"\nw $m0,1#fa$m1,1#fb\nr $00#60$01#61\nw -\nr -$O6869#e6\nEnd of log\n")
 
 
 def pcapng_udp_payloads(data: bytes):

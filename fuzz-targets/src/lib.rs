@@ -20,6 +20,7 @@ pub mod console_command;
 pub mod gdb_client_session;
 pub mod gdb_command;
 pub mod gdb_decoder;
+pub mod gdb_remotelog;
 pub mod gdb_server_session;
 pub mod gdb_stub;
 pub mod kd_payload;
@@ -43,6 +44,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("gdb_client_session", gdb_client_session::run),
     ("gdb_command", gdb_command::run),
     ("gdb_decoder", gdb_decoder::run),
+    ("gdb_remotelog", gdb_remotelog::run),
     ("gdb_server_session", gdb_server_session::run),
     ("gdb_stub", gdb_stub::run),
     ("kd_payload", kd_payload::run),

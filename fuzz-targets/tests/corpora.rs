@@ -65,6 +65,7 @@ replay_tests!(
     gdb_client_session,
     gdb_command,
     gdb_decoder,
+    gdb_remotelog,
     gdb_server_session,
     gdb_stub,
     kd_payload,

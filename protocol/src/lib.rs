@@ -14,6 +14,7 @@
 //! | (always) | [`nt`] | what a debugger reads in a Windows x64 kernel: structure layouts, PE headers, NTSTATUS values, and the value types [`nt::VirtAddr`] and [`nt::PoolTag`], shared by targets that write them and debuggers that read them | — |
 //! | (always) | [`rto`] | an adaptive retransmission / reply timer (smoothed round trip, its variation, and the time the bytes in flight need on the link) | — |
 //! | `impair` | [`impair`] | a seeded, sans-IO model of a lossy, corrupting, slow link (streams and datagrams) for tests and relays; off by default | chacha20, rand_core |
+//! | `pcap` | `pcap` | recording KDNET datagrams and KDCOM-over-TCP streams as pcapng (Ethernet/IP/UDP and Ethernet/IP/TCP frames with the real addresses), what `tagsplit --pcap` writes; off by default | pcap-file, etherparse |
 //! | `tokio` | `codec` | `tokio_util::codec` adapters over the enabled protocols' sessions | tokio-util, bytes |
 //!
 //! All four are on by default. A GDB-only tool takes `default-features = false,
@@ -180,6 +181,8 @@ pub mod kd;
 #[cfg(feature = "kdnet")]
 pub mod kdnet;
 pub mod nt;
+#[cfg(feature = "pcap")]
+pub mod pcap;
 pub mod rto;
 pub mod stub;
 

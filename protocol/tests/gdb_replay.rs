@@ -6,10 +6,13 @@
     missing_docs
 )]
 //! Replays the packet logs recorded from real gdb 13.1 (`shared/reference/gdb-transcripts`)
-//! through the command parser, the reply parser and a `ServerSession`/`ClientSession` pair.
+//! and the sessions real gdb 13 logged itself with `set remotelogfile` against our stub
+//! (`tests/data/*.remotelog`, gdb's own format, the replay format) through the command
+//! parser, the reply parser and a `ServerSession`/`ClientSession` pair.
 
 use std::path::PathBuf;
 
+use tagsplit_protocol::gdb::remotelog::{LogDirection, LogRecord, parse_remote_log};
 use tagsplit_protocol::gdb::transcript::{LoggedExchange, parse_log};
 use tagsplit_protocol::gdb::{
     ClientEvent, ClientSession, Command, HexBytes, Reply, ReplyKind, ServerEvent, ServerSession,
@@ -49,16 +52,77 @@ fn transcripts() -> Vec<String> {
     names
 }
 
-/// Packets gdb sent that we deliberately do not model (test markers).
+/// The sessions gdb logged in its own format (`set remotelogfile`): every command of each
+/// was answered (they end with a detach).
+fn remote_logs() -> Vec<(String, Vec<LoggedExchange>)> {
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/"));
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".remotelog"))
+        .collect();
+    names.sort();
+    assert!(!names.is_empty(), "no gdb remote logs in {}", dir.display());
+    names
+        .into_iter()
+        .map(|name| {
+            let raw = std::fs::read(dir.join(&name)).unwrap();
+            let exchanges = parse_log(&raw);
+            // Every frame gdb sent starts with a `$` (one inside a packet is escaped).
+            let frames_sent: usize = parse_remote_log(&raw)
+                .iter()
+                .map(|r| match r {
+                    LogRecord::Bytes {
+                        direction: LogDirection::Write,
+                        bytes,
+                    } => bytes.iter().filter(|&&b| b == b'$').count(),
+                    _ => 0,
+                })
+                .sum();
+            assert_eq!(
+                exchanges.len(),
+                frames_sent,
+                "{name}: every command is read"
+            );
+            assert!(
+                exchanges.len() > 100,
+                "{name}: {} exchanges",
+                exchanges.len()
+            );
+            assert!(
+                exchanges.iter().all(|e| e.reply.is_some()),
+                "{name}: a command without its reply"
+            );
+            assert_eq!(exchanges.last().map(|e| &e.command[..]), Some(&b"D"[..]));
+            (name, exchanges)
+        })
+        .collect()
+}
+
+/// Every logged session, in both formats.
+fn sessions() -> Vec<(String, Vec<LoggedExchange>)> {
+    transcripts()
+        .into_iter()
+        .map(|name| {
+            let ex = load(&name);
+            (name, ex)
+        })
+        .chain(remote_logs())
+        .collect()
+}
+
+/// Packets gdb sent that we deliberately do not model: test markers, `qOffsets` (the stub
+/// answers it empty, so gdb relocates nothing: the modules are where they say) and
+/// `qSymbol` (answered empty: the stub looks up no symbols in gdb).
 fn expected_unknown(cmd: &[u8]) -> bool {
-    cmd.starts_with(b"qMARK:")
+    cmd.starts_with(b"qMARK:") || cmd == b"qOffsets" || cmd.starts_with(b"qSymbol:")
 }
 
 #[test]
 fn every_recorded_gdb_packet_parses_as_its_typed_command() {
     let mut typed = 0;
-    for name in transcripts() {
-        for ex in load(&name) {
+    for (name, exchanges) in sessions() {
+        for ex in exchanges {
             let cmd = Command::parse(&ex.command);
             if expected_unknown(&ex.command) {
                 assert_eq!(cmd, Command::Unknown(&ex.command), "{name}");
@@ -109,8 +173,8 @@ fn specific_recorded_packets_have_the_right_meaning() {
 #[test]
 fn every_recorded_reply_parses_for_its_command() {
     let mut checked = 0;
-    for name in transcripts() {
-        for ex in load(&name) {
+    for (name, exchanges) in sessions() {
+        for ex in exchanges {
             let Some(reply) = &ex.reply else { continue };
             let cmd = Command::parse(&ex.command);
             let typed = Reply::parse(cmd.reply_kind(), reply)
@@ -133,10 +197,10 @@ fn every_recorded_reply_parses_for_its_command() {
 /// the stub), with the stub answering what the log says, and checks both ends agree.
 #[test]
 fn transcripts_replay_through_both_sessions() {
-    for name in transcripts() {
+    for (name, exchanges) in sessions() {
         let mut client = ClientSession::default();
         let mut server = ServerSession::default();
-        for ex in load(&name) {
+        for ex in &exchanges {
             let sent = Command::parse(&ex.command);
             client.send(&sent);
             let bytes = client.poll_transmit().unwrap();
@@ -181,7 +245,7 @@ fn transcripts_replay_through_both_sessions() {
                 server.receive(&acks);
             }
         }
-        let uses_no_ack = load(&name).iter().any(|e| e.command == b"QStartNoAckMode");
+        let uses_no_ack = exchanges.iter().any(|e| e.command == b"QStartNoAckMode");
         assert_eq!(!server.ack_mode(), uses_no_ack, "{name}");
         assert_eq!(server.stats().bad_checksums, 0);
         assert_eq!(client.stats().retransmissions, 0);

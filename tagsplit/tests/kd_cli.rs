@@ -10,67 +10,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Receiver, channel};
-use std::time::Duration;
+use std::process::Command;
+use std::sync::mpsc::Receiver;
 
 fn bin() -> Command {
     common::bin()
 }
 
-struct Server(Child);
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `tagsplit serve ARGS` (binding port 0); returns the server and the address it
-/// printed after `marker` (`over KDCOM (TCP) on`).
-fn serve(args: &[&str], marker: &str) -> (Server, String) {
-    let mut child = bin()
-        .arg("serve")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = lines_of(child.stdout.take().unwrap());
-    let server = Server(child);
-    let addr = wait_for(&lines, marker);
-    (server, addr)
-}
-
-/// The lines of a child's pipe, read on a thread (so the child never blocks on it).
-fn lines_of(pipe: impl std::io::Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// The first word after `marker` on the first line that has it.
-fn wait_for(lines: &Receiver<String>, marker: &str) -> String {
-    loop {
-        let line = lines
-            .recv_timeout(Duration::from_secs(120))
-            .unwrap_or_else(|e| panic!("no line with {marker:?}: {e}"));
-        if let Some((_, rest)) = line.split_once(marker) {
-            return rest
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_string();
-        }
-    }
-}
+use common::{serve, wait_for};
 
 /// Replaces target specs (`sim:…`, `kdnet:…`, `kdcom:…`) in a line with `T`.
 fn mask_targets(line: &str) -> String {
@@ -102,35 +49,26 @@ fn run_json_with(target: &str, before: impl FnOnce(&Receiver<String>)) -> serde_
         std::process::id(),
         target.len()
     ));
-    let mut child = bin()
-        .args([
-            "run",
-            "--target",
-            target,
-            "--tag",
-            "Leak",
-            "--json",
-            "--stats",
-            "--journal",
-        ])
-        .arg(&journal)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = lines_of(child.stderr.take().unwrap());
-    before(&stderr);
-    let out = child.wait_with_output().unwrap();
-    let stderr: Vec<String> = stderr.iter().collect();
-    let stderr = stderr.join("\n");
-    assert!(out.status.success(), "{target}: {stderr}");
+    let journal = journal.to_str().unwrap();
+    let args = [
+        "run",
+        "--target",
+        target,
+        "--tag",
+        "Leak",
+        "--json",
+        "--stats",
+        "--journal",
+        journal,
+    ];
+    let (stdout, stderr) = common::run_watching(&args, before);
     if !target.starts_with("sim:") {
         assert!(
             stderr.contains("round trips"),
             "--stats prints the wire counters: {stderr}"
         );
     }
-    let mut v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
     v["target"] = serde_json::Value::Null;
     v
 }

@@ -76,6 +76,27 @@ fn answered_empty(cmd: &Command) -> bool {
     }
 }
 
+/// The files in `dir` whose names end with `suffix`, sorted.
+fn logs_in(dir: &str, suffix: &str) -> Vec<String> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(suffix))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A client connection to `stub` (no delay, reads time out after 10 s).
+fn connect(stub: &GdbStubHandle) -> TcpStream {
+    let stream = TcpStream::connect(stub.addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
 #[test]
 fn recorded_gdb_sessions_replay_against_the_stub() {
     let machine = Machine::boot(&Scenario::builtin("part4").unwrap()).unwrap();
@@ -84,21 +105,12 @@ fn recorded_gdb_sessions_replay_against_the_stub() {
         ..GdbStubOptions::default()
     };
     let stub = GdbStub::spawn(machine, options).unwrap();
-    let mut names: Vec<_> = std::fs::read_dir(DIR)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.ends_with(".server.log"))
-        .collect();
-    names.sort();
+    let names = logs_in(DIR, ".server.log");
     assert!(names.len() >= 12);
     let mut replayed = 0;
     for name in names {
         let log = parse_log(&std::fs::read(format!("{DIR}{name}")).unwrap());
-        let mut stream = TcpStream::connect(stub.addr()).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        stream.set_nodelay(true).unwrap();
+        let mut stream = connect(&stub);
         let mut session = ClientSession::default();
         for ex in &log {
             let cmd = Command::parse(&ex.command);
@@ -162,4 +174,46 @@ fn recorded_gdb_sessions_replay_against_the_stub() {
     }
     assert!(replayed > 400, "{replayed}");
     drop(stub.shutdown());
+}
+
+/// The sessions real gdb 13 logged itself (`set remotelogfile`) against this stub
+/// (serving part4, every resume stopped after 20 ticks), in gdb's format, the replay
+/// format: replayed command by command against a fresh stub, every reply is the one
+/// gdb got.
+#[test]
+fn sessions_gdb_logged_replay_against_the_stub_with_the_same_replies() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../protocol/tests/data/");
+    let names = logs_in(dir, ".remotelog");
+    assert!(!names.is_empty());
+    for name in names {
+        let log = parse_log(&std::fs::read(format!("{dir}{name}")).unwrap());
+        assert!(log.len() > 100, "{name}");
+        // As `tagsplit serve --stop-after-ticks 20` serves it.
+        let scenario = Scenario::builtin("part4").unwrap();
+        let machine = Machine::boot(&scenario).unwrap();
+        let options = GdbStubOptions {
+            stop_after_ticks: Some(20),
+            default_run_ticks: Some(scenario.default_run_ticks()),
+            ..GdbStubOptions::default()
+        };
+        let stub = GdbStub::spawn(machine, options).unwrap();
+        let mut stream = connect(&stub);
+        let mut session = ClientSession::default();
+        let mut resumed = 0;
+        for ex in &log {
+            let cmd = Command::parse(&ex.command);
+            let got = exchange(&mut stream, &mut session, &cmd);
+            let want = Reply::parse(cmd.reply_kind(), ex.reply.as_deref().unwrap()).unwrap();
+            // `monitor` is answered by the console in `tagsplit serve`, not here.
+            if matches!(cmd, Command::Monitor(_)) {
+                assert_eq!(got, Reply::Empty, "{name}");
+                continue;
+            }
+            resumed += usize::from(cmd.resumes());
+            assert_eq!(got, want, "{name}: {cmd:?}");
+        }
+        assert!(resumed > 0, "{name}: the session ran the target");
+        drop(stream);
+        drop(stub.shutdown());
+    }
 }

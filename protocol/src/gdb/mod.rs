@@ -69,6 +69,7 @@
 pub mod command;
 pub mod frame;
 pub mod hex;
+pub mod remotelog;
 pub mod reply;
 pub mod session;
 pub mod stub;

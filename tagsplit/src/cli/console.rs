@@ -17,11 +17,14 @@ pub struct Args {
     /// A pooltag.txt file for tag descriptions.
     #[arg(long)]
     pooltag: Option<PathBuf>,
+    /// Recording the traffic (--log-packets, --pcap).
+    #[command(flatten)]
+    record: super::RecordArgs,
 }
 
 /// Runs the console.
 pub fn execute(a: Args) -> anyhow::Result<()> {
-    let mut target = super::open_target(&a.target)?;
+    let mut target = super::open_target_with(&a.target, &a.record.options())?;
     let mut console = Console::with_pooltag(super::load_pooltag(a.pooltag.as_deref())?);
     let mut out = std::io::stdout().lock();
     if let Some(cmds) = a.commands {

@@ -37,6 +37,10 @@ pub struct Args {
     /// the temporary directory).
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<std::path::PathBuf>,
+    /// Recording the wire (--log-packets with --via gdb, --pcap with --via kdnet or
+    /// kdcom): the debugger's side of both sessions, one after the other in one file.
+    #[command(flatten)]
+    record: super::RecordArgs,
 }
 
 /// A target and, for `--via gdb`, the loopback stub serving it (stopped on drop, after
@@ -46,13 +50,16 @@ struct Opened {
     _stub: Option<tagsplit_target_sim::server::gdb::GdbStubHandle>,
 }
 
-fn open(via: Via) -> anyhow::Result<Opened> {
+/// Opens the demo's target over `via`, recording as `record` says (the second session
+/// is appended to the first one's files).
+fn open(via: Via, record: &tagsplit::target::OpenOptions) -> anyhow::Result<Opened> {
     match via {
         Via::Sim => Ok(Opened {
-            target: super::open_target("sim:part4")?,
+            target: super::open_target_with("sim:part4", record)?,
             _stub: None,
         }),
         Via::Gdb => {
+            record.check_spec("gdb://loopback")?;
             let scenario = tagsplit_target_sim::scenario::Scenario::builtin("part4")
                 .ok_or_else(|| anyhow::anyhow!("no built-in part4"))?;
             let stub = tagsplit::target::gdb::serve_scenario(
@@ -61,7 +68,7 @@ fn open(via: Via) -> anyhow::Result<Opened> {
                 None,
                 tagsplit_target_sim::server::gdb::StubFeatures::FULL,
             )?;
-            let target = super::open_target(&format!("gdb://{}", stub.addr()))?;
+            let target = super::open_target_with(&format!("gdb://{}", stub.addr()), record)?;
             Ok(Opened {
                 target,
                 _stub: Some(stub),
@@ -71,12 +78,14 @@ fn open(via: Via) -> anyhow::Result<Opened> {
             use tagsplit::target::kd::{KdTarget, KdTransport};
             let scenario = tagsplit_target_sim::scenario::Scenario::builtin("part4")
                 .ok_or_else(|| anyhow::anyhow!("no built-in part4"))?;
-            let transport = if via == Via::Kdnet {
-                KdTransport::Kdnet(DEMO_KEY.parse()?)
+            let (transport, spec) = if via == Via::Kdnet {
+                (KdTransport::Kdnet(DEMO_KEY.parse()?), "kdnet:loopback")
             } else {
-                KdTransport::Kdcom
+                (KdTransport::Kdcom, "kdcom:loopback")
             };
-            let target = KdTarget::serve_scenario(&scenario, transport)?;
+            record.check_spec(spec)?;
+            let pcap = record.open_pcap()?;
+            let target = KdTarget::serve_scenario_recorded(&scenario, transport, pcap)?;
             Ok(Opened {
                 target: Box::new(target),
                 _stub: None,
@@ -94,10 +103,11 @@ fn print_stats(enabled: bool, target: &dyn tagsplit::target::DebugTarget) {
 /// Prints the seed transcript, then the automated split's verdict.
 pub fn execute(a: Args) -> anyhow::Result<()> {
     let started = Instant::now();
+    let record = a.record.options();
     let Opened {
         target: mut manual,
         _stub: stub,
-    } = open(a.via)?;
+    } = open(a.via, &record)?;
     println!(
         "# The Part 4 workflow, by hand, on {}:\n",
         manual.describe()
@@ -114,7 +124,7 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
     let Opened {
         mut target,
         _stub: stub,
-    } = open(a.via)?;
+    } = open(a.via, &record.clone().append(true))?;
     println!(
         "\n# The same, automated (`tagsplit run --target {} --tag Leak`) on a fresh boot:\n",
         target.describe()
@@ -152,7 +162,7 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
     let Opened {
         target: mut manual,
         _stub: manual_stub,
-    } = open(a.via)?;
+    } = open(a.via, &record)?;
     println!(
         "\n# Part 5 (PoolHitTag), by hand, on a fresh boot of {}:\n",
         manual.describe()

@@ -89,3 +89,35 @@ pub fn load_pooltag(file: Option<&Path>) -> anyhow::Result<PoolTagDb> {
 pub fn open_target(spec: &str) -> anyhow::Result<tagsplit::target::BoxedTarget> {
     tagsplit::target::open(spec).with_context(|| format!("opening target {spec}"))
 }
+
+/// Opens a target spec recording what `record` asks for, with context on failure.
+pub fn open_target_with(
+    spec: &str,
+    record: &tagsplit::target::OpenOptions,
+) -> anyhow::Result<tagsplit::target::BoxedTarget> {
+    tagsplit::target::open_with(spec, record).with_context(|| format!("opening target {spec}"))
+}
+
+/// `--log-packets FILE` and `--pcap FILE`: the recordings `run`, `console`, `serve` and
+/// `demo` take.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct RecordArgs {
+    /// Log the GDB remote-protocol traffic to FILE in gdb's own `set remotelogfile`
+    /// format (`w` = bytes the debugger sent, `r` = bytes the stub sent); gdb:// targets.
+    #[arg(long, value_name = "FILE")]
+    pub log_packets: Option<std::path::PathBuf>,
+    /// Record the KDNET or KDCOM traffic to FILE as pcapng (Wireshark and `tagsplit
+    /// decode` open it); kdnet: and kdcom: targets.
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<std::path::PathBuf>,
+}
+
+impl RecordArgs {
+    /// The options for [`tagsplit::target::open_with`].
+    pub fn options(&self) -> tagsplit::target::OpenOptions {
+        let mut o = tagsplit::target::OpenOptions::new();
+        o.log_packets = self.log_packets.clone();
+        o.pcap = self.pcap.clone();
+        o
+    }
+}

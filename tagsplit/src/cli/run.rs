@@ -61,6 +61,9 @@ pub struct Args {
     /// With --stacks: how many breaks to take.
     #[arg(long, default_value_t = 100)]
     pub breaks: usize,
+    /// Recording the traffic (--log-packets, --pcap).
+    #[command(flatten)]
+    pub record: super::RecordArgs,
 }
 
 /// `tagsplit restore --target SPEC [--journal PATH]`, as a user should type it.
@@ -126,7 +129,7 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
     let cancel = signals::install();
     signals::test_pause("connecting");
     let connecting = std::time::Instant::now();
-    let mut target = super::open_target(&a.target)?;
+    let mut target = super::open_target_with(&a.target, &a.record.options())?;
     let meter = PhaseMeter::new();
     meter.record(
         "connect",

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
-use tagsplit::target::gdb::serve_scenario;
+use tagsplit::target::gdb::serve_scenario_logged;
 use tagsplit_protocol::kdnet::Key;
 use tagsplit_target_sim::machine::Machine;
 use tagsplit_target_sim::scenario::Scenario;
@@ -37,6 +37,11 @@ pub struct Args {
     /// Offer only the basic packets (no qXfer libraries/memory map, qSearch, X, no-ack).
     #[arg(long)]
     pub basic: bool,
+    /// Recording the traffic: --log-packets logs every GDB client's session (from the
+    /// client's point of view, as gdb's own log: `w` = what the client sent), --pcap
+    /// records the KDNET and KDCOM traffic.
+    #[command(flatten)]
+    pub record: super::RecordArgs,
 }
 
 fn load(name: &str) -> anyhow::Result<Scenario> {
@@ -60,9 +65,28 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
     if gdb_addr.is_none() && a.kdnet.is_none() && a.kdcom.is_none() {
         gdb_addr = Some(SocketAddr::from(([127, 0, 0, 1], 1234)));
     }
+    if gdb_addr.is_none() && a.record.log_packets.is_some() {
+        anyhow::bail!(
+            "--log-packets logs GDB remote-protocol traffic, and this serves no GDB stub: add --gdb ADDR (record KDNET and KDCOM traffic with --pcap FILE)"
+        );
+    }
+    if a.kdnet.is_none() && a.kdcom.is_none() && a.record.pcap.is_some() {
+        anyhow::bail!(
+            "--pcap records KDNET and KDCOM traffic, and this serves neither: add --kdnet ADDR --key K or --kdcom ADDR (log GDB traffic with --log-packets FILE)"
+        );
+    }
+    let record = a.record.options();
+    let pcap = record.open_pcap()?;
+    let packet_log: Option<Box<dyn std::io::Write + Send>> = match &a.record.log_packets {
+        Some(path) => Some(Box::new(
+            tagsplit::target::record::create_file(path, false)
+                .with_context(|| format!("--log-packets {}", path.display()))?,
+        )),
+        None => None,
+    };
     let mut gdb_stub = None;
     if let Some(addr) = gdb_addr {
-        let stub = serve_scenario(&scenario, addr, a.stop_after_ticks, features)
+        let stub = serve_scenario_logged(&scenario, addr, a.stop_after_ticks, features, packet_log)
             .with_context(|| format!("serving on {addr}"))?;
         println!(
             "serving scenario {} over GDB RSP on {} — attach with: gdb -ex 'target remote {}'",
@@ -75,6 +99,7 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
     let kd_options = || KdStubOptions {
         stop_after_ticks: a.stop_after_ticks,
         default_run_ticks: Some(scenario.default_run_ticks()),
+        pcap: pcap.clone(),
         ..KdStubOptions::default()
     };
     let boot = || Machine::boot(&scenario).context("booting the simulator");

@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tagsplit_protocol::gdb::command::{DEFAULT_RUN_FEATURE, RUN_LIMIT_FEATURE};
+use tagsplit_protocol::gdb::remotelog::LogDirection;
 use tagsplit_protocol::gdb::xml::{self, MemoryRegion, REG_RIP};
 use tagsplit_protocol::gdb::{
     Breakpoint, BreakpointType, ClientEvent, ClientSession, Command, FeatureValue, Features,
@@ -48,11 +49,12 @@ use tagsplit_target_sim::server::gdb::{
 };
 
 use super::X64Registers;
+use super::record::{PacketLog, TargetKind};
 #[cfg(feature = "sim")]
 use super::sim::MachineRef;
 use super::{
     BlockCache, BoxedTarget, CpuMode, DebugTarget, Interrupt, KernelInfo, ModuleInfo, OpenError,
-    RunFor, StopReason, TargetError, WireStats, read_u32, read_u64, search_by_reading,
+    OpenOptions, RunFor, StopReason, TargetError, WireStats, read_u32, read_u64, search_by_reading,
     walk_module_list,
 };
 use crate::VirtAddr;
@@ -340,6 +342,8 @@ pub struct GdbTarget {
     /// Software breakpoints set through this client (`Z0`), to tell a stop at one of
     /// them from the target's own `int 3` (both are `swbreak` stops).
     breakpoints: std::collections::BTreeSet<u64>,
+    /// The session log (`--log-packets`): every byte each way, `w` = what we sent.
+    log: Option<PacketLog>,
 }
 
 /// The RSP interrupt byte (Ctrl-C), sent while the target runs.
@@ -372,13 +376,13 @@ fn parse_spec(rest: &str) -> Result<(&str, GdbOptions), String> {
 }
 
 /// Opens `gdb://HOST:PORT[?ack]` (the part after the scheme); `?ack` keeps RSP's ack
-/// mode ([`GdbOptions::no_ack`] `false`).
-pub(crate) fn open(rest: &str) -> Result<BoxedTarget, OpenError> {
-    let (addr, options) = parse_spec(rest).map_err(|reason| OpenError::Bad {
-        spec: format!("gdb://{rest}"),
-        reason,
-    })?;
-    Ok(Box::new(GdbTarget::connect_with(addr, options)?))
+/// mode ([`GdbOptions::no_ack`] `false`). Logs the session when `record` says so.
+pub(crate) fn open(rest: &str, record: &OpenOptions) -> Result<BoxedTarget, OpenError> {
+    let spec = format!("gdb://{rest}");
+    record.check(&spec, TargetKind::Gdb)?;
+    let (addr, options) = parse_spec(rest).map_err(|reason| OpenError::Bad { spec, reason })?;
+    let log = record.open_packet_log()?;
+    Ok(Box::new(GdbTarget::connect_logged(addr, options, log)?))
 }
 
 /// Bytes of an x86-64 `g` block up to and including `gs`: 17 registers of 8 bytes
@@ -397,6 +401,18 @@ impl GdbTarget {
 
     /// Connects with `options`.
     pub fn connect_with(addr: &str, options: GdbOptions) -> Result<GdbTarget, TargetError> {
+        Self::connect_logged(addr, options, None)
+    }
+
+    /// Connects with `options`, logging every byte of the session to `log` (gdb's
+    /// `set remotelogfile` format: `w` is what this client sent, `r` what the stub sent),
+    /// from the first packet to the detach; the log is ended (`End of log`) when the
+    /// target is dropped.
+    pub fn connect_logged(
+        addr: &str,
+        options: GdbOptions,
+        log: Option<PacketLog>,
+    ) -> Result<GdbTarget, TargetError> {
         let sock = addr
             .to_socket_addrs()?
             .next()
@@ -438,6 +454,7 @@ impl GdbTarget {
             cache: BlockCache::new(),
             exited: None,
             breakpoints: std::collections::BTreeSet::new(),
+            log,
         };
         t.handshake()?;
         Ok(t)
@@ -524,7 +541,7 @@ impl GdbTarget {
                         );
                         interrupted = true;
                     }
-                    self.stream.write_all(&[INTERRUPT_BYTE])?;
+                    self.send_raw(&[INTERRUPT_BYTE])?;
                     self.nudges += 1;
                 }
             }
@@ -538,8 +555,17 @@ impl GdbTarget {
 
     fn write_out(&mut self) -> Result<(), TargetError> {
         if let Some(bytes) = self.session.poll_transmit() {
-            self.stream.write_all(&bytes)?;
+            self.send_raw(&bytes)?;
         }
+        Ok(())
+    }
+
+    /// Writes bytes to the stub (logged first when a log is kept).
+    fn send_raw(&mut self, bytes: &[u8]) -> Result<(), TargetError> {
+        if let Some(log) = &self.log {
+            log.log(LogDirection::Write, bytes);
+        }
+        self.stream.write_all(bytes)?;
         Ok(())
     }
 
@@ -598,6 +624,9 @@ impl GdbTarget {
                 Ok(n) => {
                     self.last_byte = Instant::now();
                     let bytes = self.buf.get(..n).unwrap_or_default().to_vec();
+                    if let Some(log) = &self.log {
+                        log.log(LogDirection::Read, &bytes);
+                    }
                     self.session.receive(&bytes);
                 }
                 // A signal landed in the read: not an error, read again.
@@ -1015,7 +1044,7 @@ impl GdbTarget {
                     self.rtt.back_off();
                     if nudges % 2 == 1 {
                         tracing::debug!("gdb: reply late, asking for it again");
-                        self.stream.write_all(b"-")?;
+                        self.send_raw(b"-")?;
                     } else {
                         tracing::debug!("gdb: reply still late, sending the command again");
                         self.session.send(cmd);
@@ -1525,8 +1554,12 @@ impl GdbTarget {
         let _waker = match (&self.interrupt, self.stream.try_clone()) {
             (Some(interrupt), Ok(clone)) => {
                 let sent = sent.clone();
+                let log = self.log.clone();
                 Some(interrupt.on_trigger(move || {
                     if !sent.swap(true, Ordering::SeqCst) {
+                        if let Some(log) = &log {
+                            log.log(LogDirection::Write, &[INTERRUPT_BYTE]);
+                        }
                         let _ = (&clone).write_all(&[INTERRUPT_BYTE]);
                     }
                 }))
@@ -2247,6 +2280,9 @@ impl Drop for GdbTarget {
         if !self.detached && !self.session.awaiting_reply() {
             let _ = self.request(&Command::Detach(None));
         }
+        if let Some(log) = &self.log {
+            log.finish();
+        }
     }
 }
 
@@ -2271,6 +2307,20 @@ pub fn serve_scenario(
     stop_after_ticks: Option<u64>,
     features: StubFeatures,
 ) -> Result<GdbStubHandle, TargetError> {
+    serve_scenario_logged(scenario, addr, stop_after_ticks, features, None)
+}
+
+#[cfg(feature = "sim")]
+/// [`serve_scenario`], logging every client's session to `packet_log` in gdb's
+/// `set remotelogfile` format, from the client's point of view (`w` is what the client
+/// sent): see [`GdbStubOptions::packet_log`].
+pub fn serve_scenario_logged(
+    scenario: &Scenario,
+    addr: std::net::SocketAddr,
+    stop_after_ticks: Option<u64>,
+    features: StubFeatures,
+    packet_log: Option<Box<dyn std::io::Write + Send>>,
+) -> Result<GdbStubHandle, TargetError> {
     let machine = Machine::boot(scenario)
         .map_err(|e| TargetError::BadKernelData(format!("simulator failed to boot: {e}")))?;
     let options = GdbStubOptions {
@@ -2278,6 +2328,7 @@ pub fn serve_scenario(
         stop_after_ticks,
         monitor: Some(console_monitor(scenario.default_run_ticks())),
         default_run_ticks: Some(scenario.default_run_ticks()),
+        packet_log,
         ..GdbStubOptions::default()
     };
     Ok(GdbStub::spawn_at(addr, machine, options)?)

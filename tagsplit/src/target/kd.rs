@@ -33,9 +33,11 @@ use tagsplit_target_sim::machine::Machine;
 use tagsplit_target_sim::server::kd::{KdStub, KdStubHandle, KdStubOptions};
 
 use super::X64Registers;
+use super::record::{PcapRecorder, TargetKind, TcpFlow, Way, record_or_warn};
 use super::{
-    BlockCache, BoxedTarget, DebugTarget, Interrupt, KernelInfo, ModuleInfo, OpenError, RunFor,
-    StopReason, TargetError, WireStats, read_u64, search_by_reading, walk_module_list,
+    BlockCache, BoxedTarget, DebugTarget, Interrupt, KernelInfo, ModuleInfo, OpenError,
+    OpenOptions, RunFor, StopReason, TargetError, WireStats, read_u64, search_by_reading,
+    walk_module_list,
 };
 use crate::VirtAddr;
 
@@ -92,6 +94,11 @@ enum Link {
     Kdcom {
         stream: TcpStream,
         session: Box<Session>,
+        /// `--pcap`: the stream recorded as TCP segments (the waker records its break-in
+        /// byte through a clone).
+        flow: Option<TcpFlow>,
+        /// A recording error was reported.
+        warned: bool,
     },
     Kdnet {
         sock: UdpSocket,
@@ -99,7 +106,73 @@ enum Link {
         endpoint: Box<Endpoint>,
         /// Where wake-up datagrams come from ([`Link::waker`]): never KD traffic.
         waker_from: Option<SocketAddr>,
+        /// `--pcap`: every datagram recorded as UDP.
+        capture: Option<KdnetCapture>,
     },
+}
+
+/// KDNET datagrams recorded as UDP frames between the real addresses.
+struct KdnetCapture {
+    recorder: PcapRecorder,
+    /// Our socket's address; an unspecified IP (bound to `0.0.0.0`) is replaced by the
+    /// source address the system routes to the peer with.
+    local: SocketAddr,
+    /// The peer `local` was resolved for, and the result.
+    resolved: Option<(SocketAddr, SocketAddr)>,
+    warned: bool,
+}
+
+impl KdnetCapture {
+    fn record(&mut self, way: Way, peer: SocketAddr, datagram: &[u8]) {
+        let local = match self.resolved {
+            Some((p, local)) if p == peer => local,
+            _ => {
+                let local = route_source(self.local, peer);
+                self.resolved = Some((peer, local));
+                local
+            }
+        };
+        let result = self.recorder.udp_flow(local, peer).record(way, datagram);
+        record_or_warn(result, &mut self.warned);
+    }
+}
+
+/// `local` with an unspecified IP replaced by the address the system sends to `peer`
+/// from (a connected UDP socket's local address: nothing is sent).
+fn route_source(local: SocketAddr, peer: SocketAddr) -> SocketAddr {
+    if !local.ip().is_unspecified() {
+        return local;
+    }
+    let any = SocketAddr::new(local.ip(), 0);
+    let ip = UdpSocket::bind(any)
+        .and_then(|s| s.connect(peer).and_then(|()| s.local_addr()))
+        .map_or(peer.ip(), |a| a.ip());
+    SocketAddr::new(ip, local.port())
+}
+
+/// Writes a KDCOM unit to the stream, then records it when a capture is kept.
+fn send_recorded(
+    stream: &mut TcpStream,
+    flow: Option<&TcpFlow>,
+    warned: &mut bool,
+    unit: &[u8],
+) -> std::io::Result<()> {
+    stream.write_all(unit)?;
+    if let Some(flow) = flow {
+        record_or_warn(flow.record(Way::Sent, unit), warned);
+    }
+    Ok(())
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        if let Link::Kdcom {
+            flow: Some(flow), ..
+        } = self
+        {
+            let _ = flow.close();
+        }
+    }
 }
 
 impl Link {
@@ -139,10 +212,15 @@ impl Link {
     /// own socket (the break-in needs the session, so the woken pump sends it).
     fn waker(&mut self) -> Option<Box<dyn Fn() + Send + Sync>> {
         match self {
-            Link::Kdcom { stream, .. } => {
+            Link::Kdcom { stream, flow, .. } => {
                 let clone = stream.try_clone().ok()?;
+                let flow = flow.clone();
                 Some(Box::new(move || {
-                    let _ = (&clone).write_all(&[BREAKIN_PACKET_BYTE]);
+                    if (&clone).write_all(&[BREAKIN_PACKET_BYTE]).is_ok()
+                        && let Some(flow) = &flow
+                    {
+                        let _ = flow.record(Way::Sent, &[BREAKIN_PACKET_BYTE]);
+                    }
                 }))
             }
             Link::Kdnet {
@@ -176,9 +254,14 @@ impl Link {
         let wait = wait.max(Duration::from_millis(1));
         let mut events = Vec::new();
         match self {
-            Link::Kdcom { stream, session } => {
+            Link::Kdcom {
+                stream,
+                session,
+                flow,
+                warned,
+            } => {
                 while let Some(unit) = session.poll_transmit() {
-                    stream.write_all(&unit)?;
+                    send_recorded(stream, flow.as_ref(), warned, &unit)?;
                 }
                 stream.set_read_timeout(Some(wait))?;
                 let mut buf = [0u8; 8192];
@@ -189,13 +272,19 @@ impl Link {
                 };
                 match read {
                     Ok(0) => return Err(TargetError::Disconnected),
-                    Ok(n) => session.handle_bytes(now(), buf.get(..n).unwrap_or(&[])),
+                    Ok(n) => {
+                        let bytes = buf.get(..n).unwrap_or(&[]);
+                        if let Some(flow) = flow {
+                            record_or_warn(flow.record(Way::Received, bytes), warned);
+                        }
+                        session.handle_bytes(now(), bytes)
+                    }
                     Err(e) if is_timeout(&e) => {}
                     Err(e) => return Err(e.into()),
                 }
                 session.handle_timeout(now());
                 while let Some(unit) = session.poll_transmit() {
-                    stream.write_all(&unit)?;
+                    send_recorded(stream, flow.as_ref(), warned, &unit)?;
                 }
                 events.extend(std::iter::from_fn(|| session.poll_event()));
             }
@@ -204,10 +293,14 @@ impl Link {
                 peer,
                 endpoint,
                 waker_from,
+                capture,
             } => {
                 if let Some(p) = *peer {
                     while let Some(d) = endpoint.poll_transmit() {
                         sock.send_to(&d, p)?;
+                        if let Some(c) = capture {
+                            c.record(Way::Sent, p, &d);
+                        }
                     }
                 }
                 sock.set_read_timeout(Some(wait))?;
@@ -221,7 +314,11 @@ impl Link {
                     // Our own wake-up (an interrupt): not for the endpoint.
                     Ok((_, from)) if Some(from) == *waker_from => {}
                     Ok((n, from)) => {
-                        endpoint.handle_datagram_from(now(), from, buf.get(..n).unwrap_or(&[]));
+                        let datagram = buf.get(..n).unwrap_or(&[]);
+                        if let Some(c) = capture {
+                            c.record(Way::Received, from, datagram);
+                        }
+                        endpoint.handle_datagram_from(now(), from, datagram);
                         let mut rejected = false;
                         while let Some(ev) = endpoint.poll_event() {
                             match ev {
@@ -252,6 +349,9 @@ impl Link {
                 if let Some(p) = *peer {
                     while let Some(d) = endpoint.poll_transmit() {
                         sock.send_to(&d, p)?;
+                        if let Some(c) = capture {
+                            c.record(Way::Sent, p, &d);
+                        }
                     }
                 }
             }
@@ -438,6 +538,16 @@ impl KdnetListener {
 
     /// Waits for a target to poke and attach; returns it stopped at its breakpoint.
     pub fn accept(self, timeout: Duration) -> Result<KdTarget, TargetError> {
+        self.accept_recorded(timeout, None)
+    }
+
+    /// [`accept`](Self::accept), recording every datagram of the session into `pcap`
+    /// (from the target's first poke on) as UDP between the real addresses and ports.
+    pub fn accept_recorded(
+        self,
+        timeout: Duration,
+        pcap: Option<PcapRecorder>,
+    ) -> Result<KdTarget, TargetError> {
         let mut random = [0u8; 32];
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -454,11 +564,18 @@ impl KdnetListener {
             ..SessionConfig::kdnet(Role::Debugger)
         };
         let endpoint = Endpoint::new(cfg, Duration::ZERO);
+        let local = self.sock.local_addr()?;
         let link = Link::Kdnet {
             sock: self.sock,
             peer: None,
             endpoint: Box::new(endpoint),
             waker_from: None,
+            capture: pcap.map(|recorder| KdnetCapture {
+                recorder,
+                local,
+                resolved: None,
+                warned: false,
+            }),
         };
         KdTarget::attach(link, self.spec, timeout)
     }
@@ -467,8 +584,23 @@ impl KdnetListener {
 impl KdTarget {
     /// Connects to a KDCOM serial port exposed over TCP and attaches.
     pub fn connect_kdcom(addr: SocketAddr, timeout: Duration) -> Result<KdTarget, TargetError> {
+        Self::connect_kdcom_recorded(addr, timeout, None)
+    }
+
+    /// [`connect_kdcom`](Self::connect_kdcom), recording the stream into `pcap` as TCP
+    /// segments between the connection's real addresses (a handshake first, a FIN each
+    /// way when the target is dropped).
+    pub fn connect_kdcom_recorded(
+        addr: SocketAddr,
+        timeout: Duration,
+        pcap: Option<PcapRecorder>,
+    ) -> Result<KdTarget, TargetError> {
         let stream = TcpStream::connect_timeout(&addr, timeout)?;
         stream.set_nodelay(true)?;
+        let flow = match pcap {
+            Some(rec) => Some(rec.tcp_flow(stream.local_addr()?, stream.peer_addr()?, true)),
+            None => None,
+        };
         let session = Session::new(SessionConfig {
             retry_timeout: Duration::from_millis(500),
             max_retries: 20,
@@ -482,6 +614,8 @@ impl KdTarget {
             Link::Kdcom {
                 stream,
                 session: Box::new(session),
+                flow,
+                warned: false,
             },
             format!("kdcom:{addr}"),
             timeout,
@@ -1199,17 +1333,32 @@ impl KdTarget {
         transport: KdTransport,
         options: KdStubOptions,
     ) -> Result<KdTarget, TargetError> {
+        Self::loopback_recorded(machine, transport, options, None)
+    }
+
+    /// [`loopback`](Self::loopback), recording the debugger's side of the traffic into
+    /// `pcap` (as [`connect_kdcom_recorded`](Self::connect_kdcom_recorded) and
+    /// [`KdnetListener::accept_recorded`] do).
+    pub fn loopback_recorded(
+        machine: Machine,
+        transport: KdTransport,
+        options: KdStubOptions,
+        pcap: Option<PcapRecorder>,
+    ) -> Result<KdTarget, TargetError> {
         let (mut target, stub) = match transport {
             KdTransport::Kdnet(key) => {
                 let listener = KdnetListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)), key)?;
                 let host = listener.local_addr()?;
                 let stub = KdStub::spawn_kdnet(machine, host, key, options)?;
-                (listener.accept(DEFAULT_ATTACH_TIMEOUT)?, stub)
+                (
+                    listener.accept_recorded(DEFAULT_ATTACH_TIMEOUT, pcap)?,
+                    stub,
+                )
             }
             KdTransport::Kdcom => {
                 let stub = KdStub::spawn_kdcom(machine, options)?;
                 (
-                    KdTarget::connect_kdcom(stub.addr(), DEFAULT_ATTACH_TIMEOUT)?,
+                    KdTarget::connect_kdcom_recorded(stub.addr(), DEFAULT_ATTACH_TIMEOUT, pcap)?,
                     stub,
                 )
             }
@@ -1224,13 +1373,23 @@ impl KdTarget {
         scenario: &tagsplit_target_sim::scenario::Scenario,
         transport: KdTransport,
     ) -> Result<KdTarget, TargetError> {
+        Self::serve_scenario_recorded(scenario, transport, None)
+    }
+
+    /// [`serve_scenario`](Self::serve_scenario), recording the debugger's side of the
+    /// traffic into `pcap`.
+    pub fn serve_scenario_recorded(
+        scenario: &tagsplit_target_sim::scenario::Scenario,
+        transport: KdTransport,
+        pcap: Option<PcapRecorder>,
+    ) -> Result<KdTarget, TargetError> {
         let machine = Machine::boot(scenario)
             .map_err(|e| TargetError::BadKernelData(format!("simulator failed to boot: {e}")))?;
         let options = KdStubOptions {
             default_run_ticks: Some(scenario.default_run_ticks()),
             ..KdStubOptions::default()
         };
-        KdTarget::loopback(machine, transport, options)
+        KdTarget::loopback_recorded(machine, transport, options, pcap)
     }
 
     /// The in-process stub of a [`loopback`](Self::loopback) target (and through it,
@@ -1289,21 +1448,24 @@ impl KdnetSpec {
     }
 }
 
-/// Opens `kdnet:port=N,key=K[,host=ADDR][,timeout=SECS]`.
-pub(crate) fn open_kdnet(rest: &str) -> Result<BoxedTarget, OpenError> {
+/// Opens `kdnet:port=N,key=K[,host=ADDR][,timeout=SECS]`, recording it as `record` says.
+pub(crate) fn open_kdnet(rest: &str, record: &OpenOptions) -> Result<BoxedTarget, OpenError> {
+    record.check(&format!("kdnet:{rest}"), TargetKind::Kd)?;
     let s = KdnetSpec::parse(rest)?;
+    let pcap = record.open_pcap()?;
     let listener = KdnetListener::bind(SocketAddr::new(s.host, s.port), s.key)?;
     if s.port == 0
         && let Ok(addr) = listener.local_addr()
     {
         eprintln!("waiting for a KDNET target on {addr}");
     }
-    Ok(Box::new(listener.accept(s.timeout)?))
+    Ok(Box::new(listener.accept_recorded(s.timeout, pcap)?))
 }
 
-/// Opens `kdcom:HOST:PORT`.
-pub(crate) fn open_kdcom(rest: &str) -> Result<BoxedTarget, OpenError> {
+/// Opens `kdcom:HOST:PORT`, recording it as `record` says.
+pub(crate) fn open_kdcom(rest: &str, record: &OpenOptions) -> Result<BoxedTarget, OpenError> {
     use std::net::ToSocketAddrs;
+    record.check(&format!("kdcom:{rest}"), TargetKind::Kd)?;
     let addr = rest
         .to_socket_addrs()
         .map_err(|e| OpenError::Bad {
@@ -1315,8 +1477,10 @@ pub(crate) fn open_kdcom(rest: &str) -> Result<BoxedTarget, OpenError> {
             spec: format!("kdcom:{rest}"),
             reason: "no address".into(),
         })?;
-    Ok(Box::new(KdTarget::connect_kdcom(
+    let pcap = record.open_pcap()?;
+    Ok(Box::new(KdTarget::connect_kdcom_recorded(
         addr,
         DEFAULT_ATTACH_TIMEOUT,
+        pcap,
     )?))
 }

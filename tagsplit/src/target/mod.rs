@@ -509,6 +509,7 @@ pub mod gdb;
 mod interrupt;
 pub mod kd;
 pub mod observe;
+pub mod record;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub(crate) mod wait;
@@ -517,6 +518,7 @@ use tagsplit_protocol::nt::layout::{ldr_entry, list_entry, unicode_string};
 
 pub use self::cache::{BlockCache, CACHE_BLOCK, CACHE_MAX_BLOCKS, CachedTarget};
 pub use self::interrupt::{Interrupt, WakerGuard, interrupted};
+pub use self::record::OpenOptions;
 /// The x64 register file [`DebugTarget::registers`] returns (the protocol crate's
 /// target-neutral type, so stubs and clients share it).
 pub use tagsplit_protocol::stub::X64Registers;
@@ -764,6 +766,27 @@ pub enum OpenError {
     /// The target was found but could not be brought up.
     #[error(transparent)]
     Target(#[from] TargetError),
+    /// A recording option ([`OpenOptions`]) that this kind of target cannot honour.
+    #[error("{option} does not apply to {spec}: {reason}")]
+    NotApplicable {
+        /// The option, as the command line spells it (`--pcap`).
+        option: &'static str,
+        /// The target spec.
+        spec: String,
+        /// Why not, and what to use instead.
+        reason: String,
+    },
+    /// A recording file could not be created.
+    #[error("{option} {}: {source}", path.display())]
+    Record {
+        /// The option, as the command line spells it.
+        option: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Which machine a spec reaches, for finding its journal: the scheme with the host and
@@ -822,26 +845,37 @@ impl fmt::Display for TargetIdentity {
     }
 }
 
-/// Opens a target from its spec; the part after the scheme prefix is passed on.
-type Opener = fn(&str) -> Result<BoxedTarget, OpenError>;
+/// Opens a target from its spec with recording options; the part after the scheme
+/// prefix is passed on.
+type Opener = fn(&str, &OpenOptions) -> Result<BoxedTarget, OpenError>;
 
 /// Known schemes: adding a backend is one line here.
 const SCHEMES: &[(&str, Opener)] = &[
     #[cfg(feature = "sim")]
     ("sim:", sim::open),
     #[cfg(not(feature = "sim"))]
-    ("sim:", |_| Err(OpenError::NotBuilt("sim:"))),
+    ("sim:", |_, _| Err(OpenError::NotBuilt("sim:"))),
     ("gdb://", gdb::open),
     ("kdnet:", kd::open_kdnet),
     ("kdcom:", kd::open_kdcom),
 ];
 
 /// Opens a target from a spec: `sim:part4`, `sim:path/to/scenario.toml`,
-/// `gdb://HOST:PORT`, `kdnet:port=N,key=K`, `kdcom:HOST:PORT`.
+/// `gdb://HOST:PORT`, `kdnet:port=N,key=K`, `kdcom:HOST:PORT`. Records nothing
+/// ([`open_with`] records).
 pub fn open(spec: &str) -> Result<BoxedTarget, OpenError> {
+    open_with(spec, &OpenOptions::default())
+}
+
+/// Opens a target like [`open`] and records its traffic as `options` say: a GDB session
+/// log for `gdb://`, a pcapng capture for `kdnet:` and `kdcom:` (see [`record`]). An
+/// option the target cannot honour is refused before anything is opened, with an
+/// [`OpenError::NotApplicable`] that says why; the files are created before connecting,
+/// so the first byte on the wire is in them.
+pub fn open_with(spec: &str, options: &OpenOptions) -> Result<BoxedTarget, OpenError> {
     for (prefix, opener) in SCHEMES {
         if let Some(rest) = spec.strip_prefix(prefix) {
-            return opener(rest);
+            return opener(rest, options);
         }
     }
     Err(OpenError::UnknownScheme(spec.to_string()))

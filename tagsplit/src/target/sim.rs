@@ -71,7 +71,8 @@ impl SimTarget {
 }
 
 /// Opens `sim:NAME` (a built-in) or `sim:FILE.toml`.
-pub(crate) fn open(rest: &str) -> Result<BoxedTarget, OpenError> {
+pub(crate) fn open(rest: &str, options: &super::OpenOptions) -> Result<BoxedTarget, OpenError> {
+    options.check(&format!("sim:{rest}"), super::record::TargetKind::Sim)?;
     let bad = |reason: String| OpenError::Bad {
         spec: format!("sim:{rest}"),
         reason,

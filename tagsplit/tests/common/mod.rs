@@ -180,3 +180,83 @@ pub fn finish(mut child: std::process::Child, timeout: std::time::Duration) -> S
         .unwrap();
     out
 }
+
+/// A `tagsplit serve` process, killed when dropped.
+pub struct Server(pub std::process::Child);
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `tagsplit serve ARGS` (binding port 0); returns the server and the address it
+/// printed after `marker` (`over KDCOM (TCP) on`).
+pub fn serve(args: &[&str], marker: &str) -> (Server, String) {
+    let mut child = bin()
+        .arg("serve")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(child.stdout.take().unwrap());
+    let server = Server(child);
+    let addr = wait_for(&lines, marker);
+    (server, addr)
+}
+
+/// The lines of a child's pipe, read on a thread (so the child never blocks on it).
+pub fn lines_of(pipe: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(pipe)).map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The first word after `marker` on the first line that has it.
+pub fn wait_for(lines: &std::sync::mpsc::Receiver<String>, marker: &str) -> String {
+    loop {
+        let line = lines
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .unwrap_or_else(|e| panic!("no line with {marker:?}: {e}"));
+        if let Some((_, rest)) = line.split_once(marker) {
+            return rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+        }
+    }
+}
+
+/// Runs `tagsplit ARGS` to its end; `before` runs once it has started, with its stderr lines
+/// (a KDNET debugger prints its port there). Fails unless it succeeded; returns its stdout
+/// and its stderr.
+pub fn run_watching<S: AsRef<std::ffi::OsStr>>(
+    args: &[S],
+    before: impl FnOnce(&std::sync::mpsc::Receiver<String>),
+) -> (Vec<u8>, String) {
+    let mut child = bin()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = lines_of(child.stderr.take().unwrap());
+    before(&stderr);
+    let out = child.wait_with_output().unwrap();
+    let stderr: Vec<String> = stderr.iter().collect();
+    let stderr = stderr.join("\n");
+    let shown: Vec<String> = args
+        .iter()
+        .map(|a| a.as_ref().to_string_lossy().into_owned())
+        .collect();
+    assert!(out.status.success(), "{shown:?}: {stderr}");
+    (out.stdout, stderr)
+}

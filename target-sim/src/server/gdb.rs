@@ -41,6 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use tagsplit_protocol::gdb::remotelog::{BoxedLogWriter, LogDirection, RemoteLogWriter};
 use tagsplit_protocol::gdb::stub::{Stub, StubConfig};
 use tagsplit_protocol::gdb::{Reply, ServerEvent, ServerSession};
 use tagsplit_protocol::stub::{
@@ -152,6 +153,12 @@ pub struct GdbStubOptions {
     /// Reply bytes queued per client before input stops being read
     /// ([`StubConfig::max_transmit`]).
     pub max_transmit: usize,
+    /// Where to log every attached client's session in gdb's `set remotelogfile` format
+    /// ([`tagsplit_protocol::gdb::remotelog`]), from the client's point of view as gdb
+    /// logs it: `w` is what the client sent, `r` what the stub answered; each connection
+    /// ends with `End of log`. Refused clients are not logged. A write error stops the
+    /// logging (logged as a warning), not the stub. `None`: no log, and no cost.
+    pub packet_log: Option<Box<dyn std::io::Write + Send>>,
 }
 
 /// The default [`GdbStubOptions::first_packet_timeout`].
@@ -178,6 +185,7 @@ impl Default for GdbStubOptions {
             write_timeout: Some(DEFAULT_WRITE_TIMEOUT),
             max_pending: tagsplit_protocol::gdb::stub::DEFAULT_MAX_PENDING,
             max_transmit: tagsplit_protocol::gdb::session::DEFAULT_MAX_TRANSMIT,
+            packet_log: None,
         }
     }
 }
@@ -196,6 +204,7 @@ impl std::fmt::Debug for GdbStubOptions {
             .field("write_timeout", &self.write_timeout)
             .field("max_pending", &self.max_pending)
             .field("max_transmit", &self.max_transmit)
+            .field("packet_log", &self.packet_log.is_some())
             .finish()
     }
 }
@@ -520,6 +529,36 @@ struct Shared {
     /// The most bytes a client connection held at once (the stub's queues plus input
     /// read and not yet taken), over all connections.
     peak_buffered: AtomicUsize,
+    /// The session log ([`GdbStubOptions::packet_log`]); emptied by a write error.
+    log: Option<Mutex<Option<BoxedLogWriter>>>,
+}
+
+impl Shared {
+    /// Logs bytes of the attached client's session (`Write`: from the client).
+    fn log(&self, direction: LogDirection, bytes: &[u8]) {
+        if let Some(log) = &self.log {
+            let mut log = lock(log);
+            if let Some(w) = log.as_mut()
+                && let Err(e) = w.log(direction, bytes)
+            {
+                tracing::warn!("gdb stub: packet log: {e}; logging stopped");
+                *log = None;
+            }
+        }
+    }
+
+    /// Ends the log of a client's session (`End of log`).
+    fn end_log(&self) {
+        if let Some(log) = &self.log {
+            let mut log = lock(log);
+            if let Some(w) = log.as_mut()
+                && let Err(e) = w.finish()
+            {
+                tracing::warn!("gdb stub: packet log: {e}; logging stopped");
+                *log = None;
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -566,6 +605,11 @@ impl GdbStub {
         let addr = listener.local_addr()?;
         let (first_packet_timeout, write_timeout) =
             (options.first_packet_timeout, options.write_timeout);
+        let mut options = options;
+        let log = options
+            .packet_log
+            .take()
+            .map(|w| Mutex::new(Some(RemoteLogWriter::new(w))));
         let shared = Arc::new(Shared {
             machine: SharedMachine::new(machine),
             config: options.stub_config(),
@@ -577,6 +621,7 @@ impl GdbStub {
             write_timeout,
             refusing: AtomicUsize::new(0),
             peak_buffered: AtomicUsize::new(0),
+            log,
         });
         let task_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -740,6 +785,7 @@ fn serve_client(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     stream.set_write_timeout(shared.write_timeout)?;
     let mut slot = Slot { shared, held: true };
     let result = client_loop(&mut stream, &mut slot, &mut stub, Input::new());
+    shared.end_log();
     slot.free(&mut stub);
     let _ = stream.shutdown(Shutdown::Both);
     result
@@ -835,6 +881,7 @@ fn client_loop(
             // Blocks while the client does not read, at most the write time-out: the
             // stub meanwhile reads nothing more (backpressure).
             stream.write_all(&bytes)?;
+            shared.log(LogDirection::Read, &bytes);
         }
         if closing {
             return Ok(());
@@ -853,8 +900,10 @@ fn client_loop(
             }
             None => wait,
         };
-        if input.read(stream, wait)? == Some(0) {
-            return Ok(());
+        match input.read(stream, wait)? {
+            Some(0) => return Ok(()),
+            Some(_) => shared.log(LogDirection::Write, input.pending()),
+            None => {}
         }
     }
 }

@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use tagsplit_protocol::kd::stub::{Stub, StubConfig};
 use tagsplit_protocol::kd::{MAX_TRANSFER, Role};
 use tagsplit_protocol::kdnet::{EndpointConfig, Key};
+use tagsplit_protocol::pcap::{PcapRecorder, Way};
 
 use super::gdb::{GdbStubOptions, SimRun, SimTarget};
 use super::{SharedMachine, StopFn, StubState, StubThread, UdpReader, lock, read_within};
@@ -68,6 +69,11 @@ pub struct KdStubOptions {
     /// reading holds the line this long at most, then is dropped so that the next one
     /// can attach). `None`: forever, as on a serial line.
     pub write_timeout: Option<Duration>,
+    /// Record the traffic here as pcapng: KDNET datagrams as UDP between the stub's
+    /// socket and the debugger, each KDCOM connection as a TCP stream (its handshake, its
+    /// bytes, a FIN each way when it ends). A write error stops the recording (logged as
+    /// a warning), not the stub. `None`: no recording, and no cost.
+    pub pcap: Option<PcapRecorder>,
 }
 
 impl Default for KdStubOptions {
@@ -83,6 +89,7 @@ impl Default for KdStubOptions {
             reconnect_after: Duration::from_secs(5),
             banner: "tagsplit: simulated Windows x64 kernel (KD stub)\n".to_string(),
             write_timeout: Some(super::gdb::DEFAULT_WRITE_TIMEOUT),
+            pcap: None,
         }
     }
 }
@@ -368,6 +375,19 @@ fn serve_kdcom(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     stream.set_write_timeout(shared.options.write_timeout)?;
     let start = Instant::now();
     let mut stub = Stub::kdcom(shared.options.stub_config());
+    let flow = match &shared.options.pcap {
+        Some(rec) => Some(rec.tcp_flow(stream.local_addr()?, stream.peer_addr()?, false)),
+        None => None,
+    };
+    let mut warned = false;
+    let mut record = |way: Way, bytes: &[u8]| {
+        if let Some(flow) = &flow
+            && let Err(e) = flow.record(way, bytes)
+            && !std::mem::replace(&mut warned, true)
+        {
+            tracing::warn!("kdcom stub: pcap recording: {e}; recording stopped");
+        }
+    };
     shared.with(|t| stub.attach(t, start.elapsed()));
     let mut buf = vec![0u8; 8192];
     let result = loop {
@@ -376,7 +396,11 @@ fn serve_kdcom(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             stub.handle_timeout(t, now);
             stub.poll_run(t, now)
         });
-        if let Err(e) = flush(&mut stub, |unit| stream.write_all(&unit)) {
+        if let Err(e) = flush(&mut stub, |unit| {
+            stream.write_all(&unit)?;
+            record(Way::Sent, &unit);
+            Ok(())
+        }) {
             break Err(e);
         }
         if shared.stopping() {
@@ -386,6 +410,7 @@ fn serve_kdcom(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             Ok(Some(0)) => break Ok(()),
             Ok(Some(n)) => {
                 let bytes = buf.get(..n).unwrap_or_default();
+                record(Way::Received, bytes);
                 shared.with(|t| stub.receive(t, start.elapsed(), bytes));
             }
             Ok(None) => {}
@@ -394,6 +419,9 @@ fn serve_kdcom(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     };
     shared.with(|t| stub.disconnect(t));
     let _ = stream.shutdown(Shutdown::Both);
+    if let Some(flow) = &flow {
+        let _ = flow.close();
+    }
     result
 }
 
@@ -418,6 +446,17 @@ fn kdnet_loop(sock: &UdpSocket, host: SocketAddr, key: Key, shared: &Shared) {
     endpoint.peer = host;
     let mut stub = Stub::kdnet(options.stub_config(), endpoint, start.elapsed());
     let mut buf = vec![0u8; DATAGRAM_MAX];
+    let local = sock.local_addr().ok();
+    let mut warned = false;
+    // `pcap`: each datagram as UDP between our socket and its peer.
+    let mut record = |way: Way, peer: SocketAddr, datagram: &[u8]| {
+        if let (Some(rec), Some(local)) = (&options.pcap, local)
+            && let Err(e) = rec.udp_flow(local, peer).record(way, datagram)
+            && !std::mem::replace(&mut warned, true)
+        {
+            tracing::warn!("kdnet stub: pcap recording: {e}; recording stopped");
+        }
+    };
     let mut reader = UdpReader { sock, from: None };
     while !shared.stopping() {
         let now = start.elapsed();
@@ -429,14 +468,16 @@ fn kdnet_loop(sock: &UdpSocket, host: SocketAddr, key: Key, shared: &Shared) {
             .soliciting
             .store(stub.is_soliciting(), Ordering::SeqCst);
         let _ = flush(&mut stub, |d| {
-            if let Err(e) = sock.send_to(&d, host) {
-                tracing::debug!("kdnet stub: send to {host}: {e}");
+            match sock.send_to(&d, host) {
+                Ok(_) => record(Way::Sent, host, &d),
+                Err(e) => tracing::debug!("kdnet stub: send to {host}: {e}"),
             }
             Ok(())
         });
         match read_within(&mut reader, wait_for(&stub, run, start.elapsed()), &mut buf) {
             Ok(Some(n)) if !shared.stopping() => {
                 let datagram = buf.get(..n).unwrap_or_default();
+                record(Way::Received, reader.from.unwrap_or(host), datagram);
                 let before = stub.attaches();
                 let now = start.elapsed();
                 shared.with(|t| match reader.from {
