@@ -278,18 +278,19 @@ fn demo(via: &str, option: &str, dir: &str, file: &str) -> std::path::PathBuf {
 }
 
 #[test]
-fn demo_via_gdb_logs_both_sessions_in_gdbs_format() {
+fn demo_via_gdb_logs_every_session_in_gdbs_format() {
     let log = demo("gdb", "--log-packets", "demo-log", "demo.log");
     let bytes = std::fs::read(&log).unwrap();
     assert!(bytes.starts_with(b"\nw $qSupported:"));
     let text = String::from_utf8_lossy(&bytes);
-    assert_eq!(text.matches("\nEnd of log\n").count(), 2, "two sessions");
+    // Part 4 by hand, the automated split, Part 5 by hand.
+    assert_eq!(text.matches("\nEnd of log\n").count(), 3, "three sessions");
     let ex = parse_log(&bytes);
     assert!(
         ex.iter()
             .filter(|e| e.command.starts_with(b"qSupported"))
             .count()
-            == 2
+            == 3
     );
     assert!(
         ex.iter().all(|e| e.reply.is_some()),
@@ -308,18 +309,18 @@ fn demo_via_gdb_logs_both_sessions_in_gdbs_format() {
 }
 
 #[test]
-fn demo_via_kdcom_records_both_sessions_in_one_capture() {
+fn demo_via_kdcom_records_every_session_in_one_capture() {
     let pcap = demo("kdcom", "--pcap", "demo-pcap", "demo.pcapng");
     let (text, report) = decode(&pcap, None);
     check_split_capture(&text, &report);
-    // Two connections (the transcript's, then the split's), each both ways.
+    // Three connections (Part 4 by hand, the split, Part 5 by hand), each both ways.
     let flows: std::collections::BTreeSet<&str> = report["packets"]
         .as_array()
         .unwrap()
         .iter()
         .map(|p| p["transport"].as_str().unwrap())
         .collect();
-    assert_eq!(flows.len(), 4, "{flows:?}");
+    assert_eq!(flows.len(), 6, "{flows:?}");
     // The transcript's `eb` of each site's fourth byte (request and reply); the split's
     // patch and restore of the tag (checked above).
     let writes_at = |addr: u64| {

@@ -38,7 +38,7 @@ pub struct Args {
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<std::path::PathBuf>,
     /// Recording the wire (--log-packets with --via gdb, --pcap with --via kdnet or
-    /// kdcom): the debugger's side of both sessions, one after the other in one file.
+    /// kdcom): the debugger's side of every session, one after the other in one file.
     #[command(flatten)]
     record: super::RecordArgs,
 }
@@ -50,8 +50,8 @@ struct Opened {
     _stub: Option<tagsplit_target_sim::server::gdb::GdbStubHandle>,
 }
 
-/// Opens the demo's target over `via`, recording as `record` says (the second session
-/// is appended to the first one's files).
+/// Opens the demo's target over `via`, recording as `record` says (the later sessions
+/// are appended to the first one's files).
 fn open(via: Via, record: &tagsplit::target::OpenOptions) -> anyhow::Result<Opened> {
     match via {
         Via::Sim => Ok(Opened {
@@ -162,7 +162,7 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
     let Opened {
         target: mut manual,
         _stub: manual_stub,
-    } = open(a.via, &record)?;
+    } = open(a.via, &record.clone().append(true))?;
     println!(
         "\n# Part 5 (PoolHitTag), by hand, on a fresh boot of {}:\n",
         manual.describe()
