@@ -22,6 +22,7 @@ pub mod gdb_command;
 pub mod gdb_decoder;
 pub mod gdb_server_session;
 pub mod gdb_stub;
+pub mod gdb_stub_commands;
 pub mod kd_payload;
 pub mod kd_session;
 pub mod kd_stream;
@@ -45,6 +46,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("gdb_decoder", gdb_decoder::run),
     ("gdb_server_session", gdb_server_session::run),
     ("gdb_stub", gdb_stub::run),
+    ("gdb_stub_commands", gdb_stub_commands::run),
     ("kd_payload", kd_payload::run),
     ("kd_session", kd_session::run),
     ("kd_stream", kd_stream::run),

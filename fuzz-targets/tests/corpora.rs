@@ -67,6 +67,7 @@ replay_tests!(
     gdb_decoder,
     gdb_server_session,
     gdb_stub,
+    gdb_stub_commands,
     kd_payload,
     kd_session,
     kd_stream,

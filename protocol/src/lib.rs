@@ -14,6 +14,7 @@
 //! | (always) | [`nt`] | what a debugger reads in a Windows x64 kernel: structure layouts, PE headers, NTSTATUS values, and the value types [`nt::VirtAddr`] and [`nt::PoolTag`], shared by targets that write them and debuggers that read them | — |
 //! | (always) | [`rto`] | an adaptive retransmission / reply timer (smoothed round trip, its variation, and the time the bytes in flight need on the link) | — |
 //! | `impair` | [`impair`] | a seeded, sans-IO model of a lossy, corrupting, slow link (streams and datagrams) for tests and relays; off by default | chacha20, rand_core |
+//! | `arbitrary` | [`fuzz`] | structure-aware fuzzing: `arbitrary` generators for the enabled protocols' commands, replies, packets and KDNET datagrams (sealed under a key you give), and a seeded mutator for real packets; off by default | arbitrary |
 //! | `tokio` | `codec` | `tokio_util::codec` adapters over the enabled protocols' sessions | tokio-util, bytes |
 //!
 //! All four are on by default. A GDB-only tool takes `default-features = false,
@@ -171,6 +172,8 @@
 //! Under tokio, `codec` puts the same sessions behind `tokio_util::codec::Framed`, with
 //! acknowledgements and retransmission inside the codec.
 
+#[cfg(feature = "arbitrary")]
+pub mod fuzz;
 #[cfg(feature = "gdb")]
 pub mod gdb;
 #[cfg(feature = "impair")]
