@@ -402,30 +402,27 @@ fn mutated_kd_packets_frame_as_documented_and_cover_every_field() {
     }
 }
 
-#[test]
-fn mutated_kdnet_datagrams_open_as_documented() {
-    let keys = keys(true);
-    let datagrams: Vec<Vec<u8>> = seeds(64, 1500)
-        .filter_map(|s| KdnetDatagram::generate(&mut Unstructured::new(&s), &keys).ok())
-        .map(|d| d.bytes)
-        .collect();
-    let mut fields = HashSet::new();
-    for (i, seed) in seeds(3000, 32).enumerate() {
-        let datagram = &datagrams[i % datagrams.len()];
-        let Ok(m) = mutate::kdnet_datagram(datagram, &keys, &mut Unstructured::new(&seed)) else {
-            continue;
-        };
-        let inner_ok = |payload: &[u8]| payload.len() <= 1 || Repr::parse_bytes(payload).is_ok();
-        match keys.open(&m.bytes) {
-            Ok(msg) => assert_eq!(
-                m.frames,
-                msg.channel == Channel::Control || inner_ok(&msg.payload),
-                "{m:?}"
-            ),
-            Err(e) => assert!(!m.frames, "{:?}: {e}", m.field),
-        }
-        fields.insert(m.field);
+/// Mutates `datagram` and checks the result against the documented `frames`: it opens
+/// under `keys` with a KD packet that still parses exactly when it is meant to.
+fn check_kdnet_mutation(datagram: &[u8], keys: &Keys, seed: &[u8]) -> Option<Field> {
+    let m = mutate::kdnet_datagram(datagram, keys, &mut Unstructured::new(seed)).ok()?;
+    let frames = |bytes: &[u8]| {
+        keys.open(bytes).map(|msg| {
+            msg.channel == Channel::Control
+                || msg.payload.len() <= 1
+                || Repr::parse_bytes(&msg.payload).is_ok()
+        })
+    };
+    match frames(&m.bytes) {
+        // (A real datagram may carry something that is not a KD packet to begin with.)
+        Ok(inner_ok) if frames(datagram) == Ok(true) => assert_eq!(m.frames, inner_ok, "{m:?}"),
+        Ok(_) => {}
+        Err(e) => assert!(!m.frames, "{:?}: {e}", m.field),
     }
+    Some(m.field)
+}
+
+fn assert_kdnet_fields(fields: &HashSet<Field>) {
     for f in [
         Field::Sequence,
         Field::Direction,
@@ -439,4 +436,72 @@ fn mutated_kdnet_datagrams_open_as_documented() {
         fields.iter().any(|f| matches!(f, Field::Number(_))),
         "the inner KD packet is mutated: {fields:?}"
     );
+}
+
+#[test]
+fn mutated_kdnet_datagrams_open_as_documented() {
+    let keys = keys(true);
+    let datagrams: Vec<Vec<u8>> = seeds(64, 1500)
+        .filter_map(|s| KdnetDatagram::generate(&mut Unstructured::new(&s), &keys).ok())
+        .map(|d| d.bytes)
+        .collect();
+    let mut fields = HashSet::new();
+    for (i, seed) in seeds(3000, 32).enumerate() {
+        fields.extend(check_kdnet_mutation(
+            &datagrams[i % datagrams.len()],
+            &keys,
+            &seed,
+        ));
+    }
+    assert_kdnet_fields(&fields);
+}
+
+/// The KDNET datagrams of the real WinDbg / Windows 10 capture (key 8.8.8.8), with the
+/// keys after its handshake (the data key derived from the debugger's response).
+fn captured_datagrams() -> (Vec<Vec<u8>>, Keys) {
+    use tagsplit_protocol::kdnet::ControlMessage;
+    let path = shared("captures/kdnet-win10-10586-key-8.8.8.8.pcapng.gz");
+    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut reader =
+        pcap_file::pcapng::PcapNgReader::new(flate2::read::GzDecoder::new(file)).unwrap();
+    let mut keys = Keys::new("8.8.8.8".parse().unwrap());
+    let mut datagrams = Vec::new();
+    while let Some(block) = reader.next_block() {
+        let pcap_file::pcapng::Block::EnhancedPacket(packet) = block.unwrap() else {
+            continue;
+        };
+        // The UDP payload: from the KDNET magic on (after Ethernet, IPv4 and UDP).
+        let Some(at) = packet.data.windows(4).position(|w| w == b"MDBG") else {
+            continue;
+        };
+        let datagram = packet.data[at..].to_vec();
+        if let Ok(msg) = keys.open(&datagram)
+            && msg.channel == Channel::Control
+            && let ControlMessage::Response(r) = ControlMessage::parse(&msg.payload)
+        {
+            keys.set_data_key(r.data_key(keys.initial()));
+        }
+        datagrams.push(datagram);
+    }
+    let opened = datagrams.iter().filter(|d| keys.open(d).is_ok()).count();
+    assert!(
+        opened >= 900,
+        "{opened} of {} datagrams open",
+        datagrams.len()
+    );
+    (datagrams, keys)
+}
+
+#[test]
+fn mutated_captured_kdnet_datagrams_open_as_documented() {
+    let (datagrams, keys) = captured_datagrams();
+    let mut fields = HashSet::new();
+    for (i, seed) in seeds(4 * datagrams.len(), 32).enumerate() {
+        fields.extend(check_kdnet_mutation(
+            &datagrams[i % datagrams.len()],
+            &keys,
+            &seed,
+        ));
+    }
+    assert_kdnet_fields(&fields);
 }

@@ -32,9 +32,11 @@
 //!
 //! A consumer's cargo-fuzz target takes a command sequence straight from libFuzzer
 //! (`libfuzzer-sys` hands `fuzz_target!` any `Arbitrary` type), frames each command and
-//! feeds the stub under test. `fuzz/fuzz_targets/gdb_stub_commands.rs` in this repository
-//! is such a target against our own stub core (its body is
-//! `fuzz-targets/src/gdb_stub_commands.rs`):
+//! feeds the stub under test. This repository's `gdb_stub_commands` target does the same
+//! against our own stub core (`fuzz/fuzz_targets/gdb_stub_commands.rs`, body in
+//! `fuzz-targets/src/gdb_stub_commands.rs`), drawing the commands from an `Unstructured`
+//! over the input so that its corpus also replays on stable, and passing one command in
+//! eight through [`mutate::gdb_frame`]. A consumer's target:
 //!
 //! ```ignore
 //! #![no_main]

@@ -578,7 +578,8 @@ mod kdnet {
     /// do not open gets a byte flipped. See the [module docs](super) for each field.
     ///
     /// `frames` is whether [`Keys::open`] accepts the result and, for a mutated KD
-    /// packet, whether that packet still frames.
+    /// packet, whether that packet still frames (for a datagram that carried a KD packet
+    /// to begin with).
     pub fn kdnet_datagram(
         datagram: &[u8],
         keys: &Keys,
