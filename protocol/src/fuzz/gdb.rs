@@ -63,12 +63,13 @@ impl GdbCommand {
 impl<'a> Arbitrary<'a> for GdbCommand {
     fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
         let mut payload = Vec::new();
-        let data = bytes(u, MAX_DATA)?;
         let kind = u.int_in_range(0..=COMMAND_KINDS - 1)?;
         if kind == 0 {
             payload.extend_from_slice(u.choose(UNMODELED)?);
             return Ok(GdbCommand { payload });
         }
+        // Drawn only by the commands that carry data, so the others cost a few bytes.
+        let data;
         let features;
         let annex;
         let name;
@@ -119,12 +120,18 @@ impl<'a> Arbitrary<'a> for GdbCommand {
             10 => Command::CurrentThread,
             11 => Command::Attached(u.arbitrary::<bool>()?.then(|| number(u)).transpose()?),
             12 => Command::ReadRegisters,
-            13 => Command::WriteRegisters(HexBytes::raw(&data)),
+            13 => {
+                data = bytes(u, MAX_DATA)?;
+                Command::WriteRegisters(HexBytes::raw(&data))
+            }
             14 => Command::ReadRegister(register(u)?),
-            15 => Command::WriteRegister {
-                reg: register(u)?,
-                value: HexBytes::raw(&data),
-            },
+            15 => {
+                data = bytes(u, MAX_DATA)?;
+                Command::WriteRegister {
+                    reg: register(u)?,
+                    value: HexBytes::raw(&data),
+                }
+            }
             16 => Command::ReadMemory {
                 addr: number(u)?,
                 len: number(u)?,
@@ -133,24 +140,36 @@ impl<'a> Arbitrary<'a> for GdbCommand {
                 addr: number(u)?,
                 len: number(u)?,
             },
-            18 => Command::WriteMemory {
-                addr: number(u)?,
-                data: HexBytes::raw(&data),
-            },
-            19 => Command::WriteMemoryBinary {
-                addr: number(u)?,
-                data: &data,
-            },
-            20 => Command::SearchMemory {
-                addr: number(u)?,
-                len: number(u)?,
-                pattern: &data,
-            },
+            18 => {
+                data = bytes(u, MAX_DATA)?;
+                Command::WriteMemory {
+                    addr: number(u)?,
+                    data: HexBytes::raw(&data),
+                }
+            }
+            19 => {
+                data = bytes(u, MAX_DATA)?;
+                Command::WriteMemoryBinary {
+                    addr: number(u)?,
+                    data: &data,
+                }
+            }
+            20 => {
+                data = bytes(u, MAX_DATA)?;
+                Command::SearchMemory {
+                    addr: number(u)?,
+                    len: number(u)?,
+                    pattern: &data,
+                }
+            }
             21 => Command::Crc {
                 addr: number(u)?,
                 len: number(u)?,
             },
-            22 => Command::Monitor(HexBytes::raw(&data)),
+            22 => {
+                data = bytes(u, MAX_DATA)?;
+                Command::Monitor(HexBytes::raw(&data))
+            }
             23 => Command::InsertBreakpoint(breakpoint(u)?),
             24 => Command::RemoveBreakpoint(breakpoint(u)?),
             25 => Command::VContQuery,
@@ -189,11 +208,14 @@ impl<'a> Arbitrary<'a> for GdbCommand {
                 count: number(u)?,
                 offset: number(u)?,
             }),
-            37 => Command::HostIo(HostIo::Pwrite {
-                fd: number(u)?,
-                offset: number(u)?,
-                data: &data,
-            }),
+            37 => {
+                data = bytes(u, MAX_DATA)?;
+                Command::HostIo(HostIo::Pwrite {
+                    fd: number(u)?,
+                    offset: number(u)?,
+                    data: &data,
+                })
+            }
             38 => Command::HostIo(HostIo::Fstat(number(u)?)),
             39 => {
                 name = path(u)?;

@@ -48,7 +48,9 @@ arbitrary_layout! {
     ReadWriteIo64 { address, size, value }
     ReadWriteMsr { msr, low, high }
     ContextEx { offset, byte_count, bytes_copied }
-    LoadSymbols64 { path_name_length, base_of_dll, process_id, checksum, size_of_image, unload_symbols }
+    LoadSymbols64 {
+        path_name_length, base_of_dll, process_id, checksum, size_of_image, unload_symbols,
+    }
     CommandString64 { flags }
 }
 
@@ -131,10 +133,10 @@ fn untyped_api(u: &mut Unstructured<'_>) -> Result<ApiNumber> {
     })
 }
 
-/// Every manipulate API: each typed variant with its fields drawn from [`number`], and
-/// every other API number (known or not) as [`ManipulateApi::Unknown`] with arbitrary
-/// union bytes. What [`ManipulateApi::parse`] reads back from the header is the value
-/// generated.
+/// Every manipulate API: each typed variant with its fields biased to edge values
+/// ([`INTERESTING`](super::INTERESTING)), and every other API number (known or not) as
+/// [`ManipulateApi::Unknown`] with arbitrary union bytes. What [`ManipulateApi::parse`]
+/// reads back from the header is the value generated.
 impl<'a> Arbitrary<'a> for ManipulateApi {
     fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
         Ok(match u.int_in_range(0u8..=20)? {

@@ -38,7 +38,7 @@
 //! over the input so that its corpus also replays on stable, and passing one command in
 //! eight through [`mutate::gdb_frame`]. A consumer's target:
 //!
-//! ```ignore
+//! ```text
 //! #![no_main]
 //! use tagsplit_protocol::fuzz::GdbCommand;
 //!
@@ -137,9 +137,10 @@ pub(crate) fn number32(u: &mut Unstructured<'_>) -> Result<u32> {
     Ok(number(u)? as u32)
 }
 
-/// Up to `max` bytes, any values.
+/// Up to `max` bytes, any values (fewer when the input runs out: generating never fails
+/// for want of input).
 pub(crate) fn bytes(u: &mut Unstructured<'_>, max: usize) -> Result<Vec<u8>> {
-    let len = u.int_in_range(0..=max)?;
+    let len = u.int_in_range(0..=max)?.min(u.len());
     Ok(u.bytes(len)?.to_vec())
 }
 
