@@ -219,9 +219,22 @@ fn generators_are_deterministic() {
         let b = GdbCommand::arbitrary(&mut Unstructured::new(&seed)).ok();
         assert_eq!(a, b);
         let k = keys(true);
-        let a = KdnetDatagram::generate(&mut Unstructured::new(&seed), &k).ok();
-        let b = KdnetDatagram::generate(&mut Unstructured::new(&seed), &k).ok();
+        let a = KdnetDatagram::generate(&mut Unstructured::new(&seed), &k).unwrap();
+        let b = KdnetDatagram::generate(&mut Unstructured::new(&seed), &k).unwrap();
         assert_eq!(a, b);
+        // And the mutator: the same packet and seed, the same mutation.
+        let packet = Repr::arbitrary(&mut Unstructured::new(&seed))
+            .unwrap()
+            .to_kdcom_bytes();
+        let tail = &seed[seed.len() / 2..];
+        assert_eq!(
+            mutate::kd_packet(&packet, &mut Unstructured::new(tail)).unwrap(),
+            mutate::kd_packet(&packet, &mut Unstructured::new(tail)).unwrap()
+        );
+        assert_eq!(
+            mutate::kdnet_datagram(&a.bytes, &k, &mut Unstructured::new(tail)).unwrap(),
+            mutate::kdnet_datagram(&a.bytes, &k, &mut Unstructured::new(tail)).unwrap()
+        );
     }
 }
 

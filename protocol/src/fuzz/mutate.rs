@@ -41,8 +41,9 @@ pub const MAX_GROWTH: usize = 4096;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Field {
-    /// A number: an address, length, count, offset or id (for KD, named by its
-    /// structure's field table).
+    /// A number: an address, length, count, offset or id. For KD, the name its
+    /// structure's field table gives it (`count`, `address`, `pattern_length`, …); for
+    /// GDB, whose numbers are found by position, `"number"`.
     Number(&'static str),
     /// The length of the data.
     Length,
