@@ -23,6 +23,7 @@ pub mod gdb_decoder;
 pub mod gdb_remotelog;
 pub mod gdb_server_session;
 pub mod gdb_stub;
+pub mod gdb_stub_commands;
 pub mod kd_payload;
 pub mod kd_session;
 pub mod kd_stream;
@@ -47,6 +48,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("gdb_remotelog", gdb_remotelog::run),
     ("gdb_server_session", gdb_server_session::run),
     ("gdb_stub", gdb_stub::run),
+    ("gdb_stub_commands", gdb_stub_commands::run),
     ("kd_payload", kd_payload::run),
     ("kd_session", kd_session::run),
     ("kd_stream", kd_stream::run),

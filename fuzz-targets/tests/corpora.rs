@@ -68,6 +68,7 @@ replay_tests!(
     gdb_remotelog,
     gdb_server_session,
     gdb_stub,
+    gdb_stub_commands,
     kd_payload,
     kd_session,
     kd_stream,

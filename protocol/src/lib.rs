@@ -15,6 +15,7 @@
 //! | (always) | [`rto`] | an adaptive retransmission / reply timer (smoothed round trip, its variation, and the time the bytes in flight need on the link) | — |
 //! | `impair` | [`impair`] | a seeded, sans-IO model of a lossy, corrupting, slow link (streams and datagrams) for tests and relays; off by default | chacha20, rand_core |
 //! | `pcap` | `pcap` | recording KDNET datagrams and KDCOM-over-TCP streams as pcapng (Ethernet/IP/UDP and Ethernet/IP/TCP frames with the real addresses), what `tagsplit --pcap` writes; off by default | pcap-file, etherparse |
+//! | `arbitrary` | [`fuzz`] | structure-aware fuzzing: `arbitrary` generators for the enabled protocols' commands, replies, packets and KDNET datagrams (sealed under a key you give), and a seeded mutator for real packets; off by default | arbitrary |
 //! | `tokio` | `codec` | `tokio_util::codec` adapters over the enabled protocols' sessions | tokio-util, bytes |
 //!
 //! All four are on by default. A GDB-only tool takes `default-features = false,
@@ -172,6 +173,8 @@
 //! Under tokio, `codec` puts the same sessions behind `tokio_util::codec::Framed`, with
 //! acknowledgements and retransmission inside the codec.
 
+#[cfg(feature = "arbitrary")]
+pub mod fuzz;
 #[cfg(feature = "gdb")]
 pub mod gdb;
 #[cfg(feature = "impair")]
