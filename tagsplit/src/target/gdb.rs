@@ -1789,17 +1789,7 @@ impl DebugTarget for GdbTarget {
                 .collect();
         }
         let binary = self.caps.binary_read;
-        let chunk = self.transfer_chunk();
-        // (read, offset, length) of each request.
-        let plan: Vec<(usize, usize, usize)> = reads
-            .iter()
-            .enumerate()
-            .flat_map(|(i, (_, buf))| {
-                (0..buf.len())
-                    .step_by(chunk)
-                    .map(move |off| (i, off, chunk.min(buf.len() - off)))
-            })
-            .collect();
+        let plan = pieces_of(reads.iter().map(|(_, b)| b.len()), self.transfer_chunk());
         let cmds: Vec<Command<'static>> = plan
             .iter()
             .map(|&(i, off, want)| {
@@ -1807,46 +1797,30 @@ impl DebugTarget for GdbTarget {
                 read_command(binary, at.saturating_add(off as u64), want)
             })
             .collect();
-        let replies = self.request_many(&cmds)?;
-        let mut done = vec![0usize; reads.len()];
-        let mut open = vec![true; reads.len()];
-        for (&(i, off, want), reply) in plan.iter().zip(replies) {
-            let (Some((addr, buf)), Some(d), Some(o)) =
-                (reads.get_mut(i), done.get_mut(i), open.get_mut(i))
-            else {
-                continue;
+        self.run_pieces(reads.len(), &plan, &cmds, |t, i, off, want, reply| {
+            let Some((addr, buf)) = reads.get_mut(i) else {
+                return Ok(Piece::End);
             };
-            if !*o || *d != off {
-                continue;
-            }
             let data = match reply {
                 Reply::Binary(b) if binary && b.len() == want => b,
                 Reply::Hex(h) if h.len() <= want => h,
-                Reply::Error(_) | Reply::ErrorText(_) => {
-                    *o = false;
-                    continue;
-                }
+                Reply::Error(_) | Reply::ErrorText(_) => return Ok(Piece::End),
                 // Anything else (a short binary reply, `x` refused): this read goes on
                 // one request at a time, with `read_fresh`'s own handling.
                 _ => {
-                    *o = false;
-                    let at = addr.saturating_add(off as u64);
                     let rest = buf.get_mut(off..).unwrap_or_default();
-                    *d = off + self.read_fresh(at, rest)?;
-                    continue;
+                    return Ok(Piece::Rest(
+                        t.read_fresh(addr.saturating_add(off as u64), rest)?,
+                    ));
                 }
             };
             let n = data.len().min(want);
             if let (Some(dst), Some(src)) = (buf.get_mut(off..off + n), data.get(..n)) {
                 dst.copy_from_slice(src);
             }
-            *d = off + n;
             // A hex reply shorter than asked ends at unreadable memory.
-            if n < want {
-                *o = false;
-            }
-        }
-        Ok(done)
+            Ok(Piece::Took(n))
+        })
     }
 
     fn write_many(&mut self, writes: &[(VirtAddr, &[u8])]) -> Result<Vec<usize>, TargetError> {
@@ -1857,23 +1831,13 @@ impl DebugTarget for GdbTarget {
                 .collect();
         }
         let binary = self.caps.binary_write;
-        let chunk = self.read_chunk();
-        let plan: Vec<(usize, usize, &[u8])> = writes
-            .iter()
-            .enumerate()
-            .flat_map(|(i, (_, data))| {
-                data.chunks(chunk)
-                    .enumerate()
-                    .map(move |(k, piece)| (i, k * chunk, piece))
-            })
-            .collect();
+        let plan = pieces_of(writes.iter().map(|(_, d)| d.len()), self.read_chunk());
         let cmds: Vec<Command<'_>> = plan
             .iter()
-            .map(|&(i, off, piece)| {
-                let addr = writes
-                    .get(i)
-                    .map_or(0, |(a, _)| a.get())
-                    .saturating_add(off as u64);
+            .map(|&(i, off, len)| {
+                let (at, data) = writes.get(i).copied().unwrap_or((VirtAddr(0), &[]));
+                let addr = at.get().saturating_add(off as u64);
+                let piece = data.get(off..off + len).unwrap_or_default();
                 if binary {
                     Command::WriteMemoryBinary { addr, data: piece }
                 } else {
@@ -1884,29 +1848,20 @@ impl DebugTarget for GdbTarget {
                 }
             })
             .collect();
-        let replies = self.request_many(&cmds)?;
-        let mut done = vec![0usize; writes.len()];
-        let mut open = vec![true; writes.len()];
-        for (&(i, off, piece), reply) in plan.iter().zip(replies) {
-            let (Some((addr, data)), Some(d), Some(o)) =
-                (writes.get(i), done.get_mut(i), open.get_mut(i))
-            else {
-                continue;
-            };
-            if !*o || *d != off {
-                continue;
-            }
+        self.run_pieces(writes.len(), &plan, &cmds, |t, i, off, len, reply| {
             if reply == Reply::Ok {
-                *d = off + piece.len();
-                continue;
+                return Ok(Piece::Took(len));
             }
             // Refused (or `X` unknown): the rest of this write one request at a time,
             // with `write_memory`'s own fall-backs.
-            *o = false;
+            let Some(&(addr, data)) = writes.get(i) else {
+                return Ok(Piece::End);
+            };
             let rest = data.get(off..).unwrap_or_default();
-            *d = off + self.write_memory(addr.saturating_add(off as u64), rest)?;
-        }
-        Ok(done)
+            Ok(Piece::Rest(
+                t.write_memory(addr.saturating_add(off as u64), rest)?,
+            ))
+        })
     }
 
     fn search_many(
@@ -2271,6 +2226,61 @@ impl GdbTarget {
         }
         Ok(hits)
     }
+}
+
+impl GdbTarget {
+    /// Sends `cmds` (one per piece of `plan`: item, offset, length) pipelined and hands
+    /// each reply to `take`, in order, for the pieces of an item still going on: how
+    /// many bytes of each of the `items` were done.
+    fn run_pieces(
+        &mut self,
+        items: usize,
+        plan: &[(usize, usize, usize)],
+        cmds: &[Command<'_>],
+        mut take: impl FnMut(&mut Self, usize, usize, usize, Reply) -> Result<Piece, TargetError>,
+    ) -> Result<Vec<usize>, TargetError> {
+        let replies = self.request_many(cmds)?;
+        let mut done = vec![0usize; items];
+        let mut open = vec![true; items];
+        for (&(i, off, len), reply) in plan.iter().zip(replies) {
+            if !open.get(i).copied().unwrap_or(false) || done.get(i) != Some(&off) {
+                continue;
+            }
+            let (n, goes_on) = match take(self, i, off, len, reply)? {
+                Piece::Took(n) => (n, n == len),
+                Piece::End => (0, false),
+                Piece::Rest(n) => (n, false),
+            };
+            if let (Some(d), Some(o)) = (done.get_mut(i), open.get_mut(i)) {
+                *d = off + n;
+                *o = goes_on;
+            }
+        }
+        Ok(done)
+    }
+}
+
+/// What one pipelined piece of a batched read or write came to.
+enum Piece {
+    /// This many bytes of the piece (fewer than its length end the item).
+    Took(usize),
+    /// Nothing more of this item.
+    End,
+    /// The rest of the item was done one request at a time: this many bytes from the
+    /// piece's offset on.
+    Rest(usize),
+}
+
+/// The pieces (item, offset, length) of items of `lens` bytes, at most `chunk` each.
+fn pieces_of(lens: impl Iterator<Item = usize>, chunk: usize) -> Vec<(usize, usize, usize)> {
+    let chunk = chunk.max(1);
+    lens.enumerate()
+        .flat_map(|(i, len)| {
+            (0..len)
+                .step_by(chunk)
+                .map(move |off| (i, off, chunk.min(len - off)))
+        })
+        .collect()
 }
 
 impl Drop for GdbTarget {
