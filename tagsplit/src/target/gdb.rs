@@ -814,24 +814,29 @@ impl GdbTarget {
                             }
                         }
                     }
-                    None => {
-                        // Came up short: these go one by one below.
-                        for &i in burst {
-                            if let Some(cmd) = cmds.get(i) {
-                                let r = self.request(cmd)?;
-                                if let Some(slot) = out.get_mut(i) {
-                                    *slot = Some(r);
-                                }
-                            }
-                        }
-                    }
+                    // Came up short: these go one by one, now.
+                    None => self.request_each(cmds, burst, &mut out)?,
                 }
                 start = end;
             }
             self.nudges += again.len() as u64;
             todo = again;
         }
-        for i in todo {
+        self.request_each(cmds, &todo, &mut out)?;
+        out.into_iter()
+            .map(|r| r.ok_or_else(|| protocol("a pipelined request got no reply")))
+            .collect()
+    }
+
+    /// [`request`](Self::request) of `cmds[i]` for each `i` of `which`, one by one, each
+    /// reply into `out[i]`.
+    fn request_each(
+        &mut self,
+        cmds: &[Command<'_>],
+        which: &[usize],
+        out: &mut [Option<Reply>],
+    ) -> Result<(), TargetError> {
+        for &i in which {
             if let Some(cmd) = cmds.get(i) {
                 let r = self.request(cmd)?;
                 if let Some(slot) = out.get_mut(i) {
@@ -839,9 +844,13 @@ impl GdbTarget {
                 }
             }
         }
-        out.into_iter()
-            .map(|r| r.ok_or_else(|| protocol("a pipelined request got no reply")))
-            .collect()
+        Ok(())
+    }
+
+    /// Whether `qSearch` may carry `pattern`: the stub has not refused it, and the pattern
+    /// fits a packet with room to spare.
+    fn qsearch_fits(&self, pattern: &[u8]) -> bool {
+        self.caps.search && pattern.len() < self.caps.packet_size / 2
     }
 
     /// One pipelined burst: sends `cmds` back to back and waits for as many replies
@@ -1869,9 +1878,7 @@ impl DebugTarget for GdbTarget {
         ranges: &[(VirtAddr, VirtAddr, usize)],
         pattern: &[u8],
     ) -> Result<Vec<Vec<VirtAddr>>, TargetError> {
-        let usable =
-            |t: &Self| t.pipelining() && t.caps.search && pattern.len() < t.caps.packet_size / 2;
-        if pattern.is_empty() || !usable(self) {
+        if pattern.is_empty() || !(self.pipelining() && self.qsearch_fits(pattern)) {
             return ranges
                 .iter()
                 .map(|&(start, end, max)| self.search_memory(start, end, pattern, max))
@@ -1972,8 +1979,7 @@ impl DebugTarget for GdbTarget {
         if pattern.is_empty() || end <= start || max_hits == 0 {
             return Ok(Vec::new());
         }
-        if self.caps.search
-            && pattern.len() < self.caps.packet_size / 2
+        if self.qsearch_fits(pattern)
             && let Some(hits) = self.search_with_qsearch(start, end, pattern, max_hits)?
         {
             return Ok(hits);
@@ -2165,8 +2171,6 @@ impl GdbTarget {
         ranges: &[(VirtAddr, VirtAddr, usize)],
         pattern: &[u8],
     ) -> Result<Vec<Vec<VirtAddr>>, TargetError> {
-        let usable =
-            |t: &Self| t.pipelining() && t.caps.search && pattern.len() < t.caps.packet_size / 2;
         let mut hits: Vec<Vec<VirtAddr>> = vec![Vec::new(); ranges.len()];
         // Where each range's next search starts; ranges still searching.
         let mut at: Vec<u64> = ranges.iter().map(|(s, _, _)| s.get()).collect();
@@ -2174,7 +2178,7 @@ impl GdbTarget {
             .filter(|&i| ranges.get(i).is_some_and(|&(s, e, m)| s < e && m > 0))
             .collect();
         while !live.is_empty() {
-            if !usable(self) {
+            if !(self.pipelining() && self.qsearch_fits(pattern)) {
                 for &i in &live {
                     if let (Some(&(_, end, max)), Some(&from), Some(h)) =
                         (ranges.get(i), at.get(i), hits.get_mut(i))
