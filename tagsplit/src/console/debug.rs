@@ -304,8 +304,7 @@ impl Console {
         out: &mut String,
     ) -> CmdResult {
         let args = split_args(rest)?;
-        let first = args.first().ok_or(CmdError::Syntax)?;
-        let addr = VirtAddr(self.eval(t, &first.text)?);
+        let addr = self.first_address(t, &args)?;
         self.state(t);
         if let Some(b) = self.breakpoints.iter().find(|b| b.addr == addr) {
             let _ = writeln!(out, "breakpoint {} redefined", b.id);

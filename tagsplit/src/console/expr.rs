@@ -40,6 +40,16 @@ pub(crate) fn parse_number(s: &str) -> Option<u64> {
 }
 
 impl Console {
+    /// The address the first of `args` evaluates to (a syntax error without one).
+    pub(crate) fn first_address(
+        &mut self,
+        t: &mut dyn DebugTarget,
+        args: &[Arg],
+    ) -> Result<VirtAddr, CmdError> {
+        let first = args.first().ok_or(CmdError::Syntax)?;
+        Ok(VirtAddr(self.eval(t, &first.text)?))
+    }
+
     /// Evaluates an expression: terms joined by `+`/`-`.
     pub(crate) fn eval(&mut self, t: &mut dyn DebugTarget, text: &str) -> Result<u64, CmdError> {
         let text = text.trim();

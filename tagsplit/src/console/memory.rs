@@ -242,8 +242,7 @@ impl Console {
         unit: usize,
     ) -> CmdResult {
         let args = split_args(rest)?;
-        let first = args.first().ok_or(CmdError::Syntax)?;
-        let addr = VirtAddr(self.eval(t, &first.text)?);
+        let addr = self.first_address(t, &args)?;
         if args.len() < 2 {
             return Err(CmdError::Msg(
                 "interactive entry (no values) is not supported".into(),

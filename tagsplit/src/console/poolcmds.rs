@@ -300,8 +300,7 @@ impl Console {
         out: &mut String,
     ) -> CmdResult {
         let args = split_args(rest)?;
-        let a = args.first().ok_or(CmdError::Syntax)?;
-        let addr = VirtAddr(self.eval(t, &a.text)?);
+        let addr = self.first_address(t, &args)?;
         let flags = match args.get(1) {
             Some(f) => self.eval(t, &f.text)?,
             None => 0,
