@@ -80,6 +80,8 @@ pub mod stack;
 pub mod stacks;
 pub mod symbols;
 pub mod target;
+#[cfg(feature = "wirefuzz")]
+pub mod wirefuzz;
 
 #[cfg(test)]
 mod testkit;

@@ -3,7 +3,10 @@
 mod console;
 mod decode;
 mod demo;
+mod fuzz_client;
+mod fuzz_stub;
 mod relay;
+mod replay;
 mod restore;
 mod run;
 mod scenarios;
@@ -48,6 +51,15 @@ pub enum Command {
     /// Who allocates a tag: set nt!PoolHitTag, collect a call stack per break, pair frees
     /// with allocations, report outstanding bytes per stack (the leaking one first).
     Stacks(stacks::Args),
+    /// Fuzz a GDB stub or KD target over the wire: send it mutated command sequences and
+    /// record every peer that dies, hangs or answers out of protocol.
+    FuzzStub(fuzz_stub::Args),
+    /// Fuzz a debugger: serve it a stub whose replies are mutated, launch it again and
+    /// again, and record every run that dies by a signal, hangs or loops.
+    FuzzClient(fuzz_client::Args),
+    /// Replay a finding: send its bytes to a target again (`--target`), or serve its
+    /// replies to a client (`--serve`).
+    Replay(replay::Args),
 }
 
 impl Command {
@@ -63,6 +75,9 @@ impl Command {
             Command::Serve(a) => serve::execute(a),
             Command::Relay(a) => relay::execute(a),
             Command::Stacks(a) => stacks::execute(a),
+            Command::FuzzStub(a) => fuzz_stub::execute(a),
+            Command::FuzzClient(a) => fuzz_client::execute(a),
+            Command::Replay(a) => replay::execute(a),
         }
     }
 }

@@ -1,0 +1,1 @@
+//! The fuzz-client campaign (being written).

@@ -1,0 +1,1 @@
+//! The fuzz-stub campaign (being written).
