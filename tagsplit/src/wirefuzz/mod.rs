@@ -21,6 +21,7 @@
 mod campaign;
 pub mod fuzz_client;
 pub mod fuzz_stub;
+pub mod kd;
 mod launch;
 
 pub use campaign::{
