@@ -66,7 +66,7 @@ impl Rng {
         while out.len() < len {
             let word = self.next_u64().to_le_bytes();
             let take = (len - out.len()).min(8);
-            out.extend_from_slice(&word[..take]);
+            out.extend_from_slice(word.get(..take).unwrap_or_default());
         }
         out
     }
@@ -139,7 +139,7 @@ pub struct Finding {
     pub kind: FindingKind,
     /// What makes two findings the same bug (say `"hang after qXfer:features:read"`):
     /// findings with the same kind and signature are counted together, and only the
-    /// first [`TRANSCRIPTS_PER_SIGNATURE`] of them are written out.
+    /// first `TRANSCRIPTS_PER_SIGNATURE` of them are written out.
     pub signature: String,
     /// One line for a person: what was sent, what came back.
     pub detail: String,
@@ -403,7 +403,7 @@ impl Campaign {
     }
 
     /// Records a finding: writes its transcript to the output directory at once (unless
-    /// [`TRANSCRIPTS_PER_SIGNATURE`] of the same were written already) and appends a line
+    /// `TRANSCRIPTS_PER_SIGNATURE` of the same were written already) and appends a line
     /// to `findings.txt`. Returns the transcript's path when one was written.
     pub fn found(&mut self, finding: Finding) -> io::Result<Option<PathBuf>> {
         self.progress.findings += 1;
@@ -423,6 +423,7 @@ impl Campaign {
                 self.found.len() - 1
             }
         };
+        #[allow(clippy::indexing_slicing)]
         let entry = &mut self.found[index];
         entry.count += 1;
         if entry.count > TRANSCRIPTS_PER_SIGNATURE {
