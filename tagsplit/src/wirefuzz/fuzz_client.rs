@@ -39,7 +39,7 @@
 //!
 //! Any normal exit, whatever its code, is not a finding (gdb exits 1 on many errors).
 //! The finding's signature is its kind and the kind of the last packet the client sent
-//! (the name of a `q`/`Q`/`v` packet, otherwise its first letter), so the same crash after the same command counts once.
+//! (the name of a `q`/`Q`/`v` packet, with the object for `qXfer` and the operation for `vFile`; otherwise its first letter), so the same crash after the same command counts once.
 //!
 //! gdb asked to dump core on an internal error (it asks in `-batch` and answers yes)
 //! raises its own core-size limit: run the campaign in a scratch directory, or add

@@ -77,14 +77,22 @@ pub(crate) struct Served {
 }
 
 /// A packet's kind for signatures and the state hash: for `q`, `Q` and `v` packets the
-/// name up to the first `:`, `,` or `;` (at most 32 bytes); otherwise its first byte.
+/// name up to the first `:`, `,` or `;` (for `qXfer` and `vFile`, the second; at most 32
+/// bytes); otherwise its first byte.
 pub(crate) fn packet_kind(payload: &[u8]) -> &[u8] {
     match payload.first() {
         Some(b'q' | b'Q' | b'v') => {
+            // `qXfer:OBJECT` and `vFile:OPERATION`: the name alone says little.
+            let skip = if payload.starts_with(b"qXfer:") || payload.starts_with(b"vFile:") {
+                6
+            } else {
+                0
+            };
             let end = payload
                 .iter()
+                .skip(skip)
                 .position(|&b| matches!(b, b':' | b',' | b';'))
-                .unwrap_or(payload.len())
+                .map_or(payload.len(), |p| p + skip)
                 .min(32);
             payload.get(..end).unwrap_or(payload)
         }
