@@ -379,8 +379,10 @@ mod tests {
     fn kinds() {
         assert_eq!(
             packet_kind(b"qXfer:features:read:target.xml:0,fff"),
-            b"qXfer"
+            b"qXfer:features"
         );
+        assert_eq!(packet_kind(b"vFile:pread:4,1,2"), b"vFile:pread");
+        assert_eq!(packet_kind(b"qC"), b"qC");
         assert_eq!(packet_kind(b"vCont;c"), b"vCont");
         assert_eq!(packet_kind(b"m1000,4"), b"m");
         assert_eq!(packet_kind(b""), b"(empty)");
