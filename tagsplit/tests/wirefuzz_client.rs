@@ -145,51 +145,37 @@ fn same_seed_same_bytes_and_replay_reproduces() {
     }
 }
 
-#[test]
-fn a_client_that_never_exits_is_a_hang() {
-    let out = out_dir("hang");
+/// One iteration of `command` with a client time-out of `timeout` seconds: its one
+/// finding, as summary.json lists it.
+fn one_finding(name: &str, command: &str, timeout: &str, kind: &str) -> serde_json::Value {
+    let out = out_dir(name);
+    let args = ["--seed", "1", "--time", "120", "--max-iterations", "1"];
     fuzz(
-        "exec sleep 1000",
+        command,
         &out,
-        &[
-            "--seed",
-            "1",
-            "--time",
-            "120",
-            "--max-iterations",
-            "1",
-            "--client-timeout",
-            "1",
-        ],
+        &[&args[..], &["--client-timeout", timeout]].concat(),
     );
     let s = summary(&out);
     assert_eq!(s["findings"], 1, "{s}");
-    assert_eq!(s["found"][0]["kind"], "hang", "{s}");
+    assert_eq!(s["found"][0]["kind"], kind, "{s}");
     let _ = std::fs::remove_dir_all(&out);
+    s["found"][0].clone()
+}
+
+#[test]
+fn a_client_that_never_exits_is_a_hang() {
+    one_finding("hang", "exec sleep 1000", "1", "hang");
 }
 
 #[test]
 fn a_client_that_repeats_a_packet_is_a_loop() {
-    let out = out_dir("loop");
-    fuzz(
+    let found = one_finding(
+        "loop",
         r#"exec bash -c 'exec 3<>/dev/tcp/{host}/{port}; while :; do printf "\$g#67" >&3 || exit 0; done'"#,
-        &out,
-        &[
-            "--seed",
-            "1",
-            "--time",
-            "120",
-            "--max-iterations",
-            "1",
-            "--client-timeout",
-            "60",
-        ],
+        "60",
+        "loop",
     );
-    let s = summary(&out);
-    assert_eq!(s["findings"], 1, "{s}");
-    assert_eq!(s["found"][0]["kind"], "loop", "{s}");
-    assert_eq!(s["found"][0]["signature"], "loop after g", "{s}");
-    let _ = std::fs::remove_dir_all(&out);
+    assert_eq!(found["signature"], "loop after g", "{found}");
 }
 
 #[test]
