@@ -56,11 +56,36 @@ fn mutated(rng: &mut Rng, reply: &[u8]) -> Vec<u8> {
         let mut u = Unstructured::new(&seed);
         if let Ok(m) = mutate::gdb_frame(reply, &mut u)
             && m.frames
+            && gdb_frames(&m.bytes)
         {
             return m.bytes;
         }
     }
     reply.to_vec()
+}
+
+/// Whether gdb reads `bytes` as the frame our decoder reads. gdb's framing knows
+/// run lengths but not escapes (it unescapes later, for binary packets only), so an
+/// escape whose second byte is `*`, `#` or `$` (an escaped 0x0a, 0x03 or 0x04) is a run
+/// length or a frame's end to gdb: it answers `-` and waits `remotetimeout` for a
+/// retransmission, a stall of our making, not a finding.
+fn gdb_frames(bytes: &[u8]) -> bool {
+    let body = bytes
+        .strip_prefix(b"$")
+        .and_then(|b| b.get(..b.len().saturating_sub(3)))
+        .unwrap_or_default();
+    let mut escaped = false;
+    for &b in body {
+        if escaped {
+            if matches!(b, b'*' | b'#' | b'$') {
+                return false;
+            }
+            escaped = false;
+        } else if b == b'}' {
+            escaped = true;
+        }
+    }
+    true
 }
 
 /// A generated reply of the kind `kind` ([`GdbReply`]), if one comes up in a few tries.
@@ -297,6 +322,14 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn escapes_gdb_reads_as_run_lengths_are_refused() {
+        assert!(gdb_frames(b"$a}]b#00"));
+        assert!(gdb_frames(b"$a}}*!#00"));
+        assert!(!gdb_frames(b"$a}*b#00"));
+        assert!(!gdb_frames(b"$a}#b#00"));
     }
 
     #[test]
