@@ -35,7 +35,8 @@
 //!   gdb waits `remotetimeout` (2 s) for a reply and retries a few times, so keep the
 //!   time-out well above that (the default is 10 s).
 //! - It sends the same packet more than [`MAX_SAME_IN_A_ROW`] times in a row, or
-//!   more than [`MAX_PACKETS`] packets in one iteration: [`FindingKind::Loop`].
+//!   more than [`MAX_PACKETS`] packets in one iteration of which at least half repeat
+//!   earlier ones: [`FindingKind::Loop`].
 //!
 //! Any normal exit, whatever its code, is not a finding (gdb exits 1 on many errors).
 //! The finding's signature is its kind and the kind of the last packet the client sent

@@ -17,9 +17,14 @@ use crate::wirefuzz::{FindingKind, Launcher, WireFuzzError, exit_signal};
 /// loop ([`FindingKind::Loop`]): no client resends one packet a hundred times against a
 /// stub that answers every one of them.
 pub const MAX_SAME_IN_A_ROW: usize = 100;
-/// More packets than this from one client in one iteration is a loop too (the longest
-/// real session we serve, our console's `lm` plus `!poolused`, sends a few hundred).
+/// More packets than this from one client in one iteration, at least half of them
+/// repeats of packets it sent before, is a loop too: a client cycling through a few
+/// requests. A client that sends ever new requests is not looping, however many it
+/// sends (told a `PacketSize` of 16, our console reads the pool 16 bytes at a time: tens
+/// of thousands of distinct `x` packets); if it never ends, the time-out calls it a hang.
 pub const MAX_PACKETS: usize = 20_000;
+/// Distinct packets remembered per iteration (for [`MAX_PACKETS`]).
+const MAX_DISTINCT: usize = 4 * MAX_PACKETS;
 /// Largest client packet decoded (bigger ones count as one oversize event).
 const MAX_CLIENT_PACKET: usize = 0x1_0000;
 /// Bytes read at a time.
@@ -185,6 +190,7 @@ pub(crate) fn serve(
         end: End::Closed,
     };
     let mut same = 0usize;
+    let mut distinct = std::collections::HashSet::new();
     let end = loop {
         if cancel.is_some_and(Interrupt::is_set) {
             break End::Cancelled;
@@ -285,11 +291,18 @@ pub(crate) fn serve(
                     "the client sent `{}` more than {MAX_SAME_IN_A_ROW} times in a row",
                     String::from_utf8_lossy(packet_kind(p))
                 ));
-            } else if served.packets > MAX_PACKETS {
-                looped = Some(format!(
-                    "the client sent more than {MAX_PACKETS} packets (last `{}`)",
-                    String::from_utf8_lossy(packet_kind(p))
-                ));
+            } else {
+                if distinct.len() < MAX_DISTINCT {
+                    distinct.insert(crate::wirefuzz::state_hash(&[p]));
+                }
+                if served.packets > MAX_PACKETS && distinct.len() * 2 < served.packets {
+                    looped = Some(format!(
+                        "the client sent {} packets, only {} of them different (last `{}`)",
+                        served.packets,
+                        distinct.len(),
+                        String::from_utf8_lossy(packet_kind(p))
+                    ));
+                }
             }
         }
         if let Some(what) = looped {
@@ -373,6 +386,64 @@ mod tests {
             ]
         );
         assert_eq!(units(b"$cut"), vec![&b"$cut"[..]]);
+    }
+
+    /// Answers nothing.
+    struct Mute;
+    impl Responder for Mute {
+        fn input(&mut self, _: &[u8], _: &[Vec<u8>], _: &mut Vec<u8>) {}
+        fn poll(&mut self, _: &mut Vec<u8>) -> bool {
+            false
+        }
+        fn closed(&self) -> bool {
+            false
+        }
+    }
+
+    /// Serves a client thread that sends `payload(i)` for `i` in `0..n`, then closes.
+    fn serve_packets(n: usize, payload: fn(usize) -> String) -> End {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            let mut all = Vec::new();
+            for i in 0..n {
+                all.extend(tagsplit_protocol::gdb::frame::encode_packet(
+                    payload(i).as_bytes(),
+                    false,
+                ));
+            }
+            // The server stops reading at a loop: the rest may not go out.
+            let _ = s.write_all(&all);
+        });
+        let served = serve(
+            &listener,
+            None,
+            &mut Mute,
+            Duration::from_secs(120),
+            None,
+            RemoteLogWriter::new(Vec::new()),
+        )
+        .expect("serve");
+        client.join().expect("client");
+        served.end
+    }
+
+    #[test]
+    fn many_different_packets_are_no_loop_but_a_cycle_is() {
+        let n = MAX_PACKETS + 5000;
+        assert!(matches!(
+            serve_packets(n, |i| format!("m{:x},10", 0x1000 + 16 * i)),
+            End::Closed
+        ));
+        match serve_packets(n, |i| format!("m{:x},10", 0x1000 + 16 * (i % 3))) {
+            End::Loop(what) => assert!(what.contains("only 3 of them different"), "{what}"),
+            other => panic!("expected a loop, got {other:?}"),
+        }
+        assert!(matches!(
+            serve_packets(MAX_SAME_IN_A_ROW + 1, |_| "g".into()),
+            End::Loop(_)
+        ));
     }
 
     #[test]
