@@ -267,7 +267,7 @@ fn real_gdb_as_the_client() {
     }
     let out = out_dir("gdb");
     fuzz(
-        r#"gdb -batch -nx -ex "set architecture i386:x86-64" -ex "target remote {addr}" -ex "info registers rip" -ex "x/4i $pc" -ex "info sharedlibrary" -ex detach"#,
+        r#"gdb -batch -nx -ex "set architecture i386:x86-64" -ex "target remote {addr}" -ex "info registers rip" -ex "x/4i \$pc" -ex "info sharedlibrary" -ex detach"#,
         &out,
         &[
             "--seed",
