@@ -1,0 +1,479 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+//! `fuzz-stub` against GDB stubs: our simulator's (in process and launched), hostile fake
+//! stubs written here (one that drops the connection, one that never answers, one that
+//! answers with a bad checksum), and gdbserver where it is installed (required under
+//! `CI=true`); `replay --target` of a finding.
+
+mod common;
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tagsplit::wirefuzz::fuzz_stub::{self, StubFuzzOptions};
+use tagsplit::wirefuzz::{Campaign, CampaignOptions, FindingKind, Summary};
+use tagsplit_protocol::gdb::frame::{self, Decoder, Event};
+
+fn sim_stub(
+    log: Option<Box<dyn std::io::Write + Send>>,
+) -> tagsplit_target_sim::server::gdb::GdbStubHandle {
+    let scenario = tagsplit_target_sim::scenario::Scenario::builtin("part4").expect("scenario");
+    tagsplit::target::gdb::serve_scenario_logged(
+        &scenario,
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        Some(100_000),
+        tagsplit_target_sim::server::gdb::StubFeatures::FULL,
+        log,
+    )
+    .expect("stub")
+}
+
+fn campaign(dir: &Path, seed: u64, iterations: u64) -> Campaign {
+    let _ = std::fs::remove_dir_all(dir);
+    let mut options = CampaignOptions::new("test", seed, Duration::from_secs(600), dir);
+    options.max_iterations = Some(iterations);
+    Campaign::new(options).expect("campaign")
+}
+
+fn run(spec: &str, dir: &Path, seed: u64, iterations: u64, timeout: Duration) -> Summary {
+    let mut c = campaign(dir, seed, iterations);
+    fuzz_stub::fuzz_target(&mut c, spec, None, &StubFuzzOptions::new(timeout)).expect("fuzz");
+    c.finish().expect("finish")
+}
+
+/// A `Write` into a shared buffer (the stub's packet log).
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Vec<u8>>>);
+impl std::io::Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn our_stub_gives_no_findings_and_many_states() {
+    let stub = sim_stub(None);
+    let dir = common::temp_dir("fzstub-ours");
+    let s = run(
+        &format!("gdb://{}", stub.addr()),
+        &dir,
+        7,
+        80,
+        Duration::from_secs(30),
+    );
+    assert_eq!(s.progress.executions, 80);
+    assert_eq!(s.progress.findings, 0, "{s}");
+    assert!(s.progress.distinct_states > 40, "{s}");
+    assert!(dir.join("summary.json").exists());
+    drop(stub.shutdown());
+}
+
+#[test]
+fn the_same_seed_sends_the_same_bytes() {
+    let logs: Vec<(Vec<u8>, u64)> = (0..2)
+        .map(|i| {
+            let log = Shared::default();
+            let stub = sim_stub(Some(Box::new(log.clone())));
+            let dir = common::temp_dir(&format!("fzstub-same-{i}"));
+            let s = run(
+                &format!("gdb://{}", stub.addr()),
+                &dir,
+                11,
+                25,
+                Duration::from_secs(30),
+            );
+            drop(stub.shutdown());
+            let bytes = log.0.lock().expect("lock").clone();
+            std::fs::write(dir.join("stub.log"), &bytes).expect("write");
+            (sent(&bytes), s.progress.distinct_states)
+        })
+        .collect();
+    assert!(logs[0].0.len() > 1000);
+    assert!(logs[0].0 == logs[1].0, "the two sessions differ");
+    assert_eq!(logs[0].1, logs[1].1);
+    // Another seed sends something else.
+    let log = Shared::default();
+    let stub = sim_stub(Some(Box::new(log.clone())));
+    let dir = common::temp_dir("fzstub-other");
+    run(
+        &format!("gdb://{}", stub.addr()),
+        &dir,
+        12,
+        25,
+        Duration::from_secs(30),
+    );
+    drop(stub.shutdown());
+    assert!(sent(&log.0.lock().expect("lock")) != logs[0].0);
+}
+
+/// The bytes the client sent in a stub's log, session by session (how the stub's reads
+/// cut them into records depends on timing; the bytes do not).
+fn sent(log: &[u8]) -> Vec<u8> {
+    use tagsplit_protocol::gdb::remotelog::{LogDirection, LogRecord, parse_remote_log};
+    let mut out = Vec::new();
+    for record in parse_remote_log(log) {
+        match record {
+            LogRecord::Bytes {
+                direction: LogDirection::Write,
+                bytes,
+            } => out.extend(bytes),
+            LogRecord::End => out.extend_from_slice(b"\n--\n"),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// How a fake stub misbehaves on `m` packets.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Hostile {
+    /// Closes the connection.
+    Drop,
+    /// Never answers.
+    Silent,
+    /// Answers with a wrong checksum.
+    BadChecksum,
+}
+
+/// A fake stub on 127.0.0.1:0 that answers everything plainly (empty, `OK`, `S05`) and
+/// misbehaves on `m`; a thread per connection. Stopped when the returned flag is set
+/// (and a connection wakes it).
+fn fake_stub(how: Hostile) -> (SocketAddr, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            if flag.load(Ordering::SeqCst) {
+                break;
+            }
+            let Ok(stream) = conn else { continue };
+            let _ = stream.set_nodelay(true);
+            std::thread::spawn(move || serve_fake(stream, how));
+        }
+    });
+    (addr, stop)
+}
+
+fn serve_fake(mut stream: TcpStream, how: Hostile) {
+    let mut decoder = Decoder::new(1 << 16);
+    let mut no_ack = false;
+    let mut buf = [0u8; 4096];
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(120)));
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        for event in decoder.decode(&buf[..n]) {
+            let payload = match event {
+                Event::Packet(p) => p,
+                Event::BadChecksum { .. } if !no_ack => {
+                    let _ = stream.write_all(b"-");
+                    continue;
+                }
+                _ => continue,
+            };
+            if !no_ack {
+                let _ = stream.write_all(b"+");
+            }
+            let reply: Vec<u8> = if payload.first() == Some(&b'm') {
+                match how {
+                    Hostile::Drop => return,
+                    Hostile::Silent => continue,
+                    Hostile::BadChecksum => {
+                        let _ = stream.write_all(b"$00#00");
+                        continue;
+                    }
+                }
+            } else if payload.starts_with(b"qSupported") {
+                b"PacketSize=1000;QStartNoAckMode+".to_vec()
+            } else if payload == b"QStartNoAckMode" {
+                no_ack = true;
+                b"OK".to_vec()
+            } else if payload == b"?" {
+                b"S05".to_vec()
+            } else if payload.starts_with(b"H") {
+                b"OK".to_vec()
+            } else {
+                Vec::new()
+            };
+            let _ = stream.write_all(&frame::encode_packet(&reply, false));
+        }
+    }
+}
+
+fn stop_fake(addr: SocketAddr, stop: &AtomicBool) {
+    stop.store(true, Ordering::SeqCst);
+    let _ = TcpStream::connect(addr);
+}
+
+/// Campaigns a fake stub until the first finding, checks its kind and signature, and
+/// replays its transcript against a fresh fake stub.
+fn hostile(how: Hostile, kind: FindingKind, name: &str) {
+    let (addr, stop) = fake_stub(how);
+    let dir = common::temp_dir(name);
+    let s = run(
+        &format!("gdb://{addr}"),
+        &dir,
+        3,
+        30,
+        Duration::from_secs(2),
+    );
+    stop_fake(addr, &stop);
+    let found = s
+        .found
+        .iter()
+        .find(|f| f.kind == kind)
+        .unwrap_or_else(|| panic!("no {kind} finding: {s}"));
+    assert!(found.signature.ends_with("after m"), "{}", found.signature);
+    assert!(
+        s.found.iter().all(|f| f.kind == kind),
+        "only {kind} findings expected: {s}"
+    );
+    let file = dir.join(&found.transcripts[0]);
+    let transcript = std::fs::read(&file).expect("transcript");
+    assert!(
+        transcript.trim_ascii_start().starts_with(b"w $qSupported"),
+        "{}",
+        String::from_utf8_lossy(&transcript)
+    );
+    assert!(transcript.ends_with(b"End of log\n"));
+
+    let (addr, stop) = fake_stub(how);
+    let outcome = fuzz_stub::replay_target(
+        &transcript,
+        &format!("gdb://{addr}"),
+        None,
+        Duration::from_secs(2),
+    )
+    .expect("replay");
+    stop_fake(addr, &stop);
+    let (k, signature) = outcome
+        .finding
+        .unwrap_or_else(|| panic!("not reproduced: {}", outcome.log));
+    assert_eq!(k, kind);
+    assert_eq!(signature, found.signature);
+    assert!(outcome.sent >= 2);
+
+    // The same transcript against our own stub: nothing.
+    let stub = sim_stub(None);
+    let outcome = fuzz_stub::replay_target(
+        &transcript,
+        &format!("gdb://{}", stub.addr()),
+        None,
+        Duration::from_secs(30),
+    )
+    .expect("replay");
+    drop(stub.shutdown());
+    assert!(outcome.finding.is_none(), "{}", outcome.log);
+}
+
+#[test]
+fn a_stub_that_drops_the_connection_is_a_death_that_replays() {
+    hostile(Hostile::Drop, FindingKind::Died, "fzstub-drop");
+}
+
+#[test]
+fn a_stub_that_never_answers_is_a_hang() {
+    hostile(Hostile::Silent, FindingKind::Hang, "fzstub-silent");
+}
+
+#[test]
+fn a_bad_checksum_is_out_of_protocol() {
+    hostile(
+        Hostile::BadChecksum,
+        FindingKind::OutOfProtocol,
+        "fzstub-badsum",
+    );
+}
+
+#[test]
+fn nothing_unsafe_is_ever_sent() {
+    for bad in [
+        &b"c"[..],
+        b"s",
+        b"C05",
+        b"vCont;c",
+        b"vRun;2f62696e2f7368",
+        b"vAttach;1",
+        b"vFile:unlink:2f746d70",
+        b"vFile:open:2f746d70,241,1ff",
+        b"vFile:pwrite:0,0:x",
+        b"qRcmd,71756974",
+        b"QEnvironmentHexEncoded:41",
+        b"qXfer:siginfo:write::0:00",
+        b"QTStart",
+        b"k",
+        b"D",
+    ] {
+        assert!(
+            !fuzz_stub::is_safe(bad, false),
+            "{}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    for good in [
+        &b"m0,1"[..],
+        b"vCont?",
+        b"vFile:open:2f,0,0",
+        b"qRcmd,68656c70",
+        b"?",
+    ] {
+        assert!(
+            fuzz_stub::is_safe(good, false),
+            "{}",
+            String::from_utf8_lossy(good)
+        );
+    }
+    assert!(fuzz_stub::is_safe(b"k", true));
+    assert!(fuzz_stub::load_seeds(Path::new("/nonexistent")).is_empty());
+}
+
+fn summary_json(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("summary.json")).expect("summary.json");
+    serde_json::from_str(&text).expect("json")
+}
+
+fn our_launch() -> String {
+    format!(
+        "{} serve --gdb 127.0.0.1:{{port}}",
+        env!("CARGO_BIN_EXE_tagsplit")
+    )
+}
+
+#[test]
+fn cli_fuzzes_a_launched_stub_of_ours() {
+    let dir = common::temp_dir("fzstub-cli");
+    let out = dir.join("out");
+    let o = common::tagsplit(&[
+        "fuzz-stub",
+        "--target",
+        "gdb",
+        "--launch",
+        &our_launch(),
+        "--seed",
+        "5",
+        "--time",
+        "2",
+        "--out",
+        out.to_str().expect("path"),
+        "--quiet",
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout.contains("executions"), "{stdout}");
+    let v = summary_json(&out);
+    assert!(v["executions"].as_u64().expect("executions") > 0, "{v}");
+    assert_eq!(v["findings"].as_u64(), Some(0), "{v}");
+    assert_eq!(v["seed"].as_u64(), Some(5));
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_stops_the_campaign_and_keeps_the_summary() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let dir = common::temp_dir("fzstub-sigint");
+    let out = dir.join("out");
+    let mut child = common::bin()
+        .args([
+            "fuzz-stub",
+            "--target",
+            "gdb",
+            "--launch",
+            &our_launch(),
+            "--time",
+            "600",
+            "--out",
+            out.to_str().expect("path"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let lines = common::lines_of(child.stderr.take().expect("stderr"));
+    // The first progress line: the campaign runs.
+    common::wait_for(&lines, "executions");
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).expect("kill");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fuzz-stub did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut stdout)
+        .expect("read");
+    // 128 + SIGINT, as every command stopped by a signal.
+    assert_eq!(status.code(), Some(130), "{stdout}");
+    assert!(stdout.contains("stopped early"), "{stdout}");
+    let v = summary_json(&out);
+    assert_eq!(v["cancelled"].as_bool(), Some(true), "{v}");
+    assert!(v["executions"].as_u64().expect("executions") > 0);
+}
+
+/// gdbserver as the peer: it exits on `D` and `k` and is restarted; the findings it gives
+/// are real ones of gdbserver 13 (see the README), never a hang nor a closed connection
+/// without a crash.
+#[test]
+fn gdbserver_is_fuzzed_and_restarted() {
+    if !common::have_tool("gdbserver", "fuzz-stub against gdbserver") {
+        return;
+    }
+    let dir = common::temp_dir("fzstub-gdbserver");
+    let out = dir.join("out");
+    let o = common::tagsplit(&[
+        "fuzz-stub",
+        "--target",
+        "gdb",
+        "--launch",
+        "gdbserver 127.0.0.1:{port} /bin/true",
+        "--seed",
+        "1",
+        "--time",
+        "4",
+        "--out",
+        out.to_str().expect("path"),
+        "--quiet",
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v = summary_json(&out);
+    assert!(v["executions"].as_u64().expect("executions") > 5, "{v}");
+    assert!(v["restarts"].as_u64().expect("restarts") > 0, "{v}");
+    for f in v["found"].as_array().expect("found") {
+        assert!(!f["kind"].to_string().contains("hang"), "{f}");
+    }
+}
