@@ -477,3 +477,93 @@ fn gdbserver_is_fuzzed_and_restarted() {
         assert!(!f["kind"].to_string().contains("hang"), "{f}");
     }
 }
+
+/// QEMU's gdbstub as the peer: its stop reply on connect is not a finding; its own
+/// findings (see the README) are crashes and hangs that replay.
+#[test]
+fn qemu_is_fuzzed_and_its_findings_replay() {
+    if !common::have_tool("qemu-system-x86_64", "fuzz-stub against QEMU") {
+        return;
+    }
+    const QEMU: &str = "qemu-system-x86_64 -S -display none -gdb tcp:127.0.0.1:{port} -nodefaults -machine q35 -m 64";
+    let dir = common::temp_dir("fzstub-qemu");
+    let out = dir.join("out");
+    let o = common::tagsplit(&[
+        "fuzz-stub",
+        "--target",
+        "gdb://127.0.0.1:{port}",
+        "--launch",
+        QEMU,
+        "--seed",
+        "1",
+        "--time",
+        "4",
+        "--out",
+        out.to_str().expect("path"),
+        "--quiet",
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v = summary_json(&out);
+    assert!(v["executions"].as_u64().expect("executions") > 5, "{v}");
+    for f in v["found"].as_array().expect("found") {
+        assert!(!f["kind"].to_string().contains("out-of-protocol"), "{f}");
+    }
+
+    // QEMU 7.2 never answers a bare `q` (it acks it and says nothing).
+    let log = dir.join("q.log");
+    std::fs::write(
+        &log,
+        format!(
+            "w {}\nw {}\nEnd of log\n",
+            String::from_utf8_lossy(&frame::encode_packet(b"qSupported:multiprocess+", false)),
+            String::from_utf8_lossy(&frame::encode_packet(b"q", false)),
+        ),
+    )
+    .expect("write");
+    let o = common::tagsplit(&[
+        "replay",
+        log.to_str().expect("path"),
+        "--target",
+        "gdb",
+        "--launch",
+        QEMU,
+        "--timeout",
+        "3",
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{stdout}");
+    assert!(stdout.contains("reproduced: hang hang after q"), "{stdout}");
+}
+
+/// A replay that finds nothing says so and exits 1.
+#[test]
+fn a_replay_that_finds_nothing_exits_1() {
+    let dir = common::temp_dir("fzstub-nothing");
+    let log = dir.join("ok.log");
+    std::fs::write(
+        &log,
+        format!(
+            "w {}\nw {}\nEnd of log\n",
+            String::from_utf8_lossy(&frame::encode_packet(b"qSupported", false)),
+            String::from_utf8_lossy(&frame::encode_packet(b"m0,4", false)),
+        ),
+    )
+    .expect("write");
+    let o = common::tagsplit(&[
+        "replay",
+        log.to_str().expect("path"),
+        "--target",
+        "gdb",
+        "--launch",
+        &our_launch(),
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("not reproduced"), "{stdout}");
+    assert!(stdout.contains("-> m0,4"), "{stdout}");
+}
