@@ -349,27 +349,21 @@ fn summary_json(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&text).expect("json")
 }
 
-fn our_launch() -> String {
-    format!(
-        "{} serve --gdb 127.0.0.1:{{port}}",
-        env!("CARGO_BIN_EXE_tagsplit")
-    )
-}
-
-#[test]
-fn cli_fuzzes_a_launched_stub_of_ours() {
-    let dir = common::temp_dir("fzstub-cli");
+/// Runs `fuzz-stub` for `time` seconds against the peer `launch` starts; checks it exits
+/// 0 and returns its summary.json.
+fn fuzz_cli(name: &str, target: &str, launch: &str, seed: &str, time: &str) -> serde_json::Value {
+    let dir = common::temp_dir(name);
     let out = dir.join("out");
     let o = common::tagsplit(&[
         "fuzz-stub",
         "--target",
-        "gdb",
+        target,
         "--launch",
-        &our_launch(),
+        launch,
         "--seed",
-        "5",
+        seed,
         "--time",
-        "2",
+        time,
         "--out",
         out.to_str().expect("path"),
         "--quiet",
@@ -381,7 +375,33 @@ fn cli_fuzzes_a_launched_stub_of_ours() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(stdout.contains("executions"), "{stdout}");
-    let v = summary_json(&out);
+    summary_json(&out)
+}
+
+/// A remote log in which the client sent `commands` (and nothing came back).
+fn log_of(dir: &Path, commands: &[&[u8]]) -> std::path::PathBuf {
+    let mut text = String::new();
+    for c in commands {
+        text.push_str("w ");
+        text.push_str(&String::from_utf8_lossy(&frame::encode_packet(c, false)));
+        text.push('\n');
+    }
+    text.push_str("End of log\n");
+    let path = dir.join("commands.log");
+    std::fs::write(&path, text).expect("write");
+    path
+}
+
+fn our_launch() -> String {
+    format!(
+        "{} serve --gdb 127.0.0.1:{{port}}",
+        env!("CARGO_BIN_EXE_tagsplit")
+    )
+}
+
+#[test]
+fn cli_fuzzes_a_launched_stub_of_ours() {
+    let v = fuzz_cli("fzstub-cli", "gdb", &our_launch(), "5", "2");
     assert!(v["executions"].as_u64().expect("executions") > 0, "{v}");
     assert_eq!(v["findings"].as_u64(), Some(0), "{v}");
     assert_eq!(v["seed"].as_u64(), Some(5));
@@ -448,29 +468,13 @@ fn gdbserver_is_fuzzed_and_restarted() {
     if !common::have_tool("gdbserver", "fuzz-stub against gdbserver") {
         return;
     }
-    let dir = common::temp_dir("fzstub-gdbserver");
-    let out = dir.join("out");
-    let o = common::tagsplit(&[
-        "fuzz-stub",
-        "--target",
+    let v = fuzz_cli(
+        "fzstub-gdbserver",
         "gdb",
-        "--launch",
         "gdbserver 127.0.0.1:{port} /bin/true",
-        "--seed",
         "1",
-        "--time",
         "4",
-        "--out",
-        out.to_str().expect("path"),
-        "--quiet",
-    ]);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
     );
-    let v = summary_json(&out);
     assert!(v["executions"].as_u64().expect("executions") > 5, "{v}");
     assert!(v["restarts"].as_u64().expect("restarts") > 0, "{v}");
     for f in v["found"].as_array().expect("found") {
@@ -486,45 +490,15 @@ fn qemu_is_fuzzed_and_its_findings_replay() {
         return;
     }
     const QEMU: &str = "qemu-system-x86_64 -S -display none -gdb tcp:127.0.0.1:{port} -nodefaults -machine q35 -m 64";
-    let dir = common::temp_dir("fzstub-qemu");
-    let out = dir.join("out");
-    let o = common::tagsplit(&[
-        "fuzz-stub",
-        "--target",
-        "gdb://127.0.0.1:{port}",
-        "--launch",
-        QEMU,
-        "--seed",
-        "1",
-        "--time",
-        "4",
-        "--out",
-        out.to_str().expect("path"),
-        "--quiet",
-    ]);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let v = summary_json(&out);
+    let v = fuzz_cli("fzstub-qemu", "gdb://127.0.0.1:{port}", QEMU, "1", "4");
     assert!(v["executions"].as_u64().expect("executions") > 5, "{v}");
     for f in v["found"].as_array().expect("found") {
         assert!(!f["kind"].to_string().contains("out-of-protocol"), "{f}");
     }
 
     // QEMU 7.2 never answers a bare `q` (it acks it and says nothing).
-    let log = dir.join("q.log");
-    std::fs::write(
-        &log,
-        format!(
-            "w {}\nw {}\nEnd of log\n",
-            String::from_utf8_lossy(&frame::encode_packet(b"qSupported:multiprocess+", false)),
-            String::from_utf8_lossy(&frame::encode_packet(b"q", false)),
-        ),
-    )
-    .expect("write");
+    let dir = common::temp_dir("fzstub-qemu-q");
+    let log = log_of(&dir, &[b"qSupported:multiprocess+", b"q"]);
     let o = common::tagsplit(&[
         "replay",
         log.to_str().expect("path"),
@@ -544,16 +518,7 @@ fn qemu_is_fuzzed_and_its_findings_replay() {
 #[test]
 fn a_replay_that_finds_nothing_exits_1() {
     let dir = common::temp_dir("fzstub-nothing");
-    let log = dir.join("ok.log");
-    std::fs::write(
-        &log,
-        format!(
-            "w {}\nw {}\nEnd of log\n",
-            String::from_utf8_lossy(&frame::encode_packet(b"qSupported", false)),
-            String::from_utf8_lossy(&frame::encode_packet(b"m0,4", false)),
-        ),
-    )
-    .expect("write");
+    let log = log_of(&dir, &[b"qSupported", b"m0,4"]);
     let o = common::tagsplit(&[
         "replay",
         log.to_str().expect("path"),
