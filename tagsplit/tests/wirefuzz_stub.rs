@@ -205,7 +205,7 @@ fn serve_fake(mut stream: TcpStream, how: Hostile) {
             } else if payload == b"QStartNoAckMode" {
                 no_ack = true;
                 b"OK".to_vec()
-            } else if payload == b"?" {
+            } else if payload.first() == Some(&b'?') {
                 b"S05".to_vec()
             } else if payload.starts_with(b"H") {
                 b"OK".to_vec()
@@ -300,6 +300,25 @@ fn a_bad_checksum_is_out_of_protocol() {
         FindingKind::OutOfProtocol,
         "fzstub-badsum",
     );
+}
+
+/// A stub that reads `????` (what our decoder makes of `$?*\x23…`) as `?` answers with a
+/// stop reply: that is its reply, not a stop reply unasked and then a hang.
+#[test]
+fn a_stop_reply_to_a_question_mark_packet_is_its_reply() {
+    let (addr, stop) = fake_stub(Hostile::Silent);
+    let dir = common::temp_dir("fzstub-question");
+    let log = std::fs::read(log_of(&dir, &[b"qSupported", b"????", b"?x"])).expect("log");
+    let outcome = fuzz_stub::replay_target(
+        &log,
+        &format!("gdb://{addr}"),
+        None,
+        Duration::from_secs(30),
+    )
+    .expect("replay");
+    stop_fake(addr, &stop);
+    assert!(outcome.finding.is_none(), "{}", outcome.log);
+    assert_eq!(outcome.sent, 3);
 }
 
 #[test]
@@ -479,6 +498,37 @@ fn gdbserver_is_fuzzed_and_restarted() {
     assert!(v["restarts"].as_u64().expect("restarts") > 0, "{v}");
     for f in v["found"].as_array().expect("found") {
         assert!(!f["kind"].to_string().contains("hang"), "{f}");
+    }
+
+    // Two of gdbserver 13.1's findings, replayed (see the README).
+    let dir = common::temp_dir("fzstub-gdbserver-replay");
+    for (commands, expected) in [
+        (
+            &[&b"qSupported:xmlRegisters=i386"[..], b"qCRC:c4f,1"][..],
+            "reproduced: crash (signal 11) crash after qCRC",
+        ),
+        (
+            &[
+                &b"qSupported:xmlRegisters=i386"[..],
+                b"QStartNoAckMode",
+                b"Hgp-1.0",
+                b"qC",
+            ][..],
+            "reproduced: out-of-protocol out-of-protocol: a + in no-ack mode",
+        ),
+    ] {
+        let log = log_of(&dir, commands);
+        let o = common::tagsplit(&[
+            "replay",
+            log.to_str().expect("path"),
+            "--target",
+            "gdb",
+            "--launch",
+            "gdbserver 127.0.0.1:{port} /bin/true",
+        ]);
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{stdout}");
+        assert!(stdout.contains(expected), "{stdout}");
     }
 }
 

@@ -41,12 +41,18 @@
 //!   (the probe after one that does not: no reply to two probes).
 //! - [`FindingKind::OutOfProtocol`]: bytes outside any packet other than `+` and `-`
 //!   (including a `0x03` from the stub), a packet with a wrong checksum, a packet larger
-//!   than [`MAX_REPLY`], or, while the session is drained at its end, a packet that is not
-//!   a stop reply, a notification or console output (`O…`): a reply nothing asked for.
+//!   than [`MAX_REPLY`], a `+` once the stub has answered `OK` to `QStartNoAckMode` (it
+//!   acks as if it had left no-ack mode; signature `out-of-protocol: a + in no-ack mode`,
+//!   whatever the command), or, while the session is drained at its end, a packet that is
+//!   not a stop reply, a notification or console output (`O…`): a reply nothing asked for.
+//!
+//! A stop reply answers a command that reads as `?` (to us, or to a stub that reads only
+//! the first byte); to any other command it is taken as unasked, unless nothing else comes
+//! before the time-out, when it is taken as the reply after all.
 //!
 //! Never a finding: a stop reply (`T`, `S`, `W`, `X`) or console output (`O` + hex)
-//! received unasked (QEMU's `T02thread:01;` on connect), a notification, `+` and `-` in
-//! either mode, a `-` for a packet we framed (it is sent again, twice at most, then let
+//! received unasked (QEMU's `T02thread:01;` on connect), a notification, `-` in either
+//! mode, `+` in ack mode, a `-` for a packet we framed (it is sent again, twice at most, then let
 //! go), any reply contents (an `E` code, an empty reply), a stub that refuses a second
 //! client with our simulator's "busy" error while the previous connection winds down (the
 //! connection is retried and not logged), a peer that exits after `D`/`k`/`vKill`.
@@ -494,10 +500,15 @@ struct Outcome {
 }
 
 impl Outcome {
-    fn finding(kind: FindingKind, name: &str, detail: String) -> Outcome {
+    /// `what` is the name of the command last sent (the signature is "KIND after NAME"),
+    /// or, after a `=`, what the stub did whatever came before it ("KIND: WHAT").
+    fn finding(kind: FindingKind, what: &str, detail: String) -> Outcome {
         Outcome {
             kind,
-            signature: format!("{} after {name}", kind.name()),
+            signature: match what.strip_prefix('=') {
+                Some(what) => format!("{}: {what}", kind.name()),
+                None => format!("{} after {what}", kind.name()),
+            },
             detail,
         }
     }
@@ -776,8 +787,9 @@ struct SessionOutcome {
 /// What waiting for a reply gave.
 enum Wait {
     Reply(Vec<u8>),
-    /// A finding.
-    Bad(FindingKind, String),
+    /// A finding: kind, detail, and the signature's `what` when it is not the command's
+    /// name (see [`Outcome::finding`]).
+    Bad(FindingKind, String, Option<String>),
     /// Nothing within the time-out.
     Timeout,
     /// The connection closed (or reset).
@@ -860,6 +872,9 @@ impl Session {
     fn wait_reply(&mut self, step: &Step, expect_stop: bool) -> Wait {
         let deadline = Instant::now() + self.reply_timeout;
         let mut naks = 0;
+        // A stop reply taken as unasked: the reply after all if nothing else comes (a
+        // stub that reads `?` in a packet we did not take for `?`).
+        let mut unasked: Option<Vec<u8>> = None;
         loop {
             while let Some(event) = self.pending.pop_front() {
                 match event {
@@ -877,9 +892,17 @@ impl Session {
                         }
                         if is_stop(&p) && !expect_stop {
                             let _ = writeln!(self.account, "  <- {} (unasked)", show(&p));
+                            unasked.get_or_insert(p);
                             continue;
                         }
                         return Wait::Reply(p);
+                    }
+                    Event::Ack if self.no_ack => {
+                        return Wait::Bad(
+                            FindingKind::OutOfProtocol,
+                            "a `+` in no-ack mode (the stub acks as if it had left it)".into(),
+                            Some("=a + in no-ack mode".into()),
+                        );
                     }
                     Event::Notification(_) | Event::Ack => {}
                     Event::Nak if step.frames && naks < 2 => {
@@ -892,6 +915,7 @@ impl Session {
                         return Wait::Bad(
                             FindingKind::OutOfProtocol,
                             "the stub sent a 0x03 byte".into(),
+                            None,
                         );
                     }
                     Event::BadChecksum { computed, received } => {
@@ -900,18 +924,21 @@ impl Session {
                             format!(
                                 "a packet with a wrong checksum (#{received:02x}, the bytes sum to {computed:02x})"
                             ),
+                            None,
                         );
                     }
                     Event::Oversize { len } => {
                         return Wait::Bad(
                             FindingKind::OutOfProtocol,
                             format!("a packet of more than {MAX_REPLY} bytes ({len})"),
+                            None,
                         );
                     }
                     Event::Garbage { len } => {
                         return Wait::Bad(
                             FindingKind::OutOfProtocol,
                             format!("{len} bytes outside any packet"),
+                            None,
                         );
                     }
                     _ => {}
@@ -919,7 +946,15 @@ impl Session {
             }
             match self.fill(deadline) {
                 Ok(true) => {}
-                Ok(false) => return Wait::Timeout,
+                Ok(false) => {
+                    return match unasked {
+                        Some(p) => {
+                            let _ = writeln!(self.account, "  (taken as the reply)");
+                            Wait::Reply(p)
+                        }
+                        None => Wait::Timeout,
+                    };
+                }
                 Err(e) => return Wait::Closed(e),
             }
         }
@@ -999,7 +1034,9 @@ impl Session {
             }
             return None;
         }
-        let wait = self.wait_reply(step, step.payload == b"?");
+        // Any packet that reads as `?`, to us or to a stub that takes its first byte.
+        let expect_stop = step.payload.first() == Some(&b'?') || step.wire.get(1) == Some(&b'?');
+        let wait = self.wait_reply(step, expect_stop);
         match wait {
             Wait::Reply(p) => {
                 let _ = writeln!(self.account, "  <- {}", show(&p));
@@ -1022,7 +1059,7 @@ impl Session {
         let sent = show(&step.payload);
         let finding = match wait {
             Wait::Reply(_) => return,
-            Wait::Bad(kind, why) => (kind, format!("{why}, answering `{sent}`")),
+            Wait::Bad(kind, why, what) => (kind, format!("{why}, answering `{sent}`"), what),
             Wait::Timeout => (
                 FindingKind::Hang,
                 format!(
@@ -1034,6 +1071,7 @@ impl Session {
                         " (nor to two probes after it)"
                     }
                 ),
+                None,
             ),
             Wait::Closed(why) => {
                 if self.ended {
@@ -1043,11 +1081,16 @@ impl Session {
                 (
                     FindingKind::Died,
                     format!("{why} awaiting the reply to `{sent}`"),
+                    None,
                 )
             }
         };
         let _ = writeln!(self.account, "  finding: {} — {}", finding.0, finding.1);
-        out.finding = Some((finding.0, finding.1, name.to_owned()));
+        out.finding = Some((
+            finding.0,
+            finding.1,
+            finding.2.unwrap_or_else(|| name.to_owned()),
+        ));
     }
 
     /// Half-closes and reads until the stub closes: a packet other than a stop reply,
