@@ -205,6 +205,11 @@ fn serve_fake(mut stream: TcpStream, how: Hostile) {
             } else if payload == b"QStartNoAckMode" {
                 no_ack = true;
                 b"OK".to_vec()
+            } else if payload == b"qSymbol::" {
+                // Asks for the symbol "ab" (as gdbserver asks for its agent's).
+                b"qSymbol:6162".to_vec()
+            } else if payload == b"qSymbol::6162" {
+                b"OK".to_vec()
             } else if payload.first() == Some(&b'?') {
                 b"S05".to_vec()
             } else if payload.starts_with(b"H") {
@@ -319,6 +324,30 @@ fn a_stop_reply_to_a_question_mark_packet_is_its_reply() {
     stop_fake(addr, &stop);
     assert!(outcome.finding.is_none(), "{}", outcome.log);
     assert_eq!(outcome.sent, 3);
+}
+
+/// A stub that asks for a symbol is told it is unknown (as gdb does), so its next
+/// answer is the reply to the command after, not another request.
+#[test]
+fn symbol_lookups_are_answered() {
+    let (addr, stop) = fake_stub(Hostile::Silent);
+    let dir = common::temp_dir("fzstub-symbol");
+    let log = std::fs::read(log_of(&dir, &[b"qSupported", b"qSymbol::", b"Hg0"])).expect("log");
+    let outcome = fuzz_stub::replay_target(
+        &log,
+        &format!("gdb://{addr}"),
+        None,
+        Duration::from_secs(30),
+    )
+    .expect("replay");
+    stop_fake(addr, &stop);
+    assert!(outcome.finding.is_none(), "{}", outcome.log);
+    assert!(
+        outcome.log.contains("-> qSymbol::6162\n  <- OK"),
+        "{}",
+        outcome.log
+    );
+    assert!(outcome.log.contains("-> Hg0\n  <- OK"), "{}", outcome.log);
 }
 
 #[test]

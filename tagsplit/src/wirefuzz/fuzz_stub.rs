@@ -46,6 +46,10 @@
 //!   whatever the command), or, while the session is drained at its end, a packet that is
 //!   not a stop reply, a notification or console output (`O…`): a reply nothing asked for.
 //!
+//! A stub that asks for symbols (`qSymbol:NAME`, gdbserver's answer to `qSymbol::`) is
+//! answered "unknown" (`qSymbol::NAME`) as gdb does, until it says `OK` (256 lookups at
+//! most); the replay answers them itself too (it does not copy them from the transcript).
+//!
 //! A stop reply answers a command that reads as `?` (to us, or to a stub that reads only
 //! the first byte); to any other command it is taken as unasked, unless nothing else comes
 //! before the time-out, when it is taken as the reply after all.
@@ -99,6 +103,12 @@ const CONNECT_RETRY: Duration = Duration::from_secs(10);
 
 /// Transcript bytes kept per iteration; beyond this the session is cut short (no finding).
 const MAX_TRANSCRIPT: usize = 4 << 20;
+
+/// Symbols a stub may ask for in one go (`qSymbol:NAME`, each answered "unknown").
+const MAX_SYMBOL_LOOKUPS: usize = 256;
+
+/// The start of the answer "unknown symbol" to a stub's `qSymbol:NAME`.
+const SYMBOL_UNKNOWN: &[u8] = b"qSymbol::";
 
 /// The probe that follows a packet that does not frame.
 const PROBE: &[u8] = b"qC";
@@ -457,10 +467,11 @@ pub fn fuzz_gdb(
         if let Some(l) = launcher.as_deref_mut() {
             if outcome.finding.is_some() || outcome.ended {
                 // A dying peer closes its socket before it is reaped: give it a moment.
-                let wait = if outcome.finding.is_some() {
-                    Duration::from_secs(2)
-                } else {
-                    Duration::from_millis(200)
+                // (A peer that hung or answered out of protocol is alive: it is only looked at.)
+                let wait = match &outcome.finding {
+                    Some((FindingKind::Died, ..)) => Duration::from_secs(2),
+                    Some(_) => Duration::ZERO,
+                    None => Duration::from_millis(200),
                 };
                 if let Some(status) = l.wait_exit(wait) {
                     outcome.finding = with_exit(outcome.finding.take(), status, &outcome.last);
@@ -1036,7 +1047,25 @@ impl Session {
         }
         // Any packet that reads as `?`, to us or to a stub that takes its first byte.
         let expect_stop = step.payload.first() == Some(&b'?') || step.wire.get(1) == Some(&b'?');
-        let wait = self.wait_reply(step, expect_stop);
+        let mut wait = self.wait_reply(step, expect_stop);
+        // The stub asks for symbols (`qSymbol:NAME`, gdbserver's answer to `qSymbol::`, and
+        // then to whatever comes next until it is answered): answer each "unknown" as gdb
+        // does, until it says OK.
+        let mut lookups = 0;
+        while let Wait::Reply(p) = &wait
+            && let Some(symbol) = p.strip_prefix(b"qSymbol:")
+            && lookups < MAX_SYMBOL_LOOKUPS
+        {
+            lookups += 1;
+            let _ = writeln!(self.account, "  <- {}", show(p));
+            let answer = Step::packet(&[SYMBOL_UNKNOWN, symbol].concat());
+            let _ = writeln!(self.account, "-> {}", show(&answer.payload));
+            if let Err(e) = self.send(&answer.wire) {
+                wait = Wait::Closed(e);
+                break;
+            }
+            wait = self.wait_reply(&answer, false);
+        }
         match wait {
             Wait::Reply(p) => {
                 let _ = writeln!(self.account, "  <- {}", show(&p));
@@ -1247,6 +1276,14 @@ fn transcript_steps(transcript: &[u8]) -> Result<Vec<Step>, WireFuzzError> {
         let wire = written.get(start..end).unwrap_or_default().to_vec();
         i = end;
         let step = Step::from_wire(wire);
+        // Our answers to the stub's symbol lookups: the replay answers them itself.
+        if step
+            .payload
+            .strip_prefix(SYMBOL_UNKNOWN)
+            .is_some_and(|name| !name.is_empty() && name.iter().all(u8::is_ascii_hexdigit))
+        {
+            continue;
+        }
         let after_unframed = steps.last().is_some_and(|s: &Step| !s.frames);
         if after_unframed {
             // The campaign's probes: the replay sends its own.
