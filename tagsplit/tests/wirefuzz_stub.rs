@@ -399,10 +399,17 @@ fn summary_json(dir: &Path) -> serde_json::Value {
 
 /// Runs `fuzz-stub` for `time` seconds against the peer `launch` starts; checks it exits
 /// 0 and returns its summary.json.
-fn fuzz_cli(name: &str, target: &str, launch: &str, seed: &str, time: &str) -> serde_json::Value {
+fn fuzz_cli(
+    name: &str,
+    target: &str,
+    launch: &str,
+    seed: &str,
+    time: &str,
+    extra: &[&str],
+) -> serde_json::Value {
     let dir = common::temp_dir(name);
     let out = dir.join("out");
-    let o = common::tagsplit(&[
+    let mut args = vec![
         "fuzz-stub",
         "--target",
         target,
@@ -415,7 +422,9 @@ fn fuzz_cli(name: &str, target: &str, launch: &str, seed: &str, time: &str) -> s
         "--out",
         out.to_str().expect("path"),
         "--quiet",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let o = common::tagsplit(&args);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(
         o.status.success(),
@@ -449,10 +458,26 @@ fn our_launch() -> String {
 
 #[test]
 fn cli_fuzzes_a_launched_stub_of_ours() {
-    let v = fuzz_cli("fzstub-cli", "gdb", &our_launch(), "5", "2");
+    let v = fuzz_cli("fzstub-cli", "gdb", &our_launch(), "5", "2", &[]);
     assert!(v["executions"].as_u64().expect("executions") > 0, "{v}");
     assert_eq!(v["findings"].as_u64(), Some(0), "{v}");
     assert_eq!(v["seed"].as_u64(), Some(5));
+}
+
+/// `--fresh-peer`: a new peer for every iteration.
+#[test]
+fn a_fresh_peer_for_every_iteration() {
+    let v = fuzz_cli(
+        "fzstub-fresh",
+        "gdb",
+        &our_launch(),
+        "6",
+        "60",
+        &["--fresh-peer", "--max-iterations", "6"],
+    );
+    assert_eq!(v["executions"].as_u64(), Some(6), "{v}");
+    assert!(v["restarts"].as_u64().expect("restarts") >= 5, "{v}");
+    assert_eq!(v["findings"].as_u64(), Some(0), "{v}");
 }
 
 #[cfg(unix)]
@@ -522,6 +547,7 @@ fn gdbserver_is_fuzzed_and_restarted() {
         "gdbserver 127.0.0.1:{port} /bin/true",
         "1",
         "4",
+        &[],
     );
     assert!(v["executions"].as_u64().expect("executions") > 5, "{v}");
     assert!(v["restarts"].as_u64().expect("restarts") > 0, "{v}");
@@ -569,7 +595,7 @@ fn qemu_is_fuzzed_and_its_findings_replay() {
         return;
     }
     const QEMU: &str = "qemu-system-x86_64 -S -display none -gdb tcp:127.0.0.1:{port} -nodefaults -machine q35 -m 64";
-    let v = fuzz_cli("fzstub-qemu", "gdb://127.0.0.1:{port}", QEMU, "1", "4");
+    let v = fuzz_cli("fzstub-qemu", "gdb://127.0.0.1:{port}", QEMU, "1", "4", &[]);
     assert!(v["executions"].as_u64().expect("executions") > 5, "{v}");
     for f in v["found"].as_array().expect("found") {
         assert!(!f["kind"].to_string().contains("out-of-protocol"), "{f}");

@@ -53,6 +53,10 @@ pub struct Args {
     /// default `../shared/reference/gdb-transcripts` when it exists.
     #[arg(long)]
     pub seeds: Option<PathBuf>,
+    /// With --launch: start the peer afresh before every iteration (no state carries over
+    /// from one session to the next, so every finding replays against a fresh peer).
+    #[arg(long, requires = "launch")]
+    pub fresh_peer: bool,
     /// Let the launched peer's output through.
     #[arg(long)]
     pub show_peer_output: bool,
@@ -86,6 +90,7 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
     let options = StubFuzzOptions {
         reply_timeout: seconds("--reply-timeout", a.reply_timeout)?,
         seeds,
+        fresh_peer: a.fresh_peer,
     };
     let cancel = signals::install();
     signals::stop_on_signal();

@@ -306,6 +306,11 @@ pub struct StubFuzzOptions {
     pub reply_timeout: Duration,
     /// Seed command payloads besides [`BUILTIN_SEEDS`] (from [`load_seeds`]).
     pub seeds: Vec<Vec<u8>>,
+    /// With a launcher: start the peer afresh before every iteration, so that no state
+    /// carries over from one session to the next (gdbserver keeps its inferior, its
+    /// selected thread and more across connections) and every finding's transcript
+    /// replays against a fresh peer as it happened. Slower; restarts are counted.
+    pub fresh_peer: bool,
 }
 
 impl StubFuzzOptions {
@@ -314,6 +319,7 @@ impl StubFuzzOptions {
         StubFuzzOptions {
             reply_timeout,
             seeds: Vec::new(),
+            fresh_peer: false,
         }
     }
 }
@@ -435,7 +441,10 @@ pub fn fuzz_gdb(
                 )?;
                 restart_due = true;
             }
-            if restart_due || l.exit_status().is_some() {
+            if restart_due
+                || l.exit_status().is_some()
+                || (options.fresh_peer && campaign.iteration() > 0)
+            {
                 l.start()?;
                 campaign.restarted();
                 restart_due = false;
