@@ -9,7 +9,9 @@
 //! 1. It connects (a new connection every iteration: the stub starts from the same state
 //!    and a finding's transcript holds the whole session from its connect).
 //! 2. It sends `qSupported`, then, one time in two, `QStartNoAckMode` (both modes are
-//!    fuzzed; in ack mode every packet received is acked with `+`).
+//!    fuzzed; in ack mode every packet received is acked with `+`), then, seven times in
+//!    ten, `?` as gdb does (gdbserver sets its current thread there and crashes on
+//!    several commands without it: both are fuzzed).
 //! 3. It sends 1 to 16 commands, one at a time, each waiting for its reply: a seed command
 //!    (a [built-in set](BUILTIN_SEEDS) and the commands gdb sent in the recorded sessions
 //!    [`load_seeds`] reads), a generated [`GdbCommand`], or either of them through the
@@ -681,6 +683,11 @@ fn plan(rng: &mut Rng, seeds: &[Vec<u8>], enders: bool) -> Plan {
     let no_ack = rng.chance(500);
     let n = 1 + rng.below(MAX_COMMANDS);
     let mut steps = Vec::new();
+    // gdb asks why the target stopped first thing; stubs that set their current thread
+    // there (gdbserver) are fuzzed past it most of the time, and without it the rest.
+    if rng.chance(700) {
+        steps.push(Step::packet(b"?"));
+    }
     for _ in 0..n {
         let mut step = Step::packet(b"?");
         for _ in 0..16 {
