@@ -259,15 +259,7 @@ fn hostile(how: Hostile, kind: FindingKind, name: &str) {
     );
     assert!(transcript.ends_with(b"End of log\n"));
 
-    let (addr, stop) = fake_stub(how);
-    let outcome = fuzz_stub::replay_target(
-        &transcript,
-        &format!("gdb://{addr}"),
-        None,
-        Duration::from_secs(2),
-    )
-    .expect("replay");
-    stop_fake(addr, &stop);
+    let outcome = replay_fake(how, &transcript, Duration::from_secs(2));
     let (k, signature) = outcome
         .finding
         .unwrap_or_else(|| panic!("not reproduced: {}", outcome.log));
@@ -307,21 +299,31 @@ fn a_bad_checksum_is_out_of_protocol() {
     );
 }
 
+/// `transcript` replayed to a fresh fake stub.
+fn replay_fake(
+    how: Hostile,
+    transcript: &[u8],
+    timeout: Duration,
+) -> tagsplit::wirefuzz::ReplayOutcome {
+    let (addr, stop) = fake_stub(how);
+    let outcome = fuzz_stub::replay_target(transcript, &format!("gdb://{addr}"), None, timeout)
+        .expect("replay");
+    stop_fake(addr, &stop);
+    outcome
+}
+
+/// `commands` replayed to a fake stub that is silent only on `m`.
+fn replay_to_fake(name: &str, commands: &[&[u8]]) -> tagsplit::wirefuzz::ReplayOutcome {
+    let dir = common::temp_dir(name);
+    let log = std::fs::read(log_of(&dir, commands)).expect("log");
+    replay_fake(Hostile::Silent, &log, Duration::from_secs(30))
+}
+
 /// A stub that reads `????` (what our decoder makes of `$?*\x23…`) as `?` answers with a
 /// stop reply: that is its reply, not a stop reply unasked and then a hang.
 #[test]
 fn a_stop_reply_to_a_question_mark_packet_is_its_reply() {
-    let (addr, stop) = fake_stub(Hostile::Silent);
-    let dir = common::temp_dir("fzstub-question");
-    let log = std::fs::read(log_of(&dir, &[b"qSupported", b"????", b"?x"])).expect("log");
-    let outcome = fuzz_stub::replay_target(
-        &log,
-        &format!("gdb://{addr}"),
-        None,
-        Duration::from_secs(30),
-    )
-    .expect("replay");
-    stop_fake(addr, &stop);
+    let outcome = replay_to_fake("fzstub-question", &[b"qSupported", b"????", b"?x"]);
     assert!(outcome.finding.is_none(), "{}", outcome.log);
     assert_eq!(outcome.sent, 3);
 }
@@ -330,17 +332,7 @@ fn a_stop_reply_to_a_question_mark_packet_is_its_reply() {
 /// answer is the reply to the command after, not another request.
 #[test]
 fn symbol_lookups_are_answered() {
-    let (addr, stop) = fake_stub(Hostile::Silent);
-    let dir = common::temp_dir("fzstub-symbol");
-    let log = std::fs::read(log_of(&dir, &[b"qSupported", b"qSymbol::", b"Hg0"])).expect("log");
-    let outcome = fuzz_stub::replay_target(
-        &log,
-        &format!("gdb://{addr}"),
-        None,
-        Duration::from_secs(30),
-    )
-    .expect("replay");
-    stop_fake(addr, &stop);
+    let outcome = replay_to_fake("fzstub-symbol", &[b"qSupported", b"qSymbol::", b"Hg0"]);
     assert!(outcome.finding.is_none(), "{}", outcome.log);
     assert!(
         outcome.log.contains("-> qSymbol::6162\n  <- OK"),
@@ -447,6 +439,32 @@ fn log_of(dir: &Path, commands: &[&[u8]]) -> std::path::PathBuf {
     let path = dir.join("commands.log");
     std::fs::write(&path, text).expect("write");
     path
+}
+
+/// `tagsplit replay` of `commands` against the peer `launch` starts: its exit code and
+/// stdout.
+fn replay_cli(
+    name: &str,
+    commands: &[&[u8]],
+    launch: &str,
+    extra: &[&str],
+) -> (Option<i32>, String) {
+    let dir = common::temp_dir(name);
+    let log = log_of(&dir, commands);
+    let mut args = vec![
+        "replay",
+        log.to_str().expect("path"),
+        "--target",
+        "gdb",
+        "--launch",
+        launch,
+    ];
+    args.extend_from_slice(extra);
+    let o = common::tagsplit(&args);
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
 }
 
 fn our_launch() -> String {
@@ -556,7 +574,6 @@ fn gdbserver_is_fuzzed_and_restarted() {
     }
 
     // Two of gdbserver 13.1's findings, replayed (see the README).
-    let dir = common::temp_dir("fzstub-gdbserver-replay");
     for (commands, expected) in [
         (
             &[&b"qSupported:xmlRegisters=i386"[..], b"qCRC:c4f,1"][..],
@@ -572,17 +589,13 @@ fn gdbserver_is_fuzzed_and_restarted() {
             "reproduced: out-of-protocol out-of-protocol: a + in no-ack mode",
         ),
     ] {
-        let log = log_of(&dir, commands);
-        let o = common::tagsplit(&[
-            "replay",
-            log.to_str().expect("path"),
-            "--target",
-            "gdb",
-            "--launch",
+        let (code, stdout) = replay_cli(
+            "fzstub-gdbserver-replay",
+            commands,
             "gdbserver 127.0.0.1:{port} /bin/true",
-        ]);
-        let stdout = String::from_utf8_lossy(&o.stdout);
-        assert!(o.status.success(), "{stdout}");
+            &[],
+        );
+        assert_eq!(code, Some(0), "{stdout}");
         assert!(stdout.contains(expected), "{stdout}");
     }
 }
@@ -602,38 +615,26 @@ fn qemu_is_fuzzed_and_its_findings_replay() {
     }
 
     // QEMU 7.2 never answers a bare `q` (it acks it and says nothing).
-    let dir = common::temp_dir("fzstub-qemu-q");
-    let log = log_of(&dir, &[b"qSupported:multiprocess+", b"q"]);
-    let o = common::tagsplit(&[
-        "replay",
-        log.to_str().expect("path"),
-        "--target",
-        "gdb",
-        "--launch",
+    let (code, stdout) = replay_cli(
+        "fzstub-qemu-q",
+        &[b"qSupported:multiprocess+", b"q"],
         QEMU,
-        "--timeout",
-        "3",
-    ]);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{stdout}");
+        &["--timeout", "3"],
+    );
+    assert_eq!(code, Some(0), "{stdout}");
     assert!(stdout.contains("reproduced: hang hang after q"), "{stdout}");
 }
 
 /// A replay that finds nothing says so and exits 1.
 #[test]
 fn a_replay_that_finds_nothing_exits_1() {
-    let dir = common::temp_dir("fzstub-nothing");
-    let log = log_of(&dir, &[b"qSupported", b"m0,4"]);
-    let o = common::tagsplit(&[
-        "replay",
-        log.to_str().expect("path"),
-        "--target",
-        "gdb",
-        "--launch",
+    let (code, stdout) = replay_cli(
+        "fzstub-nothing",
+        &[b"qSupported", b"m0,4"],
         &our_launch(),
-    ]);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(o.status.code(), Some(1), "{stdout}");
+        &[],
+    );
+    assert_eq!(code, Some(1), "{stdout}");
     assert!(stdout.contains("not reproduced"), "{stdout}");
     assert!(stdout.contains("-> m0,4"), "{stdout}");
 }
