@@ -1,15 +1,148 @@
-//! `tagsplit fuzz-stub` (being written).
+//! `tagsplit fuzz-stub`: a mutating client against a GDB stub or a KD target, and
+//! `tagsplit replay FILE --target SPEC`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tagsplit::wirefuzz::fuzz_stub::{self, StubFuzzOptions};
+use tagsplit::wirefuzz::{Campaign, CampaignOptions, Launcher};
+
+use super::signals;
 
 /// Arguments of `fuzz-stub`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(after_help = "\
+With --launch, the tool starts the peer itself on a free port and restarts it after it \
+exits (gdbserver without --multi exits on D and k) or after a finding; the target's \
+address is the launched peer's, so write the target as `gdb` (or gdb://127.0.0.1:{port}):
 
-/// Runs the campaign.
-pub fn execute(_a: Args) -> anyhow::Result<()> {
-    anyhow::bail!("fuzz-stub is not written yet")
+  tagsplit fuzz-stub --target gdb --launch 'gdbserver 127.0.0.1:{port} /bin/true' \\
+      --seed 1 --time 600 --out fuzz-gdbserver
+
+A finding is a transcript in DIR (gdb's `set remotelogfile` format, the exact bytes \
+sent); `tagsplit replay DIR/finding-0001-hang.log --target gdb --launch '…'` sends it \
+again. Ctrl-C stops the campaign, keeps every finding and writes the summary (exit \
+status 130). The exit status is 0 after a campaign that ran its time, findings or not \
+(see the summary and DIR/summary.json).")]
+pub struct Args {
+    /// The target: `gdb://HOST:PORT` (a GDB stub), `gdb` (the --launch peer's address),
+    /// `kdnet:…` or `kdcom:…` (a KD target).
+    #[arg(long)]
+    pub target: String,
+    /// Start the peer with this command (`{port}` becomes a free port, `{addr}`
+    /// 127.0.0.1:PORT) and restart it when it exits.
+    #[arg(long)]
+    pub launch: Option<String>,
+    /// The seed: the same seed sends the same bytes to a peer that answers the same.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// How long to run, in seconds.
+    #[arg(long, default_value_t = 60.0)]
+    pub time: f64,
+    /// Where findings, `findings.txt` and `summary.json` go.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// How long a reply may take before it counts as a hang, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub reply_timeout: f64,
+    /// Stop after this many iterations.
+    #[arg(long)]
+    pub max_iterations: Option<u64>,
+    /// Recorded gdb sessions whose commands seed the fuzzer besides the built-in set
+    /// (`*.log`: the `shared/reference/gdb-transcripts` format or gdb's remote log);
+    /// default `../shared/reference/gdb-transcripts` when it exists.
+    #[arg(long)]
+    pub seeds: Option<PathBuf>,
+    /// With --launch: start the peer afresh before every iteration (no state carries over
+    /// from one session to the next, so every finding replays against a fresh peer).
+    #[arg(long, requires = "launch")]
+    pub fresh_peer: bool,
+    /// Let the launched peer's output through.
+    #[arg(long)]
+    pub show_peer_output: bool,
+    /// No progress line.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
-/// `replay FILE --target SPEC`.
-pub fn replay_target(_a: &super::replay::Args) -> anyhow::Result<()> {
-    anyhow::bail!("replay --target is not written yet")
+fn seconds(what: &str, secs: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(secs).map_err(|_| anyhow::anyhow!("{what}: {secs} is not a time"))
+}
+
+fn launcher(command: Option<&str>, show: bool) -> Option<Launcher> {
+    command.map(|c| Launcher::new(c).show_output(show))
+}
+
+/// Runs the campaign.
+pub fn execute(a: Args) -> anyhow::Result<()> {
+    let seeds = match &a.seeds {
+        Some(dir) => {
+            let seeds = fuzz_stub::load_seeds(dir);
+            anyhow::ensure!(
+                !seeds.is_empty(),
+                "--seeds {}: no recorded commands there",
+                dir.display()
+            );
+            seeds
+        }
+        None => fuzz_stub::load_seeds(std::path::Path::new("../shared/reference/gdb-transcripts")),
+    };
+    let options = StubFuzzOptions {
+        reply_timeout: seconds("--reply-timeout", a.reply_timeout)?,
+        seeds,
+        fresh_peer: a.fresh_peer,
+    };
+    let cancel = signals::install();
+    signals::stop_on_signal();
+    let mut campaign_options = CampaignOptions::new(
+        format!("fuzz-stub {}", a.target),
+        a.seed,
+        seconds("--time", a.time)?,
+        &a.out,
+    );
+    campaign_options.progress = (!a.quiet).then_some(Duration::from_secs(1));
+    campaign_options.cancel = Some(cancel);
+    campaign_options.max_iterations = a.max_iterations;
+    let mut campaign = Campaign::new(campaign_options)
+        .map_err(|e| anyhow::anyhow!("--out {}: {e}", a.out.display()))?;
+    let mut launcher = launcher(a.launch.as_deref(), a.show_peer_output);
+    let result = fuzz_stub::fuzz_target(&mut campaign, &a.target, launcher.as_mut(), &options);
+    if let Some(l) = launcher.as_mut() {
+        l.stop();
+    }
+    let summary = campaign.finish()?;
+    print!("{summary}");
+    result?;
+    Ok(())
+}
+
+/// `replay FILE --target SPEC`: prints the exchange and `reproduced: KIND SIGNATURE`
+/// (exit status 0) or `not reproduced` (exit status 1).
+pub fn replay_target(a: &super::replay::Args) -> anyhow::Result<()> {
+    let Some(target) = a.target.as_deref() else {
+        anyhow::bail!("replay: give --target SPEC (or --serve)");
+    };
+    let transcript =
+        std::fs::read(&a.file).map_err(|e| anyhow::anyhow!("{}: {e}", a.file.display()))?;
+    let mut launcher = launcher(a.launch.as_deref(), false);
+    let outcome = fuzz_stub::replay_target(
+        &transcript,
+        target,
+        launcher.as_mut(),
+        seconds("--timeout", a.timeout)?,
+    )?;
+    if let Some(l) = launcher.as_mut() {
+        l.stop();
+    }
+    print!("{}", outcome.log);
+    match outcome.finding {
+        Some((kind, signature)) => {
+            println!("reproduced: {kind} {signature}");
+            Ok(())
+        }
+        None => {
+            println!("not reproduced ({} packets sent)", outcome.sent);
+            std::process::exit(1);
+        }
+    }
 }

@@ -371,6 +371,16 @@ impl Campaign {
         self.progress.distinct_states = self.states.len() as u64;
     }
 
+    /// A state reached during the iteration running, counted with the one
+    /// [`executed`](Self::executed) gives (for campaigns that see several per iteration,
+    /// such as one per reply).
+    pub fn reached(&mut self, state: u64) {
+        if self.states.len() < MAX_STATES {
+            self.states.insert(state);
+        }
+        self.progress.distinct_states = self.states.len() as u64;
+    }
+
     /// The peer was started again.
     pub fn restarted(&mut self) {
         self.progress.restarts += 1;
