@@ -86,7 +86,7 @@ use tagsplit_protocol::gdb::remotelog::{
 use tagsplit_protocol::gdb::transcript::parse_log;
 
 use super::{
-    Campaign, Finding, FindingKind, Launcher, ReplayOutcome, Rng, WireFuzzError, exit_signal,
+    Campaign, Finding, FindingKind, Launcher, ReplayOutcome, Rng, WireFuzzError, crash_signal,
     state_hash,
 };
 
@@ -324,19 +324,6 @@ impl StubFuzzOptions {
             fresh_peer: false,
         }
     }
-}
-
-/// The signal a launched peer died by: [`exit_signal`], or, since the launcher runs the
-/// command under `sh -c` (which reports a child killed by signal N as exit status
-/// 128 + N), an exit status of 128 + SIGILL, SIGTRAP, SIGABRT, SIGBUS, SIGFPE, SIGSEGV or
-/// SIGSYS.
-pub fn crash_signal(status: std::process::ExitStatus) -> Option<i32> {
-    exit_signal(status).or_else(|| {
-        status
-            .code()
-            .map(|c| c - 128)
-            .filter(|s| matches!(s, 4 | 5 | 6 | 7 | 8 | 11 | 31))
-    })
 }
 
 /// A session's finding (if any) given how the launched peer ended: a crash when by a

@@ -223,6 +223,23 @@ pub fn exit_signal(status: ExitStatus) -> Option<i32> {
     }
 }
 
+/// The signals that mean a crash: SIGILL, SIGTRAP, SIGABRT, SIGBUS, SIGFPE, SIGSEGV,
+/// SIGSYS.
+pub const CRASH_SIGNALS: [i32; 7] = [4, 5, 6, 7, 8, 11, 31];
+
+/// The crash signal that ended a peer, if one did: the signal it died by, or an exit code
+/// of 128 + one of [`CRASH_SIGNALS`], which is how `sh -c` reports the death of a
+/// command it ran without `exec` (a launched command line such as `ulimit -Hc 0; gdb …`
+/// is run that way). Any other ending is not a crash.
+pub fn crash_signal(status: ExitStatus) -> Option<i32> {
+    exit_signal(status).or_else(|| {
+        status
+            .code()
+            .and_then(|c| c.checked_sub(128))
+            .filter(|s| CRASH_SIGNALS.contains(s))
+    })
+}
+
 fn kill_group(child: &mut Child) {
     if let Ok(Some(_)) = child.try_wait() {
         // The leader is gone; its group may live on, so still signal it.

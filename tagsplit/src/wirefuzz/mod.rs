@@ -27,7 +27,7 @@ mod launch;
 pub use campaign::{
     Campaign, CampaignOptions, Finding, FindingKind, Progress, Rng, Summary, state_hash,
 };
-pub use launch::{LaunchError, Launcher, exit_signal};
+pub use launch::{CRASH_SIGNALS, LaunchError, Launcher, crash_signal, exit_signal};
 
 /// Why a campaign or a replay could not go on.
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,7 @@ use tagsplit_protocol::gdb::frame::{Decoder, Event};
 use tagsplit_protocol::gdb::remotelog::{LogDirection, RemoteLogWriter};
 
 use crate::target::Interrupt;
-use crate::wirefuzz::{FindingKind, Launcher, WireFuzzError, exit_signal};
+use crate::wirefuzz::{FindingKind, Launcher, WireFuzzError, crash_signal, exit_signal};
 
 /// The same packet sent this many times in a row (without anything else in between) is a
 /// loop ([`FindingKind::Loop`]): no client resends one packet a hundred times against a
@@ -106,32 +106,23 @@ pub(crate) fn packet_kind(payload: &[u8]) -> &[u8] {
     }
 }
 
-/// The signals that mean a crash when a shell reports its child's death as an exit code
-/// of 128 + the signal (`sh -c` that does not `exec` its last command).
-const CRASH_SIGNALS: [i32; 5] = [4, 6, 7, 8, 11];
-
 /// The oracle on a client's end: a signal is a crash; so is an exit code of 128 + SIGILL,
 /// SIGABRT, SIGBUS, SIGFPE or SIGSEGV (a shell between us and the client reports its
 /// death that way). Any other exit, whatever its code, is not a finding.
 pub(crate) fn judge(end: &End, timeout: Duration) -> Option<(FindingKind, String)> {
     match end {
         End::Exited(status) => {
-            if let Some(signal) = exit_signal(*status) {
-                return Some((
-                    FindingKind::Crashed { signal },
-                    format!("the client died by signal {signal}"),
-                ));
-            }
-            let code = status.code()?;
-            let signal = code.checked_sub(128)?;
-            CRASH_SIGNALS.contains(&signal).then(|| {
-                (
-                    FindingKind::Crashed { signal },
-                    format!(
-                        "the client exited with {code} (its shell's report of signal {signal})"
+            let signal = crash_signal(*status)?;
+            Some((
+                FindingKind::Crashed { signal },
+                match exit_signal(*status) {
+                    Some(_) => format!("the client died by signal {signal}"),
+                    None => format!(
+                        "the client exited with {} (its shell's report of signal {signal})",
+                        128 + signal
                     ),
-                )
-            })
+                },
+            ))
         }
         End::Hang => Some((
             FindingKind::Hang,
