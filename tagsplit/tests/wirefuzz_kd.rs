@@ -261,3 +261,67 @@ fn our_console_survives_a_hostile_kd_target() {
         let _ = std::fs::remove_dir_all(&out);
     }
 }
+
+/// Timed runs for the numbers in the report: `WIREFUZZ_KD_SECS=60 cargo test -p tagsplit
+/// --test wirefuzz_kd -- --ignored --nocapture measure`.
+fn measure_secs() -> Duration {
+    Duration::from_secs(
+        std::env::var("WIREFUZZ_KD_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(10),
+    )
+}
+
+fn measured(name: &str) -> Campaign {
+    let mut o = CampaignOptions::new(name, 1, measure_secs(), out_dir(name));
+    o.progress = Some(Duration::from_secs(10));
+    Campaign::new(o).unwrap()
+}
+
+#[test]
+#[ignore = "a timed run, for measurements"]
+fn measure_target_kdcom() {
+    let stub = kdcom_stub();
+    let mut c = measured("measure-kdcom");
+    kd::fuzz_target(&mut c, &format!("kdcom:{}", stub.addr()), None, REPLY).unwrap();
+    println!("{}", c.finish().unwrap());
+    let _ = stub.shutdown();
+}
+
+#[test]
+#[ignore = "a timed run, for measurements"]
+fn measure_target_kdnet() {
+    let (stub, port) = kdnet_stub();
+    let mut c = measured("measure-kdnet");
+    let spec = format!("kdnet:port={port},key={KEY},host=127.0.0.1");
+    kd::fuzz_target(&mut c, &spec, None, REPLY).unwrap();
+    println!("{}", c.finish().unwrap());
+    let _ = stub.shutdown();
+}
+
+#[test]
+#[ignore = "a timed run, for measurements"]
+fn measure_client_console() {
+    let bin = env!("CARGO_BIN_EXE_tagsplit");
+    for (name, link, command) in [
+        (
+            "measure-client-kdcom",
+            KdLink::Com,
+            format!("{bin} console --target kdcom:{{addr}} -c lm -c q"),
+        ),
+        (
+            "measure-client-kdnet",
+            KdLink::Net {
+                key: KEY.parse::<Key>().unwrap(),
+            },
+            format!(
+                "{bin} console --target kdnet:port={{port}},key={KEY},host=127.0.0.1,timeout=20 -c lm -c q"
+            ),
+        ),
+    ] {
+        let mut c = measured(name);
+        kd::fuzz_client(&mut c, &link, &command, Duration::from_secs(60)).unwrap();
+        println!("{}", c.finish().unwrap());
+    }
+}

@@ -106,6 +106,11 @@ pub const TRANSCRIPT_MARK: &str = "tagsplit-kd";
 /// The fences' addresses: `FENCE | n` (non-canonical on x64: never mapped).
 const FENCE: u64 = 0x7FFF_F3AC_E000_0000;
 
+/// How long the fence after a raw packet is awaited before the probe (which waits the
+/// full reply time-out) decides: a KDCOM target may take the fence as the rest of a
+/// damaged packet, and only its stall timer brings it back.
+const FENCE_WAIT: Duration = Duration::from_millis(500);
+
 /// How long a target may take to attach (poke, or report its first stop).
 pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -614,6 +619,22 @@ fn seed_request(rng: &mut Rng, v: &GetVersion64) -> Manipulate {
     }
 }
 
+/// KDCOM: the bytes that complete a raw packet whose header claims more than it
+/// carries (a mutated `ByteCount`), so that the target's decoder does not take the fence
+/// after it as the rest of it; zeros, which are no leader and no break-in: the target
+/// sees a damaged packet, then noise.
+fn filler(packet: &[u8]) -> Vec<u8> {
+    use tagsplit_protocol::kd::{HEADER_LEN, PACKET_LEADER, PACKET_MAX_SIZE, le};
+    if packet.len() < HEADER_LEN || le::u32_at(packet, 0) != PACKET_LEADER {
+        return Vec::new();
+    }
+    let count = usize::from(le::u16_at(packet, 6));
+    if count > PACKET_MAX_SIZE {
+        return Vec::new();
+    }
+    vec![0; (HEADER_LEN + count + 1).saturating_sub(packet.len())]
+}
+
 /// The length class of a reply's data (0, then powers of eight).
 fn length_class(len: usize) -> u8 {
     match len {
@@ -629,6 +650,23 @@ fn length_class(len: usize) -> u8 {
 /// APIs a generated request never uses: they take a real machine down.
 fn destructive(api: ApiNumber) -> bool {
     api == ApiNumber::REBOOT || api == ApiNumber::CAUSE_BUGCHECK
+}
+
+/// The longest search a request asks for. A search of a whole address space (a mutated
+/// or generated length) keeps our simulator busy for seconds (past any sensible reply
+/// time-out), so such requests are not sent: a campaign finds nothing else while it
+/// waits.
+const MAX_SEARCH: u64 = 1 << 24;
+
+/// Whether a manipulate payload (a request, as framed bytes at `offset`) is one that is
+/// never sent: destructive, or a search too long to wait for.
+fn unsendable(bytes: &[u8], offset: usize) -> bool {
+    let api = ApiNumber(tagsplit_protocol::kd::le::u32_at(bytes, offset));
+    let length = tagsplit_protocol::kd::le::u64_at(
+        bytes,
+        offset + tagsplit_protocol::kd::payload::MANIPULATE_UNION_OFFSET + 8,
+    );
+    destructive(api) || (api == ApiNumber::SEARCH_MEMORY && length > MAX_SEARCH)
 }
 
 /// One iteration's walk: the steps, the state reached.
@@ -686,6 +724,16 @@ fn stop_for(e: StepError, what: &str) -> Stop {
 impl Iteration<'_, '_> {
     /// A well-formed request, awaited.
     fn request(&mut self, req: &Manipulate) -> Result<Option<Manipulate>, Stop> {
+        let timeout = self.conn.reply_timeout;
+        self.request_within(req, timeout)
+    }
+
+    /// A well-formed request, awaited for `timeout` (then the probe decides).
+    fn request_within(
+        &mut self,
+        req: &Manipulate,
+        timeout: Duration,
+    ) -> Result<Option<Manipulate>, Stop> {
         let api = req.api();
         let name = api.number().name();
         if matches!(
@@ -695,7 +743,6 @@ impl Iteration<'_, '_> {
             return self.run(req).map(|()| None);
         }
         let strict = !self.dirty;
-        let timeout = self.conn.reply_timeout;
         match self.conn.request(req, timeout, strict) {
             Ok(Some(m)) => {
                 self.dirty = false;
@@ -753,6 +800,13 @@ impl Iteration<'_, '_> {
         let wire = self.conn.wire().map_err(|e| stop_for(e.into(), what))?;
         wire.hold();
         wire.send_raw(bytes).map_err(|e| stop_for(e.into(), what))?;
+        if !wire.is_kdnet() {
+            let filler = filler(bytes);
+            if !filler.is_empty() {
+                wire.send_raw(&filler)
+                    .map_err(|e| stop_for(e.into(), what))?;
+            }
+        }
         self.after_raw(what)
     }
 
@@ -761,8 +815,9 @@ impl Iteration<'_, '_> {
         let fence = self.conn.fence();
         // Once the fence is answered, everything before it was too (and acknowledged):
         // a RESET then brings the ids back in step, with nothing in flight to race it.
+        let wait = self.conn.reply_timeout.min(FENCE_WAIT);
         let fenced = self
-            .request(&fence)
+            .request_within(&fence, wait)
             .and_then(|_| self.conn.resync().map_err(|e| stop_for(e, what)));
         if let Some(w) = self.conn.wire.as_mut() {
             w.release();
@@ -821,7 +876,7 @@ impl Iteration<'_, '_> {
                     return Ok(());
                 };
                 let api = m.api().number();
-                if destructive(api) {
+                if unsendable(&m.to_bytes(), 0) {
                     return Ok(());
                 }
                 if (ApiNumber::READ_VIRTUAL_MEMORY.0..=ApiNumber::MAXIMUM.0).contains(&api.0) {
@@ -843,13 +898,7 @@ impl Iteration<'_, '_> {
                 let Ok(repr) = u.arbitrary::<Repr>() else {
                     return Ok(());
                 };
-                if repr.packet_type == PacketType::StateManipulate
-                    && repr.payload.len() >= 4
-                    && destructive(ApiNumber(tagsplit_protocol::kd::le::u32_at(
-                        &repr.payload,
-                        0,
-                    )))
-                {
+                if repr.packet_type == PacketType::StateManipulate && unsendable(&repr.payload, 0) {
                     return Ok(());
                 }
                 let framed = self.frame(&repr)?;
@@ -872,9 +921,7 @@ impl Iteration<'_, '_> {
                 let Ok(m) = mutate::kd_packet(&framed, &mut u) else {
                     return Ok(());
                 };
-                if m.bytes.len() >= 20
-                    && destructive(ApiNumber(tagsplit_protocol::kd::le::u32_at(&m.bytes, 16)))
-                {
+                if unsendable(&m.bytes, tagsplit_protocol::kd::HEADER_LEN) {
                     return Ok(());
                 }
                 self.raw(
@@ -908,6 +955,9 @@ impl Iteration<'_, '_> {
             let Ok(d) = KdnetDatagram::generate(&mut u, &keys) else {
                 return Ok(());
             };
+            if unsendable(&d.message.payload, tagsplit_protocol::kd::HEADER_LEN) {
+                return Ok(());
+            }
             let note = format!(
                 "kdnet-datagram generated channel={:?} seq={} len={}",
                 d.message.channel,
@@ -931,6 +981,12 @@ impl Iteration<'_, '_> {
             let Ok(m) = mutate::kdnet_datagram(&sealed, &keys, &mut u) else {
                 return Ok(());
             };
+            if keys
+                .open(&m.bytes)
+                .is_ok_and(|msg| unsendable(&msg.payload, tagsplit_protocol::kd::HEADER_LEN))
+            {
+                return Ok(());
+            }
             let note = format!(
                 "kdnet-datagram {} with {:?} mutated len={}",
                 req.api().number().name(),

@@ -64,9 +64,6 @@ pub(super) struct Wire {
     io: Io,
     session: Session,
     start: Instant,
-    /// KDNET: the id the session gives its next packet (learned from its
-    /// acknowledgements), so raw packets take an id beside it.
-    kdnet_next: u32,
     /// Raw packets sent (their ids differ from one to the next).
     raw_count: u32,
     /// The last data packet the session framed (retransmissions are not logged again).
@@ -86,7 +83,10 @@ fn session_config(scheme: IdScheme) -> SessionConfig {
     SessionConfig {
         retry_timeout: Duration::from_millis(250),
         max_retries: 8,
-        check_payloads: true,
+        // Every packet the target frames is taken (and acknowledged), whatever it holds:
+        // refusing one the target answered to a malformed request would have it sent
+        // again and again, holding up the fence's answer behind it.
+        check_payloads: false,
         implicit_acks: false,
         ..base
     }
@@ -163,7 +163,6 @@ impl Wire {
             io,
             session: Session::new(session_config(scheme)),
             start: Instant::now(),
-            kdnet_next: 0x8000_0000,
             raw_count: 0,
             last_logged: Vec::new(),
             log: Transcript::default(),
@@ -197,20 +196,18 @@ impl Wire {
         }
     }
 
-    /// A packet id for a raw packet: KDCOM, the sync bit (the target takes it as new
-    /// whatever it expected), alternating so that two in a row differ; KDNET, beside the
-    /// session's next id (odd where the session's are even), alternating.
+    /// A packet id for a raw packet, never the same twice in a row (a target drops a
+    /// packet whose id is the last one it took, and a raw packet may not have been
+    /// taken): KDCOM, the sync bit (the target takes it as new whatever it expected)
+    /// and a count in the low bits; KDNET, odd where the session's are even.
     pub(super) fn raw_id(&mut self) -> u32 {
         self.raw_count = self.raw_count.wrapping_add(1);
         if self.is_kdnet() {
-            // Odd, beside the session's even ids; two in a row differ.
-            self.kdnet_next
-                .wrapping_add(1)
-                .wrapping_add(2 * (self.raw_count & 1))
+            0x8000_0001 | (self.raw_count << 1)
         } else {
             tagsplit_protocol::kd::INITIAL_PACKET_ID
                 | tagsplit_protocol::kd::SYNC_PACKET_ID
-                | (self.raw_count & 1)
+                | (self.raw_count & 0x7FF)
         }
     }
 
@@ -260,8 +257,16 @@ impl Wire {
 
     /// Sends `bytes` as they are: KDCOM bytes, or one KDNET data payload sealed under the
     /// session keys.
+    ///
+    /// A RESET goes through the session instead: it must know it asked, or it answers
+    /// the target's answer with another RESET, and so on without end.
     pub(super) fn send_raw(&mut self, bytes: &[u8]) -> Result<(), Closed> {
         self.flush()?;
+        if Repr::parse_bytes(bytes).is_ok_and(|r| {
+            r.leader == tagsplit_protocol::kd::Leader::Control && r.packet_type == PacketType::Reset
+        }) {
+            return self.reset();
+        }
         self.log.packet(LogDirection::Write, bytes);
         self.put(bytes)
     }
@@ -416,9 +421,6 @@ impl Wire {
                         packet_type,
                         payload: repr.payload,
                     });
-                }
-                SessionEvent::Acknowledged { id } => {
-                    self.kdnet_next = id.wrapping_add(2);
                 }
                 SessionEvent::Reset => got.push(Got::Reset),
                 SessionEvent::Corrupt(what) => got.push(Got::Corrupt(what)),
