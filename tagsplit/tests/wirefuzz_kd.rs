@@ -240,24 +240,26 @@ fn our_console_survives_a_hostile_kd_target() {
     let runs = [
         (
             KdLink::Com,
-            format!("{bin} console --target kdcom:{{addr}} -c lm -c q"),
+            format!("{bin} console --target kdcom:{{addr}} -c \"lm; !poolused 4 Leak\""),
         ),
         (
             KdLink::Net {
                 key: KEY.parse::<Key>().unwrap(),
             },
             format!(
-                "{bin} console --target kdnet:port={{port}},key={KEY},host=127.0.0.1,timeout=20 -c lm -c q"
+                "{bin} console --target kdnet:port={{port}},key={KEY},host=127.0.0.1,timeout=20 -c \"lm; !poolused 4 Leak\""
             ),
         ),
     ];
     for (link, command) in runs {
-        let mut c = campaign("console", 5, 4);
+        let mut c = campaign("console", 5, 2);
         kd::fuzz_client(&mut c, &link, &command, Duration::from_secs(60)).unwrap();
         let out = c.out().to_path_buf();
         let summary = c.finish().unwrap();
-        assert_eq!(summary.progress.executions, 4);
+        assert_eq!(summary.progress.executions, 2);
         assert_eq!(summary.progress.findings, 0, "{command}: {summary}");
+        // The console got as far as asking different things of different targets.
+        assert!(summary.progress.distinct_states >= 2, "{command}: {summary}");
         let _ = std::fs::remove_dir_all(&out);
     }
 }
@@ -308,7 +310,7 @@ fn measure_client_console() {
         (
             "measure-client-kdcom",
             KdLink::Com,
-            format!("{bin} console --target kdcom:{{addr}} -c lm -c q"),
+            format!("{bin} console --target kdcom:{{addr}} -c \"lm; !poolused 4 Leak\""),
         ),
         (
             "measure-client-kdnet",
@@ -316,7 +318,7 @@ fn measure_client_console() {
                 key: KEY.parse::<Key>().unwrap(),
             },
             format!(
-                "{bin} console --target kdnet:port={{port}},key={KEY},host=127.0.0.1,timeout=20 -c lm -c q"
+                "{bin} console --target kdnet:port={{port}},key={KEY},host=127.0.0.1,timeout=20 -c \"lm; !poolused 4 Leak\""
             ),
         ),
     ] {

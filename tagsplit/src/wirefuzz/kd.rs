@@ -393,50 +393,44 @@ impl<'l> Conn<'l> {
         } else {
             wire.send(PacketType::StateManipulate, req.to_bytes())?;
         }
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(None);
-            }
-            for g in wire.pump(left)? {
-                match g {
-                    Got::Packet {
-                        packet_type: PacketType::StateManipulate,
-                        payload,
-                    } => {
-                        let Ok(Payload::Manipulate(m)) =
-                            Payload::parse(PacketType::StateManipulate, &payload)
-                        else {
-                            continue;
-                        };
-                        let echoed = match (fence, m.api()) {
-                            (None, _) => true,
-                            (Some(a), ManipulateApi::ReadVirtualMemory(t)) => t.address == a,
-                            (Some(_), _) => false,
-                        };
-                        if m.api().number() == api && echoed {
-                            return Ok(Some(m));
-                        }
-                        if strict {
-                            return Err(StepError::Out(format!(
-                                "a {} request was answered as {}",
-                                api.name(),
-                                m.api().number().name()
-                            )));
-                        }
-                    }
-                    Got::Corrupt(what) if damaged(&what) => {
-                        return Err(StepError::Out(format!("a damaged packet: {what}")));
-                    }
-                    _ => {}
+        self.wait_for(timeout, |g| match g {
+            Got::Packet {
+                packet_type: PacketType::StateManipulate,
+                payload,
+            } => {
+                let Ok(Payload::Manipulate(m)) =
+                    Payload::parse(PacketType::StateManipulate, &payload)
+                else {
+                    return Ok(None);
+                };
+                let echoed = match (fence, m.api()) {
+                    (None, _) => true,
+                    (Some(a), ManipulateApi::ReadVirtualMemory(t)) => t.address == a,
+                    (Some(_), _) => false,
+                };
+                if m.api().number() == api && echoed {
+                    return Ok(Some(m));
                 }
+                if strict {
+                    return Err(StepError::Out(format!(
+                        "a {} request was answered as {}",
+                        api.name(),
+                        m.api().number().name()
+                    )));
+                }
+                Ok(None)
             }
-        }
+            _ => Ok(None),
+        })
     }
 
-    /// Waits up to `timeout` for a state change (the target stopped).
-    fn wait_stop(&mut self, timeout: Duration) -> Result<Option<Vec<u8>>, StepError> {
+    /// Pumps the link for up to `timeout`, handing each arrival to `take` until it
+    /// returns something; a damaged packet is out of protocol.
+    fn wait_for<T>(
+        &mut self,
+        timeout: Duration,
+        mut take: impl FnMut(Got) -> Result<Option<T>, StepError>,
+    ) -> Result<Option<T>, StepError> {
         let wire = self.wire()?;
         let deadline = Instant::now() + timeout;
         loop {
@@ -445,18 +439,27 @@ impl<'l> Conn<'l> {
                 return Ok(None);
             }
             for g in wire.pump(left)? {
-                match g {
-                    Got::Packet {
-                        packet_type: PacketType::StateChange64,
-                        payload,
-                    } => return Ok(Some(payload)),
-                    Got::Corrupt(what) if damaged(&what) => {
-                        return Err(StepError::Out(format!("a damaged packet: {what}")));
-                    }
-                    _ => {}
+                if let Got::Corrupt(what) = &g
+                    && damaged(what)
+                {
+                    return Err(StepError::Out(format!("a damaged packet: {what}")));
+                }
+                if let Some(t) = take(g)? {
+                    return Ok(Some(t));
                 }
             }
         }
+    }
+
+    /// Waits up to `timeout` for a state change (the target stopped).
+    fn wait_stop(&mut self, timeout: Duration) -> Result<Option<Vec<u8>>, StepError> {
+        self.wait_for(timeout, |g| match g {
+            Got::Packet {
+                packet_type: PacketType::StateChange64,
+                payload,
+            } => Ok(Some(payload)),
+            _ => Ok(None),
+        })
     }
 
     /// KDCOM: a RESET, and its answer awaited (a raw packet may have disturbed the ids).
@@ -466,17 +469,9 @@ impl<'l> Conn<'l> {
             return Ok(());
         }
         wire.reset()?;
-        let deadline = Instant::now() + self.reply_timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(());
-            }
-            let got = self.wire()?.pump(left)?;
-            if got.contains(&Got::Reset) {
-                return Ok(());
-            }
-        }
+        let timeout = self.reply_timeout;
+        self.wait_for(timeout, |g| Ok((g == Got::Reset).then_some(())))?;
+        Ok(())
     }
 
     /// Whether the target still answers: a break-in (in case it runs), a RESET, and a

@@ -43,6 +43,7 @@ use super::super::{
     Campaign, Finding, FindingKind, Launcher, ReplayOutcome, Rng, WireFuzzError, exit_signal,
     state_hash,
 };
+use super::wire::is_timeout;
 use super::{KdLink, TRANSCRIPT_MARK, Transcript, is_kd_transcript, transcript_option};
 
 /// The same request this many times in a row is a loop.
@@ -53,6 +54,15 @@ pub const LOOP_TOTAL: u64 = 200_000;
 const READ_MAX: usize = 65536;
 /// How long the relay waits for input before it looks at the client again.
 const TICK: Duration = Duration::from_millis(5);
+
+/// What a relay works with while a client runs.
+struct Run<'a> {
+    launcher: &'a mut Launcher,
+    rng: &'a mut Rng,
+    deadline: Instant,
+    log: &'a mut Transcript,
+    requests: &'a mut Requests,
+}
 
 /// How one client run ended.
 struct RunEnd {
@@ -227,22 +237,21 @@ fn one_run(
     let mut log = Transcript::default();
     let mut requests = Requests::default();
     let io = |e: std::io::Error| WireFuzzError::io("the mutating target", e);
+    let mut run = Run {
+        launcher,
+        rng: &mut rng,
+        deadline,
+        log: &mut log,
+        requests: &mut requests,
+    };
     let outcome = match link {
         KdLink::Com => {
             let stub = KdStub::spawn_kdcom(machine, options).map_err(io)?;
             let listener = TcpListener::bind(("127.0.0.1", 0)).map_err(io)?;
             listener.set_nonblocking(true).map_err(io)?;
             let addr = listener.local_addr().map_err(io)?;
-            launcher.run_client(addr)?;
-            let r = relay_kdcom(
-                &listener,
-                stub.addr(),
-                launcher,
-                &mut rng,
-                deadline,
-                &mut log,
-                &mut requests,
-            );
+            run.launcher.run_client(addr)?;
+            let r = relay_kdcom(&listener, stub.addr(), &mut run);
             let _ = stub.shutdown();
             r
         }
@@ -252,18 +261,8 @@ fn one_run(
             let debugger = SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), debugger.port());
             let stub = KdStub::spawn_kdnet(machine, relay.local_addr().map_err(io)?, *key, options)
                 .map_err(io)?;
-            launcher.run_client(debugger)?;
-            let r = relay_kdnet(
-                &relay,
-                stub.addr(),
-                debugger,
-                *key,
-                launcher,
-                &mut rng,
-                deadline,
-                &mut log,
-                &mut requests,
-            );
+            run.launcher.run_client(debugger)?;
+            let r = relay_kdnet(&relay, stub.addr(), debugger, *key, &mut run);
             let _ = stub.shutdown();
             r
         }
@@ -297,8 +296,11 @@ fn one_run(
         Ended::Timeout => b"timeout".to_vec(),
         Ended::Loop(_) => b"loop".to_vec(),
     };
-    let class = [super::length_class(requests.total as usize)];
-    let state = state_hash(&[&code, &class, &requests.last_api.to_le_bytes()]);
+    let state = state_hash(&[
+        &code,
+        &requests.total.to_le_bytes(),
+        &requests.last_api.to_le_bytes(),
+    ]);
     Ok(RunEnd {
         finding,
         state,
@@ -347,15 +349,11 @@ fn client_packets(
 fn relay_kdcom(
     listener: &TcpListener,
     stub: SocketAddr,
-    launcher: &mut Launcher,
-    rng: &mut Rng,
-    deadline: Instant,
-    log: &mut Transcript,
-    requests: &mut Requests,
+    run: &mut Run<'_>,
 ) -> Result<Ended, WireFuzzError> {
     let io = |e: std::io::Error| WireFuzzError::io("the KDCOM relay", e);
     let mut client = loop {
-        if let Some(end) = client_end(launcher, deadline) {
+        if let Some(end) = client_end(run.launcher, run.deadline) {
             return Ok(end);
         }
         match listener.accept() {
@@ -373,7 +371,7 @@ fn relay_kdcom(
     let mut buf = vec![0u8; READ_MAX];
     let mut client_open = true;
     loop {
-        if let Some(end) = client_end(launcher, deadline) {
+        if let Some(end) = client_end(run.launcher, run.deadline) {
             return Ok(end);
         }
         let mut idle = true;
@@ -387,11 +385,11 @@ fn relay_kdcom(
                     // The stub going away is the end of the run, not an error.
                     let _ = target.write_all(bytes);
                     from_client.push(bytes);
-                    if let Some(what) = client_packets(&mut from_client, log, requests) {
+                    if let Some(what) = client_packets(&mut from_client, run.log, run.requests) {
                         return Ok(Ended::Loop(what));
                     }
                 }
-                Err(e) if timed_out(&e) => {}
+                Err(e) if is_timeout(&e) => {}
                 Err(_) => client_open = false,
             }
         }
@@ -405,16 +403,16 @@ fn relay_kdcom(
                     let StreamEvent::Packet(repr) = ev else {
                         continue;
                     };
-                    let out = hostile(rng, &repr, true);
+                    let out = hostile(run.rng, &repr, true);
                     if repr.leader == Leader::Data {
-                        log.packet(LogDirection::Read, &out);
+                        run.log.packet(LogDirection::Read, &out);
                     }
                     if client_open && client.write_all(&out).is_err() {
                         client_open = false;
                     }
                 }
             }
-            Err(e) if timed_out(&e) => {}
+            Err(e) if is_timeout(&e) => {}
             Err(_) => {}
         }
         if idle && !client_open {
@@ -423,24 +421,19 @@ fn relay_kdcom(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn relay_kdnet(
     relay: &UdpSocket,
     stub: SocketAddr,
     debugger: SocketAddr,
     key: Key,
-    launcher: &mut Launcher,
-    rng: &mut Rng,
-    deadline: Instant,
-    log: &mut Transcript,
-    requests: &mut Requests,
+    run: &mut Run<'_>,
 ) -> Result<Ended, WireFuzzError> {
     let io = |e: std::io::Error| WireFuzzError::io("the KDNET relay", e);
     let mut keys = Keys::new(key);
     let mut buf = vec![0u8; READ_MAX];
     relay.set_read_timeout(Some(TICK)).map_err(io)?;
     loop {
-        if let Some(end) = client_end(launcher, deadline) {
+        if let Some(end) = client_end(run.launcher, run.deadline) {
             return Ok(end);
         }
         let (n, from) = match relay.recv_from(&mut buf) {
@@ -454,14 +447,14 @@ fn relay_kdnet(
                 Ok(msg) if msg.channel == Channel::Data => {
                     let payload = match Repr::parse_bytes(&msg.payload) {
                         Ok(repr) if repr.leader == Leader::Data => {
-                            let p = hostile(rng, &repr, false);
-                            log.packet(LogDirection::Read, &p);
+                            let p = hostile(run.rng, &repr, false);
+                            run.log.packet(LogDirection::Read, &p);
                             p
                         }
                         Ok(_) => msg.payload.clone(),
                         Err(_) => {
                             // The hello.
-                            log.packet(LogDirection::Read, &msg.payload);
+                            run.log.packet(LogDirection::Read, &msg.payload);
                             msg.payload.clone()
                         }
                     };
@@ -489,13 +482,13 @@ fn relay_kdnet(
                     }
                     Channel::Data => {
                         if msg.payload == [tagsplit_protocol::kd::BREAKIN_PACKET_BYTE] {
-                            log.packet(LogDirection::Write, b"b");
+                            run.log.packet(LogDirection::Write, b"b");
                         } else if let Ok(r) = Repr::parse_bytes(&msg.payload)
                             && (r.leader == Leader::Data || r.packet_type == PacketType::Reset)
                         {
-                            log.packet(LogDirection::Write, &msg.payload);
+                            run.log.packet(LogDirection::Write, &msg.payload);
                             if r.leader == Leader::Data
-                                && let Some(what) = requests.saw(r.packet_type, &r.payload)
+                                && let Some(what) = run.requests.saw(r.packet_type, &r.payload)
                             {
                                 return Ok(Ended::Loop(what));
                             }
@@ -506,15 +499,6 @@ fn relay_kdnet(
             let _ = relay.send_to(datagram, stub);
         }
     }
-}
-
-fn timed_out(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::WouldBlock
-            | std::io::ErrorKind::TimedOut
-            | std::io::ErrorKind::Interrupted
-    )
 }
 
 /// Serves a KD finding's target packets again (to the client `command` launches, or to
@@ -685,7 +669,7 @@ fn serve_kdcom(
                         }
                     }
                 }
-                Err(e) if timed_out(&e) => {}
+                Err(e) if is_timeout(&e) => {}
                 Err(_) => return Ok(()),
             }
         }
@@ -707,7 +691,7 @@ fn serve_kdcom(
         match client.read(&mut buf) {
             Ok(0) => return Ok(()),
             Ok(_) => {}
-            Err(e) if timed_out(&e) => {}
+            Err(e) if is_timeout(&e) => {}
             Err(_) => return Ok(()),
         }
     }

@@ -432,7 +432,8 @@ impl Wire {
     }
 }
 
-fn is_timeout(e: &std::io::Error) -> bool {
+/// Whether a read ended by its time-out (or a signal), not by an error.
+pub(super) fn is_timeout(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),
         std::io::ErrorKind::WouldBlock
