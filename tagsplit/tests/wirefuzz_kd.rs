@@ -259,7 +259,10 @@ fn our_console_survives_a_hostile_kd_target() {
         assert_eq!(summary.progress.executions, 2);
         assert_eq!(summary.progress.findings, 0, "{command}: {summary}");
         // The console got as far as asking different things of different targets.
-        assert!(summary.progress.distinct_states >= 2, "{command}: {summary}");
+        assert!(
+            summary.progress.distinct_states >= 2,
+            "{command}: {summary}"
+        );
         let _ = std::fs::remove_dir_all(&out);
     }
 }

@@ -346,6 +346,33 @@ fn client_packets(
     looping
 }
 
+/// Which of two streams has input within `wait` (both waited on at once).
+#[cfg(unix)]
+fn readable2(a: &TcpStream, b: &TcpStream, wait: Duration) -> std::io::Result<(bool, bool)> {
+    use nix::poll::{PollFd, PollFlags, ppoll};
+    use nix::sys::time::TimeSpec;
+    use std::os::fd::AsFd as _;
+    let mut fds = [
+        PollFd::new(a.as_fd(), PollFlags::POLLIN),
+        PollFd::new(b.as_fd(), PollFlags::POLLIN),
+    ];
+    match ppoll(&mut fds, Some(TimeSpec::from_duration(wait)), None) {
+        Ok(_) => {
+            let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+            let [fa, fb] = &fds;
+            Ok((ready(fa), ready(fb)))
+        }
+        Err(nix::errno::Errno::EINTR) => Ok((false, false)),
+        Err(e) => Err(std::io::Error::from(e)),
+    }
+}
+
+/// Which of two streams has input: both may (their read time-outs wait).
+#[cfg(not(unix))]
+fn readable2(_a: &TcpStream, _b: &TcpStream, _wait: Duration) -> std::io::Result<(bool, bool)> {
+    Ok((true, true))
+}
+
 fn relay_kdcom(
     listener: &TcpListener,
     stub: SocketAddr,
@@ -375,7 +402,8 @@ fn relay_kdcom(
             return Ok(end);
         }
         let mut idle = true;
-        if client_open {
+        let (client_ready, target_ready) = readable2(&client, &target, TICK).map_err(io)?;
+        if client_open && client_ready {
             client.set_read_timeout(Some(TICK)).map_err(io)?;
             match client.read(&mut buf) {
                 Ok(0) => client_open = false,
@@ -392,6 +420,9 @@ fn relay_kdcom(
                 Err(e) if is_timeout(&e) => {}
                 Err(_) => client_open = false,
             }
+        }
+        if !target_ready {
+            continue;
         }
         target.set_read_timeout(Some(TICK)).map_err(io)?;
         match target.read(&mut buf) {
@@ -559,17 +590,14 @@ pub fn replay_serve(
             l.run_client(debugger)?;
         }
         let sock = UdpSocket::bind(("127.0.0.1", 0)).map_err(io)?;
-        serve_kdnet(
-            &sock,
-            debugger,
-            key,
-            &records,
-            launcher.as_mut(),
+        let mut serve = Serve {
+            records: &records,
+            launcher: launcher.as_mut(),
             deadline,
-            &mut log,
-            &mut sent,
-        )
-        .map_err(io)?;
+            log: &mut log,
+            sent: &mut sent,
+        };
+        serve_kdnet(&sock, debugger, key, &mut serve).map_err(io)?;
     } else {
         let listener =
             TcpListener::bind(listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))))
@@ -581,15 +609,14 @@ pub fn replay_serve(
         } else {
             eprintln!("serving the transcript's KDCOM target on {addr}");
         }
-        serve_kdcom(
-            &listener,
-            &records,
-            launcher.as_mut(),
+        let mut serve = Serve {
+            records: &records,
+            launcher: launcher.as_mut(),
             deadline,
-            &mut log,
-            &mut sent,
-        )
-        .map_err(io)?;
+            log: &mut log,
+            sent: &mut sent,
+        };
+        serve_kdcom(&listener, &mut serve).map_err(io)?;
     }
     let finding = match launcher.as_mut() {
         Some(l) => {
@@ -620,16 +647,26 @@ fn client_gone(launcher: &mut Option<&mut Launcher>, deadline: Instant) -> bool 
     Instant::now() >= deadline || launcher.as_mut().is_some_and(|l| l.exit_status().is_some())
 }
 
-fn serve_kdcom(
-    listener: &TcpListener,
-    records: &[(LogDirection, Vec<u8>)],
-    mut launcher: Option<&mut Launcher>,
+/// What serving a transcript works with.
+struct Serve<'a> {
+    records: &'a [(LogDirection, Vec<u8>)],
+    launcher: Option<&'a mut Launcher>,
     deadline: Instant,
-    log: &mut String,
-    sent: &mut usize,
-) -> std::io::Result<()> {
+    log: &'a mut String,
+    sent: &'a mut usize,
+}
+
+fn serve_kdcom(listener: &TcpListener, serve: &mut Serve<'_>) -> std::io::Result<()> {
+    let Serve {
+        records,
+        launcher,
+        deadline,
+        log,
+        sent,
+    } = serve;
+    let (records, deadline) = (*records, *deadline);
     let mut client = loop {
-        if client_gone(&mut launcher, deadline) {
+        if client_gone(launcher, deadline) {
             return Ok(());
         }
         match listener.accept() {
@@ -673,10 +710,10 @@ fn serve_kdcom(
                 Err(_) => return Ok(()),
             }
         }
-        if client_gone(&mut launcher, deadline) || client.write_all(bytes).is_err() {
+        if client_gone(launcher, deadline) || client.write_all(bytes).is_err() {
             return Ok(());
         }
-        *sent += 1;
+        **sent += 1;
         log.push_str(&format!(
             "r {} bytes (after {heard} client packets)\n",
             bytes.len()
@@ -684,7 +721,7 @@ fn serve_kdcom(
     }
     // Keep the line open until the client is done with it.
     loop {
-        if client_gone(&mut launcher, deadline) || launcher.is_none() {
+        if client_gone(launcher, deadline) || launcher.is_none() {
             return Ok(());
         }
         client.set_read_timeout(Some(TICK * 4))?;
@@ -697,17 +734,20 @@ fn serve_kdcom(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn serve_kdnet(
     sock: &UdpSocket,
     debugger: SocketAddr,
     key: Key,
-    records: &[(LogDirection, Vec<u8>)],
-    mut launcher: Option<&mut Launcher>,
-    deadline: Instant,
-    log: &mut String,
-    sent: &mut usize,
+    serve: &mut Serve<'_>,
 ) -> std::io::Result<()> {
+    let Serve {
+        records,
+        launcher,
+        deadline,
+        log,
+        sent,
+    } = serve;
+    let (records, deadline) = (*records, *deadline);
     let start = Instant::now();
     let mut cfg = EndpointConfig::new(tagsplit_protocol::kd::Role::Target, key, [0x5A; 32]);
     cfg.local = sock.local_addr()?;
@@ -718,7 +758,7 @@ fn serve_kdnet(
     sock.set_read_timeout(Some(TICK))?;
     // The handshake (the endpoint sends its hello itself).
     let data_key = loop {
-        if client_gone(&mut launcher, deadline) {
+        if client_gone(launcher, deadline) {
             return Ok(());
         }
         endpoint.handle_timeout(start.elapsed());
@@ -750,7 +790,7 @@ fn serve_kdnet(
     let mut expected = 0usize;
     let mut pending = records.iter();
     loop {
-        if client_gone(&mut launcher, deadline) {
+        if client_gone(launcher, deadline) {
             return Ok(());
         }
         if let Ok((n, _)) = sock.recv_from(&mut buf)
@@ -798,7 +838,7 @@ fn serve_kdnet(
             );
             if let Ok(d) = keys.seal(&msg) {
                 let _ = sock.send_to(&d, debugger);
-                *sent += 1;
+                **sent += 1;
                 log.push_str(&format!(
                     "r {} bytes (after {heard} client packets)\n",
                     bytes.len()
