@@ -52,6 +52,16 @@ fn seconds(s: f64, what: &str) -> anyhow::Result<Duration> {
         .map_err(|_| anyhow::anyhow!("{what}: not a number of seconds: {s}"))
 }
 
+/// The campaign's name on the progress line: the client program's file name (the whole
+/// command line is in every transcript).
+fn campaign_name(command: &str) -> String {
+    let program = command
+        .split_whitespace()
+        .find(|w| !w.contains('=') && !w.starts_with('('))
+        .map_or("client", |w| w.rsplit('/').next().unwrap_or(w));
+    format!("fuzz-client {program}")
+}
+
 /// Runs the campaign.
 pub fn execute(a: Args) -> anyhow::Result<()> {
     let time = seconds(a.time, "--time")?;
@@ -59,7 +69,7 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
     let cancel = super::signals::install();
     super::signals::stop_on_signal();
     let mut options =
-        CampaignOptions::new(format!("fuzz-client {}", a.command), a.seed, time, &a.out);
+        CampaignOptions::new(campaign_name(&a.command), a.seed, time, &a.out);
     options.progress = (!a.quiet).then_some(Duration::from_secs(1));
     options.cancel = Some(cancel);
     options.max_iterations = a.max_iterations;
