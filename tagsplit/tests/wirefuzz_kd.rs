@@ -186,11 +186,12 @@ fn fake_target(mut stream: std::net::TcpStream) {
     }
 }
 
-#[test]
-fn a_silent_target_is_a_hang_that_replays() {
+/// A campaign against [`silent_after_search`]: its spec, output directory, and the
+/// transcript of its hang after a `SearchMemory`.
+fn silent_hang(name: &str) -> (String, PathBuf, PathBuf) {
     let addr = silent_after_search();
     let spec = format!("kdcom:{addr}");
-    let mut c = campaign("silent", 3, 20);
+    let mut c = campaign(name, 3, 20);
     kd::fuzz_target(&mut c, &spec, None, Duration::from_secs(2)).unwrap();
     let out = c.out().to_path_buf();
     let summary = c.finish().unwrap();
@@ -199,7 +200,14 @@ fn a_silent_target_is_a_hang_that_replays() {
         .iter()
         .find(|f| f.kind == FindingKind::Hang && f.signature.contains("SearchMemory"))
         .unwrap_or_else(|| panic!("{summary}"));
-    let transcript = std::fs::read(out.join(&hang.transcripts[0])).unwrap();
+    let file = out.join(&hang.transcripts[0]);
+    (spec, out, file)
+}
+
+#[test]
+fn a_silent_target_is_a_hang_that_replays() {
+    let (spec, out, file) = silent_hang("silent");
+    let transcript = std::fs::read(file).unwrap();
     assert!(kd::is_kd_transcript(&transcript));
     let replay = kd::replay_target(&transcript, &spec, None, Duration::from_secs(2)).unwrap();
     let (kind, signature) = replay.finding.unwrap_or_else(|| panic!("{}", replay.log));
@@ -444,18 +452,7 @@ fn cli_fuzz_client_runs_our_console() {
 
 #[test]
 fn cli_replay_reproduces_a_kd_hang() {
-    let addr = silent_after_search();
-    let spec = format!("kdcom:{addr}");
-    let mut c = campaign("cli-silent", 3, 20);
-    kd::fuzz_target(&mut c, &spec, None, Duration::from_secs(2)).unwrap();
-    let out = c.out().to_path_buf();
-    let summary = c.finish().unwrap();
-    let hang = summary
-        .found
-        .iter()
-        .find(|f| f.kind == FindingKind::Hang)
-        .unwrap_or_else(|| panic!("{summary}"));
-    let file = out.join(&hang.transcripts[0]);
+    let (spec, out, file) = silent_hang("cli-silent");
     let o = tagsplit(&[
         "replay",
         file.to_str().unwrap(),
@@ -471,6 +468,7 @@ fn cli_replay_reproduces_a_kd_hang() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(stdout.contains("reproduced: hang"), "{stdout}");
+    assert!(stdout.contains("SearchMemory"), "{stdout}");
     let _ = std::fs::remove_dir_all(&out);
 }
 

@@ -14,7 +14,9 @@
 //!   virtual memory at the kernel base and the module list, read a block and write it
 //!   back, get the context and set it back, search memory, read control space, and now
 //!   and then a continue with `DBG_CONTINUE` followed by a break-in), framed by the
-//!   protocol's [`Session`](tagsplit_protocol::kd::Session);
+//!   protocol's [`Session`](tagsplit_protocol::kd::Session); with [`fuzz_target_with`],
+//!   half of them are requests a real debugger sent to a real kernel, from KD captures
+//!   ([`KdSeeds`]), and half the raw packets the captures' other packets;
 //! - **generated** requests: an arbitrary [`Manipulate`] (every API, edge values; never
 //!   `Reboot` or `CauseBugCheck`, which would take a real machine down), or an arbitrary
 //!   KD packet ([`Repr`]) sent raw;

@@ -839,16 +839,7 @@ fn serve_kdnet(
             {
                 heard += 1;
                 seq += 1;
-                let msg = Message::new(
-                    Channel::Data,
-                    tagsplit_protocol::kdnet::DEFAULT_VERSION,
-                    seq,
-                    false,
-                    a.to_bytes(),
-                );
-                if let Ok(d) = keys.seal(&msg) {
-                    let _ = sock.send_to(&d, debugger);
-                }
+                send_sealed(sock, debugger, &keys, seq, a.to_bytes());
             }
         }
         // Send what the transcript holds next, once the client has caught up.
@@ -873,15 +864,7 @@ fn serve_kdnet(
                 continue;
             }
             seq += 1;
-            let msg = Message::new(
-                Channel::Data,
-                tagsplit_protocol::kdnet::DEFAULT_VERSION,
-                seq,
-                false,
-                bytes.clone(),
-            );
-            if let Ok(d) = keys.seal(&msg) {
-                let _ = sock.send_to(&d, debugger);
+            if send_sealed(sock, debugger, &keys, seq, bytes.clone()) {
                 **sent += 1;
                 log.push_str(&format!(
                     "r {} bytes (after {heard} client packets)\n",
@@ -889,5 +872,24 @@ fn serve_kdnet(
                 ));
             }
         }
+    }
+}
+
+/// Seals `payload` as the target's data datagram number `seq` and sends it; whether it
+/// could be sealed.
+fn send_sealed(sock: &UdpSocket, to: SocketAddr, keys: &Keys, seq: u64, payload: Vec<u8>) -> bool {
+    let msg = Message::new(
+        Channel::Data,
+        tagsplit_protocol::kdnet::DEFAULT_VERSION,
+        seq,
+        false,
+        payload,
+    );
+    match keys.seal(&msg) {
+        Ok(d) => {
+            let _ = sock.send_to(&d, to);
+            true
+        }
+        Err(_) => false,
     }
 }
