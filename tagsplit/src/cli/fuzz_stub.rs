@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tagsplit::wirefuzz::fuzz_stub::{self, StubFuzzOptions};
-use tagsplit::wirefuzz::{Campaign, CampaignOptions, Launcher};
+use tagsplit::wirefuzz::{Campaign, CampaignOptions, Launcher, kd};
 
 use super::signals;
 
@@ -18,6 +18,12 @@ address is the launched peer's, so write the target as `gdb` (or gdb://127.0.0.1
 
   tagsplit fuzz-stub --target gdb --launch 'gdbserver 127.0.0.1:{port} /bin/true' \\
       --seed 1 --time 600 --out fuzz-gdbserver
+
+A KD target is launched the same way; `{port}` in a KDNET spec is the debugger's UDP \
+port, which the launched target pokes:
+
+  tagsplit fuzz-stub --target 'kdnet:port={port},key=1.2.3.4' \\
+      --launch 'tagsplit serve --kdnet 127.0.0.1:{port} --key 1.2.3.4' --time 600 --out fuzz-kdnet
 
 A finding is a transcript in DIR (gdb's `set remotelogfile` format, the exact bytes \
 sent); `tagsplit replay DIR/finding-0001-hang.log --target gdb --launch '…'` sends it \
@@ -50,7 +56,10 @@ pub struct Args {
     pub max_iterations: Option<u64>,
     /// Recorded gdb sessions whose commands seed the fuzzer besides the built-in set
     /// (`*.log`: the `shared/reference/gdb-transcripts` format or gdb's remote log);
-    /// default `../shared/reference/gdb-transcripts` when it exists.
+    /// default `../shared/reference/gdb-transcripts` when it exists. For a KD target:
+    /// KD captures whose debugger requests and other packets seed it (pcap/pcapng,
+    /// gzipped or not, decrypted under the `key-K` in the file name; raw KDCOM `.bin`);
+    /// default `../shared/captures` when it exists.
     #[arg(long)]
     pub seeds: Option<PathBuf>,
     /// With --launch: start the peer afresh before every iteration (no state carries over
@@ -73,9 +82,34 @@ fn launcher(command: Option<&str>, show: bool) -> Option<Launcher> {
     command.map(|c| Launcher::new(c).show_output(show))
 }
 
+/// The KD seeds: `--seeds DIR`, or the default directory when it exists.
+fn kd_seeds(dir: Option<&std::path::Path>) -> anyhow::Result<kd::KdSeeds> {
+    match dir {
+        Some(dir) => {
+            let seeds = kd::KdSeeds::load(dir);
+            anyhow::ensure!(
+                !seeds.is_empty(),
+                "--seeds {}: no KD captures there",
+                dir.display()
+            );
+            Ok(seeds)
+        }
+        None => Ok(kd::KdSeeds::load(std::path::Path::new(
+            kd::seeds::DEFAULT_DIR,
+        ))),
+    }
+}
+
 /// Runs the campaign.
 pub fn execute(a: Args) -> anyhow::Result<()> {
+    let kd_target = a.target.starts_with("kdnet:") || a.target.starts_with("kdcom:");
+    let kd_seeds = if kd_target {
+        kd_seeds(a.seeds.as_deref())?
+    } else {
+        kd::KdSeeds::default()
+    };
     let seeds = match &a.seeds {
+        _ if kd_target => Vec::new(),
         Some(dir) => {
             let seeds = fuzz_stub::load_seeds(dir);
             anyhow::ensure!(
@@ -106,7 +140,17 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
     let mut campaign = Campaign::new(campaign_options)
         .map_err(|e| anyhow::anyhow!("--out {}: {e}", a.out.display()))?;
     let mut launcher = launcher(a.launch.as_deref(), a.show_peer_output);
-    let result = fuzz_stub::fuzz_target(&mut campaign, &a.target, launcher.as_mut(), &options);
+    let result = if kd_target {
+        kd::fuzz_target_with(
+            &mut campaign,
+            &a.target,
+            launcher.as_mut(),
+            options.reply_timeout,
+            &kd_seeds,
+        )
+    } else {
+        fuzz_stub::fuzz_target(&mut campaign, &a.target, launcher.as_mut(), &options)
+    };
     if let Some(l) = launcher.as_mut() {
         l.stop();
     }

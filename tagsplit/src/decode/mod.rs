@@ -218,6 +218,10 @@ pub struct PacketRecord {
     pub detail: Detail,
     /// One-line summary.
     pub summary: String,
+    /// The packet's payload bytes as captured (decrypted), for tools that reuse the
+    /// packets (the KD wire fuzzer's seeds); not part of the JSON.
+    #[serde(skip)]
+    pub payload: Vec<u8>,
 }
 
 /// Counts over the whole capture.
@@ -464,6 +468,7 @@ impl Decoder {
             checksum_ok,
             detail,
             summary,
+            payload: repr.payload.clone(),
         });
         number
     }

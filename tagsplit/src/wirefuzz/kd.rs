@@ -14,7 +14,9 @@
 //!   virtual memory at the kernel base and the module list, read a block and write it
 //!   back, get the context and set it back, search memory, read control space, and now
 //!   and then a continue with `DBG_CONTINUE` followed by a break-in), framed by the
-//!   protocol's [`Session`](tagsplit_protocol::kd::Session);
+//!   protocol's [`Session`](tagsplit_protocol::kd::Session); with [`fuzz_target_with`],
+//!   half of them are requests a real debugger sent to a real kernel, from KD captures
+//!   ([`KdSeeds`]), and half the raw packets the captures' other packets;
 //! - **generated** requests: an arbitrary [`Manipulate`] (every API, edge values; never
 //!   `Reboot` or `CauseBugCheck`, which would take a real machine down), or an arbitrary
 //!   KD packet ([`Repr`]) sent raw;
@@ -65,8 +67,10 @@
 //! debugger through a relay that mutates what the target sends.
 
 pub mod client;
+pub mod seeds;
 mod wire;
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -81,6 +85,7 @@ use tagsplit_protocol::kd::{
 };
 
 pub use client::{fuzz_client, replay_serve};
+pub use seeds::KdSeeds;
 
 use super::{
     Campaign, Finding, FindingKind, Launcher, ReplayOutcome, Rng, WireFuzzError, exit_signal,
@@ -668,6 +673,10 @@ fn unsendable(bytes: &[u8], offset: usize) -> bool {
 struct Iteration<'c, 'l> {
     conn: &'c mut Conn<'l>,
     rng: Rng,
+    /// Requests and packets recorded from real sessions.
+    seeds: &'c KdSeeds,
+    /// The APIs (or packet types) of the captured seeds sent, as is or mutated.
+    captured: Vec<&'static str>,
     /// (API, status, length class) of each reply, in order.
     states: Vec<u8>,
     /// A raw packet was sent and its answer may still come.
@@ -827,7 +836,7 @@ impl Iteration<'_, '_> {
         match roll {
             // Seed requests, some of them in pairs (read then write back, get then set).
             0..=44 => {
-                let req = seed_request(&mut self.rng, &version);
+                let req = self.seed(&version);
                 let reply = self.request(&req)?;
                 if let Some(m) = reply
                     && m.return_status() == status::SUCCESS
@@ -887,6 +896,19 @@ impl Iteration<'_, '_> {
                     self.raw(&framed, &format!("generated API {:#x}", api.0))
                 }
             }
+            68..=72 if !self.seeds.packets.is_empty() && self.rng.chance(500) => {
+                let i = self.rng.index(self.seeds.packets.len());
+                let Some((packet_type, payload)) = self.seeds.packets.get(i) else {
+                    return Ok(());
+                };
+                let what = format!("captured {} (seed packet {i})", packet_type.name());
+                self.captured.push(packet_type.name());
+                let wire = self.conn.wire().map_err(|e| stop_for(e.into(), "raw"))?;
+                wire.log.note(&what);
+                let id = wire.raw_id();
+                let framed = self.frame(&Repr::data(*packet_type, id, payload.clone()))?;
+                self.raw(&framed, &what)
+            }
             68..=72 => {
                 let bytes = self.rng.bytes(512);
                 let mut u = Unstructured::new(&bytes);
@@ -903,7 +925,7 @@ impl Iteration<'_, '_> {
             73..=79 if kdnet => self.datagram(),
             // Mutated seed requests.
             _ => {
-                let req = seed_request(&mut self.rng, &version);
+                let req = self.seed(&version);
                 let id = self
                     .conn
                     .wire()
@@ -932,10 +954,29 @@ impl Iteration<'_, '_> {
         Ok(wire.frame(repr))
     }
 
+    /// A seed request: one recorded from a real session half the time (when there are
+    /// any), else one built for this target.
+    fn seed(&mut self, version: &GetVersion64) -> Manipulate {
+        if !self.seeds.requests.is_empty() && self.rng.chance(500) {
+            let i = self.rng.index(self.seeds.requests.len());
+            if let Some(m) = self.seeds.requests.get(i)
+                && !unsendable(&m.to_bytes(), 0)
+            {
+                let name = m.api().number().name();
+                self.captured.push(name);
+                if let Some(w) = self.conn.wire.as_mut() {
+                    w.log.note(&format!("captured {name} (seed request {i})"));
+                }
+                return m.clone();
+            }
+        }
+        seed_request(&mut self.rng, version)
+    }
+
     /// A whole datagram, mutated or generated under the session keys.
     fn datagram(&mut self) -> Result<(), Stop> {
         let version = self.conn.version;
-        let req = seed_request(&mut self.rng, &version);
+        let req = self.seed(&version);
         let generate = self.rng.chance(300);
         let bytes = self.rng.bytes(512);
         let wire = self
@@ -1025,16 +1066,35 @@ pub fn fuzz_target(
     launcher: Option<&mut Launcher>,
     reply_timeout: Duration,
 ) -> Result<(), WireFuzzError> {
-    let spec = Spec::parse(spec)?;
+    fuzz_target_with(campaign, spec, launcher, reply_timeout, &KdSeeds::default())
+}
+
+/// [`fuzz_target`], with requests and packets recorded from real sessions
+/// ([`KdSeeds::load`]) among the seeds: half the seed requests are drawn from them
+/// (sent as recorded, re-framed with this session's ids, or mutated), and half the
+/// generated raw packets are their other packets (a target's state change, say). When
+/// there are any, `kd-seeds.txt` in the output directory says where they came from and
+/// how many were sent.
+pub fn fuzz_target_with(
+    campaign: &mut Campaign,
+    spec: &str,
+    launcher: Option<&mut Launcher>,
+    reply_timeout: Duration,
+    seeds: &KdSeeds,
+) -> Result<(), WireFuzzError> {
+    let spec = Spec::parse(&launched_spec(spec, launcher.is_some()))?;
     let header = spec.header();
     let seed = campaign.options().seed;
     let mut conn = Conn::new(spec, launcher, seed, reply_timeout);
     conn.open(true)?;
     let mut last = Transcript::default();
+    let mut captured: BTreeMap<&'static str, u64> = BTreeMap::new();
     while campaign.running() {
         let mut it = Iteration {
             conn: &mut conn,
             rng: campaign.rng(),
+            seeds,
+            captured: Vec::new(),
             states: Vec::new(),
             dirty: false,
         };
@@ -1047,6 +1107,9 @@ pub fn fuzz_target(
             }
         }
         let states = std::mem::take(&mut it.states);
+        for name in std::mem::take(&mut it.captured) {
+            *captured.entry(name).or_default() += 1;
+        }
         let log = conn
             .wire
             .as_mut()
@@ -1091,7 +1154,48 @@ pub fn fuzz_target(
         last.finish(&header),
     )
     .map_err(|e| WireFuzzError::io("writing kd-last-iteration.log", e))?;
+    if !seeds.is_empty() {
+        std::fs::write(
+            campaign.out().join("kd-seeds.txt"),
+            seeds_report(seeds, &captured),
+        )
+        .map_err(|e| WireFuzzError::io("writing kd-seeds.txt", e))?;
+    }
     Ok(())
+}
+
+/// `kd-seeds.txt`: the recorded seeds loaded, and how many of each were sent.
+fn seeds_report(seeds: &KdSeeds, captured: &BTreeMap<&'static str, u64>) -> String {
+    let mut out = String::new();
+    for s in &seeds.sources {
+        out.push_str(&format!("source {}\n", s.display()));
+    }
+    out.push_str(&format!(
+        "loaded {} requests, {} other packets\n",
+        seeds.requests.len(),
+        seeds.packets.len()
+    ));
+    for (api, n) in seeds.requests_by_api() {
+        out.push_str(&format!("loaded {api} {n}\n"));
+    }
+    out.push_str(&format!(
+        "sent {} (as recorded or mutated)\n",
+        captured.values().sum::<u64>()
+    ));
+    for (name, n) in captured {
+        out.push_str(&format!("sent {name} {n}\n"));
+    }
+    out
+}
+
+/// A spec whose target the tool launches may name the port it does not know yet
+/// (`kdnet:port={port},key=K`, `kdcom:127.0.0.1:{port}`): the port is picked at launch.
+fn launched_spec(spec: &str, launched: bool) -> String {
+    if launched {
+        spec.replace("{port}", "0")
+    } else {
+        spec.to_owned()
+    }
 }
 
 /// Sends a KD finding's packets to `spec` again: it connects and waits for the first
@@ -1110,7 +1214,7 @@ pub fn replay_target(
             "not a KD transcript (no `c tagsplit-kd` first line)".into(),
         ));
     }
-    let spec = Spec::parse(spec)?;
+    let spec = Spec::parse(&launched_spec(spec, launcher.is_some()))?;
     if let (Spec::Net(s), Some(key)) = (&spec, transcript_option(transcript, "key"))
         && key != s.key.to_string()
     {
@@ -1123,9 +1227,12 @@ pub fn replay_target(
     conn.open(true)?;
     let mut log = String::new();
     let mut sent = 0;
+    let no_seeds = KdSeeds::default();
     let mut it = Iteration {
         conn: &mut conn,
         rng: Rng::new(0),
+        seeds: &no_seeds,
+        captured: Vec::new(),
         states: Vec::new(),
         dirty: false,
     };

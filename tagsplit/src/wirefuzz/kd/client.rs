@@ -693,17 +693,9 @@ fn serve_kdcom(listener: &TcpListener, serve: &mut Serve<'_>) -> std::io::Result
                 Ok(0) => return Ok(()),
                 Ok(n) => {
                     decoder.push(buf.get(..n).unwrap_or_default());
-                    while let Some(ev) = decoder.next_event() {
-                        match ev {
-                            StreamEvent::Packet(r)
-                                if r.leader == Leader::Data
-                                    || r.packet_type == PacketType::Reset =>
-                            {
-                                heard += 1
-                            }
-                            StreamEvent::BreakIn => heard += 1,
-                            _ => {}
-                        }
+                    let answers = kdcom_answers(&mut decoder, &mut heard);
+                    if client.write_all(&answers).is_err() {
+                        return Ok(());
                     }
                 }
                 Err(e) if is_timeout(&e) => {}
@@ -727,11 +719,50 @@ fn serve_kdcom(listener: &TcpListener, serve: &mut Serve<'_>) -> std::io::Result
         client.set_read_timeout(Some(TICK * 4))?;
         match client.read(&mut buf) {
             Ok(0) => return Ok(()),
-            Ok(_) => {}
+            Ok(n) => {
+                decoder.push(buf.get(..n).unwrap_or_default());
+                let answers = kdcom_answers(&mut decoder, &mut heard);
+                if client.write_all(&answers).is_err() {
+                    return Ok(());
+                }
+            }
             Err(e) if is_timeout(&e) => {}
             Err(_) => return Ok(()),
         }
     }
+}
+
+/// What a target answers at once, which a transcript does not record: an ACK for each
+/// data packet (with the packet's id; KDCOM without the SYNC bit), a RESET for a RESET.
+fn answer(repr: &Repr, kdcom: bool) -> Option<Repr> {
+    if repr.leader == Leader::Data {
+        let id = if kdcom {
+            repr.id & !tagsplit_protocol::kd::SYNC_PACKET_ID
+        } else {
+            repr.id
+        };
+        return Some(Repr::control(PacketType::Acknowledge, id));
+    }
+    (repr.packet_type == PacketType::Reset).then(|| Repr::control(PacketType::Reset, 0))
+}
+
+/// Counts the client's packets (data packets, RESETs, break-ins) in what it sent, and
+/// returns the KDCOM bytes that answer them ([`answer`]).
+fn kdcom_answers(decoder: &mut StreamDecoder, heard: &mut usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(ev) = decoder.next_event() {
+        match ev {
+            StreamEvent::Packet(r) => {
+                if let Some(a) = answer(&r, true) {
+                    *heard += 1;
+                    out.extend_from_slice(&a.to_kdcom_bytes());
+                }
+            }
+            StreamEvent::BreakIn => *heard += 1,
+            _ => {}
+        }
+    }
+    out
 }
 
 fn serve_kdnet(
@@ -800,11 +831,15 @@ fn serve_kdnet(
             && msg.seq > seq_in
         {
             seq_in = msg.seq;
-            let counts = msg.payload == [tagsplit_protocol::kd::BREAKIN_PACKET_BYTE]
-                || Repr::parse_bytes(&msg.payload)
-                    .is_ok_and(|r| r.leader == Leader::Data || r.packet_type == PacketType::Reset);
-            if counts {
+            if msg.payload == [tagsplit_protocol::kd::BREAKIN_PACKET_BYTE] {
                 heard += 1;
+            } else if let Some(a) = Repr::parse_bytes(&msg.payload)
+                .ok()
+                .and_then(|r| answer(&r, false))
+            {
+                heard += 1;
+                seq += 1;
+                send_sealed(sock, debugger, &keys, seq, a.to_bytes());
             }
         }
         // Send what the transcript holds next, once the client has caught up.
@@ -829,15 +864,7 @@ fn serve_kdnet(
                 continue;
             }
             seq += 1;
-            let msg = Message::new(
-                Channel::Data,
-                tagsplit_protocol::kdnet::DEFAULT_VERSION,
-                seq,
-                false,
-                bytes.clone(),
-            );
-            if let Ok(d) = keys.seal(&msg) {
-                let _ = sock.send_to(&d, debugger);
+            if send_sealed(sock, debugger, &keys, seq, bytes.clone()) {
                 **sent += 1;
                 log.push_str(&format!(
                     "r {} bytes (after {heard} client packets)\n",
@@ -845,5 +872,24 @@ fn serve_kdnet(
                 ));
             }
         }
+    }
+}
+
+/// Seals `payload` as the target's data datagram number `seq` and sends it; whether it
+/// could be sealed.
+fn send_sealed(sock: &UdpSocket, to: SocketAddr, keys: &Keys, seq: u64, payload: Vec<u8>) -> bool {
+    let msg = Message::new(
+        Channel::Data,
+        tagsplit_protocol::kdnet::DEFAULT_VERSION,
+        seq,
+        false,
+        payload,
+    );
+    match keys.seal(&msg) {
+        Ok(d) => {
+            let _ = sock.send_to(&d, to);
+            true
+        }
+        Err(_) => false,
     }
 }
