@@ -607,9 +607,9 @@ fn no_resend_when_the_next_copy_came_with_the_damaged_one() {
 /// Where a stray RESET shows up.
 #[derive(Clone, Copy, Debug)]
 enum Stray {
-    AtDebugger,
-    AtTarget,
-    AtBoth,
+    Debugger,
+    Target,
+    Both,
 }
 
 /// Moves every unit both ways until neither end sends anything (or `limit` units have
@@ -679,7 +679,7 @@ fn request(tag: &str) -> Vec<u8> {
 #[test]
 fn a_stray_reset_settles_and_the_link_still_carries_requests() {
     for scheme in [IdScheme::Kdcom, IdScheme::Kdnet] {
-        for stray in [Stray::AtDebugger, Stray::AtTarget, Stray::AtBoth] {
+        for stray in [Stray::Debugger, Stray::Target, Stray::Both] {
             for in_flight in [false, true] {
                 let cfg = |role| match scheme {
                     IdScheme::Kdcom => SessionConfig::kdcom(role),
@@ -709,9 +709,9 @@ fn a_stray_reset_settles_and_the_link_still_carries_requests() {
                     }
                 };
                 match stray {
-                    Stray::AtDebugger => stray_reset(&mut dbg),
-                    Stray::AtTarget => stray_reset(&mut tgt),
-                    Stray::AtBoth => {
+                    Stray::Debugger => stray_reset(&mut dbg),
+                    Stray::Target => stray_reset(&mut tgt),
+                    Stray::Both => {
                         stray_reset(&mut dbg);
                         stray_reset(&mut tgt);
                     }
@@ -748,7 +748,7 @@ fn a_stray_reset_settles_and_the_link_still_carries_requests() {
                 dbg.send(now, PacketType::StateManipulate, second.clone());
                 let (_, resets, at_target, at_debugger) = settle(&mut dbg, &mut tgt, scheme, 100);
                 assert_eq!(resets, 0, "{case}");
-                assert_eq!(at_target, [second.clone()], "{case}");
+                assert_eq!(at_target, std::slice::from_ref(&second), "{case}");
                 let mut reply = second;
                 reply.extend_from_slice(b" answered");
                 assert_eq!(at_debugger, [reply], "{case}");
