@@ -603,3 +603,157 @@ fn no_resend_when_the_next_copy_came_with_the_damaged_one() {
     other.handle_bytes(now, &short);
     assert_eq!(other.poll_transmit(), Some(resend));
 }
+
+/// Where a stray RESET shows up.
+#[derive(Clone, Copy, Debug)]
+enum Stray {
+    Debugger,
+    Target,
+    Both,
+}
+
+/// Moves every unit both ways until neither end sends anything (or `limit` units have
+/// crossed); returns the units that crossed, RESETs among them, and each end's payloads.
+fn settle(
+    dbg: &mut Session,
+    tgt: &mut Session,
+    scheme: IdScheme,
+    limit: usize,
+) -> (usize, usize, Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let now = Duration::ZERO;
+    let (mut units, mut resets) = (0, 0);
+    let (mut at_target, mut at_debugger) = (Vec::new(), Vec::new());
+    let is_reset = |u: &[u8]| {
+        let r = match scheme {
+            IdScheme::Kdcom => Repr::parse_bytes(u.strip_suffix(&[0xAA]).unwrap_or(u)),
+            IdScheme::Kdnet => Repr::parse_bytes(u),
+        };
+        r.is_ok_and(|r| r.packet_type == PacketType::Reset)
+    };
+    while units < limit {
+        let mut moved = false;
+        while let Some(u) = dbg.poll_transmit() {
+            (units, moved) = (units + 1, true);
+            resets += usize::from(is_reset(&u));
+            deliver(tgt, now, scheme, &u);
+        }
+        while let Some(u) = tgt.poll_transmit() {
+            (units, moved) = (units + 1, true);
+            resets += usize::from(is_reset(&u));
+            deliver(dbg, now, scheme, &u);
+        }
+        while let Some(ev) = tgt.poll_event() {
+            if let SessionEvent::Packet { payload, .. } = ev {
+                let mut reply = payload.clone();
+                reply.extend_from_slice(b" answered");
+                at_target.push(payload);
+                tgt.send(now, PacketType::StateManipulate, reply);
+                moved = true;
+            }
+        }
+        while let Some(ev) = dbg.poll_event() {
+            if let SessionEvent::Packet { payload, .. } = ev {
+                at_debugger.push(payload);
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+    (units, resets, at_target, at_debugger)
+}
+
+/// A manipulate request's bytes (an API number of its type, then a tag).
+fn request(tag: &str) -> Vec<u8> {
+    let mut p = 0x3130u32.to_le_bytes().to_vec();
+    p.extend_from_slice(tag.as_bytes());
+    p
+}
+
+/// Regression (wire fuzzer, issue 12): a RESET neither end asked for, injected on the link
+/// to one end or to both. Each end answered every RESET it had not asked for, and the
+/// answers did not count as asking, so the debugger and the target sent RESETs to each
+/// other without end. Now the exchange settles within a few packets, both ends are back in
+/// step, and a request and its reply cross exactly once, with and without a request in
+/// flight when the RESET came.
+#[test]
+fn a_stray_reset_settles_and_the_link_still_carries_requests() {
+    for scheme in [IdScheme::Kdcom, IdScheme::Kdnet] {
+        for stray in [Stray::Debugger, Stray::Target, Stray::Both] {
+            for in_flight in [false, true] {
+                let cfg = |role| match scheme {
+                    IdScheme::Kdcom => SessionConfig::kdcom(role),
+                    IdScheme::Kdnet => SessionConfig::kdnet(role),
+                };
+                let (mut dbg, mut tgt) = (
+                    Session::new(cfg(Role::Debugger)),
+                    Session::new(cfg(Role::Target)),
+                );
+                let now = Duration::ZERO;
+                // Connected: the debugger's RESET, answered once.
+                dbg.reset(now);
+                let (_, resets, _, _) = settle(&mut dbg, &mut tgt, scheme, 100);
+                assert_eq!(resets, 2, "{scheme:?}: a connect costs one RESET each way");
+                let case = format!("{scheme:?} {stray:?} in flight {in_flight}");
+                let first = request("first");
+                if in_flight {
+                    // Sent, not yet on the wire when the RESET comes.
+                    dbg.send(now, PacketType::StateManipulate, first.clone());
+                }
+                let stray_reset = |s: &mut Session| match scheme {
+                    IdScheme::Kdcom => {
+                        s.handle_bytes(now, &Repr::control(PacketType::Reset, 0).to_kdcom_bytes())
+                    }
+                    IdScheme::Kdnet => {
+                        s.handle_packet(now, &Repr::control(PacketType::Reset, 0).to_bytes())
+                    }
+                };
+                match stray {
+                    Stray::Debugger => stray_reset(&mut dbg),
+                    Stray::Target => stray_reset(&mut tgt),
+                    Stray::Both => {
+                        stray_reset(&mut dbg);
+                        stray_reset(&mut tgt);
+                    }
+                }
+                let (units, resets, at_target, at_debugger) =
+                    settle(&mut dbg, &mut tgt, scheme, 1_000);
+                assert!(
+                    resets <= 6 && units <= 20,
+                    "{case}: {resets} RESETs, {units} units before the link went quiet"
+                );
+                assert!(dbg.poll_transmit().is_none() && tgt.poll_transmit().is_none());
+                if in_flight {
+                    // A packet in flight across a RESET is sent again under the new ids,
+                    // as KD does (the RESET is also a RESEND); the copy sent before the
+                    // RESET may have got through already, and the reset ids cannot tell
+                    // the two apart: it may arrive twice, and be answered twice.
+                    let mut reply = first.clone();
+                    reply.extend_from_slice(b" answered");
+                    assert!(
+                        (1..=2).contains(&at_target.len()) && at_target.iter().all(|p| *p == first),
+                        "{case}: {at_target:?}"
+                    );
+                    assert!(
+                        (1..=2).contains(&at_debugger.len())
+                            && at_debugger.iter().all(|p| *p == reply),
+                        "{case}: {at_debugger:?}"
+                    );
+                } else {
+                    assert!(at_target.is_empty() && at_debugger.is_empty(), "{case}");
+                }
+                assert!(dbg.is_idle() && tgt.is_idle(), "{case}");
+                // The link carries a request and its reply, each once.
+                let second = request("second");
+                dbg.send(now, PacketType::StateManipulate, second.clone());
+                let (_, resets, at_target, at_debugger) = settle(&mut dbg, &mut tgt, scheme, 100);
+                assert_eq!(resets, 0, "{case}");
+                assert_eq!(at_target, std::slice::from_ref(&second), "{case}");
+                let mut reply = second;
+                reply.extend_from_slice(b" answered");
+                assert_eq!(at_debugger, [reply], "{case}");
+                assert!(dbg.is_idle() && tgt.is_idle(), "{case}");
+            }
+        }
+    }
+}

@@ -817,6 +817,53 @@ mod tests {
         );
     }
 
+    /// The wire fuzzer's `SearchMemory` of a whole address space (length up to
+    /// `u64::MAX`): the search steps over never-written memory and unmapped holes a region
+    /// or a gap between written pages at a time, so it covers both canonical halves
+    /// (2^48 bytes, 2^36 pages) at once, with the right answers. A walk page by page or
+    /// byte by byte would not finish; the test harness would hang.
+    #[test]
+    fn search_of_the_whole_address_space_steps_over_untouched_memory() {
+        let mut m = Memory::new();
+        let user = (PAGE_SIZE, 0x0000_7fff_ffff_f000 - PAGE_SIZE);
+        let kernel = (0xffff_8000_0000_0000, 0x0000_7fff_ffff_f000);
+        m.map(VirtAddr(user.0), user.1, Prot::RW).unwrap();
+        m.map(VirtAddr(kernel.0), kernel.1, Prot::RW).unwrap();
+        let top = kernel.0 + kernel.1 - PAGE_SIZE + 100;
+        let low = user.0 + 5 * PAGE_SIZE;
+        m.write(VirtAddr(top), b"Zq9X").unwrap();
+        m.write(VirtAddr(low), &[0xff; 8]).unwrap();
+        let all = VirtAddr(u64::MAX);
+        assert_eq!(m.search(VirtAddr(0), all, b"Zq9X", 1), vec![VirtAddr(top)]);
+        assert_eq!(
+            m.search(VirtAddr(kernel.0), all, b"Zq9X", 1),
+            vec![VirtAddr(top)]
+        );
+        assert!(m.search(VirtAddr(0), all, b"nowhere", 1).is_empty());
+        assert!(m.search(VirtAddr(top + 1), all, b"Zq9X", 1).is_empty());
+        assert_eq!(
+            m.search(VirtAddr(0), all, &[0xff; 8], 1),
+            vec![VirtAddr(low)]
+        );
+        // Zeros are everywhere untouched memory is: the first hit is the first mapped byte,
+        // and the first one past the written bytes is right after them.
+        assert_eq!(
+            m.search(VirtAddr(0), all, &[0; 16], 1),
+            vec![VirtAddr(user.0)]
+        );
+        assert_eq!(
+            m.search(VirtAddr(low), all, &[0; 16], 1),
+            vec![VirtAddr(low + 8)]
+        );
+        // A range that spans most of the address space and ends inside a region.
+        let end = VirtAddr(top + 4);
+        assert_eq!(m.search(VirtAddr(1), end, b"Zq9X", 1), vec![VirtAddr(top)]);
+        assert!(
+            m.search(VirtAddr(1), VirtAddr(top + 3), b"Zq9X", 1)
+                .is_empty()
+        );
+    }
+
     #[test]
     fn search_agrees_with_a_flat_copy_across_the_slab() {
         let (mut m, end) = slab_memory();

@@ -218,6 +218,7 @@ pub struct Session {
     in_flight: Option<InFlight>,
     transmit: VecDeque<Vec<u8>>,
     events: VecDeque<SessionEvent>,
+    /// The debugger sent a RESET (its own or an answer) whose answer has not come.
     reset_sent: bool,
     stats: SessionStats,
     rtt: RttEstimator,
@@ -508,14 +509,13 @@ impl Session {
             PacketType::Resend => self.resend_in_flight(now, false),
             PacketType::Reset => {
                 self.events.push_back(SessionEvent::Reset);
-                let answer = !self.reset_sent;
-                self.reset_sent = false;
+                if self.answers_ours() {
+                    return;
+                }
                 if self.config.scheme == IdScheme::Kdcom {
                     self.reset_ids();
                 }
-                if answer {
-                    self.send_control(PacketType::Reset, self.reset_id());
-                }
+                self.send_control(PacketType::Reset, self.reset_id());
                 self.resend_in_flight(now, true);
             }
             _ => self.corrupt(format!("unexpected control packet {}", ty.name())),
@@ -564,6 +564,29 @@ impl Session {
             id,
             payload: repr.payload,
         });
+    }
+
+    /// Whether a RESET just received answers ours, and is taken without a word. The
+    /// target answers every RESET (as the kernel does: the answer tells the debugger
+    /// that both ends are back at their initial ids), so on the target it never does.
+    /// The debugger answers only a RESET it did not ask for (one from a target that
+    /// reset itself, or a stray one), and that answer counts as asking: the target's
+    /// answer to it ends the exchange. Before, both roles answered every RESET they had
+    /// not asked for and their answers did not count as asking, so one RESET seen by
+    /// both ends (injected on the link, say) had each answer the other's answer without
+    /// end. The answer to ours changes nothing here: our ids went back to their initial
+    /// values when we sent our RESET and the packet in flight went again behind it, so
+    /// the target got both in that order; resetting again would undo what crossed since
+    /// (and have the target's packets that crossed delivered twice).
+    fn answers_ours(&mut self) -> bool {
+        match self.config.role {
+            Role::Target => false,
+            Role::Debugger => {
+                let asked = self.reset_sent;
+                self.reset_sent = !asked;
+                asked
+            }
+        }
     }
 
     /// Whether a new data packet of type `ty` from the peer answers our packet in flight

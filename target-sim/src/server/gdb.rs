@@ -1097,6 +1097,31 @@ mod tests {
         assert_eq!(rig.ask1(b"g").len(), 2 * xml::G_PACKET_LEN);
     }
 
+    /// `qSearch:memory` with a length up to the whole address space (as a fuzzed client
+    /// sends) is answered with the machine's first hit, or `0` when there is none.
+    #[test]
+    fn a_search_of_the_whole_address_space_is_answered() {
+        let mut rig = Rig::new(GdbStubOptions::default());
+        let kern_base = rig.machine.kernel().kern_base.0;
+        for (address, length) in [
+            (0u64, u64::MAX),
+            (kern_base, u64::MAX),
+            (0x1000, 0xffff_ffff_ffff_0000),
+        ] {
+            let truth = rig.machine.search(
+                VirtAddr(address),
+                VirtAddr(address.saturating_add(length)),
+                b"Leak",
+                1,
+            );
+            let hit = truth.first().expect("a driver holds the tag").0;
+            let ask = format!("qSearch:memory:{address:x};{length:x};Leak");
+            assert_eq!(rig.ask1(ask.as_bytes()), format!("1,{hit:x}"));
+            let ask = format!("qSearch:memory:{address:x};{length:x};Zq9X-not-there");
+            assert_eq!(rig.ask1(ask.as_bytes()), "0");
+        }
+    }
+
     #[test]
     fn basic_stub_answers_empty_to_optional_packets() {
         let mut rig = Rig::new(GdbStubOptions {

@@ -819,4 +819,65 @@ mod tests {
         assert_eq!(r.return_status(), status::UNSUCCESSFUL);
         assert_eq!(r.api(), ManipulateApi::WriteVirtualMemory(t));
     }
+
+    /// The wire fuzzer's `SearchMemory` with a mutated `SearchLength` (up to `u64::MAX`,
+    /// from address 0 or a kernel address, or spanning most of the address space) is
+    /// answered, with the hit the machine's own search finds or `STATUS_NO_MORE_ENTRIES`.
+    /// (The fuzzer once saw no answer for 10 s after one; the search steps over unmapped
+    /// and never-written memory a region at a time, so it is not the search that kept the
+    /// answer: see the RESET regression tests of `kd::Session`.)
+    #[test]
+    fn a_search_of_the_whole_address_space_is_answered() {
+        let mut rig = Rig::new(&KdStubOptions::default());
+        let _ = rig.shuttle();
+        let kern_base = rig.machine.kernel().kern_base.0;
+        let ranges = [
+            (0, u64::MAX),
+            (kern_base, u64::MAX),
+            (0x1000, 0xffff_ffff_ffff_0000),
+            (0xffff_8000_0000_0000, u64::MAX - 0xffff_8000_0000_0000),
+        ];
+        for pattern in [&b"Leak"[..], b"MZ", b"Zq9X-not-there", &[0; 64]] {
+            for (address, length) in ranges {
+                let truth = rig.machine.search(
+                    VirtAddr(address),
+                    VirtAddr(address.saturating_add(length)),
+                    pattern,
+                    1,
+                );
+                let api = ManipulateApi::SearchMemory {
+                    address,
+                    length,
+                    pattern_length: pattern.len() as u32,
+                };
+                let r = rig.req(api, pattern.to_vec());
+                let case = format!("{pattern:?} from {address:#x}, {length:#x} bytes");
+                match truth.first() {
+                    Some(hit) => {
+                        assert_eq!(r.return_status(), status::SUCCESS, "{case}");
+                        assert_eq!(
+                            r.api(),
+                            ManipulateApi::SearchMemory {
+                                address: hit.0,
+                                length,
+                                pattern_length: pattern.len() as u32
+                            },
+                            "{case}"
+                        );
+                    }
+                    None => assert_eq!(r.return_status(), status::NO_MORE_ENTRIES, "{case}"),
+                }
+            }
+        }
+        // The machine's answers are the right ones: "Leak" is in a driver, not before nt.
+        let leak = rig
+            .machine
+            .search(VirtAddr(0), VirtAddr(u64::MAX), b"Leak", 1);
+        assert!(leak.first().is_some_and(|a| a.0 >= kern_base), "{leak:?}");
+        assert!(
+            rig.machine
+                .search(VirtAddr(0), VirtAddr(u64::MAX), b"Zq9X-not-there", 1)
+                .is_empty()
+        );
+    }
 }
