@@ -68,8 +68,7 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
     let client_timeout = seconds(a.client_timeout, "--client-timeout")?;
     let cancel = super::signals::install();
     super::signals::stop_on_signal();
-    let mut options =
-        CampaignOptions::new(campaign_name(&a.command), a.seed, time, &a.out);
+    let mut options = CampaignOptions::new(campaign_name(&a.command), a.seed, time, &a.out);
     options.progress = (!a.quiet).then_some(Duration::from_secs(1));
     options.cancel = Some(cancel);
     options.max_iterations = a.max_iterations;

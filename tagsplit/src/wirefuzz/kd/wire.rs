@@ -257,16 +257,10 @@ impl Wire {
 
     /// Sends `bytes` as they are: KDCOM bytes, or one KDNET data payload sealed under the
     /// session keys.
-    ///
-    /// A RESET goes through the session instead: it must know it asked, or it answers
-    /// the target's answer with another RESET, and so on without end.
+    /// A raw RESET goes out as it is too: the session answers the target's answer to it
+    /// once, and takes the answer to that silently (no RESET ping-pong).
     pub(super) fn send_raw(&mut self, bytes: &[u8]) -> Result<(), Closed> {
         self.flush()?;
-        if Repr::parse_bytes(bytes).is_ok_and(|r| {
-            r.leader == tagsplit_protocol::kd::Leader::Control && r.packet_type == PacketType::Reset
-        }) {
-            return self.reset();
-        }
         self.log.packet(LogDirection::Write, bytes);
         self.put(bytes)
     }
