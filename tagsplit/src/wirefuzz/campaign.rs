@@ -5,6 +5,8 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -289,8 +291,8 @@ impl fmt::Display for Summary {
 pub struct Campaign {
     options: CampaignOptions,
     started: Instant,
-    last_progress: Instant,
     progress: Progress,
+    ticker: Option<Ticker>,
     states: HashSet<u64>,
     found: Vec<FoundSummary>,
     by_signature: HashMap<(FindingKind, String), usize>,
@@ -302,11 +304,14 @@ impl Campaign {
     pub fn new(options: CampaignOptions) -> io::Result<Campaign> {
         std::fs::create_dir_all(&options.out)?;
         let now = Instant::now();
+        let ticker = options
+            .progress
+            .map(|every| Ticker::start(options.name.clone(), now, every));
         Ok(Campaign {
             options,
             started: now,
-            last_progress: now,
             progress: Progress::default(),
+            ticker,
             states: HashSet::new(),
             found: Vec::new(),
             by_signature: HashMap::new(),
@@ -325,14 +330,9 @@ impl Campaign {
     }
 
     /// Whether to run another iteration: false once the time is up, the iteration limit
-    /// is reached or the cancel flag is set. Prints the progress line when it is due.
+    /// is reached or the cancel flag is set. (The progress line is printed by a thread of
+    /// its own, every [`CampaignOptions::progress`], however long an iteration takes.)
     pub fn running(&mut self) -> bool {
-        if let Some(every) = self.options.progress
-            && self.last_progress.elapsed() >= every
-        {
-            self.last_progress = Instant::now();
-            eprintln!("{}", self.progress_line());
-        }
         !self.cancelled()
             && self.started.elapsed() < self.options.time
             && self
@@ -369,6 +369,7 @@ impl Campaign {
             self.states.insert(state);
         }
         self.progress.distinct_states = self.states.len() as u64;
+        self.publish();
     }
 
     /// A state reached during the iteration running, counted with the one
@@ -379,11 +380,20 @@ impl Campaign {
             self.states.insert(state);
         }
         self.progress.distinct_states = self.states.len() as u64;
+        self.publish();
     }
 
     /// The peer was started again.
     pub fn restarted(&mut self) {
         self.progress.restarts += 1;
+        self.publish();
+    }
+
+    /// Hands the counters to the progress thread.
+    fn publish(&self) {
+        if let Some(t) = &self.ticker {
+            t.publish(&self.progress);
+        }
     }
 
     /// The counters so far.
@@ -393,23 +403,7 @@ impl Campaign {
 
     /// The progress line.
     pub fn progress_line(&self) -> String {
-        let secs = self.started.elapsed().as_secs_f64();
-        let rate = if secs > 0.0 {
-            self.progress.executions as f64 / secs
-        } else {
-            0.0
-        };
-        format!(
-            "{}: {:.0} s, {} executions ({:.0}/s), {} distinct states, {} findings ({} distinct), {} restarts",
-            self.options.name,
-            secs,
-            self.progress.executions,
-            rate,
-            self.progress.distinct_states,
-            self.progress.findings,
-            self.progress.distinct_findings,
-            self.progress.restarts
-        )
+        progress_line(&self.options.name, self.started, &self.progress)
     }
 
     /// Records a finding: writes its transcript to the output directory at once (unless
@@ -417,6 +411,7 @@ impl Campaign {
     /// to `findings.txt`. Returns the transcript's path when one was written.
     pub fn found(&mut self, finding: Finding) -> io::Result<Option<PathBuf>> {
         self.progress.findings += 1;
+        self.publish();
         let key = (finding.kind, finding.signature.clone());
         let index = match self.by_signature.get(&key) {
             Some(&i) => i,
@@ -429,6 +424,7 @@ impl Campaign {
                     transcripts: Vec::new(),
                 });
                 self.progress.distinct_findings += 1;
+                self.publish();
                 self.by_signature.insert(key, self.found.len() - 1);
                 self.found.len() - 1
             }
@@ -469,7 +465,10 @@ impl Campaign {
 
     /// Ends the campaign: writes `summary.json` to the output directory and returns the
     /// summary (print it with `{}`).
-    pub fn finish(self) -> io::Result<Summary> {
+    pub fn finish(mut self) -> io::Result<Summary> {
+        if let Some(t) = self.ticker.take() {
+            t.stop();
+        }
         let seconds = self.started.elapsed().as_secs_f64();
         let summary = Summary {
             name: self.options.name.clone(),
@@ -487,6 +486,92 @@ impl Campaign {
         let json = serde_json::to_vec_pretty(&summary).map_err(io::Error::other)?;
         std::fs::write(self.options.out.join("summary.json"), json)?;
         Ok(summary)
+    }
+}
+
+/// The progress line for counters `p` of a campaign called `name` started at `started`.
+fn progress_line(name: &str, started: Instant, p: &Progress) -> String {
+    let secs = started.elapsed().as_secs_f64();
+    let rate = if secs > 0.0 {
+        p.executions as f64 / secs
+    } else {
+        0.0
+    };
+    format!(
+        "{name}: {secs:.0} s, {} executions ({rate:.0}/s), {} distinct states, {} findings ({} distinct), {} restarts",
+        p.executions, p.distinct_states, p.findings, p.distinct_findings, p.restarts
+    )
+}
+
+/// What the campaign and its progress thread share.
+#[derive(Debug, Default)]
+struct TickerShared {
+    /// The counters as last published, and whether to stop.
+    state: Mutex<(Progress, bool)>,
+    wake: Condvar,
+}
+
+/// The thread that prints the progress line to stderr at a steady pace, even while one
+/// iteration takes long (a client waiting out its time-outs).
+#[derive(Debug)]
+struct Ticker {
+    shared: Arc<TickerShared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Ticker {
+    fn start(name: String, started: Instant, every: Duration) -> Ticker {
+        let shared = Arc::new(TickerShared::default());
+        let theirs = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("wirefuzz-progress".into())
+            .spawn(move || {
+                let mut state = theirs.state.lock().unwrap_or_else(PoisonError::into_inner);
+                loop {
+                    let (next, _) = theirs
+                        .wake
+                        .wait_timeout(state, every)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    state = next;
+                    if state.1 {
+                        return;
+                    }
+                    eprintln!("{}", progress_line(&name, started, &state.0));
+                }
+            })
+            .ok();
+        Ticker { shared, thread }
+    }
+
+    fn publish(&self, progress: &Progress) {
+        let mut state = self
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        state.0.clone_from(progress);
+    }
+
+    fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .1 = true;
+        self.shared.wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.halt();
     }
 }
 
