@@ -688,18 +688,8 @@ fn serve_kdcom(listener: &TcpListener, serve: &mut Serve<'_>) -> std::io::Result
         }
         let wait_until = (Instant::now() + REPLAY_STEP).min(deadline);
         while heard < expected && Instant::now() < wait_until {
-            client.set_read_timeout(Some(TICK))?;
-            match client.read(&mut buf) {
-                Ok(0) => return Ok(()),
-                Ok(n) => {
-                    decoder.push(buf.get(..n).unwrap_or_default());
-                    let answers = kdcom_answers(&mut decoder, &mut heard);
-                    if client.write_all(&answers).is_err() {
-                        return Ok(());
-                    }
-                }
-                Err(e) if is_timeout(&e) => {}
-                Err(_) => return Ok(()),
+            if !hear_kdcom(&mut client, &mut decoder, &mut buf, &mut heard, TICK)? {
+                return Ok(());
             }
         }
         if client_gone(launcher, deadline) || client.write_all(bytes).is_err() {
@@ -716,19 +706,31 @@ fn serve_kdcom(listener: &TcpListener, serve: &mut Serve<'_>) -> std::io::Result
         if client_gone(launcher, deadline) || launcher.is_none() {
             return Ok(());
         }
-        client.set_read_timeout(Some(TICK * 4))?;
-        match client.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => {
-                decoder.push(buf.get(..n).unwrap_or_default());
-                let answers = kdcom_answers(&mut decoder, &mut heard);
-                if client.write_all(&answers).is_err() {
-                    return Ok(());
-                }
-            }
-            Err(e) if is_timeout(&e) => {}
-            Err(_) => return Ok(()),
+        if !hear_kdcom(&mut client, &mut decoder, &mut buf, &mut heard, TICK * 4)? {
+            return Ok(());
         }
+    }
+}
+
+/// Reads what the KDCOM client sent within `wait`, counting its data packets in `heard`
+/// and answering them at once (ACKs, RESETs). False when the client is gone.
+fn hear_kdcom(
+    client: &mut TcpStream,
+    decoder: &mut StreamDecoder,
+    buf: &mut [u8],
+    heard: &mut usize,
+    wait: Duration,
+) -> std::io::Result<bool> {
+    client.set_read_timeout(Some(wait))?;
+    match client.read(buf) {
+        Ok(0) => Ok(false),
+        Ok(n) => {
+            decoder.push(buf.get(..n).unwrap_or_default());
+            let answers = kdcom_answers(decoder, heard);
+            Ok(client.write_all(&answers).is_ok())
+        }
+        Err(e) if is_timeout(&e) => Ok(true),
+        Err(_) => Ok(false),
     }
 }
 
