@@ -757,3 +757,198 @@ fn a_stray_reset_settles_and_the_link_still_carries_requests() {
         }
     }
 }
+
+/// What the wire fuzzer's mutator does to a KD packet id (`fuzz::mutate::kd_packet`,
+/// `Field::Sequence`).
+/// A change to a packet id.
+type IdMutation = fn(u32) -> u32;
+
+const ID_MUTATIONS: [(&str, IdMutation); 5] = [
+    ("sync bit flipped", |id| id ^ SYNC_PACKET_ID),
+    ("one on", |id| id.wrapping_add(1)),
+    ("one back", |id| id.wrapping_sub(1)),
+    ("zero", |_| 0),
+    ("initial bits flipped", |id| id ^ INITIAL_PACKET_ID),
+];
+
+/// A debugger and a target over KDCOM whose link changes the id of one of the target's
+/// data packets (the header is not checksummed: the rest of it still checks).
+struct MutatingLink {
+    dbg: Session,
+    tgt: Session,
+    now: Duration,
+    /// Which of the target's data packets to change (counting from 0), and how.
+    mutate: Option<(usize, IdMutation)>,
+    /// The target's data packets so far.
+    target_data: usize,
+}
+
+impl MutatingLink {
+    /// Like [`settle`], with time: when nothing moves, the clock goes to the earlier end's
+    /// next timer. Stops when the link is quiet with no timer pending, or after `limit`
+    /// units; returns the units that crossed and the payloads the debugger received.
+    fn settle(&mut self, limit: usize) -> (usize, Vec<Vec<u8>>) {
+        let MutatingLink {
+            dbg,
+            tgt,
+            now,
+            mutate,
+            target_data,
+        } = self;
+        let mut units = 0;
+        let mut at_debugger = Vec::new();
+        while units < limit {
+            let mut moved = false;
+            while let Some(u) = dbg.poll_transmit() {
+                (units, moved) = (units + 1, true);
+                tgt.handle_bytes(*now, &u);
+            }
+            while let Some(mut u) = tgt.poll_transmit() {
+                (units, moved) = (units + 1, true);
+                if let Ok(mut r) = Repr::parse_bytes(u.strip_suffix(&[0xAA]).unwrap_or(&u))
+                    && r.leader == tagsplit_protocol::kd::Leader::Data
+                {
+                    if let Some((at, f)) = *mutate
+                        && at == *target_data
+                    {
+                        r.id = f(r.id);
+                        u = r.to_kdcom_bytes();
+                        *mutate = None;
+                    }
+                    *target_data += 1;
+                }
+                dbg.handle_bytes(*now, &u);
+            }
+            while let Some(ev) = tgt.poll_event() {
+                if let SessionEvent::Packet { payload, .. } = ev {
+                    let mut reply = payload.clone();
+                    reply.extend_from_slice(b" answered");
+                    tgt.send(*now, PacketType::StateManipulate, reply);
+                    moved = true;
+                }
+            }
+            while let Some(ev) = dbg.poll_event() {
+                if let SessionEvent::Packet { payload, .. } = ev {
+                    at_debugger.push(payload);
+                }
+            }
+            if !moved {
+                let Some(next) = [dbg.poll_timeout(), tgt.poll_timeout()]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                else {
+                    break;
+                };
+                *now = next.max(*now);
+                dbg.handle_timeout(*now);
+                tgt.handle_timeout(*now);
+            }
+        }
+        (units, at_debugger)
+    }
+}
+
+/// Regression (wire fuzzer, issue 12, `fuzz-client --kdcom` against our console): one
+/// reply whose packet id the link changed, as the fuzzer's mutator does. 0x80800000 one
+/// back is 0x807fffff, which carries the SYNC bit: the debugger took it as a resync and
+/// expected 0x807ff7fe next, an id no target ever sends, so it acknowledged and dropped
+/// every later reply as a duplicate and its requests were never answered (the console
+/// asked for a minute and gave up). Now an id outside KDCOM's id space is damaged and
+/// asked for again, and each later request is answered within a few packets, with the
+/// reply it asked for (possibly twice: a SYNC the link added makes a packet sent again look
+/// new, and the debugger's request layer drops a second answer).
+#[test]
+fn one_reply_with_a_mutated_id_does_not_stall_the_link() {
+    for (name, f) in ID_MUTATIONS {
+        // The target's data packets: the connect's state change, then replies.
+        for at in 0..4 {
+            let case = format!("{name}, target data packet {at}");
+            let mut link = MutatingLink {
+                dbg: Session::new(SessionConfig::kdcom(Role::Debugger)),
+                tgt: Session::new(SessionConfig::kdcom(Role::Target)),
+                now: Duration::ZERO,
+                mutate: Some((at, f)),
+                target_data: 0,
+            };
+            // The target announces itself with a state change, as it does on connect.
+            link.tgt.send(
+                link.now,
+                PacketType::StateChange64,
+                0x3030u32.to_le_bytes().to_vec(),
+            );
+            let (_, got) = link.settle(40);
+            assert!(
+                (1..=2).contains(&got.len()),
+                "{case}: the state change arrived {} times",
+                got.len()
+            );
+            for i in 0..6 {
+                let req = request(&format!("request {i}"));
+                link.dbg
+                    .send(link.now, PacketType::StateManipulate, req.clone());
+                let (units, got) = link.settle(40);
+                let mut reply = req;
+                reply.extend_from_slice(b" answered");
+                assert!(
+                    (1..=2).contains(&got.len()) && got.iter().all(|p| *p == reply),
+                    "{case}: request {i} got {} replies in {units} units: {got:?}",
+                    got.len()
+                );
+                assert!(
+                    link.dbg.is_idle() && link.tgt.is_idle(),
+                    "{case}: request {i}"
+                );
+            }
+        }
+    }
+}
+
+/// A KDCOM debugger that keeps dropping new packets as duplicates (their ids are in KDCOM's
+/// space but one behind what it expects, packet after packet: the ids have gone wrong on
+/// both ends, or the target will not follow them) RESETs the link after
+/// `MAX_STRAY_DUPLICATES`, and the target's next packet (SYNC, after its answering RESET) is
+/// delivered. Copies of the packet it delivered last (its ACK lost) never count.
+#[test]
+fn a_debugger_dropping_new_packets_as_duplicates_resets_the_link() {
+    let mut dbg = Session::new(SessionConfig::kdcom(Role::Debugger));
+    let now = Duration::ZERO;
+    let data = |id: u32, tag: &str| {
+        Repr::data(PacketType::StateManipulate, id, request(tag)).to_kdcom_bytes()
+    };
+    let is_reset = |u: &[u8]| {
+        Repr::parse_bytes(u.strip_suffix(&[0xAA]).unwrap_or(u))
+            .is_ok_and(|r| r.packet_type == PacketType::Reset)
+    };
+    let drain = |s: &mut Session| {
+        let mut units = Vec::new();
+        while let Some(u) = s.poll_transmit() {
+            units.push(u);
+        }
+        units
+    };
+    dbg.handle_bytes(now, &data(INITIAL_PACKET_ID | SYNC_PACKET_ID, "first"));
+    // Its copies, sent again because the ACKs were lost, are duplicates and nothing more.
+    for _ in 0..10 {
+        dbg.handle_bytes(now, &data(INITIAL_PACKET_ID, "first"));
+    }
+    assert!(!drain(&mut dbg).iter().any(|u| is_reset(u)));
+    // New packets dropped as duplicates, one fewer than the limit: no RESET.
+    for i in 1..tagsplit_protocol::kd::MAX_STRAY_DUPLICATES {
+        dbg.handle_bytes(now, &data(INITIAL_PACKET_ID, &format!("stray {i}")));
+    }
+    assert!(!drain(&mut dbg).iter().any(|u| is_reset(u)));
+    dbg.handle_bytes(now, &data(INITIAL_PACKET_ID, "stray last"));
+    assert_eq!(drain(&mut dbg).iter().filter(|u| is_reset(u)).count(), 1);
+    // The target answers the RESET (taken silently) and sends again under SYNC.
+    dbg.handle_bytes(now, &Repr::control(PacketType::Reset, 0).to_kdcom_bytes());
+    assert!(!drain(&mut dbg).iter().any(|u| is_reset(u)));
+    dbg.handle_bytes(now, &data(INITIAL_PACKET_ID | SYNC_PACKET_ID, "after"));
+    let delivered: Vec<_> = std::iter::from_fn(|| dbg.poll_event())
+        .filter_map(|ev| match ev {
+            SessionEvent::Packet { payload, .. } => Some(payload),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delivered, [request("first"), request("after")]);
+}

@@ -33,7 +33,9 @@ pub use payload::{
     ManipulateApi, MemoryTransfer, Payload, ReadWriteIo64, ReadWriteMsr, StateChange,
     StateChangeKind, TraceIo,
 };
-pub use session::{IdScheme, Role, Session, SessionConfig, SessionEvent, SessionStats};
+pub use session::{
+    IdScheme, MAX_STRAY_DUPLICATES, Role, Session, SessionConfig, SessionEvent, SessionStats,
+};
 pub use stream::{StreamDecoder, StreamEvent};
 
 /// Leader of a data packet: `"0000"`.

@@ -11,7 +11,12 @@
 //! * [`IdScheme::Kdcom`]: the target's first packet carries `INITIAL|SYNC` (0x80800800);
 //!   ACKs carry the id without SYNC; ids then alternate bit 0. Receivers deliver a packet
 //!   whose id equals the expected id (or that carries SYNC, which resynchronises) and ACK
-//!   but drop duplicates.
+//!   but drop duplicates. On the debugger, a data packet whose id is none of INITIAL,
+//!   INITIAL|1 (with or without SYNC) is damaged (KDCOM does not checksum the header) and
+//!   asked for again.
+//!   A debugger that keeps dropping new packets as duplicates
+//!   ([`MAX_STRAY_DUPLICATES`] in a row) is out of step with its target and RESETs the
+//!   link.
 //! * [`IdScheme::Kdnet`]: target ids 0, 2, 4…, debugger ids 0x80000000 + 2k, ACKs echo
 //!   the id; a packet with the id of the last delivered one is a duplicate.
 //!   Packets travel one per datagram, without the `0xAA` trailer.
@@ -31,6 +36,14 @@ pub const MIN_RETRY_TIMEOUT: Duration = Duration::from_millis(1);
 pub const MIN_STALL_TIMEOUT: Duration = Duration::from_micros(500);
 /// The default ceiling of the adaptive retransmission timer.
 pub const MAX_RETRY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How many data packets in a row a KDCOM debugger drops as duplicates although they
+/// differ from the packet it delivered last (so they are not copies of it sent again
+/// because its ACK was lost) before it takes the link to be out of step and RESETs it.
+/// In step, the alternating ids put a debugger that missed one packet back in step with
+/// the next; only ids gone wrong on both ends, or a target that will not follow them,
+/// drop packet after packet.
+pub const MAX_STRAY_DUPLICATES: u32 = 3;
 
 /// Which end of the wire this session is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -226,6 +239,11 @@ pub struct Session {
     last_rx: Duration,
     /// New data packets delivered so far.
     delivered: u64,
+    /// A digest of the type and payload of the data packet delivered last.
+    last_digest: Option<u64>,
+    /// Data packets dropped as duplicates in a row that differ from the one delivered
+    /// last (see [`MAX_STRAY_DUPLICATES`]).
+    strays: u32,
 }
 
 impl Session {
@@ -250,6 +268,8 @@ impl Session {
             rtt,
             last_rx: Duration::ZERO,
             delivered: 0,
+            last_digest: None,
+            strays: 0,
         }
     }
 
@@ -531,6 +551,23 @@ impl Session {
             return;
         }
         let id = repr.id;
+        if self.config.scheme == IdScheme::Kdcom
+            && self.config.role == Role::Debugger
+            && id & !(SYNC_PACKET_ID | 1) != INITIAL_PACKET_ID
+        {
+            // Not a KDCOM packet id: the header (which the checksum does not cover) is
+            // damaged, or the target is hostile. Acknowledging it would not match what
+            // the target sent, and taking its SYNC bit (0x80800000 one back is
+            // 0x807fffff, which has it) would make every later id look like a
+            // duplicate. Ask again. (The target role keeps acknowledging such packets
+            // as duplicates, or delivering them under SYNC, as before: the KD fuzzer's
+            // client, which sends mutated ids to our stub, counts on that.)
+            self.corrupt(format!(
+                "{} packet with id {id:#x}, not a KDCOM packet id",
+                repr.packet_type.name()
+            ));
+            return;
+        }
         let ack = match self.config.scheme {
             IdScheme::Kdcom => id & !SYNC_PACKET_ID,
             IdScheme::Kdnet => id,
@@ -549,11 +586,15 @@ impl Session {
             }
             IdScheme::Kdnet => self.last_delivered != Some(id),
         };
+        let digest = digest(repr.packet_type, &repr.payload);
         if !fresh {
             self.stats.duplicates = self.stats.duplicates.saturating_add(1);
             self.events.push_back(SessionEvent::Duplicate { id });
+            self.stray(now, digest);
             return;
         }
+        self.strays = 0;
+        self.last_digest = Some(digest);
         self.last_delivered = Some(id);
         self.delivered = self.delivered.wrapping_add(1);
         if self.config.implicit_acks && self.answers_in_flight(repr.packet_type) {
@@ -586,6 +627,28 @@ impl Session {
                 self.reset_sent = !asked;
                 asked
             }
+        }
+    }
+
+    /// Counts a duplicate with this digest; a KDCOM debugger that dropped
+    /// [`MAX_STRAY_DUPLICATES`] new packets in a row as duplicates RESETs the link (as a
+    /// debugger does on connect): both ends go back to their initial ids, our packet in
+    /// flight goes again behind the RESET, and the target's next packet carries SYNC.
+    fn stray(&mut self, now: Duration, digest: u64) {
+        if self.config.scheme != IdScheme::Kdcom
+            || self.config.role != Role::Debugger
+            || self.last_digest == Some(digest)
+        {
+            return;
+        }
+        self.strays = self.strays.saturating_add(1);
+        if self.strays >= MAX_STRAY_DUPLICATES {
+            self.strays = 0;
+            self.note_corrupt(format!(
+                "{MAX_STRAY_DUPLICATES} new packets in a row dropped as duplicates: the ids \
+                 are out of step, resetting the link"
+            ));
+            self.reset(now);
         }
     }
 
@@ -748,6 +811,17 @@ fn plausible(ty: PacketType, payload: &[u8]) -> bool {
                 .any(|r| r.contains(&a))
         }),
     }
+}
+
+/// A digest (64-bit FNV-1a) of a data packet's type and payload, to tell a packet sent
+/// again from a new one.
+fn digest(ty: PacketType, payload: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in ty.value().to_le_bytes().iter().chain(payload) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 fn frame(scheme: IdScheme, repr: &Repr) -> Vec<u8> {
