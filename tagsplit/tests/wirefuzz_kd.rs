@@ -9,9 +9,10 @@
 //! fake target that goes silent, a client that crashes, and our own KD console as the
 //! client.
 
+mod common;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use tagsplit::wirefuzz::kd::{self, KdLink, KdSeeds};
@@ -361,18 +362,6 @@ fn a_kdnet_campaign_sends_the_captured_requests() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
-fn tagsplit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tagsplit"))
-        .args(args)
-        .output()
-        .expect("running tagsplit")
-}
-
-fn summary_json(dir: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(dir.join("summary.json")).expect("summary.json");
-    serde_json::from_str(&text).expect("json")
-}
-
 /// Runs a campaign through the CLI for three seconds; checks it exits 0 and returns its
 /// summary.json.
 fn cli_campaign(name: &str, args: &[&str]) -> serde_json::Value {
@@ -380,14 +369,14 @@ fn cli_campaign(name: &str, args: &[&str]) -> serde_json::Value {
     let mut all = args.to_vec();
     let out_arg = out.to_str().unwrap().to_owned();
     all.extend_from_slice(&["--seed", "1", "--time", "3", "--quiet", "--out", &out_arg]);
-    let o = tagsplit(&all);
+    let o = common::tagsplit(&all);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(
         o.status.success(),
         "{args:?}: {stdout}\n{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let summary = summary_json(&out);
+    let summary = common::summary_json(&out);
     let _ = std::fs::remove_dir_all(&out);
     summary
 }
@@ -453,7 +442,7 @@ fn cli_fuzz_client_runs_our_console() {
 #[test]
 fn cli_replay_reproduces_a_kd_hang() {
     let (spec, out, file) = silent_hang("cli-silent");
-    let o = tagsplit(&[
+    let o = common::tagsplit(&[
         "replay",
         file.to_str().unwrap(),
         "--target",
@@ -495,7 +484,7 @@ fn replay_serve_drives_our_console_through_a_recorded_session() {
     assert!(served > 3, "{}", String::from_utf8_lossy(&transcript));
     // The console alone exits normally: the finding is not reproduced (exit status 1),
     // after every recorded target packet was served to it.
-    let o = tagsplit(&[
+    let o = common::tagsplit(&[
         "replay",
         file.to_str().unwrap(),
         "--serve",
@@ -518,7 +507,7 @@ fn replay_serve_drives_our_console_through_a_recorded_session() {
         .unwrap_or_else(|| panic!("{stdout}"));
     assert!(heard >= requests, "{requests} recorded: {stdout}");
     // The same shell line as recorded reproduces it.
-    let o = tagsplit(&[
+    let o = common::tagsplit(&[
         "replay",
         file.to_str().unwrap(),
         "--serve",

@@ -384,11 +384,6 @@ fn nothing_unsafe_is_ever_sent() {
     assert!(fuzz_stub::load_seeds(Path::new("/nonexistent")).is_empty());
 }
 
-fn summary_json(dir: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(dir.join("summary.json")).expect("summary.json");
-    serde_json::from_str(&text).expect("json")
-}
-
 /// Runs `fuzz-stub` for `time` seconds against the peer `launch` starts; checks it exits
 /// 0 and returns its summary.json.
 fn fuzz_cli(
@@ -424,7 +419,7 @@ fn fuzz_cli(
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(stdout.contains("executions"), "{stdout}");
-    summary_json(&out)
+    common::summary_json(&out)
 }
 
 /// A remote log in which the client sent `commands` (and nothing came back).
@@ -546,7 +541,7 @@ fn ctrl_c_stops_the_campaign_and_keeps_the_summary() {
     // 128 + SIGINT, as every command stopped by a signal.
     assert_eq!(status.code(), Some(130), "{stdout}");
     assert!(stdout.contains("stopped early"), "{stdout}");
-    let v = summary_json(&out);
+    let v = common::summary_json(&out);
     assert_eq!(v["cancelled"].as_bool(), Some(true), "{v}");
     assert!(v["executions"].as_u64().expect("executions") > 0);
 }

@@ -47,11 +47,6 @@ pub struct Args {
     pub kdcom: bool,
 }
 
-fn seconds(s: f64, what: &str) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(s)
-        .map_err(|_| anyhow::anyhow!("{what}: not a number of seconds: {s}"))
-}
-
 /// The campaign's name on the progress line: the client program's file name (the whole
 /// command line is in every transcript).
 fn campaign_name(command: &str) -> String {
@@ -64,8 +59,8 @@ fn campaign_name(command: &str) -> String {
 
 /// Runs the campaign.
 pub fn execute(a: Args) -> anyhow::Result<()> {
-    let time = seconds(a.time, "--time")?;
-    let client_timeout = seconds(a.client_timeout, "--client-timeout")?;
+    let time = super::seconds("--time", a.time)?;
+    let client_timeout = super::seconds("--client-timeout", a.client_timeout)?;
     let cancel = super::signals::install();
     super::signals::stop_on_signal();
     let mut options = CampaignOptions::new(campaign_name(&a.command), a.seed, time, &a.out);
@@ -102,7 +97,7 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
 pub fn replay_serve(a: &super::replay::Args) -> anyhow::Result<()> {
     let transcript =
         std::fs::read(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
-    let timeout = seconds(a.timeout, "--timeout")?;
+    let timeout = super::seconds("--timeout", a.timeout)?;
     let mut on_listen = |addr: std::net::SocketAddr| {
         println!("listening on {addr}");
     };

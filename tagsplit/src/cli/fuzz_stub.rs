@@ -74,10 +74,6 @@ pub struct Args {
     pub quiet: bool,
 }
 
-fn seconds(what: &str, secs: f64) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(secs).map_err(|_| anyhow::anyhow!("{what}: {secs} is not a time"))
-}
-
 fn launcher(command: Option<&str>, show: bool) -> Option<Launcher> {
     command.map(|c| Launcher::new(c).show_output(show))
 }
@@ -122,7 +118,7 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
         None => fuzz_stub::load_seeds(std::path::Path::new("../shared/reference/gdb-transcripts")),
     };
     let options = StubFuzzOptions {
-        reply_timeout: seconds("--reply-timeout", a.reply_timeout)?,
+        reply_timeout: super::seconds("--reply-timeout", a.reply_timeout)?,
         seeds,
         fresh_peer: a.fresh_peer,
     };
@@ -131,7 +127,7 @@ pub fn execute(a: Args) -> anyhow::Result<()> {
     let mut campaign_options = CampaignOptions::new(
         format!("fuzz-stub {}", a.target),
         a.seed,
-        seconds("--time", a.time)?,
+        super::seconds("--time", a.time)?,
         &a.out,
     );
     campaign_options.progress = (!a.quiet).then_some(Duration::from_secs(1));
@@ -173,7 +169,7 @@ pub fn replay_target(a: &super::replay::Args) -> anyhow::Result<()> {
         &transcript,
         target,
         launcher.as_mut(),
-        seconds("--timeout", a.timeout)?,
+        super::seconds("--timeout", a.timeout)?,
     )?;
     if let Some(l) = launcher.as_mut() {
         l.stop();

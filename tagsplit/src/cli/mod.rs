@@ -100,6 +100,13 @@ pub fn load_pooltag(file: Option<&Path>) -> anyhow::Result<PoolTagDb> {
     Ok(db)
 }
 
+/// A command-line number of seconds (`--time 600`, `--reply-timeout 2.5`) for the option
+/// `what`, refused when it is negative, not finite or too large.
+pub fn seconds(what: &str, secs: f64) -> anyhow::Result<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(secs)
+        .map_err(|_| anyhow::anyhow!("{what}: {secs} is not a number of seconds"))
+}
+
 /// Opens a target spec, with context on failure.
 pub fn open_target(spec: &str) -> anyhow::Result<tagsplit::target::BoxedTarget> {
     tagsplit::target::open(spec).with_context(|| format!("opening target {spec}"))

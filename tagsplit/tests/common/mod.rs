@@ -128,6 +128,12 @@ pub fn tagsplit(args: &[&str]) -> std::process::Output {
     bin().args(args).output().unwrap()
 }
 
+/// The `summary.json` a wire-fuzzing campaign wrote to `dir`.
+pub fn summary_json(dir: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("summary.json")).expect("summary.json");
+    serde_json::from_str(&text).expect("json")
+}
+
 /// Whether `tool --version` runs. When it does not, prints a notice that `what` is skipped
 /// and returns false, except under `CI=true`, where a missing tool fails the test.
 pub fn have_tool(tool: &str, what: &str) -> bool {
