@@ -411,7 +411,6 @@ impl Campaign {
     /// to `findings.txt`. Returns the transcript's path when one was written.
     pub fn found(&mut self, finding: Finding) -> io::Result<Option<PathBuf>> {
         self.progress.findings += 1;
-        self.publish();
         let key = (finding.kind, finding.signature.clone());
         let index = match self.by_signature.get(&key) {
             Some(&i) => i,
@@ -424,11 +423,11 @@ impl Campaign {
                     transcripts: Vec::new(),
                 });
                 self.progress.distinct_findings += 1;
-                self.publish();
                 self.by_signature.insert(key, self.found.len() - 1);
                 self.found.len() - 1
             }
         };
+        self.publish();
         #[allow(clippy::indexing_slicing)]
         let entry = &mut self.found[index];
         entry.count += 1;
